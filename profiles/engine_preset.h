@@ -1,0 +1,40 @@
+// Engine presets: how to start each supported inference engine, how to tell it is ready, and
+// which model id it answers to. `command` engines describe all three themselves.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "protocol/result.h"
+
+namespace ensemble {
+
+// A readiness probe is a real answer from the engine, not just a live process: llama-server and
+// vLLM answer /health with 200 only once loaded; mlx_lm.server's /health is always 200, so its
+// probe is a one-token completion.
+struct ReadinessProbe {
+    std::string method = "GET";
+    std::string path = "/health";
+    std::string body;  // JSON sent with POST probes; may hold placeholders
+};
+
+struct EnginePreset {
+    std::string name;               // "llama.cpp", "mlx-lm", "vllm", "command"
+    std::string default_binary;     // looked up on PATH unless overridden
+    std::vector<std::string> args;  // after the binary; each word a template
+    ReadinessProbe probe;
+    std::string engine_model_id;  // template: the id the engine itself answers to
+};
+
+// The names of the built-in presets, for error messages and docs.
+std::vector<std::string> preset_names();
+
+// A built-in preset by name, or an error naming the ones that exist.
+Result<EnginePreset> find_preset(std::string_view name);
+
+// A `command` engine: the operator's own command line (with placeholders) and probe path.
+Result<EnginePreset> command_preset(std::string_view command_line, std::string_view ready_path);
+
+}  // namespace ensemble
