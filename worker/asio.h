@@ -1,0 +1,39 @@
+// Asio/Beast names shared by the worker's files (C++20 coroutines on one io_context thread).
+#pragma once
+
+#include <string_view>
+#include <utility>  // Boost 1.74's awaitable.hpp uses std::exchange without including it
+
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/redirect_error.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+namespace ensemble {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = boost::beast::http;
+using tcp = boost::asio::ip::tcp;
+template <typename T = void>
+using awaitable = boost::asio::awaitable<T>;
+using boost::asio::use_awaitable;
+
+// Beast's string_view is boost::string_view before Boost 1.81 and std::string_view after.
+template <typename View>
+std::string_view sv(const View& view) {
+    return {view.data(), view.size()};
+}
+
+// co_await op(..., on_error(ec)): failures land in `ec` instead of throwing.
+inline auto on_error(boost::system::error_code& ec) {
+    return boost::asio::redirect_error(boost::asio::use_awaitable, ec);
+}
+
+}  // namespace ensemble

@@ -1,0 +1,146 @@
+#include "worker/child_process.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <sstream>
+
+#ifdef __linux__
+#include <sys/prctl.h>
+#endif
+
+#include "worker/boost_process.h"
+
+namespace ensemble {
+
+struct ChildProcess::Impl {
+    bp::child child;
+};
+
+namespace {
+
+// Runs in the child between fork and exec: a new process group, and death with the parent.
+struct ChildSetup {
+    template <typename Executor>
+    void operator()(Executor& /*exec*/) const {
+        ::setpgid(0, 0);
+#ifdef __linux__
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() == 1) ::_exit(127);  // the parent is already gone
+#endif
+    }
+};
+
+std::string signal_name(int sig) {
+    const char* abbrev = sigabbrev_np(sig);
+    return abbrev != nullptr ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
+}
+
+}  // namespace
+
+std::string ExitStatus::describe() const {
+    if (signaled)
+        return "killed by signal " + std::to_string(signal) + " (" + signal_name(signal) + ")";
+    return "exit code " + std::to_string(code);
+}
+
+std::optional<std::filesystem::path> find_program(const std::string& name) {
+    if (name.find('/') != std::string::npos) {
+        if (::access(name.c_str(), X_OK) == 0) return std::filesystem::path(name);
+        return std::nullopt;
+    }
+    const char* path_env = std::getenv("PATH");
+    std::istringstream dirs(path_env != nullptr ? path_env : "/usr/local/bin:/usr/bin:/bin");
+    for (std::string dir; std::getline(dirs, dir, ':');) {
+        if (dir.empty()) continue;
+        auto candidate = std::filesystem::path(dir) / name;
+        if (::access(candidate.c_str(), X_OK) == 0) return candidate;
+    }
+    return std::nullopt;
+}
+
+Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec) {
+    if (spec.argv.empty()) throw std::logic_error("ChildProcess::spawn: empty argv");
+    const auto program = find_program(spec.argv.front());
+    if (!program) {
+        return Error{"program_not_found", "cannot run '" + spec.argv.front() +
+                                              "': not found or not executable (check the path, "
+                                              "or install it and put it on PATH)"};
+    }
+    FILE* log = nullptr;
+    if (!spec.log_file.empty()) {
+        std::error_code ec;
+        std::filesystem::create_directories(spec.log_file.parent_path(), ec);
+        log = std::fopen(spec.log_file.c_str(), "ae");
+        if (log == nullptr) {
+            return Error{"log_unwritable", "cannot open log file " + spec.log_file.string() + ": " +
+                                               std::strerror(errno)};
+        }
+    }
+    auto env = boost::this_process::environment();
+    bp::environment child_env = env;
+    for (const auto& [k, v] : spec.extra_env)
+        child_env[k] = v;
+    std::vector<std::string> args(spec.argv.begin() + 1, spec.argv.end());
+    std::error_code ec;
+    bp::child child;
+    if (log != nullptr) {
+        child = bp::child(bp::exe = program->string(), bp::args = args, child_env,
+                          bp::std_in<bp::null, bp::std_out> log, bp::std_err > log,
+                          bp::limit_handles, bp::extend::on_exec_setup = ChildSetup{}, ec);
+        std::fclose(log);
+    } else {
+        child = bp::child(bp::exe = program->string(), bp::args = args, child_env,
+                          bp::std_in < bp::null, bp::limit_handles,
+                          bp::extend::on_exec_setup = ChildSetup{}, ec);
+    }
+    if (ec) {
+        return Error{"spawn_failed", "cannot start '" + program->string() + "': " + ec.message()};
+    }
+    return std::unique_ptr<ChildProcess>(
+        new ChildProcess(std::make_unique<Impl>(Impl{std::move(child)})));
+}
+
+ChildProcess::ChildProcess(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+ChildProcess::~ChildProcess() {
+    if (!exited()) {
+        signal_group(SIGKILL);
+        ::waitpid(pid(), nullptr, 0);
+    }
+    impl_->child.detach();  // reaped above or by poll_exit; keep Boost from touching it again
+}
+
+pid_t ChildProcess::pid() const {
+    return impl_->child.id();
+}
+
+std::optional<ExitStatus> ChildProcess::poll_exit() {
+    if (exit_) return exit_;
+    int status = 0;
+    const pid_t r = ::waitpid(pid(), &status, WNOHANG);
+    if (r == 0) return std::nullopt;
+    ExitStatus s;
+    if (r < 0) {
+        s.code = -1;  // already reaped elsewhere; nothing more is known
+    } else if (WIFSIGNALED(status)) {
+        s.signaled = true;
+        s.signal = WTERMSIG(status);
+    } else {
+        s.code = WEXITSTATUS(status);
+    }
+    exit_ = s;
+    return exit_;
+}
+
+void ChildProcess::signal_group(int signal) {
+    if (exited()) return;
+    // The child made its own group in ChildSetup; if exec failed early, fall back to the pid.
+    if (::kill(-pid(), signal) != 0) ::kill(pid(), signal);
+}
+
+}  // namespace ensemble

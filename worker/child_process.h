@@ -1,0 +1,60 @@
+// A child process we start and own: its own process group (so a kill reaches its whole tree),
+// killed by the kernel if we die (PR_SET_PDEATHSIG on Linux), output appended to a log file,
+// and no inherited descriptors but stdio. Reaping is explicit (`poll_exit`), driven by SIGCHLD.
+#pragma once
+
+#include <sys/types.h>
+
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "protocol/result.h"
+
+namespace ensemble {
+
+struct SpawnSpec {
+    std::vector<std::string> argv;  // argv[0]: a path, or a name looked up on PATH
+    std::map<std::string, std::string> extra_env;
+    std::filesystem::path log_file;  // stdout and stderr are appended here; empty: inherit
+};
+
+struct ExitStatus {
+    int code = 0;    // exit code when !signaled
+    int signal = 0;  // terminating signal when signaled
+    bool signaled = false;
+
+    std::string describe() const;  // "exit code 1", "killed by signal 9 (SIGKILL)"
+};
+
+class ChildProcess {
+  public:
+    static Result<std::unique_ptr<ChildProcess>> spawn(const SpawnSpec& spec);
+
+    ~ChildProcess();  // kills the whole group if it is still running
+    ChildProcess(const ChildProcess&) = delete;
+    ChildProcess& operator=(const ChildProcess&) = delete;
+
+    pid_t pid() const;
+
+    // Reaps the child if it has exited; returns how it ended, or nullopt while it runs.
+    std::optional<ExitStatus> poll_exit();
+    bool exited() const { return exit_.has_value(); }
+
+    // Sends `signal` to the child's process group (engines may have children of their own).
+    void signal_group(int signal);
+
+  private:
+    struct Impl;
+    explicit ChildProcess(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+    std::optional<ExitStatus> exit_;
+};
+
+// Resolves a program name on PATH (or returns it unchanged if it contains a '/').
+std::optional<std::filesystem::path> find_program(const std::string& name);
+
+}  // namespace ensemble

@@ -1,0 +1,27 @@
+// What the worker needs to know to run one engine: the preset, the model, and its limits.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "profiles/engine_preset.h"
+
+namespace ensemble {
+
+struct EngineConfig {
+    EnginePreset preset;
+    std::string binary;  // resolved program to run (preset default unless overridden)
+    std::string model;   // path or repo id, as the engine understands it
+    std::string handle;  // the id clients use; also the engine's alias where it has one
+    int context = 4096;
+    int parallel = 4;
+    std::vector<std::string> extra_args;
+    std::filesystem::path log_file;
+    // A load that shows no progress (no new log output, no readiness) for this long is stuck.
+    std::chrono::seconds load_stall_timeout{120};
+    std::chrono::milliseconds stop_grace{10000};  // SIGTERM, then SIGKILL after this long
+};
+
+}  // namespace ensemble

@@ -1,0 +1,31 @@
+#include "worker/engine_probe.h"
+
+namespace ensemble {
+
+awaitable<int> probe_engine(unsigned short port, const ReadinessProbe& probe,
+                            std::chrono::milliseconds timeout) {
+    auto executor = co_await asio::this_coro::executor;
+    beast::tcp_stream stream(executor);
+    boost::system::error_code ec;
+    stream.expires_after(timeout);
+    co_await stream.async_connect(tcp::endpoint(asio::ip::address_v4::loopback(), port),
+                                  on_error(ec));
+    if (ec) co_return 0;
+    http::request<http::string_body> req{http::string_to_verb(probe.method), probe.path, 11};
+    req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
+    if (!probe.body.empty()) {
+        req.set(http::field::content_type, "application/json");
+        req.body() = probe.body;
+    }
+    req.prepare_payload();
+    co_await http::async_write(stream, req, on_error(ec));
+    if (ec) co_return 0;
+    beast::flat_buffer buffer;
+    http::response<http::string_body> res;
+    co_await http::async_read(stream, buffer, res, on_error(ec));
+    if (ec) co_return 0;
+    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+    co_return res.result_int();
+}
+
+}  // namespace ensemble

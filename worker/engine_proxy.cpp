@@ -1,0 +1,205 @@
+#include "worker/engine_proxy.h"
+
+#include <spdlog/spdlog.h>
+
+#include <array>
+#include <limits>
+
+namespace ensemble {
+
+namespace {
+
+constexpr std::size_t kMaxIdleConnections = 16;
+constexpr std::size_t kRelayBufferBytes = 16 * 1024;
+constexpr auto kConnectTimeout = std::chrono::seconds(5);
+
+// Hop-by-hop headers (RFC 9110 7.6.1) and the client's credentials stay on our side.
+bool forwarded(http::field f) {
+    switch (f) {
+        case http::field::connection:
+        case http::field::keep_alive:
+        case http::field::proxy_authorization:
+        case http::field::proxy_connection:
+        case http::field::te:
+        case http::field::trailer:
+        case http::field::transfer_encoding:
+        case http::field::upgrade:
+        case http::field::authorization:
+        case http::field::host:
+        case http::field::content_length:
+            return false;
+        default:
+            return true;
+    }
+}
+
+http::request<http::string_body> engine_request(const http::request<http::string_body>& in,
+                                                unsigned short port) {
+    http::request<http::string_body> out{in.method(), in.target(), 11};
+    for (const auto& field : in) {
+        if (forwarded(field.name())) out.insert(field.name_string(), field.value());
+    }
+    out.set(http::field::host, "127.0.0.1:" + std::to_string(port));
+    out.body() = in.body();
+    out.keep_alive(true);
+    out.prepare_payload();
+    return out;
+}
+
+bool is_event_stream(const http::fields& headers) {
+    return sv(headers[http::field::content_type]).starts_with("text/event-stream");
+}
+
+const ApiError kEngineClosedEarly{
+    http::status::bad_gateway, "server_error", "engine_error",
+    "the engine closed the connection without answering; retry the request"};
+
+ApiError engine_unavailable(const EngineRunner& engine) {
+    return {http::status::service_unavailable, "server_error", "engine_unavailable",
+            std::string("the engine is ") + to_string(engine.state()) +
+                (engine.last_exit().empty() ? "" : " (last exit: " + engine.last_exit() + ")") +
+                "; retry shortly",
+            2};
+}
+
+}  // namespace
+
+awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire() {
+    while (!idle_.empty()) {
+        auto c = std::move(idle_.back());
+        idle_.pop_back();
+        if (c->generation == engine_.generation() && c->stream.socket().is_open()) {
+            c->reused = true;
+            co_return c;
+        }
+    }
+    auto executor = co_await asio::this_coro::executor;
+    auto c = std::make_unique<Connection>(
+        Connection{beast::tcp_stream(executor), {}, engine_.generation()});
+    boost::system::error_code ec;
+    c->stream.expires_after(kConnectTimeout);
+    co_await c->stream.async_connect(
+        tcp::endpoint(asio::ip::address_v4::loopback(), engine_.port()), on_error(ec));
+    if (ec) co_return nullptr;
+    c->stream.socket().set_option(tcp::no_delay(true), ec);
+    co_return c;
+}
+
+void EngineProxy::release(std::unique_ptr<Connection> connection) {
+    if (connection->generation != engine_.generation() || idle_.size() >= kMaxIdleConnections)
+        return;
+    connection->stream.expires_never();
+    idle_.push_back(std::move(connection));
+}
+
+awaitable<bool> EngineProxy::send_error(beast::tcp_stream& client, const ApiError& error,
+                                        bool keep_alive) {
+    ++stats_.failed;
+    auto res = make_error_response(error, keep_alive);
+    boost::system::error_code ec;
+    co_await http::async_write(client, res, on_error(ec));
+    co_return keep_alive && !ec;
+}
+
+awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
+                                     http::request<http::string_body>& request) {
+    ++stats_.requests;
+    const bool keep_alive = request.keep_alive();
+    // At most one retry for a stale pooled connection and one for an engine that died before it
+    // answered: generation has no side effects until the engine starts responding.
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        if (engine_.state() != EngineState::ready) {
+            const auto deadline = EngineRunner::Clock::now() + limits_.queue_timeout;
+            if (!co_await engine_.wait_ready(deadline)) break;
+        }
+        auto connection = co_await acquire();
+        if (!connection) continue;  // the engine is not accepting: it may have just died
+        const auto outcome = co_await relay(client, *connection, request, keep_alive);
+        switch (outcome) {
+            case Outcome::done_keep_alive:
+                release(std::move(connection));
+                co_return keep_alive;
+            case Outcome::done_close:
+                co_return false;
+            case Outcome::retry:
+                continue;
+            case Outcome::failed_before_response: {
+                const bool kept = co_await send_error(client, kEngineClosedEarly, keep_alive);
+                co_return kept;
+            }
+        }
+    }
+    // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
+    const auto error = engine_unavailable(engine_);
+    const bool kept = co_await send_error(client, error, keep_alive);
+    co_return kept;
+}
+
+awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Connection& engine,
+                                                   const http::request<http::string_body>& request,
+                                                   bool client_keep_alive) {
+    boost::system::error_code ec;
+    auto outgoing = engine_request(request, engine_.port());
+    engine.stream.expires_after(limits_.engine_timeout);
+    co_await http::async_write(engine.stream, outgoing, on_error(ec));
+    http::response_parser<http::buffer_body> parser;
+    parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // the engine is trusted
+    if (!ec) co_await http::async_read_header(engine.stream, engine.buffer, parser, on_error(ec));
+    if (ec) {
+        // Nothing reached the client yet, so the request can safely be tried again: either the
+        // pooled connection had gone stale, or the engine died and is being restarted.
+        const bool engine_died =
+            engine_.state() != EngineState::ready || engine.generation != engine_.generation();
+        if (engine.reused || engine_died) co_return Outcome::retry;
+        spdlog::warn("proxy: engine failed before answering {}: {}", sv(request.target()),
+                     ec.message());
+        co_return Outcome::failed_before_response;
+    }
+
+    auto& response = parser.get();
+    const bool engine_keep_alive = response.keep_alive();
+    const bool event_stream = is_event_stream(response);
+    response.erase(http::field::keep_alive);
+    response.set(http::field::server, "ensemble-worker");
+    response.keep_alive(client_keep_alive);
+    http::response_serializer<http::buffer_body> serializer{response};
+    co_await http::async_write_header(client, serializer, on_error(ec));
+    if (ec) co_return Outcome::done_close;
+
+    std::array<char, kRelayBufferBytes> chunk{};
+    while (!parser.is_done()) {
+        response.body().data = chunk.data();
+        response.body().size = chunk.size();
+        engine.stream.expires_after(limits_.engine_timeout);
+        co_await http::async_read_some(engine.stream, engine.buffer, parser, on_error(ec));
+        if (ec == http::error::need_buffer) ec = {};
+        if (ec) break;
+        response.body().size = chunk.size() - response.body().size;
+        response.body().data = chunk.data();
+        response.body().more = !parser.is_done();
+        if (response.body().size == 0 && response.body().more) continue;
+        co_await http::async_write(client, serializer, on_error(ec));
+        if (ec == http::error::need_buffer) ec = {};
+        if (ec) co_return Outcome::done_close;  // the client left; dropping the engine side cancels
+    }
+    if (!ec) co_return engine_keep_alive ? Outcome::done_keep_alive : Outcome::done_close;
+
+    // The engine went away mid-response. A chunked event stream can still end cleanly with an
+    // error event; any other body can only be cut short by closing the connection.
+    ++stats_.streams_cut;
+    spdlog::warn("proxy: engine connection lost mid-response ({}); ending the client's response",
+                 ec.message());
+    if (event_stream && response.chunked()) {
+        const auto event = ApiError{http::status::bad_gateway, "server_error", "engine_failed",
+                                    "the engine stopped while generating; the worker is restarting "
+                                    "it: retry the request"}
+                               .sse_event();
+        response.body().data = const_cast<char*>(event.data());
+        response.body().size = event.size();
+        response.body().more = false;
+        co_await http::async_write(client, serializer, on_error(ec));
+    }
+    co_return Outcome::done_close;
+}
+
+}  // namespace ensemble

@@ -1,0 +1,217 @@
+#include "worker/engine_runner.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "profiles/command_template.h"
+#include "worker/engine_probe.h"
+
+namespace ensemble {
+
+namespace {
+
+constexpr auto kFirstBackoff = std::chrono::milliseconds(1000);
+constexpr auto kMaxBackoff = std::chrono::milliseconds(60000);
+// A failure after this long serving resets the backoff: the next restart is immediate.
+constexpr auto kHealthyPeriod = std::chrono::seconds(30);
+constexpr auto kProbeTimeout = std::chrono::milliseconds(2000);
+
+// A free loopback port for the engine. The engine cannot take a listening socket from us, so
+// there is a short window in which another process could take the port; if so the engine fails
+// to bind, exits, and is restarted on a new port.
+Result<unsigned short> pick_private_port(asio::io_context& io) {
+    boost::system::error_code ec;
+    tcp::acceptor probe(io);
+    probe.open(tcp::v4(), ec);
+    if (!ec) probe.bind(tcp::endpoint(asio::ip::address_v4::loopback(), 0), ec);
+    if (ec)
+        return Error{"no_port", "cannot find a free loopback port for the engine: " + ec.message()};
+    return probe.local_endpoint().port();
+}
+
+std::uint64_t file_size_or_zero(const std::filesystem::path& path) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(path, ec);
+    return ec ? 0 : size;
+}
+
+}  // namespace
+
+const char* to_string(EngineState state) {
+    switch (state) {
+        case EngineState::loading:
+            return "loading";
+        case EngineState::ready:
+            return "ready";
+        case EngineState::restarting:
+            return "restarting";
+        case EngineState::stopping:
+            return "stopping";
+        case EngineState::stopped:
+            return "stopped";
+    }
+    return "unknown";
+}
+
+EngineRunner::EngineRunner(asio::io_context& io, EngineConfig config)
+    : io_(io), config_(std::move(config)) {
+    auto id = expand_word(config_.preset.engine_model_id,
+                          {{"model", config_.model}, {"handle", config_.handle}});
+    engine_model_id_ = id ? *id : config_.handle;
+}
+
+EngineRunner::~EngineRunner() = default;
+
+std::optional<pid_t> EngineRunner::pid() const {
+    if (!child_ || child_->exited()) return std::nullopt;
+    return child_->pid();
+}
+
+Status EngineRunner::start() {
+    set_state(EngineState::loading, "starting the engine");
+    return spawn();
+}
+
+Status EngineRunner::spawn() {
+    auto port = pick_private_port(io_);
+    if (!port) return port.error();
+    port_ = *port;
+    const TemplateVars vars{{"model", config_.model},
+                            {"port", std::to_string(port_)},
+                            {"context", std::to_string(config_.context)},
+                            {"parallel", std::to_string(config_.parallel)},
+                            {"handle", config_.handle}};
+    auto args = expand_argv(config_.preset.args, vars);
+    if (!args) return args.error();
+    SpawnSpec spec;
+    spec.argv.push_back(config_.binary);
+    spec.argv.insert(spec.argv.end(), args->begin(), args->end());
+    spec.argv.insert(spec.argv.end(), config_.extra_args.begin(), config_.extra_args.end());
+    spec.log_file = config_.log_file;
+    auto child = ChildProcess::spawn(spec);
+    if (!child) return child.error();
+    child_ = std::move(child).value();
+    ++generation_;
+    spdlog::info("engine: started {} (pid {}) on 127.0.0.1:{}, log {}", config_.binary,
+                 child_->pid(), port_, config_.log_file.string());
+    asio::co_spawn(io_, watch_readiness(generation_), asio::detached);
+    return Ok{};
+}
+
+awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
+    asio::steady_timer timer(io_);
+    auto interval = std::chrono::milliseconds(10);
+    auto last_progress = Clock::now();
+    auto last_log_size = file_size_or_zero(config_.log_file);
+    while (generation == generation_ &&
+           (state_ == EngineState::loading || state_ == EngineState::restarting)) {
+        const int status = co_await probe_engine(port_, config_.preset.probe, kProbeTimeout);
+        if (generation != generation_ || state_ == EngineState::stopping) co_return;
+        if (status == 200) {
+            ever_ready_ = true;
+            ready_since_ = Clock::now();
+            set_state(EngineState::ready, "the readiness probe answered 200");
+            co_return;
+        }
+        // A big model may take minutes to load; only a load that stops making progress fails.
+        const auto log_size = file_size_or_zero(config_.log_file);
+        if (log_size != last_log_size || status != 0) last_progress = Clock::now();
+        last_log_size = log_size;
+        if (Clock::now() - last_progress > config_.load_stall_timeout) {
+            spdlog::error("engine: no progress for {} s while loading; killing it (see {})",
+                          config_.load_stall_timeout.count(), config_.log_file.string());
+            child_->signal_group(SIGKILL);
+            co_return;  // on_child_exit restarts it
+        }
+        timer.expires_after(interval);
+        boost::system::error_code ec;
+        co_await timer.async_wait(on_error(ec));
+        interval = std::min(interval * 2, std::chrono::milliseconds(200));
+    }
+}
+
+void EngineRunner::on_child_exit() {
+    if (!child_) return;
+    const auto exit = child_->poll_exit();
+    if (!exit) return;
+    last_exit_ = exit->describe();
+    if (state_ == EngineState::stopping || state_ == EngineState::stopped) return;
+    ++restarts_;
+    const auto delay = next_backoff();
+    spdlog::warn("engine: exited unexpectedly ({}); restarting in {} ms (restart #{})", last_exit_,
+                 delay.count(), restarts_);
+    set_state(EngineState::restarting, "engine " + last_exit_);
+    asio::co_spawn(io_, restart_after(delay, generation_), asio::detached);
+}
+
+std::chrono::milliseconds EngineRunner::next_backoff() {
+    const bool was_healthy =
+        state_ == EngineState::ready && Clock::now() - ready_since_ >= kHealthyPeriod;
+    if (was_healthy) consecutive_failures_ = 0;
+    const int failures = consecutive_failures_++;
+    if (failures == 0) return std::chrono::milliseconds(0);
+    auto delay = kFirstBackoff * (1LL << std::min(failures - 1, 16));
+    return std::min<std::chrono::milliseconds>(delay, kMaxBackoff);
+}
+
+awaitable<void> EngineRunner::restart_after(std::chrono::milliseconds delay,
+                                            std::uint64_t generation) {
+    asio::steady_timer timer(io_, delay);
+    boost::system::error_code ec;
+    co_await timer.async_wait(on_error(ec));
+    if (generation != generation_ || state_ != EngineState::restarting) co_return;
+    if (auto ok = spawn(); !ok) {
+        spdlog::error("engine: restart failed: {}", ok.error().message);
+        asio::co_spawn(io_, restart_after(next_backoff(), generation_), asio::detached);
+    }
+}
+
+awaitable<void> EngineRunner::stop() {
+    set_state(EngineState::stopping, "the worker is stopping");
+    if (child_ && !child_->poll_exit()) {
+        child_->signal_group(SIGTERM);
+        asio::steady_timer timer(io_);
+        const auto deadline = Clock::now() + config_.stop_grace;
+        while (!child_->poll_exit() && Clock::now() < deadline) {
+            timer.expires_after(std::chrono::milliseconds(20));
+            boost::system::error_code ec;
+            co_await timer.async_wait(on_error(ec));
+        }
+        if (!child_->poll_exit()) {
+            spdlog::warn("engine: still running {} ms after SIGTERM; sending SIGKILL",
+                         config_.stop_grace.count());
+            child_->signal_group(SIGKILL);
+        }
+    }
+    child_.reset();  // reaps (and kills the group if anything is left)
+    set_state(EngineState::stopped, "stopped");
+}
+
+awaitable<bool> EngineRunner::wait_ready(Clock::time_point deadline) {
+    while (state_ != EngineState::ready) {
+        if (state_ == EngineState::stopping || state_ == EngineState::stopped) co_return false;
+        if (Clock::now() >= deadline) co_return false;
+        asio::steady_timer timer(io_, deadline);
+        waiters_.push_back(&timer);
+        boost::system::error_code ec;
+        co_await timer.async_wait(on_error(ec));
+        waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &timer));
+    }
+    co_return true;
+}
+
+void EngineRunner::set_state(EngineState state, const std::string& reason) {
+    if (state == state_) return;
+    spdlog::info("engine: {} -> {} ({})", to_string(state_), to_string(state), reason);
+    state_ = state;
+    wake_waiters();
+}
+
+void EngineRunner::wake_waiters() {
+    for (auto* timer : waiters_)
+        timer->cancel();
+}
+
+}  // namespace ensemble

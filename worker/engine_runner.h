@@ -1,0 +1,73 @@
+// Runs one engine as the worker's child: starts it on a private loopback port, waits for its
+// readiness probe, restarts it when it dies (immediately the first time, then with exponential
+// backoff), and stops it. Requests wait for readiness through `wait_ready`.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "worker/asio.h"
+#include "worker/child_process.h"
+#include "worker/engine_config.h"
+
+namespace ensemble {
+
+enum class EngineState { loading, ready, restarting, stopping, stopped };
+const char* to_string(EngineState state);
+
+class EngineRunner {
+  public:
+    using Clock = std::chrono::steady_clock;
+
+    EngineRunner(asio::io_context& io, EngineConfig config);
+    ~EngineRunner();
+
+    // Starts the first engine. An error here (binary missing, log unwritable) is a startup failure.
+    Status start();
+    // SIGTERM to the engine's group, SIGKILL after the grace period; wakes every waiter.
+    awaitable<void> stop();
+
+    // Called when SIGCHLD arrives: reaps the engine if it exited and schedules a restart.
+    void on_child_exit();
+
+    // Waits until the engine is ready (true) or the deadline passes / it is stopping (false).
+    awaitable<bool> wait_ready(Clock::time_point deadline);
+
+    EngineState state() const { return state_; }
+    bool ever_ready() const { return ever_ready_; }
+    unsigned short port() const { return port_; }
+    std::uint64_t generation() const { return generation_; }  // one per engine process
+    std::size_t waiting() const { return waiters_.size(); }
+    int restarts() const { return restarts_; }
+    std::optional<pid_t> pid() const;
+    const std::string& last_exit() const { return last_exit_; }
+    const std::string& engine_model_id() const { return engine_model_id_; }
+
+  private:
+    Status spawn();
+    awaitable<void> watch_readiness(std::uint64_t generation);
+    awaitable<void> restart_after(std::chrono::milliseconds delay, std::uint64_t generation);
+    std::chrono::milliseconds next_backoff();
+    void set_state(EngineState state, const std::string& reason);
+    void wake_waiters();
+
+    asio::io_context& io_;
+    EngineConfig config_;
+    std::string engine_model_id_;
+    std::unique_ptr<ChildProcess> child_;
+    EngineState state_ = EngineState::stopped;
+    bool ever_ready_ = false;
+    unsigned short port_ = 0;
+    std::uint64_t generation_ = 0;
+    int restarts_ = 0;
+    int consecutive_failures_ = 0;
+    Clock::time_point ready_since_{};
+    std::string last_exit_;
+    std::vector<asio::steady_timer*> waiters_;
+};
+
+}  // namespace ensemble

@@ -1,0 +1,232 @@
+#include "worker/http_front.h"
+
+#include <spdlog/spdlog.h>
+
+#include <ctime>
+#include <nlohmann/json.hpp>
+
+namespace ensemble {
+
+namespace {
+
+constexpr std::uint32_t kHeaderLimit = 64 * 1024;
+
+ApiError not_found_path(std::string_view target) {
+    return {http::status::not_found, "invalid_request_error", "unknown_path",
+            "no route for '" + std::string(target) +
+                "'; this worker serves the OpenAI API under /v1/ and GET /health"};
+}
+
+}  // namespace
+
+HttpFront::HttpFront(asio::io_context& io, FrontConfig config, ModelIdentity model,
+                     EngineRunner& engine, EngineProxy& proxy)
+    : io_(io),
+      config_(std::move(config)),
+      model_(std::move(model)),
+      engine_(engine),
+      proxy_(proxy),
+      acceptor_(io),
+      started_unix_(static_cast<long>(std::time(nullptr))) {}
+
+Status HttpFront::listen() {
+    boost::system::error_code ec;
+    const auto address = asio::ip::make_address(config_.host, ec);
+    if (ec) return Error{"bad_host", "'" + config_.host + "' is not an IP address to bind"};
+    const tcp::endpoint endpoint{address, config_.port};
+    acceptor_.open(endpoint.protocol(), ec);
+    if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor_.bind(endpoint, ec);
+    if (ec == asio::error::address_in_use) {
+        return Error{"port_in_use", "port " + std::to_string(config_.port) + " on " + config_.host +
+                                        " is already in use by another process; stop it (see "
+                                        "'ss -ltnp sport = :" +
+                                        std::to_string(config_.port) + "') or choose another port"};
+    }
+    if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+        return Error{"bind_failed", "cannot listen on " + config_.host + ":" +
+                                        std::to_string(config_.port) + ": " + ec.message()};
+    }
+    return Ok{};
+}
+
+unsigned short HttpFront::bound_port() const {
+    boost::system::error_code ec;
+    const auto endpoint = acceptor_.local_endpoint(ec);
+    return ec ? 0 : endpoint.port();
+}
+
+void HttpFront::start_accepting() {
+    asio::co_spawn(io_, accept_loop(), asio::detached);
+}
+
+awaitable<void> HttpFront::accept_loop() {
+    while (!draining_) {
+        boost::system::error_code ec;
+        auto socket = co_await acceptor_.async_accept(on_error(ec));
+        if (ec == asio::error::operation_aborted || draining_) break;
+        if (ec) {
+            // Out of descriptors or similar: back off briefly instead of spinning.
+            spdlog::warn("front: accept failed: {}", ec.message());
+            asio::steady_timer pause(io_, std::chrono::milliseconds(50));
+            co_await pause.async_wait(on_error(ec));
+            continue;
+        }
+        socket.set_option(tcp::no_delay(true), ec);
+        asio::co_spawn(io_, serve(std::move(socket)), asio::detached);
+    }
+}
+
+awaitable<void> HttpFront::serve(tcp::socket socket) {
+    beast::tcp_stream stream(std::move(socket));
+    auto session = sessions_.insert(sessions_.end(), Session{&stream, true});
+    beast::flat_buffer buffer;
+    for (;;) {
+        http::request_parser<http::string_body> parser;
+        parser.body_limit(config_.max_body_bytes);
+        parser.header_limit(kHeaderLimit);
+        boost::system::error_code ec;
+        session->idle = true;
+        if (draining_) break;
+        stream.expires_after(config_.idle_timeout);
+        co_await http::async_read(stream, buffer, parser, on_error(ec));
+        session->idle = false;
+        if (ec) {
+            co_await reject_unreadable(stream, ec);
+            break;
+        }
+        auto request = parser.release();
+        stream.expires_never();
+        ++in_flight_;
+        const bool keep_alive = co_await handle(stream, request);
+        --in_flight_;
+        if (!keep_alive) break;
+    }
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    sessions_.erase(session);
+}
+
+awaitable<void> HttpFront::reject_unreadable(beast::tcp_stream& stream,
+                                             boost::system::error_code ec) {
+    std::optional<ApiError> error;
+    if (ec == http::error::body_limit) {
+        error =
+            ApiError{http::status::payload_too_large, "invalid_request_error", "request_too_large",
+                     "the request body is larger than this port's limit of " +
+                         std::to_string(config_.max_body_bytes) + " bytes"};
+    } else if (ec == http::error::header_limit) {
+        error = ApiError{http::status::request_header_fields_too_large, "invalid_request_error",
+                         "headers_too_large", "the request headers exceed 64 KiB"};
+    } else if (ec.category() == http::make_error_code(http::error::bad_method).category() &&
+               ec != http::error::end_of_stream && ec != http::error::partial_message) {
+        error = ApiError{http::status::bad_request, "invalid_request_error", "bad_http",
+                         "malformed HTTP request: " + ec.message()};
+    }
+    if (!error) co_return;  // the client closed or timed out: nobody to answer
+    auto response = make_error_response(*error, false);
+    co_await reply(stream, response);
+}
+
+awaitable<bool> HttpFront::reply(beast::tcp_stream& stream,
+                                 http::response<http::string_body>& response) {
+    boost::system::error_code ec;
+    const bool keep_alive = response.keep_alive() && !draining_;
+    response.keep_alive(keep_alive);
+    co_await http::async_write(stream, response, on_error(ec));
+    co_return keep_alive && !ec;
+}
+
+std::optional<ApiError> HttpFront::admission_error() const {
+    if (draining_) {
+        return ApiError{http::status::service_unavailable, "server_error", "worker_draining",
+                        "this port is shutting down; retry shortly", 2};
+    }
+    const auto state = engine_.state();
+    if (state == EngineState::ready) return std::nullopt;
+    if (!engine_.ever_ready()) {
+        return ApiError{http::status::service_unavailable, "server_error", "model_loading",
+                        "the model '" + model_.handle + "' is still loading; retry shortly", 2};
+    }
+    if (engine_.waiting() >= config_.queue_max) {
+        return ApiError{http::status::service_unavailable, "server_error", "queue_full",
+                        "the engine is restarting and " + std::to_string(config_.queue_max) +
+                            " requests are already waiting; retry shortly",
+                        5};
+    }
+    return std::nullopt;  // restarting: the proxy queues it until the engine is back
+}
+
+http::response<http::string_body> HttpFront::health_response(bool keep_alive) const {
+    const auto state = engine_.state();
+    const bool ok = state == EngineState::ready && !draining_;
+    nlohmann::json body = {{"status", ok ? "ok" : (draining_ ? "draining" : to_string(state))},
+                           {"model", model_.handle},
+                           {"engine_restarts", engine_.restarts()}};
+    if (!engine_.last_exit().empty()) body["engine_last_exit"] = engine_.last_exit();
+    auto res = make_json_response(ok ? http::status::ok : http::status::service_unavailable,
+                                  body.dump(), keep_alive);
+    if (!ok) res.set(http::field::retry_after, "2");
+    return res;
+}
+
+std::optional<http::response<http::string_body>> HttpFront::answer_locally(
+    http::request<http::string_body>& request) const {
+    const bool keep_alive = request.keep_alive();
+    const std::string_view target = sv(request.target());
+    const auto path = target.substr(0, target.find('?'));
+    if (path == "/health") return health_response(keep_alive);
+    if (!path.starts_with("/v1/")) return make_error_response(not_found_path(target), keep_alive);
+    if (auto denied = check_api_key(sv(request[http::field::authorization]), config_.api_key)) {
+        return make_error_response(*denied, keep_alive);
+    }
+    if (path == "/v1/models" && request.method() == http::verb::get) {
+        return make_json_response(http::status::ok, models_list_body(model_, started_unix_),
+                                  keep_alive);
+    }
+    if (!request.body().empty()) {
+        auto pinned = pin_model(request.body(), model_);
+        if (auto* error = std::get_if<ApiError>(&pinned))
+            return make_error_response(*error, keep_alive);
+        request.body() = std::move(std::get<std::string>(pinned));
+    }
+    if (auto unavailable = admission_error()) return make_error_response(*unavailable, keep_alive);
+    return std::nullopt;
+}
+
+awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
+                                  http::request<http::string_body>& request) {
+    // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
+    auto local = answer_locally(request);
+    if (local) {
+        const bool keep_alive = co_await reply(stream, *local);
+        co_return keep_alive;
+    }
+    const bool keep_alive = co_await proxy_.forward(stream, request);
+    co_return keep_alive && !draining_;
+}
+
+awaitable<void> HttpFront::drain(std::chrono::milliseconds timeout) {
+    draining_ = true;
+    boost::system::error_code ec;
+    acceptor_.close(ec);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    asio::steady_timer timer(io_);
+    for (;;) {
+        for (auto& session : sessions_) {
+            if (session.idle) session.stream->socket().cancel(ec);  // ends its keep-alive wait
+        }
+        if (in_flight_ == 0 || std::chrono::steady_clock::now() >= deadline) break;
+        timer.expires_after(std::chrono::milliseconds(20));
+        co_await timer.async_wait(on_error(ec));
+    }
+    if (in_flight_ > 0) {
+        spdlog::warn("front: {} requests still running after the {} ms drain; closing them",
+                     in_flight_, timeout.count());
+    }
+    for (auto& session : sessions_)
+        session.stream->socket().close(ec);
+}
+
+}  // namespace ensemble

@@ -1,0 +1,70 @@
+// The worker's public face: owns the public port, reads client requests, answers what the worker
+// itself knows (/health, /v1/models, every validation error) and hands the rest to the proxy.
+// Draining stops accepting, lets requests in flight finish, and closes idle connections.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <list>
+#include <string>
+
+#include "worker/asio.h"
+#include "worker/engine_proxy.h"
+#include "worker/engine_runner.h"
+#include "worker/request_policy.h"
+
+namespace ensemble {
+
+struct FrontConfig {
+    std::string host = "127.0.0.1";
+    unsigned short port = 0;
+    std::size_t max_body_bytes = 32 * 1024 * 1024;
+    std::string api_key;         // empty: no key required
+    std::size_t queue_max = 64;  // requests allowed to wait for a restarting engine
+    std::chrono::seconds idle_timeout{120};
+};
+
+class HttpFront {
+  public:
+    HttpFront(asio::io_context& io, FrontConfig config, ModelIdentity model, EngineRunner& engine,
+              EngineProxy& proxy);
+
+    // Binds the public port. A port in use is an error naming the port and what to do.
+    Status listen();
+    void start_accepting();
+    // Stops accepting and waits (up to `timeout`) for requests in flight; then closes the rest.
+    awaitable<void> drain(std::chrono::milliseconds timeout);
+
+    unsigned short bound_port() const;
+    std::size_t in_flight() const { return in_flight_; }
+
+  private:
+    struct Session {
+        beast::tcp_stream* stream;
+        bool idle;
+    };
+
+    awaitable<void> accept_loop();
+    awaitable<void> serve(tcp::socket socket);
+    awaitable<bool> handle(beast::tcp_stream& stream, http::request<http::string_body>& request);
+    awaitable<bool> reply(beast::tcp_stream& stream, http::response<http::string_body>& response);
+    // The answer to a request the worker handles itself (or rejects), or nullopt to proxy it.
+    std::optional<http::response<http::string_body>> answer_locally(
+        http::request<http::string_body>& request) const;
+    awaitable<void> reject_unreadable(beast::tcp_stream& stream, boost::system::error_code ec);
+    std::optional<ApiError> admission_error() const;
+    http::response<http::string_body> health_response(bool keep_alive) const;
+
+    asio::io_context& io_;
+    FrontConfig config_;
+    ModelIdentity model_;
+    EngineRunner& engine_;
+    EngineProxy& proxy_;
+    tcp::acceptor acceptor_;
+    std::list<Session> sessions_;
+    std::size_t in_flight_ = 0;
+    bool draining_ = false;
+    long started_unix_ = 0;
+};
+
+}  // namespace ensemble

@@ -1,0 +1,36 @@
+// What the worker decides about a request before it reaches the engine, as pure functions:
+// is the caller allowed (API key), is the body valid JSON, does it name this worker's model,
+// and the body rewritten to the engine's own model id ("pin the model": an engine such as
+// mlx_lm.server would otherwise load whatever path a request names).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <variant>
+#include <vector>
+
+#include "worker/openai_error.h"
+
+namespace ensemble {
+
+struct ModelIdentity {
+    std::string handle;
+    std::vector<std::string> aliases;
+    std::string engine_model_id;
+
+    bool answers_to(std::string_view name) const;
+};
+
+// nullopt when the request may proceed. An empty `api_key` means no key is required.
+std::optional<ApiError> check_api_key(std::string_view authorization_header,
+                                      std::string_view api_key);
+
+// The body to forward, or the error to answer with. Bodies that are not JSON objects are
+// rejected: every OpenAI endpoint takes one.
+std::variant<std::string, ApiError> pin_model(std::string_view body, const ModelIdentity& model);
+
+// GET /v1/models: this worker's handle (and aliases) as OpenAI model objects.
+std::string models_list_body(const ModelIdentity& model, long created_unix_seconds);
+
+}  // namespace ensemble

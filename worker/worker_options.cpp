@@ -1,0 +1,144 @@
+#include "worker/worker_options.h"
+
+#include <CLI/CLI.hpp>
+#include <cstdlib>
+#include <iostream>
+#include <regex>
+
+#include "worker/child_process.h"
+
+namespace ensemble {
+
+namespace {
+
+std::filesystem::path default_log_dir() {
+    if (const char* state = std::getenv("XDG_STATE_HOME"); state != nullptr && *state != '\0') {
+        return std::filesystem::path(state) / "ensemble" / "logs";
+    }
+    if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
+        return std::filesystem::path(home) / ".local" / "state" / "ensemble" / "logs";
+    }
+    return std::filesystem::temp_directory_path() / "ensemble" / "logs";
+}
+
+// Fills in what depends on several options; returns an error message or "".
+std::string finish(WorkerOptions& o, const std::string& engine_name, const std::string& command,
+                   const std::string& ready_path, const std::string& log_dir) {
+    static const std::regex kHandle("^[a-z0-9]+(?:[-.][a-z0-9]+)*$");
+    if (!std::regex_match(o.model.handle, kHandle)) {
+        return "--handle '" + o.model.handle +
+               "' must be kebab-case: lowercase letters, digits, "
+               "'-' or '.' between them (e.g. qwen3-8b)";
+    }
+    auto preset =
+        engine_name == "command" ? command_preset(command, ready_path) : find_preset(engine_name);
+    if (!preset) return preset.error().message;
+    if (engine_name != "command" && !command.empty()) {
+        return "--command is only for --engine command (the " + engine_name +
+               " preset has its own)";
+    }
+    o.engine.preset = *preset;
+    if (o.engine.binary.empty()) o.engine.binary = preset->default_binary;
+    if (!find_program(o.engine.binary)) {
+        return "engine program '" + o.engine.binary +
+               "' not found or not executable; install it, "
+               "or pass --engine-bin PATH (deploy/setup provisions llama-server in .engines/bin)";
+    }
+    o.engine.handle = o.model.handle;
+    if (o.engine.log_file.empty()) {
+        const auto dir = log_dir.empty() ? default_log_dir() : std::filesystem::path(log_dir);
+        o.engine.log_file = dir / ("engine-" + std::to_string(o.front.port) + ".log");
+    }
+    if (o.front.api_key.empty()) {
+        if (const char* key = std::getenv("ENSEMBLE_API_KEY"); key != nullptr)
+            o.front.api_key = key;
+    }
+    return "";
+}
+
+}  // namespace
+
+std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
+    WorkerOptions o;
+    std::string engine_name = "llama.cpp";
+    std::string command;
+    std::string ready_path = "/v1/models";
+    std::string log_dir;
+    std::string log_file;
+    int drain_seconds = 30;
+    int queue_timeout = 60;
+    int stall_timeout = 120;
+    int engine_timeout = 600;
+
+    CLI::App app{"ensemble-worker: serves one model on one port through an inference engine"};
+    app.add_option("--port", o.front.port, "public port to serve on")->required();
+    app.add_option("--host", o.front.host, "address to bind")->capture_default_str();
+    app.add_option("--model", o.engine.model, "model file, directory or repo id")->required();
+    app.add_option("--handle", o.model.handle, "the model id clients use (kebab-case)")->required();
+    app.add_option("--alias", o.model.aliases, "other ids accepted in a request's 'model'");
+    app.add_option("--engine", engine_name, "llama.cpp, mlx-lm, vllm or command")
+        ->capture_default_str();
+    app.add_option("--engine-bin", o.engine.binary,
+                   "engine program (default: the preset's, on PATH)");
+    app.add_option("--command", command,
+                   "for --engine command: a command line with {model} {port} "
+                   "{context} {parallel} {handle}");
+    app.add_option("--ready-path", ready_path,
+                   "for --engine command: GET path that answers 200 "
+                   "when ready")
+        ->capture_default_str();
+    app.add_option("--engine-arg", o.engine.extra_args,
+                   "extra argument for the engine (repeatable)")
+        ->allow_extra_args(false);
+    app.add_option("--context", o.engine.context, "context length")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1 << 24));
+    app.add_option("--parallel", o.engine.parallel, "parallel slots")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 1024));
+    app.add_option("--api-key", o.front.api_key,
+                   "require 'Authorization: Bearer KEY' "
+                   "(or set ENSEMBLE_API_KEY)");
+    app.add_option("--max-body-bytes", o.front.max_body_bytes, "largest request body accepted")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 34));
+    app.add_option("--log-dir", log_dir,
+                   "directory for the engine log (default: "
+                   "$XDG_STATE_HOME/ensemble/logs)");
+    app.add_option("--log-file", log_file, "engine log file (overrides --log-dir)");
+    app.add_option("--queue-max", o.front.queue_max,
+                   "requests that may wait for a restarting "
+                   "engine")
+        ->capture_default_str();
+    app.add_option("--queue-timeout", queue_timeout,
+                   "seconds a request may wait for a restarting "
+                   "engine")
+        ->capture_default_str();
+    app.add_option("--drain-timeout", drain_seconds, "seconds SIGTERM waits for requests in flight")
+        ->capture_default_str();
+    app.add_option("--load-stall-timeout", stall_timeout,
+                   "seconds without load progress before "
+                   "the engine is restarted")
+        ->capture_default_str();
+    app.add_option("--engine-timeout", engine_timeout,
+                   "seconds of engine silence tolerated during "
+                   "a response")
+        ->capture_default_str();
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    o.engine.log_file = log_file;
+    o.drain_timeout = std::chrono::seconds(drain_seconds);
+    o.proxy.queue_timeout = std::chrono::seconds(queue_timeout);
+    o.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
+    o.engine.load_stall_timeout = std::chrono::seconds(stall_timeout);
+    if (auto error = finish(o, engine_name, command, ready_path, log_dir); !error.empty()) {
+        std::cerr << "ensemble-worker: " << error << '\n';
+        return 2;
+    }
+    return o;
+}
+
+}  // namespace ensemble

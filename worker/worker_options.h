@@ -1,0 +1,27 @@
+// ensemble-worker's command line: which port, which model, which engine, and the limits.
+#pragma once
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+#include "protocol/result.h"
+#include "worker/engine_config.h"
+#include "worker/engine_proxy.h"
+#include "worker/http_front.h"
+#include "worker/request_policy.h"
+
+namespace ensemble {
+
+struct WorkerOptions {
+    FrontConfig front;
+    EngineConfig engine;
+    ProxyLimits proxy;
+    ModelIdentity model;
+    std::chrono::milliseconds drain_timeout{30000};
+};
+
+// Parses argv into options; on --help or a bad argument returns the exit code to use.
+std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv);
+
+}  // namespace ensemble
