@@ -27,7 +27,7 @@ constexpr std::array<BlockLayout, 31> kBlockLayouts{{
 // Reads little-endian primitives from a file, failing cleanly at the end of the file.
 class Cursor {
   public:
-    Cursor(std::ifstream& in, std::uint64_t size) : in_(in), size_(size) {}
+    Cursor(std::istream& in, std::uint64_t size) : in_(in), size_(size) {}
 
     std::uint64_t position() const { return pos_; }
     std::uint64_t remaining() const { return size_ - pos_; }
@@ -57,22 +57,21 @@ class Cursor {
     }
 
   private:
-    std::ifstream& in_;
+    std::istream& in_;
     std::uint64_t size_;
     std::uint64_t pos_ = 0;
 };
 
 class HeaderParser {
   public:
-    HeaderParser(std::ifstream& in, std::uint64_t size, const std::filesystem::path& path,
-                 const Limits& limits)
-        : cursor_(in, size), path_(path), limits_(limits) {}
+    HeaderParser(std::istream& in, std::uint64_t size, const std::string& name, const Limits& limits)
+        : cursor_(in, size), name_(name), limits_(limits) {}
 
     Result<Header> parse();
 
   private:
     Error fail(const std::string& what) const {
-        return Error{"bad_gguf", path_.string() + ": not a valid GGUF model: " + what +
+        return Error{"bad_gguf", name_ + ": not a valid GGUF model: " + what +
                                      " (at byte " + std::to_string(cursor_.position()) +
                                      "); re-download or re-convert the model file"};
     }
@@ -85,7 +84,7 @@ class HeaderParser {
     std::optional<Error> read_tensors(Header& header, std::uint64_t count);
 
     Cursor cursor_;
-    const std::filesystem::path& path_;
+    const std::string& name_;
     const Limits& limits_;
 };
 
@@ -350,7 +349,12 @@ Result<Header> read_header(const std::filesystem::path& path, const Limits& limi
     }
     std::ifstream in(path, std::ios::binary);
     if (!in) return Error{"model_unreadable", path.string() + ": cannot open the model file"};
-    return HeaderParser(in, size, path, limits).parse();
+    return read_header(in, size, path.string(), limits);
+}
+
+Result<Header> read_header(std::istream& in, std::uint64_t size, const std::string& name,
+                           const Limits& limits) {
+    return HeaderParser(in, size, name, limits).parse();
 }
 
 }  // namespace ensemble::gguf

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <istream>
 #include <map>
 #include <optional>
 #include <string>
@@ -75,5 +76,9 @@ struct Limits {
 std::optional<std::uint64_t> type_size(std::uint32_t type, std::uint64_t elements);
 
 Result<Header> read_header(const std::filesystem::path& path, const Limits& limits = {});
+
+// The same from any stream of `size` bytes; `name` is used in error messages.
+Result<Header> read_header(std::istream& in, std::uint64_t size, const std::string& name,
+                           const Limits& limits = {});
 
 }  // namespace ensemble::gguf

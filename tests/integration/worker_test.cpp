@@ -1,0 +1,290 @@
+// ensemble-worker in front of the real llama-server, on a generated tiny model: what a client of
+// the OpenAI API sees, including every error the worker owns and the engine dying mid-stream.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "tests/support/http_client.h"
+#include "tests/support/worker_process.h"
+
+using namespace ensemble::testing;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::string test_name() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    return std::string(info->test_suite_name()) + "." + info->name();
+}
+
+const std::string kChat = R"({"model":"tiny","messages":[{"role":"user","content":"hello"}],"max_tokens":8})";
+
+std::string stream_body(int max_tokens) {
+    return json{{"model", "tiny"},
+                {"messages", {{{"role", "user"}, {"content", "hello"}}}},
+                {"max_tokens", max_tokens},
+                {"stream", true}}
+        .dump();
+}
+
+json error_of(const HttpResponse& r) {
+    auto j = json::parse(r.body, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << "not JSON: " << r.body;
+    EXPECT_TRUE(j.contains("error")) << r.body;
+    return j.is_discarded() ? json{} : j["error"];
+}
+
+class WorkerTest : public ::testing::Test {
+protected:
+    std::unique_ptr<WorkerProcess> start(std::vector<std::string> args = {}) {
+        auto worker = std::make_unique<WorkerProcess>(free_port(), std::move(args), test_name());
+        EXPECT_TRUE(worker->wait_ready()) << worker->log();
+        return worker;
+    }
+
+    void TearDown() override {
+        // No orphans: every engine this test started must be gone once its worker is.
+        for (pid_t pid : engines_) {
+            for (int i = 0; i < 200 && process_alive(pid); ++i) std::this_thread::sleep_for(10ms);
+            EXPECT_FALSE(process_alive(pid)) << "engine " << pid << " outlived its worker";
+        }
+    }
+
+    void track_engine(const WorkerProcess& worker) {
+        if (auto pid = worker.engine_pid()) engines_.push_back(*pid);
+    }
+
+    std::vector<pid_t> engines_;
+};
+
+TEST_F(WorkerTest, ChatCompletionThroughTheRealEngine) {
+    auto worker = start();
+    track_engine(*worker);
+    auto r = http_request(worker->port(), chat_request(kChat));
+    ASSERT_EQ(r.status, 200) << r.body;
+    auto j = json::parse(r.body);
+    EXPECT_EQ(j["object"], "chat.completion");
+    EXPECT_EQ(j["model"], "tiny");
+    EXPECT_EQ(j["usage"]["completion_tokens"], 8);
+    EXPECT_FALSE(j["choices"][0]["message"]["content"].get<std::string>().empty());
+}
+
+TEST_F(WorkerTest, LegacyCompletionsEndpointIsProxied) {
+    auto worker = start();
+    auto req = chat_request(R"({"model":"tiny","prompt":"once upon","max_tokens":4})");
+    req.target = "/v1/completions";
+    auto r = http_request(worker->port(), req);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(json::parse(r.body)["usage"]["completion_tokens"], 4);
+}
+
+TEST_F(WorkerTest, StreamingArrivesChunkByChunk) {
+    auto worker = start();
+    int chunks = 0;
+    auto r = http_request(worker->port(), chat_request(stream_body(16), true), [&](std::string_view) {
+        ++chunks;
+        return true;
+    });
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_TRUE(r.complete);
+    EXPECT_EQ(r.header("content-type").rfind("text/event-stream", 0), 0U);
+    EXPECT_EQ(r.header("transfer-encoding"), "chunked");
+    // One chunk per event: nothing was buffered into a single write.
+    EXPECT_GE(chunks, 16);
+    EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos);
+}
+
+TEST_F(WorkerTest, EightConcurrentStreamsAllComplete) {
+    auto worker = start({"--parallel", "4"});
+    std::atomic<int> completed{0};
+    std::vector<std::thread> clients;
+    for (int i = 0; i < 8; ++i) {
+        clients.emplace_back([&] {
+            auto r = http_request(worker->port(), chat_request(stream_body(32), true));
+            if (r.status == 200 && r.complete && r.body.find("[DONE]") != std::string::npos) ++completed;
+        });
+    }
+    for (auto& t : clients) t.join();
+    EXPECT_EQ(completed.load(), 8);
+}
+
+TEST_F(WorkerTest, ModelsListsTheHandleAndAliases) {
+    auto worker = start({"--alias", "tiny-latest"});
+    HttpRequest req;
+    req.target = "/v1/models";
+    auto r = http_request(worker->port(), req);
+    ASSERT_EQ(r.status, 200);
+    auto j = json::parse(r.body);
+    ASSERT_EQ(j["data"].size(), 2U);
+    EXPECT_EQ(j["data"][0]["id"], "tiny");
+    EXPECT_EQ(j["data"][1]["id"], "tiny-latest");
+    // An alias is accepted and pinned to the engine's own id.
+    auto chat = http_request(worker->port(), chat_request(R"({"model":"tiny-latest","messages":[{"role":"user","content":"x"}],"max_tokens":2})"));
+    EXPECT_EQ(chat.status, 200) << chat.body;
+}
+
+TEST_F(WorkerTest, UnknownModelIs404ModelNotFound) {
+    auto worker = start();
+    auto r = http_request(worker->port(), chat_request(R"({"model":"gpt-4","messages":[]})"));
+    EXPECT_EQ(r.status, 404);
+    auto e = error_of(r);
+    EXPECT_EQ(e["code"], "model_not_found");
+    EXPECT_EQ(e["type"], "invalid_request_error");
+}
+
+TEST_F(WorkerTest, MalformedJsonIs400) {
+    auto worker = start();
+    auto r = http_request(worker->port(), chat_request(R"({"model": "tiny", "messages": [)"));
+    EXPECT_EQ(r.status, 400);
+    EXPECT_EQ(error_of(r)["code"], "invalid_json");
+    // The connection and the worker survive it.
+    EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
+}
+
+TEST_F(WorkerTest, MalformedHttpIs400) {
+    auto worker = start();
+    const auto reply = raw_exchange(worker->port(), "GARBAGE\x01 / HTTP/9.9\r\n\r\n");
+    EXPECT_EQ(reply.rfind("HTTP/1.1 400", 0), 0U) << reply;
+    EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
+}
+
+TEST_F(WorkerTest, OversizedBodyIs413) {
+    auto worker = start({"--max-body-bytes", "4096"});
+    const std::string big(10000, 'x');
+    auto r = http_request(worker->port(),
+                          chat_request(R"({"model":"tiny","messages":[{"role":"user","content":")" + big + "\"}]}"));
+    EXPECT_EQ(r.status, 413);
+    EXPECT_EQ(error_of(r)["code"], "request_too_large");
+}
+
+TEST_F(WorkerTest, ApiKeyIsRequiredWhenConfigured) {
+    auto worker = start({"--api-key", "s3cret"});
+    auto none = http_request(worker->port(), chat_request(kChat));
+    EXPECT_EQ(none.status, 401);
+    EXPECT_EQ(error_of(none)["type"], "authentication_error");
+    auto wrong = chat_request(kChat);
+    wrong.headers["Authorization"] = "Bearer nope";
+    EXPECT_EQ(http_request(worker->port(), wrong).status, 401);
+    auto right = chat_request(kChat);
+    right.headers["Authorization"] = "Bearer s3cret";
+    EXPECT_EQ(http_request(worker->port(), right).status, 200);
+    HttpRequest health;  // health checks need no key
+    health.target = "/health";
+    EXPECT_EQ(http_request(worker->port(), health).status, 200);
+}
+
+TEST_F(WorkerTest, UnknownPathIs404) {
+    auto worker = start();
+    HttpRequest req;
+    req.target = "/admin";
+    auto r = http_request(worker->port(), req);
+    EXPECT_EQ(r.status, 404);
+    EXPECT_EQ(error_of(r)["code"], "unknown_path");
+}
+
+TEST_F(WorkerTest, AnswersWith503AndRetryAfterWhileTheModelLoads) {
+    // The real engine, started 1.5 s late through the `command` preset: a slow load.
+    const auto server = llama_server().string();
+    WorkerProcess worker(free_port(),
+                         {"--engine", "command", "--ready-path", "/health", "--command",
+                          "/bin/sh -c 'sleep 1.5; exec \"$0\" \"$@\"' " + server +
+                              " --model {model} --host 127.0.0.1 --port {port} --alias {handle} "
+                              "--ctx-size {context} --parallel {parallel}"},
+                         test_name());
+    HttpResponse r;
+    for (int i = 0; i < 200 && r.status != 503; ++i) {
+        r = http_request(worker.port(), chat_request(kChat));
+        if (r.status == 0) std::this_thread::sleep_for(5ms);  // not bound yet
+    }
+    ASSERT_EQ(r.status, 503) << r.body;
+    EXPECT_EQ(r.header("retry-after"), "2");
+    EXPECT_EQ(error_of(r)["code"], "model_loading");
+    HttpRequest health;
+    health.target = "/health";
+    EXPECT_EQ(http_request(worker.port(), health).status, 503);
+    ASSERT_TRUE(worker.wait_ready()) << worker.log();
+    EXPECT_EQ(http_request(worker.port(), chat_request(kChat)).status, 200);
+}
+
+TEST_F(WorkerTest, EngineKilledMidStreamEndsWithAnErrorEventThenRecovers) {
+    auto worker = start({"--context", "16384", "--parallel", "1"});
+    const auto engine = worker->engine_pid();
+    ASSERT_TRUE(engine);
+    bool killed = false;
+    auto r = http_request(worker->port(), chat_request(stream_body(8000), true), [&](std::string_view chunk) {
+        if (!killed && chunk.find("content") != std::string_view::npos) {
+            ::kill(*engine, SIGKILL);
+            killed = true;
+        }
+        return true;
+    });
+    ASSERT_TRUE(killed);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_TRUE(r.complete) << "the stream must end cleanly, not hang or be cut: " << r.error;
+    EXPECT_NE(r.body.find(R"("code":"engine_failed")"), std::string::npos) << r.body.substr(r.body.size() - 300);
+    EXPECT_EQ(r.body.find("[DONE]"), std::string::npos);
+    // The next request waits for the restarted engine and succeeds.
+    auto next = http_request(worker->port(), chat_request(kChat));
+    EXPECT_EQ(next.status, 200) << next.body;
+    auto restarted = worker->engine_pid();
+    ASSERT_TRUE(restarted);
+    EXPECT_NE(*restarted, *engine);
+    track_engine(*worker);
+}
+
+TEST_F(WorkerTest, PortInUseIsAClearErrorAndNonZeroExit) {
+    const auto port = free_port();
+    int holder = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::listen(holder, 1), 0);
+    WorkerProcess worker(port, {}, test_name());
+    auto exit = worker.wait_exit(10s);
+    ::close(holder);
+    ASSERT_TRUE(exit);
+    EXPECT_NE(exit->code, 0);
+    EXPECT_NE(worker.log().find("already in use"), std::string::npos) << worker.log();
+    EXPECT_FALSE(worker.engine_pid()) << "no engine may start when the port is taken";
+}
+
+TEST_F(WorkerTest, SigtermDrainsTheStreamInFlightThenExitsZero) {
+    auto worker = start({"--context", "16384", "--parallel", "1"});
+    track_engine(*worker);
+    bool signalled = false;
+    auto r = http_request(worker->port(), chat_request(stream_body(1500), true), [&](std::string_view chunk) {
+        if (!signalled && chunk.find("content") != std::string_view::npos) {
+            worker->signal(SIGTERM);
+            signalled = true;
+        }
+        return true;
+    });
+    ASSERT_TRUE(signalled);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_TRUE(r.complete) << r.error;
+    EXPECT_NE(r.body.find("[DONE]"), std::string::npos) << "the request in flight must finish";
+    auto exit = worker->wait_exit(30s);
+    ASSERT_TRUE(exit);
+    EXPECT_FALSE(exit->signaled);
+    EXPECT_EQ(exit->code, 0) << worker->log();
+    // New connections are refused once the worker has gone.
+    EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 0);
+}
+
+TEST_F(WorkerTest, EngineDiesWithItsWorker) {
+    auto worker = start();
+    track_engine(*worker);  // TearDown asserts it is gone
+    worker->signal(SIGKILL);
+    ASSERT_TRUE(worker->wait_exit(10s));
+}
+
+}  // namespace

@@ -1,0 +1,144 @@
+#include "tests/support/http_client.h"
+
+#include <algorithm>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <cctype>
+
+namespace ensemble::testing {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+std::string lowercase(std::string_view s) {
+    std::string out(s);
+    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
+    return out;
+}
+
+// Runs one asynchronous operation to completion on `io`, under the stream's deadline.
+template <typename Start>
+boost::system::error_code run_op(asio::io_context& io, Start start) {
+    boost::system::error_code result = asio::error::would_block;
+    start([&](boost::system::error_code ec, std::size_t = 0) { result = ec; });
+    io.restart();
+    io.run();
+    return result;
+}
+
+}  // namespace
+
+std::string HttpResponse::header(const std::string& lowercase_name) const {
+    const auto it = headers.find(lowercase_name);
+    return it == headers.end() ? "" : it->second;
+}
+
+HttpRequest chat_request(const std::string& json_body, bool stream) {
+    HttpRequest r;
+    r.method = "POST";
+    r.target = "/v1/chat/completions";
+    r.body = json_body;
+    r.headers["Content-Type"] = "application/json";
+    if (stream) r.headers["Accept"] = "text/event-stream";
+    return r;
+}
+
+HttpResponse http_request(unsigned short port, const HttpRequest& request,
+                          const ChunkCallback& on_chunk) {
+    asio::io_context io;
+    beast::tcp_stream stream(io);
+    HttpResponse out;
+    const auto deadline = std::chrono::steady_clock::now() + request.timeout;
+    stream.expires_at(deadline);
+    auto ec = run_op(io, [&](auto handler) {
+        stream.async_connect(tcp::endpoint(asio::ip::address_v4::loopback(), port),
+                             [handler](boost::system::error_code e) { handler(e); });
+    });
+    if (ec) {
+        out.error = "connect: " + ec.message();
+        return out;
+    }
+    http::request<http::string_body> req{http::string_to_verb(request.method), request.target, 11};
+    req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
+    for (const auto& [k, v] : request.headers) req.set(k, v);
+    req.body() = request.body;
+    if (!request.body.empty() || request.method == "POST") req.prepare_payload();
+    ec = run_op(io, [&](auto handler) { http::async_write(stream, req, handler); });
+    if (ec) {
+        out.error = "write: " + ec.message();
+        return out;
+    }
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(std::uint64_t{1} << 32);
+    bool stopped_by_callback = false;
+    auto chunk_body = [&](std::uint64_t, beast::string_view body, boost::system::error_code&) {
+        out.body.append(body.data(), body.size());
+        if (on_chunk && !on_chunk({body.data(), body.size()})) stopped_by_callback = true;
+        return body.size();
+    };
+    parser.on_chunk_body(chunk_body);
+    ec = run_op(io, [&](auto handler) { http::async_read_header(stream, buffer, parser, handler); });
+    if (!ec) {
+        while (!parser.is_done() && !stopped_by_callback) {
+            ec = run_op(io, [&](auto handler) { http::async_read_some(stream, buffer, parser, handler); });
+            if (ec) break;
+        }
+    }
+    if (parser.is_header_done()) {
+        out.status = static_cast<int>(parser.get().result_int());
+        for (const auto& field : parser.get()) {
+            out.headers[lowercase({field.name_string().data(), field.name_string().size()})] =
+                std::string(field.value());
+        }
+        if (!parser.chunked()) out.body = parser.get().body();
+    }
+    out.complete = parser.is_done();
+    if (ec) out.error = ec.message();
+    if (ec && !parser.is_header_done()) out.status = 0;
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    return out;
+}
+
+std::string raw_exchange(unsigned short port, const std::string& bytes,
+                         std::chrono::milliseconds timeout) {
+    asio::io_context io;
+    beast::tcp_stream stream(io);
+    stream.expires_after(timeout);
+    auto ec = run_op(io, [&](auto handler) {
+        stream.async_connect(tcp::endpoint(asio::ip::address_v4::loopback(), port),
+                             [handler](boost::system::error_code e) { handler(e); });
+    });
+    if (ec) return "";
+    ec = run_op(io, [&](auto handler) { asio::async_write(stream, asio::buffer(bytes), handler); });
+    std::string received;
+    char buf[4096];
+    for (;;) {
+        std::size_t n = 0;
+        ec = run_op(io, [&](auto handler) {
+            stream.async_read_some(asio::buffer(buf), [&, handler](boost::system::error_code e, std::size_t got) {
+                n = got;
+                handler(e);
+            });
+        });
+        received.append(buf, n);
+        if (ec) break;
+    }
+    return received;
+}
+
+unsigned short free_port() {
+    asio::io_context io;
+    tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
+    return acceptor.local_endpoint().port();
+}
+
+}  // namespace ensemble::testing

@@ -1,0 +1,47 @@
+// A blocking HTTP/1.1 client with deadlines, for tests and benchmarks. Streaming responses are
+// observed chunk by chunk, as they arrive, through a callback.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+
+namespace ensemble::testing {
+
+struct HttpResponse {
+    int status = 0;  // 0: no response (connection refused, timeout, cut short)
+    std::string error;  // why status is 0, or why the body is incomplete
+    std::map<std::string, std::string> headers;  // lowercase names
+    std::string body;
+    bool complete = false;  // the whole message arrived, including a chunked stream's end
+
+    std::string header(const std::string& lowercase_name) const;
+};
+
+struct HttpRequest {
+    std::string method = "GET";
+    std::string target = "/";
+    std::string body;
+    std::map<std::string, std::string> headers;
+    std::chrono::milliseconds timeout{30000};
+};
+
+// Called with each piece of body as it is parsed; return false to stop reading.
+using ChunkCallback = std::function<bool(std::string_view)>;
+
+HttpResponse http_request(unsigned short port, const HttpRequest& request,
+                          const ChunkCallback& on_chunk = {});
+
+// A POST of a chat completion with the given body JSON.
+HttpRequest chat_request(const std::string& json_body, bool stream = false);
+
+// Sends raw bytes and returns whatever comes back (for malformed-HTTP tests).
+std::string raw_exchange(unsigned short port, const std::string& bytes,
+                         std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
+
+// A loopback port that was free a moment ago.
+unsigned short free_port();
+
+}  // namespace ensemble::testing

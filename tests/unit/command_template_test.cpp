@@ -1,0 +1,96 @@
+// Engine command templates and presets.
+#include <gtest/gtest.h>
+
+#include "profiles/command_template.h"
+#include "profiles/engine_preset.h"
+
+using namespace ensemble;
+
+namespace {
+
+const TemplateVars kVars{{"model", "/m/a.gguf"}, {"port", "9000"}, {"context", "4096"},
+                         {"parallel", "2"}, {"handle", "qwen3-8b"}};
+
+TEST(CommandTemplate, ExpandsEveryPlaceholder) {
+    auto w = expand_word("--model={model}:{port}:{context}:{parallel}:{handle}", kVars);
+    ASSERT_TRUE(w) << w.error().message;
+    EXPECT_EQ(*w, "--model=/m/a.gguf:9000:4096:2:qwen3-8b");
+}
+
+TEST(CommandTemplate, DoubledBracesAreLiteral) {
+    auto w = expand_word("{{\"port\": {port}}}", kVars);
+    ASSERT_TRUE(w);
+    EXPECT_EQ(*w, "{\"port\": 9000}");
+}
+
+TEST(CommandTemplate, UnknownPlaceholderNamesTheKnownOnes) {
+    auto w = expand_word("{modle}", kVars);
+    ASSERT_FALSE(w);
+    EXPECT_EQ(w.error().code, "bad_template");
+    EXPECT_NE(w.error().message.find("{modle}"), std::string::npos);
+    EXPECT_NE(w.error().message.find("{model}"), std::string::npos);
+}
+
+TEST(CommandTemplate, UnbalancedBracesAreErrors) {
+    EXPECT_FALSE(expand_word("{model", kVars));
+    EXPECT_FALSE(expand_word("model}", kVars));
+}
+
+TEST(CommandTemplate, SplitsLikeAShell) {
+    auto words = split_command_line(R"(  run --name 'two words' "double \"q\"" a\ b  )");
+    ASSERT_TRUE(words);
+    EXPECT_EQ(*words, (std::vector<std::string>{"run", "--name", "two words", "double \"q\"", "a b"}));
+}
+
+TEST(CommandTemplate, SplitRejectsUnterminatedQuotesAndEmptyCommands) {
+    EXPECT_FALSE(split_command_line("run 'oops"));
+    EXPECT_FALSE(split_command_line("   "));
+    EXPECT_FALSE(split_command_line("trailing\\"));
+}
+
+TEST(EnginePreset, LlamaCppPresetPinsTheHandleAsAlias) {
+    auto p = find_preset("llama.cpp");
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->default_binary, "llama-server");
+    EXPECT_EQ(p->probe.path, "/health");
+    auto argv = expand_argv(p->args, kVars);
+    ASSERT_TRUE(argv);
+    const std::vector<std::string> expected{"--model", "/m/a.gguf", "--host", "127.0.0.1", "--port",
+                                            "9000", "--ctx-size", "4096", "--parallel", "2",
+                                            "--alias", "qwen3-8b"};
+    EXPECT_EQ(*argv, expected);
+}
+
+TEST(EnginePreset, MlxProbesWithARealCompletionBecauseItsHealthIsAlways200) {
+    auto p = find_preset("mlx-lm");
+    ASSERT_TRUE(p);
+    EXPECT_EQ(p->probe.method, "POST");
+    EXPECT_EQ(p->probe.path, "/v1/chat/completions");
+    EXPECT_EQ(p->engine_model_id, "{model}");
+}
+
+TEST(EnginePreset, VllmServesTheHandleAsItsModelName) {
+    auto p = find_preset("vllm");
+    ASSERT_TRUE(p);
+    auto argv = expand_argv(p->args, kVars);
+    ASSERT_TRUE(argv);
+    EXPECT_EQ(argv->front(), "serve");
+    EXPECT_NE(std::find(argv->begin(), argv->end(), "--served-model-name"), argv->end());
+}
+
+TEST(EnginePreset, UnknownPresetListsTheKnownOnes) {
+    auto p = find_preset("ollama");
+    ASSERT_FALSE(p);
+    EXPECT_NE(p.error().message.find("llama.cpp, mlx-lm, vllm, command"), std::string::npos);
+}
+
+TEST(EnginePreset, CommandPresetChecksPlaceholdersAndProbePath) {
+    auto ok = command_preset("my-server --weights {model} --listen 127.0.0.1:{port}", "/ready");
+    ASSERT_TRUE(ok) << ok.error().message;
+    EXPECT_EQ(ok->default_binary, "my-server");
+    EXPECT_EQ(ok->probe.path, "/ready");
+    EXPECT_FALSE(command_preset("my-server --weights {weights}", "/ready"));
+    EXPECT_FALSE(command_preset("my-server", "ready"));
+}
+
+}  // namespace

@@ -1,0 +1,81 @@
+// What the worker decides about a request before the engine sees it.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "worker/request_policy.h"
+
+using namespace ensemble;
+using nlohmann::json;
+
+namespace {
+
+const ModelIdentity kModel{"qwen3-8b", {"qwen3"}, "/models/Qwen3-8B-MLX"};
+
+TEST(ApiKey, NoKeyConfiguredLetsEverythingThrough) {
+    EXPECT_FALSE(check_api_key("", ""));
+    EXPECT_FALSE(check_api_key("Bearer whatever", ""));
+}
+
+TEST(ApiKey, MissingWrongAndMalformedAre401) {
+    for (const char* header : {"", "Bearer wrong", "bearer k3y", "Basic k3y", "Bearer k3y "}) {
+        auto e = check_api_key(header, "k3y");
+        ASSERT_TRUE(e) << header;
+        EXPECT_EQ(e->status, http::status::unauthorized);
+        EXPECT_EQ(e->type, "authentication_error");
+    }
+    EXPECT_FALSE(check_api_key("Bearer k3y", "k3y"));
+}
+
+TEST(PinModel, RewritesTheHandleToTheEnginesOwnId) {
+    auto r = pin_model(R"({"model":"qwen3-8b","messages":[]})", kModel);
+    ASSERT_TRUE(std::holds_alternative<std::string>(r));
+    EXPECT_EQ(json::parse(std::get<std::string>(r))["model"], "/models/Qwen3-8B-MLX");
+}
+
+TEST(PinModel, AcceptsAliasesAndFillsInAMissingModel) {
+    EXPECT_TRUE(std::holds_alternative<std::string>(pin_model(R"({"model":"qwen3"})", kModel)));
+    auto r = pin_model(R"({"messages":[]})", kModel);
+    ASSERT_TRUE(std::holds_alternative<std::string>(r));
+    EXPECT_EQ(json::parse(std::get<std::string>(r))["model"], "/models/Qwen3-8B-MLX");
+}
+
+TEST(PinModel, AnotherModelIs404ModelNotFound) {
+    // mlx_lm.server would load whatever path this names; the worker never forwards it.
+    auto r = pin_model(R"({"model":"/etc/passwd"})", kModel);
+    ASSERT_TRUE(std::holds_alternative<ApiError>(r));
+    const auto& e = std::get<ApiError>(r);
+    EXPECT_EQ(e.status, http::status::not_found);
+    EXPECT_EQ(e.code, "model_not_found");
+    EXPECT_NE(e.message.find("qwen3-8b"), std::string::npos);
+}
+
+TEST(PinModel, MalformedOrNonObjectBodiesAre400) {
+    for (const char* body : {"{", "not json", "[1,2]", "\"text\"", R"({"model":42})"}) {
+        auto r = pin_model(body, kModel);
+        ASSERT_TRUE(std::holds_alternative<ApiError>(r)) << body;
+        EXPECT_EQ(std::get<ApiError>(r).status, http::status::bad_request) << body;
+    }
+}
+
+TEST(ApiErrorFormat, IsOpenAIShaped) {
+    ApiError e{http::status::service_unavailable, "server_error", "model_loading", "loading", 2};
+    auto j = json::parse(e.body());
+    EXPECT_EQ(j["error"]["type"], "server_error");
+    EXPECT_EQ(j["error"]["code"], "model_loading");
+    EXPECT_TRUE(j["error"]["param"].is_null());
+    auto res = make_error_response(e, true);
+    EXPECT_EQ(res[http::field::retry_after], "2");
+    EXPECT_EQ(e.sse_event().rfind("data: {", 0), 0U);
+    EXPECT_EQ(e.sse_event().substr(e.sse_event().size() - 2), "\n\n");
+}
+
+TEST(ModelsList, ListsHandleThenAliases) {
+    auto j = json::parse(models_list_body(kModel, 1700000000));
+    EXPECT_EQ(j["object"], "list");
+    ASSERT_EQ(j["data"].size(), 2U);
+    EXPECT_EQ(j["data"][0]["id"], "qwen3-8b");
+    EXPECT_EQ(j["data"][1]["id"], "qwen3");
+}
+
+}  // namespace
