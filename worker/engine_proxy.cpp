@@ -1,6 +1,9 @@
 #include "worker/engine_proxy.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 
 #include <array>
 #include <limits>
@@ -12,6 +15,7 @@ namespace {
 constexpr std::size_t kMaxIdleConnections = 16;
 constexpr std::size_t kRelayBufferBytes = 16 * 1024;
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
+constexpr auto kRefusedPause = std::chrono::milliseconds(50);
 
 // Hop-by-hop headers (RFC 9110 7.6.1) and the client's credentials stay on our side.
 bool forwarded(http::field f) {
@@ -55,20 +59,31 @@ const ApiError kEngineClosedEarly{
     "the engine closed the connection without answering; retry the request"};
 
 ApiError engine_unavailable(const EngineRunner& engine) {
+    const std::string state = engine.state() == EngineState::ready
+                                  ? "not answering"
+                                  : std::string("not ready (") + to_string(engine.state()) + ")";
     return {http::status::service_unavailable, "server_error", "engine_unavailable",
-            std::string("the engine is ") + to_string(engine.state()) +
-                (engine.last_exit().empty() ? "" : " (last exit: " + engine.last_exit() + ")") +
+            "the engine is " + state +
+                (engine.last_exit().empty() ? "" : "; last exit: " + engine.last_exit()) +
                 "; retry shortly",
             2};
 }
 
+// An idle keep-alive connection the engine has closed reads as EOF; catch it before reuse.
+bool still_open(tcp::socket& socket) {
+    if (!socket.is_open()) return false;
+    char byte = 0;
+    const auto n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
 }  // namespace
 
-awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire() {
-    while (!idle_.empty()) {
+awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fresh_only) {
+    while (!idle_.empty() && !fresh_only) {
         auto c = std::move(idle_.back());
         idle_.pop_back();
-        if (c->generation == engine_.generation() && c->stream.socket().is_open()) {
+        if (c->generation == engine_.generation() && still_open(c->stream.socket())) {
             c->reused = true;
             co_return c;
         }
@@ -78,8 +93,8 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire() {
         Connection{beast::tcp_stream(executor), {}, engine_.generation()});
     boost::system::error_code ec;
     c->stream.expires_after(kConnectTimeout);
-    co_await c->stream.async_connect(
-        tcp::endpoint(asio::ip::address_v4::loopback(), engine_.port()), on_error(ec));
+    const tcp::endpoint engine_endpoint(asio::ip::address_v4::loopback(), engine_.port());
+    co_await c->stream.async_connect(engine_endpoint, on_error(ec));
     if (ec) co_return nullptr;
     c->stream.socket().set_option(tcp::no_delay(true), ec);
     co_return c;
@@ -105,15 +120,25 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
                                      http::request<http::string_body>& request) {
     ++stats_.requests;
     const bool keep_alive = request.keep_alive();
-    // At most one retry for a stale pooled connection and one for an engine that died before it
-    // answered: generation has no side effects until the engine starts responding.
-    for (int attempt = 0; attempt < 3; ++attempt) {
+    // Nothing has reached the client until the engine answers, so a request can be tried again:
+    // on a fresh connection when a pooled one turns out stale, and up to kEngineAttempts times
+    // when the engine itself died before answering (generation has no side effects until then).
+    constexpr int kEngineAttempts = 3;
+    bool fresh_only = false;
+    for (int failures = 0; failures < kEngineAttempts;) {
         if (engine_.state() != EngineState::ready) {
             const auto deadline = EngineRunner::Clock::now() + limits_.queue_timeout;
             if (!co_await engine_.wait_ready(deadline)) break;
         }
-        auto connection = co_await acquire();
-        if (!connection) continue;  // the engine is not accepting: it may have just died
+        auto connection = co_await acquire(fresh_only);
+        if (!connection) {
+            // Refused: the engine probably just died; give SIGCHLD a moment to be noticed.
+            ++failures;
+            asio::steady_timer pause(co_await asio::this_coro::executor, kRefusedPause);
+            boost::system::error_code ec;
+            co_await pause.async_wait(on_error(ec));
+            continue;
+        }
         const auto outcome = co_await relay(client, *connection, request, keep_alive);
         switch (outcome) {
             case Outcome::done_keep_alive:
@@ -122,6 +147,11 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
             case Outcome::done_close:
                 co_return false;
             case Outcome::retry:
+                if (connection->reused) {
+                    fresh_only = true;
+                } else {
+                    ++failures;
+                }
                 continue;
             case Outcome::failed_before_response: {
                 const bool kept = co_await send_error(client, kEngineClosedEarly, keep_alive);

@@ -46,7 +46,7 @@ class EngineProxy {
     };
     enum class Outcome { done_keep_alive, done_close, retry, failed_before_response };
 
-    awaitable<std::unique_ptr<Connection>> acquire();
+    awaitable<std::unique_ptr<Connection>> acquire(bool fresh_only);
     void release(std::unique_ptr<Connection> connection);
     awaitable<Outcome> relay(beast::tcp_stream& client, Connection& engine,
                              const http::request<http::string_body>& request,

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 
+#include <algorithm>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -37,11 +38,14 @@ WorkerProcess::WorkerProcess(unsigned short port, std::vector<std::string> extra
     log_ = dir / "worker.log";
     std::filesystem::remove(log_);
     SpawnSpec spec;
-    spec.argv = {worker_binary().string(), "--port", std::to_string(port), "--model",
-                 tiny_model().string(), "--handle", "tiny", "--log-file",
+    const auto given = [&](const char* flag) {
+        return std::find(extra_args.begin(), extra_args.end(), flag) != extra_args.end();
+    };
+    spec.argv = {worker_binary().string(), "--port", std::to_string(port), "--log-file",
                  (dir / "engine.log").string()};
-    const bool custom_engine = std::find(extra_args.begin(), extra_args.end(), "--engine") != extra_args.end();
-    if (!custom_engine) {
+    if (!given("--model")) spec.argv.insert(spec.argv.end(), {"--model", tiny_model().string()});
+    if (!given("--handle")) spec.argv.insert(spec.argv.end(), {"--handle", "tiny"});
+    if (!given("--engine")) {
         spec.argv.push_back("--engine-bin");
         spec.argv.push_back(llama_server().string());
     }

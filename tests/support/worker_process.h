@@ -23,7 +23,8 @@ std::filesystem::path test_output_dir(const std::string& test_name);
 
 class WorkerProcess {
 public:
-    // Starts `ensemble-worker --port PORT --model tiny --handle tiny ...` plus `extra_args`.
+    // Starts `ensemble-worker --port PORT` plus `extra_args`, defaulting --model to the tiny
+    // model, --handle to "tiny" and the engine to the provisioned llama-server.
     WorkerProcess(unsigned short port, std::vector<std::string> extra_args,
                   const std::string& test_name);
     ~WorkerProcess();
