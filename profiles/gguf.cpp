@@ -64,15 +64,16 @@ class Cursor {
 
 class HeaderParser {
   public:
-    HeaderParser(std::istream& in, std::uint64_t size, const std::string& name, const Limits& limits)
+    HeaderParser(std::istream& in, std::uint64_t size, const std::string& name,
+                 const Limits& limits)
         : cursor_(in, size), name_(name), limits_(limits) {}
 
     Result<Header> parse();
 
   private:
     Error fail(const std::string& what) const {
-        return Error{"bad_gguf", name_ + ": not a valid GGUF model: " + what +
-                                     " (at byte " + std::to_string(cursor_.position()) +
+        return Error{"bad_gguf", name_ + ": not a valid GGUF model: " + what + " (at byte " +
+                                     std::to_string(cursor_.position()) +
                                      "); re-download or re-convert the model file"};
     }
     Error truncated(const std::string& what) const { return fail("file ends inside " + what); }

@@ -46,12 +46,12 @@ double percentile(std::vector<double> v, double p) {
 }
 
 Sample stream_once(unsigned short port, int max_tokens, int& failures) {
-    const auto body = nlohmann::json{{"model", "bench"},
-                                     {"messages", {{{"role", "user"}, {"content", "Tell me a story."}}}},
-                                     {"max_tokens", max_tokens},
-                                     {"ignore_eos", true},
-                                     {"stream", true}}
-                          .dump();
+    const auto body = nlohmann::json{
+        {"model", "bench"},
+        {"messages", {{{"role", "user"}, {"content", "Tell me a story."}}}},
+        {"max_tokens", max_tokens},
+        {"ignore_eos", true},
+        {"stream", true}}.dump();
     Sample s;
     const auto start = Clock::now();
     bool first = true;
@@ -83,9 +83,11 @@ Batch run_batch(unsigned short port, int concurrency, int max_tokens, int& failu
     for (int i = 0; i < concurrency; ++i) {
         threads.emplace_back([&, i] { b.samples[i] = stream_once(port, max_tokens, fails[i]); });
     }
-    for (auto& t : threads) t.join();
+    for (auto& t : threads)
+        t.join();
     b.wall_s = std::chrono::duration<double>(Clock::now() - start).count();
-    for (int f : fails) failures += f;
+    for (int f : fails)
+        failures += f;
     return b;
 }
 
@@ -102,7 +104,8 @@ unsigned short engine_port_from_log(const WorkerProcess& worker) {
     static const std::regex kLine(R"(on 127\.0\.0\.1:(\d+), log)");
     std::smatch m;
     const auto log = worker.log();
-    if (!std::regex_search(log, m, kLine)) throw std::runtime_error("no engine port in worker log:\n" + log);
+    if (!std::regex_search(log, m, kLine))
+        throw std::runtime_error("no engine port in worker log:\n" + log);
     return static_cast<unsigned short>(std::stoi(m[1]));
 }
 
@@ -118,7 +121,8 @@ int main(int argc, char** argv) {
     std::vector<std::string> engine_args;
     CLI::App app{"Proxy overhead of ensemble-worker against direct llama-server"};
     app.add_option("--model", model, "GGUF model to serve")->required();
-    app.add_option("--concurrency", concurrencies, "concurrent streams per batch")->capture_default_str();
+    app.add_option("--concurrency", concurrencies, "concurrent streams per batch")
+        ->capture_default_str();
     app.add_option("--rounds", rounds, "batches per path and concurrency")->capture_default_str();
     app.add_option("--tokens", max_tokens, "tokens generated per request")->capture_default_str();
     app.add_option("--context", context, "engine context size")->capture_default_str();
@@ -127,9 +131,12 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     const int slots = *std::max_element(concurrencies.begin(), concurrencies.end());
-    std::vector<std::string> worker_args{"--model", model, "--handle", "bench", "--parallel",
-                                         std::to_string(slots), "--context", std::to_string(context)};
-    for (const auto& a : engine_args) worker_args.insert(worker_args.end(), {"--engine-arg", a});
+    std::vector<std::string> worker_args{"--model",    model,
+                                         "--handle",   "bench",
+                                         "--parallel", std::to_string(slots),
+                                         "--context",  std::to_string(context)};
+    for (const auto& a : engine_args)
+        worker_args.insert(worker_args.end(), {"--engine-arg", a});
     WorkerProcess worker(free_port(), worker_args, "proxy_bench");
     if (!worker.wait_ready(std::chrono::minutes(5))) {
         std::cerr << "worker did not become ready:\n" << worker.log();
@@ -137,7 +144,8 @@ int main(int argc, char** argv) {
     }
     const unsigned short direct = engine_port_from_log(worker);
     nlohmann::json results = nlohmann::json::array();
-    std::printf("| concurrency | path | TTFT p50 ms | TTFT p99 ms | tokens/s (median) | failures |\n");
+    std::printf(
+        "| concurrency | path | TTFT p50 ms | TTFT p99 ms | tokens/s (median) | failures |\n");
     std::printf("|---|---|---|---|---|---|\n");
     for (int c : concurrencies) {
         Series d, p;
@@ -156,22 +164,25 @@ int main(int argc, char** argv) {
         }
         for (auto* s : {&d, &p}) {
             const char* name = s == &d ? "direct llama-server" : "through ensemble-worker";
-            std::printf("| %d | %s | %.2f | %.2f | %.1f | %d |\n", c, name, percentile(s->ttft_ms, 0.5),
-                        percentile(s->ttft_ms, 0.99), percentile(s->tokens_per_s, 0.5), s->failures);
+            std::printf("| %d | %s | %.2f | %.2f | %.1f | %d |\n", c, name,
+                        percentile(s->ttft_ms, 0.5), percentile(s->ttft_ms, 0.99),
+                        percentile(s->tokens_per_s, 0.5), s->failures);
         }
         const double overhead = percentile(p.ttft_ms, 0.5) - percentile(d.ttft_ms, 0.5);
         const double ratio = percentile(p.tokens_per_s, 0.5) / percentile(d.tokens_per_s, 0.5);
         std::printf("| %d | **worker vs direct** | %+.2f ms | %+.2f ms | %.1f%% | |\n", c, overhead,
                     percentile(p.ttft_ms, 0.99) - percentile(d.ttft_ms, 0.99), ratio * 100);
         results.push_back({{"concurrency", c},
-                           {"direct", {{"ttft_p50_ms", percentile(d.ttft_ms, 0.5)},
-                                       {"ttft_p99_ms", percentile(d.ttft_ms, 0.99)},
-                                       {"tokens_per_s_median", percentile(d.tokens_per_s, 0.5)},
-                                       {"failures", d.failures}}},
-                           {"worker", {{"ttft_p50_ms", percentile(p.ttft_ms, 0.5)},
-                                       {"ttft_p99_ms", percentile(p.ttft_ms, 0.99)},
-                                       {"tokens_per_s_median", percentile(p.tokens_per_s, 0.5)},
-                                       {"failures", p.failures}}},
+                           {"direct",
+                            {{"ttft_p50_ms", percentile(d.ttft_ms, 0.5)},
+                             {"ttft_p99_ms", percentile(d.ttft_ms, 0.99)},
+                             {"tokens_per_s_median", percentile(d.tokens_per_s, 0.5)},
+                             {"failures", d.failures}}},
+                           {"worker",
+                            {{"ttft_p50_ms", percentile(p.ttft_ms, 0.5)},
+                             {"ttft_p99_ms", percentile(p.ttft_ms, 0.99)},
+                             {"tokens_per_s_median", percentile(p.tokens_per_s, 0.5)},
+                             {"failures", p.failures}}},
                            {"ttft_p50_overhead_ms", overhead},
                            {"throughput_ratio", ratio}});
         std::fflush(stdout);

@@ -1,8 +1,8 @@
 // ensemble-worker in front of the real llama-server, on a generated tiny model: what a client of
 // the OpenAI API sees, including every error the worker owns and the engine dying mid-stream.
 #include <gtest/gtest.h>
-#include <signal.h>
 #include <netinet/in.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -24,7 +24,8 @@ std::string test_name() {
     return std::string(info->test_suite_name()) + "." + info->name();
 }
 
-const std::string kChat = R"({"model":"tiny","messages":[{"role":"user","content":"hello"}],"max_tokens":8})";
+const std::string kChat =
+    R"({"model":"tiny","messages":[{"role":"user","content":"hello"}],"max_tokens":8})";
 
 std::string stream_body(int max_tokens) {
     return json{{"model", "tiny"},
@@ -42,7 +43,7 @@ json error_of(const HttpResponse& r) {
 }
 
 class WorkerTest : public ::testing::Test {
-protected:
+  protected:
     std::unique_ptr<WorkerProcess> start(std::vector<std::string> args = {}) {
         auto worker = std::make_unique<WorkerProcess>(free_port(), std::move(args), test_name());
         EXPECT_TRUE(worker->wait_ready()) << worker->log();
@@ -52,7 +53,8 @@ protected:
     void TearDown() override {
         // No orphans: every engine this test started must be gone once its worker is.
         for (pid_t pid : engines_) {
-            for (int i = 0; i < 200 && process_alive(pid); ++i) std::this_thread::sleep_for(10ms);
+            for (int i = 0; i < 200 && process_alive(pid); ++i)
+                std::this_thread::sleep_for(10ms);
             EXPECT_FALSE(process_alive(pid)) << "engine " << pid << " outlived its worker";
         }
     }
@@ -88,10 +90,11 @@ TEST_F(WorkerTest, LegacyCompletionsEndpointIsProxied) {
 TEST_F(WorkerTest, StreamingArrivesChunkByChunk) {
     auto worker = start();
     int chunks = 0;
-    auto r = http_request(worker->port(), chat_request(stream_body(16), true), [&](std::string_view) {
-        ++chunks;
-        return true;
-    });
+    auto r =
+        http_request(worker->port(), chat_request(stream_body(16), true), [&](std::string_view) {
+            ++chunks;
+            return true;
+        });
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_TRUE(r.complete);
     EXPECT_EQ(r.header("content-type").rfind("text/event-stream", 0), 0U);
@@ -108,10 +111,12 @@ TEST_F(WorkerTest, EightConcurrentStreamsAllComplete) {
     for (int i = 0; i < 8; ++i) {
         clients.emplace_back([&] {
             auto r = http_request(worker->port(), chat_request(stream_body(32), true));
-            if (r.status == 200 && r.complete && r.body.find("[DONE]") != std::string::npos) ++completed;
+            if (r.status == 200 && r.complete && r.body.find("[DONE]") != std::string::npos)
+                ++completed;
         });
     }
-    for (auto& t : clients) t.join();
+    for (auto& t : clients)
+        t.join();
     EXPECT_EQ(completed.load(), 8);
 }
 
@@ -126,7 +131,10 @@ TEST_F(WorkerTest, ModelsListsTheHandleAndAliases) {
     EXPECT_EQ(j["data"][0]["id"], "tiny");
     EXPECT_EQ(j["data"][1]["id"], "tiny-latest");
     // An alias is accepted and pinned to the engine's own id.
-    auto chat = http_request(worker->port(), chat_request(R"({"model":"tiny-latest","messages":[{"role":"user","content":"x"}],"max_tokens":2})"));
+    auto chat = http_request(
+        worker->port(),
+        chat_request(
+            R"({"model":"tiny-latest","messages":[{"role":"user","content":"x"}],"max_tokens":2})"));
     EXPECT_EQ(chat.status, 200) << chat.body;
 }
 
@@ -158,8 +166,9 @@ TEST_F(WorkerTest, MalformedHttpIs400) {
 TEST_F(WorkerTest, OversizedBodyIs413) {
     auto worker = start({"--max-body-bytes", "4096"});
     const std::string big(10000, 'x');
-    auto r = http_request(worker->port(),
-                          chat_request(R"({"model":"tiny","messages":[{"role":"user","content":")" + big + "\"}]}"));
+    auto r = http_request(
+        worker->port(),
+        chat_request(R"({"model":"tiny","messages":[{"role":"user","content":")" + big + "\"}]}"));
     EXPECT_EQ(r.status, 413);
     EXPECT_EQ(error_of(r)["code"], "request_too_large");
 }
@@ -218,17 +227,19 @@ TEST_F(WorkerTest, EngineKilledMidStreamEndsWithAnErrorEventThenRecovers) {
     const auto engine = worker->engine_pid();
     ASSERT_TRUE(engine);
     bool killed = false;
-    auto r = http_request(worker->port(), chat_request(stream_body(8000), true), [&](std::string_view chunk) {
-        if (!killed && chunk.find("content") != std::string_view::npos) {
-            ::kill(*engine, SIGKILL);
-            killed = true;
-        }
-        return true;
-    });
+    auto r = http_request(worker->port(), chat_request(stream_body(8000), true),
+                          [&](std::string_view chunk) {
+                              if (!killed && chunk.find("content") != std::string_view::npos) {
+                                  ::kill(*engine, SIGKILL);
+                                  killed = true;
+                              }
+                              return true;
+                          });
     ASSERT_TRUE(killed);
     EXPECT_EQ(r.status, 200);
     EXPECT_TRUE(r.complete) << "the stream must end cleanly, not hang or be cut: " << r.error;
-    EXPECT_NE(r.body.find(R"("code":"engine_failed")"), std::string::npos) << r.body.substr(r.body.size() - 300);
+    EXPECT_NE(r.body.find(R"("code":"engine_failed")"), std::string::npos)
+        << r.body.substr(r.body.size() - 300);
     EXPECT_EQ(r.body.find("[DONE]"), std::string::npos);
     // The next request waits for the restarted engine and succeeds.
     auto next = http_request(worker->port(), chat_request(kChat));
@@ -261,13 +272,14 @@ TEST_F(WorkerTest, SigtermDrainsTheStreamInFlightThenExitsZero) {
     auto worker = start({"--context", "16384", "--parallel", "1"});
     track_engine(*worker);
     bool signalled = false;
-    auto r = http_request(worker->port(), chat_request(stream_body(1500), true), [&](std::string_view chunk) {
-        if (!signalled && chunk.find("content") != std::string_view::npos) {
-            worker->signal(SIGTERM);
-            signalled = true;
-        }
-        return true;
-    });
+    auto r = http_request(worker->port(), chat_request(stream_body(1500), true),
+                          [&](std::string_view chunk) {
+                              if (!signalled && chunk.find("content") != std::string_view::npos) {
+                                  worker->signal(SIGTERM);
+                                  signalled = true;
+                              }
+                              return true;
+                          });
     ASSERT_TRUE(signalled);
     EXPECT_EQ(r.status, 200);
     EXPECT_TRUE(r.complete) << r.error;

@@ -19,7 +19,8 @@ namespace {
 
 std::string lowercase(std::string_view s) {
     std::string out(s);
-    std::transform(out.begin(), out.end(), out.begin(), [](unsigned char c) { return std::tolower(c); });
+    std::transform(out.begin(), out.end(), out.begin(),
+                   [](unsigned char c) { return std::tolower(c); });
     return out;
 }
 
@@ -67,7 +68,8 @@ HttpResponse http_request(unsigned short port, const HttpRequest& request,
     }
     http::request<http::string_body> req{http::string_to_verb(request.method), request.target, 11};
     req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
-    for (const auto& [k, v] : request.headers) req.set(k, v);
+    for (const auto& [k, v] : request.headers)
+        req.set(k, v);
     req.body() = request.body;
     if (!request.body.empty() || request.method == "POST") req.prepare_payload();
     ec = run_op(io, [&](auto handler) { http::async_write(stream, req, handler); });
@@ -85,10 +87,12 @@ HttpResponse http_request(unsigned short port, const HttpRequest& request,
         return body.size();
     };
     parser.on_chunk_body(chunk_body);
-    ec = run_op(io, [&](auto handler) { http::async_read_header(stream, buffer, parser, handler); });
+    ec =
+        run_op(io, [&](auto handler) { http::async_read_header(stream, buffer, parser, handler); });
     if (!ec) {
         while (!parser.is_done() && !stopped_by_callback) {
-            ec = run_op(io, [&](auto handler) { http::async_read_some(stream, buffer, parser, handler); });
+            ec = run_op(
+                io, [&](auto handler) { http::async_read_some(stream, buffer, parser, handler); });
             if (ec) break;
         }
     }
@@ -124,10 +128,11 @@ std::string raw_exchange(unsigned short port, const std::string& bytes,
     for (;;) {
         std::size_t n = 0;
         ec = run_op(io, [&](auto handler) {
-            stream.async_read_some(asio::buffer(buf), [&, handler](boost::system::error_code e, std::size_t got) {
-                n = got;
-                handler(e);
-            });
+            stream.async_read_some(asio::buffer(buf),
+                                   [&, handler](boost::system::error_code e, std::size_t got) {
+                                       n = got;
+                                       handler(e);
+                                   });
         });
         received.append(buf, n);
         if (ec) break;

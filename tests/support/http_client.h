@@ -11,7 +11,7 @@
 namespace ensemble::testing {
 
 struct HttpResponse {
-    int status = 0;  // 0: no response (connection refused, timeout, cut short)
+    int status = 0;     // 0: no response (connection refused, timeout, cut short)
     std::string error;  // why status is 0, or why the body is incomplete
     std::map<std::string, std::string> headers;  // lowercase names
     std::string body;

@@ -12,8 +12,12 @@
 
 namespace ensemble::testing {
 
-std::filesystem::path worker_binary() { return ENSEMBLE_TEST_WORKER_BIN; }
-std::filesystem::path tiny_model() { return ENSEMBLE_TEST_TINY_MODEL; }
+std::filesystem::path worker_binary() {
+    return ENSEMBLE_TEST_WORKER_BIN;
+}
+std::filesystem::path tiny_model() {
+    return ENSEMBLE_TEST_TINY_MODEL;
+}
 
 std::filesystem::path llama_server() {
     const std::filesystem::path path = ENSEMBLE_TEST_LLAMA_SERVER;
@@ -91,7 +95,9 @@ std::optional<ExitStatus> WorkerProcess::wait_exit(std::chrono::milliseconds tim
     return std::nullopt;
 }
 
-void WorkerProcess::signal(int sig) { ::kill(child_->pid(), sig); }
+void WorkerProcess::signal(int sig) {
+    ::kill(child_->pid(), sig);
+}
 
 std::optional<pid_t> WorkerProcess::engine_pid() const {
     const auto children = children_of(child_->pid());

@@ -22,7 +22,7 @@ std::filesystem::path tiny_model();
 std::filesystem::path test_output_dir(const std::string& test_name);
 
 class WorkerProcess {
-public:
+  public:
     // Starts `ensemble-worker --port PORT` plus `extra_args`, defaulting --model to the tiny
     // model, --handle to "tiny" and the engine to the provisioned llama-server.
     WorkerProcess(unsigned short port, std::vector<std::string> extra_args,
@@ -42,7 +42,7 @@ public:
     // The worker's engine process (its direct child), if one runs.
     std::optional<pid_t> engine_pid() const;
 
-private:
+  private:
     unsigned short port_;
     std::filesystem::path log_;
     std::unique_ptr<ChildProcess> child_;

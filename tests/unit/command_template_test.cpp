@@ -8,8 +8,11 @@ using namespace ensemble;
 
 namespace {
 
-const TemplateVars kVars{{"model", "/m/a.gguf"}, {"port", "9000"}, {"context", "4096"},
-                         {"parallel", "2"}, {"handle", "qwen3-8b"}};
+const TemplateVars kVars{{"model", "/m/a.gguf"},
+                         {"port", "9000"},
+                         {"context", "4096"},
+                         {"parallel", "2"},
+                         {"handle", "qwen3-8b"}};
 
 TEST(CommandTemplate, ExpandsEveryPlaceholder) {
     auto w = expand_word("--model={model}:{port}:{context}:{parallel}:{handle}", kVars);
@@ -39,7 +42,8 @@ TEST(CommandTemplate, UnbalancedBracesAreErrors) {
 TEST(CommandTemplate, SplitsLikeAShell) {
     auto words = split_command_line(R"(  run --name 'two words' "double \"q\"" a\ b  )");
     ASSERT_TRUE(words);
-    EXPECT_EQ(*words, (std::vector<std::string>{"run", "--name", "two words", "double \"q\"", "a b"}));
+    EXPECT_EQ(*words,
+              (std::vector<std::string>{"run", "--name", "two words", "double \"q\"", "a b"}));
 }
 
 TEST(CommandTemplate, SplitRejectsUnterminatedQuotesAndEmptyCommands) {
@@ -55,9 +59,9 @@ TEST(EnginePreset, LlamaCppPresetPinsTheHandleAsAlias) {
     EXPECT_EQ(p->probe.path, "/health");
     auto argv = expand_argv(p->args, kVars);
     ASSERT_TRUE(argv);
-    const std::vector<std::string> expected{"--model", "/m/a.gguf", "--host", "127.0.0.1", "--port",
-                                            "9000", "--ctx-size", "4096", "--parallel", "2",
-                                            "--alias", "qwen3-8b"};
+    const std::vector<std::string> expected{"--model",    "/m/a.gguf", "--host",     "127.0.0.1",
+                                            "--port",     "9000",      "--ctx-size", "4096",
+                                            "--parallel", "2",         "--alias",    "qwen3-8b"};
     EXPECT_EQ(*argv, expected);
 }
 

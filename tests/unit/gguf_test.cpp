@@ -35,7 +35,7 @@ void write_all(const std::filesystem::path& p, const std::vector<char>& bytes) {
 }
 
 class GgufTest : public ::testing::Test {
-protected:
+  protected:
     void SetUp() override {
         path_ = temp_file("roundtrip.gguf");
         shape_ = *named_shape("tiny");
@@ -47,7 +47,9 @@ protected:
     std::vector<char> bytes_;
 };
 
-TEST_F(GgufTest, TinyModelIsUnderOneMegabyte) { EXPECT_LT(bytes_.size(), 1U << 20); }
+TEST_F(GgufTest, TinyModelIsUnderOneMegabyte) {
+    EXPECT_LT(bytes_.size(), 1U << 20);
+}
 
 TEST_F(GgufTest, WriterRoundTripsThroughTheReader) {
     auto h = gguf::read_header(path_);
@@ -138,12 +140,12 @@ TEST_F(GgufTest, AbsurdTensorShapeIsRejected) {
 }
 
 TEST(GgufTypes, BlockSizesMatchGgml) {
-    EXPECT_EQ(gguf::type_size(0, 10), 40U);   // F32
-    EXPECT_EQ(gguf::type_size(1, 10), 20U);   // F16
-    EXPECT_EQ(gguf::type_size(8, 64), 68U);   // Q8_0: 34 bytes per 32
+    EXPECT_EQ(gguf::type_size(0, 10), 40U);     // F32
+    EXPECT_EQ(gguf::type_size(1, 10), 20U);     // F16
+    EXPECT_EQ(gguf::type_size(8, 64), 68U);     // Q8_0: 34 bytes per 32
     EXPECT_EQ(gguf::type_size(12, 256), 144U);  // Q4_K
-    EXPECT_FALSE(gguf::type_size(2, 31));     // not a whole block
-    EXPECT_FALSE(gguf::type_size(999, 32));   // unknown type
+    EXPECT_FALSE(gguf::type_size(2, 31));       // not a whole block
+    EXPECT_FALSE(gguf::type_size(999, 32));     // unknown type
 }
 
 TEST(GgufFiles, MissingFileIsAClearError) {

@@ -1,0 +1,472 @@
+#include "profiles/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <unistd.h>
+#include <algorithm>
+#include <cstdlib>
+#include <regex>
+#include <set>
+
+namespace ensemble {
+
+namespace {
+
+using Keys = std::set<std::string>;
+
+// Collects every problem with its position while walking the YAML tree.
+class Validator {
+  public:
+    explicit Validator(std::vector<ConfigIssue>& issues) : issues_(issues) {}
+
+    void at(const std::string& file, const YAML::Node& node, const std::string& message) {
+        const auto mark = node.Mark();
+        issues_.push_back({file, mark.line + 1, mark.column + 1, message});
+    }
+
+    // Checks a mapping's keys: unknown and duplicate keys are errors. Returns false if not a map.
+    bool map_with_keys(const std::string& file, const YAML::Node& node, const std::string& what,
+                       const Keys& allowed) {
+        if (!node.IsMap()) {
+            at(file, node, what + " must be a mapping");
+            return false;
+        }
+        std::set<std::string> seen;
+        for (const auto& kv : node) {
+            const auto key = kv.first.Scalar();
+            if (!seen.insert(key).second)
+                at(file, kv.first, "duplicate key '" + key + "' in " + what);
+            if (!allowed.empty() && !allowed.count(key)) {
+                std::string list;
+                for (const auto& k : allowed)
+                    list += (list.empty() ? "" : ", ") + k;
+                at(file, kv.first,
+                   "unknown key '" + key + "' in " + what + " (allowed: " + list + ")");
+            }
+        }
+        return true;
+    }
+
+    template <typename T>
+    std::optional<T> scalar(const std::string& file, const YAML::Node& node,
+                            const std::string& what) {
+        if (!node.IsScalar()) {
+            at(file, node, what + " must be a single value");
+            return std::nullopt;
+        }
+        try {
+            return node.as<T>();
+        } catch (const YAML::Exception&) {
+            at(file, node, what + " has an invalid value '" + node.Scalar() + "'");
+            return std::nullopt;
+        }
+    }
+
+    std::vector<std::string> strings(const std::string& file, const YAML::Node& node,
+                                     const std::string& what) {
+        std::vector<std::string> out;
+        if (!node.IsSequence()) {
+            at(file, node, what + " must be a list");
+            return out;
+        }
+        for (const auto& item : node) {
+            if (auto s = scalar<std::string>(file, item, what + " item")) out.push_back(*s);
+        }
+        return out;
+    }
+
+  private:
+    std::vector<ConfigIssue>& issues_;
+};
+
+std::optional<int> int_in(Validator& v, const std::string& file, const YAML::Node& node,
+                          const std::string& what, int lo, int hi) {
+    auto value = v.scalar<long long>(file, node, what);
+    if (!value) return std::nullopt;
+    if (*value < lo || *value > hi) {
+        v.at(file, node,
+             what + " " + std::to_string(*value) + " is out of range " + std::to_string(lo) + "-" +
+                 std::to_string(hi));
+        return std::nullopt;
+    }
+    return static_cast<int>(*value);
+}
+
+std::filesystem::path expand_home(const std::string& path) {
+    if (path.rfind("~/", 0) == 0) {
+        if (const char* home = std::getenv("HOME"))
+            return std::filesystem::path(home) / path.substr(2);
+    }
+    return path;
+}
+
+std::filesystem::path default_state_dir() {
+    if (::geteuid() == 0) return "/var/lib/ensemble";
+    if (const char* s = std::getenv("XDG_STATE_HOME"); s && *s)
+        return std::filesystem::path(s) / "ensemble";
+    if (const char* h = std::getenv("HOME"); h && *h)
+        return std::filesystem::path(h) / ".local/state/ensemble";
+    return "/tmp/ensemble-state-" + std::to_string(::getuid());
+}
+
+std::filesystem::path default_run_dir() {
+    if (::geteuid() == 0) return "/run/ensemble";
+    if (const char* r = std::getenv("XDG_RUNTIME_DIR"); r && *r)
+        return std::filesystem::path(r) / "ensemble";
+    return "/tmp/ensemble-run-" + std::to_string(::getuid());
+}
+
+class Loader {
+  public:
+    Loader(Config& config, std::vector<ConfigIssue>& issues, bool check_files)
+        : config_(config), issues_(issues), v_(issues), check_files_(check_files) {}
+
+    void load_file(const std::filesystem::path& path, bool top_level);
+    void check_references();
+
+  private:
+    void supervisor(const std::string& file, const YAML::Node& node,
+                    const std::filesystem::path& base);
+    void engines(const std::string& file, const YAML::Node& node);
+    void models(const std::string& file, const YAML::Node& node, const std::filesystem::path& base);
+    void profiles(const std::string& file, const YAML::Node& node);
+    void port(const std::string& file, const YAML::Node& key, const YAML::Node& value, Profile& p);
+
+    Config& config_;
+    std::vector<ConfigIssue>& issues_;
+    Validator v_;
+    bool check_files_;
+    // Where each model was declared, for reference errors.
+    std::map<std::string, std::pair<std::string, YAML::Mark>> model_marks_;
+    std::vector<std::tuple<std::string, YAML::Node, std::string>>
+        model_refs_;  // file, node, handle
+    std::vector<std::tuple<std::string, YAML::Node, std::string>>
+        engine_refs_;  // file, node, engine
+};
+
+void Loader::load_file(const std::filesystem::path& path, bool top_level) {
+    const auto file = path.string();
+    YAML::Node root;
+    try {
+        root = YAML::LoadFile(file);
+    } catch (const YAML::BadFile&) {
+        issues_.push_back({file, 0, 0, "cannot read the file (does it exist, is it readable?)"});
+        return;
+    } catch (const YAML::ParserException& e) {
+        issues_.push_back(
+            {file, e.mark.line + 1, e.mark.column + 1, "YAML syntax error: " + e.msg});
+        return;
+    }
+    if (root.IsNull()) return;  // an empty include is fine
+    const Keys top_keys = top_level ? Keys{"supervisor", "include", "engines", "models", "profiles"}
+                                    : Keys{"engines", "models", "profiles"};
+    if (!v_.map_with_keys(file, root, "the configuration", top_keys)) return;
+    const auto base = path.parent_path();
+    if (top_level && root["supervisor"]) supervisor(file, root["supervisor"], base);
+    if (root["engines"]) engines(file, root["engines"]);
+    if (root["models"]) models(file, root["models"], base);
+    if (root["profiles"]) profiles(file, root["profiles"]);
+    if (top_level && root["include"]) {
+        auto dir = v_.scalar<std::string>(file, root["include"], "include");
+        if (!dir) return;
+        auto include_dir = base / expand_home(*dir);
+        std::error_code ec;
+        if (!std::filesystem::is_directory(include_dir, ec)) {
+            v_.at(file, root["include"],
+                  "include directory '" + include_dir.string() + "' does not exist");
+            return;
+        }
+        std::vector<std::filesystem::path> files;
+        for (const auto& entry : std::filesystem::directory_iterator(include_dir, ec)) {
+            const auto ext = entry.path().extension();
+            if (ext == ".yaml" || ext == ".yml") files.push_back(entry.path());
+        }
+        std::sort(files.begin(), files.end());  // a stable, documented order
+        for (const auto& f : files)
+            load_file(f, false);
+    }
+}
+
+void Loader::supervisor(const std::string& file, const YAML::Node& node,
+                        const std::filesystem::path& base) {
+    if (!v_.map_with_keys(file, node, "supervisor",
+                          {"state_dir", "run_dir", "memory_budget", "boot_profile", "bind_host"})) {
+        return;
+    }
+    auto& s = config_.supervisor;
+    if (node["state_dir"]) {
+        if (auto d = v_.scalar<std::string>(file, node["state_dir"], "state_dir"))
+            s.state_dir = base / expand_home(*d);
+    }
+    if (node["run_dir"]) {
+        if (auto d = v_.scalar<std::string>(file, node["run_dir"], "run_dir"))
+            s.run_dir = base / expand_home(*d);
+    }
+    if (node["memory_budget"]) {
+        if (auto b = v_.scalar<std::string>(file, node["memory_budget"], "memory_budget")) {
+            static const std::regex kPercent(R"(^([1-9][0-9]?|100)%$)");
+            if (!std::regex_match(*b, kPercent) && !parse_bytes(*b)) {
+                v_.at(file, node["memory_budget"],
+                      "memory_budget '" + *b +
+                          "' must be a size (170GiB, 512MiB) or a share of RAM (85%)");
+            }
+            s.memory_budget = *b;
+        }
+    }
+    if (node["boot_profile"]) {
+        if (auto p = v_.scalar<std::string>(file, node["boot_profile"], "boot_profile"))
+            s.boot_profile = *p;
+    }
+    if (node["bind_host"]) {
+        if (auto h = v_.scalar<std::string>(file, node["bind_host"], "bind_host")) s.bind_host = *h;
+    }
+}
+
+void Loader::engines(const std::string& file, const YAML::Node& node) {
+    if (!v_.map_with_keys(file, node, "engines", {})) return;
+    for (const auto& kv : node) {
+        const auto name = kv.first.Scalar();
+        const auto& e = kv.second;
+        if (!v_.map_with_keys(file, e, "engine '" + name + "'",
+                              {"preset", "binary", "args", "command", "ready_path"})) {
+            continue;
+        }
+        EngineSpec spec{name, {}, "", {}};
+        const auto preset_name = e["preset"] ? v_.scalar<std::string>(file, e["preset"], "preset")
+                                             : std::optional<std::string>("command");
+        if (!preset_name) continue;
+        if (*preset_name == "command") {
+            if (!e["command"]) {
+                v_.at(file, e, "engine '" + name + "' uses preset 'command' and needs a 'command'");
+                continue;
+            }
+            auto cmd = v_.scalar<std::string>(file, e["command"], "command");
+            const auto ready = e["ready_path"]
+                                   ? v_.scalar<std::string>(file, e["ready_path"], "ready_path")
+                                   : std::optional<std::string>("/v1/models");
+            if (!cmd || !ready) continue;
+            auto preset = command_preset(*cmd, *ready);
+            if (!preset) {
+                v_.at(file, e["command"], preset.error().message);
+                continue;
+            }
+            spec.preset = *preset;
+        } else {
+            auto preset = find_preset(*preset_name);
+            if (!preset) {
+                v_.at(file, e["preset"], preset.error().message);
+                continue;
+            }
+            if (e["command"]) v_.at(file, e["command"], "'command' is only for preset 'command'");
+            spec.preset = *preset;
+        }
+        if (e["binary"]) {
+            if (auto b = v_.scalar<std::string>(file, e["binary"], "binary"))
+                spec.binary = expand_home(*b).string();
+        }
+        if (e["args"]) spec.args = v_.strings(file, e["args"], "args");
+        if (config_.engines.count(name))
+            v_.at(file, kv.first, "engine '" + name + "' is defined twice");
+        config_.engines[name] = spec;
+    }
+}
+
+void Loader::models(const std::string& file, const YAML::Node& node,
+                    const std::filesystem::path& base) {
+    if (!v_.map_with_keys(file, node, "models", {})) return;
+    for (const auto& kv : node) {
+        const auto handle = kv.first.Scalar();
+        if (!is_kebab_case(handle)) {
+            v_.at(file, kv.first,
+                  "model handle '" + handle +
+                      "' must be kebab-case: lowercase letters "
+                      "and digits, with '-' or '.' between them (e.g. qwen3-8b)");
+        }
+        const auto& m = kv.second;
+        if (!v_.map_with_keys(
+                file, m, "model '" + handle + "'",
+                {"engine", "path", "context", "parallel", "memory", "aliases", "args"})) {
+            continue;
+        }
+        ModelSpec spec;
+        spec.handle = handle;
+        spec.engine = "llama.cpp";
+        if (m["engine"]) {
+            if (auto e = v_.scalar<std::string>(file, m["engine"], "engine")) spec.engine = *e;
+            engine_refs_.emplace_back(file, m["engine"], spec.engine);
+        }
+        if (!m["path"]) {
+            v_.at(file, m,
+                  "model '" + handle + "' needs a 'path' (model file, directory or repo id)");
+        } else if (auto p = v_.scalar<std::string>(file, m["path"], "path")) {
+            const bool looks_local = p->rfind('/', 0) == 0 || p->rfind("./", 0) == 0 ||
+                                     p->rfind("../", 0) == 0 || p->rfind("~/", 0) == 0 ||
+                                     p->ends_with(".gguf");
+            spec.path = looks_local
+                            ? std::filesystem::weakly_canonical(base / expand_home(*p)).string()
+                            : *p;
+            std::error_code ec;
+            if (check_files_ && looks_local && !std::filesystem::exists(spec.path, ec)) {
+                v_.at(file, m["path"], "model file '" + spec.path + "' does not exist");
+            }
+        }
+        if (m["context"])
+            spec.context =
+                int_in(v_, file, m["context"], "context", 1, 1 << 24).value_or(spec.context);
+        if (m["parallel"])
+            spec.parallel =
+                int_in(v_, file, m["parallel"], "parallel", 1, 1024).value_or(spec.parallel);
+        if (m["memory"]) {
+            if (auto text = v_.scalar<std::string>(file, m["memory"], "memory")) {
+                spec.memory_bytes = parse_bytes(*text);
+                if (!spec.memory_bytes)
+                    v_.at(file, m["memory"], "memory '" + *text + "' must be a size such as 12GiB");
+            }
+        }
+        if (m["aliases"]) spec.aliases = v_.strings(file, m["aliases"], "aliases");
+        if (m["args"]) spec.args = v_.strings(file, m["args"], "args");
+        if (model_marks_.count(handle)) {
+            v_.at(file, kv.first,
+                  "model '" + handle + "' is already defined at " + model_marks_[handle].first +
+                      ":" + std::to_string(model_marks_[handle].second.line + 1));
+        }
+        model_marks_[handle] = {file, kv.first.Mark()};
+        config_.models[handle] = spec;
+    }
+}
+
+void Loader::port(const std::string& file, const YAML::Node& key, const YAML::Node& value,
+                  Profile& p) {
+    auto port = int_in(v_, file, key, "port", 1, 65535);
+    if (!port) return;
+    PortAssignment a;
+    a.port = *port;
+    if (value.IsScalar()) {
+        a.model = value.Scalar();
+        model_refs_.emplace_back(file, value, a.model);
+    } else if (v_.map_with_keys(file, value, "port " + std::to_string(*port),
+                                {"model", "context", "parallel"})) {
+        if (!value["model"]) {
+            v_.at(file, value, "port " + std::to_string(*port) + " needs a 'model'");
+            return;
+        }
+        if (auto m = v_.scalar<std::string>(file, value["model"], "model")) {
+            a.model = *m;
+            model_refs_.emplace_back(file, value["model"], a.model);
+        }
+        if (value["context"]) a.context = int_in(v_, file, value["context"], "context", 1, 1 << 24);
+        if (value["parallel"])
+            a.parallel = int_in(v_, file, value["parallel"], "parallel", 1, 1024);
+    } else {
+        return;
+    }
+    if (p.ports.count(*port)) {
+        v_.at(file, key,
+              "port " + std::to_string(*port) + " appears twice in profile '" + p.name + "'");
+        return;
+    }
+    p.ports[*port] = a;
+}
+
+void Loader::profiles(const std::string& file, const YAML::Node& node) {
+    if (!v_.map_with_keys(file, node, "profiles", {})) return;
+    for (const auto& kv : node) {
+        const auto name = kv.first.Scalar();
+        if (config_.profiles.count(name)) {
+            v_.at(file, kv.first, "profile '" + name + "' is defined twice");
+            continue;
+        }
+        Profile p{name, {}};
+        if (!kv.second.IsMap()) {
+            v_.at(file, kv.second, "profile '" + name + "' must map ports to models");
+            continue;
+        }
+        for (const auto& entry : kv.second)
+            port(file, entry.first, entry.second, p);
+        config_.profiles[name] = p;
+    }
+}
+
+void Loader::check_references() {
+    for (const auto& [file, node, engine] : engine_refs_) {
+        if (!config_.engines.count(engine) && !find_preset(engine)) {
+            v_.at(file, node,
+                  "engine '" + engine +
+                      "' is neither defined under 'engines' nor a preset ("
+                      "llama.cpp, mlx-lm, vllm)");
+        }
+    }
+    for (const auto& [file, node, handle] : model_refs_) {
+        if (!config_.models.count(handle))
+            v_.at(file, node, "model '" + handle + "' is not defined under 'models'");
+    }
+    const auto& boot = config_.supervisor.boot_profile;
+    if (!boot.empty() && !config_.profiles.count(boot)) {
+        issues_.push_back({config_.source.string(), 0, 0,
+                           "boot_profile '" + boot + "' is not defined under 'profiles'"});
+    }
+}
+
+}  // namespace
+
+std::string ConfigIssue::to_string() const {
+    if (line == 0) return file + ": " + message;
+    return file + ":" + std::to_string(line) + ":" + std::to_string(column) + ": " + message;
+}
+
+const ModelSpec* Config::find_model(const std::string& handle) const {
+    const auto it = models.find(handle);
+    return it == models.end() ? nullptr : &it->second;
+}
+
+bool is_kebab_case(const std::string& handle) {
+    static const std::regex kHandle("^[a-z0-9]+(?:[-.][a-z0-9]+)*$");
+    return handle.size() <= 64 && std::regex_match(handle, kHandle);
+}
+
+std::optional<std::uint64_t> parse_bytes(const std::string& text) {
+    static const std::regex kSize(
+        R"(^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$)");
+    std::smatch m;
+    if (!std::regex_match(text, m, kSize)) return std::nullopt;
+    const double number = std::stod(m[1]);
+    const std::string unit = m[2];
+    double scale = 1;
+    if (unit == "KB")
+        scale = 1e3;
+    else if (unit == "MB")
+        scale = 1e6;
+    else if (unit == "GB")
+        scale = 1e9;
+    else if (unit == "TB")
+        scale = 1e12;
+    else if (unit == "KiB")
+        scale = 1024.0;
+    else if (unit == "MiB")
+        scale = 1024.0 * 1024;
+    else if (unit == "GiB")
+        scale = 1024.0 * 1024 * 1024;
+    else if (unit == "TiB")
+        scale = 1024.0 * 1024 * 1024 * 1024;
+    const double bytes = number * scale;
+    if (bytes > 1e18) return std::nullopt;
+    return static_cast<std::uint64_t>(bytes);
+}
+
+ConfigLoad load_config(const std::filesystem::path& path, bool check_files) {
+    ConfigLoad out;
+    Config config;
+    config.source = path;
+    config.supervisor.state_dir = default_state_dir();
+    config.supervisor.run_dir = default_run_dir();
+    for (const auto& name : {"llama.cpp", "mlx-lm", "vllm"}) {
+        config.engines[name] = EngineSpec{name, *find_preset(name), "", {}};
+    }
+    Loader loader(config, out.issues, check_files);
+    loader.load_file(path, true);
+    loader.check_references();  // every problem at once, not just the first
+    if (out.issues.empty()) out.config = std::move(config);
+    return out;
+}
+
+}  // namespace ensemble

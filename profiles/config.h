@@ -1,0 +1,88 @@
+// The operator's configuration: supervisor settings, engines, models and profiles (port ->
+// model), loaded from one YAML file (plus an optional directory of includes) and validated with
+// file:line:column positions for every problem found, not just the first.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "profiles/engine_preset.h"
+
+namespace ensemble {
+
+struct SupervisorSettings {
+    std::filesystem::path state_dir;  // state.db and logs
+    std::filesystem::path run_dir;    // control.sock and workers.sock (mode 0700)
+    std::string memory_budget;        // "170GiB" or "85%"; empty: no budget
+    std::string boot_profile;
+    std::string bind_host = "127.0.0.1";
+};
+
+struct EngineSpec {
+    std::string name;
+    EnginePreset preset;
+    std::string binary;  // empty: the preset's default on PATH
+    std::vector<std::string> args;
+};
+
+struct ModelSpec {
+    std::string handle;
+    std::string engine;  // an EngineSpec name (presets are engines too)
+    std::string path;
+    int context = 4096;
+    int parallel = 4;
+    std::optional<std::uint64_t> memory_bytes;
+    std::vector<std::string> aliases;
+    std::vector<std::string> args;
+};
+
+struct PortAssignment {
+    int port = 0;
+    std::string model;  // handle
+    std::optional<int> context;
+    std::optional<int> parallel;
+};
+
+struct Profile {
+    std::string name;
+    std::map<int, PortAssignment> ports;
+};
+
+struct Config {
+    std::filesystem::path source;
+    SupervisorSettings supervisor;
+    std::map<std::string, EngineSpec> engines;
+    std::map<std::string, ModelSpec> models;
+    std::map<std::string, Profile> profiles;
+
+    const ModelSpec* find_model(const std::string& handle) const;
+};
+
+struct ConfigIssue {
+    std::string file;
+    int line = 0;    // 1-based; 0 when the problem has no position
+    int column = 0;  // 1-based
+    std::string message;
+
+    std::string to_string() const;  // "file:line:column: message"
+};
+
+struct ConfigLoad {
+    std::optional<Config> config;  // set only when there are no issues
+    std::vector<ConfigIssue> issues;
+};
+
+// Loads and validates. `check_files` also requires model files to exist (off for unit tests of
+// the schema alone).
+ConfigLoad load_config(const std::filesystem::path& path, bool check_files = true);
+
+// "170GiB", "12GB", "512MiB", "1024" (bytes); percentages are handled by the budget.
+std::optional<std::uint64_t> parse_bytes(const std::string& text);
+
+bool is_kebab_case(const std::string& handle);
+
+}  // namespace ensemble

@@ -1,0 +1,167 @@
+#include "protocol/messages.h"
+
+#include <algorithm>
+#include <array>
+
+namespace ensemble::protocol {
+
+namespace {
+
+using nlohmann::json;
+
+Error bad(const std::string& what) {
+    return Error{"bad_message", what};
+}
+
+// Reads an optional field of the expected JSON type; a present field of another type is an error.
+template <typename T>
+std::optional<Error> read(const json& j, const char* key, T& out, bool required) {
+    const auto it = j.find(key);
+    if (it == j.end() || it->is_null()) {
+        if (required) return bad(std::string("missing field '") + key + "'");
+        return std::nullopt;
+    }
+    if constexpr (std::is_same_v<T, std::string>) {
+        if (!it->is_string()) return bad(std::string("field '") + key + "' must be a string");
+    } else {
+        if (!it->is_number_integer())
+            return bad(std::string("field '") + key + "' must be an integer");
+        if constexpr (std::is_unsigned_v<T>) {
+            if (it->get<std::int64_t>() < 0)
+                return bad(std::string("field '") + key + "' must not be negative");
+        }
+    }
+    out = it->get<T>();
+    return std::nullopt;
+}
+
+struct VerbShape {
+    const char* verb;
+    bool needs_port;
+    bool needs_model;
+    bool needs_profile;
+};
+
+constexpr std::array<VerbShape, 11> kVerbs{{
+    {"status", false, false, false},
+    {"load", true, true, false},
+    {"unload", true, false, false},
+    {"swap", true, true, false},
+    {"restart", true, false, false},
+    {"profile-list", false, false, false},
+    {"profile-load", false, false, true},
+    {"profile-unload", false, false, false},
+    {"logs", true, false, false},
+    {"events", false, false, false},
+    {"reload", false, false, false},
+}};
+
+}  // namespace
+
+json to_json(const Register& m) {
+    return {{"type", "register"}, {"version", m.version}, {"worker_id", m.worker_id},
+            {"token", m.token},   {"port", m.port},       {"pid", m.pid}};
+}
+
+json to_json(const Heartbeat& m) {
+    const auto& s = m.stats;
+    return {{"type", "heartbeat"},
+            {"state", s.state},
+            {"memory_bytes", s.memory_bytes},
+            {"requests", s.requests},
+            {"failed", s.failed},
+            {"queue_depth", s.queue_depth},
+            {"engine_pid", s.engine_pid},
+            {"engine_restarts", s.engine_restarts},
+            {"engine_last_exit", s.engine_last_exit}};
+}
+
+Result<WorkerMessage> parse_worker_message(const json& j) {
+    if (!j.is_object()) return bad("a message must be a JSON object");
+    std::string type;
+    if (auto e = read(j, "type", type, true)) return *e;
+    if (type == "register") {
+        Register m;
+        std::optional<Error> e;
+        if ((e = read(j, "version", m.version, true)) ||
+            (e = read(j, "worker_id", m.worker_id, true)) ||
+            (e = read(j, "token", m.token, true)) || (e = read(j, "port", m.port, true)) ||
+            (e = read(j, "pid", m.pid, true))) {
+            return *e;
+        }
+        if (m.version != kVersion) {
+            return Error{"version_mismatch", "worker speaks protocol version " +
+                                                 std::to_string(m.version) + ", the supervisor " +
+                                                 std::to_string(kVersion) +
+                                                 "; run matching binaries"};
+        }
+        return WorkerMessage{m};
+    }
+    if (type == "heartbeat") {
+        Heartbeat m;
+        auto& s = m.stats;
+        std::optional<Error> e;
+        if ((e = read(j, "state", s.state, true)) ||
+            (e = read(j, "memory_bytes", s.memory_bytes, false)) ||
+            (e = read(j, "requests", s.requests, false)) ||
+            (e = read(j, "failed", s.failed, false)) ||
+            (e = read(j, "queue_depth", s.queue_depth, false)) ||
+            (e = read(j, "engine_pid", s.engine_pid, false)) ||
+            (e = read(j, "engine_restarts", s.engine_restarts, false)) ||
+            (e = read(j, "engine_last_exit", s.engine_last_exit, false))) {
+            return *e;
+        }
+        return WorkerMessage{m};
+    }
+    return Error{"unknown_message", "unknown message type '" + type + "'"};
+}
+
+json registered_message() {
+    return {{"type", "registered"}, {"version", kVersion}};
+}
+json stop_message() {
+    return {{"type", "stop"}};
+}
+
+Result<ControlRequest> parse_control_request(const json& j) {
+    if (!j.is_object()) return bad("a request must be a JSON object");
+    ControlRequest r;
+    if (auto e = read(j, "verb", r.verb, true)) return *e;
+    const auto shape = std::find_if(kVerbs.begin(), kVerbs.end(),
+                                    [&](const VerbShape& v) { return r.verb == v.verb; });
+    if (shape == kVerbs.end()) return Error{"unknown_verb", "unknown request '" + r.verb + "'"};
+    int port = 0;
+    std::optional<Error> e;
+    if ((e = read(j, "port", port, shape->needs_port)) ||
+        (e = read(j, "model", r.model, shape->needs_model)) ||
+        (e = read(j, "profile", r.profile, shape->needs_profile)) ||
+        (e = read(j, "lines", r.lines, false))) {
+        return *e;
+    }
+    if (j.contains("port")) {
+        if (port < 1 || port > 65535)
+            return bad("port " + std::to_string(port) + " is out of range 1-65535");
+        r.port = port;
+    }
+    if (r.lines < 1 || r.lines > 100000) return bad("lines must be between 1 and 100000");
+    return r;
+}
+
+json to_json(const ControlRequest& r) {
+    json j = {{"verb", r.verb}};
+    if (r.port) j["port"] = *r.port;
+    if (!r.model.empty()) j["model"] = r.model;
+    if (!r.profile.empty()) j["profile"] = r.profile;
+    if (r.verb == "logs") j["lines"] = r.lines;
+    return j;
+}
+
+json ok_reply(json result) {
+    return {{"ok", true}, {"result", std::move(result)}};
+}
+
+json error_reply(const Error& error) {
+    return {{"ok", false}, {"error", {{"code", error.code}, {"message", error.message}}}};
+}
+
+}  // namespace ensemble::protocol

@@ -1,0 +1,70 @@
+// The messages of both sockets. workers.sock: a worker registers with the id and one-time token
+// it was started with, then sends a heartbeat every second; the supervisor may tell it to stop.
+// control.sock: one request per line from the `ensemble` CLI, one reply each.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <variant>
+
+#include "protocol/result.h"
+
+namespace ensemble::protocol {
+
+// Bumped on any incompatible change; both sides refuse a peer with another version.
+constexpr int kVersion = 1;
+
+// ---- workers.sock ----
+
+struct Register {
+    std::string worker_id;
+    std::string token;
+    int port = 0;
+    std::int64_t pid = 0;
+    int version = kVersion;
+};
+
+struct WorkerStats {
+    std::string state;               // the engine's state: loading, ready, restarting, ...
+    std::uint64_t memory_bytes = 0;  // PSS of the worker and its engine (0 if unknown)
+    std::uint64_t requests = 0;
+    std::uint64_t failed = 0;
+    std::uint32_t queue_depth = 0;
+    std::int64_t engine_pid = 0;
+    int engine_restarts = 0;
+    std::string engine_last_exit;
+};
+
+struct Heartbeat {
+    WorkerStats stats;
+};
+
+using WorkerMessage = std::variant<Register, Heartbeat>;
+
+nlohmann::json to_json(const Register& m);
+nlohmann::json to_json(const Heartbeat& m);
+Result<WorkerMessage> parse_worker_message(const nlohmann::json& j);
+
+// Supervisor to worker: {"type":"registered"}, {"type":"stop"}, {"type":"error",...}.
+nlohmann::json registered_message();
+nlohmann::json stop_message();
+
+// ---- control.sock ----
+
+struct ControlRequest {
+    std::string verb;  // status, load, unload, swap, restart, profile-load, profile-unload, ...
+    std::optional<int> port;
+    std::string model;
+    std::string profile;
+    int lines = 50;  // for logs
+};
+
+Result<ControlRequest> parse_control_request(const nlohmann::json& j);
+nlohmann::json to_json(const ControlRequest& r);
+
+nlohmann::json ok_reply(nlohmann::json result = nlohmann::json::object());
+nlohmann::json error_reply(const Error& error);
+
+}  // namespace ensemble::protocol

@@ -1,0 +1,173 @@
+// Config loading and validation: every problem is reported with its file:line:column.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "profiles/config.h"
+
+using namespace ensemble;
+
+namespace {
+
+class ConfigTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+        dir_ = std::filesystem::temp_directory_path() / "ensemble-config" / info->name();
+        std::filesystem::remove_all(dir_);
+        std::filesystem::create_directories(dir_);
+        std::ofstream(dir_ / "a.gguf") << "x";
+    }
+
+    ConfigLoad load(const std::string& yaml, bool check_files = true) {
+        std::ofstream(dir_ / "ensemble.yaml") << yaml;
+        return load_config(dir_ / "ensemble.yaml", check_files);
+    }
+
+    // The one issue expected, at line:column.
+    void expect_issue(const ConfigLoad& r, int line, int column, const std::string& fragment) {
+        ASSERT_FALSE(r.config);
+        bool found = false;
+        std::string all;
+        for (const auto& i : r.issues) {
+            all += i.to_string() + "\n";
+            if (i.line == line && i.column == column &&
+                i.message.find(fragment) != std::string::npos)
+                found = true;
+        }
+        EXPECT_TRUE(found) << "wanted " << line << ":" << column << " '" << fragment << "' in:\n"
+                           << all;
+    }
+
+    std::filesystem::path dir_;
+};
+
+const char* kValid = R"(supervisor:
+  memory_budget: 85%
+  boot_profile: demo
+engines:
+  fast-llama:
+    preset: llama.cpp
+    binary: /usr/bin/llama-server
+    args: [--threads, "2"]
+models:
+  tiny:
+    path: ./a.gguf
+    context: 2048
+    aliases: [tiny-latest]
+  big-one:
+    engine: fast-llama
+    path: ./a.gguf
+    memory: 12GiB
+profiles:
+  demo:
+    8100: tiny
+    8101:
+      model: big-one
+      parallel: 2
+)";
+
+TEST_F(ConfigTest, ValidConfigLoads) {
+    auto r = load(kValid);
+    ASSERT_TRUE(r.config) << (r.issues.empty() ? "" : r.issues.front().to_string());
+    const auto& c = *r.config;
+    EXPECT_EQ(c.supervisor.memory_budget, "85%");
+    EXPECT_EQ(c.models.at("tiny").context, 2048);
+    EXPECT_EQ(c.models.at("tiny").engine, "llama.cpp");
+    EXPECT_EQ(c.models.at("big-one").memory_bytes, 12ULL << 30);
+    EXPECT_EQ(c.engines.at("fast-llama").args, (std::vector<std::string>{"--threads", "2"}));
+    EXPECT_EQ(c.profiles.at("demo").ports.at(8101).parallel, 2);
+    EXPECT_TRUE(std::filesystem::path(c.models.at("tiny").path).is_absolute());
+}
+
+TEST_F(ConfigTest, UnknownKeyIsReportedWithPosition) {
+    expect_issue(load("models:\n  tiny:\n    path: ./a.gguf\n    contxt: 4\n"), 4, 5,
+                 "unknown key 'contxt'");
+}
+
+TEST_F(ConfigTest, DuplicatePortIsReported) {
+    expect_issue(
+        load(
+            "models:\n  tiny: {path: ./a.gguf}\nprofiles:\n  p:\n    8100: tiny\n    8100: tiny\n"),
+        6, 5, "port 8100 appears twice in profile 'p'");
+}
+
+TEST_F(ConfigTest, PortOutOfRangeIsReported) {
+    expect_issue(load("models:\n  tiny: {path: ./a.gguf}\nprofiles:\n  p:\n    70000: tiny\n"), 5,
+                 5, "out of range 1-65535");
+}
+
+TEST_F(ConfigTest, MissingModelReferenceIsReported) {
+    expect_issue(load("models:\n  tiny: {path: ./a.gguf}\nprofiles:\n  p:\n    8100: huge\n"), 5,
+                 11, "model 'huge' is not defined");
+}
+
+TEST_F(ConfigTest, MissingEngineIsReported) {
+    expect_issue(load("models:\n  tiny: {path: ./a.gguf, engine: ollama}\n"), 2, 34,
+                 "engine 'ollama'");
+}
+
+TEST_F(ConfigTest, MissingModelFileIsReported) {
+    expect_issue(load("models:\n  tiny:\n    path: ./nope.gguf\n"), 3, 11, "does not exist");
+    EXPECT_TRUE(load("models:\n  tiny:\n    path: ./nope.gguf\n", /*check_files=*/false).config);
+}
+
+TEST_F(ConfigTest, HandleMustBeKebabCase) {
+    expect_issue(load("models:\n  Tiny_Model:\n    path: ./a.gguf\n"), 2, 3, "kebab-case");
+}
+
+TEST_F(ConfigTest, EveryProblemIsReportedNotJustTheFirst) {
+    auto r =
+        load("models:\n  Bad_Name: {path: ./a.gguf, context: -1}\nprofiles:\n  p:\n    0: nope\n");
+    ASSERT_FALSE(r.config);
+    EXPECT_GE(r.issues.size(), 3U);
+}
+
+TEST_F(ConfigTest, SyntaxErrorHasAPosition) {
+    auto r = load("models:\n  tiny: [unclosed\n");
+    ASSERT_FALSE(r.config);
+    ASSERT_EQ(r.issues.size(), 1U);
+    EXPECT_GT(r.issues[0].line, 0);
+    EXPECT_NE(r.issues[0].message.find("YAML syntax error"), std::string::npos);
+}
+
+TEST_F(ConfigTest, BadTemplateInACommandEngineIsReported) {
+    expect_issue(load("engines:\n  mine:\n    command: 'srv --m {modle}'\n"), 3, 14,
+                 "unknown placeholder {modle}");
+}
+
+TEST_F(ConfigTest, BootProfileMustExist) {
+    auto r = load("supervisor:\n  boot_profile: coding\n");
+    ASSERT_FALSE(r.config);
+    EXPECT_NE(r.issues.at(0).message.find("boot_profile 'coding'"), std::string::npos);
+}
+
+TEST_F(ConfigTest, IncludeDirectoryAddsModelsAndProfiles) {
+    std::filesystem::create_directories(dir_ / "conf.d");
+    std::ofstream(dir_ / "conf.d" / "10-models.yaml") << "models:\n  extra: {path: ../a.gguf}\n";
+    std::ofstream(dir_ / "conf.d" / "20-profiles.yaml") << "profiles:\n  more:\n    9000: extra\n";
+    auto r = load("include: conf.d\nmodels:\n  tiny: {path: ./a.gguf}\n");
+    ASSERT_TRUE(r.config) << r.issues.front().to_string();
+    EXPECT_TRUE(r.config->models.count("extra"));
+    EXPECT_EQ(r.config->profiles.at("more").ports.at(9000).model, "extra");
+}
+
+TEST_F(ConfigTest, ErrorsInIncludesNameTheirOwnFile) {
+    std::filesystem::create_directories(dir_ / "conf.d");
+    std::ofstream(dir_ / "conf.d" / "bad.yaml") << "models:\n  x: {path: ../a.gguf, bogus: 1}\n";
+    auto r = load("include: conf.d\n");
+    ASSERT_FALSE(r.config);
+    EXPECT_NE(r.issues.at(0).file.find("bad.yaml"), std::string::npos);
+    EXPECT_EQ(r.issues.at(0).line, 2);
+}
+
+TEST(ParseBytes, UnitsAndRejects) {
+    EXPECT_EQ(parse_bytes("170GiB"), 170ULL << 30);
+    EXPECT_EQ(parse_bytes("12GB"), 12000000000ULL);
+    EXPECT_EQ(parse_bytes("512 MiB"), 512ULL << 20);
+    EXPECT_EQ(parse_bytes("1024"), 1024U);
+    EXPECT_FALSE(parse_bytes("lots"));
+    EXPECT_FALSE(parse_bytes("-5GB"));
+}
+
+}  // namespace

@@ -1,0 +1,100 @@
+// Newline-delimited JSON framing and message parsing: malformed input is an error value, never a
+// crash, and the decoder keeps going after it.
+#include <gtest/gtest.h>
+
+#include "protocol/framing.h"
+#include "protocol/messages.h"
+
+using namespace ensemble;
+using namespace ensemble::protocol;
+
+namespace {
+
+TEST(Framing, RoundTripsAcrossArbitrarySplits) {
+    const nlohmann::json a = {{"type", "heartbeat"}, {"state", "ready\nwith newline"}};
+    const nlohmann::json b = {{"verb", "status"}};
+    const auto bytes = encode_frame(a) + encode_frame(b);
+    for (std::size_t split = 0; split <= bytes.size(); ++split) {
+        FrameDecoder d;
+        d.feed(std::string_view(bytes).substr(0, split));
+        d.feed(std::string_view(bytes).substr(split));
+        auto first = d.next();
+        auto second = d.next();
+        ASSERT_TRUE(first && *first && second && *second) << split;
+        EXPECT_EQ(first->value(), a);
+        EXPECT_EQ(second->value(), b);
+        EXPECT_FALSE(d.next());
+    }
+}
+
+TEST(Framing, MalformedFrameIsAnErrorAndTheNextOneStillDecodes) {
+    FrameDecoder d;
+    d.feed("{not json\n{\"ok\":true}\n");
+    auto bad = d.next();
+    ASSERT_TRUE(bad);
+    EXPECT_FALSE(*bad);
+    EXPECT_EQ(bad->error().code, "malformed_frame");
+    auto good = d.next();
+    ASSERT_TRUE(good && *good);
+}
+
+TEST(Framing, OversizedFrameIsDiscardedWithoutBufferingIt) {
+    FrameDecoder d(64);
+    d.feed(std::string(50, 'x'));
+    d.feed(std::string(1000, 'x'));  // over the limit: dropped, not kept
+    d.feed("\n{\"a\":1}\n");
+    auto big = d.next();
+    ASSERT_TRUE(big);
+    EXPECT_EQ(big->error().code, "frame_too_large");
+    auto next = d.next();
+    ASSERT_TRUE(next && *next);
+    EXPECT_EQ(next->value()["a"], 1);
+}
+
+TEST(Messages, RegisterRoundTrip) {
+    Register r{"w-8100-1", "tok", 8100, 4242, kVersion};
+    auto parsed = parse_worker_message(to_json(r));
+    ASSERT_TRUE(parsed);
+    const auto& back = std::get<Register>(*parsed);
+    EXPECT_EQ(back.worker_id, "w-8100-1");
+    EXPECT_EQ(back.port, 8100);
+    EXPECT_EQ(back.pid, 4242);
+}
+
+TEST(Messages, HeartbeatRoundTrip) {
+    Heartbeat h;
+    h.stats.state = "ready";
+    h.stats.memory_bytes = 123456789;
+    h.stats.requests = 7;
+    h.stats.queue_depth = 2;
+    auto parsed = parse_worker_message(to_json(h));
+    ASSERT_TRUE(parsed);
+    EXPECT_EQ(std::get<Heartbeat>(*parsed).stats.memory_bytes, 123456789U);
+}
+
+TEST(Messages, WrongTypesUnknownMessagesAndVersionsAreErrors) {
+    EXPECT_FALSE(parse_worker_message(nlohmann::json::array()));
+    EXPECT_FALSE(parse_worker_message({{"type", "dance"}}));
+    EXPECT_FALSE(parse_worker_message({{"type", 5}}));
+    EXPECT_FALSE(
+        parse_worker_message({{"type", "heartbeat"}, {"state", "ready"}, {"requests", -1}}));
+    auto r = to_json(Register{"w", "t", 1, 1, kVersion});
+    r["version"] = kVersion + 1;
+    auto parsed = parse_worker_message(r);
+    ASSERT_FALSE(parsed);
+    EXPECT_EQ(parsed.error().code, "version_mismatch");
+}
+
+TEST(ControlRequests, VerbsCheckTheirFields) {
+    EXPECT_TRUE(parse_control_request({{"verb", "status"}}));
+    EXPECT_TRUE(parse_control_request({{"verb", "load"}, {"port", 8100}, {"model", "tiny"}}));
+    EXPECT_FALSE(parse_control_request({{"verb", "load"}, {"port", 8100}}));
+    EXPECT_FALSE(parse_control_request({{"verb", "unload"}, {"port", 0}}));
+    EXPECT_FALSE(parse_control_request({{"verb", "unload"}, {"port", "8100"}}));
+    EXPECT_FALSE(parse_control_request({{"verb", "explode"}}));
+    auto profile = parse_control_request({{"verb", "profile-load"}, {"profile", "coding"}});
+    ASSERT_TRUE(profile);
+    EXPECT_EQ(profile->profile, "coding");
+}
+
+}  // namespace
