@@ -1,0 +1,304 @@
+#include "state/store.h"
+
+#include <sqlite3.h>
+
+#include <chrono>
+#include <functional>
+
+namespace ensemble {
+
+namespace {
+
+// Each entry upgrades the schema by one version; never edit one that has shipped.
+const std::vector<const char*> kMigrations = {
+    // 1: the initial schema.
+    R"(CREATE TABLE assignments (
+         port INTEGER PRIMARY KEY CHECK (port BETWEEN 1 AND 65535),
+         handle TEXT NOT NULL,
+         profile TEXT NOT NULL DEFAULT '',
+         generation INTEGER NOT NULL DEFAULT 1,
+         updated_at_ms INTEGER NOT NULL);
+       CREATE TABLE workers (
+         port INTEGER PRIMARY KEY,
+         worker_id TEXT NOT NULL,
+         token TEXT NOT NULL,
+         pid INTEGER NOT NULL,
+         pid_start_time INTEGER NOT NULL DEFAULT 0,
+         engine_pid INTEGER NOT NULL DEFAULT 0,
+         state TEXT NOT NULL,
+         started_at_ms INTEGER NOT NULL DEFAULT 0,
+         ready_at_ms INTEGER NOT NULL DEFAULT 0,
+         restarts INTEGER NOT NULL DEFAULT 0,
+         last_exit TEXT NOT NULL DEFAULT '');
+       CREATE TABLE events (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         at_ms INTEGER NOT NULL,
+         port INTEGER NOT NULL DEFAULT 0,
+         kind TEXT NOT NULL,
+         message TEXT NOT NULL);
+       CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);)",
+};
+
+std::int64_t now_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// A prepared statement that finalizes itself.
+class Statement {
+  public:
+    Statement(sqlite3* db, const char* sql) : db_(db) {
+        rc_ = sqlite3_prepare_v2(db, sql, -1, &stmt_, nullptr);
+    }
+    ~Statement() { sqlite3_finalize(stmt_); }
+    Statement(const Statement&) = delete;
+    Statement& operator=(const Statement&) = delete;
+
+    bool ok() const { return rc_ == SQLITE_OK; }
+    Statement& bind(int i, std::int64_t v) {
+        sqlite3_bind_int64(stmt_, i, v);
+        return *this;
+    }
+    Statement& bind(int i, const std::string& v) {
+        sqlite3_bind_text(stmt_, i, v.c_str(), static_cast<int>(v.size()), SQLITE_TRANSIENT);
+        return *this;
+    }
+    int step() { return rc_ = sqlite3_step(stmt_); }
+    std::int64_t integer(int col) const { return sqlite3_column_int64(stmt_, col); }
+    std::string text(int col) const {
+        const auto* p = sqlite3_column_text(stmt_, col);
+        return p ? reinterpret_cast<const char*>(p) : "";
+    }
+    Error error(const std::string& what) const {
+        return Error{"state_error", what + ": " + sqlite3_errmsg(db_)};
+    }
+
+  private:
+    sqlite3* db_;
+    sqlite3_stmt* stmt_ = nullptr;
+    int rc_;
+};
+
+// Runs a statement to completion (for writes).
+Status run(sqlite3* db, const char* sql, const std::function<void(Statement&)>& binder,
+           const std::string& what) {
+    Statement s(db, sql);
+    if (!s.ok()) return s.error(what);
+    binder(s);
+    if (s.step() != SQLITE_DONE) return s.error(what);
+    return Ok{};
+}
+
+}  // namespace
+
+int StateStore::schema_version() {
+    return static_cast<int>(kMigrations.size());
+}
+
+Result<std::unique_ptr<StateStore>> StateStore::open(const std::filesystem::path& path) {
+    std::error_code ec;
+    std::filesystem::create_directories(path.parent_path(), ec);
+    sqlite3* db = nullptr;
+    if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
+        SQLITE_OK) {
+        std::string why = db ? sqlite3_errmsg(db) : "out of memory";
+        sqlite3_close(db);
+        return Error{"state_open", "cannot open the state database " + path.string() + ": " + why +
+                                       " (check the state_dir's permissions)"};
+    }
+    std::unique_ptr<StateStore> store(new StateStore(db));
+    sqlite3_busy_timeout(db, 5000);
+    for (const char* pragma :
+         {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
+        if (auto ok = store->exec(pragma); !ok) return ok.error();
+    }
+    if (auto ok = store->migrate(); !ok) return ok.error();
+    return store;
+}
+
+StateStore::~StateStore() {
+    sqlite3_close(db_);
+}
+
+Status StateStore::exec(const std::string& sql) {
+    char* message = nullptr;
+    if (sqlite3_exec(db_, sql.c_str(), nullptr, nullptr, &message) != SQLITE_OK) {
+        Error e{"state_error", "SQLite: " + std::string(message ? message : "unknown error")};
+        sqlite3_free(message);
+        return e;
+    }
+    return Ok{};
+}
+
+Status StateStore::migrate() {
+    Statement version(db_, "PRAGMA user_version");
+    if (!version.ok() || version.step() != SQLITE_ROW)
+        return version.error("reading the schema version");
+    const auto current = static_cast<std::size_t>(version.integer(0));
+    if (current > kMigrations.size()) {
+        return Error{"state_newer", "the state database has schema version " +
+                                        std::to_string(current) + ", newer than this ensembled (" +
+                                        std::to_string(kMigrations.size()) +
+                                        "); run the newer ensembled or restore a backup"};
+    }
+    for (auto v = current; v < kMigrations.size(); ++v) {
+        // One transaction per step: a crash mid-migration leaves the previous version intact.
+        const auto sql = std::string("BEGIN IMMEDIATE;") + kMigrations[v] +
+                         ";PRAGMA user_version=" + std::to_string(v + 1) + ";COMMIT;";
+        if (auto ok = exec(sql); !ok) {
+            (void)exec("ROLLBACK");
+            return Error{"state_migration", "migrating the state database to version " +
+                                                std::to_string(v + 1) +
+                                                " failed: " + ok.error().message};
+        }
+    }
+    return Ok{};
+}
+
+Result<std::vector<Assignment>> StateStore::assignments() {
+    Statement s(db_, "SELECT port, handle, profile, generation FROM assignments ORDER BY port");
+    if (!s.ok()) return s.error("reading assignments");
+    std::vector<Assignment> out;
+    while (s.step() == SQLITE_ROW) {
+        out.push_back({static_cast<int>(s.integer(0)), s.text(1), s.text(2), s.integer(3)});
+    }
+    return out;
+}
+
+Status StateStore::set_assignment(const Assignment& a) {
+    return run(
+        db_,
+        "INSERT INTO assignments (port, handle, profile, generation, updated_at_ms) "
+        "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT(port) DO UPDATE SET handle = ?2, "
+        "profile = ?3, generation = generation + 1, updated_at_ms = ?4",
+        [&](Statement& s) {
+            s.bind(1, a.port).bind(2, a.handle).bind(3, a.profile).bind(4, now_ms());
+        },
+        "saving the assignment of port " + std::to_string(a.port));
+}
+
+Status StateStore::remove_assignment(int port) {
+    return run(
+        db_, "DELETE FROM assignments WHERE port = ?1", [&](Statement& s) { s.bind(1, port); },
+        "removing the assignment of port " + std::to_string(port));
+}
+
+Status StateStore::replace_assignments(const std::vector<Assignment>& assignments) {
+    if (auto ok = exec("BEGIN IMMEDIATE"); !ok) return ok;
+    auto fail = [&](Status st) {
+        (void)exec("ROLLBACK");
+        return st;
+    };
+    // Ports that keep their model keep their generation; others are added or removed.
+    std::string keep = "DELETE FROM assignments WHERE port NOT IN (";
+    for (std::size_t i = 0; i < assignments.size(); ++i)
+        keep += (i ? "," : "") + std::to_string(assignments[i].port);
+    keep += ")";
+    if (auto ok = exec(keep); !ok) return fail(ok);
+    for (const auto& a : assignments) {
+        auto ok = run(
+            db_,
+            "INSERT INTO assignments (port, handle, profile, generation, updated_at_ms) "
+            "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT(port) DO UPDATE SET "
+            "generation = generation + (handle != ?2), handle = ?2, profile = ?3, updated_at_ms = "
+            "?4",
+            [&](Statement& s) {
+                s.bind(1, a.port).bind(2, a.handle).bind(3, a.profile).bind(4, now_ms());
+            },
+            "saving the assignment of port " + std::to_string(a.port));
+        if (!ok) return fail(ok);
+    }
+    return exec("COMMIT");
+}
+
+Result<std::vector<WorkerRecord>> StateStore::workers() {
+    Statement s(
+        db_,
+        "SELECT port, worker_id, token, pid, pid_start_time, engine_pid, state, started_at_ms, "
+        "ready_at_ms, restarts, last_exit FROM workers ORDER BY port");
+    if (!s.ok()) return s.error("reading worker records");
+    std::vector<WorkerRecord> out;
+    while (s.step() == SQLITE_ROW) {
+        out.push_back({static_cast<int>(s.integer(0)), s.text(1), s.text(2), s.integer(3),
+                       s.integer(4), s.integer(5), s.text(6), s.integer(7), s.integer(8),
+                       static_cast<int>(s.integer(9)), s.text(10)});
+    }
+    return out;
+}
+
+Status StateStore::save_worker(const WorkerRecord& w) {
+    return run(
+        db_,
+        "INSERT OR REPLACE INTO workers (port, worker_id, token, pid, pid_start_time, engine_pid, "
+        "state, started_at_ms, ready_at_ms, restarts, last_exit) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        [&](Statement& s) {
+            s.bind(1, w.port).bind(2, w.worker_id).bind(3, w.token).bind(4, w.pid);
+            s.bind(5, w.pid_start_time).bind(6, w.engine_pid).bind(7, w.state);
+            s.bind(8, w.started_at_ms)
+                .bind(9, w.ready_at_ms)
+                .bind(10, w.restarts)
+                .bind(11, w.last_exit);
+        },
+        "saving the worker record of port " + std::to_string(w.port));
+}
+
+Status StateStore::remove_worker(int port) {
+    return run(
+        db_, "DELETE FROM workers WHERE port = ?1", [&](Statement& s) { s.bind(1, port); },
+        "removing the worker record of port " + std::to_string(port));
+}
+
+Status StateStore::append_event(const Event& e) {
+    auto ok = run(
+        db_, "INSERT INTO events (at_ms, port, kind, message) VALUES (?1, ?2, ?3, ?4)",
+        [&](Statement& s) {
+            s.bind(1, e.at_ms ? e.at_ms : now_ms())
+                .bind(2, e.port)
+                .bind(3, e.kind)
+                .bind(4, e.message);
+        },
+        "appending an event");
+    if (!ok) return ok;
+    // Retention: cheap because id is the rowid; runs on every append but touches only old rows.
+    return run(
+        db_, "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?1",
+        [&](Statement& s) { s.bind(1, static_cast<std::int64_t>(event_retention)); },
+        "pruning events");
+}
+
+Result<std::vector<Event>> StateStore::events_after(std::int64_t after_id, int limit) {
+    Statement s(db_,
+                "SELECT id, at_ms, port, kind, message FROM (SELECT * FROM events WHERE id > ?1 "
+                "ORDER BY id DESC LIMIT ?2) ORDER BY id");
+    if (!s.ok()) return s.error("reading events");
+    s.bind(1, after_id).bind(2, limit);
+    std::vector<Event> out;
+    while (s.step() == SQLITE_ROW) {
+        out.push_back(
+            {s.integer(0), s.integer(1), static_cast<int>(s.integer(2)), s.text(3), s.text(4)});
+    }
+    return out;
+}
+
+Result<std::string> StateStore::meta(const std::string& key) {
+    Statement s(db_, "SELECT value FROM meta WHERE key = ?1");
+    if (!s.ok()) return s.error("reading " + key);
+    s.bind(1, key);
+    return s.step() == SQLITE_ROW ? s.text(0) : std::string();
+}
+
+Status StateStore::set_meta(const std::string& key, const std::string& value) {
+    return run(
+        db_, "INSERT OR REPLACE INTO meta (key, value) VALUES (?1, ?2)",
+        [&](Statement& s) { s.bind(1, key).bind(2, value); }, "saving " + key);
+}
+
+Result<std::string> StateStore::integrity_check() {
+    Statement s(db_, "PRAGMA integrity_check");
+    if (!s.ok() || s.step() != SQLITE_ROW) return s.error("integrity check");
+    return s.text(0);
+}
+
+}  // namespace ensemble

@@ -1,0 +1,85 @@
+// The SQLite store, and the only code that touches SQLite: desired assignments (port -> model),
+// worker records, and the append-only event log. WAL mode with synchronous=FULL: a write that
+// returned has reached the disk, so a crash or power cut never loses what the operator asked for.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "protocol/result.h"
+
+struct sqlite3;
+
+namespace ensemble {
+
+struct Assignment {
+    int port = 0;
+    std::string handle;
+    std::string profile;          // empty: loaded by hand
+    std::int64_t generation = 0;  // bumped on every change of this port's assignment
+};
+
+struct WorkerRecord {
+    int port = 0;
+    std::string worker_id;
+    std::string token;
+    std::int64_t pid = 0;
+    std::int64_t pid_start_time = 0;  // /proc/PID/stat starttime: guards against pid reuse
+    std::int64_t engine_pid = 0;
+    std::string state;
+    std::int64_t started_at_ms = 0;
+    std::int64_t ready_at_ms = 0;
+    int restarts = 0;
+    std::string last_exit;
+};
+
+struct Event {
+    std::int64_t id = 0;
+    std::int64_t at_ms = 0;
+    int port = 0;  // 0: not about one port
+    std::string kind;
+    std::string message;
+};
+
+class StateStore {
+  public:
+    static Result<std::unique_ptr<StateStore>> open(const std::filesystem::path& path);
+    ~StateStore();
+    StateStore(const StateStore&) = delete;
+    StateStore& operator=(const StateStore&) = delete;
+
+    static int schema_version();
+
+    Result<std::vector<Assignment>> assignments();
+    Status set_assignment(const Assignment& assignment);
+    Status remove_assignment(int port);
+    // Replaces every assignment at once (a profile load is all-or-nothing).
+    Status replace_assignments(const std::vector<Assignment>& assignments);
+
+    Result<std::vector<WorkerRecord>> workers();
+    Status save_worker(const WorkerRecord& worker);
+    Status remove_worker(int port);
+
+    Status append_event(const Event& event);  // keeps the newest `event_retention` events
+    Result<std::vector<Event>> events_after(std::int64_t after_id, int limit);
+
+    Result<std::string> meta(const std::string& key);  // "" when unset
+    Status set_meta(const std::string& key, const std::string& value);
+
+    Result<std::string> integrity_check();  // "ok" when the database is sound
+
+    std::size_t event_retention = 10000;
+
+  private:
+    explicit StateStore(sqlite3* db) : db_(db) {}
+    Status exec(const std::string& sql);
+    Status migrate();
+
+    sqlite3* db_;
+};
+
+}  // namespace ensemble

@@ -1,0 +1,160 @@
+// The state store: migrations, assignments, workers, events, and durability under kill -9.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <map>
+#include <set>
+#include <thread>
+
+#include "state/store.h"
+
+using namespace ensemble;
+
+namespace {
+
+class StateStoreTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+        dir_ = std::filesystem::temp_directory_path() / "ensemble-state" / info->name();
+        std::filesystem::remove_all(dir_);
+        path_ = dir_ / "state.db";
+    }
+    std::unique_ptr<StateStore> open() {
+        auto s = StateStore::open(path_);
+        EXPECT_TRUE(s) << (s ? "" : s.error().message);
+        return s ? std::move(s).value() : nullptr;
+    }
+    std::filesystem::path dir_, path_;
+};
+
+TEST_F(StateStoreTest, NewDatabaseIsMigratedToTheCurrentSchema) {
+    auto s = open();
+    ASSERT_TRUE(s);
+    EXPECT_EQ(*s->integrity_check(), "ok");
+    EXPECT_TRUE(s->assignments()->empty());
+    s.reset();
+    EXPECT_TRUE(open());  // reopening runs no migration twice
+}
+
+TEST_F(StateStoreTest, RefusesADatabaseFromANewerVersion) {
+    open().reset();
+    {
+        auto s = open();
+        ASSERT_TRUE(s->set_meta("x", "y"));
+    }
+    // Pretend a newer ensembled migrated it.
+    std::string cmd = "sqlite3 '" + path_.string() + "' 'PRAGMA user_version=99'";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    auto s = StateStore::open(path_);
+    ASSERT_FALSE(s);
+    EXPECT_EQ(s.error().code, "state_newer");
+}
+
+TEST_F(StateStoreTest, AssignmentsBumpTheirGenerationOnChange) {
+    auto s = open();
+    ASSERT_TRUE(s->set_assignment({8100, "tiny", "demo", 0}));
+    ASSERT_TRUE(s->set_assignment({8101, "big", "demo", 0}));
+    ASSERT_TRUE(s->set_assignment({8100, "other", "", 0}));
+    auto a = *s->assignments();
+    ASSERT_EQ(a.size(), 2U);
+    EXPECT_EQ(a[0].handle, "other");
+    EXPECT_EQ(a[0].generation, 2);
+    EXPECT_EQ(a[1].generation, 1);
+    ASSERT_TRUE(s->remove_assignment(8101));
+    EXPECT_EQ(s->assignments()->size(), 1U);
+}
+
+TEST_F(StateStoreTest, ReplaceAssignmentsKeepsUnchangedPortsGeneration) {
+    auto s = open();
+    ASSERT_TRUE(s->replace_assignments({{8100, "a", "p1", 0}, {8101, "b", "p1", 0}}));
+    ASSERT_TRUE(s->replace_assignments({{8100, "a", "p2", 0}, {8102, "c", "p2", 0}}));
+    auto a = *s->assignments();
+    ASSERT_EQ(a.size(), 2U);
+    EXPECT_EQ(a[0].port, 8100);
+    EXPECT_EQ(a[0].generation, 1);
+    EXPECT_EQ(a[0].profile, "p2");
+    EXPECT_EQ(a[1].port, 8102);
+    ASSERT_TRUE(s->replace_assignments({}));
+    EXPECT_TRUE(s->assignments()->empty());
+}
+
+TEST_F(StateStoreTest, WorkerRecordsRoundTrip) {
+    auto s = open();
+    WorkerRecord w{8100, "w-1", "tok", 123, 456, 789, "ready", 1, 2, 3, "exit code 1"};
+    ASSERT_TRUE(s->save_worker(w));
+    auto ws = *s->workers();
+    ASSERT_EQ(ws.size(), 1U);
+    EXPECT_EQ(ws[0].token, "tok");
+    EXPECT_EQ(ws[0].pid_start_time, 456);
+    EXPECT_EQ(ws[0].last_exit, "exit code 1");
+    ASSERT_TRUE(s->remove_worker(8100));
+    EXPECT_TRUE(s->workers()->empty());
+}
+
+TEST_F(StateStoreTest, EventsAreAppendOnlyWithRetention) {
+    auto s = open();
+    s->event_retention = 5;
+    for (int i = 0; i < 12; ++i)
+        ASSERT_TRUE(s->append_event({0, 0, 8100, "test", std::to_string(i)}));
+    auto e = *s->events_after(0, 100);
+    ASSERT_EQ(e.size(), 5U);
+    EXPECT_EQ(e.front().message, "7");
+    EXPECT_EQ(e.back().message, "11");
+    auto after = *s->events_after(e[2].id, 100);
+    EXPECT_EQ(after.size(), 2U);
+}
+
+// A child writes assignments as fast as it can and reports each one after its commit returns;
+// the parent kills it with SIGKILL mid-stream. Every reported write must survive, and the
+// database must pass PRAGMA integrity_check.
+TEST_F(StateStoreTest, KillDashNineMidWriteLosesNothingCommitted) {
+    open().reset();
+    int pipe_fds[2];
+    ASSERT_EQ(::pipe(pipe_fds), 0);
+    const pid_t child = ::fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+        ::close(pipe_fds[0]);
+        auto s = StateStore::open(path_);
+        if (!s) ::_exit(1);
+        for (int i = 0;; ++i) {
+            const int port = 1000 + i % 5000;
+            if (!(*s)->set_assignment({port, "model-" + std::to_string(i), "p", 0})) ::_exit(2);
+            if (!(*s)->append_event({0, 0, port, "write", std::to_string(i)})) ::_exit(3);
+            if (::write(pipe_fds[1], &i, sizeof i) != sizeof i) ::_exit(4);
+        }
+    }
+    ::close(pipe_fds[1]);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    ::kill(child, SIGKILL);
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    ASSERT_TRUE(WIFSIGNALED(status)) << "the writer stopped by itself: " << WEXITSTATUS(status);
+    int last = -1;
+    for (int i = 0; ::read(pipe_fds[0], &i, sizeof i) == sizeof i;)
+        last = i;
+    ::close(pipe_fds[0]);
+    ASSERT_GT(last, 10) << "too few writes to mean anything";
+
+    auto s = open();
+    ASSERT_TRUE(s);
+    EXPECT_EQ(*s->integrity_check(), "ok");
+    std::map<int, std::string> by_port;
+    const auto stored_assignments = s->assignments();
+    ASSERT_TRUE(stored_assignments);
+    for (const auto& a : *stored_assignments)
+        by_port[a.port] = a.handle;
+    // The last write of each port that the child confirmed is there (or a later one).
+    for (int i = std::max(0, last - 4999); i <= last; ++i) {
+        const int port = 1000 + i % 5000;
+        const auto it = by_port.find(port);
+        ASSERT_NE(it, by_port.end()) << "port " << port << " lost";
+        const int stored = std::stoi(it->second.substr(6));
+        EXPECT_GE(stored, i) << "port " << port << " lost write " << i;
+    }
+}
+
+}  // namespace
