@@ -100,6 +100,8 @@ std::filesystem::path expand_home(const std::string& path) {
     return path;
 }
 
+}  // namespace
+
 std::filesystem::path default_state_dir() {
     if (::geteuid() == 0) return "/var/lib/ensemble";
     if (const char* s = std::getenv("XDG_STATE_HOME"); s && *s)
@@ -116,6 +118,8 @@ std::filesystem::path default_run_dir() {
     return "/tmp/ensemble-run-" + std::to_string(::getuid());
 }
 
+namespace {
+
 class Loader {
   public:
     Loader(Config& config, std::vector<ConfigIssue>& issues, bool check_files)
@@ -127,7 +131,8 @@ class Loader {
   private:
     void supervisor(const std::string& file, const YAML::Node& node,
                     const std::filesystem::path& base);
-    void engines(const std::string& file, const YAML::Node& node);
+    void engines(const std::string& file, const YAML::Node& node,
+                 const std::filesystem::path& base);
     void models(const std::string& file, const YAML::Node& node, const std::filesystem::path& base);
     void profiles(const std::string& file, const YAML::Node& node);
     void port(const std::string& file, const YAML::Node& key, const YAML::Node& value, Profile& p);
@@ -163,7 +168,7 @@ void Loader::load_file(const std::filesystem::path& path, bool top_level) {
     if (!v_.map_with_keys(file, root, "the configuration", top_keys)) return;
     const auto base = path.parent_path();
     if (top_level && root["supervisor"]) supervisor(file, root["supervisor"], base);
-    if (root["engines"]) engines(file, root["engines"]);
+    if (root["engines"]) engines(file, root["engines"], base);
     if (root["models"]) models(file, root["models"], base);
     if (root["profiles"]) profiles(file, root["profiles"]);
     if (top_level && root["include"]) {
@@ -222,7 +227,8 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     }
 }
 
-void Loader::engines(const std::string& file, const YAML::Node& node) {
+void Loader::engines(const std::string& file, const YAML::Node& node,
+                     const std::filesystem::path& base) {
     if (!v_.map_with_keys(file, node, "engines", {})) return;
     for (const auto& kv : node) {
         const auto name = kv.first.Scalar();
@@ -231,7 +237,7 @@ void Loader::engines(const std::string& file, const YAML::Node& node) {
                               {"preset", "binary", "args", "command", "ready_path"})) {
             continue;
         }
-        EngineSpec spec{name, {}, "", {}};
+        EngineSpec spec{name, {}, "", {}, "", ""};
         const auto preset_name = e["preset"] ? v_.scalar<std::string>(file, e["preset"], "preset")
                                              : std::optional<std::string>("command");
         if (!preset_name) continue;
@@ -251,6 +257,8 @@ void Loader::engines(const std::string& file, const YAML::Node& node) {
                 continue;
             }
             spec.preset = *preset;
+            spec.command = *cmd;
+            spec.ready_path = *ready;
         } else {
             auto preset = find_preset(*preset_name);
             if (!preset) {
@@ -261,8 +269,13 @@ void Loader::engines(const std::string& file, const YAML::Node& node) {
             spec.preset = *preset;
         }
         if (e["binary"]) {
-            if (auto b = v_.scalar<std::string>(file, e["binary"], "binary"))
-                spec.binary = expand_home(*b).string();
+            if (auto b = v_.scalar<std::string>(file, e["binary"], "binary")) {
+                // A relative path is relative to this file; a bare name is looked up on PATH.
+                const auto path = expand_home(*b);
+                spec.binary = path.is_relative() && b->find('/') != std::string::npos
+                                  ? std::filesystem::weakly_canonical(base / path).string()
+                                  : path.string();
+            }
         }
         if (e["args"]) spec.args = v_.strings(file, e["args"], "args");
         if (config_.engines.count(name))
@@ -460,7 +473,7 @@ ConfigLoad load_config(const std::filesystem::path& path, bool check_files) {
     config.supervisor.state_dir = default_state_dir();
     config.supervisor.run_dir = default_run_dir();
     for (const auto& name : {"llama.cpp", "mlx-lm", "vllm"}) {
-        config.engines[name] = EngineSpec{name, *find_preset(name), "", {}};
+        config.engines[name] = EngineSpec{name, *find_preset(name), "", {}, "", ""};
     }
     Loader loader(config, out.issues, check_files);
     loader.load_file(path, true);

@@ -27,6 +27,8 @@ struct EngineSpec {
     EnginePreset preset;
     std::string binary;  // empty: the preset's default on PATH
     std::vector<std::string> args;
+    std::string command;     // preset "command": the command line as written
+    std::string ready_path;  // preset "command": the readiness path
 };
 
 struct ModelSpec {
@@ -84,5 +86,10 @@ ConfigLoad load_config(const std::filesystem::path& path, bool check_files = tru
 std::optional<std::uint64_t> parse_bytes(const std::string& text);
 
 bool is_kebab_case(const std::string& handle);
+
+// Defaults when the config does not say: /var/lib/ensemble and /run/ensemble for root;
+// $XDG_STATE_HOME/ensemble and $XDG_RUNTIME_DIR/ensemble otherwise.
+std::filesystem::path default_state_dir();
+std::filesystem::path default_run_dir();
 
 }  // namespace ensemble

@@ -152,7 +152,7 @@ json to_json(const ControlRequest& r) {
     if (r.port) j["port"] = *r.port;
     if (!r.model.empty()) j["model"] = r.model;
     if (!r.profile.empty()) j["profile"] = r.profile;
-    if (r.verb == "logs") j["lines"] = r.lines;
+    if (r.verb == "logs" || r.verb == "events") j["lines"] = r.lines;
     return j;
 }
 

@@ -20,6 +20,7 @@ const std::vector<const char*> kMigrations = {
          updated_at_ms INTEGER NOT NULL);
        CREATE TABLE workers (
          port INTEGER PRIMARY KEY,
+         handle TEXT NOT NULL,
          worker_id TEXT NOT NULL,
          token TEXT NOT NULL,
          pid INTEGER NOT NULL,
@@ -213,16 +214,15 @@ Status StateStore::replace_assignments(const std::vector<Assignment>& assignment
 }
 
 Result<std::vector<WorkerRecord>> StateStore::workers() {
-    Statement s(
-        db_,
-        "SELECT port, worker_id, token, pid, pid_start_time, engine_pid, state, started_at_ms, "
-        "ready_at_ms, restarts, last_exit FROM workers ORDER BY port");
+    Statement s(db_,
+                "SELECT port, handle, worker_id, token, pid, pid_start_time, engine_pid, state, "
+                "started_at_ms, ready_at_ms, restarts, last_exit FROM workers ORDER BY port");
     if (!s.ok()) return s.error("reading worker records");
     std::vector<WorkerRecord> out;
     while (s.step() == SQLITE_ROW) {
-        out.push_back({static_cast<int>(s.integer(0)), s.text(1), s.text(2), s.integer(3),
-                       s.integer(4), s.integer(5), s.text(6), s.integer(7), s.integer(8),
-                       static_cast<int>(s.integer(9)), s.text(10)});
+        out.push_back({static_cast<int>(s.integer(0)), s.text(1), s.text(2), s.text(3),
+                       s.integer(4), s.integer(5), s.integer(6), s.text(7), s.integer(8),
+                       s.integer(9), static_cast<int>(s.integer(10)), s.text(11)});
     }
     return out;
 }
@@ -230,16 +230,20 @@ Result<std::vector<WorkerRecord>> StateStore::workers() {
 Status StateStore::save_worker(const WorkerRecord& w) {
     return run(
         db_,
-        "INSERT OR REPLACE INTO workers (port, worker_id, token, pid, pid_start_time, engine_pid, "
-        "state, started_at_ms, ready_at_ms, restarts, last_exit) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        "INSERT OR REPLACE INTO workers (port, handle, worker_id, token, pid, pid_start_time, "
+        "engine_pid, state, started_at_ms, ready_at_ms, restarts, last_exit) "
+        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
         [&](Statement& s) {
-            s.bind(1, w.port).bind(2, w.worker_id).bind(3, w.token).bind(4, w.pid);
-            s.bind(5, w.pid_start_time).bind(6, w.engine_pid).bind(7, w.state);
-            s.bind(8, w.started_at_ms)
-                .bind(9, w.ready_at_ms)
-                .bind(10, w.restarts)
-                .bind(11, w.last_exit);
+            s.bind(1, w.port)
+                .bind(2, w.handle)
+                .bind(3, w.worker_id)
+                .bind(4, w.token)
+                .bind(5, w.pid);
+            s.bind(6, w.pid_start_time).bind(7, w.engine_pid).bind(8, w.state);
+            s.bind(9, w.started_at_ms)
+                .bind(10, w.ready_at_ms)
+                .bind(11, w.restarts)
+                .bind(12, w.last_exit);
         },
         "saving the worker record of port " + std::to_string(w.port));
 }

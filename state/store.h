@@ -25,6 +25,7 @@ struct Assignment {
 
 struct WorkerRecord {
     int port = 0;
+    std::string handle;
     std::string worker_id;
     std::string token;
     std::int64_t pid = 0;

@@ -25,12 +25,15 @@ namespace {
 
 // Runs in the child between fork and exec: a new process group, and death with the parent.
 struct ChildSetup {
+    bool die_with_parent;
     template <typename Executor>
     void operator()(Executor& /*exec*/) const {
         ::setpgid(0, 0);
 #ifdef __linux__
-        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-        if (::getppid() == 1) ::_exit(127);  // the parent is already gone
+        if (die_with_parent) {
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+            if (::getppid() == 1) ::_exit(127);  // the parent is already gone
+        }
 #endif
     }
 };
@@ -89,14 +92,15 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
     std::error_code ec;
     bp::child child;
     if (log != nullptr) {
-        child = bp::child(bp::exe = program->string(), bp::args = args, child_env,
-                          bp::std_in<bp::null, bp::std_out> log, bp::std_err > log,
-                          bp::limit_handles, bp::extend::on_exec_setup = ChildSetup{}, ec);
+        child =
+            bp::child(bp::exe = program->string(), bp::args = args, child_env,
+                      bp::std_in<bp::null, bp::std_out> log, bp::std_err > log, bp::limit_handles,
+                      bp::extend::on_exec_setup = ChildSetup{spec.die_with_parent}, ec);
         std::fclose(log);
     } else {
         child = bp::child(bp::exe = program->string(), bp::args = args, child_env,
                           bp::std_in < bp::null, bp::limit_handles,
-                          bp::extend::on_exec_setup = ChildSetup{}, ec);
+                          bp::extend::on_exec_setup = ChildSetup{spec.die_with_parent}, ec);
     }
     if (ec) {
         return Error{"spawn_failed", "cannot start '" + program->string() + "': " + ec.message()};

@@ -20,6 +20,8 @@ struct SpawnSpec {
     std::vector<std::string> argv;  // argv[0]: a path, or a name looked up on PATH
     std::map<std::string, std::string> extra_env;
     std::filesystem::path log_file;  // stdout and stderr are appended here; empty: inherit
+    // Engines die with their worker; workers outlive a supervisor crash so it can re-adopt them.
+    bool die_with_parent = true;
 };
 
 struct ExitStatus {

@@ -2,10 +2,13 @@
 // proxies the OpenAI API to it, restarts it if it dies, and drains on SIGTERM.
 #include <signal.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <boost/asio/signal_set.hpp>
 #include <iostream>
 
+#include "worker/process_memory.h"
+#include "worker/supervisor_link.h"
 #include "worker/worker_options.h"
 
 using namespace ensemble;
@@ -20,6 +23,22 @@ awaitable<void> shut_down(asio::io_context& io, HttpFront& front, EngineRunner& 
     co_await engine.stop();
     spdlog::info("worker: stopped");
     io.stop();
+}
+
+protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProxy& proxy) {
+    protocol::WorkerStats s;
+    s.state = to_string(engine.state());
+    s.requests = proxy.stats().requests;
+    s.failed = proxy.stats().failed;
+    s.queue_depth = static_cast<std::uint32_t>(engine.waiting());
+    s.engine_restarts = engine.restarts();
+    s.engine_last_exit = engine.last_exit();
+    s.memory_bytes = proportional_set_size(::getpid()).value_or(0);
+    if (auto pid = engine.pid()) {
+        s.engine_pid = *pid;
+        s.memory_bytes += proportional_set_size(*pid).value_or(0);
+    }
+    return s;
 }
 
 }  // namespace
@@ -59,13 +78,27 @@ int main(int argc, char** argv) {
     spdlog::info("worker: serving '{}' on {}:{} (engine {} on 127.0.0.1:{})", options.model.handle,
                  options.front.host, front.bound_port(), options.engine.preset.name, engine.port());
 
+    // One way down, whatever asks for it: SIGTERM/SIGINT, the supervisor, or a long orphanhood.
+    std::unique_ptr<SupervisorLink> link;
     asio::signal_set stop_signals(io, SIGTERM, SIGINT);
-    stop_signals.async_wait([&](boost::system::error_code ec, int signal) {
-        if (ec) return;
-        spdlog::info("worker: received {}", signal == SIGTERM ? "SIGTERM" : "SIGINT");
+    bool shutting_down = false;
+    auto begin_shutdown = [&](const std::string& reason) {
+        if (shutting_down) return;
+        shutting_down = true;
+        spdlog::info("worker: stopping: {}", reason);
         children.cancel();
+        stop_signals.cancel();
+        if (link) link->stop();
         asio::co_spawn(io, shut_down(io, front, engine, options.drain_timeout), asio::detached);
+    };
+    stop_signals.async_wait([&](boost::system::error_code ec, int signal) {
+        if (!ec) begin_shutdown(signal == SIGTERM ? "received SIGTERM" : "received SIGINT");
     });
+    if (auto link_config = LinkConfig::from_environment(options.front.port)) {
+        link = std::make_unique<SupervisorLink>(
+            io, *link_config, [&] { return collect_stats(engine, proxy); }, begin_shutdown);
+        link->start();
+    }
     ::signal(SIGPIPE, SIG_IGN);
     io.run();
     return 0;

@@ -83,7 +83,7 @@ TEST_F(StateStoreTest, ReplaceAssignmentsKeepsUnchangedPortsGeneration) {
 
 TEST_F(StateStoreTest, WorkerRecordsRoundTrip) {
     auto s = open();
-    WorkerRecord w{8100, "w-1", "tok", 123, 456, 789, "ready", 1, 2, 3, "exit code 1"};
+    WorkerRecord w{8100, "tiny", "w-1", "tok", 123, 456, 789, "ready", 1, 2, 3, "exit code 1"};
     ASSERT_TRUE(s->save_worker(w));
     auto ws = *s->workers();
     ASSERT_EQ(ws.size(), 1U);

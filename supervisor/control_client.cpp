@@ -1,0 +1,59 @@
+#include "supervisor/control_client.h"
+
+#include <array>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/write.hpp>
+#include <cstdlib>
+
+#include "profiles/config.h"
+#include "protocol/framing.h"
+
+namespace ensemble {
+
+std::filesystem::path control_socket_path(const std::string& socket_option,
+                                          const std::string& config_option) {
+    if (!socket_option.empty()) return socket_option;
+    if (const char* env = std::getenv("ENSEMBLE_SOCKET"); env != nullptr && *env != '\0')
+        return env;
+    std::string config = config_option;
+    if (config.empty()) {
+        if (const char* env = std::getenv("ENSEMBLE_CONFIG"); env != nullptr) config = env;
+    }
+    if (!config.empty()) {
+        auto loaded = load_config(config, /*check_files=*/false);
+        if (loaded.config) return loaded.config->supervisor.run_dir / "control.sock";
+    }
+    return default_run_dir() / "control.sock";
+}
+
+Result<nlohmann::json> call_supervisor(const std::filesystem::path& socket_path,
+                                       const protocol::ControlRequest& request) {
+    namespace asio = boost::asio;
+    asio::io_context io;
+    asio::local::stream_protocol::socket socket(io);
+    boost::system::error_code ec;
+    socket.connect(asio::local::stream_protocol::endpoint(socket_path.string()), ec);
+    if (ec) {
+        return Error{"not_running", "ensembled is not running (cannot connect to " +
+                                        socket_path.string() + ": " + ec.message() +
+                                        "); start it with 'ensembled --config FILE', or point "
+                                        "at its socket with --socket or ENSEMBLE_SOCKET"};
+    }
+    const auto frame = protocol::encode_frame(protocol::to_json(request));
+    asio::write(socket, asio::buffer(frame), ec);
+    protocol::FrameDecoder decoder;
+    std::array<char, 65536> buffer{};
+    while (!ec) {
+        const auto n = socket.read_some(asio::buffer(buffer), ec);
+        decoder.feed({buffer.data(), n});
+        if (auto reply = decoder.next()) {
+            if (!*reply) return reply->error();
+            return reply->value();
+        }
+    }
+    return Error{"connection_lost",
+                 "ensembled closed the connection before answering: " + ec.message()};
+}
+
+}  // namespace ensemble

@@ -1,0 +1,227 @@
+// ensemble: the operator's command line. Talks to ensembled over control.sock; human tables by
+// default, --json for scripts. `ensemble check FILE` validates a config without a supervisor.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <iostream>
+#include <thread>
+
+#include "profiles/config.h"
+#include "supervisor/control_client.h"
+#include "supervisor/fleet.h"
+
+using namespace ensemble;
+using nlohmann::json;
+
+namespace {
+
+std::string human_bytes(std::uint64_t bytes) {
+    if (bytes == 0) return "-";
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    double v = static_cast<double>(bytes);
+    int u = 0;
+    while (v >= 1024 && u < 4) {
+        v /= 1024;
+        ++u;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
+    return buf;
+}
+
+std::string human_duration(std::int64_t s) {
+    if (s <= 0) return "-";
+    if (s < 120) return std::to_string(s) + "s";
+    if (s < 7200) return std::to_string(s / 60) + "m";
+    if (s < 172800) return std::to_string(s / 3600) + "h";
+    return std::to_string(s / 86400) + "d";
+}
+
+void print_ports(const json& ports) {
+    std::printf("%-6s %-22s %-10s %-9s %-8s %-7s %-8s %-10s %-6s %s\n", "PORT", "MODEL", "PROFILE",
+                "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "REQS", "LAST FAILURE");
+    for (const auto& p : ports) {
+        std::printf("%-6d %-22s %-10s %-9s %-8lld %-7s %-8d %-10s %-6llu %s\n", p.value("port", 0),
+                    p.value("model", "").c_str(),
+                    p.value("profile", "").empty() ? "-" : p.value("profile", "").c_str(),
+                    p.value("state", "").c_str(), static_cast<long long>(p.value("pid", 0LL)),
+                    human_duration(p.value("uptime_s", 0LL)).c_str(), p.value("restarts", 0),
+                    human_bytes(p.value("memory_bytes", 0ULL)).c_str(),
+                    static_cast<unsigned long long>(p.value("requests", 0ULL)),
+                    p.value("last_failure", "").c_str());
+    }
+}
+
+void print_human(const std::string& verb, const json& result) {
+    if (verb == "status") {
+        print_ports(result["ports"]);
+    } else if (verb == "profile-list") {
+        for (const auto& p : result["profiles"]) {
+            std::printf("%s %s:", p.value("active", false) ? "*" : " ",
+                        p.value("name", "").c_str());
+            for (const auto& [port, model] : p["ports"].items())
+                std::printf(" %s=%s", port.c_str(), model.get<std::string>().c_str());
+            std::printf("\n");
+        }
+    } else if (verb == "logs") {
+        for (const auto& line : result["engine"])
+            std::cout << line.get<std::string>() << '\n';
+    } else if (verb == "events") {
+        for (const auto& e : result["events"]) {
+            const auto at = static_cast<time_t>(e.value("at_ms", 0LL) / 1000);
+            char when[32];
+            std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::localtime(&at));
+            std::printf("%s  %-5s %-14s %s\n", when,
+                        e.value("port", 0) ? std::to_string(e.value("port", 0)).c_str() : "-",
+                        e.value("kind", "").c_str(), e.value("message", "").c_str());
+        }
+    } else if (result.contains("ports")) {
+        print_ports(result["ports"]);
+    } else if (result.contains("port")) {
+        print_ports(json::array({result}));
+    } else if (verb == "reload") {
+        std::printf("reloaded; changed ports: %s %s\n", result["changed_ports"].dump().c_str(),
+                    result.value("hint", "").c_str());
+    } else {
+        std::cout << result.dump(2) << '\n';
+    }
+}
+
+int check(const std::string& file) {
+    auto loaded = load_config(file);
+    for (const auto& issue : loaded.issues)
+        std::cerr << issue.to_string() << '\n';
+    if (!loaded.config) {
+        std::cerr << file << ": " << loaded.issues.size() << " error(s)\n";
+        return 1;
+    }
+    std::cout << file << ": ok (" << loaded.config->models.size() << " models, "
+              << loaded.config->profiles.size() << " profiles)\n";
+    return 0;
+}
+
+// Follows a log file like tail -f (the CLI runs on the supervisor's machine, as its user).
+[[noreturn]] void follow(const std::string& path) {
+    FILE* f = std::fopen(path.c_str(), "r");
+    if (f != nullptr) std::fseek(f, 0, SEEK_END);
+    char buf[4096];
+    for (;;) {
+        if (f != nullptr) {
+            while (std::fgets(buf, sizeof buf, f) != nullptr)
+                std::fputs(buf, stdout);
+            std::fflush(stdout);
+            std::clearerr(f);
+        } else {
+            f = std::fopen(path.c_str(), "r");
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"ensemble: drive the ensembled supervisor"};
+    app.require_subcommand(1);
+    std::string socket_option, config_option;
+    bool as_json = false;
+    app.add_option("--socket", socket_option,
+                   "control socket (default: from the config's run_dir)");
+    app.add_option("--config,-c", config_option, "config file, to find the control socket");
+    app.add_flag("--json", as_json, "print the raw JSON reply");
+
+    protocol::ControlRequest request;
+    int port = 0;
+    std::string model, profile_name, check_file;
+    bool follow_flag = false;
+    int lines = 50;
+    app.add_subcommand("status", "every port: model, state, pid, uptime, restarts, memory")
+        ->callback([&] { request.verb = "status"; });
+    auto* profile = app.add_subcommand("profile", "list, load or unload profiles");
+    profile->require_subcommand(1);
+    profile->add_subcommand("list", "the config's profiles; * marks the active one")->callback([&] {
+        request.verb = "profile-list";
+    });
+    auto* pload = profile->add_subcommand(
+        "load", "make the profile's ports serve its models (all or nothing)");
+    pload->add_option("name", profile_name)->required();
+    pload->callback([&] {
+        request.verb = "profile-load";
+        request.profile = profile_name;
+    });
+    profile->add_subcommand("unload", "stop every port")->callback([&] {
+        request.verb = "profile-unload";
+    });
+    auto* load = app.add_subcommand("load", "serve MODEL on PORT");
+    load->add_option("port", port)->required()->check(CLI::Range(1, 65535));
+    load->add_option("model", model)->required();
+    load->callback([&] { request.verb = "load"; });
+    auto* unload = app.add_subcommand("unload", "stop serving on PORT");
+    unload->add_option("port", port)->required()->check(CLI::Range(1, 65535));
+    unload->callback([&] { request.verb = "unload"; });
+    auto* swap =
+        app.add_subcommand("swap", "replace PORT's model; the old one comes back if the new fails");
+    swap->add_option("port", port)->required()->check(CLI::Range(1, 65535));
+    swap->add_option("model", model)->required();
+    swap->callback([&] { request.verb = "swap"; });
+    auto* restart =
+        app.add_subcommand("restart", "restart PORT's worker (also clears a crash-loop 'failed')");
+    restart->add_option("port", port)->required()->check(CLI::Range(1, 65535));
+    restart->callback([&] { request.verb = "restart"; });
+    auto* logs = app.add_subcommand("logs", "PORT's engine log");
+    logs->add_option("port", port)->required()->check(CLI::Range(1, 65535));
+    logs->add_option("-n,--lines", lines, "lines to show")->capture_default_str();
+    logs->add_flag("-f,--follow", follow_flag, "keep printing new lines");
+    logs->callback([&] { request.verb = "logs"; });
+    auto* events =
+        app.add_subcommand("events", "the event log: every state change with its reason");
+    events->add_option("-n,--lines", lines, "events to show")->capture_default_str();
+    events->add_flag("-f,--follow", follow_flag, "keep printing new events");
+    events->callback([&] { request.verb = "events"; });
+    auto* checkc = app.add_subcommand("check", "validate a config file; runs nothing");
+    checkc->add_option("file", check_file)->required();
+    app.add_subcommand("reload", "re-read the config; report ports whose spec changed")
+        ->callback([&] { request.verb = "reload"; });
+    CLI11_PARSE(app, argc, argv);
+
+    if (!check_file.empty()) return check(check_file);
+    if (port != 0) request.port = port;
+    request.model = model;
+    request.lines = lines;
+    const auto socket = control_socket_path(socket_option, config_option);
+    auto reply = call_supervisor(socket, request);
+    if (!reply) {
+        std::cerr << "ensemble: " << reply.error().message << '\n';
+        return 3;
+    }
+    if (as_json) {
+        std::cout << reply->dump(2) << '\n';
+    } else if (reply->value("ok", false)) {
+        print_human(request.verb, (*reply)["result"]);
+    }
+    if (!reply->value("ok", false)) {
+        if (!as_json && reply->contains("result")) print_human(request.verb, (*reply)["result"]);
+        std::cerr << "ensemble: " << (*reply)["error"].value("message", "failed") << '\n';
+        return 1;
+    }
+    if (follow_flag && request.verb == "logs") follow((*reply)["result"].value("engine_log", ""));
+    if (follow_flag && request.verb == "events") {
+        std::int64_t last = 0;
+        for (const auto& e : (*reply)["result"]["events"])
+            last = std::max<std::int64_t>(last, e.value("id", 0LL));
+        for (;;) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(500));
+            auto more = call_supervisor(socket, request);
+            if (!more || !more->value("ok", false)) return 3;
+            json fresh = json::array();
+            for (const auto& e : (*more)["result"]["events"]) {
+                if (e.value("id", 0LL) > last) fresh.push_back(e);
+            }
+            for (const auto& e : fresh)
+                last = std::max<std::int64_t>(last, e.value("id", 0LL));
+            if (!fresh.empty()) print_human("events", json{{"events", fresh}});
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,118 @@
+// ensembled: the supervisor. Reads the config, owns state.db, listens on control.sock and
+// workers.sock, and keeps the fleet matching the desired assignments.
+//
+// SIGTERM/SIGINT: drain and stop every worker, keep the assignments (the next start restores
+// them). SIGQUIT: exit at once and leave the workers serving, to be re-adopted by the next
+// ensembled (upgrades). A crash or kill -9 behaves like SIGQUIT.
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <CLI/CLI.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <iostream>
+
+#include "supervisor/socket_servers.h"
+
+using namespace ensemble;
+
+namespace {
+
+void tick_forever(asio::steady_timer& timer, Fleet& fleet) {
+    timer.expires_after(std::chrono::milliseconds(500));
+    timer.async_wait([&timer, &fleet](boost::system::error_code ec) {
+        if (ec) return;
+        fleet.tick();
+        tick_forever(timer, fleet);
+    });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    std::string config_path;
+    std::string worker_bin;
+    CLI::App app{"ensembled: keeps a fleet of model workers the way the profile says"};
+    app.add_option("--config,-c", config_path, "configuration file (YAML)")->required();
+    app.add_option("--worker-bin", worker_bin,
+                   "ensemble-worker to run (default: next to ensembled)");
+    CLI11_PARSE(app, argc, argv);
+    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [ensembled] %v");
+
+    auto loaded = load_config(config_path);
+    if (!loaded.config) {
+        for (const auto& issue : loaded.issues)
+            std::cerr << issue.to_string() << '\n';
+        std::cerr << "ensembled: the configuration has " << loaded.issues.size()
+                  << " error(s); nothing was started\n";
+        return 2;
+    }
+    auto config = std::move(*loaded.config);
+    auto store = StateStore::open(config.supervisor.state_dir / "state.db");
+    if (!store) {
+        spdlog::error("{}", store.error().message);
+        return 1;
+    }
+    asio::io_context io(1);
+    auto control = listen_unix(io, config.supervisor.run_dir, "control.sock");
+    if (!control) {
+        spdlog::error("{}", control.error().message);
+        return 1;
+    }
+    auto links = listen_unix(io, config.supervisor.run_dir, "workers.sock");
+    if (!links) {
+        spdlog::error("{}", links.error().message);
+        return 1;
+    }
+    const auto link_path = config.supervisor.run_dir / "workers.sock";
+    const std::filesystem::path worker_binary = worker_bin.empty()
+                                                    ? WorkerSpawner::default_worker_binary()
+                                                    : std::filesystem::path(worker_bin);
+    WorkerSpawner spawner(worker_binary, link_path);
+    Fleet fleet(io, std::move(config), std::move(store).value(), std::move(spawner));
+    serve_control(io, **control, fleet);
+    serve_worker_links(io, **links, fleet);
+    ::signal(SIGPIPE, SIG_IGN);
+
+    asio::signal_set children(io, SIGCHLD);
+    std::function<void()> on_child = [&] {
+        children.async_wait([&](boost::system::error_code ec, int) {
+            if (ec) return;
+            fleet.tick();
+            on_child();
+        });
+    };
+    on_child();
+    asio::steady_timer ticker(io);
+    tick_forever(ticker, fleet);
+    fleet.reconcile();
+    spdlog::info("ready: control {}, {} port(s)",
+                 (fleet.config().supervisor.run_dir / "control.sock").string(), fleet.size());
+
+    asio::signal_set stop(io, SIGTERM, SIGINT, SIGQUIT);
+    stop.async_wait([&](boost::system::error_code ec, int signal) {
+        if (ec) return;
+        auto finish = [&] {
+            boost::system::error_code ignored;
+            (*control)->close(ignored);
+            (*links)->close(ignored);
+            std::filesystem::remove(fleet.config().supervisor.run_dir / "control.sock");
+            std::filesystem::remove(fleet.config().supervisor.run_dir / "workers.sock");
+            io.stop();
+        };
+        if (signal == SIGQUIT) {
+            spdlog::info("SIGQUIT: exiting, workers keep serving");
+            finish();
+            return;
+        }
+        spdlog::info("stopping every worker (assignments are kept for the next start)");
+        asio::co_spawn(
+            io,
+            [&fleet, finish]() -> awaitable<void> {
+                co_await fleet.stop_all(std::chrono::seconds(60));
+                finish();
+            },
+            asio::detached);
+    });
+    io.run();
+    return 0;
+}

@@ -1,0 +1,396 @@
+#include "supervisor/fleet.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+
+#include "worker/process_memory.h"
+
+namespace ensemble {
+
+namespace {
+
+constexpr auto kAdoptGrace = std::chrono::seconds(10);
+// A worker drains for up to 30 s, then stops its engine for up to 10 s.
+constexpr auto kStopTimeout = std::chrono::seconds(45);
+
+std::int64_t unix_ms() {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
+}
+
+// Worker exit codes that mean something specific (see docs/WORKER.md).
+std::string explain_exit(const ExitStatus& status, int port) {
+    if (!status.signaled && status.code == 3) {
+        return "port " + std::to_string(port) +
+               " is in use by another process (worker exit code 3)";
+    }
+    if (!status.signaled && status.code == 2)
+        return "the worker rejected its configuration (exit code 2)";
+    if (!status.signaled && status.code == 4)
+        return "the engine could not be started (exit code 4)";
+    if (status.signaled && status.signal == SIGKILL)
+        return status.describe() + " (OOM killer or kill -9?)";
+    return status.describe();
+}
+
+}  // namespace
+
+std::vector<std::string> tail_lines(const std::filesystem::path& path, int lines) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return {};
+    in.seekg(0, std::ios::end);
+    const auto size = static_cast<std::int64_t>(in.tellg());
+    const std::int64_t window = std::min<std::int64_t>(size, 256 * 1024);
+    in.seekg(size - window);
+    std::string text(static_cast<std::size_t>(window), '\0');
+    in.read(text.data(), window);
+    std::vector<std::string> out;
+    std::size_t end = text.size();
+    if (end > 0 && text[end - 1] == '\n') --end;
+    while (static_cast<int>(out.size()) < lines && end > 0) {
+        const auto start = text.rfind('\n', end - 1);
+        const auto begin = start == std::string::npos ? 0 : start + 1;
+        out.insert(out.begin(), text.substr(begin, end - begin));
+        if (start == std::string::npos) break;
+        end = start;
+    }
+    return out;
+}
+
+Fleet::Fleet(asio::io_context& io, Config config, std::unique_ptr<StateStore> store,
+             WorkerSpawner spawner)
+    : io_(io), config_(std::move(config)), store_(std::move(store)), spawner_(std::move(spawner)) {}
+
+Fleet::~Fleet() = default;
+
+PortRuntime& Fleet::runtime(int port) {
+    auto& slot = ports_[port];
+    if (!slot) {
+        slot = std::make_unique<PortRuntime>();
+        slot->port = port;
+    }
+    return *slot;
+}
+
+PortRuntime* Fleet::find(int port) {
+    const auto it = ports_.find(port);
+    return it == ports_.end() ? nullptr : it->second.get();
+}
+
+void Fleet::event(int port, const std::string& kind, const std::string& message) {
+    spdlog::info("port {}: {}: {}", port, kind, message);
+    if (auto ok = store_->append_event({0, 0, port, kind, message}); !ok) {
+        spdlog::error("cannot write the event log: {}", ok.error().message);
+    }
+}
+
+bool Fleet::move(PortRuntime& rt, PortEvent ev, const std::string& reason) {
+    const auto next = transition(rt.state, ev);
+    if (!next) {
+        spdlog::debug("port {}: ignored {} in state {}", rt.port, to_string(ev),
+                      to_string(rt.state));
+        return false;
+    }
+    if (*next != rt.state) {
+        event(rt.port, "state",
+              std::string(to_string(rt.state)) + " -> " + to_string(*next) + ": " + reason);
+        if (*next == PortState::ready) rt.ready_since = Clock::now();
+        rt.state = *next;
+        save_record(rt);
+    }
+    wake();
+    return true;
+}
+
+void Fleet::wake() {
+    for (auto* timer : waiters_)
+        timer->cancel();
+}
+
+void Fleet::save_record(const PortRuntime& rt) {
+    if (rt.pid == 0) {
+        (void)store_->remove_worker(rt.port);
+        return;
+    }
+    WorkerRecord r{
+        rt.port,           rt.handle,           rt.worker_id,        rt.token,           rt.pid,
+        rt.pid_start_time, rt.stats.engine_pid, to_string(rt.state), rt.started_unix_ms, 0,
+        rt.restarts,       rt.last_failure};
+    if (auto ok = store_->save_worker(r); !ok) spdlog::error("{}", ok.error().message);
+}
+
+const PortAssignment* Fleet::overrides_for(const PortRuntime& rt) const {
+    const auto profile = config_.profiles.find(rt.profile);
+    if (profile == config_.profiles.end()) return nullptr;
+    const auto port = profile->second.ports.find(rt.port);
+    return port == profile->second.ports.end() ? nullptr : &port->second;
+}
+
+Status Fleet::start_worker(PortRuntime& rt) {
+    auto spawned = spawner_.spawn(config_, rt.port, rt.handle, overrides_for(rt));
+    if (!spawned) {
+        rt.last_failure = spawned.error().message;
+        event(rt.port, "spawn_failed", spawned.error().message);
+        return spawned.error();
+    }
+    rt.process = std::move(spawned->process);
+    rt.pid = rt.process->pid();
+    rt.pid_start_time = process_start_time(static_cast<pid_t>(rt.pid)).value_or(0);
+    rt.worker_id = spawned->launch.worker_id;
+    rt.token = spawned->launch.token;
+    rt.worker_log = spawned->launch.worker_log;
+    rt.engine_log = spawned->launch.engine_log;
+    rt.link = nullptr;
+    rt.stats = {};
+    rt.stop_requested = false;
+    rt.started = Clock::now();
+    rt.started_unix_ms = unix_ms();
+    ++rt.attempt;
+    move(rt, PortEvent::spawn,
+         "worker " + rt.worker_id + " (pid " + std::to_string(rt.pid) + ") serving '" + rt.handle +
+             "'");
+    return Ok{};
+}
+
+void Fleet::stop_worker(PortRuntime& rt, const std::string& reason) {
+    rt.stop_requested = true;
+    if (!move(rt, PortEvent::stop, reason)) return;
+    if (rt.state == PortState::stopped) return;  // was in backoff or failed: nothing runs
+    if (rt.link != nullptr) {
+        rt.link->send(protocol::stop_message());
+    } else if (rt.pid > 0) {
+        ::kill(static_cast<pid_t>(rt.pid), SIGTERM);
+    }
+    // A worker that ignores the stop is killed.
+    auto timer = std::make_shared<asio::steady_timer>(io_, kStopTimeout);
+    const int port = rt.port;
+    const auto attempt = rt.attempt;
+    timer->async_wait([this, timer, port, attempt](boost::system::error_code ec) {
+        auto* r = find(port);
+        if (ec || r == nullptr || r->attempt != attempt || r->state != PortState::stopping ||
+            r->pid == 0)
+            return;
+        event(port, "kill",
+              "the worker did not stop within " + std::to_string(kStopTimeout.count()) + " s");
+        ::kill(static_cast<pid_t>(r->pid), SIGKILL);
+    });
+}
+
+void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
+    if (rt.link != nullptr) rt.link->close();
+    rt.link = nullptr;
+    rt.process.reset();
+    rt.pid = 0;
+    rt.stats.engine_pid = 0;
+    if (rt.stop_requested || rt.state == PortState::stopping) {
+        move(rt, PortEvent::exited, "worker exited (" + how + ")");
+        save_record(rt);
+        return;
+    }
+    rt.last_failure = how;
+    rt.last_log_lines = tail_lines(rt.engine_log, 50);
+    const auto worker_lines = tail_lines(rt.worker_log, 10);
+    rt.last_log_lines.insert(rt.last_log_lines.end(), worker_lines.begin(), worker_lines.end());
+    rt.policy.on_healthy(rt.ready_since, Clock::now());
+    const auto delay = rt.policy.on_failure(Clock::now());
+    if (!delay) {
+        move(rt, PortEvent::crash_loop,
+             "crash loop: " + how + "; stays down until 'ensemble restart " +
+                 std::to_string(rt.port) + "'");
+        save_record(rt);
+        return;
+    }
+    ++rt.restarts;
+    move(rt, PortEvent::failed, how + "; restarting in " + std::to_string(delay->count()) + " ms");
+    save_record(rt);
+    schedule_restart(rt, *delay);
+}
+
+void Fleet::schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay) {
+    auto timer = std::make_shared<asio::steady_timer>(io_, delay);
+    const int port = rt.port;
+    const auto attempt = rt.attempt;
+    timer->async_wait([this, timer, port, attempt](boost::system::error_code ec) {
+        auto* r = find(port);
+        if (ec || r == nullptr || r->attempt != attempt || r->state != PortState::backoff) return;
+        if (auto ok = start_worker(*r); !ok) on_worker_gone(*r, ok.error().message);
+    });
+}
+
+void Fleet::tick() {
+    const auto now = Clock::now();
+    for (auto& [port, rt] : ports_) {
+        if (rt->process) {
+            if (auto exit = rt->process->poll_exit())
+                on_worker_gone(*rt, explain_exit(*exit, port));
+            continue;
+        }
+        if (rt->pid == 0) continue;
+        // An adopted worker is not our child: watch it through /proc, guarding against pid reuse.
+        const auto start = process_start_time(static_cast<pid_t>(rt->pid));
+        if (!start || *start != rt->pid_start_time) {
+            on_worker_gone(*rt, "the adopted worker (pid " + std::to_string(rt->pid) + ") exited");
+        } else if (rt->state == PortState::starting && rt->link == nullptr &&
+                   now > rt->adopt_deadline) {
+            event(port, "adopt_failed",
+                  "worker pid " + std::to_string(rt->pid) +
+                      " did not reconnect within 10 s; replacing it");
+            ::kill(static_cast<pid_t>(rt->pid), SIGKILL);
+        }
+    }
+}
+
+void Fleet::reconcile() {
+    auto desired = store_->assignments();
+    auto records = store_->workers();
+    if (!desired || !records) {
+        spdlog::error("cannot read the state database: {}",
+                      (!desired ? desired.error() : records.error()).message);
+        return;
+    }
+    const auto initialized = store_->meta("initialized");
+    if (desired->empty() && initialized && initialized->empty() &&
+        !config_.supervisor.boot_profile.empty()) {
+        event(0, "boot",
+              "no assignments yet: loading boot profile '" + config_.supervisor.boot_profile + "'");
+        const auto& profile = config_.profiles.at(config_.supervisor.boot_profile);
+        std::vector<Assignment> boot;
+        for (const auto& [port, a] : profile.ports)
+            boot.push_back({port, a.model, profile.name, 0});
+        if (auto ok = store_->replace_assignments(boot); !ok)
+            spdlog::error("{}", ok.error().message);
+        (void)store_->set_meta("active_profile", profile.name);
+        desired = store_->assignments();
+    }
+    (void)store_->set_meta("initialized", "1");
+    std::map<int, Assignment> wanted;
+    for (const auto& a : *desired)
+        wanted[a.port] = a;
+    for (const auto& r : *records) {
+        const auto start = process_start_time(static_cast<pid_t>(r.pid));
+        const bool alive = start && *start == r.pid_start_time;
+        const auto want = wanted.find(r.port);
+        if (alive && want != wanted.end() && want->second.handle == r.handle) {
+            auto& rt = runtime(r.port);
+            rt.handle = r.handle;
+            rt.profile = want->second.profile;
+            rt.pid = r.pid;
+            rt.pid_start_time = r.pid_start_time;
+            rt.worker_id = r.worker_id;
+            rt.token = r.token;
+            rt.restarts = r.restarts;
+            rt.state = PortState::starting;
+            rt.adopt_deadline = Clock::now() + kAdoptGrace;
+            rt.worker_log = config_.supervisor.state_dir / "logs" /
+                            ("worker-" + std::to_string(r.port) + ".log");
+            rt.engine_log = config_.supervisor.state_dir / "logs" /
+                            ("engine-" + std::to_string(r.port) + ".log");
+            event(r.port, "adopting",
+                  "worker pid " + std::to_string(r.pid) + " survived; waiting for it to reconnect");
+            continue;
+        }
+        if (alive) {
+            event(r.port, "stale_worker",
+                  "stopping worker pid " + std::to_string(r.pid) + " that should not run");
+            ::kill(static_cast<pid_t>(r.pid), SIGTERM);
+        }
+        (void)store_->remove_worker(r.port);
+    }
+    for (const auto& [port, a] : wanted) {
+        if (find(port) != nullptr) continue;
+        auto& rt = runtime(port);
+        rt.handle = a.handle;
+        rt.profile = a.profile;
+        if (auto ok = start_worker(rt); !ok) on_worker_gone(rt, ok.error().message);
+    }
+}
+
+Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
+    auto* rt = find(m.port);
+    if (rt == nullptr || rt->worker_id != m.worker_id || rt->token.empty() ||
+        rt->token != m.token) {
+        return Error{"unknown_worker", "no worker " + m.worker_id + " is expected on port " +
+                                           std::to_string(m.port) + " (wrong id or token)"};
+    }
+    if (rt->link != nullptr && rt->link != peer) rt->link->close();
+    rt->link = peer;
+    if (rt->state == PortState::starting) {
+        const bool adopted = rt->process == nullptr;
+        move(*rt, PortEvent::registered,
+             adopted ? "re-adopted after a supervisor restart" : "worker registered");
+    }
+    if (rt->state == PortState::stopping) peer->send(protocol::stop_message());
+    return Ok{};
+}
+
+void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stats) {
+    for (auto& [port, rt] : ports_) {
+        if (rt->link != peer) continue;
+        rt->stats = stats;
+        if (stats.state == "ready") {
+            move(*rt, PortEvent::engine_ready, "the engine is ready");
+        } else if (stats.state == "loading" || stats.state == "restarting") {
+            if (rt->state == PortState::ready)
+                move(*rt, PortEvent::engine_loading, "the engine is " + stats.state);
+        }
+        return;
+    }
+}
+
+void Fleet::on_link_closed(WorkerLinkPeer* peer) {
+    for (auto& [port, rt] : ports_) {
+        if (rt->link == peer) rt->link = nullptr;
+    }
+    tick();  // the worker may have exited; if not, it reconnects
+}
+
+awaitable<bool> Fleet::wait_for(int port, const std::function<bool(const PortRuntime&)>& done,
+                                Clock::time_point deadline) {
+    for (;;) {
+        const auto* rt = find(port);
+        if (rt != nullptr && done(*rt)) co_return true;
+        if (Clock::now() >= deadline) co_return false;
+        asio::steady_timer timer(io_,
+                                 std::min(deadline, Clock::now() + std::chrono::milliseconds(500)));
+        waiters_.push_back(&timer);
+        boost::system::error_code ec;
+        co_await timer.async_wait(on_error(ec));
+        waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &timer));
+        tick();
+    }
+}
+
+awaitable<bool> Fleet::wait_settled(int port, Clock::time_point deadline) {
+    // Named, not a temporary inside the co_await expression (GCC 12 may destroy those twice).
+    const std::function<bool(const PortRuntime&)> settled_state = [](const PortRuntime& rt) {
+        return rt.state == PortState::ready || rt.state == PortState::backoff ||
+               rt.state == PortState::failed || rt.state == PortState::stopped;
+    };
+    const bool settled = co_await wait_for(port, settled_state, deadline);
+    const auto* rt = find(port);
+    co_return settled&& rt != nullptr && rt->state == PortState::ready;
+}
+
+awaitable<bool> Fleet::wait_stopped(int port, Clock::time_point deadline) {
+    const std::function<bool(const PortRuntime&)> not_running = [](const PortRuntime& rt) {
+        return !is_running(rt.state);
+    };
+    const bool stopped = co_await wait_for(port, not_running, deadline);
+    co_return stopped;
+}
+
+awaitable<void> Fleet::stop_all(std::chrono::milliseconds timeout) {
+    for (auto& [port, rt] : ports_) {
+        if (is_running(rt->state)) stop_worker(*rt, "the supervisor is stopping");
+    }
+    const auto deadline = Clock::now() + timeout;
+    for (auto& [port, rt] : ports_) {
+        const int p = port;
+        co_await wait_stopped(p, deadline);
+    }
+}
+
+}  // namespace ensemble

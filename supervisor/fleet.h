@@ -1,0 +1,137 @@
+// The fleet: one PortRuntime per port the supervisor runs, and everything that changes them —
+// spawning and stopping workers, adopting survivors of an earlier supervisor, reaping exits,
+// restarting failures under the restart policy, and the operator's commands (fleet_commands.cpp).
+// Desired assignments are written to the state store before they are acted on.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "profiles/config.h"
+#include "protocol/messages.h"
+#include "state/store.h"
+#include "supervisor/port_state.h"
+#include "supervisor/restart_policy.h"
+#include "supervisor/worker_spawner.h"
+#include "worker/asio.h"
+
+namespace ensemble {
+
+// The supervisor's end of one worker's workers.sock connection.
+class WorkerLinkPeer {
+  public:
+    virtual ~WorkerLinkPeer() = default;
+    virtual void send(const nlohmann::json& message) = 0;
+    virtual void close() = 0;
+};
+
+struct PortRuntime {
+    using Clock = std::chrono::steady_clock;
+
+    int port = 0;
+    std::string handle;
+    std::string profile;
+    PortState state = PortState::stopped;
+    std::unique_ptr<ChildProcess> process;  // set when this supervisor spawned the worker
+    std::int64_t pid = 0;
+    std::int64_t pid_start_time = 0;
+    std::string worker_id;
+    std::string token;
+    WorkerLinkPeer* link = nullptr;
+    protocol::WorkerStats stats;
+    Clock::time_point started{};
+    Clock::time_point ready_since{};
+    Clock::time_point adopt_deadline{};  // while re-adopting: how long to wait for it to register
+    std::int64_t started_unix_ms = 0;
+    int restarts = 0;
+    std::string last_failure;
+    std::vector<std::string> last_log_lines;
+    RestartPolicy policy;
+    bool stop_requested = false;
+    std::uint64_t attempt = 0;  // one per spawn; stale timers compare it
+    std::filesystem::path worker_log;
+    std::filesystem::path engine_log;
+};
+
+class Fleet {
+  public:
+    using Clock = std::chrono::steady_clock;
+
+    Fleet(asio::io_context& io, Config config, std::unique_ptr<StateStore> store,
+          WorkerSpawner spawner);
+    ~Fleet();
+
+    // Start-up: re-adopt live workers, start what should run, stop what should not; with no
+    // assignments at all on a first start, load the config's boot profile.
+    void reconcile();
+    // Periodic and on SIGCHLD: reap exits, expire adoptions, kill what ignored a stop.
+    void tick();
+    // Stops every worker (systemctl stop, Ctrl-C): drains them and waits, up to `timeout`.
+    awaitable<void> stop_all(std::chrono::milliseconds timeout);
+
+    // workers.sock
+    Status on_register(WorkerLinkPeer* peer, const protocol::Register& message);
+    void on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stats);
+    void on_link_closed(WorkerLinkPeer* peer);
+
+    // control.sock: one request, one reply (fleet_commands.cpp).
+    awaitable<nlohmann::json> handle(const protocol::ControlRequest& request);
+
+    const Config& config() const { return config_; }
+    std::size_t size() const { return ports_.size(); }
+
+  private:
+    // fleet.cpp: the runtime
+    PortRuntime& runtime(int port);
+    PortRuntime* find(int port);
+    bool move(PortRuntime& rt, PortEvent event, const std::string& reason);
+    void event(int port, const std::string& kind, const std::string& message);
+    Status start_worker(PortRuntime& rt);
+    void stop_worker(PortRuntime& rt, const std::string& reason);
+    void on_worker_gone(PortRuntime& rt, const std::string& how);
+    void schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay);
+    void save_record(const PortRuntime& rt);
+    const PortAssignment* overrides_for(const PortRuntime& rt) const;
+    void wake();
+    // Waits until `done(rt)` holds for the port, or the deadline passes; returns whether it held.
+    awaitable<bool> wait_for(int port, const std::function<bool(const PortRuntime&)>& done,
+                             Clock::time_point deadline);
+    awaitable<bool> wait_settled(int port, Clock::time_point deadline);  // ready, or clearly not
+    awaitable<bool> wait_stopped(int port, Clock::time_point deadline);
+
+    // fleet_commands.cpp: the operator's verbs
+    awaitable<nlohmann::json> load(int port, const std::string& handle, const std::string& profile);
+    awaitable<nlohmann::json> unload(int port);
+    awaitable<nlohmann::json> swap(int port, const std::string& handle);
+    awaitable<nlohmann::json> restart(int port);
+    awaitable<nlohmann::json> profile_load(const std::string& name);
+    awaitable<nlohmann::json> profile_unload();
+    nlohmann::json status() const;
+    nlohmann::json profile_list();
+    nlohmann::json logs(int port, int lines) const;
+    nlohmann::json events(int lines);
+    nlohmann::json reload();
+    nlohmann::json port_json(const PortRuntime& rt) const;
+    std::optional<Error> check_port_free(int port) const;
+    awaitable<bool> replace_worker(int port, const std::string& handle, const std::string& profile);
+
+    asio::io_context& io_;
+    Config config_;
+    std::unique_ptr<StateStore> store_;
+    WorkerSpawner spawner_;
+    std::map<int, std::unique_ptr<PortRuntime>> ports_;
+    std::vector<asio::steady_timer*> waiters_;
+    Clock::time_point started_ = Clock::now();
+    bool command_running_ = false;
+};
+
+// The last `lines` lines of a text file (bounded read from the end).
+std::vector<std::string> tail_lines(const std::filesystem::path& path, int lines);
+
+}  // namespace ensemble

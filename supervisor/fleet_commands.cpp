@@ -1,0 +1,363 @@
+// The operator's verbs on the fleet: load, unload, swap, restart, profiles, status, logs, events,
+// reload. Each writes the desired state to the store first, then acts, then waits for the result.
+#include <spdlog/spdlog.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <set>
+
+#include "supervisor/fleet.h"
+
+namespace ensemble {
+
+namespace {
+
+using nlohmann::json;
+
+// A model load may take minutes (a 100 GB model from disk); the worker kills loads that stall.
+constexpr auto kLoadTimeout = std::chrono::minutes(15);
+constexpr auto kStopWait = std::chrono::seconds(50);
+
+json failure(const std::string& code, const std::string& message) {
+    return protocol::error_reply(Error{code, message});
+}
+
+std::string known_models(const Config& config) {
+    std::string s;
+    for (const auto& [name, _] : config.models)
+        s += (s.empty() ? "" : ", ") + name;
+    return s;
+}
+
+}  // namespace
+
+std::optional<Error> Fleet::check_port_free(int port) const {
+    if (ports_.count(port) && is_running(ports_.at(port)->state)) return std::nullopt;  // ours
+    boost::asio::io_context io;
+    boost::asio::ip::tcp::acceptor probe(io);
+    boost::system::error_code ec;
+    const auto address = boost::asio::ip::make_address(config_.supervisor.bind_host, ec);
+    if (ec)
+        return Error{"bad_host",
+                     "bind_host '" + config_.supervisor.bind_host + "' is not an IP address"};
+    const boost::asio::ip::tcp::endpoint endpoint(address, static_cast<unsigned short>(port));
+    probe.open(endpoint.protocol(), ec);
+    if (!ec) probe.set_option(boost::asio::ip::tcp::acceptor::reuse_address(true), ec);
+    if (!ec) probe.bind(endpoint, ec);
+    if (ec) {
+        return Error{"port_busy", "port " + std::to_string(port) +
+                                      " is in use by another process (" + ec.message() +
+                                      "); stop it or choose another port"};
+    }
+    return std::nullopt;
+}
+
+json Fleet::port_json(const PortRuntime& rt) const {
+    const auto now = Clock::now();
+    json j = {{"port", rt.port},
+              {"model", rt.handle},
+              {"profile", rt.profile},
+              {"state", to_string(rt.state)},
+              {"pid", rt.pid},
+              {"engine_pid", rt.stats.engine_pid},
+              {"engine_state", rt.stats.state},
+              {"restarts", rt.restarts},
+              {"engine_restarts", rt.stats.engine_restarts},
+              {"memory_bytes", rt.stats.memory_bytes},
+              {"requests", rt.stats.requests},
+              {"queue_depth", rt.stats.queue_depth},
+              {"uptime_s",
+               rt.state == PortState::ready
+                   ? std::chrono::duration_cast<std::chrono::seconds>(now - rt.ready_since).count()
+                   : 0},
+              {"last_failure", rt.last_failure}};
+    if (const auto* model = config_.find_model(rt.handle))
+        j["memory_configured_bytes"] = model->memory_bytes.value_or(0);
+    return j;
+}
+
+json Fleet::status() const {
+    json ports = json::array();
+    for (const auto& [port, rt] : ports_)
+        ports.push_back(port_json(*rt));
+    return protocol::ok_reply(
+        {{"ports", ports},
+         {"config", config_.source.string()},
+         {"uptime_s",
+          std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - started_).count()}});
+}
+
+awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
+                                      const std::string& profile) {
+    auto& rt = runtime(port);
+    if (is_running(rt.state)) {
+        stop_worker(rt, "replacing '" + rt.handle + "' with '" + handle + "'");
+        if (!co_await wait_stopped(port, Clock::now() + kStopWait)) co_return false;
+    }
+    auto& fresh = runtime(port);
+    fresh.handle = handle;
+    fresh.profile = profile;
+    fresh.policy.reset();
+    fresh.last_failure.clear();
+    if (auto ok = start_worker(fresh); !ok) co_return false;
+    const bool ready = co_await wait_settled(port, Clock::now() + kLoadTimeout);
+    co_return ready;
+}
+
+awaitable<json> Fleet::load(int port, const std::string& handle, const std::string& profile) {
+    if (config_.find_model(handle) == nullptr) {
+        co_return failure("unknown_model", "unknown model '" + handle +
+                                               "'; the config defines: " + known_models(config_));
+    }
+    if (auto* rt = find(port); rt != nullptr && is_running(rt->state)) {
+        if (rt->handle == handle) co_return protocol::ok_reply(port_json(*rt));
+        co_return failure("port_busy", "port " + std::to_string(port) + " already serves '" +
+                                           rt->handle + "'; use 'ensemble swap " +
+                                           std::to_string(port) + " " + handle + "'");
+    }
+    if (auto busy = check_port_free(port)) co_return protocol::error_reply(*busy);
+    if (auto ok = store_->set_assignment({port, handle, profile, 0}); !ok)
+        co_return protocol::error_reply(ok.error());
+    const bool ready = co_await replace_worker(port, handle, profile);
+    const auto& rt = runtime(port);
+    if (!ready) {
+        co_return failure("load_failed",
+                          "'" + handle + "' did not become ready on port " + std::to_string(port) +
+                              ": " +
+                              (rt.last_failure.empty() ? to_string(rt.state) : rt.last_failure) +
+                              " (see 'ensemble logs " + std::to_string(port) + "')");
+    }
+    co_return protocol::ok_reply(port_json(rt));
+}
+
+awaitable<json> Fleet::unload(int port) {
+    auto* rt = find(port);
+    auto assignments = store_->assignments();
+    const bool assigned =
+        assignments && std::any_of(assignments->begin(), assignments->end(),
+                                   [&](const Assignment& a) { return a.port == port; });
+    if (rt == nullptr && !assigned)
+        co_return failure("not_loaded", "nothing is assigned to port " + std::to_string(port));
+    if (auto ok = store_->remove_assignment(port); !ok) co_return protocol::error_reply(ok.error());
+    if (rt != nullptr) {
+        stop_worker(*rt, "unloaded by the operator");
+        co_await wait_stopped(port, Clock::now() + kStopWait);
+        ports_.erase(port);
+    }
+    event(port, "unload", "port " + std::to_string(port) + " unloaded");
+    co_return protocol::ok_reply({{"port", port}, {"state", "stopped"}});
+}
+
+awaitable<json> Fleet::swap(int port, const std::string& handle) {
+    auto* rt = find(port);
+    if (rt == nullptr || !is_running(rt->state)) {
+        co_return failure("not_loaded",
+                          "nothing runs on port " + std::to_string(port) + "; use 'ensemble load'");
+    }
+    if (config_.find_model(handle) == nullptr) {
+        co_return failure("unknown_model", "unknown model '" + handle +
+                                               "'; the config defines: " + known_models(config_));
+    }
+    const std::string old_handle = rt->handle;
+    const std::string profile = rt->profile;
+    if (old_handle == handle) co_return protocol::ok_reply(port_json(*rt));
+    if (auto ok = store_->set_assignment({port, handle, profile, 0}); !ok)
+        co_return protocol::error_reply(ok.error());
+    event(port, "swap", "'" + old_handle + "' -> '" + handle + "'");
+    if (co_await replace_worker(port, handle, profile))
+        co_return protocol::ok_reply(port_json(runtime(port)));
+
+    // The new model failed: bring the old one back, and say why.
+    const std::string why = runtime(port).last_failure.empty() ? to_string(runtime(port).state)
+                                                               : runtime(port).last_failure;
+    event(port, "swap_rollback",
+          "'" + handle + "' failed (" + why + "); restoring '" + old_handle + "'");
+    if (auto ok = store_->set_assignment({port, old_handle, profile, 0}); !ok)
+        co_return protocol::error_reply(ok.error());
+    const bool restored = co_await replace_worker(port, old_handle, profile);
+    co_return failure(
+        "swap_failed",
+        "swap of port " + std::to_string(port) + " to '" + handle + "' failed: " + why + "; " +
+            (restored
+                 ? "'" + old_handle + "' is serving again"
+                 : "restoring '" + old_handle + "' also failed: " + runtime(port).last_failure));
+}
+
+awaitable<json> Fleet::restart(int port) {
+    auto* rt = find(port);
+    if (rt == nullptr)
+        co_return failure("not_loaded", "nothing is assigned to port " + std::to_string(port));
+    const std::string handle = rt->handle;
+    const std::string profile = rt->profile;
+    event(port, "restart", "restart requested by the operator");
+    if (!co_await replace_worker(port, handle, profile)) {
+        co_return failure("restart_failed",
+                          "port " + std::to_string(port) +
+                              " did not become ready: " + runtime(port).last_failure);
+    }
+    co_return protocol::ok_reply(port_json(runtime(port)));
+}
+
+awaitable<json> Fleet::profile_load(const std::string& name) {
+    const auto it = config_.profiles.find(name);
+    if (it == config_.profiles.end()) {
+        std::string known;
+        for (const auto& [n, _] : config_.profiles)
+            known += (known.empty() ? "" : ", ") + n;
+        co_return failure("unknown_profile",
+                          "unknown profile '" + name + "'; the config defines: " + known);
+    }
+    const Profile profile = it->second;
+    // All or nothing: every port must be free (or already ours) before anything changes.
+    for (const auto& [port, a] : profile.ports) {
+        if (auto busy = check_port_free(port)) co_return protocol::error_reply(*busy);
+    }
+    std::vector<Assignment> desired;
+    for (const auto& [port, a] : profile.ports)
+        desired.push_back({port, a.model, name, 0});
+    if (auto ok = store_->replace_assignments(desired); !ok)
+        co_return protocol::error_reply(ok.error());
+    (void)store_->set_meta("active_profile", name);
+    event(0, "profile", "loading profile '" + name + "'");
+    std::vector<int> stale;
+    for (const auto& [port, rt] : ports_) {
+        if (!profile.ports.count(port)) stale.push_back(port);
+    }
+    for (int port : stale)
+        co_await unload(port);
+    json results = json::array();
+    bool all_ready = true;
+    for (const auto& [port, a] : profile.ports) {
+        auto* rt = find(port);
+        bool ready = rt != nullptr && rt->handle == a.model && rt->state == PortState::ready;
+        if (ready) {
+            rt->profile = name;
+        } else {
+            const int p = port;
+            const std::string model = a.model;
+            ready = co_await replace_worker(p, model, name);
+        }
+        all_ready = all_ready && ready;
+        results.push_back(port_json(runtime(port)));
+    }
+    if (!all_ready) {
+        co_return json{
+            {"ok", false},
+            {"error",
+             {{"code", "profile_incomplete"},
+              {"message", "profile '" + name + "' loaded, but not every port is ready"}}},
+            {"result", {{"ports", results}}}};
+    }
+    co_return protocol::ok_reply({{"profile", name}, {"ports", results}});
+}
+
+awaitable<json> Fleet::profile_unload() {
+    std::vector<int> ports;
+    for (const auto& [port, _] : ports_)
+        ports.push_back(port);
+    if (auto ok = store_->replace_assignments({}); !ok) co_return protocol::error_reply(ok.error());
+    (void)store_->set_meta("active_profile", "");
+    for (int port : ports)
+        co_await unload(port);
+    co_return protocol::ok_reply({{"stopped", ports}});
+}
+
+json Fleet::profile_list() {
+    const auto active = store_->meta("active_profile");
+    json list = json::array();
+    for (const auto& [name, profile] : config_.profiles) {
+        json ports = json::object();
+        for (const auto& [port, a] : profile.ports)
+            ports[std::to_string(port)] = a.model;
+        list.push_back({{"name", name}, {"ports", ports}, {"active", active && *active == name}});
+    }
+    return protocol::ok_reply({{"profiles", list}});
+}
+
+json Fleet::logs(int port, int lines) const {
+    const auto dir = config_.supervisor.state_dir / "logs";
+    const auto engine = dir / ("engine-" + std::to_string(port) + ".log");
+    const auto worker = dir / ("worker-" + std::to_string(port) + ".log");
+    if (!std::filesystem::exists(engine) && !std::filesystem::exists(worker)) {
+        return failure("no_logs",
+                       "no logs for port " + std::to_string(port) + " in " + dir.string());
+    }
+    return protocol::ok_reply({{"engine_log", engine.string()},
+                               {"worker_log", worker.string()},
+                               {"engine", tail_lines(engine, lines)},
+                               {"worker", tail_lines(worker, lines)}});
+}
+
+json Fleet::events(int lines) {
+    auto all = store_->events_after(0, lines);
+    if (!all) return protocol::error_reply(all.error());
+    json list = json::array();
+    for (const auto& e : *all) {
+        list.push_back({{"id", e.id},
+                        {"at_ms", e.at_ms},
+                        {"port", e.port},
+                        {"kind", e.kind},
+                        {"message", e.message}});
+    }
+    return protocol::ok_reply({{"events", list}});
+}
+
+json Fleet::reload() {
+    auto loaded = load_config(config_.source);
+    if (!loaded.config) {
+        std::string text;
+        for (const auto& i : loaded.issues)
+            text += "\n  " + i.to_string();
+        return failure("bad_config", "the config has errors; keeping the running one:" + text);
+    }
+    // A port whose worker would now start differently is reported, not silently restarted.
+    json changed = json::array();
+    for (const auto& [port, rt] : ports_) {
+        auto before = spawner_.plan(config_, port, rt->handle, overrides_for(*rt));
+        const auto* new_profile = loaded.config->profiles.count(rt->profile)
+                                      ? &loaded.config->profiles.at(rt->profile)
+                                      : nullptr;
+        const PortAssignment* new_overrides =
+            new_profile && new_profile->ports.count(port) ? &new_profile->ports.at(port) : nullptr;
+        auto after = spawner_.plan(*loaded.config, port, rt->handle, new_overrides);
+        auto argv_of = [](const Result<WorkerLaunch>& l) {
+            return l ? l->argv : std::vector<std::string>{l.error().message};
+        };
+        if (argv_of(before) != argv_of(after)) changed.push_back(port);
+    }
+    config_ = std::move(*loaded.config);
+    event(0, "reload",
+          "configuration reloaded; " + std::to_string(changed.size()) + " port(s) changed");
+    return protocol::ok_reply(
+        {{"changed_ports", changed},
+         {"hint", changed.empty() ? "" : "run 'ensemble restart PORT' to apply a change"}});
+}
+
+awaitable<json> Fleet::handle(const protocol::ControlRequest& r) {
+    const int port = r.port.value_or(0);
+    if (r.verb == "status") co_return status();
+    if (r.verb == "profile-list") co_return profile_list();
+    if (r.verb == "logs") co_return logs(port, r.lines);
+    if (r.verb == "events") co_return events(r.lines);
+    // Commands that change the fleet run one at a time, in arrival order.
+    while (command_running_) {
+        asio::steady_timer pause(io_, std::chrono::milliseconds(20));
+        boost::system::error_code ec;
+        co_await pause.async_wait(on_error(ec));
+    }
+    struct Running {
+        bool& flag;
+        explicit Running(bool& f) : flag(f) { flag = true; }
+        ~Running() { flag = false; }
+    } running(command_running_);
+    const std::string no_profile;
+    if (r.verb == "load") co_return co_await load(port, r.model, no_profile);
+    if (r.verb == "unload") co_return co_await unload(port);
+    if (r.verb == "swap") co_return co_await swap(port, r.model);
+    if (r.verb == "restart") co_return co_await restart(port);
+    if (r.verb == "profile-load") co_return co_await profile_load(r.profile);
+    if (r.verb == "profile-unload") co_return co_await profile_unload();
+    if (r.verb == "reload") co_return reload();
+    co_return failure("unknown_verb", "unknown request '" + r.verb + "'");
+}
+
+}  // namespace ensemble

@@ -1,0 +1,35 @@
+// The states of a port and the one function that moves between them. Every transition is
+// checked against this table and written to the event log with its reason.
+//
+//   stopped -> starting -> loading -> ready <-> draining -> stopping -> stopped
+//   any running state --exited--> backoff --retry--> starting;  too many failures -> failed
+#pragma once
+
+#include <optional>
+#include <string>
+
+namespace ensemble {
+
+enum class PortState { stopped, starting, loading, ready, draining, stopping, backoff, failed };
+
+enum class PortEvent {
+    spawn,           // a worker process was started
+    registered,      // the worker connected and proved its token
+    engine_loading,  // heartbeat: the engine is (re)loading
+    engine_ready,    // heartbeat: the engine answers its readiness probe
+    drain,           // stop taking new requests (swap, unload)
+    stop,            // asked to exit
+    exited,          // the worker process is gone, as asked
+    failed,          // the worker process is gone, unasked: restart after a backoff
+    crash_loop,      // failed too often: stay down until an operator restarts the port
+};
+
+const char* to_string(PortState state);
+const char* to_string(PortEvent event);
+
+// The state after `event` in `from`, or nullopt when the event makes no sense there.
+std::optional<PortState> transition(PortState from, PortEvent event);
+
+bool is_running(PortState state);  // a worker process exists (or is expected to)
+
+}  // namespace ensemble

@@ -1,0 +1,26 @@
+#include "supervisor/restart_policy.h"
+
+#include <algorithm>
+
+namespace ensemble {
+
+std::optional<std::chrono::milliseconds> RestartPolicy::on_failure(Clock::time_point now) {
+    failures_.push_back(now);
+    while (!failures_.empty() && now - failures_.front() > settings_.crash_loop_window)
+        failures_.pop_front();
+    if (static_cast<int>(failures_.size()) >= settings_.crash_loop_failures) return std::nullopt;
+    const int doublings = std::min(consecutive_++, 16);
+    const std::chrono::milliseconds delay = settings_.first_backoff * (1LL << doublings);
+    return std::min(delay, settings_.max_backoff);
+}
+
+void RestartPolicy::on_healthy(Clock::time_point since, Clock::time_point now) {
+    if (now - since >= settings_.healthy_after) consecutive_ = 0;
+}
+
+void RestartPolicy::reset() {
+    failures_.clear();
+    consecutive_ = 0;
+}
+
+}  // namespace ensemble

@@ -1,0 +1,37 @@
+// Decides when a failed port is restarted, and when it has failed too often to try again:
+// exponential backoff from 1 s doubling to a 60 s cap, reset after a healthy period; a crash
+// loop (>= 5 failures within 5 minutes) puts the port in `failed` until an operator restarts it.
+#pragma once
+
+#include <chrono>
+#include <deque>
+#include <optional>
+
+namespace ensemble {
+
+struct RestartSettings {
+    std::chrono::milliseconds first_backoff{1000};
+    std::chrono::milliseconds max_backoff{60000};
+    std::chrono::seconds healthy_after{60};
+    int crash_loop_failures = 5;
+    std::chrono::seconds crash_loop_window{300};
+};
+
+class RestartPolicy {
+  public:
+    using Clock = std::chrono::steady_clock;
+    explicit RestartPolicy(RestartSettings settings = {}) : settings_(settings) {}
+
+    // Records a failure; returns the delay before the next start, or nullopt for a crash loop.
+    std::optional<std::chrono::milliseconds> on_failure(Clock::time_point now);
+    // The port has been healthy since `since`: the next failure starts from the first backoff.
+    void on_healthy(Clock::time_point since, Clock::time_point now);
+    void reset();  // an operator restart
+
+  private:
+    RestartSettings settings_;
+    std::deque<Clock::time_point> failures_;
+    int consecutive_ = 0;
+};
+
+}  // namespace ensemble

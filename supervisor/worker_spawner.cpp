@@ -1,0 +1,117 @@
+#include "supervisor/worker_spawner.h"
+
+#include <unistd.h>
+
+#include <array>
+#include <fstream>
+#include <random>
+
+namespace ensemble {
+
+std::string random_token() {
+    std::array<unsigned char, 24> bytes{};
+    std::ifstream urandom("/dev/urandom", std::ios::binary);
+    if (!urandom.read(reinterpret_cast<char*>(bytes.data()), bytes.size())) {
+        std::random_device rd;  // fallback; still unpredictable on Linux and macOS
+        for (auto& b : bytes)
+            b = static_cast<unsigned char>(rd());
+    }
+    static const char* kHex = "0123456789abcdef";
+    std::string out;
+    for (auto b : bytes) {
+        out += kHex[b >> 4];
+        out += kHex[b & 15];
+    }
+    return out;
+}
+
+std::filesystem::path WorkerSpawner::default_worker_binary() {
+    std::error_code ec;
+    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
+    if (!ec) {
+        for (const auto& candidate :
+             {self.parent_path() / "ensemble-worker",
+              self.parent_path().parent_path() / "worker" / "ensemble-worker"}) {
+            if (std::filesystem::exists(candidate)) return candidate;
+        }
+    }
+    return find_program("ensemble-worker").value_or("ensemble-worker");
+}
+
+Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const std::string& handle,
+                                         const PortAssignment* overrides) const {
+    const auto* model = config.find_model(handle);
+    if (model == nullptr) {
+        std::string known;
+        for (const auto& [name, _] : config.models)
+            known += (known.empty() ? "" : ", ") + name;
+        return Error{"unknown_model",
+                     "unknown model '" + handle + "'; the config defines: " + known};
+    }
+    const auto engine_it = config.engines.find(model->engine);
+    if (engine_it == config.engines.end()) {
+        return Error{"unknown_engine", "model '" + handle + "' uses engine '" + model->engine +
+                                           "', which the config does not define"};
+    }
+    const auto& engine = engine_it->second;
+    const bool use_overrides = overrides != nullptr && overrides->model == handle;
+    const int context =
+        use_overrides ? overrides->context.value_or(model->context) : model->context;
+    const int parallel =
+        use_overrides ? overrides->parallel.value_or(model->parallel) : model->parallel;
+    WorkerLaunch l;
+    l.worker_id = "w" + std::to_string(port) + "-" + random_token().substr(0, 8);
+    l.token = random_token();
+    const auto logs = config.supervisor.state_dir / "logs";
+    l.worker_log = logs / ("worker-" + std::to_string(port) + ".log");
+    l.engine_log = logs / ("engine-" + std::to_string(port) + ".log");
+    l.argv = {worker_binary_.string(),
+              "--port",
+              std::to_string(port),
+              "--host",
+              config.supervisor.bind_host,
+              "--model",
+              model->path,
+              "--handle",
+              handle,
+              "--engine",
+              engine.preset.name,
+              "--context",
+              std::to_string(context),
+              "--parallel",
+              std::to_string(parallel),
+              "--log-file",
+              l.engine_log.string()};
+    if (engine.preset.name == "command") {
+        l.argv.insert(l.argv.end(),
+                      {"--command", engine.command, "--ready-path", engine.ready_path});
+    } else if (!engine.binary.empty()) {
+        l.argv.insert(l.argv.end(), {"--engine-bin", engine.binary});
+    }
+    for (const auto& alias : model->aliases)
+        l.argv.insert(l.argv.end(), {"--alias", alias});
+    for (const auto* args : {&engine.args, &model->args}) {
+        for (const auto& a : *args)
+            l.argv.push_back("--engine-arg=" + a);
+    }
+    return l;
+}
+
+Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
+                                           const std::string& handle,
+                                           const PortAssignment* overrides) const {
+    auto launch = plan(config, port, handle, overrides);
+    if (!launch) return launch.error();
+    SpawnSpec spec;
+    spec.argv = launch->argv;
+    spec.log_file = launch->worker_log;
+    spec.die_with_parent = false;
+    spec.extra_env = {{"ENSEMBLE_SUPERVISOR_SOCKET", link_socket_.string()},
+                      {"ENSEMBLE_WORKER_ID", launch->worker_id},
+                      {"ENSEMBLE_WORKER_TOKEN", launch->token}};
+    auto child = ChildProcess::spawn(spec);
+    if (!child) return child.error();
+    return SpawnedWorker{std::move(launch).value(), std::move(child).value()};
+}
+
+}  // namespace ensemble

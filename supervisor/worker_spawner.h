@@ -1,0 +1,52 @@
+// Starts one ensemble-worker for a port: builds its command line from the config (model, engine,
+// per-port overrides), gives it an id and a one-time token in its environment, and puts its
+// stderr in the port's log. Workers are not killed with the supervisor: a new supervisor re-adopts
+// them.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "profiles/config.h"
+#include "worker/child_process.h"
+
+namespace ensemble {
+
+struct WorkerLaunch {
+    std::string worker_id;
+    std::string token;
+    std::vector<std::string> argv;
+    std::filesystem::path worker_log;
+    std::filesystem::path engine_log;
+};
+
+struct SpawnedWorker {
+    WorkerLaunch launch;
+    std::unique_ptr<ChildProcess> process;
+};
+
+class WorkerSpawner {
+  public:
+    WorkerSpawner(std::filesystem::path worker_binary, std::filesystem::path link_socket)
+        : worker_binary_(std::move(worker_binary)), link_socket_(std::move(link_socket)) {}
+
+    // The command line and identity for `port` serving `handle` (pure: no process started).
+    // `overrides` are the profile's per-port context/parallel, if any.
+    Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
+                              const PortAssignment* overrides = nullptr) const;
+    Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
+                                const PortAssignment* overrides = nullptr) const;
+
+    // The ensemble-worker next to this executable, or in the build tree, or on PATH.
+    static std::filesystem::path default_worker_binary();
+
+  private:
+    std::filesystem::path worker_binary_;
+    std::filesystem::path link_socket_;
+};
+
+std::string random_token();
+
+}  // namespace ensemble

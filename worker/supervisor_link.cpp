@@ -1,0 +1,133 @@
+#include "worker/supervisor_link.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <array>
+#include <boost/asio/write.hpp>
+#include <cstdlib>
+
+#include "protocol/framing.h"
+
+namespace ensemble {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+}
+
+std::optional<LinkConfig> LinkConfig::from_environment(int port) {
+    const char* socket = std::getenv("ENSEMBLE_SUPERVISOR_SOCKET");
+    const char* id = std::getenv("ENSEMBLE_WORKER_ID");
+    const char* token = std::getenv("ENSEMBLE_WORKER_TOKEN");
+    if (socket == nullptr || id == nullptr || token == nullptr) return std::nullopt;
+    LinkConfig c;
+    c.socket_path = socket;
+    c.worker_id = id;
+    c.token = token;
+    c.port = port;
+    if (const char* grace = std::getenv("ENSEMBLE_ORPHAN_GRACE_MS")) {
+        c.orphan_grace = std::chrono::milliseconds(std::strtoll(grace, nullptr, 10));
+    }
+    return c;
+}
+
+SupervisorLink::SupervisorLink(asio::io_context& io, LinkConfig config, StatsSource stats,
+                               StopHandler on_stop)
+    : io_(io),
+      config_(std::move(config)),
+      stats_(std::move(stats)),
+      on_stop_(std::move(on_stop)),
+      socket_(io) {}
+
+void SupervisorLink::start() {
+    asio::co_spawn(io_, run(), asio::detached);
+}
+
+void SupervisorLink::stop() {
+    stopping_ = true;
+    boost::system::error_code ec;
+    socket_.close(ec);
+}
+
+awaitable<bool> SupervisorLink::send(const nlohmann::json& message) {
+    const auto frame = protocol::encode_frame(message);
+    boost::system::error_code ec;
+    co_await asio::async_write(socket_, asio::buffer(frame), on_error(ec));
+    co_return !ec;
+}
+
+awaitable<void> SupervisorLink::run() {
+    auto last_contact = Clock::now();
+    asio::steady_timer timer(io_);
+    boost::system::error_code ec;
+    while (!stopping_) {
+        socket_ = asio::local::stream_protocol::socket(io_);
+        co_await socket_.async_connect(asio::local::stream_protocol::endpoint(config_.socket_path),
+                                       on_error(ec));
+        if (!ec) {
+            // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
+            const auto hello = protocol::to_json(protocol::Register{
+                config_.worker_id, config_.token, config_.port, ::getpid(), protocol::kVersion});
+            const bool registered = co_await send(hello);
+            if (registered) {
+                spdlog::info("link: connected to the supervisor at {}", config_.socket_path);
+                reader_running_ = true;
+                asio::co_spawn(io_, read_loop(), asio::detached);
+                while (socket_.is_open() && !stopping_) {
+                    last_contact = Clock::now();
+                    const auto heartbeat = protocol::to_json(protocol::Heartbeat{stats_()});
+                    if (!co_await send(heartbeat)) break;
+                    timer.expires_after(config_.heartbeat_interval);
+                    co_await timer.async_wait(on_error(ec));
+                }
+                socket_.close(ec);
+                while (reader_running_) {
+                    timer.expires_after(std::chrono::milliseconds(10));
+                    co_await timer.async_wait(on_error(ec));
+                }
+                if (!stopping_)
+                    spdlog::warn("link: lost the supervisor; still serving, reconnecting");
+            }
+        }
+        if (stopping_) break;
+        if (Clock::now() - last_contact > config_.orphan_grace) {
+            on_stop_("no supervisor for " +
+                     std::to_string(
+                         std::chrono::duration_cast<std::chrono::seconds>(config_.orphan_grace)
+                             .count()) +
+                     " s");
+            co_return;
+        }
+        timer.expires_after(std::chrono::milliseconds(500));
+        co_await timer.async_wait(on_error(ec));
+    }
+}
+
+awaitable<void> SupervisorLink::read_loop() {
+    protocol::FrameDecoder decoder;
+    std::array<char, 4096> buffer{};
+    boost::system::error_code ec;
+    while (!stopping_) {
+        const auto n = co_await socket_.async_read_some(asio::buffer(buffer), on_error(ec));
+        if (ec) break;
+        decoder.feed({buffer.data(), n});
+        while (auto frame = decoder.next()) {
+            if (!*frame) {
+                spdlog::warn("link: bad message from the supervisor: {}", frame->error().message);
+                continue;
+            }
+            const auto& message = frame->value();
+            const auto type = message.value("type", "");
+            if (type == "stop") {
+                on_stop_("the supervisor asked to stop");
+            } else if (type == "error") {
+                spdlog::error("link: the supervisor refused this worker: {}", message.dump());
+                on_stop_("refused by the supervisor");
+            }
+        }
+    }
+    socket_.close(ec);
+    reader_running_ = false;
+}
+
+}  // namespace ensemble

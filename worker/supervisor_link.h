@@ -1,0 +1,55 @@
+// The worker's side of workers.sock: registers with the id and one-time token it was started
+// with, sends a heartbeat with its stats every second, and obeys `stop`. If the supervisor goes
+// away the worker keeps serving and reconnects; only after `orphan_grace` with no supervisor
+// does it shut itself down.
+#pragma once
+
+#include <boost/asio/local/stream_protocol.hpp>
+#include <chrono>
+#include <functional>
+#include <optional>
+#include <string>
+
+#include "protocol/messages.h"
+#include "worker/asio.h"
+
+namespace ensemble {
+
+struct LinkConfig {
+    std::string socket_path;
+    std::string worker_id;
+    std::string token;
+    int port = 0;
+    std::chrono::milliseconds heartbeat_interval{1000};
+    std::chrono::milliseconds orphan_grace{std::chrono::minutes(5)};
+
+    // From ENSEMBLE_SUPERVISOR_SOCKET, ENSEMBLE_WORKER_ID, ENSEMBLE_WORKER_TOKEN; nullopt when
+    // the worker runs standalone.
+    static std::optional<LinkConfig> from_environment(int port);
+};
+
+class SupervisorLink {
+  public:
+    using StatsSource = std::function<protocol::WorkerStats()>;
+    using StopHandler = std::function<void(const std::string& reason)>;
+
+    SupervisorLink(asio::io_context& io, LinkConfig config, StatsSource stats, StopHandler on_stop);
+
+    void start();
+    void stop();  // ends the link (the worker is shutting down)
+
+  private:
+    awaitable<void> run();
+    awaitable<void> read_loop();
+    awaitable<bool> send(const nlohmann::json& message);
+
+    asio::io_context& io_;
+    LinkConfig config_;
+    StatsSource stats_;
+    StopHandler on_stop_;
+    asio::local::stream_protocol::socket socket_;
+    bool stopping_ = false;
+    bool reader_running_ = false;
+};
+
+}  // namespace ensemble
