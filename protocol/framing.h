@@ -17,6 +17,10 @@ constexpr std::size_t kMaxFrameBytes = 1 << 20;
 
 std::string encode_frame(const nlohmann::json& message);
 
+// Unix socket paths are limited (sun_path: 108 bytes on Linux, 104 on macOS).
+constexpr std::size_t kMaxSocketPath = 103;
+std::optional<Error> check_socket_path(const std::string& path);
+
 class FrameDecoder {
   public:
     explicit FrameDecoder(std::size_t max_frame_bytes = kMaxFrameBytes) : max_(max_frame_bytes) {}

@@ -30,6 +30,7 @@ std::filesystem::path control_socket_path(const std::string& socket_option,
 Result<nlohmann::json> call_supervisor(const std::filesystem::path& socket_path,
                                        const protocol::ControlRequest& request) {
     namespace asio = boost::asio;
+    if (auto too_long = protocol::check_socket_path(socket_path.string())) return *too_long;
     asio::io_context io;
     asio::local::stream_protocol::socket socket(io);
     boost::system::error_code ec;

@@ -29,8 +29,13 @@ std::string explain_exit(const ExitStatus& status, int port) {
     }
     if (!status.signaled && status.code == 2)
         return "the worker rejected its configuration (exit code 2)";
-    if (!status.signaled && status.code == 4)
+    if (!status.signaled && status.code == 4) {
         return "the engine could not be started (exit code 4)";
+    }
+    if (!status.signaled && status.code == 5) {
+        return "the engine could not load the model (worker exit code 5; see 'ensemble logs " +
+               std::to_string(port) + "')";
+    }
     if (status.signaled && status.signal == SIGKILL)
         return status.describe() + " (OOM killer or kill -9?)";
     return status.describe();

@@ -132,7 +132,8 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
         }
         auto connection = co_await acquire(fresh_only);
         if (!connection) {
-            // Refused: the engine probably just died; give SIGCHLD a moment to be noticed.
+            // Refused: the engine probably just died; reap it, or give it a moment.
+            engine_.on_child_exit();
             ++failures;
             asio::steady_timer pause(co_await asio::this_coro::executor, kRefusedPause);
             boost::system::error_code ec;
@@ -178,6 +179,8 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     if (ec) {
         // Nothing reached the client yet, so the request can safely be tried again: either the
         // pooled connection had gone stale, or the engine died and is being restarted.
+        // The engine may have died a moment ago with SIGCHLD not yet handled: reap it now.
+        engine_.on_child_exit();
         const bool engine_died =
             engine_.state() != EngineState::ready || engine.generation != engine_.generation();
         if (engine.reused || engine_died) co_return Outcome::retry;

@@ -138,6 +138,13 @@ void EngineRunner::on_child_exit() {
     if (!exit) return;
     last_exit_ = exit->describe();
     if (state_ == EngineState::stopping || state_ == EngineState::stopped) return;
+    if (!ever_ready_ && ++load_failures_ >= kMaxLoadFailures && on_unloadable) {
+        set_state(EngineState::stopped,
+                  "the engine failed to load " + std::to_string(load_failures_) + " times");
+        on_unloadable("the engine failed to load the model " + std::to_string(load_failures_) +
+                      " times (last: " + last_exit_ + "); see " + config_.log_file.string());
+        return;
+    }
     ++restarts_;
     const auto delay = next_backoff();
     spdlog::warn("engine: exited unexpectedly ({}); restarting in {} ms (restart #{})", last_exit_,

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,6 +25,11 @@ class EngineRunner {
     using Clock = std::chrono::steady_clock;
 
     EngineRunner(asio::io_context& io, EngineConfig config);
+
+    // Called when the engine cannot be loaded at all (it failed kMaxLoadFailures times before it
+    // was ever ready): the model or the engine is broken, and retrying forever helps no one.
+    std::function<void(const std::string& reason)> on_unloadable;
+    static constexpr int kMaxLoadFailures = 3;
     ~EngineRunner();
 
     // Starts the first engine. An error here (binary missing, log unwritable) is a startup failure.
@@ -31,7 +37,8 @@ class EngineRunner {
     // SIGTERM to the engine's group, SIGKILL after the grace period; wakes every waiter.
     awaitable<void> stop();
 
-    // Called when SIGCHLD arrives: reaps the engine if it exited and schedules a restart.
+    // Called on SIGCHLD, or whenever the engine looks dead: reaps it if it exited and schedules
+    // a restart. Harmless while it runs.
     void on_child_exit();
 
     // Waits until the engine is ready (true) or the deadline passes / it is stopping (false).
@@ -65,6 +72,7 @@ class EngineRunner {
     std::uint64_t generation_ = 0;
     int restarts_ = 0;
     int consecutive_failures_ = 0;
+    int load_failures_ = 0;
     Clock::time_point ready_since_{};
     std::string last_exit_;
     std::vector<asio::steady_timer*> waiters_;

@@ -94,6 +94,12 @@ int main(int argc, char** argv) {
     stop_signals.async_wait([&](boost::system::error_code ec, int signal) {
         if (!ec) begin_shutdown(signal == SIGTERM ? "received SIGTERM" : "received SIGINT");
     });
+    int exit_code = 0;
+    engine.on_unloadable = [&](const std::string& reason) {
+        spdlog::error("engine: {}", reason);
+        exit_code = 5;
+        begin_shutdown("the model cannot be loaded");
+    };
     if (auto link_config = LinkConfig::from_environment(options.front.port)) {
         link = std::make_unique<SupervisorLink>(
             io, *link_config, [&] { return collect_stats(engine, proxy); }, begin_shutdown);
@@ -101,5 +107,5 @@ int main(int argc, char** argv) {
     }
     ::signal(SIGPIPE, SIG_IGN);
     io.run();
-    return 0;
+    return exit_code;
 }

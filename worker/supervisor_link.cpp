@@ -20,6 +20,8 @@ std::optional<LinkConfig> LinkConfig::from_environment(int port) {
     const char* id = std::getenv("ENSEMBLE_WORKER_ID");
     const char* token = std::getenv("ENSEMBLE_WORKER_TOKEN");
     if (socket == nullptr || id == nullptr || token == nullptr) return std::nullopt;
+    if (protocol::check_socket_path(socket))
+        return std::nullopt;  // the supervisor refuses such paths too
     LinkConfig c;
     c.socket_path = socket;
     c.worker_id = id;

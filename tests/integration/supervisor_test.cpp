@@ -1,0 +1,253 @@
+// ensembled and the ensemble CLI with real llama-server workers: profiles, load/unload, swap with
+// success and rollback, status JSON, CLI errors, and a supervisor killed -9 mid-stream whose
+// workers keep serving and are re-adopted.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "tests/support/http_client.h"
+#include "tests/support/worker_process.h"
+
+using namespace ensemble;
+using namespace ensemble::testing;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+struct CliResult {
+    int exit_code = -1;
+    std::string out;
+};
+
+class SupervisorTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+        dir_ = test_output_dir(std::string("Supervisor.") + info->name());
+        // Socket paths must stay short (Unix sockets allow ~104 bytes): run_dir lives in /tmp.
+        run_dir_ = std::filesystem::temp_directory_path() / ("ens-" + std::to_string(::getpid()));
+        std::filesystem::remove_all(dir_ / "state");
+        std::filesystem::remove_all(run_dir_);
+        port_a_ = free_port();
+        port_b_ = free_port();
+        std::ofstream(dir_ / "broken.gguf") << "GGUF but not really a model";
+        std::ofstream(dir_ / "ensemble.yaml")
+            << "supervisor:\n"
+            << "  state_dir: " << (dir_ / "state").string() << "\n"
+            << "  run_dir: " << run_dir_.string() << "\n"
+            << "engines:\n  llama:\n    preset: llama.cpp\n    binary: " << llama_server().string()
+            << "\n"
+            << "    args: [--threads, \"1\"]\n"
+            << "models:\n"
+            << "  tiny: {engine: llama, path: " << tiny_model().string()
+            << ", context: 16384, parallel: 1}\n"
+            << "  tiny-two: {engine: llama, path: " << tiny_model().string()
+            << ", context: 1024, parallel: 1}\n"
+            << "  broken: {engine: llama, path: " << (dir_ / "broken.gguf").string() << "}\n"
+            << "profiles:\n"
+            << "  pair:\n    " << port_a_ << ": tiny\n    " << port_b_ << ": tiny-two\n"
+            << "  single:\n    " << port_a_ << ": tiny-two\n";
+    }
+
+    void TearDown() override {
+        if (supervisor_) {
+            ::kill(supervisor_->pid(), SIGTERM);
+            wait_exit(*supervisor_, 60s);
+        }
+        for (pid_t pid : workers_) {
+            if (process_alive(pid)) ::kill(pid, SIGKILL);
+        }
+    }
+
+    std::unique_ptr<ChildProcess> start_supervisor() {
+        SpawnSpec spec;
+        spec.argv = {ENSEMBLE_TEST_ENSEMBLED_BIN, "--config", (dir_ / "ensemble.yaml").string(),
+                     "--worker-bin", worker_binary().string()};
+        spec.log_file = dir_ / "ensembled.log";
+        spec.die_with_parent = false;  // the kill -9 test needs its workers to outlive it
+        spec.extra_env = {{"ENSEMBLE_ORPHAN_GRACE_MS", "30000"}};  // leaked workers end themselves
+        auto child = ChildProcess::spawn(spec);
+        EXPECT_TRUE(child);
+        // Ready when it answers (a killed supervisor's socket file may still be there).
+        for (int i = 0; i < 300 && cli("status").exit_code != 0; ++i)
+            std::this_thread::sleep_for(10ms);
+        return child ? std::move(child).value() : nullptr;
+    }
+
+    static bool wait_exit(ChildProcess& p, std::chrono::milliseconds timeout) {
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (std::chrono::steady_clock::now() < deadline) {
+            if (p.poll_exit()) return true;
+            std::this_thread::sleep_for(10ms);
+        }
+        return false;
+    }
+
+    CliResult cli(const std::string& args) {
+        const auto out = dir_ / "cli.out";
+        const std::string cmd = std::string(ENSEMBLE_TEST_CLI_BIN) + " --config " +
+                                (dir_ / "ensemble.yaml").string() + " " + args + " > " +
+                                out.string() + " 2>&1";
+        CliResult r;
+        const int status = std::system(cmd.c_str());
+        r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+        std::ifstream in(out);
+        r.out.assign(std::istreambuf_iterator<char>(in), {});
+        return r;
+    }
+
+    json status() {
+        auto r = cli("--json status");
+        auto j = json::parse(r.out, nullptr, false);
+        EXPECT_FALSE(j.is_discarded()) << r.out;
+        for (const auto& p : j["result"]["ports"]) {
+            if (p.value("pid", 0) > 0) workers_.push_back(p.value("pid", 0));
+        }
+        return j.is_discarded() ? json{} : j["result"];
+    }
+
+    json port_status(int port) {
+        const auto all = status();  // named: iterating a temporary's member would dangle
+        for (const auto& p : all["ports"]) {
+            if (p["port"] == port) return p;
+        }
+        return {};
+    }
+
+    static int chat(unsigned short port) {
+        return http_request(
+                   port,
+                   chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})"))
+            .status;
+    }
+
+    std::filesystem::path dir_, run_dir_;
+    unsigned short port_a_ = 0, port_b_ = 0;
+    std::unique_ptr<ChildProcess> supervisor_;
+    std::vector<pid_t> workers_;
+};
+
+TEST_F(SupervisorTest, ProfileLoadServesEveryPortAndStatusShowsThem) {
+    supervisor_ = start_supervisor();
+    auto load = cli("profile load pair");
+    ASSERT_EQ(load.exit_code, 0) << load.out;
+    EXPECT_EQ(chat(port_a_), 200);
+    EXPECT_EQ(chat(port_b_), 200);
+    const auto a = port_status(port_a_);
+    EXPECT_EQ(a["model"], "tiny");
+    EXPECT_EQ(a["profile"], "pair");
+    EXPECT_EQ(a["state"], "ready");
+    EXPECT_GT(a["pid"].get<int>(), 0);
+    EXPECT_GT(a["engine_pid"].get<int>(), 0);
+    EXPECT_GT(a["memory_bytes"].get<std::uint64_t>(), 1000000U) << "PSS of worker + engine";
+    auto table = cli("status");
+    EXPECT_NE(table.out.find("tiny-two"), std::string::npos) << table.out;
+    auto list = cli("profile list");
+    EXPECT_NE(list.out.find("* pair"), std::string::npos) << list.out;
+    // Switching profiles stops the port it no longer has.
+    ASSERT_EQ(cli("profile load single").exit_code, 0);
+    EXPECT_EQ(port_status(port_a_)["model"], "tiny-two");
+    EXPECT_TRUE(port_status(port_b_).is_null());
+    EXPECT_EQ(chat(port_b_), 0);
+    ASSERT_EQ(cli("profile unload").exit_code, 0);
+    EXPECT_TRUE(status()["ports"].empty());
+}
+
+TEST_F(SupervisorTest, LoadAndUnloadOnePort) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    EXPECT_EQ(chat(port_a_), 200);
+    auto again = cli("load " + std::to_string(port_a_) + " tiny-two");
+    EXPECT_EQ(again.exit_code, 1);
+    EXPECT_NE(again.out.find("use 'ensemble swap"), std::string::npos) << again.out;
+    ASSERT_EQ(cli("unload " + std::to_string(port_a_)).exit_code, 0);
+    EXPECT_EQ(chat(port_a_), 0);
+}
+
+TEST_F(SupervisorTest, SwapSucceeds) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    auto swap = cli("swap " + std::to_string(port_a_) + " tiny-two");
+    ASSERT_EQ(swap.exit_code, 0) << swap.out;
+    EXPECT_EQ(port_status(port_a_)["model"], "tiny-two");
+    HttpRequest models;
+    models.target = "/v1/models";
+    EXPECT_NE(http_request(port_a_, models).body.find("tiny-two"), std::string::npos);
+}
+
+TEST_F(SupervisorTest, SwapToAModelThatCannotLoadRollsBack) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    auto swap = cli("swap " + std::to_string(port_a_) + " broken");
+    EXPECT_EQ(swap.exit_code, 1);
+    EXPECT_NE(swap.out.find("could not load the model"), std::string::npos) << swap.out;
+    EXPECT_NE(swap.out.find("'tiny' is serving again"), std::string::npos) << swap.out;
+    EXPECT_EQ(port_status(port_a_)["model"], "tiny");
+    EXPECT_EQ(port_status(port_a_)["state"], "ready");
+    EXPECT_EQ(chat(port_a_), 200);
+}
+
+TEST_F(SupervisorTest, CliErrorsAreClearWithNonZeroExits) {
+    auto down = cli("status");
+    EXPECT_EQ(down.exit_code, 3);
+    EXPECT_NE(down.out.find("ensembled is not running"), std::string::npos) << down.out;
+    supervisor_ = start_supervisor();
+    auto profile = cli("profile load nope");
+    EXPECT_EQ(profile.exit_code, 1);
+    EXPECT_NE(profile.out.find("unknown profile 'nope'"), std::string::npos) << profile.out;
+    auto model = cli("load " + std::to_string(port_a_) + " nope");
+    EXPECT_EQ(model.exit_code, 1);
+    EXPECT_NE(model.out.find("unknown model 'nope'"), std::string::npos) << model.out;
+    // A port some other process holds.
+    WorkerProcess squatter(port_b_, {}, "Supervisor.Squatter");
+    ASSERT_TRUE(squatter.wait_ready());
+    auto busy = cli("load " + std::to_string(port_b_) + " tiny");
+    EXPECT_EQ(busy.exit_code, 1);
+    EXPECT_NE(busy.out.find("in use by another process"), std::string::npos) << busy.out;
+    auto check = cli("check " + (dir_ / "missing.yaml").string());
+    EXPECT_EQ(check.exit_code, 1);
+}
+
+TEST_F(SupervisorTest, SupervisorKilledMidStreamTheStreamCompletesAndIsReadopted) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    const auto before = port_status(port_a_)["pid"].get<int>();
+    bool killed = false;
+    const auto body = json{
+        {"messages", {{{"role", "user"}, {"content", "hi"}}}},
+        {"max_tokens", 3000},
+        {"stream", true}}.dump();
+    auto r = http_request(port_a_, chat_request(body, true), [&](std::string_view chunk) {
+        if (!killed && chunk.find("content") != std::string_view::npos) {
+            ::kill(supervisor_->pid(), SIGKILL);
+            killed = true;
+        }
+        return true;
+    });
+    ASSERT_TRUE(killed);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_TRUE(r.complete) << r.error;
+    EXPECT_NE(r.body.find("[DONE]"), std::string::npos)
+        << "the stream must complete without its supervisor";
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+    EXPECT_EQ(chat(port_a_), 200) << "the worker keeps serving with no supervisor";
+
+    supervisor_ = start_supervisor();
+    json p;
+    for (int i = 0; i < 100; ++i) {
+        p = port_status(port_a_);
+        if (p.value("state", "") == "ready") break;
+        std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_EQ(p["state"], "ready");
+    EXPECT_EQ(p["pid"].get<int>(), before) << "re-adopted, not restarted";
+    auto events = cli("events -n 50");
+    EXPECT_NE(events.out.find("re-adopted"), std::string::npos) << events.out;
+}
+
+}  // namespace
