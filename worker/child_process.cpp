@@ -26,8 +26,10 @@ namespace {
 // Runs in the child between fork and exec: a new process group, and death with the parent.
 struct ChildSetup {
     bool die_with_parent;
+    char** envp;  // the complete environment, prepared before fork (nothing allocated after it)
     template <typename Executor>
-    void operator()(Executor& /*exec*/) const {
+    void operator()(Executor& exec) const {
+        exec.env = envp;
         ::setpgid(0, 0);
 #ifdef __linux__
         if (die_with_parent) {
@@ -84,23 +86,32 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
                                                std::strerror(errno)};
         }
     }
-    auto env = boost::this_process::environment();
-    bp::environment child_env = env;
+    // Our own environment array: Boost 1.74's environment lookup reads past short entries.
+    std::vector<std::string> env_strings;
+    for (char** e = environ; *e != nullptr; ++e) {
+        const std::string_view entry(*e);
+        const auto name = entry.substr(0, entry.find('='));
+        if (spec.extra_env.find(std::string(name)) == spec.extra_env.end())
+            env_strings.emplace_back(entry);
+    }
     for (const auto& [k, v] : spec.extra_env)
-        child_env[k] = v;
+        env_strings.push_back(k + "=" + v);
+    std::vector<char*> envp;
+    for (auto& entry : env_strings)
+        envp.push_back(entry.data());
+    envp.push_back(nullptr);
+    const ChildSetup setup{spec.die_with_parent, envp.data()};
     std::vector<std::string> args(spec.argv.begin() + 1, spec.argv.end());
     std::error_code ec;
     bp::child child;
     if (log != nullptr) {
-        child =
-            bp::child(bp::exe = program->string(), bp::args = args, child_env,
-                      bp::std_in<bp::null, bp::std_out> log, bp::std_err > log, bp::limit_handles,
-                      bp::extend::on_exec_setup = ChildSetup{spec.die_with_parent}, ec);
+        child = bp::child(bp::exe = program->string(), bp::args = args,
+                          bp::std_in<bp::null, bp::std_out> log, bp::std_err > log,
+                          bp::limit_handles, bp::extend::on_exec_setup = setup, ec);
         std::fclose(log);
     } else {
-        child = bp::child(bp::exe = program->string(), bp::args = args, child_env,
-                          bp::std_in < bp::null, bp::limit_handles,
-                          bp::extend::on_exec_setup = ChildSetup{spec.die_with_parent}, ec);
+        child = bp::child(bp::exe = program->string(), bp::args = args, bp::std_in < bp::null,
+                          bp::limit_handles, bp::extend::on_exec_setup = setup, ec);
     }
     if (ec) {
         return Error{"spawn_failed", "cannot start '" + program->string() + "': " + ec.message()};

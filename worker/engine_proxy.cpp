@@ -116,6 +116,18 @@ awaitable<bool> EngineProxy::send_error(beast::tcp_stream& client, const ApiErro
     co_return keep_alive && !ec;
 }
 
+awaitable<bool> EngineProxy::engine_died_recently() {
+    asio::steady_timer pause(co_await asio::this_coro::executor);
+    for (int i = 0; i < 20; ++i) {
+        engine_.on_child_exit();
+        if (engine_.state() != EngineState::ready) co_return true;
+        pause.expires_after(std::chrono::milliseconds(5));
+        boost::system::error_code ec;
+        co_await pause.async_wait(on_error(ec));
+    }
+    co_return false;
+}
+
 awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
                                      http::request<http::string_body>& request) {
     ++stats_.requests;
@@ -155,6 +167,12 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
                 }
                 continue;
             case Outcome::failed_before_response: {
+                // A reset often comes a moment before the dying engine can be reaped: if it
+                // turns out dead, the request waits for the restart like any other.
+                if (co_await engine_died_recently()) {
+                    ++failures;
+                    continue;
+                }
                 const bool kept = co_await send_error(client, kEngineClosedEarly, keep_alive);
                 co_return kept;
             }

@@ -51,6 +51,7 @@ class EngineProxy {
     awaitable<Outcome> relay(beast::tcp_stream& client, Connection& engine,
                              const http::request<http::string_body>& request,
                              bool client_keep_alive);
+    awaitable<bool> engine_died_recently();  // polls for up to 100 ms
     awaitable<bool> send_error(beast::tcp_stream& client, const ApiError& error, bool keep_alive);
 
     EngineRunner& engine_;
