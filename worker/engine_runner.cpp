@@ -214,6 +214,7 @@ void EngineRunner::set_state(EngineState state, const std::string& reason) {
     spdlog::info("engine: {} -> {} ({})", to_string(state_), to_string(state), reason);
     state_ = state;
     wake_waiters();
+    if (on_state_change) on_state_change();
 }
 
 void EngineRunner::wake_waiters() {

@@ -30,6 +30,8 @@ class EngineRunner {
     // was ever ready): the model or the engine is broken, and retrying forever helps no one.
     std::function<void(const std::string& reason)> on_unloadable;
     static constexpr int kMaxLoadFailures = 3;
+    // Called after every state change (the supervisor link reports it at once).
+    std::function<void()> on_state_change;
     ~EngineRunner();
 
     // Starts the first engine. An error here (binary missing, log unwritable) is a startup failure.

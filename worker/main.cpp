@@ -104,6 +104,7 @@ int main(int argc, char** argv) {
         link = std::make_unique<SupervisorLink>(
             io, *link_config, [&] { return collect_stats(engine, proxy); }, begin_shutdown);
         link->start();
+        engine.on_state_change = [&link] { link->report_now(); };
     }
     ::signal(SIGPIPE, SIG_IGN);
     io.run();

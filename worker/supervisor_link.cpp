@@ -39,7 +39,12 @@ SupervisorLink::SupervisorLink(asio::io_context& io, LinkConfig config, StatsSou
       config_(std::move(config)),
       stats_(std::move(stats)),
       on_stop_(std::move(on_stop)),
-      socket_(io) {}
+      socket_(io),
+      heartbeat_timer_(io) {}
+
+void SupervisorLink::report_now() {
+    heartbeat_timer_.cancel();
+}
 
 void SupervisorLink::start() {
     asio::co_spawn(io_, run(), asio::detached);
@@ -47,6 +52,7 @@ void SupervisorLink::start() {
 
 void SupervisorLink::stop() {
     stopping_ = true;
+    heartbeat_timer_.cancel();
     boost::system::error_code ec;
     socket_.close(ec);
 }
@@ -79,8 +85,8 @@ awaitable<void> SupervisorLink::run() {
                     last_contact = Clock::now();
                     const auto heartbeat = protocol::to_json(protocol::Heartbeat{stats_()});
                     if (!co_await send(heartbeat)) break;
-                    timer.expires_after(config_.heartbeat_interval);
-                    co_await timer.async_wait(on_error(ec));
+                    heartbeat_timer_.expires_after(config_.heartbeat_interval);
+                    co_await heartbeat_timer_.async_wait(on_error(ec));
                 }
                 socket_.close(ec);
                 while (reader_running_) {

@@ -36,7 +36,8 @@ class SupervisorLink {
     SupervisorLink(asio::io_context& io, LinkConfig config, StatsSource stats, StopHandler on_stop);
 
     void start();
-    void stop();  // ends the link (the worker is shutting down)
+    void report_now();  // send a heartbeat now instead of at the next tick
+    void stop();        // ends the link (the worker is shutting down)
 
   private:
     awaitable<void> run();
@@ -50,6 +51,7 @@ class SupervisorLink {
     asio::local::stream_protocol::socket socket_;
     bool stopping_ = false;
     bool reader_running_ = false;
+    asio::steady_timer heartbeat_timer_;
 };
 
 }  // namespace ensemble

@@ -5,6 +5,10 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <sys/socket.h>
+
+#include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/write.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -18,6 +22,24 @@ using nlohmann::json;
 using namespace std::chrono_literals;
 
 namespace {
+
+// Sends bytes to a Unix socket and returns what comes back within a short time.
+std::string unix_exchange(const std::filesystem::path& path, const std::string& bytes) {
+    boost::asio::io_context io;
+    boost::asio::local::stream_protocol::socket socket(io);
+    socket.connect(boost::asio::local::stream_protocol::endpoint(path.string()));
+    boost::asio::write(socket, boost::asio::buffer(bytes));
+    timeval tv{0, 500000};
+    ::setsockopt(socket.native_handle(), SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    std::string out;
+    char buf[4096];
+    for (;;) {
+        const auto n = ::recv(socket.native_handle(), buf, sizeof buf, 0);
+        if (n <= 0) break;
+        out.append(buf, static_cast<std::size_t>(n));
+    }
+    return out;
+}
 
 struct CliResult {
     int exit_code = -1;
@@ -43,15 +65,24 @@ class SupervisorTest : public ::testing::Test {
             << "engines:\n  llama:\n    preset: llama.cpp\n    binary: " << llama_server().string()
             << "\n"
             << "    args: [--threads, \"1\"]\n"
+            << "  fake:\n    preset: command\n    command: \"" << ENSEMBLE_TEST_FAKE_ENGINE_BIN
+            << " --port {port} --model {handle}\"\n    ready_path: /health\n"
             << "models:\n"
             << "  tiny: {engine: llama, path: " << tiny_model().string()
             << ", context: 16384, parallel: 1}\n"
             << "  tiny-two: {engine: llama, path: " << tiny_model().string()
             << ", context: 1024, parallel: 1}\n"
             << "  broken: {engine: llama, path: " << (dir_ / "broken.gguf").string() << "}\n"
+            << "  fake: {engine: fake, path: none}\n"
             << "profiles:\n"
             << "  pair:\n    " << port_a_ << ": tiny\n    " << port_b_ << ": tiny-two\n"
-            << "  single:\n    " << port_a_ << ": tiny-two\n";
+            << "  single:\n    " << port_a_ << ": tiny-two\n"
+            << "  fleet:\n";
+        for (int i = 0; i < 32; ++i) {
+            fleet_ports_.push_back(free_port());
+            std::ofstream(dir_ / "ensemble.yaml", std::ios::app)
+                << "    " << fleet_ports_.back() << ": fake\n";
+        }
     }
 
     void TearDown() override {
@@ -128,6 +159,7 @@ class SupervisorTest : public ::testing::Test {
 
     std::filesystem::path dir_, run_dir_;
     unsigned short port_a_ = 0, port_b_ = 0;
+    std::vector<unsigned short> fleet_ports_;
     std::unique_ptr<ChildProcess> supervisor_;
     std::vector<pid_t> workers_;
 };
@@ -248,6 +280,43 @@ TEST_F(SupervisorTest, SupervisorKilledMidStreamTheStreamCompletesAndIsReadopted
     EXPECT_EQ(p["pid"].get<int>(), before) << "re-adopted, not restarted";
     auto events = cli("events -n 50");
     EXPECT_NE(events.out.find("re-adopted"), std::string::npos) << events.out;
+}
+
+// Fleet size, on the fake engine (fault-free here): 32 workers come up, report, and go down.
+TEST_F(SupervisorTest, AFleetOf32WorkersLoadsReportsAndUnloads) {
+    supervisor_ = start_supervisor();
+    auto load = cli("profile load fleet");
+    ASSERT_EQ(load.exit_code, 0) << load.out;
+    const auto all = status();
+    ASSERT_EQ(all["ports"].size(), 32U);
+    for (const auto& p : all["ports"])
+        EXPECT_EQ(p["state"], "ready") << p.dump();
+    EXPECT_EQ(chat(fleet_ports_.front()), 200);
+    EXPECT_EQ(chat(fleet_ports_.back()), 200);
+    ASSERT_EQ(cli("profile unload").exit_code, 0);
+    EXPECT_TRUE(status()["ports"].empty());
+    for (pid_t pid : workers_)
+        EXPECT_FALSE(process_alive(pid)) << "worker " << pid << " outlived its unload";
+}
+
+// Garbage on either socket gets an error reply; the supervisor stays up and keeps its fleet.
+TEST_F(SupervisorTest, MalformedSocketMessagesGetErrorsAndChangeNothing) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    for (const auto* name : {"control.sock", "workers.sock"}) {
+        const auto reply =
+            unix_exchange(run_dir_ / name,
+                          "{not json\n[1,2]\n{\"verb\":\"explode\"}\n{\"type\":\"heartbeat\"}\n" +
+                              std::string(2 << 20, 'x') + "\n");
+        EXPECT_NE(reply.find("\"ok\":false"), std::string::npos) << name << ": " << reply;
+    }
+    auto forged =
+        unix_exchange(run_dir_ / "workers.sock",
+                      R"({"type":"register","version":1,"worker_id":"w1","token":"guess","port":)" +
+                          std::to_string(port_a_) + R"(,"pid":1})" + "\n");
+    EXPECT_NE(forged.find("unknown_worker"), std::string::npos) << forged;
+    EXPECT_EQ(port_status(port_a_)["state"], "ready");
+    EXPECT_EQ(chat(port_a_), 200);
 }
 
 }  // namespace

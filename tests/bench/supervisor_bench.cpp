@@ -1,0 +1,194 @@
+// Supervisor benchmarks, each side by side with its reference in one run:
+//  1. spawn-to-ready overhead: `ensemble load` until ready, against llama-server's own time from
+//     spawn to /health 200 on the same model;
+//  2. control round trip (status) with 32 workers on the fake engine, p50/p99;
+//  3. resident memory of ensembled and of one worker without its engine.
+#include <signal.h>
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "supervisor/control_client.h"
+#include "tests/support/http_client.h"
+#include "tests/support/worker_process.h"
+#include "worker/process_memory.h"
+
+using namespace ensemble;
+using namespace ensemble::testing;
+using Clock = std::chrono::steady_clock;
+using Ms = std::chrono::duration<double, std::milli>;
+
+namespace {
+
+double percentile(std::vector<double> v, double p) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    return v[std::min(v.size() - 1,
+                      static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
+}
+
+std::uint64_t rss_bytes(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+    for (std::string line; std::getline(in, line);) {
+        if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
+    }
+    return 0;
+}
+
+// llama-server alone: spawn to /health 200, polled every 2 ms.
+double engine_ready_ms(const std::string& model) {
+    const auto port = free_port();
+    SpawnSpec spec;
+    spec.argv = {llama_server().string(),
+                 "--model",
+                 model,
+                 "--host",
+                 "127.0.0.1",
+                 "--port",
+                 std::to_string(port),
+                 "--ctx-size",
+                 "2048",
+                 "--parallel",
+                 "1",
+                 "--alias",
+                 "tiny",
+                 "--threads",
+                 "1"};
+    spec.log_file = test_output_dir("supervisor_bench") / "direct-engine.log";
+    const auto start = Clock::now();
+    auto child = ChildProcess::spawn(spec);
+    if (!child) throw std::runtime_error(child.error().message);
+    HttpRequest health;
+    health.target = "/health";
+    health.timeout = std::chrono::milliseconds(500);
+    while (http_request(port, health).status != 200)
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    const double ms = Ms(Clock::now() - start).count();
+    (*child)->signal_group(SIGTERM);
+    while (!(*child)->poll_exit())
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return ms;
+}
+
+Result<nlohmann::json> call(const std::filesystem::path& socket, const std::string& verb,
+                            int port = 0, const std::string& model = "",
+                            const std::string& profile = "") {
+    protocol::ControlRequest r;
+    r.verb = verb;
+    if (port) r.port = port;
+    r.model = model;
+    r.profile = profile;
+    return call_supervisor(socket, r);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    int rounds = 10;
+    int fleet = 32;
+    int status_calls = 2000;
+    std::string fake_engine;
+    CLI::App app{"ensembled benchmarks"};
+    app.add_option("--rounds", rounds)->capture_default_str();
+    app.add_option("--fleet", fleet, "workers on the fake engine")->capture_default_str();
+    app.add_option("--status-calls", status_calls)->capture_default_str();
+    app.add_option("--fake-engine", fake_engine)->required();
+    CLI11_PARSE(app, argc, argv);
+
+    const auto dir = test_output_dir("supervisor_bench");
+    const auto run_dir =
+        std::filesystem::temp_directory_path() / ("ensb-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir / "state");
+    const unsigned short tiny_port = free_port();
+    std::vector<unsigned short> fleet_ports;
+    for (int i = 0; i < fleet; ++i)
+        fleet_ports.push_back(free_port());
+    {
+        std::ofstream config(dir / "ensemble.yaml");
+        config << "supervisor:\n  state_dir: " << (dir / "state").string()
+               << "\n  run_dir: " << run_dir.string()
+               << "\nengines:\n  llama:\n    preset: llama.cpp\n    binary: "
+               << llama_server().string()
+               << "\n    args: [--threads, \"1\"]\n  fake:\n    preset: command\n    command: \""
+               << fake_engine << " --port {port} --model {handle}\"\n    ready_path: /health\n"
+               << "models:\n  tiny: {engine: llama, path: " << tiny_model().string()
+               << ", context: 2048, parallel: 1}\n  fake: {engine: fake, path: none}\nprofiles:\n  "
+                  "fleet:\n";
+        for (auto p : fleet_ports)
+            config << "    " << p << ": fake\n";
+    }
+    SpawnSpec spec;
+    spec.argv = {ENSEMBLE_BENCH_ENSEMBLED_BIN, "--config", (dir / "ensemble.yaml").string(),
+                 "--worker-bin", worker_binary().string()};
+    spec.log_file = dir / "ensembled.log";
+    auto supervisor = ChildProcess::spawn(spec);
+    if (!supervisor) throw std::runtime_error(supervisor.error().message);
+    const auto socket = run_dir / "control.sock";
+    while (!call(socket, "status"))
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+
+    // 1. Spawn-to-ready, interleaved with the engine alone.
+    std::vector<double> direct, supervised;
+    for (int r = 0; r < rounds; ++r) {
+        direct.push_back(engine_ready_ms(tiny_model().string()));
+        const auto start = Clock::now();
+        auto reply = call(socket, "load", tiny_port, "tiny");
+        supervised.push_back(Ms(Clock::now() - start).count());
+        if (!reply || !reply->value("ok", false))
+            std::fprintf(stderr, "load failed: %s\n",
+                         reply ? reply->dump().c_str() : reply.error().message.c_str());
+        (void)call(socket, "unload", tiny_port);
+    }
+    std::printf("## spawn to ready (tiny model, llama-server), %d rounds\n\n", rounds);
+    std::printf("| path | p50 ms | min ms | max ms |\n|---|---|---|---|\n");
+    std::printf("| llama-server alone (spawn -> /health 200) | %.1f | %.1f | %.1f |\n",
+                percentile(direct, 0.5), percentile(direct, 0), percentile(direct, 1));
+    std::printf("| `ensemble load` (request -> reply, ready) | %.1f | %.1f | %.1f |\n",
+                percentile(supervised, 0.5), percentile(supervised, 0), percentile(supervised, 1));
+    std::printf("| **overhead (p50 difference)** | **%+.1f** | | |\n\n",
+                percentile(supervised, 0.5) - percentile(direct, 0.5));
+
+    // 2. Control round trip with a fleet on the fake engine.
+    const auto fleet_start = Clock::now();
+    auto loaded = call(socket, "profile-load", 0, "", "fleet");
+    const double fleet_ms = Ms(Clock::now() - fleet_start).count();
+    if (!loaded || !loaded->value("ok", false)) std::fprintf(stderr, "fleet load failed\n");
+    std::vector<double> rtt;
+    for (int i = 0; i < status_calls; ++i) {
+        const auto start = Clock::now();
+        auto reply = call(socket, "status");
+        rtt.push_back(Ms(Clock::now() - start).count());
+        if (!reply) return 1;
+    }
+    std::printf(
+        "## control round trip, %d workers (fake engine), %d status calls, new connection each\n\n",
+        fleet, status_calls);
+    std::printf("| p50 ms | p99 ms | max ms | fleet profile load ms |\n|---|---|---|---|\n");
+    std::printf("| %.3f | %.3f | %.3f | %.0f |\n\n", percentile(rtt, 0.5), percentile(rtt, 0.99),
+                percentile(rtt, 1), fleet_ms);
+
+    // 3. Memory.
+    auto status = call(socket, "status");
+    std::vector<double> worker_rss;
+    for (const auto& p : (*status)["result"]["ports"]) {
+        if (p.value("pid", 0) > 0)
+            worker_rss.push_back(static_cast<double>(rss_bytes(p.value("pid", 0))));
+    }
+    const double mib = 1024.0 * 1024.0;
+    std::printf(
+        "## resident memory with %d workers\n\n| process | RSS MiB | PSS MiB |\n|---|---|---|\n",
+        fleet);
+    std::printf("| ensembled | %.1f | %.1f |\n", rss_bytes((*supervisor)->pid()) / mib,
+                proportional_set_size((*supervisor)->pid()).value_or(0) / mib);
+    std::printf("| ensemble-worker (median, without its engine) | %.1f | |\n",
+                percentile(worker_rss, 0.5) / mib);
+    (*supervisor)->signal_group(SIGTERM);
+    while (!(*supervisor)->poll_exit())
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    return 0;
+}
