@@ -466,6 +466,17 @@ std::optional<std::uint64_t> parse_bytes(const std::string& text) {
     return static_cast<std::uint64_t>(bytes);
 }
 
+std::filesystem::path run_dir_of(const std::filesystem::path& config_path) {
+    try {
+        const auto root = YAML::LoadFile(config_path.string());
+        const auto dir = root["supervisor"]["run_dir"];
+        if (dir && dir.IsScalar()) return config_path.parent_path() / expand_home(dir.Scalar());
+    } catch (const YAML::Exception&) {
+        // unreadable or not YAML: fall back to the default
+    }
+    return default_run_dir();
+}
+
 ConfigLoad load_config(const std::filesystem::path& path, bool check_files) {
     ConfigLoad out;
     Config config;

@@ -92,4 +92,8 @@ bool is_kebab_case(const std::string& handle);
 std::filesystem::path default_state_dir();
 std::filesystem::path default_run_dir();
 
+// The run_dir a config names, read leniently (the rest of the file may have errors), so the CLI
+// can still reach the supervisor to reload a config being fixed; the default if it names none.
+std::filesystem::path run_dir_of(const std::filesystem::path& config_path);
+
 }  // namespace ensemble

@@ -20,10 +20,7 @@ std::filesystem::path control_socket_path(const std::string& socket_option,
     if (config.empty()) {
         if (const char* env = std::getenv("ENSEMBLE_CONFIG"); env != nullptr) config = env;
     }
-    if (!config.empty()) {
-        auto loaded = load_config(config, /*check_files=*/false);
-        if (loaded.config) return loaded.config->supervisor.run_dir / "control.sock";
-    }
+    if (!config.empty()) return run_dir_of(config) / "control.sock";
     return default_run_dir() / "control.sock";
 }
 

@@ -282,6 +282,46 @@ TEST_F(SupervisorTest, SupervisorKilledMidStreamTheStreamCompletesAndIsReadopted
     EXPECT_NE(events.out.find("re-adopted"), std::string::npos) << events.out;
 }
 
+TEST_F(SupervisorTest, ReloadReportsChangedPortsWithoutRestartingThem) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    const auto pid = port_status(port_a_)["pid"];
+    // Change tiny's context: the running worker would now start differently.
+    std::ifstream in(dir_ / "ensemble.yaml");
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    text.replace(text.find("context: 16384"), 14, "context: 8192");
+    std::ofstream(dir_ / "ensemble.yaml") << text;
+    auto reload = cli("--json reload");
+    ASSERT_EQ(reload.exit_code, 0) << reload.out;
+    const auto changed = json::parse(reload.out)["result"]["changed_ports"];
+    ASSERT_EQ(changed.size(), 1U) << reload.out;
+    EXPECT_EQ(changed[0], port_a_);
+    EXPECT_EQ(port_status(port_a_)["pid"], pid) << "reported, not restarted";
+    // A broken config is refused and the running one kept.
+    std::ofstream(dir_ / "ensemble.yaml", std::ios::app) << "bogus: 1\n";
+    auto bad = cli("reload");
+    EXPECT_EQ(bad.exit_code, 1);
+    EXPECT_NE(bad.out.find("unknown key 'bogus'"), std::string::npos) << bad.out;
+}
+
+TEST_F(SupervisorTest, CleanRestartRestoresTheSameAssignmentsAndLogsAreThere) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load pair").exit_code, 0);
+    auto logs = cli("logs " + std::to_string(port_a_) + " -n 5");
+    EXPECT_EQ(logs.exit_code, 0);
+    EXPECT_FALSE(logs.out.empty());
+    ::kill(supervisor_->pid(), SIGTERM);  // stops the workers, keeps the assignments
+    ASSERT_TRUE(wait_exit(*supervisor_, 60s));
+    EXPECT_EQ(chat(port_a_), 0) << "SIGTERM stops the workers";
+    supervisor_ = start_supervisor();
+    for (int i = 0; i < 100 && port_status(port_b_).value("state", "") != "ready"; ++i)
+        std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(port_status(port_a_)["model"], "tiny");
+    EXPECT_EQ(port_status(port_b_)["model"], "tiny-two");
+    EXPECT_EQ(port_status(port_b_)["state"], "ready");
+    EXPECT_EQ(chat(port_a_), 200);
+}
+
 // Fleet size, on the fake engine (fault-free here): 32 workers come up, report, and go down.
 TEST_F(SupervisorTest, AFleetOf32WorkersLoadsReportsAndUnloads) {
     supervisor_ = start_supervisor();
