@@ -74,14 +74,7 @@ int main(int argc, char** argv) {
     ::signal(SIGPIPE, SIG_IGN);
 
     asio::signal_set children(io, SIGCHLD);
-    std::function<void()> on_child = [&] {
-        children.async_wait([&](boost::system::error_code ec, int) {
-            if (ec) return;
-            fleet.tick();
-            on_child();
-        });
-    };
-    on_child();
+    on_every_signal(children, [&fleet] { fleet.tick(); });
     asio::steady_timer ticker(io);
     tick_forever(ticker, fleet);
     fleet.reconcile();

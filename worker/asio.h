@@ -10,6 +10,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/redirect_error.hpp>
+#include <boost/asio/signal_set.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
@@ -34,6 +35,16 @@ std::string_view sv(const View& view) {
 // co_await op(..., on_error(ec)): failures land in `ec` instead of throwing.
 inline auto on_error(boost::system::error_code& ec) {
     return boost::asio::redirect_error(boost::asio::use_awaitable, ec);
+}
+
+// Calls `handler` on every delivery of the set's signals until the set is cancelled.
+template <typename Handler>
+void on_every_signal(boost::asio::signal_set& signals, Handler handler) {
+    signals.async_wait([&signals, handler](boost::system::error_code ec, int) {
+        if (ec) return;
+        handler();
+        on_every_signal(signals, handler);
+    });
 }
 
 }  // namespace ensemble

@@ -62,14 +62,7 @@ int main(int argc, char** argv) {
         return 3;
     }
     asio::signal_set children(io, SIGCHLD);
-    std::function<void()> watch_children = [&] {
-        children.async_wait([&](boost::system::error_code ec, int) {
-            if (ec) return;
-            engine.on_child_exit();
-            watch_children();
-        });
-    };
-    watch_children();
+    on_every_signal(children, [&engine] { engine.on_child_exit(); });
     if (auto ok = engine.start(); !ok) {
         spdlog::error("cannot start the engine: {}", ok.error().message);
         return 4;
