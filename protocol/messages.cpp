@@ -70,6 +70,7 @@ json to_json(const Heartbeat& m) {
             {"memory_bytes", s.memory_bytes},
             {"requests", s.requests},
             {"failed", s.failed},
+            {"tokens", s.tokens},
             {"queue_depth", s.queue_depth},
             {"engine_pid", s.engine_pid},
             {"engine_restarts", s.engine_restarts},
@@ -104,7 +105,7 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
         if ((e = read(j, "state", s.state, true)) ||
             (e = read(j, "memory_bytes", s.memory_bytes, false)) ||
             (e = read(j, "requests", s.requests, false)) ||
-            (e = read(j, "failed", s.failed, false)) ||
+            (e = read(j, "failed", s.failed, false)) || (e = read(j, "tokens", s.tokens, false)) ||
             (e = read(j, "queue_depth", s.queue_depth, false)) ||
             (e = read(j, "engine_pid", s.engine_pid, false)) ||
             (e = read(j, "engine_restarts", s.engine_restarts, false)) ||

@@ -31,6 +31,7 @@ struct WorkerStats {
     std::uint64_t memory_bytes = 0;  // PSS of the worker and its engine (0 if unknown)
     std::uint64_t requests = 0;
     std::uint64_t failed = 0;
+    std::uint64_t tokens = 0;  // generated tokens relayed since the worker started
     std::uint32_t queue_depth = 0;
     std::int64_t engine_pid = 0;
     int engine_restarts = 0;

@@ -42,14 +42,14 @@ void print_ports(const json& ports) {
     std::printf("%-6s %-22s %-10s %-9s %-8s %-7s %-8s %-10s %-6s %s\n", "PORT", "MODEL", "PROFILE",
                 "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "REQS", "LAST FAILURE");
     for (const auto& p : ports) {
-        std::printf("%-6d %-22s %-10s %-9s %-8lld %-7s %-8d %-10s %-6llu %s\n", p.value("port", 0),
-                    p.value("model", "").c_str(),
+        std::printf("%-6d %-22s %-10s %-9s %-8lld %-7s %-8d %-10s %-6llu %-7.1f %s\n",
+                    p.value("port", 0), p.value("model", "").c_str(),
                     p.value("profile", "").empty() ? "-" : p.value("profile", "").c_str(),
                     p.value("state", "").c_str(), static_cast<long long>(p.value("pid", 0LL)),
                     human_duration(p.value("uptime_s", 0LL)).c_str(), p.value("restarts", 0),
                     human_bytes(p.value("memory_bytes", 0ULL)).c_str(),
                     static_cast<unsigned long long>(p.value("requests", 0ULL)),
-                    p.value("last_failure", "").c_str());
+                    p.value("tokens_per_s", 0.0), p.value("last_failure", "").c_str());
     }
 }
 

@@ -334,6 +334,16 @@ Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
 void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stats) {
     for (auto& [port, rt] : ports_) {
         if (rt->link != peer) continue;
+        const auto now = Clock::now();
+        if (stats.tokens < rt->rate_tokens || rt->rate_since == Clock::time_point{}) {
+            rt->rate_tokens = stats.tokens;  // a new worker: start counting afresh
+            rt->rate_since = now;
+        } else if (now - rt->rate_since >= std::chrono::seconds(1)) {
+            const double seconds = std::chrono::duration<double>(now - rt->rate_since).count();
+            rt->tokens_per_s = static_cast<double>(stats.tokens - rt->rate_tokens) / seconds;
+            rt->rate_tokens = stats.tokens;
+            rt->rate_since = now;
+        }
         rt->stats = stats;
         if (stats.state == "ready") {
             move(*rt, PortEvent::engine_ready, "the engine is ready");

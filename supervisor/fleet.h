@@ -45,6 +45,9 @@ struct PortRuntime {
     std::string token;
     WorkerLinkPeer* link = nullptr;
     protocol::WorkerStats stats;
+    double tokens_per_s = 0;  // over the last heartbeat interval of at least 1 s
+    std::uint64_t rate_tokens = 0;
+    Clock::time_point rate_since{};
     Clock::time_point started{};
     Clock::time_point ready_since{};
     Clock::time_point adopt_deadline{};  // while re-adopting: how long to wait for it to register

@@ -64,6 +64,8 @@ json Fleet::port_json(const PortRuntime& rt) const {
               {"engine_restarts", rt.stats.engine_restarts},
               {"memory_bytes", rt.stats.memory_bytes},
               {"requests", rt.stats.requests},
+              {"tokens", rt.stats.tokens},
+              {"tokens_per_s", rt.tokens_per_s},
               {"queue_depth", rt.stats.queue_depth},
               {"uptime_s",
                rt.state == PortState::ready

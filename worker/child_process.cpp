@@ -117,13 +117,14 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
         return Error{"spawn_failed", "cannot start '" + program->string() + "': " + ec.message()};
     }
     return std::unique_ptr<ChildProcess>(
-        new ChildProcess(std::make_unique<Impl>(Impl{std::move(child)})));
+        new ChildProcess(std::make_unique<Impl>(Impl{std::move(child)}), spec.die_with_parent));
 }
 
-ChildProcess::ChildProcess(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+ChildProcess::ChildProcess(std::unique_ptr<Impl> impl, bool kill_on_destroy)
+    : impl_(std::move(impl)), kill_on_destroy_(kill_on_destroy) {}
 
 ChildProcess::~ChildProcess() {
-    if (!exited()) {
+    if (!exited() && kill_on_destroy_) {
         signal_group(SIGKILL);
         ::waitpid(pid(), nullptr, 0);
     }

@@ -36,7 +36,9 @@ class ChildProcess {
   public:
     static Result<std::unique_ptr<ChildProcess>> spawn(const SpawnSpec& spec);
 
-    ~ChildProcess();  // kills the whole group if it is still running
+    // Kills the whole group if it is still running, unless it was spawned to outlive us
+    // (die_with_parent = false): a worker must survive its supervisor's exit.
+    ~ChildProcess();
     ChildProcess(const ChildProcess&) = delete;
     ChildProcess& operator=(const ChildProcess&) = delete;
 
@@ -51,8 +53,9 @@ class ChildProcess {
 
   private:
     struct Impl;
-    explicit ChildProcess(std::unique_ptr<Impl> impl);
+    ChildProcess(std::unique_ptr<Impl> impl, bool kill_on_destroy);
     std::unique_ptr<Impl> impl_;
+    bool kill_on_destroy_;
     std::optional<ExitStatus> exit_;
 };
 

@@ -1,5 +1,7 @@
 #include "worker/engine_proxy.h"
 
+#include "worker/token_counter.h"
+
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -213,6 +215,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     response.erase(http::field::keep_alive);
     response.set(http::field::server, "ensemble-worker");
     response.keep_alive(client_keep_alive);
+    TokenCounter tokens(event_stream);
     http::response_serializer<http::buffer_body> serializer{response};
     co_await http::async_write_header(client, serializer, on_error(ec));
     if (ec) co_return Outcome::done_close;
@@ -229,10 +232,12 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         response.body().data = chunk.data();
         response.body().more = !parser.is_done();
         if (response.body().size == 0 && response.body().more) continue;
+        tokens.feed({chunk.data(), response.body().size});
         co_await http::async_write(client, serializer, on_error(ec));
         if (ec == http::error::need_buffer) ec = {};
         if (ec) co_return Outcome::done_close;  // the client left; dropping the engine side cancels
     }
+    stats_.tokens += tokens.tokens();
     if (!ec) co_return engine_keep_alive ? Outcome::done_keep_alive : Outcome::done_close;
 
     // The engine went away mid-response. A chunked event stream can still end cleanly with an

@@ -24,6 +24,7 @@ struct ProxyLimits {
 struct ProxyStats {
     std::uint64_t requests = 0;
     std::uint64_t failed = 0;
+    std::uint64_t tokens = 0;       // generated tokens relayed (see TokenCounter)
     std::uint64_t streams_cut = 0;  // streams ended with an error event because the engine died
 };
 

@@ -30,6 +30,7 @@ protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProx
     s.state = to_string(engine.state());
     s.requests = proxy.stats().requests;
     s.failed = proxy.stats().failed;
+    s.tokens = proxy.stats().tokens;
     s.queue_depth = static_cast<std::uint32_t>(engine.waiting());
     s.engine_restarts = engine.restarts();
     s.engine_last_exit = engine.last_exit();

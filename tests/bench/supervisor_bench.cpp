@@ -104,10 +104,9 @@ int main(int argc, char** argv) {
     const auto run_dir =
         std::filesystem::temp_directory_path() / ("ensb-" + std::to_string(::getpid()));
     std::filesystem::remove_all(dir / "state");
-    const unsigned short tiny_port = free_port();
-    std::vector<unsigned short> fleet_ports;
-    for (int i = 0; i < fleet; ++i)
-        fleet_ports.push_back(free_port());
+    auto fleet_ports = free_ports(static_cast<std::size_t>(fleet) + 1);
+    const unsigned short tiny_port = fleet_ports.back();
+    fleet_ports.pop_back();
     {
         std::ofstream config(dir / "ensemble.yaml");
         config << "supervisor:\n  state_dir: " << (dir / "state").string()

@@ -55,8 +55,10 @@ class SupervisorTest : public ::testing::Test {
         run_dir_ = std::filesystem::temp_directory_path() / ("ens-" + std::to_string(::getpid()));
         std::filesystem::remove_all(dir_ / "state");
         std::filesystem::remove_all(run_dir_);
-        port_a_ = free_port();
-        port_b_ = free_port();
+        const bool fleet_test = std::string(info->name()).find("Fleet") != std::string::npos;
+        const auto ports = free_ports(fleet_test ? 34 : 2);
+        port_a_ = ports[0];
+        port_b_ = ports[1];
         std::ofstream(dir_ / "broken.gguf") << "GGUF but not really a model";
         std::ofstream(dir_ / "ensemble.yaml")
             << "supervisor:\n"
@@ -77,9 +79,9 @@ class SupervisorTest : public ::testing::Test {
             << "profiles:\n"
             << "  pair:\n    " << port_a_ << ": tiny\n    " << port_b_ << ": tiny-two\n"
             << "  single:\n    " << port_a_ << ": tiny-two\n"
-            << "  fleet:\n";
-        for (int i = 0; i < 32; ++i) {
-            fleet_ports_.push_back(free_port());
+            << (fleet_test ? "  fleet:\n" : "");
+        for (std::size_t i = 2; i < ports.size(); ++i) {
+            fleet_ports_.push_back(ports[i]);
             std::ofstream(dir_ / "ensemble.yaml", std::ios::app)
                 << "    " << fleet_ports_.back() << ": fake\n";
         }
@@ -194,6 +196,15 @@ TEST_F(SupervisorTest, LoadAndUnloadOnePort) {
     supervisor_ = start_supervisor();
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
     EXPECT_EQ(chat(port_a_), 200);
+    EXPECT_EQ(chat(port_a_), 200);
+    // The heartbeat carries the requests and generated tokens (4 per chat above).
+    json p = json::object();
+    for (int i = 0; i < 30 && p.value("tokens", 0) < 8; ++i) {
+        p = port_status(port_a_);
+        std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_EQ(p["requests"], 2);
+    EXPECT_EQ(p["tokens"], 8);
     auto again = cli("load " + std::to_string(port_a_) + " tiny-two");
     EXPECT_EQ(again.exit_code, 1);
     EXPECT_NE(again.out.find("use 'ensemble swap"), std::string::npos) << again.out;
@@ -320,6 +331,30 @@ TEST_F(SupervisorTest, CleanRestartRestoresTheSameAssignmentsAndLogsAreThere) {
     EXPECT_EQ(port_status(port_b_)["model"], "tiny-two");
     EXPECT_EQ(port_status(port_b_)["state"], "ready");
     EXPECT_EQ(chat(port_a_), 200);
+}
+
+TEST_F(SupervisorTest, ReconcileStopsASurvivingWorkerThatShouldNotRun) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    ASSERT_EQ(cli("load " + std::to_string(port_b_) + " tiny-two").exit_code, 0);
+    const auto kept = port_status(port_a_)["pid"].get<int>();
+    const auto stale = port_status(port_b_)["pid"].get<int>();
+    ::kill(supervisor_->pid(), SIGQUIT);  // exits, leaving both workers serving
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+    EXPECT_EQ(chat(port_b_), 200);
+    // While it is down, port B's assignment goes away (as if unloaded before a crash).
+    const std::string sql = "sqlite3 '" + (dir_ / "state" / "state.db").string() +
+                            "' 'DELETE FROM assignments WHERE port = " + std::to_string(port_b_) +
+                            "'";
+    ASSERT_EQ(std::system(sql.c_str()), 0);
+    supervisor_ = start_supervisor();
+    for (int i = 0; i < 100 && process_alive(stale); ++i)
+        std::this_thread::sleep_for(100ms);
+    EXPECT_FALSE(process_alive(stale)) << "the worker that should not run was stopped";
+    EXPECT_EQ(chat(port_b_), 0);
+    for (int i = 0; i < 50 && port_status(port_a_).value("state", "") != "ready"; ++i)
+        std::this_thread::sleep_for(100ms);
+    EXPECT_EQ(port_status(port_a_)["pid"], kept) << "the wanted one was re-adopted";
 }
 
 // Fleet size, on the fake engine (fault-free here): 32 workers come up, report, and go down.

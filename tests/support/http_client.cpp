@@ -7,6 +7,8 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cctype>
+#include <fstream>
+#include <random>
 
 namespace ensemble::testing {
 
@@ -141,9 +143,32 @@ std::string raw_exchange(unsigned short port, const std::string& bytes,
 }
 
 unsigned short free_port() {
+    return free_ports(1).front();
+}
+
+// Ports chosen in advance come from below the kernel's ephemeral range, so an engine binding
+// port 0 in a concurrently running test can never take one before it is used.
+std::vector<unsigned short> free_ports(std::size_t n) {
+    unsigned low = 32768;
+    std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> low;
+    const unsigned floor = 10000;
+    if (low <= floor + 2000) low = 65535;  // unusual range: fall back to the top of the space
+    std::mt19937 random(std::random_device{}());
+    std::uniform_int_distribution<unsigned> pick(floor, low - 1);
     asio::io_context io;
-    tcp::acceptor acceptor(io, tcp::endpoint(asio::ip::address_v4::loopback(), 0));
-    return acceptor.local_endpoint().port();
+    std::vector<tcp::acceptor> held;  // held until all are chosen, so none repeats
+    std::vector<unsigned short> ports;
+    while (ports.size() < n) {
+        tcp::acceptor acceptor(io);
+        boost::system::error_code ec;
+        const auto port = static_cast<unsigned short>(pick(random));
+        acceptor.open(tcp::v4(), ec);
+        if (!ec) acceptor.bind(tcp::endpoint(asio::ip::address_v4::loopback(), port), ec);
+        if (ec) continue;
+        held.push_back(std::move(acceptor));
+        ports.push_back(port);
+    }
+    return ports;
 }
 
 }  // namespace ensemble::testing

@@ -7,6 +7,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace ensemble::testing {
 
@@ -41,7 +42,10 @@ HttpRequest chat_request(const std::string& json_body, bool stream = false);
 std::string raw_exchange(unsigned short port, const std::string& bytes,
                          std::chrono::milliseconds timeout = std::chrono::milliseconds(5000));
 
-// A loopback port that was free a moment ago.
+// A loopback port that was free a moment ago, from below the kernel's ephemeral range (so no
+// engine binding port 0 in a concurrent test can take it first).
 unsigned short free_port();
+// `n` distinct such ports (each held until all are chosen, so none repeats).
+std::vector<unsigned short> free_ports(std::size_t n);
 
 }  // namespace ensemble::testing

@@ -1,0 +1,49 @@
+// Token counting on responses as they pass through, split at every possible byte.
+#include <gtest/gtest.h>
+
+#include "worker/token_counter.h"
+
+using ensemble::TokenCounter;
+
+namespace {
+
+const std::string kStream =
+    "data: {\"choices\":[{\"delta\":{\"role\":\"assistant\",\"content\":null}}]}\n\n"
+    "data: {\"choices\":[{\"delta\":{\"content\":\" w12\"}}]}\n\n"
+    "data: {\"choices\":[{\"delta\":{\"content\":\"\"}}]}\n\n"
+    "data: {\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"
+    "data: {\"choices\":[{\"text\":\"legacy\"}]}\n\n"
+    "data: [DONE]\n\n";
+
+TEST(TokenCounter, CountsContentEventsWhateverTheChunking) {
+    for (std::size_t a = 0; a <= kStream.size(); ++a) {
+        for (std::size_t b = a; b <= kStream.size(); b += 7) {
+            TokenCounter c(true);
+            c.feed(std::string_view(kStream).substr(0, a));
+            c.feed(std::string_view(kStream).substr(a, b - a));
+            c.feed(std::string_view(kStream).substr(b));
+            ASSERT_EQ(c.tokens(), 3U) << "split at " << a << "," << b;
+        }
+    }
+}
+
+TEST(TokenCounter, ByteByByte) {
+    TokenCounter c(true);
+    for (char ch : kStream)
+        c.feed(std::string_view(&ch, 1));
+    EXPECT_EQ(c.tokens(), 3U);
+}
+
+TEST(TokenCounter, PlainAnswersUseTheirUsage) {
+    TokenCounter c(false);
+    const std::string body =
+        R"({"choices":[{"message":{"content":"hi"}}],"usage":{"completion_tokens":17}})";
+    c.feed(body.substr(0, 20));
+    c.feed(body.substr(20));
+    EXPECT_EQ(c.tokens(), 17U);
+    TokenCounter none(false);
+    none.feed("{\"error\":{}}");
+    EXPECT_EQ(none.tokens(), 0U);
+}
+
+}  // namespace
