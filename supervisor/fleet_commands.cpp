@@ -72,6 +72,8 @@ json Fleet::port_json(const PortRuntime& rt) const {
                    ? std::chrono::duration_cast<std::chrono::seconds>(now - rt.ready_since).count()
                    : 0},
               {"last_failure", rt.last_failure}};
+    if (rt.state == PortState::failed || rt.state == PortState::backoff)
+        j["last_log_lines"] = rt.last_log_lines;
     if (const auto* model = config_.find_model(rt.handle))
         j["memory_configured_bytes"] = model->memory_bytes.value_or(0);
     return j;

@@ -1,0 +1,80 @@
+// The port state machine and the restart policy, as specifications.
+#include <gtest/gtest.h>
+
+#include "supervisor/port_state.h"
+#include "supervisor/restart_policy.h"
+
+using namespace ensemble;
+using namespace std::chrono_literals;
+
+namespace {
+
+TEST(PortState, TheHappyPath) {
+    auto s = PortState::stopped;
+    for (auto [event, expected] : {std::pair{PortEvent::spawn, PortState::starting},
+                                   {PortEvent::registered, PortState::loading},
+                                   {PortEvent::engine_ready, PortState::ready},
+                                   {PortEvent::stop, PortState::stopping},
+                                   {PortEvent::exited, PortState::stopped}}) {
+        const auto next = transition(s, event);
+        ASSERT_TRUE(next) << to_string(s) << " + " << to_string(event);
+        EXPECT_EQ(*next, expected);
+        s = *next;
+    }
+}
+
+TEST(PortState, FailuresBackOffThenCrashLoopToFailed) {
+    EXPECT_EQ(transition(PortState::ready, PortEvent::failed), PortState::backoff);
+    EXPECT_EQ(transition(PortState::backoff, PortEvent::spawn), PortState::starting);
+    EXPECT_EQ(transition(PortState::loading, PortEvent::crash_loop), PortState::failed);
+    EXPECT_EQ(transition(PortState::failed, PortEvent::spawn),
+              PortState::starting);  // operator restart
+    EXPECT_EQ(transition(PortState::failed, PortEvent::stop), PortState::stopped);
+}
+
+TEST(PortState, NonsenseEventsAreRefused) {
+    EXPECT_FALSE(transition(PortState::stopped, PortEvent::engine_ready));
+    EXPECT_FALSE(transition(PortState::ready, PortEvent::spawn));
+    EXPECT_FALSE(transition(PortState::stopped, PortEvent::failed));
+    EXPECT_FALSE(transition(PortState::starting, PortEvent::engine_ready));  // must register first
+}
+
+TEST(RestartPolicy, BacksOffExponentiallyToACap) {
+    RestartSettings s;
+    s.crash_loop_failures = 100;  // only the backoff here
+    RestartPolicy p(s);
+    auto t = RestartPolicy::Clock::now();
+    std::vector<long> delays;
+    for (int i = 0; i < 9; ++i)
+        delays.push_back(p.on_failure(t += 1s)->count());
+    EXPECT_EQ(delays,
+              (std::vector<long>{1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000}));
+}
+
+TEST(RestartPolicy, FiveFailuresInFiveMinutesIsACrashLoop) {
+    RestartPolicy p;
+    auto t = RestartPolicy::Clock::now();
+    for (int i = 0; i < 4; ++i)
+        EXPECT_TRUE(p.on_failure(t += 10s));
+    EXPECT_FALSE(p.on_failure(t += 10s));
+    p.reset();
+    EXPECT_TRUE(p.on_failure(t += 1s));
+}
+
+TEST(RestartPolicy, FailuresOutsideTheWindowDoNotCount) {
+    RestartPolicy p;
+    auto t = RestartPolicy::Clock::now();
+    for (int i = 0; i < 10; ++i)
+        EXPECT_TRUE(p.on_failure(t += 2min)) << i;
+}
+
+TEST(RestartPolicy, AHealthyPeriodResetsTheBackoff) {
+    RestartPolicy p;
+    auto t = RestartPolicy::Clock::now();
+    EXPECT_EQ(p.on_failure(t)->count(), 1000);
+    EXPECT_EQ(p.on_failure(t += 1s)->count(), 2000);
+    p.on_healthy(t, t + 61s);
+    EXPECT_EQ(p.on_failure(t += 62s)->count(), 1000);
+}
+
+}  // namespace
