@@ -14,6 +14,9 @@ namespace {
 constexpr auto kAdoptGrace = std::chrono::seconds(10);
 // A worker drains for up to 30 s, then stops its engine for up to 10 s.
 constexpr auto kStopTimeout = std::chrono::seconds(45);
+// Heartbeats come every second: three missed mean the worker is hung (stopped, deadlocked).
+constexpr auto kHeartbeatTimeout = std::chrono::seconds(3);
+constexpr auto kHungKillGrace = std::chrono::seconds(5);
 
 std::int64_t unix_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -195,7 +198,9 @@ void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
         save_record(rt);
         return;
     }
-    rt.last_failure = how;
+    rt.last_failure =
+        rt.hung_since != Clock::time_point{} ? "hung (no heartbeats), then " + how : how;
+    rt.hung_since = {};
     rt.last_log_lines = tail_lines(rt.engine_log, 50);
     const auto worker_lines = tail_lines(rt.worker_log, 10);
     rt.last_log_lines.insert(rt.last_log_lines.end(), worker_lines.begin(), worker_lines.end());
@@ -225,9 +230,41 @@ void Fleet::schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay) {
     });
 }
 
+void Fleet::check_heartbeat(PortRuntime& rt, Clock::time_point now) {
+    const bool expects_heartbeats =
+        rt.link != nullptr && rt.pid > 0 &&
+        (rt.state == PortState::loading || rt.state == PortState::ready ||
+         rt.state == PortState::draining);
+    // A worker that heartbeats again after our SIGTERM is draining: let it. The hung mark stays
+    // (and names the reason) until its exit is reaped.
+    if (!expects_heartbeats || now - rt.last_heartbeat < kHeartbeatTimeout) return;
+    const auto pid = static_cast<pid_t>(rt.pid);
+    if (rt.hung_since == Clock::time_point{}) {
+        rt.hung_since = now;
+        rt.last_failure =
+            "hung: no heartbeat for " + std::to_string(kHeartbeatTimeout.count()) + " s";
+        event(rt.port, "hung",
+              rt.last_failure + "; sending SIGTERM to worker pid " + std::to_string(pid));
+        ::kill(pid, SIGTERM);
+        ::kill(pid, SIGCONT);  // a stopped process acts on SIGTERM only once it runs
+    } else if (now - rt.hung_since > kHungKillGrace) {
+        event(rt.port, "hung",
+              "worker pid " + std::to_string(pid) + " ignored SIGTERM; sending SIGKILL");
+        ::kill(pid, SIGKILL);
+        rt.hung_since = now;  // once per grace period at most
+    }
+}
+
 void Fleet::tick() {
     const auto now = Clock::now();
+    // If this loop itself stalled (machine suspended, debugger), heartbeats wait unread in the
+    // sockets: give every worker a fresh interval rather than declare them all hung.
+    const bool stalled =
+        last_tick_ != Clock::time_point{} && now - last_tick_ > std::chrono::seconds(2);
+    last_tick_ = now;
     for (auto& [port, rt] : ports_) {
+        if (stalled) rt->last_heartbeat = now;
+        check_heartbeat(*rt, now);
         if (rt->process) {
             if (auto exit = rt->process->poll_exit())
                 on_worker_gone(*rt, explain_exit(*exit, port));
@@ -322,6 +359,7 @@ Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
     }
     if (rt->link != nullptr && rt->link != peer) rt->link->close();
     rt->link = peer;
+    rt->last_heartbeat = Clock::now();
     if (rt->state == PortState::starting) {
         const bool adopted = rt->process == nullptr;
         move(*rt, PortEvent::registered,
@@ -335,6 +373,7 @@ void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stat
     for (auto& [port, rt] : ports_) {
         if (rt->link != peer) continue;
         const auto now = Clock::now();
+        rt->last_heartbeat = now;
         if (stats.tokens < rt->rate_tokens || rt->rate_since == Clock::time_point{}) {
             rt->rate_tokens = stats.tokens;  // a new worker: start counting afresh
             rt->rate_since = now;

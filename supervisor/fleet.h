@@ -51,6 +51,8 @@ struct PortRuntime {
     Clock::time_point started{};
     Clock::time_point ready_since{};
     Clock::time_point adopt_deadline{};  // while re-adopting: how long to wait for it to register
+    Clock::time_point last_heartbeat{};
+    Clock::time_point hung_since{};  // set when heartbeats stopped and SIGTERM was sent
     std::int64_t started_unix_ms = 0;
     int restarts = 0;
     std::string last_failure;
@@ -99,6 +101,7 @@ class Fleet {
     void stop_worker(PortRuntime& rt, const std::string& reason);
     void on_worker_gone(PortRuntime& rt, const std::string& how);
     void schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay);
+    void check_heartbeat(PortRuntime& rt, Clock::time_point now);
     void save_record(const PortRuntime& rt);
     const PortAssignment* overrides_for(const PortRuntime& rt) const;
     void wake();
@@ -132,6 +135,7 @@ class Fleet {
     std::vector<asio::steady_timer*> waiters_;
     Clock::time_point started_ = Clock::now();
     bool command_running_ = false;
+    Clock::time_point last_tick_{};
 };
 
 // The last `lines` lines of a text file (bounded read from the end).

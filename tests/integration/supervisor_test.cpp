@@ -357,6 +357,26 @@ TEST_F(SupervisorTest, ReconcileStopsASurvivingWorkerThatShouldNotRun) {
     EXPECT_EQ(port_status(port_a_)["pid"], kept) << "the wanted one was re-adopted";
 }
 
+// A worker that stops answering (SIGSTOP: no heartbeats) is killed and replaced.
+TEST_F(SupervisorTest, AHungWorkerIsKilledAndRestarted) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny-two").exit_code, 0);
+    const auto hung = port_status(port_a_)["pid"].get<int>();
+    ::kill(hung, SIGSTOP);
+    json p = json::object();
+    for (int i = 0; i < 150; ++i) {
+        p = port_status(port_a_);
+        if (p.value("state", "") == "ready" && p.value("pid", 0) != hung) break;
+        std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_EQ(p["state"], "ready");
+    EXPECT_NE(p["pid"], hung);
+    EXPECT_EQ(p["restarts"], 1);
+    EXPECT_NE(p.value("last_failure", "").find("hung"), std::string::npos) << p.dump();
+    EXPECT_FALSE(process_alive(hung));
+    EXPECT_EQ(chat(port_a_), 200);
+}
+
 // Fleet size, on the fake engine (fault-free here): 32 workers come up, report, and go down.
 TEST_F(SupervisorTest, AFleetOf32WorkersLoadsReportsAndUnloads) {
     supervisor_ = start_supervisor();
