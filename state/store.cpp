@@ -91,6 +91,27 @@ Status run(sqlite3* db, const char* sql, const std::function<void(Statement&)>& 
     return Ok{};
 }
 
+enum class GenerationBump { always, if_model_changed };
+
+// Inserts or updates one port's assignment; the generation starts at 1.
+Status upsert_assignment(sqlite3* db, const Assignment& a, GenerationBump bump) {
+    const char* sql =
+        bump == GenerationBump::always
+            ? "INSERT INTO assignments (port, handle, profile, generation, updated_at_ms) "
+              "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT(port) DO UPDATE SET "
+              "generation = generation + 1, handle = ?2, profile = ?3, updated_at_ms = ?4"
+            : "INSERT INTO assignments (port, handle, profile, generation, updated_at_ms) "
+              "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT(port) DO UPDATE SET "
+              "generation = generation + (handle != ?2), handle = ?2, profile = ?3, "
+              "updated_at_ms = ?4";
+    return run(
+        db, sql,
+        [&](Statement& s) {
+            s.bind(1, a.port).bind(2, a.handle).bind(3, a.profile).bind(4, now_ms());
+        },
+        "saving the assignment of port " + std::to_string(a.port));
+}
+
 }  // namespace
 
 int StateStore::schema_version() {
@@ -168,15 +189,7 @@ Result<std::vector<Assignment>> StateStore::assignments() {
 }
 
 Status StateStore::set_assignment(const Assignment& a) {
-    return run(
-        db_,
-        "INSERT INTO assignments (port, handle, profile, generation, updated_at_ms) "
-        "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT(port) DO UPDATE SET handle = ?2, "
-        "profile = ?3, generation = generation + 1, updated_at_ms = ?4",
-        [&](Statement& s) {
-            s.bind(1, a.port).bind(2, a.handle).bind(3, a.profile).bind(4, now_ms());
-        },
-        "saving the assignment of port " + std::to_string(a.port));
+    return upsert_assignment(db_, a, GenerationBump::always);
 }
 
 Status StateStore::remove_assignment(int port) {
@@ -198,17 +211,8 @@ Status StateStore::replace_assignments(const std::vector<Assignment>& assignment
     keep += ")";
     if (auto ok = exec(keep); !ok) return fail(ok);
     for (const auto& a : assignments) {
-        auto ok = run(
-            db_,
-            "INSERT INTO assignments (port, handle, profile, generation, updated_at_ms) "
-            "VALUES (?1, ?2, ?3, 1, ?4) ON CONFLICT(port) DO UPDATE SET "
-            "generation = generation + (handle != ?2), handle = ?2, profile = ?3, updated_at_ms = "
-            "?4",
-            [&](Statement& s) {
-                s.bind(1, a.port).bind(2, a.handle).bind(3, a.profile).bind(4, now_ms());
-            },
-            "saving the assignment of port " + std::to_string(a.port));
-        if (!ok) return fail(ok);
+        if (auto ok = upsert_assignment(db_, a, GenerationBump::if_model_changed); !ok)
+            return fail(ok);
     }
     return exec("COMMIT");
 }
