@@ -131,6 +131,11 @@ class Loader {
   private:
     void supervisor(const std::string& file, const YAML::Node& node,
                     const std::filesystem::path& base);
+    void logs(const std::string& file, const YAML::Node& node);
+    void health(const std::string& file, const YAML::Node& node);
+    void restart(const std::string& file, const YAML::Node& node);
+    void duration(const std::string& file, const YAML::Node& node, const std::string& what,
+                  std::chrono::milliseconds& out);
     void engines(const std::string& file, const YAML::Node& node,
                  const std::filesystem::path& base);
     void models(const std::string& file, const YAML::Node& node, const std::filesystem::path& base);
@@ -195,7 +200,8 @@ void Loader::load_file(const std::filesystem::path& path, bool top_level) {
 void Loader::supervisor(const std::string& file, const YAML::Node& node,
                         const std::filesystem::path& base) {
     if (!v_.map_with_keys(file, node, "supervisor",
-                          {"state_dir", "run_dir", "memory_budget", "boot_profile", "bind_host"})) {
+                          {"state_dir", "run_dir", "memory_budget", "boot_profile", "bind_host",
+                           "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -225,6 +231,83 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     if (node["bind_host"]) {
         if (auto h = v_.scalar<std::string>(file, node["bind_host"], "bind_host")) s.bind_host = *h;
     }
+    if (node["logs"]) logs(file, node["logs"]);
+    if (node["health"]) health(file, node["health"]);
+    if (node["restart"]) restart(file, node["restart"]);
+}
+
+void Loader::duration(const std::string& file, const YAML::Node& node, const std::string& what,
+                      std::chrono::milliseconds& out) {
+    auto text = v_.scalar<std::string>(file, node, what);
+    if (!text) return;
+    if (auto d = parse_duration(*text)) {
+        out = *d;
+        return;
+    }
+    v_.at(file, node, what + " '" + *text + "' must be a duration such as 500ms, 5s or 2m");
+}
+
+void Loader::logs(const std::string& file, const YAML::Node& node) {
+    if (!v_.map_with_keys(file, node, "supervisor.logs", {"max_size", "keep"})) return;
+    auto& l = config_.supervisor.logs;
+    if (node["max_size"]) {
+        auto text = v_.scalar<std::string>(file, node["max_size"], "logs.max_size");
+        auto bytes = text ? parse_bytes(*text) : std::nullopt;
+        if (bytes && *bytes >= 4096)
+            l.max_bytes = *bytes;
+        else if (text)
+            v_.at(file, node["max_size"],
+                  "logs.max_size '" + *text + "' must be a size of at least 4KiB, such as 50MiB");
+    }
+    if (node["keep"]) {
+        if (auto k = int_in(v_, file, node["keep"], "logs.keep", 1, 100)) l.keep = *k;
+    }
+}
+
+void Loader::health(const std::string& file, const YAML::Node& node) {
+    if (!v_.map_with_keys(file, node, "supervisor.health",
+                          {"missed_heartbeats", "kill_grace", "probe_interval", "probe_timeout",
+                           "probe_failures"})) {
+        return;
+    }
+    auto& h = config_.supervisor.health;
+    if (node["missed_heartbeats"]) {
+        if (auto n = int_in(v_, file, node["missed_heartbeats"], "health.missed_heartbeats", 2, 60))
+            h.missed_heartbeats = *n;
+    }
+    if (node["kill_grace"]) duration(file, node["kill_grace"], "health.kill_grace", h.kill_grace);
+    if (node["probe_interval"])
+        duration(file, node["probe_interval"], "health.probe_interval", h.probe_interval);
+    if (node["probe_timeout"])
+        duration(file, node["probe_timeout"], "health.probe_timeout", h.probe_timeout);
+    if (node["probe_failures"]) {
+        if (auto n = int_in(v_, file, node["probe_failures"], "health.probe_failures", 1, 100))
+            h.probe_failures = *n;
+    }
+}
+
+void Loader::restart(const std::string& file, const YAML::Node& node) {
+    if (!v_.map_with_keys(file, node, "supervisor.restart",
+                          {"first_backoff", "max_backoff", "healthy_after", "crash_loop_failures",
+                           "crash_loop_window"})) {
+        return;
+    }
+    auto& r = config_.supervisor.restart;
+    if (node["first_backoff"])
+        duration(file, node["first_backoff"], "restart.first_backoff", r.first_backoff);
+    if (node["max_backoff"])
+        duration(file, node["max_backoff"], "restart.max_backoff", r.max_backoff);
+    if (node["healthy_after"])
+        duration(file, node["healthy_after"], "restart.healthy_after", r.healthy_after);
+    if (node["crash_loop_failures"]) {
+        if (auto n = int_in(v_, file, node["crash_loop_failures"], "restart.crash_loop_failures", 1,
+                            1000))
+            r.crash_loop_failures = *n;
+    }
+    if (node["crash_loop_window"])
+        duration(file, node["crash_loop_window"], "restart.crash_loop_window", r.crash_loop_window);
+    if (r.max_backoff < r.first_backoff)
+        v_.at(file, node, "restart.max_backoff must not be shorter than restart.first_backoff");
 }
 
 void Loader::engines(const std::string& file, const YAML::Node& node,
@@ -435,6 +518,18 @@ const ModelSpec* Config::find_model(const std::string& handle) const {
 bool is_kebab_case(const std::string& handle) {
     static const std::regex kHandle("^[a-z0-9]+(?:[-.][a-z0-9]+)*$");
     return handle.size() <= 64 && std::regex_match(handle, kHandle);
+}
+
+std::optional<std::chrono::milliseconds> parse_duration(const std::string& text) {
+    static const std::regex kDuration(R"(^\s*([0-9]{1,9})\s*(ms|s|m|h)?\s*$)");
+    std::smatch m;
+    if (!std::regex_match(text, m, kDuration)) return std::nullopt;
+    const long long n = std::stoll(m[1]);
+    const std::string unit = m[2];
+    if (unit == "ms") return std::chrono::milliseconds(n);
+    if (unit == "m") return std::chrono::minutes(n);
+    if (unit == "h") return std::chrono::hours(n);
+    return std::chrono::seconds(n);
 }
 
 std::optional<std::uint64_t> parse_bytes(const std::string& text) {

@@ -3,6 +3,7 @@
 // file:line:column positions for every problem found, not just the first.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <filesystem>
 #include <map>
@@ -14,12 +15,40 @@
 
 namespace ensemble {
 
+// Log files the supervisor and its workers write (their own and each engine's): rotated by
+// copy-and-truncate when one grows past max_bytes, keeping `keep` older files (.1 newest).
+struct LogSettings {
+    std::uint64_t max_bytes = 50ULL * 1024 * 1024;
+    int keep = 3;
+};
+
+// How the supervisor decides a worker is unwell.
+struct HealthSettings {
+    int missed_heartbeats = 3;                       // heartbeats are 1 s apart
+    std::chrono::milliseconds kill_grace{5000};      // SIGTERM to SIGKILL for a hung worker
+    std::chrono::milliseconds probe_interval{5000};  // GET /health on each public port; 0: off
+    std::chrono::milliseconds probe_timeout{2000};
+    int probe_failures = 3;  // in a row: the worker is restarted
+};
+
+// When a failed port is restarted, and when it has failed too often to try again.
+struct RestartSettings {
+    std::chrono::milliseconds first_backoff{1000};
+    std::chrono::milliseconds max_backoff{60000};
+    std::chrono::milliseconds healthy_after{60000};
+    int crash_loop_failures = 5;
+    std::chrono::milliseconds crash_loop_window{300000};
+};
+
 struct SupervisorSettings {
     std::filesystem::path state_dir;  // state.db and logs
     std::filesystem::path run_dir;    // control.sock and workers.sock (mode 0700)
     std::string memory_budget;        // "170GiB" or "85%"; empty: no budget
     std::string boot_profile;
     std::string bind_host = "127.0.0.1";
+    LogSettings logs;
+    HealthSettings health;
+    RestartSettings restart;
 };
 
 struct EngineSpec {
@@ -84,6 +113,9 @@ ConfigLoad load_config(const std::filesystem::path& path, bool check_files = tru
 
 // "170GiB", "12GB", "512MiB", "1024" (bytes); percentages are handled by the budget.
 std::optional<std::uint64_t> parse_bytes(const std::string& text);
+
+// "500ms", "5s", "2m", "1h"; a bare number is seconds.
+std::optional<std::chrono::milliseconds> parse_duration(const std::string& text);
 
 bool is_kebab_case(const std::string& handle);
 

@@ -10,6 +10,7 @@
 #include "profiles/config.h"
 #include "supervisor/control_client.h"
 #include "supervisor/fleet.h"
+#include "supervisor/gateway_export.h"
 
 using namespace ensemble;
 using nlohmann::json;
@@ -40,7 +41,7 @@ std::string human_duration(std::int64_t s) {
 
 void print_ports(const json& ports) {
     std::printf("%-6s %-22s %-10s %-9s %-8s %-7s %-8s %-10s %-6s %s\n", "PORT", "MODEL", "PROFILE",
-                "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "REQS", "LAST FAILURE");
+                "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "REQS", "TOK/S   LAST FAILURE");
     for (const auto& p : ports) {
         std::printf("%-6d %-22s %-10s %-9s %-8lld %-7s %-8d %-10s %-6llu %-7.1f %s\n",
                     p.value("port", 0), p.value("model", "").c_str(),
@@ -179,6 +180,27 @@ int main(int argc, char** argv) {
     events->add_option("-n,--lines", lines, "events to show")->capture_default_str();
     events->add_flag("-f,--follow", follow_flag, "keep printing new events");
     events->callback([&] { request.verb = "events"; });
+    std::string export_kind, export_host_option;
+    bool export_aliases = false;
+    auto* exportc = app.add_subcommand("export", "the assignments, for a gateway in front");
+    exportc->require_subcommand(1);
+    const std::string host_help =
+        "host the gateway reaches this machine by (default: bind_host, or this machine's name "
+        "when it binds every address)";
+    auto* litellm = exportc->add_subcommand("litellm", "a LiteLLM model_list (YAML)");
+    litellm->add_option("--host", export_host_option, host_help);
+    litellm->add_flag("--with-aliases", export_aliases, "an entry for each alias as well");
+    litellm->callback([&] {
+        export_kind = "litellm";
+        request.verb = "status";
+    });
+    auto* handles =
+        exportc->add_subcommand("handles", "JSON lines: handle, port, url, model, state");
+    handles->add_option("--host", export_host_option, host_help);
+    handles->callback([&] {
+        export_kind = "handles";
+        request.verb = "status";
+    });
     auto* checkc = app.add_subcommand("check", "validate a config file; runs nothing");
     checkc->add_option("file", check_file)->required();
     app.add_subcommand("reload", "re-read the config; report ports whose spec changed")
@@ -194,6 +216,13 @@ int main(int argc, char** argv) {
     if (!reply) {
         std::cerr << "ensemble: " << reply.error().message << '\n';
         return 3;
+    }
+    if (!export_kind.empty() && reply->value("ok", false)) {
+        const auto& result = (*reply)["result"];
+        const auto host = export_host(result.value("bind_host", ""), export_host_option);
+        std::cout << (export_kind == "litellm" ? litellm_model_list(result, host, export_aliases)
+                                               : handles_jsonl(result, host));
+        return 0;
     }
     if (as_json) {
         std::cout << reply->dump(2) << '\n';

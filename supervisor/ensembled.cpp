@@ -11,6 +11,8 @@
 #include <boost/asio/signal_set.hpp>
 #include <iostream>
 
+#include "supervisor/logging.h"
+#include "supervisor/service_manager.h"
 #include "supervisor/socket_servers.h"
 
 using namespace ensemble;
@@ -26,17 +28,33 @@ void tick_forever(asio::steady_timer& timer, Fleet& fleet) {
     });
 }
 
+// Pings systemd's watchdog from the event loop, so a wedged loop is restarted; the status line
+// follows the fleet.
+void watchdog_forever(asio::steady_timer& timer, Fleet& fleet, std::chrono::milliseconds every) {
+    timer.expires_after(every);
+    timer.async_wait([&timer, &fleet, every](boost::system::error_code ec) {
+        if (ec) return;
+        service_manager::watchdog();
+        service_manager::status(fleet.summary());
+        watchdog_forever(timer, fleet, every);
+    });
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     std::string config_path;
     std::string worker_bin;
+    std::string log_file;
     CLI::App app{"ensembled: keeps a fleet of model workers the way the profile says"};
     app.add_option("--config,-c", config_path, "configuration file (YAML)")->required();
     app.add_option("--worker-bin", worker_bin,
                    "ensemble-worker to run (default: next to ensembled)");
+    app.add_option("--log-file", log_file,
+                   "log to this file, rotated by the config's logs settings (default: stderr; "
+                   "under systemd, the journal)");
     CLI11_PARSE(app, argc, argv);
-    spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ [ensembled] %v");
+    configure_logging("ensembled", "", {});
 
     auto loaded = load_config(config_path);
     if (!loaded.config) {
@@ -47,6 +65,14 @@ int main(int argc, char** argv) {
         return 2;
     }
     auto config = std::move(*loaded.config);
+    if (!log_file.empty()) {
+        try {
+            configure_logging("ensembled", log_file, config.supervisor.logs);
+        } catch (const std::exception& e) {
+            std::cerr << "ensembled: cannot log to " << log_file << ": " << e.what() << '\n';
+            return 1;
+        }
+    }
     auto store = StateStore::open(config.supervisor.state_dir / "state.db");
     if (!store) {
         spdlog::error("{}", store.error().message);
@@ -80,6 +106,10 @@ int main(int argc, char** argv) {
     fleet.reconcile();
     spdlog::info("ready: control {}, {} port(s)",
                  (fleet.config().supervisor.run_dir / "control.sock").string(), fleet.size());
+    service_manager::ready(fleet.summary());
+    asio::steady_timer watchdog(io);
+    if (auto every = service_manager::watchdog_interval())
+        watchdog_forever(watchdog, fleet, *every);
 
     asio::signal_set stop(io, SIGTERM, SIGINT, SIGQUIT);
     stop.async_wait([&](boost::system::error_code ec, int signal) {
@@ -98,6 +128,7 @@ int main(int argc, char** argv) {
             return;
         }
         spdlog::info("stopping every worker (assignments are kept for the next start)");
+        service_manager::stopping();
         asio::co_spawn(
             io,
             [&fleet, finish]() -> awaitable<void> {

@@ -5,6 +5,7 @@
 
 #include <fstream>
 
+#include "worker/log_rotation.h"
 #include "worker/process_memory.h"
 
 namespace ensemble {
@@ -14,9 +15,7 @@ namespace {
 constexpr auto kAdoptGrace = std::chrono::seconds(10);
 // A worker drains for up to 30 s, then stops its engine for up to 10 s.
 constexpr auto kStopTimeout = std::chrono::seconds(45);
-// Heartbeats come every second: three missed mean the worker is hung (stopped, deadlocked).
-constexpr auto kHeartbeatTimeout = std::chrono::seconds(3);
-constexpr auto kHungKillGrace = std::chrono::seconds(5);
+constexpr auto kHeartbeatInterval = std::chrono::seconds(1);  // the worker's (supervisor_link)
 
 std::int64_t unix_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -79,6 +78,7 @@ PortRuntime& Fleet::runtime(int port) {
     if (!slot) {
         slot = std::make_unique<PortRuntime>();
         slot->port = port;
+        slot->policy = RestartPolicy(config_.supervisor.restart);
     }
     return *slot;
 }
@@ -237,17 +237,18 @@ void Fleet::check_heartbeat(PortRuntime& rt, Clock::time_point now) {
          rt.state == PortState::draining);
     // A worker that heartbeats again after our SIGTERM is draining: let it. The hung mark stays
     // (and names the reason) until its exit is reaped.
-    if (!expects_heartbeats || now - rt.last_heartbeat < kHeartbeatTimeout) return;
+    const auto timeout = kHeartbeatInterval * config_.supervisor.health.missed_heartbeats;
+    if (!expects_heartbeats || now - rt.last_heartbeat < timeout) return;
     const auto pid = static_cast<pid_t>(rt.pid);
     if (rt.hung_since == Clock::time_point{}) {
         rt.hung_since = now;
-        rt.last_failure =
-            "hung: no heartbeat for " + std::to_string(kHeartbeatTimeout.count()) + " s";
+        rt.last_failure = "hung: no heartbeat for " +
+                          std::to_string(std::chrono::seconds(timeout).count()) + " s";
         event(rt.port, "hung",
               rt.last_failure + "; sending SIGTERM to worker pid " + std::to_string(pid));
         ::kill(pid, SIGTERM);
         ::kill(pid, SIGCONT);  // a stopped process acts on SIGTERM only once it runs
-    } else if (now - rt.hung_since > kHungKillGrace) {
+    } else if (now - rt.hung_since > config_.supervisor.health.kill_grace) {
         event(rt.port, "hung",
               "worker pid " + std::to_string(pid) + " ignored SIGTERM; sending SIGKILL");
         ::kill(pid, SIGKILL);
@@ -255,8 +256,36 @@ void Fleet::check_heartbeat(PortRuntime& rt, Clock::time_point now) {
     }
 }
 
+void Fleet::rotate_logs(Clock::time_point now) {
+    if (now - last_rotation_ < std::chrono::seconds(10)) return;
+    last_rotation_ = now;
+    const auto& logs = config_.supervisor.logs;
+    for (const auto& [port, rt] : ports_) {
+        for (const auto* path : {&rt->worker_log, &rt->engine_log}) {
+            if (path->empty()) continue;
+            auto rotated = rotate_if_larger(*path, logs.max_bytes, logs.keep);
+            if (!rotated) spdlog::warn("port {}: {}", port, rotated.error().message);
+        }
+    }
+}
+
+std::string Fleet::summary() const {
+    std::map<std::string, int> by_state;
+    for (const auto& [port, rt] : ports_) {
+        if (rt->state != PortState::stopped) ++by_state[to_string(rt->state)];
+    }
+    int total = 0;
+    std::string parts;
+    for (const auto& [state, n] : by_state) {
+        total += n;
+        parts += (parts.empty() ? ": " : ", ") + std::to_string(n) + " " + state;
+    }
+    return std::to_string(total) + (total == 1 ? " port" : " ports") + parts;
+}
+
 void Fleet::tick() {
     const auto now = Clock::now();
+    rotate_logs(now);
     // If this loop itself stalled (machine suspended, debugger), heartbeats wait unread in the
     // sockets: give every worker a fresh interval rather than declare them all hung.
     const bool stalled =

@@ -88,6 +88,9 @@ class Fleet {
     // control.sock: one request, one reply (fleet_commands.cpp).
     awaitable<nlohmann::json> handle(const protocol::ControlRequest& request);
 
+    // "3 ports: 2 ready, 1 loading", for the service manager's status line.
+    std::string summary() const;
+
     const Config& config() const { return config_; }
     std::size_t size() const { return ports_.size(); }
 
@@ -102,6 +105,7 @@ class Fleet {
     void on_worker_gone(PortRuntime& rt, const std::string& how);
     void schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay);
     void check_heartbeat(PortRuntime& rt, Clock::time_point now);
+    void rotate_logs(Clock::time_point now);
     void save_record(const PortRuntime& rt);
     const PortAssignment* overrides_for(const PortRuntime& rt) const;
     void wake();
@@ -136,6 +140,7 @@ class Fleet {
     Clock::time_point started_ = Clock::now();
     bool command_running_ = false;
     Clock::time_point last_tick_{};
+    Clock::time_point last_rotation_{};
 };
 
 // The last `lines` lines of a text file (bounded read from the end).

@@ -74,8 +74,12 @@ json Fleet::port_json(const PortRuntime& rt) const {
               {"last_failure", rt.last_failure}};
     if (rt.state == PortState::failed || rt.state == PortState::backoff)
         j["last_log_lines"] = rt.last_log_lines;
-    if (const auto* model = config_.find_model(rt.handle))
+    if (const auto* model = config_.find_model(rt.handle)) {
         j["memory_configured_bytes"] = model->memory_bytes.value_or(0);
+        j["aliases"] = model->aliases;
+        j["model_path"] = model->path;
+        j["engine"] = model->engine;
+    }
     return j;
 }
 
@@ -86,6 +90,7 @@ json Fleet::status() const {
     return protocol::ok_reply(
         {{"ports", ports},
          {"config", config_.source.string()},
+         {"bind_host", config_.supervisor.bind_host},
          {"uptime_s",
           std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - started_).count()}});
 }

@@ -7,15 +7,9 @@
 #include <deque>
 #include <optional>
 
-namespace ensemble {
+#include "profiles/config.h"
 
-struct RestartSettings {
-    std::chrono::milliseconds first_backoff{1000};
-    std::chrono::milliseconds max_backoff{60000};
-    std::chrono::seconds healthy_after{60};
-    int crash_loop_failures = 5;
-    std::chrono::seconds crash_loop_window{300};
-};
+namespace ensemble {
 
 class RestartPolicy {
   public:

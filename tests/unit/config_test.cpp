@@ -161,6 +161,50 @@ TEST_F(ConfigTest, ErrorsInIncludesNameTheirOwnFile) {
     EXPECT_EQ(r.issues.at(0).line, 2);
 }
 
+TEST_F(ConfigTest, HealthRestartAndLogSettingsLoad) {
+    auto r = load(
+        "supervisor:\n  logs: {max_size: 10MiB, keep: 5}\n"
+        "  health: {missed_heartbeats: 5, kill_grace: 2s, probe_interval: 500ms,"
+        " probe_timeout: 1s, probe_failures: 2}\n"
+        "  restart: {first_backoff: 200ms, max_backoff: 10s, healthy_after: 2m,"
+        " crash_loop_failures: 3, crash_loop_window: 1m}\n");
+    ASSERT_TRUE(r.config) << r.issues.front().to_string();
+    const auto& s = r.config->supervisor;
+    EXPECT_EQ(s.logs.max_bytes, 10ULL << 20);
+    EXPECT_EQ(s.logs.keep, 5);
+    EXPECT_EQ(s.health.missed_heartbeats, 5);
+    EXPECT_EQ(s.health.kill_grace, std::chrono::seconds(2));
+    EXPECT_EQ(s.health.probe_interval, std::chrono::milliseconds(500));
+    EXPECT_EQ(s.health.probe_failures, 2);
+    EXPECT_EQ(s.restart.first_backoff, std::chrono::milliseconds(200));
+    EXPECT_EQ(s.restart.healthy_after, std::chrono::minutes(2));
+    EXPECT_EQ(s.restart.crash_loop_failures, 3);
+    EXPECT_EQ(s.restart.crash_loop_window, std::chrono::minutes(1));
+}
+
+TEST_F(ConfigTest, BadHealthAndRestartSettingsAreReportedWithPositions) {
+    expect_issue(load("supervisor:\n  health:\n    probe_interval: soon\n"), 3, 21,
+                 "must be a duration");
+    expect_issue(load("supervisor:\n  health:\n    missed_heartbeats: 1\n"), 3, 24,
+                 "out of range 2-60");
+    expect_issue(load("supervisor:\n  restart:\n    first_backoff: 1m\n    max_backoff: 1s\n"), 3,
+                 5, "max_backoff must not be shorter");
+    expect_issue(load("supervisor:\n  logs:\n    max_size: 10\n"), 3, 15, "at least 4KiB");
+    expect_issue(load("supervisor:\n  health:\n    probe_everything: 1\n"), 3, 5,
+                 "unknown key 'probe_everything'");
+}
+
+TEST(ParseDuration, UnitsAndRejects) {
+    EXPECT_EQ(parse_duration("500ms"), std::chrono::milliseconds(500));
+    EXPECT_EQ(parse_duration("5s"), std::chrono::seconds(5));
+    EXPECT_EQ(parse_duration("5"), std::chrono::seconds(5));
+    EXPECT_EQ(parse_duration("2m"), std::chrono::minutes(2));
+    EXPECT_EQ(parse_duration("1h"), std::chrono::hours(1));
+    EXPECT_FALSE(parse_duration("soon"));
+    EXPECT_FALSE(parse_duration("-1s"));
+    EXPECT_FALSE(parse_duration("99999999999s"));
+}
+
 TEST(ParseBytes, UnitsAndRejects) {
     EXPECT_EQ(parse_bytes("170GiB"), 170ULL << 30);
     EXPECT_EQ(parse_bytes("12GB"), 12000000000ULL);
