@@ -5,7 +5,9 @@
 
 #include <fstream>
 
+#include "worker/engine_probe.h"
 #include "worker/log_rotation.h"
+#include "worker/oom_watch.h"
 #include "worker/process_memory.h"
 
 namespace ensemble {
@@ -38,8 +40,6 @@ std::string explain_exit(const ExitStatus& status, int port) {
         return "the engine could not load the model (worker exit code 5; see 'ensemble logs " +
                std::to_string(port) + "')";
     }
-    if (status.signaled && status.signal == SIGKILL)
-        return status.describe() + " (OOM killer or kill -9?)";
     return status.describe();
 }
 
@@ -153,6 +153,7 @@ Status Fleet::start_worker(PortRuntime& rt) {
     rt.engine_log = spawned->launch.engine_log;
     rt.link = nullptr;
     rt.stats = {};
+    rt.probe_misses = 0;
     rt.stop_requested = false;
     rt.started = Clock::now();
     rt.started_unix_ms = unix_ms();
@@ -198,9 +199,9 @@ void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
         save_record(rt);
         return;
     }
-    rt.last_failure =
-        rt.hung_since != Clock::time_point{} ? "hung (no heartbeats), then " + how : how;
+    rt.last_failure = rt.kill_reason.empty() ? how : rt.kill_reason + ", then " + how;
     rt.hung_since = {};
+    rt.kill_reason.clear();
     rt.last_log_lines = tail_lines(rt.engine_log, 50);
     const auto worker_lines = tail_lines(rt.worker_log, 10);
     rt.last_log_lines.insert(rt.last_log_lines.end(), worker_lines.begin(), worker_lines.end());
@@ -235,24 +236,85 @@ void Fleet::check_heartbeat(PortRuntime& rt, Clock::time_point now) {
         rt.link != nullptr && rt.pid > 0 &&
         (rt.state == PortState::loading || rt.state == PortState::ready ||
          rt.state == PortState::draining);
-    // A worker that heartbeats again after our SIGTERM is draining: let it. The hung mark stays
-    // (and names the reason) until its exit is reaped.
     const auto timeout = kHeartbeatInterval * config_.supervisor.health.missed_heartbeats;
-    if (!expects_heartbeats || now - rt.last_heartbeat < timeout) return;
+    if (!expects_heartbeats || now - rt.last_heartbeat < timeout ||
+        rt.hung_since != Clock::time_point{})
+        return;
+    kill_unwell(
+        rt,
+        "hung: no heartbeat for " +
+            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
+            " s",
+        now);
+}
+
+void Fleet::kill_unwell(PortRuntime& rt, const std::string& reason, Clock::time_point now) {
     const auto pid = static_cast<pid_t>(rt.pid);
-    if (rt.hung_since == Clock::time_point{}) {
-        rt.hung_since = now;
-        rt.last_failure = "hung: no heartbeat for " +
-                          std::to_string(std::chrono::seconds(timeout).count()) + " s";
-        event(rt.port, "hung",
-              rt.last_failure + "; sending SIGTERM to worker pid " + std::to_string(pid));
-        ::kill(pid, SIGTERM);
-        ::kill(pid, SIGCONT);  // a stopped process acts on SIGTERM only once it runs
-    } else if (now - rt.hung_since > config_.supervisor.health.kill_grace) {
-        event(rt.port, "hung",
-              "worker pid " + std::to_string(pid) + " ignored SIGTERM; sending SIGKILL");
-        ::kill(pid, SIGKILL);
-        rt.hung_since = now;  // once per grace period at most
+    rt.hung_since = now;
+    rt.kill_reason = reason;
+    rt.last_failure = reason;
+    event(rt.port, "unwell", reason + "; sending SIGTERM to worker pid " + std::to_string(pid));
+    ::kill(pid, SIGTERM);
+    ::kill(pid, SIGCONT);  // a stopped process acts on SIGTERM only once it runs
+}
+
+void Fleet::escalate_kill(PortRuntime& rt, Clock::time_point now) {
+    if (rt.hung_since == Clock::time_point{} || rt.pid <= 0 ||
+        now - rt.hung_since <= config_.supervisor.health.kill_grace)
+        return;
+    event(rt.port, "kill",
+          "worker pid " + std::to_string(rt.pid) + " still there " +
+              std::to_string(config_.supervisor.health.kill_grace.count()) +
+              " ms after SIGTERM; sending SIGKILL");
+    ::kill(static_cast<pid_t>(rt.pid), SIGKILL);
+    rt.hung_since = now;  // once per grace period at most
+}
+
+void Fleet::probe_ports(Clock::time_point now) {
+    const auto& health = config_.supervisor.health;
+    if (health.probe_interval.count() <= 0 || now - last_probe_ < health.probe_interval) return;
+    last_probe_ = now;
+    for (auto& [port, rt] : ports_) {
+        if (rt->state != PortState::ready || rt->probe_in_flight ||
+            rt->hung_since != Clock::time_point{})
+            continue;
+        rt->probe_in_flight = true;
+        asio::co_spawn(io_, probe_port(port, rt->attempt), asio::detached);
+    }
+}
+
+awaitable<void> Fleet::probe_port(int port, std::uint64_t attempt) {
+    const auto& health = config_.supervisor.health;
+    boost::system::error_code ec;
+    auto host = asio::ip::make_address(config_.supervisor.bind_host, ec);
+    if (ec || host.is_unspecified())  // a wildcard bind answers on loopback
+        host = host.is_v6() ? asio::ip::address(asio::ip::address_v6::loopback())
+                            : asio::ip::address(asio::ip::address_v4::loopback());
+    const ReadinessProbe probe{"GET", "/health", ""};
+    const int status =
+        co_await probe_engine(static_cast<unsigned short>(port), probe, health.probe_timeout, host);
+    auto* rt = find(port);
+    if (rt == nullptr) co_return;
+    rt->probe_in_flight = false;
+    if (rt->attempt != attempt || rt->state != PortState::ready) {
+        rt->probe_misses = 0;
+        co_return;
+    }
+    if (status == 200) {
+        rt->probe_misses = 0;
+        co_return;
+    }
+    ++rt->probe_misses;
+    const std::string what =
+        status == 0 ? "no answer within " + std::to_string(health.probe_timeout.count()) + " ms"
+                    : "HTTP " + std::to_string(status);
+    spdlog::warn("port {}: GET /health failed ({}), {} of {} in a row", port, what,
+                 rt->probe_misses, health.probe_failures);
+    if (rt->probe_misses >= health.probe_failures && rt->hung_since == Clock::time_point{}) {
+        kill_unwell(*rt,
+                    "unhealthy: GET /health on the public port failed " +
+                        std::to_string(rt->probe_misses) + " times in a row (last: " + what + ")",
+                    Clock::now());
     }
 }
 
@@ -291,12 +353,18 @@ void Fleet::tick() {
     const bool stalled =
         last_tick_ != Clock::time_point{} && now - last_tick_ > std::chrono::seconds(2);
     last_tick_ = now;
+    probe_ports(now);
     for (auto& [port, rt] : ports_) {
         if (stalled) rt->last_heartbeat = now;
         check_heartbeat(*rt, now);
+        escalate_kill(*rt, now);
         if (rt->process) {
-            if (auto exit = rt->process->poll_exit())
-                on_worker_gone(*rt, explain_exit(*exit, port));
+            if (auto exit = rt->process->poll_exit()) {
+                auto how = explain_exit(*exit, port);
+                if (exit->signaled && exit->signal == SIGKILL && oom_.oom_kill_since_last_check())
+                    how += " by the kernel's OOM killer (the memory cgroup's oom_kill count rose)";
+                on_worker_gone(*rt, how);
+            }
             continue;
         }
         if (rt->pid == 0) continue;
@@ -416,8 +484,11 @@ void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stat
         if (stats.state == "ready") {
             move(*rt, PortEvent::engine_ready, "the engine is ready");
         } else if (stats.state == "loading" || stats.state == "restarting") {
-            if (rt->state == PortState::ready)
-                move(*rt, PortEvent::engine_loading, "the engine is " + stats.state);
+            if (rt->state == PortState::ready) {
+                const auto why =
+                    stats.engine_last_exit.empty() ? "" : " (" + stats.engine_last_exit + ")";
+                move(*rt, PortEvent::engine_loading, "the engine is " + stats.state + why);
+            }
         }
         return;
     }

@@ -20,6 +20,7 @@
 #include "supervisor/restart_policy.h"
 #include "supervisor/worker_spawner.h"
 #include "worker/asio.h"
+#include "worker/oom_watch.h"
 
 namespace ensemble {
 
@@ -52,7 +53,12 @@ struct PortRuntime {
     Clock::time_point ready_since{};
     Clock::time_point adopt_deadline{};  // while re-adopting: how long to wait for it to register
     Clock::time_point last_heartbeat{};
-    Clock::time_point hung_since{};  // set when heartbeats stopped and SIGTERM was sent
+    // Set when the worker was found unwell (no heartbeats, failed probes) and sent SIGTERM; it
+    // gets SIGKILL if it is still there a kill grace later. The reason prefixes its exit's.
+    Clock::time_point hung_since{};
+    std::string kill_reason;
+    int probe_misses = 0;  // GET /health failures in a row on the public port
+    bool probe_in_flight = false;
     std::int64_t started_unix_ms = 0;
     int restarts = 0;
     std::string last_failure;
@@ -106,6 +112,11 @@ class Fleet {
     void schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay);
     void check_heartbeat(PortRuntime& rt, Clock::time_point now);
     void rotate_logs(Clock::time_point now);
+    void probe_ports(Clock::time_point now);
+    awaitable<void> probe_port(int port, std::uint64_t attempt);
+    // SIGTERM (and SIGCONT) now, SIGKILL after the kill grace: for a worker found unwell.
+    void kill_unwell(PortRuntime& rt, const std::string& reason, Clock::time_point now);
+    void escalate_kill(PortRuntime& rt, Clock::time_point now);
     void save_record(const PortRuntime& rt);
     const PortAssignment* overrides_for(const PortRuntime& rt) const;
     void wake();
@@ -141,6 +152,8 @@ class Fleet {
     bool command_running_ = false;
     Clock::time_point last_tick_{};
     Clock::time_point last_rotation_{};
+    Clock::time_point last_probe_{};
+    OomWatch oom_;
 };
 
 // The last `lines` lines of a text file (bounded read from the end).

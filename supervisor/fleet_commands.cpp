@@ -62,6 +62,7 @@ json Fleet::port_json(const PortRuntime& rt) const {
               {"engine_state", rt.stats.state},
               {"restarts", rt.restarts},
               {"engine_restarts", rt.stats.engine_restarts},
+              {"engine_last_exit", rt.stats.engine_last_exit},
               {"memory_bytes", rt.stats.memory_bytes},
               {"requests", rt.stats.requests},
               {"tokens", rt.stats.tokens},

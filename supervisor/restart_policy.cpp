@@ -9,7 +9,11 @@ std::optional<std::chrono::milliseconds> RestartPolicy::on_failure(Clock::time_p
     while (!failures_.empty() && now - failures_.front() > settings_.crash_loop_window)
         failures_.pop_front();
     if (static_cast<int>(failures_.size()) >= settings_.crash_loop_failures) return std::nullopt;
-    const int doublings = std::min(consecutive_++, 16);
+    // The first failure after a healthy run restarts at once (a one-off crash costs no more than
+    // the reload); failures in a row back off from first_backoff, doubling.
+    const int failures = consecutive_++;
+    if (failures == 0) return std::chrono::milliseconds(0);
+    const int doublings = std::min(failures - 1, 16);
     const std::chrono::milliseconds delay = settings_.first_backoff * (1LL << doublings);
     return std::min(delay, settings_.max_backoff);
 }

@@ -1,5 +1,6 @@
-// Decides when a failed port is restarted, and when it has failed too often to try again:
-// exponential backoff from 1 s doubling to a 60 s cap, reset after a healthy period; a crash
+// Decides when a failed port is restarted, and when it has failed too often to try again: the
+// first failure restarts at once, then exponential backoff from 1 s doubling to a 60 s cap,
+// reset after a healthy period; a crash
 // loop (>= 5 failures within 5 minutes) puts the port in `failed` until an operator restarts it.
 #pragma once
 

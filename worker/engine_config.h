@@ -22,6 +22,10 @@ struct EngineConfig {
     // A load that shows no progress (no new log output, no readiness) for this long is stuck.
     std::chrono::seconds load_stall_timeout{120};
     std::chrono::milliseconds stop_grace{10000};  // SIGTERM, then SIGKILL after this long
+    // While ready, the readiness probe runs this often; `liveness_failures` misses in a row
+    // (timeouts: a hung or stopped engine) kill the engine, which is then restarted.
+    std::chrono::milliseconds liveness_interval{5000};
+    int liveness_failures = 3;
 };
 
 }  // namespace ensemble

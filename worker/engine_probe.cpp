@@ -3,16 +3,16 @@
 namespace ensemble {
 
 awaitable<int> probe_engine(unsigned short port, const ReadinessProbe& probe,
-                            std::chrono::milliseconds timeout) {
+                            std::chrono::milliseconds timeout, asio::ip::address host) {
     auto executor = co_await asio::this_coro::executor;
     beast::tcp_stream stream(executor);
     boost::system::error_code ec;
     stream.expires_after(timeout);
-    co_await stream.async_connect(tcp::endpoint(asio::ip::address_v4::loopback(), port),
-                                  on_error(ec));
+    const tcp::endpoint endpoint(host, port);
+    co_await stream.async_connect(endpoint, on_error(ec));
     if (ec) co_return 0;
     http::request<http::string_body> req{http::string_to_verb(probe.method), probe.path, 11};
-    req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
+    req.set(http::field::host, endpoint.address().to_string() + ":" + std::to_string(port));
     if (!probe.body.empty()) {
         req.set(http::field::content_type, "application/json");
         req.body() = probe.body;

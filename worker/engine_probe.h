@@ -1,5 +1,6 @@
-// One HTTP readiness probe of an engine on loopback: the preset's method, path and body, with a
-// deadline. Returns the HTTP status, or 0 if the engine did not answer.
+// One HTTP readiness probe: the preset's method, path and body, with a deadline, to an engine
+// on loopback (or any host: the supervisor probes workers' public ports the same way). Returns
+// the HTTP status, or 0 if nothing answered in time.
 #pragma once
 
 #include <chrono>
@@ -10,6 +11,7 @@
 namespace ensemble {
 
 awaitable<int> probe_engine(unsigned short port, const ReadinessProbe& probe,
-                            std::chrono::milliseconds timeout);
+                            std::chrono::milliseconds timeout,
+                            asio::ip::address host = asio::ip::address_v4::loopback());
 
 }  // namespace ensemble

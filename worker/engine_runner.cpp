@@ -113,6 +113,8 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
             ever_ready_ = true;
             ready_since_ = Clock::now();
             set_state(EngineState::ready, "the readiness probe answered 200");
+            if (config_.liveness_interval.count() > 0)
+                asio::co_spawn(io_, watch_liveness(generation), asio::detached);
             co_return;
         }
         // A big model may take minutes to load; only a load that stops making progress fails.
@@ -132,11 +134,39 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
     }
 }
 
+awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
+    asio::steady_timer timer(io_);
+    int misses = 0;
+    for (;;) {
+        timer.expires_after(config_.liveness_interval);
+        boost::system::error_code ec;
+        co_await timer.async_wait(on_error(ec));
+        if (generation != generation_ || state_ != EngineState::ready) co_return;
+        const int status = co_await probe_engine(port_, config_.preset.probe, kProbeTimeout);
+        if (generation != generation_ || state_ != EngineState::ready) co_return;
+        misses = status == 200 ? 0 : misses + 1;
+        if (misses == 0) continue;
+        spdlog::warn("engine: liveness probe failed ({} of {} in a row, status {})", misses,
+                     config_.liveness_failures, status);
+        if (misses < config_.liveness_failures) continue;
+        spdlog::error("engine: pid {} does not answer its readiness probe; killing it (hung?)",
+                      child_->pid());
+        hung_kill_ = true;
+        child_->signal_group(SIGCONT);  // a stopped group still dies of SIGKILL; be thorough
+        child_->signal_group(SIGKILL);
+        co_return;  // on_child_exit restarts it
+    }
+}
+
 void EngineRunner::on_child_exit() {
     if (!child_) return;
     const auto exit = child_->poll_exit();
     if (!exit) return;
-    last_exit_ = exit->describe();
+    last_exit_ = hung_kill_ ? "hung (no answer to the liveness probe), killed" : exit->describe();
+    if (!hung_kill_ && exit->signaled && exit->signal == SIGKILL &&
+        oom_.oom_kill_since_last_check())
+        last_exit_ += " by the kernel's OOM killer";
+    hung_kill_ = false;
     if (state_ == EngineState::stopping || state_ == EngineState::stopped) return;
     if (!ever_ready_ && ++load_failures_ >= kMaxLoadFailures && on_unloadable) {
         set_state(EngineState::stopped,

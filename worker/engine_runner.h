@@ -14,6 +14,7 @@
 #include "worker/asio.h"
 #include "worker/child_process.h"
 #include "worker/engine_config.h"
+#include "worker/oom_watch.h"
 
 namespace ensemble {
 
@@ -59,6 +60,7 @@ class EngineRunner {
   private:
     Status spawn();
     awaitable<void> watch_readiness(std::uint64_t generation);
+    awaitable<void> watch_liveness(std::uint64_t generation);
     awaitable<void> restart_after(std::chrono::milliseconds delay, std::uint64_t generation);
     std::chrono::milliseconds next_backoff();
     void set_state(EngineState state, const std::string& reason);
@@ -70,6 +72,8 @@ class EngineRunner {
     std::unique_ptr<ChildProcess> child_;
     EngineState state_ = EngineState::stopped;
     bool ever_ready_ = false;
+    bool hung_kill_ = false;
+    OomWatch oom_;  // the next exit is our SIGKILL of a hung engine
     unsigned short port_ = 0;
     std::uint64_t generation_ = 0;
     int restarts_ = 0;

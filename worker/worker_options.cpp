@@ -69,6 +69,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     int queue_timeout = 60;
     int stall_timeout = 120;
     int engine_timeout = 600;
+    double liveness_interval = 5;
 
     CLI::App app{"ensemble-worker: serves one model on one port through an inference engine"};
     app.add_option("--port", o.front.port, "public port to serve on")->required();
@@ -124,6 +125,13 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "seconds of engine silence tolerated during "
                    "a response")
         ->capture_default_str();
+    app.add_option("--engine-liveness-interval", liveness_interval,
+                   "seconds between readiness probes of a ready engine (0: off)")
+        ->capture_default_str();
+    app.add_option("--engine-liveness-failures", o.engine.liveness_failures,
+                   "missed probes in a row that mark the engine hung; it is killed and restarted")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 100));
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
@@ -134,6 +142,8 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     o.proxy.queue_timeout = std::chrono::seconds(queue_timeout);
     o.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
     o.engine.load_stall_timeout = std::chrono::seconds(stall_timeout);
+    o.engine.liveness_interval =
+        std::chrono::milliseconds(static_cast<long long>(liveness_interval * 1000));
     if (auto error = finish(o, engine_name, command, ready_path, log_dir); !error.empty()) {
         std::cerr << "ensemble-worker: " << error << '\n';
         return 2;

@@ -39,16 +39,16 @@ TEST(PortState, NonsenseEventsAreRefused) {
     EXPECT_FALSE(transition(PortState::starting, PortEvent::engine_ready));  // must register first
 }
 
-TEST(RestartPolicy, BacksOffExponentiallyToACap) {
+TEST(RestartPolicy, RestartsAtOnceThenBacksOffExponentiallyToACap) {
     RestartSettings s;
     s.crash_loop_failures = 100;  // only the backoff here
     RestartPolicy p(s);
     auto t = RestartPolicy::Clock::now();
     std::vector<long> delays;
-    for (int i = 0; i < 9; ++i)
+    for (int i = 0; i < 10; ++i)
         delays.push_back(p.on_failure(t += 1s)->count());
     EXPECT_EQ(delays,
-              (std::vector<long>{1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000}));
+              (std::vector<long>{0, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000, 60000}));
 }
 
 TEST(RestartPolicy, FiveFailuresInFiveMinutesIsACrashLoop) {
@@ -71,10 +71,12 @@ TEST(RestartPolicy, FailuresOutsideTheWindowDoNotCount) {
 TEST(RestartPolicy, AHealthyPeriodResetsTheBackoff) {
     RestartPolicy p;
     auto t = RestartPolicy::Clock::now();
-    EXPECT_EQ(p.on_failure(t)->count(), 1000);
+    EXPECT_EQ(p.on_failure(t)->count(), 0);
+    EXPECT_EQ(p.on_failure(t += 1s)->count(), 1000);
     EXPECT_EQ(p.on_failure(t += 1s)->count(), 2000);
     p.on_healthy(t, t + 61s);
-    EXPECT_EQ(p.on_failure(t += 62s)->count(), 1000);
+    EXPECT_EQ(p.on_failure(t += 62s)->count(), 0);
+    EXPECT_EQ(p.on_failure(t += 1s)->count(), 1000);
 }
 
 }  // namespace
