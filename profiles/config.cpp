@@ -267,7 +267,7 @@ void Loader::logs(const std::string& file, const YAML::Node& node) {
 void Loader::health(const std::string& file, const YAML::Node& node) {
     if (!v_.map_with_keys(file, node, "supervisor.health",
                           {"missed_heartbeats", "kill_grace", "probe_interval", "probe_timeout",
-                           "probe_failures"})) {
+                           "probe_failures", "engine_probe_interval", "engine_probe_failures"})) {
         return;
     }
     auto& h = config_.supervisor.health;
@@ -283,6 +283,14 @@ void Loader::health(const std::string& file, const YAML::Node& node) {
     if (node["probe_failures"]) {
         if (auto n = int_in(v_, file, node["probe_failures"], "health.probe_failures", 1, 100))
             h.probe_failures = *n;
+    }
+    if (node["engine_probe_interval"])
+        duration(file, node["engine_probe_interval"], "health.engine_probe_interval",
+                 h.engine_probe_interval);
+    if (node["engine_probe_failures"]) {
+        if (auto n = int_in(v_, file, node["engine_probe_failures"], "health.engine_probe_failures",
+                            1, 100))
+            h.engine_probe_failures = *n;
     }
 }
 

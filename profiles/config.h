@@ -29,6 +29,10 @@ struct HealthSettings {
     std::chrono::milliseconds probe_interval{5000};  // GET /health on each public port; 0: off
     std::chrono::milliseconds probe_timeout{2000};
     int probe_failures = 3;  // in a row: the worker is restarted
+    // Each worker probes its engine's readiness this often once it is ready; this many misses in
+    // a row (a hung or stopped engine) and the worker kills and restarts it.
+    std::chrono::milliseconds engine_probe_interval{5000};
+    int engine_probe_failures = 3;
 };
 
 // When a failed port is restarted, and when it has failed too often to try again.

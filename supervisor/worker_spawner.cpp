@@ -81,7 +81,11 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
               "--parallel",
               std::to_string(parallel),
               "--log-file",
-              l.engine_log.string()};
+              l.engine_log.string(),
+              "--engine-liveness-interval",
+              std::to_string(config.supervisor.health.engine_probe_interval.count() / 1000.0),
+              "--engine-liveness-failures",
+              std::to_string(config.supervisor.health.engine_probe_failures)};
     if (engine.preset.name == "command") {
         l.argv.insert(l.argv.end(),
                       {"--command", engine.command, "--ready-path", engine.ready_path});

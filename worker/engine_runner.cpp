@@ -161,7 +161,10 @@ awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
 void EngineRunner::on_child_exit() {
     if (!child_) return;
     const auto exit = child_->poll_exit();
-    if (!exit) return;
+    // Many things report a dead engine (SIGCHLD, every proxied request that failed on it): act
+    // on each engine's exit once.
+    if (!exit || exit_handled_ == generation_) return;
+    exit_handled_ = generation_;
     last_exit_ = hung_kill_ ? "hung (no answer to the liveness probe), killed" : exit->describe();
     if (!hung_kill_ && exit->signaled && exit->signal == SIGKILL &&
         oom_.oom_kill_since_last_check())

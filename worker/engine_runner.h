@@ -76,6 +76,7 @@ class EngineRunner {
     OomWatch oom_;  // the next exit is our SIGKILL of a hung engine
     unsigned short port_ = 0;
     std::uint64_t generation_ = 0;
+    std::uint64_t exit_handled_ = 0;  // the generation whose exit on_child_exit acted on
     int restarts_ = 0;
     int consecutive_failures_ = 0;
     int load_failures_ = 0;

@@ -76,6 +76,11 @@ class SupervisorFixture : public ::testing::Test {
             << ", context: 1024, parallel: 1}\n"
             << "  broken: {engine: llama, path: " << (dir_ / "broken.gguf").string() << "}\n"
             << "  fake: {engine: fake, path: none}\n"
+            // Fault injection (the fake engine's flags, after the command's own).
+            << "  fake-crashy: {engine: fake, path: none, args: [--crash-after, \"5\"]}\n"
+            << "  fake-slow: {engine: fake, path: none, args: [--slow-start, \"2\"]}\n"
+            << "  fake-dead: {engine: fake, path: none, args: [--exit-at-start, \"1\"]}\n"
+            << "  fake-hog: {engine: fake, path: none, args: [--grow-mb, \"64\"]}\n"
             << "profiles:\n"
             << "  pair:\n    " << port_a_ << ": tiny\n    " << port_b_ << ": tiny-two\n"
             << "  single:\n    " << port_a_ << ": tiny-two\n"

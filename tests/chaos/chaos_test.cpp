@@ -1,0 +1,465 @@
+// The chaos suite (CTest label `chaos`): engines, workers and the supervisor killed with -9 at
+// random moments under a bounded client load, with the real llama-server and with the fake
+// engine's faults (crash after N requests, hang, slow start, exit at start, memory growth to an
+// OOM kill). Every scenario asserts that the assignments in state.db are intact, that the port
+// serves again within the restart policy's time, that every request which arrived while the
+// port was held succeeded (only requests cut mid-flight by a kill may fail, and then cleanly),
+// and — through the orphan check after every test — that no process outlives it. Each scenario
+// appends its totals to test-output/chaos-totals.jsonl (tests/chaos/report sums them up).
+#include <random>
+
+#include "state/store.h"
+#include "tests/chaos/load_generator.h"
+#include "tests/support/supervisor_fixture.h"
+
+using namespace ensemble;
+using namespace ensemble::testing;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct Kill {
+    Clock::time_point at;
+    Clock::time_point serving_again;
+};
+
+// What became of a scenario's requests, judged against its kills.
+struct Totals {
+    int iterations = 0;
+    int kills = 0;
+    int requests = 0;
+    int ok = 0;
+    int cut_by_kill = 0;  // in flight when something was killed; ended with a clean error
+    int while_down = 0;   // refused or 503 while no worker held the port (worker kills only)
+    int unexpected = 0;   // anything else: must be zero
+    std::vector<double> recovery_ms;
+    std::vector<std::string> examples;  // the first few unexpected outcomes, for the message
+};
+
+enum class Victim { engine, worker, supervisor };
+
+Totals judge(const std::vector<RequestOutcome>& outcomes, const std::vector<Kill>& kills,
+             Victim victim) {
+    Totals t;
+    t.kills = static_cast<int>(kills.size());
+    t.requests = static_cast<int>(outcomes.size());
+    for (const auto& k : kills)
+        t.recovery_ms.push_back(
+            std::chrono::duration<double, std::milli>(k.serving_again - k.at).count());
+    for (const auto& o : outcomes) {
+        if (o.ok()) {
+            ++t.ok;
+            continue;
+        }
+        bool spans_kill = false, started_while_down = false;
+        for (const auto& k : kills) {
+            spans_kill = spans_kill || (o.start <= k.at && k.at <= o.end);
+            started_while_down =
+                started_while_down || (k.at <= o.start && o.start <= k.serving_again);
+        }
+        // A worker killed mid-request takes its connections with it: any ending is expected.
+        if (spans_kill && (o.clean_failure() || victim == Victim::worker)) {
+            ++t.cut_by_kill;
+        } else if (victim == Victim::worker && started_while_down &&
+                   (o.refused || o.clean_failure())) {
+            ++t.while_down;
+        } else {
+            ++t.unexpected;
+            if (t.examples.size() < 5) {
+                t.examples.push_back("status " + std::to_string(o.status) +
+                                     (o.streamed ? " (stream)" : "") + ": " + o.error);
+            }
+        }
+    }
+    return t;
+}
+
+double median(std::vector<double> v) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+class ChaosTest : public SupervisorFixture {
+  protected:
+    std::string extra_supervisor_settings() const override {
+        // Fast engine liveness probes, so a hung engine is found within about a second.
+        return "  health: {engine_probe_interval: 300ms, engine_probe_failures: 3}\n";
+    }
+
+    void SetUp() override {
+        SupervisorFixture::SetUp();
+        const auto seed = std::random_device{}();
+        rng_.seed(seed);
+        std::cout << "chaos seed " << seed << std::endl;  // to replay a failure's timings
+    }
+
+    Clock::duration random_delay(int min_ms, int max_ms) {
+        return std::chrono::milliseconds(std::uniform_int_distribution<int>(min_ms, max_ms)(rng_));
+    }
+
+    // Polls with real chat requests until one succeeds; the moment it did.
+    std::optional<Clock::time_point> wait_serving(unsigned short port, std::chrono::seconds limit) {
+        const auto deadline = Clock::now() + limit;
+        while (Clock::now() < deadline) {
+            if (chat(port) == 200) return Clock::now();
+            std::this_thread::sleep_for(5ms);
+        }
+        return std::nullopt;
+    }
+
+    pid_t pid_of(unsigned short port, const char* field) {
+        return static_cast<pid_t>(port_status(port).value(field, 0LL));
+    }
+
+    void expect_assignment(unsigned short port, const std::string& model) {
+        auto store = StateStore::open(dir_ / "state" / "state.db");
+        ASSERT_TRUE(store) << store.error().message;
+        auto assignments = (*store)->assignments();
+        ASSERT_TRUE(assignments);
+        bool found = false;
+        for (const auto& a : *assignments)
+            found = found || (a.port == port && a.handle == model);
+        EXPECT_TRUE(found) << "state.db lost the assignment " << port << " -> " << model;
+    }
+
+    // Appends the scenario's totals to test-output/chaos-totals.jsonl and checks them.
+    void record(const Totals& t) {
+        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+        const json line = {{"scenario", info->name()},
+                           {"iterations", t.iterations},
+                           {"kills", t.kills},
+                           {"requests", t.requests},
+                           {"ok", t.ok},
+                           {"cut_by_kill", t.cut_by_kill},
+                           {"while_down", t.while_down},
+                           {"unexpected", t.unexpected},
+                           {"recovery_ms_median", median(t.recovery_ms)}};
+        std::ofstream(dir_.parent_path() / "chaos-totals.jsonl", std::ios::app)
+            << line.dump() << "\n";
+        std::cout << line.dump() << std::endl;
+        std::string examples;
+        for (const auto& e : t.examples)
+            examples += "\n  " + e;
+        EXPECT_EQ(t.unexpected, 0) << "requests that should have succeeded failed:" << examples;
+        EXPECT_GT(t.ok, 0);
+    }
+
+    std::mt19937 rng_;
+};
+
+TEST_F(ChaosTest, EngineKilledAtRandomMomentsUnderLoad) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    LoadGenerator load(port_a_, 2);
+    load.start();
+    std::vector<Kill> kills;
+    Totals t;
+    for (t.iterations = 0; t.iterations < 4; ++t.iterations) {
+        std::this_thread::sleep_for(random_delay(200, 1200));
+        const pid_t engine = pid_of(port_a_, "engine_pid");
+        ASSERT_GT(engine, 0);
+        Kill k{Clock::now(), {}};
+        ::kill(engine, SIGKILL);
+        // The worker restarts at once the first time, then after 1, 2, 4 s.
+        auto back = wait_serving(port_a_, 30s);
+        ASSERT_TRUE(back) << "port " << port_a_ << " did not serve again after an engine kill";
+        k.serving_again = *back;
+        kills.push_back(k);
+        EXPECT_NE(pid_of(port_a_, "engine_pid"), engine);
+    }
+    auto judged = judge(load.stop(), kills, Victim::engine);
+    judged.iterations = t.iterations;
+    record(judged);
+    EXPECT_EQ(port_status(port_a_)["engine_restarts"], t.iterations) << "one restart per kill";
+    expect_assignment(port_a_, "tiny");
+    EXPECT_EQ(port_status(port_a_)["state"], "ready");
+}
+
+TEST_F(ChaosTest, WorkerKilledAtRandomMomentsUnderLoad) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    LoadGenerator load(port_a_, 2);
+    load.start();
+    std::vector<Kill> kills;
+    int iterations = 0;
+    for (; iterations < 3; ++iterations) {
+        std::this_thread::sleep_for(random_delay(200, 1200));
+        const pid_t worker = pid_of(port_a_, "pid");
+        ASSERT_GT(worker, 0);
+        Kill k{Clock::now(), {}};
+        ::kill(worker, SIGKILL);
+        auto back = wait_serving(port_a_, 30s);
+        ASSERT_TRUE(back) << "port " << port_a_ << " did not serve again after a worker kill";
+        k.serving_again = *back;
+        kills.push_back(k);
+        EXPECT_NE(pid_of(port_a_, "pid"), worker);
+    }
+    auto judged = judge(load.stop(), kills, Victim::worker);
+    judged.iterations = iterations;
+    record(judged);
+    expect_assignment(port_a_, "tiny");
+    EXPECT_EQ(port_status(port_a_)["restarts"], iterations);
+}
+
+TEST_F(ChaosTest, SupervisorKilledAtRandomMomentsUnderLoadLosesNothing) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load pair").exit_code, 0);
+    const pid_t worker_a = pid_of(port_a_, "pid"), worker_b = pid_of(port_b_, "pid");
+    LoadGenerator load_a(port_a_, 1), load_b(port_b_, 1);
+    load_a.start();
+    load_b.start();
+    std::vector<Kill> kills;
+    int iterations = 0;
+    for (; iterations < 3; ++iterations) {
+        std::this_thread::sleep_for(random_delay(200, 1000));
+        Kill k{Clock::now(), {}};
+        ::kill(supervisor_->pid(), SIGKILL);
+        ASSERT_TRUE(wait_exit(*supervisor_, 5s));
+        std::this_thread::sleep_for(random_delay(0, 500));
+        supervisor_ = start_supervisor();
+        k.serving_again = Clock::now();
+        kills.push_back(k);
+        const auto deadline = Clock::now() + 15s;
+        while (Clock::now() < deadline && port_status(port_a_)["state"] != "ready")
+            std::this_thread::sleep_for(20ms);
+    }
+    auto outcomes = load_a.stop();
+    for (const auto& o : load_b.stop())
+        outcomes.push_back(o);
+    // The supervisor is not in the request path: nothing may fail, not even in flight.
+    auto judged = judge(outcomes, {}, Victim::supervisor);
+    judged.iterations = iterations;
+    judged.kills = iterations;
+    record(judged);
+    EXPECT_EQ(pid_of(port_a_, "pid"), worker_a) << "re-adopted, not restarted";
+    EXPECT_EQ(pid_of(port_b_, "pid"), worker_b);
+    expect_assignment(port_a_, "tiny");
+    expect_assignment(port_b_, "tiny-two");
+}
+
+TEST_F(ChaosTest, EngineCrashingEveryFewRequestsOnlyFailsTheRequestsItCuts) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " fake-crashy").exit_code, 0);
+    LoadGenerator load(port_a_, 2, 50ms);
+    load.start();
+    std::this_thread::sleep_for(6s);
+    auto outcomes = load.stop();
+    // Each crash cuts the request that caused it: the fake engine exits on receiving it.
+    int failures = 0, unclean = 0;
+    for (const auto& o : outcomes) {
+        if (o.ok()) continue;
+        ++failures;
+        if (!o.clean_failure()) ++unclean;
+    }
+    const int restarts = port_status(port_a_).value("engine_restarts", 0);
+    Totals t;
+    t.iterations = 1;
+    t.kills = restarts;
+    t.requests = static_cast<int>(outcomes.size());
+    t.ok = t.requests - failures;
+    t.cut_by_kill = failures - unclean;
+    t.unexpected = unclean;
+    record(t);
+    EXPECT_GE(restarts, 1);
+    EXPECT_LE(failures, restarts + 2) << "only requests in flight at a crash may fail";
+    ASSERT_TRUE(wait_serving(port_a_, 30s));
+    expect_assignment(port_a_, "fake-crashy");
+}
+
+TEST_F(ChaosTest, HungEngineIsKilledAndRestartedAndNoRequestHangs) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " fake").exit_code, 0);
+    LoadGenerator load(port_a_, 2, 20ms);
+    load.start();
+    std::vector<Kill> kills;
+    for (int i = 0; i < 2; ++i) {
+        std::this_thread::sleep_for(random_delay(300, 800));
+        const pid_t engine = pid_of(port_a_, "engine_pid");
+        Kill k{Clock::now(), {}};
+        ::kill(engine, SIGSTOP);  // hung: alive, silent
+        const auto deadline = Clock::now() + 20s;
+        while (Clock::now() < deadline && pid_of(port_a_, "engine_pid") == engine)
+            std::this_thread::sleep_for(20ms);
+        ASSERT_NE(pid_of(port_a_, "engine_pid"), engine) << "the hung engine was not replaced";
+        auto back = wait_serving(port_a_, 30s);
+        ASSERT_TRUE(back);
+        // Requests sent to the stopped engine wait until it is killed; they end then.
+        k.serving_again = *back;
+        kills.push_back(k);
+    }
+    auto outcomes = load.stop();
+    // A request that reached the engine while it was stopped is cut when the worker kills it:
+    // it may fail, cleanly. Count it as in flight at the hang.
+    std::vector<RequestOutcome> judged_outcomes;
+    for (auto o : outcomes) {
+        for (const auto& k : kills) {
+            if (k.at <= o.start && o.start <= k.serving_again) o.start = k.at;
+        }
+        judged_outcomes.push_back(o);
+    }
+    auto t = judge(judged_outcomes, kills, Victim::engine);
+    t.iterations = 2;
+    record(t);
+    for (const auto& o : outcomes)
+        EXPECT_TRUE(o.complete || o.status != 0) << "a request hung: " << o.error;
+    EXPECT_NE(port_status(port_a_).value("engine_last_exit", ""), "");
+}
+
+TEST_F(ChaosTest, SlowStartingEngineQueuesRequestsAcrossARestart) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " fake-slow").exit_code, 0);
+    LoadGenerator load(port_a_, 2, 20ms);
+    load.start();
+    std::this_thread::sleep_for(300ms);
+    Kill k{Clock::now(), {}};
+    ::kill(pid_of(port_a_, "engine_pid"), SIGKILL);
+    auto back = wait_serving(port_a_, 30s);
+    ASSERT_TRUE(back);
+    k.serving_again = *back;
+    std::this_thread::sleep_for(300ms);
+    auto outcomes = load.stop();
+    auto t = judge(outcomes, {k}, Victim::engine);
+    t.iterations = 1;
+    record(t);
+    // The restart takes the engine's 2 s slow start: requests made meanwhile waited and succeeded.
+    const double down_ms =
+        std::chrono::duration<double, std::milli>(k.serving_again - k.at).count();
+    EXPECT_GE(down_ms, 1500);
+    int queued_ok = 0;  // made after the kill, answered once the new engine was up
+    for (const auto& o : outcomes)
+        queued_ok += (o.ok() && o.start > k.at && o.end - o.start > 1s) ? 1 : 0;
+    EXPECT_GT(queued_ok, 0) << "no request was made while the engine restarted";
+}
+
+TEST_F(ChaosTest, EngineThatExitsAtStartFailsTheLoadThenCrashLoopsToFailedWithItsReason) {
+    supervisor_ = start_supervisor();
+    auto load = cli("load " + std::to_string(port_a_) + " fake-dead");
+    EXPECT_NE(load.exit_code, 0) << load.out;
+    EXPECT_NE(load.out.find("could not load"), std::string::npos) << load.out;
+    // The assignment stays (a disk mounted late, memory freed later); the restart policy retries
+    // until the crash loop puts the port in `failed`: 5 workers, each trying the engine 3 times.
+    const auto deadline = Clock::now() + 90s;
+    while (Clock::now() < deadline && port_status(port_a_)["state"] != "failed")
+        std::this_thread::sleep_for(200ms);
+    const auto p = port_status(port_a_);
+    ASSERT_EQ(p["state"], "failed") << p.dump(2);
+    EXPECT_NE(p.value("last_failure", "").find("could not load the model"), std::string::npos)
+        << p.dump(2);
+    ASSERT_FALSE(p["last_log_lines"].empty()) << p.dump(2);
+    EXPECT_NE(p["last_log_lines"].dump().find("exit code 1"), std::string::npos) << p.dump(2);
+    expect_assignment(port_a_, "fake-dead");
+}
+
+TEST_F(ChaosTest, ACrashLoopPutsThePortInFailedWithTheReasonUntilRestarted) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " fake").exit_code, 0);
+    // Five worker deaths within five minutes: the 5th is a crash loop.
+    for (int i = 0; i < 5; ++i) {
+        const auto deadline = Clock::now() + 15s;
+        pid_t worker = 0;
+        while (Clock::now() < deadline && (worker = pid_of(port_a_, "pid")) == 0)
+            std::this_thread::sleep_for(20ms);
+        ASSERT_GT(worker, 0) << "no worker to kill, round " << i;
+        ::kill(worker, SIGKILL);
+        while (Clock::now() < deadline && pid_of(port_a_, "pid") == worker)
+            std::this_thread::sleep_for(20ms);
+    }
+    const auto deadline = Clock::now() + 15s;
+    while (Clock::now() < deadline && port_status(port_a_)["state"] != "failed")
+        std::this_thread::sleep_for(50ms);
+    const auto p = port_status(port_a_);
+    ASSERT_EQ(p["state"], "failed") << p.dump(2);
+    EXPECT_NE(p.value("last_failure", "").find("SIGKILL"), std::string::npos) << p.dump(2);
+    EXPECT_FALSE(p["last_log_lines"].empty());
+    auto status_table = cli("status");
+    EXPECT_NE(status_table.out.find("failed"), std::string::npos) << status_table.out;
+    expect_assignment(port_a_, "fake");  // failed, not forgotten
+    ASSERT_EQ(cli("restart " + std::to_string(port_a_)).exit_code, 0);
+    EXPECT_EQ(port_status(port_a_)["state"], "ready");
+    EXPECT_EQ(chat(port_a_), 200);
+}
+
+// A memory cgroup with a limit, for an OOM kill that happens for real. Needs a writable cgroup
+// file system (root, or a delegated subtree); skipped where there is none.
+class MemoryCgroup {
+  public:
+    explicit MemoryCgroup(std::uint64_t limit_bytes) {
+        const std::string name = "ensemble-chaos-" + std::to_string(::getpid());
+        for (const auto& [root, limit_file] :
+             {std::pair{"/sys/fs/cgroup/memory", "memory.limit_in_bytes"},
+              std::pair{"/sys/fs/cgroup", "memory.max"}}) {
+            std::error_code ec;
+            const auto dir = std::filesystem::path(root) / name;
+            if (!std::filesystem::create_directory(dir, ec) || ec) continue;
+            std::ofstream(dir / limit_file) << limit_bytes;
+            std::ofstream(dir / "memory.swappiness") << 0;  // v1: OOM rather than swap
+            dir_ = dir;
+            return;
+        }
+    }
+    ~MemoryCgroup() {
+        std::error_code ec;
+        if (!dir_.empty()) std::filesystem::remove(dir_, ec);
+    }
+    bool usable() const { return !dir_.empty(); }
+    void add(pid_t pid) const { std::ofstream(dir_ / "cgroup.procs") << pid; }
+
+  private:
+    std::filesystem::path dir_;
+};
+
+TEST_F(ChaosTest, AnEngineKilledByTheOomKillerIsReportedAsSuch) {
+    MemoryCgroup cgroup(512ULL << 20);
+    if (!cgroup.usable()) GTEST_SKIP() << "no writable memory cgroup here";
+    supervisor_ = start_supervisor();
+    cgroup.add(supervisor_->pid());  // its workers and engines are born inside
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " fake-hog").exit_code, 0);
+    const pid_t engine = pid_of(port_a_, "engine_pid");
+    // 64 MiB more per request: the engine passes the limit within a dozen requests.
+    for (int i = 0; i < 20 && pid_of(port_a_, "engine_pid") == engine; ++i)
+        chat(port_a_);
+    const auto deadline = Clock::now() + 10s;
+    std::string last_exit;
+    while (Clock::now() < deadline &&
+           (last_exit = port_status(port_a_).value("engine_last_exit", "")).empty())
+        std::this_thread::sleep_for(50ms);
+    EXPECT_NE(last_exit.find("OOM killer"), std::string::npos) << last_exit;
+    auto events = cli("events -n 50");
+    EXPECT_NE(events.out.find("OOM killer"), std::string::npos) << events.out;
+    ::kill(supervisor_->pid(), SIGTERM);
+    ASSERT_TRUE(wait_exit(*supervisor_, 60s));
+    supervisor_.reset();
+}
+
+// The supervisor's own end-to-end probe: a worker that still heartbeats... is simulated by one
+// that is stopped while heartbeats are given a long leash, so only GET /health can notice.
+class ProbeTest : public SupervisorFixture {
+  protected:
+    std::string extra_supervisor_settings() const override {
+        return "  health: {missed_heartbeats: 60, probe_interval: 300ms, probe_timeout: 300ms,"
+               " probe_failures: 3, kill_grace: 1s}\n";
+    }
+};
+
+TEST_F(ProbeTest, APortFailingItsHealthProbeIsRestartedWithTheReason) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " fake").exit_code, 0);
+    const auto before = port_status(port_a_);
+    const pid_t worker = static_cast<pid_t>(before.value("pid", 0LL));
+    ::kill(worker, SIGSTOP);  // accepts connections (the kernel does), answers nothing
+    const auto deadline = Clock::now() + 15s;
+    while (Clock::now() < deadline &&
+           static_cast<pid_t>(port_status(port_a_).value("pid", 0LL)) == worker)
+        std::this_thread::sleep_for(50ms);
+    const auto after = port_status(port_a_);
+    EXPECT_NE(after.value("pid", 0LL), worker);
+    EXPECT_NE(after.value("last_failure", "").find("unhealthy: GET /health"), std::string::npos)
+        << after.dump(2);
+    for (int i = 0; i < 100 && chat(port_a_) != 200; ++i)
+        std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(chat(port_a_), 200);
+}
+
+}  // namespace
