@@ -2,7 +2,9 @@
 //  1. spawn-to-ready overhead: `ensemble load` until ready, against llama-server's own time from
 //     spawn to /health 200 on the same model;
 //  2. control round trip (status) with 32 workers on the fake engine, p50/p99;
-//  3. resident memory of ensembled and of one worker without its engine.
+//  3. resident memory of ensembled and of one worker without its engine;
+//  4. recovery: kill -9 of the engine, and of the worker, to the port answering a chat request
+//     again, against llama-server's own spawn-to-first-answer time on the same model.
 #include <signal.h>
 #include <unistd.h>
 
@@ -69,6 +71,45 @@ double engine_ready_ms(const std::string& model) {
     while (http_request(port, health).status != 200)
         std::this_thread::sleep_for(std::chrono::milliseconds(2));
     const double ms = Ms(Clock::now() - start).count();
+    (*child)->signal_group(SIGTERM);
+    while (!(*child)->poll_exit())
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    return ms;
+}
+
+// Polls a one-token chat request until it is answered 200; the time that took.
+double until_answered(unsigned short port, Clock::time_point since) {
+    auto request = chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":1})");
+    request.timeout = std::chrono::milliseconds(30000);
+    while (http_request(port, request).status != 200)
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    return Ms(Clock::now() - since).count();
+}
+
+// llama-server alone: spawn to its first chat answer.
+double engine_first_answer_ms(const std::string& model) {
+    const auto port = free_port();
+    SpawnSpec spec;
+    spec.argv = {llama_server().string(),
+                 "--model",
+                 model,
+                 "--host",
+                 "127.0.0.1",
+                 "--port",
+                 std::to_string(port),
+                 "--ctx-size",
+                 "2048",
+                 "--parallel",
+                 "1",
+                 "--alias",
+                 "tiny",
+                 "--threads",
+                 "1"};
+    spec.log_file = test_output_dir("supervisor_bench") / "direct-engine.log";
+    const auto start = Clock::now();
+    auto child = ChildProcess::spawn(spec);
+    if (!child) throw std::runtime_error(child.error().message);
+    const double ms = until_answered(port, start);
     (*child)->signal_group(SIGTERM);
     while (!(*child)->poll_exit())
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -151,6 +192,45 @@ int main(int argc, char** argv) {
                 percentile(supervised, 0.5), percentile(supervised, 0), percentile(supervised, 1));
     std::printf("| **overhead (p50 difference)** | **%+.1f** | | |\n\n",
                 percentile(supervised, 0.5) - percentile(direct, 0.5));
+
+    // 4. Recovery, interleaved with the engine's own start. Each round starts from a fresh
+    // worker (`restart`), so the restart policy's first restart is the immediate one.
+    std::vector<double> engine_alone, after_engine_kill, after_worker_kill;
+    auto pid_in_status = [&](const char* field) {
+        auto st = call(socket, "status");
+        for (const auto& p : (*st)["result"]["ports"]) {
+            if (p.value("port", 0) == tiny_port) return static_cast<pid_t>(p.value(field, 0LL));
+        }
+        return pid_t{0};
+    };
+    (void)call(socket, "load", tiny_port, "tiny");
+    for (int r = 0; r < rounds; ++r) {
+        engine_alone.push_back(engine_first_answer_ms(tiny_model().string()));
+        (void)call(socket, "restart", tiny_port);
+        const pid_t engine = pid_in_status("engine_pid");
+        auto start = Clock::now();
+        ::kill(engine, SIGKILL);
+        after_engine_kill.push_back(until_answered(tiny_port, start));
+        (void)call(socket, "restart", tiny_port);
+        const pid_t worker = pid_in_status("pid");
+        start = Clock::now();
+        ::kill(worker, SIGKILL);
+        after_worker_kill.push_back(until_answered(tiny_port, start));
+    }
+    (void)call(socket, "unload", tiny_port);
+    const double alone = percentile(engine_alone, 0.5);
+    std::printf("## recovery: kill -9 to the port answering again (tiny model), %d rounds\n\n",
+                rounds);
+    std::printf("| path | p50 ms | min ms | max ms | p50 minus the engine's own start |\n");
+    std::printf("|---|---|---|---|---|\n");
+    std::printf("| llama-server alone (spawn -> first chat answer) | %.1f | %.1f | %.1f | |\n",
+                alone, percentile(engine_alone, 0), percentile(engine_alone, 1));
+    std::printf("| engine kill -9 -> first chat answer | %.1f | %.1f | %.1f | **%+.1f** |\n",
+                percentile(after_engine_kill, 0.5), percentile(after_engine_kill, 0),
+                percentile(after_engine_kill, 1), percentile(after_engine_kill, 0.5) - alone);
+    std::printf("| worker kill -9 -> first chat answer | %.1f | %.1f | %.1f | **%+.1f** |\n\n",
+                percentile(after_worker_kill, 0.5), percentile(after_worker_kill, 0),
+                percentile(after_worker_kill, 1), percentile(after_worker_kill, 0.5) - alone);
 
     // 2. Control round trip with a fleet on the fake engine.
     const auto fleet_start = Clock::now();

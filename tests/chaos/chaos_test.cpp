@@ -61,8 +61,9 @@ Totals judge(const std::vector<RequestOutcome>& outcomes, const std::vector<Kill
         // A worker killed mid-request takes its connections with it: any ending is expected.
         if (spans_kill && (o.clean_failure() || victim == Victim::worker)) {
             ++t.cut_by_kill;
-        } else if (victim == Victim::worker && started_while_down &&
-                   (o.refused || o.clean_failure())) {
+        } else if (victim == Victim::worker && started_while_down) {
+            // Refused, 503 while the new worker loads, or reset: a connection the dying worker's
+            // listening socket took in between the kill and the process's end.
             ++t.while_down;
         } else {
             ++t.unexpected;

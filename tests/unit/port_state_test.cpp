@@ -69,7 +69,9 @@ TEST(RestartPolicy, FailuresOutsideTheWindowDoNotCount) {
 }
 
 TEST(RestartPolicy, AHealthyPeriodResetsTheBackoff) {
-    RestartPolicy p;
+    RestartSettings s;
+    s.crash_loop_failures = 100;  // only the backoff here
+    RestartPolicy p(s);
     auto t = RestartPolicy::Clock::now();
     EXPECT_EQ(p.on_failure(t)->count(), 0);
     EXPECT_EQ(p.on_failure(t += 1s)->count(), 1000);
