@@ -42,41 +42,6 @@ std::uint64_t rss_bytes(pid_t pid) {
     return 0;
 }
 
-// llama-server alone: spawn to /health 200, polled every 2 ms.
-double engine_ready_ms(const std::string& model) {
-    const auto port = free_port();
-    SpawnSpec spec;
-    spec.argv = {llama_server().string(),
-                 "--model",
-                 model,
-                 "--host",
-                 "127.0.0.1",
-                 "--port",
-                 std::to_string(port),
-                 "--ctx-size",
-                 "2048",
-                 "--parallel",
-                 "1",
-                 "--alias",
-                 "tiny",
-                 "--threads",
-                 "1"};
-    spec.log_file = test_output_dir("supervisor_bench") / "direct-engine.log";
-    const auto start = Clock::now();
-    auto child = ChildProcess::spawn(spec);
-    if (!child) throw std::runtime_error(child.error().message);
-    HttpRequest health;
-    health.target = "/health";
-    health.timeout = std::chrono::milliseconds(500);
-    while (http_request(port, health).status != 200)
-        std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    const double ms = Ms(Clock::now() - start).count();
-    (*child)->signal_group(SIGTERM);
-    while (!(*child)->poll_exit())
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    return ms;
-}
-
 // Polls a one-token chat request until it is answered 200; the time that took.
 double until_answered(unsigned short port, Clock::time_point since) {
     auto request = chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":1})");
@@ -86,8 +51,9 @@ double until_answered(unsigned short port, Clock::time_point since) {
     return Ms(Clock::now() - since).count();
 }
 
-// llama-server alone: spawn to its first chat answer.
-double engine_first_answer_ms(const std::string& model) {
+// llama-server alone, from spawn to /health 200 (polled every 2 ms), or to its first answered
+// chat request.
+double engine_alone_ms(const std::string& model, bool until_chat) {
     const auto port = free_port();
     SpawnSpec spec;
     spec.argv = {llama_server().string(),
@@ -109,7 +75,17 @@ double engine_first_answer_ms(const std::string& model) {
     const auto start = Clock::now();
     auto child = ChildProcess::spawn(spec);
     if (!child) throw std::runtime_error(child.error().message);
-    const double ms = until_answered(port, start);
+    double ms = 0;
+    if (until_chat) {
+        ms = until_answered(port, start);
+    } else {
+        HttpRequest health;
+        health.target = "/health";
+        health.timeout = std::chrono::milliseconds(500);
+        while (http_request(port, health).status != 200)
+            std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        ms = Ms(Clock::now() - start).count();
+    }
     (*child)->signal_group(SIGTERM);
     while (!(*child)->poll_exit())
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
@@ -175,7 +151,7 @@ int main(int argc, char** argv) {
     // 1. Spawn-to-ready, interleaved with the engine alone.
     std::vector<double> direct, supervised;
     for (int r = 0; r < rounds; ++r) {
-        direct.push_back(engine_ready_ms(tiny_model().string()));
+        direct.push_back(engine_alone_ms(tiny_model().string(), false));
         const auto start = Clock::now();
         auto reply = call(socket, "load", tiny_port, "tiny");
         supervised.push_back(Ms(Clock::now() - start).count());
@@ -205,7 +181,7 @@ int main(int argc, char** argv) {
     };
     (void)call(socket, "load", tiny_port, "tiny");
     for (int r = 0; r < rounds; ++r) {
-        engine_alone.push_back(engine_first_answer_ms(tiny_model().string()));
+        engine_alone.push_back(engine_alone_ms(tiny_model().string(), true));
         (void)call(socket, "restart", tiny_port);
         const pid_t engine = pid_in_status("engine_pid");
         auto start = Clock::now();
