@@ -25,19 +25,21 @@ bool peer_allowed(unix_socket::socket& socket) {
     return cred.uid == ::geteuid() || cred.uid == 0;
 }
 
-// Writes frames one after another; a connection never has two writes in flight.
+// Writes frames one after another; a connection never has two writes in flight. The writer
+// coroutine holds `owner` (what owns the socket and this writer) until its last write is done:
+// the session may end, and drop its reference, while a write is still in flight.
 class FrameWriter {
   public:
     explicit FrameWriter(unix_socket::socket& socket) : socket_(socket) {}
-    void send(const nlohmann::json& message, asio::io_context& io) {
+    void send(const nlohmann::json& message, asio::io_context& io, std::shared_ptr<void> owner) {
         queue_.push_back(protocol::encode_frame(message));
         if (writing_) return;
         writing_ = true;  // before spawning: a second send must not start a second writer
-        asio::co_spawn(io, drain(), asio::detached);
+        asio::co_spawn(io, drain(std::move(owner)), asio::detached);
     }
 
   private:
-    awaitable<void> drain() {
+    awaitable<void> drain(std::shared_ptr<void> owner) {
         while (!queue_.empty()) {
             boost::system::error_code ec;
             co_await asio::async_write(socket_, asio::buffer(queue_.front()), on_error(ec));
@@ -45,17 +47,20 @@ class FrameWriter {
             if (ec) queue_.clear();
         }
         writing_ = false;
+        owner.reset();
     }
     unix_socket::socket& socket_;
     std::deque<std::string> queue_;
     bool writing_ = false;
 };
 
-class LinkPeer final : public WorkerLinkPeer {
+class LinkPeer final : public WorkerLinkPeer, public std::enable_shared_from_this<LinkPeer> {
   public:
     LinkPeer(asio::io_context& io, unix_socket::socket socket)
         : io_(io), socket_(std::move(socket)), writer_(socket_) {}
-    void send(const nlohmann::json& message) override { writer_.send(message, io_); }
+    void send(const nlohmann::json& message) override {
+        writer_.send(message, io_, shared_from_this());
+    }
     void close() override {
         boost::system::error_code ec;
         socket_.close(ec);
