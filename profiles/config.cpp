@@ -92,6 +92,20 @@ std::optional<int> int_in(Validator& v, const std::string& file, const YAML::Nod
     return static_cast<int>(*value);
 }
 
+std::optional<EvictPolicy> evict_policy(Validator& v, const std::string& file,
+                                        const YAML::Node& node) {
+    auto text = v.scalar<std::string>(file, node, "evict");
+    if (!text) return std::nullopt;
+    if (*text == "idle") return EvictPolicy::idle;
+    if (*text == "never") return EvictPolicy::never;
+    v.at(file, node, "evict '" + *text + "' must be 'idle' or 'never'");
+    return std::nullopt;
+}
+
+std::optional<int> priority(Validator& v, const std::string& file, const YAML::Node& node) {
+    return int_in(v, file, node, "priority", -1000, 1000);
+}
+
 std::filesystem::path expand_home(const std::string& path) {
     if (path.rfind("~/", 0) == 0) {
         if (const char* home = std::getenv("HOME"))
@@ -200,8 +214,8 @@ void Loader::load_file(const std::filesystem::path& path, bool top_level) {
 void Loader::supervisor(const std::string& file, const YAML::Node& node,
                         const std::filesystem::path& base) {
     if (!v_.map_with_keys(file, node, "supervisor",
-                          {"state_dir", "run_dir", "memory_budget", "boot_profile", "bind_host",
-                           "logs", "health", "restart"})) {
+                          {"state_dir", "run_dir", "memory_budget", "over_budget", "evict_idle_after",
+                           "boot_profile", "bind_host", "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -224,6 +238,16 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
             s.memory_budget = *b;
         }
     }
+    if (node["over_budget"]) {
+        if (auto o = v_.scalar<std::string>(file, node["over_budget"], "over_budget")) {
+            if (*o != "warn" && *o != "stop-lowest")
+                v_.at(file, node["over_budget"], "over_budget '" + *o +
+                                                     "' must be 'warn' or 'stop-lowest'");
+            s.memory.stop_lowest_over_budget = *o == "stop-lowest";
+        }
+    }
+    if (node["evict_idle_after"])
+        duration(file, node["evict_idle_after"], "evict_idle_after", s.memory.idle_after);
     if (node["boot_profile"]) {
         if (auto p = v_.scalar<std::string>(file, node["boot_profile"], "boot_profile"))
             s.boot_profile = *p;
@@ -389,7 +413,8 @@ void Loader::models(const std::string& file, const YAML::Node& node,
         const auto& m = kv.second;
         if (!v_.map_with_keys(
                 file, m, "model '" + handle + "'",
-                {"engine", "path", "context", "parallel", "memory", "aliases", "args"})) {
+                {"engine", "path", "context", "parallel", "memory", "priority", "evict", "aliases",
+                 "args"})) {
             continue;
         }
         ModelSpec spec;
@@ -427,6 +452,8 @@ void Loader::models(const std::string& file, const YAML::Node& node,
                     v_.at(file, m["memory"], "memory '" + *text + "' must be a size such as 12GiB");
             }
         }
+        if (m["priority"]) spec.priority = priority(v_, file, m["priority"]).value_or(0);
+        if (m["evict"]) spec.evict = evict_policy(v_, file, m["evict"]).value_or(spec.evict);
         if (m["aliases"]) spec.aliases = v_.strings(file, m["aliases"], "aliases");
         if (m["args"]) spec.args = v_.strings(file, m["args"], "args");
         if (model_marks_.count(handle)) {
@@ -449,7 +476,7 @@ void Loader::port(const std::string& file, const YAML::Node& key, const YAML::No
         a.model = value.Scalar();
         model_refs_.emplace_back(file, value, a.model);
     } else if (v_.map_with_keys(file, value, "port " + std::to_string(*port),
-                                {"model", "context", "parallel"})) {
+                                {"model", "context", "parallel", "priority", "evict"})) {
         if (!value["model"]) {
             v_.at(file, value, "port " + std::to_string(*port) + " needs a 'model'");
             return;
@@ -461,6 +488,8 @@ void Loader::port(const std::string& file, const YAML::Node& key, const YAML::No
         if (value["context"]) a.context = int_in(v_, file, value["context"], "context", 1, 1 << 24);
         if (value["parallel"])
             a.parallel = int_in(v_, file, value["parallel"], "parallel", 1, 1024);
+        if (value["priority"]) a.priority = priority(v_, file, value["priority"]);
+        if (value["evict"]) a.evict = evict_policy(v_, file, value["evict"]);
     } else {
         return;
     }
@@ -480,13 +509,23 @@ void Loader::profiles(const std::string& file, const YAML::Node& node) {
             v_.at(file, kv.first, "profile '" + name + "' is defined twice");
             continue;
         }
-        Profile p{name, {}};
+        Profile p;
+        p.name = name;
         if (!kv.second.IsMap()) {
             v_.at(file, kv.second, "profile '" + name + "' must map ports to models");
             continue;
         }
-        for (const auto& entry : kv.second)
-            port(file, entry.first, entry.second, p);
+        for (const auto& entry : kv.second) {
+            // Besides ports, a profile may set priority and evict for all of its ports.
+            const auto key = entry.first.Scalar();
+            if (key == "priority") {
+                p.priority = priority(v_, file, entry.second);
+            } else if (key == "evict") {
+                p.evict = evict_policy(v_, file, entry.second);
+            } else {
+                port(file, entry.first, entry.second, p);
+            }
+        }
         config_.profiles[name] = p;
     }
 }

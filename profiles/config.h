@@ -44,6 +44,18 @@ struct RestartSettings {
     std::chrono::milliseconds crash_loop_window{300000};
 };
 
+// Whether a port may be unloaded to make room for another model under the memory budget.
+enum class EvictPolicy { never, idle };
+
+// The memory budget's policies (the budget itself is SupervisorSettings::memory_budget).
+struct MemorySettings {
+    // A port counts as idle once it has no request in flight and served none for this long.
+    std::chrono::milliseconds idle_after{60000};
+    // When the measured total passes the budget: always an event and a warning; with this set,
+    // the lowest-priority port is also stopped (and unassigned).
+    bool stop_lowest_over_budget = false;
+};
+
 struct SupervisorSettings {
     std::filesystem::path state_dir;  // state.db and logs
     std::filesystem::path run_dir;    // control.sock and workers.sock (mode 0700)
@@ -53,6 +65,7 @@ struct SupervisorSettings {
     LogSettings logs;
     HealthSettings health;
     RestartSettings restart;
+    MemorySettings memory;
 };
 
 struct EngineSpec {
@@ -71,6 +84,8 @@ struct ModelSpec {
     int context = 4096;
     int parallel = 4;
     std::optional<std::uint64_t> memory_bytes;
+    int priority = 0;  // higher is more important: evicted last, stopped last
+    EvictPolicy evict = EvictPolicy::never;
     std::vector<std::string> aliases;
     std::vector<std::string> args;
 };
@@ -80,11 +95,15 @@ struct PortAssignment {
     std::string model;  // handle
     std::optional<int> context;
     std::optional<int> parallel;
+    std::optional<int> priority;
+    std::optional<EvictPolicy> evict;
 };
 
 struct Profile {
     std::string name;
     std::map<int, PortAssignment> ports;
+    std::optional<int> priority;  // for its ports, unless a port says otherwise
+    std::optional<EvictPolicy> evict;
 };
 
 struct Config {

@@ -42,7 +42,7 @@ struct VerbShape {
     bool needs_profile;
 };
 
-constexpr std::array<VerbShape, 11> kVerbs{{
+constexpr std::array<VerbShape, 12> kVerbs{{
     {"status", false, false, false},
     {"load", true, true, false},
     {"unload", true, false, false},
@@ -54,6 +54,7 @@ constexpr std::array<VerbShape, 11> kVerbs{{
     {"logs", true, false, false},
     {"events", false, false, false},
     {"reload", false, false, false},
+    {"budget", false, false, false},
 }};
 
 }  // namespace

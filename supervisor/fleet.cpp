@@ -145,6 +145,13 @@ Status Fleet::start_worker(PortRuntime& rt) {
         return spawned.error();
     }
     rt.process = std::move(spawned->process);
+    if (auto estimate = estimate_for(rt.port, rt.handle, rt.profile)) {
+        rt.estimate = *estimate;
+        rt.estimate_error.clear();
+    } else {
+        rt.estimate.reset();
+        rt.estimate_error = estimate.error().message;
+    }
     rt.pid = rt.process->pid();
     rt.pid_start_time = process_start_time(static_cast<pid_t>(rt.pid)).value_or(0);
     rt.worker_id = spawned->launch.worker_id;
@@ -354,6 +361,7 @@ void Fleet::tick() {
         last_tick_ != Clock::time_point{} && now - last_tick_ > std::chrono::seconds(2);
     last_tick_ = now;
     probe_ports(now);
+    check_budget(now);
     for (auto& [port, rt] : ports_) {
         if (stalled) rt->last_heartbeat = now;
         check_heartbeat(*rt, now);
@@ -481,6 +489,7 @@ void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stat
             rt->rate_since = now;
         }
         rt->stats = stats;
+        note_activity(*rt, now);
         if (stats.state == "ready") {
             move(*rt, PortEvent::engine_ready, "the engine is ready");
         } else if (stats.state == "loading" || stats.state == "restarting") {

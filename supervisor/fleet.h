@@ -10,12 +10,15 @@
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "profiles/config.h"
+#include "profiles/memory_estimate.h"
 #include "protocol/messages.h"
 #include "state/store.h"
+#include "supervisor/memory_budget.h"
 #include "supervisor/port_state.h"
 #include "supervisor/restart_policy.h"
 #include "supervisor/worker_spawner.h"
@@ -68,6 +71,18 @@ struct PortRuntime {
     std::uint64_t attempt = 0;  // one per spawn; stale timers compare it
     std::filesystem::path worker_log;
     std::filesystem::path engine_log;
+    // The memory budget's view (fleet_memory.cpp): the estimate made when the worker was
+    // started (or why there is none), and when the port last served a request.
+    std::optional<MemoryEstimate> estimate;
+    std::string estimate_error;
+    Clock::time_point last_used{};
+    std::uint64_t last_requests = 0;
+};
+
+// Where a port stands when memory must be freed.
+struct PortPolicy {
+    int priority = 0;
+    EvictPolicy evict = EvictPolicy::never;
 };
 
 class Fleet {
@@ -126,6 +141,25 @@ class Fleet {
     awaitable<bool> wait_settled(int port, Clock::time_point deadline);  // ready, or clearly not
     awaitable<bool> wait_stopped(int port, Clock::time_point deadline);
 
+    // fleet_memory.cpp: the memory budget
+    std::optional<std::uint64_t> budget_bytes() const;
+    const PortAssignment* assignment_in(const std::string& profile, int port,
+                                        const std::string& handle) const;
+    Result<MemoryEstimate> estimate_for(int port, const std::string& handle,
+                                        const std::string& profile) const;
+    PortPolicy policy_for(int port, const std::string& handle, const std::string& profile) const;
+    std::vector<BudgetHolder> budget_holders(Clock::time_point now) const;
+    void note_activity(PortRuntime& rt, Clock::time_point now);
+    // nullopt when `starts` (port -> model) fit once `released` stop, after evicting what the
+    // plan says; otherwise the refusal to return, with nothing changed.
+    awaitable<std::optional<nlohmann::json>> admit(const std::map<int, std::string>& starts,
+                                                   const std::set<int>& released,
+                                                   const std::string& profile);
+    void check_budget(Clock::time_point now);
+    void evict(PortRuntime& rt, const std::string& reason);
+    nlohmann::json memory_json(const PortRuntime& rt) const;
+    nlohmann::json budget() const;
+
     // fleet_commands.cpp: the operator's verbs
     awaitable<nlohmann::json> load(int port, const std::string& handle, const std::string& profile);
     awaitable<nlohmann::json> unload(int port);
@@ -154,6 +188,8 @@ class Fleet {
     Clock::time_point last_rotation_{};
     Clock::time_point last_probe_{};
     OomWatch oom_;
+    bool over_budget_ = false;
+    Clock::time_point last_enforced_{};
 };
 
 // The last `lines` lines of a text file (bounded read from the end).

@@ -75,6 +75,7 @@ json Fleet::port_json(const PortRuntime& rt) const {
               {"last_failure", rt.last_failure}};
     if (rt.state == PortState::failed || rt.state == PortState::backoff)
         j["last_log_lines"] = rt.last_log_lines;
+    j.update(memory_json(rt));
     if (const auto* model = config_.find_model(rt.handle)) {
         j["memory_configured_bytes"] = model->memory_bytes.value_or(0);
         j["aliases"] = model->aliases;
@@ -88,8 +89,20 @@ json Fleet::status() const {
     json ports = json::array();
     for (const auto& [port, rt] : ports_)
         ports.push_back(port_json(*rt));
+    const auto memory = budget()["result"];
+    json warnings = json::array();
+    if (memory["over_budget"].get<bool>()) {
+        warnings.push_back("measured memory " + format_bytes(memory["measured_bytes"]) +
+                           " is over the budget of " + format_bytes(memory["budget_bytes"]));
+    }
     return protocol::ok_reply(
         {{"ports", ports},
+         {"memory",
+          {{"budget_bytes", memory["budget_bytes"]},
+           {"reserved_bytes", memory["reserved_bytes"]},
+           {"measured_bytes", memory["measured_bytes"]},
+           {"free_bytes", memory["free_bytes"]}}},
+         {"warnings", warnings},
          {"config", config_.source.string()},
          {"bind_host", config_.supervisor.bind_host},
          {"uptime_s",
@@ -125,6 +138,10 @@ awaitable<json> Fleet::load(int port, const std::string& handle, const std::stri
                                            std::to_string(port) + " " + handle + "'");
     }
     if (auto busy = check_port_free(port)) co_return protocol::error_reply(*busy);
+    // (named, not temporaries: GCC 12 miscompiles non-trivial temporaries in co_await)
+    const std::map<int, std::string> starts{{port, handle}};
+    const std::set<int> released;
+    if (auto refused = co_await admit(starts, released, profile)) co_return *refused;
     if (auto ok = store_->set_assignment({port, handle, profile, 0}); !ok)
         co_return protocol::error_reply(ok.error());
     const bool ready = co_await replace_worker(port, handle, profile);
@@ -170,6 +187,9 @@ awaitable<json> Fleet::swap(int port, const std::string& handle) {
     const std::string old_handle = rt->handle;
     const std::string profile = rt->profile;
     if (old_handle == handle) co_return protocol::ok_reply(port_json(*rt));
+    const std::map<int, std::string> starts{{port, handle}};
+    const std::set<int> released{port};
+    if (auto refused = co_await admit(starts, released, profile)) co_return *refused;
     if (auto ok = store_->set_assignment({port, handle, profile, 0}); !ok)
         co_return protocol::error_reply(ok.error());
     event(port, "swap", "'" + old_handle + "' -> '" + handle + "'");
@@ -221,6 +241,20 @@ awaitable<json> Fleet::profile_load(const std::string& name) {
     for (const auto& [port, a] : profile.ports) {
         if (auto busy = check_port_free(port)) co_return protocol::error_reply(*busy);
     }
+    // Within the memory budget once the ports it changes or drops stop (all or nothing).
+    std::map<int, std::string> starts;
+    std::set<int> released;
+    for (const auto& [port, rt] : ports_) {
+        const auto wanted = profile.ports.find(port);
+        if (wanted == profile.ports.end() || wanted->second.model != rt->handle)
+            released.insert(port);
+    }
+    for (const auto& [port, a] : profile.ports) {
+        const auto* rt = find(port);
+        if (rt == nullptr || rt->handle != a.model || !is_running(rt->state))
+            starts[port] = a.model;
+    }
+    if (auto refused = co_await admit(starts, released, name)) co_return *refused;
     std::vector<Assignment> desired;
     for (const auto& [port, a] : profile.ports)
         desired.push_back({port, a.model, name, 0});
@@ -348,6 +382,7 @@ awaitable<json> Fleet::handle(const protocol::ControlRequest& r) {
     if (r.verb == "profile-list") co_return profile_list();
     if (r.verb == "logs") co_return logs(port, r.lines);
     if (r.verb == "events") co_return events(r.lines);
+    if (r.verb == "budget") co_return budget();
     // Commands that change the fleet run one at a time, in arrival order.
     while (command_running_) {
         asio::steady_timer pause(io_, std::chrono::milliseconds(20));

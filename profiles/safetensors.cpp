@@ -1,0 +1,121 @@
+#include "profiles/safetensors.h"
+
+#include <array>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+namespace ensemble {
+
+namespace {
+
+constexpr std::uint64_t kMaxHeaderBytes = 100ULL * 1024 * 1024;  // the format's own limit
+constexpr std::uint64_t kMaxConfigBytes = 4ULL * 1024 * 1024;
+
+Error bad(const std::filesystem::path& file, const std::string& why) {
+    return Error{"bad_model", file.string() + ": " + why + "; set 'memory:' for this model"};
+}
+
+Result<nlohmann::json> read_json(const std::filesystem::path& file, std::uint64_t offset,
+                                 std::uint64_t length) {
+    std::ifstream in(file, std::ios::binary);
+    in.seekg(static_cast<std::streamoff>(offset));
+    std::string text(static_cast<std::size_t>(length), '\0');
+    if (!in.read(text.data(), static_cast<std::streamsize>(length)))
+        return bad(file, "cannot read its JSON");
+    auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (json.is_discarded() || !json.is_object()) return bad(file, "its JSON is not an object");
+    return json;
+}
+
+std::uint64_t positive(const nlohmann::json& object, const char* key, std::uint64_t fallback) {
+    const auto it = object.find(key);
+    if (it == object.end() || !it->is_number_unsigned()) return fallback;
+    return it->get<std::uint64_t>();
+}
+
+std::string text(const nlohmann::json& object, const char* key) {
+    const auto it = object.find(key);
+    return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
+}
+
+}  // namespace
+
+Result<std::uint64_t> safetensors_bytes(const std::filesystem::path& file) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(file, ec);
+    if (ec) return bad(file, "cannot be read (" + ec.message() + ")");
+    std::ifstream in(file, std::ios::binary);
+    std::array<unsigned char, 8> raw{};
+    if (size < 8 || !in.read(reinterpret_cast<char*>(raw.data()), 8))
+        return bad(file, "is too short for a safetensors header");
+    std::uint64_t length = 0;
+    for (int i = 7; i >= 0; --i)
+        length = (length << 8) | raw[static_cast<std::size_t>(i)];
+    if (length > kMaxHeaderBytes || length > size - 8) {
+        return bad(file, "claims a " + std::to_string(length) + "-byte header in a file of " +
+                             std::to_string(size) + " bytes");
+    }
+    auto header = read_json(file, 8, length);
+    if (!header) return header.error();
+    const std::uint64_t data_size = size - 8 - length;
+    std::uint64_t total = 0;
+    for (const auto& [name, tensor] : header->items()) {
+        if (name == "__metadata__") continue;
+        const auto offsets = tensor.is_object() ? tensor.find("data_offsets") : tensor.end();
+        if (!tensor.is_object() || offsets == tensor.end() || !offsets->is_array() ||
+            offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
+            !(*offsets)[1].is_number_unsigned()) {
+            return bad(file, "tensor '" + name + "' has no valid data_offsets");
+        }
+        const auto begin = (*offsets)[0].get<std::uint64_t>();
+        const auto end = (*offsets)[1].get<std::uint64_t>();
+        if (begin > end || end > data_size)
+            return bad(file, "tensor '" + name + "' lies beyond the end of the file");
+        total += end - begin;
+    }
+    return total;
+}
+
+Result<std::uint64_t> safetensors_directory_bytes(const std::filesystem::path& directory) {
+    std::error_code ec;
+    std::uint64_t total = 0;
+    int files = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(directory, ec)) {
+        if (entry.path().extension() != ".safetensors") continue;
+        auto bytes = safetensors_bytes(entry.path());
+        if (!bytes) return bytes.error();
+        total += *bytes;
+        ++files;
+    }
+    if (ec) return bad(directory, "cannot be listed (" + ec.message() + ")");
+    if (files == 0) return bad(directory, "holds no *.safetensors files");
+    return total;
+}
+
+Result<MlxShape> read_mlx_config(const std::filesystem::path& config_json) {
+    std::error_code ec;
+    const auto size = std::filesystem::file_size(config_json, ec);
+    if (ec) return bad(config_json, "cannot be read (" + ec.message() + ")");
+    if (size > kMaxConfigBytes) return bad(config_json, "is too large for a model config");
+    auto json = read_json(config_json, 0, size);
+    if (!json) return json.error();
+    const auto& root = json->contains("text_config") && (*json)["text_config"].is_object()
+                           ? (*json)["text_config"]
+                           : *json;
+    MlxShape shape;
+    shape.layers = positive(root, "num_hidden_layers", 0);
+    const auto heads = positive(root, "num_attention_heads", 0);
+    const auto hidden = positive(root, "hidden_size", 0);
+    if (shape.layers == 0 || heads == 0 || shape.layers > 100'000 || heads > (1U << 16))
+        return bad(config_json, "lacks num_hidden_layers or num_attention_heads");
+    shape.kv_heads = std::min(positive(root, "num_key_value_heads", heads), heads);
+    shape.head_dim = positive(root, "head_dim", hidden / heads);
+    if (shape.head_dim == 0 || shape.head_dim > (1U << 16))
+        return bad(config_json, "lacks head_dim and hidden_size");
+    const auto dtype = text(root, "torch_dtype").empty() ? text(*json, "torch_dtype")
+                                                         : text(root, "torch_dtype");
+    shape.dtype_bytes = dtype == "float32" ? 4 : 2;
+    return shape;
+}
+
+}  // namespace ensemble
