@@ -40,23 +40,53 @@ std::string human_duration(std::int64_t s) {
 }
 
 void print_ports(const json& ports) {
-    std::printf("%-6s %-22s %-10s %-9s %-8s %-7s %-8s %-10s %-6s %s\n", "PORT", "MODEL", "PROFILE",
-                "STATE", "PID", "UPTIME", "RESTARTS", "MEMORY", "REQS", "TOK/S   LAST FAILURE");
+    std::printf("%-6s %-22s %-10s %-9s %-8s %-7s %-8s %-10s %-10s %-6s %s\n", "PORT", "MODEL",
+                "PROFILE", "STATE", "PID", "UPTIME", "RESTARTS", "ESTIMATE", "MEASURED", "REQS",
+                "TOK/S   LAST FAILURE");
     for (const auto& p : ports) {
-        std::printf("%-6d %-22s %-10s %-9s %-8lld %-7s %-8d %-10s %-6llu %-7.1f %s\n",
+        std::printf("%-6d %-22s %-10s %-9s %-8lld %-7s %-8d %-10s %-10s %-6llu %-7.1f %s\n",
                     p.value("port", 0), p.value("model", "").c_str(),
                     p.value("profile", "").empty() ? "-" : p.value("profile", "").c_str(),
                     p.value("state", "").c_str(), static_cast<long long>(p.value("pid", 0LL)),
                     human_duration(p.value("uptime_s", 0LL)).c_str(), p.value("restarts", 0),
+                    human_bytes(p.value("memory_estimate_bytes", 0ULL)).c_str(),
                     human_bytes(p.value("memory_bytes", 0ULL)).c_str(),
                     static_cast<unsigned long long>(p.value("requests", 0ULL)),
                     p.value("tokens_per_s", 0.0), p.value("last_failure", "").c_str());
     }
 }
 
+void print_budget(const json& b) {
+    if (b.value("budget_bytes", 0ULL) == 0) {
+        std::printf("no memory budget (set supervisor.memory_budget, e.g. 170GiB or 85%%)\n");
+    } else {
+        std::printf("budget %s (%s)  reserved %s  measured %s  free %s%s\n",
+                    human_bytes(b.value("budget_bytes", 0ULL)).c_str(),
+                    b.value("budget", "").c_str(),
+                    human_bytes(b.value("reserved_bytes", 0ULL)).c_str(),
+                    human_bytes(b.value("measured_bytes", 0ULL)).c_str(),
+                    human_bytes(b.value("free_bytes", 0ULL)).c_str(),
+                    b.value("over_budget", false) ? "  OVER BUDGET" : "");
+    }
+    std::printf("%-6s %-22s %-10s %-10s %-7s %-8s %-6s %s\n", "PORT", "MODEL", "ESTIMATE",
+                "MEASURED", "SHARE", "PRIORITY", "EVICT", "IDLE");
+    for (const auto& p : b["ports"]) {
+        std::printf("%-6d %-22s %-10s %-10s %5.1f%%  %-8d %-6s %s\n", p.value("port", 0),
+                    p.value("model", "").c_str(),
+                    human_bytes(p.value("estimate_bytes", 0ULL)).c_str(),
+                    human_bytes(p.value("measured_bytes", 0ULL)).c_str(),
+                    100.0 * p.value("share", 0.0), p.value("priority", 0),
+                    p.value("evict", "").c_str(), p.value("idle", false) ? "yes" : "no");
+    }
+}
+
 void print_human(const std::string& verb, const json& result) {
     if (verb == "status") {
         print_ports(result["ports"]);
+        for (const auto& w : result.value("warnings", json::array()))
+            std::printf("warning: %s\n", w.get<std::string>().c_str());
+    } else if (verb == "budget") {
+        print_budget(result);
     } else if (verb == "profile-list") {
         for (const auto& p : result["profiles"]) {
             std::printf("%s %s:", p.value("active", false) ? "*" : " ",
@@ -203,6 +233,9 @@ int main(int argc, char** argv) {
     });
     auto* checkc = app.add_subcommand("check", "validate a config file; runs nothing");
     checkc->add_option("file", check_file)->required();
+    app.add_subcommand("budget",
+                       "the memory budget: reserved, measured, free, and each port's share")
+        ->callback([&] { request.verb = "budget"; });
     app.add_subcommand("reload", "re-read the config; report ports whose spec changed")
         ->callback([&] { request.verb = "reload"; });
     CLI11_PARSE(app, argc, argv);

@@ -62,7 +62,7 @@ std::optional<std::uint64_t> resolve_budget(const std::string& text, std::uint64
     static const std::regex kPercent(R"(^([1-9][0-9]?|100)%$)");
     std::smatch match;
     if (std::regex_match(text, match, kPercent))
-        return physical / 100 * static_cast<std::uint64_t>(std::stoi(match[1]));
+        return physical * static_cast<std::uint64_t>(std::stoi(match[1])) / 100;
     return parse_bytes(text);
 }
 

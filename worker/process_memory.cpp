@@ -1,5 +1,10 @@
 #include "worker/process_memory.h"
 
+#ifdef __APPLE__
+#include <libproc.h>
+#include <sys/resource.h>
+#endif
+
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -16,8 +21,14 @@ std::optional<std::uint64_t> proportional_set_size(pid_t pid) {
             if (fields >> kib) return kib * 1024;
         }
     }
+#elif defined(__APPLE__)
+    // phys_footprint is what Activity Monitor shows as "Memory": resident plus compressed,
+    // with unified-memory GPU allocations (MLX, Metal) included.
+    rusage_info_v4 info{};
+    if (proc_pid_rusage(pid, RUSAGE_INFO_V4, reinterpret_cast<rusage_info_t*>(&info)) == 0)
+        return info.ri_phys_footprint;
 #else
-    (void)pid;  // macOS (phys_footprint) comes with the memory-budget work
+    (void)pid;
 #endif
     return std::nullopt;
 }

@@ -9,7 +9,8 @@
 
 namespace ensemble {
 
-// PSS in bytes (Linux: /proc/PID/smaps_rollup); nullopt if unknown or the process is gone.
+// PSS in bytes (Linux: /proc/PID/smaps_rollup; macOS: phys_footprint from proc_pid_rusage);
+// nullopt if unknown or the process is gone.
 std::optional<std::uint64_t> proportional_set_size(pid_t pid);
 
 // Start time of a process in clock ticks since boot (/proc/PID/stat field 22), to tell a pid
