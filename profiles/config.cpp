@@ -213,9 +213,10 @@ void Loader::load_file(const std::filesystem::path& path, bool top_level) {
 
 void Loader::supervisor(const std::string& file, const YAML::Node& node,
                         const std::filesystem::path& base) {
-    if (!v_.map_with_keys(file, node, "supervisor",
-                          {"state_dir", "run_dir", "memory_budget", "over_budget", "evict_idle_after",
-                           "boot_profile", "bind_host", "logs", "health", "restart"})) {
+    if (!v_.map_with_keys(
+            file, node, "supervisor",
+            {"state_dir", "run_dir", "memory_budget", "over_budget", "evict_idle_after",
+             "boot_profile", "bind_host", "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -241,8 +242,8 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     if (node["over_budget"]) {
         if (auto o = v_.scalar<std::string>(file, node["over_budget"], "over_budget")) {
             if (*o != "warn" && *o != "stop-lowest")
-                v_.at(file, node["over_budget"], "over_budget '" + *o +
-                                                     "' must be 'warn' or 'stop-lowest'");
+                v_.at(file, node["over_budget"],
+                      "over_budget '" + *o + "' must be 'warn' or 'stop-lowest'");
             s.memory.stop_lowest_over_budget = *o == "stop-lowest";
         }
     }
@@ -411,10 +412,9 @@ void Loader::models(const std::string& file, const YAML::Node& node,
                       "and digits, with '-' or '.' between them (e.g. qwen3-8b)");
         }
         const auto& m = kv.second;
-        if (!v_.map_with_keys(
-                file, m, "model '" + handle + "'",
-                {"engine", "path", "context", "parallel", "memory", "priority", "evict", "aliases",
-                 "args"})) {
+        if (!v_.map_with_keys(file, m, "model '" + handle + "'",
+                              {"engine", "path", "context", "parallel", "memory", "priority",
+                               "evict", "aliases", "args"})) {
             continue;
         }
         ModelSpec spec;

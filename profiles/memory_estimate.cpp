@@ -14,12 +14,12 @@ namespace {
 // 3-400 MB at contexts 512-32768 and 1-4 slots: see tests/integration/memory_test.cpp and
 // docs/BENCHMARKS.md. What is not weights, KV cache or compute buffers: code, heap (vocabulary,
 // graph), thread stacks; it grows a little with the number of layers.
-constexpr std::uint64_t kLlamaRuntimeBytes = 22'000'000;
-constexpr std::uint64_t kLlamaPerLayerBytes = 700'000;
+constexpr std::uint64_t kLlamaRuntimeBytes = 20'000'000;
+constexpr std::uint64_t kLlamaPerLayerBytes = 500'000;
 // llama.cpp pads KV cache sizes to this many cells.
 constexpr std::uint64_t kCellPadding = 256;
-// The Ensemble worker in front of the engine (its own PSS, measured).
-constexpr std::uint64_t kWorkerBytes = 5'000'000;
+// The Ensemble worker in front of the engine (its own PSS, measured: 5.6-6.0 MB).
+constexpr std::uint64_t kWorkerBytes = 6'000'000;
 // An MLX server is a Python process with the MLX runtime; not calibrated (no Apple hardware in
 // CI): a deliberately round number until someone measures one.
 constexpr std::uint64_t kMlxRuntimeBytes = 600ULL * 1024 * 1024;
@@ -45,7 +45,9 @@ std::optional<std::uint32_t> cache_type(std::string_view name) {
     return std::nullopt;
 }
 
-std::uint64_t pad(std::uint64_t n, std::uint64_t to) { return (n + to - 1) / to * to; }
+std::uint64_t pad(std::uint64_t n, std::uint64_t to) {
+    return (n + to - 1) / to * to;
+}
 
 Error bad_arg(const std::string& flag, const std::string& why) {
     return Error{"bad_engine_args", "engine argument " + flag + ": " + why};
@@ -127,8 +129,8 @@ Result<MemoryEstimate> estimate_gguf(const gguf::Header& header, const LlamaCppP
     if (!dims) return dims.error();
     const auto& d = *dims;
     const auto parallel = static_cast<std::uint64_t>(std::max(params.parallel, 1));
-    const std::uint64_t context = pad(static_cast<std::uint64_t>(std::max(params.context, 1)),
-                                      kCellPadding);
+    const std::uint64_t context =
+        pad(static_cast<std::uint64_t>(std::max(params.context, 1)), kCellPadding);
     // Without --kv-unified every slot has its own stream of context/parallel cells.
     const std::uint64_t streams = params.kv_unified ? 1 : parallel;
     const std::uint64_t cells_per_stream = pad(context / streams, kCellPadding);
@@ -140,8 +142,9 @@ Result<MemoryEstimate> estimate_gguf(const gguf::Header& header, const LlamaCppP
     const auto k_row = gguf::type_size(params.cache_type_k, d.kv_heads * d.key_length);
     const auto v_row = gguf::type_size(params.cache_type_v, d.kv_heads * d.value_length);
     if (!k_row || !v_row) {
-        return Error{"bad_model", "the KV cache type does not fit this model's head size "
-                                  "(rows must be whole blocks); use f16 or set 'memory:'"};
+        return Error{"bad_model",
+                     "the KV cache type does not fit this model's head size "
+                     "(rows must be whole blocks); use f16 or set 'memory:'"};
     }
     e.kv_cache = d.layers * cells * (*k_row + *v_row);
     // Activations for one micro-batch, the f16 attention mask over a stream's cells, and the
@@ -177,7 +180,8 @@ Result<MemoryEstimate> estimate_memory(const EstimateRequest& r) {
     std::error_code ec;
     const std::filesystem::path path(r.path);
     if (std::filesystem::is_directory(path, ec)) {
-        if (std::filesystem::exists(path / "config.json", ec)) return estimate_mlx(r.path, r.context);
+        if (std::filesystem::exists(path / "config.json", ec))
+            return estimate_mlx(r.path, r.context);
         return Error{"no_estimate", "'" + r.path +
                                         "' is a directory without config.json; set 'memory:' "
                                         "for this model"};

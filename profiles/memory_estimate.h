@@ -29,8 +29,8 @@ struct EstimateRequest {
     std::string engine;  // the preset: "llama.cpp", "mlx-lm", "vllm", "command"
     int context = 4096;  // llama.cpp: the total over all slots (--ctx-size)
     int parallel = 4;
-    std::vector<std::string> engine_args;      // engine and model args (cache types, ubatch)
-    std::optional<std::uint64_t> configured;   // `memory:` wins when set
+    std::vector<std::string> engine_args;     // engine and model args (cache types, ubatch)
+    std::optional<std::uint64_t> configured;  // `memory:` wins when set
 };
 
 // The llama.cpp CPU memory model (calibrated against llama-server; see docs/BENCHMARKS.md).

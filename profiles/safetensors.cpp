@@ -112,8 +112,8 @@ Result<MlxShape> read_mlx_config(const std::filesystem::path& config_json) {
     shape.head_dim = positive(root, "head_dim", hidden / heads);
     if (shape.head_dim == 0 || shape.head_dim > (1U << 16))
         return bad(config_json, "lacks head_dim and hidden_size");
-    const auto dtype = text(root, "torch_dtype").empty() ? text(*json, "torch_dtype")
-                                                         : text(root, "torch_dtype");
+    const auto dtype =
+        text(root, "torch_dtype").empty() ? text(*json, "torch_dtype") : text(root, "torch_dtype");
     shape.dtype_bytes = dtype == "float32" ? 4 : 2;
     return shape;
 }

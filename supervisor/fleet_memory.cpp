@@ -88,12 +88,11 @@ std::vector<BudgetHolder> Fleet::budget_holders(Clock::time_point now) const {
         if (!is_running(rt->state) || rt->stop_requested) continue;
         const auto policy = policy_for(port, rt->handle, rt->profile);
         const auto last_used = std::max(rt->last_used, rt->started);
-        holders.push_back({port, rt->handle, rt->estimate ? rt->estimate->total() : 0,
-                           rt->stats.memory_bytes, policy.priority,
-                           policy.evict == EvictPolicy::idle,
-                           rt->stats.queue_depth == 0 &&
-                               now - last_used >= config_.supervisor.memory.idle_after,
-                           steady_ms(last_used)});
+        holders.push_back(
+            {port, rt->handle, rt->estimate ? rt->estimate->total() : 0, rt->stats.memory_bytes,
+             policy.priority, policy.evict == EvictPolicy::idle,
+             rt->stats.queue_depth == 0 && now - last_used >= config_.supervisor.memory.idle_after,
+             steady_ms(last_used)});
     }
     return holders;
 }
@@ -149,8 +148,9 @@ void Fleet::check_budget(Clock::time_point now) {
         if (is_running(rt->state)) measured += rt->stats.memory_bytes;
     }
     if (measured <= *budget) {
-        if (over_budget_) event(0, "within_budget", "measured " + format_bytes(measured) +
-                                                        " is within the budget again");
+        if (over_budget_)
+            event(0, "within_budget",
+                  "measured " + format_bytes(measured) + " is within the budget again");
         over_budget_ = false;
         return;
     }

@@ -18,8 +18,8 @@ struct BudgetHolder {
     std::uint64_t estimate = 0;
     std::uint64_t measured = 0;  // PSS of worker + engine; 0 until the first heartbeat
     int priority = 0;
-    bool evictable = false;      // evict: idle
-    bool idle = false;           // no request in flight, none for evict_idle_after
+    bool evictable = false;  // evict: idle
+    bool idle = false;       // no request in flight, none for evict_idle_after
     std::int64_t last_used_ms = 0;
 
     // What it is charged: the estimate, or what it measurably uses if that is more.

@@ -12,7 +12,7 @@ constexpr std::uint64_t GiB = 1ULL << 30;
 
 BudgetHolder holder(int port, std::uint64_t gib, int priority = 0, bool evictable = false,
                     bool idle = true, std::int64_t last_used_ms = 0) {
-    return {port, "m" + std::to_string(port), gib * GiB, 0, priority, evictable, idle,
+    return {port,        "m" + std::to_string(port), gib * GiB, 0, priority, evictable, idle,
             last_used_ms};
 }
 
@@ -82,8 +82,8 @@ TEST(MemoryBudgetTest, BusyPinnedAndHigherPriorityPortsAreNotEvicted) {
 
 TEST(MemoryBudgetTest, AllOrNothingWhenEvictingCannotMakeRoom) {
     const std::vector<BudgetHolder> holders = {holder(8100, 3, 0, true), holder(8101, 5)};
-    const auto plan = plan_admission(10 * GiB, holders,
-                                     {{8102, "a", 4 * GiB, 0}, {8103, "b", 4 * GiB, 0}}, {});
+    const auto plan =
+        plan_admission(10 * GiB, holders, {{8102, "a", 4 * GiB, 0}, {8103, "b", 4 * GiB, 0}}, {});
     EXPECT_FALSE(plan.admitted);
     EXPECT_TRUE(plan.evict.empty()) << "nothing may be evicted when the load is refused anyway";
     EXPECT_NE(plan.refusal.find("even after evicting"), std::string::npos) << plan.refusal;
@@ -91,8 +91,8 @@ TEST(MemoryBudgetTest, AllOrNothingWhenEvictingCannotMakeRoom) {
 
 TEST(MemoryBudgetTest, OverBudgetVictimIsTheLowestPriorityLeastRecentlyUsed) {
     EXPECT_FALSE(over_budget_victim({}));
-    EXPECT_EQ(over_budget_victim({holder(8100, 1, 3, false, false, 1), holder(8101, 1, 1, false,
-                                                                              false, 50),
+    EXPECT_EQ(over_budget_victim({holder(8100, 1, 3, false, false, 1),
+                                  holder(8101, 1, 1, false, false, 50),
                                   holder(8102, 1, 1, false, false, 10)}),
               8102);
 }

@@ -30,7 +30,8 @@ void write_safetensors(const std::filesystem::path& path,
     nlohmann::json header = {{"__metadata__", {{"format", "mlx"}}}};
     std::uint64_t offset = 0;
     for (const auto& [name, bytes] : tensors) {
-        header[name] = {{"dtype", "F16"}, {"shape", {bytes / 2}}, {"data_offsets", {offset, offset + bytes}}};
+        header[name] = {
+            {"dtype", "F16"}, {"shape", {bytes / 2}}, {"data_offsets", {offset, offset + bytes}}};
         offset += bytes;
     }
     const auto text = header.dump();
@@ -90,8 +91,7 @@ TEST_F(GgufEstimateTest, CacheTypesChangeTheKvCache) {
     // q8_0: 64 values are two blocks of 34 bytes; f32: 4 bytes each.
     EXPECT_EQ(estimate(4096, 1, {"-ctk", "q8_0", "--cache-type-v", "q8_0"}).kv_cache,
               4096ULL * 4 * (68 + 68));
-    EXPECT_EQ(estimate(4096, 1, {"--cache-type-k", "f32"}).kv_cache,
-              4096ULL * 4 * (256 + 128));
+    EXPECT_EQ(estimate(4096, 1, {"--cache-type-k", "f32"}).kv_cache, 4096ULL * 4 * (256 + 128));
 }
 
 TEST_F(GgufEstimateTest, ComputeGrowsWithTheMicroBatchAndTheStream) {
@@ -197,7 +197,8 @@ TEST(MlxEstimateTest, HostileHeadersAreCleanErrors) {
     expect_error("huge.safetensors", std::string("\xff\xff\xff\xff\xff\xff\xff\x7f", 8) + "{}",
                  "claims a");
     expect_error("json.safetensors", std::string("\x05\0\0\0\0\0\0\0", 8) + "{oops", "JSON");
-    const std::string beyond = R"({"w": {"dtype": "F16", "shape": [4], "data_offsets": [0, 99999]}})";
+    const std::string beyond =
+        R"({"w": {"dtype": "F16", "shape": [4], "data_offsets": [0, 99999]}})";
     std::string length(8, '\0');
     length[0] = static_cast<char>(beyond.size());
     expect_error("beyond.safetensors", length + beyond, "beyond the end");
