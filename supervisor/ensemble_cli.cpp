@@ -119,6 +119,25 @@ void print_human(const std::string& verb, const json& result) {
     }
 }
 
+// `ensemble estimate FILE`: the budget's estimate of a model, without a supervisor.
+int estimate(const EstimateRequest& request) {
+    auto e = estimate_memory(request);
+    if (!e) {
+        std::cerr << "ensemble: " << e.error().message << '\n';
+        return 1;
+    }
+    std::printf("%s (%s, context %d, parallel %d)\n", request.path.c_str(), e->source.c_str(),
+                request.context, request.parallel);
+    std::printf("  weights   %12llu  %s\n  kv cache  %12llu  %s\n  compute   %12llu  %s\n"
+                "  overhead  %12llu  %s\n  total     %12llu  %s\n",
+                static_cast<unsigned long long>(e->weights), human_bytes(e->weights).c_str(),
+                static_cast<unsigned long long>(e->kv_cache), human_bytes(e->kv_cache).c_str(),
+                static_cast<unsigned long long>(e->compute), human_bytes(e->compute).c_str(),
+                static_cast<unsigned long long>(e->overhead), human_bytes(e->overhead).c_str(),
+                static_cast<unsigned long long>(e->total()), human_bytes(e->total()).c_str());
+    return 0;
+}
+
 int check(const std::string& file) {
     auto loaded = load_config(file);
     for (const auto& issue : loaded.issues)
@@ -231,6 +250,14 @@ int main(int argc, char** argv) {
         export_kind = "handles";
         request.verb = "status";
     });
+    EstimateRequest estimate_request;
+    auto* estimatec = app.add_subcommand(
+        "estimate", "the memory budget's estimate of a GGUF file or MLX directory; runs nothing");
+    estimatec->add_option("path", estimate_request.path)->required();
+    estimatec->add_option("--context", estimate_request.context)->capture_default_str();
+    estimatec->add_option("--parallel", estimate_request.parallel)->capture_default_str();
+    estimatec->add_option("--engine-arg", estimate_request.engine_args,
+                          "an engine argument (repeat; e.g. --engine-arg=-ctk --engine-arg=q8_0)");
     auto* checkc = app.add_subcommand("check", "validate a config file; runs nothing");
     checkc->add_option("file", check_file)->required();
     app.add_subcommand("budget",
@@ -241,6 +268,7 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     if (!check_file.empty()) return check(check_file);
+    if (estimatec->parsed()) return estimate(estimate_request);
     if (port != 0) request.port = port;
     request.model = model;
     request.lines = lines;

@@ -401,9 +401,13 @@ void Fleet::reconcile() {
     const auto initialized = store_->meta("initialized");
     if (desired->empty() && initialized && initialized->empty() &&
         !config_.supervisor.boot_profile.empty()) {
-        event(0, "boot",
-              "no assignments yet: loading boot profile '" + config_.supervisor.boot_profile + "'");
         const auto& profile = config_.profiles.at(config_.supervisor.boot_profile);
+        if (auto refusal = boot_refusal(profile)) {
+            event(0, "budget_refused",
+                  "boot profile '" + profile.name + "' not loaded: " + *refusal);
+            return;
+        }
+        event(0, "boot", "no assignments yet: loading boot profile '" + profile.name + "'");
         std::vector<Assignment> boot;
         for (const auto& [port, a] : profile.ports)
             boot.push_back({port, a.model, profile.name, 0});

@@ -156,6 +156,8 @@ class Fleet {
                                                    const std::set<int>& released,
                                                    const std::string& profile);
     void check_budget(Clock::time_point now);
+    // Why the boot profile does not fit the budget on an empty machine, if it does not.
+    std::optional<std::string> boot_refusal(const Profile& profile) const;
     void evict(PortRuntime& rt, const std::string& reason);
     nlohmann::json memory_json(const PortRuntime& rt) const;
     nlohmann::json budget() const;

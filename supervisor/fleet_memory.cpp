@@ -131,6 +131,20 @@ awaitable<std::optional<json>> Fleet::admit(const std::map<int, std::string>& st
     co_return std::nullopt;
 }
 
+std::optional<std::string> Fleet::boot_refusal(const Profile& profile) const {
+    const auto budget = budget_bytes();
+    if (!budget) return std::nullopt;
+    std::vector<Placement> incoming;
+    for (const auto& [port, a] : profile.ports) {
+        auto estimate = estimate_for(port, a.model, profile.name);
+        if (!estimate) return estimate.error().message;
+        incoming.push_back({port, a.model, estimate->total(), 0});
+    }
+    const auto plan = plan_admission(*budget, {}, incoming, {});
+    if (plan.admitted) return std::nullopt;
+    return plan.refusal;
+}
+
 void Fleet::evict(PortRuntime& rt, const std::string& reason) {
     // Unassigned first, so a restart of the supervisor does not bring it back over budget.
     if (auto ok = store_->remove_assignment(rt.port); !ok)

@@ -194,6 +194,38 @@ TEST_F(ConfigTest, BadHealthAndRestartSettingsAreReportedWithPositions) {
                  "unknown key 'probe_everything'");
 }
 
+TEST_F(ConfigTest, MemoryPoliciesLoad) {
+    auto r = load(
+        "supervisor:\n  memory_budget: 170GiB\n  over_budget: stop-lowest\n"
+        "  evict_idle_after: 5m\n"
+        "models:\n  a: {path: ./a.gguf, priority: 3, evict: idle}\n  b: {path: ./a.gguf}\n"
+        "profiles:\n  p:\n    evict: idle\n    priority: -1\n    8100: a\n"
+        "    8101: {model: b, priority: 9, evict: never}\n");
+    ASSERT_TRUE(r.config) << r.issues.front().to_string();
+    const auto& c = *r.config;
+    EXPECT_TRUE(c.supervisor.memory.stop_lowest_over_budget);
+    EXPECT_EQ(c.supervisor.memory.idle_after, std::chrono::minutes(5));
+    EXPECT_EQ(c.models.at("a").priority, 3);
+    EXPECT_EQ(c.models.at("a").evict, EvictPolicy::idle);
+    EXPECT_EQ(c.models.at("b").evict, EvictPolicy::never);
+    const auto& p = c.profiles.at("p");
+    EXPECT_EQ(p.priority, -1);
+    EXPECT_EQ(p.evict, EvictPolicy::idle);
+    EXPECT_EQ(p.ports.size(), 2U);
+    EXPECT_EQ(p.ports.at(8101).priority, 9);
+    EXPECT_EQ(p.ports.at(8101).evict, EvictPolicy::never);
+}
+
+TEST_F(ConfigTest, BadMemoryPoliciesAreReportedWithPositions) {
+    expect_issue(load("supervisor:\n  over_budget: panic\n"), 2, 16, "'warn' or 'stop-lowest'");
+    expect_issue(load("supervisor:\n  memory_budget: 120%\n"), 2, 18, "share of RAM");
+    expect_issue(load("models:\n  a: {path: ./a.gguf, evict: sometimes}\n"), 2, 30,
+                 "'idle' or 'never'");
+    expect_issue(load("models:\n  a: {path: ./a.gguf, priority: 5000}\n"), 2, 33,
+                 "out of range -1000-1000");
+    expect_issue(load("models:\n  a: {path: ./a.gguf, memory: lots}\n"), 2, 31, "must be a size");
+}
+
 TEST(ParseDuration, UnitsAndRejects) {
     EXPECT_EQ(parse_duration("500ms"), std::chrono::milliseconds(500));
     EXPECT_EQ(parse_duration("5s"), std::chrono::seconds(5));
