@@ -2,6 +2,8 @@
 
 #include <array>
 #include <filesystem>
+#include <initializer_list>
+#include <limits>
 #include <string_view>
 
 #include "profiles/safetensors.h"
@@ -49,6 +51,26 @@ std::uint64_t pad(std::uint64_t n, std::uint64_t to) {
     return (n + to - 1) / to * to;
 }
 
+// Products and sums of header values saturate instead of wrapping around: a hostile model must
+// not look small to the budget.
+constexpr auto kSaturated = std::numeric_limits<std::uint64_t>::max();
+
+std::uint64_t mul(std::initializer_list<std::uint64_t> factors) {
+    std::uint64_t product = 1;
+    for (auto f : factors) {
+        if (__builtin_mul_overflow(product, f, &product)) return kSaturated;
+    }
+    return product;
+}
+
+std::uint64_t add(std::initializer_list<std::uint64_t> terms) {
+    std::uint64_t sum = 0;
+    for (auto t : terms) {
+        if (__builtin_add_overflow(sum, t, &sum)) return kSaturated;
+    }
+    return sum;
+}
+
 Error bad_arg(const std::string& flag, const std::string& why) {
     return Error{"bad_engine_args", "engine argument " + flag + ": " + why};
 }
@@ -90,6 +112,10 @@ Result<Dimensions> dimensions(const gguf::Header& h) {
 }
 
 }  // namespace
+
+std::uint64_t MemoryEstimate::total() const {
+    return add({weights, kv_cache, compute, overhead});
+}
 
 Result<LlamaCppParams> LlamaCppParams::from_args(int context, int parallel,
                                                  const std::vector<std::string>& args) {
@@ -146,12 +172,12 @@ Result<MemoryEstimate> estimate_gguf(const gguf::Header& header, const LlamaCppP
                      "the KV cache type does not fit this model's head size "
                      "(rows must be whole blocks); use f16 or set 'memory:'"};
     }
-    e.kv_cache = d.layers * cells * (*k_row + *v_row);
+    e.kv_cache = mul({d.layers, cells, add({*k_row, *v_row})});
     // Activations for one micro-batch, the f16 attention mask over a stream's cells, and the
     // logits of one output per slot (llama.cpp reserves its graph for that worst case).
     const std::uint64_t ubatch = std::min<std::uint64_t>(params.ubatch, context);
-    e.compute = ubatch * 4 * (3 * d.feed_forward + 5 * d.embedding) +
-                ubatch * 2 * cells_per_stream + parallel * d.vocab * 4;
+    e.compute = add({mul({ubatch, 4, add({mul({3, d.feed_forward}), mul({5, d.embedding})})}),
+                     mul({ubatch, 2, cells_per_stream}), mul({parallel, d.vocab, 4})});
     e.overhead = kLlamaRuntimeBytes + kLlamaPerLayerBytes * d.layers + kWorkerBytes;
     return e;
 }
@@ -164,8 +190,8 @@ Result<MemoryEstimate> estimate_mlx(const std::string& directory, int context) {
     MemoryEstimate e;
     e.source = "mlx";
     e.weights = *weights;
-    e.kv_cache = shape->layers * 2 * shape->kv_heads * shape->head_dim * shape->dtype_bytes *
-                 static_cast<std::uint64_t>(std::max(context, 1));
+    e.kv_cache = mul({shape->layers, 2, shape->kv_heads, shape->head_dim, shape->dtype_bytes,
+                      static_cast<std::uint64_t>(std::max(context, 1))});
     e.overhead = kMlxRuntimeBytes + kWorkerBytes;
     return e;
 }

@@ -20,7 +20,8 @@ struct MemoryEstimate {
     std::uint64_t overhead = 0;  // engine runtime (code, heap, threads) plus the worker
     std::string source;          // "configured", "gguf" or "mlx"
 
-    std::uint64_t total() const { return weights + kv_cache + compute + overhead; }
+    // Saturates: a hostile header's sizes add up to "more than any budget", never wrap around.
+    std::uint64_t total() const;
 };
 
 // What decides the footprint besides the model file.

@@ -15,15 +15,9 @@ Error bad(const std::filesystem::path& file, const std::string& why) {
     return Error{"bad_model", file.string() + ": " + why + "; set 'memory:' for this model"};
 }
 
-Result<nlohmann::json> read_json(const std::filesystem::path& file, std::uint64_t offset,
-                                 std::uint64_t length) {
-    std::ifstream in(file, std::ios::binary);
-    in.seekg(static_cast<std::streamoff>(offset));
-    std::string text(static_cast<std::size_t>(length), '\0');
-    if (!in.read(text.data(), static_cast<std::streamsize>(length)))
-        return bad(file, "cannot read its JSON");
+Result<nlohmann::json> parse_object(const std::string& text, const std::filesystem::path& name) {
     auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (json.is_discarded() || !json.is_object()) return bad(file, "its JSON is not an object");
+    if (json.is_discarded() || !json.is_object()) return bad(name, "its JSON is not an object");
     return json;
 }
 
@@ -33,7 +27,7 @@ std::uint64_t positive(const nlohmann::json& object, const char* key, std::uint6
     return it->get<std::uint64_t>();
 }
 
-std::string text(const nlohmann::json& object, const char* key) {
+std::string string_field(const nlohmann::json& object, const char* key) {
     const auto it = object.find(key);
     return it != object.end() && it->is_string() ? it->get<std::string>() : std::string();
 }
@@ -45,33 +39,41 @@ Result<std::uint64_t> safetensors_bytes(const std::filesystem::path& file) {
     const auto size = std::filesystem::file_size(file, ec);
     if (ec) return bad(file, "cannot be read (" + ec.message() + ")");
     std::ifstream in(file, std::ios::binary);
+    return safetensors_bytes(in, size, file.string());
+}
+
+Result<std::uint64_t> safetensors_bytes(std::istream& in, std::uint64_t size,
+                                        const std::string& name) {
     std::array<unsigned char, 8> raw{};
     if (size < 8 || !in.read(reinterpret_cast<char*>(raw.data()), 8))
-        return bad(file, "is too short for a safetensors header");
+        return bad(name, "is too short for a safetensors header");
     std::uint64_t length = 0;
     for (int i = 7; i >= 0; --i)
         length = (length << 8) | raw[static_cast<std::size_t>(i)];
     if (length > kMaxHeaderBytes || length > size - 8) {
-        return bad(file, "claims a " + std::to_string(length) + "-byte header in a file of " +
+        return bad(name, "claims a " + std::to_string(length) + "-byte header in a file of " +
                              std::to_string(size) + " bytes");
     }
-    auto header = read_json(file, 8, length);
+    std::string text(static_cast<std::size_t>(length), '\0');
+    if (!in.read(text.data(), static_cast<std::streamsize>(length)))
+        return bad(name, "cannot read its JSON header");
+    auto header = parse_object(text, name);
     if (!header) return header.error();
     const std::uint64_t data_size = size - 8 - length;
     std::uint64_t total = 0;
-    for (const auto& [name, tensor] : header->items()) {
-        if (name == "__metadata__") continue;
+    for (const auto& [tensor_name, tensor] : header->items()) {
+        if (tensor_name == "__metadata__") continue;
         const auto offsets = tensor.is_object() ? tensor.find("data_offsets") : tensor.end();
         if (!tensor.is_object() || offsets == tensor.end() || !offsets->is_array() ||
             offsets->size() != 2 || !(*offsets)[0].is_number_unsigned() ||
             !(*offsets)[1].is_number_unsigned()) {
-            return bad(file, "tensor '" + name + "' has no valid data_offsets");
+            return bad(name, "tensor '" + tensor_name + "' has no valid data_offsets");
         }
         const auto begin = (*offsets)[0].get<std::uint64_t>();
         const auto end = (*offsets)[1].get<std::uint64_t>();
         if (begin > end || end > data_size)
-            return bad(file, "tensor '" + name + "' lies beyond the end of the file");
-        total += end - begin;
+            return bad(name, "tensor '" + tensor_name + "' lies beyond the end of the file");
+        total += end - begin;  // no overflow: each span lies within the file
     }
     return total;
 }
@@ -97,7 +99,15 @@ Result<MlxShape> read_mlx_config(const std::filesystem::path& config_json) {
     const auto size = std::filesystem::file_size(config_json, ec);
     if (ec) return bad(config_json, "cannot be read (" + ec.message() + ")");
     if (size > kMaxConfigBytes) return bad(config_json, "is too large for a model config");
-    auto json = read_json(config_json, 0, size);
+    std::ifstream in(config_json, std::ios::binary);
+    std::string text(static_cast<std::size_t>(size), '\0');
+    if (!in.read(text.data(), static_cast<std::streamsize>(size)))
+        return bad(config_json, "cannot be read");
+    return parse_mlx_config(text, config_json.string());
+}
+
+Result<MlxShape> parse_mlx_config(const std::string& text, const std::string& name) {
+    auto json = parse_object(text, name);
     if (!json) return json.error();
     const auto& root = json->contains("text_config") && (*json)["text_config"].is_object()
                            ? (*json)["text_config"]
@@ -107,13 +117,14 @@ Result<MlxShape> read_mlx_config(const std::filesystem::path& config_json) {
     const auto heads = positive(root, "num_attention_heads", 0);
     const auto hidden = positive(root, "hidden_size", 0);
     if (shape.layers == 0 || heads == 0 || shape.layers > 100'000 || heads > (1U << 16))
-        return bad(config_json, "lacks num_hidden_layers or num_attention_heads");
+        return bad(name, "lacks num_hidden_layers or num_attention_heads");
     shape.kv_heads = std::min(positive(root, "num_key_value_heads", heads), heads);
     shape.head_dim = positive(root, "head_dim", hidden / heads);
     if (shape.head_dim == 0 || shape.head_dim > (1U << 16))
-        return bad(config_json, "lacks head_dim and hidden_size");
-    const auto dtype =
-        text(root, "torch_dtype").empty() ? text(*json, "torch_dtype") : text(root, "torch_dtype");
+        return bad(name, "lacks head_dim and hidden_size");
+    const auto dtype = string_field(root, "torch_dtype").empty()
+                           ? string_field(*json, "torch_dtype")
+                           : string_field(root, "torch_dtype");
     shape.dtype_bytes = dtype == "float32" ? 4 : 2;
     return shape;
 }

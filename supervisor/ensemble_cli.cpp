@@ -128,13 +128,14 @@ int estimate(const EstimateRequest& request) {
     }
     std::printf("%s (%s, context %d, parallel %d)\n", request.path.c_str(), e->source.c_str(),
                 request.context, request.parallel);
-    std::printf("  weights   %12llu  %s\n  kv cache  %12llu  %s\n  compute   %12llu  %s\n"
-                "  overhead  %12llu  %s\n  total     %12llu  %s\n",
-                static_cast<unsigned long long>(e->weights), human_bytes(e->weights).c_str(),
-                static_cast<unsigned long long>(e->kv_cache), human_bytes(e->kv_cache).c_str(),
-                static_cast<unsigned long long>(e->compute), human_bytes(e->compute).c_str(),
-                static_cast<unsigned long long>(e->overhead), human_bytes(e->overhead).c_str(),
-                static_cast<unsigned long long>(e->total()), human_bytes(e->total()).c_str());
+    std::printf(
+        "  weights   %12llu  %s\n  kv cache  %12llu  %s\n  compute   %12llu  %s\n"
+        "  overhead  %12llu  %s\n  total     %12llu  %s\n",
+        static_cast<unsigned long long>(e->weights), human_bytes(e->weights).c_str(),
+        static_cast<unsigned long long>(e->kv_cache), human_bytes(e->kv_cache).c_str(),
+        static_cast<unsigned long long>(e->compute), human_bytes(e->compute).c_str(),
+        static_cast<unsigned long long>(e->overhead), human_bytes(e->overhead).c_str(),
+        static_cast<unsigned long long>(e->total()), human_bytes(e->total()).c_str());
     return 0;
 }
 

@@ -218,6 +218,12 @@ awaitable<json> Fleet::restart(int port) {
         co_return failure("not_loaded", "nothing is assigned to port " + std::to_string(port));
     const std::string handle = rt->handle;
     const std::string profile = rt->profile;
+    if (rt->state == PortState::failed || rt->state == PortState::stopped) {
+        // Not holding memory now: it must fit again, like a load.
+        const std::map<int, std::string> starts{{port, handle}};
+        const std::set<int> released{port};
+        if (auto refused = co_await admit(starts, released, profile)) co_return *refused;
+    }
     event(port, "restart", "restart requested by the operator");
     if (!co_await replace_worker(port, handle, profile)) {
         co_return failure("restart_failed",

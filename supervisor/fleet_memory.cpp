@@ -14,6 +14,11 @@ using nlohmann::json;
 // before stopping another.
 constexpr auto kEnforceSettle = std::chrono::seconds(5);
 
+// A port in backoff holds no memory now but will in a moment: it is charged too.
+bool holds_memory(PortState state) {
+    return is_running(state) || state == PortState::backoff;
+}
+
 std::int64_t steady_ms(std::chrono::steady_clock::time_point t) {
     return std::chrono::duration_cast<std::chrono::milliseconds>(t.time_since_epoch()).count();
 }
@@ -85,7 +90,7 @@ void Fleet::note_activity(PortRuntime& rt, Clock::time_point now) {
 std::vector<BudgetHolder> Fleet::budget_holders(Clock::time_point now) const {
     std::vector<BudgetHolder> holders;
     for (const auto& [port, rt] : ports_) {
-        if (!is_running(rt->state) || rt->stop_requested) continue;
+        if (!holds_memory(rt->state) || rt->stop_requested) continue;
         const auto policy = policy_for(port, rt->handle, rt->profile);
         const auto last_used = std::max(rt->last_used, rt->started);
         holders.push_back(

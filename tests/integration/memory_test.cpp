@@ -207,13 +207,12 @@ TEST_F(MemoryTest, ProfileLoadOverBudgetChangesNothing) {
 }
 
 TEST_F(MemoryTest, BootProfileOverBudgetIsNotLoadedAndSaysWhy) {
-    write_config("  memory_budget: 1GiB\n  boot_profile: too-big\n",
-                 fake_model("half", "600MiB"),
+    write_config("  memory_budget: 1GiB\n  boot_profile: too-big\n", fake_model("half", "600MiB"),
                  "  too-big:\n    " + std::to_string(port_a_) + ": half\n    " +
                      std::to_string(port_b_) + ": half\n");
     supervisor_ = start_supervisor();
-    EXPECT_TRUE(wait_until(
-        [&] { return events_text().find("budget_refused") != std::string::npos; }, 10s));
+    EXPECT_TRUE(
+        wait_until([&] { return events_text().find("budget_refused") != std::string::npos; }, 10s));
     EXPECT_NE(events_text().find("boot profile 'too-big' not loaded"), std::string::npos)
         << events_text();
     EXPECT_TRUE(status()["ports"].empty());

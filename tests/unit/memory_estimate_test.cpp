@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 
 #include "profiles/memory_estimate.h"
@@ -124,6 +125,19 @@ TEST_F(GgufEstimateTest, AbsurdDimensionsAreErrors) {
     hostile = header_;
     hostile.metadata.erase("general.architecture");
     EXPECT_FALSE(estimate_gguf(hostile, LlamaCppParams{}));
+}
+
+TEST_F(GgufEstimateTest, HugeButBoundedDimensionsSaturateInsteadOfWrapping) {
+    auto hostile = header_;
+    hostile.metadata["llama.block_count"] = std::uint64_t{100'000};
+    hostile.metadata["llama.embedding_length"] = std::uint64_t{1} << 24;
+    hostile.metadata["llama.attention.head_count"] = std::uint64_t{1} << 24;
+    hostile.metadata["llama.attention.head_count_kv"] = std::uint64_t{1} << 24;
+    hostile.metadata["llama.attention.key_length"] = std::uint64_t{1} << 20;
+    auto e = estimate_gguf(hostile, *LlamaCppParams::from_args(1 << 24, 1, {}));
+    ASSERT_TRUE(e) << e.error().message;
+    EXPECT_EQ(e->kv_cache, std::numeric_limits<std::uint64_t>::max());
+    EXPECT_EQ(e->total(), std::numeric_limits<std::uint64_t>::max());
 }
 
 TEST_F(GgufEstimateTest, EstimateMemoryReadsTheFileAndConfiguredWins) {
