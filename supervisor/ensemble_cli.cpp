@@ -11,6 +11,7 @@
 #include "supervisor/control_client.h"
 #include "supervisor/fleet.h"
 #include "supervisor/gateway_export.h"
+#include "supervisor/memory_budget.h"
 
 using namespace ensemble;
 using nlohmann::json;
@@ -18,17 +19,7 @@ using nlohmann::json;
 namespace {
 
 std::string human_bytes(std::uint64_t bytes) {
-    if (bytes == 0) return "-";
-    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-    double v = static_cast<double>(bytes);
-    int u = 0;
-    while (v >= 1024 && u < 4) {
-        v /= 1024;
-        ++u;
-    }
-    char buf[32];
-    std::snprintf(buf, sizeof buf, u == 0 ? "%.0f %s" : "%.1f %s", v, units[u]);
-    return buf;
+    return bytes == 0 ? "-" : format_bytes(bytes);
 }
 
 std::string human_duration(std::int64_t s) {

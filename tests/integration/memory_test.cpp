@@ -67,14 +67,7 @@ struct AccuracyCase {
 TEST_F(MemoryTest, EstimateMatchesMeasuredLlamaServerWithin15Percent) {
     // A grouped-query model (~62 MB, F16) and the benchmark shape (~269 MB, F16).
     std::map<std::string, ModelShape> shapes;
-    shapes["gqa"] = ModelShape{.vocab = 8000,
-                               .embedding = 512,
-                               .layers = 8,
-                               .heads = 8,
-                               .kv_heads = 2,
-                               .feed_forward = 1408,
-                               .type = WeightType::f16,
-                               .name = "ensemble-gqa"};
+    shapes["gqa"] = *named_shape("gqa");
     shapes["bench"] = *named_shape("bench");
     const std::vector<AccuracyCase> cases = {
         {"gqa", 1024, 1}, {"gqa", 1024, 4},   {"gqa", 4096, 1},  {"gqa", 4096, 4},
