@@ -39,6 +39,20 @@ class MemoryTest : public SupervisorFixture {
 
     std::string events_text() { return cli("events -n 200").out; }
 
+    // Once the running workers have reported their footprint: rewrites the config with a budget
+    // `headroom_mib` above it (plus `extra` supervisor lines) and reloads it.
+    void reload_with_budget_above_measured(int headroom_mib, const std::string& extra,
+                                           const std::string& models) {
+        std::this_thread::sleep_for(2500ms);  // two heartbeats
+        const auto measured =
+            json::parse(cli("--json budget").out)["result"]["measured_bytes"].get<std::uint64_t>();
+        ASSERT_GT(measured, 0U);
+        const auto budget_mib = measured / (1 << 20) + static_cast<std::uint64_t>(headroom_mib);
+        write_config("  memory_budget: " + std::to_string(budget_mib) + "MiB\n" + extra, models);
+        const auto reloaded = cli("reload");
+        ASSERT_EQ(reloaded.exit_code, 0) << reloaded.out;
+    }
+
     bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout) {
         const auto deadline = std::chrono::steady_clock::now() + timeout;
         while (std::chrono::steady_clock::now() < deadline) {
@@ -65,6 +79,10 @@ struct AccuracyCase {
 };
 
 TEST_F(MemoryTest, EstimateMatchesMeasuredLlamaServerWithin15Percent) {
+#if defined(__SANITIZE_ADDRESS__)
+    GTEST_SKIP() << "an AddressSanitizer worker uses ~80 MB more than the real one; the accuracy "
+                    "is asserted in the regular build";
+#endif
     // A grouped-query model (~62 MB, F16) and the benchmark shape (~269 MB, F16).
     std::map<std::string, ModelShape> shapes;
     shapes["gqa"] = *named_shape("gqa");
@@ -249,14 +267,18 @@ TEST_F(MemoryTest, IdleEvictablePortsMakeRoomLeastRecentlyUsedFirst) {
 }
 
 TEST_F(MemoryTest, MeasuredOverBudgetIsAWarningAndStopsTheLowestPriorityPort) {
-    write_config("  memory_budget: 200MiB\n  over_budget: stop-lowest\n",
-                 "  hog: {engine: fake, path: none, memory: 20MiB, args: [--grow-mb, \"100\"]}\n" +
-                     fake_model("keeper", "20MiB", "priority: 5"));
+    const std::string models =
+        "  hog: {engine: fake, path: none, memory: 20MiB, args: [--grow-mb, \"100\"]}\n" +
+        fake_model("keeper", "20MiB", "priority: 5");
+    write_config("", models);
     supervisor_ = start_supervisor();
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " hog").exit_code, 0);
     ASSERT_EQ(cli("load " + std::to_string(port_b_) + " keeper").exit_code, 0);
+    // A budget 100 MiB above what the two use now (sanitizer builds use much more), applied by
+    // a reload: the hog's 200 MiB of growth passes it.
+    reload_with_budget_above_measured(100, "  over_budget: stop-lowest\n", models);
     EXPECT_EQ(chat(port_a_), 200);
-    EXPECT_EQ(chat(port_a_), 200);  // the hog now holds 200 MiB more than it declared
+    EXPECT_EQ(chat(port_a_), 200);
     ASSERT_TRUE(
         wait_until([&] { return events_text().find("over_budget") != std::string::npos; }, 10s))
         << events_text();
@@ -271,10 +293,13 @@ TEST_F(MemoryTest, MeasuredOverBudgetIsAWarningAndStopsTheLowestPriorityPort) {
 }
 
 TEST_F(MemoryTest, MeasuredOverBudgetWithoutEnforcementIsAWarningInStatus) {
-    write_config("  memory_budget: 100MiB\n",
-                 "  hog: {engine: fake, path: none, memory: 20MiB, args: [--grow-mb, \"150\"]}\n");
+    const std::string models =
+        "  hog: {engine: fake, path: none, memory: 20MiB, args: [--grow-mb, \"150\"]}\n";
+    write_config("", models);
     supervisor_ = start_supervisor();
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " hog").exit_code, 0);
+    reload_with_budget_above_measured(100, "", models);
+    EXPECT_TRUE(status()["warnings"].empty());
     EXPECT_EQ(chat(port_a_), 200);
     ASSERT_TRUE(wait_until([&] { return !status()["warnings"].empty(); }, 10s));
     const auto text = cli("status").out;
