@@ -203,6 +203,11 @@ Result<MemoryEstimate> estimate_memory(const EstimateRequest& r) {
         e.weights = *r.configured;
         return e;
     }
+    if (r.engine == "vllm") {
+        return Error{"no_estimate",
+                     "vLLM reserves a share of the GPU (--gpu-memory-utilization) rather than "
+                     "what the model needs; set 'memory:' for this model"};
+    }
     std::error_code ec;
     const std::filesystem::path path(r.path);
     if (std::filesystem::is_directory(path, ec)) {

@@ -170,6 +170,17 @@ TEST(EstimateMemoryTest, UnknownFilesNeedAnExplicitMemory) {
     }
 }
 
+TEST(EstimateMemoryTest, VllmNeedsAnExplicitMemory) {
+    EstimateRequest r;
+    r.path = "Qwen/Qwen3-8B";
+    r.engine = "vllm";
+    auto e = estimate_memory(r);
+    ASSERT_FALSE(e);
+    EXPECT_NE(e.error().message.find("gpu-memory-utilization"), std::string::npos);
+    r.configured = 20ULL << 30;
+    EXPECT_TRUE(estimate_memory(r));
+}
+
 TEST(MlxEstimateTest, WeightsFromSafetensorsAndKvFromConfig) {
     const auto dir = temp_dir();
     write_safetensors(dir / "model-00001-of-00002.safetensors", {{"a", 4096}, {"b", 1024}});
