@@ -27,7 +27,7 @@ std::int64_t steady_ms(std::chrono::steady_clock::time_point t) {
 
 std::optional<std::uint64_t> Fleet::budget_bytes() const {
     if (config_.supervisor.memory_budget.empty()) return std::nullopt;
-    return resolve_budget(config_.supervisor.memory_budget, physical_memory());
+    return resolve_budget(config_.supervisor.memory_budget, budgetable_memory());
 }
 
 const PortAssignment* Fleet::assignment_in(const std::string& profile, int port,
@@ -232,6 +232,7 @@ json Fleet::budget() const {
     json result = {{"budget", config_.supervisor.memory_budget},
                    {"budget_bytes", budget.value_or(0)},
                    {"physical_bytes", physical_memory()},
+                   {"budgetable_bytes", budgetable_memory()},
                    {"reserved_bytes", reserved},
                    {"measured_bytes", measured},
                    {"free_bytes", budget && *budget > charged ? *budget - charged : 0},

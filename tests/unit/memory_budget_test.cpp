@@ -23,6 +23,8 @@ TEST(MemoryBudgetTest, BudgetIsAbsoluteOrAShareOfPhysicalMemory) {
     EXPECT_FALSE(resolve_budget("", 8 * GiB));
     EXPECT_FALSE(resolve_budget("lots", 8 * GiB));
     EXPECT_GT(physical_memory(), 0U);
+    EXPECT_GT(budgetable_memory(), 0U);
+    EXPECT_LE(budgetable_memory(), physical_memory());
 }
 
 TEST(MemoryBudgetTest, WhatFitsIsAdmittedWithoutEvictions) {
