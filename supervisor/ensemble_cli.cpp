@@ -130,6 +130,37 @@ int estimate(const EstimateRequest& request) {
     return 0;
 }
 
+// Each profile's estimated footprint against the budget: a boot profile that cannot fit is
+// better found by `check` than at boot.
+bool check_profiles_fit(const Config& config) {
+    const auto& text = config.supervisor.memory_budget;
+    std::optional<std::uint64_t> budget;
+    if (!text.empty()) budget = resolve_budget(text, budgetable_memory());
+    bool fits = true;
+    for (const auto& [name, profile] : config.profiles) {
+        std::uint64_t total = 0;
+        std::string problem;
+        for (const auto& [port, a] : profile.ports) {
+            auto e = estimate_assignment(config, port, a.model, name);
+            if (e) total += e->total();
+            if (!e && problem.empty()) problem = e.error().message;
+        }
+        if (!problem.empty()) {
+            std::printf("profile '%s': %s\n", name.c_str(), problem.c_str());
+            fits = fits && !budget;  // only an error when a budget needs the number
+        } else if (budget && total > *budget) {
+            std::printf("error: profile '%s' needs %s, over the %s memory budget (%s)\n",
+                        name.c_str(), format_bytes(total).c_str(), format_bytes(*budget).c_str(),
+                        text.c_str());
+            fits = false;
+        } else {
+            std::printf("profile '%s': %s%s\n", name.c_str(), format_bytes(total).c_str(),
+                        budget ? (" of the " + format_bytes(*budget) + " budget").c_str() : "");
+        }
+    }
+    return fits;
+}
+
 int check(const std::string& file) {
     auto loaded = load_config(file);
     for (const auto& issue : loaded.issues)
@@ -140,7 +171,7 @@ int check(const std::string& file) {
     }
     std::cout << file << ": ok (" << loaded.config->models.size() << " models, "
               << loaded.config->profiles.size() << " profiles)\n";
-    return 0;
+    return check_profiles_fit(*loaded.config) ? 0 : 1;
 }
 
 // Follows a log file like tail -f (the CLI runs on the supervisor's machine, as its user).

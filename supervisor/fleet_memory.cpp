@@ -32,33 +32,12 @@ std::optional<std::uint64_t> Fleet::budget_bytes() const {
 
 const PortAssignment* Fleet::assignment_in(const std::string& profile, int port,
                                            const std::string& handle) const {
-    const auto p = config_.profiles.find(profile);
-    if (p == config_.profiles.end()) return nullptr;
-    const auto a = p->second.ports.find(port);
-    return a == p->second.ports.end() || a->second.model != handle ? nullptr : &a->second;
+    return find_assignment(config_, profile, port, handle);
 }
 
 Result<MemoryEstimate> Fleet::estimate_for(int port, const std::string& handle,
                                            const std::string& profile) const {
-    const auto* model = config_.find_model(handle);
-    if (model == nullptr) return Error{"unknown_model", "unknown model '" + handle + "'"};
-    const auto* overrides = assignment_in(profile, port, handle);
-    EstimateRequest request;
-    request.path = model->path;
-    request.context = overrides ? overrides->context.value_or(model->context) : model->context;
-    request.parallel = overrides ? overrides->parallel.value_or(model->parallel) : model->parallel;
-    request.configured = model->memory_bytes;
-    if (const auto engine = config_.engines.find(model->engine); engine != config_.engines.end()) {
-        request.engine = engine->second.preset.name;
-        request.engine_args = engine->second.args;
-    }
-    request.engine_args.insert(request.engine_args.end(), model->args.begin(), model->args.end());
-    auto estimate = estimate_memory(request);
-    if (!estimate) {
-        return Error{estimate.error().code,
-                     "cannot estimate the memory of '" + handle + "': " + estimate.error().message};
-    }
-    return estimate;
+    return estimate_assignment(config_, port, handle, profile);
 }
 
 PortPolicy Fleet::policy_for(int port, const std::string& handle,

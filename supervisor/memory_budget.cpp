@@ -119,6 +119,37 @@ AdmissionPlan plan_admission(std::uint64_t budget, const std::vector<BudgetHolde
     return plan;
 }
 
+const PortAssignment* find_assignment(const Config& config, const std::string& profile, int port,
+                                      const std::string& handle) {
+    const auto p = config.profiles.find(profile);
+    if (p == config.profiles.end()) return nullptr;
+    const auto a = p->second.ports.find(port);
+    return a == p->second.ports.end() || a->second.model != handle ? nullptr : &a->second;
+}
+
+Result<MemoryEstimate> estimate_assignment(const Config& config, int port,
+                                           const std::string& handle, const std::string& profile) {
+    const auto* model = config.find_model(handle);
+    if (model == nullptr) return Error{"unknown_model", "unknown model '" + handle + "'"};
+    const auto* overrides = find_assignment(config, profile, port, handle);
+    EstimateRequest request;
+    request.path = model->path;
+    request.context = overrides ? overrides->context.value_or(model->context) : model->context;
+    request.parallel = overrides ? overrides->parallel.value_or(model->parallel) : model->parallel;
+    request.configured = model->memory_bytes;
+    if (const auto engine = config.engines.find(model->engine); engine != config.engines.end()) {
+        request.engine = engine->second.preset.name;
+        request.engine_args = engine->second.args;
+    }
+    request.engine_args.insert(request.engine_args.end(), model->args.begin(), model->args.end());
+    auto estimate = estimate_memory(request);
+    if (!estimate) {
+        return Error{estimate.error().code,
+                     "cannot estimate the memory of '" + handle + "': " + estimate.error().message};
+    }
+    return estimate;
+}
+
 std::optional<int> over_budget_victim(const std::vector<BudgetHolder>& holders) {
     if (holders.empty()) return std::nullopt;
     return std::min_element(holders.begin(), holders.end(), evict_before)->port;

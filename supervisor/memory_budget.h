@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include "profiles/config.h"
+#include "profiles/memory_estimate.h"
+
 namespace ensemble {
 
 // A running port's claim on the budget.
@@ -61,6 +64,15 @@ AdmissionPlan plan_admission(std::uint64_t budget, const std::vector<BudgetHolde
 // The port to stop when the measured total is over budget: lowest priority, then least
 // recently used; nullopt when there is none.
 std::optional<int> over_budget_victim(const std::vector<BudgetHolder>& holders);
+
+// The profile's entry for `port` when it assigns `handle` there (its overrides apply), or null.
+const PortAssignment* find_assignment(const Config& config, const std::string& profile, int port,
+                                      const std::string& handle);
+
+// The estimate of `handle` served on `port` as part of `profile` (its context and parallel
+// overrides, the engine's and model's args).
+Result<MemoryEstimate> estimate_assignment(const Config& config, int port,
+                                           const std::string& handle, const std::string& profile);
 
 // "12.0 GiB", "512.0 MiB": for messages.
 std::string format_bytes(std::uint64_t bytes);

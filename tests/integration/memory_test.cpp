@@ -229,6 +229,27 @@ TEST_F(MemoryTest, BootProfileOverBudgetIsNotLoadedAndSaysWhy) {
     EXPECT_TRUE(status()["ports"].empty());
 }
 
+TEST_F(MemoryTest, CheckReportsEachProfilesEstimateAndFailsWhenOneCannotFit) {
+    const auto a = std::to_string(port_a_);
+    const auto b = std::to_string(port_b_);
+    write_config("  memory_budget: 1GiB\n",
+                 fake_model("half", "600MiB") + "  tiny-real: {engine: llama, path: " +
+                     tiny_model().string() + ", context: 2048, parallel: 2}\n",
+                 "  fits:\n    " + a + ": half\n    " + b + ": tiny-real\n  too-big:\n    " + a +
+                     ": half\n    " + b + ": half\n");
+    auto check = cli("check " + (dir_ / "ensemble.yaml").string());
+    EXPECT_EQ(check.exit_code, 1) << check.out;
+    EXPECT_NE(check.out.find("profile 'fits': 6"), std::string::npos) << check.out;
+    EXPECT_NE(check.out.find("of the 1.0 GiB budget"), std::string::npos) << check.out;
+    EXPECT_NE(check.out.find("error: profile 'too-big' needs 1.2 GiB, over the 1.0 GiB"),
+              std::string::npos)
+        << check.out;
+    write_config("  memory_budget: 2GiB\n", fake_model("half", "600MiB"),
+                 "  too-big:\n    " + a + ": half\n    " + b + ": half\n");
+    check = cli("check " + (dir_ / "ensemble.yaml").string());
+    EXPECT_EQ(check.exit_code, 0) << check.out;
+}
+
 TEST_F(MemoryTest, IdleEvictablePortsMakeRoomLeastRecentlyUsedFirst) {
     const auto ports = free_ports(3);
     write_config(
