@@ -223,6 +223,9 @@ awaitable<json> Fleet::restart(int port) {
         const std::map<int, std::string> starts{{port, handle}};
         const std::set<int> released{port};
         if (auto refused = co_await admit(starts, released, profile)) co_return *refused;
+        // An evicted port is unassigned: restarting it is asking for it back.
+        if (auto ok = store_->set_assignment({port, handle, profile, 0}); !ok)
+            co_return protocol::error_reply(ok.error());
     }
     event(port, "restart", "restart requested by the operator");
     if (!co_await replace_worker(port, handle, profile)) {

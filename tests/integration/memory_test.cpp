@@ -311,6 +311,10 @@ TEST_F(MemoryTest, MeasuredOverBudgetIsAWarningAndStopsTheLowestPriorityPort) {
     EXPECT_NE(events.find("over_budget: stop-lowest"), std::string::npos) << events;
     EXPECT_TRUE(wait_until(
         [&] { return events_text().find("within the budget again") != std::string::npos; }, 10s));
+    // The operator takes it back: it fits again (fresh, without its growth) and is reassigned.
+    const auto back = cli("restart " + std::to_string(port_a_));
+    EXPECT_EQ(back.exit_code, 0) << back.out;
+    EXPECT_EQ(port_status(port_a_).value("state", ""), "ready");
 }
 
 TEST_F(MemoryTest, MeasuredOverBudgetWithoutEnforcementIsAWarningInStatus) {
