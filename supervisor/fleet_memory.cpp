@@ -110,7 +110,9 @@ awaitable<std::optional<json>> Fleet::admit(const std::map<int, std::string>& st
                        ", idle for " + std::to_string(idle_s) + " s)");
         const int p = port;
         co_await wait_stopped(p, Clock::now() + std::chrono::seconds(50));
-        ports_.erase(p);
+        // Forgotten only once stopped: a worker still stopping stays tracked (and is killed).
+        if (const auto* gone = find(p); gone != nullptr && gone->state == PortState::stopped)
+            ports_.erase(p);
     }
     co_return std::nullopt;
 }
@@ -163,7 +165,7 @@ void Fleet::check_budget(Clock::time_point now) {
         return;
     if (auto victim = over_budget_victim(budget_holders(now))) {
         last_enforced_ = now;
-        evict(runtime(*victim), "stopped: " + message + " (over_budget: stop-lowest)");
+        evict(runtime(*victim), "stopped as " + message + " (over_budget: stop-lowest)");
     }
 }
 
