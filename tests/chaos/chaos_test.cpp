@@ -147,6 +147,25 @@ class ChaosTest : public SupervisorFixture {
         EXPECT_GT(t.ok, 0);
     }
 
+    // Kills port_a_'s process named by `pid_field` ("engine_pid" or "pid") `times` times at
+    // random moments, each time waiting until the port serves again from a new process.
+    void kill_repeatedly(const char* pid_field, int times, std::vector<Kill>& kills) {
+        for (int i = 0; i < times; ++i) {
+            std::this_thread::sleep_for(random_delay(200, 1200));
+            const pid_t victim = pid_of(port_a_, pid_field);
+            ASSERT_GT(victim, 0);
+            Kill k{Clock::now(), {}};
+            ::kill(victim, SIGKILL);
+            // Restarted at once the first time, then after 1, 2, 4 s.
+            auto back = wait_serving(port_a_, 30s);
+            ASSERT_TRUE(back) << "port " << port_a_ << " did not serve again after killing its "
+                              << pid_field;
+            k.serving_again = *back;
+            kills.push_back(k);
+            EXPECT_NE(pid_of(port_a_, pid_field), victim);
+        }
+    }
+
     std::mt19937 rng_;
 };
 
@@ -156,24 +175,11 @@ TEST_F(ChaosTest, EngineKilledAtRandomMomentsUnderLoad) {
     LoadGenerator load(port_a_, 2);
     load.start();
     std::vector<Kill> kills;
-    Totals t;
-    for (t.iterations = 0; t.iterations < 4; ++t.iterations) {
-        std::this_thread::sleep_for(random_delay(200, 1200));
-        const pid_t engine = pid_of(port_a_, "engine_pid");
-        ASSERT_GT(engine, 0);
-        Kill k{Clock::now(), {}};
-        ::kill(engine, SIGKILL);
-        // The worker restarts at once the first time, then after 1, 2, 4 s.
-        auto back = wait_serving(port_a_, 30s);
-        ASSERT_TRUE(back) << "port " << port_a_ << " did not serve again after an engine kill";
-        k.serving_again = *back;
-        kills.push_back(k);
-        EXPECT_NE(pid_of(port_a_, "engine_pid"), engine);
-    }
+    ASSERT_NO_FATAL_FAILURE(kill_repeatedly("engine_pid", 4, kills));
     auto judged = judge(load.stop(), kills, Victim::engine);
-    judged.iterations = t.iterations;
+    judged.iterations = static_cast<int>(kills.size());
     record(judged);
-    EXPECT_EQ(port_status(port_a_)["engine_restarts"], t.iterations) << "one restart per kill";
+    EXPECT_EQ(port_status(port_a_)["engine_restarts"], judged.iterations) << "one restart per kill";
     expect_assignment(port_a_, "tiny");
     EXPECT_EQ(port_status(port_a_)["state"], "ready");
 }
@@ -184,24 +190,12 @@ TEST_F(ChaosTest, WorkerKilledAtRandomMomentsUnderLoad) {
     LoadGenerator load(port_a_, 2);
     load.start();
     std::vector<Kill> kills;
-    int iterations = 0;
-    for (; iterations < 3; ++iterations) {
-        std::this_thread::sleep_for(random_delay(200, 1200));
-        const pid_t worker = pid_of(port_a_, "pid");
-        ASSERT_GT(worker, 0);
-        Kill k{Clock::now(), {}};
-        ::kill(worker, SIGKILL);
-        auto back = wait_serving(port_a_, 30s);
-        ASSERT_TRUE(back) << "port " << port_a_ << " did not serve again after a worker kill";
-        k.serving_again = *back;
-        kills.push_back(k);
-        EXPECT_NE(pid_of(port_a_, "pid"), worker);
-    }
+    ASSERT_NO_FATAL_FAILURE(kill_repeatedly("pid", 3, kills));
     auto judged = judge(load.stop(), kills, Victim::worker);
-    judged.iterations = iterations;
+    judged.iterations = static_cast<int>(kills.size());
     record(judged);
     expect_assignment(port_a_, "tiny");
-    EXPECT_EQ(port_status(port_a_)["restarts"], iterations);
+    EXPECT_EQ(port_status(port_a_)["restarts"], judged.iterations);
 }
 
 TEST_F(ChaosTest, SupervisorKilledAtRandomMomentsUnderLoadLosesNothing) {
