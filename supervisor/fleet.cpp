@@ -5,10 +5,10 @@
 
 #include <fstream>
 
-#include "worker/engine_probe.h"
-#include "worker/log_rotation.h"
-#include "worker/oom_watch.h"
-#include "worker/process_memory.h"
+#include "os/http_probe.h"
+#include "os/log_rotation.h"
+#include "os/memory_kill_watch.h"
+#include "os/process_identity.h"
 
 namespace ensemble {
 
@@ -69,7 +69,9 @@ std::vector<std::string> tail_lines(const std::filesystem::path& path, int lines
 
 Fleet::Fleet(asio::io_context& io, Config config, std::unique_ptr<StateStore> store,
              WorkerSpawner spawner)
-    : io_(io), config_(std::move(config)), store_(std::move(store)), spawner_(std::move(spawner)) {}
+    : io_(io), config_(std::move(config)), store_(std::move(store)), spawner_(std::move(spawner)) {
+    memory_kills_.watch(io_, std::chrono::seconds(1));
+}
 
 Fleet::~Fleet() = default;
 
@@ -153,7 +155,8 @@ Status Fleet::start_worker(PortRuntime& rt) {
         rt.estimate_error = estimate.error().message;
     }
     rt.pid = rt.process->pid();
-    rt.pid_start_time = process_start_time(static_cast<pid_t>(rt.pid)).value_or(0);
+    const auto identity = identify_process(static_cast<pid_t>(rt.pid));
+    rt.pid_start_time = identity ? identity->start_time : 0;
     rt.worker_id = spawned->launch.worker_id;
     rt.token = spawned->launch.token;
     rt.worker_log = spawned->launch.worker_log;
@@ -297,9 +300,9 @@ awaitable<void> Fleet::probe_port(int port, std::uint64_t attempt) {
     if (ec || host.is_unspecified())  // a wildcard bind answers on loopback
         host = host.is_v6() ? asio::ip::address(asio::ip::address_v6::loopback())
                             : asio::ip::address(asio::ip::address_v4::loopback());
-    const ReadinessProbe probe{"GET", "/health", ""};
+    const HttpProbe probe{"GET", "/health", ""};
     const int status =
-        co_await probe_engine(static_cast<unsigned short>(port), probe, health.probe_timeout, host);
+        co_await http_probe(host, static_cast<unsigned short>(port), probe, health.probe_timeout);
     auto* rt = find(port);
     if (rt == nullptr) co_return;
     rt->probe_in_flight = false;
@@ -369,16 +372,16 @@ void Fleet::tick() {
         if (rt->process) {
             if (auto exit = rt->process->poll_exit()) {
                 auto how = explain_exit(*exit, port);
-                if (exit->signaled && exit->signal == SIGKILL && oom_.oom_kill_since_last_check())
-                    how += " by the kernel's OOM killer (the memory cgroup's oom_kill count rose)";
+                if (exit->signaled && exit->signal == SIGKILL)
+                    how += memory_kills_.explain_sigkill();
                 on_worker_gone(*rt, how);
             }
             continue;
         }
         if (rt->pid == 0) continue;
         // An adopted worker is not our child: watch it through /proc, guarding against pid reuse.
-        const auto start = process_start_time(static_cast<pid_t>(rt->pid));
-        if (!start || *start != rt->pid_start_time) {
+        const auto check = check_identity({static_cast<pid_t>(rt->pid), rt->pid_start_time});
+        if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
             on_worker_gone(*rt, "the adopted worker (pid " + std::to_string(rt->pid) + ") exited");
         } else if (rt->state == PortState::starting && rt->link == nullptr &&
                    now > rt->adopt_deadline) {
@@ -421,8 +424,8 @@ void Fleet::reconcile() {
     for (const auto& a : *desired)
         wanted[a.port] = a;
     for (const auto& r : *records) {
-        const auto start = process_start_time(static_cast<pid_t>(r.pid));
-        const bool alive = start && *start == r.pid_start_time;
+        const bool alive = check_identity({static_cast<pid_t>(r.pid), r.pid_start_time}).verdict ==
+                           IdentityVerdict::same;
         const auto want = wanted.find(r.port);
         if (alive && want != wanted.end() && want->second.handle == r.handle) {
             auto& rt = runtime(r.port);

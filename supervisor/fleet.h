@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "os/asio.h"
+#include "os/memory_kill_watch.h"
 #include "profiles/config.h"
 #include "profiles/memory_estimate.h"
 #include "protocol/messages.h"
@@ -22,8 +24,6 @@
 #include "supervisor/port_state.h"
 #include "supervisor/restart_policy.h"
 #include "supervisor/worker_spawner.h"
-#include "worker/asio.h"
-#include "worker/oom_watch.h"
 
 namespace ensemble {
 
@@ -189,7 +189,7 @@ class Fleet {
     Clock::time_point last_tick_{};
     Clock::time_point last_rotation_{};
     Clock::time_point last_probe_{};
-    OomWatch oom_;
+    MemoryKillWatch memory_kills_;
     bool over_budget_ = false;
     Clock::time_point last_enforced_{};
 };

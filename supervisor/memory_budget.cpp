@@ -1,13 +1,10 @@
 #include "supervisor/memory_budget.h"
 
-#include <unistd.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <regex>
 
 #include "profiles/config.h"
-#include "worker/memory_cgroup.h"
 
 namespace ensemble {
 
@@ -50,19 +47,6 @@ std::string format_bytes(std::uint64_t bytes) {
     char buf[32];
     std::snprintf(buf, sizeof buf, unit == 0 ? "%.0f %s" : "%.1f %s", value, units[unit]);
     return buf;
-}
-
-std::uint64_t physical_memory() {
-    const long pages = sysconf(_SC_PHYS_PAGES);
-    const long page_size = sysconf(_SC_PAGE_SIZE);
-    if (pages <= 0 || page_size <= 0) return 0;
-    return static_cast<std::uint64_t>(pages) * static_cast<std::uint64_t>(page_size);
-}
-
-std::uint64_t budgetable_memory() {
-    const auto physical = physical_memory();
-    const auto limit = cgroup_memory_limit();
-    return limit && (*limit < physical || physical == 0) ? *limit : physical;
 }
 
 std::optional<std::uint64_t> resolve_budget(const std::string& text, std::uint64_t physical) {

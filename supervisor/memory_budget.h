@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "os/memory_limits.h"
 #include "profiles/config.h"
 #include "profiles/memory_estimate.h"
 
@@ -47,13 +48,6 @@ struct AdmissionPlan {
 
 // "170GiB" or "85%" of `physical` bytes; nullopt for an empty or malformed text.
 std::optional<std::uint64_t> resolve_budget(const std::string& text, std::uint64_t physical);
-
-// Physical memory of this machine.
-std::uint64_t physical_memory();
-
-// What a percentage budget is a share of: physical memory, or the memory cgroup's limit (a
-// service's MemoryMax=, a container's limit) when that is lower.
-std::uint64_t budgetable_memory();
 
 // Whether `incoming` fits once the ports in `released` stop (they are being replaced or
 // unloaded by the same operation). Ports may be evicted when they allow it, are idle, are not

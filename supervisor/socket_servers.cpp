@@ -10,6 +10,7 @@
 #include <cstring>
 #include <deque>
 
+#include "os/peer_credentials.h"
 #include "protocol/framing.h"
 
 namespace ensemble {
@@ -18,11 +19,8 @@ namespace {
 
 // Only the supervisor's own user (or root) may talk to it.
 bool peer_allowed(unix_socket::socket& socket) {
-    ucred cred{};
-    socklen_t len = sizeof cred;
-    if (::getsockopt(socket.native_handle(), SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
-        return false;
-    return cred.uid == ::geteuid() || cred.uid == 0;
+    const auto peer = peer_credentials(socket.native_handle());
+    return peer && (peer->uid == ::geteuid() || peer->uid == 0);
 }
 
 // Writes frames one after another; a connection never has two writes in flight. The writer

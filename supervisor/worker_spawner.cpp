@@ -6,6 +6,8 @@
 #include <fstream>
 #include <random>
 
+#include "os/executable_path.h"
+
 namespace ensemble {
 
 std::string random_token() {
@@ -26,12 +28,10 @@ std::string random_token() {
 }
 
 std::filesystem::path WorkerSpawner::default_worker_binary() {
-    std::error_code ec;
-    const auto self = std::filesystem::read_symlink("/proc/self/exe", ec);
-    if (!ec) {
+    if (const auto self = executable_path()) {
         for (const auto& candidate :
-             {self.parent_path() / "ensemble-worker",
-              self.parent_path().parent_path() / "worker" / "ensemble-worker"}) {
+             {self->parent_path() / "ensemble-worker",
+              self->parent_path().parent_path() / "worker" / "ensemble-worker"}) {
             if (std::filesystem::exists(candidate)) return candidate;
         }
     }

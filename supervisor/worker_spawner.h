@@ -9,8 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "os/child_process.h"
 #include "profiles/config.h"
-#include "worker/child_process.h"
 
 namespace ensemble {
 

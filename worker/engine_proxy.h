@@ -8,7 +8,7 @@
 #include <memory>
 #include <vector>
 
-#include "worker/asio.h"
+#include "os/asio.h"
 #include "worker/engine_runner.h"
 #include "worker/openai_error.h"
 

@@ -5,8 +5,8 @@
 
 #include <algorithm>
 
+#include "os/http_probe.h"
 #include "profiles/command_template.h"
-#include "worker/engine_probe.h"
 
 namespace ensemble {
 
@@ -60,9 +60,15 @@ EngineRunner::EngineRunner(asio::io_context& io, EngineConfig config)
     auto id = expand_word(config_.preset.engine_model_id,
                           {{"model", config_.model}, {"handle", config_.handle}});
     engine_model_id_ = id ? *id : config_.handle;
+    memory_kills_.watch(io_, std::chrono::seconds(1));
 }
 
 EngineRunner::~EngineRunner() = default;
+
+HttpProbe EngineRunner::readiness_probe() const {
+    const auto& p = config_.preset.probe;
+    return {p.method, p.path, p.body};
+}
 
 std::optional<pid_t> EngineRunner::pid() const {
     if (!child_ || child_->exited()) return std::nullopt;
@@ -102,12 +108,14 @@ Status EngineRunner::spawn() {
 
 awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
     asio::steady_timer timer(io_);
+    const auto loopback = asio::ip::make_address("127.0.0.1");
+    const auto probe = readiness_probe();
     auto interval = std::chrono::milliseconds(10);
     auto last_progress = Clock::now();
     auto last_log_size = file_size_or_zero(config_.log_file);
     while (generation == generation_ &&
            (state_ == EngineState::loading || state_ == EngineState::restarting)) {
-        const int status = co_await probe_engine(port_, config_.preset.probe, kProbeTimeout);
+        const int status = co_await http_probe(loopback, port_, probe, kProbeTimeout);
         if (generation != generation_ || state_ == EngineState::stopping) co_return;
         if (status == 200) {
             ever_ready_ = true;
@@ -136,13 +144,15 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
 
 awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
     asio::steady_timer timer(io_);
+    const auto loopback = asio::ip::make_address("127.0.0.1");
+    const auto probe = readiness_probe();
     int misses = 0;
     for (;;) {
         timer.expires_after(config_.liveness_interval);
         boost::system::error_code ec;
         co_await timer.async_wait(on_error(ec));
         if (generation != generation_ || state_ != EngineState::ready) co_return;
-        const int status = co_await probe_engine(port_, config_.preset.probe, kProbeTimeout);
+        const int status = co_await http_probe(loopback, port_, probe, kProbeTimeout);
         if (generation != generation_ || state_ != EngineState::ready) co_return;
         misses = status == 200 ? 0 : misses + 1;
         if (misses == 0) continue;
@@ -166,9 +176,8 @@ void EngineRunner::on_child_exit() {
     if (!exit || exit_handled_ == generation_) return;
     exit_handled_ = generation_;
     last_exit_ = hung_kill_ ? "hung (no answer to the liveness probe), killed" : exit->describe();
-    if (!hung_kill_ && exit->signaled && exit->signal == SIGKILL &&
-        oom_.oom_kill_since_last_check())
-        last_exit_ += " by the kernel's OOM killer";
+    if (!hung_kill_ && exit->signaled && exit->signal == SIGKILL)
+        last_exit_ += memory_kills_.explain_sigkill();
     hung_kill_ = false;
     if (state_ == EngineState::stopping || state_ == EngineState::stopped) return;
     if (!ever_ready_ && ++load_failures_ >= kMaxLoadFailures && on_unloadable) {

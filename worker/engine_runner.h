@@ -11,10 +11,11 @@
 #include <string>
 #include <vector>
 
-#include "worker/asio.h"
-#include "worker/child_process.h"
+#include "os/asio.h"
+#include "os/child_process.h"
+#include "os/http_probe.h"
+#include "os/memory_kill_watch.h"
 #include "worker/engine_config.h"
-#include "worker/oom_watch.h"
 
 namespace ensemble {
 
@@ -59,6 +60,7 @@ class EngineRunner {
 
   private:
     Status spawn();
+    HttpProbe readiness_probe() const;
     awaitable<void> watch_readiness(std::uint64_t generation);
     awaitable<void> watch_liveness(std::uint64_t generation);
     awaitable<void> restart_after(std::chrono::milliseconds delay, std::uint64_t generation);
@@ -73,7 +75,7 @@ class EngineRunner {
     EngineState state_ = EngineState::stopped;
     bool ever_ready_ = false;
     bool hung_kill_ = false;
-    OomWatch oom_;  // the next exit is our SIGKILL of a hung engine
+    MemoryKillWatch memory_kills_;
     unsigned short port_ = 0;
     std::uint64_t generation_ = 0;
     std::uint64_t exit_handled_ = 0;  // the generation whose exit on_child_exit acted on

@@ -8,7 +8,7 @@
 #include <list>
 #include <string>
 
-#include "worker/asio.h"
+#include "os/asio.h"
 #include "worker/engine_proxy.h"
 #include "worker/engine_runner.h"
 #include "worker/request_policy.h"

@@ -7,7 +7,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <iostream>
 
-#include "worker/process_memory.h"
+#include "os/process_memory.h"
 #include "worker/supervisor_link.h"
 #include "worker/worker_options.h"
 
@@ -34,10 +34,10 @@ protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProx
     s.queue_depth = static_cast<std::uint32_t>(engine.waiting());
     s.engine_restarts = engine.restarts();
     s.engine_last_exit = engine.last_exit();
-    s.memory_bytes = proportional_set_size(::getpid()).value_or(0);
+    s.memory_bytes = process_footprint(::getpid()).value_or(0);
     if (auto pid = engine.pid()) {
         s.engine_pid = *pid;
-        s.memory_bytes += proportional_set_size(*pid).value_or(0);
+        s.memory_bytes += process_footprint(*pid).value_or(0);
     }
     return s;
 }

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "worker/asio.h"
+#include "os/asio.h"
 
 namespace ensemble {
 

@@ -10,8 +10,8 @@
 #include <optional>
 #include <string>
 
+#include "os/asio.h"
 #include "protocol/messages.h"
-#include "worker/asio.h"
 
 namespace ensemble {
 

@@ -5,7 +5,7 @@
 #include <iostream>
 #include <regex>
 
-#include "worker/child_process.h"
+#include "os/child_process.h"
 
 namespace ensemble {
 

@@ -15,10 +15,10 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "os/process_memory.h"
 #include "supervisor/control_client.h"
 #include "tests/support/http_client.h"
 #include "tests/support/worker_process.h"
-#include "worker/process_memory.h"
 
 using namespace ensemble;
 using namespace ensemble::testing;
@@ -239,7 +239,7 @@ int main(int argc, char** argv) {
         "## resident memory with %d workers\n\n| process | RSS MiB | PSS MiB |\n|---|---|---|\n",
         fleet);
     std::printf("| ensembled | %.1f | %.1f |\n", rss_bytes((*supervisor)->pid()) / mib,
-                proportional_set_size((*supervisor)->pid()).value_or(0) / mib);
+                process_footprint((*supervisor)->pid()).value_or(0) / mib);
     std::printf("| ensemble-worker (median, without its engine) | %.1f | |\n",
                 percentile(worker_rss, 0.5) / mib);
     (*supervisor)->signal_group(SIGTERM);

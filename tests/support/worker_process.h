@@ -11,7 +11,7 @@
 #include <string>
 #include <vector>
 
-#include "worker/child_process.h"
+#include "os/child_process.h"
 
 namespace ensemble::testing {
 

@@ -6,8 +6,8 @@
 
 #include <fstream>
 
+#include "os/log_rotation.h"
 #include "supervisor/gateway_export.h"
-#include "worker/log_rotation.h"
 
 using namespace ensemble;
 using nlohmann::json;

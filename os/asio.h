@@ -1,4 +1,5 @@
-// Asio/Beast names shared by the worker's files (C++20 coroutines on one io_context thread).
+// Asio/Beast names shared by every event loop of Ensemble (C++20 coroutines on one io_context
+// thread each: the supervisor's, each worker's).
 #pragma once
 
 #include <string_view>

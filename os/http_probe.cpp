@@ -1,9 +1,9 @@
-#include "worker/engine_probe.h"
+#include "os/http_probe.h"
 
 namespace ensemble {
 
-awaitable<int> probe_engine(unsigned short port, const ReadinessProbe& probe,
-                            std::chrono::milliseconds timeout, asio::ip::address host) {
+awaitable<int> http_probe(asio::ip::address host, unsigned short port, const HttpProbe& probe,
+                          std::chrono::milliseconds timeout) {
     auto executor = co_await asio::this_coro::executor;
     beast::tcp_stream stream(executor);
     boost::system::error_code ec;
@@ -21,11 +21,12 @@ awaitable<int> probe_engine(unsigned short port, const ReadinessProbe& probe,
     co_await http::async_write(stream, req, on_error(ec));
     if (ec) co_return 0;
     beast::flat_buffer buffer;
-    http::response<http::string_body> res;
-    co_await http::async_read(stream, buffer, res, on_error(ec));
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(1 << 20);  // a probe's answer is small; never buffer an endless one
+    co_await http::async_read(stream, buffer, parser, on_error(ec));
     if (ec) co_return 0;
     stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-    co_return res.result_int();
+    co_return parser.get().result_int();
 }
 
 }  // namespace ensemble

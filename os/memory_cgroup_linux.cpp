@@ -1,7 +1,9 @@
-#include "worker/memory_cgroup.h"
+#include "os/memory_cgroup.h"
 
 #include <fstream>
 #include <sstream>
+
+#include "os/memory_pressure.h"
 
 namespace ensemble {
 
@@ -9,15 +11,17 @@ namespace {
 
 // v1 reports "unlimited" as a page-rounded maximum; anything this large means no limit.
 constexpr std::uint64_t kUnlimited = 1ULL << 62;
+constexpr std::streamsize kMaxKernelFile = 64 * 1024;
 
 }  // namespace
 
 std::string read_small_file(const std::filesystem::path& path) {
     std::ifstream in(path);
     if (!in) return {};
-    std::ostringstream out;
-    out << in.rdbuf();
-    return out.str();
+    std::string text(static_cast<std::size_t>(kMaxKernelFile), '\0');
+    in.read(text.data(), kMaxKernelFile);
+    text.resize(static_cast<std::size_t>(in.gcount()));
+    return text;
 }
 
 MemoryCgroup memory_cgroup() {
@@ -49,6 +53,13 @@ std::optional<std::uint64_t> cgroup_memory_limit() {
     std::istringstream in(text);
     if (!(in >> limit) || limit == 0 || limit >= kUnlimited) return std::nullopt;  // "max"
     return limit;
+}
+
+std::optional<std::uint64_t> cgroup_oom_kills() {
+    const auto group = memory_cgroup();
+    if (group.dir.empty()) return std::nullopt;
+    return parse_oom_kill_count(
+        read_small_file(group.dir / (group.v2 ? "memory.events" : "memory.oom_control")));
 }
 
 }  // namespace ensemble

@@ -1,6 +1,9 @@
 // A child process we start and own: its own process group (so a kill reaches its whole tree),
-// killed by the kernel if we die (PR_SET_PDEATHSIG on Linux), output appended to a log file,
-// and no inherited descriptors but stdio. Reaping is explicit (`poll_exit`), driven by SIGCHLD.
+// output appended to a log file, and no inherited descriptors but stdio. Reaping is explicit
+// (`poll_exit`), driven by SIGCHLD. On Linux the kernel also kills it if we die
+// (PR_SET_PDEATHSIG) — a second line only: macOS has no such thing, so whoever records a child
+// (os/recorded_process.h) is what guarantees it does not outlive us, and portable mode turns the
+// Linux crutch off to prove it.
 #pragma once
 
 #include <sys/types.h>

@@ -1,5 +1,7 @@
-// The memory cgroup this process runs in (under systemd: the service's, holding the supervisor,
-// its workers and their engines): where its files are, and the limit it sets.
+// Linux only: the memory cgroup this process runs in (under systemd, the service's: it holds the
+// supervisor, its workers and their engines) — where its files are, the limit it sets and the
+// OOM kills it counts. The portable headers (memory_limits.h, memory_pressure.h) are built on it;
+// in portable mode nothing reads it.
 #pragma once
 
 #include <cstdint>
@@ -21,6 +23,10 @@ MemoryCgroup memory_cgroup();
 // or unreadable.
 std::optional<std::uint64_t> cgroup_memory_limit();
 
+// OOM kills the group counted so far (v2 memory.events, v1 memory.oom_control).
+std::optional<std::uint64_t> cgroup_oom_kills();
+
+// A small text file's contents, "" when unreadable (kernel files: at most a few KiB).
 std::string read_small_file(const std::filesystem::path& path);
 
 }  // namespace ensemble

@@ -1,4 +1,4 @@
-#include "worker/child_process.h"
+#include "os/child_process.h"
 
 #include <signal.h>
 #include <sys/wait.h>
@@ -13,7 +13,9 @@
 #include <sys/prctl.h>
 #endif
 
-#include "worker/boost_process.h"
+#include "os/boost_process.h"
+#include "os/portable_mode.h"
+#include "os/signal_name.h"
 
 namespace ensemble {
 
@@ -23,7 +25,8 @@ struct ChildProcess::Impl {
 
 namespace {
 
-// Runs in the child between fork and exec: a new process group, and death with the parent.
+// Runs in the child between fork and exec: a new process group, and (Linux, outside portable
+// mode) death with the parent.
 struct ChildSetup {
     bool die_with_parent;
     char** envp;  // the complete environment, prepared before fork (nothing allocated after it)
@@ -39,11 +42,6 @@ struct ChildSetup {
 #endif
     }
 };
-
-std::string signal_name(int sig) {
-    const char* abbrev = sigabbrev_np(sig);
-    return abbrev != nullptr ? std::string("SIG") + abbrev : "signal " + std::to_string(sig);
-}
 
 }  // namespace
 
@@ -100,7 +98,7 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
     for (auto& entry : env_strings)
         envp.push_back(entry.data());
     envp.push_back(nullptr);
-    const ChildSetup setup{spec.die_with_parent, envp.data()};
+    const ChildSetup setup{spec.die_with_parent && !portable_mode(), envp.data()};
     std::vector<std::string> args(spec.argv.begin() + 1, spec.argv.end());
     std::error_code ec;
     bp::child child;

@@ -1,4 +1,4 @@
-#include "worker/log_rotation.h"
+#include "os/log_rotation.h"
 
 #include <fcntl.h>
 #include <unistd.h>

@@ -1,0 +1,30 @@
+#include <sys/sysctl.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+
+#include "os/gpu_wired_limit.h"
+
+namespace ensemble {
+
+Result<GpuWiredLimit> gpu_wired_limit() {
+    // Its width is undocumented (seen as a 4-byte int): read into 8 zeroed bytes, use what came.
+    std::int64_t value = 0;
+    std::size_t size = sizeof value;
+    if (sysctlbyname("iogpu.wired_limit_mb", &value, &size, nullptr, 0) != 0) {
+        return Error{"wired_limit",
+                     std::string("cannot read sysctl iogpu.wired_limit_mb (macOS 14 or later on "
+                                 "Apple Silicon): ") +
+                         std::strerror(errno)};
+    }
+    if (size == sizeof(std::int32_t)) {
+        std::int32_t narrow = 0;
+        std::memcpy(&narrow, &value, sizeof narrow);
+        value = narrow;
+    }
+    if (value < 0) return Error{"wired_limit", "iogpu.wired_limit_mb is negative"};
+    return GpuWiredLimit{true, static_cast<std::uint64_t>(value)};
+}
+
+}  // namespace ensemble
