@@ -114,6 +114,10 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
     if (ec) {
         return Error{"spawn_failed", "cannot start '" + program->string() + "': " + ec.message()};
     }
+    // The child puts itself in its own group before exec; doing it here too means the group is
+    // settled when spawn returns, whichever of the two runs first (the classic job-control race),
+    // so a record of the child's group taken now is right.
+    ::setpgid(child.id(), child.id());
     return std::unique_ptr<ChildProcess>(
         new ChildProcess(std::make_unique<Impl>(Impl{std::move(child)}), spec.die_with_parent));
 }

@@ -1,5 +1,7 @@
 #include "os/memory_pressure.h"
 
+#include <cstdlib>
+#include <fstream>
 #include <sstream>
 
 namespace ensemble {
@@ -23,6 +25,17 @@ std::optional<double> psi_avg10(const std::string& text, const std::string& kind
 }
 
 }  // namespace
+
+MemoryPressure memory_pressure() {
+    if (const char* source = std::getenv(kPressureSourceVariable); source != nullptr && *source) {
+        std::ifstream in(source);
+        std::string text(4096, '\0');
+        in.read(text.data(), static_cast<std::streamsize>(text.size()));
+        text.resize(static_cast<std::size_t>(in.gcount()));
+        return pressure_from_psi(text);
+    }
+    return system_memory_pressure();
+}
 
 const char* to_string(MemoryPressure pressure) {
     switch (pressure) {

@@ -14,8 +14,13 @@ const char* to_string(MemoryPressure pressure);
 
 // The level now. macOS: kern.memorystatus_vm_pressure_level. Linux: pressure stall information
 // (PSI) of the memory cgroup this service runs in (cgroup v2; the system's /proc/pressure/memory
-// otherwise, and always in portable mode).
+// otherwise, and always in portable mode). With ENSEMBLE_MEMORY_PRESSURE_SOURCE naming a file,
+// that file is read as PSI instead, on either OS: how the tests put a machine under pressure.
 MemoryPressure memory_pressure();
+inline constexpr const char* kPressureSourceVariable = "ENSEMBLE_MEMORY_PRESSURE_SOURCE";
+
+// The OS's own reading (the per-OS half of memory_pressure()).
+MemoryPressure system_memory_pressure();
 
 // OOM kills the kernel counted so far where this service runs (Linux: the memory cgroup's
 // oom_kill; nullopt in portable mode and on macOS, whose jetsam is seen through the pressure).

@@ -4,7 +4,7 @@
 
 namespace ensemble {
 
-MemoryPressure memory_pressure() {
+MemoryPressure system_memory_pressure() {
     if (!portable_mode()) {
         if (const auto group = memory_cgroup(); group.v2) {
             const auto text = read_small_file(group.dir / "memory.pressure");

@@ -6,7 +6,7 @@
 
 namespace ensemble {
 
-MemoryPressure memory_pressure() {
+MemoryPressure system_memory_pressure() {
     std::uint32_t level = 0;  // CTLTYPE_INT; readable by any user on macOS
     std::size_t size = sizeof level;
     if (sysctlbyname("kern.memorystatus_vm_pressure_level", &level, &size, nullptr, 0) != 0)

@@ -152,6 +152,8 @@ class Loader {
                   std::chrono::milliseconds& out);
     void engines(const std::string& file, const YAML::Node& node,
                  const std::filesystem::path& base);
+    std::map<std::string, std::string> environment(const std::string& file, const YAML::Node& node,
+                                                   const std::string& what);
     void models(const std::string& file, const YAML::Node& node, const std::filesystem::path& base);
     void profiles(const std::string& file, const YAML::Node& node);
     void port(const std::string& file, const YAML::Node& key, const YAML::Node& value, Profile& p);
@@ -350,10 +352,12 @@ void Loader::engines(const std::string& file, const YAML::Node& node,
         const auto name = kv.first.Scalar();
         const auto& e = kv.second;
         if (!v_.map_with_keys(file, e, "engine '" + name + "'",
-                              {"preset", "binary", "args", "command", "ready_path"})) {
+                              {"preset", "binary", "args", "command", "ready_path", "env",
+                               "load_stall_timeout"})) {
             continue;
         }
-        EngineSpec spec{name, {}, "", {}, "", ""};
+        EngineSpec spec;
+        spec.name = name;
         const auto preset_name = e["preset"] ? v_.scalar<std::string>(file, e["preset"], "preset")
                                              : std::optional<std::string>("command");
         if (!preset_name) continue;
@@ -394,10 +398,54 @@ void Loader::engines(const std::string& file, const YAML::Node& node,
             }
         }
         if (e["args"]) spec.args = v_.strings(file, e["args"], "args");
+        if (e["env"]) spec.env = environment(file, e["env"], "engine '" + name + "' env");
+        if (e["load_stall_timeout"]) {
+            std::chrono::milliseconds stall{-1};  // stays -1 when the text is not a duration
+            duration(file, e["load_stall_timeout"], "load_stall_timeout", stall);
+            if (stall >= std::chrono::seconds(1)) {
+                spec.load_stall_timeout = stall;
+            } else if (stall.count() >= 0) {
+                v_.at(file, e["load_stall_timeout"],
+                      "load_stall_timeout must be at least 1s (a load is judged every second)");
+            }
+        }
         if (config_.engines.count(name))
             v_.at(file, kv.first, "engine '" + name + "' is defined twice");
         config_.engines[name] = spec;
     }
+}
+
+std::map<std::string, std::string> Loader::environment(const std::string& file,
+                                                       const YAML::Node& node,
+                                                       const std::string& what) {
+    static const std::regex kName("^[A-Za-z_][A-Za-z0-9_]{0,127}$");
+    constexpr std::size_t kMaxValue = 32 * 1024;
+    std::map<std::string, std::string> env;
+    if (!v_.map_with_keys(file, node, what, {})) return env;
+    for (const auto& kv : node) {
+        const auto name = kv.first.Scalar();
+        if (!std::regex_match(name, kName)) {
+            v_.at(file, kv.first,
+                  "environment variable name '" + name + "' in " + what +
+                      " must be letters, digits and '_', not starting with a digit");
+            continue;
+        }
+        if (name.rfind("ENSEMBLE_", 0) == 0) {
+            v_.at(file, kv.first,
+                  "environment variable '" + name + "' in " + what +
+                      ": names starting ENSEMBLE_ are Ensemble's own");
+            continue;
+        }
+        auto value = v_.scalar<std::string>(file, kv.second, name);
+        if (!value) continue;
+        if (value->size() > kMaxValue || value->find('\0') != std::string::npos) {
+            v_.at(file, kv.second,
+                  "the value of " + name + " in " + what + " is longer than 32 KiB or holds a NUL");
+            continue;
+        }
+        env[name] = *value;
+    }
+    return env;
 }
 
 void Loader::models(const std::string& file, const YAML::Node& node,
@@ -626,7 +674,10 @@ ConfigLoad load_config(const std::filesystem::path& path, bool check_files) {
     config.supervisor.state_dir = default_state_dir();
     config.supervisor.run_dir = default_run_dir();
     for (const auto& name : {"llama.cpp", "mlx-lm", "vllm"}) {
-        config.engines[name] = EngineSpec{name, *find_preset(name), "", {}, "", ""};
+        EngineSpec preset;
+        preset.name = name;
+        preset.preset = *find_preset(name);
+        config.engines[name] = preset;
     }
     Loader loader(config, out.issues, check_files);
     loader.load_file(path, true);

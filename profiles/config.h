@@ -75,6 +75,11 @@ struct EngineSpec {
     std::vector<std::string> args;
     std::string command;     // preset "command": the command line as written
     std::string ready_path;  // preset "command": the readiness path
+    // Set in the engine's environment only (HF_HOME, PYTORCH_ENABLE_MPS_FALLBACK, ...): never in
+    // the worker's, never on a command line (values may be tokens).
+    std::map<std::string, std::string> env;
+    // A load with no progress (log output, an answer) for this long is killed and retried.
+    std::optional<std::chrono::milliseconds> load_stall_timeout;
 };
 
 struct ModelSpec {

@@ -74,6 +74,8 @@ json to_json(const Heartbeat& m) {
             {"tokens", s.tokens},
             {"queue_depth", s.queue_depth},
             {"engine_pid", s.engine_pid},
+            {"engine_start_time", s.engine_start_time},
+            {"engine_group", s.engine_group},
             {"engine_restarts", s.engine_restarts},
             {"engine_last_exit", s.engine_last_exit}};
 }
@@ -109,6 +111,8 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
             (e = read(j, "failed", s.failed, false)) || (e = read(j, "tokens", s.tokens, false)) ||
             (e = read(j, "queue_depth", s.queue_depth, false)) ||
             (e = read(j, "engine_pid", s.engine_pid, false)) ||
+            (e = read(j, "engine_start_time", s.engine_start_time, false)) ||
+            (e = read(j, "engine_group", s.engine_group, false)) ||
             (e = read(j, "engine_restarts", s.engine_restarts, false)) ||
             (e = read(j, "engine_last_exit", s.engine_last_exit, false))) {
             return *e;

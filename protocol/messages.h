@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <variant>
 
 #include "protocol/result.h"
@@ -15,6 +16,15 @@ namespace ensemble::protocol {
 
 // Bumped on any incompatible change; both sides refuse a peer with another version.
 constexpr int kVersion = 1;
+
+// ---- a worker's environment, set by the supervisor that spawns it ----
+
+inline constexpr const char* kSupervisorSocketVariable = "ENSEMBLE_SUPERVISOR_SOCKET";
+inline constexpr const char* kWorkerIdVariable = "ENSEMBLE_WORKER_ID";
+inline constexpr const char* kWorkerTokenVariable = "ENSEMBLE_WORKER_TOKEN";
+// A config's engine `env:` travels as ENSEMBLE_ENGINE_ENV_<NAME>=<value>, not on the worker's
+// command line, where `ps` shows it to every user; the worker moves it to its engine alone.
+inline constexpr std::string_view kEngineEnvPrefix = "ENSEMBLE_ENGINE_ENV_";
 
 // ---- workers.sock ----
 
@@ -34,6 +44,10 @@ struct WorkerStats {
     std::uint64_t tokens = 0;  // generated tokens relayed since the worker started
     std::uint32_t queue_depth = 0;
     std::int64_t engine_pid = 0;
+    // The engine's identity, for the supervisor's record: it kills an engine left behind by a
+    // dead worker only when pid and start time still match (0: no engine runs).
+    std::int64_t engine_start_time = 0;
+    std::int64_t engine_group = 0;
     int engine_restarts = 0;
     std::string engine_last_exit;
 };

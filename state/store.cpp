@@ -38,6 +38,9 @@ const std::vector<const char*> kMigrations = {
          kind TEXT NOT NULL,
          message TEXT NOT NULL);
        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);)",
+    // 2: the engine's identity beside its pid, so an engine left behind can be proven ours.
+    R"(ALTER TABLE workers ADD COLUMN engine_start_time INTEGER NOT NULL DEFAULT 0;
+       ALTER TABLE workers ADD COLUMN engine_group INTEGER NOT NULL DEFAULT 0;)",
 };
 
 std::int64_t now_ms() {
@@ -220,13 +223,27 @@ Status StateStore::replace_assignments(const std::vector<Assignment>& assignment
 Result<std::vector<WorkerRecord>> StateStore::workers() {
     Statement s(db_,
                 "SELECT port, handle, worker_id, token, pid, pid_start_time, engine_pid, state, "
-                "started_at_ms, ready_at_ms, restarts, last_exit FROM workers ORDER BY port");
+                "started_at_ms, ready_at_ms, restarts, last_exit, engine_start_time, "
+                "engine_group FROM workers ORDER BY port");
     if (!s.ok()) return s.error("reading worker records");
     std::vector<WorkerRecord> out;
     while (s.step() == SQLITE_ROW) {
-        out.push_back({static_cast<int>(s.integer(0)), s.text(1), s.text(2), s.text(3),
-                       s.integer(4), s.integer(5), s.integer(6), s.text(7), s.integer(8),
-                       s.integer(9), static_cast<int>(s.integer(10)), s.text(11)});
+        WorkerRecord w;
+        w.port = static_cast<int>(s.integer(0));
+        w.handle = s.text(1);
+        w.worker_id = s.text(2);
+        w.token = s.text(3);
+        w.pid = s.integer(4);
+        w.pid_start_time = s.integer(5);
+        w.engine_pid = s.integer(6);
+        w.state = s.text(7);
+        w.started_at_ms = s.integer(8);
+        w.ready_at_ms = s.integer(9);
+        w.restarts = static_cast<int>(s.integer(10));
+        w.last_exit = s.text(11);
+        w.engine_start_time = s.integer(12);
+        w.engine_group = s.integer(13);
+        out.push_back(std::move(w));
     }
     return out;
 }
@@ -235,8 +252,8 @@ Status StateStore::save_worker(const WorkerRecord& w) {
     return run(
         db_,
         "INSERT OR REPLACE INTO workers (port, handle, worker_id, token, pid, pid_start_time, "
-        "engine_pid, state, started_at_ms, ready_at_ms, restarts, last_exit) "
-        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "engine_pid, state, started_at_ms, ready_at_ms, restarts, last_exit, engine_start_time, "
+        "engine_group) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
         [&](Statement& s) {
             s.bind(1, w.port)
                 .bind(2, w.handle)
@@ -248,6 +265,7 @@ Status StateStore::save_worker(const WorkerRecord& w) {
                 .bind(10, w.ready_at_ms)
                 .bind(11, w.restarts)
                 .bind(12, w.last_exit);
+            s.bind(13, w.engine_start_time).bind(14, w.engine_group);
         },
         "saving the worker record of port " + std::to_string(w.port));
 }

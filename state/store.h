@@ -29,8 +29,12 @@ struct WorkerRecord {
     std::string worker_id;
     std::string token;
     std::int64_t pid = 0;
-    std::int64_t pid_start_time = 0;  // /proc/PID/stat starttime: guards against pid reuse
+    std::int64_t pid_start_time = 0;  // os/process_identity.h: guards against pid reuse
+    // The worker's engine as its last heartbeat named it: killed (after proving pid and start
+    // time) when the worker is found gone with the engine still running.
     std::int64_t engine_pid = 0;
+    std::int64_t engine_start_time = 0;
+    std::int64_t engine_group = 0;
     std::string state;
     std::int64_t started_at_ms = 0;
     std::int64_t ready_at_ms = 0;

@@ -19,6 +19,13 @@ constexpr auto kAdoptGrace = std::chrono::seconds(10);
 constexpr auto kStopTimeout = std::chrono::seconds(45);
 constexpr auto kHeartbeatInterval = std::chrono::seconds(1);  // the worker's (supervisor_link)
 
+// The engine a worker's last heartbeat named, recorded in `boot`.
+RecordedProcess engine_of(const protocol::WorkerStats& stats, const std::string& boot) {
+    return {{static_cast<pid_t>(stats.engine_pid), stats.engine_start_time},
+            static_cast<pid_t>(stats.engine_group),
+            boot};
+}
+
 std::int64_t unix_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::system_clock::now().time_since_epoch())
@@ -125,11 +132,54 @@ void Fleet::save_record(const PortRuntime& rt) {
         (void)store_->remove_worker(rt.port);
         return;
     }
-    WorkerRecord r{
-        rt.port,           rt.handle,           rt.worker_id,        rt.token,           rt.pid,
-        rt.pid_start_time, rt.stats.engine_pid, to_string(rt.state), rt.started_unix_ms, 0,
-        rt.restarts,       rt.last_failure};
+    const WorkerRecord r{.port = rt.port,
+                         .handle = rt.handle,
+                         .worker_id = rt.worker_id,
+                         .token = rt.token,
+                         .pid = rt.pid,
+                         .pid_start_time = rt.pid_start_time,
+                         .engine_pid = rt.stats.engine_pid,
+                         .engine_start_time = rt.stats.engine_start_time,
+                         .engine_group = rt.stats.engine_group,
+                         .state = to_string(rt.state),
+                         .started_at_ms = rt.started_unix_ms,
+                         .ready_at_ms = 0,
+                         .restarts = rt.restarts,
+                         .last_exit = rt.last_failure};
     if (auto ok = store_->save_worker(r); !ok) spdlog::error("{}", ok.error().message);
+}
+
+bool Fleet::signal_worker(const PortRuntime& rt, int signal) {
+    if (rt.pid <= 1) return false;
+    if (rt.process) {
+        // Our own child: its pid cannot belong to anyone else before we reap it.
+        ::kill(static_cast<pid_t>(rt.pid), signal);
+        return true;
+    }
+    const auto report = signal_if_ours({static_cast<pid_t>(rt.pid), rt.pid_start_time}, signal,
+                                       "the worker of port " + std::to_string(rt.port));
+    if (report.outcome == KillOutcome::killed) return true;
+    spdlog::warn("port {}: {}", rt.port, report.message);
+    return false;
+}
+
+void Fleet::stop_engine_left_behind(int port, const RecordedProcess& engine) {
+    if (engine.leader.pid == 0) return;
+    const auto report =
+        kill_if_ours(engine, SIGKILL,
+                     "the engine left behind by port " + std::to_string(port) + "'s dead worker");
+    switch (report.outcome) {
+        case KillOutcome::killed:
+            event(port, "engine_left_behind", report.message);
+            break;
+        case KillOutcome::unknown:
+            event(port, "engine_left_behind", report.message);
+            break;
+        case KillOutcome::gone:
+        case KillOutcome::not_ours:
+            spdlog::debug("port {}: {}", port, report.message);
+            break;
+    }
 }
 
 const PortAssignment* Fleet::overrides_for(const PortRuntime& rt) const {
@@ -180,8 +230,8 @@ void Fleet::stop_worker(PortRuntime& rt, const std::string& reason) {
     if (rt.state == PortState::stopped) return;  // was in backoff or failed: nothing runs
     if (rt.link != nullptr) {
         rt.link->send(protocol::stop_message());
-    } else if (rt.pid > 0) {
-        ::kill(static_cast<pid_t>(rt.pid), SIGTERM);
+    } else {
+        signal_worker(rt, SIGTERM);
     }
     // A worker that ignores the stop is killed.
     auto timer = std::make_shared<asio::steady_timer>(io_, kStopTimeout);
@@ -194,7 +244,7 @@ void Fleet::stop_worker(PortRuntime& rt, const std::string& reason) {
             return;
         event(port, "kill",
               "the worker did not stop within " + std::to_string(kStopTimeout.count()) + " s");
-        ::kill(static_cast<pid_t>(r->pid), SIGKILL);
+        signal_worker(*r, SIGKILL);
     });
 }
 
@@ -203,7 +253,11 @@ void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
     rt.link = nullptr;
     rt.process.reset();
     rt.pid = 0;
+    // Nothing kills an engine whose worker died (macOS has no PR_SET_PDEATHSIG): we do.
+    stop_engine_left_behind(rt.port, engine_of(rt.stats, boot_id()));
     rt.stats.engine_pid = 0;
+    rt.stats.engine_start_time = 0;
+    rt.stats.engine_group = 0;
     if (rt.stop_requested || rt.state == PortState::stopping) {
         move(rt, PortEvent::exited, "worker exited (" + how + ")");
         save_record(rt);
@@ -264,8 +318,8 @@ void Fleet::kill_unwell(PortRuntime& rt, const std::string& reason, Clock::time_
     rt.kill_reason = reason;
     rt.last_failure = reason;
     event(rt.port, "unwell", reason + "; sending SIGTERM to worker pid " + std::to_string(pid));
-    ::kill(pid, SIGTERM);
-    ::kill(pid, SIGCONT);  // a stopped process acts on SIGTERM only once it runs
+    signal_worker(rt, SIGTERM);
+    signal_worker(rt, SIGCONT);  // a stopped process acts on SIGTERM only once it runs
 }
 
 void Fleet::escalate_kill(PortRuntime& rt, Clock::time_point now) {
@@ -276,7 +330,7 @@ void Fleet::escalate_kill(PortRuntime& rt, Clock::time_point now) {
           "worker pid " + std::to_string(rt.pid) + " still there " +
               std::to_string(config_.supervisor.health.kill_grace.count()) +
               " ms after SIGTERM; sending SIGKILL");
-    ::kill(static_cast<pid_t>(rt.pid), SIGKILL);
+    signal_worker(rt, SIGKILL);
     rt.hung_since = now;  // once per grace period at most
 }
 
@@ -379,7 +433,7 @@ void Fleet::tick() {
             continue;
         }
         if (rt->pid == 0) continue;
-        // An adopted worker is not our child: watch it through /proc, guarding against pid reuse.
+        // An adopted worker is not our child: watch it by its identity, not its pid alone.
         const auto check = check_identity({static_cast<pid_t>(rt->pid), rt->pid_start_time});
         if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
             on_worker_gone(*rt, "the adopted worker (pid " + std::to_string(rt->pid) + ") exited");
@@ -388,7 +442,7 @@ void Fleet::tick() {
             event(port, "adopt_failed",
                   "worker pid " + std::to_string(rt->pid) +
                       " did not reconnect within 10 s; replacing it");
-            ::kill(static_cast<pid_t>(rt->pid), SIGKILL);
+            signal_worker(*rt, SIGKILL);
         }
     }
 }
@@ -420,12 +474,26 @@ void Fleet::reconcile() {
         desired = store_->assignments();
     }
     (void)store_->set_meta("initialized", "1");
+    // Process identities are worth something only in the boot they were recorded in.
+    const auto this_boot = boot_id();
+    const auto recorded_boot = store_->meta("boot_id");
+    const std::string records_boot = recorded_boot ? *recorded_boot : "";
+    const bool records_this_boot = records_boot.empty() || records_boot == this_boot;
+    if (!records_this_boot)
+        event(0, "reboot", "the machine rebooted since the last run: no earlier process survives");
+    if (auto ok = store_->set_meta("boot_id", this_boot); !ok)
+        spdlog::error("{}", ok.error().message);
     std::map<int, Assignment> wanted;
     for (const auto& a : *desired)
         wanted[a.port] = a;
     for (const auto& r : *records) {
-        const bool alive = check_identity({static_cast<pid_t>(r.pid), r.pid_start_time}).verdict ==
-                           IdentityVerdict::same;
+        const auto check = check_identity({static_cast<pid_t>(r.pid), r.pid_start_time});
+        const bool alive = records_this_boot && check.verdict == IdentityVerdict::same;
+        if (records_this_boot && check.verdict == IdentityVerdict::unknown) {
+            event(r.port, "worker_unknown",
+                  "cannot tell whether worker pid " + std::to_string(r.pid) +
+                      " still runs: " + check.message + "; it is left alone");
+        }
         const auto want = wanted.find(r.port);
         if (alive && want != wanted.end() && want->second.handle == r.handle) {
             auto& rt = runtime(r.port);
@@ -436,6 +504,9 @@ void Fleet::reconcile() {
             rt.worker_id = r.worker_id;
             rt.token = r.token;
             rt.restarts = r.restarts;
+            rt.stats.engine_pid = r.engine_pid;
+            rt.stats.engine_start_time = r.engine_start_time;
+            rt.stats.engine_group = r.engine_group;
             rt.state = PortState::starting;
             rt.adopt_deadline = Clock::now() + kAdoptGrace;
             rt.worker_log = config_.supervisor.state_dir / "logs" /
@@ -449,9 +520,15 @@ void Fleet::reconcile() {
         if (alive) {
             event(r.port, "stale_worker",
                   "stopping worker pid " + std::to_string(r.pid) + " that should not run");
-            ::kill(static_cast<pid_t>(r.pid), SIGTERM);
+            ::kill(static_cast<pid_t>(r.pid), SIGTERM);  // proven just above; it stops its engine
+        } else if (records_this_boot) {
+            // Killed with everything else (kill -9, a crash): its engine may still run.
+            stop_engine_left_behind(r.port,
+                                    {{static_cast<pid_t>(r.engine_pid), r.engine_start_time},
+                                     static_cast<pid_t>(r.engine_group),
+                                     this_boot});
         }
-        (void)store_->remove_worker(r.port);
+        if (auto ok = store_->remove_worker(r.port); !ok) spdlog::error("{}", ok.error().message);
     }
     for (const auto& [port, a] : wanted) {
         if (find(port) != nullptr) continue;
@@ -495,7 +572,10 @@ void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stat
             rt->rate_tokens = stats.tokens;
             rt->rate_since = now;
         }
+        const bool engine_changed = stats.engine_pid != rt->stats.engine_pid ||
+                                    stats.engine_start_time != rt->stats.engine_start_time;
         rt->stats = stats;
+        if (engine_changed) save_record(*rt);  // the engine to kill should this worker die
         note_activity(*rt, now);
         if (stats.state == "ready") {
             move(*rt, PortEvent::engine_ready, "the engine is ready");

@@ -16,6 +16,7 @@
 
 #include "os/asio.h"
 #include "os/memory_kill_watch.h"
+#include "os/recorded_process.h"
 #include "profiles/config.h"
 #include "profiles/memory_estimate.h"
 #include "protocol/messages.h"
@@ -133,6 +134,11 @@ class Fleet {
     void kill_unwell(PortRuntime& rt, const std::string& reason, Clock::time_point now);
     void escalate_kill(PortRuntime& rt, Clock::time_point now);
     void save_record(const PortRuntime& rt);
+    // Sends `signal` to the port's worker: directly to our own child, to an adopted one only
+    // after proving its identity again. Whether it was sent.
+    bool signal_worker(const PortRuntime& rt, int signal);
+    // Kills the engine a dead worker left running, once proven ours, and says so in the events.
+    void stop_engine_left_behind(int port, const RecordedProcess& engine);
     const PortAssignment* overrides_for(const PortRuntime& rt) const;
     void wake();
     // Waits until `done(rt)` holds for the port, or the deadline passes; returns whether it held.

@@ -56,7 +56,8 @@ bool stderr_is_journal() {
     if (::fstat(2, &st) != 0) return false;
     unsigned long long dev = 0, ino = 0;
     if (std::sscanf(stream, "%llu:%llu", &dev, &ino) != 2) return false;
-    return dev == st.st_dev && ino == st.st_ino;
+    return dev == static_cast<unsigned long long>(st.st_dev) &&
+           ino == static_cast<unsigned long long>(st.st_ino);
 }
 
 void configure_logging(const std::string& program, const std::filesystem::path& log_file,

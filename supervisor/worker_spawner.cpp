@@ -7,6 +7,7 @@
 #include <random>
 
 #include "os/executable_path.h"
+#include "protocol/messages.h"
 
 namespace ensemble {
 
@@ -86,6 +87,11 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
               std::to_string(config.supervisor.health.engine_probe_interval.count() / 1000.0),
               "--engine-liveness-failures",
               std::to_string(config.supervisor.health.engine_probe_failures)};
+    if (engine.load_stall_timeout) {
+        l.argv.insert(l.argv.end(), {"--load-stall-timeout",
+                                     std::to_string(engine.load_stall_timeout->count() / 1000.0)});
+    }
+    l.engine_env = engine.env;
     if (engine.preset.name == "command") {
         l.argv.insert(l.argv.end(),
                       {"--command", engine.command, "--ready-path", engine.ready_path});
@@ -110,9 +116,11 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
     spec.argv = launch->argv;
     spec.log_file = launch->worker_log;
     spec.die_with_parent = false;
-    spec.extra_env = {{"ENSEMBLE_SUPERVISOR_SOCKET", link_socket_.string()},
-                      {"ENSEMBLE_WORKER_ID", launch->worker_id},
-                      {"ENSEMBLE_WORKER_TOKEN", launch->token}};
+    spec.extra_env = {{protocol::kSupervisorSocketVariable, link_socket_.string()},
+                      {protocol::kWorkerIdVariable, launch->worker_id},
+                      {protocol::kWorkerTokenVariable, launch->token}};
+    for (const auto& [name, value] : launch->engine_env)
+        spec.extra_env[std::string(protocol::kEngineEnvPrefix) + name] = value;
     auto child = ChildProcess::spawn(spec);
     if (!child) return child.error();
     return SpawnedWorker{std::move(launch).value(), std::move(child).value()};

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,6 +19,7 @@ struct WorkerLaunch {
     std::string worker_id;
     std::string token;
     std::vector<std::string> argv;
+    std::map<std::string, std::string> engine_env;  // the engine's `env:`, passed out of argv
     std::filesystem::path worker_log;
     std::filesystem::path engine_log;
 };

@@ -3,6 +3,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -19,8 +20,13 @@ struct EngineConfig {
     int parallel = 4;
     std::vector<std::string> extra_args;
     std::filesystem::path log_file;
+    // Where the running engine's identity is kept (engine-PORT.pid beside its log): a worker
+    // started after this one was killed stops an engine it left behind before starting its own.
+    std::filesystem::path record_file;
     // A load that shows no progress (no new log output, no readiness) for this long is stuck.
-    std::chrono::seconds load_stall_timeout{120};
+    std::chrono::milliseconds load_stall_timeout{120000};
+    // Added to the engine's environment only.
+    std::map<std::string, std::string> env;
     std::chrono::milliseconds stop_grace{10000};  // SIGTERM, then SIGKILL after this long
     // While ready, the readiness probe runs this often; `liveness_failures` misses in a row
     // (timeouts: a hung or stopped engine) kill the engine, which is then restarted.

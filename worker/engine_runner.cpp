@@ -75,9 +75,45 @@ std::optional<pid_t> EngineRunner::pid() const {
     return child_->pid();
 }
 
+std::optional<RecordedProcess> EngineRunner::running_engine() const {
+    if (!child_ || child_->exited()) return std::nullopt;
+    return record_;
+}
+
 Status EngineRunner::start() {
+    stop_engine_left_behind();
     set_state(EngineState::loading, "starting the engine");
     return spawn();
+}
+
+void EngineRunner::stop_engine_left_behind() {
+    if (config_.record_file.empty()) return;
+    auto left = read_record_file(config_.record_file);
+    if (!left) {
+        if (left.error().code != "absent")
+            spdlog::warn("engine: ignoring {}; nothing is stopped", left.error().message);
+        forget_record();
+        return;
+    }
+    const auto report = kill_if_ours(*left, SIGKILL, "the engine an earlier worker left behind");
+    if (report.outcome == KillOutcome::killed || report.outcome == KillOutcome::unknown) {
+        spdlog::warn("engine: {}", report.message);
+    } else {
+        spdlog::info("engine: {}", report.message);
+    }
+    if (report.outcome == KillOutcome::killed) {
+        // Its memory is free only once it has exited: wait a moment before loading another.
+        if (!wait_until_gone(left->leader, std::chrono::seconds(5)))
+            spdlog::warn("engine: pid {} is still exiting", left->leader.pid);
+    }
+    forget_record();
+}
+
+void EngineRunner::forget_record() {
+    record_.reset();
+    if (config_.record_file.empty()) return;
+    std::error_code ec;
+    std::filesystem::remove(config_.record_file, ec);
 }
 
 Status EngineRunner::spawn() {
@@ -96,10 +132,17 @@ Status EngineRunner::spawn() {
     spec.argv.insert(spec.argv.end(), args->begin(), args->end());
     spec.argv.insert(spec.argv.end(), config_.extra_args.begin(), config_.extra_args.end());
     spec.log_file = config_.log_file;
+    spec.extra_env = config_.env;
     auto child = ChildProcess::spawn(spec);
     if (!child) return child.error();
     child_ = std::move(child).value();
     ++generation_;
+    record_ = RecordedProcess::of_running(child_->pid());
+    if (record_ && !config_.record_file.empty()) {
+        if (auto ok = write_record_file(config_.record_file, *record_); !ok)
+            spdlog::warn("engine: {}; an engine left behind by a crash would not be found",
+                         ok.error().message);
+    }
     spdlog::info("engine: started {} (pid {}) on 127.0.0.1:{}, log {}", config_.binary,
                  child_->pid(), port_, config_.log_file.string());
     asio::co_spawn(io_, watch_readiness(generation_), asio::detached);
@@ -130,7 +173,7 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
         if (log_size != last_log_size || status != 0) last_progress = Clock::now();
         last_log_size = log_size;
         if (Clock::now() - last_progress > config_.load_stall_timeout) {
-            spdlog::error("engine: no progress for {} s while loading; killing it (see {})",
+            spdlog::error("engine: no progress for {} ms while loading; killing it (see {})",
                           config_.load_stall_timeout.count(), config_.log_file.string());
             child_->signal_group(SIGKILL);
             co_return;  // on_child_exit restarts it
@@ -175,6 +218,7 @@ void EngineRunner::on_child_exit() {
     // on each engine's exit once.
     if (!exit || exit_handled_ == generation_) return;
     exit_handled_ = generation_;
+    forget_record();
     last_exit_ = hung_kill_ ? "hung (no answer to the liveness probe), killed" : exit->describe();
     if (!hung_kill_ && exit->signaled && exit->signal == SIGKILL)
         last_exit_ += memory_kills_.explain_sigkill();
@@ -235,6 +279,7 @@ awaitable<void> EngineRunner::stop() {
         }
     }
     child_.reset();  // reaps (and kills the group if anything is left)
+    forget_record();
     set_state(EngineState::stopped, "stopped");
 }
 

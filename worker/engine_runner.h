@@ -15,6 +15,7 @@
 #include "os/child_process.h"
 #include "os/http_probe.h"
 #include "os/memory_kill_watch.h"
+#include "os/recorded_process.h"
 #include "worker/engine_config.h"
 
 namespace ensemble {
@@ -55,11 +56,15 @@ class EngineRunner {
     std::size_t waiting() const { return waiters_.size(); }
     int restarts() const { return restarts_; }
     std::optional<pid_t> pid() const;
+    // The running engine's pid, start time and process group; nullopt while none runs.
+    std::optional<RecordedProcess> running_engine() const;
     const std::string& last_exit() const { return last_exit_; }
     const std::string& engine_model_id() const { return engine_model_id_; }
 
   private:
     Status spawn();
+    void stop_engine_left_behind();
+    void forget_record();
     HttpProbe readiness_probe() const;
     awaitable<void> watch_readiness(std::uint64_t generation);
     awaitable<void> watch_liveness(std::uint64_t generation);
@@ -72,6 +77,7 @@ class EngineRunner {
     EngineConfig config_;
     std::string engine_model_id_;
     std::unique_ptr<ChildProcess> child_;
+    std::optional<RecordedProcess> record_;  // of child_, while it runs
     EngineState state_ = EngineState::stopped;
     bool ever_ready_ = false;
     bool hung_kill_ = false;

@@ -35,9 +35,11 @@ protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProx
     s.engine_restarts = engine.restarts();
     s.engine_last_exit = engine.last_exit();
     s.memory_bytes = process_footprint(::getpid()).value_or(0);
-    if (auto pid = engine.pid()) {
-        s.engine_pid = *pid;
-        s.memory_bytes += process_footprint(*pid).value_or(0);
+    if (auto running = engine.running_engine()) {
+        s.engine_pid = running->leader.pid;
+        s.engine_start_time = running->leader.start_time;
+        s.engine_group = running->group;
+        s.memory_bytes += process_footprint(running->leader.pid).value_or(0);
     }
     return s;
 }
@@ -62,6 +64,7 @@ int main(int argc, char** argv) {
         spdlog::error("{}", ok.error().message);
         return 3;
     }
+    const auto link_config = LinkConfig::from_environment(options.front.port);
     asio::signal_set children(io, SIGCHLD);
     on_every_signal(children, [&engine] { engine.on_child_exit(); });
     if (auto ok = engine.start(); !ok) {
@@ -94,7 +97,7 @@ int main(int argc, char** argv) {
         exit_code = 5;
         begin_shutdown("the model cannot be loaded");
     };
-    if (auto link_config = LinkConfig::from_environment(options.front.port)) {
+    if (link_config) {
         link = std::make_unique<SupervisorLink>(
             io, *link_config, [&] { return collect_stats(engine, proxy); }, begin_shutdown);
         link->start();

@@ -16,9 +16,9 @@ using Clock = std::chrono::steady_clock;
 }
 
 std::optional<LinkConfig> LinkConfig::from_environment(int port) {
-    const char* socket = std::getenv("ENSEMBLE_SUPERVISOR_SOCKET");
-    const char* id = std::getenv("ENSEMBLE_WORKER_ID");
-    const char* token = std::getenv("ENSEMBLE_WORKER_TOKEN");
+    const char* socket = std::getenv(protocol::kSupervisorSocketVariable);
+    const char* id = std::getenv(protocol::kWorkerIdVariable);
+    const char* token = std::getenv(protocol::kWorkerTokenVariable);
     if (socket == nullptr || id == nullptr || token == nullptr) return std::nullopt;
     if (protocol::check_socket_path(socket))
         return std::nullopt;  // the supervisor refuses such paths too
@@ -27,6 +27,8 @@ std::optional<LinkConfig> LinkConfig::from_environment(int port) {
     c.worker_id = id;
     c.token = token;
     c.port = port;
+    // The engine is not ours to trust with the worker's credentials: it does not inherit them.
+    ::unsetenv(protocol::kWorkerTokenVariable);
     if (const char* grace = std::getenv("ENSEMBLE_ORPHAN_GRACE_MS")) {
         c.orphan_grace = std::chrono::milliseconds(std::strtoll(grace, nullptr, 10));
     }

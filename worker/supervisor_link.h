@@ -23,8 +23,9 @@ struct LinkConfig {
     std::chrono::milliseconds heartbeat_interval{1000};
     std::chrono::milliseconds orphan_grace{std::chrono::minutes(5)};
 
-    // From ENSEMBLE_SUPERVISOR_SOCKET, ENSEMBLE_WORKER_ID, ENSEMBLE_WORKER_TOKEN; nullopt when
-    // the worker runs standalone.
+    // From ENSEMBLE_SUPERVISOR_SOCKET, ENSEMBLE_WORKER_ID, ENSEMBLE_WORKER_TOKEN (the token is
+    // then removed from the environment, so the engine does not inherit it); nullopt when the
+    // worker runs standalone. Read before the engine starts.
     static std::optional<LinkConfig> from_environment(int port);
 };
 

@@ -1,11 +1,16 @@
 #include "worker/worker_options.h"
 
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
 #include <regex>
 
 #include "os/child_process.h"
+#include "protocol/messages.h"
+
+extern char** environ;
 
 namespace ensemble {
 
@@ -19,6 +24,33 @@ std::filesystem::path default_log_dir() {
         return std::filesystem::path(home) / ".local" / "state" / "ensemble" / "logs";
     }
     return std::filesystem::temp_directory_path() / "ensemble" / "logs";
+}
+
+// The engine's own environment: --engine-env NAME=VALUE, and every ENSEMBLE_ENGINE_ENV_NAME in
+// ours (how ensembled passes a config's engine env without showing it in ps), which is then
+// removed so it is not inherited twice. Returns an error message or "".
+std::string engine_environment(const std::vector<std::string>& assignments,
+                               std::map<std::string, std::string>& env) {
+    std::vector<std::string> passed;
+    for (char** e = environ; *e != nullptr; ++e) {
+        const std::string_view entry(*e);
+        const auto kEngineEnvPrefix = protocol::kEngineEnvPrefix;
+        if (!entry.starts_with(kEngineEnvPrefix)) continue;
+        const auto equals = entry.find('=');
+        if (equals == std::string_view::npos || equals == kEngineEnvPrefix.size()) continue;
+        const auto name = entry.substr(kEngineEnvPrefix.size(), equals - kEngineEnvPrefix.size());
+        env[std::string(name)] = std::string(entry.substr(equals + 1));
+        passed.emplace_back(entry.substr(0, equals));
+    }
+    for (const auto& variable : passed)
+        ::unsetenv(variable.c_str());
+    for (const auto& assignment : assignments) {
+        const auto equals = assignment.find('=');
+        if (equals == 0 || equals == std::string::npos)
+            return "--engine-env '" + assignment + "' must be NAME=VALUE";
+        env[assignment.substr(0, equals)] = assignment.substr(equals + 1);
+    }
+    return "";
 }
 
 // Fills in what depends on several options; returns an error message or "".
@@ -49,6 +81,8 @@ std::string finish(WorkerOptions& o, const std::string& engine_name, const std::
         const auto dir = log_dir.empty() ? default_log_dir() : std::filesystem::path(log_dir);
         o.engine.log_file = dir / ("engine-" + std::to_string(o.front.port) + ".log");
     }
+    o.engine.record_file = std::filesystem::path(o.engine.log_file).replace_extension(".pid");
+    if (o.engine.record_file == o.engine.log_file) o.engine.record_file += ".record";
     if (o.front.api_key.empty()) {
         if (const char* key = std::getenv("ENSEMBLE_API_KEY"); key != nullptr)
             o.front.api_key = key;
@@ -67,7 +101,8 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     std::string log_file;
     int drain_seconds = 30;
     int queue_timeout = 60;
-    int stall_timeout = 120;
+    double stall_timeout = 120;
+    std::vector<std::string> engine_env;
     int engine_timeout = 600;
     double liveness_interval = 5;
 
@@ -120,7 +155,12 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     app.add_option("--load-stall-timeout", stall_timeout,
                    "seconds without load progress before "
                    "the engine is restarted")
-        ->capture_default_str();
+        ->capture_default_str()
+        ->check(CLI::Range(1.0, 86400.0));
+    app.add_option("--engine-env", engine_env,
+                   "NAME=VALUE for the engine's environment only (repeatable; visible in ps: "
+                   "under ensembled, values travel in ENSEMBLE_ENGINE_ENV_NAME instead)")
+        ->allow_extra_args(false);
     app.add_option("--engine-timeout", engine_timeout,
                    "seconds of engine silence tolerated during "
                    "a response")
@@ -141,9 +181,14 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     o.drain_timeout = std::chrono::seconds(drain_seconds);
     o.proxy.queue_timeout = std::chrono::seconds(queue_timeout);
     o.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
-    o.engine.load_stall_timeout = std::chrono::seconds(stall_timeout);
+    o.engine.load_stall_timeout =
+        std::chrono::milliseconds(static_cast<long long>(stall_timeout * 1000));
     o.engine.liveness_interval =
         std::chrono::milliseconds(static_cast<long long>(liveness_interval * 1000));
+    if (auto error = engine_environment(engine_env, o.engine.env); !error.empty()) {
+        std::cerr << "ensemble-worker: " << error << '\n';
+        return 2;
+    }
     if (auto error = finish(o, engine_name, command, ready_path, log_dir); !error.empty()) {
         std::cerr << "ensemble-worker: " << error << '\n';
         return 2;

@@ -2,6 +2,7 @@
 // installed layout (boot profile, export for a gateway, a restart that restores the assignments,
 // uninstall), the systemd units through systemd-analyze verify, the launchd plist as XML, and
 // ensembled's side of the service-manager protocols (sd_notify, journald priorities).
+#include <fcntl.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 
@@ -226,7 +227,8 @@ class NotifySocket {
   public:
     explicit NotifySocket(const std::filesystem::path& path) : path_(path) {
         std::filesystem::remove(path);
-        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        fd_ = ::socket(AF_UNIX, SOCK_DGRAM, 0);  // SOCK_CLOEXEC is Linux's: set it apart
+        ::fcntl(fd_, F_SETFD, FD_CLOEXEC);
         sockaddr_un addr{};
         addr.sun_family = AF_UNIX;
         std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());

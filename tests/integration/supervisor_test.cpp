@@ -1,6 +1,9 @@
 // ensembled and the ensemble CLI with real llama-server workers: profiles, load/unload, swap with
 // success and rollback, status JSON, CLI errors, and a supervisor killed -9 mid-stream whose
 // workers keep serving and are re-adopted.
+#include <algorithm>
+
+#include "os/portable_mode.h"
 #include "tests/support/supervisor_fixture.h"
 
 using namespace ensemble;
@@ -137,6 +140,56 @@ TEST_F(SupervisorTest, SupervisorKilledMidStreamTheStreamCompletesAndIsReadopted
     EXPECT_EQ(p["pid"].get<int>(), before) << "re-adopted, not restarted";
     auto events = cli("events -n 50");
     EXPECT_NE(events.out.find("re-adopted"), std::string::npos) << events.out;
+}
+
+// The promise macOS rests on, where nothing kills an engine with its worker (here in portable
+// mode, so PR_SET_PDEATHSIG does not help either): every Ensemble process killed with SIGKILL at
+// once, and the next ensembled leaves no engine of the old generation running and serves each
+// port with one new worker.
+TEST_F(SupervisorTest, AfterEveryEnsembleProcessIsKilledTheNextStartLeavesNoOldEngine) {
+    const std::map<std::string, std::string> portable{{kPortableModeVariable, "1"}};
+    supervisor_ = start_supervisor(portable);
+    ASSERT_EQ(cli("profile load pair").exit_code, 0);
+    std::vector<pid_t> old_workers, old_engines;
+    for (const auto port : {port_a_, port_b_}) {
+        const auto p = port_status(port);
+        ASSERT_EQ(p["state"], "ready");
+        old_workers.push_back(p["pid"].get<pid_t>());
+        old_engines.push_back(p["engine_pid"].get<pid_t>());
+    }
+    ::kill(supervisor_->pid(), SIGKILL);
+    for (const pid_t worker : old_workers)
+        ::kill(worker, SIGKILL);
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+    for (const pid_t worker : old_workers) {
+        for (int i = 0; i < 500 && process_alive(worker); ++i)
+            std::this_thread::sleep_for(10ms);
+        ASSERT_FALSE(process_alive(worker));
+    }
+    for (const pid_t engine : old_engines)
+        ASSERT_TRUE(process_alive(engine)) << "portable mode: the engines outlive their workers";
+
+    supervisor_ = start_supervisor(portable);
+    for (const auto port : {port_a_, port_b_}) {
+        json p = json::object();
+        for (int i = 0; i < 300 && p.value("state", "") != "ready"; ++i) {
+            if (const auto now = port_status(port); now.is_object()) p = now;
+            std::this_thread::sleep_for(100ms);
+        }
+        ASSERT_EQ(p["state"], "ready") << p.dump();
+        EXPECT_EQ(std::count(old_workers.begin(), old_workers.end(), p["pid"].get<pid_t>()), 0);
+        EXPECT_EQ(chat(port), 200);
+    }
+    for (const pid_t engine : old_engines)
+        EXPECT_FALSE(process_alive(engine)) << "engine " << engine << " of the old generation";
+    const auto events = cli("events -n 100").out;
+    for (const pid_t engine : old_engines) {
+        EXPECT_NE(events.find("sent SIGKILL to the engine left behind by port"), std::string::npos)
+            << events;
+        EXPECT_NE(events.find("(pid " + std::to_string(engine) + ") and its process group"),
+                  std::string::npos)
+            << events;
+    }
 }
 
 TEST_F(SupervisorTest, ReloadReportsChangedPortsWithoutRestartingThem) {

@@ -7,9 +7,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "os/portable_mode.h"
 #include "tests/support/http_client.h"
 #include "tests/support/worker_process.h"
 
@@ -299,11 +302,67 @@ TEST_F(WorkerTest, SigtermDrainsTheStreamInFlightThenExitsZero) {
     EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 0);
 }
 
-TEST_F(WorkerTest, EngineDiesWithItsWorker) {
+TEST_F(WorkerTest, EngineDiesWithItsWorkerOnLinux) {
+    if (ensemble::portable_mode())
+        GTEST_SKIP() << "portable mode: no PR_SET_PDEATHSIG (see TheNextWorkerStopsTheEngine...)";
     auto worker = start();
     track_engine(*worker);  // TearDown asserts it is gone
     worker->signal(SIGKILL);
     ASSERT_TRUE(worker->wait_exit(10s));
+}
+
+// What macOS has: nothing kills an engine with its worker. A worker killed with SIGKILL leaves
+// its engine running; the next worker on the port finds it by the record beside the engine log
+// (pid, start time, process group) and kills it before starting its own.
+TEST_F(WorkerTest, TheNextWorkerStopsTheEngineAKilledWorkerLeftBehind) {
+    const std::map<std::string, std::string> portable{{ensemble::kPortableModeVariable, "1"}};
+    const auto port = free_port();
+    std::optional<pid_t> left_behind;
+    {
+        WorkerProcess first(port, {}, test_name(), portable);
+        ASSERT_TRUE(first.wait_ready()) << first.log();
+        left_behind = first.engine_pid();
+        ASSERT_TRUE(left_behind);
+        first.signal(SIGKILL);
+        ASSERT_TRUE(first.wait_exit(10s));
+    }
+    std::this_thread::sleep_for(500ms);
+    ASSERT_TRUE(process_alive(*left_behind)) << "portable mode: the engine outlives its worker";
+    WorkerProcess second(port, {}, test_name(), portable);
+    ASSERT_TRUE(second.wait_ready()) << second.log();
+    EXPECT_FALSE(process_alive(*left_behind)) << "the next worker stops it first";
+    EXPECT_NE(second.log().find("sent SIGKILL to the engine an earlier worker left behind (pid " +
+                                std::to_string(*left_behind) + ") and its process group"),
+              std::string::npos)
+        << second.log();
+    EXPECT_EQ(http_request(port, chat_request(kChat)).status, 200);
+    track_engine(second);
+}
+
+// A record that no longer names our engine — the pid reused by another process, or garbage —
+// is never acted on: the worker starts normally and the other process lives.
+TEST_F(WorkerTest, ARecordNamingSomeoneElsesProcessKillsNothing) {
+    const auto dir = ensemble::testing::test_output_dir(test_name());
+    // A process of ours that stands for "someone else": alive, but not the recorded one.
+    ensemble::SpawnSpec sleeper_spec;
+    sleeper_spec.argv = {"sleep", "30"};
+    auto sleeper = ensemble::ChildProcess::spawn(sleeper_spec);
+    ASSERT_TRUE(sleeper);
+    const auto pid = (*sleeper)->pid();
+    std::ofstream(dir / "engine.pid") << pid << " 12345 " << pid << " -\n";  // wrong start time
+    auto worker = start();
+    track_engine(*worker);
+    EXPECT_TRUE(process_alive(pid)) << "a pid whose start time does not match is left alone";
+    EXPECT_NE(worker->log().find("now belongs to another process"), std::string::npos)
+        << worker->log();
+    worker.reset();
+    std::ofstream(dir / "engine.pid") << "not a record\n";
+    auto again = start();
+    track_engine(*again);
+    EXPECT_NE(again->log().find("does not hold 'pid start-time group boot-id'"), std::string::npos)
+        << again->log();
+    EXPECT_TRUE(process_alive(pid));
+    (*sleeper)->signal_group(SIGKILL);
 }
 
 }  // namespace

@@ -36,7 +36,7 @@ std::filesystem::path test_output_dir(const std::string& test_name) {
 }
 
 WorkerProcess::WorkerProcess(unsigned short port, std::vector<std::string> extra_args,
-                             const std::string& test_name)
+                             const std::string& test_name, std::map<std::string, std::string> env)
     : port_(port) {
     const auto dir = test_output_dir(test_name);
     log_ = dir / "worker.log";
@@ -55,15 +55,16 @@ WorkerProcess::WorkerProcess(unsigned short port, std::vector<std::string> extra
     }
     spec.argv.insert(spec.argv.end(), extra_args.begin(), extra_args.end());
     spec.log_file = log_;
+    spec.extra_env = std::move(env);
     auto child = ChildProcess::spawn(spec);
     if (!child) throw std::runtime_error(child.error().message);
     child_ = std::move(child).value();
 }
 
 WorkerProcess::~WorkerProcess() {
-    if (!child_->poll_exit()) {
-        child_->signal_group(SIGKILL);
-    }
+    if (child_->poll_exit()) return;
+    child_->signal_group(SIGTERM);
+    if (!wait_exit(std::chrono::seconds(20))) child_->signal_group(SIGKILL);
 }
 
 std::string WorkerProcess::log() const {

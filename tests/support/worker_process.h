@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -24,9 +25,11 @@ std::filesystem::path test_output_dir(const std::string& test_name);
 class WorkerProcess {
   public:
     // Starts `ensemble-worker --port PORT` plus `extra_args`, defaulting --model to the tiny
-    // model, --handle to "tiny" and the engine to the provisioned llama-server.
+    // model, --handle to "tiny" and the engine to the provisioned llama-server; `env` is added
+    // to its environment (e.g. ENSEMBLE_PORTABLE=1).
     WorkerProcess(unsigned short port, std::vector<std::string> extra_args,
-                  const std::string& test_name);
+                  const std::string& test_name, std::map<std::string, std::string> env = {});
+    // Stops it as a user would (SIGTERM: it drains and stops its engine), SIGKILL if it hangs.
     ~WorkerProcess();
 
     unsigned short port() const { return port_; }

@@ -1,6 +1,8 @@
 // Engine command templates and presets.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+
 #include "profiles/command_template.h"
 #include "profiles/engine_preset.h"
 

@@ -22,9 +22,6 @@ TEST(MemoryBudgetTest, BudgetIsAbsoluteOrAShareOfPhysicalMemory) {
     EXPECT_EQ(resolve_budget("100%", 8 * GiB), 8 * GiB);
     EXPECT_FALSE(resolve_budget("", 8 * GiB));
     EXPECT_FALSE(resolve_budget("lots", 8 * GiB));
-    EXPECT_GT(physical_memory(), 0U);
-    EXPECT_GT(budgetable_memory(), 0U);
-    EXPECT_LE(budgetable_memory(), physical_memory());
 }
 
 TEST(MemoryBudgetTest, WhatFitsIsAdmittedWithoutEvictions) {

@@ -83,12 +83,27 @@ TEST_F(StateStoreTest, ReplaceAssignmentsKeepsUnchangedPortsGeneration) {
 
 TEST_F(StateStoreTest, WorkerRecordsRoundTrip) {
     auto s = open();
-    WorkerRecord w{8100, "tiny", "w-1", "tok", 123, 456, 789, "ready", 1, 2, 3, "exit code 1"};
+    const WorkerRecord w{.port = 8100,
+                         .handle = "tiny",
+                         .worker_id = "w-1",
+                         .token = "tok",
+                         .pid = 123,
+                         .pid_start_time = 456,
+                         .engine_pid = 789,
+                         .engine_start_time = 790,
+                         .engine_group = 789,
+                         .state = "ready",
+                         .started_at_ms = 1,
+                         .ready_at_ms = 2,
+                         .restarts = 3,
+                         .last_exit = "exit code 1"};
     ASSERT_TRUE(s->save_worker(w));
     auto ws = *s->workers();
     ASSERT_EQ(ws.size(), 1U);
     EXPECT_EQ(ws[0].token, "tok");
     EXPECT_EQ(ws[0].pid_start_time, 456);
+    EXPECT_EQ(ws[0].engine_start_time, 790) << "the engine's identity, for a dead worker's engine";
+    EXPECT_EQ(ws[0].engine_group, 789);
     EXPECT_EQ(ws[0].last_exit, "exit code 1");
     ASSERT_TRUE(s->remove_worker(8100));
     EXPECT_TRUE(s->workers()->empty());

@@ -1,0 +1,195 @@
+// The system layer (os/): what each concept promises, on the OS the tests run on. The macOS
+// halves are compiled for macOS by deploy/check-macos; what they share with Linux is here.
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <fstream>
+#include <thread>
+
+#include "os/child_process.h"
+#include "os/executable_path.h"
+#include "os/gpu_wired_limit.h"
+#include "os/memory_limits.h"
+#include "os/memory_pressure.h"
+#include "os/peer_credentials.h"
+#include "os/process_identity.h"
+#include "os/process_memory.h"
+#include "os/recorded_process.h"
+#include "os/signal_name.h"
+
+using namespace ensemble;
+using namespace std::chrono_literals;
+
+namespace {
+
+std::unique_ptr<ChildProcess> sleeper() {
+    SpawnSpec spec;
+    spec.argv = {"sleep", "30"};
+    auto child = ChildProcess::spawn(spec);
+    EXPECT_TRUE(child);
+    return child ? std::move(child).value() : nullptr;
+}
+
+TEST(SignalName, NamesTheCommonSignalsTheSameOnEveryOs) {
+    EXPECT_EQ(signal_name(SIGKILL), "SIGKILL");
+    EXPECT_EQ(signal_name(SIGTERM), "SIGTERM");
+    EXPECT_EQ(signal_name(SIGSEGV), "SIGSEGV");
+    EXPECT_EQ(signal_name(12345), "signal 12345");
+    ExitStatus killed{0, SIGKILL, true};
+    EXPECT_EQ(killed.describe(), "killed by signal 9 (SIGKILL)");
+}
+
+TEST(ProcessIdentity, APidAndItsStartTimeNameOneProcess) {
+    auto self = identify_process(::getpid());
+    ASSERT_TRUE(self) << self.error().message;
+    EXPECT_GT(self->start_time, 0);
+    EXPECT_EQ(check_identity(*self).verdict, IdentityVerdict::same);
+    auto other = *self;
+    other.start_time += 1;
+    const auto reused = check_identity(other);
+    EXPECT_EQ(reused.verdict, IdentityVerdict::reused);
+    EXPECT_NE(reused.message.find("now belongs to another process"), std::string::npos);
+    EXPECT_EQ(check_identity({1, 1}).verdict, IdentityVerdict::unknown) << "init is never ours";
+    EXPECT_FALSE(boot_id().empty());
+}
+
+TEST(ProcessIdentity, AnExitedProcessIsGoneEvenBeforeItIsReaped) {
+    auto child = sleeper();
+    const auto identity = identify_process(child->pid());
+    ASSERT_TRUE(identity);
+    ::kill(child->pid(), SIGKILL);
+    // Not reaped yet: a zombie, whose pid still exists but no longer runs anything.
+    for (int i = 0; i < 200 && check_identity(*identity).verdict == IdentityVerdict::same; ++i)
+        std::this_thread::sleep_for(5ms);
+    EXPECT_EQ(check_identity(*identity).verdict, IdentityVerdict::gone);
+    for (int i = 0; i < 200 && !child->poll_exit(); ++i)
+        std::this_thread::sleep_for(5ms);
+    ASSERT_TRUE(child->exited());
+    auto reaped = identify_process(identity->pid);
+    ASSERT_FALSE(reaped);
+    EXPECT_EQ(reaped.error().code, "gone") << reaped.error().message;
+}
+
+TEST(RecordedProcess, KillsTheGroupOnlyOfTheProvenProcess) {
+    auto child = sleeper();
+    const auto record = RecordedProcess::of_running(child->pid());
+    ASSERT_TRUE(record);
+    EXPECT_EQ(record->group, child->pid()) << "a child leads its own group when spawn returns";
+
+    auto stale = *record;
+    stale.leader.start_time -= 1;
+    const auto refused = kill_if_ours(stale, SIGKILL, "engine");
+    EXPECT_EQ(refused.outcome, KillOutcome::not_ours) << refused.message;
+    EXPECT_FALSE(child->poll_exit()) << "a start time that does not match kills nothing";
+
+    auto earlier_boot = *record;
+    earlier_boot.boot_id = "an-earlier-boot";
+    EXPECT_EQ(kill_if_ours(earlier_boot, SIGKILL, "engine").outcome, KillOutcome::gone);
+
+    const auto killed = kill_if_ours(*record, SIGKILL, "engine");
+    EXPECT_EQ(killed.outcome, KillOutcome::killed);
+    EXPECT_NE(killed.message.find("and its process group"), std::string::npos) << killed.message;
+    EXPECT_TRUE(wait_until_gone(record->leader, 5s));
+    EXPECT_EQ(kill_if_ours(*record, SIGKILL, "engine").outcome, KillOutcome::gone);
+}
+
+TEST(RecordedProcess, RecordFilesRoundTripAndGarbageIsRefused) {
+    const auto dir = std::filesystem::temp_directory_path() / "ensemble-os-test";
+    std::filesystem::create_directories(dir);
+    const auto path = dir / "engine-1.pid";
+    const RecordedProcess record{{4242, 987654}, 4242, "boot-1"};
+    ASSERT_TRUE(write_record_file(path, record));
+    auto back = read_record_file(path);
+    ASSERT_TRUE(back) << back.error().message;
+    EXPECT_EQ(back->leader, record.leader);
+    EXPECT_EQ(back->group, 4242);
+    EXPECT_EQ(back->boot_id, "boot-1");
+    EXPECT_EQ(read_record_file(dir / "missing.pid").error().code, "absent");
+    for (const char* garbage : {"", "12 x 3 b", "1 5 1 b", "-5 5 5 b", "99 0 99 b"}) {
+        std::ofstream(path) << garbage << '\n';
+        auto bad = read_record_file(path);
+        ASSERT_FALSE(bad) << garbage;
+        EXPECT_EQ(bad.error().code, "bad_record") << garbage;
+    }
+    std::ofstream(path) << std::string(10000, '7') << '\n';
+    EXPECT_FALSE(read_record_file(path)) << "an endless line is refused, not parsed";
+}
+
+TEST(PeerCredentials, TheKernelVouchesForTheOtherEnd) {
+    int fds[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+    auto peer = peer_credentials(fds[0]);
+    ASSERT_TRUE(peer) << peer.error().message;
+    EXPECT_EQ(peer->uid, ::geteuid());
+    EXPECT_EQ(peer->gid, ::getegid());
+    ::close(fds[0]);
+    ::close(fds[1]);
+    EXPECT_FALSE(peer_credentials(-1));
+}
+
+TEST(ExecutablePath, IsThisTestBinary) {
+    auto path = executable_path();
+    ASSERT_TRUE(path) << path.error().message;
+    EXPECT_EQ(path->filename(), "ensemble_unit_tests");
+    EXPECT_TRUE(std::filesystem::exists(*path));
+}
+
+TEST(ProcessMemory, MeasuresALiveProcessAndNothingForAGoneOne) {
+    const auto mine = process_footprint(::getpid());
+    ASSERT_TRUE(mine);
+    EXPECT_GT(*mine, 100U * 1024);
+    EXPECT_FALSE(process_footprint(0x3fffffff));
+}
+
+TEST(MemoryLimits, PhysicalMemoryAndTheBudgetableShare) {
+    EXPECT_GT(physical_memory(), 0U);
+    EXPECT_GT(budgetable_memory(), 0U);
+    EXPECT_LE(budgetable_memory(), physical_memory());
+}
+
+TEST(MemoryPressure, PsiLevelsFollowTheStallShares) {
+    EXPECT_EQ(pressure_from_psi("some avg10=0.00 avg60=0.00 avg300=0.00 total=5\n"
+                                "full avg10=0.00 avg60=0.00 avg300=0.00 total=4\n"),
+              MemoryPressure::normal);
+    EXPECT_EQ(pressure_from_psi("some avg10=12.50 avg60=1.00 avg300=0.00 total=5\n"
+                                "full avg10=3.00 avg60=0.00 avg300=0.00 total=4\n"),
+              MemoryPressure::warning);
+    EXPECT_EQ(pressure_from_psi("some avg10=90.00 avg60=40.00 avg300=9.00 total=5\n"
+                                "full avg10=50.00 avg60=20.00 avg300=4.00 total=4\n"),
+              MemoryPressure::critical);
+    EXPECT_EQ(pressure_from_psi(""), MemoryPressure::unknown);
+    EXPECT_EQ(pressure_from_psi("some avg10=lots\n"), MemoryPressure::unknown);
+    EXPECT_EQ(pressure_from_psi("full avg10=1e999\n"), MemoryPressure::unknown);
+}
+
+TEST(MemoryPressure, DarwinLevelsAreOneTwoAndFour) {
+    EXPECT_EQ(pressure_from_darwin_level(1), MemoryPressure::normal);
+    EXPECT_EQ(pressure_from_darwin_level(2), MemoryPressure::warning);
+    EXPECT_EQ(pressure_from_darwin_level(4), MemoryPressure::critical);
+    EXPECT_EQ(pressure_from_darwin_level(3), MemoryPressure::unknown);
+    EXPECT_EQ(pressure_from_darwin_level(0), MemoryPressure::unknown);
+}
+
+TEST(MemoryPressure, OomKillCountsAreReadFromCgroupFiles) {
+    EXPECT_EQ(parse_oom_kill_count("low 0\nhigh 0\nmax 3\noom 2\noom_kill 2\n"), 2U);
+    EXPECT_EQ(parse_oom_kill_count("oom_kill_disable 0\nunder_oom 0\noom_kill 7\n"), 7U);
+    EXPECT_FALSE(parse_oom_kill_count("nothing here"));
+}
+
+TEST(GpuWiredLimit, DefaultShareAndTheCommandThatSetsIt) {
+    EXPECT_EQ(default_wired_limit_bytes(192ULL << 30), (192ULL << 30) / 100 * 75);
+    EXPECT_EQ(wired_limit_command(163840), "sudo sysctl iogpu.wired_limit_mb=163840");
+    auto limit = gpu_wired_limit();
+    ASSERT_TRUE(limit);
+#ifdef __APPLE__
+    EXPECT_TRUE(limit->applies);
+#else
+    EXPECT_FALSE(limit->applies) << "Linux has no GPU wired limit";
+#endif
+}
+
+}  // namespace
