@@ -21,6 +21,9 @@ struct GpuWiredLimit {
 // Errors only where the limit applies but cannot be read.
 Result<GpuWiredLimit> gpu_wired_limit();
 
+// Sets iogpu.wired_limit_mb (root only; until the next reboot). An error on Linux.
+Status set_gpu_wired_limit(std::uint64_t mb);
+
 // The system default when iogpu.wired_limit_mb is 0, as a share of physical memory: an
 // approximation (the real value is Metal's and is not readable without it).
 inline constexpr int kDefaultWiredPercent = 75;

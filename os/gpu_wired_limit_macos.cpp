@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 #include "os/gpu_wired_limit.h"
 
@@ -25,6 +26,18 @@ Result<GpuWiredLimit> gpu_wired_limit() {
     }
     if (value < 0) return Error{"wired_limit", "iogpu.wired_limit_mb is negative"};
     return GpuWiredLimit{true, static_cast<std::uint64_t>(value)};
+}
+
+Status set_gpu_wired_limit(std::uint64_t mb) {
+    if (mb > static_cast<std::uint64_t>(std::numeric_limits<std::int32_t>::max()))
+        return Error{"wired_limit", std::to_string(mb) + " MiB is more than any Mac has"};
+    auto value = static_cast<std::int32_t>(mb);
+    if (sysctlbyname("iogpu.wired_limit_mb", nullptr, nullptr, &value, sizeof value) != 0) {
+        return Error{"wired_limit", std::string("cannot set sysctl iogpu.wired_limit_mb=") +
+                                        std::to_string(mb) + ": " + std::strerror(errno) +
+                                        (errno == EPERM ? " (run as root)" : "")};
+    }
+    return Ok{};
 }
 
 }  // namespace ensemble

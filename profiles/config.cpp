@@ -218,7 +218,7 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     if (!v_.map_with_keys(
             file, node, "supervisor",
             {"state_dir", "run_dir", "memory_budget", "over_budget", "evict_idle_after",
-             "boot_profile", "bind_host", "logs", "health", "restart"})) {
+             "boot_profile", "bind_host", "gpu_wired_limit", "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -257,6 +257,17 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     }
     if (node["bind_host"]) {
         if (auto h = v_.scalar<std::string>(file, node["bind_host"], "bind_host")) s.bind_host = *h;
+    }
+    if (node["gpu_wired_limit"]) {
+        if (auto w = v_.scalar<std::string>(file, node["gpu_wired_limit"], "gpu_wired_limit")) {
+            const auto bytes = parse_bytes(*w);
+            if (!bytes || *bytes < (1ULL << 30)) {
+                v_.at(file, node["gpu_wired_limit"],
+                      "gpu_wired_limit '" + *w + "' must be a size of at least 1GiB (e.g. 160GiB)");
+            } else {
+                s.gpu_wired_limit_bytes = bytes;
+            }
+        }
     }
     if (node["logs"]) logs(file, node["logs"]);
     if (node["health"]) health(file, node["health"]);
@@ -436,7 +447,8 @@ std::map<std::string, std::string> Loader::environment(const std::string& file,
                       ": names starting ENSEMBLE_ are Ensemble's own");
             continue;
         }
-        auto value = v_.scalar<std::string>(file, kv.second, name);
+        auto value =
+            v_.scalar<std::string>(file, kv.second, "the value of " + name + " in " + what);
         if (!value) continue;
         if (value->size() > kMaxValue || value->find('\0') != std::string::npos) {
             v_.at(file, kv.second,

@@ -13,19 +13,18 @@ std::vector<EnginePreset> builtin_presets() {
          "llama-server",
          {"--model", "{model}", "--host", "127.0.0.1", "--port", "{port}", "--ctx-size",
           "{context}", "--parallel", "{parallel}", "--alias", "{handle}"},
-         {"GET", "/health", ""},
+         {"/health", false},
          "{handle}"},
         {"mlx-lm",
          "mlx_lm.server",
          {"--model", "{model}", "--host", "127.0.0.1", "--port", "{port}"},
-         {"POST", "/v1/chat/completions",
-          R"({"model":"{model}","messages":[{"role":"user","content":"hi"}],"max_tokens":1})"},
+         {"/v1/chat/completions", true},
          "{model}"},
         {"vllm",
          "vllm",
          {"serve", "{model}", "--host", "127.0.0.1", "--port", "{port}", "--max-model-len",
           "{context}", "--max-num-seqs", "{parallel}", "--served-model-name", "{handle}"},
-         {"GET", "/health", ""},
+         {"/health", false},
          "{handle}"},
     };
 }
@@ -66,11 +65,8 @@ Result<EnginePreset> command_preset(std::string_view command_line, std::string_v
     auto checked = expand_argv(*words, sample);
     if (!checked) return checked.error();
     std::vector<std::string> args(words->begin() + 1, words->end());
-    return EnginePreset{"command",
-                        words->front(),
-                        std::move(args),
-                        {"GET", std::string(ready_path), ""},
-                        "{handle}"};
+    return EnginePreset{
+        "command", words->front(), std::move(args), {std::string(ready_path), false}, "{handle}"};
 }
 
 }  // namespace ensemble

@@ -13,11 +13,12 @@ namespace ensemble {
 
 // A readiness probe is a real answer from the engine, not just a live process: llama-server and
 // vLLM answer /health with 200 only once loaded; mlx_lm.server's /health is always 200, so its
-// probe is a one-token completion.
+// probe is a one-token completion of the engine's own model (any other model id would make it
+// load that one).
 struct ReadinessProbe {
-    std::string method = "GET";
     std::string path = "/health";
-    std::string body;  // JSON sent with POST probes; may hold placeholders
+    // POST to `path` a one-token chat completion naming the engine's model id, instead of a GET.
+    bool one_token_completion = false;
 };
 
 struct EnginePreset {

@@ -11,16 +11,19 @@
 
 namespace ensemble {
 
+std::string config_path(const std::string& config_option) {
+    if (!config_option.empty()) return config_option;
+    const char* env = std::getenv("ENSEMBLE_CONFIG");
+    return env != nullptr ? env : "";
+}
+
 std::filesystem::path control_socket_path(const std::string& socket_option,
                                           const std::string& config_option) {
     if (!socket_option.empty()) return socket_option;
     if (const char* env = std::getenv("ENSEMBLE_SOCKET"); env != nullptr && *env != '\0')
         return env;
-    std::string config = config_option;
-    if (config.empty()) {
-        if (const char* env = std::getenv("ENSEMBLE_CONFIG"); env != nullptr) config = env;
-    }
-    if (!config.empty()) return run_dir_of(config) / "control.sock";
+    if (const auto config = config_path(config_option); !config.empty())
+        return run_dir_of(config) / "control.sock";
     return default_run_dir() / "control.sock";
 }
 

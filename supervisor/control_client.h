@@ -8,6 +8,9 @@
 
 namespace ensemble {
 
+// The config file: --config, else $ENSEMBLE_CONFIG, else "" (none given).
+std::string config_path(const std::string& config_option);
+
 // Where control.sock is: --socket, else $ENSEMBLE_SOCKET, else the config's run_dir (from
 // --config or $ENSEMBLE_CONFIG), else the default run directory.
 std::filesystem::path control_socket_path(const std::string& socket_option,

@@ -12,6 +12,7 @@
 #include "supervisor/fleet.h"
 #include "supervisor/gateway_export.h"
 #include "supervisor/memory_budget.h"
+#include "supervisor/unified_memory.h"
 
 using namespace ensemble;
 using nlohmann::json;
@@ -47,6 +48,16 @@ void print_ports(const json& ports) {
     }
 }
 
+// "GPU wired limit 144.0 GiB (the system default ...); MLX models hold 72.0 GiB", when one applies.
+void print_wired_limit(const json& wired) {
+    if (!wired.value("applies", false)) return;
+    std::printf("GPU wired limit %s (%s); MLX models hold %s\n",
+                human_bytes(wired.value("bytes", 0ULL)).c_str(), wired.value("source", "").c_str(),
+                human_bytes(wired.value("mlx_bytes", 0ULL)).c_str());
+    for (const auto& w : wired.value("warnings", json::array()))
+        std::printf("warning: %s\n", w.get<std::string>().c_str());
+}
+
 void print_budget(const json& b) {
     if (b.value("budget_bytes", 0ULL) == 0) {
         std::printf("no memory budget (set supervisor.memory_budget, e.g. 170GiB or 85%%)\n");
@@ -69,11 +80,22 @@ void print_budget(const json& b) {
                     100.0 * p.value("share", 0.0), p.value("priority", 0),
                     p.value("evict", "").c_str(), p.value("idle", false) ? "yes" : "no");
     }
+    print_wired_limit(b.value("gpu_wired_limit", json::object()));
 }
 
 void print_human(const std::string& verb, const json& result) {
     if (verb == "status") {
         print_ports(result["ports"]);
+        const auto memory = result.value("memory", json::object());
+        if (memory.value("budget_bytes", 0ULL) > 0 ||
+            memory.value("gpu_wired_limit_bytes", 0ULL) > 0) {
+            std::printf("memory: budget %s, reserved %s, measured %s; GPU wired limit %s, MLX %s\n",
+                        human_bytes(memory.value("budget_bytes", 0ULL)).c_str(),
+                        human_bytes(memory.value("reserved_bytes", 0ULL)).c_str(),
+                        human_bytes(memory.value("measured_bytes", 0ULL)).c_str(),
+                        human_bytes(memory.value("gpu_wired_limit_bytes", 0ULL)).c_str(),
+                        human_bytes(memory.value("mlx_bytes", 0ULL)).c_str());
+        }
         for (const auto& w : result.value("warnings", json::array()))
             std::printf("warning: %s\n", w.get<std::string>().c_str());
     } else if (verb == "budget") {
@@ -136,15 +158,27 @@ bool check_profiles_fit(const Config& config) {
     const auto& text = config.supervisor.memory_budget;
     std::optional<std::uint64_t> budget;
     if (!text.empty()) budget = resolve_budget(text, budgetable_memory());
+    // As at boot, when the configured wired limit is set (deploy/install's LaunchDaemon).
+    const auto physical = physical_memory();
+    const auto wired = wired_limit_view(config, gpu_wired_limit(), physical, true);
+    if (wired.applies)
+        std::printf("GPU wired limit: %s (%s)\n", format_bytes(wired.bytes).c_str(),
+                    wired.source.c_str());
+    if (!wired.problem.empty()) std::printf("warning: %s\n", wired.problem.c_str());
     bool fits = true;
     for (const auto& [name, profile] : config.profiles) {
         std::uint64_t total = 0;
+        std::uint64_t mlx = 0;
         std::string problem;
         for (const auto& [port, a] : profile.ports) {
             auto e = estimate_assignment(config, port, a.model, name);
             if (e) total += e->total();
+            if (e && is_mlx_model(config, a.model)) mlx += e->total();
             if (!e && problem.empty()) problem = e.error().message;
         }
+        if (auto warning = wired_limit_warning("profile '" + name + "'", mlx, wired,
+                                               wired.sysctl_mb ? physical : 0))
+            std::printf("warning: %s\n", warning->c_str());
         if (!problem.empty()) {
             std::printf("profile '%s': %s\n", name.c_str(), problem.c_str());
             fits = fits && !budget;  // only an error when a budget needs the number
@@ -172,6 +206,51 @@ int check(const std::string& file) {
     std::cout << file << ": ok (" << loaded.config->models.size() << " models, "
               << loaded.config->profiles.size() << " profiles)\n";
     return check_profiles_fit(*loaded.config) ? 0 : 1;
+}
+
+// `ensemble wired-limit`: the GPU wired limit now, the configured one, and what the config's
+// profiles need; with --apply (root, macOS), sets the configured one — what deploy/install's
+// LaunchDaemon runs at every boot, since sysctl values do not survive a reboot.
+int wired_limit(const std::string& config_path, bool apply) {
+    auto loaded = load_config(config_path, false);
+    if (!loaded.config) {
+        for (const auto& issue : loaded.issues)
+            std::cerr << issue.to_string() << '\n';
+        return 1;
+    }
+    const auto& config = *loaded.config;
+    const auto system = gpu_wired_limit();
+    if (!system) {
+        std::cerr << "ensemble: " << system.error().message << '\n';
+        return 1;
+    }
+    const auto configured = config.supervisor.gpu_wired_limit_bytes;
+    if (system->applies) {
+        std::printf("iogpu.wired_limit_mb = %llu%s\n", static_cast<unsigned long long>(system->mb),
+                    system->mb == 0 ? " (the system default)" : "");
+    } else {
+        std::printf("this OS has no GPU wired limit (it is a macOS setting)\n");
+    }
+    if (configured) {
+        std::printf("supervisor.gpu_wired_limit = %s (%llu MiB)\n",
+                    format_bytes(*configured).c_str(),
+                    static_cast<unsigned long long>(*configured >> 20));
+    } else {
+        std::printf("supervisor.gpu_wired_limit is not set\n");
+    }
+    if (!apply) return 0;
+    if (!configured) {
+        std::printf("nothing to apply: set supervisor.gpu_wired_limit in %s\n",
+                    config_path.c_str());
+        return 0;
+    }
+    if (auto ok = set_gpu_wired_limit(*configured >> 20); !ok) {
+        std::cerr << "ensemble: " << ok.error().message << '\n';
+        return 1;
+    }
+    std::printf("set iogpu.wired_limit_mb = %llu\n",
+                static_cast<unsigned long long>(*configured >> 20));
+    return 0;
 }
 
 // Follows a log file like tail -f (the CLI runs on the supervisor's machine, as its user).
@@ -283,6 +362,12 @@ int main(int argc, char** argv) {
                           "an engine argument (repeat; e.g. --engine-arg=-ctk --engine-arg=q8_0)");
     auto* checkc = app.add_subcommand("check", "validate a config file; runs nothing");
     checkc->add_option("file", check_file)->required();
+    bool apply_wired_limit = false;
+    auto* wiredc = app.add_subcommand(
+        "wired-limit", "macOS: the GPU wired limit now and in the config; --apply sets it (root)");
+    wiredc->add_flag("--apply", apply_wired_limit,
+                     "set iogpu.wired_limit_mb to supervisor.gpu_wired_limit (at boot: "
+                     "deploy/install's LaunchDaemon)");
     app.add_subcommand("budget",
                        "the memory budget: reserved, measured, free, and each port's share")
         ->callback([&] { request.verb = "budget"; });
@@ -292,6 +377,14 @@ int main(int argc, char** argv) {
 
     if (!check_file.empty()) return check(check_file);
     if (estimatec->parsed()) return estimate(estimate_request);
+    if (wiredc->parsed()) {
+        const auto file = config_path(config_option);
+        if (file.empty()) {
+            std::cerr << "ensemble: wired-limit needs the config: -c FILE (or ENSEMBLE_CONFIG)\n";
+            return 2;
+        }
+        return wired_limit(file, apply_wired_limit);
+    }
     if (port != 0) request.port = port;
     request.model = model;
     request.lines = lines;

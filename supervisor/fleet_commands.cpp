@@ -95,13 +95,17 @@ json Fleet::status() const {
         warnings.push_back("measured memory " + format_bytes(memory["measured_bytes"]) +
                            " is over the budget of " + format_bytes(memory["budget_bytes"]));
     }
+    for (const auto& w : memory["gpu_wired_limit"]["warnings"])
+        warnings.push_back(w);
     return protocol::ok_reply(
         {{"ports", ports},
          {"memory",
           {{"budget_bytes", memory["budget_bytes"]},
            {"reserved_bytes", memory["reserved_bytes"]},
            {"measured_bytes", memory["measured_bytes"]},
-           {"free_bytes", memory["free_bytes"]}}},
+           {"free_bytes", memory["free_bytes"]},
+           {"gpu_wired_limit_bytes", memory["gpu_wired_limit"]["bytes"]},
+           {"mlx_bytes", memory["gpu_wired_limit"]["mlx_bytes"]}}},
          {"warnings", warnings},
          {"config", config_.source.string()},
          {"bind_host", config_.supervisor.bind_host},
@@ -372,10 +376,12 @@ json Fleet::reload() {
         const PortAssignment* new_overrides =
             new_profile && new_profile->ports.count(port) ? &new_profile->ports.at(port) : nullptr;
         auto after = spawner_.plan(*loaded.config, port, rt->handle, new_overrides);
-        auto argv_of = [](const Result<WorkerLaunch>& l) {
-            return l ? l->argv : std::vector<std::string>{l.error().message};
+        auto launch_of = [](const Result<WorkerLaunch>& l) {
+            return l ? std::pair(l->argv, l->engine_env)
+                     : std::pair(std::vector<std::string>{l.error().message},
+                                 std::map<std::string, std::string>{});
         };
-        if (argv_of(before) != argv_of(after)) changed.push_back(port);
+        if (launch_of(before) != launch_of(after)) changed.push_back(port);
     }
     config_ = std::move(*loaded.config);
     event(0, "reload",

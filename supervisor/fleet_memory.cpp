@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "supervisor/fleet.h"
+#include "supervisor/unified_memory.h"
 
 namespace ensemble {
 
@@ -193,11 +194,13 @@ json Fleet::budget() const {
     std::uint64_t reserved = 0;
     std::uint64_t measured = 0;
     std::uint64_t charged = 0;
+    std::uint64_t mlx = 0;
     json ports = json::array();
     for (const auto& h : budget_holders(now)) {
         reserved += h.estimate;
         measured += h.measured;
         charged += h.charge();
+        if (is_mlx_model(config_, h.model)) mlx += h.charge();
         ports.push_back({{"port", h.port},
                          {"model", h.model},
                          {"estimate_bytes", h.estimate},
@@ -219,6 +222,17 @@ json Fleet::budget() const {
                    {"free_bytes", budget && *budget > charged ? *budget - charged : 0},
                    {"over_budget", budget && measured > *budget},
                    {"ports", ports}};
+    const auto physical = physical_memory();
+    const auto wired = wired_limit_view(config_, gpu_wired_limit(), physical, false);
+    json warnings = json::array();
+    if (!wired.problem.empty()) warnings.push_back(wired.problem);
+    if (auto warning =
+            wired_limit_warning("the running ports", mlx, wired, wired.sysctl_mb ? physical : 0))
+        warnings.push_back(*warning);
+    result["gpu_wired_limit"] = {
+        {"applies", wired.applies}, {"bytes", wired.bytes},
+        {"source", wired.source},   {"configured_bytes", wired.configured_bytes.value_or(0)},
+        {"mlx_bytes", mlx},         {"warnings", warnings}};
     return protocol::ok_reply(result);
 }
 

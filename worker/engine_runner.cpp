@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <nlohmann/json.hpp>
 
 #include "os/http_probe.h"
 #include "profiles/command_template.h"
@@ -17,6 +18,7 @@ constexpr auto kMaxBackoff = std::chrono::milliseconds(60000);
 // A failure after this long serving resets the backoff: the next restart is immediate.
 constexpr auto kHealthyPeriod = std::chrono::seconds(30);
 constexpr auto kProbeTimeout = std::chrono::milliseconds(2000);
+constexpr auto kLoadingCompletionProbeTimeout = std::chrono::milliseconds(30000);
 
 // A free loopback port for the engine. The engine cannot take a listening socket from us, so
 // there is a short window in which another process could take the port; if so the engine fails
@@ -67,7 +69,12 @@ EngineRunner::~EngineRunner() = default;
 
 HttpProbe EngineRunner::readiness_probe() const {
     const auto& p = config_.preset.probe;
-    return {p.method, p.path, p.body};
+    if (!p.one_token_completion) return {"GET", p.path, ""};
+    const nlohmann::json completion = {
+        {"model", engine_model_id_},
+        {"messages", nlohmann::json::array({{{"role", "user"}, {"content", "hi"}}})},
+        {"max_tokens", 1}};
+    return {"POST", p.path, completion.dump()};
 }
 
 std::optional<pid_t> EngineRunner::pid() const {
@@ -153,12 +160,19 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
     asio::steady_timer timer(io_);
     const auto loopback = asio::ip::make_address("127.0.0.1");
     const auto probe = readiness_probe();
+    // A completion probe waits in the engine's queue while the model loads: let it wait (one
+    // probe, answered the moment the model is in), rather than pile up abandoned ones.
+    const auto probe_timeout =
+        config_.preset.probe.one_token_completion
+            ? std::clamp<std::chrono::milliseconds>(config_.load_stall_timeout, kProbeTimeout,
+                                                    kLoadingCompletionProbeTimeout)
+            : std::chrono::milliseconds(kProbeTimeout);
     auto interval = std::chrono::milliseconds(10);
     auto last_progress = Clock::now();
     auto last_log_size = file_size_or_zero(config_.log_file);
     while (generation == generation_ &&
            (state_ == EngineState::loading || state_ == EngineState::restarting)) {
-        const int status = co_await http_probe(loopback, port_, probe, kProbeTimeout);
+        const int status = co_await http_probe(loopback, port_, probe, probe_timeout);
         if (generation != generation_ || state_ == EngineState::stopping) co_return;
         if (status == 200) {
             ever_ready_ = true;

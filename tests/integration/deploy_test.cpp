@@ -115,32 +115,78 @@ TEST_F(DeployTest, TheSystemdUnitsPassSystemdAnalyzeVerify) {
     std::filesystem::remove_all(runtime_dir);
 }
 
+// A launchd plist rendered as deploy/install does, checked as XML; `value_of(key)` reads the
+// element after a key (its text, then its element name).
+class RenderedPlist {
+  public:
+    RenderedPlist(const std::filesystem::path& dir, const std::string& name)
+        : dir_(dir), plist_(dir / name) {
+        rendered_ =
+            run("sed -e 's|@BINDIR@|/usr/local/bin|g; s|@CONFIG@|/etc/ensemble/ensemble.yaml|g;"
+                " s|@LOGDIR@|/var/log/ensemble|g' " ENSEMBLE_TEST_SOURCE_DIR "/deploy/launchd/" +
+                    name + " > " + plist_.string() + " && xmllint --noout " + plist_.string(),
+                dir_ / "xmllint.out");
+    }
+    const Command& rendered() const { return rendered_; }
+    std::string text() const { return read_file(plist_); }
+    std::string value_of(const std::string& key) {
+        return run("xmllint --xpath \"string(/plist/dict/key[.='" + key +
+                       "']/following-sibling::*[1])\" " + plist_.string() +
+                       " ; xmllint --xpath \"name(/plist/dict/key[.='" + key +
+                       "']/following-sibling::*[1])\" " + plist_.string(),
+                   dir_ / "xpath.out")
+            .out;
+    }
+
+  private:
+    std::filesystem::path dir_, plist_;
+    Command rendered_;
+};
+
 TEST_F(DeployTest, TheLaunchdPlistIsValidXmlWithTheKeysLaunchdNeeds) {
     if (!have_program("xmllint")) GTEST_SKIP() << "xmllint is not installed";
-    const auto plist = dir_ / "org.ensemble.ensembled.plist";
-    auto rendered =
-        run("sed -e 's|@BINDIR@|/usr/local/bin|g; s|@CONFIG@|/etc/ensemble/ensemble.yaml|g;"
-            " s|@LOGDIR@|/var/log/ensemble|g' " ENSEMBLE_TEST_SOURCE_DIR
-            "/deploy/launchd/org.ensemble.ensembled.plist > " +
-                plist.string() + " && xmllint --noout " + plist.string(),
-            dir_ / "xmllint.out");
-    EXPECT_EQ(rendered.exit_code, 0) << rendered.out;
-    // The keys, each followed by its value element.
-    auto value_of = [&](const std::string& key) {
-        auto r = run("xmllint --xpath \"string(/plist/dict/key[.='" + key +
-                         "']/following-sibling::*[1])\" " + plist.string() +
-                         " ; xmllint --xpath \"name(/plist/dict/key[.='" + key +
-                         "']/following-sibling::*[1])\" " + plist.string(),
-                     dir_ / "xpath.out");
-        return r.out;
-    };
+    RenderedPlist plist(dir_, "org.ensemble.ensembled.plist");
+    EXPECT_EQ(plist.rendered().exit_code, 0) << plist.rendered().out;
+    auto value_of = [&](const std::string& key) { return plist.value_of(key); };
     EXPECT_NE(value_of("Label").find("org.ensemble.ensembled"), std::string::npos);
     EXPECT_NE(value_of("ProgramArguments").find("/usr/local/bin/ensembled"), std::string::npos);
     EXPECT_NE(value_of("RunAtLoad").find("true"), std::string::npos);
     EXPECT_NE(value_of("KeepAlive").find("dict"), std::string::npos);
     EXPECT_NE(value_of("AbandonProcessGroup").find("true"), std::string::npos);
     EXPECT_NE(value_of("StandardErrorPath").find("/var/log/ensemble/"), std::string::npos);
-    EXPECT_FALSE(has_placeholder(read_file(plist)));
+    EXPECT_FALSE(has_placeholder(plist.text()));
+}
+
+TEST_F(DeployTest, TheWiredLimitDaemonAppliesTheConfigsLimitAtBoot) {
+    if (!have_program("xmllint")) GTEST_SKIP() << "xmllint is not installed";
+    RenderedPlist plist(dir_, "org.ensemble.wired-limit.plist");
+    EXPECT_EQ(plist.rendered().exit_code, 0) << plist.rendered().out;
+    EXPECT_NE(plist.value_of("Label").find("org.ensemble.wired-limit"), std::string::npos);
+    auto program = plist.value_of("ProgramArguments");
+    std::erase_if(program, [](char c) { return std::isspace(static_cast<unsigned char>(c)); });
+    EXPECT_NE(program.find("/usr/local/bin/ensemble--config/etc/ensemble/ensemble.yaml"
+                           "wired-limit--apply"),
+              std::string::npos)
+        << program;
+    EXPECT_NE(plist.value_of("RunAtLoad").find("true"), std::string::npos);
+    EXPECT_FALSE(has_placeholder(plist.text()));
+    // What it runs: on Linux there is no such limit, and --apply says so and fails.
+    std::ofstream(dir_ / "wired.yaml") << "supervisor:\n  gpu_wired_limit: 160GiB\n";
+    const auto wired_limit =
+        cli_bin_ + " --config " + (dir_ / "wired.yaml").string() + " wired-limit";
+    auto shown = run(wired_limit, dir_ / "wired-limit.out");
+    EXPECT_EQ(shown.exit_code, 0) << shown.out;
+    EXPECT_NE(shown.out.find("supervisor.gpu_wired_limit = 160.0 GiB (163840 MiB)"),
+              std::string::npos)
+        << shown.out;
+    auto applied = run(wired_limit + " --apply", dir_ / "wired-limit.out");
+#ifdef __APPLE__
+    (void)applied;
+#else
+    EXPECT_EQ(applied.exit_code, 1) << applied.out;
+    EXPECT_NE(applied.out.find("there is no GPU wired limit on Linux"), std::string::npos)
+        << applied.out;
+#endif
 }
 
 TEST_F(DeployTest, InstalledLayoutBootsTheProfileExportsItAndARestartRestoresIt) {

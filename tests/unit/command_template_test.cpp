@@ -70,7 +70,7 @@ TEST(EnginePreset, LlamaCppPresetPinsTheHandleAsAlias) {
 TEST(EnginePreset, MlxProbesWithARealCompletionBecauseItsHealthIsAlways200) {
     auto p = find_preset("mlx-lm");
     ASSERT_TRUE(p);
-    EXPECT_EQ(p->probe.method, "POST");
+    EXPECT_TRUE(p->probe.one_token_completion);
     EXPECT_EQ(p->probe.path, "/v1/chat/completions");
     EXPECT_EQ(p->engine_model_id, "{model}");
 }

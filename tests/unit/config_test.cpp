@@ -226,6 +226,42 @@ TEST_F(ConfigTest, BadMemoryPoliciesAreReportedWithPositions) {
     expect_issue(load("models:\n  a: {path: ./a.gguf, memory: lots}\n"), 2, 31, "must be a size");
 }
 
+TEST_F(ConfigTest, EngineEnvironmentAndLoadStallTimeoutLoad) {
+    auto r = load(R"(engines:
+  mlx:
+    preset: mlx-lm
+    load_stall_timeout: 10m
+    env: {HF_HOME: /Volumes/models/hf, PYTORCH_ENABLE_MPS_FALLBACK: 1, hf_hub_offline: "1"}
+models:
+  q: {engine: mlx, path: mlx-community/Qwen3-4B-4bit}
+)");
+    ASSERT_TRUE(r.config) << (r.issues.empty() ? "" : r.issues[0].to_string());
+    const auto& mlx = r.config->engines.at("mlx");
+    EXPECT_EQ(mlx.env.at("HF_HOME"), "/Volumes/models/hf");
+    EXPECT_EQ(mlx.env.at("PYTORCH_ENABLE_MPS_FALLBACK"), "1");
+    EXPECT_EQ(mlx.env.at("hf_hub_offline"), "1") << "names are case-sensitive, as in any shell";
+    EXPECT_EQ(mlx.load_stall_timeout, std::chrono::minutes(10));
+    EXPECT_FALSE(r.config->engines.at("llama.cpp").load_stall_timeout) << "the worker's default";
+}
+
+TEST_F(ConfigTest, BadEngineEnvironmentIsReportedWithPositions) {
+    auto r = load(R"(engines:
+  mlx:
+    preset: mlx-lm
+    load_stall_timeout: 500ms
+    env: {1BAD: x, ENSEMBLE_PORTABLE: "1", OK: [a, b], "A B": y}
+  other:
+    preset: mlx-lm
+    env: [HF_HOME]
+)");
+    expect_issue(r, 4, 25, "load_stall_timeout must be at least 1s");
+    expect_issue(r, 5, 11, "name '1BAD' in engine 'mlx' env must be letters, digits and '_'");
+    expect_issue(r, 5, 20, "'ENSEMBLE_PORTABLE' in engine 'mlx' env: names starting ENSEMBLE_");
+    expect_issue(r, 5, 48, "the value of OK in engine 'mlx' env must be a single value");
+    expect_issue(r, 5, 56, "name 'A B'");
+    expect_issue(r, 8, 10, "engine 'other' env must be a mapping");
+}
+
 TEST(ParseDuration, UnitsAndRejects) {
     EXPECT_EQ(parse_duration("500ms"), std::chrono::milliseconds(500));
     EXPECT_EQ(parse_duration("5s"), std::chrono::seconds(5));
