@@ -262,6 +262,26 @@ TEST_F(ConfigTest, BadEngineEnvironmentIsReportedWithPositions) {
     expect_issue(r, 8, 10, "engine 'other' env must be a mapping");
 }
 
+// The shipped examples stay valid as the schema grows (their model files are not checked: they
+// live on the machines the examples are for).
+TEST(ExampleConfigs, EveryShippedConfigLoads) {
+    int checked = 0;
+    for (const auto& entry : std::filesystem::directory_iterator(ENSEMBLE_SOURCE_DIR "/profiles")) {
+        if (entry.path().extension() != ".yaml") continue;
+        const auto loaded = load_config(entry.path(), false);
+        std::string issues;
+        for (const auto& issue : loaded.issues)
+            issues += issue.to_string() + "\n";
+        EXPECT_TRUE(loaded.config) << issues;
+        ++checked;
+    }
+    EXPECT_GE(checked, 3);
+    const auto mac = load_config(ENSEMBLE_SOURCE_DIR "/profiles/mac-studio.yaml", false);
+    ASSERT_TRUE(mac.config);
+    EXPECT_EQ(mac.config->supervisor.gpu_wired_limit_bytes, 160ULL << 30);
+    EXPECT_EQ(mac.config->engines.at("mlx").env.at("HF_HUB_OFFLINE"), "1");
+}
+
 TEST(ParseDuration, UnitsAndRejects) {
     EXPECT_EQ(parse_duration("500ms"), std::chrono::milliseconds(500));
     EXPECT_EQ(parse_duration("5s"), std::chrono::seconds(5));

@@ -134,6 +134,9 @@ TEST(PeerCredentials, TheKernelVouchesForTheOtherEnd) {
 TEST(ExecutablePath, IsThisTestBinary) {
     auto path = executable_path();
     ASSERT_TRUE(path) << path.error().message;
+    if (path->filename().string().starts_with("ld-linux"))
+        GTEST_SKIP() << "started through the dynamic loader (deploy/check-current-toolchain): "
+                        "the executable is the loader";
     EXPECT_EQ(path->filename(), "ensemble_unit_tests");
     EXPECT_TRUE(std::filesystem::exists(*path));
 }
