@@ -139,6 +139,13 @@ pid_t ChildProcess::pid() const {
 
 std::optional<ExitStatus> ChildProcess::poll_exit() {
     if (exit_) return exit_;
+    // Exited but not reaped yet: its group number is still reserved by the zombie, so what is
+    // left of its tree (an engine's helper processes) can be killed without any doubt first.
+    siginfo_t info{};
+    if (::waitid(P_PID, static_cast<id_t>(pid()), &info, WEXITED | WNOHANG | WNOWAIT) == 0) {
+        if (info.si_pid == 0) return std::nullopt;  // still running
+        ::kill(-pid(), SIGKILL);
+    }
     int status = 0;
     const pid_t r = ::waitpid(pid(), &status, WNOHANG);
     if (r == 0) return std::nullopt;

@@ -47,7 +47,8 @@ class ChildProcess {
 
     pid_t pid() const;
 
-    // Reaps the child if it has exited; returns how it ended, or nullopt while it runs.
+    // Reaps the child if it has exited — after killing what is left of its process group — and
+    // returns how it ended, or nullopt while it runs.
     std::optional<ExitStatus> poll_exit();
     bool exited() const { return exit_.has_value(); }
 

@@ -13,9 +13,10 @@ void MemoryKillWatch::watch(asio::io_context& io, std::chrono::milliseconds inte
 
 void MemoryKillWatch::schedule(std::chrono::milliseconds interval) {
     timer_->expires_after(interval);
-    // Cancelled when the timer is destroyed with this watch: `this` is used only without error.
-    timer_->async_wait([this, interval](boost::system::error_code ec) {
-        if (ec) return;
+    // Cancelled when the timer is destroyed with this watch; a handler already queued by then
+    // finds `alive` false.
+    timer_->async_wait([this, alive = alive_, interval](boost::system::error_code ec) {
+        if (ec || !*alive) return;
         sample();
         schedule(interval);
     });
@@ -32,7 +33,7 @@ std::string MemoryKillWatch::explain_sigkill() {
     if (oom_killer) return " by the kernel's OOM killer (the memory cgroup's oom_kill count rose)";
     sample();
     if (last_critical_ != Clock::time_point{} && Clock::now() - last_critical_ <= kPressureMemory)
-        return " under critical memory pressure (likely jetsam)";
+        return kPressureKill;
     return "";
 }
 

@@ -7,6 +7,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 
@@ -14,6 +15,15 @@
 #include "os/memory_pressure.h"
 
 namespace ensemble {
+
+// What a SIGKILL under critical memory pressure is reported as: macOS kills with jetsam; on
+// Linux a user-space out-of-memory killer (systemd-oomd, earlyoom) does the same.
+#ifdef __APPLE__
+inline constexpr const char* kPressureKill = " under critical memory pressure (likely jetsam)";
+#else
+inline constexpr const char* kPressureKill =
+    " under critical memory pressure (likely an out-of-memory killer such as systemd-oomd)";
+#endif
 
 class MemoryKillWatch {
   public:
@@ -26,8 +36,8 @@ class MemoryKillWatch {
     void watch(asio::io_context& io, std::chrono::milliseconds interval);
     void sample();
 
-    // For a SIGKILL just seen: " by the kernel's OOM killer (...)", " under critical memory
-    // pressure (likely jetsam)", or "" when the OS shows no memory trouble behind it.
+    // For a SIGKILL nobody here sent: " by the kernel's OOM killer (...)", kPressureKill, or ""
+    // when the OS shows no memory trouble behind it.
     std::string explain_sigkill();
 
   private:
@@ -36,6 +46,13 @@ class MemoryKillWatch {
     std::optional<std::uint64_t> oom_kills_;
     Clock::time_point last_critical_{};
     std::optional<asio::steady_timer> timer_;
+    // False once this watch is gone: a timer handler already queued must not touch it.
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
+
+  public:
+    ~MemoryKillWatch() { *alive_ = false; }
+    MemoryKillWatch(const MemoryKillWatch&) = delete;
+    MemoryKillWatch& operator=(const MemoryKillWatch&) = delete;
 };
 
 }  // namespace ensemble

@@ -11,6 +11,10 @@ IdentityCheck check_identity(const ProcessIdentity& recorded) {
         return {IdentityVerdict::unknown,
                 "pid " + std::to_string(recorded.pid) + " is not a process Ensemble started"};
     }
+    if (recorded.start_time <= 0) {
+        return {IdentityVerdict::unknown,
+                "no start time was recorded for pid " + std::to_string(recorded.pid)};
+    }
     auto now = identify_process(recorded.pid);
     if (!now) {
         if (now.error().code == "gone") return {IdentityVerdict::gone, now.error().message};

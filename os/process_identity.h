@@ -45,6 +45,10 @@ IdentityCheck check_identity(const ProcessIdentity& recorded);
 // The process group a running process is in; nullopt when it is gone.
 std::optional<pid_t> process_group(pid_t pid);
 
+// Whether any process still running (not a zombie) is in process group `group` (Linux: /proc;
+// macOS: proc_listpids(PROC_PGRP_ONLY)).
+bool process_group_has_members(pid_t group);
+
 // This boot's identity (Linux: /proc/sys/kernel/random/boot_id; macOS: kern.bootsessionuuid);
 // empty when unreadable. A process recorded in another boot no longer runs, whatever its pid.
 std::string boot_id();

@@ -5,6 +5,7 @@
 #include <array>
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -46,6 +47,26 @@ Result<ProcessIdentity> identify_process(pid_t pid) {
     if (!(fields >> start) || start <= 0)
         return Error{"unreadable", "cannot parse the start time (field 22) of " + path};
     return ProcessIdentity{pid, start};
+}
+
+bool process_group_has_members(pid_t group) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
+        const auto name = entry.path().filename().string();
+        if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+        std::ifstream in(entry.path() / "stat");
+        std::string line;
+        if (!std::getline(in, line)) continue;
+        const auto close = line.rfind(')');
+        if (close == std::string::npos || close + 2 >= line.size()) continue;
+        std::istringstream fields(line.substr(close + 2));
+        std::string state;
+        long long parent = 0, member_group = 0;
+        if (fields >> state >> parent >> member_group && member_group == group && state != "Z" &&
+            state != "X")
+            return true;
+    }
+    return false;
 }
 
 std::string boot_id() {

@@ -1,10 +1,14 @@
 #include "os/recorded_process.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
-#include <fstream>
+#include <limits>
 #include <sstream>
 #include <thread>
 
@@ -40,14 +44,23 @@ std::optional<KillReport> refuse_unless_ours(const ProcessIdentity& process,
 }
 
 KillReport send(int target, int signal, const std::string& name, const std::string& done) {
-    if (::kill(target, signal) != 0 && errno != ESRCH) {
-        return {KillOutcome::unknown,
-                "cannot send " + signal_name(signal) + " to " + name + ": " + std::strerror(errno)};
-    }
-    return {KillOutcome::killed, "sent " + signal_name(signal) + " to " + name + done};
+    if (::kill(target, signal) == 0)
+        return {KillOutcome::killed, "sent " + signal_name(signal) + " to " + name + done};
+    if (errno == ESRCH) return {KillOutcome::gone, name + " was gone already"};
+    return {KillOutcome::unknown,
+            "cannot send " + signal_name(signal) + " to " + name + ": " + std::strerror(errno)};
 }
 
 }  // namespace
+
+std::optional<RecordedProcess> RecordedProcess::from_stored(std::int64_t pid,
+                                                            std::int64_t start_time,
+                                                            std::int64_t group, std::string boot) {
+    constexpr std::int64_t kMaxPid = std::numeric_limits<pid_t>::max();
+    if (pid <= 1 || pid > kMaxPid || group != pid || start_time <= 0) return std::nullopt;
+    return RecordedProcess{
+        {static_cast<pid_t>(pid), start_time}, static_cast<pid_t>(pid), std::move(boot)};
+}
 
 std::optional<RecordedProcess> RecordedProcess::of_running(pid_t pid) {
     auto identity = identify_process(pid);
@@ -65,11 +78,26 @@ KillReport signal_if_ours(const ProcessIdentity& process, int signal, const std:
 KillReport kill_if_ours(const RecordedProcess& process, int signal, const std::string& what) {
     const auto pid = process.leader.pid;
     const auto name = what + " (pid " + std::to_string(pid) + ")";
-    if (process.group <= 1) {
-        return {KillOutcome::not_ours, name + ": the record names no process group of ours (" +
-                                           std::to_string(process.group) + "); left alone"};
+    if (process.group != pid) {
+        return {KillOutcome::not_ours,
+                name + ": the record names process group " + std::to_string(process.group) +
+                    ", but every process Ensemble records leads its own group; left alone"};
     }
-    if (auto refusal = refuse_unless_ours(process.leader, process.boot_id, name)) return *refusal;
+    if (auto refusal = refuse_unless_ours(process.leader, process.boot_id, name)) {
+        // The leader is gone; a group with its number lives on only while members remain (the
+        // number is not handed out again before), but they cannot be proven ours: say so.
+        if (refusal->outcome == KillOutcome::gone && process.boot_id == boot_id() &&
+            process_group_has_members(process.group)) {
+            return {KillOutcome::unknown,
+                    name + " is gone, but processes remain in its process group " +
+                        std::to_string(process.group) +
+                        "; they cannot be proven to be its own and are left alone. If they are "
+                        "(ps -o pid,args -g " +
+                        std::to_string(process.group) + "), stop them: kill -KILL -" +
+                        std::to_string(process.group)};
+        }
+        return *refusal;
+    }
     const auto group = process_group(pid);
     if (group && *group == process.group)
         return send(-process.group, signal, name,
@@ -89,40 +117,98 @@ bool wait_until_gone(const ProcessIdentity& process, std::chrono::milliseconds t
     }
 }
 
-Status write_record_file(const std::filesystem::path& path, const RecordedProcess& process) {
-    const auto temporary = path.string() + ".tmp";
-    {
-        std::ofstream out(temporary, std::ios::trunc);
-        out << process.leader.pid << ' ' << process.leader.start_time << ' ' << process.group << ' '
-            << (process.boot_id.empty() ? "-" : process.boot_id) << '\n';
-        if (!out.flush()) {
-            return Error{"record_unwritable", "cannot write " + temporary + ": " +
-                                                  std::strerror(errno) + " (is the disk full?)"};
+namespace {
+
+constexpr std::size_t kMaxRecordBytes = 256;
+
+Error unwritable(const std::filesystem::path& path, const std::string& what, int error) {
+    return Error{"record_unwritable", "cannot " + what + " the engine record " + path.string() +
+                                          ": " + std::strerror(error) +
+                                          (error == ENOSPC ? " (the disk is full)" : "")};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<RecordFile>> RecordFile::acquire(const std::filesystem::path& path) {
+    // O_NOFOLLOW: never through a link someone planted; O_NONBLOCK: never stuck on a FIFO.
+    const int fd =
+        ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        if (errno == ELOOP || errno == ENXIO || errno == EISDIR) {
+            return Error{"record_unsafe", "the engine record " + path.string() +
+                                              " is not a plain file (a link, a FIFO, a folder): "
+                                              "it is not used; remove it"};
         }
+        return unwritable(path, "open", errno);
     }
-    std::error_code ec;
-    std::filesystem::rename(temporary, path, ec);
-    if (ec) return Error{"record_unwritable", "cannot rename " + temporary + ": " + ec.message()};
+    auto file = std::unique_ptr<RecordFile>(new RecordFile(path, fd));
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return unwritable(path, "inspect", errno);
+    if (!S_ISREG(st.st_mode) || st.st_uid != ::geteuid() || st.st_nlink != 1 ||
+        (st.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+        return Error{"record_unsafe",
+                     "the engine record " + path.string() +
+                         " is not a file of this user that only this user can write (owner uid " +
+                         std::to_string(st.st_uid) + ", mode " + std::to_string(st.st_mode & 0777) +
+                         ", " + std::to_string(st.st_nlink) +
+                         " links): it is not used; remove it, and keep the log folder private"};
+    }
+    if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK) {
+            return Error{"record_in_use",
+                         "another running worker uses the engine record " + path.string() +
+                             ": two workers share one engine log; give each its own --log-file"};
+        }
+        return unwritable(path, "lock", errno);
+    }
+    return file;
+}
+
+RecordFile::~RecordFile() {
+    ::close(fd_);  // releases the lock: a record nobody holds was left by a worker that is gone
+}
+
+Result<std::optional<RecordedProcess>> RecordFile::read() const {
+    char buffer[kMaxRecordBytes + 1] = {};
+    const auto n = ::pread(fd_, buffer, kMaxRecordBytes + 1, 0);
+    if (n < 0)
+        return Error{"bad_record", "cannot read " + path_.string() + ": " + std::strerror(errno)};
+    if (n == 0) return std::optional<RecordedProcess>{};
+    const std::string text(buffer, static_cast<std::size_t>(n));
+    const auto bad = Error{"bad_record", path_.string() +
+                                             " does not hold one 'pid start-time group boot-id' "
+                                             "line (its content is not shown); nothing is stopped"};
+    if (text.size() > kMaxRecordBytes || text.back() != '\n') return bad;
+    std::istringstream fields(text);
+    std::int64_t pid = 0, start = 0, group = 0;
+    std::string boot, extra;
+    if (!(fields >> pid >> start >> group >> boot) || (fields >> extra)) return bad;
+    auto record = RecordedProcess::from_stored(pid, start, group, boot == "-" ? "" : boot);
+    if (!record) {
+        return Error{"bad_record",
+                     path_.string() + " names pid " + std::to_string(pid) + ", group " +
+                         std::to_string(group) +
+                         ": not an engine Ensemble records (it leads its own group, pid > 1); "
+                         "nothing is stopped"};
+    }
+    return std::optional<RecordedProcess>(*record);
+}
+
+Status RecordFile::write(const RecordedProcess& process) {
+    const auto line = std::to_string(process.leader.pid) + ' ' +
+                      std::to_string(process.leader.start_time) + ' ' +
+                      std::to_string(process.group) + ' ' +
+                      (process.boot_id.empty() ? "-" : process.boot_id) + '\n';
+    // In place, under the lock: a reader at the wrong moment sees no valid line, and acts on none.
+    if (::ftruncate(fd_, 0) != 0) return unwritable(path_, "truncate", errno);
+    const auto written = ::pwrite(fd_, line.data(), line.size(), 0);
+    if (written != static_cast<ssize_t>(line.size()))
+        return unwritable(path_, "write", written < 0 ? errno : ENOSPC);
     return Ok{};
 }
 
-Result<RecordedProcess> read_record_file(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    if (!in) return Error{"absent", "no record at " + path.string()};
-    std::string line;
-    if (!std::getline(in, line) || line.size() > 200)
-        return Error{"bad_record", path.string() + " is empty or too long"};
-    std::istringstream fields(line);
-    RecordedProcess r;
-    std::string boot;
-    if (!(fields >> r.leader.pid >> r.leader.start_time >> r.group >> boot) || r.leader.pid <= 1 ||
-        r.group <= 1 || r.leader.start_time <= 0) {
-        return Error{
-            "bad_record",
-            path.string() + " does not hold 'pid start-time group boot-id': '" + line + "'"};
-    }
-    r.boot_id = boot == "-" ? "" : boot;
-    return r;
+void RecordFile::clear() {
+    (void)::ftruncate(fd_, 0);  // an empty record: no engine runs
 }
 
 }  // namespace ensemble

@@ -429,22 +429,20 @@ void Loader::engines(const std::string& file, const YAML::Node& node,
 std::map<std::string, std::string> Loader::environment(const std::string& file,
                                                        const YAML::Node& node,
                                                        const std::string& what) {
-    static const std::regex kName("^[A-Za-z_][A-Za-z0-9_]{0,127}$");
     constexpr std::size_t kMaxValue = 32 * 1024;
     std::map<std::string, std::string> env;
     if (!v_.map_with_keys(file, node, what, {})) return env;
+    std::size_t total = 0;
     for (const auto& kv : node) {
         const auto name = kv.first.Scalar();
-        if (!std::regex_match(name, kName)) {
+        if (const auto problem = engine_env_name_problem(name); !problem.empty()) {
             v_.at(file, kv.first,
-                  "environment variable name '" + name + "' in " + what +
-                      " must be letters, digits and '_', not starting with a digit");
+                  "environment variable '" + name + "' in " + what + ": " + problem);
             continue;
         }
-        if (name.rfind("ENSEMBLE_", 0) == 0) {
+        if (kv.second.IsNull()) {
             v_.at(file, kv.first,
-                  "environment variable '" + name + "' in " + what +
-                      ": names starting ENSEMBLE_ are Ensemble's own");
+                  "environment variable '" + name + "' in " + what + " has no value (write \"\")");
             continue;
         }
         auto value =
@@ -455,7 +453,15 @@ std::map<std::string, std::string> Loader::environment(const std::string& file,
                   "the value of " + name + " in " + what + " is longer than 32 KiB or holds a NUL");
             continue;
         }
+        total += name.size() + value->size() + 2;
         env[name] = *value;
+    }
+    if (total > kMaxEngineEnvBytes) {
+        v_.at(file, node,
+              what + " holds " + std::to_string(total / 1024) + " KiB in all, more than the " +
+                  std::to_string(kMaxEngineEnvBytes / 1024) +
+                  " KiB an engine's environment may take (the OS limits what a program is "
+                  "started with)");
     }
     return env;
 }

@@ -1,5 +1,8 @@
 #include "profiles/engine_preset.h"
 
+#include <algorithm>
+#include <cctype>
+
 #include "profiles/command_template.h"
 
 namespace ensemble {
@@ -30,6 +33,16 @@ std::vector<EnginePreset> builtin_presets() {
 }
 
 }  // namespace
+
+std::string engine_env_name_problem(std::string_view name) {
+    const bool valid =
+        !name.empty() && name.size() <= 128 && !std::isdigit(static_cast<unsigned char>(name[0])) &&
+        std::all_of(name.begin(), name.end(),
+                    [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
+    if (!valid) return "must be letters, digits and '_', not starting with a digit";
+    if (name.starts_with("ENSEMBLE_")) return "names starting ENSEMBLE_ are Ensemble's own";
+    return "";
+}
 
 std::vector<std::string> preset_names() {
     std::vector<std::string> names;

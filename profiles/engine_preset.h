@@ -29,6 +29,13 @@ struct EnginePreset {
     std::string engine_model_id;  // template: the id the engine itself answers to
 };
 
+// Why `name` cannot be an engine environment variable ("" when it can): letters, digits and '_',
+// not starting with a digit, at most 128 characters, and not ENSEMBLE_* (Ensemble's own).
+std::string engine_env_name_problem(std::string_view name);
+// The most an engine's `env:` may hold in all (names and values): environments count towards
+// the OS's limit on exec arguments (ARG_MAX, 1 MiB on macOS).
+inline constexpr std::size_t kMaxEngineEnvBytes = 128 * 1024;
+
 // The names of the built-in presets, for error messages and docs.
 std::vector<std::string> preset_names();
 

@@ -1,6 +1,7 @@
 #include "state/store.h"
 
 #include <sqlite3.h>
+#include <sys/stat.h>
 
 #include <chrono>
 #include <functional>
@@ -133,6 +134,8 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::filesystem::path
                                        " (check the state_dir's permissions)"};
     }
     std::unique_ptr<StateStore> store(new StateStore(db));
+    // It holds each worker's token: for this user's eyes only (SQLite gives its WAL the same).
+    ::chmod(path.c_str(), 0600);
     sqlite3_busy_timeout(db, 5000);
     for (const char* pragma :
          {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {

@@ -11,6 +11,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <iostream>
 
+#include "os/private_folder.h"
 #include "supervisor/logging.h"
 #include "supervisor/service_manager.h"
 #include "supervisor/socket_servers.h"
@@ -70,6 +71,13 @@ int main(int argc, char** argv) {
             configure_logging("ensembled", log_file, config.supervisor.logs);
         } catch (const std::exception& e) {
             std::cerr << "ensembled: cannot log to " << log_file << ": " << e.what() << '\n';
+            return 1;
+        }
+    }
+    // Records found here are acted on (state.db, the engine records beside the logs).
+    for (const auto& folder : {config.supervisor.state_dir, config.supervisor.state_dir / "logs"}) {
+        if (auto problem = private_folder_problem(folder); !problem.empty()) {
+            spdlog::error("the state folder: {}", problem);
             return 1;
         }
     }

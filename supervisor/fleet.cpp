@@ -19,13 +19,6 @@ constexpr auto kAdoptGrace = std::chrono::seconds(10);
 constexpr auto kStopTimeout = std::chrono::seconds(45);
 constexpr auto kHeartbeatInterval = std::chrono::seconds(1);  // the worker's (supervisor_link)
 
-// The engine a worker's last heartbeat named, recorded in `boot`.
-RecordedProcess engine_of(const protocol::WorkerStats& stats, const std::string& boot) {
-    return {{static_cast<pid_t>(stats.engine_pid), stats.engine_start_time},
-            static_cast<pid_t>(stats.engine_group),
-            boot};
-}
-
 std::int64_t unix_ms() {
     return std::chrono::duration_cast<std::chrono::milliseconds>(
                std::chrono::system_clock::now().time_since_epoch())
@@ -163,22 +156,24 @@ bool Fleet::signal_worker(const PortRuntime& rt, int signal) {
     return false;
 }
 
-void Fleet::stop_engine_left_behind(int port, const RecordedProcess& engine) {
-    if (engine.leader.pid == 0) return;
-    const auto report =
-        kill_if_ours(engine, SIGKILL,
-                     "the engine left behind by port " + std::to_string(port) + "'s dead worker");
-    switch (report.outcome) {
-        case KillOutcome::killed:
-            event(port, "engine_left_behind", report.message);
-            break;
-        case KillOutcome::unknown:
-            event(port, "engine_left_behind", report.message);
-            break;
-        case KillOutcome::gone:
-        case KillOutcome::not_ours:
-            spdlog::debug("port {}: {}", port, report.message);
-            break;
+void Fleet::stop_engine_left_behind(int port, const EngineRecord& recorded,
+                                    const std::string& boot) {
+    if (recorded.pid == 0) return;  // no engine ran
+    const auto engine =
+        RecordedProcess::from_stored(recorded.pid, recorded.start_time, recorded.group, boot);
+    if (!engine) {
+        event(port, "engine_left_behind",
+              "the recorded engine of port " + std::to_string(port) + " (pid " +
+                  std::to_string(recorded.pid) + ", group " + std::to_string(recorded.group) +
+                  ") is not one Ensemble records (it leads its own group); nothing is stopped");
+        return;
+    }
+    const auto report = kill_if_ours(
+        *engine, SIGKILL, "the engine left behind by port " + std::to_string(port) + "'s worker");
+    if (report.outcome == KillOutcome::gone) {
+        spdlog::debug("port {}: {}", port, report.message);
+    } else {
+        event(port, "engine_left_behind", report.message);
     }
 }
 
@@ -242,8 +237,10 @@ void Fleet::stop_worker(PortRuntime& rt, const std::string& reason) {
         if (ec || r == nullptr || r->attempt != attempt || r->state != PortState::stopping ||
             r->pid == 0)
             return;
-        event(port, "kill",
-              "the worker did not stop within " + std::to_string(kStopTimeout.count()) + " s");
+        const auto why =
+            "the worker did not stop within " + std::to_string(kStopTimeout.count()) + " s";
+        event(port, "kill", why);
+        r->kill_reason = why + ", killed";
         signal_worker(*r, SIGKILL);
     });
 }
@@ -254,7 +251,9 @@ void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
     rt.process.reset();
     rt.pid = 0;
     // Nothing kills an engine whose worker died (macOS has no PR_SET_PDEATHSIG): we do.
-    stop_engine_left_behind(rt.port, engine_of(rt.stats, boot_id()));
+    stop_engine_left_behind(
+        rt.port, {rt.stats.engine_pid, rt.stats.engine_start_time, rt.stats.engine_group},
+        boot_id());
     rt.stats.engine_pid = 0;
     rt.stats.engine_start_time = 0;
     rt.stats.engine_group = 0;
@@ -426,7 +425,8 @@ void Fleet::tick() {
         if (rt->process) {
             if (auto exit = rt->process->poll_exit()) {
                 auto how = explain_exit(*exit, port);
-                if (exit->signaled && exit->signal == SIGKILL)
+                // A kill of ours has its reason; only one nobody here sent is put down to memory.
+                if (exit->signaled && exit->signal == SIGKILL && rt->kill_reason.empty())
                     how += memory_kills_.explain_sigkill();
                 on_worker_gone(*rt, how);
             }
@@ -437,11 +437,14 @@ void Fleet::tick() {
         const auto check = check_identity({static_cast<pid_t>(rt->pid), rt->pid_start_time});
         if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
             on_worker_gone(*rt, "the adopted worker (pid " + std::to_string(rt->pid) + ") exited");
-        } else if (rt->state == PortState::starting && rt->link == nullptr &&
-                   now > rt->adopt_deadline) {
-            event(port, "adopt_failed",
-                  "worker pid " + std::to_string(rt->pid) +
-                      " did not reconnect within 10 s; replacing it");
+        } else if (check.verdict == IdentityVerdict::same && rt->state == PortState::starting &&
+                   rt->link == nullptr && now > rt->adopt_deadline) {
+            const auto why = "worker pid " + std::to_string(rt->pid) +
+                             " did not reconnect within " + std::to_string(kAdoptGrace.count()) +
+                             " s";
+            event(port, "adopt_failed", why + "; replacing it");
+            rt->kill_reason = why + ", killed";
+            rt->adopt_deadline = Clock::time_point::max();  // once
             signal_worker(*rt, SIGKILL);
         }
     }
@@ -490,9 +493,17 @@ void Fleet::reconcile() {
         const auto check = check_identity({static_cast<pid_t>(r.pid), r.pid_start_time});
         const bool alive = records_this_boot && check.verdict == IdentityVerdict::same;
         if (records_this_boot && check.verdict == IdentityVerdict::unknown) {
-            event(r.port, "worker_unknown",
-                  "cannot tell whether worker pid " + std::to_string(r.pid) +
-                      " still runs: " + check.message + "; it is left alone");
+            // Neither adopted nor replaced (two workers on one port), nor its engine touched.
+            auto& rt = runtime(r.port);
+            rt.handle = r.handle;
+            rt.state = PortState::failed;
+            rt.last_failure = "cannot tell whether worker pid " + std::to_string(r.pid) +
+                              " from before still runs (" + check.message +
+                              "): not started. If it does not run (ps -p " + std::to_string(r.pid) +
+                              "), 'ensemble restart " + std::to_string(r.port) +
+                              "' starts a new one";
+            event(r.port, "worker_unknown", rt.last_failure);
+            continue;
         }
         const auto want = wanted.find(r.port);
         if (alive && want != wanted.end() && want->second.handle == r.handle) {
@@ -520,13 +531,13 @@ void Fleet::reconcile() {
         if (alive) {
             event(r.port, "stale_worker",
                   "stopping worker pid " + std::to_string(r.pid) + " that should not run");
-            ::kill(static_cast<pid_t>(r.pid), SIGTERM);  // proven just above; it stops its engine
+            // It stops its engine itself.
+            signal_if_ours({static_cast<pid_t>(r.pid), r.pid_start_time}, SIGTERM,
+                           "the worker of port " + std::to_string(r.port));
         } else if (records_this_boot) {
             // Killed with everything else (kill -9, a crash): its engine may still run.
-            stop_engine_left_behind(r.port,
-                                    {{static_cast<pid_t>(r.engine_pid), r.engine_start_time},
-                                     static_cast<pid_t>(r.engine_group),
-                                     this_boot});
+            stop_engine_left_behind(r.port, {r.engine_pid, r.engine_start_time, r.engine_group},
+                                    this_boot);
         }
         if (auto ok = store_->remove_worker(r.port); !ok) spdlog::error("{}", ok.error().message);
     }

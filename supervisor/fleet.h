@@ -138,7 +138,10 @@ class Fleet {
     // after proving its identity again. Whether it was sent.
     bool signal_worker(const PortRuntime& rt, int signal);
     // Kills the engine a dead worker left running, once proven ours, and says so in the events.
-    void stop_engine_left_behind(int port, const RecordedProcess& engine);
+    struct EngineRecord {
+        std::int64_t pid = 0, start_time = 0, group = 0;
+    };
+    void stop_engine_left_behind(int port, const EngineRecord& recorded, const std::string& boot);
     const PortAssignment* overrides_for(const PortRuntime& rt) const;
     void wake();
     // Waits until `done(rt)` holds for the port, or the deadline passes; returns whether it held.

@@ -52,6 +52,24 @@ http::request<http::string_body> engine_request(const http::request<http::string
     return out;
 }
 
+// Whether an event stream's last event was `data: [DONE]` (OpenAI's end of stream), from the
+// bytes as they pass.
+class StreamEnd {
+  public:
+    void feed(std::string_view bytes) {
+        tail_.append(bytes);
+        if (tail_.size() > 64) tail_.erase(0, tail_.size() - 64);
+    }
+    bool done() const {
+        const auto end = tail_.find_last_not_of(" \r\n");
+        return end != std::string::npos &&
+               std::string_view(tail_).substr(0, end + 1).ends_with("data: [DONE]");
+    }
+
+  private:
+    std::string tail_;
+};
+
 bool is_event_stream(const http::fields& headers) {
     return sv(headers[http::field::content_type]).starts_with("text/event-stream");
 }
@@ -161,6 +179,8 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
                 co_return keep_alive;
             case Outcome::done_close:
                 co_return false;
+            case Outcome::done_engine_closed:
+                co_return keep_alive;
             case Outcome::retry:
                 if (connection->reused) {
                     fresh_only = true;
@@ -209,13 +229,22 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         co_return Outcome::failed_before_response;
     }
 
+    engine_.note_answer();
     auto& response = parser.get();
     const bool engine_keep_alive = response.keep_alive();
     const bool event_stream = is_event_stream(response);
+    // A body that ends when the engine closes the connection (HTTP/1.0, as mlx_lm.server
+    // speaks) is passed on chunked, so the client's connection outlives the engine's.
+    const bool ends_at_close = !response.chunked() && !parser.content_length() &&
+                               response.result() != http::status::no_content &&
+                               response.result() != http::status::not_modified;
+    response.version(11);
+    if (ends_at_close) response.chunked(true);
     response.erase(http::field::keep_alive);
     response.set(http::field::server, "ensemble-worker");
     response.keep_alive(client_keep_alive);
     TokenCounter tokens(event_stream);
+    StreamEnd stream_end;
     http::response_serializer<http::buffer_body> serializer{response};
     co_await http::async_write_header(client, serializer, on_error(ec));
     if (ec) co_return Outcome::done_close;
@@ -230,15 +259,29 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         if (ec) break;
         response.body().size = chunk.size() - response.body().size;
         response.body().data = chunk.data();
-        response.body().more = !parser.is_done();
-        if (response.body().size == 0 && response.body().more) continue;
+        if (response.body().size > 0) engine_.note_answer();
         tokens.feed({chunk.data(), response.body().size});
-        co_await http::async_write(client, serializer, on_error(ec));
-        if (ec == http::error::need_buffer) ec = {};
-        if (ec) co_return Outcome::done_close;  // the client left; dropping the engine side cancels
+        stream_end.feed({chunk.data(), response.body().size});
+        // An event stream ended by the engine closing its connection before `data: [DONE]` was
+        // cut short by the engine's death, not finished: keep the client's stream open for the
+        // error event below.
+        const bool cut = parser.is_done() && ends_at_close && event_stream && !stream_end.done();
+        response.body().more = !parser.is_done() || cut;
+        if (response.body().size > 0 || !response.body().more) {
+            co_await http::async_write(client, serializer, on_error(ec));
+            if (ec == http::error::need_buffer) ec = {};
+            if (ec) co_return Outcome::done_close;  // the client left; the engine side is dropped
+        }
+        if (cut) {
+            ec = asio::error::eof;
+            break;
+        }
     }
     stats_.tokens += tokens.tokens();
-    if (!ec) co_return engine_keep_alive ? Outcome::done_keep_alive : Outcome::done_close;
+    if (!ec) {
+        if (engine_keep_alive && !ends_at_close) co_return Outcome::done_keep_alive;
+        co_return client_keep_alive ? Outcome::done_engine_closed : Outcome::done_close;
+    }
 
     // The engine went away mid-response. A chunked event stream can still end cleanly with an
     // error event; any other body can only be cut short by closing the connection.
@@ -246,6 +289,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     spdlog::warn("proxy: engine connection lost mid-response ({}); ending the client's response",
                  ec.message());
     if (event_stream && response.chunked()) {
+        // (A close-delimited stream was turned chunked above, so it ends cleanly too.)
         const auto event = ApiError{http::status::bad_gateway, "server_error", "engine_failed",
                                     "the engine stopped while generating; the worker is restarting "
                                     "it: retry the request"}

@@ -45,7 +45,13 @@ class EngineProxy {
         std::uint64_t generation;
         bool reused = false;
     };
-    enum class Outcome { done_keep_alive, done_close, retry, failed_before_response };
+    enum class Outcome {
+        done_keep_alive,     // answered; the engine connection can be reused
+        done_engine_closed,  // answered in full; the engine closed its connection (HTTP/1.0)
+        done_close,          // the client connection must close
+        retry,
+        failed_before_response
+    };
 
     awaitable<std::unique_ptr<Connection>> acquire(bool fresh_only);
     void release(std::unique_ptr<Connection> connection);

@@ -18,7 +18,7 @@ constexpr auto kMaxBackoff = std::chrono::milliseconds(60000);
 // A failure after this long serving resets the backoff: the next restart is immediate.
 constexpr auto kHealthyPeriod = std::chrono::seconds(30);
 constexpr auto kProbeTimeout = std::chrono::milliseconds(2000);
-constexpr auto kLoadingCompletionProbeTimeout = std::chrono::milliseconds(30000);
+constexpr auto kCompletionProbeTimeout = std::chrono::milliseconds(30000);
 
 // A free loopback port for the engine. The engine cannot take a listening socket from us, so
 // there is a short window in which another process could take the port; if so the engine fails
@@ -74,7 +74,27 @@ HttpProbe EngineRunner::readiness_probe() const {
         {"model", engine_model_id_},
         {"messages", nlohmann::json::array({{{"role", "user"}, {"content", "hi"}}})},
         {"max_tokens", 1}};
-    return {"POST", p.path, completion.dump()};
+    return {"POST", p.path,
+            completion.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+}
+
+std::chrono::milliseconds EngineRunner::probe_timeout() const {
+    // A completion probe may wait in the engine's queue (behind a load, or other requests):
+    // it gets up to the load-stall timeout, at most 30 s, before it counts as unanswered.
+    if (!config_.preset.probe.one_token_completion) return kProbeTimeout;
+    return std::clamp<std::chrono::milliseconds>(config_.load_stall_timeout, kProbeTimeout,
+                                                 kCompletionProbeTimeout);
+}
+
+void EngineRunner::note_answer() {
+    last_answer_ = Clock::now();
+}
+
+void EngineRunner::kill_engine(const std::string& reason) {
+    if (!child_ || child_->exited()) return;
+    kill_reason_ = reason;
+    child_->signal_group(SIGCONT);  // a stopped group still dies of SIGKILL; be thorough
+    child_->signal_group(SIGKILL);
 }
 
 std::optional<pid_t> EngineRunner::pid() const {
@@ -88,39 +108,48 @@ std::optional<RecordedProcess> EngineRunner::running_engine() const {
 }
 
 Status EngineRunner::start() {
-    stop_engine_left_behind();
+    if (!config_.record_file.empty()) {
+        auto file = RecordFile::acquire(config_.record_file);
+        if (!file && file.error().code == "record_in_use") return file.error();
+        if (file) {
+            record_file_ = std::move(file).value();
+            stop_engine_left_behind();
+        } else {
+            spdlog::warn(
+                "engine: {}; an engine left behind by a crash of this worker would not "
+                "be found",
+                file.error().message);
+        }
+    }
     set_state(EngineState::loading, "starting the engine");
     return spawn();
 }
 
 void EngineRunner::stop_engine_left_behind() {
-    if (config_.record_file.empty()) return;
-    auto left = read_record_file(config_.record_file);
+    auto left = record_file_->read();
     if (!left) {
-        if (left.error().code != "absent")
-            spdlog::warn("engine: ignoring {}; nothing is stopped", left.error().message);
-        forget_record();
-        return;
+        spdlog::warn("engine: {}", left.error().message);
+    } else if (*left) {
+        const auto& engine = **left;
+        const auto report =
+            kill_if_ours(engine, SIGKILL, "the engine an earlier worker left behind");
+        if (report.outcome == KillOutcome::gone) {
+            spdlog::info("engine: {}", report.message);
+        } else {
+            spdlog::warn("engine: {}", report.message);
+        }
+        // Its memory is free only once it has exited: wait for that before loading another.
+        if (report.outcome == KillOutcome::killed &&
+            !wait_until_gone(engine.leader, config_.stop_grace))
+            spdlog::warn("engine: pid {} is still exiting {} ms after SIGKILL", engine.leader.pid,
+                         config_.stop_grace.count());
     }
-    const auto report = kill_if_ours(*left, SIGKILL, "the engine an earlier worker left behind");
-    if (report.outcome == KillOutcome::killed || report.outcome == KillOutcome::unknown) {
-        spdlog::warn("engine: {}", report.message);
-    } else {
-        spdlog::info("engine: {}", report.message);
-    }
-    if (report.outcome == KillOutcome::killed) {
-        // Its memory is free only once it has exited: wait a moment before loading another.
-        if (!wait_until_gone(left->leader, std::chrono::seconds(5)))
-            spdlog::warn("engine: pid {} is still exiting", left->leader.pid);
-    }
-    forget_record();
+    record_file_->clear();
 }
 
 void EngineRunner::forget_record() {
     record_.reset();
-    if (config_.record_file.empty()) return;
-    std::error_code ec;
-    std::filesystem::remove(config_.record_file, ec);
+    if (record_file_) record_file_->clear();
 }
 
 Status EngineRunner::spawn() {
@@ -144,9 +173,13 @@ Status EngineRunner::spawn() {
     if (!child) return child.error();
     child_ = std::move(child).value();
     ++generation_;
+    kill_reason_.clear();
     record_ = RecordedProcess::of_running(child_->pid());
-    if (record_ && !config_.record_file.empty()) {
-        if (auto ok = write_record_file(config_.record_file, *record_); !ok)
+    if (!record_) {
+        spdlog::warn("engine: pid {} cannot be identified (already gone?); it is not recorded",
+                     child_->pid());
+    } else if (record_file_) {
+        if (auto ok = record_file_->write(*record_); !ok)
             spdlog::warn("engine: {}; an engine left behind by a crash would not be found",
                          ok.error().message);
     }
@@ -160,19 +193,15 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
     asio::steady_timer timer(io_);
     const auto loopback = asio::ip::make_address("127.0.0.1");
     const auto probe = readiness_probe();
-    // A completion probe waits in the engine's queue while the model loads: let it wait (one
-    // probe, answered the moment the model is in), rather than pile up abandoned ones.
-    const auto probe_timeout =
-        config_.preset.probe.one_token_completion
-            ? std::clamp<std::chrono::milliseconds>(config_.load_stall_timeout, kProbeTimeout,
-                                                    kLoadingCompletionProbeTimeout)
-            : std::chrono::milliseconds(kProbeTimeout);
+    // One probe waits while the model loads (answered the moment it is in), rather than many
+    // abandoned ones piling up in the engine's queue.
+    const auto timeout = probe_timeout();
     auto interval = std::chrono::milliseconds(10);
     auto last_progress = Clock::now();
     auto last_log_size = file_size_or_zero(config_.log_file);
     while (generation == generation_ &&
            (state_ == EngineState::loading || state_ == EngineState::restarting)) {
-        const int status = co_await http_probe(loopback, port_, probe, probe_timeout);
+        const int status = co_await http_probe(loopback, port_, probe, timeout);
         if (generation != generation_ || state_ == EngineState::stopping) co_return;
         if (status == 200) {
             ever_ready_ = true;
@@ -189,7 +218,8 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
         if (Clock::now() - last_progress > config_.load_stall_timeout) {
             spdlog::error("engine: no progress for {} ms while loading; killing it (see {})",
                           config_.load_stall_timeout.count(), config_.log_file.string());
-            child_->signal_group(SIGKILL);
+            kill_engine("stalled while loading (no progress for " +
+                        std::to_string(config_.load_stall_timeout.count()) + " ms), killed");
             co_return;  // on_child_exit restarts it
         }
         timer.expires_after(interval);
@@ -203,13 +233,20 @@ awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
     asio::steady_timer timer(io_);
     const auto loopback = asio::ip::make_address("127.0.0.1");
     const auto probe = readiness_probe();
+    const auto timeout = probe_timeout();
     int misses = 0;
     for (;;) {
         timer.expires_after(config_.liveness_interval);
         boost::system::error_code ec;
         co_await timer.async_wait(on_error(ec));
         if (generation != generation_ || state_ != EngineState::ready) co_return;
-        const int status = co_await http_probe(loopback, port_, probe, kProbeTimeout);
+        // Passive health: an engine that answered real requests within the interval is alive,
+        // and a probe would only queue behind them (mlx_lm.server serves one batch at a time).
+        if (Clock::now() - last_answer_ < config_.liveness_interval) {
+            misses = 0;
+            continue;
+        }
+        const int status = co_await http_probe(loopback, port_, probe, timeout);
         if (generation != generation_ || state_ != EngineState::ready) co_return;
         misses = status == 200 ? 0 : misses + 1;
         if (misses == 0) continue;
@@ -218,9 +255,7 @@ awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
         if (misses < config_.liveness_failures) continue;
         spdlog::error("engine: pid {} does not answer its readiness probe; killing it (hung?)",
                       child_->pid());
-        hung_kill_ = true;
-        child_->signal_group(SIGCONT);  // a stopped group still dies of SIGKILL; be thorough
-        child_->signal_group(SIGKILL);
+        kill_engine("hung (no answer to the liveness probe), killed");
         co_return;  // on_child_exit restarts it
     }
 }
@@ -233,10 +268,11 @@ void EngineRunner::on_child_exit() {
     if (!exit || exit_handled_ == generation_) return;
     exit_handled_ = generation_;
     forget_record();
-    last_exit_ = hung_kill_ ? "hung (no answer to the liveness probe), killed" : exit->describe();
-    if (!hung_kill_ && exit->signaled && exit->signal == SIGKILL)
+    // A kill of ours says why; only a SIGKILL nobody here sent is put down to memory.
+    last_exit_ = !kill_reason_.empty() ? kill_reason_ : exit->describe();
+    if (kill_reason_.empty() && exit->signaled && exit->signal == SIGKILL)
         last_exit_ += memory_kills_.explain_sigkill();
-    hung_kill_ = false;
+    kill_reason_.clear();
     if (state_ == EngineState::stopping || state_ == EngineState::stopped) return;
     if (!ever_ready_ && ++load_failures_ >= kMaxLoadFailures && on_unloadable) {
         set_state(EngineState::stopped,
@@ -289,7 +325,8 @@ awaitable<void> EngineRunner::stop() {
         if (!child_->poll_exit()) {
             spdlog::warn("engine: still running {} ms after SIGTERM; sending SIGKILL",
                          config_.stop_grace.count());
-            child_->signal_group(SIGKILL);
+            kill_engine("did not stop within " + std::to_string(config_.stop_grace.count()) +
+                        " ms of SIGTERM, killed");
         }
     }
     child_.reset();  // reaps (and kills the group if anything is left)

@@ -58,6 +58,8 @@ class EngineRunner {
     std::optional<pid_t> pid() const;
     // The running engine's pid, start time and process group; nullopt while none runs.
     std::optional<RecordedProcess> running_engine() const;
+    // The proxy saw the engine answer a real request (passive health: no probe needed).
+    void note_answer();
     const std::string& last_exit() const { return last_exit_; }
     const std::string& engine_model_id() const { return engine_model_id_; }
 
@@ -65,6 +67,9 @@ class EngineRunner {
     Status spawn();
     void stop_engine_left_behind();
     void forget_record();
+    std::chrono::milliseconds probe_timeout() const;
+    // SIGKILL to the engine's group, remembering why (so it is not put down to memory).
+    void kill_engine(const std::string& reason);
     HttpProbe readiness_probe() const;
     awaitable<void> watch_readiness(std::uint64_t generation);
     awaitable<void> watch_liveness(std::uint64_t generation);
@@ -77,10 +82,12 @@ class EngineRunner {
     EngineConfig config_;
     std::string engine_model_id_;
     std::unique_ptr<ChildProcess> child_;
-    std::optional<RecordedProcess> record_;  // of child_, while it runs
+    std::optional<RecordedProcess> record_;    // of child_, while it runs
+    std::unique_ptr<RecordFile> record_file_;  // held for as long as this worker runs
     EngineState state_ = EngineState::stopped;
     bool ever_ready_ = false;
-    bool hung_kill_ = false;
+    std::string kill_reason_;  // why we killed the engine that runs now, if we did
+    Clock::time_point last_answer_{};
     MemoryKillWatch memory_kills_;
     unsigned short port_ = 0;
     std::uint64_t generation_ = 0;

@@ -8,6 +8,8 @@
 #include <regex>
 
 #include "os/child_process.h"
+#include "os/private_folder.h"
+#include "profiles/engine_preset.h"
 #include "protocol/messages.h"
 
 extern char** environ;
@@ -23,7 +25,9 @@ std::filesystem::path default_log_dir() {
     if (const char* home = std::getenv("HOME"); home != nullptr && *home != '\0') {
         return std::filesystem::path(home) / ".local" / "state" / "ensemble" / "logs";
     }
-    return std::filesystem::temp_directory_path() / "ensemble" / "logs";
+    // Never a folder every user shares: one of this user's own in the temporary directory.
+    return std::filesystem::temp_directory_path() / ("ensemble-" + std::to_string(::geteuid())) /
+           "logs";
 }
 
 // The engine's own environment: --engine-env NAME=VALUE, and every ENSEMBLE_ENGINE_ENV_NAME in
@@ -48,7 +52,10 @@ std::string engine_environment(const std::vector<std::string>& assignments,
         const auto equals = assignment.find('=');
         if (equals == 0 || equals == std::string::npos)
             return "--engine-env '" + assignment + "' must be NAME=VALUE";
-        env[assignment.substr(0, equals)] = assignment.substr(equals + 1);
+        const auto name = assignment.substr(0, equals);
+        if (const auto problem = engine_env_name_problem(name); !problem.empty())
+            return "--engine-env " + name + ": " + problem;
+        env[name] = assignment.substr(equals + 1);
     }
     return "";
 }
@@ -79,6 +86,14 @@ std::string finish(WorkerOptions& o, const std::string& engine_name, const std::
     o.engine.handle = o.model.handle;
     if (o.engine.log_file.empty()) {
         const auto dir = log_dir.empty() ? default_log_dir() : std::filesystem::path(log_dir);
+        if (log_dir.empty() &&
+            dir.parent_path().parent_path() == std::filesystem::temp_directory_path()) {
+            // In the shared temporary directory (no HOME): a folder of this user's alone.
+            for (const auto& folder : {dir.parent_path(), dir}) {
+                if (auto problem = private_folder_problem(folder); !problem.empty())
+                    return "the default log folder: " + problem + " (or pass --log-dir)";
+            }
+        }
         o.engine.log_file = dir / ("engine-" + std::to_string(o.front.port) + ".log");
     }
     o.engine.record_file = std::filesystem::path(o.engine.log_file).replace_extension(".pid");
@@ -87,6 +102,7 @@ std::string finish(WorkerOptions& o, const std::string& engine_name, const std::
         if (const char* key = std::getenv("ENSEMBLE_API_KEY"); key != nullptr)
             o.front.api_key = key;
     }
+    ::unsetenv("ENSEMBLE_API_KEY");  // the clients' key is not the engine's to know
     return "";
 }
 

@@ -8,6 +8,7 @@
 // appends its totals to test-output/chaos-totals.jsonl (tests/chaos/report sums them up).
 #include <random>
 
+#include "os/memory_kill_watch.h"
 #include "os/memory_pressure.h"
 #include "os/portable_mode.h"
 #include "state/store.h"
@@ -467,17 +468,15 @@ TEST_F(ChaosTest, AKillUnderCriticalMemoryPressureIsReportedAsLikelyJetsam) {
     set_pressure(85.0);
     std::this_thread::sleep_for(1500ms);  // sampled every second
     const auto engine = last_exit_after_killing("engine_pid");
-    EXPECT_NE(engine.find("killed by signal 9 (SIGKILL) under critical memory pressure "
-                          "(likely jetsam)"),
+    EXPECT_NE(engine.find(std::string("killed by signal 9 (SIGKILL)") + kPressureKill),
               std::string::npos)
         << engine;
     ASSERT_TRUE(wait_serving(port_a_, 30s));
     // Pressure passes, and the kill that relieved it is seen a moment later: still attributed.
     set_pressure(0.0);
     const auto worker = last_exit_after_killing("pid");
-    EXPECT_NE(worker.find("under critical memory pressure (likely jetsam)"), std::string::npos)
-        << worker;
-    EXPECT_NE(cli("events -n 50").out.find("likely jetsam"), std::string::npos);
+    EXPECT_NE(worker.find(kPressureKill), std::string::npos) << worker;
+    EXPECT_NE(cli("events -n 50").out.find(kPressureKill), std::string::npos);
 }
 
 // The supervisor's own end-to-end probe: a worker that still heartbeats... is simulated by one

@@ -136,8 +136,50 @@ TEST_F(MlxWorkerTest, StreamsThatEndWhenTheEngineClosesTheConnectionAreRelayedWh
     EXPECT_TRUE(r.complete) << r.error;
     EXPECT_EQ(count(r.body, "chat.completion.chunk"), 8) << r.body;
     EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos) << r.body;
-    // HTTP/1.0, one connection per request: the next request still works.
-    EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
+    // The engine's HTTP/1.0 body ended with its connection; the client's gets a chunked
+    // HTTP/1.1 answer and keeps its connection.
+    EXPECT_EQ(r.header("transfer-encoding"), "chunked");
+    EXPECT_NE(r.header("connection"), "close");
+    const auto plain = http_request(worker->port(), chat_request(kChat));
+    EXPECT_EQ(plain.status, 200);
+    EXPECT_NE(plain.header("content-length"), "") << "a body with a length keeps it";
+}
+
+TEST_F(MlxWorkerTest, AnEngineThatDiesMidStreamEndsTheStreamWithAnErrorEvent) {
+    // The stream's end is the engine closing its connection: only `data: [DONE]` tells a finished
+    // stream from one cut by a crash.
+    auto worker = start(0.2, {"--engine-arg=--crash-after", "--engine-arg=1"});
+    ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();  // the probe was the first request
+    auto r = http_request(
+        worker->port(),
+        chat_request(
+            R"({"model":"qwen3-mlx","stream":true,"messages":[{"role":"user","content":"hi"}]})",
+            true));
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.body.find("data: [DONE]"), std::string::npos) << r.body;
+    EXPECT_NE(r.body.find("engine_failed"), std::string::npos) << "cut, and said so: " << r.body;
+    EXPECT_TRUE(r.complete) << "the client's stream still ends cleanly: " << r.error;
+}
+
+TEST_F(MlxWorkerTest, ALongGenerationIsNotMistakenForAHungEngine) {
+    // mlx_lm.server answers a liveness probe only after the generation in front of it (the fake
+    // serves one request at a time). Probed every second, 2 misses to kill: a long stream would be
+    // cut if the probes ran while tokens were flowing (9 s here).
+    // (A stall timeout of 2 s makes each probe wait at most 2 s.)
+    auto worker = start(0.2, {"--engine-liveness-interval", "1", "--engine-liveness-failures", "2",
+                              "--load-stall-timeout", "2", "--engine-arg=--token-delay-ms",
+                              "--engine-arg=300", "--engine-arg=--tokens", "--engine-arg=30"});
+    ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();
+    const auto engine = worker->engine_pid();
+    auto r = http_request(
+        worker->port(),
+        chat_request(
+            R"({"model":"qwen3-mlx","stream":true,"messages":[{"role":"user","content":"hi"}]})",
+            true));
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(count(r.body, "chat.completion.chunk"), 30) << r.body;
+    EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos) << r.body;
+    EXPECT_EQ(worker->engine_pid(), engine) << "the engine was killed as hung:\n" << worker->log();
 }
 
 TEST_F(MlxWorkerTest, ALoadThatStallsIsKilledAndAModelThatNeverLoadsEndsTheWorker) {

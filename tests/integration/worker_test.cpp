@@ -359,7 +359,8 @@ TEST_F(WorkerTest, ARecordNamingSomeoneElsesProcessKillsNothing) {
     std::ofstream(dir / "engine.pid") << "not a record\n";
     auto again = start();
     track_engine(*again);
-    EXPECT_NE(again->log().find("does not hold 'pid start-time group boot-id'"), std::string::npos)
+    EXPECT_NE(again->log().find("does not hold one 'pid start-time group boot-id' line"),
+              std::string::npos)
         << again->log();
     EXPECT_TRUE(process_alive(pid));
     (*sleeper)->signal_group(SIGKILL);

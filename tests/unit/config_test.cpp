@@ -255,10 +255,10 @@ TEST_F(ConfigTest, BadEngineEnvironmentIsReportedWithPositions) {
     env: [HF_HOME]
 )");
     expect_issue(r, 4, 25, "load_stall_timeout must be at least 1s");
-    expect_issue(r, 5, 11, "name '1BAD' in engine 'mlx' env must be letters, digits and '_'");
+    expect_issue(r, 5, 11, "'1BAD' in engine 'mlx' env: must be letters, digits and '_'");
     expect_issue(r, 5, 20, "'ENSEMBLE_PORTABLE' in engine 'mlx' env: names starting ENSEMBLE_");
     expect_issue(r, 5, 48, "the value of OK in engine 'mlx' env must be a single value");
-    expect_issue(r, 5, 56, "name 'A B'");
+    expect_issue(r, 5, 56, "'A B' in engine 'mlx' env: must be letters");
     expect_issue(r, 8, 10, "engine 'other' env must be a mapping");
 }
 

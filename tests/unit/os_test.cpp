@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -97,26 +98,103 @@ TEST(RecordedProcess, KillsTheGroupOnlyOfTheProvenProcess) {
     EXPECT_EQ(kill_if_ours(*record, SIGKILL, "engine").outcome, KillOutcome::gone);
 }
 
-TEST(RecordedProcess, RecordFilesRoundTripAndGarbageIsRefused) {
+std::filesystem::path record_dir() {
     const auto dir = std::filesystem::temp_directory_path() / "ensemble-os-test";
+    std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
-    const auto path = dir / "engine-1.pid";
-    const RecordedProcess record{{4242, 987654}, 4242, "boot-1"};
-    ASSERT_TRUE(write_record_file(path, record));
-    auto back = read_record_file(path);
-    ASSERT_TRUE(back) << back.error().message;
-    EXPECT_EQ(back->leader, record.leader);
-    EXPECT_EQ(back->group, 4242);
-    EXPECT_EQ(back->boot_id, "boot-1");
-    EXPECT_EQ(read_record_file(dir / "missing.pid").error().code, "absent");
-    for (const char* garbage : {"", "12 x 3 b", "1 5 1 b", "-5 5 5 b", "99 0 99 b"}) {
-        std::ofstream(path) << garbage << '\n';
-        auto bad = read_record_file(path);
+    return dir;
+}
+
+TEST(RecordFile, RoundTripsAndRefusesWhatIsNotARecord) {
+    const auto path = record_dir() / "engine-1.pid";
+    {
+        auto file = RecordFile::acquire(path);
+        ASSERT_TRUE(file) << file.error().message;
+        EXPECT_FALSE((*file)->read().value()) << "a new record is empty";
+        ASSERT_TRUE((*file)->write({{4242, 987654}, 4242, "boot-1"}));
+        auto back = (*file)->read();
+        ASSERT_TRUE(back && *back) << back.error().message;
+        EXPECT_EQ((*back)->leader, (ProcessIdentity{4242, 987654}));
+        EXPECT_EQ((*back)->group, 4242);
+        EXPECT_EQ((*back)->boot_id, "boot-1");
+    }
+    for (const char* garbage :
+         {"12 x 3 b\n", "1 5 1 b\n", "-5 5 -5 b\n", "99 0 99 b\n", "99 5 98 b\n",
+          "4294967395 5 4294967395 b\n", "99 5 99 b extra\n", "99 5 99 b"}) {
+        std::ofstream(path) << garbage;
+        auto file = RecordFile::acquire(path);
+        ASSERT_TRUE(file) << file.error().message;
+        auto bad = (*file)->read();
         ASSERT_FALSE(bad) << garbage;
         EXPECT_EQ(bad.error().code, "bad_record") << garbage;
+        EXPECT_EQ(bad.error().message.find("extra"), std::string::npos) << "never echoed";
     }
     std::ofstream(path) << std::string(10000, '7') << '\n';
-    EXPECT_FALSE(read_record_file(path)) << "an endless line is refused, not parsed";
+    EXPECT_FALSE((*RecordFile::acquire(path))->read()) << "an endless line is refused, unread";
+}
+
+TEST(RecordFile, OneLiveWorkerHoldsIt) {
+    const auto path = record_dir() / "engine-2.pid";
+    auto first = RecordFile::acquire(path);
+    ASSERT_TRUE(first);
+    auto second = RecordFile::acquire(path);
+    ASSERT_FALSE(second);
+    EXPECT_EQ(second.error().code, "record_in_use");
+    EXPECT_NE(second.error().message.find("give each its own --log-file"), std::string::npos);
+    first->reset();  // the holder is gone: the record is free for the next worker
+    EXPECT_TRUE(RecordFile::acquire(path));
+}
+
+TEST(RecordFile, NeverThroughALinkAFifoOrAFileOthersCanWrite) {
+    const auto dir = record_dir();
+    std::ofstream(dir / "precious") << "do not touch\n";
+    std::filesystem::create_symlink(dir / "precious", dir / "link.pid");
+    auto link = RecordFile::acquire(dir / "link.pid");
+    ASSERT_FALSE(link);
+    EXPECT_EQ(link.error().code, "record_unsafe");
+    std::filesystem::create_hard_link(dir / "precious", dir / "hard.pid");
+    EXPECT_EQ(RecordFile::acquire(dir / "hard.pid").error().code, "record_unsafe");
+    ASSERT_EQ(::mkfifo((dir / "fifo.pid").c_str(), 0600), 0);
+    EXPECT_EQ(RecordFile::acquire(dir / "fifo.pid").error().code, "record_unsafe")
+        << "refused at once, never blocked in open";
+    std::ofstream(dir / "shared.pid") << "";
+    std::filesystem::permissions(dir / "shared.pid", std::filesystem::perms::all);
+    EXPECT_EQ(RecordFile::acquire(dir / "shared.pid").error().code, "record_unsafe");
+    std::ifstream in(dir / "precious");
+    std::string text;
+    std::getline(in, text);
+    EXPECT_EQ(text, "do not touch");
+}
+
+TEST(RecordedProcess, ARecordWhoseGroupIsNotItsPidIsNeverActedOn) {
+    auto leader = sleeper();
+    auto record = *RecordedProcess::of_running(leader->pid());
+    record.group = ::getpgrp();  // the test's own group, which it must not lose
+    const auto refused = kill_if_ours(record, SIGKILL, "engine");
+    EXPECT_EQ(refused.outcome, KillOutcome::not_ours) << refused.message;
+    EXPECT_FALSE(leader->poll_exit());
+    EXPECT_FALSE(RecordedProcess::from_stored(leader->pid(), 5, ::getpgrp(), ""));
+    EXPECT_FALSE(RecordedProcess::from_stored(4294967296LL + leader->pid(), 5,
+                                              4294967296LL + leader->pid(), ""))
+        << "no truncation to someone's pid";
+}
+
+TEST(RecordedProcess, WhatALeaderLeavesInItsGroupIsReportedAndKilledWithIt) {
+    SpawnSpec spec;
+    spec.argv = {"/bin/sh", "-c", "sleep 30 & sleep 0.3"};
+    auto child = ChildProcess::spawn(spec);
+    ASSERT_TRUE(child);
+    const auto record = *RecordedProcess::of_running((*child)->pid());
+    std::this_thread::sleep_for(800ms);  // the leader has exited (a zombie); its sleep lives on
+    ASSERT_TRUE(process_group_has_members(record.group));
+    const auto report = kill_if_ours(record, SIGKILL, "engine");
+    EXPECT_EQ(report.outcome, KillOutcome::unknown);
+    EXPECT_NE(report.message.find("kill -KILL -" + std::to_string(record.group)), std::string::npos)
+        << report.message;
+    ASSERT_TRUE((*child)->poll_exit()) << "reaping the leader kills what is left of its group";
+    for (int i = 0; i < 200 && process_group_has_members(record.group); ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_FALSE(process_group_has_members(record.group));
 }
 
 TEST(PeerCredentials, TheKernelVouchesForTheOtherEnd) {
