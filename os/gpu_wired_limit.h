@@ -18,7 +18,8 @@ struct GpuWiredLimit {
     std::uint64_t mb = 0;  // iogpu.wired_limit_mb; 0: the system default
 };
 
-// Errors only where the limit applies but cannot be read.
+// Errors only where the limit applies but cannot be read; a Mac without it (Intel, macOS 13 and
+// older) has none.
 Result<GpuWiredLimit> gpu_wired_limit();
 
 // Sets iogpu.wired_limit_mb (root only; until the next reboot). An error on Linux.
@@ -31,5 +32,8 @@ std::uint64_t default_wired_limit_bytes(std::uint64_t physical);
 
 // The command that sets it until the next reboot.
 std::string wired_limit_command(std::uint64_t mb);
+
+// A size as the sysctl's whole MiB, rounded up (so the limit is never below what was asked).
+std::uint64_t wired_limit_mb(std::uint64_t bytes);
 
 }  // namespace ensemble

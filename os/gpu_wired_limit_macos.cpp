@@ -14,6 +14,7 @@ Result<GpuWiredLimit> gpu_wired_limit() {
     std::int64_t value = 0;
     std::size_t size = sizeof value;
     if (sysctlbyname("iogpu.wired_limit_mb", &value, &size, nullptr, 0) != 0) {
+        if (errno == ENOENT) return GpuWiredLimit{};  // no such limit on this Mac
         return Error{"wired_limit",
                      std::string("cannot read sysctl iogpu.wired_limit_mb (macOS 14 or later on "
                                  "Apple Silicon): ") +

@@ -33,8 +33,10 @@ std::optional<KillReport> refuse_unless_ours(const ProcessIdentity& process,
             return KillReport{KillOutcome::not_ours,
                               name + " is gone: " + check.message + "; left alone"};
         case IdentityVerdict::unknown:
-            return KillReport{KillOutcome::unknown, name + ": cannot prove it is ours (" +
-                                                        check.message + "); left alone"};
+            return KillReport{KillOutcome::unknown,
+                              name + ": cannot prove it is ours (" + check.message +
+                                  "); left alone. See what it is: ps -o pid,lstart,args -p " +
+                                  std::to_string(process.pid)};
         case IdentityVerdict::same:
             break;
     }

@@ -413,11 +413,12 @@ void Loader::engines(const std::string& file, const YAML::Node& node,
         if (e["load_stall_timeout"]) {
             std::chrono::milliseconds stall{-1};  // stays -1 when the text is not a duration
             duration(file, e["load_stall_timeout"], "load_stall_timeout", stall);
-            if (stall >= std::chrono::seconds(1)) {
+            if (stall >= std::chrono::seconds(1) && stall <= std::chrono::hours(24)) {
                 spec.load_stall_timeout = stall;
             } else if (stall.count() >= 0) {
                 v_.at(file, e["load_stall_timeout"],
-                      "load_stall_timeout must be at least 1s (a load is judged every second)");
+                      "load_stall_timeout must be between 1s and 24h (a load is judged every "
+                      "second)");
             }
         }
         if (config_.engines.count(name))

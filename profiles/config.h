@@ -63,7 +63,7 @@ struct SupervisorSettings {
     std::string boot_profile;
     std::string bind_host = "127.0.0.1";
     // macOS: the GPU wired limit the MLX models need (sysctl iogpu.wired_limit_mb), set at boot
-    // by deploy/install's LaunchDaemon (`ensemble wired-limit --apply`) and checked by `check`.
+    // by deploy/install-wired-limit's LaunchDaemon and checked by `check`.
     std::optional<std::uint64_t> gpu_wired_limit_bytes;
     LogSettings logs;
     HealthSettings health;

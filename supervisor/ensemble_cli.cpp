@@ -158,7 +158,8 @@ bool check_profiles_fit(const Config& config) {
     const auto& text = config.supervisor.memory_budget;
     std::optional<std::uint64_t> budget;
     if (!text.empty()) budget = resolve_budget(text, budgetable_memory());
-    // As at boot, when the configured wired limit is set (deploy/install's LaunchDaemon).
+    // As at boot, when the configured wired limit is set (deploy/install-wired-limit's
+    // LaunchDaemon).
     const auto physical = physical_memory();
     const auto wired = wired_limit_view(config, gpu_wired_limit(), physical, true);
     if (wired.applies)
@@ -208,10 +209,10 @@ int check(const std::string& file) {
     return check_profiles_fit(*loaded.config) ? 0 : 1;
 }
 
-// `ensemble wired-limit`: the GPU wired limit now, the configured one, and what the config's
-// profiles need; with --apply (root, macOS), sets the configured one — what deploy/install's
-// LaunchDaemon runs at every boot, since sysctl values do not survive a reboot.
-int wired_limit(const std::string& config_path, bool apply) {
+// `ensemble wired-limit`: the GPU wired limit now and the configured one; with --apply (root,
+// macOS) sets the configured one until the next reboot (deploy/install-wired-limit's
+// LaunchDaemon sets it at every boot); --print-mb prints only the configured MiB.
+int wired_limit(const std::string& config_path, bool apply, bool print_mb) {
     auto loaded = load_config(config_path, false);
     if (!loaded.config) {
         for (const auto& issue : loaded.issues)
@@ -219,12 +220,17 @@ int wired_limit(const std::string& config_path, bool apply) {
         return 1;
     }
     const auto& config = *loaded.config;
+    const auto configured = config.supervisor.gpu_wired_limit_bytes;
+    if (print_mb) {  // for deploy/install-wired-limit: the MiB to set, or nothing
+        if (configured)
+            std::printf("%llu\n", static_cast<unsigned long long>(wired_limit_mb(*configured)));
+        return 0;
+    }
     const auto system = gpu_wired_limit();
     if (!system) {
         std::cerr << "ensemble: " << system.error().message << '\n';
         return 1;
     }
-    const auto configured = config.supervisor.gpu_wired_limit_bytes;
     if (system->applies) {
         std::printf("iogpu.wired_limit_mb = %llu%s\n", static_cast<unsigned long long>(system->mb),
                     system->mb == 0 ? " (the system default)" : "");
@@ -234,7 +240,7 @@ int wired_limit(const std::string& config_path, bool apply) {
     if (configured) {
         std::printf("supervisor.gpu_wired_limit = %s (%llu MiB)\n",
                     format_bytes(*configured).c_str(),
-                    static_cast<unsigned long long>(*configured >> 20));
+                    static_cast<unsigned long long>(wired_limit_mb(*configured)));
     } else {
         std::printf("supervisor.gpu_wired_limit is not set\n");
     }
@@ -244,12 +250,12 @@ int wired_limit(const std::string& config_path, bool apply) {
                     config_path.c_str());
         return 0;
     }
-    if (auto ok = set_gpu_wired_limit(*configured >> 20); !ok) {
+    if (auto ok = set_gpu_wired_limit(wired_limit_mb(*configured)); !ok) {
         std::cerr << "ensemble: " << ok.error().message << '\n';
         return 1;
     }
     std::printf("set iogpu.wired_limit_mb = %llu\n",
-                static_cast<unsigned long long>(*configured >> 20));
+                static_cast<unsigned long long>(wired_limit_mb(*configured)));
     return 0;
 }
 
@@ -363,11 +369,14 @@ int main(int argc, char** argv) {
     auto* checkc = app.add_subcommand("check", "validate a config file; runs nothing");
     checkc->add_option("file", check_file)->required();
     bool apply_wired_limit = false;
+    bool print_wired_mb = false;
     auto* wiredc = app.add_subcommand(
         "wired-limit", "macOS: the GPU wired limit now and in the config; --apply sets it (root)");
     wiredc->add_flag("--apply", apply_wired_limit,
-                     "set iogpu.wired_limit_mb to supervisor.gpu_wired_limit (at boot: "
-                     "deploy/install's LaunchDaemon)");
+                     "set iogpu.wired_limit_mb to supervisor.gpu_wired_limit now (until the next "
+                     "reboot; deploy/install-wired-limit sets it at every boot)");
+    wiredc->add_flag("--print-mb", print_wired_mb,
+                     "print only the configured limit in MiB (nothing when none is set)");
     app.add_subcommand("budget",
                        "the memory budget: reserved, measured, free, and each port's share")
         ->callback([&] { request.verb = "budget"; });
@@ -383,7 +392,7 @@ int main(int argc, char** argv) {
             std::cerr << "ensemble: wired-limit needs the config: -c FILE (or ENSEMBLE_CONFIG)\n";
             return 2;
         }
-        return wired_limit(file, apply_wired_limit);
+        return wired_limit(file, apply_wired_limit, print_wired_mb);
     }
     if (port != 0) request.port = port;
     request.model = model;

@@ -13,7 +13,7 @@ constexpr std::uint64_t kGiB = 1ULL << 30;
 constexpr std::uint64_t kLeftForTheSystem = 8 * kGiB;
 
 std::uint64_t mb_of(std::uint64_t bytes) {
-    return (bytes + kMiB - 1) / kMiB;
+    return wired_limit_mb(bytes);
 }
 
 }  // namespace
@@ -30,7 +30,8 @@ WiredLimitView wired_limit_view(const Config& config, const Result<GpuWiredLimit
     if (view.configured_bytes && (at_boot || !os_has_one)) {
         view.bytes = *view.configured_bytes;
         view.source = "supervisor.gpu_wired_limit (" + std::to_string(mb_of(view.bytes)) +
-                      " MiB, set at boot by deploy/install on macOS)";
+                      (os_has_one ? " MiB, set at boot by deploy/install-wired-limit)"
+                                  : " MiB: a macOS setting, checked as a Mac would apply it)");
     } else if (view.sysctl_mb && *view.sysctl_mb > 0) {
         view.bytes = *view.sysctl_mb * kMiB;
         view.source = "iogpu.wired_limit_mb=" + std::to_string(*view.sysctl_mb);
@@ -39,13 +40,18 @@ WiredLimitView wired_limit_view(const Config& config, const Result<GpuWiredLimit
         view.source = "the system default, about " + std::to_string(kDefaultWiredPercent) +
                       "% of " + format_bytes(physical) + " (iogpu.wired_limit_mb=0)";
     }
-    if (view.configured_bytes && view.sysctl_mb &&
-        *view.sysctl_mb != mb_of(*view.configured_bytes)) {
+    if (view.configured_bytes && os_has_one && physical > kLeftForTheSystem &&
+        *view.configured_bytes > physical - kLeftForTheSystem) {
+        view.problem = "supervisor.gpu_wired_limit (" + format_bytes(*view.configured_bytes) +
+                       ") leaves less than 8 GiB of this Mac's " + format_bytes(physical) +
+                       " to the system: lower it";
+    } else if (view.configured_bytes && view.sysctl_mb &&
+               *view.sysctl_mb != mb_of(*view.configured_bytes)) {
         view.problem = "iogpu.wired_limit_mb is " + std::to_string(*view.sysctl_mb) +
                        " but supervisor.gpu_wired_limit asks for " +
                        std::to_string(mb_of(*view.configured_bytes)) + " MiB: run '" +
                        wired_limit_command(mb_of(*view.configured_bytes)) +
-                       "' (deploy/install's LaunchDaemon sets it at every boot)";
+                       "' (and deploy/install-wired-limit again, so the boot sets the same)";
     }
     return view;
 }
@@ -76,8 +82,8 @@ std::optional<std::string> wired_limit_warning(const std::string& what, std::uin
     }
     const auto mb = suggested_wired_limit_mb(mlx_bytes, physical);
     return text + "Raise it: '" + wired_limit_command(mb) +
-           "', and set supervisor.gpu_wired_limit: " + std::to_string((mb + 1023) / 1024) +
-           "GiB so that it is set again at every boot";
+           "', and set supervisor.gpu_wired_limit: " + std::to_string(mb) +
+           "MiB and run deploy/install-wired-limit, so that it is set again at every boot";
 }
 
 }  // namespace ensemble

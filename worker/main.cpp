@@ -35,11 +35,13 @@ protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProx
     s.engine_restarts = engine.restarts();
     s.engine_last_exit = engine.last_exit();
     s.memory_bytes = process_footprint(::getpid()).value_or(0);
-    if (auto running = engine.running_engine()) {
-        s.engine_pid = running->leader.pid;
-        s.engine_start_time = running->leader.start_time;
-        s.engine_group = running->group;
-        s.memory_bytes += process_footprint(running->leader.pid).value_or(0);
+    if (auto pid = engine.pid()) {
+        s.engine_pid = *pid;
+        s.memory_bytes += process_footprint(*pid).value_or(0);
+    }
+    if (auto recorded = engine.running_engine()) {  // unless it could not be identified
+        s.engine_start_time = recorded->leader.start_time;
+        s.engine_group = recorded->group;
     }
     return s;
 }

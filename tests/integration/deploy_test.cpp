@@ -157,21 +157,38 @@ TEST_F(DeployTest, TheLaunchdPlistIsValidXmlWithTheKeysLaunchdNeeds) {
     EXPECT_FALSE(has_placeholder(plist.text()));
 }
 
-TEST_F(DeployTest, TheWiredLimitDaemonAppliesTheConfigsLimitAtBoot) {
+TEST_F(DeployTest, TheWiredLimitDaemonSetsTheConfigsLimitAtBootWithAppleSysctlAlone) {
     if (!have_program("xmllint")) GTEST_SKIP() << "xmllint is not installed";
-    RenderedPlist plist(dir_, "org.ensemble.wired-limit.plist");
-    EXPECT_EQ(plist.rendered().exit_code, 0) << plist.rendered().out;
-    EXPECT_NE(plist.value_of("Label").find("org.ensemble.wired-limit"), std::string::npos);
-    auto program = plist.value_of("ProgramArguments");
-    std::erase_if(program, [](char c) { return std::isspace(static_cast<unsigned char>(c)); });
-    EXPECT_NE(program.find("/usr/local/bin/ensemble--config/etc/ensemble/ensemble.yaml"
-                           "wired-limit--apply"),
-              std::string::npos)
-        << program;
-    EXPECT_NE(plist.value_of("RunAtLoad").find("true"), std::string::npos);
-    EXPECT_FALSE(has_placeholder(plist.text()));
-    // What it runs: on Linux there is no such limit, and --apply says so and fails.
     std::ofstream(dir_ / "wired.yaml") << "supervisor:\n  gpu_wired_limit: 160GiB\n";
+    const auto units = dir_ / "wired-units";
+    auto installed = run(std::string(ENSEMBLE_TEST_SOURCE_DIR) +
+                             "/deploy/install-wired-limit --no-service-manager --config " +
+                             (dir_ / "wired.yaml").string() + " --unit-dir " + units.string() +
+                             " --ensemble " + cli_bin_,
+                         dir_ / "install-wired.out");
+    ASSERT_EQ(installed.exit_code, 0) << installed.out;
+    const auto plist = units / "org.ensemble.wired-limit.plist";
+    auto valid = run("xmllint --noout " + plist.string(), dir_ / "xmllint.out");
+    EXPECT_EQ(valid.exit_code, 0) << valid.out;
+    auto program = run("xmllint --xpath \"string(/plist/dict/key[.='ProgramArguments']"
+                       "/following-sibling::*[1])\" " +
+                           plist.string(),
+                       dir_ / "xpath.out")
+                       .out;
+    std::erase_if(program, [](char c) { return std::isspace(static_cast<unsigned char>(c)); });
+    EXPECT_EQ(program, "/usr/sbin/sysctliogpu.wired_limit_mb=163840")
+        << "root runs Apple's sysctl with the value written in, nothing of ours";
+    EXPECT_FALSE(has_placeholder(read_file(plist)));
+    // A config without a limit installs nothing, and says so.
+    std::ofstream(dir_ / "none.yaml") << "supervisor:\n  bind_host: 127.0.0.1\n";
+    auto none = run(std::string(ENSEMBLE_TEST_SOURCE_DIR) +
+                        "/deploy/install-wired-limit --no-service-manager --config " +
+                        (dir_ / "none.yaml").string() + " --unit-dir " + units.string() +
+                        " --ensemble " + cli_bin_,
+                    dir_ / "install-none.out");
+    EXPECT_NE(none.exit_code, 0);
+    EXPECT_NE(none.out.find("sets no supervisor.gpu_wired_limit"), std::string::npos) << none.out;
+    // What `ensemble wired-limit` says here: Linux has no such limit, and --apply fails so.
     const auto wired_limit =
         cli_bin_ + " --config " + (dir_ / "wired.yaml").string() + " wired-limit";
     auto shown = run(wired_limit, dir_ / "wired-limit.out");
@@ -179,14 +196,19 @@ TEST_F(DeployTest, TheWiredLimitDaemonAppliesTheConfigsLimitAtBoot) {
     EXPECT_NE(shown.out.find("supervisor.gpu_wired_limit = 160.0 GiB (163840 MiB)"),
               std::string::npos)
         << shown.out;
+#ifndef __APPLE__
     auto applied = run(wired_limit + " --apply", dir_ / "wired-limit.out");
-#ifdef __APPLE__
-    (void)applied;
-#else
     EXPECT_EQ(applied.exit_code, 1) << applied.out;
     EXPECT_NE(applied.out.find("there is no GPU wired limit on Linux"), std::string::npos)
         << applied.out;
 #endif
+    auto uninstalled = run(std::string(ENSEMBLE_TEST_SOURCE_DIR) +
+                               "/deploy/install-wired-limit --no-service-manager --uninstall "
+                               "--unit-dir " +
+                               units.string(),
+                           dir_ / "uninstall-wired.out");
+    EXPECT_EQ(uninstalled.exit_code, 0) << uninstalled.out;
+    EXPECT_FALSE(std::filesystem::exists(plist));
 }
 
 TEST_F(DeployTest, InstalledLayoutBootsTheProfileExportsItAndARestartRestoresIt) {

@@ -254,7 +254,7 @@ TEST_F(MlxWiredLimitTest, CheckBudgetAndStatusWarnWhenMlxModelsPassTheWiredLimit
               std::string::npos)
         << check.out;
     EXPECT_NE(check.out.find("Raise it: 'sudo sysctl iogpu.wired_limit_mb=2253', and set "
-                             "supervisor.gpu_wired_limit: 3GiB"),
+                             "supervisor.gpu_wired_limit: 2253MiB"),
               std::string::npos)
         << check.out;
     EXPECT_EQ(check.out.find("warning: profile 'pair'"), std::string::npos) << "no MLX there";

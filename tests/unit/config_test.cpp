@@ -254,7 +254,7 @@ TEST_F(ConfigTest, BadEngineEnvironmentIsReportedWithPositions) {
     preset: mlx-lm
     env: [HF_HOME]
 )");
-    expect_issue(r, 4, 25, "load_stall_timeout must be at least 1s");
+    expect_issue(r, 4, 25, "load_stall_timeout must be between 1s and 24h");
     expect_issue(r, 5, 11, "'1BAD' in engine 'mlx' env: must be letters, digits and '_'");
     expect_issue(r, 5, 20, "'ENSEMBLE_PORTABLE' in engine 'mlx' env: names starting ENSEMBLE_");
     expect_issue(r, 5, 48, "the value of OK in engine 'mlx' env must be a single value");

@@ -80,7 +80,9 @@ TEST(UnifiedMemory, TheWarningSaysWhatToSetAndHow) {
                             "limit of 144.0 GiB"),
               std::string::npos)
         << *warning;
-    EXPECT_NE(warning->find("'sudo sysctl iogpu.wired_limit_mb=168960'"), std::string::npos)
+    EXPECT_NE(warning->find("'sudo sysctl iogpu.wired_limit_mb=168960', and set "
+                            "supervisor.gpu_wired_limit: 168960MiB"),
+              std::string::npos)
         << "165 GiB: 10% above the models" << *warning;
     const auto too_big = wired_limit_warning("profile 'huge'", 190 * GiB, v, 192 * GiB);
     ASSERT_TRUE(too_big);
