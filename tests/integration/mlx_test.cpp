@@ -21,11 +21,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string current_test() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    return std::string(info->test_suite_name()) + "." + info->name();
-}
-
 // A Hugging Face cache holding one complete MLX repo, as huggingface_hub lays it out.
 std::filesystem::path make_hf_home(const std::filesystem::path& dir, const std::string& repo) {
     const auto home = dir / "hf-home";
@@ -58,7 +53,7 @@ class MlxWorkerTest : public ::testing::Test {
     // A worker with the mlx-lm preset in front of the fake mlx_lm.server, serving a local
     // model directory (as `--model /path/to/mlx-model` would).
     std::unique_ptr<WorkerProcess> start(double load_seconds, std::vector<std::string> extra = {}) {
-        dir_ = test_output_dir(current_test());
+        dir_ = test_output_dir(current_test_name());
         std::filesystem::remove(dir_ / "engine.log");
         model_dir_ = dir_ / "Qwen3-mlx-4bit";
         std::filesystem::create_directories(model_dir_);
@@ -75,7 +70,7 @@ class MlxWorkerTest : public ::testing::Test {
                                          "--engine-arg=--load-seconds",
                                          "--engine-arg=" + std::to_string(load_seconds)};
         args.insert(args.end(), extra.begin(), extra.end());
-        return std::make_unique<WorkerProcess>(free_port(), args, current_test());
+        return std::make_unique<WorkerProcess>(free_port(), args, current_test_name());
     }
     std::string engine_log() const { return read_file(dir_ / "engine.log"); }
 
@@ -84,6 +79,8 @@ class MlxWorkerTest : public ::testing::Test {
 
 const std::string kChat =
     R"({"model":"qwen3-mlx","messages":[{"role":"user","content":"hi"}],"max_tokens":8})";
+const std::string kStreamedChat =
+    R"({"model":"qwen3-mlx","stream":true,"messages":[{"role":"user","content":"hi"}]})";
 
 TEST_F(MlxWorkerTest, ReadyOnlyAfterARealAnswerThoughHealthIsOkWhileLoading) {
     const auto started = std::chrono::steady_clock::now();
@@ -122,16 +119,7 @@ TEST_F(MlxWorkerTest, TheModelIsPinnedSoNoRequestMakesTheEngineLoadAnother) {
 TEST_F(MlxWorkerTest, StreamsThatEndWhenTheEngineClosesTheConnectionAreRelayedWhole) {
     auto worker = start(0.3);
     ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();
-    std::vector<std::string> chunks;
-    auto r = http_request(
-        worker->port(),
-        chat_request(
-            R"({"model":"qwen3-mlx","stream":true,"messages":[{"role":"user","content":"hi"}]})",
-            true),
-        [&](std::string_view chunk) {
-            chunks.emplace_back(chunk);
-            return true;
-        });
+    auto r = http_request(worker->port(), chat_request(kStreamedChat, true));
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_TRUE(r.complete) << r.error;
     EXPECT_EQ(count(r.body, "chat.completion.chunk"), 8) << r.body;
@@ -150,11 +138,7 @@ TEST_F(MlxWorkerTest, AnEngineThatDiesMidStreamEndsTheStreamWithAnErrorEvent) {
     // stream from one cut by a crash.
     auto worker = start(0.2, {"--engine-arg=--crash-after", "--engine-arg=1"});
     ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();  // the probe was the first request
-    auto r = http_request(
-        worker->port(),
-        chat_request(
-            R"({"model":"qwen3-mlx","stream":true,"messages":[{"role":"user","content":"hi"}]})",
-            true));
+    auto r = http_request(worker->port(), chat_request(kStreamedChat, true));
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(r.body.find("data: [DONE]"), std::string::npos) << r.body;
     EXPECT_NE(r.body.find("engine_failed"), std::string::npos) << "cut, and said so: " << r.body;
@@ -171,11 +155,7 @@ TEST_F(MlxWorkerTest, ALongGenerationIsNotMistakenForAHungEngine) {
                               "--engine-arg=300", "--engine-arg=--tokens", "--engine-arg=30"});
     ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();
     const auto engine = worker->engine_pid();
-    auto r = http_request(
-        worker->port(),
-        chat_request(
-            R"({"model":"qwen3-mlx","stream":true,"messages":[{"role":"user","content":"hi"}]})",
-            true));
+    auto r = http_request(worker->port(), chat_request(kStreamedChat, true));
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(count(r.body, "chat.completion.chunk"), 30) << r.body;
     EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos) << r.body;

@@ -22,11 +22,6 @@ using namespace std::chrono_literals;
 
 namespace {
 
-std::string test_name() {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    return std::string(info->test_suite_name()) + "." + info->name();
-}
-
 const std::string kChat =
     R"({"model":"tiny","messages":[{"role":"user","content":"hello"}],"max_tokens":8})";
 
@@ -48,7 +43,8 @@ json error_of(const HttpResponse& r) {
 class WorkerTest : public ::testing::Test {
   protected:
     std::unique_ptr<WorkerProcess> start(std::vector<std::string> args = {}) {
-        auto worker = std::make_unique<WorkerProcess>(free_port(), std::move(args), test_name());
+        auto worker =
+            std::make_unique<WorkerProcess>(free_port(), std::move(args), current_test_name());
         EXPECT_TRUE(worker->wait_ready()) << worker->log();
         return worker;
     }
@@ -216,7 +212,7 @@ TEST_F(WorkerTest, AnswersWith503AndRetryAfterWhileTheModelLoads) {
                           "/bin/sh -c 'sleep 1.5; exec \"$0\" \"$@\"' " + server +
                               " --model {model} --host 127.0.0.1 --port {port} --alias {handle} "
                               "--ctx-size {context} --parallel {parallel}"},
-                         test_name());
+                         current_test_name());
     HttpResponse r;
     for (int i = 0; i < 200 && r.status != 503; ++i) {
         r = http_request(worker.port(), chat_request(kChat));
@@ -269,7 +265,7 @@ TEST_F(WorkerTest, PortInUseIsAClearErrorAndNonZeroExit) {
     addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
     ASSERT_EQ(::listen(holder, 1), 0);
-    WorkerProcess worker(port, {}, test_name());
+    WorkerProcess worker(port, {}, current_test_name());
     auto exit = worker.wait_exit(10s);
     ::close(holder);
     ASSERT_TRUE(exit);
@@ -319,7 +315,7 @@ TEST_F(WorkerTest, TheNextWorkerStopsTheEngineAKilledWorkerLeftBehind) {
     const auto port = free_port();
     std::optional<pid_t> left_behind;
     {
-        WorkerProcess first(port, {}, test_name(), portable);
+        WorkerProcess first(port, {}, current_test_name(), portable);
         ASSERT_TRUE(first.wait_ready()) << first.log();
         left_behind = first.engine_pid();
         ASSERT_TRUE(left_behind);
@@ -328,7 +324,7 @@ TEST_F(WorkerTest, TheNextWorkerStopsTheEngineAKilledWorkerLeftBehind) {
     }
     std::this_thread::sleep_for(500ms);
     ASSERT_TRUE(process_alive(*left_behind)) << "portable mode: the engine outlives its worker";
-    WorkerProcess second(port, {}, test_name(), portable);
+    WorkerProcess second(port, {}, current_test_name(), portable);
     ASSERT_TRUE(second.wait_ready()) << second.log();
     EXPECT_FALSE(process_alive(*left_behind)) << "the next worker stops it first";
     EXPECT_NE(second.log().find("sent SIGKILL to the engine an earlier worker left behind (pid " +
@@ -342,7 +338,7 @@ TEST_F(WorkerTest, TheNextWorkerStopsTheEngineAKilledWorkerLeftBehind) {
 // A record that no longer names our engine — the pid reused by another process, or garbage —
 // is never acted on: the worker starts normally and the other process lives.
 TEST_F(WorkerTest, ARecordNamingSomeoneElsesProcessKillsNothing) {
-    const auto dir = ensemble::testing::test_output_dir(test_name());
+    const auto dir = ensemble::testing::test_output_dir(current_test_name());
     // A process of ours that stands for "someone else": alive, but not the recorded one.
     ensemble::SpawnSpec sleeper_spec;
     sleeper_spec.argv = {"sleep", "30"};

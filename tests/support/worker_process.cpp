@@ -35,6 +35,11 @@ std::filesystem::path test_output_dir(const std::string& test_name) {
     return dir;
 }
 
+std::string current_test_name() {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    return std::string(info->test_suite_name()) + "." + info->name();
+}
+
 WorkerProcess::WorkerProcess(unsigned short port, std::vector<std::string> extra_args,
                              const std::string& test_name, std::map<std::string, std::string> env)
     : port_(port) {

@@ -21,6 +21,7 @@ std::filesystem::path worker_binary();
 std::filesystem::path llama_server();  // fails the test with a clear message when missing
 std::filesystem::path tiny_model();
 std::filesystem::path test_output_dir(const std::string& test_name);
+std::string current_test_name();  // "Suite.Test" of the test running now
 
 class WorkerProcess {
   public:

@@ -2,6 +2,7 @@
 // halves are compiled for macOS by deploy/check-macos; what they share with Linux is here.
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -131,6 +132,31 @@ TEST(RecordFile, RoundTripsAndRefusesWhatIsNotARecord) {
     }
     std::ofstream(path) << std::string(10000, '7') << '\n';
     EXPECT_FALSE((*RecordFile::acquire(path))->read()) << "an endless line is refused, unread";
+}
+
+TEST(RecordFile, AWriteThatCannotHappenIsAClearErrorNotAHalfRecord) {
+    const auto path = record_dir() / "engine-3.pid";
+    auto file = RecordFile::acquire(path);
+    ASSERT_TRUE(file);
+    ASSERT_TRUE((*file)->write({{4242, 987654}, 4242, "boot-1"}));
+    // As good as a full disk: no byte may be written to any file.
+    rlimit saved{};
+    ::getrlimit(RLIMIT_FSIZE, &saved);
+    const auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+    rlimit none = saved;
+    none.rlim_cur = 0;
+    ::setrlimit(RLIMIT_FSIZE, &none);
+    const auto written = (*file)->write({{4343, 1}, 4343, "boot-1"});
+    ::setrlimit(RLIMIT_FSIZE, &saved);
+    ::signal(SIGXFSZ, old_handler);
+    ASSERT_FALSE(written);
+    EXPECT_EQ(written.error().code, "record_unwritable");
+    EXPECT_NE(written.error().message.find("cannot write the engine record " + path.string()),
+              std::string::npos)
+        << written.error().message;
+    const auto left = (*file)->read();
+    ASSERT_TRUE(left);
+    EXPECT_FALSE(*left) << "the old record is gone, and no half of the new one is left";
 }
 
 TEST(RecordFile, OneLiveWorkerHoldsIt) {
