@@ -1,47 +1,115 @@
 #include "os/child_process.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdio>
+#include <cerrno>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <stdexcept>
 
 #ifdef __linux__
 #include <sys/prctl.h>
 #endif
 
-#include "os/boost_process.h"
 #include "os/portable_mode.h"
 #include "os/signal_name.h"
 
-namespace ensemble {
+extern char** environ;
 
-struct ChildProcess::Impl {
-    bp::child child;
-};
+namespace ensemble {
 
 namespace {
 
-// Runs in the child between fork and exec: a new process group, and (Linux, outside portable
-// mode) death with the parent.
-struct ChildSetup {
-    bool die_with_parent;
-    char** envp;  // the complete environment, prepared before fork (nothing allocated after it)
-    template <typename Executor>
-    void operator()(Executor& exec) const {
-        exec.env = envp;
-        ::setpgid(0, 0);
-#ifdef __linux__
-        if (die_with_parent) {
-            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
-            if (::getppid() == 1) ::_exit(127);  // the parent is already gone
-        }
-#endif
+// A descriptor closed when it goes out of scope.
+class Fd {
+  public:
+    Fd() = default;
+    explicit Fd(int fd) : fd_(fd) {}
+    ~Fd() { reset(); }
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    int get() const { return fd_; }
+    void reset(int fd = -1) {
+        if (fd_ >= 0) ::close(fd_);
+        fd_ = fd;
     }
+
+  private:
+    int fd_ = -1;
 };
+
+// pipe(2) with both ends close-on-exec (macOS has no pipe2); each process here spawns from one
+// thread, so no other fork can catch the ends in between.
+bool make_pipe(Fd& read_end, Fd& write_end) {
+    int ends[2];
+    if (::pipe(ends) != 0) return false;
+    ::fcntl(ends[0], F_SETFD, FD_CLOEXEC);
+    ::fcntl(ends[1], F_SETFD, FD_CLOEXEC);
+    read_end.reset(ends[0]);
+    write_end.reset(ends[1]);
+    return true;
+}
+
+// In the child, before exec: nothing inherited but stdio. Marking (not closing) keeps the two
+// pipes to the parent usable until exec closes them too.
+void mark_descriptors_close_on_exec() {
+#if defined(__linux__) && defined(CLOSE_RANGE_CLOEXEC)
+    if (::close_range(3, ~0U, CLOSE_RANGE_CLOEXEC) == 0) return;
+#endif
+    rlimit limit{};
+    long last = 1L << 16;
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY)
+        last = static_cast<long>(std::min<rlim_t>(limit.rlim_cur, 1U << 20));
+    for (int fd = 3; fd < last; ++fd)
+        ::fcntl(fd, F_SETFD, FD_CLOEXEC);
+}
+
+// Everything the child needs, prepared before fork: it allocates nothing after.
+struct ChildPlan {
+    const char* program;
+    char* const* argv;
+    char* const* envp;
+    int stdin_fd;
+    int log_fd;  // -1: inherit stdout and stderr
+    bool die_with_parent;
+    int release_fd;  // -1: exec at once; else wait for a byte (none: the parent died, give up)
+    int exec_error_fd;
+};
+
+[[noreturn]] void run_child(const ChildPlan& plan) {
+    ::setpgid(0, 0);
+#ifdef __linux__
+    if (plan.die_with_parent) {
+        ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+        if (::getppid() == 1) ::_exit(127);  // the parent is already gone
+    }
+#endif
+    ::dup2(plan.stdin_fd, STDIN_FILENO);
+    if (plan.log_fd >= 0) {
+        ::dup2(plan.log_fd, STDOUT_FILENO);
+        ::dup2(plan.log_fd, STDERR_FILENO);
+    }
+    mark_descriptors_close_on_exec();
+    // Signals the parent ignores stay ignored across exec; the program gets the defaults.
+    ::signal(SIGPIPE, SIG_DFL);
+    if (plan.release_fd >= 0) {
+        char go = 0;
+        ssize_t n;
+        do {
+            n = ::read(plan.release_fd, &go, 1);
+        } while (n < 0 && errno == EINTR);
+        if (n != 1) ::_exit(127);
+    }
+    ::execve(plan.program, plan.argv, plan.envp);
+    const int error = errno;
+    [[maybe_unused]] const auto written = ::write(plan.exec_error_fd, &error, sizeof error);
+    ::_exit(127);
+}
 
 }  // namespace
 
@@ -74,17 +142,23 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
                                               "': not found or not executable (check the path, "
                                               "or install it and put it on PATH)"};
     }
-    FILE* log = nullptr;
+    const auto cannot_start = [&](const std::string& why) {
+        return Error{"spawn_failed", "cannot start '" + program->string() + "': " + why};
+    };
+    Fd log;
     if (!spec.log_file.empty()) {
         std::error_code ec;
         std::filesystem::create_directories(spec.log_file.parent_path(), ec);
-        log = std::fopen(spec.log_file.c_str(), "ae");
-        if (log == nullptr) {
+        log.reset(::open(spec.log_file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
+        if (log.get() < 0) {
             return Error{"log_unwritable", "cannot open log file " + spec.log_file.string() + ": " +
                                                std::strerror(errno)};
         }
     }
-    // Our own environment array: Boost 1.74's environment lookup reads past short entries.
+    Fd null_input(::open("/dev/null", O_RDONLY | O_CLOEXEC));
+    if (null_input.get() < 0)
+        return cannot_start(std::string("/dev/null: ") + std::strerror(errno));
+
     std::vector<std::string> env_strings;
     for (char** e = environ; *e != nullptr; ++e) {
         const std::string_view entry(*e);
@@ -98,43 +172,70 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
     for (auto& entry : env_strings)
         envp.push_back(entry.data());
     envp.push_back(nullptr);
-    const ChildSetup setup{spec.die_with_parent && !portable_mode(), envp.data()};
-    std::vector<std::string> args(spec.argv.begin() + 1, spec.argv.end());
-    std::error_code ec;
-    bp::child child;
-    if (log != nullptr) {
-        child = bp::child(bp::exe = program->string(), bp::args = args,
-                          bp::std_in<bp::null, bp::std_out> log, bp::std_err > log,
-                          bp::limit_handles, bp::extend::on_exec_setup = setup, ec);
-        std::fclose(log);
-    } else {
-        child = bp::child(bp::exe = program->string(), bp::args = args, bp::std_in < bp::null,
-                          bp::limit_handles, bp::extend::on_exec_setup = setup, ec);
+    std::vector<std::string> arg_strings(spec.argv);
+    arg_strings.front() = program->string();
+    std::vector<char*> argv;
+    for (auto& arg : arg_strings)
+        argv.push_back(arg.data());
+    argv.push_back(nullptr);
+
+    Fd exec_error_read, exec_error_write, release_read, release_write;
+    if (!make_pipe(exec_error_read, exec_error_write) ||
+        (spec.before_exec && !make_pipe(release_read, release_write)))
+        return cannot_start(std::string("pipe: ") + std::strerror(errno));
+    const std::string program_path = program->string();
+    const ChildPlan plan{.program = program_path.c_str(),
+                         .argv = argv.data(),
+                         .envp = envp.data(),
+                         .stdin_fd = null_input.get(),
+                         .log_fd = log.get(),
+                         .die_with_parent = spec.die_with_parent && !portable_mode(),
+                         .release_fd = release_read.get(),
+                         .exec_error_fd = exec_error_write.get()};
+    const pid_t pid = ::fork();
+    if (pid < 0) return cannot_start(std::string("fork: ") + std::strerror(errno));
+    if (pid == 0) {
+        // The child's copy of the release pipe's write end would keep its own read from ever
+        // seeing the parent die.
+        if (release_write.get() >= 0) ::close(release_write.get());
+        run_child(plan);
     }
-    if (ec) {
-        return Error{"spawn_failed", "cannot start '" + program->string() + "': " + ec.message()};
+    exec_error_write.reset();
+    release_read.reset();
+    // The child puts itself in its own group too; doing it here as well settles the group
+    // before anything is recorded, whichever of the two runs first.
+    ::setpgid(pid, pid);
+    auto process = std::unique_ptr<ChildProcess>(new ChildProcess(pid, spec.die_with_parent));
+    if (spec.before_exec) {
+        spec.before_exec(pid);
+        const char go = 1;
+        if (::write(release_write.get(), &go, 1) != 1) {
+            // It died while held (killed by someone): reaped by poll_exit as any other exit.
+        }
+        release_write.reset();
     }
-    // The child puts itself in its own group before exec; doing it here too means the group is
-    // settled when spawn returns, whichever of the two runs first (the classic job-control race),
-    // so a record of the child's group taken now is right.
-    ::setpgid(child.id(), child.id());
-    return std::unique_ptr<ChildProcess>(
-        new ChildProcess(std::make_unique<Impl>(Impl{std::move(child)}), spec.die_with_parent));
+    // Closed by a successful exec; an errno when exec failed.
+    int exec_errno = 0;
+    ssize_t n;
+    do {
+        n = ::read(exec_error_read.get(), &exec_errno, sizeof exec_errno);
+    } while (n < 0 && errno == EINTR);
+    if (n == sizeof exec_errno) {
+        ::waitpid(pid, nullptr, 0);
+        process->exit_ = ExitStatus{.code = 127};
+        return cannot_start(std::strerror(exec_errno));
+    }
+    return process;
 }
 
-ChildProcess::ChildProcess(std::unique_ptr<Impl> impl, bool kill_on_destroy)
-    : impl_(std::move(impl)), kill_on_destroy_(kill_on_destroy) {}
+ChildProcess::ChildProcess(pid_t pid, bool kill_on_destroy)
+    : pid_(pid), kill_on_destroy_(kill_on_destroy) {}
 
 ChildProcess::~ChildProcess() {
     if (!exited() && kill_on_destroy_) {
         signal_group(SIGKILL);
-        ::waitpid(pid(), nullptr, 0);
+        ::waitpid(pid_, nullptr, 0);
     }
-    impl_->child.detach();  // reaped above or by poll_exit; keep Boost from touching it again
-}
-
-pid_t ChildProcess::pid() const {
-    return impl_->child.id();
 }
 
 std::optional<ExitStatus> ChildProcess::poll_exit() {
@@ -142,12 +243,12 @@ std::optional<ExitStatus> ChildProcess::poll_exit() {
     // Exited but not reaped yet: its group number is still reserved by the zombie, so what is
     // left of its tree (an engine's helper processes) can be killed without any doubt first.
     siginfo_t info{};
-    if (::waitid(P_PID, static_cast<id_t>(pid()), &info, WEXITED | WNOHANG | WNOWAIT) == 0) {
+    if (::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0) {
         if (info.si_pid == 0) return std::nullopt;  // still running
-        ::kill(-pid(), SIGKILL);
+        ::kill(-pid_, SIGKILL);
     }
     int status = 0;
-    const pid_t r = ::waitpid(pid(), &status, WNOHANG);
+    const pid_t r = ::waitpid(pid_, &status, WNOHANG);
     if (r == 0) return std::nullopt;
     ExitStatus s;
     if (r < 0) {
@@ -164,8 +265,8 @@ std::optional<ExitStatus> ChildProcess::poll_exit() {
 
 void ChildProcess::signal_group(int signal) {
     if (exited()) return;
-    // The child made its own group in ChildSetup; if exec failed early, fall back to the pid.
-    if (::kill(-pid(), signal) != 0) ::kill(pid(), signal);
+    // The child leads its own group (set on both sides of fork); fall back to the pid alone.
+    if (::kill(-pid_, signal) != 0) ::kill(pid_, signal);
 }
 
 }  // namespace ensemble

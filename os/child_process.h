@@ -1,7 +1,8 @@
 // A child process we start and own: its own process group (so a kill reaches its whole tree),
 // output appended to a log file, and no inherited descriptors but stdio. Reaping is explicit
-// (`poll_exit`), driven by SIGCHLD. On Linux the kernel also kills it if we die
-// (PR_SET_PDEATHSIG) — a second line only: macOS has no such thing, so whoever records a child
+// (`poll_exit`), driven by SIGCHLD. Plain fork and exec, so that the child can be held between
+// the two until it has been written down (`before_exec`). On Linux the kernel also kills it if we
+// die (PR_SET_PDEATHSIG) — a second line only: macOS has no such thing, so whoever records a child
 // (os/recorded_process.h) is what guarantees it does not outlive us, and portable mode turns the
 // Linux crutch off to prove it.
 #pragma once
@@ -9,6 +10,7 @@
 #include <sys/types.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -25,6 +27,10 @@ struct SpawnSpec {
     std::filesystem::path log_file;  // stdout and stderr are appended here; empty: inherit
     // Engines die with their worker; workers outlive a supervisor crash so it can re-adopt them.
     bool die_with_parent = true;
+    // Runs in the parent while the new child (its pid, its own group) waits before exec: the
+    // program starts only once this returns, and never if we die first — so a record written
+    // here cannot miss it.
+    std::function<void(pid_t)> before_exec;
 };
 
 struct ExitStatus {
@@ -45,7 +51,7 @@ class ChildProcess {
     ChildProcess(const ChildProcess&) = delete;
     ChildProcess& operator=(const ChildProcess&) = delete;
 
-    pid_t pid() const;
+    pid_t pid() const { return pid_; }
 
     // Reaps the child if it has exited — after killing what is left of its process group — and
     // returns how it ended, or nullopt while it runs.
@@ -56,9 +62,8 @@ class ChildProcess {
     void signal_group(int signal);
 
   private:
-    struct Impl;
-    ChildProcess(std::unique_ptr<Impl> impl, bool kill_on_destroy);
-    std::unique_ptr<Impl> impl_;
+    ChildProcess(pid_t pid, bool kill_on_destroy);
+    pid_t pid_;
     bool kill_on_destroy_;
     std::optional<ExitStatus> exit_;
 };

@@ -209,6 +209,24 @@ Status RecordFile::write(const RecordedProcess& process) {
     return Ok{};
 }
 
+KillReport RecordFile::stop_recorded(const std::string& what, std::chrono::milliseconds wait) {
+    const auto recorded = read();
+    if (!recorded) return {KillOutcome::unknown, recorded.error().message};
+    auto report = *recorded ? kill_if_ours(**recorded, SIGKILL, what)
+                            : KillReport{KillOutcome::gone, "no engine was recorded"};
+    if (report.outcome == KillOutcome::killed && !wait_until_gone((*recorded)->leader, wait)) {
+        report.message += "; it is still exiting " + std::to_string(wait.count()) + " ms later";
+    }
+    clear();
+    return report;
+}
+
+std::filesystem::path record_file_for(const std::filesystem::path& log_file) {
+    auto path = std::filesystem::path(log_file).replace_extension(".pid");
+    if (path == log_file) path += ".record";
+    return path;
+}
+
 void RecordFile::clear() {
     (void)::ftruncate(fd_, 0);  // an empty record: no engine runs
 }

@@ -61,6 +61,9 @@ bool wait_until_gone(const ProcessIdentity& process, std::chrono::milliseconds t
 // record nobody holds was left by a worker that died, and two live workers never share one.
 // It is read and written only as a regular file of this user that nobody else can write, with
 // one link, never through a symbolic link, and at most a few hundred bytes of it.
+// Where the record of the engine logging to `log_file` is kept: beside it (engine-8100.pid).
+std::filesystem::path record_file_for(const std::filesystem::path& log_file);
+
 class RecordFile {
   public:
     // Errors: "record_in_use" (a running worker holds it), "record_unsafe" (not such a file),
@@ -75,6 +78,11 @@ class RecordFile {
     Status write(const RecordedProcess& process);
     void clear();
     const std::filesystem::path& path() const { return path_; }
+
+    // Kills what this record names (SIGKILL to its group) if it is provably ours, waits up to
+    // `wait` for it to be gone (its memory is free only then), and empties the record. The
+    // outcome is `gone` when nothing was recorded. `what` names it ("the engine of port 8100").
+    KillReport stop_recorded(const std::string& what, std::chrono::milliseconds wait);
 
   private:
     RecordFile(std::filesystem::path path, int fd) : path_(std::move(path)), fd_(fd) {}

@@ -158,6 +158,25 @@ bool Fleet::signal_worker(const PortRuntime& rt, int signal) {
 
 void Fleet::stop_engine_left_behind(int port, const EngineRecord& recorded,
                                     const std::string& boot) {
+    const auto what = "the engine left behind by port " + std::to_string(port) + "'s worker";
+    // What the worker wrote down before its engine ran: found even when the worker was killed
+    // before it could tell us. A record held by a live worker is that worker's to act on.
+    const auto record_path = record_file_for(port_logs(config_.supervisor.state_dir, port).engine);
+    std::error_code absent;
+    if (std::filesystem::symlink_status(record_path, absent).type() ==
+        std::filesystem::file_type::not_found) {
+        // No worker ever ran an engine here.
+    } else if (auto file = RecordFile::acquire(record_path)) {
+        const auto report = (*file)->stop_recorded(what, std::chrono::milliseconds(0));
+        if (report.outcome == KillOutcome::gone) {
+            spdlog::debug("port {}: {}", port, report.message);
+        } else {
+            event(port, "engine_left_behind", report.message);
+        }
+    } else if (file.error().code != "record_in_use") {
+        event(port, "engine_left_behind", file.error().message);
+    }
+    // And what the worker told us, in case its record was lost or unusable.
     if (recorded.pid == 0) return;  // no engine ran
     const auto engine =
         RecordedProcess::from_stored(recorded.pid, recorded.start_time, recorded.group, boot);
@@ -168,8 +187,7 @@ void Fleet::stop_engine_left_behind(int port, const EngineRecord& recorded,
                   ") is not one Ensemble records (it leads its own group); nothing is stopped");
         return;
     }
-    const auto report = kill_if_ours(
-        *engine, SIGKILL, "the engine left behind by port " + std::to_string(port) + "'s worker");
+    const auto report = kill_if_ours(*engine, SIGKILL, what);
     if (report.outcome == KillOutcome::gone) {
         spdlog::debug("port {}: {}", port, report.message);
     } else {
@@ -520,10 +538,9 @@ void Fleet::reconcile() {
             rt.stats.engine_group = r.engine_group;
             rt.state = PortState::starting;
             rt.adopt_deadline = Clock::now() + kAdoptGrace;
-            rt.worker_log = config_.supervisor.state_dir / "logs" /
-                            ("worker-" + std::to_string(r.port) + ".log");
-            rt.engine_log = config_.supervisor.state_dir / "logs" /
-                            ("engine-" + std::to_string(r.port) + ".log");
+            const auto logs = port_logs(config_.supervisor.state_dir, r.port);
+            rt.worker_log = logs.worker;
+            rt.engine_log = logs.engine;
             event(r.port, "adopting",
                   "worker pid " + std::to_string(r.pid) + " survived; waiting for it to reconnect");
             continue;

@@ -331,12 +331,10 @@ json Fleet::profile_list() {
 }
 
 json Fleet::logs(int port, int lines) const {
-    const auto dir = config_.supervisor.state_dir / "logs";
-    const auto engine = dir / ("engine-" + std::to_string(port) + ".log");
-    const auto worker = dir / ("worker-" + std::to_string(port) + ".log");
+    const auto [worker, engine] = port_logs(config_.supervisor.state_dir, port);
     if (!std::filesystem::exists(engine) && !std::filesystem::exists(worker)) {
-        return failure("no_logs",
-                       "no logs for port " + std::to_string(port) + " in " + dir.string());
+        return failure("no_logs", "no logs for port " + std::to_string(port) + " in " +
+                                      engine.parent_path().string());
     }
     return protocol::ok_reply({{"engine_log", engine.string()},
                                {"worker_log", worker.string()},

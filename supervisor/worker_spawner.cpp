@@ -63,9 +63,9 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
     WorkerLaunch l;
     l.worker_id = "w" + std::to_string(port) + "-" + random_token().substr(0, 8);
     l.token = random_token();
-    const auto logs = config.supervisor.state_dir / "logs";
-    l.worker_log = logs / ("worker-" + std::to_string(port) + ".log");
-    l.engine_log = logs / ("engine-" + std::to_string(port) + ".log");
+    const auto logs = port_logs(config.supervisor.state_dir, port);
+    l.worker_log = logs.worker;
+    l.engine_log = logs.engine;
     l.argv = {worker_binary_.string(),
               "--port",
               std::to_string(port),
@@ -124,6 +124,12 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
     auto child = ChildProcess::spawn(spec);
     if (!child) return child.error();
     return SpawnedWorker{std::move(launch).value(), std::move(child).value()};
+}
+
+PortLogs port_logs(const std::filesystem::path& state_dir, int port) {
+    const auto logs = state_dir / "logs";
+    return {.worker = logs / ("worker-" + std::to_string(port) + ".log"),
+            .engine = logs / ("engine-" + std::to_string(port) + ".log")};
 }
 
 }  // namespace ensemble

@@ -51,4 +51,11 @@ class WorkerSpawner {
 
 std::string random_token();
 
+// Where a port's worker and engine write their logs (and the engine record sits beside them).
+struct PortLogs {
+    std::filesystem::path worker;
+    std::filesystem::path engine;
+};
+PortLogs port_logs(const std::filesystem::path& state_dir, int port);
+
 }  // namespace ensemble

@@ -126,25 +126,26 @@ Status EngineRunner::start() {
 }
 
 void EngineRunner::stop_engine_left_behind() {
-    auto left = record_file_->read();
-    if (!left) {
-        spdlog::warn("engine: {}", left.error().message);
-    } else if (*left) {
-        const auto& engine = **left;
-        const auto report =
-            kill_if_ours(engine, SIGKILL, "the engine an earlier worker left behind");
-        if (report.outcome == KillOutcome::gone) {
-            spdlog::info("engine: {}", report.message);
-        } else {
-            spdlog::warn("engine: {}", report.message);
-        }
-        // Its memory is free only once it has exited: wait for that before loading another.
-        if (report.outcome == KillOutcome::killed &&
-            !wait_until_gone(engine.leader, config_.stop_grace))
-            spdlog::warn("engine: pid {} is still exiting {} ms after SIGKILL", engine.leader.pid,
-                         config_.stop_grace.count());
+    // Its memory is free only once it has exited: wait for that before loading another.
+    const auto report =
+        record_file_->stop_recorded("the engine an earlier worker left behind", config_.stop_grace);
+    if (report.outcome == KillOutcome::gone) {
+        spdlog::debug("engine: {}", report.message);
+    } else {
+        spdlog::warn("engine: {}", report.message);
     }
-    record_file_->clear();
+}
+
+void EngineRunner::record(pid_t pid) {
+    record_ = RecordedProcess::of_running(pid);
+    if (!record_) {
+        spdlog::warn("engine: pid {} cannot be identified (already gone?); it is not recorded",
+                     pid);
+    } else if (record_file_) {
+        if (auto ok = record_file_->write(*record_); !ok)
+            spdlog::warn("engine: {}; an engine left behind by a crash would not be found",
+                         ok.error().message);
+    }
 }
 
 void EngineRunner::forget_record() {
@@ -169,20 +170,16 @@ Status EngineRunner::spawn() {
     spec.argv.insert(spec.argv.end(), config_.extra_args.begin(), config_.extra_args.end());
     spec.log_file = config_.log_file;
     spec.extra_env = config_.env;
+    // Written down before it runs: a worker killed at any moment leaves no engine unrecorded.
+    spec.before_exec = [this](pid_t pid) { record(pid); };
     auto child = ChildProcess::spawn(spec);
-    if (!child) return child.error();
+    if (!child) {
+        forget_record();
+        return child.error();
+    }
     child_ = std::move(child).value();
     ++generation_;
     kill_reason_.clear();
-    record_ = RecordedProcess::of_running(child_->pid());
-    if (!record_) {
-        spdlog::warn("engine: pid {} cannot be identified (already gone?); it is not recorded",
-                     child_->pid());
-    } else if (record_file_) {
-        if (auto ok = record_file_->write(*record_); !ok)
-            spdlog::warn("engine: {}; an engine left behind by a crash would not be found",
-                         ok.error().message);
-    }
     spdlog::info("engine: started {} (pid {}) on 127.0.0.1:{}, log {}", config_.binary,
                  child_->pid(), port_, config_.log_file.string());
     asio::co_spawn(io_, watch_readiness(generation_), asio::detached);

@@ -9,6 +9,7 @@
 
 #include "os/child_process.h"
 #include "os/private_folder.h"
+#include "os/recorded_process.h"
 #include "profiles/engine_preset.h"
 #include "protocol/messages.h"
 
@@ -96,8 +97,7 @@ std::string finish(WorkerOptions& o, const std::string& engine_name, const std::
         }
         o.engine.log_file = dir / ("engine-" + std::to_string(o.front.port) + ".log");
     }
-    o.engine.record_file = std::filesystem::path(o.engine.log_file).replace_extension(".pid");
-    if (o.engine.record_file == o.engine.log_file) o.engine.record_file += ".record";
+    o.engine.record_file = record_file_for(o.engine.log_file);
     if (o.front.api_key.empty()) {
         if (const char* key = std::getenv("ENSEMBLE_API_KEY"); key != nullptr)
             o.front.api_key = key;

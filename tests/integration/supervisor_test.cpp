@@ -13,7 +13,13 @@ using namespace std::chrono_literals;
 
 namespace {
 
-class SupervisorTest : public SupervisorFixture {};
+class SupervisorTest : public SupervisorFixture {
+  protected:
+    // Kills ensembled and every worker with SIGKILL at once (portable mode: the engines live
+    // on), optionally makes state.db forget the engines, starts again, and expects no engine
+    // of the old generation and one new worker per port.
+    void expect_no_old_engine_after_killing_everything(bool forget_engines_in_db);
+};
 
 TEST_F(SupervisorTest, ProfileLoadServesEveryPortAndStatusShowsThem) {
     supervisor_ = start_supervisor();
@@ -146,7 +152,7 @@ TEST_F(SupervisorTest, SupervisorKilledMidStreamTheStreamCompletesAndIsReadopted
 // mode, so PR_SET_PDEATHSIG does not help either): every Ensemble process killed with SIGKILL at
 // once, and the next ensembled leaves no engine of the old generation running and serves each
 // port with one new worker.
-TEST_F(SupervisorTest, AfterEveryEnsembleProcessIsKilledTheNextStartLeavesNoOldEngine) {
+void SupervisorTest::expect_no_old_engine_after_killing_everything(bool forget_engines_in_db) {
     const std::map<std::string, std::string> portable{{kPortableModeVariable, "1"}};
     supervisor_ = start_supervisor(portable);
     ASSERT_EQ(cli("profile load pair").exit_code, 0);
@@ -168,6 +174,12 @@ TEST_F(SupervisorTest, AfterEveryEnsembleProcessIsKilledTheNextStartLeavesNoOldE
     }
     for (const pid_t engine : old_engines)
         ASSERT_TRUE(process_alive(engine)) << "portable mode: the engines outlive their workers";
+    if (forget_engines_in_db) {
+        const std::string sql = "sqlite3 '" + (dir_ / "state" / "state.db").string() +
+                                "' 'UPDATE workers SET engine_pid = 0, engine_start_time = 0, "
+                                "engine_group = 0'";
+        ASSERT_EQ(std::system(sql.c_str()), 0);
+    }
 
     supervisor_ = start_supervisor(portable);
     for (const auto port : {port_a_, port_b_}) {
@@ -190,6 +202,16 @@ TEST_F(SupervisorTest, AfterEveryEnsembleProcessIsKilledTheNextStartLeavesNoOldE
                   std::string::npos)
             << events;
     }
+}
+
+TEST_F(SupervisorTest, AfterEveryEnsembleProcessIsKilledTheNextStartLeavesNoOldEngine) {
+    expect_no_old_engine_after_killing_everything(false);
+}
+
+// A worker can die after its engine started but before it told the supervisor (the first
+// heartbeat): the engine was written down beside its log before it ran, and that is enough.
+TEST_F(SupervisorTest, AnEngineTheSupervisorNeverHeardOfIsFoundFromItsRecordAndStopped) {
+    expect_no_old_engine_after_killing_everything(true);
 }
 
 TEST_F(SupervisorTest, ReloadReportsChangedPortsWithoutRestartingThem) {

@@ -1,5 +1,6 @@
 // The system layer (os/): what each concept promises, on the OS the tests run on. The macOS
 // halves are compiled for macOS by deploy/check-macos; what they share with Linux is here.
+#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -9,6 +10,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -43,6 +45,108 @@ TEST(SignalName, NamesTheCommonSignalsTheSameOnEveryOs) {
     EXPECT_EQ(signal_name(12345), "signal 12345");
     ExitStatus killed{0, SIGKILL, true};
     EXPECT_EQ(killed.describe(), "killed by signal 9 (SIGKILL)");
+}
+
+std::filesystem::path scratch_file(const std::string& name) {
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("ensemble-os-test-" + std::to_string(::getpid()) + "-" + name);
+    std::filesystem::remove(path);
+    return path;
+}
+
+std::string read_all(const std::filesystem::path& path) {
+    std::ifstream in(path);
+    return {std::istreambuf_iterator<char>(in), {}};
+}
+
+TEST(ChildProcess, IsHeldBeforeExecUntilItIsWrittenDown) {
+    const auto marker = scratch_file("ran");
+    SpawnSpec spec;
+    spec.argv = {"/bin/sh", "-c", "echo ran > '" + marker.string() + "'"};
+    std::optional<RecordedProcess> recorded;
+    bool ran_before_recorded = true;
+    spec.before_exec = [&](pid_t pid) {
+        std::this_thread::sleep_for(200ms);  // the program would have run by now if not held
+        ran_before_recorded = std::filesystem::exists(marker);
+        recorded = RecordedProcess::of_running(pid);
+    };
+    auto child = ChildProcess::spawn(spec);
+    ASSERT_TRUE(child) << child.error().message;
+    EXPECT_FALSE(ran_before_recorded);
+    ASSERT_TRUE(recorded) << "identified while held";
+    EXPECT_EQ(recorded->group, (*child)->pid()) << "in its own group before it runs";
+    for (int i = 0; i < 500 && !(*child)->poll_exit(); ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(read_all(marker), "ran\n");
+    std::filesystem::remove(marker);
+}
+
+// The parent dies while it writes the record: the program never runs, so nothing unrecorded
+// can be left behind.
+TEST(ChildProcess, AChildHeldWhenItsParentDiesNeverRuns) {
+    const auto marker = scratch_file("orphan-ran");
+    int pid_pipe[2];
+    ASSERT_EQ(::pipe(pid_pipe), 0);
+    const pid_t parent = ::fork();
+    ASSERT_GE(parent, 0);
+    if (parent == 0) {
+        SpawnSpec spec;
+        spec.argv = {"/bin/sh", "-c", "echo ran > '" + marker.string() + "'"};
+        spec.die_with_parent = false;  // as on macOS: only the hold stops it
+        spec.before_exec = [&](pid_t pid) {
+            [[maybe_unused]] auto n = ::write(pid_pipe[1], &pid, sizeof pid);
+            ::_exit(0);  // killed mid-record
+        };
+        (void)ChildProcess::spawn(spec);
+        ::_exit(1);
+    }
+    ::close(pid_pipe[1]);
+    pid_t held = 0;
+    ASSERT_EQ(::read(pid_pipe[0], &held, sizeof held), static_cast<ssize_t>(sizeof held));
+    ::close(pid_pipe[0]);
+    ::waitpid(parent, nullptr, 0);
+    for (int i = 0; i < 500 && ::kill(held, 0) == 0; ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_NE(::kill(held, 0), 0) << "the held child gave up";
+    EXPECT_FALSE(std::filesystem::exists(marker)) << "and never ran the program";
+    std::filesystem::remove(marker);
+}
+
+TEST(ChildProcess, InheritsNoDescriptorButStdioAndLogsToItsFile) {
+    const int leaked = ::open("/dev/null", O_RDONLY);  // no O_CLOEXEC: must still not leak
+    ASSERT_GE(leaked, 3);
+    const auto log = scratch_file("log");
+    SpawnSpec spec;
+    spec.argv = {"/bin/sh", "-c",
+                 "test -e /dev/fd/" + std::to_string(leaked) + " && echo leaked || echo closed"};
+    spec.log_file = log;
+    auto child = ChildProcess::spawn(spec);
+    ::close(leaked);
+    ASSERT_TRUE(child) << child.error().message;
+    for (int i = 0; i < 500 && !(*child)->poll_exit(); ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(read_all(log), "closed\n");
+    struct stat st {};
+    ASSERT_EQ(::stat(log.c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 0777, 0600) << "logs are this user's alone";
+    std::filesystem::remove(log);
+}
+
+TEST(ChildProcess, AProgramThatCannotBeExecutedIsAnErrorSayingWhy) {
+    const auto not_a_program = scratch_file("not-a-program");
+    std::ofstream(not_a_program) << "\x7f"
+                                 << "ELF garbage";
+    std::filesystem::permissions(not_a_program, std::filesystem::perms::owner_all);
+    SpawnSpec spec;
+    spec.argv = {not_a_program.string()};
+    auto child = ChildProcess::spawn(spec);
+    ASSERT_FALSE(child);
+    EXPECT_EQ(child.error().code, "spawn_failed");
+    EXPECT_NE(child.error().message.find("Exec format error"), std::string::npos)
+        << child.error().message;
+    spec.argv = {"no-such-program-anywhere"};
+    EXPECT_EQ(ChildProcess::spawn(spec).error().code, "program_not_found");
+    std::filesystem::remove(not_a_program);
 }
 
 TEST(ProcessIdentity, APidAndItsStartTimeNameOneProcess) {
