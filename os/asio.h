@@ -15,23 +15,16 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/beast/core.hpp>
-#include <boost/beast/http.hpp>
+
+#include "os/beast_http.h"
 
 namespace ensemble {
 
 namespace asio = boost::asio;
-namespace beast = boost::beast;
-namespace http = boost::beast::http;
 using tcp = boost::asio::ip::tcp;
 template <typename T = void>
 using awaitable = boost::asio::awaitable<T>;
 using boost::asio::use_awaitable;
-
-// Beast's string_view is boost::string_view before Boost 1.81 and std::string_view after.
-template <typename View>
-std::string_view sv(const View& view) {
-    return {view.data(), view.size()};
-}
 
 // co_await op(..., on_error(ec)): failures land in `ec` instead of throwing.
 inline auto on_error(boost::system::error_code& ec) {

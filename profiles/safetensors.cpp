@@ -4,6 +4,8 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "protocol/bounded_json.h"
+
 namespace ensemble {
 
 namespace {
@@ -16,8 +18,9 @@ Error bad(const std::filesystem::path& file, const std::string& why) {
 }
 
 Result<nlohmann::json> parse_object(const std::string& text, const std::filesystem::path& name) {
-    auto json = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
-    if (json.is_discarded() || !json.is_object()) return bad(name, "its JSON is not an object");
+    auto json = parse_bounded_json(text);
+    if (!json) return bad(name, "its JSON is refused: " + json.error().message);
+    if (!json->is_object()) return bad(name, "its JSON is not an object");
     return json;
 }
 

@@ -1,5 +1,7 @@
 #include "protocol/framing.h"
 
+#include "protocol/bounded_json.h"
+
 namespace ensemble::protocol {
 
 std::string encode_frame(const nlohmann::json& message) {
@@ -40,11 +42,12 @@ void FrameDecoder::feed(std::string_view bytes) {
 void FrameDecoder::finish_line(std::string_view line) {
     if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
     if (line.find_first_not_of(" \t") == std::string_view::npos) return;  // blank keep-alive line
-    auto value = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-    if (value.is_discarded()) {
-        ready_.push_back(Error{"malformed_frame", "message is not valid JSON"});
+    auto value = parse_bounded_json(line);
+    if (!value) {
+        ready_.push_back(
+            Error{"malformed_frame", "the message is refused: " + value.error().message});
     } else {
-        ready_.push_back(std::move(value));
+        ready_.push_back(std::move(value).value());
     }
 }
 

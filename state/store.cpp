@@ -133,16 +133,85 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::filesystem::path
         return Error{"state_open", "cannot open the state database " + path.string() + ": " + why +
                                        " (check the state_dir's permissions)"};
     }
-    std::unique_ptr<StateStore> store(new StateStore(db));
+    std::unique_ptr<StateStore> store(new StateStore(db, path));
     // It holds each worker's token: for this user's eyes only (SQLite gives its WAL the same).
     ::chmod(path.c_str(), 0600);
     sqlite3_busy_timeout(db, 5000);
+    if (auto ok = store->check_sound(); !ok) return ok.error();
     for (const char* pragma :
          {"PRAGMA journal_mode=WAL", "PRAGMA synchronous=FULL", "PRAGMA foreign_keys=ON"}) {
         if (auto ok = store->exec(pragma); !ok) return ok.error();
     }
     if (auto ok = store->migrate(); !ok) return ok.error();
+    (void)store->backup();  // a failure is kept in backup_problem() for status to show
     return store;
+}
+
+std::filesystem::path StateStore::backup_path(const std::filesystem::path& path) {
+    return std::filesystem::path(path) += ".backup";
+}
+
+Status StateStore::check_sound() {
+    const auto backup = backup_path(path_);
+    const auto damaged = [&](const std::string& why) {
+        return Error{
+            "state_damaged",
+            "the state database " + path_.string() + " " + why +
+                "; ensembled will not start on it, so that no assignment is silently "
+                "forgotten. Move it aside (mv " +
+                path_.string() + " " + path_.string() + ".damaged), then restore " +
+                (std::filesystem::exists(backup)
+                     ? "the automatic backup (cp " + backup.string() + " " + path_.string() + ")"
+                     : "a backup of your own") +
+                ", or start with no assignments by leaving it moved aside"};
+    };
+    std::error_code ec;
+    // A fresh install has no file at all; SQLite writes the header at once on creation.
+    if (std::filesystem::file_size(path_, ec) == 0 && !ec && std::filesystem::exists(backup))
+        return damaged("is empty (0 bytes) although it has been used before");
+    Statement check(db_, "PRAGMA quick_check");
+    if (!check.ok() || check.step() != SQLITE_ROW)
+        return damaged("cannot be read (" + std::string(sqlite3_errmsg(db_)) + ")");
+    if (const auto verdict = check.text(0); verdict != "ok")
+        return damaged("is damaged (SQLite's quick_check: " + verdict.substr(0, 200) + ")");
+    return Ok{};
+}
+
+Status StateStore::backup() {
+    const auto target = backup_path(path_);
+    const auto partial = std::filesystem::path(target) += ".partial";
+    std::error_code ec;
+    std::filesystem::remove(partial, ec);
+    sqlite3* copy = nullptr;
+    int rc = sqlite3_open_v2(partial.c_str(), &copy, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE,
+                             nullptr);
+    if (rc == SQLITE_OK) {
+        ::chmod(partial.c_str(), 0600);
+        sqlite3_backup* b = sqlite3_backup_init(copy, "main", db_, "main");
+        if (b != nullptr) {
+            sqlite3_backup_step(b, -1);
+            sqlite3_backup_finish(b);
+        }
+        rc = sqlite3_errcode(copy);
+    }
+    const std::string why = copy != nullptr ? sqlite3_errmsg(copy) : "out of memory";
+    sqlite3_close(copy);
+    if (rc == SQLITE_OK) std::filesystem::rename(partial, target, ec);
+    if (rc != SQLITE_OK || ec) {
+        std::filesystem::remove(partial, ec);
+        backup_problem_ = "the backup of the state database (" + target.string() +
+                          ") failed: " + (rc != SQLITE_OK ? why : ec.message()) +
+                          "; the database itself is up to date. Check the disk (df " +
+                          path_.parent_path().string() + ")";
+        return Error{"state_backup", backup_problem_};
+    }
+    backup_problem_.clear();
+    return Ok{};
+}
+
+Status StateStore::committed(Status change) {
+    if (change) (void)backup();
+    return change;
 }
 
 StateStore::~StateStore() {
@@ -195,13 +264,13 @@ Result<std::vector<Assignment>> StateStore::assignments() {
 }
 
 Status StateStore::set_assignment(const Assignment& a) {
-    return upsert_assignment(db_, a, GenerationBump::always);
+    return committed(upsert_assignment(db_, a, GenerationBump::always));
 }
 
 Status StateStore::remove_assignment(int port) {
-    return run(
+    return committed(run(
         db_, "DELETE FROM assignments WHERE port = ?1", [&](Statement& s) { s.bind(1, port); },
-        "removing the assignment of port " + std::to_string(port));
+        "removing the assignment of port " + std::to_string(port)));
 }
 
 Status StateStore::replace_assignments(const std::vector<Assignment>& assignments) {
@@ -220,7 +289,7 @@ Status StateStore::replace_assignments(const std::vector<Assignment>& assignment
         if (auto ok = upsert_assignment(db_, a, GenerationBump::if_model_changed); !ok)
             return fail(ok);
     }
-    return exec("COMMIT");
+    return committed(exec("COMMIT"));
 }
 
 Result<std::vector<WorkerRecord>> StateStore::workers() {

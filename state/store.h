@@ -52,7 +52,13 @@ struct Event {
 
 class StateStore {
   public:
+    // Refuses a database that is damaged (SQLite's quick_check), not a database, or empty while
+    // a backup exists ("state_damaged": the message names the file and how to recover) — never
+    // a silently empty fleet. Takes a backup once it is known to be sound.
     static Result<std::unique_ptr<StateStore>> open(const std::filesystem::path& path);
+    // The rolling backup beside the database (state.db.backup): a consistent copy taken at
+    // open and after every committed change of the assignments.
+    static std::filesystem::path backup_path(const std::filesystem::path& path);
     ~StateStore();
     StateStore(const StateStore&) = delete;
     StateStore& operator=(const StateStore&) = delete;
@@ -76,15 +82,22 @@ class StateStore {
     Status set_meta(const std::string& key, const std::string& value);
 
     Result<std::string> integrity_check();  // "ok" when the database is sound
+    Status backup();
+    // Why the last backup failed ("" when it worked): the change itself was committed.
+    const std::string& backup_problem() const { return backup_problem_; }
 
     std::size_t event_retention = 10000;
 
   private:
-    explicit StateStore(sqlite3* db) : db_(db) {}
+    StateStore(sqlite3* db, std::filesystem::path path) : db_(db), path_(std::move(path)) {}
     Status exec(const std::string& sql);
     Status migrate();
+    Status check_sound();
+    Status committed(Status change);  // backs up after a committed change of the assignments
 
     sqlite3* db_;
+    std::filesystem::path path_;
+    std::string backup_problem_;
 };
 
 }  // namespace ensemble

@@ -107,7 +107,11 @@ bool Fleet::move(PortRuntime& rt, PortEvent ev, const std::string& reason) {
     if (*next != rt.state) {
         event(rt.port, "state",
               std::string(to_string(rt.state)) + " -> " + to_string(*next) + ": " + reason);
-        if (*next == PortState::ready) rt.ready_since = Clock::now();
+        if (*next == PortState::ready) {
+            rt.ready_since = Clock::now();
+        } else if (*next != PortState::draining) {
+            rt.ready_since.reset();  // a failure from here on is not the end of a healthy run
+        }
         rt.state = *next;
         save_record(rt);
     }
@@ -286,8 +290,7 @@ void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
     rt.last_log_lines = tail_lines(rt.engine_log, 50);
     const auto worker_lines = tail_lines(rt.worker_log, 10);
     rt.last_log_lines.insert(rt.last_log_lines.end(), worker_lines.begin(), worker_lines.end());
-    rt.policy.on_healthy(rt.ready_since, Clock::now());
-    const auto delay = rt.policy.on_failure(Clock::now());
+    const auto delay = rt.policy.on_failure(Clock::now(), rt.ready_since);
     if (!delay) {
         move(rt, PortEvent::crash_loop,
              "crash loop: " + how + "; stays down until 'ensemble restart " +

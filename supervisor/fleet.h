@@ -54,7 +54,7 @@ struct PortRuntime {
     std::uint64_t rate_tokens = 0;
     Clock::time_point rate_since{};
     Clock::time_point started{};
-    Clock::time_point ready_since{};
+    std::optional<Clock::time_point> ready_since;  // while ready (or draining)
     Clock::time_point adopt_deadline{};  // while re-adopting: how long to wait for it to register
     Clock::time_point last_heartbeat{};
     // Set when the worker was found unwell (no heartbeats, failed probes) and sent SIGTERM; it

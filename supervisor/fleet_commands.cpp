@@ -68,10 +68,11 @@ json Fleet::port_json(const PortRuntime& rt) const {
               {"tokens", rt.stats.tokens},
               {"tokens_per_s", rt.tokens_per_s},
               {"queue_depth", rt.stats.queue_depth},
-              {"uptime_s",
-               rt.state == PortState::ready
-                   ? std::chrono::duration_cast<std::chrono::seconds>(now - rt.ready_since).count()
-                   : 0},
+              {"uptime_s", rt.state == PortState::ready
+                               ? std::chrono::duration_cast<std::chrono::seconds>(
+                                     now - rt.ready_since.value_or(now))
+                                     .count()
+                               : 0},
               {"last_failure", rt.last_failure}};
     if (rt.state == PortState::failed || rt.state == PortState::backoff)
         j["last_log_lines"] = rt.last_log_lines;
@@ -97,6 +98,7 @@ json Fleet::status() const {
     }
     for (const auto& w : memory["gpu_wired_limit"]["warnings"])
         warnings.push_back(w);
+    if (!store_->backup_problem().empty()) warnings.push_back(store_->backup_problem());
     return protocol::ok_reply(
         {{"ports", ports},
          {"memory",

@@ -4,7 +4,9 @@
 
 namespace ensemble {
 
-std::optional<std::chrono::milliseconds> RestartPolicy::on_failure(Clock::time_point now) {
+std::optional<std::chrono::milliseconds> RestartPolicy::on_failure(
+    Clock::time_point now, std::optional<Clock::time_point> ready_since) {
+    if (ready_since && now - *ready_since >= settings_.healthy_after) consecutive_ = 0;
     failures_.push_back(now);
     while (!failures_.empty() && now - failures_.front() > settings_.crash_loop_window)
         failures_.pop_front();
@@ -16,10 +18,6 @@ std::optional<std::chrono::milliseconds> RestartPolicy::on_failure(Clock::time_p
     const int doublings = std::min(failures - 1, 16);
     const std::chrono::milliseconds delay = settings_.first_backoff * (1LL << doublings);
     return std::min(delay, settings_.max_backoff);
-}
-
-void RestartPolicy::on_healthy(Clock::time_point since, Clock::time_point now) {
-    if (now - since >= settings_.healthy_after) consecutive_ = 0;
 }
 
 void RestartPolicy::reset() {

@@ -18,9 +18,10 @@ class RestartPolicy {
     explicit RestartPolicy(RestartSettings settings = {}) : settings_(settings) {}
 
     // Records a failure; returns the delay before the next start, or nullopt for a crash loop.
-    std::optional<std::chrono::milliseconds> on_failure(Clock::time_point now);
-    // The port has been healthy since `since`: the next failure starts from the first backoff.
-    void on_healthy(Clock::time_point since, Clock::time_point now);
+    // `ready_since`: when the run that failed became ready — none for a run that never did (a
+    // failure at start); a run ready for `healthy_after` starts the backoff over.
+    std::optional<std::chrono::milliseconds> on_failure(
+        Clock::time_point now, std::optional<Clock::time_point> ready_since = std::nullopt);
     void reset();  // an operator restart
 
   private:

@@ -4,7 +4,7 @@
 
 #include <string>
 
-#include "os/asio.h"
+#include "os/beast_http.h"
 
 namespace ensemble {
 

@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "protocol/bounded_json.h"
+
 namespace ensemble {
 
 namespace {
@@ -43,13 +45,17 @@ std::optional<ApiError> check_api_key(std::string_view authorization_header,
 }
 
 std::variant<std::string, ApiError> pin_model(std::string_view body, const ModelIdentity& model) {
-    auto json = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
-    if (json.is_discarded()) {
+    auto parsed = parse_bounded_json(body);
+    if (!parsed && parsed.error().code == "too_deep")
+        return bad_request("invalid_json", "the request body is refused: " +
+                                               parsed.error().message + "; flatten it");
+    if (!parsed) {
         return bad_request("invalid_json",
                            "the request body is not valid JSON; send a JSON object such as "
                            "{\"model\": \"" +
                                model.handle + "\", \"messages\": [...]}");
     }
+    auto& json = *parsed;
     if (!json.is_object())
         return bad_request("invalid_json", "the request body must be a JSON object");
     if (auto it = json.find("model"); it != json.end()) {

@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "protocol/bounded_json.h"
+
 namespace ensemble {
 
 namespace {
@@ -32,8 +34,9 @@ void TokenCounter::feed(std::string_view bytes) {
 
 std::uint64_t TokenCounter::tokens() const {
     if (event_stream_) return events_;
-    const auto json = nlohmann::json::parse(body_, nullptr, false);
-    if (json.is_discarded() || !json.is_object()) return 0;
+    const auto parsed = parse_bounded_json(body_);
+    if (!parsed || !parsed->is_object()) return 0;
+    const auto& json = *parsed;
     const auto usage = json.find("usage");
     if (usage == json.end() || !usage->is_object()) return 0;
     const auto completion = usage->find("completion_tokens");

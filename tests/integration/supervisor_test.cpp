@@ -1,6 +1,9 @@
 // ensembled and the ensemble CLI with real llama-server workers: profiles, load/unload, swap with
 // success and rollback, status JSON, CLI errors, and a supervisor killed -9 mid-stream whose
 // workers keep serving and are re-adopted.
+#include <netinet/in.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 
 #include "os/portable_mode.h"
@@ -183,11 +186,7 @@ void SupervisorTest::expect_no_old_engine_after_killing_everything(bool forget_e
 
     supervisor_ = start_supervisor(portable);
     for (const auto port : {port_a_, port_b_}) {
-        json p = json::object();
-        for (int i = 0; i < 300 && p.value("state", "") != "ready"; ++i) {
-            if (const auto now = port_status(port); now.is_object()) p = now;
-            std::this_thread::sleep_for(100ms);
-        }
+        const auto p = wait_for_state(port, "ready");
         ASSERT_EQ(p["state"], "ready") << p.dump();
         EXPECT_EQ(std::count(old_workers.begin(), old_workers.end(), p["pid"].get<pid_t>()), 0);
         EXPECT_EQ(chat(port), 200);
@@ -212,6 +211,71 @@ TEST_F(SupervisorTest, AfterEveryEnsembleProcessIsKilledTheNextStartLeavesNoOldE
 // heartbeat): the engine was written down beside its log before it ran, and that is enough.
 TEST_F(SupervisorTest, AnEngineTheSupervisorNeverHeardOfIsFoundFromItsRecordAndStopped) {
     expect_no_old_engine_after_killing_everything(true);
+}
+
+// Found by an adversarial run: a worker that fails at start (here: its port is taken) was
+// restarted at once every time, so the port was `failed` 0.17 s later. The documented policy
+// holds for failures at start too: at once, then 1, 2, 4 s; the fifth is a crash loop.
+TEST_F(SupervisorTest, FailuresAtStartBackOffBeforeTheCrashLoop) {
+    // An assignment kept for the next start, whose port something else takes meanwhile.
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    ::kill(supervisor_->pid(), SIGTERM);
+    ASSERT_TRUE(wait_exit(*supervisor_, 30s));
+    const int holder = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<unsigned short>(port_a_));
+    addr.sin_addr.s_addr = htonl(INADDR_ANY);
+    ASSERT_EQ(::bind(holder, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    ASSERT_EQ(::listen(holder, 1), 0);
+    const auto started = std::chrono::steady_clock::now();
+    supervisor_ = start_supervisor();
+    const auto p = wait_for_state(port_a_, "failed");
+    const auto took = std::chrono::steady_clock::now() - started;
+    ::close(holder);
+    ASSERT_EQ(p["state"], "failed") << p.dump(2);
+    EXPECT_GE(took, 7s) << "0 + 1 + 2 + 4 s of backoff";
+    EXPECT_NE(p["last_failure"].get<std::string>().find("is in use by another process"),
+              std::string::npos)
+        << p.dump(2);
+    const auto events = cli("events -n 100").out;
+    std::size_t at = 0;
+    for (const char* delay : {"restarting in 0 ms", "restarting in 1000 ms",
+                              "restarting in 2000 ms", "restarting in 4000 ms", "crash loop"}) {
+        at = events.find(delay, at);
+        ASSERT_NE(at, std::string::npos) << delay << " in\n" << events;
+    }
+}
+
+// Found by an adversarial run: a damaged state.db started an empty fleet. Now ensembled refuses
+// to start, exit 1, naming the file and the recovery; the recovery it names brings every
+// assignment back.
+TEST_F(SupervisorTest, ADamagedStateDatabaseStopsTheStartAndTheBackupBringsItAllBack) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load pair").exit_code, 0);
+    ::kill(supervisor_->pid(), SIGTERM);
+    ASSERT_TRUE(wait_exit(*supervisor_, 30s));
+    const auto db = dir_ / "state" / "state.db";
+    const auto backup = dir_ / "state" / "state.db.backup";
+    ASSERT_TRUE(std::filesystem::exists(backup));
+    std::ofstream(db, std::ios::in | std::ios::out | std::ios::binary).write("garbage!", 8);
+    std::filesystem::remove(db.string() + "-wal");
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s)) << "it must not start on a damaged database";
+    EXPECT_EQ(supervisor_->poll_exit()->code, 1);
+    std::ifstream log(dir_ / "ensembled.log");
+    const std::string text{std::istreambuf_iterator<char>(log), {}};
+    EXPECT_NE(text.find("the state database " + db.string()), std::string::npos) << text;
+    EXPECT_NE(text.find("cp " + backup.string() + " " + db.string()), std::string::npos) << text;
+    std::filesystem::rename(db, db.string() + ".damaged");
+    std::filesystem::copy_file(backup, db);
+    supervisor_ = start_supervisor();
+    for (const auto port : {port_a_, port_b_}) {
+        const auto p = wait_for_state(port, "ready");
+        EXPECT_EQ(p["state"], "ready") << p.dump();
+        EXPECT_EQ(p["profile"], "pair");
+    }
 }
 
 TEST_F(SupervisorTest, ReloadReportsChangedPortsWithoutRestartingThem) {

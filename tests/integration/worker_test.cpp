@@ -162,6 +162,21 @@ TEST_F(WorkerTest, MalformedJsonIs400) {
     EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
 }
 
+// Found by an adversarial run: 100,000 '[' in an extra field crashed the worker (SIGSEGV when
+// the body was serialised again), and five such requests left the port `failed`.
+TEST_F(WorkerTest, ABodyNestedTooDeepIs400AndTheWorkerLivesOn) {
+    auto worker = start();
+    for (const std::size_t depth : {100'000U, 1'000'000U}) {
+        const auto body = R"({"model": "tiny", "messages": [], "extra": )" +
+                          std::string(depth, '[') + std::string(depth, ']') + "}";
+        auto r = http_request(worker->port(), chat_request(body));
+        EXPECT_EQ(r.status, 400) << depth;
+        EXPECT_EQ(error_of(r)["code"], "invalid_json");
+    }
+    EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
+    EXPECT_TRUE(process_alive(worker->pid()));
+}
+
 TEST_F(WorkerTest, MalformedHttpIs400) {
     auto worker = start();
     const auto reply = raw_exchange(worker->port(), "GARBAGE\x01 / HTTP/9.9\r\n\r\n");

@@ -160,6 +160,18 @@ class SupervisorFixture : public ::testing::Test {
         return {};
     }
 
+    // The port's status once it is in `state`, or as last seen when `timeout` passes.
+    json wait_for_state(int port, const std::string& state,
+                        std::chrono::milliseconds timeout = std::chrono::seconds(30)) {
+        json p = json::object();
+        const auto deadline = std::chrono::steady_clock::now() + timeout;
+        while (p.value("state", "") != state && std::chrono::steady_clock::now() < deadline) {
+            if (const auto now = port_status(port); now.is_object()) p = now;
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+        return p;
+    }
+
     static int chat(unsigned short port) {
         return http_request(
                    port,

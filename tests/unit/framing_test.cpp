@@ -2,6 +2,7 @@
 // crash, and the decoder keeps going after it.
 #include <gtest/gtest.h>
 
+#include "protocol/bounded_json.h"
 #include "protocol/framing.h"
 #include "protocol/messages.h"
 
@@ -36,6 +37,37 @@ TEST(Framing, MalformedFrameIsAnErrorAndTheNextOneStillDecodes) {
     EXPECT_EQ(bad->error().code, "malformed_frame");
     auto good = d.next();
     ASSERT_TRUE(good && *good);
+}
+
+// The parser does not recurse, but what walks the result does: a deep message would crash the
+// supervisor (or a worker) the moment it was dumped or copied.
+TEST(Framing, AMessageNestedTooDeepIsAnErrorNotACrash) {
+    for (const std::size_t depth : {100'000U, 1'000'000U}) {
+        FrameDecoder d(4 * depth + 64);
+        d.feed("{\"a\":" + std::string(depth, '[') + std::string(depth, ']') + "}\n{\"ok\":1}\n");
+        auto deep = d.next();
+        ASSERT_TRUE(deep);
+        ASSERT_FALSE(*deep);
+        EXPECT_EQ(deep->error().code, "malformed_frame");
+        EXPECT_NE(deep->error().message.find("more than 128 levels deep"), std::string::npos);
+        auto next = d.next();
+        ASSERT_TRUE(next && *next);
+    }
+}
+
+TEST(BoundedJson, CountsOnlyRealNestingAndAcceptsWhatIsWithinTheLimit) {
+    const auto nested = [](int depth) { return std::string(depth, '[') + std::string(depth, ']'); };
+    EXPECT_TRUE(parse_bounded_json(nested(kMaxJsonDepth)));
+    EXPECT_EQ(parse_bounded_json(nested(kMaxJsonDepth + 1)).error().code, "too_deep");
+    // Brackets inside strings, escaped quotes included, are text.
+    const std::string brackets_in_text =
+        R"({"content": ")" + std::string(1000, '[') + R"(\"{{{{", "n": [[1]]})";
+    auto parsed = parse_bounded_json(brackets_in_text);
+    ASSERT_TRUE(parsed) << parsed.error().message;
+    EXPECT_EQ((*parsed)["n"][0][0], 1);
+    EXPECT_EQ(parse_bounded_json("{\"a\":").error().code, "invalid_json");
+    EXPECT_TRUE(json_nesting_exceeds("[[[", 2));
+    EXPECT_FALSE(json_nesting_exceeds("[[]][[]]", 2));
 }
 
 TEST(Framing, OversizedFrameIsDiscardedWithoutBufferingIt) {

@@ -203,8 +203,10 @@ TEST(RecordedProcess, KillsTheGroupOnlyOfTheProvenProcess) {
     EXPECT_EQ(kill_if_ours(*record, SIGKILL, "engine").outcome, KillOutcome::gone);
 }
 
+// One per test: ctest runs the tests in parallel processes.
 std::filesystem::path record_dir() {
-    const auto dir = std::filesystem::temp_directory_path() / "ensemble-os-test";
+    const auto dir = std::filesystem::temp_directory_path() /
+                     ("ensemble-os-test-" + std::to_string(::getpid()) + "-records");
     std::filesystem::remove_all(dir);
     std::filesystem::create_directories(dir);
     return dir;

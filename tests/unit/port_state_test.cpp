@@ -76,9 +76,25 @@ TEST(RestartPolicy, AHealthyPeriodResetsTheBackoff) {
     EXPECT_EQ(p.on_failure(t)->count(), 0);
     EXPECT_EQ(p.on_failure(t += 1s)->count(), 1000);
     EXPECT_EQ(p.on_failure(t += 1s)->count(), 2000);
-    p.on_healthy(t, t + 61s);
-    EXPECT_EQ(p.on_failure(t += 62s)->count(), 0);
+    const auto ready = t;
+    EXPECT_EQ(p.on_failure(t += 62s, ready)->count(), 0);
     EXPECT_EQ(p.on_failure(t += 1s)->count(), 1000);
+}
+
+// Found by an adversarial run: failures at start (port in use, no descriptors, a bad model) were
+// all restarted at once, so five of them made a crash loop in 0.17 s instead of 1, 2, 4 s apart.
+TEST(RestartPolicy, FailuresOfRunsThatNeverBecameReadyBackOff) {
+    RestartPolicy p;
+    auto t = RestartPolicy::Clock::now();
+    std::vector<long> delays;
+    for (int i = 0; i < 4; ++i)
+        delays.push_back(p.on_failure(t += 10ms, std::nullopt)->count());
+    EXPECT_EQ(delays, (std::vector<long>{0, 1000, 2000, 4000}));
+    EXPECT_FALSE(p.on_failure(t += 10ms)) << "the fifth is a crash loop";
+    // A run that was ready only briefly does not start the backoff over either.
+    RestartPolicy q;
+    EXPECT_EQ(q.on_failure(t += 1s)->count(), 0);
+    EXPECT_EQ(q.on_failure(t += 1s, t - 500ms)->count(), 1000);
 }
 
 }  // namespace

@@ -58,6 +58,28 @@ TEST(PinModel, MalformedOrNonObjectBodiesAre400) {
     }
 }
 
+TEST(PinModel, ABodyNestedTooDeepIs400NotACrash) {
+    for (const std::size_t depth : {100'000U, 1'000'000U}) {
+        const auto body = R"({"model": "qwen3", "messages": [], "extra": )" +
+                          std::string(depth, '[') + std::string(depth, ']') + "}";
+        auto r = pin_model(body, kModel);
+        ASSERT_TRUE(std::holds_alternative<ApiError>(r)) << depth;
+        const auto& error = std::get<ApiError>(r);
+        EXPECT_EQ(error.status, http::status::bad_request);
+        EXPECT_EQ(error.code, "invalid_json");
+        EXPECT_NE(error.message.find("more than 128 levels deep"), std::string::npos)
+            << error.message;
+    }
+    // A realistic deep tool schema still passes.
+    std::string schema = "{\"type\":\"string\"}";
+    for (int i = 0; i < 30; ++i)
+        schema = R"({"type":"object","properties":{"x":)" + schema + "}}";
+    const auto body = R"({"model":"qwen3","messages":[],"tools":[{"type":"function",)"
+                      R"("function":{"name":"f","parameters":)" +
+                      schema + "}}]}";
+    EXPECT_TRUE(std::holds_alternative<std::string>(pin_model(body, kModel)));
+}
+
 TEST(ApiErrorFormat, IsOpenAIShaped) {
     ApiError e{http::status::service_unavailable, "server_error", "model_loading", "loading", 2};
     auto j = json::parse(e.body());

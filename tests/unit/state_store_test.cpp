@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <map>
 #include <set>
 #include <thread>
@@ -173,3 +174,95 @@ TEST_F(StateStoreTest, KillDashNineMidWriteLosesNothingCommitted) {
 }
 
 }  // namespace
+
+namespace {
+
+// Overwrites the middle of the database file: pages SQLite can open but whose B-trees are broken.
+void damage_pages(const std::filesystem::path& db) {
+    const auto size = std::filesystem::file_size(db);
+    std::fstream f(db, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(size / 2));
+    const std::string garbage(4096, '\xA5');
+    f.write(garbage.data(), static_cast<std::streamsize>(std::min<std::uintmax_t>(4096, size / 2)));
+}
+
+void fill(StateStore& s, int ports) {
+    std::vector<Assignment> all;
+    for (int i = 0; i < ports; ++i)
+        all.push_back({8000 + i, "model-with-a-long-enough-name-" + std::to_string(i), "p", 0});
+    ASSERT_TRUE(s.replace_assignments(all));
+}
+
+}  // namespace
+
+// Found by an adversarial run: with page damage ensembled started with 0 ports, forgetting every
+// assignment. Damage is a refusal that says how to recover, and the backup recovers it.
+TEST_F(StateStoreTest, ADamagedDatabaseIsRefusedAndTheBackupRestoresEverything) {
+    {
+        auto s = open();
+        ASSERT_TRUE(s);
+        fill(*s, 400);
+        EXPECT_EQ(s->backup_problem(), "");
+    }
+    ASSERT_TRUE(std::filesystem::exists(StateStore::backup_path(path_)));
+    EXPECT_EQ(std::filesystem::status(StateStore::backup_path(path_)).permissions() &
+                  std::filesystem::perms::all,
+              std::filesystem::perms::owner_read | std::filesystem::perms::owner_write)
+        << "it holds the worker tokens too";
+    damage_pages(path_);
+    auto refused = StateStore::open(path_);
+    ASSERT_FALSE(refused);
+    EXPECT_EQ(refused.error().code, "state_damaged");
+    const auto& message = refused.error().message;
+    EXPECT_NE(message.find(path_.string() + " is damaged"), std::string::npos) << message;
+    EXPECT_NE(message.find("mv " + path_.string() + " " + path_.string() + ".damaged"),
+              std::string::npos)
+        << message;
+    EXPECT_NE(message.find("cp " + StateStore::backup_path(path_).string()), std::string::npos)
+        << message;
+    // The recovery the message gives.
+    std::filesystem::rename(path_, path_.string() + ".damaged");
+    std::filesystem::remove(path_.string() + "-wal");
+    std::filesystem::remove(path_.string() + "-shm");
+    std::filesystem::copy_file(StateStore::backup_path(path_), path_);
+    auto s = open();
+    ASSERT_TRUE(s);
+    EXPECT_EQ(s->assignments()->size(), 400U);
+}
+
+TEST_F(StateStoreTest, AFileThatIsNotADatabaseOrEmptyAfterUseIsRefused) {
+    std::filesystem::create_directories(dir_);
+    std::ofstream(path_) << std::string(8192, 'x');
+    auto garbage = StateStore::open(path_);
+    ASSERT_FALSE(garbage);
+    EXPECT_EQ(garbage.error().code, "state_damaged");
+    EXPECT_NE(garbage.error().message.find("cannot be read (file is not a database)"),
+              std::string::npos)
+        << garbage.error().message;
+    std::filesystem::remove(path_);
+    open().reset();  // used once: a backup exists now
+    std::filesystem::resize_file(path_, 0);
+    std::filesystem::remove(path_.string() + "-wal");
+    auto empty = StateStore::open(path_);
+    ASSERT_FALSE(empty);
+    EXPECT_NE(empty.error().message.find("is empty (0 bytes) although it has been used before"),
+              std::string::npos)
+        << empty.error().message;
+    // A fresh install (no backup either) starts empty, as it should.
+    std::filesystem::remove_all(dir_);
+    EXPECT_TRUE(open());
+}
+
+TEST_F(StateStoreTest, EveryChangeOfTheAssignmentsIsInTheBackup) {
+    auto s = open();
+    ASSERT_TRUE(s);
+    ASSERT_TRUE(s->set_assignment({8100, "coder", "", 0}));
+    ASSERT_TRUE(s->replace_assignments({{8101, "chat", "p", 0}, {8102, "vision", "p", 0}}));
+    ASSERT_TRUE(s->remove_assignment(8102));
+    auto copy = StateStore::open(StateStore::backup_path(path_));
+    ASSERT_TRUE(copy) << copy.error().message;
+    const auto kept = *(*copy)->assignments();
+    ASSERT_EQ(kept.size(), 1U);
+    EXPECT_EQ(kept[0].port, 8101);
+    EXPECT_EQ(kept[0].handle, "chat");
+}
