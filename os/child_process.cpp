@@ -82,6 +82,13 @@ struct ChildPlan {
 };
 
 [[noreturn]] void run_child(const ChildPlan& plan) {
+    // The parent's handlers (Asio's write to the parent's own signal pipe) must not run here,
+    // nor its mask carry over: a held child dies of SIGTERM like any process.
+    for (int signal = 1; signal < NSIG; ++signal)
+        ::signal(signal, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::setpgid(0, 0);
 #ifdef __linux__
     if (plan.die_with_parent) {
@@ -95,8 +102,8 @@ struct ChildPlan {
         ::dup2(plan.log_fd, STDERR_FILENO);
     }
     mark_descriptors_close_on_exec();
-    // Signals the parent ignores stay ignored across exec; the program gets the defaults.
-    ::signal(SIGPIPE, SIG_DFL);
+    for (int fd = 0; fd <= 2; ++fd)
+        ::fcntl(fd, F_SETFD, 0);  // a dup2 onto itself would keep close-on-exec
     if (plan.release_fd >= 0) {
         char go = 0;
         ssize_t n;
@@ -109,6 +116,12 @@ struct ChildPlan {
     const int error = errno;
     [[maybe_unused]] const auto written = ::write(plan.exec_error_fd, &error, sizeof error);
     ::_exit(127);
+}
+
+// Reaps `pid`, however many signals interrupt the wait.
+void wait_for(pid_t pid) {
+    while (::waitpid(pid, nullptr, 0) < 0 && errno == EINTR) {
+    }
 }
 
 }  // namespace
@@ -142,8 +155,12 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
                                               "': not found or not executable (check the path, "
                                               "or install it and put it on PATH)"};
     }
-    const auto cannot_start = [&](const std::string& why) {
-        return Error{"spawn_failed", "cannot start '" + program->string() + "': " + why};
+    // Out of descriptors, memory or processes: our own shortage, not the program's fault.
+    const auto cannot_start = [&](const std::string& step, int error) {
+        const bool ours = error == EMFILE || error == ENFILE || error == ENOMEM || error == EAGAIN;
+        return Error{
+            ours ? "no_resources" : "spawn_failed",
+            "cannot start '" + program->string() + "': " + step + ": " + std::strerror(error)};
     };
     Fd log;
     if (!spec.log_file.empty()) {
@@ -151,13 +168,13 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
         std::filesystem::create_directories(spec.log_file.parent_path(), ec);
         log.reset(::open(spec.log_file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
         if (log.get() < 0) {
+            if (errno == EMFILE || errno == ENFILE) return cannot_start("its log file", errno);
             return Error{"log_unwritable", "cannot open log file " + spec.log_file.string() + ": " +
                                                std::strerror(errno)};
         }
     }
     Fd null_input(::open("/dev/null", O_RDONLY | O_CLOEXEC));
-    if (null_input.get() < 0)
-        return cannot_start(std::string("/dev/null: ") + std::strerror(errno));
+    if (null_input.get() < 0) return cannot_start("/dev/null", errno);
 
     std::vector<std::string> env_strings;
     for (char** e = environ; *e != nullptr; ++e) {
@@ -182,7 +199,7 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
     Fd exec_error_read, exec_error_write, release_read, release_write;
     if (!make_pipe(exec_error_read, exec_error_write) ||
         (spec.before_exec && !make_pipe(release_read, release_write)))
-        return cannot_start(std::string("pipe: ") + std::strerror(errno));
+        return cannot_start("pipe", errno);
     const std::string program_path = program->string();
     const ChildPlan plan{.program = program_path.c_str(),
                          .argv = argv.data(),
@@ -193,7 +210,7 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
                          .release_fd = release_read.get(),
                          .exec_error_fd = exec_error_write.get()};
     const pid_t pid = ::fork();
-    if (pid < 0) return cannot_start(std::string("fork: ") + std::strerror(errno));
+    if (pid < 0) return cannot_start("fork", errno);
     if (pid == 0) {
         // The child's copy of the release pipe's write end would keep its own read from ever
         // seeing the parent die.
@@ -207,7 +224,12 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
     ::setpgid(pid, pid);
     auto process = std::unique_ptr<ChildProcess>(new ChildProcess(pid, spec.die_with_parent));
     if (spec.before_exec) {
-        spec.before_exec(pid);
+        if (auto recorded = spec.before_exec(pid); !recorded) {
+            release_write.reset();  // EOF: the held child gives up without running anything
+            wait_for(pid);
+            process->exit_ = ExitStatus{.code = 127};
+            return recorded.error();
+        }
         const char go = 1;
         if (::write(release_write.get(), &go, 1) != 1) {
             // It died while held (killed by someone): reaped by poll_exit as any other exit.
@@ -221,9 +243,9 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
         n = ::read(exec_error_read.get(), &exec_errno, sizeof exec_errno);
     } while (n < 0 && errno == EINTR);
     if (n == sizeof exec_errno) {
-        ::waitpid(pid, nullptr, 0);
+        wait_for(pid);
         process->exit_ = ExitStatus{.code = 127};
-        return cannot_start(std::strerror(exec_errno));
+        return cannot_start("exec", exec_errno);
     }
     return process;
 }
@@ -234,7 +256,7 @@ ChildProcess::ChildProcess(pid_t pid, bool kill_on_destroy)
 ChildProcess::~ChildProcess() {
     if (!exited() && kill_on_destroy_) {
         signal_group(SIGKILL);
-        ::waitpid(pid_, nullptr, 0);
+        wait_for(pid_);
     }
 }
 

@@ -28,9 +28,9 @@ struct SpawnSpec {
     // Engines die with their worker; workers outlive a supervisor crash so it can re-adopt them.
     bool die_with_parent = true;
     // Runs in the parent while the new child (its pid, its own group) waits before exec: the
-    // program starts only once this returns, and never if we die first — so a record written
-    // here cannot miss it.
-    std::function<void(pid_t)> before_exec;
+    // program starts only once this returns Ok, and never if we die first or it fails (then
+    // spawn returns its error) — so a record written here cannot miss it.
+    std::function<Status(pid_t)> before_exec;
 };
 
 struct ExitStatus {
@@ -43,6 +43,8 @@ struct ExitStatus {
 
 class ChildProcess {
   public:
+    // Errors: "program_not_found", "log_unwritable", "spawn_failed", and "no_resources" when we
+    // are out of descriptors, memory or processes ourselves (the program is not to blame).
     static Result<std::unique_ptr<ChildProcess>> spawn(const SpawnSpec& spec);
 
     // Kills the whole group if it is still running, unless it was spawned to outlive us

@@ -2,15 +2,23 @@
 
 namespace ensemble {
 
-awaitable<int> http_probe(asio::ip::address host, unsigned short port, const HttpProbe& probe,
-                          std::chrono::milliseconds timeout) {
+bool is_own_resource_shortage(const boost::system::error_code& ec) {
+    namespace errc = boost::system::errc;
+    return ec == errc::too_many_files_open || ec == errc::too_many_files_open_in_system ||
+           ec == errc::not_enough_memory || ec == errc::no_buffer_space ||
+           ec == errc::address_not_available;
+}
+
+awaitable<ProbeResult> http_probe(asio::ip::address host, unsigned short port,
+                                  const HttpProbe& probe, std::chrono::milliseconds timeout) {
     auto executor = co_await asio::this_coro::executor;
     beast::tcp_stream stream(executor);
     boost::system::error_code ec;
     stream.expires_after(timeout);
     const tcp::endpoint endpoint(host, port);
     co_await stream.async_connect(endpoint, on_error(ec));
-    if (ec) co_return 0;
+    if (ec && is_own_resource_shortage(ec)) co_return ProbeResult{0, ec.message()};
+    if (ec) co_return ProbeResult{};
     http::request<http::string_body> req{http::string_to_verb(probe.method), probe.path, 11};
     req.set(http::field::host, endpoint.address().to_string() + ":" + std::to_string(port));
     if (!probe.body.empty()) {
@@ -19,14 +27,14 @@ awaitable<int> http_probe(asio::ip::address host, unsigned short port, const Htt
     }
     req.prepare_payload();
     co_await http::async_write(stream, req, on_error(ec));
-    if (ec) co_return 0;
+    if (ec) co_return ProbeResult{};
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
     parser.body_limit(1 << 20);  // a probe's answer is small; never buffer an endless one
     co_await http::async_read(stream, buffer, parser, on_error(ec));
-    if (ec) co_return 0;
+    if (ec) co_return ProbeResult{};
     stream.socket().shutdown(tcp::socket::shutdown_both, ec);
-    co_return parser.get().result_int();
+    co_return ProbeResult{static_cast<int>(parser.get().result_int()), ""};
 }
 
 }  // namespace ensemble

@@ -1,6 +1,7 @@
 // One HTTP request with a deadline, for health and readiness probes: the worker probes its
 // engine on loopback with the preset's method, path and body; the supervisor probes workers'
-// public ports with GET /health. Returns the HTTP status, or 0 if nothing answered in time.
+// public ports with GET /health. A probe that could not even be made for want of the prober's
+// own resources (descriptors, memory, local ports) says so: that is never the probed one's fault.
 #pragma once
 
 #include <chrono>
@@ -16,7 +17,18 @@ struct HttpProbe {
     std::string body;  // sent as application/json when not empty
 };
 
-awaitable<int> http_probe(asio::ip::address host, unsigned short port, const HttpProbe& probe,
-                          std::chrono::milliseconds timeout);
+struct ProbeResult {
+    int status = 0;           // the HTTP status; 0 if nothing answered in time
+    std::string own_trouble;  // set when the probe could not be made on our side, and why
+
+    bool ok() const { return status == 200; }
+};
+
+awaitable<ProbeResult> http_probe(asio::ip::address host, unsigned short port,
+                                  const HttpProbe& probe, std::chrono::milliseconds timeout);
+
+// Whether `ec` is a shortage of this process's or this machine's own resources (descriptors,
+// memory, buffers, local ports) rather than anything the other end did.
+bool is_own_resource_shortage(const boost::system::error_code& ec);
 
 }  // namespace ensemble

@@ -214,10 +214,15 @@ KillReport RecordFile::stop_recorded(const std::string& what, std::chrono::milli
     if (!recorded) return {KillOutcome::unknown, recorded.error().message};
     auto report = *recorded ? kill_if_ours(**recorded, SIGKILL, what)
                             : KillReport{KillOutcome::gone, "no engine was recorded"};
-    if (report.outcome == KillOutcome::killed && !wait_until_gone((*recorded)->leader, wait)) {
-        report.message += "; it is still exiting " + std::to_string(wait.count()) + " ms later";
+    // Emptied only once nothing is left to wait for: whoever starts the next engine must still
+    // find one that is exiting, and wait for its memory.
+    bool settled = report.outcome != KillOutcome::killed;
+    if (!settled) {
+        settled = wait_until_gone((*recorded)->leader, wait);
+        if (!settled && wait.count() > 0)
+            report.message += "; it is still exiting " + std::to_string(wait.count()) + " ms later";
     }
-    clear();
+    if (settled) clear();
     return report;
 }
 

@@ -80,8 +80,9 @@ class RecordFile {
     const std::filesystem::path& path() const { return path_; }
 
     // Kills what this record names (SIGKILL to its group) if it is provably ours, waits up to
-    // `wait` for it to be gone (its memory is free only then), and empties the record. The
-    // outcome is `gone` when nothing was recorded. `what` names it ("the engine of port 8100").
+    // `wait` for it to be gone (its memory is free only then), and empties the record unless it
+    // is still exiting. The outcome is `gone` when nothing was recorded. `what` names it ("the
+    // engine of port 8100").
     KillReport stop_recorded(const std::string& what, std::chrono::milliseconds wait);
 
   private:

@@ -165,7 +165,8 @@ class Loader {
     // Where each model was declared, for reference errors.
     std::map<std::string, std::pair<std::string, YAML::Mark>> model_marks_;
     std::vector<std::tuple<std::string, YAML::Node, std::string>>
-        model_refs_;  // file, node, handle
+        model_refs_;                                                   // file, node, handle
+    std::vector<std::tuple<std::string, YAML::Node, int>> port_refs_;  // file, key, port
     std::vector<std::tuple<std::string, YAML::Node, std::string>>
         engine_refs_;  // file, node, engine
 };
@@ -218,7 +219,8 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     if (!v_.map_with_keys(
             file, node, "supervisor",
             {"state_dir", "run_dir", "memory_budget", "over_budget", "evict_idle_after",
-             "boot_profile", "bind_host", "gpu_wired_limit", "logs", "health", "restart"})) {
+             "boot_profile", "bind_host", "allow_privileged_ports", "gpu_wired_limit", "logs",
+             "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -257,6 +259,11 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     }
     if (node["bind_host"]) {
         if (auto h = v_.scalar<std::string>(file, node["bind_host"], "bind_host")) s.bind_host = *h;
+    }
+    if (node["allow_privileged_ports"]) {
+        if (auto allow =
+                v_.scalar<bool>(file, node["allow_privileged_ports"], "allow_privileged_ports"))
+            s.allow_privileged_ports = *allow;
     }
     if (node["gpu_wired_limit"]) {
         if (auto w = v_.scalar<std::string>(file, node["gpu_wired_limit"], "gpu_wired_limit")) {
@@ -537,6 +544,7 @@ void Loader::port(const std::string& file, const YAML::Node& key, const YAML::No
                   Profile& p) {
     auto port = int_in(v_, file, key, "port", 1, 65535);
     if (!port) return;
+    port_refs_.emplace_back(file, key, *port);
     PortAssignment a;
     a.port = *port;
     if (value.IsScalar()) {
@@ -610,6 +618,10 @@ void Loader::check_references() {
         if (!config_.models.count(handle))
             v_.at(file, node, "model '" + handle + "' is not defined under 'models'");
     }
+    for (const auto& [file, node, port] : port_refs_) {
+        if (auto problem = privileged_port_problem(config_.supervisor, port))
+            v_.at(file, node, *problem);
+    }
     const auto& boot = config_.supervisor.boot_profile;
     if (!boot.empty() && !config_.profiles.count(boot)) {
         issues_.push_back({config_.source.string(), 0, 0,
@@ -618,6 +630,14 @@ void Loader::check_references() {
 }
 
 }  // namespace
+
+std::optional<std::string> privileged_port_problem(const SupervisorSettings& settings, int port) {
+    constexpr int kFirstUnprivileged = 1024;
+    if (port >= kFirstUnprivileged || settings.allow_privileged_ports) return std::nullopt;
+    return "port " + std::to_string(port) +
+           " is below 1024, where system services listen (ssh on 22); serve models on a port "
+           "of 1024 or above, or set supervisor.allow_privileged_ports: true";
+}
 
 std::string ConfigIssue::to_string() const {
     if (line == 0) return file + ": " + message;
@@ -675,15 +695,20 @@ std::optional<std::uint64_t> parse_bytes(const std::string& text) {
     return static_cast<std::uint64_t>(bytes);
 }
 
-std::filesystem::path run_dir_of(const std::filesystem::path& config_path) {
+Result<std::filesystem::path> run_dir_of(const std::filesystem::path& config_path) {
     try {
         const auto root = YAML::LoadFile(config_path.string());
-        const auto dir = root["supervisor"]["run_dir"];
-        if (dir && dir.IsScalar()) return config_path.parent_path() / expand_home(dir.Scalar());
-    } catch (const YAML::Exception&) {
-        // unreadable or not YAML: fall back to the default
+        if (root.IsMap() && root["supervisor"].IsMap()) {
+            const auto dir = root["supervisor"]["run_dir"];
+            if (dir && dir.IsScalar()) return config_path.parent_path() / expand_home(dir.Scalar());
+        }
+    } catch (const YAML::Exception& e) {
+        return Error{"config_unreadable",
+                     "the config " + config_path.string() + " cannot be read (" + e.what() +
+                         "), so where ensembled listens (its run_dir) is unknown; fix the "
+                         "config, or name the socket with --socket or ENSEMBLE_SOCKET"};
     }
-    return default_run_dir();
+    return std::filesystem::path(default_run_dir());
 }
 
 ConfigLoad load_config(const std::filesystem::path& path, bool check_files) {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "profiles/engine_preset.h"
+#include "protocol/result.h"
 
 namespace ensemble {
 
@@ -62,6 +63,8 @@ struct SupervisorSettings {
     std::string memory_budget;        // "170GiB" or "85%"; empty: no budget
     std::string boot_profile;
     std::string bind_host = "127.0.0.1";
+    // Ports below 1024 belong to system services (ssh on 22): served only when this is set.
+    bool allow_privileged_ports = false;
     // macOS: the GPU wired limit the MLX models need (sysctl iogpu.wired_limit_mb), set at boot
     // by deploy/install-wired-limit's LaunchDaemon and checked by `check`.
     std::optional<std::uint64_t> gpu_wired_limit_bytes;
@@ -150,6 +153,10 @@ std::optional<std::chrono::milliseconds> parse_duration(const std::string& text)
 
 bool is_kebab_case(const std::string& handle);
 
+// Why `port` may not be served under these settings (below 1024 without
+// allow_privileged_ports), or nullopt.
+std::optional<std::string> privileged_port_problem(const SupervisorSettings& settings, int port);
+
 // Defaults when the config does not say: /var/lib/ensemble and /run/ensemble for root;
 // $XDG_STATE_HOME/ensemble and $XDG_RUNTIME_DIR/ensemble otherwise.
 std::filesystem::path default_state_dir();
@@ -157,6 +164,9 @@ std::filesystem::path default_run_dir();
 
 // The run_dir a config names, read leniently (the rest of the file may have errors), so the CLI
 // can still reach the supervisor to reload a config being fixed; the default if it names none.
-std::filesystem::path run_dir_of(const std::filesystem::path& config_path);
+// An error ("config_unreadable") only when the file cannot be read or is not YAML at all: then
+// its run_dir is unknown, and guessing the default would report a running ensembled as not
+// running.
+Result<std::filesystem::path> run_dir_of(const std::filesystem::path& config_path);
 
 }  // namespace ensemble

@@ -95,6 +95,23 @@ Status run(sqlite3* db, const char* sql, const std::function<void(Statement&)>& 
     return Ok{};
 }
 
+// The refusal to start on a database that is damaged or lost, with the way back.
+Error state_damaged(const std::filesystem::path& path, const std::string& why) {
+    const auto backup = StateStore::backup_path(path);
+    const bool has_backup = std::filesystem::exists(backup);
+    return Error{
+        "state_damaged",
+        "the state database " + path.string() + " " + why +
+            "; ensembled will not start on it, so that no assignment is silently "
+            "forgotten. Move it aside with its journal (mv " +
+            path.string() + " " + path.string() + ".damaged; mv " + path.string() + "-wal " +
+            path.string() + "-wal.damaged; rm -f " + path.string() + "-shm), then restore " +
+            (has_backup ? "the automatic backup (cp " + backup.string() + " " + path.string() + ")"
+                        : "a backup of your own") +
+            (has_backup ? ", or remove the backup too to start with no assignments"
+                        : ", or start with no assignments by leaving it moved aside")};
+}
+
 enum class GenerationBump { always, if_model_changed };
 
 // Inserts or updates one port's assignment; the generation starts at 1.
@@ -125,6 +142,14 @@ int StateStore::schema_version() {
 Result<std::unique_ptr<StateStore>> StateStore::open(const std::filesystem::path& path) {
     std::error_code ec;
     std::filesystem::create_directories(path.parent_path(), ec);
+    // A fresh install has neither file; a database gone or emptied while its backup is there
+    // was lost, not never used. (SQLite writes the header as soon as it creates the file.)
+    if (std::filesystem::exists(backup_path(path))) {
+        if (!std::filesystem::exists(path))
+            return state_damaged(path, "is missing although it has been used before");
+        if (std::filesystem::file_size(path, ec) == 0 && !ec)
+            return state_damaged(path, "is empty (0 bytes) although it has been used before");
+    }
     sqlite3* db = nullptr;
     if (sqlite3_open_v2(path.c_str(), &db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE, nullptr) !=
         SQLITE_OK) {
@@ -152,26 +177,19 @@ std::filesystem::path StateStore::backup_path(const std::filesystem::path& path)
 }
 
 Status StateStore::check_sound() {
-    const auto backup = backup_path(path_);
-    const auto damaged = [&](const std::string& why) {
-        return Error{
-            "state_damaged",
-            "the state database " + path_.string() + " " + why +
-                "; ensembled will not start on it, so that no assignment is silently "
-                "forgotten. Move it aside (mv " +
-                path_.string() + " " + path_.string() + ".damaged), then restore " +
-                (std::filesystem::exists(backup)
-                     ? "the automatic backup (cp " + backup.string() + " " + path_.string() + ")"
-                     : "a backup of your own") +
-                ", or start with no assignments by leaving it moved aside"};
-    };
-    std::error_code ec;
-    // A fresh install has no file at all; SQLite writes the header at once on creation.
-    if (std::filesystem::file_size(path_, ec) == 0 && !ec && std::filesystem::exists(backup))
-        return damaged("is empty (0 bytes) although it has been used before");
+    const auto damaged = [&](const std::string& why) { return state_damaged(path_, why); };
     Statement check(db_, "PRAGMA quick_check");
-    if (!check.ok() || check.step() != SQLITE_ROW)
-        return damaged("cannot be read (" + std::string(sqlite3_errmsg(db_)) + ")");
+    if (!check.ok() || check.step() != SQLITE_ROW) {
+        const int code = sqlite3_errcode(db_) & 0xff;
+        const std::string why = sqlite3_errmsg(db_);
+        if (code == SQLITE_CORRUPT || code == SQLITE_NOTADB)
+            return damaged("cannot be read (" + why + ")");
+        // Busy, locked, unreadable: nothing says the file is damaged; it is not to be moved.
+        return Error{"state_open", "cannot check the state database " + path_.string() + ": " +
+                                       why +
+                                       " (is another ensembled using it? check the file's "
+                                       "permissions and the disk)"};
+    }
     if (const auto verdict = check.text(0); verdict != "ok")
         return damaged("is damaged (SQLite's quick_check: " + verdict.substr(0, 200) + ")");
     return Ok{};
@@ -188,11 +206,14 @@ Status StateStore::backup() {
     if (rc == SQLITE_OK) {
         ::chmod(partial.c_str(), 0600);
         sqlite3_backup* b = sqlite3_backup_init(copy, "main", db_, "main");
-        if (b != nullptr) {
-            sqlite3_backup_step(b, -1);
-            sqlite3_backup_finish(b);
+        if (b == nullptr) {
+            rc = sqlite3_errcode(copy);
+        } else {
+            // Whole or not at all: an incomplete copy must never replace the last good backup.
+            const int step = sqlite3_backup_step(b, -1);
+            rc = sqlite3_backup_finish(b);
+            if (step != SQLITE_DONE && rc == SQLITE_OK) rc = step;
         }
-        rc = sqlite3_errcode(copy);
     }
     const std::string why = copy != nullptr ? sqlite3_errmsg(copy) : "out of memory";
     sqlite3_close(copy);

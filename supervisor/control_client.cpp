@@ -17,13 +17,16 @@ std::string config_path(const std::string& config_option) {
     return env != nullptr ? env : "";
 }
 
-std::filesystem::path control_socket_path(const std::string& socket_option,
-                                          const std::string& config_option) {
-    if (!socket_option.empty()) return socket_option;
+Result<std::filesystem::path> control_socket_path(const std::string& socket_option,
+                                                  const std::string& config_option) {
+    if (!socket_option.empty()) return std::filesystem::path(socket_option);
     if (const char* env = std::getenv("ENSEMBLE_SOCKET"); env != nullptr && *env != '\0')
-        return env;
-    if (const auto config = config_path(config_option); !config.empty())
-        return run_dir_of(config) / "control.sock";
+        return std::filesystem::path(env);
+    if (const auto config = config_path(config_option); !config.empty()) {
+        auto dir = run_dir_of(config);
+        if (!dir) return dir.error();
+        return *dir / "control.sock";
+    }
     return default_run_dir() / "control.sock";
 }
 
@@ -35,8 +38,19 @@ Result<nlohmann::json> call_supervisor(const std::filesystem::path& socket_path,
     asio::local::stream_protocol::socket socket(io);
     boost::system::error_code ec;
     socket.connect(asio::local::stream_protocol::endpoint(socket_path.string()), ec);
+    if (ec == boost::system::errc::permission_denied) {
+        return Error{"permission_denied",
+                     "not allowed to reach ensembled at " + socket_path.string() +
+                         ": its run folder and sockets are its own user's alone; run the CLI as "
+                         "that user (or root)"};
+    }
+    if (ec && ec != boost::system::errc::no_such_file_or_directory &&
+        ec != boost::system::errc::connection_refused) {
+        return Error{"unreachable", "cannot connect to ensembled at " + socket_path.string() +
+                                        ": " + ec.message()};
+    }
     if (ec) {
-        return Error{"not_running", "ensembled is not running (cannot connect to " +
+        return Error{"not_running", "ensembled is not running (nothing listens on " +
                                         socket_path.string() + ": " + ec.message() +
                                         "); start it with 'ensembled --config FILE', or point "
                                         "at its socket with --socket or ENSEMBLE_SOCKET"};

@@ -13,8 +13,8 @@ std::string config_path(const std::string& config_option);
 
 // Where control.sock is: --socket, else $ENSEMBLE_SOCKET, else the config's run_dir (from
 // --config or $ENSEMBLE_CONFIG), else the default run directory.
-std::filesystem::path control_socket_path(const std::string& socket_option,
-                                          const std::string& config_option);
+Result<std::filesystem::path> control_socket_path(const std::string& socket_option,
+                                                  const std::string& config_option);
 
 // The reply, or an error saying that the supervisor is not running and how to start it.
 Result<nlohmann::json> call_supervisor(const std::filesystem::path& socket,

@@ -398,7 +398,11 @@ int main(int argc, char** argv) {
     request.model = model;
     request.lines = lines;
     const auto socket = control_socket_path(socket_option, config_option);
-    auto reply = call_supervisor(socket, request);
+    if (!socket) {
+        std::cerr << "ensemble: " << socket.error().message << '\n';
+        return 3;
+    }
+    auto reply = call_supervisor(*socket, request);
     if (!reply) {
         std::cerr << "ensemble: " << reply.error().message << '\n';
         return 3;
@@ -427,7 +431,7 @@ int main(int argc, char** argv) {
             last = std::max<std::int64_t>(last, e.value("id", 0LL));
         for (;;) {
             std::this_thread::sleep_for(std::chrono::milliseconds(500));
-            auto more = call_supervisor(socket, request);
+            auto more = call_supervisor(*socket, request);
             if (!more || !more->value("ok", false)) return 3;
             json fresh = json::array();
             for (const auto& e : (*more)["result"]["events"]) {

@@ -11,6 +11,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <iostream>
 
+#include "os/descriptor_limit.h"
 #include "os/private_folder.h"
 #include "supervisor/logging.h"
 #include "supervisor/service_manager.h"
@@ -44,6 +45,8 @@ void watchdog_forever(asio::steady_timer& timer, Fleet& fleet, std::chrono::mill
 }  // namespace
 
 int main(int argc, char** argv) {
+    // First: a write to a peer that is gone (a client, a held child) is an error, not death.
+    ::signal(SIGPIPE, SIG_IGN);
     std::string config_path;
     std::string worker_bin;
     std::string log_file;
@@ -86,6 +89,8 @@ int main(int argc, char** argv) {
         spdlog::error("{}", store.error().message);
         return 1;
     }
+    // Descriptors for every worker link, control connection, probe, log and spawn.
+    spdlog::debug("descriptor limit: {}", raise_descriptor_limit());
     asio::io_context io(1);
     auto control = listen_unix(io, config.supervisor.run_dir, "control.sock");
     if (!control) {
@@ -105,7 +110,6 @@ int main(int argc, char** argv) {
     Fleet fleet(io, std::move(config), std::move(store).value(), std::move(spawner));
     serve_control(io, **control, fleet);
     serve_worker_links(io, **links, fleet);
-    ::signal(SIGPIPE, SIG_IGN);
 
     asio::signal_set children(io, SIGCHLD);
     on_every_signal(children, [&fleet] { fleet.tick(); });

@@ -107,11 +107,9 @@ bool Fleet::move(PortRuntime& rt, PortEvent ev, const std::string& reason) {
     if (*next != rt.state) {
         event(rt.port, "state",
               std::string(to_string(rt.state)) + " -> " + to_string(*next) + ": " + reason);
-        if (*next == PortState::ready) {
-            rt.ready_since = Clock::now();
-        } else if (*next != PortState::draining) {
-            rt.ready_since.reset();  // a failure from here on is not the end of a healthy run
-        }
+        // Since when this run has been serving: kept through an engine restart inside the
+        // worker, cleared when a new worker starts (start_worker).
+        if (*next == PortState::ready && !rt.ready_since) rt.ready_since = Clock::now();
         rt.state = *next;
         save_record(rt);
     }
@@ -163,6 +161,7 @@ bool Fleet::signal_worker(const PortRuntime& rt, int signal) {
 void Fleet::stop_engine_left_behind(int port, const EngineRecord& recorded,
                                     const std::string& boot) {
     const auto what = "the engine left behind by port " + std::to_string(port) + "'s worker";
+    pid_t from_record = 0;
     // What the worker wrote down before its engine ran: found even when the worker was killed
     // before it could tell us. A record held by a live worker is that worker's to act on.
     const auto record_path = record_file_for(port_logs(config_.supervisor.state_dir, port).engine);
@@ -171,6 +170,7 @@ void Fleet::stop_engine_left_behind(int port, const EngineRecord& recorded,
         std::filesystem::file_type::not_found) {
         // No worker ever ran an engine here.
     } else if (auto file = RecordFile::acquire(record_path)) {
+        if (auto left = (*file)->read(); left && *left) from_record = (*left)->leader.pid;
         const auto report = (*file)->stop_recorded(what, std::chrono::milliseconds(0));
         if (report.outcome == KillOutcome::gone) {
             spdlog::debug("port {}: {}", port, report.message);
@@ -181,7 +181,7 @@ void Fleet::stop_engine_left_behind(int port, const EngineRecord& recorded,
         event(port, "engine_left_behind", file.error().message);
     }
     // And what the worker told us, in case its record was lost or unusable.
-    if (recorded.pid == 0) return;  // no engine ran
+    if (recorded.pid == 0 || recorded.pid == from_record) return;  // none, or just handled
     const auto engine =
         RecordedProcess::from_stored(recorded.pid, recorded.start_time, recorded.group, boot);
     if (!engine) {
@@ -206,6 +206,16 @@ const PortAssignment* Fleet::overrides_for(const PortRuntime& rt) const {
     return port == profile->second.ports.end() ? nullptr : &port->second;
 }
 
+void Fleet::refresh_estimate(PortRuntime& rt) {
+    if (auto estimate = estimate_for(rt.port, rt.handle, rt.profile)) {
+        rt.estimate = *estimate;
+        rt.estimate_error.clear();
+    } else {
+        rt.estimate.reset();
+        rt.estimate_error = estimate.error().message;
+    }
+}
+
 Status Fleet::start_worker(PortRuntime& rt) {
     auto spawned = spawner_.spawn(config_, rt.port, rt.handle, overrides_for(rt));
     if (!spawned) {
@@ -214,13 +224,7 @@ Status Fleet::start_worker(PortRuntime& rt) {
         return spawned.error();
     }
     rt.process = std::move(spawned->process);
-    if (auto estimate = estimate_for(rt.port, rt.handle, rt.profile)) {
-        rt.estimate = *estimate;
-        rt.estimate_error.clear();
-    } else {
-        rt.estimate.reset();
-        rt.estimate_error = estimate.error().message;
-    }
+    refresh_estimate(rt);
     rt.pid = rt.process->pid();
     const auto identity = identify_process(static_cast<pid_t>(rt.pid));
     rt.pid_start_time = identity ? identity->start_time : 0;
@@ -232,6 +236,7 @@ Status Fleet::start_worker(PortRuntime& rt) {
     rt.stats = {};
     rt.probe_misses = 0;
     rt.stop_requested = false;
+    rt.ready_since.reset();  // a run that fails before it is ever ready was not healthy
     rt.started = Clock::now();
     rt.started_unix_ms = unix_ms();
     ++rt.attempt;
@@ -239,6 +244,30 @@ Status Fleet::start_worker(PortRuntime& rt) {
          "worker " + rt.worker_id + " (pid " + std::to_string(rt.pid) + ") serving '" + rt.handle +
              "'");
     return Ok{};
+}
+
+void Fleet::start_or_retry(PortRuntime& rt) {
+    auto ok = start_worker(rt);
+    if (ok) return;
+    if (ok.error().code != "no_resources") {
+        on_worker_gone(rt, ok.error().message);
+        return;
+    }
+    // ensembled's own shortage (descriptors, memory, processes): not a failure of the port.
+    constexpr auto kRetry = std::chrono::seconds(1);
+    event(rt.port, "spawn_deferred",
+          ok.error().message + "; ensembled's own shortage, not the port's: trying again in " +
+              std::to_string(kRetry.count()) + " s");
+    auto timer = std::make_shared<asio::steady_timer>(io_, kRetry);
+    const int port = rt.port;
+    const auto attempt = rt.attempt;
+    const auto state = rt.state;
+    timer->async_wait([this, timer, port, attempt, state](boost::system::error_code ec) {
+        auto* r = find(port);
+        if (ec || r == nullptr || r->attempt != attempt || r->state != state || r->stop_requested)
+            return;
+        start_or_retry(*r);
+    });
 }
 
 void Fleet::stop_worker(PortRuntime& rt, const std::string& reason) {
@@ -311,7 +340,7 @@ void Fleet::schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay) {
     timer->async_wait([this, timer, port, attempt](boost::system::error_code ec) {
         auto* r = find(port);
         if (ec || r == nullptr || r->attempt != attempt || r->state != PortState::backoff) return;
-        if (auto ok = start_worker(*r); !ok) on_worker_gone(*r, ok.error().message);
+        start_or_retry(*r);
     });
 }
 
@@ -375,8 +404,9 @@ awaitable<void> Fleet::probe_port(int port, std::uint64_t attempt) {
         host = host.is_v6() ? asio::ip::address(asio::ip::address_v6::loopback())
                             : asio::ip::address(asio::ip::address_v4::loopback());
     const HttpProbe probe{"GET", "/health", ""};
-    const int status =
+    const auto result =
         co_await http_probe(host, static_cast<unsigned short>(port), probe, health.probe_timeout);
+    const int status = result.status;
     auto* rt = find(port);
     if (rt == nullptr) co_return;
     rt->probe_in_flight = false;
@@ -384,8 +414,16 @@ awaitable<void> Fleet::probe_port(int port, std::uint64_t attempt) {
         rt->probe_misses = 0;
         co_return;
     }
-    if (status == 200) {
+    if (result.ok()) {
         rt->probe_misses = 0;
+        co_return;
+    }
+    if (!result.own_trouble.empty()) {
+        // Our own shortage (descriptors, memory) says nothing about the worker.
+        spdlog::warn(
+            "port {}: could not probe GET /health: {} (ensembled's own trouble; the "
+            "worker is not blamed)",
+            port, result.own_trouble);
         co_return;
     }
     ++rt->probe_misses;
@@ -544,6 +582,7 @@ void Fleet::reconcile() {
             const auto logs = port_logs(config_.supervisor.state_dir, r.port);
             rt.worker_log = logs.worker;
             rt.engine_log = logs.engine;
+            refresh_estimate(rt);  // an adopted port holds its share of the budget too
             event(r.port, "adopting",
                   "worker pid " + std::to_string(r.pid) + " survived; waiting for it to reconnect");
             continue;
@@ -566,7 +605,7 @@ void Fleet::reconcile() {
         auto& rt = runtime(port);
         rt.handle = a.handle;
         rt.profile = a.profile;
-        if (auto ok = start_worker(rt); !ok) on_worker_gone(rt, ok.error().message);
+        start_or_retry(rt);
     }
 }
 
@@ -574,8 +613,16 @@ Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
     auto* rt = find(m.port);
     if (rt == nullptr || rt->worker_id != m.worker_id || rt->token.empty() ||
         rt->token != m.token) {
+        // Adoption or termination, never limbo: a worker this ensembled has no record of (its
+        // state.db lost, say) stops on this refusal instead of serving on unmanaged.
+        event(m.port, "worker_refused",
+              "worker " + m.worker_id + " (pid " + std::to_string(m.pid) + ") on port " +
+                  std::to_string(m.port) +
+                  " is not one this ensembled expects (no record, or another token); told to "
+                  "stop");
         return Error{"unknown_worker", "no worker " + m.worker_id + " is expected on port " +
-                                           std::to_string(m.port) + " (wrong id or token)"};
+                                           std::to_string(m.port) +
+                                           " (wrong id or token); stop serving"};
     }
     if (rt->link != nullptr && rt->link != peer) rt->link->close();
     rt->link = peer;

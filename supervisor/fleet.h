@@ -54,7 +54,7 @@ struct PortRuntime {
     std::uint64_t rate_tokens = 0;
     Clock::time_point rate_since{};
     Clock::time_point started{};
-    std::optional<Clock::time_point> ready_since;  // while ready (or draining)
+    std::optional<Clock::time_point> ready_since;  // first ready of this worker's run
     Clock::time_point adopt_deadline{};  // while re-adopting: how long to wait for it to register
     Clock::time_point last_heartbeat{};
     // Set when the worker was found unwell (no heartbeats, failed probes) and sent SIGTERM; it
@@ -122,7 +122,12 @@ class Fleet {
     PortRuntime* find(int port);
     bool move(PortRuntime& rt, PortEvent event, const std::string& reason);
     void event(int port, const std::string& kind, const std::string& message);
+    // The port's memory estimate from the config (what the budget charges it).
+    void refresh_estimate(PortRuntime& rt);
     Status start_worker(PortRuntime& rt);
+    // start_worker, and on ensembled's own shortage a retry in a moment that the port is not
+    // blamed for; any other failure is the port's (on_worker_gone).
+    void start_or_retry(PortRuntime& rt);
     void stop_worker(PortRuntime& rt, const std::string& reason);
     void on_worker_gone(PortRuntime& rt, const std::string& how);
     void schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay);

@@ -139,10 +139,18 @@ awaitable<json> Fleet::load(int port, const std::string& handle, const std::stri
     }
     if (auto* rt = find(port); rt != nullptr && is_running(rt->state)) {
         if (rt->handle == handle) co_return protocol::ok_reply(port_json(*rt));
-        co_return failure("port_busy", "port " + std::to_string(port) + " already serves '" +
-                                           rt->handle + "'; use 'ensemble swap " +
-                                           std::to_string(port) + " " + handle + "'");
+        // Truthful about a port that is assigned but not serving (a load failing in a loop).
+        const auto what = rt->state == PortState::ready
+                              ? "already serves '" + rt->handle + "'"
+                              : "is assigned '" + rt->handle + "' (" + to_string(rt->state) +
+                                    (rt->last_failure.empty() ? "" : ": " + rt->last_failure) + ")";
+        co_return failure("port_busy", "port " + std::to_string(port) + " " + what +
+                                           "; use 'ensemble swap " + std::to_string(port) + " " +
+                                           handle + "' or 'ensemble unload " +
+                                           std::to_string(port) + "'");
     }
+    if (auto problem = privileged_port_problem(config_.supervisor, port))
+        co_return failure("privileged_port", *problem);
     if (auto busy = check_port_free(port)) co_return protocol::error_reply(*busy);
     // (named, not temporaries: GCC 12 miscompiles non-trivial temporaries in co_await)
     const std::map<int, std::string> starts{{port, handle}};
@@ -365,6 +373,20 @@ json Fleet::reload() {
         for (const auto& i : loaded.issues)
             text += "\n  " + i.to_string();
         return failure("bad_config", "the config has errors; keeping the running one:" + text);
+    }
+    // A model a port is assigned must stay defined: its next restart would fail, leaving the
+    // port down. Such a config is refused, naming the ports, until they are swapped or unloaded.
+    std::string orphaned;
+    for (const auto& [port, rt] : ports_) {
+        if (loaded.config->find_model(rt->handle) == nullptr)
+            orphaned +=
+                (orphaned.empty() ? "" : ", ") + std::to_string(port) + " ('" + rt->handle + "')";
+    }
+    if (!orphaned.empty()) {
+        return failure("model_in_use",
+                       "the new config no longer defines the model of port(s) " + orphaned +
+                           "; keeping the running config. Swap or unload those ports first "
+                           "(ensemble unload PORT), then reload");
     }
     // A port whose worker would now start differently is reported, not silently restarted.
     json changed = json::array();

@@ -5,17 +5,86 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <boost/asio/write.hpp>
+#include <chrono>
 #include <cstring>
 #include <deque>
+#include <list>
 
+#include "os/descriptor_limit.h"
 #include "os/peer_credentials.h"
 #include "protocol/framing.h"
 
 namespace ensemble {
 
 namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// What one listener allows: connections at once, and how long one may say nothing.
+struct ListenerLimits {
+    std::size_t max_connections;
+    std::chrono::seconds idle_timeout;
+};
+
+// Both listeners together hold at most about 9/16 of the descriptor limit, so that ensembled
+// always keeps descriptors for spawning, logging and probing however many connections arrive.
+// control.sock: the CLI sends a request and waits; one that says nothing for a minute is
+// closed. workers.sock: one link per worker, a heartbeat every second.
+ListenerLimits limits_for(bool worker_links) {
+    const auto limit = std::min<std::uint64_t>(descriptor_limit(), 1U << 20);
+    if (worker_links)
+        return {std::clamp<std::size_t>(limit / 2, 16, 4096), std::chrono::seconds(30)};
+    return {std::clamp<std::size_t>(limit / 16, 4, 64), std::chrono::seconds(60)};
+}
+
+// The live connections of one listener, so that idle ones are closed and a full listener makes
+// room by closing its longest-idle connection — a flood of idle connections can neither starve
+// ensembled of descriptors nor lock the operator out.
+class Connections {
+  public:
+    struct Entry {
+        unix_socket::socket* socket;
+        Clock::time_point last_active;
+        bool busy = false;  // handling a request, or a registered worker's link: never evicted
+    };
+    using Handle = std::list<Entry>::iterator;
+
+    explicit Connections(ListenerLimits limits) : limits_(limits) {}
+    Handle add(unix_socket::socket& socket) {
+        return entries_.insert(entries_.end(), Entry{&socket, Clock::now()});
+    }
+    void remove(Handle entry) { entries_.erase(entry); }
+    // Whether one more may be served, after closing the longest-idle connection if need be.
+    bool make_room() {
+        if (entries_.size() < limits_.max_connections) return true;
+        Entry* oldest = nullptr;
+        for (auto& e : entries_) {
+            if (!e.busy && (oldest == nullptr || e.last_active < oldest->last_active)) oldest = &e;
+        }
+        if (oldest == nullptr) return false;
+        close(*oldest);
+        return true;
+    }
+    void close_idle(Clock::time_point now) {
+        for (auto& e : entries_) {
+            if (!e.busy && now - e.last_active > limits_.idle_timeout) close(e);
+        }
+    }
+    const ListenerLimits& limits() const { return limits_; }
+
+  private:
+    // The session's pending read fails at once; the session then removes its entry.
+    static void close(Entry& e) {
+        boost::system::error_code ec;
+        e.socket->close(ec);
+        e.busy = true;  // closing: not chosen again
+    }
+    ListenerLimits limits_;
+    std::list<Entry> entries_;
+};
 
 // Only the supervisor's own user (or root) may talk to it.
 bool peer_allowed(unix_socket::socket& socket) {
@@ -71,7 +140,9 @@ class LinkPeer final : public WorkerLinkPeer, public std::enable_shared_from_thi
     FrameWriter writer_;
 };
 
-awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> peer, Fleet& fleet) {
+awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> peer, Fleet& fleet,
+                             std::shared_ptr<Connections> connections) {
+    const auto entry = connections->add(peer->socket());
     protocol::FrameDecoder decoder;
     std::array<char, 8192> buffer{};
     bool registered = false;
@@ -79,6 +150,7 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
         boost::system::error_code ec;
         const auto n = co_await peer->socket().async_read_some(asio::buffer(buffer), on_error(ec));
         if (ec) break;
+        entry->last_active = Clock::now();
         decoder.feed({buffer.data(), n});
         while (auto frame = decoder.next()) {
             auto message = *frame ? protocol::parse_worker_message(frame->value())
@@ -90,7 +162,10 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
             if (const auto* reg = std::get_if<protocol::Register>(&*message)) {
                 auto ok = fleet.on_register(peer.get(), *reg);
                 peer->send(ok ? protocol::registered_message() : protocol::error_reply(ok.error()));
+                // A worker that cannot be adopted is told to stop: never left serving unmanaged.
+                if (!ok) peer->send(protocol::stop_message());
                 registered = static_cast<bool>(ok);
+                entry->busy = registered;  // a worker's link is never evicted for a newcomer
             } else if (!registered) {
                 peer->send(protocol::error_reply(
                     Error{"not_registered", "register before sending heartbeats"}));
@@ -99,15 +174,13 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
             }
         }
     }
+    connections->remove(entry);
     fleet.on_link_closed(peer.get());
     (void)io;
 }
 
-awaitable<void> control_session(asio::io_context& io, unix_socket::socket socket, Fleet& fleet) {
-    if (!peer_allowed(socket)) {
-        spdlog::warn("control: refused a connection from another user");
-        co_return;
-    }
+awaitable<void> control_requests(unix_socket::socket& socket, Fleet& fleet,
+                                 Connections::Handle entry) {
     protocol::FrameDecoder decoder;
     std::array<char, 8192> buffer{};
     for (;;) {
@@ -117,6 +190,7 @@ awaitable<void> control_session(asio::io_context& io, unix_socket::socket socket
         decoder.feed({buffer.data(), n});
         while (auto frame = decoder.next()) {
             nlohmann::json reply;
+            entry->busy = true;
             if (!*frame) {
                 reply = protocol::error_reply(frame->error());
             } else if (auto request = protocol::parse_control_request(frame->value()); !request) {
@@ -126,25 +200,85 @@ awaitable<void> control_session(asio::io_context& io, unix_socket::socket socket
             }
             const auto bytes = protocol::encode_frame(reply);
             co_await asio::async_write(socket, asio::buffer(bytes), on_error(ec));
+            entry->busy = false;
+            entry->last_active = Clock::now();
             if (ec) co_return;
         }
     }
+}
+
+awaitable<void> control_session(asio::io_context& io, unix_socket::socket socket, Fleet& fleet,
+                                std::shared_ptr<Connections> connections) {
+    if (!peer_allowed(socket)) {
+        spdlog::warn("control: refused a connection from another user");
+        co_return;
+    }
+    const auto entry = connections->add(socket);
+    co_await control_requests(socket, fleet, entry);
+    connections->remove(entry);
     (void)io;
+}
+
+// Refuses a connection the listener has no room for, saying why (control.sock only: a worker
+// simply reconnects).
+awaitable<void> refuse_control(unix_socket::socket socket, std::size_t limit) {
+    const auto reply = protocol::error_reply(
+        Error{"too_many_connections", "ensembled is already answering " + std::to_string(limit) +
+                                          " control requests at once; try again in a moment"});
+    const auto bytes = protocol::encode_frame(reply);
+    boost::system::error_code ec;
+    co_await asio::async_write(socket, asio::buffer(bytes), on_error(ec));
+}
+
+// Closes the listener's idle connections, once a second, for as long as it accepts.
+awaitable<void> sweep_idle(asio::io_context& io, std::shared_ptr<Connections> connections) {
+    asio::steady_timer timer(io);
+    for (;;) {
+        timer.expires_after(std::chrono::seconds(1));
+        boost::system::error_code ec;
+        co_await timer.async_wait(on_error(ec));
+        // Only the sweeper left: the accept loop and every session have ended.
+        if (ec || connections.use_count() == 1) co_return;
+        connections->close_idle(Clock::now());
+    }
 }
 
 awaitable<void> accept_loop(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet,
                             bool worker_links) {
+    // Shared with the sweeper and every session: it lives as long as the last of them.
+    auto connections = std::make_shared<Connections>(limits_for(worker_links));
+    asio::co_spawn(io, sweep_idle(io, connections), asio::detached);
+    const char* const name = worker_links ? "workers.sock" : "control.sock";
+    Clock::time_point last_warning{};
     for (;;) {
         boost::system::error_code ec;
         auto socket = co_await acceptor.async_accept(on_error(ec));
         if (ec == asio::error::operation_aborted) co_return;
-        if (ec) continue;
+        if (ec) {
+            // Out of descriptors, most likely: say so now and then, and pause rather than spin.
+            if (Clock::now() - last_warning > std::chrono::seconds(10)) {
+                last_warning = Clock::now();
+                spdlog::warn("{}: cannot accept a connection: {} (ensembled's own trouble)", name,
+                             ec.message());
+            }
+            asio::steady_timer pause(io, std::chrono::milliseconds(100));
+            co_await pause.async_wait(on_error(ec));
+            continue;
+        }
+        if (!connections->make_room()) {
+            if (!worker_links) {
+                const auto limit = connections->limits().max_connections;
+                asio::co_spawn(io, refuse_control(std::move(socket), limit), asio::detached);
+            }
+            continue;
+        }
         if (worker_links) {
             if (!peer_allowed(socket)) continue;
             auto peer = std::make_shared<LinkPeer>(io, std::move(socket));
-            asio::co_spawn(io, link_session(io, peer, fleet), asio::detached);
+            asio::co_spawn(io, link_session(io, peer, fleet, connections), asio::detached);
         } else {
-            asio::co_spawn(io, control_session(io, std::move(socket), fleet), asio::detached);
+            asio::co_spawn(io, control_session(io, std::move(socket), fleet, connections),
+                           asio::detached);
         }
     }
 }

@@ -136,16 +136,18 @@ void EngineRunner::stop_engine_left_behind() {
     }
 }
 
-void EngineRunner::record(pid_t pid) {
+Status EngineRunner::record(pid_t pid) {
     record_ = RecordedProcess::of_running(pid);
     if (!record_) {
-        spdlog::warn("engine: pid {} cannot be identified (already gone?); it is not recorded",
-                     pid);
-    } else if (record_file_) {
-        if (auto ok = record_file_->write(*record_); !ok)
-            spdlog::warn("engine: {}; an engine left behind by a crash would not be found",
-                         ok.error().message);
+        return Error{"spawn_failed", "the engine (pid " + std::to_string(pid) +
+                                         ") could not be identified before it ran; not started"};
     }
+    if (!record_file_) return Ok{};  // no record file at all (warned at start)
+    if (auto ok = record_file_->write(*record_); !ok) {
+        // Never an engine that a crash of this worker could leave behind unnoticed.
+        return Error{ok.error().code, ok.error().message + "; the engine was not started"};
+    }
+    return Ok{};
 }
 
 void EngineRunner::forget_record() {
@@ -171,7 +173,7 @@ Status EngineRunner::spawn() {
     spec.log_file = config_.log_file;
     spec.extra_env = config_.env;
     // Written down before it runs: a worker killed at any moment leaves no engine unrecorded.
-    spec.before_exec = [this](pid_t pid) { record(pid); };
+    spec.before_exec = [this](pid_t pid) { return record(pid); };
     auto child = ChildProcess::spawn(spec);
     if (!child) {
         forget_record();
@@ -198,9 +200,10 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
     auto last_log_size = file_size_or_zero(config_.log_file);
     while (generation == generation_ &&
            (state_ == EngineState::loading || state_ == EngineState::restarting)) {
-        const int status = co_await http_probe(loopback, port_, probe, timeout);
+        const auto result = co_await http_probe(loopback, port_, probe, timeout);
+        const int status = result.status;
         if (generation != generation_ || state_ == EngineState::stopping) co_return;
-        if (status == 200) {
+        if (result.ok()) {
             ever_ready_ = true;
             ready_since_ = Clock::now();
             set_state(EngineState::ready, "the readiness probe answered 200");
@@ -210,7 +213,9 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
         }
         // A big model may take minutes to load; only a load that stops making progress fails.
         const auto log_size = file_size_or_zero(config_.log_file);
-        if (log_size != last_log_size || status != 0) last_progress = Clock::now();
+        // A probe we could not make (our own shortage) is no sign the engine is stuck.
+        if (log_size != last_log_size || status != 0 || !result.own_trouble.empty())
+            last_progress = Clock::now();
         last_log_size = log_size;
         if (Clock::now() - last_progress > config_.load_stall_timeout) {
             spdlog::error("engine: no progress for {} ms while loading; killing it (see {})",
@@ -243,9 +248,17 @@ awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
             misses = 0;
             continue;
         }
-        const int status = co_await http_probe(loopback, port_, probe, timeout);
+        const auto result = co_await http_probe(loopback, port_, probe, timeout);
+        const int status = result.status;
         if (generation != generation_ || state_ != EngineState::ready) co_return;
-        misses = status == 200 ? 0 : misses + 1;
+        if (!result.own_trouble.empty()) {
+            spdlog::warn(
+                "engine: could not probe it: {} (the worker's own trouble; the engine is "
+                "not blamed)",
+                result.own_trouble);
+            continue;
+        }
+        misses = result.ok() ? 0 : misses + 1;
         if (misses == 0) continue;
         spdlog::warn("engine: liveness probe failed ({} of {} in a row, status {})", misses,
                      config_.liveness_failures, status);

@@ -67,7 +67,7 @@ class EngineRunner {
     Status spawn();
     void stop_engine_left_behind();
     // Writes down the engine just forked (it waits to exec until this returns).
-    void record(pid_t pid);
+    Status record(pid_t pid);
     void forget_record();
     std::chrono::milliseconds probe_timeout() const;
     // SIGKILL to the engine's group, remembering why (so it is not put down to memory).

@@ -74,8 +74,24 @@ awaitable<void> HttpFront::accept_loop() {
             continue;
         }
         socket.set_option(tcp::no_delay(true), ec);
+        if (sessions_.size() >= config_.max_connections) {
+            asio::co_spawn(io_, refuse_connection(std::move(socket)), asio::detached);
+            continue;
+        }
         asio::co_spawn(io_, serve(std::move(socket)), asio::detached);
     }
+}
+
+awaitable<void> HttpFront::refuse_connection(tcp::socket socket) {
+    beast::tcp_stream stream(std::move(socket));
+    stream.expires_after(std::chrono::seconds(5));
+    auto response = make_error_response(
+        ApiError{http::status::service_unavailable, "server_error", "too_many_connections",
+                 "this port already serves " + std::to_string(config_.max_connections) +
+                     " connections; retry shortly, or reuse connections (keep-alive)",
+                 1},
+        false);
+    co_await reply(stream, response);
 }
 
 awaitable<void> HttpFront::serve(tcp::socket socket) {
@@ -89,9 +105,19 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
         boost::system::error_code ec;
         session->idle = true;
         if (draining_) break;
-        stream.expires_after(config_.idle_timeout);
-        co_await http::async_read(stream, buffer, parser, on_error(ec));
+        if (buffer.size() == 0) {  // waiting for the next request to begin
+            stream.expires_after(config_.idle_timeout);
+            const auto n = co_await stream.async_read_some(buffer.prepare(4096), on_error(ec));
+            if (ec) break;
+            buffer.commit(n);
+        }
         session->idle = false;
+        stream.expires_after(config_.header_timeout);
+        co_await http::async_read_header(stream, buffer, parser, on_error(ec));
+        if (!ec) {
+            stream.expires_after(config_.body_timeout);
+            co_await http::async_read(stream, buffer, parser, on_error(ec));
+        }
         if (ec) {
             co_await reject_unreadable(stream, ec);
             break;

@@ -21,7 +21,15 @@ struct FrontConfig {
     std::size_t max_body_bytes = 32 * 1024 * 1024;
     std::string api_key;         // empty: no key required
     std::size_t queue_max = 64;  // requests allowed to wait for a restarting engine
+    // A connection waits this long for a request to begin, then the headers must arrive within
+    // header_timeout and the body within body_timeout: a slow or silent client holds nothing
+    // for long.
     std::chrono::seconds idle_timeout{120};
+    std::chrono::seconds header_timeout{30};
+    std::chrono::seconds body_timeout{300};
+    // Connections served at once; more are answered 503 with Retry-After and closed, well
+    // before the descriptor limit.
+    std::size_t max_connections = 1024;
 };
 
 class HttpFront {
@@ -45,6 +53,7 @@ class HttpFront {
     };
 
     awaitable<void> accept_loop();
+    awaitable<void> refuse_connection(tcp::socket socket);
     awaitable<void> serve(tcp::socket socket);
     awaitable<bool> handle(beast::tcp_stream& stream, http::request<http::string_body>& request);
     awaitable<bool> reply(beast::tcp_stream& stream, http::response<http::string_body>& response);

@@ -7,6 +7,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <iostream>
 
+#include "os/descriptor_limit.h"
 #include "os/process_memory.h"
 #include "worker/supervisor_link.h"
 #include "worker/worker_options.h"
@@ -49,12 +50,22 @@ protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProx
 }  // namespace
 
 int main(int argc, char** argv) {
+    // First: a write to a peer that is gone (a client, a held child) is an error, not death.
+    ::signal(SIGPIPE, SIG_IGN);
     auto parsed = parse_worker_options(argc, argv);
     if (auto* code = std::get_if<int>(&parsed)) return *code;
     auto& options = std::get<WorkerOptions>(parsed);
     spdlog::set_pattern(
         "%Y-%m-%dT%H:%M:%S.%e %^%l%$ [worker:" + std::to_string(options.front.port) + "] %v");
 
+    // A public port may hold many client connections at once, but never all the descriptors:
+    // the engine link, the log and the supervisor link need theirs.
+    const auto descriptors = raise_descriptor_limit();
+    if (options.front.max_connections > descriptors / 2) {
+        options.front.max_connections = std::max<std::uint64_t>(descriptors / 2, 1);
+        spdlog::info("serving at most {} connections at once (descriptor limit {})",
+                     options.front.max_connections, descriptors);
+    }
     asio::io_context io(1);
     EngineRunner engine(io, options.engine);
     options.model.engine_model_id = engine.engine_model_id();
@@ -105,7 +116,6 @@ int main(int argc, char** argv) {
         link->start();
         engine.on_state_change = [&link] { link->report_now(); };
     }
-    ::signal(SIGPIPE, SIG_IGN);
     io.run();
     return exit_code;
 }

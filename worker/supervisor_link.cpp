@@ -130,9 +130,8 @@ awaitable<void> SupervisorLink::read_loop() {
             const auto type = message.value("type", "");
             if (type == "stop") {
                 on_stop_("the supervisor asked to stop");
-            } else if (type == "error") {
-                spdlog::error("link: the supervisor refused this worker: {}", message.dump());
-                on_stop_("refused by the supervisor");
+            } else if (!message.value("ok", true)) {
+                spdlog::error("link: the supervisor refused a message: {}", message.dump());
             }
         }
     }

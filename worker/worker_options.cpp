@@ -117,6 +117,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     std::string log_file;
     int drain_seconds = 30;
     int queue_timeout = 60;
+    int header_timeout = static_cast<int>(o.front.header_timeout.count());
     double stall_timeout = 120;
     std::vector<std::string> engine_env;
     int engine_timeout = 600;
@@ -154,6 +155,10 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     app.add_option("--max-body-bytes", o.front.max_body_bytes, "largest request body accepted")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 34));
+    app.add_option("--max-connections", o.front.max_connections,
+                   "client connections served at once (more are answered 503)")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
     app.add_option("--log-dir", log_dir,
                    "directory for the engine log (default: "
                    "$XDG_STATE_HOME/ensemble/logs)");
@@ -166,6 +171,10 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "seconds a request may wait for a restarting "
                    "engine")
         ->capture_default_str();
+    app.add_option("--header-timeout", header_timeout,
+                   "seconds a client has to send a request's headers once it has begun")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 3600));
     app.add_option("--drain-timeout", drain_seconds, "seconds SIGTERM waits for requests in flight")
         ->capture_default_str();
     app.add_option("--load-stall-timeout", stall_timeout,
@@ -195,6 +204,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     }
     o.engine.log_file = log_file;
     o.drain_timeout = std::chrono::seconds(drain_seconds);
+    o.front.header_timeout = std::chrono::seconds(header_timeout);
     o.proxy.queue_timeout = std::chrono::seconds(queue_timeout);
     o.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
     o.engine.load_stall_timeout =

@@ -6,6 +6,13 @@
 // port was held succeeded (only requests cut mid-flight by a kill may fail, and then cleanly),
 // and — through the orphan check after every test — that no process outlives it. Each scenario
 // appends its totals to test-output/chaos-totals.jsonl (tests/chaos/report sums them up).
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <iterator>
 #include <random>
 
 #include "os/memory_kill_watch.h"
@@ -509,3 +516,62 @@ TEST_F(ProbeTest, APortFailingItsHealthProbeIsRestartedWithTheReason) {
 }
 
 }  // namespace
+
+namespace {
+
+// A non-blocking connection to a Unix socket; -1 if it was not accepted at once.
+int connect_unix(const std::filesystem::path& path) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0) {
+        ::close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+std::size_t open_descriptors(pid_t pid) {
+    std::error_code ec;
+    const auto dir =
+        std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+    return ec ? 0 : static_cast<std::size_t>(std::distance(dir, {}));
+}
+
+}  // namespace
+
+// Found by an adversarial run: ~20,000 idle connections to control.sock (same uid) used up
+// ensembled's descriptors; its own health probes failed, it killed its healthy workers, could
+// not spawn new ones, and every port ended `failed`. Here ensembled may hold 256 descriptors and
+// gets 3x that many idle connections to each socket: each listener is capped (the longest-idle
+// connection makes room), the operator still gets through, and no port is touched.
+TEST_F(ProbeTest, AFloodOfIdleConnectionsToItsSocketsHarmsNoPort) {
+    supervisor_ = start_supervisor({}, 256);
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " fake").exit_code, 0);
+    const auto before = port_status(port_a_);
+    std::vector<int> flood;
+    for (int i = 0; i < 768; ++i) {
+        for (const char* name : {"control.sock", "workers.sock"}) {
+            if (const int fd = connect_unix(run_dir_ / name); fd >= 0) flood.push_back(fd);
+        }
+        if (i % 64 == 0) std::this_thread::sleep_for(10ms);  // let it accept
+    }
+    ASSERT_GT(flood.size(), 768U) << "the flood did not arrive";
+    // Several probe intervals (300 ms) under the flood.
+    for (int i = 0; i < 10; ++i) {
+        const auto status = cli("status");
+        EXPECT_EQ(status.exit_code, 0) << status.out;
+        std::this_thread::sleep_for(300ms);
+    }
+    EXPECT_LT(open_descriptors(supervisor_->pid()), 200U) << "its listeners are capped";
+    const auto after = port_status(port_a_);
+    EXPECT_EQ(after["state"], "ready") << after.dump(2);
+    EXPECT_EQ(after["pid"], before["pid"]) << "the healthy worker was not replaced";
+    EXPECT_EQ(after["restarts"], 0);
+    for (const int fd : flood)
+        ::close(fd);
+    EXPECT_EQ(chat(port_a_), 200);
+    const auto events = cli("events -n 100").out;
+    EXPECT_EQ(events.find("unhealthy"), std::string::npos) << events;
+}

@@ -192,6 +192,27 @@ TEST_F(MemoryTest, LoadAndSwapOverBudgetAreRefusedNamingBudgetHoldersAndShortfal
     EXPECT_GT(budget["measured_bytes"].get<std::uint64_t>(), 0U);
 }
 
+// Found by an adversarial run: after a supervisor restart the re-adopted ports were charged 0,
+// so a load that did not fit was accepted.
+TEST_F(MemoryTest, ReadoptedPortsStillCountAgainstTheBudget) {
+    write_config("  memory_budget: 1GiB\n",
+                 fake_model("small-a", "600MiB") + fake_model("small-b", "600MiB"));
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " small-a").exit_code, 0);
+    const auto pid = port_status(port_a_).value("pid", 0);
+    ::kill(supervisor_->pid(), SIGQUIT);  // exits; the worker keeps serving
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(
+        wait_until([&] { return port_status(port_a_).value("state", "") == "ready"; }, 10s));
+    ASSERT_EQ(port_status(port_a_).value("pid", 0), pid) << "re-adopted";
+    const auto refused = cli("load " + std::to_string(port_b_) + " small-b");
+    EXPECT_NE(refused.exit_code, 0) << refused.out;
+    EXPECT_NE(refused.out.find("short by 176.0 MiB"), std::string::npos) << refused.out;
+    const auto budget = json::parse(cli("--json budget").out)["result"];
+    EXPECT_EQ(budget["reserved_bytes"], 600ULL << 20);
+}
+
 TEST_F(MemoryTest, ProfileLoadOverBudgetChangesNothing) {
     const auto a = std::to_string(port_a_);
     const auto b = std::to_string(port_b_);

@@ -22,6 +22,16 @@ class SupervisorTest : public SupervisorFixture {
     // on), optionally makes state.db forget the engines, starts again, and expects no engine
     // of the old generation and one new worker per port.
     void expect_no_old_engine_after_killing_everything(bool forget_engines_in_db);
+
+    // Replaces the first `from` in ensemble.yaml with `to` (the test fails if it is not there).
+    void edit_config(const std::string& from, const std::string& to) {
+        std::ifstream in(dir_ / "ensemble.yaml");
+        std::string text((std::istreambuf_iterator<char>(in)), {});
+        const auto at = text.find(from);
+        ASSERT_NE(at, std::string::npos) << from;
+        text.replace(at, from.size(), to);
+        std::ofstream(dir_ / "ensemble.yaml") << text;
+    }
 };
 
 TEST_F(SupervisorTest, ProfileLoadServesEveryPortAndStatusShowsThem) {
@@ -278,15 +288,21 @@ TEST_F(SupervisorTest, ADamagedStateDatabaseStopsTheStartAndTheBackupBringsItAll
     }
 }
 
+TEST_F(SupervisorTest, ALoadOnAPrivilegedPortIsRefusedSayingHowToAllowIt) {
+    supervisor_ = start_supervisor();
+    const auto load = cli("load 1000 tiny");
+    EXPECT_NE(load.exit_code, 0);
+    EXPECT_NE(load.out.find("port 1000 is below 1024"), std::string::npos) << load.out;
+    EXPECT_NE(load.out.find("allow_privileged_ports"), std::string::npos) << load.out;
+    EXPECT_TRUE(status()["ports"].empty()) << "nothing assigned";
+}
+
 TEST_F(SupervisorTest, ReloadReportsChangedPortsWithoutRestartingThem) {
     supervisor_ = start_supervisor();
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
     const auto pid = port_status(port_a_)["pid"];
     // Change tiny's context: the running worker would now start differently.
-    std::ifstream in(dir_ / "ensemble.yaml");
-    std::string text((std::istreambuf_iterator<char>(in)), {});
-    text.replace(text.find("context: 16384"), 14, "context: 8192");
-    std::ofstream(dir_ / "ensemble.yaml") << text;
+    edit_config("context: 16384", "context: 8192");
     auto reload = cli("--json reload");
     ASSERT_EQ(reload.exit_code, 0) << reload.out;
     const auto changed = json::parse(reload.out)["result"]["changed_ports"];
@@ -298,6 +314,56 @@ TEST_F(SupervisorTest, ReloadReportsChangedPortsWithoutRestartingThem) {
     auto bad = cli("reload");
     EXPECT_EQ(bad.exit_code, 1);
     EXPECT_NE(bad.out.find("unknown key 'bogus'"), std::string::npos) << bad.out;
+}
+
+// Found by an adversarial run: a reload that dropped the model a port served was accepted, and
+// the port's next restart stopped its healthy worker and then failed.
+TEST_F(SupervisorTest, ReloadRefusesAConfigThatDropsAModelAPortServes) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " fake").exit_code, 0);
+    const auto pid = port_status(port_a_)["pid"];
+    edit_config("  fake: {engine: fake, path: none}\n", "");
+    const auto reload = cli("reload");
+    EXPECT_NE(reload.exit_code, 0);
+    EXPECT_NE(reload.out.find("no longer defines the model of port(s) " + std::to_string(port_a_) +
+                              " ('fake')"),
+              std::string::npos)
+        << reload.out;
+    ASSERT_EQ(cli("restart " + std::to_string(port_a_)).exit_code, 0) << "the old config stands";
+    EXPECT_EQ(port_status(port_a_)["state"], "ready");
+    EXPECT_NE(port_status(port_a_)["pid"], pid);
+}
+
+// Found by an adversarial run: with a config that is not YAML, the CLI guessed the default
+// socket and said "ensembled is not running" of a running ensembled.
+TEST_F(SupervisorTest, ACliWithAnUnreadableConfigSaysSoRatherThanNotRunning) {
+    supervisor_ = start_supervisor();
+    std::ofstream(dir_ / "ensemble.yaml", std::ios::app) << "supervisor: [unclosed\n";
+    const auto status = cli("status");
+    EXPECT_EQ(status.exit_code, 3);
+    EXPECT_NE(status.out.find("cannot be read"), std::string::npos) << status.out;
+    EXPECT_NE(status.out.find("--socket"), std::string::npos) << status.out;
+    EXPECT_EQ(status.out.find("not running"), std::string::npos) << status.out;
+    EXPECT_EQ(cli("--socket " + (run_dir_ / "control.sock").string() + " status").exit_code, 0);
+}
+
+// Found by an adversarial run: with state.db lost, surviving workers served on unmanaged. A
+// worker ensembled has no record of is refused and stops; the port is free for what is wanted.
+TEST_F(SupervisorTest, AWorkerThatCannotBeAdoptedStopsInsteadOfServingUnmanaged) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    const pid_t old_worker = port_status(port_a_)["pid"].get<pid_t>();
+    ::kill(supervisor_->pid(), SIGQUIT);  // exits; the worker keeps serving
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+    for (const char* file : {"state.db", "state.db-wal", "state.db-shm", "state.db.backup"})
+        std::filesystem::remove(dir_ / "state" / file);
+    supervisor_ = start_supervisor();
+    for (int i = 0; i < 300 && process_alive(old_worker); ++i)
+        std::this_thread::sleep_for(100ms);
+    EXPECT_FALSE(process_alive(old_worker)) << "refused, so it stopped";
+    EXPECT_NE(cli("events -n 50").out.find("is not one this ensembled expects"), std::string::npos);
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    EXPECT_EQ(chat(port_a_), 200);
 }
 
 TEST_F(SupervisorTest, CleanRestartRestoresTheSameAssignmentsAndLogsAreThere) {

@@ -177,6 +177,49 @@ TEST_F(WorkerTest, ABodyNestedTooDeepIs400AndTheWorkerLivesOn) {
     EXPECT_TRUE(process_alive(worker->pid()));
 }
 
+int connect_loopback(unsigned short port) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(port);
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
+    return fd;
+}
+
+// Found by an adversarial run: 21,000 idle connections exhausted a worker's descriptors and 400
+// half-open ones were held indefinitely. Past the cap a client is told 503 with Retry-After; a
+// client that stops halfway through its headers is cut off.
+TEST_F(WorkerTest, ConnectionsPastTheCapAre503AndHalfSentHeadersAreCutOff) {
+    auto worker = start({"--max-connections", "8", "--header-timeout", "1"});
+    std::vector<int> held;
+    for (int i = 0; i < 8; ++i)
+        held.push_back(connect_loopback(worker->port()));
+    std::this_thread::sleep_for(200ms);
+    const auto refused = raw_exchange(worker->port(), "GET /health HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(refused.rfind("HTTP/1.1 503", 0), 0U) << refused;
+    EXPECT_NE(refused.find("too_many_connections"), std::string::npos) << refused;
+    EXPECT_NE(refused.find("Retry-After: 1"), std::string::npos) << refused;
+    for (const int fd : held)
+        ::close(fd);
+    std::this_thread::sleep_for(200ms);
+    EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
+
+    const int slow = connect_loopback(worker->port());
+    const std::string half = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n";
+    ASSERT_EQ(::send(slow, half.data(), half.size(), 0), static_cast<ssize_t>(half.size()));
+    timeval limit{10, 0};
+    ::setsockopt(slow, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    const auto sent = std::chrono::steady_clock::now();
+    char byte = 0;
+    EXPECT_LE(::recv(slow, &byte, 1, 0), 0) << "closed, not answered";
+    const auto held_for = std::chrono::steady_clock::now() - sent;
+    ::close(slow);
+    EXPECT_GE(held_for, 900ms);
+    EXPECT_LT(held_for, 5s) << "the header timeout is 1 s";
+    EXPECT_TRUE(process_alive(worker->pid()));
+}
+
 TEST_F(WorkerTest, MalformedHttpIs400) {
     auto worker = start();
     const auto reply = raw_exchange(worker->port(), "GARBAGE\x01 / HTTP/9.9\r\n\r\n");

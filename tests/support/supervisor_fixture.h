@@ -105,9 +105,16 @@ class SupervisorFixture : public ::testing::Test {
     // More lines for the config's supervisor section ("  key: value\n" each).
     virtual std::string extra_supervisor_settings() const { return ""; }
 
-    std::unique_ptr<ChildProcess> start_supervisor(std::map<std::string, std::string> env = {}) {
+    // `descriptor_limit` > 0: ensembled runs with that hard limit on open descriptors.
+    std::unique_ptr<ChildProcess> start_supervisor(std::map<std::string, std::string> env = {},
+                                                   int descriptor_limit = 0) {
         SpawnSpec spec;
         spec.argv = {ensembled_bin_, "--config", (dir_ / "ensemble.yaml").string()};
+        if (descriptor_limit > 0) {
+            spec.argv.insert(spec.argv.begin(), {"/bin/sh", "-c",
+                                                 "ulimit -n " + std::to_string(descriptor_limit) +
+                                                     " && exec \"$0\" \"$@\""});
+        }
         if (!worker_bin_.empty()) spec.argv.insert(spec.argv.end(), {"--worker-bin", worker_bin_});
         spec.log_file = dir_ / "ensembled.log";
         spec.die_with_parent = false;  // the kill -9 test needs its workers to outlive it

@@ -97,6 +97,18 @@ TEST_F(ConfigTest, PortOutOfRangeIsReported) {
                  5, "out of range 1-65535");
 }
 
+// Found by an adversarial run: `load 22 tiny` succeeded (as root it would take ssh's port).
+TEST_F(ConfigTest, PrivilegedPortsNeedAnExplicitYes) {
+    const std::string profile =
+        "models:\n  tiny: {path: ./a.gguf}\nprofiles:\n  p:\n    80: tiny\n";
+    expect_issue(load(profile), 5, 5, "port 80 is below 1024");
+    auto allowed = load("supervisor:\n  allow_privileged_ports: true\n" + profile);
+    ASSERT_TRUE(allowed.config) << allowed.issues.at(0).to_string();
+    EXPECT_TRUE(allowed.config->supervisor.allow_privileged_ports);
+    EXPECT_FALSE(privileged_port_problem(allowed.config->supervisor, 22));
+    EXPECT_FALSE(privileged_port_problem(SupervisorSettings{}, 1024));
+}
+
 TEST_F(ConfigTest, MissingModelReferenceIsReported) {
     expect_issue(load("models:\n  tiny: {path: ./a.gguf}\nprofiles:\n  p:\n    8100: huge\n"), 5,
                  11, "model 'huge' is not defined");

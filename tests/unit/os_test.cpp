@@ -69,6 +69,7 @@ TEST(ChildProcess, IsHeldBeforeExecUntilItIsWrittenDown) {
         std::this_thread::sleep_for(200ms);  // the program would have run by now if not held
         ran_before_recorded = std::filesystem::exists(marker);
         recorded = RecordedProcess::of_running(pid);
+        return Status(Ok{});
     };
     auto child = ChildProcess::spawn(spec);
     ASSERT_TRUE(child) << child.error().message;
@@ -79,6 +80,24 @@ TEST(ChildProcess, IsHeldBeforeExecUntilItIsWrittenDown) {
         std::this_thread::sleep_for(10ms);
     EXPECT_EQ(read_all(marker), "ran\n");
     std::filesystem::remove(marker);
+}
+
+// A record that cannot be written (a full disk): the program never runs, and spawn says why.
+TEST(ChildProcess, AChildThatCannotBeWrittenDownNeverRuns) {
+    const auto marker = scratch_file("unrecorded-ran");
+    SpawnSpec spec;
+    spec.argv = {"/bin/sh", "-c", "echo ran > '" + marker.string() + "'"};
+    pid_t held = 0;
+    spec.before_exec = [&](pid_t pid) {
+        held = pid;
+        return Status(Error{"record_unwritable", "the disk is full"});
+    };
+    auto child = ChildProcess::spawn(spec);
+    ASSERT_FALSE(child);
+    EXPECT_EQ(child.error().code, "record_unwritable");
+    EXPECT_NE(::kill(held, 0), 0) << "given up and reaped";
+    std::this_thread::sleep_for(100ms);
+    EXPECT_FALSE(std::filesystem::exists(marker)) << "and never ran the program";
 }
 
 // The parent dies while it writes the record: the program never runs, so nothing unrecorded
@@ -96,6 +115,7 @@ TEST(ChildProcess, AChildHeldWhenItsParentDiesNeverRuns) {
         spec.before_exec = [&](pid_t pid) {
             [[maybe_unused]] auto n = ::write(pid_pipe[1], &pid, sizeof pid);
             ::_exit(0);  // killed mid-record
+            return Status(Ok{});
         };
         (void)ChildProcess::spawn(spec);
         ::_exit(1);
@@ -129,6 +149,29 @@ TEST(ChildProcess, InheritsNoDescriptorButStdioAndLogsToItsFile) {
     struct stat st {};
     ASSERT_EQ(::stat(log.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600) << "logs are this user's alone";
+    std::filesystem::remove(log);
+}
+
+// A spawn that fails for want of our own descriptors must not be blamed on the program (the
+// supervisor would count it toward a crash loop of a healthy port).
+TEST(ChildProcess, OutOfDescriptorsIsOurOwnShortageNotTheProgramsFault) {
+    const auto log = scratch_file("emfile-log");
+    const pid_t tester = ::fork();
+    ASSERT_GE(tester, 0);
+    if (tester == 0) {
+        const rlimit low{32, 32};
+        ::setrlimit(RLIMIT_NOFILE, &low);
+        while (::open("/dev/null", O_RDONLY) >= 0) {
+        }
+        SpawnSpec spec;
+        spec.argv = {"/bin/true"};
+        spec.log_file = log;
+        auto child = ChildProcess::spawn(spec);
+        ::_exit(!child && child.error().code == "no_resources" ? 0 : 1);
+    }
+    int status = 0;
+    ::waitpid(tester, &status, 0);
+    EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "no_resources expected";
     std::filesystem::remove(log);
 }
 

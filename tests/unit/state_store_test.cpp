@@ -248,6 +248,13 @@ TEST_F(StateStoreTest, AFileThatIsNotADatabaseOrEmptyAfterUseIsRefused) {
     EXPECT_NE(empty.error().message.find("is empty (0 bytes) although it has been used before"),
               std::string::npos)
         << empty.error().message;
+    std::filesystem::remove(path_);
+    auto missing = StateStore::open(path_);
+    ASSERT_FALSE(missing);
+    EXPECT_NE(missing.error().message.find("is missing although it has been used before"),
+              std::string::npos)
+        << missing.error().message;
+    EXPECT_FALSE(std::filesystem::exists(path_)) << "nothing created in its place";
     // A fresh install (no backup either) starts empty, as it should.
     std::filesystem::remove_all(dir_);
     EXPECT_TRUE(open());
