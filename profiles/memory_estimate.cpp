@@ -217,6 +217,15 @@ Result<MemoryEstimate> estimate_memory(const EstimateRequest& r) {
                                         "' is a directory without config.json; set 'memory:' "
                                         "for this model"};
     }
+    // A path (not a repo id such as "mlx-community/Qwen3-8B-4bit") that is not there is a
+    // missing model, and says so.
+    const bool names_a_file = path.is_absolute() || r.path.starts_with(".") ||
+                              path.extension() == ".gguf" || path.extension() == ".safetensors";
+    if (names_a_file && !std::filesystem::exists(path, ec)) {
+        return Error{"model_missing", "the model file '" + r.path +
+                                          "' does not exist (deleted or moved?); restore it or "
+                                          "fix the model's path"};
+    }
     if (!std::filesystem::is_regular_file(path, ec)) {
         return Error{"no_estimate", "'" + r.path +
                                         "' is not a local model file or directory (a repo id?), "

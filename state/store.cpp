@@ -98,7 +98,8 @@ Status run(sqlite3* db, const char* sql, const std::function<void(Statement&)>& 
 // The refusal to start on a database that is damaged or lost, with the way back.
 Error state_damaged(const std::filesystem::path& path, const std::string& why) {
     const auto backup = StateStore::backup_path(path);
-    const bool has_backup = std::filesystem::exists(backup);
+    std::error_code ec;
+    const bool has_backup = std::filesystem::exists(backup, ec);
     return Error{
         "state_damaged",
         "the state database " + path.string() + " " + why +
@@ -144,8 +145,8 @@ Result<std::unique_ptr<StateStore>> StateStore::open(const std::filesystem::path
     std::filesystem::create_directories(path.parent_path(), ec);
     // A fresh install has neither file; a database gone or emptied while its backup is there
     // was lost, not never used. (SQLite writes the header as soon as it creates the file.)
-    if (std::filesystem::exists(backup_path(path))) {
-        if (!std::filesystem::exists(path))
+    if (std::filesystem::exists(backup_path(path), ec)) {
+        if (!std::filesystem::exists(path, ec))
             return state_damaged(path, "is missing although it has been used before");
         if (std::filesystem::file_size(path, ec) == 0 && !ec)
             return state_damaged(path, "is empty (0 bytes) although it has been used before");

@@ -26,7 +26,8 @@ std::int64_t unix_ms() {
 }
 
 // Worker exit codes that mean something specific (see docs/WORKER.md).
-std::string explain_exit(const ExitStatus& status, int port) {
+// `engine_last_exit`: how the worker last said its engine ended (its final heartbeat).
+std::string explain_exit(const ExitStatus& status, int port, const std::string& engine_last_exit) {
     if (!status.signaled && status.code == 3) {
         return "port " + std::to_string(port) +
                " is in use by another process (worker exit code 3)";
@@ -37,8 +38,9 @@ std::string explain_exit(const ExitStatus& status, int port) {
         return "the engine could not be started (exit code 4)";
     }
     if (!status.signaled && status.code == 5) {
-        return "the engine could not load the model (worker exit code 5; see 'ensemble logs " +
-               std::to_string(port) + "')";
+        const auto last = engine_last_exit.empty() ? "" : "last: " + engine_last_exit + "; ";
+        return "the engine could not load the model (" + last +
+               "worker exit code 5; see 'ensemble logs " + std::to_string(port) + "')";
     }
     return status.describe();
 }
@@ -246,7 +248,7 @@ Status Fleet::start_worker(PortRuntime& rt) {
     return Ok{};
 }
 
-void Fleet::start_or_retry(PortRuntime& rt) {
+void Fleet::start_or_retry(PortRuntime& rt, std::chrono::seconds retry) {
     auto ok = start_worker(rt);
     if (ok) return;
     if (ok.error().code != "no_resources") {
@@ -254,19 +256,28 @@ void Fleet::start_or_retry(PortRuntime& rt) {
         return;
     }
     // ensembled's own shortage (descriptors, memory, processes): not a failure of the port.
-    constexpr auto kRetry = std::chrono::seconds(1);
-    event(rt.port, "spawn_deferred",
-          ok.error().message + "; ensembled's own shortage, not the port's: trying again in " +
-              std::to_string(kRetry.count()) + " s");
-    auto timer = std::make_shared<asio::steady_timer>(io_, kRetry);
+    // Retried at growing intervals, with one event per streak rather than one per try.
+    constexpr auto kFirstRetry = std::chrono::seconds(1);
+    constexpr auto kMaxRetry = std::chrono::seconds(30);
+    if (retry == kFirstRetry) {
+        event(rt.port, "spawn_deferred",
+              ok.error().message + "; ensembled's own shortage, not the port's: retrying from " +
+                  std::to_string(kFirstRetry.count()) + " s, up to every " +
+                  std::to_string(kMaxRetry.count()) + " s");
+    } else {
+        spdlog::debug("port {}: {}; retrying in {} s", rt.port, ok.error().message, retry.count());
+    }
+    auto timer = std::make_shared<asio::steady_timer>(io_, retry);
     const int port = rt.port;
     const auto attempt = rt.attempt;
     const auto state = rt.state;
-    timer->async_wait([this, timer, port, attempt, state](boost::system::error_code ec) {
+    const auto next = std::min(retry * 2, std::chrono::seconds(kMaxRetry));
+    timer->async_wait([this, timer, port, attempt, state, next](boost::system::error_code ec) {
         auto* r = find(port);
-        if (ec || r == nullptr || r->attempt != attempt || r->state != state || r->stop_requested)
+        if (ec || shutting_down_ || r == nullptr || r->attempt != attempt || r->state != state ||
+            r->stop_requested)
             return;
-        start_or_retry(*r);
+        start_or_retry(*r, next);
     });
 }
 
@@ -339,7 +350,9 @@ void Fleet::schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay) {
     const auto attempt = rt.attempt;
     timer->async_wait([this, timer, port, attempt](boost::system::error_code ec) {
         auto* r = find(port);
-        if (ec || r == nullptr || r->attempt != attempt || r->state != PortState::backoff) return;
+        if (ec || shutting_down_ || r == nullptr || r->attempt != attempt ||
+            r->state != PortState::backoff)
+            return;
         start_or_retry(*r);
     });
 }
@@ -483,7 +496,7 @@ void Fleet::tick() {
         escalate_kill(*rt, now);
         if (rt->process) {
             if (auto exit = rt->process->poll_exit()) {
-                auto how = explain_exit(*exit, port);
+                auto how = explain_exit(*exit, port, rt->stats.engine_last_exit);
                 // A kill of ours has its reason; only one nobody here sent is put down to memory.
                 if (exit->signaled && exit->signal == SIGKILL && rt->kill_reason.empty())
                     how += memory_kills_.explain_sigkill();
@@ -711,6 +724,7 @@ awaitable<bool> Fleet::wait_stopped(int port, Clock::time_point deadline) {
 }
 
 awaitable<void> Fleet::stop_all(std::chrono::milliseconds timeout) {
+    shutting_down_ = true;  // no restart or retry timer starts a worker from here on
     for (auto& [port, rt] : ports_) {
         if (is_running(rt->state)) stop_worker(*rt, "the supervisor is stopping");
     }

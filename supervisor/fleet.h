@@ -127,7 +127,7 @@ class Fleet {
     Status start_worker(PortRuntime& rt);
     // start_worker, and on ensembled's own shortage a retry in a moment that the port is not
     // blamed for; any other failure is the port's (on_worker_gone).
-    void start_or_retry(PortRuntime& rt);
+    void start_or_retry(PortRuntime& rt, std::chrono::seconds retry = std::chrono::seconds(1));
     void stop_worker(PortRuntime& rt, const std::string& reason);
     void on_worker_gone(PortRuntime& rt, const std::string& how);
     void schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay);
@@ -200,6 +200,7 @@ class Fleet {
     std::vector<asio::steady_timer*> waiters_;
     Clock::time_point started_ = Clock::now();
     bool command_running_ = false;
+    bool shutting_down_ = false;  // stop_all has begun: nothing is started again
     Clock::time_point last_tick_{};
     Clock::time_point last_rotation_{};
     Clock::time_point last_probe_{};

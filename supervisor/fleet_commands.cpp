@@ -377,10 +377,12 @@ json Fleet::reload() {
     // A model a port is assigned must stay defined: its next restart would fail, leaving the
     // port down. Such a config is refused, naming the ports, until they are swapped or unloaded.
     std::string orphaned;
-    for (const auto& [port, rt] : ports_) {
-        if (loaded.config->find_model(rt->handle) == nullptr)
+    const auto assigned = store_->assignments();
+    if (!assigned) return protocol::error_reply(assigned.error());
+    for (const auto& a : *assigned) {
+        if (loaded.config->find_model(a.handle) == nullptr)
             orphaned +=
-                (orphaned.empty() ? "" : ", ") + std::to_string(port) + " ('" + rt->handle + "')";
+                (orphaned.empty() ? "" : ", ") + std::to_string(a.port) + " ('" + a.handle + "')";
     }
     if (!orphaned.empty()) {
         return failure("model_in_use",

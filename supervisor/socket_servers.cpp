@@ -86,6 +86,22 @@ class Connections {
     std::list<Entry> entries_;
 };
 
+// A session's place in its listener's connections, given back however the session ends (an
+// exception included: the list must never keep a socket that is gone).
+class ConnectionEntry {
+  public:
+    ConnectionEntry(std::shared_ptr<Connections> connections, unix_socket::socket& socket)
+        : connections_(std::move(connections)), entry_(connections_->add(socket)) {}
+    ~ConnectionEntry() { connections_->remove(entry_); }
+    ConnectionEntry(const ConnectionEntry&) = delete;
+    ConnectionEntry& operator=(const ConnectionEntry&) = delete;
+    Connections::Entry* operator->() const { return &*entry_; }
+
+  private:
+    std::shared_ptr<Connections> connections_;
+    Connections::Handle entry_;
+};
+
 // Only the supervisor's own user (or root) may talk to it.
 bool peer_allowed(unix_socket::socket& socket) {
     const auto peer = peer_credentials(socket.native_handle());
@@ -142,7 +158,7 @@ class LinkPeer final : public WorkerLinkPeer, public std::enable_shared_from_thi
 
 awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> peer, Fleet& fleet,
                              std::shared_ptr<Connections> connections) {
-    const auto entry = connections->add(peer->socket());
+    const ConnectionEntry entry(std::move(connections), peer->socket());
     protocol::FrameDecoder decoder;
     std::array<char, 8192> buffer{};
     bool registered = false;
@@ -174,13 +190,12 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
             }
         }
     }
-    connections->remove(entry);
     fleet.on_link_closed(peer.get());
     (void)io;
 }
 
 awaitable<void> control_requests(unix_socket::socket& socket, Fleet& fleet,
-                                 Connections::Handle entry) {
+                                 const ConnectionEntry& entry) {
     protocol::FrameDecoder decoder;
     std::array<char, 8192> buffer{};
     for (;;) {
@@ -213,9 +228,8 @@ awaitable<void> control_session(asio::io_context& io, unix_socket::socket socket
         spdlog::warn("control: refused a connection from another user");
         co_return;
     }
-    const auto entry = connections->add(socket);
+    const ConnectionEntry entry(std::move(connections), socket);
     co_await control_requests(socket, fleet, entry);
-    connections->remove(entry);
     (void)io;
 }
 

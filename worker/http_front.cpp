@@ -2,6 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
+#include <array>
 #include <ctime>
 #include <nlohmann/json.hpp>
 
@@ -92,6 +93,17 @@ awaitable<void> HttpFront::refuse_connection(tcp::socket socket) {
                  1},
         false);
     co_await reply(stream, response);
+    // Closing with the request unread would reset the connection, and the client might never
+    // see the 503: finish sending, then read (and drop) what it sent, briefly and boundedly.
+    boost::system::error_code ec;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream.expires_after(std::chrono::milliseconds(250));
+    std::array<char, 4096> sink{};
+    for (std::size_t dropped = 0; dropped < 64 * 1024;) {
+        const auto n = co_await stream.async_read_some(asio::buffer(sink), on_error(ec));
+        if (ec) break;
+        dropped += n;
+    }
 }
 
 awaitable<void> HttpFront::serve(tcp::socket socket) {

@@ -59,10 +59,11 @@ int main(int argc, char** argv) {
         "%Y-%m-%dT%H:%M:%S.%e %^%l%$ [worker:" + std::to_string(options.front.port) + "] %v");
 
     // A public port may hold many client connections at once, but never all the descriptors:
-    // the engine link, the log and the supervisor link need theirs.
+    // each proxied request holds an engine connection too, and the log and the supervisor link
+    // need theirs.
     const auto descriptors = raise_descriptor_limit();
-    if (options.front.max_connections > descriptors / 2) {
-        options.front.max_connections = std::max<std::uint64_t>(descriptors / 2, 1);
+    if (options.front.max_connections > descriptors / 3) {
+        options.front.max_connections = std::max<std::uint64_t>(descriptors / 3, 1);
         spdlog::info("serving at most {} connections at once (descriptor limit {})",
                      options.front.max_connections, descriptors);
     }

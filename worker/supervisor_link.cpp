@@ -53,10 +53,9 @@ void SupervisorLink::start() {
 }
 
 void SupervisorLink::stop() {
+    // The heartbeat loop sends a last report (why the engine stopped, say) and closes the link.
     stopping_ = true;
     heartbeat_timer_.cancel();
-    boost::system::error_code ec;
-    socket_.close(ec);
 }
 
 awaitable<bool> SupervisorLink::send(const nlohmann::json& message) {
@@ -89,6 +88,12 @@ awaitable<void> SupervisorLink::run() {
                     if (!co_await send(heartbeat)) break;
                     heartbeat_timer_.expires_after(config_.heartbeat_interval);
                     co_await heartbeat_timer_.async_wait(on_error(ec));
+                }
+                if (stopping_ && socket_.is_open()) {
+                    // The last word before exiting: the supervisor reports the true reason
+                    // (the engine's last exit) rather than an exit code alone.
+                    const auto last = protocol::to_json(protocol::Heartbeat{stats_()});
+                    co_await send(last);
                 }
                 socket_.close(ec);
                 while (reader_running_) {

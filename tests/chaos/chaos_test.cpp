@@ -6,6 +6,7 @@
 // port was held succeeded (only requests cut mid-flight by a kill may fail, and then cleanly),
 // and — through the orphan check after every test — that no process outlives it. Each scenario
 // appends its totals to test-output/chaos-totals.jsonl (tests/chaos/report sums them up).
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -352,6 +353,9 @@ TEST_F(ChaosTest, EngineThatExitsAtStartFailsTheLoadThenCrashLoopsToFailedWithIt
     ASSERT_EQ(p["state"], "failed") << p.dump(2);
     EXPECT_NE(p.value("last_failure", "").find("could not load the model"), std::string::npos)
         << p.dump(2);
+    // The worker's own reason, from its last word before exiting — not an exit code alone.
+    EXPECT_NE(p.value("last_failure", "").find("last: exit code 1"), std::string::npos)
+        << p.dump(2);
     ASSERT_FALSE(p["last_log_lines"].empty()) << p.dump(2);
     EXPECT_NE(p["last_log_lines"].dump().find("exit code 1"), std::string::npos) << p.dump(2);
     expect_assignment(port_a_, "fake-dead");
@@ -521,7 +525,8 @@ namespace {
 
 // A non-blocking connection to a Unix socket; -1 if it was not accepted at once.
 int connect_unix(const std::filesystem::path& path) {
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    ::fcntl(fd, F_SETFL, O_NONBLOCK);  // (macOS has no SOCK_NONBLOCK)
     sockaddr_un addr{};
     addr.sun_family = AF_UNIX;
     std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());

@@ -170,6 +170,23 @@ TEST(EstimateMemoryTest, UnknownFilesNeedAnExplicitMemory) {
     }
 }
 
+// Found by an adversarial run: a deleted model file was reported as "a repo id? set memory:".
+TEST(EstimateMemoryTest, AMissingModelFileIsSaidToBeMissing) {
+    const auto dir = temp_dir();
+    for (const auto& path : {(dir / "deleted.gguf").string(), std::string("./gone/model.gguf")}) {
+        EstimateRequest r;
+        r.path = path;
+        auto e = estimate_memory(r);
+        ASSERT_FALSE(e) << path;
+        EXPECT_EQ(e.error().code, "model_missing");
+        EXPECT_NE(e.error().message.find("does not exist (deleted or moved?)"), std::string::npos)
+            << e.error().message;
+    }
+    EstimateRequest repo;
+    repo.path = "mlx-community/Qwen3-8B-4bit";
+    EXPECT_EQ(estimate_memory(repo).error().code, "no_estimate") << "a repo id is not a file";
+}
+
 TEST(EstimateMemoryTest, VllmNeedsAnExplicitMemory) {
     EstimateRequest r;
     r.path = "Qwen/Qwen3-8B";
