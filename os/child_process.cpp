@@ -17,6 +17,7 @@
 #endif
 
 #include "os/portable_mode.h"
+#include "os/resource_shortage.h"
 #include "os/signal_name.h"
 
 extern char** environ;
@@ -157,9 +158,8 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
     }
     // Out of descriptors, memory or processes: our own shortage, not the program's fault.
     const auto cannot_start = [&](const std::string& step, int error) {
-        const bool ours = error == EMFILE || error == ENFILE || error == ENOMEM || error == EAGAIN;
         return Error{
-            ours ? "no_resources" : "spawn_failed",
+            is_own_resource_shortage(error) ? "no_resources" : "spawn_failed",
             "cannot start '" + program->string() + "': " + step + ": " + std::strerror(error)};
     };
     Fd log;
@@ -168,7 +168,7 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
         std::filesystem::create_directories(spec.log_file.parent_path(), ec);
         log.reset(::open(spec.log_file.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600));
         if (log.get() < 0) {
-            if (errno == EMFILE || errno == ENFILE) return cannot_start("its log file", errno);
+            if (is_own_resource_shortage(errno)) return cannot_start("its log file", errno);
             return Error{"log_unwritable", "cannot open log file " + spec.log_file.string() + ": " +
                                                std::strerror(errno)};
         }

@@ -1,13 +1,8 @@
 #include "os/http_probe.h"
 
-namespace ensemble {
+#include "os/resource_shortage.h"
 
-bool is_own_resource_shortage(const boost::system::error_code& ec) {
-    namespace errc = boost::system::errc;
-    return ec == errc::too_many_files_open || ec == errc::too_many_files_open_in_system ||
-           ec == errc::not_enough_memory || ec == errc::no_buffer_space ||
-           ec == errc::address_not_available;
-}
+namespace ensemble {
 
 awaitable<ProbeResult> http_probe(asio::ip::address host, unsigned short port,
                                   const HttpProbe& probe, std::chrono::milliseconds timeout) {
@@ -17,7 +12,9 @@ awaitable<ProbeResult> http_probe(asio::ip::address host, unsigned short port,
     stream.expires_after(timeout);
     const tcp::endpoint endpoint(host, port);
     co_await stream.async_connect(endpoint, on_error(ec));
-    if (ec && is_own_resource_shortage(ec)) co_return ProbeResult{0, ec.message()};
+    if (ec && ec.category() == boost::system::system_category() &&
+        is_own_resource_shortage(ec.value()))
+        co_return ProbeResult{0, ec.message()};
     if (ec) co_return ProbeResult{};
     http::request<http::string_body> req{http::string_to_verb(probe.method), probe.path, 11};
     req.set(http::field::host, endpoint.address().to_string() + ":" + std::to_string(port));

@@ -27,8 +27,4 @@ struct ProbeResult {
 awaitable<ProbeResult> http_probe(asio::ip::address host, unsigned short port,
                                   const HttpProbe& probe, std::chrono::milliseconds timeout);
 
-// Whether `ec` is a shortage of this process's or this machine's own resources (descriptors,
-// memory, buffers, local ports) rather than anything the other end did.
-bool is_own_resource_shortage(const boost::system::error_code& ec);
-
 }  // namespace ensemble

@@ -273,3 +273,21 @@ TEST_F(StateStoreTest, EveryChangeOfTheAssignmentsIsInTheBackup) {
     EXPECT_EQ(kept[0].port, 8101);
     EXPECT_EQ(kept[0].handle, "chat");
 }
+
+// A backup that cannot be written (a full disk, a folder in the way) never undoes the change it
+// follows: the change is committed, and the problem is kept for `ensemble status` to show.
+TEST_F(StateStoreTest, ABackupThatCannotBeWrittenLeavesTheChangeAndSaysSo) {
+    std::filesystem::create_directories(std::filesystem::path(path_.string() + ".backup.partial") /
+                                        "in-the-way");
+    auto s = open();
+    ASSERT_TRUE(s);
+    ASSERT_TRUE(s->set_assignment({8100, "coder", "", 0}));
+    EXPECT_NE(s->backup_problem().find("the database itself is up to date"), std::string::npos)
+        << s->backup_problem();
+    EXPECT_FALSE(std::filesystem::exists(StateStore::backup_path(path_)));
+    EXPECT_EQ(s->assignments()->size(), 1U);
+    std::filesystem::remove_all(path_.string() + ".backup.partial");
+    ASSERT_TRUE(s->set_assignment({8101, "chat", "", 0}));
+    EXPECT_EQ(s->backup_problem(), "") << "the next change backs up again";
+    EXPECT_TRUE(std::filesystem::exists(StateStore::backup_path(path_)));
+}
