@@ -4,20 +4,18 @@
 
 namespace ensemble {
 
-awaitable<ProbeResult> http_probe(asio::ip::address host, unsigned short port,
-                                  const HttpProbe& probe, std::chrono::milliseconds timeout) {
+awaitable<ProbeResult> http_probe(const StreamEndpoint& endpoint, const HttpProbe& probe,
+                                  std::chrono::milliseconds timeout) {
     auto executor = co_await asio::this_coro::executor;
-    beast::tcp_stream stream(executor);
-    boost::system::error_code ec;
+    stream_connection stream(executor);
     stream.expires_after(timeout);
-    const tcp::endpoint endpoint(host, port);
-    co_await stream.async_connect(endpoint, on_error(ec));
+    auto ec = co_await connect(stream, endpoint);
     if (ec && ec.category() == boost::system::system_category() &&
         is_own_resource_shortage(ec.value()))
         co_return ProbeResult{0, ec.message()};
     if (ec) co_return ProbeResult{};
     http::request<http::string_body> req{http::string_to_verb(probe.method), probe.path, 11};
-    req.set(http::field::host, endpoint.address().to_string() + ":" + std::to_string(port));
+    req.set(http::field::host, endpoint.host());
     if (!probe.body.empty()) {
         req.set(http::field::content_type, "application/json");
         req.body() = probe.body;
@@ -30,7 +28,7 @@ awaitable<ProbeResult> http_probe(asio::ip::address host, unsigned short port,
     parser.body_limit(1 << 20);  // a probe's answer is small; never buffer an endless one
     co_await http::async_read(stream, buffer, parser, on_error(ec));
     if (ec) co_return ProbeResult{};
-    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+    stream.socket().shutdown(stream_protocol::socket::shutdown_both, ec);
     co_return ProbeResult{static_cast<int>(parser.get().result_int()), ""};
 }
 

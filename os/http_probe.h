@@ -1,13 +1,15 @@
 // One HTTP request with a deadline, for health and readiness probes: the worker probes its
-// engine on loopback with the preset's method, path and body; the supervisor probes workers'
-// public ports with GET /health. A probe that could not even be made for want of the prober's
-// own resources (descriptors, memory, local ports) says so: that is never the probed one's fault.
+// engine (on its private socket or loopback port) with the preset's method, path and body; the
+// supervisor probes workers' public ports with GET /health. A probe that could not even be made for
+// want of the prober's own resources (descriptors, memory, local ports) says so: that is never the
+// probed one's fault.
 #pragma once
 
 #include <chrono>
 #include <string>
 
 #include "os/asio.h"
+#include "os/stream_endpoint.h"
 
 namespace ensemble {
 
@@ -24,7 +26,7 @@ struct ProbeResult {
     bool ok() const { return status == 200; }
 };
 
-awaitable<ProbeResult> http_probe(asio::ip::address host, unsigned short port,
-                                  const HttpProbe& probe, std::chrono::milliseconds timeout);
+awaitable<ProbeResult> http_probe(const StreamEndpoint& endpoint, const HttpProbe& probe,
+                                  std::chrono::milliseconds timeout);
 
 }  // namespace ensemble

@@ -33,4 +33,18 @@ std::string private_folder_problem(const std::filesystem::path& dir) {
     return "";
 }
 
+std::string sealed_folder_problem(const std::filesystem::path& dir) {
+    if (auto problem = private_folder_problem(dir); !problem.empty()) return problem;
+    struct stat st {};
+    if (::stat(dir.c_str(), &st) != 0)
+        return "cannot inspect " + dir.string() + ": " + std::strerror(errno);
+    if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+        return dir.string() +
+               " can be entered by other users, who could connect to a socket in it: run "
+               "'chmod 700 " +
+               dir.string() + "'";
+    }
+    return "";
+}
+
 }  // namespace ensemble

@@ -11,4 +11,8 @@ namespace ensemble {
 // else can write (not a link); otherwise what is wrong with it and what to do.
 std::string private_folder_problem(const std::filesystem::path& dir);
 
+// As private_folder_problem, and nobody else may even enter it (mode 0700): a Unix socket in it
+// can be reached by this user alone, whatever the socket's own mode.
+std::string sealed_folder_problem(const std::filesystem::path& dir);
+
 }  // namespace ensemble

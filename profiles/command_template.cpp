@@ -5,7 +5,8 @@
 namespace ensemble {
 
 const std::vector<std::string>& known_placeholders() {
-    static const std::vector<std::string> names{"model", "port", "context", "parallel", "handle"};
+    static const std::vector<std::string> names{"model",   "port",     "socket",
+                                                "context", "parallel", "handle"};
     return names;
 }
 

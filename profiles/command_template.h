@@ -1,5 +1,5 @@
-// Engine command templates: an argv whose words may hold {model} {port} {context} {parallel}
-// {handle} placeholders, expanded by the worker when it starts an engine.
+// Engine command templates: an argv whose words may hold {model} {port} {socket} {context}
+// {parallel} {handle} placeholders, expanded by the worker when it starts an engine.
 #pragma once
 
 #include <map>

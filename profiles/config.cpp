@@ -310,9 +310,10 @@ void Loader::logs(const std::string& file, const YAML::Node& node) {
 }
 
 void Loader::health(const std::string& file, const YAML::Node& node) {
-    if (!v_.map_with_keys(file, node, "supervisor.health",
-                          {"missed_heartbeats", "kill_grace", "probe_interval", "probe_timeout",
-                           "probe_failures", "engine_probe_interval", "engine_probe_failures"})) {
+    if (!v_.map_with_keys(
+            file, node, "supervisor.health",
+            {"missed_heartbeats", "kill_grace", "stop_timeout", "probe_interval", "probe_timeout",
+             "probe_failures", "engine_probe_interval", "engine_probe_failures"})) {
         return;
     }
     auto& h = config_.supervisor.health;
@@ -321,6 +322,8 @@ void Loader::health(const std::string& file, const YAML::Node& node) {
             h.missed_heartbeats = *n;
     }
     if (node["kill_grace"]) duration(file, node["kill_grace"], "health.kill_grace", h.kill_grace);
+    if (node["stop_timeout"])
+        duration(file, node["stop_timeout"], "health.stop_timeout", h.stop_timeout);
     if (node["probe_interval"])
         duration(file, node["probe_interval"], "health.probe_interval", h.probe_interval);
     if (node["probe_timeout"])

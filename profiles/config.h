@@ -25,8 +25,11 @@ struct LogSettings {
 
 // How the supervisor decides a worker is unwell.
 struct HealthSettings {
-    int missed_heartbeats = 3;                       // heartbeats are 1 s apart
-    std::chrono::milliseconds kill_grace{5000};      // SIGTERM to SIGKILL for a hung worker
+    int missed_heartbeats = 3;                   // heartbeats are 1 s apart
+    std::chrono::milliseconds kill_grace{5000};  // SIGTERM to SIGKILL for a hung worker
+    // A worker asked to stop (unload, swap, refused) drains for up to 30 s and then stops its
+    // engine for up to 10 s; one still there after this long is killed.
+    std::chrono::milliseconds stop_timeout{45000};
     std::chrono::milliseconds probe_interval{5000};  // GET /health on each public port; 0: off
     std::chrono::milliseconds probe_timeout{2000};
     int probe_failures = 3;  // in a row: the worker is restarted

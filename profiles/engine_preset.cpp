@@ -11,25 +11,39 @@ namespace {
 
 std::vector<EnginePreset> builtin_presets() {
     // The worker always binds engines to loopback; the public port is the worker's.
+    // llama-server takes a --host ending in .sock as a Unix socket; vLLM has --uds;
+    // mlx_lm.server can only listen on TCP.
     return {
-        {"llama.cpp",
-         "llama-server",
-         {"--model", "{model}", "--host", "127.0.0.1", "--port", "{port}", "--ctx-size",
-          "{context}", "--parallel", "{parallel}", "--alias", "{handle}"},
-         {"/health", false},
-         "{handle}"},
-        {"mlx-lm",
-         "mlx_lm.server",
-         {"--model", "{model}", "--host", "127.0.0.1", "--port", "{port}"},
-         {"/v1/chat/completions", true},
-         "{model}"},
-        {"vllm",
-         "vllm",
-         {"serve", "{model}", "--host", "127.0.0.1", "--port", "{port}", "--max-model-len",
-          "{context}", "--max-num-seqs", "{parallel}", "--served-model-name", "{handle}"},
-         {"/health", false},
-         "{handle}"},
+        {.name = "llama.cpp",
+         .default_binary = "llama-server",
+         .args = {"--model", "{model}", "--ctx-size", "{context}", "--parallel", "{parallel}",
+                  "--alias", "{handle}"},
+         .probe = {"/health", false},
+         .engine_model_id = "{handle}",
+         .listen_on_socket = {"--host", "{socket}"},
+         .listen_on_port = {"--host", "127.0.0.1", "--port", "{port}"}},
+        {.name = "mlx-lm",
+         .default_binary = "mlx_lm.server",
+         .args = {"--model", "{model}"},
+         .probe = {"/v1/chat/completions", true},
+         .engine_model_id = "{model}",
+         .listen_on_socket = {},
+         .listen_on_port = {"--host", "127.0.0.1", "--port", "{port}"}},
+        {.name = "vllm",
+         .default_binary = "vllm",
+         .args = {"serve", "{model}", "--max-model-len", "{context}", "--max-num-seqs",
+                  "{parallel}", "--served-model-name", "{handle}"},
+         .probe = {"/health", false},
+         .engine_model_id = "{handle}",
+         .listen_on_socket = {"--uds", "{socket}"},
+         .listen_on_port = {"--host", "127.0.0.1", "--port", "{port}"}},
     };
+}
+
+bool mentions(const std::vector<std::string>& words, std::string_view placeholder) {
+    return std::any_of(words.begin(), words.end(), [&](const std::string& word) {
+        return word.find(placeholder) != std::string::npos;
+    });
 }
 
 }  // namespace
@@ -42,6 +56,10 @@ std::string engine_env_name_problem(std::string_view name) {
     if (!valid) return "must be letters, digits and '_', not starting with a digit";
     if (name.starts_with("ENSEMBLE_")) return "names starting ENSEMBLE_ are Ensemble's own";
     return "";
+}
+
+bool listens_on_socket(const EnginePreset& preset) {
+    return !preset.listen_on_socket.empty() || mentions(preset.args, "{socket}");
 }
 
 std::vector<std::string> preset_names() {
@@ -78,8 +96,21 @@ Result<EnginePreset> command_preset(std::string_view command_line, std::string_v
     auto checked = expand_argv(*words, sample);
     if (!checked) return checked.error();
     std::vector<std::string> args(words->begin() + 1, words->end());
-    return EnginePreset{
-        "command", words->front(), std::move(args), {std::string(ready_path), false}, "{handle}"};
+    const bool on_socket = mentions(args, "{socket}");
+    if (on_socket == mentions(args, "{port}")) {
+        return Error{"bad_template",
+                     "the engine command must say where the engine listens: on {port} (a "
+                     "loopback port) or on {socket} (a Unix socket, which only this user can "
+                     "reach), one of them; it has " +
+                         std::string(on_socket ? "both" : "neither")};
+    }
+    return EnginePreset{.name = "command",
+                        .default_binary = words->front(),
+                        .args = std::move(args),
+                        .probe = {std::string(ready_path), false},
+                        .engine_model_id = "{handle}",
+                        .listen_on_socket = {},
+                        .listen_on_port = {}};
 }
 
 }  // namespace ensemble

@@ -27,7 +27,15 @@ struct EnginePreset {
     std::vector<std::string> args;  // after the binary; each word a template
     ReadinessProbe probe;
     std::string engine_model_id;  // template: the id the engine itself answers to
+    // The words, after `args`, that tell the engine where to listen: on a Unix socket
+    // ({socket}) where it can, which no other local user can reach, else on a loopback port
+    // ({port}). A `command` engine's own command line says where, and both are empty.
+    std::vector<std::string> listen_on_socket;
+    std::vector<std::string> listen_on_port;
 };
+
+// Whether the engine listens on a Unix socket when the worker has one to give it.
+bool listens_on_socket(const EnginePreset& preset);
 
 // Why `name` cannot be an engine environment variable ("" when it can): letters, digits and '_',
 // not starting with a digit, at most 128 characters, and not ENSEMBLE_* (Ensemble's own).
@@ -42,7 +50,8 @@ std::vector<std::string> preset_names();
 // A built-in preset by name, or an error naming the ones that exist.
 Result<EnginePreset> find_preset(std::string_view name);
 
-// A `command` engine: the operator's own command line (with placeholders) and probe path.
+// A `command` engine: the operator's own command line (with placeholders) and probe path. It
+// listens on {socket} or on {port}: one of them, not both.
 Result<EnginePreset> command_preset(std::string_view command_line, std::string_view ready_path);
 
 }  // namespace ensemble

@@ -61,7 +61,8 @@ constexpr std::array<VerbShape, 12> kVerbs{{
 
 json to_json(const Register& m) {
     return {{"type", "register"}, {"version", m.version}, {"worker_id", m.worker_id},
-            {"token", m.token},   {"port", m.port},       {"pid", m.pid}};
+            {"token", m.token},   {"port", m.port},       {"pid", m.pid},
+            {"handle", m.handle}};
 }
 
 json to_json(const Heartbeat& m) {
@@ -90,7 +91,7 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
         if ((e = read(j, "version", m.version, true)) ||
             (e = read(j, "worker_id", m.worker_id, true)) ||
             (e = read(j, "token", m.token, true)) || (e = read(j, "port", m.port, true)) ||
-            (e = read(j, "pid", m.pid, true))) {
+            (e = read(j, "pid", m.pid, true)) || (e = read(j, "handle", m.handle, false))) {
             return *e;
         }
         if (m.version != kVersion) {

@@ -34,6 +34,9 @@ struct Register {
     int port = 0;
     std::int64_t pid = 0;
     int version = kVersion;
+    // The model it serves: a supervisor that lost its record of this worker (state.db gone)
+    // adopts it from what it says, when that is what the port should serve.
+    std::string handle;
 };
 
 struct WorkerStats {

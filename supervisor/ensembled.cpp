@@ -13,9 +13,11 @@
 
 #include "os/descriptor_limit.h"
 #include "os/private_folder.h"
+#include "protocol/framing.h"
 #include "supervisor/logging.h"
 #include "supervisor/service_manager.h"
 #include "supervisor/socket_servers.h"
+#include "supervisor/worker_spawner.h"
 
 using namespace ensemble;
 
@@ -91,6 +93,12 @@ int main(int argc, char** argv) {
     }
     // Descriptors for every worker link, control connection, probe, log and spawn.
     spdlog::debug("descriptor limit: {}", raise_descriptor_limit());
+    // The longest of the sockets in the run_dir: each port's engine's.
+    const auto longest_socket = engine_socket_path(config.supervisor.run_dir, 65535);
+    if (auto too_long = protocol::check_socket_path(longest_socket.string())) {
+        spdlog::error("{}", too_long->message);
+        return 1;
+    }
     asio::io_context io(1);
     auto control = listen_unix(io, config.supervisor.run_dir, "control.sock");
     if (!control) {

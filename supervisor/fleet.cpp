@@ -15,8 +15,9 @@ namespace ensemble {
 namespace {
 
 constexpr auto kAdoptGrace = std::chrono::seconds(10);
-// A worker drains for up to 30 s, then stops its engine for up to 10 s.
-constexpr auto kStopTimeout = std::chrono::seconds(45);
+// Workers reconnect every 0.5 s: one that lost its record (state.db gone) and holds a port
+// this ensembled should serve has this long to say who it is before a new one is started.
+constexpr auto kSurvivorGrace = std::chrono::seconds(2);
 constexpr auto kHeartbeatInterval = std::chrono::seconds(1);  // the worker's (supervisor_link)
 
 std::int64_t unix_ms() {
@@ -259,6 +260,7 @@ void Fleet::start_or_retry(PortRuntime& rt, std::chrono::seconds retry) {
     // Retried at growing intervals, with one event per streak rather than one per try.
     constexpr auto kFirstRetry = std::chrono::seconds(1);
     constexpr auto kMaxRetry = std::chrono::seconds(30);
+    rt.last_failure = ok.error().message + "; ensembled's own shortage, not the port's: retrying";
     if (retry == kFirstRetry) {
         event(rt.port, "spawn_deferred",
               ok.error().message + "; ensembled's own shortage, not the port's: retrying from " +
@@ -291,16 +293,17 @@ void Fleet::stop_worker(PortRuntime& rt, const std::string& reason) {
         signal_worker(rt, SIGTERM);
     }
     // A worker that ignores the stop is killed.
-    auto timer = std::make_shared<asio::steady_timer>(io_, kStopTimeout);
+    const auto stop_timeout = config_.supervisor.health.stop_timeout;
+    auto timer = std::make_shared<asio::steady_timer>(io_, stop_timeout);
     const int port = rt.port;
     const auto attempt = rt.attempt;
-    timer->async_wait([this, timer, port, attempt](boost::system::error_code ec) {
+    timer->async_wait([this, timer, port, attempt, stop_timeout](boost::system::error_code ec) {
         auto* r = find(port);
         if (ec || r == nullptr || r->attempt != attempt || r->state != PortState::stopping ||
             r->pid == 0)
             return;
         const auto why =
-            "the worker did not stop within " + std::to_string(kStopTimeout.count()) + " s";
+            "the worker did not stop within " + std::to_string(stop_timeout.count()) + " ms";
         event(port, "kill", why);
         r->kill_reason = why + ", killed";
         signal_worker(*r, SIGKILL);
@@ -417,8 +420,8 @@ awaitable<void> Fleet::probe_port(int port, std::uint64_t attempt) {
         host = host.is_v6() ? asio::ip::address(asio::ip::address_v6::loopback())
                             : asio::ip::address(asio::ip::address_v4::loopback());
     const HttpProbe probe{"GET", "/health", ""};
-    const auto result =
-        co_await http_probe(host, static_cast<unsigned short>(port), probe, health.probe_timeout);
+    const auto endpoint = StreamEndpoint::tcp(host, static_cast<unsigned short>(port));
+    const auto result = co_await http_probe(endpoint, probe, health.probe_timeout);
     const int status = result.status;
     auto* rt = find(port);
     if (rt == nullptr) co_return;
@@ -490,6 +493,7 @@ void Fleet::tick() {
     last_tick_ = now;
     probe_ports(now);
     check_budget(now);
+    escalate_dismissed(now);
     for (auto& [port, rt] : ports_) {
         if (stalled) rt->last_heartbeat = now;
         check_heartbeat(*rt, now);
@@ -603,9 +607,10 @@ void Fleet::reconcile() {
         if (alive) {
             event(r.port, "stale_worker",
                   "stopping worker pid " + std::to_string(r.pid) + " that should not run");
-            // It stops its engine itself.
+            // It stops its engine itself; if it reconnects while it drains, it is not adopted.
             signal_if_ours({static_cast<pid_t>(r.pid), r.pid_start_time}, SIGTERM,
                            "the worker of port " + std::to_string(r.port));
+            dismiss(r.port, static_cast<pid_t>(r.pid), "the worker that should not run");
         } else if (records_this_boot) {
             // Killed with everything else (kill -9, a crash): its engine may still run.
             stop_engine_left_behind(r.port, {r.engine_pid, r.engine_start_time, r.engine_group},
@@ -618,24 +623,42 @@ void Fleet::reconcile() {
         auto& rt = runtime(port);
         rt.handle = a.handle;
         rt.profile = a.profile;
+        if (auto busy = check_port_free(port); busy && busy->code == "port_busy") {
+            // Perhaps a worker of ours whose record was lost: it is adopted when it reconnects.
+            rt.state = PortState::backoff;
+            event(port, "port_taken",
+                  "port " + std::to_string(port) +
+                      " is taken, though no worker of this ensembled is recorded on it; "
+                      "waiting " +
+                      std::to_string(kSurvivorGrace.count()) +
+                      " s for a worker of an earlier run to reconnect before starting one");
+            schedule_restart(rt, kSurvivorGrace);
+            continue;
+        }
         start_or_retry(rt);
     }
 }
 
 Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
     auto* rt = find(m.port);
-    if (rt == nullptr || rt->worker_id != m.worker_id || rt->token.empty() ||
-        rt->token != m.token) {
-        // Adoption or termination, never limbo: a worker this ensembled has no record of (its
-        // state.db lost, say) stops on this refusal instead of serving on unmanaged.
-        event(m.port, "worker_refused",
-              "worker " + m.worker_id + " (pid " + std::to_string(m.pid) + ") on port " +
-                  std::to_string(m.port) +
-                  " is not one this ensembled expects (no record, or another token); told to "
-                  "stop");
-        return Error{"unknown_worker", "no worker " + m.worker_id + " is expected on port " +
-                                           std::to_string(m.port) +
-                                           " (wrong id or token); stop serving"};
+    const bool expected =
+        rt != nullptr && rt->worker_id == m.worker_id && !rt->token.empty() && rt->token == m.token;
+    if (!expected) {
+        // Adoption or termination, never limbo: a worker this ensembled has no record of is
+        // adopted when it serves what its port should, and otherwise stops on this refusal
+        // instead of serving on unmanaged.
+        auto adopted = adopt_unrecorded(peer, m);
+        if (!adopted) {
+            const auto who = "worker " + m.worker_id + " (pid " + std::to_string(m.pid) +
+                             ") on port " + std::to_string(m.port);
+            event(m.port, "worker_refused",
+                  who + " is not one this ensembled expects and cannot be adopted: " +
+                      adopted.error().message + "; told to stop");
+            dismiss(m.port, peer->pid(), who);
+            return Error{"unknown_worker", "ensembled cannot adopt " + who + ": " +
+                                               adopted.error().message + "; stop serving"};
+        }
+        rt = find(m.port);
     }
     if (rt->link != nullptr && rt->link != peer) rt->link->close();
     rt->link = peer;
@@ -647,6 +670,104 @@ Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
     }
     if (rt->state == PortState::stopping) peer->send(protocol::stop_message());
     return Ok{};
+}
+
+Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m) {
+    if (shutting_down_) return Error{"shutting_down", "ensembled is shutting down"};
+    if (m.handle.empty()) return Error{"unknown_worker", "it does not say which model it serves"};
+    if (config_.find_model(m.handle) == nullptr) {
+        return Error{"unknown_worker",
+                     "it serves '" + m.handle + "', which the config does not define"};
+    }
+    // Only the process on the other end of the socket, as the kernel names it, is adopted.
+    const pid_t pid = peer->pid();
+    if (pid <= 1 || pid != m.pid) {
+        return Error{"unknown_worker", "its pid cannot be confirmed (it says " +
+                                           std::to_string(m.pid) + ", the socket's peer is " +
+                                           std::to_string(pid) + ")"};
+    }
+    const auto identity = identify_process(pid);
+    if (!identity) return identity.error();
+    for (const auto& d : dismissed_) {
+        if (d.identity == *identity) return Error{"unknown_worker", "it was told to stop"};
+    }
+    const auto port = std::to_string(m.port);
+    auto* rt = find(m.port);
+    if (rt != nullptr) {
+        if (rt->handle != m.handle) {
+            return Error{"unknown_worker", "port " + port + " should serve '" + rt->handle +
+                                               "', not '" + m.handle + "'"};
+        }
+        // Ours or one we wait for (its record says so) holds the port, or it is being stopped.
+        if (rt->pid != 0 || rt->link != nullptr ||
+            (rt->state != PortState::backoff && rt->state != PortState::failed)) {
+            return Error{
+                "unknown_worker",
+                "port " + port + " is " + to_string(rt->state) +
+                    (rt->pid != 0 ? " with worker pid " + std::to_string(rt->pid) : std::string())};
+        }
+    } else {
+        // Nothing is assigned to the port: the assignment is rebuilt from the worker, as if
+        // loaded by hand (its profile is not known).
+        if (auto ok = store_->set_assignment({m.port, m.handle, "", 0}); !ok) return ok.error();
+        rt = &runtime(m.port);
+        rt->handle = m.handle;
+    }
+    ++rt->attempt;  // no timer of an earlier attempt acts on the port now
+    rt->pid = pid;
+    rt->pid_start_time = identity->start_time;
+    rt->worker_id = m.worker_id;
+    rt->token = m.token;
+    rt->stats = {};
+    rt->probe_misses = 0;
+    rt->stop_requested = false;
+    rt->ready_since.reset();
+    rt->started = Clock::now();
+    rt->started_unix_ms = unix_ms();
+    rt->adopt_deadline = Clock::now() + kAdoptGrace;
+    const auto logs = port_logs(config_.supervisor.state_dir, m.port);
+    rt->worker_log = logs.worker;
+    rt->engine_log = logs.engine;
+    rt->state = PortState::starting;  // registered at once by on_register
+    refresh_estimate(*rt);
+    event(m.port, "adopted",
+          "worker pid " + std::to_string(pid) + " serving '" + m.handle +
+              "' had no record here (state.db lost?); adopted from what it says, and its "
+              "records rebuilt");
+    return Ok{};
+}
+
+void Fleet::dismiss(int port, pid_t pid, const std::string& who) {
+    // Only a process the kernel names can be followed up; a self-reported pid proves nothing.
+    if (pid <= 1) return;
+    const auto identity = identify_process(pid);
+    if (!identity) return;
+    for (const auto& d : dismissed_) {
+        if (d.identity == *identity) return;  // already told
+    }
+    dismissed_.push_back({port, *identity, Clock::now() + config_.supervisor.health.stop_timeout});
+    spdlog::debug("port {}: {} dismissed", port, who);
+}
+
+void Fleet::escalate_dismissed(Clock::time_point now) {
+    std::erase_if(dismissed_, [&](const Dismissed& d) {
+        const auto check = check_identity(d.identity);
+        if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
+            // Its engine may be left: unless a worker of ours on the port handles its record.
+            const auto* rt = find(d.port);
+            if (rt == nullptr || rt->pid == 0) stop_engine_left_behind(d.port, {}, boot_id());
+            return true;
+        }
+        if (now < d.deadline) return false;
+        const auto report = signal_if_ours(d.identity, SIGKILL,
+                                           "the refused worker of port " + std::to_string(d.port) +
+                                               " (pid " + std::to_string(d.identity.pid) + ")");
+        event(d.port, "kill",
+              "a refused worker did not stop within " +
+                  std::to_string(config_.supervisor.health.stop_timeout.count()) +
+                  " ms: " + report.message);
+        return check.verdict != IdentityVerdict::same;  // else: once more at the next tick
+    });
 }
 
 void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stats) {

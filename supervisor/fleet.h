@@ -16,6 +16,7 @@
 
 #include "os/asio.h"
 #include "os/memory_kill_watch.h"
+#include "os/process_identity.h"
 #include "os/recorded_process.h"
 #include "profiles/config.h"
 #include "profiles/memory_estimate.h"
@@ -34,6 +35,8 @@ class WorkerLinkPeer {
     virtual ~WorkerLinkPeer() = default;
     virtual void send(const nlohmann::json& message) = 0;
     virtual void close() = 0;
+    // The connected process as the kernel vouches for it (0 when the OS does not say).
+    virtual pid_t pid() const = 0;
 };
 
 struct PortRuntime {
@@ -130,6 +133,19 @@ class Fleet {
     void start_or_retry(PortRuntime& rt, std::chrono::seconds retry = std::chrono::seconds(1));
     void stop_worker(PortRuntime& rt, const std::string& reason);
     void on_worker_gone(PortRuntime& rt, const std::string& how);
+    // A worker this ensembled has no record of (state.db lost) that says it serves what its
+    // port should (or a port nothing is assigned to): adopted, and its records rebuilt. The
+    // refusal says why not.
+    Status adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m);
+    // Workers told to stop because they could not be adopted: SIGKILL if still there after
+    // the kill grace (proven by pid and start time), then their engine is stopped.
+    struct Dismissed {
+        int port = 0;
+        ProcessIdentity identity;
+        Clock::time_point deadline;
+    };
+    void dismiss(int port, pid_t pid, const std::string& why);
+    void escalate_dismissed(Clock::time_point now);
     void schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay);
     void check_heartbeat(PortRuntime& rt, Clock::time_point now);
     void rotate_logs(Clock::time_point now);
@@ -205,6 +221,7 @@ class Fleet {
     Clock::time_point last_rotation_{};
     Clock::time_point last_probe_{};
     MemoryKillWatch memory_kills_;
+    std::vector<Dismissed> dismissed_;
     bool over_budget_ = false;
     Clock::time_point last_enforced_{};
 };

@@ -127,7 +127,9 @@ awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
     fresh.profile = profile;
     fresh.policy.reset();
     fresh.last_failure.clear();
-    if (auto ok = start_worker(fresh); !ok) co_return false;
+    // A start that fails is retried like any failure at start (or, for ensembled's own
+    // shortage, without counting against the port): the port stays assigned and comes up.
+    start_or_retry(fresh);
     const bool ready = co_await wait_settled(port, Clock::now() + kLoadTimeout);
     co_return ready;
 }

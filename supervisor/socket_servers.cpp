@@ -140,7 +140,10 @@ class FrameWriter {
 class LinkPeer final : public WorkerLinkPeer, public std::enable_shared_from_this<LinkPeer> {
   public:
     LinkPeer(asio::io_context& io, unix_socket::socket socket)
-        : io_(io), socket_(std::move(socket)), writer_(socket_) {}
+        : io_(io), socket_(std::move(socket)), writer_(socket_) {
+        const auto peer = peer_credentials(socket_.native_handle());
+        pid_ = peer ? peer->pid : 0;
+    }
     void send(const nlohmann::json& message) override {
         writer_.send(message, io_, shared_from_this());
     }
@@ -148,12 +151,14 @@ class LinkPeer final : public WorkerLinkPeer, public std::enable_shared_from_thi
         boost::system::error_code ec;
         socket_.close(ec);
     }
+    pid_t pid() const override { return pid_; }
     unix_socket::socket& socket() { return socket_; }
 
   private:
     asio::io_context& io_;
     unix_socket::socket socket_;
     FrameWriter writer_;
+    pid_t pid_ = 0;
 };
 
 awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> peer, Fleet& fleet,

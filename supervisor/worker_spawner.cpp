@@ -83,6 +83,8 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
               std::to_string(parallel),
               "--log-file",
               l.engine_log.string(),
+              "--engine-socket",
+              engine_socket_path(config.supervisor.run_dir, port).string(),
               "--engine-liveness-interval",
               std::to_string(config.supervisor.health.engine_probe_interval.count() / 1000.0),
               "--engine-liveness-failures",
@@ -124,6 +126,10 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
     auto child = ChildProcess::spawn(spec);
     if (!child) return child.error();
     return SpawnedWorker{std::move(launch).value(), std::move(child).value()};
+}
+
+std::filesystem::path engine_socket_path(const std::filesystem::path& run_dir, int port) {
+    return run_dir / ("engine-" + std::to_string(port) + ".sock");
 }
 
 PortLogs port_logs(const std::filesystem::path& state_dir, int port) {

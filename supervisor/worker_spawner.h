@@ -58,4 +58,8 @@ struct PortLogs {
 };
 PortLogs port_logs(const std::filesystem::path& state_dir, int port);
 
+// The Unix socket a port's engine listens on, where its preset can: in the run_dir, which only
+// ensembled's user can enter, so no other local user reaches the engine around its worker.
+std::filesystem::path engine_socket_path(const std::filesystem::path& run_dir, int port);
+
 }  // namespace ensemble

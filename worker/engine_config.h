@@ -23,6 +23,9 @@ struct EngineConfig {
     // Where the running engine's identity is kept (engine-PORT.pid beside its log): a worker
     // started after this one was killed stops an engine it left behind before starting its own.
     std::filesystem::path record_file;
+    // The Unix socket the engine listens on when its preset can (in a folder only this user
+    // can enter); empty, or a preset that cannot: a free loopback port.
+    std::filesystem::path socket;
     // A load that shows no progress (no new log output, no readiness) for this long is stuck.
     std::chrono::milliseconds load_stall_timeout{120000};
     // Added to the engine's environment only.

@@ -40,12 +40,12 @@ bool forwarded(http::field f) {
 }
 
 http::request<http::string_body> engine_request(const http::request<http::string_body>& in,
-                                                unsigned short port) {
+                                                const StreamEndpoint& engine) {
     http::request<http::string_body> out{in.method(), in.target(), 11};
     for (const auto& field : in) {
         if (forwarded(field.name())) out.insert(field.name_string(), field.value());
     }
-    out.set(http::field::host, "127.0.0.1:" + std::to_string(port));
+    out.set(http::field::host, engine.host());
     out.body() = in.body();
     out.keep_alive(true);
     out.prepare_payload();
@@ -90,7 +90,7 @@ ApiError engine_unavailable(const EngineRunner& engine) {
 }
 
 // An idle keep-alive connection the engine has closed reads as EOF; catch it before reuse.
-bool still_open(tcp::socket& socket) {
+bool still_open(stream_protocol::socket& socket) {
     if (!socket.is_open()) return false;
     char byte = 0;
     const auto n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -110,13 +110,11 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fr
     }
     auto executor = co_await asio::this_coro::executor;
     auto c = std::make_unique<Connection>(
-        Connection{beast::tcp_stream(executor), {}, engine_.generation()});
-    boost::system::error_code ec;
+        Connection{stream_connection(executor), {}, engine_.generation()});
     c->stream.expires_after(kConnectTimeout);
-    const tcp::endpoint engine_endpoint(asio::ip::address_v4::loopback(), engine_.port());
-    co_await c->stream.async_connect(engine_endpoint, on_error(ec));
+    const auto engine_endpoint = engine_.endpoint();  // the engine may restart meanwhile
+    const auto ec = co_await connect(c->stream, engine_endpoint);
     if (ec) co_return nullptr;
-    c->stream.socket().set_option(tcp::no_delay(true), ec);
     co_return c;
 }
 
@@ -210,7 +208,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
                                                    const http::request<http::string_body>& request,
                                                    bool client_keep_alive) {
     boost::system::error_code ec;
-    auto outgoing = engine_request(request, engine_.port());
+    auto outgoing = engine_request(request, engine_.endpoint());
     engine.stream.expires_after(limits_.engine_timeout);
     co_await http::async_write(engine.stream, outgoing, on_error(ec));
     http::response_parser<http::buffer_body> parser;

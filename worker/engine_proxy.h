@@ -40,7 +40,7 @@ class EngineProxy {
 
   private:
     struct Connection {
-        beast::tcp_stream stream;
+        stream_connection stream;
         beast::flat_buffer buffer;
         std::uint64_t generation;
         bool reused = false;

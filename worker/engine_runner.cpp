@@ -155,20 +155,43 @@ void EngineRunner::forget_record() {
     if (record_file_) record_file_->clear();
 }
 
-Status EngineRunner::spawn() {
+Status EngineRunner::choose_listen_address(TemplateVars& vars) {
+    if (!config_.socket.empty() && listens_on_socket(config_.preset)) {
+        // A socket left by an engine that died: binding would fail on it. Its folder is ours
+        // alone, so whatever is there is a socket of ours.
+        std::error_code ec;
+        std::filesystem::remove(config_.socket, ec);
+        if (ec) {
+            return Error{"socket", "cannot remove the engine's old socket " +
+                                       config_.socket.string() + ": " + ec.message()};
+        }
+        endpoint_ = StreamEndpoint::unix_socket(config_.socket);
+        vars["socket"] = config_.socket.string();
+        return Ok{};
+    }
     auto port = pick_private_port(io_);
     if (!port) return port.error();
-    port_ = *port;
-    const TemplateVars vars{{"model", config_.model},
-                            {"port", std::to_string(port_)},
-                            {"context", std::to_string(config_.context)},
-                            {"parallel", std::to_string(config_.parallel)},
-                            {"handle", config_.handle}};
+    endpoint_ = StreamEndpoint::tcp(asio::ip::address_v4::loopback(), *port);
+    vars["port"] = std::to_string(*port);
+    return Ok{};
+}
+
+Status EngineRunner::spawn() {
+    TemplateVars vars{{"model", config_.model},
+                      {"context", std::to_string(config_.context)},
+                      {"parallel", std::to_string(config_.parallel)},
+                      {"handle", config_.handle}};
+    if (auto ok = choose_listen_address(vars); !ok) return ok;
     auto args = expand_argv(config_.preset.args, vars);
     if (!args) return args.error();
+    const auto& preset = config_.preset;
+    auto listen =
+        expand_argv(endpoint_.is_tcp() ? preset.listen_on_port : preset.listen_on_socket, vars);
+    if (!listen) return listen.error();
     SpawnSpec spec;
     spec.argv.push_back(config_.binary);
     spec.argv.insert(spec.argv.end(), args->begin(), args->end());
+    spec.argv.insert(spec.argv.end(), listen->begin(), listen->end());
     spec.argv.insert(spec.argv.end(), config_.extra_args.begin(), config_.extra_args.end());
     spec.log_file = config_.log_file;
     spec.extra_env = config_.env;
@@ -182,15 +205,15 @@ Status EngineRunner::spawn() {
     child_ = std::move(child).value();
     ++generation_;
     kill_reason_.clear();
-    spdlog::info("engine: started {} (pid {}) on 127.0.0.1:{}, log {}", config_.binary,
-                 child_->pid(), port_, config_.log_file.string());
+    spdlog::info("engine: started {} (pid {}) on {}, log {}", config_.binary, child_->pid(),
+                 endpoint_.describe(), config_.log_file.string());
     asio::co_spawn(io_, watch_readiness(generation_), asio::detached);
     return Ok{};
 }
 
 awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
     asio::steady_timer timer(io_);
-    const auto loopback = asio::ip::make_address("127.0.0.1");
+    const auto endpoint = endpoint_;  // this generation's, whatever a restart sets
     const auto probe = readiness_probe();
     // One probe waits while the model loads (answered the moment it is in), rather than many
     // abandoned ones piling up in the engine's queue.
@@ -200,7 +223,7 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
     auto last_log_size = file_size_or_zero(config_.log_file);
     while (generation == generation_ &&
            (state_ == EngineState::loading || state_ == EngineState::restarting)) {
-        const auto result = co_await http_probe(loopback, port_, probe, timeout);
+        const auto result = co_await http_probe(endpoint, probe, timeout);
         const int status = result.status;
         if (generation != generation_ || state_ == EngineState::stopping) co_return;
         if (result.ok()) {
@@ -233,7 +256,7 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
 
 awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
     asio::steady_timer timer(io_);
-    const auto loopback = asio::ip::make_address("127.0.0.1");
+    const auto endpoint = endpoint_;  // this generation's, whatever a restart sets
     const auto probe = readiness_probe();
     const auto timeout = probe_timeout();
     int misses = 0;
@@ -248,7 +271,7 @@ awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
             misses = 0;
             continue;
         }
-        const auto result = co_await http_probe(loopback, port_, probe, timeout);
+        const auto result = co_await http_probe(endpoint, probe, timeout);
         const int status = result.status;
         if (generation != generation_ || state_ != EngineState::ready) co_return;
         if (!result.own_trouble.empty()) {
@@ -341,6 +364,10 @@ awaitable<void> EngineRunner::stop() {
     }
     child_.reset();  // reaps (and kills the group if anything is left)
     forget_record();
+    if (!endpoint_.is_tcp()) {
+        std::error_code ignored;  // a socket nobody listens on; the next start replaces it anyway
+        std::filesystem::remove(config_.socket, ignored);
+    }
     set_state(EngineState::stopped, "stopped");
 }
 

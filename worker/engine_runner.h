@@ -1,4 +1,5 @@
-// Runs one engine as the worker's child: starts it on a private loopback port, waits for its
+// Runs one engine as the worker's child: starts it on a private Unix socket (or, for engines that
+// cannot listen on one, a free loopback port), waits for its
 // readiness probe, restarts it when it dies (immediately the first time, then with exponential
 // backoff), and stops it. Requests wait for readiness through `wait_ready`.
 #pragma once
@@ -16,6 +17,8 @@
 #include "os/http_probe.h"
 #include "os/memory_kill_watch.h"
 #include "os/recorded_process.h"
+#include "os/stream_endpoint.h"
+#include "profiles/command_template.h"
 #include "worker/engine_config.h"
 
 namespace ensemble {
@@ -51,7 +54,8 @@ class EngineRunner {
 
     EngineState state() const { return state_; }
     bool ever_ready() const { return ever_ready_; }
-    unsigned short port() const { return port_; }
+    // Where the running engine listens.
+    const StreamEndpoint& endpoint() const { return endpoint_; }
     std::uint64_t generation() const { return generation_; }  // one per engine process
     std::size_t waiting() const { return waiters_.size(); }
     int restarts() const { return restarts_; }
@@ -65,6 +69,8 @@ class EngineRunner {
 
   private:
     Status spawn();
+    // Chooses where the next engine listens: sets endpoint_, and {socket} or {port} in `vars`.
+    Status choose_listen_address(TemplateVars& vars);
     void stop_engine_left_behind();
     // Writes down the engine just forked (it waits to exec until this returns).
     Status record(pid_t pid);
@@ -91,7 +97,7 @@ class EngineRunner {
     std::string kill_reason_;  // why we killed the engine that runs now, if we did
     Clock::time_point last_answer_{};
     MemoryKillWatch memory_kills_;
-    unsigned short port_ = 0;
+    StreamEndpoint endpoint_ = StreamEndpoint::tcp(asio::ip::address_v4::loopback(), 0);
     std::uint64_t generation_ = 0;
     std::uint64_t exit_handled_ = 0;  // the generation whose exit on_child_exit acted on
     int restarts_ = 0;

@@ -78,7 +78,7 @@ int main(int argc, char** argv) {
         spdlog::error("{}", ok.error().message);
         return 3;
     }
-    const auto link_config = LinkConfig::from_environment(options.front.port);
+    const auto link_config = LinkConfig::from_environment(options.front.port, options.model.handle);
     asio::signal_set children(io, SIGCHLD);
     on_every_signal(children, [&engine] { engine.on_child_exit(); });
     if (auto ok = engine.start(); !ok) {
@@ -86,8 +86,9 @@ int main(int argc, char** argv) {
         return 4;
     }
     front.start_accepting();
-    spdlog::info("worker: serving '{}' on {}:{} (engine {} on 127.0.0.1:{})", options.model.handle,
-                 options.front.host, front.bound_port(), options.engine.preset.name, engine.port());
+    spdlog::info("worker: serving '{}' on {}:{} (engine {} on {})", options.model.handle,
+                 options.front.host, front.bound_port(), options.engine.preset.name,
+                 engine.endpoint().describe());
 
     // One way down, whatever asks for it: SIGTERM/SIGINT, the supervisor, or a long orphanhood.
     std::unique_ptr<SupervisorLink> link;

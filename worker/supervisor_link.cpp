@@ -15,7 +15,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 }
 
-std::optional<LinkConfig> LinkConfig::from_environment(int port) {
+std::optional<LinkConfig> LinkConfig::from_environment(int port, const std::string& handle) {
     const char* socket = std::getenv(protocol::kSupervisorSocketVariable);
     const char* id = std::getenv(protocol::kWorkerIdVariable);
     const char* token = std::getenv(protocol::kWorkerTokenVariable);
@@ -27,6 +27,7 @@ std::optional<LinkConfig> LinkConfig::from_environment(int port) {
     c.worker_id = id;
     c.token = token;
     c.port = port;
+    c.handle = handle;
     // The engine is not ours to trust with the worker's credentials: it does not inherit them.
     ::unsetenv(protocol::kWorkerTokenVariable);
     if (const char* grace = std::getenv("ENSEMBLE_ORPHAN_GRACE_MS")) {
@@ -75,8 +76,9 @@ awaitable<void> SupervisorLink::run() {
                                        on_error(ec));
         if (!ec) {
             // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
-            const auto hello = protocol::to_json(protocol::Register{
-                config_.worker_id, config_.token, config_.port, ::getpid(), protocol::kVersion});
+            const auto hello = protocol::to_json(
+                protocol::Register{config_.worker_id, config_.token, config_.port, ::getpid(),
+                                   protocol::kVersion, config_.handle});
             const bool registered = co_await send(hello);
             if (registered) {
                 spdlog::info("link: connected to the supervisor at {}", config_.socket_path);

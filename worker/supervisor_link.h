@@ -20,13 +20,14 @@ struct LinkConfig {
     std::string worker_id;
     std::string token;
     int port = 0;
+    std::string handle;  // the model served, said when registering
     std::chrono::milliseconds heartbeat_interval{1000};
     std::chrono::milliseconds orphan_grace{std::chrono::minutes(5)};
 
     // From ENSEMBLE_SUPERVISOR_SOCKET, ENSEMBLE_WORKER_ID, ENSEMBLE_WORKER_TOKEN (the token is
     // then removed from the environment, so the engine does not inherit it); nullopt when the
     // worker runs standalone. Read before the engine starts.
-    static std::optional<LinkConfig> from_environment(int port);
+    static std::optional<LinkConfig> from_environment(int port, const std::string& handle);
 };
 
 class SupervisorLink {

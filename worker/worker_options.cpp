@@ -11,6 +11,7 @@
 #include "os/private_folder.h"
 #include "os/recorded_process.h"
 #include "profiles/engine_preset.h"
+#include "protocol/framing.h"
 #include "protocol/messages.h"
 
 extern char** environ;
@@ -61,6 +62,24 @@ std::string engine_environment(const std::vector<std::string>& assignments,
     return "";
 }
 
+// What keeps the engine from listening where it must ("" when nothing): a socket path too long
+// or in a folder others can enter, or a command that listens on {socket} without one.
+std::string engine_socket_problem(const EngineConfig& engine) {
+    if (engine.socket.empty()) {
+        if (engine.preset.name == "command" && listens_on_socket(engine.preset))
+            return "the engine command listens on {socket}: pass --engine-socket PATH";
+        return "";
+    }
+    if (const auto size = engine.socket.string().size(); size > protocol::kMaxSocketPath) {
+        return "--engine-socket " + engine.socket.string() + " is " + std::to_string(size) +
+               " bytes; Unix sockets allow " + std::to_string(protocol::kMaxSocketPath) +
+               ": choose a shorter path";
+    }
+    if (auto problem = sealed_folder_problem(engine.socket.parent_path()); !problem.empty())
+        return "--engine-socket's folder: " + problem;
+    return "";
+}
+
 // Fills in what depends on several options; returns an error message or "".
 std::string finish(WorkerOptions& o, const std::string& engine_name, const std::string& command,
                    const std::string& ready_path, const std::string& log_dir) {
@@ -98,6 +117,7 @@ std::string finish(WorkerOptions& o, const std::string& engine_name, const std::
         o.engine.log_file = dir / ("engine-" + std::to_string(o.front.port) + ".log");
     }
     o.engine.record_file = record_file_for(o.engine.log_file);
+    if (auto error = engine_socket_problem(o.engine); !error.empty()) return error;
     if (o.front.api_key.empty()) {
         if (const char* key = std::getenv("ENSEMBLE_API_KEY"); key != nullptr)
             o.front.api_key = key;
@@ -163,6 +183,9 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "directory for the engine log (default: "
                    "$XDG_STATE_HOME/ensemble/logs)");
     app.add_option("--log-file", log_file, "engine log file (overrides --log-dir)");
+    app.add_option("--engine-socket", o.engine.socket,
+                   "Unix socket for the engine to listen on, in a folder only this user can "
+                   "enter (engines that cannot: a loopback port; default: a loopback port)");
     app.add_option("--queue-max", o.front.queue_max,
                    "requests that may wait for a restarting "
                    "engine")

@@ -1,7 +1,7 @@
 // Proxy overhead benchmark: the same llama-server measured directly and through ensemble-worker,
-// interleaved in one run. The worker's own engine is the one measured directly (its private port
-// is read from the worker's log), so both paths share one process, one model and one cache.
-// Reports time to first token (p50/p99) and streamed tokens/s at each concurrency.
+// interleaved in one run. The worker's own engine is the one measured directly, on its private
+// Unix socket (where it listens under ensembled too), so both paths share one process, one model
+// and one cache. Reports time to first token (p50/p99) and streamed tokens/s at each concurrency.
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -10,7 +10,6 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
-#include <regex>
 #include <thread>
 
 #include "tests/support/http_client.h"
@@ -45,7 +44,7 @@ double percentile(std::vector<double> v, double p) {
     return v[std::min(i, v.size() - 1)];
 }
 
-Sample stream_once(unsigned short port, int max_tokens, int& failures) {
+Sample stream_once(const StreamEndpoint& target, int max_tokens, int& failures) {
     const auto body = nlohmann::json{
         {"model", "bench"},
         {"messages", {{{"role", "user"}, {"content", "Tell me a story."}}}},
@@ -55,7 +54,7 @@ Sample stream_once(unsigned short port, int max_tokens, int& failures) {
     Sample s;
     const auto start = Clock::now();
     bool first = true;
-    auto r = http_request(port, chat_request(body, true), [&](std::string_view chunk) {
+    auto r = http_request(target, chat_request(body, true), [&](std::string_view chunk) {
         for (auto pos = chunk.find("\"content\":\""); pos != std::string_view::npos;
              pos = chunk.find("\"content\":\"", pos + 1)) {
             if (first) {
@@ -74,14 +73,14 @@ Sample stream_once(unsigned short port, int max_tokens, int& failures) {
     return s;
 }
 
-Batch run_batch(unsigned short port, int concurrency, int max_tokens, int& failures) {
+Batch run_batch(const StreamEndpoint& target, int concurrency, int max_tokens, int& failures) {
     Batch b;
     b.samples.resize(static_cast<std::size_t>(concurrency));
     std::vector<int> fails(static_cast<std::size_t>(concurrency), 0);
     const auto start = Clock::now();
     std::vector<std::thread> threads;
     for (int i = 0; i < concurrency; ++i) {
-        threads.emplace_back([&, i] { b.samples[i] = stream_once(port, max_tokens, fails[i]); });
+        threads.emplace_back([&, i] { b.samples[i] = stream_once(target, max_tokens, fails[i]); });
     }
     for (auto& t : threads)
         t.join();
@@ -98,15 +97,6 @@ void add(Series& s, const Batch& b) {
         tokens += x.tokens;
     }
     s.tokens_per_s.push_back(tokens / b.wall_s);
-}
-
-unsigned short engine_port_from_log(const WorkerProcess& worker) {
-    static const std::regex kLine(R"(on 127\.0\.0\.1:(\d+), log)");
-    std::smatch m;
-    const auto log = worker.log();
-    if (!std::regex_search(log, m, kLine))
-        throw std::runtime_error("no engine port in worker log:\n" + log);
-    return static_cast<unsigned short>(std::stoi(m[1]));
 }
 
 }  // namespace
@@ -142,7 +132,9 @@ int main(int argc, char** argv) {
         std::cerr << "worker did not become ready:\n" << worker.log();
         return 1;
     }
-    const unsigned short direct = engine_port_from_log(worker);
+    const auto direct = StreamEndpoint::unix_socket(worker.socket_folder() / "engine.sock");
+    const auto through_worker =
+        StreamEndpoint::tcp(asio::ip::address_v4::loopback(), worker.port());
     nlohmann::json results = nlohmann::json::array();
     std::printf(
         "| concurrency | path | TTFT p50 ms | TTFT p99 ms | tokens/s (median) | failures |\n");
@@ -151,14 +143,14 @@ int main(int argc, char** argv) {
         Series d, p;
         int warm = 0;
         run_batch(direct, c, max_tokens, warm);  // warm both paths' connections and the cache
-        run_batch(worker.port(), c, max_tokens, warm);
+        run_batch(through_worker, c, max_tokens, warm);
         for (int r = 0; r < rounds; ++r) {
             // Alternate which path goes first so drift affects both alike.
             if (r % 2 == 0) {
                 add(d, run_batch(direct, c, max_tokens, d.failures));
-                add(p, run_batch(worker.port(), c, max_tokens, p.failures));
+                add(p, run_batch(through_worker, c, max_tokens, p.failures));
             } else {
-                add(p, run_batch(worker.port(), c, max_tokens, p.failures));
+                add(p, run_batch(through_worker, c, max_tokens, p.failures));
                 add(d, run_batch(direct, c, max_tokens, d.failures));
             }
         }

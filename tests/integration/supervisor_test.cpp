@@ -4,9 +4,12 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <sys/wait.h>
+
 #include <algorithm>
 
 #include "os/portable_mode.h"
+#include "protocol/messages.h"
 #include "tests/support/supervisor_fixture.h"
 
 using namespace ensemble;
@@ -18,6 +21,15 @@ namespace {
 
 class SupervisorTest : public SupervisorFixture {
   protected:
+    std::string extra_supervisor_settings() const override {
+        const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+        std::string settings;
+        if (name.find("IgnoresStop") != std::string::npos)
+            settings += "  health: {stop_timeout: 2s}\n";
+        if (name.find("BootProfile") != std::string::npos) settings += "  boot_profile: single\n";
+        return settings;
+    }
+
     // Kills ensembled and every worker with SIGKILL at once (portable mode: the engines live
     // on), optionally makes state.db forget the engines, starts again, and expects no engine
     // of the old generation and one new worker per port.
@@ -58,6 +70,29 @@ TEST_F(SupervisorTest, ProfileLoadServesEveryPortAndStatusShowsThem) {
     EXPECT_EQ(chat(port_b_), 0);
     ASSERT_EQ(cli("profile unload").exit_code, 0);
     EXPECT_TRUE(status()["ports"].empty());
+}
+
+TEST_F(SupervisorTest, EachEngineListensOnASocketInTheRunDirAndOnNoTcpPort) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load pair").exit_code, 0);
+    for (const auto port : {port_a_, port_b_}) {
+        const auto p = port_status(port);
+        const auto engine = p["engine_pid"].get<pid_t>();
+        ASSERT_GT(engine, 0);
+        // Another local user can reach neither: no TCP port, and a socket in a 0700 folder.
+        EXPECT_EQ(tcp_ports_listened_on_by(engine), std::vector<unsigned short>{}) << port;
+        EXPECT_TRUE(
+            std::filesystem::is_socket(run_dir_ / ("engine-" + std::to_string(port) + ".sock")));
+        EXPECT_EQ(chat(port), 200);
+    }
+    using std::filesystem::perms;
+    EXPECT_EQ(
+        std::filesystem::status(run_dir_).permissions() & (perms::group_all | perms::others_all),
+        perms::none);
+    ASSERT_EQ(cli("unload " + std::to_string(port_b_)).exit_code, 0);
+    EXPECT_FALSE(
+        std::filesystem::exists(run_dir_ / ("engine-" + std::to_string(port_b_) + ".sock")))
+        << "a stopped engine's socket is removed";
 }
 
 TEST_F(SupervisorTest, LoadAndUnloadOnePort) {
@@ -349,21 +384,100 @@ TEST_F(SupervisorTest, ACliWithAnUnreadableConfigSaysSoRatherThanNotRunning) {
 
 // Found by an adversarial run: with state.db lost, surviving workers served on unmanaged. A
 // worker ensembled has no record of is refused and stops; the port is free for what is wanted.
-TEST_F(SupervisorTest, AWorkerThatCannotBeAdoptedStopsInsteadOfServingUnmanaged) {
+TEST_F(SupervisorTest, AWorkerWhoseRecordsWereLostIsAdoptedFromWhatItSaysAndRecordedAgain) {
     supervisor_ = start_supervisor();
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
     const pid_t old_worker = port_status(port_a_)["pid"].get<pid_t>();
-    ::kill(supervisor_->pid(), SIGQUIT);  // exits; the worker keeps serving
-    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
-    for (const char* file : {"state.db", "state.db-wal", "state.db-shm", "state.db.backup"})
-        std::filesystem::remove(dir_ / "state" / file);
+    crash_and_lose_the_state_database();
     supervisor_ = start_supervisor();
+    // No record, no assignment: the worker says who it is, and is adopted rather than fought.
+    const auto p = wait_for_state(port_a_, "ready");
+    EXPECT_EQ(p["pid"], old_worker);
+    EXPECT_EQ(p["model"], "tiny");
+    EXPECT_EQ(chat(port_a_), 200);
+    EXPECT_NE(cli("events -n 50").out.find("adopted from what it says"), std::string::npos);
+    // Its records are rebuilt: the next start adopts it by its record, as any survivor.
+    ::kill(supervisor_->pid(), SIGQUIT);
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+    supervisor_ = start_supervisor();
+    EXPECT_EQ(wait_for_state(port_a_, "ready")["pid"], old_worker);
+    EXPECT_NE(cli("events -n 50").out.find("survived; waiting for it to reconnect"),
+              std::string::npos);
+}
+
+TEST_F(SupervisorTest, ABootProfileWorkerWhoseRecordWasLostIsAdoptedNotFought) {
+    supervisor_ = start_supervisor();
+    const pid_t old_worker = wait_for_state(port_a_, "ready")["pid"].get<pid_t>();
+    crash_and_lose_the_state_database();
+    // The boot profile is loaded again, and finds its port taken by the old worker.
+    supervisor_ = start_supervisor();
+    const auto p = wait_for_state(port_a_, "ready");
+    EXPECT_EQ(p["pid"], old_worker);
+    EXPECT_EQ(p["model"], "tiny-two");
+    EXPECT_EQ(p["profile"], "single");
+    EXPECT_EQ(p["restarts"], 0) << "no failed start against the old worker";
+    const auto events = cli("events -n 50").out;
+    EXPECT_NE(events.find("is taken, though no worker"), std::string::npos) << events;
+    EXPECT_NE(events.find("adopted from what it says"), std::string::npos) << events;
+}
+
+TEST_F(SupervisorTest, ABootProfileWorkerServingAnotherModelThanItsPortShouldIsReplaced) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(wait_for_state(port_a_, "ready")["model"], "tiny-two");
+    ASSERT_EQ(cli("swap " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    const pid_t old_worker = port_status(port_a_)["pid"].get<pid_t>();
+    crash_and_lose_the_state_database();
+    supervisor_ = start_supervisor();
+    // The boot profile wants tiny-two there: the old worker (tiny) is told to stop, and once
+    // it has, the profile's own worker serves.
     for (int i = 0; i < 300 && process_alive(old_worker); ++i)
         std::this_thread::sleep_for(100ms);
-    EXPECT_FALSE(process_alive(old_worker)) << "refused, so it stopped";
-    EXPECT_NE(cli("events -n 50").out.find("is not one this ensembled expects"), std::string::npos);
-    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    EXPECT_FALSE(process_alive(old_worker));
+    const auto p = wait_for_state(port_a_, "ready", 60s);
+    EXPECT_EQ(p["model"], "tiny-two");
+    EXPECT_NE(p["pid"], old_worker);
     EXPECT_EQ(chat(port_a_), 200);
+    EXPECT_NE(cli("events -n 80").out.find("should serve 'tiny-two', not 'tiny'"),
+              std::string::npos);
+}
+
+TEST_F(SupervisorTest, ARefusedWorkerThatIgnoresStopIsKilled) {
+    supervisor_ = start_supervisor();
+    // A process of ours on workers.sock that says it is a worker, cannot be adopted (it names
+    // no model), and ignores the stop it is sent.
+    const pid_t impostor = ::fork();
+    ASSERT_GE(impostor, 0);
+    if (impostor == 0) {
+        try {
+            const auto hello = json{{"type", "register"}, {"version", protocol::kVersion},
+                                    {"worker_id", "w-x"}, {"token", "t"},
+                                    {"port", port_b_},    {"pid", ::getpid()}}
+                                   .dump() +
+                               "\n";
+            boost::asio::io_context io;
+            boost::asio::local::stream_protocol::socket socket(io);
+            socket.connect(boost::asio::local::stream_protocol::endpoint(
+                (run_dir_ / "workers.sock").string()));
+            boost::asio::write(socket, boost::asio::buffer(hello));
+            for (;;)
+                ::pause();
+        } catch (...) {
+            ::_exit(1);
+        }
+    }
+    int status = 0;
+    pid_t reaped = 0;
+    for (int i = 0; i < 150 && reaped == 0; ++i) {
+        std::this_thread::sleep_for(100ms);
+        reaped = ::waitpid(impostor, &status, WNOHANG);
+    }
+    if (reaped == 0) ::kill(impostor, SIGKILL);
+    ASSERT_EQ(reaped, impostor) << "still running after 15 s";
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    const auto events = cli("events -n 50").out;
+    EXPECT_NE(events.find("it does not say which model it serves"), std::string::npos) << events;
+    EXPECT_NE(events.find("a refused worker did not stop within 2000 ms"), std::string::npos)
+        << events;
 }
 
 TEST_F(SupervisorTest, CleanRestartRestoresTheSameAssignmentsAndLogsAreThere) {
@@ -376,11 +490,9 @@ TEST_F(SupervisorTest, CleanRestartRestoresTheSameAssignmentsAndLogsAreThere) {
     ASSERT_TRUE(wait_exit(*supervisor_, 60s));
     EXPECT_EQ(chat(port_a_), 0) << "SIGTERM stops the workers";
     supervisor_ = start_supervisor();
-    for (int i = 0; i < 100 && port_status(port_b_).value("state", "") != "ready"; ++i)
-        std::this_thread::sleep_for(100ms);
-    EXPECT_EQ(port_status(port_a_)["model"], "tiny");
-    EXPECT_EQ(port_status(port_b_)["model"], "tiny-two");
-    EXPECT_EQ(port_status(port_b_)["state"], "ready");
+    // Both come back (each in its own time: wait for both before asking either).
+    EXPECT_EQ(wait_for_state(port_a_, "ready")["model"], "tiny");
+    EXPECT_EQ(wait_for_state(port_b_, "ready")["model"], "tiny-two");
     EXPECT_EQ(chat(port_a_), 200);
 }
 
@@ -403,6 +515,7 @@ TEST_F(SupervisorTest, ReconcileStopsASurvivingWorkerThatShouldNotRun) {
         std::this_thread::sleep_for(100ms);
     EXPECT_FALSE(process_alive(stale)) << "the worker that should not run was stopped";
     EXPECT_EQ(chat(port_b_), 0);
+    EXPECT_TRUE(port_status(port_b_).is_null()) << "nor adopted when it reconnected to drain";
     for (int i = 0; i < 50 && port_status(port_a_).value("state", "") != "ready"; ++i)
         std::this_thread::sleep_for(100ms);
     EXPECT_EQ(port_status(port_a_)["pid"], kept) << "the wanted one was re-adopted";

@@ -314,6 +314,58 @@ TEST_F(WorkerTest, EngineKilledMidStreamEndsWithAnErrorEventThenRecovers) {
     track_engine(*worker);
 }
 
+TEST_F(WorkerTest, TheEngineListensOnlyOnItsPrivateUnixSocket) {
+    auto worker = start();
+    track_engine(*worker);
+    const auto engine = worker->engine_pid();
+    ASSERT_TRUE(engine);
+    // No TCP port at all: no other local user can reach the engine around the worker (its
+    // model pinning, its API key, its limits).
+    EXPECT_EQ(tcp_ports_listened_on_by(*engine), std::vector<unsigned short>{});
+    EXPECT_EQ(tcp_ports_listened_on_by(worker->pid()), std::vector<unsigned short>{worker->port()});
+    const auto folder = worker->socket_folder();
+    EXPECT_TRUE(std::filesystem::is_socket(folder / "engine.sock"));
+    using std::filesystem::perms;
+    EXPECT_EQ(
+        std::filesystem::status(folder).permissions() & (perms::group_all | perms::others_all),
+        perms::none);
+    auto r = http_request(worker->port(), chat_request(kChat));
+    EXPECT_EQ(r.status, 200) << r.body;
+    EXPECT_NE(worker->log().find("on unix:" + (folder / "engine.sock").string()), std::string::npos)
+        << worker->log();
+}
+
+TEST_F(WorkerTest, AnEngineSocketInAFolderOthersCanEnterIsRefused) {
+    const auto open_folder =
+        std::filesystem::temp_directory_path() / ("ens-open-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(open_folder);
+    std::filesystem::permissions(open_folder, std::filesystem::perms(0755));
+    WorkerProcess worker(free_port(), {"--engine-socket", (open_folder / "e.sock").string()},
+                         current_test_name());
+    auto exit = worker.wait_exit(10s);
+    std::filesystem::remove_all(open_folder);
+    ASSERT_TRUE(exit);
+    EXPECT_EQ(exit->code, 2);
+    EXPECT_NE(worker.log().find("can be entered by other users"), std::string::npos)
+        << worker.log();
+    EXPECT_NE(worker.log().find("chmod 700"), std::string::npos) << worker.log();
+    EXPECT_FALSE(worker.engine_pid());
+}
+
+TEST_F(WorkerTest, TheVllmPresetListensOnItsUnixSocketWithUds) {
+    // vLLM cannot run here: the fake engine takes its command line (serve MODEL ... --uds PATH)
+    // and listens where --uds says.
+    auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
+                         "--model", "org/some-model", "--handle", "tiny"});
+    track_engine(*worker);
+    const auto engine = worker->engine_pid();
+    ASSERT_TRUE(engine);
+    EXPECT_EQ(tcp_ports_listened_on_by(*engine), std::vector<unsigned short>{});
+    EXPECT_TRUE(std::filesystem::is_socket(worker->socket_folder() / "engine.sock"));
+    auto r = http_request(worker->port(), chat_request(kChat));
+    EXPECT_EQ(r.status, 200) << r.body;
+}
+
 TEST_F(WorkerTest, PortInUseIsAClearErrorAndNonZeroExit) {
     const auto port = free_port();
     int holder = ::socket(AF_INET, SOCK_STREAM, 0);

@@ -55,13 +55,19 @@ HttpRequest chat_request(const std::string& json_body, bool stream) {
 
 HttpResponse http_request(unsigned short port, const HttpRequest& request,
                           const ChunkCallback& on_chunk) {
+    return http_request(StreamEndpoint::tcp(asio::ip::address_v4::loopback(), port), request,
+                        on_chunk);
+}
+
+HttpResponse http_request(const StreamEndpoint& endpoint, const HttpRequest& request,
+                          const ChunkCallback& on_chunk) {
     asio::io_context io;
-    beast::tcp_stream stream(io);
+    stream_connection stream(io);
     HttpResponse out;
     const auto deadline = std::chrono::steady_clock::now() + request.timeout;
     stream.expires_at(deadline);
     auto ec = run_op(io, [&](auto handler) {
-        stream.async_connect(tcp::endpoint(asio::ip::address_v4::loopback(), port),
+        stream.async_connect(endpoint.endpoint(),
                              [handler](boost::system::error_code e) { handler(e); });
     });
     if (ec) {
@@ -69,7 +75,7 @@ HttpResponse http_request(unsigned short port, const HttpRequest& request,
         return out;
     }
     http::request<http::string_body> req{http::string_to_verb(request.method), request.target, 11};
-    req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
+    req.set(http::field::host, endpoint.host());
     for (const auto& [k, v] : request.headers)
         req.set(k, v);
     req.body() = request.body;
@@ -110,7 +116,7 @@ HttpResponse http_request(unsigned short port, const HttpRequest& request,
     if (ec) out.error = ec.message();
     if (ec && !parser.is_header_done()) out.status = 0;
     boost::system::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream.socket().shutdown(stream_protocol::socket::shutdown_both, ignored);
     return out;
 }
 

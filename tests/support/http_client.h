@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "os/stream_endpoint.h"
+
 namespace ensemble::testing {
 
 struct HttpResponse {
@@ -33,6 +35,9 @@ struct HttpRequest {
 using ChunkCallback = std::function<bool(std::string_view)>;
 
 HttpResponse http_request(unsigned short port, const HttpRequest& request,
+                          const ChunkCallback& on_chunk = {});
+// The same to any endpoint: a Unix socket (an engine's), say.
+HttpResponse http_request(const StreamEndpoint& endpoint, const HttpRequest& request,
                           const ChunkCallback& on_chunk = {});
 
 // A POST of a chat completion with the given body JSON.

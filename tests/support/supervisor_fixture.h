@@ -128,6 +128,15 @@ class SupervisorFixture : public ::testing::Test {
         return child ? std::move(child).value() : nullptr;
     }
 
+    // ensembled exits without stopping its workers (SIGQUIT), and every record of them is lost
+    // with its state database and the backup.
+    void crash_and_lose_the_state_database() {
+        ::kill(supervisor_->pid(), SIGQUIT);
+        ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+        for (const char* file : {"state.db", "state.db-wal", "state.db-shm", "state.db.backup"})
+            std::filesystem::remove(dir_ / "state" / file);
+    }
+
     static bool wait_exit(ChildProcess& p, std::chrono::milliseconds timeout) {
         const auto deadline = std::chrono::steady_clock::now() + timeout;
         while (std::chrono::steady_clock::now() < deadline) {

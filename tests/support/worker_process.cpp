@@ -4,7 +4,10 @@
 #include <signal.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -58,6 +61,17 @@ WorkerProcess::WorkerProcess(unsigned short port, std::vector<std::string> extra
         spec.argv.push_back("--engine-bin");
         spec.argv.push_back(llama_server().string());
     }
+    if (!given("--engine-socket")) {
+        // As under ensembled: the engine on a Unix socket in a folder of ours (kept short:
+        // socket paths allow ~104 bytes), where its preset can listen on one.
+        std::string folder =
+            (std::filesystem::temp_directory_path() / "ens-engine-XXXXXX").string();
+        if (::mkdtemp(folder.data()) == nullptr)
+            throw std::runtime_error("mkdtemp: " + std::string(std::strerror(errno)));
+        socket_folder_ = folder;
+        spec.argv.insert(spec.argv.end(),
+                         {"--engine-socket", (socket_folder_ / "engine.sock").string()});
+    }
     spec.argv.insert(spec.argv.end(), extra_args.begin(), extra_args.end());
     spec.log_file = log_;
     spec.extra_env = std::move(env);
@@ -67,9 +81,14 @@ WorkerProcess::WorkerProcess(unsigned short port, std::vector<std::string> extra
 }
 
 WorkerProcess::~WorkerProcess() {
-    if (child_->poll_exit()) return;
-    child_->signal_group(SIGTERM);
-    if (!wait_exit(std::chrono::seconds(20))) child_->signal_group(SIGKILL);
+    if (!child_->poll_exit()) {
+        child_->signal_group(SIGTERM);
+        if (!wait_exit(std::chrono::seconds(20))) child_->signal_group(SIGKILL);
+    }
+    if (!socket_folder_.empty()) {
+        std::error_code ignored;
+        std::filesystem::remove_all(socket_folder_, ignored);
+    }
 }
 
 std::string WorkerProcess::log() const {
@@ -131,6 +150,36 @@ bool process_alive(pid_t pid) {
     std::getline(stat, line);
     const auto close = line.rfind(')');
     return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+}
+
+std::vector<unsigned short> tcp_ports_listened_on_by(pid_t pid) {
+    std::set<std::string> inodes;
+    std::error_code ec;
+    const auto fds = std::filesystem::path("/proc") / std::to_string(pid) / "fd";
+    for (const auto& fd : std::filesystem::directory_iterator(fds, ec)) {
+        const auto target = std::filesystem::read_symlink(fd.path(), ec).string();
+        if (!ec && target.starts_with("socket:["))
+            inodes.insert(target.substr(8, target.size() - 9));
+    }
+    std::vector<unsigned short> ports;
+    for (const auto* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
+        std::ifstream in(table);
+        std::string line;
+        std::getline(in, line);  // the header
+        while (std::getline(in, line)) {
+            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
+            std::istringstream fields(line);
+            std::string sl, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
+            fields >> sl >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
+                timeout >> inode;
+            constexpr auto kListen = "0A";
+            if (state != kListen || !inodes.contains(inode)) continue;
+            const auto colon = local.rfind(':');
+            ports.push_back(
+                static_cast<unsigned short>(std::stoul(local.substr(colon + 1), nullptr, 16)));
+        }
+    }
+    return ports;
 }
 
 }  // namespace ensemble::testing

@@ -26,8 +26,9 @@ std::string current_test_name();  // "Suite.Test" of the test running now
 class WorkerProcess {
   public:
     // Starts `ensemble-worker --port PORT` plus `extra_args`, defaulting --model to the tiny
-    // model, --handle to "tiny" and the engine to the provisioned llama-server; `env` is added
-    // to its environment (e.g. ENSEMBLE_PORTABLE=1).
+    // model, --handle to "tiny", the engine to the provisioned llama-server and
+    // --engine-socket to a private folder of its own; `env` is added to its environment
+    // (e.g. ENSEMBLE_PORTABLE=1).
     WorkerProcess(unsigned short port, std::vector<std::string> extra_args,
                   const std::string& test_name, std::map<std::string, std::string> env = {});
     // Stops it as a user would (SIGTERM: it drains and stops its engine), SIGKILL if it hangs.
@@ -45,14 +46,19 @@ class WorkerProcess {
     void signal(int sig);
     // The worker's engine process (its direct child), if one runs.
     std::optional<pid_t> engine_pid() const;
+    // The folder of the engine's socket (empty when --engine-socket was given).
+    const std::filesystem::path& socket_folder() const { return socket_folder_; }
 
   private:
     unsigned short port_;
     std::filesystem::path log_;
+    std::filesystem::path socket_folder_;  // the engine's, removed with the worker
     std::unique_ptr<ChildProcess> child_;
 };
 
 bool process_alive(pid_t pid);  // true for a running process (zombies count as gone)
+// The TCP ports `pid` listens on (Linux: its sockets in /proc/net/tcp and tcp6).
+std::vector<unsigned short> tcp_ports_listened_on_by(pid_t pid);
 std::vector<pid_t> children_of(pid_t pid);
 
 }  // namespace ensemble::testing

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 
 #include "profiles/command_template.h"
 #include "profiles/engine_preset.h"
@@ -61,10 +62,33 @@ TEST(EnginePreset, LlamaCppPresetPinsTheHandleAsAlias) {
     EXPECT_EQ(p->probe.path, "/health");
     auto argv = expand_argv(p->args, kVars);
     ASSERT_TRUE(argv);
-    const std::vector<std::string> expected{"--model",    "/m/a.gguf", "--host",     "127.0.0.1",
-                                            "--port",     "9000",      "--ctx-size", "4096",
+    const std::vector<std::string> expected{"--model",    "/m/a.gguf", "--ctx-size", "4096",
                                             "--parallel", "2",         "--alias",    "qwen3-8b"};
     EXPECT_EQ(*argv, expected);
+}
+
+TEST(EnginePreset, LlamaCppAndVllmListenOnAUnixSocketMlxOnlyOnAPort) {
+    const TemplateVars socket{{"socket", "/run/e/engine-8100.sock"}};
+    const TemplateVars port{{"port", "9000"}};
+    const std::map<std::string, std::vector<std::string>> on_socket{
+        {"llama.cpp", {"--host", "/run/e/engine-8100.sock"}},
+        {"vllm", {"--uds", "/run/e/engine-8100.sock"}}};
+    for (const auto& name : {"llama.cpp", "vllm", "mlx-lm"}) {
+        auto p = find_preset(name);
+        ASSERT_TRUE(p);
+        const auto expected = on_socket.find(name);
+        EXPECT_EQ(listens_on_socket(*p), expected != on_socket.end()) << name;
+        if (expected != on_socket.end()) {
+            EXPECT_EQ(*expand_argv(p->listen_on_socket, socket), expected->second) << name;
+        }
+        const std::vector<std::string> loopback{"--host", "127.0.0.1", "--port", "9000"};
+        EXPECT_EQ(*expand_argv(p->listen_on_port, port), loopback) << name;
+        // Where it listens is said once, in the listen words, never also in the arguments.
+        for (const auto& word : p->args) {
+            EXPECT_EQ(word.find("{port}"), std::string::npos) << name;
+            EXPECT_EQ(word.find("{socket}"), std::string::npos) << name;
+        }
+    }
 }
 
 TEST(EnginePreset, MlxProbesWithARealCompletionBecauseItsHealthIsAlways200) {
@@ -95,8 +119,21 @@ TEST(EnginePreset, CommandPresetChecksPlaceholdersAndProbePath) {
     ASSERT_TRUE(ok) << ok.error().message;
     EXPECT_EQ(ok->default_binary, "my-server");
     EXPECT_EQ(ok->probe.path, "/ready");
+    EXPECT_FALSE(listens_on_socket(*ok));
     EXPECT_FALSE(command_preset("my-server --weights {weights}", "/ready"));
     EXPECT_FALSE(command_preset("my-server", "ready"));
+}
+
+TEST(EnginePreset, ACommandListensOnItsSocketOrItsPortNotBothNorNeither) {
+    auto on_socket = command_preset("my-server --weights {model} --unix {socket}", "/ready");
+    ASSERT_TRUE(on_socket) << on_socket.error().message;
+    EXPECT_TRUE(listens_on_socket(*on_socket));
+    for (const auto* line : {"my-server --unix {socket} --port {port}", "my-server {model}"}) {
+        auto refused = command_preset(line, "/ready");
+        ASSERT_FALSE(refused) << line;
+        EXPECT_NE(refused.error().message.find("{port}"), std::string::npos);
+        EXPECT_NE(refused.error().message.find("{socket}"), std::string::npos);
+    }
 }
 
 }  // namespace

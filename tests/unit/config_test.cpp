@@ -176,7 +176,7 @@ TEST_F(ConfigTest, ErrorsInIncludesNameTheirOwnFile) {
 TEST_F(ConfigTest, HealthRestartAndLogSettingsLoad) {
     auto r = load(
         "supervisor:\n  logs: {max_size: 10MiB, keep: 5}\n"
-        "  health: {missed_heartbeats: 5, kill_grace: 2s, probe_interval: 500ms,"
+        "  health: {missed_heartbeats: 5, kill_grace: 2s, stop_timeout: 90s, probe_interval: 500ms,"
         " probe_timeout: 1s, probe_failures: 2}\n"
         "  restart: {first_backoff: 200ms, max_backoff: 10s, healthy_after: 2m,"
         " crash_loop_failures: 3, crash_loop_window: 1m}\n");
@@ -186,6 +186,7 @@ TEST_F(ConfigTest, HealthRestartAndLogSettingsLoad) {
     EXPECT_EQ(s.logs.keep, 5);
     EXPECT_EQ(s.health.missed_heartbeats, 5);
     EXPECT_EQ(s.health.kill_grace, std::chrono::seconds(2));
+    EXPECT_EQ(s.health.stop_timeout, std::chrono::seconds(90));
     EXPECT_EQ(s.health.probe_interval, std::chrono::milliseconds(500));
     EXPECT_EQ(s.health.probe_failures, 2);
     EXPECT_EQ(s.restart.first_backoff, std::chrono::milliseconds(200));

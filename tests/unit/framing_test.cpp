@@ -84,13 +84,21 @@ TEST(Framing, OversizedFrameIsDiscardedWithoutBufferingIt) {
 }
 
 TEST(Messages, RegisterRoundTrip) {
-    Register r{"w-8100-1", "tok", 8100, 4242, kVersion};
+    Register r{"w-8100-1", "tok", 8100, 4242, kVersion, "qwen3-8b"};
     auto parsed = parse_worker_message(to_json(r));
     ASSERT_TRUE(parsed);
     const auto& back = std::get<Register>(*parsed);
     EXPECT_EQ(back.worker_id, "w-8100-1");
     EXPECT_EQ(back.port, 8100);
     EXPECT_EQ(back.pid, 4242);
+    EXPECT_EQ(back.handle, "qwen3-8b");
+    // A worker that does not say its model still registers (it just cannot be adopted
+    // without a record).
+    auto without = to_json(r);
+    without.erase("handle");
+    auto parsed_without = parse_worker_message(without);
+    ASSERT_TRUE(parsed_without);
+    EXPECT_EQ(std::get<Register>(*parsed_without).handle, "");
 }
 
 TEST(Messages, HeartbeatRoundTrip) {
@@ -110,7 +118,7 @@ TEST(Messages, WrongTypesUnknownMessagesAndVersionsAreErrors) {
     EXPECT_FALSE(parse_worker_message({{"type", 5}}));
     EXPECT_FALSE(
         parse_worker_message({{"type", "heartbeat"}, {"state", "ready"}, {"requests", -1}}));
-    auto r = to_json(Register{"w", "t", 1, 1, kVersion});
+    auto r = to_json(Register{"w", "t", 1, 1, kVersion, "h"});
     r["version"] = kVersion + 1;
     auto parsed = parse_worker_message(r);
     ASSERT_FALSE(parsed);
