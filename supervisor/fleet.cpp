@@ -209,6 +209,12 @@ const PortAssignment* Fleet::overrides_for(const PortRuntime& rt) const {
     return port == profile->second.ports.end() ? nullptr : &port->second;
 }
 
+void Fleet::note_adopted_command(PortRuntime& rt) {
+    // What it was started with died with the earlier ensembled: what the config says now.
+    auto plan = spawner_.plan(config_, rt.port, rt.handle, overrides_for(rt));
+    rt.command = plan ? plan->command : WorkerCommand{};
+}
+
 void Fleet::refresh_estimate(PortRuntime& rt) {
     if (auto estimate = estimate_for(rt.port, rt.handle, rt.profile)) {
         rt.estimate = *estimate;
@@ -235,6 +241,7 @@ Status Fleet::start_worker(PortRuntime& rt) {
     rt.token = spawned->launch.token;
     rt.worker_log = spawned->launch.worker_log;
     rt.engine_log = spawned->launch.engine_log;
+    rt.command = spawned->launch.command;
     rt.link = nullptr;
     rt.stats = {};
     rt.probe_misses = 0;
@@ -599,6 +606,7 @@ void Fleet::reconcile() {
             const auto logs = port_logs(config_.supervisor.state_dir, r.port);
             rt.worker_log = logs.worker;
             rt.engine_log = logs.engine;
+            note_adopted_command(rt);
             refresh_estimate(rt);  // an adopted port holds its share of the budget too
             event(r.port, "adopting",
                   "worker pid " + std::to_string(r.pid) + " survived; waiting for it to reconnect");
@@ -729,6 +737,7 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
     rt->worker_log = logs.worker;
     rt->engine_log = logs.engine;
     rt->state = PortState::starting;  // registered at once by on_register
+    note_adopted_command(*rt);
     refresh_estimate(*rt);
     event(m.port, "adopted",
           "worker pid " + std::to_string(pid) + " serving '" + m.handle +

@@ -75,6 +75,9 @@ struct PortRuntime {
     std::uint64_t attempt = 0;  // one per spawn; stale timers compare it
     std::filesystem::path worker_log;
     std::filesystem::path engine_log;
+    // How the running worker was started (for an adopted one: as the config said when it was
+    // adopted), so `reload` reports what a restart would change — and only that.
+    WorkerCommand command;
     // The memory budget's view (fleet_memory.cpp): the estimate made when the worker was
     // started (or why there is none), and when the port last served a request.
     std::optional<MemoryEstimate> estimate;
@@ -125,6 +128,8 @@ class Fleet {
     PortRuntime* find(int port);
     bool move(PortRuntime& rt, PortEvent event, const std::string& reason);
     void event(int port, const std::string& kind, const std::string& message);
+    // An adopted worker is taken to run what the config says it should.
+    void note_adopted_command(PortRuntime& rt);
     // The port's memory estimate from the config (what the budget charges it).
     void refresh_estimate(PortRuntime& rt);
     Status start_worker(PortRuntime& rt);

@@ -392,22 +392,18 @@ json Fleet::reload() {
                            "; keeping the running config. Swap or unload those ports first "
                            "(ensemble unload PORT), then reload");
     }
-    // A port whose worker would now start differently is reported, not silently restarted.
+    // A port whose worker would now start differently from how it runs is reported, not
+    // silently restarted (a change undone by the next reload is no change).
     json changed = json::array();
     for (const auto& [port, rt] : ports_) {
-        auto before = spawner_.plan(config_, port, rt->handle, overrides_for(*rt));
+        if (!is_running(rt->state)) continue;  // its next start takes the new config anyway
         const auto* new_profile = loaded.config->profiles.count(rt->profile)
                                       ? &loaded.config->profiles.at(rt->profile)
                                       : nullptr;
         const PortAssignment* new_overrides =
             new_profile && new_profile->ports.count(port) ? &new_profile->ports.at(port) : nullptr;
-        auto after = spawner_.plan(*loaded.config, port, rt->handle, new_overrides);
-        auto launch_of = [](const Result<WorkerLaunch>& l) {
-            return l ? std::pair(l->argv, l->engine_env)
-                     : std::pair(std::vector<std::string>{l.error().message},
-                                 std::map<std::string, std::string>{});
-        };
-        if (launch_of(before) != launch_of(after)) changed.push_back(port);
+        const auto after = spawner_.plan(*loaded.config, port, rt->handle, new_overrides);
+        if (!after || after->command != rt->command) changed.push_back(port);
     }
     config_ = std::move(*loaded.config);
     event(0, "reload",

@@ -66,45 +66,47 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
     const auto logs = port_logs(config.supervisor.state_dir, port);
     l.worker_log = logs.worker;
     l.engine_log = logs.engine;
-    l.argv = {worker_binary_.string(),
-              "--port",
-              std::to_string(port),
-              "--host",
-              config.supervisor.bind_host,
-              "--model",
-              model->path,
-              "--handle",
-              handle,
-              "--engine",
-              engine.preset.name,
-              "--context",
-              std::to_string(context),
-              "--parallel",
-              std::to_string(parallel),
-              "--log-file",
-              l.engine_log.string(),
-              "--engine-socket",
-              engine_socket_path(config.supervisor.run_dir, port).string(),
-              "--engine-liveness-interval",
-              std::to_string(config.supervisor.health.engine_probe_interval.count() / 1000.0),
-              "--engine-liveness-failures",
-              std::to_string(config.supervisor.health.engine_probe_failures)};
+    l.command.argv = {
+        worker_binary_.string(),
+        "--port",
+        std::to_string(port),
+        "--host",
+        config.supervisor.bind_host,
+        "--model",
+        model->path,
+        "--handle",
+        handle,
+        "--engine",
+        engine.preset.name,
+        "--context",
+        std::to_string(context),
+        "--parallel",
+        std::to_string(parallel),
+        "--log-file",
+        l.engine_log.string(),
+        "--engine-socket",
+        engine_socket_path(config.supervisor.run_dir, port).string(),
+        "--engine-liveness-interval",
+        std::to_string(config.supervisor.health.engine_probe_interval.count() / 1000.0),
+        "--engine-liveness-failures",
+        std::to_string(config.supervisor.health.engine_probe_failures)};
     if (engine.load_stall_timeout) {
-        l.argv.insert(l.argv.end(), {"--load-stall-timeout",
-                                     std::to_string(engine.load_stall_timeout->count() / 1000.0)});
+        l.command.argv.insert(
+            l.command.argv.end(),
+            {"--load-stall-timeout", std::to_string(engine.load_stall_timeout->count() / 1000.0)});
     }
-    l.engine_env = engine.env;
+    l.command.engine_env = engine.env;
     if (engine.preset.name == "command") {
-        l.argv.insert(l.argv.end(),
-                      {"--command", engine.command, "--ready-path", engine.ready_path});
+        l.command.argv.insert(l.command.argv.end(),
+                              {"--command", engine.command, "--ready-path", engine.ready_path});
     } else if (!engine.binary.empty()) {
-        l.argv.insert(l.argv.end(), {"--engine-bin", engine.binary});
+        l.command.argv.insert(l.command.argv.end(), {"--engine-bin", engine.binary});
     }
     for (const auto& alias : model->aliases)
-        l.argv.insert(l.argv.end(), {"--alias", alias});
+        l.command.argv.insert(l.command.argv.end(), {"--alias", alias});
     for (const auto* args : {&engine.args, &model->args}) {
         for (const auto& a : *args)
-            l.argv.push_back("--engine-arg=" + a);
+            l.command.argv.push_back("--engine-arg=" + a);
     }
     return l;
 }
@@ -115,13 +117,13 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
     auto launch = plan(config, port, handle, overrides);
     if (!launch) return launch.error();
     SpawnSpec spec;
-    spec.argv = launch->argv;
+    spec.argv = launch->command.argv;
     spec.log_file = launch->worker_log;
     spec.die_with_parent = false;
     spec.extra_env = {{protocol::kSupervisorSocketVariable, link_socket_.string()},
                       {protocol::kWorkerIdVariable, launch->worker_id},
                       {protocol::kWorkerTokenVariable, launch->token}};
-    for (const auto& [name, value] : launch->engine_env)
+    for (const auto& [name, value] : launch->command.engine_env)
         spec.extra_env[std::string(protocol::kEngineEnvPrefix) + name] = value;
     auto child = ChildProcess::spawn(spec);
     if (!child) return child.error();

@@ -15,11 +15,18 @@
 
 namespace ensemble {
 
+// What a worker runs: the same command means the same worker (its id and token aside).
+struct WorkerCommand {
+    std::vector<std::string> argv;
+    std::map<std::string, std::string> engine_env;  // the engine's `env:`, passed out of argv
+
+    bool operator==(const WorkerCommand&) const = default;
+};
+
 struct WorkerLaunch {
     std::string worker_id;
     std::string token;
-    std::vector<std::string> argv;
-    std::map<std::string, std::string> engine_env;  // the engine's `env:`, passed out of argv
+    WorkerCommand command;
     std::filesystem::path worker_log;
     std::filesystem::path engine_log;
 };

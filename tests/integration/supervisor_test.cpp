@@ -344,6 +344,13 @@ TEST_F(SupervisorTest, ReloadReportsChangedPortsWithoutRestartingThem) {
     ASSERT_EQ(changed.size(), 1U) << reload.out;
     EXPECT_EQ(changed[0], port_a_);
     EXPECT_EQ(port_status(port_a_)["pid"], pid) << "reported, not restarted";
+    // Still pending at the next reload; and undone, it is no change (the worker never had it).
+    auto again = cli("--json reload");
+    EXPECT_EQ(json::parse(again.out)["result"]["changed_ports"], json::array({port_a_}))
+        << again.out;
+    edit_config("context: 8192", "context: 16384");
+    auto undone = cli("--json reload");
+    EXPECT_EQ(json::parse(undone.out)["result"]["changed_ports"], json::array()) << undone.out;
     // A broken config is refused and the running one kept.
     std::ofstream(dir_ / "ensemble.yaml", std::ios::app) << "bogus: 1\n";
     auto bad = cli("reload");
