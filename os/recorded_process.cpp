@@ -226,12 +226,6 @@ KillReport RecordFile::stop_recorded(const std::string& what, std::chrono::milli
     return report;
 }
 
-std::filesystem::path record_file_for(const std::filesystem::path& log_file) {
-    auto path = std::filesystem::path(log_file).replace_extension(".pid");
-    if (path == log_file) path += ".record";
-    return path;
-}
-
 void RecordFile::clear() {
     (void)::ftruncate(fd_, 0);  // an empty record: no engine runs
 }

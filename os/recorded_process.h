@@ -61,8 +61,6 @@ bool wait_until_gone(const ProcessIdentity& process, std::chrono::milliseconds t
 // record nobody holds was left by a worker that died, and two live workers never share one.
 // It is read and written only as a regular file of this user that nobody else can write, with
 // one link, never through a symbolic link, and at most a few hundred bytes of it.
-// Where the record of the engine logging to `log_file` is kept: beside it (engine-8100.pid).
-std::filesystem::path record_file_for(const std::filesystem::path& log_file);
 
 class RecordFile {
   public:

@@ -8,6 +8,8 @@
 #include <regex>
 #include <set>
 
+#include "protocol/worker_contract.h"
+
 namespace ensemble {
 
 namespace {
@@ -482,12 +484,8 @@ void Loader::models(const std::string& file, const YAML::Node& node,
     if (!v_.map_with_keys(file, node, "models", {})) return;
     for (const auto& kv : node) {
         const auto handle = kv.first.Scalar();
-        if (!is_kebab_case(handle)) {
-            v_.at(file, kv.first,
-                  "model handle '" + handle +
-                      "' must be kebab-case: lowercase letters "
-                      "and digits, with '-' or '.' between them (e.g. qwen3-8b)");
-        }
+        if (!protocol::is_valid_handle(handle))
+            v_.at(file, kv.first, "model handle '" + handle + "' " + protocol::kHandleRule);
         const auto& m = kv.second;
         if (!v_.map_with_keys(file, m, "model '" + handle + "'",
                               {"engine", "path", "context", "parallel", "memory", "priority",
@@ -650,11 +648,6 @@ std::string ConfigIssue::to_string() const {
 const ModelSpec* Config::find_model(const std::string& handle) const {
     const auto it = models.find(handle);
     return it == models.end() ? nullptr : &it->second;
-}
-
-bool is_kebab_case(const std::string& handle) {
-    static const std::regex kHandle("^[a-z0-9]+(?:[-.][a-z0-9]+)*$");
-    return handle.size() <= 64 && std::regex_match(handle, kHandle);
 }
 
 std::optional<std::chrono::milliseconds> parse_duration(const std::string& text) {

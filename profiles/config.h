@@ -154,8 +154,6 @@ std::optional<std::uint64_t> parse_bytes(const std::string& text);
 // "500ms", "5s", "2m", "1h"; a bare number is seconds.
 std::optional<std::chrono::milliseconds> parse_duration(const std::string& text);
 
-bool is_kebab_case(const std::string& handle);
-
 // Why `port` may not be served under these settings (below 1024 without
 // allow_privileged_ports), or nullopt.
 std::optional<std::string> privileged_port_problem(const SupervisorSettings& settings, int port);

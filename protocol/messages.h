@@ -17,14 +17,7 @@ namespace ensemble::protocol {
 // Bumped on any incompatible change; both sides refuse a peer with another version.
 constexpr int kVersion = 1;
 
-// ---- a worker's environment, set by the supervisor that spawns it ----
-
-inline constexpr const char* kSupervisorSocketVariable = "ENSEMBLE_SUPERVISOR_SOCKET";
-inline constexpr const char* kWorkerIdVariable = "ENSEMBLE_WORKER_ID";
-inline constexpr const char* kWorkerTokenVariable = "ENSEMBLE_WORKER_TOKEN";
-// A config's engine `env:` travels as ENSEMBLE_ENGINE_ENV_<NAME>=<value>, not on the worker's
-// command line, where `ps` shows it to every user; the worker moves it to its engine alone.
-inline constexpr std::string_view kEngineEnvPrefix = "ENSEMBLE_ENGINE_ENV_";
+// A worker's environment, exit codes and files: protocol/worker_contract.h.
 
 // ---- workers.sock ----
 

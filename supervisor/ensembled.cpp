@@ -80,7 +80,8 @@ int main(int argc, char** argv) {
         }
     }
     // Records found here are acted on (state.db, the engine records beside the logs).
-    for (const auto& folder : {config.supervisor.state_dir, config.supervisor.state_dir / "logs"}) {
+    for (const auto& folder :
+         {config.supervisor.state_dir, protocol::log_folder(config.supervisor.state_dir)}) {
         if (auto problem = private_folder_problem(folder); !problem.empty()) {
             spdlog::error("the state folder: {}", problem);
             return 1;
@@ -94,7 +95,7 @@ int main(int argc, char** argv) {
     // Descriptors for every worker link, control connection, probe, log and spawn.
     spdlog::debug("descriptor limit: {}", raise_descriptor_limit());
     // The longest of the sockets in the run_dir: each port's engine's.
-    const auto longest_socket = engine_socket_path(config.supervisor.run_dir, 65535);
+    const auto longest_socket = protocol::engine_socket(config.supervisor.run_dir, 65535);
     if (auto too_long = protocol::check_socket_path(longest_socket.string())) {
         spdlog::error("{}", too_long->message);
         return 1;

@@ -29,19 +29,24 @@ std::int64_t unix_ms() {
 // Worker exit codes that mean something specific (see docs/WORKER.md).
 // `engine_last_exit`: how the worker last said its engine ended (its final heartbeat).
 std::string explain_exit(const ExitStatus& status, int port, const std::string& engine_last_exit) {
-    if (!status.signaled && status.code == 3) {
-        return "port " + std::to_string(port) +
-               " is in use by another process (worker exit code 3)";
-    }
-    if (!status.signaled && status.code == 2)
-        return "the worker rejected its configuration (exit code 2)";
-    if (!status.signaled && status.code == 4) {
-        return "the engine could not be started (exit code 4)";
-    }
-    if (!status.signaled && status.code == 5) {
-        const auto last = engine_last_exit.empty() ? "" : "last: " + engine_last_exit + "; ";
-        return "the engine could not load the model (" + last +
-               "worker exit code 5; see 'ensemble logs " + std::to_string(port) + "')";
+    using protocol::WorkerExit;
+    if (status.signaled) return status.describe();
+    const auto code = " (worker exit code " + std::to_string(status.code) + ")";
+    switch (static_cast<WorkerExit>(status.code)) {
+        case WorkerExit::port_in_use:
+            return "port " + std::to_string(port) + " is in use by another process" + code;
+        case WorkerExit::bad_configuration:
+            return "the worker rejected its configuration" + code;
+        case WorkerExit::engine_not_started:
+            return "the engine could not be started" + code;
+        case WorkerExit::model_not_loadable: {
+            const auto last = engine_last_exit.empty() ? "" : "last: " + engine_last_exit + "; ";
+            return "the engine could not load the model (" + last + "worker exit code " +
+                   std::to_string(status.code) + "; see 'ensemble logs " + std::to_string(port) +
+                   "')";
+        }
+        case WorkerExit::ok:
+            break;
     }
     return status.describe();
 }
@@ -167,7 +172,7 @@ void Fleet::stop_engine_left_behind(int port, const EngineRecord& recorded,
     pid_t from_record = 0;
     // What the worker wrote down before its engine ran: found even when the worker was killed
     // before it could tell us. A record held by a live worker is that worker's to act on.
-    const auto record_path = record_file_for(port_logs(config_.supervisor.state_dir, port).engine);
+    const auto record_path = port_files_in(config_.supervisor.state_dir, port).engine_record;
     std::error_code absent;
     if (std::filesystem::symlink_status(record_path, absent).type() ==
         std::filesystem::file_type::not_found) {
@@ -603,9 +608,9 @@ void Fleet::reconcile() {
             rt.stats.engine_group = r.engine_group;
             rt.state = PortState::starting;
             rt.adopt_deadline = Clock::now() + kAdoptGrace;
-            const auto logs = port_logs(config_.supervisor.state_dir, r.port);
-            rt.worker_log = logs.worker;
-            rt.engine_log = logs.engine;
+            const auto files = port_files_in(config_.supervisor.state_dir, r.port);
+            rt.worker_log = files.worker_log;
+            rt.engine_log = files.engine_log;
             note_adopted_command(rt);
             refresh_estimate(rt);  // an adopted port holds its share of the budget too
             event(r.port, "adopting",
@@ -733,9 +738,9 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
     rt->started = Clock::now();
     rt->started_unix_ms = unix_ms();
     rt->adopt_deadline = Clock::now() + kAdoptGrace;
-    const auto logs = port_logs(config_.supervisor.state_dir, m.port);
-    rt->worker_log = logs.worker;
-    rt->engine_log = logs.engine;
+    const auto files = port_files_in(config_.supervisor.state_dir, m.port);
+    rt->worker_log = files.worker_log;
+    rt->engine_log = files.engine_log;
     rt->state = PortState::starting;  // registered at once by on_register
     note_adopted_command(*rt);
     refresh_estimate(*rt);

@@ -343,7 +343,9 @@ json Fleet::profile_list() {
 }
 
 json Fleet::logs(int port, int lines) const {
-    const auto [worker, engine] = port_logs(config_.supervisor.state_dir, port);
+    const auto files = port_files_in(config_.supervisor.state_dir, port);
+    const auto& worker = files.worker_log;
+    const auto& engine = files.engine_log;
     if (!std::filesystem::exists(engine) && !std::filesystem::exists(worker)) {
         return failure("no_logs", "no logs for port " + std::to_string(port) + " in " +
                                       engine.parent_path().string());

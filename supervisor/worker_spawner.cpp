@@ -7,7 +7,7 @@
 #include <random>
 
 #include "os/executable_path.h"
-#include "protocol/messages.h"
+#include "protocol/worker_contract.h"
 
 namespace ensemble {
 
@@ -63,9 +63,9 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
     WorkerLaunch l;
     l.worker_id = "w" + std::to_string(port) + "-" + random_token().substr(0, 8);
     l.token = random_token();
-    const auto logs = port_logs(config.supervisor.state_dir, port);
-    l.worker_log = logs.worker;
-    l.engine_log = logs.engine;
+    const auto files = port_files_in(config.supervisor.state_dir, port);
+    l.worker_log = files.worker_log;
+    l.engine_log = files.engine_log;
     l.command.argv = {
         worker_binary_.string(),
         "--port",
@@ -85,7 +85,7 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
         "--log-file",
         l.engine_log.string(),
         "--engine-socket",
-        engine_socket_path(config.supervisor.run_dir, port).string(),
+        protocol::engine_socket(config.supervisor.run_dir, port).string(),
         "--engine-liveness-interval",
         std::to_string(config.supervisor.health.engine_probe_interval.count() / 1000.0),
         "--engine-liveness-failures",
@@ -130,14 +130,8 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
     return SpawnedWorker{std::move(launch).value(), std::move(child).value()};
 }
 
-std::filesystem::path engine_socket_path(const std::filesystem::path& run_dir, int port) {
-    return run_dir / ("engine-" + std::to_string(port) + ".sock");
-}
-
-PortLogs port_logs(const std::filesystem::path& state_dir, int port) {
-    const auto logs = state_dir / "logs";
-    return {.worker = logs / ("worker-" + std::to_string(port) + ".log"),
-            .engine = logs / ("engine-" + std::to_string(port) + ".log")};
+protocol::PortFiles port_files_in(const std::filesystem::path& state_dir, int port) {
+    return protocol::port_files(protocol::log_folder(state_dir), port);
 }
 
 }  // namespace ensemble

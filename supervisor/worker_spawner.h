@@ -12,6 +12,7 @@
 
 #include "os/child_process.h"
 #include "profiles/config.h"
+#include "protocol/worker_contract.h"
 
 namespace ensemble {
 
@@ -58,15 +59,7 @@ class WorkerSpawner {
 
 std::string random_token();
 
-// Where a port's worker and engine write their logs (and the engine record sits beside them).
-struct PortLogs {
-    std::filesystem::path worker;
-    std::filesystem::path engine;
-};
-PortLogs port_logs(const std::filesystem::path& state_dir, int port);
-
-// The Unix socket a port's engine listens on, where its preset can: in the run_dir, which only
-// ensembled's user can enter, so no other local user reaches the engine around its worker.
-std::filesystem::path engine_socket_path(const std::filesystem::path& run_dir, int port);
+// A port's files, for a supervisor with this state folder (protocol/worker_contract.h).
+protocol::PortFiles port_files_in(const std::filesystem::path& state_dir, int port);
 
 }  // namespace ensemble

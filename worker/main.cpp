@@ -9,6 +9,7 @@
 
 #include "os/descriptor_limit.h"
 #include "os/process_memory.h"
+#include "protocol/worker_contract.h"
 #include "worker/supervisor_link.h"
 #include "worker/worker_options.h"
 
@@ -76,14 +77,14 @@ int main(int argc, char** argv) {
     // The port is held before the engine starts, so clients get 503 while it loads, not refused.
     if (auto ok = front.listen(); !ok) {
         spdlog::error("{}", ok.error().message);
-        return 3;
+        return protocol::exit_code(protocol::WorkerExit::port_in_use);
     }
     const auto link_config = LinkConfig::from_environment(options.front.port, options.model.handle);
     asio::signal_set children(io, SIGCHLD);
     on_every_signal(children, [&engine] { engine.on_child_exit(); });
     if (auto ok = engine.start(); !ok) {
         spdlog::error("cannot start the engine: {}", ok.error().message);
-        return 4;
+        return protocol::exit_code(protocol::WorkerExit::engine_not_started);
     }
     front.start_accepting();
     spdlog::info("worker: serving '{}' on {}:{} (engine {} on {})", options.model.handle,
@@ -106,10 +107,10 @@ int main(int argc, char** argv) {
     stop_signals.async_wait([&](boost::system::error_code ec, int signal) {
         if (!ec) begin_shutdown(signal == SIGTERM ? "received SIGTERM" : "received SIGINT");
     });
-    int exit_code = 0;
+    auto exit = protocol::WorkerExit::ok;
     engine.on_unloadable = [&](const std::string& reason) {
         spdlog::error("engine: {}", reason);
-        exit_code = 5;
+        exit = protocol::WorkerExit::model_not_loadable;
         begin_shutdown("the model cannot be loaded");
     };
     if (link_config) {
@@ -119,5 +120,5 @@ int main(int argc, char** argv) {
         engine.on_state_change = [&link] { link->report_now(); };
     }
     io.run();
-    return exit_code;
+    return protocol::exit_code(exit);
 }

@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "protocol/framing.h"
+#include "protocol/worker_contract.h"
 
 namespace ensemble {
 
@@ -30,7 +31,7 @@ std::optional<LinkConfig> LinkConfig::from_environment(int port, const std::stri
     c.handle = handle;
     // The engine is not ours to trust with the worker's credentials: it does not inherit them.
     ::unsetenv(protocol::kWorkerTokenVariable);
-    if (const char* grace = std::getenv("ENSEMBLE_ORPHAN_GRACE_MS")) {
+    if (const char* grace = std::getenv(protocol::kOrphanGraceVariable)) {
         c.orphan_grace = std::chrono::milliseconds(std::strtoll(grace, nullptr, 10));
     }
     return c;

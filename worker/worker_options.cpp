@@ -5,14 +5,13 @@
 #include <CLI/CLI.hpp>
 #include <cstdlib>
 #include <iostream>
-#include <regex>
 
 #include "os/child_process.h"
 #include "os/private_folder.h"
 #include "os/recorded_process.h"
 #include "profiles/engine_preset.h"
 #include "protocol/framing.h"
-#include "protocol/messages.h"
+#include "protocol/worker_contract.h"
 
 extern char** environ;
 
@@ -83,12 +82,8 @@ std::string engine_socket_problem(const EngineConfig& engine) {
 // Fills in what depends on several options; returns an error message or "".
 std::string finish(WorkerOptions& o, const std::string& engine_name, const std::string& command,
                    const std::string& ready_path, const std::string& log_dir) {
-    static const std::regex kHandle("^[a-z0-9]+(?:[-.][a-z0-9]+)*$");
-    if (!std::regex_match(o.model.handle, kHandle)) {
-        return "--handle '" + o.model.handle +
-               "' must be kebab-case: lowercase letters, digits, "
-               "'-' or '.' between them (e.g. qwen3-8b)";
-    }
+    if (!protocol::is_valid_handle(o.model.handle))
+        return "--handle '" + o.model.handle + "' " + protocol::kHandleRule;
     auto preset =
         engine_name == "command" ? command_preset(command, ready_path) : find_preset(engine_name);
     if (!preset) return preset.error().message;
@@ -114,15 +109,15 @@ std::string finish(WorkerOptions& o, const std::string& engine_name, const std::
                     return "the default log folder: " + problem + " (or pass --log-dir)";
             }
         }
-        o.engine.log_file = dir / ("engine-" + std::to_string(o.front.port) + ".log");
+        o.engine.log_file = protocol::port_files(dir, o.front.port).engine_log;
     }
-    o.engine.record_file = record_file_for(o.engine.log_file);
+    o.engine.record_file = protocol::engine_record_for(o.engine.log_file);
     if (auto error = engine_socket_problem(o.engine); !error.empty()) return error;
     if (o.front.api_key.empty()) {
-        if (const char* key = std::getenv("ENSEMBLE_API_KEY"); key != nullptr)
+        if (const char* key = std::getenv(protocol::kApiKeyVariable); key != nullptr)
             o.front.api_key = key;
     }
-    ::unsetenv("ENSEMBLE_API_KEY");  // the clients' key is not the engine's to know
+    ::unsetenv(protocol::kApiKeyVariable);  // the clients' key is not the engine's to know
     return "";
 }
 
@@ -236,11 +231,11 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
         std::chrono::milliseconds(static_cast<long long>(liveness_interval * 1000));
     if (auto error = engine_environment(engine_env, o.engine.env); !error.empty()) {
         std::cerr << "ensemble-worker: " << error << '\n';
-        return 2;
+        return protocol::exit_code(protocol::WorkerExit::bad_configuration);
     }
     if (auto error = finish(o, engine_name, command, ready_path, log_dir); !error.empty()) {
         std::cerr << "ensemble-worker: " << error << '\n';
-        return 2;
+        return protocol::exit_code(protocol::WorkerExit::bad_configuration);
     }
     return o;
 }

@@ -1,0 +1,34 @@
+#include "protocol/worker_contract.h"
+
+#include <regex>
+
+namespace ensemble::protocol {
+
+std::filesystem::path log_folder(const std::filesystem::path& state_dir) {
+    return state_dir / "logs";
+}
+
+PortFiles port_files(const std::filesystem::path& log_dir, int port) {
+    const auto number = std::to_string(port);
+    const auto engine_log = log_dir / ("engine-" + number + ".log");
+    return {.worker_log = log_dir / ("worker-" + number + ".log"),
+            .engine_log = engine_log,
+            .engine_record = engine_record_for(engine_log)};
+}
+
+std::filesystem::path engine_record_for(const std::filesystem::path& engine_log) {
+    auto path = std::filesystem::path(engine_log).replace_extension(".pid");
+    if (path == engine_log) path += ".record";  // a log itself named *.pid
+    return path;
+}
+
+std::filesystem::path engine_socket(const std::filesystem::path& run_dir, int port) {
+    return run_dir / ("engine-" + std::to_string(port) + ".sock");
+}
+
+bool is_valid_handle(std::string_view handle) {
+    static const std::regex kHandle("^[a-z0-9]+(?:[-.][a-z0-9]+)*$");
+    return handle.size() <= 64 && std::regex_match(handle.begin(), handle.end(), kHandle);
+}
+
+}  // namespace ensemble::protocol

@@ -1,0 +1,66 @@
+// The contract between ensembled and ensemble-worker, written once and used on both sides: how
+// a worker exits and what each exit means, the environment it is started with, the names of the
+// files a port's worker and engine keep, and what a model handle may look like.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace ensemble::protocol {
+
+// ---- how a worker exits (docs/WORKER.md, "Exit codes") ----
+
+enum class WorkerExit : int {
+    ok = 0,                  // stopped as asked (SIGTERM, the supervisor's stop, an orphanhood)
+    bad_configuration = 2,   // its command line or environment was refused
+    port_in_use = 3,         // the public port is taken (or cannot be bound)
+    engine_not_started = 4,  // the engine program could not be started at all
+    model_not_loadable = 5,  // the engine failed to load the model, again and again
+};
+
+inline constexpr int exit_code(WorkerExit exit) {
+    return static_cast<int>(exit);
+}
+
+// ---- a worker's environment, set by the supervisor that spawns it ----
+
+inline constexpr const char* kSupervisorSocketVariable = "ENSEMBLE_SUPERVISOR_SOCKET";
+inline constexpr const char* kWorkerIdVariable = "ENSEMBLE_WORKER_ID";
+inline constexpr const char* kWorkerTokenVariable = "ENSEMBLE_WORKER_TOKEN";
+// A config's engine `env:` travels as ENSEMBLE_ENGINE_ENV_<NAME>=<value>, not on the worker's
+// command line, where `ps` shows it to every user; the worker moves it to its engine alone.
+inline constexpr std::string_view kEngineEnvPrefix = "ENSEMBLE_ENGINE_ENV_";
+// The clients' API key (kept out of `ps`); never passed on to the engine.
+inline constexpr const char* kApiKeyVariable = "ENSEMBLE_API_KEY";
+// How long a worker serves on without a supervisor before it stops itself (milliseconds).
+inline constexpr const char* kOrphanGraceVariable = "ENSEMBLE_ORPHAN_GRACE_MS";
+
+// ---- a port's files ----
+
+// Where the logs and engine records are: the state folder's logs/ (0700).
+std::filesystem::path log_folder(const std::filesystem::path& state_dir);
+
+// In the state folder's logs/: the worker's log, the engine's log, and the engine's record
+// (engine-PORT.pid: who the running engine is, for whoever must stop one left behind).
+struct PortFiles {
+    std::filesystem::path worker_log;
+    std::filesystem::path engine_log;
+    std::filesystem::path engine_record;
+};
+PortFiles port_files(const std::filesystem::path& log_dir, int port);
+// The engine's record beside its log, whatever the log is called (--log-file).
+std::filesystem::path engine_record_for(const std::filesystem::path& engine_log);
+// In the run_dir (0700): the Unix socket the port's engine listens on, where its preset can.
+std::filesystem::path engine_socket(const std::filesystem::path& run_dir, int port);
+
+// ---- model handles ----
+
+// Kebab-case: lowercase letters and digits, with '-' or '.' between them, at most 64 characters
+// (qwen3-8b, llama-3.1-8b). What clients send as `model`.
+bool is_valid_handle(std::string_view handle);
+inline constexpr const char* kHandleRule =
+    "must be kebab-case: lowercase letters and digits, with '-' or '.' between them, at most 64 "
+    "characters (e.g. qwen3-8b)";
+
+}  // namespace ensemble::protocol
