@@ -35,28 +35,6 @@ std::optional<Error> read(const json& j, const char* key, T& out, bool required)
     return std::nullopt;
 }
 
-struct VerbShape {
-    const char* verb;
-    bool needs_port;
-    bool needs_model;
-    bool needs_profile;
-};
-
-constexpr std::array<VerbShape, 12> kVerbs{{
-    {"status", false, false, false},
-    {"load", true, true, false},
-    {"unload", true, false, false},
-    {"swap", true, true, false},
-    {"restart", true, false, false},
-    {"profile-list", false, false, false},
-    {"profile-load", false, false, true},
-    {"profile-unload", false, false, false},
-    {"logs", true, false, false},
-    {"events", false, false, false},
-    {"reload", false, false, false},
-    {"budget", false, false, false},
-}};
-
 }  // namespace
 
 json to_json(const Register& m) {
@@ -133,10 +111,12 @@ json stop_message() {
 Result<ControlRequest> parse_control_request(const json& j) {
     if (!j.is_object()) return bad("a request must be a JSON object");
     ControlRequest r;
-    if (auto e = read(j, "verb", r.verb, true)) return *e;
-    const auto shape = std::find_if(kVerbs.begin(), kVerbs.end(),
-                                    [&](const VerbShape& v) { return r.verb == v.verb; });
-    if (shape == kVerbs.end()) return Error{"unknown_verb", "unknown request '" + r.verb + "'"};
+    std::string name;
+    if (auto e = read(j, "verb", name, true)) return *e;
+    const auto verb = verb_named(name);
+    if (!verb) return Error{"unknown_verb", "unknown request '" + name + "'"};
+    r.verb = *verb;
+    const auto* shape = &info(*verb);
     int port = 0;
     std::optional<Error> e;
     if ((e = read(j, "port", port, shape->needs_port)) ||
@@ -155,11 +135,11 @@ Result<ControlRequest> parse_control_request(const json& j) {
 }
 
 json to_json(const ControlRequest& r) {
-    json j = {{"verb", r.verb}};
+    json j = {{"verb", info(r.verb).name}};
     if (r.port) j["port"] = *r.port;
     if (!r.model.empty()) j["model"] = r.model;
     if (!r.profile.empty()) j["profile"] = r.profile;
-    if (r.verb == "logs" || r.verb == "events") j["lines"] = r.lines;
+    if (info(r.verb).takes_lines) j["lines"] = r.lines;
     return j;
 }
 

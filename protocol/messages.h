@@ -10,6 +10,7 @@
 #include <string_view>
 #include <variant>
 
+#include "protocol/control_verbs.h"
 #include "protocol/result.h"
 
 namespace ensemble::protocol {
@@ -65,7 +66,7 @@ nlohmann::json stop_message();
 // ---- control.sock ----
 
 struct ControlRequest {
-    std::string verb;  // status, load, unload, swap, restart, profile-load, profile-unload, ...
+    Verb verb = Verb::status;
     std::optional<int> port;
     std::string model;
     std::string profile;

@@ -5,6 +5,7 @@
 #include <CLI/CLI.hpp>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <thread>
 
 #include "profiles/config.h"
@@ -83,52 +84,82 @@ void print_budget(const json& b) {
     print_wired_limit(b.value("gpu_wired_limit", json::object()));
 }
 
-void print_human(const std::string& verb, const json& result) {
-    if (verb == "status") {
-        print_ports(result["ports"]);
-        const auto memory = result.value("memory", json::object());
-        if (memory.value("budget_bytes", 0ULL) > 0 ||
-            memory.value("gpu_wired_limit_bytes", 0ULL) > 0) {
-            std::printf("memory: budget %s, reserved %s, measured %s; GPU wired limit %s, MLX %s\n",
-                        human_bytes(memory.value("budget_bytes", 0ULL)).c_str(),
-                        human_bytes(memory.value("reserved_bytes", 0ULL)).c_str(),
-                        human_bytes(memory.value("measured_bytes", 0ULL)).c_str(),
-                        human_bytes(memory.value("gpu_wired_limit_bytes", 0ULL)).c_str(),
-                        human_bytes(memory.value("mlx_bytes", 0ULL)).c_str());
-        }
-        for (const auto& w : result.value("warnings", json::array()))
-            std::printf("warning: %s\n", w.get<std::string>().c_str());
-    } else if (verb == "budget") {
-        print_budget(result);
-    } else if (verb == "profile-list") {
-        for (const auto& p : result["profiles"]) {
-            std::printf("%s %s:", p.value("active", false) ? "*" : " ",
-                        p.value("name", "").c_str());
-            for (const auto& [port, model] : p["ports"].items())
-                std::printf(" %s=%s", port.c_str(), model.get<std::string>().c_str());
-            std::printf("\n");
-        }
-    } else if (verb == "logs") {
-        for (const auto& line : result["engine"])
-            std::cout << line.get<std::string>() << '\n';
-    } else if (verb == "events") {
-        for (const auto& e : result["events"]) {
-            const auto at = static_cast<time_t>(e.value("at_ms", 0LL) / 1000);
-            char when[32];
-            std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::localtime(&at));
-            std::printf("%s  %-5s %-14s %s\n", when,
-                        e.value("port", 0) ? std::to_string(e.value("port", 0)).c_str() : "-",
-                        e.value("kind", "").c_str(), e.value("message", "").c_str());
-        }
-    } else if (result.contains("ports")) {
+void print_status(const json& result);
+void print_profiles(const json& result);
+void print_events(const json& events);
+
+void print_human(protocol::Verb verb, const json& result) {
+    using protocol::Verb;
+    switch (verb) {
+        case Verb::status:
+            print_status(result);
+            return;
+        case Verb::budget:
+            print_budget(result);
+            return;
+        case Verb::profile_list:
+            print_profiles(result);
+            return;
+        case Verb::logs:
+            for (const auto& line : result["engine"])
+                std::cout << line.get<std::string>() << '\n';
+            return;
+        case Verb::events:
+            print_events(result["events"]);
+            return;
+        case Verb::reload:
+            std::printf("reloaded; changed ports: %s %s\n", result["changed_ports"].dump().c_str(),
+                        result.value("hint", "").c_str());
+            return;
+        case Verb::load:
+        case Verb::unload:
+        case Verb::swap:
+        case Verb::restart:
+        case Verb::profile_load:
+        case Verb::profile_unload:
+            break;  // a port or ports, below
+    }
+    if (result.contains("ports")) {
         print_ports(result["ports"]);
     } else if (result.contains("port")) {
         print_ports(json::array({result}));
-    } else if (verb == "reload") {
-        std::printf("reloaded; changed ports: %s %s\n", result["changed_ports"].dump().c_str(),
-                    result.value("hint", "").c_str());
     } else {
         std::cout << result.dump(2) << '\n';
+    }
+}
+
+void print_status(const json& result) {
+    print_ports(result["ports"]);
+    const auto memory = result.value("memory", json::object());
+    if (memory.value("budget_bytes", 0ULL) > 0 || memory.value("gpu_wired_limit_bytes", 0ULL) > 0) {
+        std::printf("memory: budget %s, reserved %s, measured %s; GPU wired limit %s, MLX %s\n",
+                    human_bytes(memory.value("budget_bytes", 0ULL)).c_str(),
+                    human_bytes(memory.value("reserved_bytes", 0ULL)).c_str(),
+                    human_bytes(memory.value("measured_bytes", 0ULL)).c_str(),
+                    human_bytes(memory.value("gpu_wired_limit_bytes", 0ULL)).c_str(),
+                    human_bytes(memory.value("mlx_bytes", 0ULL)).c_str());
+    }
+    for (const auto& w : result.value("warnings", json::array()))
+        std::printf("warning: %s\n", w.get<std::string>().c_str());
+}
+
+void print_profiles(const json& result) {
+    for (const auto& p : result["profiles"]) {
+        std::printf("%s %s:", p.value("active", false) ? "*" : " ", p.value("name", "").c_str());
+        for (const auto& [port, model] : p["ports"].items())
+            std::printf(" %s=%s", port.c_str(), model.get<std::string>().c_str());
+        std::printf("\n");
+    }
+}
+
+void print_events(const json& events) {
+    for (const auto& e : events) {
+        const auto at = static_cast<time_t>(e.value("at_ms", 0LL) / 1000);
+        char when[32];
+        std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::localtime(&at));
+        std::printf("%s  %-5s %-14s %s\n", when,
+                    e.value("port", 0) ? std::to_string(e.value("port", 0)).c_str() : "-",
+                    e.value("kind", "").c_str(), e.value("message", "").c_str());
     }
 }
 
@@ -294,49 +325,23 @@ int main(int argc, char** argv) {
     std::string model, profile_name, check_file;
     bool follow_flag = false;
     int lines = 50;
-    app.add_subcommand("status", "every port: model, state, pid, uptime, restarts, memory")
-        ->callback([&] { request.verb = "status"; });
+    // One subcommand per control verb, from the protocol's table.
+    std::map<std::string_view, CLI::App*> groups;
     auto* profile = app.add_subcommand("profile", "list, load or unload profiles");
     profile->require_subcommand(1);
-    profile->add_subcommand("list", "the config's profiles; * marks the active one")->callback([&] {
-        request.verb = "profile-list";
-    });
-    auto* pload = profile->add_subcommand(
-        "load", "make the profile's ports serve its models (all or nothing)");
-    pload->add_option("name", profile_name)->required();
-    pload->callback([&] {
-        request.verb = "profile-load";
-        request.profile = profile_name;
-    });
-    profile->add_subcommand("unload", "stop every port")->callback([&] {
-        request.verb = "profile-unload";
-    });
-    auto* load = app.add_subcommand("load", "serve MODEL on PORT");
-    load->add_option("port", port)->required()->check(CLI::Range(1, 65535));
-    load->add_option("model", model)->required();
-    load->callback([&] { request.verb = "load"; });
-    auto* unload = app.add_subcommand("unload", "stop serving on PORT");
-    unload->add_option("port", port)->required()->check(CLI::Range(1, 65535));
-    unload->callback([&] { request.verb = "unload"; });
-    auto* swap =
-        app.add_subcommand("swap", "replace PORT's model; the old one comes back if the new fails");
-    swap->add_option("port", port)->required()->check(CLI::Range(1, 65535));
-    swap->add_option("model", model)->required();
-    swap->callback([&] { request.verb = "swap"; });
-    auto* restart =
-        app.add_subcommand("restart", "restart PORT's worker (also clears a crash-loop 'failed')");
-    restart->add_option("port", port)->required()->check(CLI::Range(1, 65535));
-    restart->callback([&] { request.verb = "restart"; });
-    auto* logs = app.add_subcommand("logs", "PORT's engine log");
-    logs->add_option("port", port)->required()->check(CLI::Range(1, 65535));
-    logs->add_option("-n,--lines", lines, "lines to show")->capture_default_str();
-    logs->add_flag("-f,--follow", follow_flag, "keep printing new lines");
-    logs->callback([&] { request.verb = "logs"; });
-    auto* events =
-        app.add_subcommand("events", "the event log: every state change with its reason");
-    events->add_option("-n,--lines", lines, "events to show")->capture_default_str();
-    events->add_flag("-f,--follow", follow_flag, "keep printing new events");
-    events->callback([&] { request.verb = "events"; });
+    groups["profile"] = profile;
+    for (const auto& v : protocol::kVerbs) {
+        auto* parent = v.group.empty() ? &app : groups.at(v.group);
+        auto* sub = parent->add_subcommand(std::string(v.subcommand), std::string(v.help));
+        if (v.needs_port) sub->add_option("port", port)->required()->check(CLI::Range(1, 65535));
+        if (v.needs_model) sub->add_option("model", model)->required();
+        if (v.needs_profile) sub->add_option("name", profile_name)->required();
+        if (v.takes_lines) {
+            sub->add_option("-n,--lines", lines, "how many to show")->capture_default_str();
+            sub->add_flag("-f,--follow", follow_flag, "keep printing what comes");
+        }
+        sub->callback([&request, verb = v.verb] { request.verb = verb; });
+    }
     std::string export_kind, export_host_option;
     bool export_aliases = false;
     auto* exportc = app.add_subcommand("export", "the assignments, for a gateway in front");
@@ -349,14 +354,14 @@ int main(int argc, char** argv) {
     litellm->add_flag("--with-aliases", export_aliases, "an entry for each alias as well");
     litellm->callback([&] {
         export_kind = "litellm";
-        request.verb = "status";
+        request.verb = protocol::Verb::status;
     });
     auto* handles =
         exportc->add_subcommand("handles", "JSON lines: handle, port, url, model, state");
     handles->add_option("--host", export_host_option, host_help);
     handles->callback([&] {
         export_kind = "handles";
-        request.verb = "status";
+        request.verb = protocol::Verb::status;
     });
     EstimateRequest estimate_request;
     auto* estimatec = app.add_subcommand(
@@ -377,11 +382,6 @@ int main(int argc, char** argv) {
                      "reboot; deploy/install-wired-limit sets it at every boot)");
     wiredc->add_flag("--print-mb", print_wired_mb,
                      "print only the configured limit in MiB (nothing when none is set)");
-    app.add_subcommand("budget",
-                       "the memory budget: reserved, measured, free, and each port's share")
-        ->callback([&] { request.verb = "budget"; });
-    app.add_subcommand("reload", "re-read the config; report ports whose spec changed")
-        ->callback([&] { request.verb = "reload"; });
     CLI11_PARSE(app, argc, argv);
 
     if (!check_file.empty()) return check(check_file);
@@ -396,6 +396,7 @@ int main(int argc, char** argv) {
     }
     if (port != 0) request.port = port;
     request.model = model;
+    request.profile = profile_name;
     request.lines = lines;
     const auto socket = control_socket_path(socket_option, config_option);
     if (!socket) {
@@ -424,8 +425,9 @@ int main(int argc, char** argv) {
         std::cerr << "ensemble: " << (*reply)["error"].value("message", "failed") << '\n';
         return 1;
     }
-    if (follow_flag && request.verb == "logs") follow((*reply)["result"].value("engine_log", ""));
-    if (follow_flag && request.verb == "events") {
+    if (follow_flag && request.verb == protocol::Verb::logs)
+        follow((*reply)["result"].value("engine_log", ""));
+    if (follow_flag && request.verb == protocol::Verb::events) {
         std::int64_t last = 0;
         for (const auto& e : (*reply)["result"]["events"])
             last = std::max<std::int64_t>(last, e.value("id", 0LL));
@@ -439,7 +441,7 @@ int main(int argc, char** argv) {
             }
             for (const auto& e : fresh)
                 last = std::max<std::int64_t>(last, e.value("id", 0LL));
-            if (!fresh.empty()) print_human("events", json{{"events", fresh}});
+            if (!fresh.empty()) print_events(fresh);
         }
     }
     return 0;

@@ -416,32 +416,51 @@ json Fleet::reload() {
 }
 
 awaitable<json> Fleet::handle(const protocol::ControlRequest& r) {
+    using protocol::Verb;
     const int port = r.port.value_or(0);
-    if (r.verb == "status") co_return status();
-    if (r.verb == "profile-list") co_return profile_list();
-    if (r.verb == "logs") co_return logs(port, r.lines);
-    if (r.verb == "events") co_return events(r.lines);
-    if (r.verb == "budget") co_return budget();
     // Commands that change the fleet run one at a time, in arrival order.
-    while (command_running_) {
-        asio::steady_timer pause(io_, std::chrono::milliseconds(20));
-        boost::system::error_code ec;
-        co_await pause.async_wait(on_error(ec));
-    }
     struct Running {
         bool& flag;
         explicit Running(bool& f) : flag(f) { flag = true; }
         ~Running() { flag = false; }
-    } running(command_running_);
+    };
+    std::optional<Running> running;
+    if (protocol::info(r.verb).changes_the_fleet) {
+        while (command_running_) {
+            asio::steady_timer pause(io_, std::chrono::milliseconds(20));
+            boost::system::error_code ec;
+            co_await pause.async_wait(on_error(ec));
+        }
+        running.emplace(command_running_);
+    }
     const std::string no_profile;
-    if (r.verb == "load") co_return co_await load(port, r.model, no_profile);
-    if (r.verb == "unload") co_return co_await unload(port);
-    if (r.verb == "swap") co_return co_await swap(port, r.model);
-    if (r.verb == "restart") co_return co_await restart(port);
-    if (r.verb == "profile-load") co_return co_await profile_load(r.profile);
-    if (r.verb == "profile-unload") co_return co_await profile_unload();
-    if (r.verb == "reload") co_return reload();
-    co_return failure("unknown_verb", "unknown request '" + r.verb + "'");
+    switch (r.verb) {
+        case Verb::status:
+            co_return status();
+        case Verb::profile_list:
+            co_return profile_list();
+        case Verb::logs:
+            co_return logs(port, r.lines);
+        case Verb::events:
+            co_return events(r.lines);
+        case Verb::budget:
+            co_return budget();
+        case Verb::load:
+            co_return co_await load(port, r.model, no_profile);
+        case Verb::unload:
+            co_return co_await unload(port);
+        case Verb::swap:
+            co_return co_await swap(port, r.model);
+        case Verb::restart:
+            co_return co_await restart(port);
+        case Verb::profile_load:
+            co_return co_await profile_load(r.profile);
+        case Verb::profile_unload:
+            co_return co_await profile_unload();
+        case Verb::reload:
+            co_return reload();
+    }
+    co_return failure("unknown_verb", "unknown request");  // not reached: every verb is above
 }
 
 }  // namespace ensemble

@@ -92,9 +92,8 @@ double engine_alone_ms(const std::string& model, bool until_chat) {
     return ms;
 }
 
-Result<nlohmann::json> call(const std::filesystem::path& socket, const std::string& verb,
-                            int port = 0, const std::string& model = "",
-                            const std::string& profile = "") {
+Result<nlohmann::json> call(const std::filesystem::path& socket, protocol::Verb verb, int port = 0,
+                            const std::string& model = "", const std::string& profile = "") {
     protocol::ControlRequest r;
     r.verb = verb;
     if (port) r.port = port;
@@ -145,7 +144,7 @@ int main(int argc, char** argv) {
     auto supervisor = ChildProcess::spawn(spec);
     if (!supervisor) throw std::runtime_error(supervisor.error().message);
     const auto socket = run_dir / "control.sock";
-    while (!call(socket, "status"))
+    while (!call(socket, protocol::Verb::status))
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
 
     // 1. Spawn-to-ready, interleaved with the engine alone.
@@ -153,12 +152,12 @@ int main(int argc, char** argv) {
     for (int r = 0; r < rounds; ++r) {
         direct.push_back(engine_alone_ms(tiny_model().string(), false));
         const auto start = Clock::now();
-        auto reply = call(socket, "load", tiny_port, "tiny");
+        auto reply = call(socket, protocol::Verb::load, tiny_port, "tiny");
         supervised.push_back(Ms(Clock::now() - start).count());
         if (!reply || !reply->value("ok", false))
             std::fprintf(stderr, "load failed: %s\n",
                          reply ? reply->dump().c_str() : reply.error().message.c_str());
-        (void)call(socket, "unload", tiny_port);
+        (void)call(socket, protocol::Verb::unload, tiny_port);
     }
     std::printf("## spawn to ready (tiny model, llama-server), %d rounds\n\n", rounds);
     std::printf("| path | p50 ms | min ms | max ms |\n|---|---|---|---|\n");
@@ -173,27 +172,27 @@ int main(int argc, char** argv) {
     // worker (`restart`), so the restart policy's first restart is the immediate one.
     std::vector<double> engine_alone, after_engine_kill, after_worker_kill;
     auto pid_in_status = [&](const char* field) {
-        auto st = call(socket, "status");
+        auto st = call(socket, protocol::Verb::status);
         for (const auto& p : (*st)["result"]["ports"]) {
             if (p.value("port", 0) == tiny_port) return static_cast<pid_t>(p.value(field, 0LL));
         }
         return pid_t{0};
     };
-    (void)call(socket, "load", tiny_port, "tiny");
+    (void)call(socket, protocol::Verb::load, tiny_port, "tiny");
     for (int r = 0; r < rounds; ++r) {
         engine_alone.push_back(engine_alone_ms(tiny_model().string(), true));
-        (void)call(socket, "restart", tiny_port);
+        (void)call(socket, protocol::Verb::restart, tiny_port);
         const pid_t engine = pid_in_status("engine_pid");
         auto start = Clock::now();
         ::kill(engine, SIGKILL);
         after_engine_kill.push_back(until_answered(tiny_port, start));
-        (void)call(socket, "restart", tiny_port);
+        (void)call(socket, protocol::Verb::restart, tiny_port);
         const pid_t worker = pid_in_status("pid");
         start = Clock::now();
         ::kill(worker, SIGKILL);
         after_worker_kill.push_back(until_answered(tiny_port, start));
     }
-    (void)call(socket, "unload", tiny_port);
+    (void)call(socket, protocol::Verb::unload, tiny_port);
     const double alone = percentile(engine_alone, 0.5);
     std::printf("## recovery: kill -9 to the port answering again (tiny model), %d rounds\n\n",
                 rounds);
@@ -210,13 +209,13 @@ int main(int argc, char** argv) {
 
     // 2. Control round trip with a fleet on the fake engine.
     const auto fleet_start = Clock::now();
-    auto loaded = call(socket, "profile-load", 0, "", "fleet");
+    auto loaded = call(socket, protocol::Verb::profile_load, 0, "", "fleet");
     const double fleet_ms = Ms(Clock::now() - fleet_start).count();
     if (!loaded || !loaded->value("ok", false)) std::fprintf(stderr, "fleet load failed\n");
     std::vector<double> rtt;
     for (int i = 0; i < status_calls; ++i) {
         const auto start = Clock::now();
-        auto reply = call(socket, "status");
+        auto reply = call(socket, protocol::Verb::status);
         rtt.push_back(Ms(Clock::now() - start).count());
         if (!reply) return 1;
     }
@@ -228,7 +227,7 @@ int main(int argc, char** argv) {
                 percentile(rtt, 1), fleet_ms);
 
     // 3. Memory.
-    auto status = call(socket, "status");
+    auto status = call(socket, protocol::Verb::status);
     std::vector<double> worker_rss;
     for (const auto& p : (*status)["result"]["ports"]) {
         if (p.value("pid", 0) > 0)

@@ -138,3 +138,25 @@ TEST(ControlRequests, VerbsCheckTheirFields) {
 }
 
 }  // namespace
+
+namespace {
+
+TEST(ControlRequests, EveryVerbRoundTripsByItsWireName) {
+    for (const auto& v : kVerbs) {
+        ControlRequest r;
+        r.verb = v.verb;
+        if (v.needs_port) r.port = 8100;
+        if (v.needs_model) r.model = "tiny";
+        if (v.needs_profile) r.profile = "coding";
+        const auto wire = to_json(r);
+        EXPECT_EQ(wire["verb"], v.name);
+        EXPECT_EQ(wire.contains("lines"), v.takes_lines) << v.name;
+        auto back = parse_control_request(wire);
+        ASSERT_TRUE(back) << v.name << ": " << back.error().message;
+        EXPECT_EQ(back->verb, v.verb) << v.name;
+        EXPECT_EQ(verb_named(v.name), v.verb);
+    }
+    EXPECT_FALSE(verb_named("profile_load")) << "the wire name, not the enum's";
+}
+
+}  // namespace
