@@ -5,14 +5,17 @@
 #include <filesystem>
 #include <string>
 
+#include "protocol/result.h"
+
 namespace ensemble {
 
-// Creates `dir` (mode 0700) if it is missing. "" when it is a folder of this user that nobody
-// else can write (not a link); otherwise what is wrong with it and what to do.
-std::string private_folder_problem(const std::filesystem::path& dir);
+// Creates `dir` (mode 0700) if it is missing. Ok when it is a folder of this user that nobody
+// else can write (not a link); otherwise an error ("not_private") saying what is wrong with it
+// and what to do.
+Status check_private_folder(const std::filesystem::path& dir);
 
-// As private_folder_problem, and nobody else may even enter it (mode 0700): a Unix socket in it
+// As check_private_folder, and nobody else may even enter it (mode 0700): a Unix socket in it
 // can be reached by this user alone, whatever the socket's own mode.
-std::string sealed_folder_problem(const std::filesystem::path& dir);
+Status check_sealed_folder(const std::filesystem::path& dir);
 
 }  // namespace ensemble

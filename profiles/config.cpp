@@ -448,9 +448,9 @@ std::map<std::string, std::string> Loader::environment(const std::string& file,
     std::size_t total = 0;
     for (const auto& kv : node) {
         const auto name = kv.first.Scalar();
-        if (const auto problem = engine_env_name_problem(name); !problem.empty()) {
+        if (const auto ok = check_engine_env_name(name); !ok) {
             v_.at(file, kv.first,
-                  "environment variable '" + name + "' in " + what + ": " + problem);
+                  "environment variable '" + name + "' in " + what + ": " + ok.error().message);
             continue;
         }
         if (kv.second.IsNull()) {
@@ -620,8 +620,8 @@ void Loader::check_references() {
             v_.at(file, node, "model '" + handle + "' is not defined under 'models'");
     }
     for (const auto& [file, node, port] : port_refs_) {
-        if (auto problem = privileged_port_problem(config_.supervisor, port))
-            v_.at(file, node, *problem);
+        if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed)
+            v_.at(file, node, allowed.error().message);
     }
     const auto& boot = config_.supervisor.boot_profile;
     if (!boot.empty() && !config_.profiles.count(boot)) {
@@ -632,12 +632,13 @@ void Loader::check_references() {
 
 }  // namespace
 
-std::optional<std::string> privileged_port_problem(const SupervisorSettings& settings, int port) {
+Status check_port_allowed(const SupervisorSettings& settings, int port) {
     constexpr int kFirstUnprivileged = 1024;
-    if (port >= kFirstUnprivileged || settings.allow_privileged_ports) return std::nullopt;
-    return "port " + std::to_string(port) +
-           " is below 1024, where system services listen (ssh on 22); serve models on a port "
-           "of 1024 or above, or set supervisor.allow_privileged_ports: true";
+    if (port >= kFirstUnprivileged || settings.allow_privileged_ports) return Ok{};
+    return Error{"privileged_port",
+                 "port " + std::to_string(port) +
+                     " is below 1024, where system services listen (ssh on 22); serve models on "
+                     "a port of 1024 or above, or set supervisor.allow_privileged_ports: true"};
 }
 
 std::string ConfigIssue::to_string() const {

@@ -154,9 +154,9 @@ std::optional<std::uint64_t> parse_bytes(const std::string& text);
 // "500ms", "5s", "2m", "1h"; a bare number is seconds.
 std::optional<std::chrono::milliseconds> parse_duration(const std::string& text);
 
-// Why `port` may not be served under these settings (below 1024 without
-// allow_privileged_ports), or nullopt.
-std::optional<std::string> privileged_port_problem(const SupervisorSettings& settings, int port);
+// Whether `port` may be served under these settings: not below 1024 without
+// allow_privileged_ports ("privileged_port").
+Status check_port_allowed(const SupervisorSettings& settings, int port);
 
 // Defaults when the config does not say: /var/lib/ensemble and /run/ensemble for root;
 // $XDG_STATE_HOME/ensemble and $XDG_RUNTIME_DIR/ensemble otherwise.

@@ -48,14 +48,16 @@ bool mentions(const std::vector<std::string>& words, std::string_view placeholde
 
 }  // namespace
 
-std::string engine_env_name_problem(std::string_view name) {
+Status check_engine_env_name(std::string_view name) {
     const bool valid =
         !name.empty() && name.size() <= 128 && !std::isdigit(static_cast<unsigned char>(name[0])) &&
         std::all_of(name.begin(), name.end(),
                     [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; });
-    if (!valid) return "must be letters, digits and '_', not starting with a digit";
-    if (name.starts_with("ENSEMBLE_")) return "names starting ENSEMBLE_ are Ensemble's own";
-    return "";
+    if (!valid)
+        return Error{"bad_env_name", "must be letters, digits and '_', not starting with a digit"};
+    if (name.starts_with("ENSEMBLE_"))
+        return Error{"bad_env_name", "names starting ENSEMBLE_ are Ensemble's own"};
+    return Ok{};
 }
 
 bool listens_on_socket(const EnginePreset& preset) {

@@ -37,9 +37,9 @@ struct EnginePreset {
 // Whether the engine listens on a Unix socket when the worker has one to give it.
 bool listens_on_socket(const EnginePreset& preset);
 
-// Why `name` cannot be an engine environment variable ("" when it can): letters, digits and '_',
-// not starting with a digit, at most 128 characters, and not ENSEMBLE_* (Ensemble's own).
-std::string engine_env_name_problem(std::string_view name);
+// Whether `name` can be an engine environment variable: letters, digits and '_', not starting
+// with a digit, at most 128 characters, and not ENSEMBLE_* (Ensemble's own); if not, why.
+Status check_engine_env_name(std::string_view name);
 // The most an engine's `env:` may hold in all (names and values): environments count towards
 // the OS's limit on exec arguments (ARG_MAX, 1 MiB on macOS).
 inline constexpr std::size_t kMaxEngineEnvBytes = 128 * 1024;

@@ -9,8 +9,8 @@ std::string encode_frame(const nlohmann::json& message) {
     return message.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
-std::optional<Error> check_socket_path(const std::string& path) {
-    if (path.size() <= kMaxSocketPath) return std::nullopt;
+Status check_socket_path(const std::string& path) {
+    if (path.size() <= kMaxSocketPath) return Ok{};
     return Error{"socket_path_too_long",
                  "the socket path " + path + " is " + std::to_string(path.size()) +
                      " bytes; Unix sockets allow " + std::to_string(kMaxSocketPath) +

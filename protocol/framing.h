@@ -19,7 +19,7 @@ std::string encode_frame(const nlohmann::json& message);
 
 // Unix socket paths are limited (sun_path: 108 bytes on Linux, 104 on macOS).
 constexpr std::size_t kMaxSocketPath = 103;
-std::optional<Error> check_socket_path(const std::string& path);
+Status check_socket_path(const std::string& path);
 
 class FrameDecoder {
   public:

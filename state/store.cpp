@@ -232,6 +232,7 @@ Status StateStore::backup() {
 }
 
 Status StateStore::committed(Status change) {
+    // The change stands either way; a failed backup is kept in backup_problem() for status.
     if (change) (void)backup();
     return change;
 }
@@ -266,7 +267,7 @@ Status StateStore::migrate() {
         const auto sql = std::string("BEGIN IMMEDIATE;") + kMigrations[v] +
                          ";PRAGMA user_version=" + std::to_string(v + 1) + ";COMMIT;";
         if (auto ok = exec(sql); !ok) {
-            (void)exec("ROLLBACK");
+            (void)exec("ROLLBACK");  // the step's error is the one to report
             return Error{"state_migration", "migrating the state database to version " +
                                                 std::to_string(v + 1) +
                                                 " failed: " + ok.error().message};
@@ -298,7 +299,7 @@ Status StateStore::remove_assignment(int port) {
 Status StateStore::replace_assignments(const std::vector<Assignment>& assignments) {
     if (auto ok = exec("BEGIN IMMEDIATE"); !ok) return ok;
     auto fail = [&](Status st) {
-        (void)exec("ROLLBACK");
+        (void)exec("ROLLBACK");  // the failed write's error is the one to report
         return st;
     };
     // Ports that keep their model keep their generation; others are added or removed.

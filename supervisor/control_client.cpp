@@ -33,7 +33,7 @@ Result<std::filesystem::path> control_socket_path(const std::string& socket_opti
 Result<nlohmann::json> call_supervisor(const std::filesystem::path& socket_path,
                                        const protocol::ControlRequest& request) {
     namespace asio = boost::asio;
-    if (auto too_long = protocol::check_socket_path(socket_path.string())) return *too_long;
+    if (auto fits = protocol::check_socket_path(socket_path.string()); !fits) return fits.error();
     asio::io_context io;
     asio::local::stream_protocol::socket socket(io);
     boost::system::error_code ec;

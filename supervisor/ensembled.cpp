@@ -82,8 +82,8 @@ int main(int argc, char** argv) {
     // Records found here are acted on (state.db, the engine records beside the logs).
     for (const auto& folder :
          {config.supervisor.state_dir, protocol::log_folder(config.supervisor.state_dir)}) {
-        if (auto problem = private_folder_problem(folder); !problem.empty()) {
-            spdlog::error("the state folder: {}", problem);
+        if (auto ok = check_private_folder(folder); !ok) {
+            spdlog::error("the state folder: {}", ok.error().message);
             return 1;
         }
     }
@@ -96,8 +96,8 @@ int main(int argc, char** argv) {
     spdlog::debug("descriptor limit: {}", raise_descriptor_limit());
     // The longest of the sockets in the run_dir: each port's engine's.
     const auto longest_socket = protocol::engine_socket(config.supervisor.run_dir, 65535);
-    if (auto too_long = protocol::check_socket_path(longest_socket.string())) {
-        spdlog::error("{}", too_long->message);
+    if (auto fits = protocol::check_socket_path(longest_socket.string()); !fits) {
+        spdlog::error("{}", fits.error().message);
         return 1;
     }
     asio::io_context io(1);

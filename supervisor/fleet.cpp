@@ -105,6 +105,11 @@ void Fleet::event(int port, const std::string& kind, const std::string& message)
     }
 }
 
+void Fleet::log_unsaved(const Status& saved, const std::string& what) {
+    if (!saved)
+        spdlog::error("{} was not saved in the state database: {}", what, saved.error().message);
+}
+
 bool Fleet::move(PortRuntime& rt, PortEvent ev, const std::string& reason) {
     const auto next = transition(rt.state, ev);
     if (!next) {
@@ -132,7 +137,8 @@ void Fleet::wake() {
 
 void Fleet::save_record(const PortRuntime& rt) {
     if (rt.pid == 0) {
-        (void)store_->remove_worker(rt.port);
+        log_unsaved(store_->remove_worker(rt.port),
+                    "that port " + std::to_string(rt.port) + " has no worker now");
         return;
     }
     const WorkerRecord r{.port = rt.port,
@@ -149,7 +155,7 @@ void Fleet::save_record(const PortRuntime& rt) {
                          .ready_at_ms = 0,
                          .restarts = rt.restarts,
                          .last_exit = rt.last_failure};
-    if (auto ok = store_->save_worker(r); !ok) spdlog::error("{}", ok.error().message);
+    log_unsaved(store_->save_worker(r), "port " + std::to_string(rt.port) + "'s worker record");
 }
 
 bool Fleet::signal_worker(const PortRuntime& rt, int signal) {
@@ -559,12 +565,12 @@ void Fleet::reconcile() {
         std::vector<Assignment> boot;
         for (const auto& [port, a] : profile.ports)
             boot.push_back({port, a.model, profile.name, 0});
-        if (auto ok = store_->replace_assignments(boot); !ok)
-            spdlog::error("{}", ok.error().message);
-        (void)store_->set_meta("active_profile", profile.name);
+        log_unsaved(store_->replace_assignments(boot),
+                    "boot profile '" + profile.name + "''s assignments");
+        log_unsaved(store_->set_meta("active_profile", profile.name), "the active profile");
         desired = store_->assignments();
     }
-    (void)store_->set_meta("initialized", "1");
+    log_unsaved(store_->set_meta("initialized", "1"), "that this state database is in use");
     // Process identities are worth something only in the boot they were recorded in.
     const auto this_boot = boot_id();
     const auto recorded_boot = store_->meta("boot_id");
@@ -572,8 +578,7 @@ void Fleet::reconcile() {
     const bool records_this_boot = records_boot.empty() || records_boot == this_boot;
     if (!records_this_boot)
         event(0, "reboot", "the machine rebooted since the last run: no earlier process survives");
-    if (auto ok = store_->set_meta("boot_id", this_boot); !ok)
-        spdlog::error("{}", ok.error().message);
+    log_unsaved(store_->set_meta("boot_id", this_boot), "this boot's id");
     std::map<int, Assignment> wanted;
     for (const auto& a : *desired)
         wanted[a.port] = a;
@@ -629,14 +634,15 @@ void Fleet::reconcile() {
             stop_engine_left_behind(r.port, {r.engine_pid, r.engine_start_time, r.engine_group},
                                     this_boot);
         }
-        if (auto ok = store_->remove_worker(r.port); !ok) spdlog::error("{}", ok.error().message);
+        log_unsaved(store_->remove_worker(r.port),
+                    "that port " + std::to_string(r.port) + " has no worker now");
     }
     for (const auto& [port, a] : wanted) {
         if (find(port) != nullptr) continue;
         auto& rt = runtime(port);
         rt.handle = a.handle;
         rt.profile = a.profile;
-        if (auto busy = check_port_free(port); busy && busy->code == "port_busy") {
+        if (auto free = check_port_free(port); !free && free.error().code == "port_busy") {
             // Perhaps a worker of ours whose record was lost: it is adopted when it reconnects.
             rt.state = PortState::backoff;
             event(port, "port_taken",

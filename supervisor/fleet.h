@@ -128,6 +128,9 @@ class Fleet {
     PortRuntime* find(int port);
     bool move(PortRuntime& rt, PortEvent event, const std::string& reason);
     void event(int port, const std::string& kind, const std::string& message);
+    // A state-database write the fleet goes on without (the change it records has happened):
+    // its failure is logged with what the next start will not know.
+    void log_unsaved(const Status& saved, const std::string& what);
     // An adopted worker is taken to run what the config says it should.
     void note_adopted_command(PortRuntime& rt);
     // The port's memory estimate from the config (what the budget charges it).
@@ -210,7 +213,7 @@ class Fleet {
     nlohmann::json events(int lines);
     nlohmann::json reload();
     nlohmann::json port_json(const PortRuntime& rt) const;
-    std::optional<Error> check_port_free(int port) const;
+    Status check_port_free(int port) const;
     awaitable<bool> replace_worker(int port, const std::string& handle, const std::string& profile);
 
     asio::io_context& io_;

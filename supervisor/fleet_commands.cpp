@@ -30,8 +30,8 @@ std::string known_models(const Config& config) {
 
 }  // namespace
 
-std::optional<Error> Fleet::check_port_free(int port) const {
-    if (ports_.count(port) && is_running(ports_.at(port)->state)) return std::nullopt;  // ours
+Status Fleet::check_port_free(int port) const {
+    if (ports_.count(port) && is_running(ports_.at(port)->state)) return Ok{};  // ours
     boost::asio::io_context io;
     boost::asio::ip::tcp::acceptor probe(io);
     boost::system::error_code ec;
@@ -48,7 +48,7 @@ std::optional<Error> Fleet::check_port_free(int port) const {
                                       " is in use by another process (" + ec.message() +
                                       "); stop it or choose another port"};
     }
-    return std::nullopt;
+    return Ok{};
 }
 
 json Fleet::port_json(const PortRuntime& rt) const {
@@ -151,9 +151,9 @@ awaitable<json> Fleet::load(int port, const std::string& handle, const std::stri
                                            handle + "' or 'ensemble unload " +
                                            std::to_string(port) + "'");
     }
-    if (auto problem = privileged_port_problem(config_.supervisor, port))
-        co_return failure("privileged_port", *problem);
-    if (auto busy = check_port_free(port)) co_return protocol::error_reply(*busy);
+    if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed)
+        co_return protocol::error_reply(allowed.error());
+    if (auto free = check_port_free(port); !free) co_return protocol::error_reply(free.error());
     // (named, not temporaries: GCC 12 miscompiles non-trivial temporaries in co_await)
     const std::map<int, std::string> starts{{port, handle}};
     const std::set<int> released;
@@ -264,7 +264,7 @@ awaitable<json> Fleet::profile_load(const std::string& name) {
     const Profile profile = it->second;
     // All or nothing: every port must be free (or already ours) before anything changes.
     for (const auto& [port, a] : profile.ports) {
-        if (auto busy = check_port_free(port)) co_return protocol::error_reply(*busy);
+        if (auto free = check_port_free(port); !free) co_return protocol::error_reply(free.error());
     }
     // Within the memory budget once the ports it changes or drops stop (all or nothing).
     std::map<int, std::string> starts;
@@ -285,7 +285,7 @@ awaitable<json> Fleet::profile_load(const std::string& name) {
         desired.push_back({port, a.model, name, 0});
     if (auto ok = store_->replace_assignments(desired); !ok)
         co_return protocol::error_reply(ok.error());
-    (void)store_->set_meta("active_profile", name);
+    log_unsaved(store_->set_meta("active_profile", name), "the active profile");
     event(0, "profile", "loading profile '" + name + "'");
     std::vector<int> stale;
     for (const auto& [port, rt] : ports_) {
@@ -324,7 +324,7 @@ awaitable<json> Fleet::profile_unload() {
     for (const auto& [port, _] : ports_)
         ports.push_back(port);
     if (auto ok = store_->replace_assignments({}); !ok) co_return protocol::error_reply(ok.error());
-    (void)store_->set_meta("active_profile", "");
+    log_unsaved(store_->set_meta("active_profile", ""), "that no profile is active");
     for (int port : ports)
         co_await unload(port);
     co_return protocol::ok_reply({{"stopped", ports}});

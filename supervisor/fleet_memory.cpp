@@ -134,8 +134,8 @@ std::optional<std::string> Fleet::boot_refusal(const Profile& profile) const {
 
 void Fleet::evict(PortRuntime& rt, const std::string& reason) {
     // Unassigned first, so a restart of the supervisor does not bring it back over budget.
-    if (auto ok = store_->remove_assignment(rt.port); !ok)
-        spdlog::error("port {}: {}", rt.port, ok.error().message);
+    log_unsaved(store_->remove_assignment(rt.port),
+                "that port " + std::to_string(rt.port) + " is unassigned");
     event(rt.port, "evict", "'" + rt.handle + "' " + reason);
     rt.last_failure = "evicted: " + reason;
     stop_worker(rt, "evicted: " + reason);

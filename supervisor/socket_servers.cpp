@@ -315,7 +315,7 @@ Result<std::unique_ptr<unix_socket::acceptor>> listen_unix(asio::io_context& io,
                          " (mode 0700): " + (fs_ec ? fs_ec.message() : std::strerror(errno))};
     }
     const auto path = dir / name;
-    if (auto too_long = protocol::check_socket_path(path.string())) return *too_long;
+    if (auto fits = protocol::check_socket_path(path.string()); !fits) return fits.error();
     if (std::filesystem::exists(path)) {
         unix_socket::socket probe(io);
         boost::system::error_code ec;

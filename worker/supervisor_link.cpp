@@ -21,7 +21,7 @@ std::optional<LinkConfig> LinkConfig::from_environment(int port, const std::stri
     const char* id = std::getenv(protocol::kWorkerIdVariable);
     const char* token = std::getenv(protocol::kWorkerTokenVariable);
     if (socket == nullptr || id == nullptr || token == nullptr) return std::nullopt;
-    if (protocol::check_socket_path(socket))
+    if (!protocol::check_socket_path(socket))
         return std::nullopt;  // the supervisor refuses such paths too
     LinkConfig c;
     c.socket_path = socket;

@@ -19,6 +19,10 @@ namespace ensemble {
 
 namespace {
 
+Error bad_option(std::string message) {
+    return Error{"bad_option", std::move(message)};
+}
+
 std::filesystem::path default_log_dir() {
     if (const char* state = std::getenv("XDG_STATE_HOME"); state != nullptr && *state != '\0') {
         return std::filesystem::path(state) / "ensemble" / "logs";
@@ -33,9 +37,9 @@ std::filesystem::path default_log_dir() {
 
 // The engine's own environment: --engine-env NAME=VALUE, and every ENSEMBLE_ENGINE_ENV_NAME in
 // ours (how ensembled passes a config's engine env without showing it in ps), which is then
-// removed so it is not inherited twice. Returns an error message or "".
-std::string engine_environment(const std::vector<std::string>& assignments,
-                               std::map<std::string, std::string>& env) {
+// removed so it is not inherited twice.
+Status engine_environment(const std::vector<std::string>& assignments,
+                          std::map<std::string, std::string>& env) {
     std::vector<std::string> passed;
     for (char** e = environ; *e != nullptr; ++e) {
         const std::string_view entry(*e);
@@ -52,51 +56,51 @@ std::string engine_environment(const std::vector<std::string>& assignments,
     for (const auto& assignment : assignments) {
         const auto equals = assignment.find('=');
         if (equals == 0 || equals == std::string::npos)
-            return "--engine-env '" + assignment + "' must be NAME=VALUE";
+            return bad_option("--engine-env '" + assignment + "' must be NAME=VALUE");
         const auto name = assignment.substr(0, equals);
-        if (const auto problem = engine_env_name_problem(name); !problem.empty())
-            return "--engine-env " + name + ": " + problem;
+        if (const auto ok = check_engine_env_name(name); !ok)
+            return bad_option("--engine-env " + name + ": " + ok.error().message);
         env[name] = assignment.substr(equals + 1);
     }
-    return "";
+    return Ok{};
 }
 
-// What keeps the engine from listening where it must ("" when nothing): a socket path too long
-// or in a folder others can enter, or a command that listens on {socket} without one.
-std::string engine_socket_problem(const EngineConfig& engine) {
+// Whether the engine can listen where it must: not on a socket path too long or in a folder
+// others can enter, nor on {socket} in a command without one.
+Status check_engine_socket(const EngineConfig& engine) {
     if (engine.socket.empty()) {
         if (engine.preset.name == "command" && listens_on_socket(engine.preset))
-            return "the engine command listens on {socket}: pass --engine-socket PATH";
-        return "";
+            return bad_option("the engine command listens on {socket}: pass --engine-socket PATH");
+        return Ok{};
     }
     if (const auto size = engine.socket.string().size(); size > protocol::kMaxSocketPath) {
-        return "--engine-socket " + engine.socket.string() + " is " + std::to_string(size) +
-               " bytes; Unix sockets allow " + std::to_string(protocol::kMaxSocketPath) +
-               ": choose a shorter path";
+        return bad_option("--engine-socket " + engine.socket.string() + " is " +
+                          std::to_string(size) + " bytes; Unix sockets allow " +
+                          std::to_string(protocol::kMaxSocketPath) + ": choose a shorter path");
     }
-    if (auto problem = sealed_folder_problem(engine.socket.parent_path()); !problem.empty())
-        return "--engine-socket's folder: " + problem;
-    return "";
+    if (auto ok = check_sealed_folder(engine.socket.parent_path()); !ok)
+        return bad_option("--engine-socket's folder: " + ok.error().message);
+    return Ok{};
 }
 
-// Fills in what depends on several options; returns an error message or "".
-std::string finish(WorkerOptions& o, const std::string& engine_name, const std::string& command,
-                   const std::string& ready_path, const std::string& log_dir) {
+// Fills in what depends on several options.
+Status finish(WorkerOptions& o, const std::string& engine_name, const std::string& command,
+              const std::string& ready_path, const std::string& log_dir) {
     if (!protocol::is_valid_handle(o.model.handle))
-        return "--handle '" + o.model.handle + "' " + protocol::kHandleRule;
+        return bad_option("--handle '" + o.model.handle + "' " + protocol::kHandleRule);
     auto preset =
         engine_name == "command" ? command_preset(command, ready_path) : find_preset(engine_name);
-    if (!preset) return preset.error().message;
+    if (!preset) return preset.error();
     if (engine_name != "command" && !command.empty()) {
-        return "--command is only for --engine command (the " + engine_name +
-               " preset has its own)";
+        return bad_option("--command is only for --engine command (the " + engine_name +
+                          " preset has its own)");
     }
     o.engine.preset = *preset;
     if (o.engine.binary.empty()) o.engine.binary = preset->default_binary;
     if (!find_program(o.engine.binary)) {
-        return "engine program '" + o.engine.binary +
-               "' not found or not executable; install it, "
-               "or pass --engine-bin PATH (deploy/setup provisions llama-server in .engines/bin)";
+        return bad_option("engine program '" + o.engine.binary +
+                          "' not found or not executable; install it, or pass --engine-bin PATH "
+                          "(deploy/setup provisions llama-server in .engines/bin)");
     }
     o.engine.handle = o.model.handle;
     if (o.engine.log_file.empty()) {
@@ -105,20 +109,21 @@ std::string finish(WorkerOptions& o, const std::string& engine_name, const std::
             dir.parent_path().parent_path() == std::filesystem::temp_directory_path()) {
             // In the shared temporary directory (no HOME): a folder of this user's alone.
             for (const auto& folder : {dir.parent_path(), dir}) {
-                if (auto problem = private_folder_problem(folder); !problem.empty())
-                    return "the default log folder: " + problem + " (or pass --log-dir)";
+                if (auto ok = check_private_folder(folder); !ok)
+                    return bad_option("the default log folder: " + ok.error().message +
+                                      " (or pass --log-dir)");
             }
         }
         o.engine.log_file = protocol::port_files(dir, o.front.port).engine_log;
     }
     o.engine.record_file = protocol::engine_record_for(o.engine.log_file);
-    if (auto error = engine_socket_problem(o.engine); !error.empty()) return error;
+    if (auto ok = check_engine_socket(o.engine); !ok) return ok;
     if (o.front.api_key.empty()) {
         if (const char* key = std::getenv(protocol::kApiKeyVariable); key != nullptr)
             o.front.api_key = key;
     }
     ::unsetenv(protocol::kApiKeyVariable);  // the clients' key is not the engine's to know
-    return "";
+    return Ok{};
 }
 
 }  // namespace
@@ -229,12 +234,10 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
         std::chrono::milliseconds(static_cast<long long>(stall_timeout * 1000));
     o.engine.liveness_interval =
         std::chrono::milliseconds(static_cast<long long>(liveness_interval * 1000));
-    if (auto error = engine_environment(engine_env, o.engine.env); !error.empty()) {
-        std::cerr << "ensemble-worker: " << error << '\n';
-        return protocol::exit_code(protocol::WorkerExit::bad_configuration);
-    }
-    if (auto error = finish(o, engine_name, command, ready_path, log_dir); !error.empty()) {
-        std::cerr << "ensemble-worker: " << error << '\n';
+    auto ok = engine_environment(engine_env, o.engine.env);
+    if (ok) ok = finish(o, engine_name, command, ready_path, log_dir);
+    if (!ok) {
+        std::cerr << "ensemble-worker: " << ok.error().message << '\n';
         return protocol::exit_code(protocol::WorkerExit::bad_configuration);
     }
     return o;

@@ -105,8 +105,9 @@ TEST_F(ConfigTest, PrivilegedPortsNeedAnExplicitYes) {
     auto allowed = load("supervisor:\n  allow_privileged_ports: true\n" + profile);
     ASSERT_TRUE(allowed.config) << allowed.issues.at(0).to_string();
     EXPECT_TRUE(allowed.config->supervisor.allow_privileged_ports);
-    EXPECT_FALSE(privileged_port_problem(allowed.config->supervisor, 22));
-    EXPECT_FALSE(privileged_port_problem(SupervisorSettings{}, 1024));
+    EXPECT_TRUE(check_port_allowed(allowed.config->supervisor, 22));
+    EXPECT_TRUE(check_port_allowed(SupervisorSettings{}, 1024));
+    EXPECT_FALSE(check_port_allowed(SupervisorSettings{}, 1023));
 }
 
 TEST_F(ConfigTest, MissingModelReferenceIsReported) {
