@@ -1,0 +1,156 @@
+// The CLI's human output: tables of ports, the budget, profiles, events, per verb.
+#include <cstdio>
+#include <ctime>
+#include <iostream>
+
+#include "supervisor/cli.h"
+#include "supervisor/memory_budget.h"
+
+namespace ensemble::cli {
+
+using nlohmann::json;
+
+std::string human_bytes(std::uint64_t bytes) {
+    return bytes == 0 ? "-" : format_bytes(bytes);
+}
+
+namespace {
+
+std::string human_duration(std::int64_t s) {
+    if (s <= 0) return "-";
+    if (s < 120) return std::to_string(s) + "s";
+    if (s < 7200) return std::to_string(s / 60) + "m";
+    if (s < 172800) return std::to_string(s / 3600) + "h";
+    return std::to_string(s / 86400) + "d";
+}
+
+void print_ports(const json& ports) {
+    std::printf("%-6s %-22s %-10s %-9s %-8s %-7s %-8s %-10s %-10s %-6s %s\n", "PORT", "MODEL",
+                "PROFILE", "STATE", "PID", "UPTIME", "RESTARTS", "ESTIMATE", "MEASURED", "REQS",
+                "TOK/S   LAST FAILURE");
+    for (const auto& p : ports) {
+        std::printf("%-6d %-22s %-10s %-9s %-8lld %-7s %-8d %-10s %-10s %-6llu %-7.1f %s\n",
+                    p.value("port", 0), p.value("model", "").c_str(),
+                    p.value("profile", "").empty() ? "-" : p.value("profile", "").c_str(),
+                    p.value("state", "").c_str(), static_cast<long long>(p.value("pid", 0LL)),
+                    human_duration(p.value("uptime_s", 0LL)).c_str(), p.value("restarts", 0),
+                    human_bytes(p.value("memory_estimate_bytes", 0ULL)).c_str(),
+                    human_bytes(p.value("memory_bytes", 0ULL)).c_str(),
+                    static_cast<unsigned long long>(p.value("requests", 0ULL)),
+                    p.value("tokens_per_s", 0.0), p.value("last_failure", "").c_str());
+    }
+}
+
+// "GPU wired limit 144.0 GiB (the system default ...); MLX models hold 72.0 GiB", when one applies.
+void print_wired_limit(const json& wired) {
+    if (!wired.value("applies", false)) return;
+    std::printf("GPU wired limit %s (%s); MLX models hold %s\n",
+                human_bytes(wired.value("bytes", 0ULL)).c_str(), wired.value("source", "").c_str(),
+                human_bytes(wired.value("mlx_bytes", 0ULL)).c_str());
+    for (const auto& w : wired.value("warnings", json::array()))
+        std::printf("warning: %s\n", w.get<std::string>().c_str());
+}
+
+void print_budget(const json& b) {
+    if (b.value("budget_bytes", 0ULL) == 0) {
+        std::printf("no memory budget (set supervisor.memory_budget, e.g. 170GiB or 85%%)\n");
+    } else {
+        std::printf("budget %s (%s)  reserved %s  measured %s  free %s%s\n",
+                    human_bytes(b.value("budget_bytes", 0ULL)).c_str(),
+                    b.value("budget", "").c_str(),
+                    human_bytes(b.value("reserved_bytes", 0ULL)).c_str(),
+                    human_bytes(b.value("measured_bytes", 0ULL)).c_str(),
+                    human_bytes(b.value("free_bytes", 0ULL)).c_str(),
+                    b.value("over_budget", false) ? "  OVER BUDGET" : "");
+    }
+    std::printf("%-6s %-22s %-10s %-10s %-7s %-8s %-6s %s\n", "PORT", "MODEL", "ESTIMATE",
+                "MEASURED", "SHARE", "PRIORITY", "EVICT", "IDLE");
+    for (const auto& p : b["ports"]) {
+        std::printf("%-6d %-22s %-10s %-10s %5.1f%%  %-8d %-6s %s\n", p.value("port", 0),
+                    p.value("model", "").c_str(),
+                    human_bytes(p.value("estimate_bytes", 0ULL)).c_str(),
+                    human_bytes(p.value("measured_bytes", 0ULL)).c_str(),
+                    100.0 * p.value("share", 0.0), p.value("priority", 0),
+                    p.value("evict", "").c_str(), p.value("idle", false) ? "yes" : "no");
+    }
+    print_wired_limit(b.value("gpu_wired_limit", json::object()));
+}
+
+}  // namespace
+
+void print_status(const json& result) {
+    print_ports(result["ports"]);
+    const auto memory = result.value("memory", json::object());
+    if (memory.value("budget_bytes", 0ULL) > 0 || memory.value("gpu_wired_limit_bytes", 0ULL) > 0) {
+        std::printf("memory: budget %s, reserved %s, measured %s; GPU wired limit %s, MLX %s\n",
+                    human_bytes(memory.value("budget_bytes", 0ULL)).c_str(),
+                    human_bytes(memory.value("reserved_bytes", 0ULL)).c_str(),
+                    human_bytes(memory.value("measured_bytes", 0ULL)).c_str(),
+                    human_bytes(memory.value("gpu_wired_limit_bytes", 0ULL)).c_str(),
+                    human_bytes(memory.value("mlx_bytes", 0ULL)).c_str());
+    }
+    for (const auto& w : result.value("warnings", json::array()))
+        std::printf("warning: %s\n", w.get<std::string>().c_str());
+}
+
+void print_profiles(const json& result) {
+    for (const auto& p : result["profiles"]) {
+        std::printf("%s %s:", p.value("active", false) ? "*" : " ", p.value("name", "").c_str());
+        for (const auto& [port, model] : p["ports"].items())
+            std::printf(" %s=%s", port.c_str(), model.get<std::string>().c_str());
+        std::printf("\n");
+    }
+}
+
+void print_events(const json& events) {
+    for (const auto& e : events) {
+        const auto at = static_cast<time_t>(e.value("at_ms", 0LL) / 1000);
+        char when[32];
+        std::strftime(when, sizeof when, "%Y-%m-%d %H:%M:%S", std::localtime(&at));
+        std::printf("%s  %-5s %-14s %s\n", when,
+                    e.value("port", 0) ? std::to_string(e.value("port", 0)).c_str() : "-",
+                    e.value("kind", "").c_str(), e.value("message", "").c_str());
+    }
+}
+
+void print_human(protocol::Verb verb, const json& result) {
+    using protocol::Verb;
+    switch (verb) {
+        case Verb::status:
+            print_status(result);
+            return;
+        case Verb::budget:
+            print_budget(result);
+            return;
+        case Verb::profile_list:
+            print_profiles(result);
+            return;
+        case Verb::logs:
+            for (const auto& line : result["engine"])
+                std::cout << line.get<std::string>() << '\n';
+            return;
+        case Verb::events:
+            print_events(result["events"]);
+            return;
+        case Verb::reload:
+            std::printf("reloaded; changed ports: %s %s\n", result["changed_ports"].dump().c_str(),
+                        result.value("hint", "").c_str());
+            return;
+        case Verb::load:
+        case Verb::unload:
+        case Verb::swap:
+        case Verb::restart:
+        case Verb::profile_load:
+        case Verb::profile_unload:
+            break;  // a port or ports, below
+    }
+    if (result.contains("ports")) {
+        print_ports(result["ports"]);
+    } else if (result.contains("port")) {
+        print_ports(json::array({result}));
+    } else {
+        std::cout << result.dump(2) << '\n';
+    }
+}
+
+}  // namespace ensemble::cli
