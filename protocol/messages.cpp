@@ -13,27 +13,44 @@ Error bad(const std::string& what) {
     return Error{"bad_message", what};
 }
 
-// Reads an optional field of the expected JSON type; a present field of another type is an error.
-template <typename T>
-std::optional<Error> read(const json& j, const char* key, T& out, bool required) {
-    const auto it = j.find(key);
-    if (it == j.end() || it->is_null()) {
-        if (required) return bad(std::string("missing field '") + key + "'");
-        return std::nullopt;
+// Reads a message's fields one after another, each of the expected JSON type (a present field
+// of another type is an error, an absent one only when required), and keeps the first failure.
+class Fields {
+  public:
+    explicit Fields(const json& j) : j_(j) {}
+
+    template <typename T>
+    Fields& read(const char* key, T& out, bool required) {
+        if (status_) status_ = read_one(key, out, required);
+        return *this;
     }
-    if constexpr (std::is_same_v<T, std::string>) {
-        if (!it->is_string()) return bad(std::string("field '") + key + "' must be a string");
-    } else {
-        if (!it->is_number_integer())
-            return bad(std::string("field '") + key + "' must be an integer");
-        if constexpr (std::is_unsigned_v<T>) {
-            if (it->get<std::int64_t>() < 0)
-                return bad(std::string("field '") + key + "' must not be negative");
+    const Status& status() const { return status_; }
+
+  private:
+    template <typename T>
+    Status read_one(const char* key, T& out, bool required) const {
+        const auto it = j_.find(key);
+        if (it == j_.end() || it->is_null()) {
+            if (required) return bad(std::string("missing field '") + key + "'");
+            return Ok{};
         }
+        if constexpr (std::is_same_v<T, std::string>) {
+            if (!it->is_string()) return bad(std::string("field '") + key + "' must be a string");
+        } else {
+            if (!it->is_number_integer())
+                return bad(std::string("field '") + key + "' must be an integer");
+            if constexpr (std::is_unsigned_v<T>) {
+                if (it->get<std::int64_t>() < 0)
+                    return bad(std::string("field '") + key + "' must not be negative");
+            }
+        }
+        out = it->get<T>();
+        return Ok{};
     }
-    out = it->get<T>();
-    return std::nullopt;
-}
+
+    const json& j_;
+    Status status_ = Ok{};
+};
 
 }  // namespace
 
@@ -62,16 +79,17 @@ json to_json(const Heartbeat& m) {
 Result<WorkerMessage> parse_worker_message(const json& j) {
     if (!j.is_object()) return bad("a message must be a JSON object");
     std::string type;
-    if (auto e = read(j, "type", type, true)) return *e;
+    if (auto ok = Fields(j).read("type", type, true).status(); !ok) return ok.error();
     if (type == "register") {
         Register m;
-        std::optional<Error> e;
-        if ((e = read(j, "version", m.version, true)) ||
-            (e = read(j, "worker_id", m.worker_id, true)) ||
-            (e = read(j, "token", m.token, true)) || (e = read(j, "port", m.port, true)) ||
-            (e = read(j, "pid", m.pid, true)) || (e = read(j, "handle", m.handle, false))) {
-            return *e;
-        }
+        Fields fields(j);
+        fields.read("version", m.version, true)
+            .read("worker_id", m.worker_id, true)
+            .read("token", m.token, true)
+            .read("port", m.port, true)
+            .read("pid", m.pid, true)
+            .read("handle", m.handle, false);
+        if (!fields.status()) return fields.status().error();
         if (m.version != kVersion) {
             return Error{"version_mismatch", "worker speaks protocol version " +
                                                  std::to_string(m.version) + ", the supervisor " +
@@ -83,19 +101,19 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
     if (type == "heartbeat") {
         Heartbeat m;
         auto& s = m.stats;
-        std::optional<Error> e;
-        if ((e = read(j, "state", s.state, true)) ||
-            (e = read(j, "memory_bytes", s.memory_bytes, false)) ||
-            (e = read(j, "requests", s.requests, false)) ||
-            (e = read(j, "failed", s.failed, false)) || (e = read(j, "tokens", s.tokens, false)) ||
-            (e = read(j, "queue_depth", s.queue_depth, false)) ||
-            (e = read(j, "engine_pid", s.engine_pid, false)) ||
-            (e = read(j, "engine_start_time", s.engine_start_time, false)) ||
-            (e = read(j, "engine_group", s.engine_group, false)) ||
-            (e = read(j, "engine_restarts", s.engine_restarts, false)) ||
-            (e = read(j, "engine_last_exit", s.engine_last_exit, false))) {
-            return *e;
-        }
+        Fields fields(j);
+        fields.read("state", s.state, true)
+            .read("memory_bytes", s.memory_bytes, false)
+            .read("requests", s.requests, false)
+            .read("failed", s.failed, false)
+            .read("tokens", s.tokens, false)
+            .read("queue_depth", s.queue_depth, false)
+            .read("engine_pid", s.engine_pid, false)
+            .read("engine_start_time", s.engine_start_time, false)
+            .read("engine_group", s.engine_group, false)
+            .read("engine_restarts", s.engine_restarts, false)
+            .read("engine_last_exit", s.engine_last_exit, false);
+        if (!fields.status()) return fields.status().error();
         return WorkerMessage{m};
     }
     return Error{"unknown_message", "unknown message type '" + type + "'"};
@@ -112,19 +130,18 @@ Result<ControlRequest> parse_control_request(const json& j) {
     if (!j.is_object()) return bad("a request must be a JSON object");
     ControlRequest r;
     std::string name;
-    if (auto e = read(j, "verb", name, true)) return *e;
+    if (auto ok = Fields(j).read("verb", name, true).status(); !ok) return ok.error();
     const auto verb = verb_named(name);
     if (!verb) return Error{"unknown_verb", "unknown request '" + name + "'"};
     r.verb = *verb;
     const auto* shape = &info(*verb);
     int port = 0;
-    std::optional<Error> e;
-    if ((e = read(j, "port", port, shape->needs_port)) ||
-        (e = read(j, "model", r.model, shape->needs_model)) ||
-        (e = read(j, "profile", r.profile, shape->needs_profile)) ||
-        (e = read(j, "lines", r.lines, false))) {
-        return *e;
-    }
+    Fields fields(j);
+    fields.read("port", port, shape->needs_port)
+        .read("model", r.model, shape->needs_model)
+        .read("profile", r.profile, shape->needs_profile)
+        .read("lines", r.lines, false);
+    if (!fields.status()) return fields.status().error();
     if (j.contains("port")) {
         if (port < 1 || port > 65535)
             return bad("port " + std::to_string(port) + " is out of range 1-65535");

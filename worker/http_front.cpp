@@ -216,8 +216,9 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
     const auto path = target.substr(0, target.find('?'));
     if (path == "/health") return health_response(keep_alive);
     if (!path.starts_with("/v1/")) return make_error_response(not_found_path(target), keep_alive);
-    if (auto denied = check_api_key(sv(request[http::field::authorization]), config_.api_key)) {
-        return make_error_response(*denied, keep_alive);
+    if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
+        !allowed) {
+        return make_error_response(api_error(allowed.error()), keep_alive);
     }
     if (path == "/v1/models" && request.method() == http::verb::get) {
         return make_json_response(http::status::ok, models_list_body(model_, started_unix_),
@@ -225,9 +226,8 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
     }
     if (!request.body().empty()) {
         auto pinned = pin_model(request.body(), model_);
-        if (auto* error = std::get_if<ApiError>(&pinned))
-            return make_error_response(*error, keep_alive);
-        request.body() = std::move(std::get<std::string>(pinned));
+        if (!pinned) return make_error_response(api_error(pinned.error()), keep_alive);
+        request.body() = std::move(pinned).value();
     }
     if (auto unavailable = admission_error()) return make_error_response(*unavailable, keep_alive);
     return std::nullopt;

@@ -7,9 +7,9 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <variant>
 #include <vector>
 
+#include "protocol/result.h"
 #include "worker/openai_error.h"
 
 namespace ensemble {
@@ -22,13 +22,16 @@ struct ModelIdentity {
     bool answers_to(std::string_view name) const;
 };
 
-// nullopt when the request may proceed. An empty `api_key` means no key is required.
-std::optional<ApiError> check_api_key(std::string_view authorization_header,
-                                      std::string_view api_key);
+// Ok when the request may proceed; else "invalid_api_key". An empty `api_key` means no key is
+// required.
+Status check_api_key(std::string_view authorization_header, std::string_view api_key);
 
-// The body to forward, or the error to answer with. Bodies that are not JSON objects are
-// rejected: every OpenAI endpoint takes one.
-std::variant<std::string, ApiError> pin_model(std::string_view body, const ModelIdentity& model);
+// The body to forward; else "invalid_json", "invalid_model" or "model_not_found". Bodies that
+// are not JSON objects are refused: every OpenAI endpoint takes one.
+Result<std::string> pin_model(std::string_view body, const ModelIdentity& model);
+
+// How a refusal of the policy above is answered: its HTTP status and OpenAI error type.
+ApiError api_error(const Error& refusal);
 
 // GET /v1/models: this worker's handle (and aliases) as OpenAI model objects.
 std::string models_list_body(const ModelIdentity& model, long created_unix_seconds);
