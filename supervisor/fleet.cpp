@@ -268,6 +268,17 @@ Status Fleet::start_worker(PortRuntime& rt) {
 }
 
 void Fleet::start_or_retry(PortRuntime& rt, std::chrono::seconds retry) {
+    if (const auto holder = dismissed_holder(rt.port)) {
+        // A worker told to stop still holds the port while it drains: starting now would only
+        // fail (port in use, its engine record locked) and count against the port.
+        const auto why = "worker pid " + std::to_string(*holder) +
+                         ", told to stop, still holds the port; starting once it has gone";
+        if (rt.last_failure != why) event(rt.port, "waiting", why);
+        rt.last_failure = why;
+        rt.state = PortState::backoff;  // escalate_dismissed starts it
+        ++rt.attempt;                   // and no earlier timer does
+        return;
+    }
     auto ok = start_worker(rt);
     if (ok) return;
     if (ok.error().code != "no_resources") {
@@ -628,7 +639,8 @@ void Fleet::reconcile() {
             // It stops its engine itself; if it reconnects while it drains, it is not adopted.
             signal_if_ours({static_cast<pid_t>(r.pid), r.pid_start_time}, SIGTERM,
                            "the worker of port " + std::to_string(r.port));
-            dismiss(r.port, static_cast<pid_t>(r.pid), "the worker that should not run");
+            dismiss(r.port, {static_cast<pid_t>(r.pid), r.pid_start_time},
+                    "the worker that should not run");
         } else if (records_this_boot) {
             // Killed with everything else (kill -9, a crash): its engine may still run.
             stop_engine_left_behind(r.port, {r.engine_pid, r.engine_start_time, r.engine_group},
@@ -642,7 +654,9 @@ void Fleet::reconcile() {
         auto& rt = runtime(port);
         rt.handle = a.handle;
         rt.profile = a.profile;
-        if (auto free = check_port_free(port); !free && free.error().code == "port_busy") {
+        const bool held_by_dismissed = dismissed_holder(port).has_value();  // waits in start
+        if (auto free = check_port_free(port);
+            !held_by_dismissed && !free && free.error().code == "port_busy") {
             // Perhaps a worker of ours whose record was lost: it is adopted when it reconnects.
             rt.state = PortState::backoff;
             event(port, "port_taken",
@@ -673,7 +687,7 @@ Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
             event(m.port, "worker_refused",
                   who + " is not one this ensembled expects and cannot be adopted: " +
                       adopted.error().message + "; told to stop");
-            dismiss(m.port, peer->pid(), who);
+            if (const auto identity = peer->identity()) dismiss(m.port, *identity, who);
             return Error{"unknown_worker", "ensembled cannot adopt " + who + ": " +
                                                adopted.error().message + "; stop serving"};
         }
@@ -698,28 +712,34 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
         return Error{"unknown_worker",
                      "it serves '" + m.handle + "', which the config does not define"};
     }
-    // Only the process on the other end of the socket, as the kernel names it, is adopted.
-    const pid_t pid = peer->pid();
+    // Only the process on the other end of the socket, as the kernel named it when it
+    // connected, is adopted, and only while that same process still runs.
+    const auto peer_identity = peer->identity();
+    const pid_t pid = peer_identity ? peer_identity->pid : 0;
     if (pid <= 1 || pid != m.pid) {
         return Error{"unknown_worker", "its pid cannot be confirmed (it says " +
                                            std::to_string(m.pid) + ", the socket's peer is " +
                                            std::to_string(pid) + ")"};
     }
     const auto identity = identify_process(pid);
-    if (!identity) return identity.error();
+    if (!identity || *identity != *peer_identity)
+        return Error{"unknown_worker", "the process that connected is gone"};
     for (const auto& d : dismissed_) {
         if (d.identity == *identity) return Error{"unknown_worker", "it was told to stop"};
     }
     const auto port = std::to_string(m.port);
+    // It must hold the port it names (a worker binds its port before it registers).
+    if (auto free = check_port_free(m.port); free || free.error().code != "port_busy")
+        return Error{"unknown_worker", "port " + port + " is not taken: it does not serve there"};
     auto* rt = find(m.port);
     if (rt != nullptr) {
         if (rt->handle != m.handle) {
             return Error{"unknown_worker", "port " + port + " should serve '" + rt->handle +
                                                "', not '" + m.handle + "'"};
         }
-        // Ours or one we wait for (its record says so) holds the port, or it is being stopped.
-        if (rt->pid != 0 || rt->link != nullptr ||
-            (rt->state != PortState::backoff && rt->state != PortState::failed)) {
+        // Ours or one we wait for (its record says so) holds the port, it is being stopped,
+        // or it is `failed` (crash loop, or a survivor whose identity could not be read).
+        if (rt->pid != 0 || rt->link != nullptr || rt->state != PortState::backoff) {
             return Error{
                 "unknown_worker",
                 "port " + port + " is " + to_string(rt->state) +
@@ -727,7 +747,14 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
         }
     } else {
         // Nothing is assigned to the port: the assignment is rebuilt from the worker, as if
-        // loaded by hand (its profile is not known).
+        // loaded by hand (its profile is not known) — a survivor reconnects within a second of
+        // a start, so only then, and never on a port the operator has unassigned since.
+        if (Clock::now() - started_ > kAdoptGrace)
+            return Error{"unknown_worker", "no worker is expected there"};
+        if (unassigned_.contains(m.port))
+            return Error{"unknown_worker", "port " + port + " was unloaded"};
+        if (auto allowed = check_port_allowed(config_.supervisor, m.port); !allowed)
+            return allowed.error();
         if (auto ok = store_->set_assignment({m.port, m.handle, "", 0}); !ok) return ok.error();
         rt = &runtime(m.port);
         rt->handle = m.handle;
@@ -757,37 +784,51 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
     return Ok{};
 }
 
-void Fleet::dismiss(int port, pid_t pid, const std::string& who) {
-    // Only a process the kernel names can be followed up; a self-reported pid proves nothing.
-    if (pid <= 1) return;
-    const auto identity = identify_process(pid);
-    if (!identity) return;
+void Fleet::dismiss(int port, const ProcessIdentity& identity, const std::string& who) {
     for (const auto& d : dismissed_) {
-        if (d.identity == *identity) return;  // already told
+        if (d.identity == identity) return;  // already told
     }
-    dismissed_.push_back({port, *identity, Clock::now() + config_.supervisor.health.stop_timeout});
-    spdlog::debug("port {}: {} dismissed", port, who);
+    dismissed_.push_back(
+        {port, identity, Clock::now() + config_.supervisor.health.stop_timeout, false});
+    spdlog::debug("port {}: {} told to stop", port, who);
+}
+
+std::optional<pid_t> Fleet::dismissed_holder(int port) const {
+    for (const auto& d : dismissed_) {
+        if (d.port == port) return d.identity.pid;
+    }
+    return std::nullopt;
 }
 
 void Fleet::escalate_dismissed(Clock::time_point now) {
-    std::erase_if(dismissed_, [&](const Dismissed& d) {
+    std::vector<int> freed;
+    std::erase_if(dismissed_, [&](Dismissed& d) {
         const auto check = check_identity(d.identity);
         if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
             // Its engine may be left: unless a worker of ours on the port handles its record.
             const auto* rt = find(d.port);
             if (rt == nullptr || rt->pid == 0) stop_engine_left_behind(d.port, {}, boot_id());
+            freed.push_back(d.port);
             return true;
         }
-        if (now < d.deadline) return false;
-        const auto report = signal_if_ours(d.identity, SIGKILL,
-                                           "the refused worker of port " + std::to_string(d.port) +
-                                               " (pid " + std::to_string(d.identity.pid) + ")");
+        if (now < d.deadline || d.killed) return false;
+        d.killed = true;  // once; it stays listed until it is gone
+        const auto report = signal_if_ours(
+            d.identity, SIGKILL,
+            "worker pid " + std::to_string(d.identity.pid) + " on port " + std::to_string(d.port));
         event(d.port, "kill",
-              "a refused worker did not stop within " +
+              "a worker told to stop did not stop within " +
                   std::to_string(config_.supervisor.health.stop_timeout.count()) +
                   " ms: " + report.message);
-        return check.verdict != IdentityVerdict::same;  // else: once more at the next tick
+        return false;
     });
+    // What waited for the port starts now (start_or_retry), not counted as a failure.
+    for (const int port : freed) {
+        auto* rt = find(port);
+        if (rt != nullptr && rt->state == PortState::backoff && rt->pid == 0 &&
+            !rt->stop_requested && !shutting_down_ && !dismissed_holder(port))
+            start_or_retry(*rt);
+    }
 }
 
 void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stats) {

@@ -35,8 +35,9 @@ class WorkerLinkPeer {
     virtual ~WorkerLinkPeer() = default;
     virtual void send(const nlohmann::json& message) = 0;
     virtual void close() = 0;
-    // The connected process as the kernel vouches for it (0 when the OS does not say).
-    virtual pid_t pid() const = 0;
+    // The connected process as the kernel named it when it connected, with its start time read
+    // then (nullopt when the OS does not say, or it was already gone).
+    virtual std::optional<ProcessIdentity> identity() const = 0;
 };
 
 struct PortRuntime {
@@ -151,9 +152,13 @@ class Fleet {
         int port = 0;
         ProcessIdentity identity;
         Clock::time_point deadline;
+        bool killed = false;
     };
-    void dismiss(int port, pid_t pid, const std::string& why);
+    void dismiss(int port, const ProcessIdentity& identity, const std::string& who);
     void escalate_dismissed(Clock::time_point now);
+    // A worker told to stop that still holds `port` (it drains first), if any: nothing is
+    // started there until it has gone.
+    std::optional<pid_t> dismissed_holder(int port) const;
     void schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay);
     void check_heartbeat(PortRuntime& rt, Clock::time_point now);
     void rotate_logs(Clock::time_point now);
@@ -230,6 +235,9 @@ class Fleet {
     Clock::time_point last_probe_{};
     MemoryKillWatch memory_kills_;
     std::vector<Dismissed> dismissed_;
+    // Ports the operator unassigned since this ensembled started: a worker without a record
+    // that turns up on one is not adopted back.
+    std::set<int> unassigned_;
     bool over_budget_ = false;
     Clock::time_point last_enforced_{};
 };

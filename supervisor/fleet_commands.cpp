@@ -15,7 +15,11 @@ using nlohmann::json;
 
 // A model load may take minutes (a 100 GB model from disk); the worker kills loads that stall.
 constexpr auto kLoadTimeout = std::chrono::minutes(15);
-constexpr auto kStopWait = std::chrono::seconds(50);
+// How long a command waits for a worker to stop: until it is killed for not stopping, and a
+// little more for the kill to land.
+std::chrono::milliseconds stop_wait(const Config& config) {
+    return config.supervisor.health.stop_timeout + std::chrono::seconds(5);
+}
 
 json failure(const std::string& code, const std::string& message) {
     return protocol::error_reply(Error{code, message});
@@ -120,7 +124,7 @@ awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
     auto& rt = runtime(port);
     if (is_running(rt.state)) {
         stop_worker(rt, "replacing '" + rt.handle + "' with '" + handle + "'");
-        if (!co_await wait_stopped(port, Clock::now() + kStopWait)) co_return false;
+        if (!co_await wait_stopped(port, Clock::now() + stop_wait(config_))) co_return false;
     }
     auto& fresh = runtime(port);
     fresh.handle = handle;
@@ -160,6 +164,7 @@ awaitable<json> Fleet::load(int port, const std::string& handle, const std::stri
     if (auto refused = co_await admit(starts, released, profile)) co_return *refused;
     if (auto ok = store_->set_assignment({port, handle, profile, 0}); !ok)
         co_return protocol::error_reply(ok.error());
+    unassigned_.erase(port);
     const bool ready = co_await replace_worker(port, handle, profile);
     const auto& rt = runtime(port);
     if (!ready) {
@@ -181,9 +186,10 @@ awaitable<json> Fleet::unload(int port) {
     if (rt == nullptr && !assigned)
         co_return failure("not_loaded", "nothing is assigned to port " + std::to_string(port));
     if (auto ok = store_->remove_assignment(port); !ok) co_return protocol::error_reply(ok.error());
+    unassigned_.insert(port);
     if (rt != nullptr) {
         stop_worker(*rt, "unloaded by the operator");
-        co_await wait_stopped(port, Clock::now() + kStopWait);
+        co_await wait_stopped(port, Clock::now() + stop_wait(config_));
         ports_.erase(port);
     }
     event(port, "unload", "port " + std::to_string(port) + " unloaded");
@@ -208,6 +214,7 @@ awaitable<json> Fleet::swap(int port, const std::string& handle) {
     if (auto refused = co_await admit(starts, released, profile)) co_return *refused;
     if (auto ok = store_->set_assignment({port, handle, profile, 0}); !ok)
         co_return protocol::error_reply(ok.error());
+    unassigned_.erase(port);
     event(port, "swap", "'" + old_handle + "' -> '" + handle + "'");
     if (co_await replace_worker(port, handle, profile))
         co_return protocol::ok_reply(port_json(runtime(port)));
@@ -285,6 +292,8 @@ awaitable<json> Fleet::profile_load(const std::string& name) {
         desired.push_back({port, a.model, name, 0});
     if (auto ok = store_->replace_assignments(desired); !ok)
         co_return protocol::error_reply(ok.error());
+    for (const auto& a : desired)
+        unassigned_.erase(a.port);
     log_unsaved(store_->set_meta("active_profile", name), "the active profile");
     event(0, "profile", "loading profile '" + name + "'");
     std::vector<int> stale;
@@ -377,6 +386,20 @@ json Fleet::reload() {
         for (const auto& i : loaded.issues)
             text += "\n  " + i.to_string();
         return failure("bad_config", "the config has errors; keeping the running one:" + text);
+    }
+    // Where ensembled keeps its state and sockets is fixed for its life (its sockets are open
+    // there, its workers log there).
+    for (const auto& [name, before, after] :
+         {std::tuple{"state_dir", config_.supervisor.state_dir,
+                     loaded.config->supervisor.state_dir},
+          std::tuple{"run_dir", config_.supervisor.run_dir, loaded.config->supervisor.run_dir}}) {
+        if (before != after) {
+            return failure("restart_needed", std::string("the new config moves ") + name +
+                                                 " from " + before.string() + " to " +
+                                                 after.string() +
+                                                 "; keeping the running config. Restart "
+                                                 "ensembled to move it");
+        }
     }
     // A model a port is assigned must stay defined: its next restart would fail, leaving the
     // port down. Such a config is refused, naming the ports, until they are swapped or unloaded.

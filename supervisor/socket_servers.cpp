@@ -141,8 +141,11 @@ class LinkPeer final : public WorkerLinkPeer, public std::enable_shared_from_thi
   public:
     LinkPeer(asio::io_context& io, unix_socket::socket socket)
         : io_(io), socket_(std::move(socket)), writer_(socket_) {
-        const auto peer = peer_credentials(socket_.native_handle());
-        pid_ = peer ? peer->pid : 0;
+        // Named now, while the kernel vouches for the connection: a pid read later could
+        // belong to another process.
+        if (const auto peer = peer_credentials(socket_.native_handle()); peer && peer->pid > 1) {
+            if (auto identity = identify_process(peer->pid)) identity_ = *identity;
+        }
     }
     void send(const nlohmann::json& message) override {
         writer_.send(message, io_, shared_from_this());
@@ -151,14 +154,14 @@ class LinkPeer final : public WorkerLinkPeer, public std::enable_shared_from_thi
         boost::system::error_code ec;
         socket_.close(ec);
     }
-    pid_t pid() const override { return pid_; }
+    std::optional<ProcessIdentity> identity() const override { return identity_; }
     unix_socket::socket& socket() { return socket_; }
 
   private:
     asio::io_context& io_;
     unix_socket::socket socket_;
     FrameWriter writer_;
-    pid_t pid_ = 0;
+    std::optional<ProcessIdentity> identity_;
 };
 
 awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> peer, Fleet& fleet,

@@ -157,11 +157,19 @@ void EngineRunner::forget_record() {
 
 Status EngineRunner::choose_listen_address(TemplateVars& vars) {
     if (!config_.socket.empty() && listens_on_socket(config_.preset)) {
-        // A socket left by an engine that died: binding would fail on it. Its folder is ours
-        // alone, so whatever is there is a socket of ours.
+        // A socket left by an engine that died: binding would fail on it. (No live engine
+        // listens there: the record lock keeps a second worker of this port from starting.)
+        // Anything but a socket is not ours to remove.
         std::error_code ec;
-        std::filesystem::remove(config_.socket, ec);
-        if (ec) {
+        const auto type = std::filesystem::symlink_status(config_.socket, ec).type();
+        if (type != std::filesystem::file_type::not_found &&
+            type != std::filesystem::file_type::socket) {
+            return Error{"socket", config_.socket.string() +
+                                       " exists and is not a socket; the engine listens there: "
+                                       "move it away or choose another --engine-socket"};
+        }
+        if (type == std::filesystem::file_type::socket &&
+            !std::filesystem::remove(config_.socket, ec) && ec) {
             return Error{"socket", "cannot remove the engine's old socket " +
                                        config_.socket.string() + ": " + ec.message()};
         }

@@ -448,43 +448,81 @@ TEST_F(SupervisorTest, ABootProfileWorkerServingAnotherModelThanItsPortShouldIsR
               std::string::npos);
 }
 
+// A process of ours on workers.sock that says it is a worker with `hello`'s fields and ignores
+// the stop it is sent; its pid.
+pid_t start_impostor(const std::filesystem::path& workers_socket, json hello) {
+    const pid_t pid = ::fork();
+    if (pid != 0) return pid;
+    try {
+        hello["type"] = "register";
+        hello["version"] = protocol::kVersion;
+        hello["worker_id"] = "w-impostor";
+        hello["token"] = "t";
+        if (!hello.contains("pid")) hello["pid"] = ::getpid();
+        const auto line = hello.dump() + "\n";
+        boost::asio::io_context io;
+        boost::asio::local::stream_protocol::socket socket(io);
+        socket.connect(boost::asio::local::stream_protocol::endpoint(workers_socket.string()));
+        boost::asio::write(socket, boost::asio::buffer(line));
+        for (;;)
+            ::pause();
+    } catch (...) {
+        ::_exit(1);
+    }
+}
+
+// How `pid` ended, once it has (nullopt if it still runs after `timeout`; it is then killed).
+std::optional<int> wait_child(pid_t pid, std::chrono::milliseconds timeout) {
+    int status = 0;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (::waitpid(pid, &status, WNOHANG) == pid) return status;
+        std::this_thread::sleep_for(100ms);
+    }
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    return std::nullopt;
+}
+
 TEST_F(SupervisorTest, ARefusedWorkerThatIgnoresStopIsKilled) {
     supervisor_ = start_supervisor();
-    // A process of ours on workers.sock that says it is a worker, cannot be adopted (it names
-    // no model), and ignores the stop it is sent.
-    const pid_t impostor = ::fork();
-    ASSERT_GE(impostor, 0);
-    if (impostor == 0) {
-        try {
-            const auto hello = json{{"type", "register"}, {"version", protocol::kVersion},
-                                    {"worker_id", "w-x"}, {"token", "t"},
-                                    {"port", port_b_},    {"pid", ::getpid()}}
-                                   .dump() +
-                               "\n";
-            boost::asio::io_context io;
-            boost::asio::local::stream_protocol::socket socket(io);
-            socket.connect(boost::asio::local::stream_protocol::endpoint(
-                (run_dir_ / "workers.sock").string()));
-            boost::asio::write(socket, boost::asio::buffer(hello));
-            for (;;)
-                ::pause();
-        } catch (...) {
-            ::_exit(1);
-        }
+    // One names no model; one names a model this config has, on a port it does not hold, and
+    // a pid that is not its own.
+    const auto workers_socket = run_dir_ / "workers.sock";
+    const pid_t nameless = start_impostor(workers_socket, {{"port", port_b_}});
+    const pid_t pretender =
+        start_impostor(workers_socket, {{"port", port_a_}, {"handle", "tiny"}, {"pid", 1234567}});
+    for (const pid_t impostor : {nameless, pretender}) {
+        ASSERT_GT(impostor, 0);
+        const auto status = wait_child(impostor, 15s);
+        ASSERT_TRUE(status) << "still running after 15 s";
+        EXPECT_TRUE(WIFSIGNALED(*status) && WTERMSIG(*status) == SIGKILL);
     }
-    int status = 0;
-    pid_t reaped = 0;
-    for (int i = 0; i < 150 && reaped == 0; ++i) {
-        std::this_thread::sleep_for(100ms);
-        reaped = ::waitpid(impostor, &status, WNOHANG);
-    }
-    if (reaped == 0) ::kill(impostor, SIGKILL);
-    ASSERT_EQ(reaped, impostor) << "still running after 15 s";
-    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
     const auto events = cli("events -n 50").out;
     EXPECT_NE(events.find("it does not say which model it serves"), std::string::npos) << events;
-    EXPECT_NE(events.find("a refused worker did not stop within 2000 ms"), std::string::npos)
+    EXPECT_NE(events.find("its pid cannot be confirmed (it says 1234567"), std::string::npos)
         << events;
+    EXPECT_NE(events.find("a worker told to stop did not stop within 2000 ms"), std::string::npos)
+        << events;
+    EXPECT_TRUE(status()["ports"].empty()) << "nothing was adopted";
+}
+
+TEST_F(SupervisorTest, ABootProfilePortUnloadedWhileItsSurvivorReconnectsStaysUnloaded) {
+    supervisor_ = start_supervisor();
+    const pid_t old_worker = wait_for_state(port_a_, "ready")["pid"].get<pid_t>();
+    crash_and_lose_the_state_database();
+    supervisor_ = start_supervisor();
+    // Whether the old worker reconnected before this or after, the port ends unloaded.
+    ASSERT_EQ(cli("unload " + std::to_string(port_a_)).exit_code, 0);
+    for (int i = 0; i < 300 && process_alive(old_worker); ++i)
+        std::this_thread::sleep_for(100ms);
+    EXPECT_FALSE(process_alive(old_worker));
+    EXPECT_TRUE(port_status(port_a_).is_null());
+    ::kill(supervisor_->pid(), SIGQUIT);
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+    supervisor_ = start_supervisor();
+    std::this_thread::sleep_for(1s);
+    EXPECT_TRUE(port_status(port_a_).is_null()) << "nothing assigned it back";
 }
 
 TEST_F(SupervisorTest, CleanRestartRestoresTheSameAssignmentsAndLogsAreThere) {

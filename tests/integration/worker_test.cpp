@@ -364,6 +364,9 @@ TEST_F(WorkerTest, TheVllmPresetListensOnItsUnixSocketWithUds) {
     EXPECT_TRUE(std::filesystem::is_socket(worker->socket_folder() / "engine.sock"));
     auto r = http_request(worker->port(), chat_request(kChat));
     EXPECT_EQ(r.status, 200) << r.body;
+    std::ifstream engine_log(test_output_dir(current_test_name()) / "engine.log");
+    const std::string said((std::istreambuf_iterator<char>(engine_log)), {});
+    EXPECT_NE(said.find("(--uds)"), std::string::npos) << "vLLM's own flag: " << said;
 }
 
 TEST_F(WorkerTest, PortInUseIsAClearErrorAndNonZeroExit) {
