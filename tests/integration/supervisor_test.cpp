@@ -448,6 +448,34 @@ TEST_F(SupervisorTest, ABootProfileWorkerServingAnotherModelThanItsPortShouldIsR
               std::string::npos);
 }
 
+// Found in review: a refused worker draining a long stream held the port while the boot
+// profile's own worker failed against it, five times in 7 s, and the port ended `failed`. The
+// port now waits for it to go, and the wait is no failure.
+TEST_F(SupervisorTest, ABootProfilePortWaitsForAReplacedWorkerThatDrainsSlowly) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(wait_for_state(port_a_, "ready")["model"], "tiny-two");
+    ASSERT_EQ(cli("swap " + std::to_string(port_a_) + " fake-slow-stream").exit_code, 0);
+    const pid_t old_worker = port_status(port_a_)["pid"].get<pid_t>();
+    HttpResponse streamed;
+    std::thread client([&] {  // 40 tokens, 200 ms apart: 8 s
+        streamed = http_request(
+            port_a_,
+            chat_request(R"({"messages":[{"role":"user","content":"hi"}],"stream":true})", true));
+    });
+    std::this_thread::sleep_for(500ms);
+    crash_and_lose_the_state_database();
+    supervisor_ = start_supervisor();
+    const auto p = wait_for_state(port_a_, "ready", 60s);
+    client.join();
+    EXPECT_EQ(p["model"], "tiny-two");
+    EXPECT_NE(p["pid"], old_worker);
+    EXPECT_EQ(p["restarts"], 0) << "waiting for the old worker is not a failure";
+    EXPECT_EQ(streamed.status, 200);
+    EXPECT_TRUE(streamed.complete) << "the old worker finished its stream: " << streamed.error;
+    EXPECT_NE(cli("events -n 80").out.find("still holds the port; starting once it has gone"),
+              std::string::npos);
+}
+
 // A process of ours on workers.sock that says it is a worker with `hello`'s fields and ignores
 // the stop it is sent; its pid.
 pid_t start_impostor(const std::filesystem::path& workers_socket, json hello) {

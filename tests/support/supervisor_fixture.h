@@ -81,6 +81,8 @@ class SupervisorFixture : public ::testing::Test {
             << "  fake-slow: {engine: fake, path: none, args: [--slow-start, \"2\"]}\n"
             << "  fake-dead: {engine: fake, path: none, args: [--exit-at-start, \"1\"]}\n"
             << "  fake-hog: {engine: fake, path: none, args: [--grow-mb, \"64\"]}\n"
+            << "  fake-slow-stream: {engine: fake, path: none,"
+               " args: [--tokens, \"40\", --token-delay-ms, \"200\"]}\n"
             << "profiles:\n"
             << "  pair:\n    " << port_a_ << ": tiny\n    " << port_b_ << ": tiny-two\n"
             << "  single:\n    " << port_a_ << ": tiny-two\n"
