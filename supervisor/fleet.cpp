@@ -88,6 +88,7 @@ PortRuntime& Fleet::runtime(int port) {
     if (!slot) {
         slot = std::make_unique<PortRuntime>();
         slot->port = port;
+        next_attempt(*slot);  // not 0: no timer of an erased runtime of this port matches
         slot->policy = RestartPolicy(config_.supervisor.restart);
     }
     return *slot;
@@ -260,7 +261,7 @@ Status Fleet::start_worker(PortRuntime& rt) {
     rt.ready_since.reset();  // a run that fails before it is ever ready was not healthy
     rt.started = Clock::now();
     rt.started_unix_ms = unix_ms();
-    ++rt.attempt;
+    next_attempt(rt);
     move(rt, PortEvent::spawn,
          "worker " + rt.worker_id + " (pid " + std::to_string(rt.pid) + ") serving '" + rt.handle +
              "'");
@@ -276,7 +277,7 @@ void Fleet::start_or_retry(PortRuntime& rt, std::chrono::seconds retry) {
         if (rt.last_failure != why) event(rt.port, "waiting", why);
         rt.last_failure = why;
         rt.state = PortState::backoff;  // escalate_dismissed starts it
-        ++rt.attempt;                   // and no earlier timer does
+        next_attempt(rt);               // and no earlier timer does
         return;
     }
     auto ok = start_worker(rt);
@@ -759,7 +760,7 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
         rt = &runtime(m.port);
         rt->handle = m.handle;
     }
-    ++rt->attempt;  // no timer of an earlier attempt acts on the port now
+    next_attempt(*rt);  // no timer of an earlier attempt acts on the port now
     rt->pid = pid;
     rt->pid_start_time = identity->start_time;
     rt->worker_id = m.worker_id;

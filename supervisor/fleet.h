@@ -73,7 +73,9 @@ struct PortRuntime {
     std::vector<std::string> last_log_lines;
     RestartPolicy policy;
     bool stop_requested = false;
-    std::uint64_t attempt = 0;  // one per spawn; stale timers compare it
+    // One per spawn, unique across ports and their lifetimes (Fleet::next_attempt): a timer
+    // set for an earlier run, even of a port since unloaded and loaded again, never matches.
+    std::uint64_t attempt = 0;
     std::filesystem::path worker_log;
     std::filesystem::path engine_log;
     // How the running worker was started (for an adopted one: as the config said when it was
@@ -132,6 +134,9 @@ class Fleet {
     // A state-database write the fleet goes on without (the change it records has happened):
     // its failure is logged with what the next start will not know.
     void log_unsaved(const Status& saved, const std::string& what);
+    // A new run of `rt`: timers of its earlier runs (and of any earlier runtime of the same
+    // port, erased by an unload) see another attempt and do nothing.
+    void next_attempt(PortRuntime& rt) { rt.attempt = ++attempts_; }
     // An adopted worker is taken to run what the config says it should.
     void note_adopted_command(PortRuntime& rt);
     // The port's memory estimate from the config (what the budget charges it).
@@ -235,6 +240,7 @@ class Fleet {
     Clock::time_point last_probe_{};
     MemoryKillWatch memory_kills_;
     std::vector<Dismissed> dismissed_;
+    std::uint64_t attempts_ = 0;  // the last PortRuntime::attempt handed out
     // Ports the operator unassigned since this ensembled started: a worker without a record
     // that turns up on one is not adopted back.
     std::set<int> unassigned_;

@@ -24,7 +24,8 @@ class SupervisorTest : public SupervisorFixture {
     std::string extra_supervisor_settings() const override {
         const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
         std::string settings;
-        if (name.find("IgnoresStop") != std::string::npos)
+        if (name.find("IgnoresStop") != std::string::npos ||
+            name.find("StopTimer") != std::string::npos)
             settings += "  health: {stop_timeout: 2s}\n";
         if (name.find("BootProfile") != std::string::npos) settings += "  boot_profile: single\n";
         return settings;
@@ -474,6 +475,30 @@ TEST_F(SupervisorTest, ABootProfilePortWaitsForAReplacedWorkerThatDrainsSlowly) 
     EXPECT_TRUE(streamed.complete) << "the old worker finished its stream: " << streamed.error;
     EXPECT_NE(cli("events -n 80").out.find("still holds the port; starting once it has gone"),
               std::string::npos);
+}
+
+// Found in review: a stop timer armed for one run of a port (unload) could fire on a later run
+// (the port loaded and unloaded again) that happened to have the same attempt number, and kill
+// its worker mid-drain. Each run now has an attempt number no other run has.
+TEST_F(SupervisorTest, AStopTimerOfAnEarlierRunNeverKillsALaterOne) {
+    supervisor_ = start_supervisor();
+    const auto port = std::to_string(port_a_);
+    ASSERT_EQ(cli("load " + port + " fake").exit_code, 0);
+    const auto first_unload = std::chrono::steady_clock::now();  // arms a 2 s stop timer
+    ASSERT_EQ(cli("unload " + port).exit_code, 0);
+    ASSERT_EQ(cli("load " + port + " fake-slow-stream").exit_code, 0);
+    std::thread client([&] {  // 8 s: the worker drains it until its own stop timer (2 s)
+        (void)http_request(
+            port_a_,
+            chat_request(R"({"messages":[{"role":"user","content":"hi"}],"stream":true})", true));
+    });
+    std::this_thread::sleep_until(first_unload + 1500ms);
+    const auto second_unload = std::chrono::steady_clock::now();
+    ASSERT_EQ(cli("unload " + port).exit_code, 0);
+    const auto took = std::chrono::steady_clock::now() - second_unload;
+    client.join();
+    // Killed by its own timer 2 s after its unload, not by the first one 0.5 s in.
+    EXPECT_GE(took, 1800ms) << "the first run's timer killed the second run's worker";
 }
 
 // A process of ours on workers.sock that says it is a worker with `hello`'s fields and ignores
