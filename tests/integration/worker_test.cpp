@@ -352,6 +352,25 @@ TEST_F(WorkerTest, AnEngineSocketInAFolderOthersCanEnterIsRefused) {
     EXPECT_FALSE(worker.engine_pid());
 }
 
+TEST_F(WorkerTest, AFileWhereTheEngineSocketGoesIsNeverRemoved) {
+    // --engine-socket naming someone's file: refused, and the file is left as it was.
+    const auto folder =
+        std::filesystem::temp_directory_path() / ("ens-file-" + std::to_string(::getpid()));
+    std::filesystem::create_directories(folder);
+    std::filesystem::permissions(folder, std::filesystem::perms::owner_all);
+    const auto notes = folder / "notes.db";
+    std::ofstream(notes) << "precious";
+    WorkerProcess worker(free_port(), {"--engine-socket", notes.string()}, current_test_name());
+    auto exit = worker.wait_exit(10s);
+    std::ifstream in(notes);
+    const std::string kept((std::istreambuf_iterator<char>(in)), {});
+    std::filesystem::remove_all(folder);
+    ASSERT_TRUE(exit);
+    EXPECT_EQ(exit->code, 4) << worker.log();
+    EXPECT_NE(worker.log().find("exists and is not a socket"), std::string::npos) << worker.log();
+    EXPECT_EQ(kept, "precious");
+}
+
 TEST_F(WorkerTest, TheVllmPresetListensOnItsUnixSocketWithUds) {
     // vLLM cannot run here: the fake engine takes its command line (serve MODEL ... --uds PATH)
     // and listens where --uds says.
