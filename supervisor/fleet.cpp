@@ -20,12 +20,6 @@ constexpr auto kAdoptGrace = std::chrono::seconds(10);
 constexpr auto kSurvivorGrace = std::chrono::seconds(2);
 constexpr auto kHeartbeatInterval = std::chrono::seconds(1);  // the worker's (supervisor_link)
 
-std::int64_t unix_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
-
 // Worker exit codes that mean something specific (see docs/WORKER.md).
 // `engine_last_exit`: how the worker last said its engine ended (its final heartbeat).
 std::string explain_exit(const ExitStatus& status, int port, const std::string& engine_last_exit) {
@@ -77,9 +71,18 @@ std::vector<std::string> tail_lines(const std::filesystem::path& path, int lines
 
 Fleet::Fleet(asio::io_context& io, Config config, std::unique_ptr<StateStore> store,
              WorkerSpawner spawner)
-    : io_(io), config_(std::move(config)), store_(std::move(store)), spawner_(std::move(spawner)) {
-    memory_kills_.watch(io_, std::chrono::seconds(1));
-}
+    : Fleet(io, std::move(config), std::move(store),
+            System{std::make_unique<AsioScheduler>(io), std::make_unique<OsProcessOps>(io),
+                   std::make_unique<WorkerSpawner>(std::move(spawner))}) {}
+
+Fleet::Fleet(asio::io_context& io, Config config, std::unique_ptr<StateStore> store, System system)
+    : io_(io),
+      config_(std::move(config)),
+      store_(std::move(store)),
+      time_(std::move(system.time)),
+      processes_(std::move(system.processes)),
+      launcher_(std::move(system.launcher)),
+      started_(time_->now()) {}
 
 Fleet::~Fleet() = default;
 
@@ -123,7 +126,7 @@ bool Fleet::move(PortRuntime& rt, PortEvent ev, const std::string& reason) {
               std::string(to_string(rt.state)) + " -> " + to_string(*next) + ": " + reason);
         // Since when this run has been serving: kept through an engine restart inside the
         // worker, cleared when a new worker starts (start_worker).
-        if (*next == PortState::ready && !rt.ready_since) rt.ready_since = Clock::now();
+        if (*next == PortState::ready && !rt.ready_since) rt.ready_since = now();
         rt.state = *next;
         save_record(rt);
     }
@@ -132,8 +135,7 @@ bool Fleet::move(PortRuntime& rt, PortEvent ev, const std::string& reason) {
 }
 
 void Fleet::wake() {
-    for (auto* timer : waiters_)
-        timer->cancel();
+    time_->wake_sleepers();
 }
 
 void Fleet::save_record(const PortRuntime& rt) {
@@ -163,11 +165,12 @@ bool Fleet::signal_worker(const PortRuntime& rt, int signal) {
     if (rt.pid <= 1) return false;
     if (rt.process) {
         // Our own child: its pid cannot belong to anyone else before we reap it.
-        ::kill(static_cast<pid_t>(rt.pid), signal);
+        processes_->signal_child(static_cast<pid_t>(rt.pid), signal);
         return true;
     }
-    const auto report = signal_if_ours({static_cast<pid_t>(rt.pid), rt.pid_start_time}, signal,
-                                       "the worker of port " + std::to_string(rt.port));
+    const auto report =
+        processes_->signal_if_ours({static_cast<pid_t>(rt.pid), rt.pid_start_time}, signal,
+                                   "the worker of port " + std::to_string(rt.port));
     if (report.outcome == KillOutcome::killed) return true;
     spdlog::warn("port {}: {}", rt.port, report.message);
     return false;
@@ -175,43 +178,10 @@ bool Fleet::signal_worker(const PortRuntime& rt, int signal) {
 
 void Fleet::stop_engine_left_behind(int port, const EngineRecord& recorded,
                                     const std::string& boot) {
-    const auto what = "the engine left behind by port " + std::to_string(port) + "'s worker";
-    pid_t from_record = 0;
-    // What the worker wrote down before its engine ran: found even when the worker was killed
-    // before it could tell us. A record held by a live worker is that worker's to act on.
     const auto record_path = port_files_in(config_.supervisor.state_dir, port).engine_record;
-    std::error_code absent;
-    if (std::filesystem::symlink_status(record_path, absent).type() ==
-        std::filesystem::file_type::not_found) {
-        // No worker ever ran an engine here.
-    } else if (auto file = RecordFile::acquire(record_path)) {
-        if (auto left = (*file)->read(); left && *left) from_record = (*left)->leader.pid;
-        const auto report = (*file)->stop_recorded(what, std::chrono::milliseconds(0));
-        if (report.outcome == KillOutcome::gone) {
-            spdlog::debug("port {}: {}", port, report.message);
-        } else {
-            event(port, "engine_left_behind", report.message);
-        }
-    } else if (file.error().code != "record_in_use") {
-        event(port, "engine_left_behind", file.error().message);
-    }
-    // And what the worker told us, in case its record was lost or unusable.
-    if (recorded.pid == 0 || recorded.pid == from_record) return;  // none, or just handled
-    const auto engine =
-        RecordedProcess::from_stored(recorded.pid, recorded.start_time, recorded.group, boot);
-    if (!engine) {
-        event(port, "engine_left_behind",
-              "the recorded engine of port " + std::to_string(port) + " (pid " +
-                  std::to_string(recorded.pid) + ", group " + std::to_string(recorded.group) +
-                  ") is not one Ensemble records (it leads its own group); nothing is stopped");
-        return;
-    }
-    const auto report = kill_if_ours(*engine, SIGKILL, what);
-    if (report.outcome == KillOutcome::gone) {
-        spdlog::debug("port {}: {}", port, report.message);
-    } else {
-        event(port, "engine_left_behind", report.message);
-    }
+    const auto what = "the engine left behind by port " + std::to_string(port) + "'s worker";
+    for (const auto& done : processes_->stop_engine_left_behind(record_path, recorded, boot, what))
+        event(port, "engine_left_behind", done);
 }
 
 const PortAssignment* Fleet::overrides_for(const PortRuntime& rt) const {
@@ -223,7 +193,7 @@ const PortAssignment* Fleet::overrides_for(const PortRuntime& rt) const {
 
 void Fleet::note_adopted_command(PortRuntime& rt) {
     // What it was started with died with the earlier ensembled: what the config says now.
-    auto plan = spawner_.plan(config_, rt.port, rt.handle, overrides_for(rt));
+    auto plan = launcher_->plan(config_, rt.port, rt.handle, overrides_for(rt));
     rt.command = plan ? plan->command : WorkerCommand{};
 }
 
@@ -238,7 +208,7 @@ void Fleet::refresh_estimate(PortRuntime& rt) {
 }
 
 Status Fleet::start_worker(PortRuntime& rt) {
-    auto spawned = spawner_.spawn(config_, rt.port, rt.handle, overrides_for(rt));
+    auto spawned = launcher_->spawn(config_, rt.port, rt.handle, overrides_for(rt));
     if (!spawned) {
         rt.last_failure = spawned.error().message;
         event(rt.port, "spawn_failed", spawned.error().message);
@@ -247,7 +217,7 @@ Status Fleet::start_worker(PortRuntime& rt) {
     rt.process = std::move(spawned->process);
     refresh_estimate(rt);
     rt.pid = rt.process->pid();
-    const auto identity = identify_process(static_cast<pid_t>(rt.pid));
+    const auto identity = processes_->identify(static_cast<pid_t>(rt.pid));
     rt.pid_start_time = identity ? identity->start_time : 0;
     rt.worker_id = spawned->launch.worker_id;
     rt.token = spawned->launch.token;
@@ -259,8 +229,8 @@ Status Fleet::start_worker(PortRuntime& rt) {
     rt.probe_misses = 0;
     rt.stop_requested = false;
     rt.ready_since.reset();  // a run that fails before it is ever ready was not healthy
-    rt.started = Clock::now();
-    rt.started_unix_ms = unix_ms();
+    rt.started = now();
+    rt.started_unix_ms = time_->unix_ms();
     next_attempt(rt);
     move(rt, PortEvent::spawn,
          "worker " + rt.worker_id + " (pid " + std::to_string(rt.pid) + ") serving '" + rt.handle +
@@ -299,14 +269,13 @@ void Fleet::start_or_retry(PortRuntime& rt, std::chrono::seconds retry) {
     } else {
         spdlog::debug("port {}: {}; retrying in {} s", rt.port, ok.error().message, retry.count());
     }
-    auto timer = std::make_shared<asio::steady_timer>(io_, retry);
     const int port = rt.port;
     const auto attempt = rt.attempt;
     const auto state = rt.state;
     const auto next = std::min(retry * 2, std::chrono::seconds(kMaxRetry));
-    timer->async_wait([this, timer, port, attempt, state, next](boost::system::error_code ec) {
+    time_->after(retry, [this, port, attempt, state, next] {
         auto* r = find(port);
-        if (ec || shutting_down_ || r == nullptr || r->attempt != attempt || r->state != state ||
+        if (shutting_down_ || r == nullptr || r->attempt != attempt || r->state != state ||
             r->stop_requested)
             return;
         start_or_retry(*r, next);
@@ -324,13 +293,11 @@ void Fleet::stop_worker(PortRuntime& rt, const std::string& reason) {
     }
     // A worker that ignores the stop is killed.
     const auto stop_timeout = config_.supervisor.health.stop_timeout;
-    auto timer = std::make_shared<asio::steady_timer>(io_, stop_timeout);
     const int port = rt.port;
     const auto attempt = rt.attempt;
-    timer->async_wait([this, timer, port, attempt, stop_timeout](boost::system::error_code ec) {
+    time_->after(stop_timeout, [this, port, attempt, stop_timeout] {
         auto* r = find(port);
-        if (ec || r == nullptr || r->attempt != attempt || r->state != PortState::stopping ||
-            r->pid == 0)
+        if (r == nullptr || r->attempt != attempt || r->state != PortState::stopping || r->pid == 0)
             return;
         const auto why =
             "the worker did not stop within " + std::to_string(stop_timeout.count()) + " ms";
@@ -348,7 +315,7 @@ void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
     // Nothing kills an engine whose worker died (macOS has no PR_SET_PDEATHSIG): we do.
     stop_engine_left_behind(
         rt.port, {rt.stats.engine_pid, rt.stats.engine_start_time, rt.stats.engine_group},
-        boot_id());
+        processes_->boot_id());
     rt.stats.engine_pid = 0;
     rt.stats.engine_start_time = 0;
     rt.stats.engine_group = 0;
@@ -363,7 +330,7 @@ void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
     rt.last_log_lines = tail_lines(rt.engine_log, 50);
     const auto worker_lines = tail_lines(rt.worker_log, 10);
     rt.last_log_lines.insert(rt.last_log_lines.end(), worker_lines.begin(), worker_lines.end());
-    const auto delay = rt.policy.on_failure(Clock::now(), rt.ready_since);
+    const auto delay = rt.policy.on_failure(now(), rt.ready_since);
     if (!delay) {
         move(rt, PortEvent::crash_loop,
              "crash loop: " + how + "; stays down until 'ensemble restart " +
@@ -378,12 +345,11 @@ void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
 }
 
 void Fleet::schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay) {
-    auto timer = std::make_shared<asio::steady_timer>(io_, delay);
     const int port = rt.port;
     const auto attempt = rt.attempt;
-    timer->async_wait([this, timer, port, attempt](boost::system::error_code ec) {
+    time_->after(delay, [this, port, attempt] {
         auto* r = find(port);
-        if (ec || shutting_down_ || r == nullptr || r->attempt != attempt ||
+        if (shutting_down_ || r == nullptr || r->attempt != attempt ||
             r->state != PortState::backoff)
             return;
         start_or_retry(*r);
@@ -482,7 +448,7 @@ awaitable<void> Fleet::probe_port(int port, std::uint64_t attempt) {
         kill_unwell(*rt,
                     "unhealthy: GET /health on the public port failed " +
                         std::to_string(rt->probe_misses) + " times in a row (last: " + what + ")",
-                    Clock::now());
+                    now());
     }
 }
 
@@ -514,7 +480,7 @@ std::string Fleet::summary() const {
 }
 
 void Fleet::tick() {
-    const auto now = Clock::now();
+    const auto now = this->now();
     rotate_logs(now);
     // If this loop itself stalled (machine suspended, debugger), heartbeats wait unread in the
     // sockets: give every worker a fresh interval rather than declare them all hung.
@@ -533,14 +499,14 @@ void Fleet::tick() {
                 auto how = explain_exit(*exit, port, rt->stats.engine_last_exit);
                 // A kill of ours has its reason; only one nobody here sent is put down to memory.
                 if (exit->signaled && exit->signal == SIGKILL && rt->kill_reason.empty())
-                    how += memory_kills_.explain_sigkill();
+                    how += processes_->explain_sigkill();
                 on_worker_gone(*rt, how);
             }
             continue;
         }
         if (rt->pid == 0) continue;
         // An adopted worker is not our child: watch it by its identity, not its pid alone.
-        const auto check = check_identity({static_cast<pid_t>(rt->pid), rt->pid_start_time});
+        const auto check = processes_->check({static_cast<pid_t>(rt->pid), rt->pid_start_time});
         if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
             on_worker_gone(*rt, "the adopted worker (pid " + std::to_string(rt->pid) + ") exited");
         } else if (check.verdict == IdentityVerdict::same && rt->state == PortState::starting &&
@@ -584,7 +550,7 @@ void Fleet::reconcile() {
     }
     log_unsaved(store_->set_meta("initialized", "1"), "that this state database is in use");
     // Process identities are worth something only in the boot they were recorded in.
-    const auto this_boot = boot_id();
+    const auto this_boot = processes_->boot_id();
     const auto recorded_boot = store_->meta("boot_id");
     const std::string records_boot = recorded_boot ? *recorded_boot : "";
     const bool records_this_boot = records_boot.empty() || records_boot == this_boot;
@@ -595,7 +561,7 @@ void Fleet::reconcile() {
     for (const auto& a : *desired)
         wanted[a.port] = a;
     for (const auto& r : *records) {
-        const auto check = check_identity({static_cast<pid_t>(r.pid), r.pid_start_time});
+        const auto check = processes_->check({static_cast<pid_t>(r.pid), r.pid_start_time});
         const bool alive = records_this_boot && check.verdict == IdentityVerdict::same;
         if (records_this_boot && check.verdict == IdentityVerdict::unknown) {
             // Neither adopted nor replaced (two workers on one port), nor its engine touched.
@@ -624,7 +590,7 @@ void Fleet::reconcile() {
             rt.stats.engine_start_time = r.engine_start_time;
             rt.stats.engine_group = r.engine_group;
             rt.state = PortState::starting;
-            rt.adopt_deadline = Clock::now() + kAdoptGrace;
+            rt.adopt_deadline = now() + kAdoptGrace;
             const auto files = port_files_in(config_.supervisor.state_dir, r.port);
             rt.worker_log = files.worker_log;
             rt.engine_log = files.engine_log;
@@ -638,8 +604,8 @@ void Fleet::reconcile() {
             event(r.port, "stale_worker",
                   "stopping worker pid " + std::to_string(r.pid) + " that should not run");
             // It stops its engine itself; if it reconnects while it drains, it is not adopted.
-            signal_if_ours({static_cast<pid_t>(r.pid), r.pid_start_time}, SIGTERM,
-                           "the worker of port " + std::to_string(r.port));
+            processes_->signal_if_ours({static_cast<pid_t>(r.pid), r.pid_start_time}, SIGTERM,
+                                       "the worker of port " + std::to_string(r.port));
             dismiss(r.port, {static_cast<pid_t>(r.pid), r.pid_start_time},
                     "the worker that should not run");
         } else if (records_this_boot) {
@@ -696,7 +662,7 @@ Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
     }
     if (rt->link != nullptr && rt->link != peer) rt->link->close();
     rt->link = peer;
-    rt->last_heartbeat = Clock::now();
+    rt->last_heartbeat = now();
     if (rt->state == PortState::starting) {
         const bool adopted = rt->process == nullptr;
         move(*rt, PortEvent::registered,
@@ -722,7 +688,7 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
                                            std::to_string(m.pid) + ", the socket's peer is " +
                                            std::to_string(pid) + ")"};
     }
-    const auto identity = identify_process(pid);
+    const auto identity = processes_->identify(pid);
     if (!identity || *identity != *peer_identity)
         return Error{"unknown_worker", "the process that connected is gone"};
     for (const auto& d : dismissed_) {
@@ -750,7 +716,7 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
         // Nothing is assigned to the port: the assignment is rebuilt from the worker, as if
         // loaded by hand (its profile is not known) — a survivor reconnects within a second of
         // a start, so only then, and never on a port the operator has unassigned since.
-        if (Clock::now() - started_ > kAdoptGrace)
+        if (now() - started_ > kAdoptGrace)
             return Error{"unknown_worker", "no worker is expected there"};
         if (unassigned_.contains(m.port))
             return Error{"unknown_worker", "port " + port + " was unloaded"};
@@ -769,9 +735,9 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
     rt->probe_misses = 0;
     rt->stop_requested = false;
     rt->ready_since.reset();
-    rt->started = Clock::now();
-    rt->started_unix_ms = unix_ms();
-    rt->adopt_deadline = Clock::now() + kAdoptGrace;
+    rt->started = now();
+    rt->started_unix_ms = time_->unix_ms();
+    rt->adopt_deadline = now() + kAdoptGrace;
     const auto files = port_files_in(config_.supervisor.state_dir, m.port);
     rt->worker_log = files.worker_log;
     rt->engine_log = files.engine_log;
@@ -789,8 +755,7 @@ void Fleet::dismiss(int port, const ProcessIdentity& identity, const std::string
     for (const auto& d : dismissed_) {
         if (d.identity == identity) return;  // already told
     }
-    dismissed_.push_back(
-        {port, identity, Clock::now() + config_.supervisor.health.stop_timeout, false});
+    dismissed_.push_back({port, identity, now() + config_.supervisor.health.stop_timeout, false});
     spdlog::debug("port {}: {} told to stop", port, who);
 }
 
@@ -804,17 +769,18 @@ std::optional<pid_t> Fleet::dismissed_holder(int port) const {
 void Fleet::escalate_dismissed(Clock::time_point now) {
     std::vector<int> freed;
     std::erase_if(dismissed_, [&](Dismissed& d) {
-        const auto check = check_identity(d.identity);
+        const auto check = processes_->check(d.identity);
         if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
             // Its engine may be left: unless a worker of ours on the port handles its record.
             const auto* rt = find(d.port);
-            if (rt == nullptr || rt->pid == 0) stop_engine_left_behind(d.port, {}, boot_id());
+            if (rt == nullptr || rt->pid == 0)
+                stop_engine_left_behind(d.port, {}, processes_->boot_id());
             freed.push_back(d.port);
             return true;
         }
         if (now < d.deadline || d.killed) return false;
         d.killed = true;  // once; it stays listed until it is gone
-        const auto report = signal_if_ours(
+        const auto report = processes_->signal_if_ours(
             d.identity, SIGKILL,
             "worker pid " + std::to_string(d.identity.pid) + " on port " + std::to_string(d.port));
         event(d.port, "kill",
@@ -835,7 +801,7 @@ void Fleet::escalate_dismissed(Clock::time_point now) {
 void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stats) {
     for (auto& [port, rt] : ports_) {
         if (rt->link != peer) continue;
-        const auto now = Clock::now();
+        const auto now = this->now();
         rt->last_heartbeat = now;
         if (stats.tokens < rt->rate_tokens || rt->rate_since == Clock::time_point{}) {
             rt->rate_tokens = stats.tokens;  // a new worker: start counting afresh
@@ -876,13 +842,9 @@ awaitable<bool> Fleet::wait_for(int port, const std::function<bool(const PortRun
     for (;;) {
         const auto* rt = find(port);
         if (rt != nullptr && done(*rt)) co_return true;
-        if (Clock::now() >= deadline) co_return false;
-        asio::steady_timer timer(io_,
-                                 std::min(deadline, Clock::now() + std::chrono::milliseconds(500)));
-        waiters_.push_back(&timer);
-        boost::system::error_code ec;
-        co_await timer.async_wait(on_error(ec));
-        waiters_.erase(std::find(waiters_.begin(), waiters_.end(), &timer));
+        if (now() >= deadline) co_return false;
+        const auto until = std::min(deadline, now() + std::chrono::milliseconds(500));
+        co_await time_->sleep_until(until);
         tick();
     }
 }
@@ -911,7 +873,7 @@ awaitable<void> Fleet::stop_all(std::chrono::milliseconds timeout) {
     for (auto& [port, rt] : ports_) {
         if (is_running(rt->state)) stop_worker(*rt, "the supervisor is stopping");
     }
-    const auto deadline = Clock::now() + timeout;
+    const auto deadline = now() + timeout;
     for (auto& [port, rt] : ports_) {
         const int p = port;
         co_await wait_stopped(p, deadline);

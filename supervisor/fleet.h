@@ -15,7 +15,6 @@
 #include <vector>
 
 #include "os/asio.h"
-#include "os/memory_kill_watch.h"
 #include "os/process_identity.h"
 #include "os/recorded_process.h"
 #include "profiles/config.h"
@@ -25,6 +24,7 @@
 #include "supervisor/memory_budget.h"
 #include "supervisor/port_state.h"
 #include "supervisor/restart_policy.h"
+#include "supervisor/system.h"
 #include "supervisor/worker_spawner.h"
 
 namespace ensemble {
@@ -47,7 +47,7 @@ struct PortRuntime {
     std::string handle;
     std::string profile;
     PortState state = PortState::stopped;
-    std::unique_ptr<ChildProcess> process;  // set when this supervisor spawned the worker
+    std::unique_ptr<WorkerProcess> process;  // set when this supervisor spawned the worker
     std::int64_t pid = 0;
     std::int64_t pid_start_time = 0;
     std::string worker_id;
@@ -99,8 +99,16 @@ class Fleet {
   public:
     using Clock = std::chrono::steady_clock;
 
+    // With the real clock, processes and workers.
     Fleet(asio::io_context& io, Config config, std::unique_ptr<StateStore> store,
           WorkerSpawner spawner);
+    // With the given ones (the fleet's unit tests pass fakes).
+    struct System {
+        std::unique_ptr<Scheduler> time;
+        std::unique_ptr<ProcessOps> processes;
+        std::unique_ptr<WorkerLauncher> launcher;
+    };
+    Fleet(asio::io_context& io, Config config, std::unique_ptr<StateStore> store, System system);
     ~Fleet();
 
     // Start-up: re-adopt live workers, start what should run, stop what should not; with no
@@ -177,9 +185,6 @@ class Fleet {
     // after proving its identity again. Whether it was sent.
     bool signal_worker(const PortRuntime& rt, int signal);
     // Kills the engine a dead worker left running, once proven ours, and says so in the events.
-    struct EngineRecord {
-        std::int64_t pid = 0, start_time = 0, group = 0;
-    };
     void stop_engine_left_behind(int port, const EngineRecord& recorded, const std::string& boot);
     const PortAssignment* overrides_for(const PortRuntime& rt) const;
     void wake();
@@ -226,19 +231,21 @@ class Fleet {
     Status check_port_free(int port) const;
     awaitable<bool> replace_worker(int port, const std::string& handle, const std::string& profile);
 
+    Clock::time_point now() const { return time_->now(); }
+
     asio::io_context& io_;
     Config config_;
     std::unique_ptr<StateStore> store_;
-    WorkerSpawner spawner_;
+    std::unique_ptr<Scheduler> time_;
+    std::unique_ptr<ProcessOps> processes_;
+    std::unique_ptr<WorkerLauncher> launcher_;
     std::map<int, std::unique_ptr<PortRuntime>> ports_;
-    std::vector<asio::steady_timer*> waiters_;
-    Clock::time_point started_ = Clock::now();
+    Clock::time_point started_;
     bool command_running_ = false;
     bool shutting_down_ = false;  // stop_all has begun: nothing is started again
     Clock::time_point last_tick_{};
     Clock::time_point last_rotation_{};
     Clock::time_point last_probe_{};
-    MemoryKillWatch memory_kills_;
     std::vector<Dismissed> dismissed_;
     std::uint64_t attempts_ = 0;  // the last PortRuntime::attempt handed out
     // Ports the operator unassigned since this ensembled started: a worker without a record

@@ -2,7 +2,6 @@
 // reload. Each writes the desired state to the store first, then acts, then waits for the result.
 #include <spdlog/spdlog.h>
 
-#include <boost/asio/ip/tcp.hpp>
 #include <set>
 
 #include "supervisor/fleet.h"
@@ -36,27 +35,11 @@ std::string known_models(const Config& config) {
 
 Status Fleet::check_port_free(int port) const {
     if (ports_.count(port) && is_running(ports_.at(port)->state)) return Ok{};  // ours
-    boost::asio::io_context io;
-    boost::asio::ip::tcp::acceptor probe(io);
-    boost::system::error_code ec;
-    const auto address = boost::asio::ip::make_address(config_.supervisor.bind_host, ec);
-    if (ec)
-        return Error{"bad_host",
-                     "bind_host '" + config_.supervisor.bind_host + "' is not an IP address"};
-    const boost::asio::ip::tcp::endpoint endpoint(address, static_cast<unsigned short>(port));
-    probe.open(endpoint.protocol(), ec);
-    if (!ec) probe.set_option(boost::asio::ip::tcp::acceptor::reuse_address(true), ec);
-    if (!ec) probe.bind(endpoint, ec);
-    if (ec) {
-        return Error{"port_busy", "port " + std::to_string(port) +
-                                      " is in use by another process (" + ec.message() +
-                                      "); stop it or choose another port"};
-    }
-    return Ok{};
+    return processes_->port_free(config_.supervisor.bind_host, port);
 }
 
 json Fleet::port_json(const PortRuntime& rt) const {
-    const auto now = Clock::now();
+    const auto now = this->now();
     json j = {{"port", rt.port},
               {"model", rt.handle},
               {"profile", rt.profile},
@@ -115,8 +98,7 @@ json Fleet::status() const {
          {"warnings", warnings},
          {"config", config_.source.string()},
          {"bind_host", config_.supervisor.bind_host},
-         {"uptime_s",
-          std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - started_).count()}});
+         {"uptime_s", std::chrono::duration_cast<std::chrono::seconds>(now() - started_).count()}});
 }
 
 awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
@@ -124,7 +106,7 @@ awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
     auto& rt = runtime(port);
     if (is_running(rt.state)) {
         stop_worker(rt, "replacing '" + rt.handle + "' with '" + handle + "'");
-        if (!co_await wait_stopped(port, Clock::now() + stop_wait(config_))) co_return false;
+        if (!co_await wait_stopped(port, now() + stop_wait(config_))) co_return false;
     }
     auto& fresh = runtime(port);
     fresh.handle = handle;
@@ -134,7 +116,7 @@ awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
     // A start that fails is retried like any failure at start (or, for ensembled's own
     // shortage, without counting against the port): the port stays assigned and comes up.
     start_or_retry(fresh);
-    const bool ready = co_await wait_settled(port, Clock::now() + kLoadTimeout);
+    const bool ready = co_await wait_settled(port, now() + kLoadTimeout);
     co_return ready;
 }
 
@@ -189,7 +171,7 @@ awaitable<json> Fleet::unload(int port) {
     unassigned_.insert(port);
     if (rt != nullptr) {
         stop_worker(*rt, "unloaded by the operator");
-        co_await wait_stopped(port, Clock::now() + stop_wait(config_));
+        co_await wait_stopped(port, now() + stop_wait(config_));
         ports_.erase(port);
     }
     event(port, "unload", "port " + std::to_string(port) + " unloaded");
@@ -427,7 +409,7 @@ json Fleet::reload() {
                                       : nullptr;
         const PortAssignment* new_overrides =
             new_profile && new_profile->ports.count(port) ? &new_profile->ports.at(port) : nullptr;
-        const auto after = spawner_.plan(*loaded.config, port, rt->handle, new_overrides);
+        const auto after = launcher_->plan(*loaded.config, port, rt->handle, new_overrides);
         if (!after || after->command != rt->command) changed.push_back(port);
     }
     config_ = std::move(*loaded.config);
@@ -441,20 +423,23 @@ json Fleet::reload() {
 awaitable<json> Fleet::handle(const protocol::ControlRequest& r) {
     using protocol::Verb;
     const int port = r.port.value_or(0);
-    // Commands that change the fleet run one at a time, in arrival order.
+    // Commands that change the fleet run one at a time, in arrival order: the waiting ones
+    // sleep in order and are woken when the running one ends.
     struct Running {
-        bool& flag;
-        explicit Running(bool& f) : flag(f) { flag = true; }
-        ~Running() { flag = false; }
+        Fleet& fleet;
+        explicit Running(Fleet& f) : fleet(f) { fleet.command_running_ = true; }
+        ~Running() {
+            fleet.command_running_ = false;
+            fleet.wake();
+        }
     };
     std::optional<Running> running;
     if (protocol::info(r.verb).changes_the_fleet) {
         while (command_running_) {
-            asio::steady_timer pause(io_, std::chrono::milliseconds(20));
-            boost::system::error_code ec;
-            co_await pause.async_wait(on_error(ec));
+            const auto until = now() + std::chrono::seconds(1);
+            co_await time_->sleep_until(until);
         }
-        running.emplace(command_running_);
+        running.emplace(*this);
     }
     const std::string no_profile;
     switch (r.verb) {

@@ -94,7 +94,7 @@ awaitable<std::optional<json>> Fleet::admit(const std::map<int, std::string>& st
         incoming.push_back(
             {port, handle, estimate->total(), policy_for(port, handle, profile).priority});
     }
-    const auto now = Clock::now();
+    const auto now = this->now();
     const auto holders = budget_holders(now);
     const auto plan = plan_admission(*budget, holders, incoming, released);
     if (!plan.admitted) {
@@ -110,7 +110,7 @@ awaitable<std::optional<json>> Fleet::admit(const std::map<int, std::string>& st
                        std::to_string(policy_for(port, rt->handle, rt->profile).priority) +
                        ", idle for " + std::to_string(idle_s) + " s)");
         const int p = port;
-        co_await wait_stopped(p, Clock::now() + std::chrono::seconds(50));
+        co_await wait_stopped(p, this->now() + std::chrono::seconds(50));
         // Forgotten only once stopped: a worker still stopping stays tracked (and is killed).
         if (const auto* gone = find(p); gone != nullptr && gone->state == PortState::stopped)
             ports_.erase(p);
@@ -189,7 +189,7 @@ json Fleet::memory_json(const PortRuntime& rt) const {
 }
 
 json Fleet::budget() const {
-    const auto now = Clock::now();
+    const auto now = this->now();
     const auto budget = budget_bytes();
     std::uint64_t reserved = 0;
     std::uint64_t measured = 0;

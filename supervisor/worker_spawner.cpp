@@ -111,6 +111,21 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
     return l;
 }
 
+namespace {
+
+// A worker we spawned: a child process of ours.
+class ChildWorker final : public WorkerProcess {
+  public:
+    explicit ChildWorker(std::unique_ptr<ChildProcess> child) : child_(std::move(child)) {}
+    pid_t pid() const override { return child_->pid(); }
+    std::optional<ExitStatus> poll_exit() override { return child_->poll_exit(); }
+
+  private:
+    std::unique_ptr<ChildProcess> child_;
+};
+
+}  // namespace
+
 Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
                                            const std::string& handle,
                                            const PortAssignment* overrides) const {
@@ -127,7 +142,8 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
         spec.extra_env[std::string(protocol::kEngineEnvPrefix) + name] = value;
     auto child = ChildProcess::spawn(spec);
     if (!child) return child.error();
-    return SpawnedWorker{std::move(launch).value(), std::move(child).value()};
+    return SpawnedWorker{std::move(launch).value(),
+                         std::make_unique<ChildWorker>(std::move(child).value())};
 }
 
 protocol::PortFiles port_files_in(const std::filesystem::path& state_dir, int port) {

@@ -13,31 +13,11 @@
 #include "os/child_process.h"
 #include "profiles/config.h"
 #include "protocol/worker_contract.h"
+#include "supervisor/system.h"
 
 namespace ensemble {
 
-// What a worker runs: the same command means the same worker (its id and token aside).
-struct WorkerCommand {
-    std::vector<std::string> argv;
-    std::map<std::string, std::string> engine_env;  // the engine's `env:`, passed out of argv
-
-    bool operator==(const WorkerCommand&) const = default;
-};
-
-struct WorkerLaunch {
-    std::string worker_id;
-    std::string token;
-    WorkerCommand command;
-    std::filesystem::path worker_log;
-    std::filesystem::path engine_log;
-};
-
-struct SpawnedWorker {
-    WorkerLaunch launch;
-    std::unique_ptr<ChildProcess> process;
-};
-
-class WorkerSpawner {
+class WorkerSpawner final : public WorkerLauncher {
   public:
     WorkerSpawner(std::filesystem::path worker_binary, std::filesystem::path link_socket)
         : worker_binary_(std::move(worker_binary)), link_socket_(std::move(link_socket)) {}
@@ -45,9 +25,9 @@ class WorkerSpawner {
     // The command line and identity for `port` serving `handle` (pure: no process started).
     // `overrides` are the profile's per-port context/parallel, if any.
     Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
-                              const PortAssignment* overrides = nullptr) const;
+                              const PortAssignment* overrides = nullptr) const override;
     Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
-                                const PortAssignment* overrides = nullptr) const;
+                                const PortAssignment* overrides = nullptr) const override;
 
     // The ensemble-worker next to this executable, or in the build tree, or on PATH.
     static std::filesystem::path default_worker_binary();

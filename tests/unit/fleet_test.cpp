@@ -1,0 +1,401 @@
+// The fleet with no process started and no real time passing (tests/support/fake_system.h):
+// adoption after a restart, the crash loop, backoff timing, all-or-nothing profile loads, swap
+// rollback and the order of evictions, through the same Fleet ensembled runs.
+#include <gtest/gtest.h>
+
+#include <spdlog/spdlog.h>
+
+#include <fstream>
+
+#include "protocol/messages.h"
+#include "state/store.h"
+#include "supervisor/fleet.h"
+#include "tests/support/fake_system.h"
+
+using namespace ensemble;
+using namespace ensemble::testing;
+using namespace std::chrono_literals;
+using nlohmann::json;
+using Clock = Scheduler::Clock;
+
+namespace {
+
+constexpr int kA = 8100, kB = 8101, kC = 8102, kD = 8103;
+
+// Workers that register as soon as they start and report `ready` every second (the autopilot)
+// unless the test says otherwise.
+class FleetTest : public ::testing::Test {
+  protected:
+    void SetUp() override {
+        spdlog::set_level(spdlog::level::warn);  // the fleet's info lines: see the events
+        const auto base = std::filesystem::exists("/dev/shm")
+                              ? std::filesystem::path("/dev/shm")
+                              : std::filesystem::temp_directory_path();
+        const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+        dir_ = base / ("ensemble-fleet-test-" + std::to_string(::getpid()) + "-" + info->name());
+        std::filesystem::remove_all(dir_);
+        std::filesystem::create_directories(dir_ / "state");
+        auto store = StateStore::open(dir_ / "state" / "state.db");
+        ASSERT_TRUE(store) << store.error().message;
+        store_ = std::move(store).value();
+    }
+
+    void TearDown() override {
+        fleet_.reset();
+        std::filesystem::remove_all(dir_);
+    }
+
+    // The config: every model 3 GiB on the fake command engine unless `models` adds others.
+    void start(const std::string& supervisor_settings = "", const std::string& models = "") {
+        std::ofstream(dir_ / "ensemble.yaml")
+            << "supervisor:\n"
+            << "  state_dir: " << (dir_ / "state").string() << "\n"
+            << "  run_dir: " << (dir_ / "run").string() << "\n"
+            << "  health: {probe_interval: 0s}\n"
+            << supervisor_settings << "engines:\n  fake:\n    preset: command\n"
+            << "    command: \"fake-engine --port {port} --model {handle}\"\n"
+            << "models:\n"
+            << "  a: {engine: fake, path: none, memory: 3GiB}\n"
+            << "  b: {engine: fake, path: none, memory: 3GiB}\n"
+            << "  dead: {engine: fake, path: none, memory: 3GiB}\n"
+            << models << "profiles:\n"
+            << "  pair: {" << kA << ": a, " << kB << ": b}\n";
+        auto loaded = load_config(dir_ / "ensemble.yaml", false);
+        ASSERT_TRUE(loaded.config) << (loaded.issues.empty() ? "" : loaded.issues[0].to_string());
+        world_.dead_on_arrival.insert("dead");  // its engine cannot load the model
+        auto time = std::make_unique<FakeScheduler>(io_);
+        time_ = time.get();
+        world_.clock = time_;
+        // SIGCHLD, as ensembled handles it: a tick on the loop.
+        world_.on_worker_end = [this] { asio::post(io_, [this] { fleet_->tick(); }); };
+        fleet_ = std::make_unique<Fleet>(
+            io_, std::move(*loaded.config), std::move(store_),
+            Fleet::System{std::move(time), std::make_unique<FakeProcesses>(world_),
+                          std::make_unique<FakeLauncher>(world_)});
+        tick_every_half_second();
+        fleet_->reconcile();
+        time_->run_ready();
+    }
+
+    void tick_every_half_second() {
+        time_->after(500ms, [this] {
+            fleet_->tick();
+            tick_every_half_second();
+        });
+    }
+
+    // Time passes in steps of 100 ms; the workers play their part after each.
+    void advance(std::chrono::milliseconds by) {
+        const auto end = time_->now() + by;
+        while (time_->now() < end) {
+            time_->advance_to(std::min(end, time_->now() + 100ms));
+            play_workers();
+        }
+    }
+
+    struct Played {
+        std::unique_ptr<FakeLink> link;
+        Clock::time_point last_heartbeat{};
+        std::uint64_t requests = 0;
+    };
+
+    void play_workers() {
+        for (const auto& [pid, worker] : world_.workers) {
+            if (worker->exit || silent_.contains(worker->handle) ||
+                worker->launch.worker_id.empty())
+                continue;
+            auto& played = played_[pid];
+            if (!played.link) {
+                played.link = std::make_unique<FakeLink>(world_, worker);
+                auto ok = fleet_->on_register(played.link.get(), registration(*worker));
+                if (!ok) continue;  // refused: it was told to stop
+            }
+            if (time_->now() - played.last_heartbeat >= 1s) {
+                protocol::WorkerStats stats;
+                stats.state = "ready";
+                stats.requests = played.requests;
+                fleet_->on_heartbeat(played.link.get(), stats);
+                played.last_heartbeat = time_->now();
+            }
+        }
+        time_->run_ready();
+    }
+
+    static protocol::Register registration(const FakeWorker& w) {
+        protocol::Register r;
+        r.worker_id = w.launch.worker_id;
+        r.token = w.launch.token;
+        r.port = w.port;
+        r.pid = w.pid;
+        r.handle = w.handle;
+        return r;
+    }
+
+    // A request served by the port's worker (its next heartbeat says so).
+    void serve(int port) { ++played_[world_.newest_on(port)->pid].requests; }
+
+    // One control command, with time passing until it answers.
+    json command(protocol::Verb verb, int port = 0, const std::string& model = "",
+                 const std::string& profile = "") {
+        protocol::ControlRequest request;
+        request.verb = verb;
+        if (port != 0) request.port = port;
+        request.model = model;
+        request.profile = profile;
+        request.lines = 1000;
+        std::optional<json> reply;
+        asio::co_spawn(io_, fleet_->handle(request), [&](std::exception_ptr e, json j) {
+            if (e) std::rethrow_exception(e);
+            reply = std::move(j);
+        });
+        for (int step = 0; !reply && step < 20 * 60 * 10; ++step)
+            advance(100ms);
+        EXPECT_TRUE(reply) << "no answer in 20 minutes";
+        return reply.value_or(json{});
+    }
+
+    json port_status(int port) {
+        const auto status = command(protocol::Verb::status);
+        for (const auto& p : status["result"]["ports"]) {
+            if (p["port"] == port) return p;
+        }
+        return json{};
+    }
+
+    std::vector<std::string> events_of_kind(const std::string& kind) {
+        std::vector<std::string> out;
+        const auto events = command(protocol::Verb::events);
+        for (const auto& e : events["result"]["events"]) {
+            if (e["kind"] == kind) out.push_back(e["message"]);
+        }
+        return out;
+    }
+
+    // What the state database holds now (read through a second connection).
+    std::vector<Assignment> store_assignments() {
+        auto store = StateStore::open(dir_ / "state" / "state.db");
+        EXPECT_TRUE(store);
+        auto assigned = (*store)->assignments();
+        EXPECT_TRUE(assigned);
+        return assigned ? *assigned : std::vector<Assignment>{};
+    }
+
+    std::filesystem::path dir_;
+    std::unique_ptr<StateStore> store_;  // until start() hands it to the fleet
+    FakeWorld world_;
+    asio::io_context io_;
+    FakeScheduler* time_ = nullptr;
+    std::unique_ptr<Fleet> fleet_;
+    std::set<std::string> silent_;  // models whose workers never register
+    std::map<pid_t, Played> played_;
+};
+
+// ---- adoption after a restart ----
+
+// What an earlier ensembled left: an assignment and the record of a worker still running.
+std::shared_ptr<FakeWorker> leave_survivor(FakeWorld& world, StateStore& store, int port,
+                                           const std::string& handle) {
+    auto survivor = world.start_worker(port, handle);
+    survivor->launch.worker_id = "w-earlier";
+    survivor->launch.token = "t-earlier";
+    EXPECT_TRUE(store.set_assignment({port, handle, "", 0}));
+    WorkerRecord record;
+    record.port = port;
+    record.handle = handle;
+    record.worker_id = "w-earlier";
+    record.token = "t-earlier";
+    record.pid = survivor->pid;
+    record.pid_start_time = survivor->start_time;
+    record.state = "ready";
+    EXPECT_TRUE(store.save_worker(record));
+    EXPECT_TRUE(store.set_meta("initialized", "1"));
+    EXPECT_TRUE(store.set_meta("boot_id", world.boot));
+    return survivor;
+}
+
+TEST_F(FleetTest, ASurvivorOfAnEarlierSupervisorIsAdoptedAndNothingIsStarted) {
+    const auto survivor = leave_survivor(world_, *store_, kA, "a");
+    start();
+    EXPECT_EQ(port_status(kA)["state"], "starting") << "waiting for it to reconnect";
+    advance(2s);  // it reconnects (the autopilot) and reports ready
+    const auto a = port_status(kA);
+    EXPECT_EQ(a["state"], "ready");
+    EXPECT_EQ(a["pid"], survivor->pid);
+    EXPECT_TRUE(world_.spawned.empty()) << "no second worker on the port";
+    EXPECT_TRUE(world_.signals.empty()) << "nothing was signalled";
+}
+
+TEST_F(FleetTest, ASurvivorThatNeverReconnectsIsKilledProvenOursAndReplaced) {
+    const auto survivor = leave_survivor(world_, *store_, kA, "a");
+    silent_.insert("a");
+    start();
+    advance(9s);
+    EXPECT_TRUE(world_.signals.empty()) << "10 s to reconnect";
+    advance(2s);
+    ASSERT_EQ(world_.signals_to(survivor->pid, SIGKILL), 1);
+    EXPECT_TRUE(world_.signals.front().proven) << "not our child: its identity proven first";
+    ASSERT_EQ(world_.spawned, std::vector<std::string>{"8100 a"}) << "and a new one started";
+    silent_.clear();
+    advance(2s);
+    EXPECT_EQ(port_status(kA)["state"], "ready");
+}
+
+TEST_F(FleetTest, ARecordWhosePidNowNamesAnotherProcessIsNotAdoptedNorSignalled) {
+    const auto survivor = leave_survivor(world_, *store_, kA, "a");
+    world_.processes[survivor->pid] += 1;  // the pid was reused since
+    start();
+    advance(2s);
+    EXPECT_EQ(world_.spawned, std::vector<std::string>{"8100 a"});
+    EXPECT_EQ(port_status(kA)["pid"], world_.newest_on(kA)->pid);
+    EXPECT_EQ(world_.signals_to(survivor->pid, SIGKILL) + world_.signals_to(survivor->pid, SIGTERM),
+              0);
+}
+
+// ---- failures, backoff, the crash loop ----
+
+TEST_F(FleetTest, RestartsBackOffOneTwoFourSecondsThenACrashLoopStaysFailed) {
+    start();
+    const auto reply = command(protocol::Verb::load, kA, "dead");
+    EXPECT_EQ(reply["error"]["code"], "load_failed") << reply.dump();
+    advance(5min);
+    ASSERT_EQ(world_.spawned_at.size(), 5U) << "crash_loop_failures: 5";
+    std::vector<long> gaps_ms;
+    for (std::size_t i = 1; i < world_.spawned_at.size(); ++i) {
+        gaps_ms.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(
+                              world_.spawned_at[i] - world_.spawned_at[i - 1])
+                              .count());
+    }
+    EXPECT_EQ(gaps_ms, (std::vector<long>{0, 1000, 2000, 4000}))
+        << "the first failure restarts at once, then 1 s doubling";
+    const auto a = port_status(kA);
+    EXPECT_EQ(a["state"], "failed");
+    EXPECT_EQ(a["restarts"], 4);
+    advance(30min);
+    EXPECT_EQ(world_.spawned.size(), 5U) << "failed stays down";
+    // Until the operator restarts it (once the model works again).
+    world_.dead_on_arrival.clear();
+    EXPECT_EQ(command(protocol::Verb::restart, kA)["ok"], true);
+    EXPECT_EQ(port_status(kA)["state"], "ready");
+}
+
+TEST_F(FleetTest, ServingLongerThanHealthyAfterStartsTheBackoffOver) {
+    start("  restart: {healthy_after: 60s}\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    for (int crash = 0; crash < 3; ++crash) {
+        advance(61s);
+        world_.end(world_.newest_on(kA)->pid, {1, 0, false});
+        advance(100ms);
+    }
+    // Each crash came after a healthy minute: each restarted at once, none counted toward more.
+    ASSERT_EQ(world_.spawned_at.size(), 4U);
+    for (std::size_t i = 2; i < world_.spawned_at.size(); ++i) {
+        EXPECT_LE(world_.spawned_at[i] - world_.spawned_at[i - 1], 62s) << i;
+    }
+    EXPECT_EQ(port_status(kA)["state"], "ready");
+}
+
+TEST_F(FleetTest, EnsembledsOwnShortageIsRetriedAndNotCountedAgainstThePort) {
+    start();
+    world_.spawn_error_code = "no_resources";
+    const auto reply = command(protocol::Verb::load, kA, "a");
+    EXPECT_EQ(reply["error"]["code"], "load_failed");
+    EXPECT_NE(reply["error"]["message"].get<std::string>().find("ensembled's own shortage"),
+              std::string::npos)
+        << reply.dump();
+    advance(3min);
+    EXPECT_TRUE(world_.spawned.empty());
+    EXPECT_EQ(port_status(kA)["restarts"], 0);
+    EXPECT_NE(port_status(kA)["state"], "failed");
+    world_.spawn_error_code.clear();
+    advance(31s);  // the retry interval grows to 30 s at most
+    EXPECT_EQ(world_.spawned, std::vector<std::string>{"8100 a"});
+    EXPECT_EQ(port_status(kA)["state"], "ready");
+    EXPECT_EQ(port_status(kA)["restarts"], 0);
+}
+
+// ---- profiles: all or nothing ----
+
+TEST_F(FleetTest, AProfileWithOneBusyPortChangesNothing) {
+    start();
+    world_.busy_ports.insert(kB);
+    const auto reply = command(protocol::Verb::profile_load, 0, "", "pair");
+    EXPECT_EQ(reply["error"]["code"], "port_busy") << reply.dump();
+    EXPECT_TRUE(world_.spawned.empty());
+    EXPECT_TRUE(store_assignments().empty());
+    world_.busy_ports.clear();
+    EXPECT_EQ(command(protocol::Verb::profile_load, 0, "", "pair")["ok"], true);
+    EXPECT_EQ(world_.spawned, (std::vector<std::string>{"8100 a", "8101 b"}));
+}
+
+TEST_F(FleetTest, AProfileOverTheBudgetChangesNothing) {
+    start("  memory_budget: 5GiB\n");
+    const auto reply = command(protocol::Verb::profile_load, 0, "", "pair");
+    EXPECT_EQ(reply["error"]["code"], "over_budget") << reply.dump();
+    EXPECT_TRUE(world_.spawned.empty());
+    EXPECT_TRUE(store_assignments().empty());
+}
+
+// ---- swap ----
+
+TEST_F(FleetTest, ASwapToAModelThatFailsBringsTheOldOneBack) {
+    start();
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    auto* first = world_.newest_on(kA).get();
+    const auto reply = command(protocol::Verb::swap, kA, "dead");
+    EXPECT_EQ(reply["error"]["code"], "swap_failed") << reply.dump();
+    EXPECT_NE(reply["error"]["message"].get<std::string>().find("'a' is serving again"),
+              std::string::npos)
+        << reply.dump();
+    EXPECT_EQ(world_.spawned, (std::vector<std::string>{"8100 a", "8100 dead", "8100 a"}));
+    EXPECT_TRUE(first->exit) << "the old worker was stopped for the swap";
+    const auto a = port_status(kA);
+    EXPECT_EQ(a["model"], "a");
+    EXPECT_EQ(a["state"], "ready");
+    const auto assigned = store_assignments();
+    ASSERT_EQ(assigned.size(), 1U);
+    EXPECT_EQ(assigned[0].handle, "a") << "the store says what runs";
+}
+
+// ---- the memory budget ----
+
+TEST_F(FleetTest, EvictionTakesIdleLowestPriorityFirstThenLeastRecentlyUsed) {
+    start("  memory_budget: 10GiB\n  evict_idle_after: 1s\n",
+          "  keep: {engine: fake, path: none, memory: 3GiB, priority: 1, evict: idle}\n"
+          "  old: {engine: fake, path: none, memory: 3GiB, evict: idle}\n"
+          "  used: {engine: fake, path: none, memory: 3GiB, evict: idle}\n"
+          "  big: {engine: fake, path: none, memory: 7GiB, priority: 1}\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "keep")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kC, "used")["ok"], true);  // started first...
+    advance(1s);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "old")["ok"], true);
+    advance(5s);
+    serve(kC);  // ...but used since
+    advance(5s);
+    const auto reply = command(protocol::Verb::load, kD, "big");
+    ASSERT_EQ(reply["ok"], true) << reply.dump();
+    const auto evicted = events_of_kind("evict");
+    ASSERT_EQ(evicted.size(), 2U);
+    EXPECT_NE(evicted[0].find("'old'"), std::string::npos) << evicted[0];
+    EXPECT_NE(evicted[1].find("'used'"), std::string::npos) << evicted[1];
+    EXPECT_EQ(port_status(kA)["state"], "ready") << "priority 1 is kept";
+    EXPECT_TRUE(port_status(kB).is_null());
+    EXPECT_TRUE(port_status(kC).is_null());
+    EXPECT_EQ(port_status(kD)["state"], "ready");
+}
+
+TEST_F(FleetTest, APortInUseIsNotEvicted) {
+    start("  memory_budget: 7GiB\n  evict_idle_after: 60s\n",
+          "  busy: {engine: fake, path: none, memory: 3GiB, evict: idle}\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "busy")["ok"], true);
+    for (int i = 0; i < 10; ++i) {
+        serve(kA);
+        advance(500ms);
+    }
+    const auto reply = command(protocol::Verb::load, kB, "b");
+    ASSERT_EQ(reply["ok"], true) << "3 + 3 fit in 7";
+    const auto refused = command(protocol::Verb::load, kC, "a");
+    EXPECT_EQ(refused["error"]["code"], "over_budget") << refused.dump();
+    EXPECT_TRUE(events_of_kind("evict").empty());
+}
+
+}  // namespace
