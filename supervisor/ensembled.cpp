@@ -117,7 +117,8 @@ int main(int argc, char** argv) {
                                                     : std::filesystem::path(worker_bin);
     WorkerSpawner spawner(worker_binary, link_path);
     Fleet fleet(io, std::move(config), std::move(store).value(), std::move(spawner));
-    serve_control(io, **control, fleet);
+    ControlApi api(fleet);
+    serve_control(io, **control, api);
     serve_worker_links(io, **links, fleet);
 
     asio::signal_set children(io, SIGCHLD);

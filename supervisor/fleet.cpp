@@ -3,71 +3,21 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
-#include <fstream>
-
 #include "os/http_probe.h"
 #include "os/log_rotation.h"
-#include "os/memory_kill_watch.h"
-#include "os/process_identity.h"
 
 namespace ensemble {
 
 namespace {
 
+// A survivor of an earlier supervisor reconnects within a second of a start; a worker with no
+// record is adopted into a port nothing is assigned to only this soon after the start.
 constexpr auto kAdoptGrace = std::chrono::seconds(10);
 // Workers reconnect every 0.5 s: one that lost its record (state.db gone) and holds a port
 // this ensembled should serve has this long to say who it is before a new one is started.
 constexpr auto kSurvivorGrace = std::chrono::seconds(2);
-constexpr auto kHeartbeatInterval = std::chrono::seconds(1);  // the worker's (supervisor_link)
-
-// Worker exit codes that mean something specific (see docs/WORKER.md).
-// `engine_last_exit`: how the worker last said its engine ended (its final heartbeat).
-std::string explain_exit(const ExitStatus& status, int port, const std::string& engine_last_exit) {
-    using protocol::WorkerExit;
-    if (status.signaled) return status.describe();
-    const auto code = " (worker exit code " + std::to_string(status.code) + ")";
-    switch (static_cast<WorkerExit>(status.code)) {
-        case WorkerExit::port_in_use:
-            return "port " + std::to_string(port) + " is in use by another process" + code;
-        case WorkerExit::bad_configuration:
-            return "the worker rejected its configuration" + code;
-        case WorkerExit::engine_not_started:
-            return "the engine could not be started" + code;
-        case WorkerExit::model_not_loadable: {
-            const auto last = engine_last_exit.empty() ? "" : "last: " + engine_last_exit + "; ";
-            return "the engine could not load the model (" + last + "worker exit code " +
-                   std::to_string(status.code) + "; see 'ensemble logs " + std::to_string(port) +
-                   "')";
-        }
-        case WorkerExit::ok:
-            break;
-    }
-    return status.describe();
-}
 
 }  // namespace
-
-std::vector<std::string> tail_lines(const std::filesystem::path& path, int lines) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return {};
-    in.seekg(0, std::ios::end);
-    const auto size = static_cast<std::int64_t>(in.tellg());
-    const std::int64_t window = std::min<std::int64_t>(size, 256 * 1024);
-    in.seekg(size - window);
-    std::string text(static_cast<std::size_t>(window), '\0');
-    in.read(text.data(), window);
-    std::vector<std::string> out;
-    std::size_t end = text.size();
-    if (end > 0 && text[end - 1] == '\n') --end;
-    while (static_cast<int>(out.size()) < lines && end > 0) {
-        const auto start = text.rfind('\n', end - 1);
-        const auto begin = start == std::string::npos ? 0 : start + 1;
-        out.insert(out.begin(), text.substr(begin, end - begin));
-        if (start == std::string::npos) break;
-        end = start;
-    }
-    return out;
-}
 
 Fleet::Fleet(asio::io_context& io, Config config, std::unique_ptr<StateStore> store,
              WorkerSpawner spawner)
@@ -86,18 +36,19 @@ Fleet::Fleet(asio::io_context& io, Config config, std::unique_ptr<StateStore> st
 
 Fleet::~Fleet() = default;
 
-PortRuntime& Fleet::runtime(int port) {
-    auto& slot = ports_[port];
-    if (!slot) {
-        slot = std::make_unique<PortRuntime>();
-        slot->port = port;
-        next_attempt(*slot);  // not 0: no timer of an erased runtime of this port matches
-        slot->policy = RestartPolicy(config_.supervisor.restart);
-    }
+Port& Fleet::port_at(int number) {
+    auto& slot = ports_[number];
+    PortHost& host = *this;
+    if (!slot) slot = std::make_unique<Port>(host, number);
     return *slot;
 }
 
-PortRuntime* Fleet::find(int port) {
+Port* Fleet::find(int port) {
+    const auto it = ports_.find(port);
+    return it == ports_.end() ? nullptr : it->second.get();
+}
+
+const Port* Fleet::find(int port) const {
     const auto it = ports_.find(port);
     return it == ports_.end() ? nullptr : it->second.get();
 }
@@ -114,297 +65,18 @@ void Fleet::log_unsaved(const Status& saved, const std::string& what) {
         spdlog::error("{} was not saved in the state database: {}", what, saved.error().message);
 }
 
-bool Fleet::move(PortRuntime& rt, PortEvent ev, const std::string& reason) {
-    const auto next = transition(rt.state, ev);
-    if (!next) {
-        spdlog::debug("port {}: ignored {} in state {}", rt.port, to_string(ev),
-                      to_string(rt.state));
-        return false;
-    }
-    if (*next != rt.state) {
-        event(rt.port, "state",
-              std::string(to_string(rt.state)) + " -> " + to_string(*next) + ": " + reason);
-        // Since when this run has been serving: kept through an engine restart inside the
-        // worker, cleared when a new worker starts (start_worker).
-        if (*next == PortState::ready && !rt.ready_since) rt.ready_since = now();
-        rt.state = *next;
-        save_record(rt);
-    }
-    wake();
-    return true;
-}
-
 void Fleet::wake() {
     time_->wake_sleepers();
-}
-
-void Fleet::save_record(const PortRuntime& rt) {
-    if (rt.pid == 0) {
-        log_unsaved(store_->remove_worker(rt.port),
-                    "that port " + std::to_string(rt.port) + " has no worker now");
-        return;
-    }
-    const WorkerRecord r{.port = rt.port,
-                         .handle = rt.handle,
-                         .worker_id = rt.worker_id,
-                         .token = rt.token,
-                         .pid = rt.pid,
-                         .pid_start_time = rt.pid_start_time,
-                         .engine_pid = rt.stats.engine_pid,
-                         .engine_start_time = rt.stats.engine_start_time,
-                         .engine_group = rt.stats.engine_group,
-                         .state = to_string(rt.state),
-                         .started_at_ms = rt.started_unix_ms,
-                         .ready_at_ms = 0,
-                         .restarts = rt.restarts,
-                         .last_exit = rt.last_failure};
-    log_unsaved(store_->save_worker(r), "port " + std::to_string(rt.port) + "'s worker record");
-}
-
-bool Fleet::signal_worker(const PortRuntime& rt, int signal) {
-    if (rt.pid <= 1) return false;
-    if (rt.process) {
-        // Our own child: its pid cannot belong to anyone else before we reap it.
-        processes_->signal_child(static_cast<pid_t>(rt.pid), signal);
-        return true;
-    }
-    const auto report =
-        processes_->signal_if_ours({static_cast<pid_t>(rt.pid), rt.pid_start_time}, signal,
-                                   "the worker of port " + std::to_string(rt.port));
-    if (report.outcome == KillOutcome::killed) return true;
-    spdlog::warn("port {}: {}", rt.port, report.message);
-    return false;
-}
-
-void Fleet::stop_engine_left_behind(int port, const EngineRecord& recorded,
-                                    const std::string& boot) {
-    const auto record_path = port_files_in(config_.supervisor.state_dir, port).engine_record;
-    const auto what = "the engine left behind by port " + std::to_string(port) + "'s worker";
-    for (const auto& done : processes_->stop_engine_left_behind(record_path, recorded, boot, what))
-        event(port, "engine_left_behind", done);
-}
-
-const PortAssignment* Fleet::overrides_for(const PortRuntime& rt) const {
-    const auto profile = config_.profiles.find(rt.profile);
-    if (profile == config_.profiles.end()) return nullptr;
-    const auto port = profile->second.ports.find(rt.port);
-    return port == profile->second.ports.end() ? nullptr : &port->second;
-}
-
-void Fleet::note_adopted_command(PortRuntime& rt) {
-    // What it was started with died with the earlier ensembled: what the config says now.
-    auto plan = launcher_->plan(config_, rt.port, rt.handle, overrides_for(rt));
-    rt.command = plan ? plan->command : WorkerCommand{};
-}
-
-void Fleet::refresh_estimate(PortRuntime& rt) {
-    if (auto estimate = estimate_for(rt.port, rt.handle, rt.profile)) {
-        rt.estimate = *estimate;
-        rt.estimate_error.clear();
-    } else {
-        rt.estimate.reset();
-        rt.estimate_error = estimate.error().message;
-    }
-}
-
-Status Fleet::start_worker(PortRuntime& rt) {
-    auto spawned = launcher_->spawn(config_, rt.port, rt.handle, overrides_for(rt));
-    if (!spawned) {
-        rt.last_failure = spawned.error().message;
-        event(rt.port, "spawn_failed", spawned.error().message);
-        return spawned.error();
-    }
-    rt.process = std::move(spawned->process);
-    refresh_estimate(rt);
-    rt.pid = rt.process->pid();
-    const auto identity = processes_->identify(static_cast<pid_t>(rt.pid));
-    rt.pid_start_time = identity ? identity->start_time : 0;
-    rt.worker_id = spawned->launch.worker_id;
-    rt.token = spawned->launch.token;
-    rt.worker_log = spawned->launch.worker_log;
-    rt.engine_log = spawned->launch.engine_log;
-    rt.command = spawned->launch.command;
-    rt.link = nullptr;
-    rt.stats = {};
-    rt.probe_misses = 0;
-    rt.stop_requested = false;
-    rt.ready_since.reset();  // a run that fails before it is ever ready was not healthy
-    rt.started = now();
-    rt.started_unix_ms = time_->unix_ms();
-    next_attempt(rt);
-    move(rt, PortEvent::spawn,
-         "worker " + rt.worker_id + " (pid " + std::to_string(rt.pid) + ") serving '" + rt.handle +
-             "'");
-    return Ok{};
-}
-
-void Fleet::start_or_retry(PortRuntime& rt, std::chrono::seconds retry) {
-    if (const auto holder = dismissed_holder(rt.port)) {
-        // A worker told to stop still holds the port while it drains: starting now would only
-        // fail (port in use, its engine record locked) and count against the port.
-        const auto why = "worker pid " + std::to_string(*holder) +
-                         ", told to stop, still holds the port; starting once it has gone";
-        if (rt.last_failure != why) event(rt.port, "waiting", why);
-        rt.last_failure = why;
-        rt.state = PortState::backoff;  // escalate_dismissed starts it
-        next_attempt(rt);               // and no earlier timer does
-        return;
-    }
-    auto ok = start_worker(rt);
-    if (ok) return;
-    if (ok.error().code != "no_resources") {
-        on_worker_gone(rt, ok.error().message);
-        return;
-    }
-    // ensembled's own shortage (descriptors, memory, processes): not a failure of the port.
-    // Retried at growing intervals, with one event per streak rather than one per try.
-    constexpr auto kFirstRetry = std::chrono::seconds(1);
-    constexpr auto kMaxRetry = std::chrono::seconds(30);
-    rt.last_failure = ok.error().message + "; ensembled's own shortage, not the port's: retrying";
-    if (retry == kFirstRetry) {
-        event(rt.port, "spawn_deferred",
-              ok.error().message + "; ensembled's own shortage, not the port's: retrying from " +
-                  std::to_string(kFirstRetry.count()) + " s, up to every " +
-                  std::to_string(kMaxRetry.count()) + " s");
-    } else {
-        spdlog::debug("port {}: {}; retrying in {} s", rt.port, ok.error().message, retry.count());
-    }
-    const int port = rt.port;
-    const auto attempt = rt.attempt;
-    const auto state = rt.state;
-    const auto next = std::min(retry * 2, std::chrono::seconds(kMaxRetry));
-    time_->after(retry, [this, port, attempt, state, next] {
-        auto* r = find(port);
-        if (shutting_down_ || r == nullptr || r->attempt != attempt || r->state != state ||
-            r->stop_requested)
-            return;
-        start_or_retry(*r, next);
-    });
-}
-
-void Fleet::stop_worker(PortRuntime& rt, const std::string& reason) {
-    rt.stop_requested = true;
-    if (!move(rt, PortEvent::stop, reason)) return;
-    if (rt.state == PortState::stopped) return;  // was in backoff or failed: nothing runs
-    if (rt.link != nullptr) {
-        rt.link->send(protocol::stop_message());
-    } else {
-        signal_worker(rt, SIGTERM);
-    }
-    // A worker that ignores the stop is killed.
-    const auto stop_timeout = config_.supervisor.health.stop_timeout;
-    const int port = rt.port;
-    const auto attempt = rt.attempt;
-    time_->after(stop_timeout, [this, port, attempt, stop_timeout] {
-        auto* r = find(port);
-        if (r == nullptr || r->attempt != attempt || r->state != PortState::stopping || r->pid == 0)
-            return;
-        const auto why =
-            "the worker did not stop within " + std::to_string(stop_timeout.count()) + " ms";
-        event(port, "kill", why);
-        r->kill_reason = why + ", killed";
-        signal_worker(*r, SIGKILL);
-    });
-}
-
-void Fleet::on_worker_gone(PortRuntime& rt, const std::string& how) {
-    if (rt.link != nullptr) rt.link->close();
-    rt.link = nullptr;
-    rt.process.reset();
-    rt.pid = 0;
-    // Nothing kills an engine whose worker died (macOS has no PR_SET_PDEATHSIG): we do.
-    stop_engine_left_behind(
-        rt.port, {rt.stats.engine_pid, rt.stats.engine_start_time, rt.stats.engine_group},
-        processes_->boot_id());
-    rt.stats.engine_pid = 0;
-    rt.stats.engine_start_time = 0;
-    rt.stats.engine_group = 0;
-    if (rt.stop_requested || rt.state == PortState::stopping) {
-        move(rt, PortEvent::exited, "worker exited (" + how + ")");
-        save_record(rt);
-        return;
-    }
-    rt.last_failure = rt.kill_reason.empty() ? how : rt.kill_reason + ", then " + how;
-    rt.hung_since = {};
-    rt.kill_reason.clear();
-    rt.last_log_lines = tail_lines(rt.engine_log, 50);
-    const auto worker_lines = tail_lines(rt.worker_log, 10);
-    rt.last_log_lines.insert(rt.last_log_lines.end(), worker_lines.begin(), worker_lines.end());
-    const auto delay = rt.policy.on_failure(now(), rt.ready_since);
-    if (!delay) {
-        move(rt, PortEvent::crash_loop,
-             "crash loop: " + how + "; stays down until 'ensemble restart " +
-                 std::to_string(rt.port) + "'");
-        save_record(rt);
-        return;
-    }
-    ++rt.restarts;
-    move(rt, PortEvent::failed, how + "; restarting in " + std::to_string(delay->count()) + " ms");
-    save_record(rt);
-    schedule_restart(rt, *delay);
-}
-
-void Fleet::schedule_restart(PortRuntime& rt, std::chrono::milliseconds delay) {
-    const int port = rt.port;
-    const auto attempt = rt.attempt;
-    time_->after(delay, [this, port, attempt] {
-        auto* r = find(port);
-        if (shutting_down_ || r == nullptr || r->attempt != attempt ||
-            r->state != PortState::backoff)
-            return;
-        start_or_retry(*r);
-    });
-}
-
-void Fleet::check_heartbeat(PortRuntime& rt, Clock::time_point now) {
-    const bool expects_heartbeats =
-        rt.link != nullptr && rt.pid > 0 &&
-        (rt.state == PortState::loading || rt.state == PortState::ready ||
-         rt.state == PortState::draining);
-    const auto timeout = kHeartbeatInterval * config_.supervisor.health.missed_heartbeats;
-    if (!expects_heartbeats || now - rt.last_heartbeat < timeout ||
-        rt.hung_since != Clock::time_point{})
-        return;
-    kill_unwell(
-        rt,
-        "hung: no heartbeat for " +
-            std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) +
-            " s",
-        now);
-}
-
-void Fleet::kill_unwell(PortRuntime& rt, const std::string& reason, Clock::time_point now) {
-    const auto pid = static_cast<pid_t>(rt.pid);
-    rt.hung_since = now;
-    rt.kill_reason = reason;
-    rt.last_failure = reason;
-    event(rt.port, "unwell", reason + "; sending SIGTERM to worker pid " + std::to_string(pid));
-    signal_worker(rt, SIGTERM);
-    signal_worker(rt, SIGCONT);  // a stopped process acts on SIGTERM only once it runs
-}
-
-void Fleet::escalate_kill(PortRuntime& rt, Clock::time_point now) {
-    if (rt.hung_since == Clock::time_point{} || rt.pid <= 0 ||
-        now - rt.hung_since <= config_.supervisor.health.kill_grace)
-        return;
-    event(rt.port, "kill",
-          "worker pid " + std::to_string(rt.pid) + " still there " +
-              std::to_string(config_.supervisor.health.kill_grace.count()) +
-              " ms after SIGTERM; sending SIGKILL");
-    signal_worker(rt, SIGKILL);
-    rt.hung_since = now;  // once per grace period at most
 }
 
 void Fleet::probe_ports(Clock::time_point now) {
     const auto& health = config_.supervisor.health;
     if (health.probe_interval.count() <= 0 || now - last_probe_ < health.probe_interval) return;
     last_probe_ = now;
-    for (auto& [port, rt] : ports_) {
-        if (rt->state != PortState::ready || rt->probe_in_flight ||
-            rt->hung_since != Clock::time_point{})
-            continue;
-        rt->probe_in_flight = true;
-        asio::co_spawn(io_, probe_port(port, rt->attempt), asio::detached);
+    for (auto& [number, port] : ports_) {
+        if (!port->wants_probe()) continue;
+        port->probe_started();
+        asio::co_spawn(io_, probe_port(number, port->attempt()), asio::detached);
     }
 }
 
@@ -419,45 +91,20 @@ awaitable<void> Fleet::probe_port(int port, std::uint64_t attempt) {
     const auto endpoint = StreamEndpoint::tcp(host, static_cast<unsigned short>(port));
     const auto result = co_await http_probe(endpoint, probe, health.probe_timeout);
     const int status = result.status;
-    auto* rt = find(port);
-    if (rt == nullptr) co_return;
-    rt->probe_in_flight = false;
-    if (rt->attempt != attempt || rt->state != PortState::ready) {
-        rt->probe_misses = 0;
-        co_return;
-    }
-    if (result.ok()) {
-        rt->probe_misses = 0;
-        co_return;
-    }
-    if (!result.own_trouble.empty()) {
-        // Our own shortage (descriptors, memory) says nothing about the worker.
-        spdlog::warn(
-            "port {}: could not probe GET /health: {} (ensembled's own trouble; the "
-            "worker is not blamed)",
-            port, result.own_trouble);
-        co_return;
-    }
-    ++rt->probe_misses;
+    auto* p = find(port);
+    if (p == nullptr) co_return;
     const std::string what =
         status == 0 ? "no answer within " + std::to_string(health.probe_timeout.count()) + " ms"
                     : "HTTP " + std::to_string(status);
-    spdlog::warn("port {}: GET /health failed ({}), {} of {} in a row", port, what,
-                 rt->probe_misses, health.probe_failures);
-    if (rt->probe_misses >= health.probe_failures && rt->hung_since == Clock::time_point{}) {
-        kill_unwell(*rt,
-                    "unhealthy: GET /health on the public port failed " +
-                        std::to_string(rt->probe_misses) + " times in a row (last: " + what + ")",
-                    now());
-    }
+    p->on_probe(attempt, result.ok(), what, result.own_trouble);
 }
 
 void Fleet::rotate_logs(Clock::time_point now) {
     if (now - last_rotation_ < std::chrono::seconds(10)) return;
     last_rotation_ = now;
     const auto& logs = config_.supervisor.logs;
-    for (const auto& [port, rt] : ports_) {
-        for (const auto* path : {&rt->worker_log, &rt->engine_log}) {
+    for (const auto& [port, p] : ports_) {
+        for (const auto* path : {&p->snapshot().worker_log, &p->snapshot().engine_log}) {
             if (path->empty()) continue;
             auto rotated = rotate_if_larger(*path, logs.max_bytes, logs.keep);
             if (!rotated) spdlog::warn("port {}: {}", port, rotated.error().message);
@@ -467,8 +114,8 @@ void Fleet::rotate_logs(Clock::time_point now) {
 
 std::string Fleet::summary() const {
     std::map<std::string, int> by_state;
-    for (const auto& [port, rt] : ports_) {
-        if (rt->state != PortState::stopped) ++by_state[to_string(rt->state)];
+    for (const auto& [number, port] : ports_) {
+        if (port->state() != PortState::stopped) ++by_state[to_string(port->state())];
     }
     int total = 0;
     std::string parts;
@@ -490,36 +137,8 @@ void Fleet::tick() {
     probe_ports(now);
     check_budget(now);
     escalate_dismissed(now);
-    for (auto& [port, rt] : ports_) {
-        if (stalled) rt->last_heartbeat = now;
-        check_heartbeat(*rt, now);
-        escalate_kill(*rt, now);
-        if (rt->process) {
-            if (auto exit = rt->process->poll_exit()) {
-                auto how = explain_exit(*exit, port, rt->stats.engine_last_exit);
-                // A kill of ours has its reason; only one nobody here sent is put down to memory.
-                if (exit->signaled && exit->signal == SIGKILL && rt->kill_reason.empty())
-                    how += processes_->explain_sigkill();
-                on_worker_gone(*rt, how);
-            }
-            continue;
-        }
-        if (rt->pid == 0) continue;
-        // An adopted worker is not our child: watch it by its identity, not its pid alone.
-        const auto check = processes_->check({static_cast<pid_t>(rt->pid), rt->pid_start_time});
-        if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
-            on_worker_gone(*rt, "the adopted worker (pid " + std::to_string(rt->pid) + ") exited");
-        } else if (check.verdict == IdentityVerdict::same && rt->state == PortState::starting &&
-                   rt->link == nullptr && now > rt->adopt_deadline) {
-            const auto why = "worker pid " + std::to_string(rt->pid) +
-                             " did not reconnect within " + std::to_string(kAdoptGrace.count()) +
-                             " s";
-            event(port, "adopt_failed", why + "; replacing it");
-            rt->kill_reason = why + ", killed";
-            rt->adopt_deadline = Clock::time_point::max();  // once
-            signal_worker(*rt, SIGKILL);
-        }
-    }
+    for (auto& [number, port] : ports_)
+        port->tick(now, stalled);
 }
 
 void Fleet::reconcile() {
@@ -565,39 +184,14 @@ void Fleet::reconcile() {
         const bool alive = records_this_boot && check.verdict == IdentityVerdict::same;
         if (records_this_boot && check.verdict == IdentityVerdict::unknown) {
             // Neither adopted nor replaced (two workers on one port), nor its engine touched.
-            auto& rt = runtime(r.port);
-            rt.handle = r.handle;
-            rt.state = PortState::failed;
-            rt.last_failure = "cannot tell whether worker pid " + std::to_string(r.pid) +
-                              " from before still runs (" + check.message +
-                              "): not started. If it does not run (ps -p " + std::to_string(r.pid) +
-                              "), 'ensemble restart " + std::to_string(r.port) +
-                              "' starts a new one";
-            event(r.port, "worker_unknown", rt.last_failure);
+            port_at(r.port).leave_unverified(r, check.message);
             continue;
         }
         const auto want = wanted.find(r.port);
         if (alive && want != wanted.end() && want->second.handle == r.handle) {
-            auto& rt = runtime(r.port);
-            rt.handle = r.handle;
-            rt.profile = want->second.profile;
-            rt.pid = r.pid;
-            rt.pid_start_time = r.pid_start_time;
-            rt.worker_id = r.worker_id;
-            rt.token = r.token;
-            rt.restarts = r.restarts;
-            rt.stats.engine_pid = r.engine_pid;
-            rt.stats.engine_start_time = r.engine_start_time;
-            rt.stats.engine_group = r.engine_group;
-            rt.state = PortState::starting;
-            rt.adopt_deadline = now() + kAdoptGrace;
-            const auto files = port_files_in(config_.supervisor.state_dir, r.port);
-            rt.worker_log = files.worker_log;
-            rt.engine_log = files.engine_log;
-            note_adopted_command(rt);
-            refresh_estimate(rt);  // an adopted port holds its share of the budget too
-            event(r.port, "adopting",
-                  "worker pid " + std::to_string(r.pid) + " survived; waiting for it to reconnect");
+            auto& survivor = port_at(r.port);
+            survivor.assign(r.handle, want->second.profile);
+            survivor.adopt_recorded(r);
             continue;
         }
         if (alive) {
@@ -610,40 +204,30 @@ void Fleet::reconcile() {
                     "the worker that should not run");
         } else if (records_this_boot) {
             // Killed with everything else (kill -9, a crash): its engine may still run.
-            stop_engine_left_behind(r.port, {r.engine_pid, r.engine_start_time, r.engine_group},
-                                    this_boot);
+            stop_engine_left_behind(*this, r.port,
+                                    {r.engine_pid, r.engine_start_time, r.engine_group}, this_boot);
         }
         log_unsaved(store_->remove_worker(r.port),
                     "that port " + std::to_string(r.port) + " has no worker now");
     }
-    for (const auto& [port, a] : wanted) {
-        if (find(port) != nullptr) continue;
-        auto& rt = runtime(port);
-        rt.handle = a.handle;
-        rt.profile = a.profile;
-        const bool held_by_dismissed = dismissed_holder(port).has_value();  // waits in start
-        if (auto free = check_port_free(port);
+    for (const auto& [number, a] : wanted) {
+        if (find(number) != nullptr) continue;
+        auto& wanted_port = port_at(number);
+        wanted_port.assign(a.handle, a.profile);
+        const bool held_by_dismissed = dismissed_holder(number).has_value();  // waits in start
+        if (auto free = check_port_free(number);
             !held_by_dismissed && !free && free.error().code == "port_busy") {
             // Perhaps a worker of ours whose record was lost: it is adopted when it reconnects.
-            rt.state = PortState::backoff;
-            event(port, "port_taken",
-                  "port " + std::to_string(port) +
-                      " is taken, though no worker of this ensembled is recorded on it; "
-                      "waiting " +
-                      std::to_string(kSurvivorGrace.count()) +
-                      " s for a worker of an earlier run to reconnect before starting one");
-            schedule_restart(rt, kSurvivorGrace);
+            wanted_port.wait_for_survivor(kSurvivorGrace);
             continue;
         }
-        start_or_retry(rt);
+        wanted_port.start();
     }
 }
 
 Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
-    auto* rt = find(m.port);
-    const bool expected =
-        rt != nullptr && rt->worker_id == m.worker_id && !rt->token.empty() && rt->token == m.token;
-    if (!expected) {
+    auto* p = find(m.port);
+    if (p == nullptr || !p->expects(m)) {
         // Adoption or termination, never limbo: a worker this ensembled has no record of is
         // adopted when it serves what its port should, and otherwise stops on this refusal
         // instead of serving on unmanaged.
@@ -658,17 +242,9 @@ Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
             return Error{"unknown_worker", "ensembled cannot adopt " + who + ": " +
                                                adopted.error().message + "; stop serving"};
         }
-        rt = find(m.port);
+        p = find(m.port);
     }
-    if (rt->link != nullptr && rt->link != peer) rt->link->close();
-    rt->link = peer;
-    rt->last_heartbeat = now();
-    if (rt->state == PortState::starting) {
-        const bool adopted = rt->process == nullptr;
-        move(*rt, PortEvent::registered,
-             adopted ? "re-adopted after a supervisor restart" : "worker registered");
-    }
-    if (rt->state == PortState::stopping) peer->send(protocol::stop_message());
+    p->on_register(peer);
     return Ok{};
 }
 
@@ -698,19 +274,21 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
     // It must hold the port it names (a worker binds its port before it registers).
     if (auto free = check_port_free(m.port); free || free.error().code != "port_busy")
         return Error{"unknown_worker", "port " + port + " is not taken: it does not serve there"};
-    auto* rt = find(m.port);
-    if (rt != nullptr) {
-        if (rt->handle != m.handle) {
-            return Error{"unknown_worker", "port " + port + " should serve '" + rt->handle +
+    auto* p = find(m.port);
+    if (p != nullptr) {
+        const auto& now_there = p->snapshot();
+        if (now_there.handle != m.handle) {
+            return Error{"unknown_worker", "port " + port + " should serve '" + now_there.handle +
                                                "', not '" + m.handle + "'"};
         }
         // Ours or one we wait for (its record says so) holds the port, it is being stopped,
         // or it is `failed` (crash loop, or a survivor whose identity could not be read).
-        if (rt->pid != 0 || rt->link != nullptr || rt->state != PortState::backoff) {
+        if (p->occupied() || now_there.state != PortState::backoff) {
             return Error{
                 "unknown_worker",
-                "port " + port + " is " + to_string(rt->state) +
-                    (rt->pid != 0 ? " with worker pid " + std::to_string(rt->pid) : std::string())};
+                "port " + port + " is " + to_string(now_there.state) +
+                    (now_there.pid != 0 ? " with worker pid " + std::to_string(now_there.pid)
+                                        : std::string())};
         }
     } else {
         // Nothing is assigned to the port: the assignment is rebuilt from the worker, as if
@@ -723,31 +301,10 @@ Status Fleet::adopt_unrecorded(WorkerLinkPeer* peer, const protocol::Register& m
         if (auto allowed = check_port_allowed(config_.supervisor, m.port); !allowed)
             return allowed.error();
         if (auto ok = store_->set_assignment({m.port, m.handle, "", 0}); !ok) return ok.error();
-        rt = &runtime(m.port);
-        rt->handle = m.handle;
+        p = &port_at(m.port);
+        p->assign(m.handle, "");
     }
-    next_attempt(*rt);  // no timer of an earlier attempt acts on the port now
-    rt->pid = pid;
-    rt->pid_start_time = identity->start_time;
-    rt->worker_id = m.worker_id;
-    rt->token = m.token;
-    rt->stats = {};
-    rt->probe_misses = 0;
-    rt->stop_requested = false;
-    rt->ready_since.reset();
-    rt->started = now();
-    rt->started_unix_ms = time_->unix_ms();
-    rt->adopt_deadline = now() + kAdoptGrace;
-    const auto files = port_files_in(config_.supervisor.state_dir, m.port);
-    rt->worker_log = files.worker_log;
-    rt->engine_log = files.engine_log;
-    rt->state = PortState::starting;  // registered at once by on_register
-    note_adopted_command(*rt);
-    refresh_estimate(*rt);
-    event(m.port, "adopted",
-          "worker pid " + std::to_string(pid) + " serving '" + m.handle +
-              "' had no record here (state.db lost?); adopted from what it says, and its "
-              "records rebuilt");
+    p->adopt_unrecorded(m, *identity);  // registered at once by on_register
     return Ok{};
 }
 
@@ -772,9 +329,9 @@ void Fleet::escalate_dismissed(Clock::time_point now) {
         const auto check = processes_->check(d.identity);
         if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
             // Its engine may be left: unless a worker of ours on the port handles its record.
-            const auto* rt = find(d.port);
-            if (rt == nullptr || rt->pid == 0)
-                stop_engine_left_behind(d.port, {}, processes_->boot_id());
+            const auto* p = find(d.port);
+            if (p == nullptr || p->snapshot().pid == 0)
+                stop_engine_left_behind(*this, d.port, {}, processes_->boot_id());
             freed.push_back(d.port);
             return true;
         }
@@ -790,58 +347,34 @@ void Fleet::escalate_dismissed(Clock::time_point now) {
         return false;
     });
     // What waited for the port starts now (start_or_retry), not counted as a failure.
-    for (const int port : freed) {
-        auto* rt = find(port);
-        if (rt != nullptr && rt->state == PortState::backoff && rt->pid == 0 &&
-            !rt->stop_requested && !shutting_down_ && !dismissed_holder(port))
-            start_or_retry(*rt);
+    for (const int number : freed) {
+        auto* p = find(number);
+        if (p != nullptr && p->state() == PortState::backoff && p->snapshot().pid == 0 &&
+            !p->snapshot().stop_requested && !shutting_down_ && !dismissed_holder(number))
+            p->start();
     }
 }
 
 void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stats) {
-    for (auto& [port, rt] : ports_) {
-        if (rt->link != peer) continue;
-        const auto now = this->now();
-        rt->last_heartbeat = now;
-        if (stats.tokens < rt->rate_tokens || rt->rate_since == Clock::time_point{}) {
-            rt->rate_tokens = stats.tokens;  // a new worker: start counting afresh
-            rt->rate_since = now;
-        } else if (now - rt->rate_since >= std::chrono::seconds(1)) {
-            const double seconds = std::chrono::duration<double>(now - rt->rate_since).count();
-            rt->tokens_per_s = static_cast<double>(stats.tokens - rt->rate_tokens) / seconds;
-            rt->rate_tokens = stats.tokens;
-            rt->rate_since = now;
+    for (auto& [number, port] : ports_) {
+        if (port->linked_to(peer)) {
+            port->on_heartbeat(stats);
+            return;
         }
-        const bool engine_changed = stats.engine_pid != rt->stats.engine_pid ||
-                                    stats.engine_start_time != rt->stats.engine_start_time;
-        rt->stats = stats;
-        if (engine_changed) save_record(*rt);  // the engine to kill should this worker die
-        note_activity(*rt, now);
-        if (stats.state == "ready") {
-            move(*rt, PortEvent::engine_ready, "the engine is ready");
-        } else if (stats.state == "loading" || stats.state == "restarting") {
-            if (rt->state == PortState::ready) {
-                const auto why =
-                    stats.engine_last_exit.empty() ? "" : " (" + stats.engine_last_exit + ")";
-                move(*rt, PortEvent::engine_loading, "the engine is " + stats.state + why);
-            }
-        }
-        return;
     }
 }
 
 void Fleet::on_link_closed(WorkerLinkPeer* peer) {
-    for (auto& [port, rt] : ports_) {
-        if (rt->link == peer) rt->link = nullptr;
-    }
+    for (auto& [number, port] : ports_)
+        port->on_link_closed(peer);
     tick();  // the worker may have exited; if not, it reconnects
 }
 
-awaitable<bool> Fleet::wait_for(int port, const std::function<bool(const PortRuntime&)>& done,
+awaitable<bool> Fleet::wait_for(int port, const std::function<bool(const PortSnapshot&)>& done,
                                 Clock::time_point deadline) {
     for (;;) {
-        const auto* rt = find(port);
-        if (rt != nullptr && done(*rt)) co_return true;
+        const auto* p = find(port);
+        if (p != nullptr && done(p->snapshot())) co_return true;
         if (now() >= deadline) co_return false;
         const auto until = std::min(deadline, now() + std::chrono::milliseconds(500));
         co_await time_->sleep_until(until);
@@ -851,18 +384,18 @@ awaitable<bool> Fleet::wait_for(int port, const std::function<bool(const PortRun
 
 awaitable<bool> Fleet::wait_settled(int port, Clock::time_point deadline) {
     // Named, not a temporary inside the co_await expression (GCC 12 may destroy those twice).
-    const std::function<bool(const PortRuntime&)> settled_state = [](const PortRuntime& rt) {
-        return rt.state == PortState::ready || rt.state == PortState::backoff ||
-               rt.state == PortState::failed || rt.state == PortState::stopped;
+    const std::function<bool(const PortSnapshot&)> settled_state = [](const PortSnapshot& p) {
+        return p.state == PortState::ready || p.state == PortState::backoff ||
+               p.state == PortState::failed || p.state == PortState::stopped;
     };
     const bool settled = co_await wait_for(port, settled_state, deadline);
-    const auto* rt = find(port);
-    co_return settled&& rt != nullptr && rt->state == PortState::ready;
+    const auto* p = find(port);
+    co_return settled&& p != nullptr && p->state() == PortState::ready;
 }
 
 awaitable<bool> Fleet::wait_stopped(int port, Clock::time_point deadline) {
-    const std::function<bool(const PortRuntime&)> not_running = [](const PortRuntime& rt) {
-        return !is_running(rt.state);
+    const std::function<bool(const PortSnapshot&)> not_running = [](const PortSnapshot& p) {
+        return !is_running(p.state);
     };
     const bool stopped = co_await wait_for(port, not_running, deadline);
     co_return stopped;
@@ -870,12 +403,12 @@ awaitable<bool> Fleet::wait_stopped(int port, Clock::time_point deadline) {
 
 awaitable<void> Fleet::stop_all(std::chrono::milliseconds timeout) {
     shutting_down_ = true;  // no restart or retry timer starts a worker from here on
-    for (auto& [port, rt] : ports_) {
-        if (is_running(rt->state)) stop_worker(*rt, "the supervisor is stopping");
+    for (auto& [number, port] : ports_) {
+        if (is_running(port->state())) port->stop("the supervisor is stopping");
     }
     const auto deadline = now() + timeout;
-    for (auto& [port, rt] : ports_) {
-        const int p = port;
+    for (auto& [number, port] : ports_) {
+        const int p = number;
         co_await wait_stopped(p, deadline);
     }
 }

@@ -9,8 +9,6 @@ namespace ensemble {
 
 namespace {
 
-using nlohmann::json;
-
 // After stopping a port for being over budget, wait this long for the measurement to follow
 // before stopping another.
 constexpr auto kEnforceSettle = std::chrono::seconds(5);
@@ -31,11 +29,6 @@ std::optional<std::uint64_t> Fleet::budget_bytes() const {
     return resolve_budget(config_.supervisor.memory_budget, budgetable_memory());
 }
 
-const PortAssignment* Fleet::assignment_in(const std::string& profile, int port,
-                                           const std::string& handle) const {
-    return find_assignment(config_, profile, port, handle);
-}
-
 Result<MemoryEstimate> Fleet::estimate_for(int port, const std::string& handle,
                                            const std::string& profile) const {
     return estimate_assignment(config_, port, handle, profile);
@@ -52,45 +45,37 @@ PortPolicy Fleet::policy_for(int port, const std::string& handle,
         policy.priority = p->second.priority.value_or(policy.priority);
         policy.evict = p->second.evict.value_or(policy.evict);
     }
-    if (const auto* a = assignment_in(profile, port, handle)) {
+    if (const auto* a = find_assignment(config_, profile, port, handle)) {
         policy.priority = a->priority.value_or(policy.priority);
         policy.evict = a->evict.value_or(policy.evict);
     }
     return policy;
 }
 
-void Fleet::note_activity(PortRuntime& rt, Clock::time_point now) {
-    if (rt.last_used == Clock::time_point{} || rt.stats.requests != rt.last_requests ||
-        rt.stats.queue_depth > 0) {
-        rt.last_used = now;
-    }
-    rt.last_requests = rt.stats.requests;
-}
-
 std::vector<BudgetHolder> Fleet::budget_holders(Clock::time_point now) const {
     std::vector<BudgetHolder> holders;
-    for (const auto& [port, rt] : ports_) {
-        if (!holds_memory(rt->state) || rt->stop_requested) continue;
-        const auto policy = policy_for(port, rt->handle, rt->profile);
-        const auto last_used = std::max(rt->last_used, rt->started);
+    for (const auto& [port, p] : ports_) {
+        const auto& rt = p->snapshot();
+        if (!holds_memory(rt.state) || rt.stop_requested) continue;
+        const auto policy = policy_for(port, rt.handle, rt.profile);
+        const auto last_used = std::max(rt.last_used, rt.started);
         holders.push_back(
-            {port, rt->handle, rt->estimate ? rt->estimate->total() : 0, rt->stats.memory_bytes,
+            {port, rt.handle, rt.estimate ? rt.estimate->total() : 0, rt.stats.memory_bytes,
              policy.priority, policy.evict == EvictPolicy::idle,
-             rt->stats.queue_depth == 0 && now - last_used >= config_.supervisor.memory.idle_after,
+             rt.stats.queue_depth == 0 && now - last_used >= config_.supervisor.memory.idle_after,
              steady_ms(last_used)});
     }
     return holders;
 }
 
-awaitable<std::optional<json>> Fleet::admit(const std::map<int, std::string>& starts,
-                                            const std::set<int>& released,
-                                            const std::string& profile) {
+awaitable<Status> Fleet::admit(const std::map<int, std::string>& starts,
+                               const std::set<int>& released, const std::string& profile) {
     const auto budget = budget_bytes();
-    if (!budget || starts.empty()) co_return std::nullopt;
+    if (!budget || starts.empty()) co_return Ok{};
     std::vector<Placement> incoming;
     for (const auto& [port, handle] : starts) {
         auto estimate = estimate_for(port, handle, profile);
-        if (!estimate) co_return protocol::error_reply(estimate.error());
+        if (!estimate) co_return estimate.error();
         incoming.push_back(
             {port, handle, estimate->total(), policy_for(port, handle, profile).priority});
     }
@@ -99,23 +84,24 @@ awaitable<std::optional<json>> Fleet::admit(const std::map<int, std::string>& st
     const auto plan = plan_admission(*budget, holders, incoming, released);
     if (!plan.admitted) {
         event(starts.begin()->first, "budget_refused", plan.refusal);
-        co_return protocol::error_reply(Error{"over_budget", plan.refusal});
+        co_return Error{"over_budget", plan.refusal};
     }
     for (int port : plan.evict) {
-        auto* rt = find(port);
-        if (rt == nullptr) continue;
+        auto* victim = find(port);
+        if (victim == nullptr) continue;
+        const auto& rt = victim->snapshot();
         const auto idle_s =
-            std::chrono::duration_cast<std::chrono::seconds>(now - rt->last_used).count();
-        evict(*rt, "evicted to make room for " + starts.begin()->second + " (priority " +
-                       std::to_string(policy_for(port, rt->handle, rt->profile).priority) +
-                       ", idle for " + std::to_string(idle_s) + " s)");
+            std::chrono::duration_cast<std::chrono::seconds>(now - rt.last_used).count();
+        evict(*victim, "evicted to make room for " + starts.begin()->second + " (priority " +
+                           std::to_string(policy_for(port, rt.handle, rt.profile).priority) +
+                           ", idle for " + std::to_string(idle_s) + " s)");
         const int p = port;
         co_await wait_stopped(p, this->now() + std::chrono::seconds(50));
         // Forgotten only once stopped: a worker still stopping stays tracked (and is killed).
-        if (const auto* gone = find(p); gone != nullptr && gone->state == PortState::stopped)
+        if (const auto* gone = find(p); gone != nullptr && gone->state() == PortState::stopped)
             ports_.erase(p);
     }
-    co_return std::nullopt;
+    co_return Ok{};
 }
 
 std::optional<std::string> Fleet::boot_refusal(const Profile& profile) const {
@@ -132,21 +118,21 @@ std::optional<std::string> Fleet::boot_refusal(const Profile& profile) const {
     return plan.refusal;
 }
 
-void Fleet::evict(PortRuntime& rt, const std::string& reason) {
+void Fleet::evict(Port& port, const std::string& reason) {
     // Unassigned first, so a restart of the supervisor does not bring it back over budget.
-    log_unsaved(store_->remove_assignment(rt.port),
-                "that port " + std::to_string(rt.port) + " is unassigned");
-    event(rt.port, "evict", "'" + rt.handle + "' " + reason);
-    rt.last_failure = "evicted: " + reason;
-    stop_worker(rt, "evicted: " + reason);
+    const int number = port.number();
+    log_unsaved(store_->remove_assignment(number),
+                "that port " + std::to_string(number) + " is unassigned");
+    event(number, "evict", "'" + port.snapshot().handle + "' " + reason);
+    port.evict(reason);
 }
 
 void Fleet::check_budget(Clock::time_point now) {
     const auto budget = budget_bytes();
     if (!budget) return;
     std::uint64_t measured = 0;
-    for (const auto& [port, rt] : ports_) {
-        if (is_running(rt->state)) measured += rt->stats.memory_bytes;
+    for (const auto& [number, port] : ports_) {
+        if (is_running(port->state())) measured += port->snapshot().stats.memory_bytes;
     }
     if (measured <= *budget) {
         if (over_budget_)
@@ -166,74 +152,40 @@ void Fleet::check_budget(Clock::time_point now) {
         return;
     if (auto victim = over_budget_victim(budget_holders(now))) {
         last_enforced_ = now;
-        evict(runtime(*victim), "stopped as " + message + " (over_budget: stop-lowest)");
+        evict(port_at(*victim), "stopped as " + message + " (over_budget: stop-lowest)");
     }
 }
 
-json Fleet::memory_json(const PortRuntime& rt) const {
-    const auto policy = policy_for(rt.port, rt.handle, rt.profile);
-    json j = {{"priority", policy.priority},
-              {"evict", policy.evict == EvictPolicy::idle ? "idle" : "never"}};
-    if (rt.estimate) {
-        j["memory_estimate_bytes"] = rt.estimate->total();
-        j["memory_estimate"] = {{"source", rt.estimate->source},
-                                {"weights", rt.estimate->weights},
-                                {"kv_cache", rt.estimate->kv_cache},
-                                {"compute", rt.estimate->compute},
-                                {"overhead", rt.estimate->overhead}};
-    } else {
-        j["memory_estimate_bytes"] = 0;
-        j["memory_estimate_error"] = rt.estimate_error;
-    }
-    return j;
-}
-
-json Fleet::budget() const {
+BudgetReport Fleet::budget() const {
     const auto now = this->now();
     const auto budget = budget_bytes();
-    std::uint64_t reserved = 0;
-    std::uint64_t measured = 0;
+    BudgetReport r;
     std::uint64_t charged = 0;
-    std::uint64_t mlx = 0;
-    json ports = json::array();
     for (const auto& h : budget_holders(now)) {
-        reserved += h.estimate;
-        measured += h.measured;
+        r.reserved_bytes += h.estimate;
+        r.measured_bytes += h.measured;
         charged += h.charge();
-        if (is_mlx_model(config_, h.model)) mlx += h.charge();
-        ports.push_back({{"port", h.port},
-                         {"model", h.model},
-                         {"estimate_bytes", h.estimate},
-                         {"measured_bytes", h.measured},
-                         {"charged_bytes", h.charge()},
-                         {"share", budget && *budget > 0 ? static_cast<double>(h.charge()) /
-                                                               static_cast<double>(*budget)
-                                                         : 0.0},
-                         {"priority", h.priority},
-                         {"evict", h.evictable ? "idle" : "never"},
-                         {"idle", h.idle}});
+        if (is_mlx_model(config_, h.model)) r.wired.mlx_bytes += h.charge();
+        r.ports.push_back({h, budget && *budget > 0
+                                  ? static_cast<double>(h.charge()) / static_cast<double>(*budget)
+                                  : 0.0});
     }
-    json result = {{"budget", config_.supervisor.memory_budget},
-                   {"budget_bytes", budget.value_or(0)},
-                   {"physical_bytes", physical_memory()},
-                   {"budgetable_bytes", budgetable_memory()},
-                   {"reserved_bytes", reserved},
-                   {"measured_bytes", measured},
-                   {"free_bytes", budget && *budget > charged ? *budget - charged : 0},
-                   {"over_budget", budget && measured > *budget},
-                   {"ports", ports}};
-    const auto physical = physical_memory();
-    const auto wired = wired_limit_view(config_, gpu_wired_limit(), physical, false);
-    json warnings = json::array();
-    if (!wired.problem.empty()) warnings.push_back(wired.problem);
-    if (auto warning =
-            wired_limit_warning("the running ports", mlx, wired, wired.sysctl_mb ? physical : 0))
-        warnings.push_back(*warning);
-    result["gpu_wired_limit"] = {
-        {"applies", wired.applies}, {"bytes", wired.bytes},
-        {"source", wired.source},   {"configured_bytes", wired.configured_bytes.value_or(0)},
-        {"mlx_bytes", mlx},         {"warnings", warnings}};
-    return protocol::ok_reply(result);
+    r.budget = config_.supervisor.memory_budget;
+    r.budget_bytes = budget.value_or(0);
+    r.physical_bytes = physical_memory();
+    r.budgetable_bytes = budgetable_memory();
+    r.free_bytes = budget && *budget > charged ? *budget - charged : 0;
+    r.over_budget = budget && r.measured_bytes > *budget;
+    const auto wired = wired_limit_view(config_, gpu_wired_limit(), r.physical_bytes, false);
+    if (!wired.problem.empty()) r.wired.warnings.push_back(wired.problem);
+    if (auto warning = wired_limit_warning("the running ports", r.wired.mlx_bytes, wired,
+                                           wired.sysctl_mb ? r.physical_bytes : 0))
+        r.wired.warnings.push_back(*warning);
+    r.wired.applies = wired.applies;
+    r.wired.bytes = wired.bytes;
+    r.wired.source = wired.source;
+    r.wired.configured_bytes = wired.configured_bytes.value_or(0);
+    return r;
 }
 
 }  // namespace ensemble

@@ -44,6 +44,12 @@ const char* to_string(PortEvent e) {
             return "failed";
         case PortEvent::crash_loop:
             return "crash_loop";
+        case PortEvent::adopt:
+            return "adopt";
+        case PortEvent::wait:
+            return "wait";
+        case PortEvent::unverifiable:
+            return "unverifiable";
     }
     return "unknown";
 }
@@ -81,6 +87,15 @@ std::optional<PortState> transition(PortState from, PortEvent event) {
             break;
         case PortEvent::crash_loop:
             if (is_running(from) || from == S::backoff) return S::failed;
+            break;
+        case PortEvent::adopt:
+            if (from == S::stopped || from == S::backoff) return S::starting;
+            break;
+        case PortEvent::wait:
+            if (from == S::stopped || from == S::backoff || from == S::failed) return S::backoff;
+            break;
+        case PortEvent::unverifiable:
+            if (from == S::stopped) return S::failed;
             break;
     }
     return std::nullopt;

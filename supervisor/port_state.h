@@ -3,6 +3,8 @@
 //
 //   stopped -> starting -> loading -> ready <-> draining -> stopping -> stopped
 //   any running state --exited--> backoff --retry--> starting;  too many failures -> failed
+//   a survivor of an earlier supervisor is adopted into starting; a port held by a worker on
+//   its way out waits in backoff; a recorded worker that cannot be verified leaves it failed
 #pragma once
 
 #include <optional>
@@ -22,6 +24,9 @@ enum class PortEvent {
     exited,          // the worker process is gone, as asked
     failed,          // the worker process is gone, unasked: restart after a backoff
     crash_loop,      // failed too often: stay down until an operator restarts the port
+    adopt,           // a worker this supervisor did not start is taken on (it reconnects)
+    wait,            // the port is held by another worker (leaving, or to be adopted)
+    unverifiable,    // a recorded worker cannot be told alive or dead: never start a second
 };
 
 const char* to_string(PortState state);

@@ -202,7 +202,7 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
     (void)io;
 }
 
-awaitable<void> control_requests(unix_socket::socket& socket, Fleet& fleet,
+awaitable<void> control_requests(unix_socket::socket& socket, ControlApi& api,
                                  const ConnectionEntry& entry) {
     protocol::FrameDecoder decoder;
     std::array<char, 8192> buffer{};
@@ -219,7 +219,7 @@ awaitable<void> control_requests(unix_socket::socket& socket, Fleet& fleet,
             } else if (auto request = protocol::parse_control_request(frame->value()); !request) {
                 reply = protocol::error_reply(request.error());
             } else {
-                reply = co_await fleet.handle(*request);
+                reply = co_await api.handle(*request);
             }
             const auto bytes = protocol::encode_frame(reply);
             co_await asio::async_write(socket, asio::buffer(bytes), on_error(ec));
@@ -230,15 +230,14 @@ awaitable<void> control_requests(unix_socket::socket& socket, Fleet& fleet,
     }
 }
 
-awaitable<void> control_session(asio::io_context& io, unix_socket::socket socket, Fleet& fleet,
+awaitable<void> control_session(unix_socket::socket socket, ControlApi& api,
                                 std::shared_ptr<Connections> connections) {
     if (!peer_allowed(socket)) {
         spdlog::warn("control: refused a connection from another user");
         co_return;
     }
     const ConnectionEntry entry(std::move(connections), socket);
-    co_await control_requests(socket, fleet, entry);
-    (void)io;
+    co_await control_requests(socket, api, entry);
 }
 
 // Refuses a connection the listener has no room for, saying why (control.sock only: a worker
@@ -265,8 +264,12 @@ awaitable<void> sweep_idle(asio::io_context& io, std::shared_ptr<Connections> co
     }
 }
 
-awaitable<void> accept_loop(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet,
-                            bool worker_links) {
+// One accepted connection that the listener has room for, handed to its session.
+using StartSession =
+    std::function<void(unix_socket::socket socket, std::shared_ptr<Connections> connections)>;
+
+awaitable<void> accept_loop(asio::io_context& io, unix_socket::acceptor& acceptor,
+                            bool worker_links, StartSession start_session) {
     // Shared with the sweeper and every session: it lives as long as the last of them.
     auto connections = std::make_shared<Connections>(limits_for(worker_links));
     asio::co_spawn(io, sweep_idle(io, connections), asio::detached);
@@ -294,14 +297,7 @@ awaitable<void> accept_loop(asio::io_context& io, unix_socket::acceptor& accepto
             }
             continue;
         }
-        if (worker_links) {
-            if (!peer_allowed(socket)) continue;
-            auto peer = std::make_shared<LinkPeer>(io, std::move(socket));
-            asio::co_spawn(io, link_session(io, peer, fleet, connections), asio::detached);
-        } else {
-            asio::co_spawn(io, control_session(io, std::move(socket), fleet, connections),
-                           asio::detached);
-        }
+        start_session(std::move(socket), connections);
     }
 }
 
@@ -339,12 +335,23 @@ Result<std::unique_ptr<unix_socket::acceptor>> listen_unix(asio::io_context& io,
     return acceptor;
 }
 
-void serve_control(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet) {
-    asio::co_spawn(io, accept_loop(io, acceptor, fleet, false), asio::detached);
+void serve_control(asio::io_context& io, unix_socket::acceptor& acceptor, ControlApi& api) {
+    StartSession start = [&io, &api](unix_socket::socket socket,
+                                     std::shared_ptr<Connections> connections) {
+        asio::co_spawn(io, control_session(std::move(socket), api, std::move(connections)),
+                       asio::detached);
+    };
+    asio::co_spawn(io, accept_loop(io, acceptor, false, std::move(start)), asio::detached);
 }
 
 void serve_worker_links(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet) {
-    asio::co_spawn(io, accept_loop(io, acceptor, fleet, true), asio::detached);
+    StartSession start = [&io, &fleet](unix_socket::socket socket,
+                                       std::shared_ptr<Connections> connections) {
+        if (!peer_allowed(socket)) return;
+        auto peer = std::make_shared<LinkPeer>(io, std::move(socket));
+        asio::co_spawn(io, link_session(io, peer, fleet, std::move(connections)), asio::detached);
+    };
+    asio::co_spawn(io, accept_loop(io, acceptor, true, std::move(start)), asio::detached);
 }
 
 }  // namespace ensemble

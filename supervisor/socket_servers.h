@@ -7,6 +7,7 @@
 #include <boost/asio/local/stream_protocol.hpp>
 #include <filesystem>
 
+#include "supervisor/control_api.h"
 #include "supervisor/fleet.h"
 
 namespace ensemble {
@@ -19,7 +20,7 @@ Result<std::unique_ptr<unix_socket::acceptor>> listen_unix(asio::io_context& io,
                                                            const std::filesystem::path& dir,
                                                            const std::string& name);
 
-void serve_control(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet);
+void serve_control(asio::io_context& io, unix_socket::acceptor& acceptor, ControlApi& api);
 void serve_worker_links(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet);
 
 }  // namespace ensemble

@@ -32,6 +32,20 @@ TEST(PortState, FailuresBackOffThenCrashLoopToFailed) {
     EXPECT_EQ(transition(PortState::failed, PortEvent::stop), PortState::stopped);
 }
 
+TEST(PortState, AdoptionWaitsAndUnverifiableWorkers) {
+    // A survivor reconnecting, into a fresh port or one waiting for it.
+    EXPECT_EQ(transition(PortState::stopped, PortEvent::adopt), PortState::starting);
+    EXPECT_EQ(transition(PortState::backoff, PortEvent::adopt), PortState::starting);
+    EXPECT_FALSE(transition(PortState::failed, PortEvent::adopt)) << "a crash loop stays down";
+    EXPECT_FALSE(transition(PortState::ready, PortEvent::adopt)) << "one worker per port";
+    // A port held by a worker on its way out waits, and is not a failure.
+    EXPECT_EQ(transition(PortState::stopped, PortEvent::wait), PortState::backoff);
+    EXPECT_EQ(transition(PortState::failed, PortEvent::wait), PortState::backoff);
+    EXPECT_FALSE(transition(PortState::ready, PortEvent::wait));
+    EXPECT_EQ(transition(PortState::stopped, PortEvent::unverifiable), PortState::failed);
+    EXPECT_FALSE(transition(PortState::ready, PortEvent::unverifiable));
+}
+
 TEST(PortState, NonsenseEventsAreRefused) {
     EXPECT_FALSE(transition(PortState::stopped, PortEvent::engine_ready));
     EXPECT_FALSE(transition(PortState::ready, PortEvent::spawn));

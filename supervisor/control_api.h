@@ -1,0 +1,27 @@
+// control.sock's edge: a parsed request in, one reply out. The fleet answers with values
+// (fleet.h); this is the one place they become the wire's JSON (docs/PROTOCOL.md), and where
+// the commands that change the fleet are taken one at a time.
+#pragma once
+
+#include <nlohmann/json.hpp>
+
+#include "protocol/messages.h"
+#include "supervisor/fleet.h"
+
+namespace ensemble {
+
+class ControlApi {
+  public:
+    explicit ControlApi(Fleet& fleet) : fleet_(fleet) {}
+    awaitable<nlohmann::json> handle(const protocol::ControlRequest& request);
+
+  private:
+    Fleet& fleet_;
+};
+
+// The replies' parts, for the verbs and their tests.
+nlohmann::json to_json(const PortReport& port);
+nlohmann::json to_json(const BudgetReport& budget);
+nlohmann::json to_json(const FleetStatus& status);
+
+}  // namespace ensemble
