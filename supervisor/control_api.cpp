@@ -171,16 +171,19 @@ awaitable<json> ControlApi::handle(const protocol::ControlRequest& r) {
     const int port = r.port.value_or(0);
     // Held from the fleet's wait_turn() until the reply is made, however the verb ends.
     struct Turn {
-        explicit Turn(Fleet& f) : fleet(f) {}
+        Turn(Fleet& f, std::shared_ptr<bool> a) : fleet(f), api_alive(std::move(a)) {}
         Turn(const Turn&) = delete;
         Turn& operator=(const Turn&) = delete;
-        ~Turn() { fleet.end_turn(); }
+        ~Turn() {
+            if (*api_alive) fleet.end_turn();
+        }
         Fleet& fleet;
+        std::shared_ptr<bool> api_alive;
     };
     std::optional<Turn> turn;
     if (protocol::info(r.verb).changes_the_fleet) {
         co_await fleet_.wait_turn();
-        turn.emplace(fleet_);
+        turn.emplace(fleet_, alive_);
     }
     const std::string no_profile;
     switch (r.verb) {

@@ -3,6 +3,7 @@
 // the commands that change the fleet are taken one at a time.
 #pragma once
 
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "protocol/messages.h"
@@ -13,10 +14,17 @@ namespace ensemble {
 class ControlApi {
   public:
     explicit ControlApi(Fleet& fleet) : fleet_(fleet) {}
+    // Commands still in flight are destroyed with the io_context, after the fleet: their turn
+    // is not handed back to a fleet that is gone.
+    ~ControlApi() { *alive_ = false; }
+    ControlApi(const ControlApi&) = delete;
+    ControlApi& operator=(const ControlApi&) = delete;
+
     awaitable<nlohmann::json> handle(const protocol::ControlRequest& request);
 
   private:
     Fleet& fleet_;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 // The replies' parts, for the verbs and their tests.

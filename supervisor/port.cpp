@@ -200,8 +200,8 @@ void Port::start(std::chrono::seconds retry) {
                          ", told to stop, still holds the port; starting once it has gone";
         if (s_.last_failure != why) host_.event(s_.port, "waiting", why);
         s_.last_failure = why;
-        attempt_ = host_.next_attempt();  // no earlier timer starts it: the fleet does
-        move(PortEvent::wait, why);
+        attempt_ = host_.next_attempt();             // no earlier timer starts it: the fleet does
+        move(PortEvent::wait, why, /*save=*/false);  // no worker of its own: nothing to record
         return;
     }
     auto ok = start_worker();
@@ -327,7 +327,7 @@ void Port::wait_for_survivor(std::chrono::seconds grace) {
                     " is taken, though no worker of this ensembled is recorded on it; waiting " +
                     std::to_string(grace.count()) +
                     " s for a worker of an earlier run to reconnect before starting one");
-    move(PortEvent::wait, "waiting for a worker of an earlier run to reconnect");
+    move(PortEvent::wait, "waiting for a worker of an earlier run to reconnect", /*save=*/false);
     retry_after(grace);
 }
 
@@ -368,7 +368,8 @@ void Port::adopt_recorded(const WorkerRecord& r) {
     s_.stats.engine_group = r.engine_group;
     host_.event(r.port, "adopting",
                 "worker pid " + std::to_string(r.pid) + " survived; waiting for it to reconnect");
-    move(PortEvent::adopt, "worker pid " + std::to_string(r.pid) + " survived");
+    // Its record stands as it is until it reconnects (on_register).
+    move(PortEvent::adopt, "worker pid " + std::to_string(r.pid) + " survived", /*save=*/false);
 }
 
 void Port::adopt_unrecorded(const protocol::Register& m, const ProcessIdentity& identity) {

@@ -112,10 +112,10 @@ std::vector<std::string> OsProcessOps::stop_engine_left_behind(
     if (told.pid == 0 || told.pid == from_record) return done;  // none, or just handled
     const auto engine = RecordedProcess::from_stored(told.pid, told.start_time, told.group, boot);
     if (!engine) {
-        done.push_back("the recorded engine (pid " + std::to_string(told.pid) + ", group " +
+        done.push_back(what + " (pid " + std::to_string(told.pid) + ", group " +
                        std::to_string(told.group) +
-                       ") is not one Ensemble records (it leads its own group); nothing is "
-                       "stopped");
+                       ", as the worker reported it) is not one Ensemble records (it leads its own "
+                       "group); nothing is stopped");
         return done;
     }
     report_unless_gone(kill_if_ours(*engine, SIGKILL, what));

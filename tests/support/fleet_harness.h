@@ -54,7 +54,9 @@ class FleetFixture : public ::testing::Test {
             << "supervisor:\n"
             << "  state_dir: " << (dir_ / "state").string() << "\n"
             << "  run_dir: " << (dir_ / "run").string() << "\n"
-            << "  health: {probe_interval: 0s}\n"
+            << (supervisor_settings.find("health:") == std::string::npos
+                    ? "  health: {probe_interval: 0s}\n"
+                    : "")
             << supervisor_settings << "engines:\n  fake:\n    preset: command\n"
             << "    command: \"fake-engine --port {port} --model {handle}\"\n"
             << "models:\n"
@@ -185,6 +187,14 @@ class FleetFixture : public ::testing::Test {
         auto assigned = (*store)->assignments();
         EXPECT_TRUE(assigned);
         return assigned ? *assigned : std::vector<Assignment>{};
+    }
+
+    std::vector<WorkerRecord> store_records() {
+        auto store = StateStore::open(dir_ / "state" / "state.db");
+        EXPECT_TRUE(store);
+        auto records = (*store)->workers();
+        EXPECT_TRUE(records);
+        return records ? *records : std::vector<WorkerRecord>{};
     }
 
     std::filesystem::path dir_;
