@@ -80,6 +80,7 @@ struct ChildPlan {
     bool die_with_parent;
     int release_fd;  // -1: exec at once; else wait for a byte (none: the parent died, give up)
     int exec_error_fd;
+    int passed_fd;  // -1, or what becomes kPassedDescriptor
 };
 
 [[noreturn]] void run_child(const ChildPlan& plan) {
@@ -105,17 +106,28 @@ struct ChildPlan {
     mark_descriptors_close_on_exec();
     for (int fd = 0; fd <= 2; ++fd)
         ::fcntl(fd, F_SETFD, 0);  // a dup2 onto itself would keep close-on-exec
-    if (plan.release_fd >= 0) {
+    int release_fd = plan.release_fd;
+    int exec_error_fd = plan.exec_error_fd;
+    if (plan.passed_fd >= 0) {
+        // The pipes to the parent move out of the passed descriptor's way first.
+        if (release_fd == kPassedDescriptor)
+            release_fd = ::fcntl(release_fd, F_DUPFD_CLOEXEC, kPassedDescriptor + 1);
+        if (exec_error_fd == kPassedDescriptor)
+            exec_error_fd = ::fcntl(exec_error_fd, F_DUPFD_CLOEXEC, kPassedDescriptor + 1);
+        if (plan.passed_fd != kPassedDescriptor) ::dup2(plan.passed_fd, kPassedDescriptor);
+        ::fcntl(kPassedDescriptor, F_SETFD, 0);
+    }
+    if (release_fd >= 0) {
         char go = 0;
         ssize_t n;
         do {
-            n = ::read(plan.release_fd, &go, 1);
+            n = ::read(release_fd, &go, 1);
         } while (n < 0 && errno == EINTR);
         if (n != 1) ::_exit(127);
     }
     ::execve(plan.program, plan.argv, plan.envp);
     const int error = errno;
-    [[maybe_unused]] const auto written = ::write(plan.exec_error_fd, &error, sizeof error);
+    [[maybe_unused]] const auto written = ::write(exec_error_fd, &error, sizeof error);
     ::_exit(127);
 }
 
@@ -208,7 +220,8 @@ Result<std::unique_ptr<ChildProcess>> ChildProcess::spawn(const SpawnSpec& spec)
                          .log_fd = log.get(),
                          .die_with_parent = spec.die_with_parent && !portable_mode(),
                          .release_fd = release_read.get(),
-                         .exec_error_fd = exec_error_write.get()};
+                         .exec_error_fd = exec_error_write.get(),
+                         .passed_fd = spec.passed_fd};
     const pid_t pid = ::fork();
     if (pid < 0) return cannot_start("fork", errno);
     if (pid == 0) {

@@ -21,10 +21,15 @@
 
 namespace ensemble {
 
+inline constexpr int kPassedDescriptor = 3;
+
 struct SpawnSpec {
     std::vector<std::string> argv;  // argv[0]: a path, or a name looked up on PATH
     std::map<std::string, std::string> extra_env;
     std::filesystem::path log_file;  // stdout and stderr are appended here; empty: inherit
+    // A descriptor the program gets as descriptor kPassedDescriptor (3), the only one besides
+    // stdio: a listening socket handed to a worker. -1: none.
+    int passed_fd = -1;
     // Engines die with their worker; workers outlive a supervisor crash so it can re-adopt them.
     bool die_with_parent = true;
     // Runs in the parent while the new child (its pid, its own group) waits before exec: the

@@ -35,6 +35,12 @@ inline constexpr std::string_view kEngineEnvPrefix = "ENSEMBLE_ENGINE_ENV_";
 inline constexpr const char* kApiKeyVariable = "ENSEMBLE_API_KEY";
 // How long a worker serves on without a supervisor before it stops itself (milliseconds).
 inline constexpr const char* kOrphanGraceVariable = "ENSEMBLE_ORPHAN_GRACE_MS";
+// Set (to kListenFd) when the supervisor holds the public port's listening socket and passes it
+// as that descriptor: the worker accepts on it and never binds. The socket outlives the worker,
+// so connections wait in its backlog while no worker accepts. Without the descriptor the worker
+// exits with WorkerExit::bad_configuration.
+inline constexpr const char* kListenFdVariable = "ENSEMBLE_LISTEN_FD";
+inline constexpr int kListenFd = 3;
 
 // ---- a port's files ----
 

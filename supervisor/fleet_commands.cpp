@@ -29,7 +29,8 @@ std::string known_models(const Config& config) {
 }  // namespace
 
 Status Fleet::check_port_free(int port) const {
-    if (const auto* p = find(port); p != nullptr && is_running(p->state())) return Ok{};  // ours
+    if (const auto* p = find(port); p != nullptr && (is_running(p->state()) || p->listening()))
+        return Ok{};  // ours
     return processes_->port_free(config_.supervisor.bind_host, port);
 }
 
@@ -68,8 +69,12 @@ FleetStatus Fleet::status() const {
 awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
                                       const std::string& profile) {
     if (auto& running = port_at(port); is_running(running.state())) {
-        running.stop("replacing '" + running.snapshot().handle + "' with '" + handle + "'");
-        if (!co_await wait_stopped(port, now() + stop_wait(config_))) co_return false;
+        running.stop("replacing '" + running.snapshot().handle + "' with '" + handle + "'",
+                     Port::Then::hand_the_port_over);
+        if (!co_await wait_stopped(port, now() + stop_wait(config_))) {
+            port_at(port).cancel_hand_over();
+            co_return false;
+        }
     }
     auto& fresh = port_at(port);
     fresh.assign(handle, profile);

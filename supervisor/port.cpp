@@ -96,13 +96,18 @@ bool Port::move(PortEvent ev, const std::string& reason, bool save) {
                       to_string(s_.state));
         return false;
     }
-    if (*next != s_.state) {
+    // A failure is always told, even a start failing again in backoff.
+    if (*next != s_.state || ev == PortEvent::failed) {
         host_.event(s_.port, "state",
                     std::string(to_string(s_.state)) + " -> " + to_string(*next) + ": " + reason);
         // Since when this run has been serving: kept through an engine restart inside the
         // worker, cleared when a new worker starts (start_worker).
         if (*next == PortState::ready && !s_.ready_since) s_.ready_since = host_.time().now();
         s_.state = *next;
+        // Down for good (unloaded, evicted, a crash loop): clients are refused, not kept
+        // waiting in a backlog nobody will accept from.
+        if ((s_.state == PortState::stopped || s_.state == PortState::failed) && !hand_over_)
+            listener_.close();
         if (save) save_record();
     }
     host_.changed();
@@ -161,14 +166,26 @@ void Port::refresh_estimate() {
 
 Status Port::start_worker() {
     const auto& config = host_.config();
-    auto spawned = host_.launcher().spawn(config, s_.port, s_.handle,
-                                          find_assignment(config, s_.profile, s_.port, s_.handle));
+    hand_over_ = false;
+    if (!listener_.is_open()) {
+        auto opened = host_.processes().listen(config.supervisor.bind_host, s_.port);
+        if (!opened) {
+            s_.last_failure = opened.error().message;
+            host_.event(s_.port, "listen_failed", opened.error().message);
+            return opened.error();
+        }
+        listener_ = std::move(opened).value();
+    }
+    auto spawned =
+        host_.launcher().spawn(config, s_.port, s_.handle,
+                               find_assignment(config, s_.profile, s_.port, s_.handle), listener_);
     if (!spawned) {
         s_.last_failure = spawned.error().message;
         host_.event(s_.port, "spawn_failed", spawned.error().message);
         return spawned.error();
     }
     process_ = std::move(spawned->process);
+    exited_.reset();
     refresh_estimate();
     s_.pid = process_->pid();
     const auto identity = host_.processes().identify(static_cast<pid_t>(s_.pid));
@@ -238,8 +255,9 @@ void Port::start(std::chrono::seconds retry) {
     });
 }
 
-void Port::stop(const std::string& reason) {
+void Port::stop(const std::string& reason, Then then) {
     s_.stop_requested = true;
+    hand_over_ = then == Then::hand_the_port_over;
     if (!move(PortEvent::stop, reason)) return;
     if (s_.state == PortState::stopped) return;  // was in backoff or failed: nothing runs
     if (link_ != nullptr) {
@@ -263,6 +281,11 @@ void Port::stop(const std::string& reason) {
         p->kill_reason_ = why + ", killed";
         p->signal(SIGKILL);
     });
+}
+
+void Port::cancel_hand_over() {
+    hand_over_ = false;
+    if (s_.state == PortState::stopped || s_.state == PortState::failed) listener_.close();
 }
 
 void Port::evict(const std::string& reason) {
@@ -488,10 +511,19 @@ void Port::tick(Clock::time_point now, bool stalled) {
     check_heartbeat(now);
     escalate_kill(now);
     if (process_) {
-        if (auto exit = process_->poll_exit()) {
-            auto how = explain_exit(*exit, s_.port, s_.stats.engine_last_exit);
+        if (!exited_) {
+            exited_ = process_->poll_exit();
+            exited_at_ = now;
+        }
+        // Its last word (the final heartbeat, with how its engine ended) may still wait in the
+        // link, read just before the link's end: explained once the link has closed, or soon.
+        constexpr auto kLastWord = std::chrono::milliseconds(250);
+        if (exited_ && (link_ == nullptr || now - exited_at_ >= kLastWord)) {
+            const auto exit = *exited_;
+            exited_.reset();
+            auto how = explain_exit(exit, s_.port, s_.stats.engine_last_exit);
             // A kill of ours has its reason; only one nobody here sent is put down to memory.
-            if (exit->signaled && exit->signal == SIGKILL && kill_reason_.empty())
+            if (exit.signaled && exit.signal == SIGKILL && kill_reason_.empty())
                 how += host_.processes().explain_sigkill();
             on_gone(how);
         }

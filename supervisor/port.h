@@ -115,8 +115,13 @@ class Port {
     // port; any other failure is the port's (backoff, or the crash loop). While a worker told
     // to stop still holds the port, waits for it to go.
     void start(std::chrono::seconds retry = std::chrono::seconds(1));
-    // Asks the worker to stop (it drains); SIGKILL after stop_timeout.
-    void stop(const std::string& reason);
+    // Asks the worker to stop (it drains); SIGKILL after stop_timeout. The port's listening
+    // socket is closed once it has stopped — unless another worker is to take it over
+    // (a swap, a restart), when connections wait in its backlog meanwhile.
+    enum class Then { close_the_port, hand_the_port_over };
+    void stop(const std::string& reason, Then then = Then::close_the_port);
+    // The replacement is off (the old worker did not stop in time): close the port once stopped.
+    void cancel_hand_over();
     // Stopped to free memory: the reason is also its last failure.
     void evict(const std::string& reason);
     // Restarts after `delay`, unless something else happens to the port first.
@@ -135,6 +140,8 @@ class Port {
     bool expects(const protocol::Register& m) const;
     // Whether anything runs or is awaited here, so that another worker cannot be adopted.
     bool occupied() const { return s_.pid != 0 || link_ != nullptr; }
+    // Whether ensembled holds the port's listening socket (from a start until a final stop).
+    bool listening() const { return listener_.is_open(); }
     void on_register(WorkerLinkPeer* peer);
     bool linked_to(const WorkerLinkPeer* peer) const { return link_ == peer; }
     void on_heartbeat(const protocol::WorkerStats& stats);
@@ -166,7 +173,13 @@ class Port {
 
     PortHost& host_;
     PortSnapshot s_;
+    // The public port's listening socket, held while the port is assigned and not down for
+    // good: workers come and go, connections wait in its backlog in between.
+    ListeningSocket listener_;
+    bool hand_over_ = false;                  // stopping for a replacement: keep listener_
     std::unique_ptr<WorkerProcess> process_;  // set when this supervisor spawned the worker
+    std::optional<ExitStatus> exited_;        // reaped, not yet explained (see tick)
+    Clock::time_point exited_at_{};
     std::int64_t pid_start_time_ = 0;
     std::string worker_id_;
     std::string token_;

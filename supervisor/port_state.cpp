@@ -82,11 +82,11 @@ std::optional<PortState> transition(PortState from, PortEvent event) {
         case PortEvent::exited:
             if (is_running(from) || from == S::stopped) return S::stopped;
             break;
-        case PortEvent::failed:
-            if (is_running(from)) return S::backoff;
+        case PortEvent::failed:  // also a start that failed before any worker ran
+            if (is_running(from) || from == S::stopped || from == S::backoff) return S::backoff;
             break;
         case PortEvent::crash_loop:
-            if (is_running(from) || from == S::backoff) return S::failed;
+            if (is_running(from) || from == S::stopped || from == S::backoff) return S::failed;
             break;
         case PortEvent::adopt:
             if (from == S::stopped || from == S::backoff) return S::starting;

@@ -22,7 +22,7 @@ enum class PortEvent {
     drain,           // stop taking new requests (swap, unload)
     stop,            // asked to exit
     exited,          // the worker process is gone, as asked
-    failed,          // the worker process is gone, unasked: restart after a backoff
+    failed,          // the worker is gone unasked, or could not start: restart after a backoff
     crash_loop,      // failed too often: stay down until an operator restarts the port
     adopt,           // a worker this supervisor did not start is taken on (it reconnects)
     wait,            // the port is held by another worker (leaving, or to be adopted)

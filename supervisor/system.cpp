@@ -84,6 +84,10 @@ Status OsProcessOps::port_free(const std::string& host, int port) const {
     return Ok{};
 }
 
+Result<ListeningSocket> OsProcessOps::listen(const std::string& host, int port) {
+    return ListeningSocket::open(host, port);
+}
+
 std::vector<std::string> OsProcessOps::stop_engine_left_behind(
     const std::filesystem::path& record_path, const EngineRecord& told, const std::string& boot,
     const std::string& what) {

@@ -17,6 +17,7 @@
 
 #include "os/asio.h"
 #include "os/child_process.h"
+#include "os/listening_socket.h"
 #include "os/process_identity.h"
 #include "os/recorded_process.h"
 #include "profiles/config.h"
@@ -66,6 +67,8 @@ class ProcessOps {
     virtual std::string boot_id() const = 0;
     // Ok when a listener could bind host:port now; "bad_host" or "port_busy" otherwise.
     virtual Status port_free(const std::string& host, int port) const = 0;
+    // A port's listening socket, held by ensembled and passed to each worker it starts.
+    virtual Result<ListeningSocket> listen(const std::string& host, int port) = 0;
     // Stops the engine a dead worker left running, proven ours: from the record file the
     // worker kept (`record_path`) and from what it told us (`told`). What was done, for the
     // event log (nothing when there was nothing to do).
@@ -105,8 +108,10 @@ class WorkerLauncher {
     virtual Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
                                       const PortAssignment* overrides = nullptr) const = 0;
     // Errors as ChildProcess::spawn's: "no_resources" is ensembled's own shortage.
+    // `listening`: the port's socket, which the worker accepts on (protocol::kListenFd).
     virtual Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
-                                        const PortAssignment* overrides = nullptr) const = 0;
+                                        const PortAssignment* overrides,
+                                        const ListeningSocket& listening) const = 0;
 };
 
 // The real ones.
@@ -136,6 +141,7 @@ class OsProcessOps final : public ProcessOps {
                               const std::string& what) override;
     std::string boot_id() const override;
     Status port_free(const std::string& host, int port) const override;
+    Result<ListeningSocket> listen(const std::string& host, int port) override;
     std::vector<std::string> stop_engine_left_behind(const std::filesystem::path& record_path,
                                                      const EngineRecord& told,
                                                      const std::string& boot,

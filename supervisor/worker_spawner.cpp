@@ -128,7 +128,9 @@ class ChildWorker final : public WorkerProcess {
 
 Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
                                            const std::string& handle,
-                                           const PortAssignment* overrides) const {
+                                           const PortAssignment* overrides,
+                                           const ListeningSocket& listening) const {
+    static_assert(protocol::kListenFd == kPassedDescriptor);
     auto launch = plan(config, port, handle, overrides);
     if (!launch) return launch.error();
     SpawnSpec spec;
@@ -140,6 +142,8 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
                       {protocol::kWorkerTokenVariable, launch->token}};
     for (const auto& [name, value] : launch->command.engine_env)
         spec.extra_env[std::string(protocol::kEngineEnvPrefix) + name] = value;
+    spec.passed_fd = listening.fd();
+    spec.extra_env[protocol::kListenFdVariable] = std::to_string(protocol::kListenFd);
     auto child = ChildProcess::spawn(spec);
     if (!child) return child.error();
     return SpawnedWorker{std::move(launch).value(),

@@ -27,7 +27,8 @@ class WorkerSpawner final : public WorkerLauncher {
     Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
                               const PortAssignment* overrides = nullptr) const override;
     Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
-                                const PortAssignment* overrides = nullptr) const override;
+                                const PortAssignment* overrides,
+                                const ListeningSocket& listening) const override;
 
     // The ensemble-worker next to this executable, or in the build tree, or on PATH.
     static std::filesystem::path default_worker_binary();

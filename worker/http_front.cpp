@@ -1,10 +1,13 @@
 #include "worker/http_front.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include <array>
 #include <ctime>
 #include <nlohmann/json.hpp>
+
+#include "os/listening_socket.h"
 
 namespace ensemble {
 
@@ -32,6 +35,20 @@ HttpFront::HttpFront(asio::io_context& io, FrontConfig config, ModelIdentity mod
 
 Status HttpFront::listen() {
     boost::system::error_code ec;
+    if (config_.listen_fd) {
+        const int fd = *config_.listen_fd;
+        if (auto ok = check_listening_socket(fd, config_.port); !ok) return ok.error();
+        sockaddr_storage address{};
+        socklen_t length = sizeof address;
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+        acceptor_.assign(address.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
+        if (ec) {
+            return Error{"no_listening_socket", "cannot accept on the passed socket of port " +
+                                                    std::to_string(config_.port) + ": " +
+                                                    ec.message()};
+        }
+        return Ok{};
+    }
     const auto address = asio::ip::make_address(config_.host, ec);
     if (ec) return Error{"bad_host", "'" + config_.host + "' is not an IP address to bind"};
     const tcp::endpoint endpoint{address, config_.port};
@@ -116,7 +133,7 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
         parser.header_limit(kHeaderLimit);
         boost::system::error_code ec;
         session->idle = true;
-        if (draining_) break;
+        if (draining_ && !session->fresh) break;
         if (buffer.size() == 0) {  // waiting for the next request to begin
             stream.expires_after(config_.idle_timeout);
             const auto n = co_await stream.async_read_some(buffer.prepare(4096), on_error(ec));
@@ -137,6 +154,7 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
         auto request = parser.release();
         stream.expires_never();
         ++in_flight_;
+        session->fresh = false;
         const bool keep_alive = co_await handle(stream, request);
         --in_flight_;
         if (!keep_alive) break;
@@ -177,10 +195,8 @@ awaitable<bool> HttpFront::reply(beast::tcp_stream& stream,
 }
 
 std::optional<ApiError> HttpFront::admission_error() const {
-    if (draining_) {
-        return ApiError{http::status::service_unavailable, "server_error", "worker_draining",
-                        "this port is shutting down; retry shortly", 2};
-    }
+    // Draining, a request that arrives is still answered (its connection was accepted before,
+    // and the engine runs until the drain ends); its connection is closed after it.
     const auto state = engine_.state();
     if (state == EngineState::ready) return std::nullopt;
     if (!engine_.ever_ready()) {
@@ -249,13 +265,22 @@ awaitable<void> HttpFront::drain(std::chrono::milliseconds timeout) {
     draining_ = true;
     boost::system::error_code ec;
     acceptor_.close(ec);
-    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    const auto began = std::chrono::steady_clock::now();
+    const auto deadline = began + timeout;
+    // A client that connected just before the drain has its request on the way: it is
+    // waited for this long (one that connects and says nothing does not hold up the stop).
+    const auto fresh_deadline = began + std::min(timeout, std::chrono::milliseconds(500));
     asio::steady_timer timer(io_);
     for (;;) {
+        bool fresh_waiting = false;
         for (auto& session : sessions_) {
-            if (session.idle) session.stream->socket().cancel(ec);  // ends its keep-alive wait
+            // Ends a keep-alive wait; a fresh connection's first request is still answered.
+            if (session.idle && !session.fresh) session.stream->socket().cancel(ec);
+            fresh_waiting = fresh_waiting || (session.idle && session.fresh);
         }
-        if (in_flight_ == 0 || std::chrono::steady_clock::now() >= deadline) break;
+        const auto now = std::chrono::steady_clock::now();
+        const bool fresh_done = !fresh_waiting || now >= fresh_deadline;
+        if ((in_flight_ == 0 && fresh_done) || now >= deadline) break;
         timer.expires_after(std::chrono::milliseconds(20));
         co_await timer.async_wait(on_error(ec));
     }

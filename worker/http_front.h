@@ -30,6 +30,9 @@ struct FrontConfig {
     // Connections served at once; more are answered 503 with Retry-After and closed, well
     // before the descriptor limit.
     std::size_t max_connections = 1024;
+    // A listening socket passed by the supervisor (protocol::kListenFd): accepted on, never
+    // bound; it outlives this worker. nullopt: bind host:port (standalone).
+    std::optional<int> listen_fd;
 };
 
 class HttpFront {
@@ -50,6 +53,9 @@ class HttpFront {
     struct Session {
         beast::tcp_stream* stream;
         bool idle;
+        // No request served yet: a client that connected before a drain began is answered
+        // (its request was on its way), not cut off like one idling between requests.
+        bool fresh = true;
     };
 
     awaitable<void> accept_loop();

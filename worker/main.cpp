@@ -74,10 +74,13 @@ int main(int argc, char** argv) {
     EngineProxy proxy(engine, options.proxy);
     HttpFront front(io, options.front, options.model, engine, proxy);
 
-    // The port is held before the engine starts, so clients get 503 while it loads, not refused.
+    // The port is held before the engine starts, so clients get 503 while it loads, not refused
+    // (standalone); a supervised worker's socket is ensembled's, held across workers.
     if (auto ok = front.listen(); !ok) {
         spdlog::error("{}", ok.error().message);
-        return protocol::exit_code(protocol::WorkerExit::port_in_use);
+        return protocol::exit_code(ok.error().code == "no_listening_socket"
+                                       ? protocol::WorkerExit::bad_configuration
+                                       : protocol::WorkerExit::port_in_use);
     }
     const auto link_config = LinkConfig::from_environment(options.front.port, options.model.handle);
     asio::signal_set children(io, SIGCHLD);
@@ -86,7 +89,17 @@ int main(int argc, char** argv) {
         spdlog::error("cannot start the engine: {}", ok.error().message);
         return protocol::exit_code(protocol::WorkerExit::engine_not_started);
     }
-    front.start_accepting();
+    // On a socket the supervisor holds, connections wait in its backlog until the engine is
+    // ready (a restart or a swap costs them a wait, not an error); standalone, the worker
+    // answers at once, 503 while the engine loads.
+    const bool accept_once_ready = options.front.listen_fd.has_value();
+    bool accepting = false;
+    const auto accept_if_due = [&] {
+        if (accepting || (accept_once_ready && engine.state() != EngineState::ready)) return;
+        accepting = true;
+        front.start_accepting();
+    };
+    accept_if_due();
     spdlog::info("worker: serving '{}' on {}:{} (engine {} on {})", options.model.handle,
                  options.front.host, front.bound_port(), options.engine.preset.name,
                  engine.endpoint().describe());
@@ -117,8 +130,11 @@ int main(int argc, char** argv) {
         link = std::make_unique<SupervisorLink>(
             io, *link_config, [&] { return collect_stats(engine, proxy); }, begin_shutdown);
         link->start();
-        engine.on_state_change = [&link] { link->report_now(); };
     }
+    engine.on_state_change = [&] {
+        if (link) link->report_now();
+        accept_if_due();
+    };
     io.run();
     return protocol::exit_code(exit);
 }

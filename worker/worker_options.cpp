@@ -123,6 +123,14 @@ Status finish(WorkerOptions& o, const std::string& engine_name, const std::strin
             o.front.api_key = key;
     }
     ::unsetenv(protocol::kApiKeyVariable);  // the clients' key is not the engine's to know
+    if (const char* fd = std::getenv(protocol::kListenFdVariable); fd != nullptr) {
+        // Supervised: the listening socket is ensembled's, passed as this descriptor.
+        if (std::string(fd) != std::to_string(protocol::kListenFd))
+            return bad_option(std::string(protocol::kListenFdVariable) + " must be " +
+                              std::to_string(protocol::kListenFd) + ", not '" + fd + "'");
+        o.front.listen_fd = protocol::kListenFd;
+        ::unsetenv(protocol::kListenFdVariable);
+    }
     return Ok{};
 }
 

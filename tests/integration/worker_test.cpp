@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <fstream>
 #include <map>
@@ -13,10 +14,12 @@
 #include <thread>
 
 #include "os/portable_mode.h"
+#include "protocol/worker_contract.h"
 #include "tests/support/http_client.h"
 #include "tests/support/worker_process.h"
 
 using namespace ensemble::testing;
+namespace protocol = ensemble::protocol;
 using nlohmann::json;
 using namespace std::chrono_literals;
 
@@ -371,6 +374,21 @@ TEST_F(WorkerTest, AFileWhereTheEngineSocketGoesIsNeverRemoved) {
     EXPECT_EQ(kept, "precious");
 }
 
+// Supervised, a worker accepts on the socket ensembled passes it; without one it stops at
+// once with its documented exit code, and binds nothing of its own.
+TEST_F(WorkerTest, ASupervisedWorkerWithoutItsListeningSocketExitsAsMisconfigured) {
+    const auto port = free_port();
+    WorkerProcess worker(port, {}, current_test_name(),
+                         {{protocol::kListenFdVariable, std::to_string(protocol::kListenFd)}});
+    auto exit = worker.wait_exit(10s);
+    ASSERT_TRUE(exit) << worker.log();
+    EXPECT_EQ(exit->code, protocol::exit_code(protocol::WorkerExit::bad_configuration))
+        << worker.log();
+    EXPECT_NE(worker.log().find("is not the listening socket of port " + std::to_string(port)),
+              std::string::npos)
+        << worker.log();
+}
+
 TEST_F(WorkerTest, TheVllmPresetListensOnItsUnixSocketWithUds) {
     // vLLM cannot run here: the fake engine takes its command line (serve MODEL ... --uds PATH)
     // and listens where --uds says.
@@ -428,6 +446,39 @@ TEST_F(WorkerTest, SigtermDrainsTheStreamInFlightThenExitsZero) {
     EXPECT_EQ(exit->code, 0) << worker->log();
     // New connections are refused once the worker has gone.
     EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 0);
+}
+
+// A client that connected just before the drain began has its request on the way: it is
+// answered (its connection closed after), not cut off or turned away with a 503 — in a
+// swap, such a request would otherwise fail though it never reached a dead worker.
+TEST_F(WorkerTest, ARequestOnAConnectionMadeBeforeTheDrainIsAnswered) {
+    auto worker = start();
+    track_engine(*worker);
+    const int client = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(worker->port());
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    std::this_thread::sleep_for(200ms);  // accepted, and waiting for its request
+    worker->signal(SIGTERM);
+    std::this_thread::sleep_for(100ms);  // draining
+    const std::string body = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})";
+    const std::string request =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+        "Content-Type: application/json\r\nContent-Length: " +
+        std::to_string(body.size()) + "\r\n\r\n" + body;
+    ASSERT_EQ(::send(client, request.data(), request.size(), 0),
+              static_cast<ssize_t>(request.size()));
+    std::string response;
+    std::array<char, 4096> buffer{};
+    for (ssize_t n; (n = ::recv(client, buffer.data(), buffer.size(), 0)) > 0;)
+        response.append(buffer.data(), static_cast<std::size_t>(n));
+    ::close(client);
+    EXPECT_EQ(response.rfind("HTTP/1.1 200", 0), 0U) << response;  // and then the connection ended
+    auto exit = worker->wait_exit(30s);
+    ASSERT_TRUE(exit);
+    EXPECT_EQ(exit->code, 0) << worker->log();
 }
 
 TEST_F(WorkerTest, EngineDiesWithItsWorkerOnLinux) {

@@ -161,6 +161,13 @@ Status FakeProcesses::port_free(const std::string& /*host*/, int port) const {
     return Error{"port_busy", "port " + std::to_string(port) + " is in use by another process"};
 }
 
+Result<ListeningSocket> FakeProcesses::listen(const std::string& /*host*/, int port) {
+    if (world_.busy_ports.contains(port))
+        return Error{"port_busy", "port " + std::to_string(port) + " is in use by another process"};
+    ++world_.listening_sockets_opened[port];
+    return ListeningSocket::open("127.0.0.1", 0);
+}
+
 std::vector<std::string> FakeProcesses::stop_engine_left_behind(
     const std::filesystem::path& record_path, const EngineRecord& /*told*/,
     const std::string& /*boot*/, const std::string& /*what*/) {
@@ -178,13 +185,15 @@ Result<WorkerLaunch> FakeLauncher::plan(const Config& config, int port, const st
 }
 
 Result<SpawnedWorker> FakeLauncher::spawn(const Config& config, int port, const std::string& handle,
-                                          const PortAssignment* overrides) const {
+                                          const PortAssignment* overrides,
+                                          const ListeningSocket& listening) const {
     auto launch = plan(config, port, handle, overrides);
     if (!launch) return launch.error();
     if (!world_.spawn_error_code.empty())
         return Error{world_.spawn_error_code, "cannot start a process (pretend)"};
     auto worker = world_.start_worker(port, handle);
     worker->launch = *launch;
+    worker->listening_fd = listening.fd();
     world_.spawned.push_back(std::to_string(port) + " " + handle);
     if (world_.clock != nullptr) world_.spawned_at.push_back(world_.clock->now());
     if (world_.dead_on_arrival.contains(handle))

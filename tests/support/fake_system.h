@@ -60,6 +60,7 @@ struct FakeWorker {
     std::optional<ExitStatus> exit;  // set when it ended
     bool reaped = false;
     bool ignores_stop = false;  // drains forever: only SIGKILL ends it
+    int listening_fd = -1;      // the socket it was handed
 };
 
 struct SentSignal {
@@ -81,7 +82,8 @@ class FakeWorld {
     const Scheduler* clock = nullptr;  // what spawned_at reads
     // What SIGCHLD would do in ensembled: called when a worker ends.
     std::function<void()> on_worker_end;
-    std::vector<int> engines_stopped;  // ports whose left-behind engine was looked for
+    std::vector<int> engines_stopped;             // ports whose left-behind engine was looked for
+    std::map<int, int> listening_sockets_opened;  // per port
     std::string boot = "boot-1";
     std::string spawn_error_code;           // when set, every spawn fails with it
     std::set<std::string> dead_on_arrival;  // models whose workers exit at once (cannot load)
@@ -110,6 +112,8 @@ class FakeProcesses final : public ProcessOps {
                               const std::string& what) override;
     std::string boot_id() const override { return world_.boot; }
     Status port_free(const std::string& host, int port) const override;
+    // A real listening socket, on a port the kernel picks (never the port asked for).
+    Result<ListeningSocket> listen(const std::string& host, int port) override;
     std::vector<std::string> stop_engine_left_behind(const std::filesystem::path& record_path,
                                                      const EngineRecord& told,
                                                      const std::string& boot,
@@ -128,7 +132,8 @@ class FakeLauncher final : public WorkerLauncher {
     Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
                               const PortAssignment* overrides) const override;
     Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
-                                const PortAssignment* overrides) const override;
+                                const PortAssignment* overrides,
+                                const ListeningSocket& listening) const override;
 
   private:
     FakeWorld& world_;

@@ -73,7 +73,20 @@ class FleetFixture : public ::testing::Test {
         time_ = time.get();
         world_.clock = time_;
         // SIGCHLD, as ensembled handles it: a tick on the loop.
-        world_.on_worker_end = [this] { asio::post(io_, [this] { fleet_->tick(); }); };
+        // and its links close with it, as the kernel closes a dead process's sockets.
+        world_.on_worker_end = [this] {
+            asio::post(io_, [this] {
+                for (auto& [pid, played] : played_) {
+                    const auto worker = world_.workers.find(pid);
+                    if (played.link && worker != world_.workers.end() && worker->second->exit &&
+                        !played.link->closed) {
+                        played.link->closed = true;
+                        fleet_->on_link_closed(played.link.get());
+                    }
+                }
+                fleet_->tick();
+            });
+        };
         fleet_ = std::make_unique<Fleet>(
             io_, std::move(*loaded.config), std::move(store_),
             Fleet::System{std::move(time), std::make_unique<FakeProcesses>(world_),

@@ -1,6 +1,8 @@
 // The fleet with no process started and no real time passing (tests/support/fake_system.h):
 // adoption after a restart, the crash loop, backoff timing, all-or-nothing profile loads, swap
 // rollback and the order of evictions, through the same Fleet ensembled runs.
+#include <fcntl.h>
+
 #include "tests/support/fleet_harness.h"
 
 using namespace ensemble;
@@ -324,6 +326,66 @@ TEST_F(FleetTest, ASurvivorWhoseIdentityCannotBeReadIsNeitherAdoptedNorReplaced)
     const auto records = store_records();
     ASSERT_EQ(records.size(), 1U) << "its record is kept for a start that can tell";
     EXPECT_EQ(records[0].pid, survivor->pid);
+}
+
+// ---- the ports' listening sockets ----
+
+int open_descriptors() {
+    int n = 0;
+    for (int fd = 0; fd < 4096; ++fd)
+        n += ::fcntl(fd, F_GETFD) >= 0 ? 1 : 0;
+    return n;
+}
+
+TEST_F(FleetTest, APortIsHeldFromItsLoadUntilItsUnloadAndNoDescriptorLeaks) {
+    start();
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    const int held = open_descriptors();
+    for (int cycle = 0; cycle < 1000; ++cycle) {
+        ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true) << cycle;
+        ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true) << cycle;
+    }
+    EXPECT_EQ(open_descriptors(), held) << "1,000 loads and unloads";
+    ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true);
+    EXPECT_EQ(open_descriptors(), held - 1) << "the port's socket is closed with its unload";
+}
+
+TEST_F(FleetTest, TheSameSocketPassesFromWorkerToWorkerAcrossCrashesAndSwaps) {
+    start();
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    const int socket = world_.newest_on(kA)->listening_fd;
+    ASSERT_GE(socket, 0);
+    world_.end(world_.newest_on(kA)->pid, {0, SIGKILL, true});  // kill -9
+    advance(1s);
+    ASSERT_EQ(port_status(kA)["state"], "ready");
+    EXPECT_EQ(world_.newest_on(kA)->listening_fd, socket) << "a restart";
+    ASSERT_EQ(command(protocol::Verb::swap, kA, "b")["ok"], true);
+    EXPECT_EQ(world_.newest_on(kA)->listening_fd, socket) << "a swap";
+    ASSERT_EQ(command(protocol::Verb::restart, kA)["ok"], true);
+    EXPECT_EQ(world_.newest_on(kA)->listening_fd, socket) << "an operator's restart";
+    EXPECT_EQ(world_.listening_sockets_opened[kA], 1) << "bound once";
+}
+
+TEST_F(FleetTest, APortDownForGoodIsClosedSoClientsAreRefusedNotKeptWaiting) {
+    start();
+    world_.dead_on_arrival.insert("a");
+    (void)command(protocol::Verb::load, kA, "a");
+    advance(2min);
+    ASSERT_EQ(port_status(kA)["state"], "failed");
+    const int held = open_descriptors();
+    world_.dead_on_arrival.clear();
+    ASSERT_EQ(command(protocol::Verb::restart, kA)["ok"], true);
+    EXPECT_EQ(open_descriptors(), held + 1) << "bound again by the restart";
+    EXPECT_EQ(world_.listening_sockets_opened[kA], 2);
+}
+
+TEST_F(FleetTest, APortHeldByAnotherProgramFailsToStartAndBacksOff) {
+    start();
+    world_.busy_ports.insert(kA);
+    // The load's own check sees it first.
+    const auto refused = command(protocol::Verb::load, kA, "a");
+    EXPECT_EQ(refused["error"]["code"], "port_busy") << refused.dump();
+    EXPECT_TRUE(world_.spawned.empty());
 }
 
 // Found in review: a command still waiting when ensembled stops is destroyed after the fleet;

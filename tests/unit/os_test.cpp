@@ -2,6 +2,7 @@
 // halves are compiled for macOS by deploy/check-macos; what they share with Linux is here.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -17,6 +18,7 @@
 #include "os/child_process.h"
 #include "os/executable_path.h"
 #include "os/gpu_wired_limit.h"
+#include "os/listening_socket.h"
 #include "os/memory_limits.h"
 #include "os/memory_pressure.h"
 #include "os/peer_credentials.h"
@@ -150,6 +152,60 @@ TEST(ChildProcess, InheritsNoDescriptorButStdioAndLogsToItsFile) {
     ASSERT_EQ(::stat(log.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600) << "logs are this user's alone";
     std::filesystem::remove(log);
+}
+
+// The one descriptor a worker is handed (its port's listening socket) arrives as descriptor 3;
+// nothing else does.
+TEST(ChildProcess, PassesOneDescriptorAsDescriptorThreeAndNothingElse) {
+    const int null = ::open("/dev/null", O_RDONLY);
+    const int other = ::fcntl(null, F_DUPFD, 10);  // no close-on-exec: must still not leak
+    ::close(null);
+    auto socket = ListeningSocket::open("127.0.0.1", 0);
+    ASSERT_TRUE(socket) << socket.error().message;
+    const auto log = scratch_file("passed-log");
+    SpawnSpec spec;
+    spec.argv = {"/bin/sh", "-c",
+                 "test -e /dev/fd/3 && echo three; test -e /dev/fd/" + std::to_string(other) +
+                     " && echo leaked; test -e /dev/fd/" + std::to_string(socket->fd()) +
+                     " && echo original"};
+    spec.log_file = log;
+    spec.passed_fd = socket->fd();
+    auto child = ChildProcess::spawn(spec);
+    ::close(other);
+    ASSERT_TRUE(child) << child.error().message;
+    for (int i = 0; i < 500 && !(*child)->poll_exit(); ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(read_all(log), socket->fd() == 3 ? "three\noriginal\n" : "three\n");
+    std::filesystem::remove(log);
+}
+
+TEST(ListeningSocket, IsCheckedBeforeAWorkerAcceptsOnIt) {
+    auto socket = ListeningSocket::open("127.0.0.1", 0);
+    ASSERT_TRUE(socket) << socket.error().message;
+    sockaddr_in address{};
+    socklen_t length = sizeof address;
+    ASSERT_EQ(::getsockname(socket->fd(), reinterpret_cast<sockaddr*>(&address), &length), 0);
+    const int port = ntohs(address.sin_port);
+    EXPECT_TRUE(check_listening_socket(socket->fd(), port));
+    const auto wrong_port = check_listening_socket(socket->fd(), port + 1);
+    ASSERT_FALSE(wrong_port);
+    EXPECT_NE(wrong_port.error().message.find("bound to port " + std::to_string(port)),
+              std::string::npos);
+    const int file = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    EXPECT_EQ(check_listening_socket(file, port).error().code, "no_listening_socket");
+    ::close(file);
+    const int unbound = ::socket(AF_INET, SOCK_STREAM, 0);
+    EXPECT_NE(check_listening_socket(unbound, port).error().message.find("does not listen"),
+              std::string::npos);
+    ::close(unbound);
+    EXPECT_NE(check_listening_socket(1000, port).error().message.find("not open"),
+              std::string::npos);
+    // Held: a second bind is refused with a way to find the holder.
+    auto again = ListeningSocket::open("127.0.0.1", port);
+    ASSERT_FALSE(again);
+    EXPECT_EQ(again.error().code, "port_busy");
+    EXPECT_NE(again.error().message.find("sport = :" + std::to_string(port)), std::string::npos);
+    EXPECT_EQ(ListeningSocket::open("localhost", port).error().code, "bad_host");
 }
 
 // A spawn that fails for want of our own descriptors must not be blamed on the program (the

@@ -23,6 +23,12 @@ TEST(PortState, TheHappyPath) {
     }
 }
 
+TEST(PortState, AStartThatFailsBeforeAnyWorkerRanBacksOffToo) {
+    EXPECT_EQ(transition(PortState::stopped, PortEvent::failed), PortState::backoff);
+    EXPECT_EQ(transition(PortState::backoff, PortEvent::failed), PortState::backoff);
+    EXPECT_EQ(transition(PortState::backoff, PortEvent::crash_loop), PortState::failed);
+}
+
 TEST(PortState, FailuresBackOffThenCrashLoopToFailed) {
     EXPECT_EQ(transition(PortState::ready, PortEvent::failed), PortState::backoff);
     EXPECT_EQ(transition(PortState::backoff, PortEvent::spawn), PortState::starting);
@@ -49,7 +55,7 @@ TEST(PortState, AdoptionWaitsAndUnverifiableWorkers) {
 TEST(PortState, NonsenseEventsAreRefused) {
     EXPECT_FALSE(transition(PortState::stopped, PortEvent::engine_ready));
     EXPECT_FALSE(transition(PortState::ready, PortEvent::spawn));
-    EXPECT_FALSE(transition(PortState::stopped, PortEvent::failed));
+    EXPECT_FALSE(transition(PortState::failed, PortEvent::failed)) << "a crash loop stays down";
     EXPECT_FALSE(transition(PortState::starting, PortEvent::engine_ready));  // must register first
 }
 

@@ -1,0 +1,40 @@
+// A listening TCP socket that outlives the processes accepting on it. ensembled holds each
+// public port's for as long as the port is assigned and passes it to every worker it starts (as
+// descriptor protocol::kListenFd): connections made while no worker accepts — a worker killed,
+// restarted, swapped — wait in the kernel's backlog for the next one instead of being refused.
+#pragma once
+
+#include <string>
+
+#include "protocol/result.h"
+
+namespace ensemble {
+
+class ListeningSocket {
+  public:
+    // Binds host:port (SO_REUSEADDR, close-on-exec) and listens. Errors: "bad_host",
+    // "port_busy" (another process holds it; the message says how to find it), "no_resources"
+    // (ensembled's own shortage), "listen_failed".
+    static Result<ListeningSocket> open(const std::string& host, int port);
+
+    ListeningSocket() = default;
+    ListeningSocket(ListeningSocket&& other) noexcept;
+    ListeningSocket& operator=(ListeningSocket&& other) noexcept;
+    ListeningSocket(const ListeningSocket&) = delete;
+    ListeningSocket& operator=(const ListeningSocket&) = delete;
+    ~ListeningSocket();
+
+    bool is_open() const { return fd_ >= 0; }
+    int fd() const { return fd_; }
+    void close();
+
+  private:
+    explicit ListeningSocket(int fd) : fd_(fd) {}
+    int fd_ = -1;
+};
+
+// For a worker handed a listening socket: Ok when `fd` is an open TCP socket listening on
+// `port`; otherwise why not ("no_listening_socket").
+Status check_listening_socket(int fd, int port);
+
+}  // namespace ensemble
