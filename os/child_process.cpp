@@ -114,6 +114,8 @@ struct ChildPlan {
             release_fd = ::fcntl(release_fd, F_DUPFD_CLOEXEC, kPassedDescriptor + 1);
         if (exec_error_fd == kPassedDescriptor)
             exec_error_fd = ::fcntl(exec_error_fd, F_DUPFD_CLOEXEC, kPassedDescriptor + 1);
+        if (release_fd == -1 && plan.release_fd != -1) ::_exit(127);  // cannot hold: never run
+        if (exec_error_fd == -1) ::_exit(127);
         if (plan.passed_fd != kPassedDescriptor) ::dup2(plan.passed_fd, kPassedDescriptor);
         ::fcntl(kPassedDescriptor, F_SETFD, 0);
     }
@@ -143,6 +145,14 @@ std::string ExitStatus::describe() const {
     if (signaled)
         return "killed by signal " + std::to_string(signal) + " (" + signal_name(signal) + ")";
     return "exit code " + std::to_string(code);
+}
+
+void reserve_standard_descriptors() {
+    for (int fd = 0; fd <= 2; ++fd) {
+        if (::fcntl(fd, F_GETFD) >= 0) continue;
+        // The lowest free descriptor: this one.
+        if (::open("/dev/null", O_RDWR) != fd) return;
+    }
 }
 
 std::optional<std::filesystem::path> find_program(const std::string& name) {

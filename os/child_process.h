@@ -75,6 +75,11 @@ class ChildProcess {
     std::optional<ExitStatus> exit_;
 };
 
+// Opens /dev/null on any of descriptors 0, 1, 2 that is closed (a daemon started with its stdio
+// closed): otherwise the next socket or file would take one of them, and a child's stdio setup
+// would overwrite it. Call first thing in main.
+void reserve_standard_descriptors();
+
 // Resolves a program name on PATH (or returns it unchanged if it contains a '/').
 std::optional<std::filesystem::path> find_program(const std::string& name);
 

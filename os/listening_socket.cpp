@@ -28,7 +28,31 @@ int bound_port(int fd) {
     return 0;
 }
 
+// Whether the socket's bound address is the one `host` names.
+bool bound_address_is(int fd, const std::string& host) {
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) != 0) return false;
+    if (address.ss_family == AF_INET) {
+        in_addr wanted{};
+        return ::inet_pton(AF_INET, host.c_str(), &wanted) == 1 &&
+               std::memcmp(&wanted, &reinterpret_cast<const sockaddr_in&>(address).sin_addr,
+                           sizeof wanted) == 0;
+    }
+    if (address.ss_family == AF_INET6) {
+        in6_addr wanted{};
+        return ::inet_pton(AF_INET6, host.c_str(), &wanted) == 1 &&
+               std::memcmp(&wanted, &reinterpret_cast<const sockaddr_in6&>(address).sin6_addr,
+                           sizeof wanted) == 0;
+    }
+    return false;
+}
+
 }  // namespace
+
+bool ListeningSocket::bound_to(const std::string& host) const {
+    return fd_ >= 0 && bound_address_is(fd_, host);
+}
 
 Result<ListeningSocket> ListeningSocket::open(const std::string& host, int port) {
     sockaddr_storage address{};
@@ -78,6 +102,12 @@ Result<ListeningSocket> ListeningSocket::open(const std::string& host, int port)
     return socket;
 }
 
+Result<ListeningSocket> ListeningSocket::take(int fd, int port) {
+    ListeningSocket socket(fd);
+    if (auto ok = check_listening_socket(fd, port); !ok) return ok.error();  // closed with it
+    return socket;
+}
+
 ListeningSocket::ListeningSocket(ListeningSocket&& other) noexcept
     : fd_(std::exchange(other.fd_, -1)) {}
 
@@ -98,7 +128,7 @@ void ListeningSocket::close() {
     fd_ = -1;
 }
 
-Status check_listening_socket(int fd, int port) {
+Status check_listening_socket(int fd, int port, const std::string& host) {
     const auto refuse = [&](const std::string& why) {
         return Error{"no_listening_socket",
                      "descriptor " + std::to_string(fd) + " is not the listening socket of port " +
@@ -116,6 +146,7 @@ Status check_listening_socket(int fd, int port) {
         return refuse("it does not listen");
     if (const int bound = bound_port(fd); bound != port)
         return refuse("it is bound to port " + std::to_string(bound));
+    if (!host.empty() && !bound_address_is(fd, host)) return refuse("it is not bound to " + host);
     return Ok{};
 }
 

@@ -16,6 +16,9 @@ class ListeningSocket {
     // "port_busy" (another process holds it; the message says how to find it), "no_resources"
     // (ensembled's own shortage), "listen_failed".
     static Result<ListeningSocket> open(const std::string& host, int port);
+    // Takes `fd` (received from a worker): kept when it is a socket listening on `port`,
+    // closed otherwise (the error says why, as check_listening_socket).
+    static Result<ListeningSocket> take(int fd, int port);
 
     ListeningSocket() = default;
     ListeningSocket(ListeningSocket&& other) noexcept;
@@ -25,6 +28,8 @@ class ListeningSocket {
     ~ListeningSocket();
 
     bool is_open() const { return fd_ >= 0; }
+    // Whether it is bound to the address `host` names ("127.0.0.1", "::1", "0.0.0.0").
+    bool bound_to(const std::string& host) const;
     int fd() const { return fd_; }
     void close();
 
@@ -34,7 +39,7 @@ class ListeningSocket {
 };
 
 // For a worker handed a listening socket: Ok when `fd` is an open TCP socket listening on
-// `port`; otherwise why not ("no_listening_socket").
-Status check_listening_socket(int fd, int port);
+// `port` (and, when `host` is given, bound to it); otherwise why not ("no_listening_socket").
+Status check_listening_socket(int fd, int port, const std::string& host = "");
 
 }  // namespace ensemble

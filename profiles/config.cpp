@@ -221,8 +221,8 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     if (!v_.map_with_keys(
             file, node, "supervisor",
             {"state_dir", "run_dir", "memory_budget", "over_budget", "evict_idle_after",
-             "boot_profile", "bind_host", "allow_privileged_ports", "gpu_wired_limit", "logs",
-             "health", "restart"})) {
+             "boot_profile", "bind_host", "hold_while_loading", "allow_privileged_ports",
+             "gpu_wired_limit", "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -261,6 +261,11 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     }
     if (node["bind_host"]) {
         if (auto h = v_.scalar<std::string>(file, node["bind_host"], "bind_host")) s.bind_host = *h;
+    }
+    if (node["hold_while_loading"]) {
+        duration(file, node["hold_while_loading"], "hold_while_loading", s.hold_while_loading);
+        if (s.hold_while_loading > std::chrono::hours(1))
+            v_.at(file, node["hold_while_loading"], "hold_while_loading must be at most 1h");
     }
     if (node["allow_privileged_ports"]) {
         if (auto allow =

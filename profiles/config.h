@@ -66,6 +66,9 @@ struct SupervisorSettings {
     std::string memory_budget;        // "170GiB" or "85%"; empty: no budget
     std::string boot_profile;
     std::string bind_host = "127.0.0.1";
+    // A connection to a port whose worker is loading (a restart, a swap) waits this long in the
+    // port's backlog; then the worker answers it, 503 model_loading with Retry-After.
+    std::chrono::milliseconds hold_while_loading{30000};
     // Ports below 1024 belong to system services (ssh on 22): served only when this is set.
     bool allow_privileged_ports = false;
     // macOS: the GPU wired limit the MLX models need (sysctl iogpu.wired_limit_mb), set at boot

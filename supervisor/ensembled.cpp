@@ -11,6 +11,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <iostream>
 
+#include "os/child_process.h"
 #include "os/descriptor_limit.h"
 #include "os/private_folder.h"
 #include "protocol/framing.h"
@@ -47,6 +48,7 @@ void watchdog_forever(asio::steady_timer& timer, Fleet& fleet, std::chrono::mill
 }  // namespace
 
 int main(int argc, char** argv) {
+    reserve_standard_descriptors();  // before any socket can take 0, 1 or 2
     // First: a write to a peer that is gone (a client, a held child) is an error, not death.
     ::signal(SIGPIPE, SIG_IGN);
     std::string config_path;

@@ -225,7 +225,8 @@ void Fleet::reconcile() {
     }
 }
 
-Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
+Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m,
+                          std::optional<ListeningSocket> port_socket) {
     auto* p = find(m.port);
     if (p == nullptr || !p->expects(m)) {
         // Adoption or termination, never limbo: a worker this ensembled has no record of is
@@ -244,7 +245,7 @@ Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m) {
         }
         p = find(m.port);
     }
-    p->on_register(peer);
+    p->on_register(peer, std::move(port_socket));
     return Ok{};
 }
 

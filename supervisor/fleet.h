@@ -127,7 +127,9 @@ class Fleet final : private PortHost {
     awaitable<void> stop_all(std::chrono::milliseconds timeout);
 
     // workers.sock
-    Status on_register(WorkerLinkPeer* peer, const protocol::Register& message);
+    // `port_socket`: the port's listening socket, when the worker handed it back (checked).
+    Status on_register(WorkerLinkPeer* peer, const protocol::Register& message,
+                       std::optional<ListeningSocket> port_socket = std::nullopt);
     void on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stats);
     void on_link_closed(WorkerLinkPeer* peer);
 

@@ -248,8 +248,12 @@ awaitable<Result<ProfileLoad>> Fleet::profile_load(const std::string& name) {
     for (const auto& [number, p] : ports_) {
         if (!profile.ports.count(number)) stale.push_back(number);
     }
-    for (int port : stale)
-        co_await unload(port);
+    for (int port : stale) {
+        // The profile's assignments are written already: a port that could not be unloaded
+        // is said, and the load goes on.
+        const auto unloaded = co_await unload(port);
+        if (!unloaded) event(port, "unload_failed", unloaded.error().message);
+    }
     ProfileLoad loaded{name, {}, true};
     for (const auto& [number, a] : profile.ports) {
         auto* p = find(number);
@@ -274,8 +278,10 @@ awaitable<Result<std::vector<int>>> Fleet::profile_unload() {
         ports.push_back(port);
     if (auto ok = store_->replace_assignments({}); !ok) co_return ok.error();
     log_unsaved(store_->set_meta("active_profile", ""), "that no profile is active");
-    for (int port : ports)
-        co_await unload(port);
+    for (int port : ports) {
+        const auto unloaded = co_await unload(port);
+        if (!unloaded) event(port, "unload_failed", unloaded.error().message);
+    }
     co_return ports;
 }
 

@@ -94,6 +94,7 @@ bool Port::move(PortEvent ev, const std::string& reason, bool save) {
     if (!next) {
         spdlog::debug("port {}: ignored {} in state {}", s_.port, to_string(ev),
                       to_string(s_.state));
+        close_if_down();  // a restart of a failed port that failed again, say
         return false;
     }
     // A failure is always told, even a start failing again in backoff.
@@ -104,14 +105,18 @@ bool Port::move(PortEvent ev, const std::string& reason, bool save) {
         // worker, cleared when a new worker starts (start_worker).
         if (*next == PortState::ready && !s_.ready_since) s_.ready_since = host_.time().now();
         s_.state = *next;
-        // Down for good (unloaded, evicted, a crash loop): clients are refused, not kept
-        // waiting in a backlog nobody will accept from.
-        if ((s_.state == PortState::stopped || s_.state == PortState::failed) && !hand_over_)
-            listener_.close();
         if (save) save_record();
     }
+    close_if_down();
     host_.changed();
     return true;
+}
+
+void Port::close_if_down() {
+    // Down for good (unloaded, evicted, a crash loop, a start that failed after a stop): clients
+    // are refused, not kept waiting in a backlog nobody will accept from.
+    if ((s_.state == PortState::stopped || s_.state == PortState::failed) && !hand_over_)
+        listener_.close();
 }
 
 void Port::save_record() {
@@ -140,7 +145,8 @@ void Port::save_record() {
 }
 
 bool Port::signal(int signal) {
-    if (s_.pid <= 1) return false;
+    // Reaped already (its exit waits for the worker's last word): the pid is no longer ours.
+    if (s_.pid <= 1 || exited_) return false;
     if (process_) {
         // Our own child: its pid cannot belong to anyone else before we reap it.
         host_.processes().signal_child(static_cast<pid_t>(s_.pid), signal);
@@ -167,6 +173,8 @@ void Port::refresh_estimate() {
 Status Port::start_worker() {
     const auto& config = host_.config();
     hand_over_ = false;
+    // bind_host changed (a reload, then a restart): the port moves to the new address.
+    if (listener_.is_open() && !listener_.bound_to(config.supervisor.bind_host)) listener_.close();
     if (!listener_.is_open()) {
         auto opened = host_.processes().listen(config.supervisor.bind_host, s_.port);
         if (!opened) {
@@ -210,6 +218,7 @@ Status Port::start_worker() {
 }
 
 void Port::start(std::chrono::seconds retry) {
+    s_.stop_requested = false;  // a new run: its failures are failures, retried by the policy
     if (const auto holder = host_.dismissed_holder(s_.port)) {
         // A worker told to stop still holds the port while it drains: starting now would only
         // fail (port in use, its engine record locked) and count against the port.
@@ -415,7 +424,14 @@ bool Port::expects(const protocol::Register& m) const {
     return worker_id_ == m.worker_id && !token_.empty() && token_ == m.token;
 }
 
-void Port::on_register(WorkerLinkPeer* peer) {
+void Port::on_register(WorkerLinkPeer* peer, std::optional<ListeningSocket> port_socket) {
+    if (port_socket && !listener_.is_open()) {
+        listener_ = std::move(*port_socket);
+        host_.event(s_.port, "port_socket",
+                    "holding port " + std::to_string(s_.port) +
+                        "'s listening socket again, handed back by worker pid " +
+                        std::to_string(s_.pid));
+    }
     if (link_ != nullptr && link_ != peer) link_->close();
     link_ = peer;
     s_.linked = true;
@@ -508,8 +524,10 @@ void Port::escalate_kill(Clock::time_point now) {
 
 void Port::tick(Clock::time_point now, bool stalled) {
     if (stalled) last_heartbeat_ = now;
-    check_heartbeat(now);
-    escalate_kill(now);
+    if (!exited_) {  // reaped: nothing to find unwell or kill
+        check_heartbeat(now);
+        escalate_kill(now);
+    }
     if (process_) {
         if (!exited_) {
             exited_ = process_->poll_exit();

@@ -142,7 +142,9 @@ class Port {
     bool occupied() const { return s_.pid != 0 || link_ != nullptr; }
     // Whether ensembled holds the port's listening socket (from a start until a final stop).
     bool listening() const { return listener_.is_open(); }
-    void on_register(WorkerLinkPeer* peer);
+    // `port_socket`: the worker's copy of the port's listening socket; kept when the port holds
+    // none (a survivor of an earlier ensembled), so the port stays open whatever the worker does.
+    void on_register(WorkerLinkPeer* peer, std::optional<ListeningSocket> port_socket);
     bool linked_to(const WorkerLinkPeer* peer) const { return link_ == peer; }
     void on_heartbeat(const protocol::WorkerStats& stats);
     void on_link_closed(const WorkerLinkPeer* peer);
@@ -160,6 +162,7 @@ class Port {
   private:
     Status start_worker();
     bool move(PortEvent event, const std::string& reason, bool save = true);
+    void close_if_down();
     void save_record();
     bool signal(int signal);
     void on_gone(const std::string& how);

@@ -14,6 +14,7 @@
 #include <list>
 
 #include "os/descriptor_limit.h"
+#include "os/descriptor_passing.h"
 #include "os/peer_credentials.h"
 #include "protocol/framing.h"
 
@@ -170,10 +171,30 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
     protocol::FrameDecoder decoder;
     std::array<char, 8192> buffer{};
     bool registered = false;
+    // A descriptor that came before or with the registration: the worker's listening socket,
+    // handed back (os/descriptor_passing.h). Any other is closed at once.
+    std::optional<int> handed;
+    struct CloseUnused {
+        std::optional<int>& fd;
+        ~CloseUnused() {
+            if (fd) ::close(*fd);
+        }
+    } close_unused{handed};
     for (;;) {
         boost::system::error_code ec;
-        const auto n = co_await peer->socket().async_read_some(asio::buffer(buffer), on_error(ec));
+        co_await peer->socket().async_wait(unix_socket::socket::wait_read, on_error(ec));
         if (ec) break;
+        auto got = receive_with_descriptors(peer->socket().native_handle(), buffer);
+        if (!got && got.error().code == "would_block") continue;
+        if (!got || got->bytes == 0) break;
+        for (const int fd : got->descriptors) {
+            if (!registered && !handed) {
+                handed = fd;
+            } else {
+                ::close(fd);
+            }
+        }
+        const auto n = got->bytes;
         entry->last_active = Clock::now();
         decoder.feed({buffer.data(), n});
         while (auto frame = decoder.next()) {
@@ -184,7 +205,17 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
                 continue;
             }
             if (const auto* reg = std::get_if<protocol::Register>(&*message)) {
-                auto ok = fleet.on_register(peer.get(), *reg);
+                std::optional<ListeningSocket> port_socket;
+                if (handed) {
+                    auto taken =
+                        ListeningSocket::take(*std::exchange(handed, std::nullopt), reg->port);
+                    if (taken) {
+                        port_socket = std::move(taken).value();
+                    } else {
+                        spdlog::warn("workers.sock: {}", taken.error().message);
+                    }
+                }
+                auto ok = fleet.on_register(peer.get(), *reg, std::move(port_socket));
                 peer->send(ok ? protocol::registered_message() : protocol::error_reply(ok.error()));
                 // A worker that cannot be adopted is told to stop: never left serving unmanaged.
                 if (!ok) peer->send(protocol::stop_message());

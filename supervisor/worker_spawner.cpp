@@ -72,6 +72,9 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
         std::to_string(port),
         "--host",
         config.supervisor.bind_host,
+        "--hold-while-loading",
+        std::to_string(
+            std::chrono::ceil<std::chrono::seconds>(config.supervisor.hold_while_loading).count()),
         "--model",
         model->path,
         "--handle",

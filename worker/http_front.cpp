@@ -37,7 +37,8 @@ Status HttpFront::listen() {
     boost::system::error_code ec;
     if (config_.listen_fd) {
         const int fd = *config_.listen_fd;
-        if (auto ok = check_listening_socket(fd, config_.port); !ok) return ok.error();
+        if (auto ok = check_listening_socket(fd, config_.port, config_.host); !ok)
+            return ok.error();
         sockaddr_storage address{};
         socklen_t length = sizeof address;
         ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
@@ -272,15 +273,17 @@ awaitable<void> HttpFront::drain(std::chrono::milliseconds timeout) {
     const auto fresh_deadline = began + std::min(timeout, std::chrono::milliseconds(500));
     asio::steady_timer timer(io_);
     for (;;) {
+        bool busy = in_flight_ > 0;
         bool fresh_waiting = false;
         for (auto& session : sessions_) {
             // Ends a keep-alive wait; a fresh connection's first request is still answered.
             if (session.idle && !session.fresh) session.stream->socket().cancel(ec);
-            fresh_waiting = fresh_waiting || (session.idle && session.fresh);
+            if (!session.idle) busy = true;  // reading a request (or answering one)
+            if (session.idle && session.fresh) fresh_waiting = true;
         }
         const auto now = std::chrono::steady_clock::now();
         const bool fresh_done = !fresh_waiting || now >= fresh_deadline;
-        if ((in_flight_ == 0 && fresh_done) || now >= deadline) break;
+        if ((!busy && fresh_done) || now >= deadline) break;
         timer.expires_after(std::chrono::milliseconds(20));
         co_await timer.async_wait(on_error(ec));
     }

@@ -82,7 +82,8 @@ int main(int argc, char** argv) {
                                        ? protocol::WorkerExit::bad_configuration
                                        : protocol::WorkerExit::port_in_use);
     }
-    const auto link_config = LinkConfig::from_environment(options.front.port, options.model.handle);
+    auto link_config = LinkConfig::from_environment(options.front.port, options.model.handle);
+    if (link_config) link_config->listen_fd = options.front.listen_fd;
     asio::signal_set children(io, SIGCHLD);
     on_every_signal(children, [&engine] { engine.on_child_exit(); });
     if (auto ok = engine.start(); !ok) {
@@ -100,6 +101,21 @@ int main(int argc, char** argv) {
         front.start_accepting();
     };
     accept_if_due();
+    // Bounded: a model that takes long to load (or never does) answers 503 after a while rather
+    // than keeping its clients in the backlog.
+    asio::steady_timer hold_timer(io);
+    if (!accepting) {
+        hold_timer.expires_after(options.hold_while_loading);
+        hold_timer.async_wait([&](boost::system::error_code ec) {
+            if (ec || accepting) return;
+            spdlog::info(
+                "front: the engine is not ready after {} s; answering 503 model_loading "
+                "until it is",
+                options.hold_while_loading.count());
+            accepting = true;
+            front.start_accepting();
+        });
+    }
     spdlog::info("worker: serving '{}' on {}:{} (engine {} on {})", options.model.handle,
                  options.front.host, front.bound_port(), options.engine.preset.name,
                  engine.endpoint().describe());

@@ -7,6 +7,7 @@
 #include <boost/asio/write.hpp>
 #include <cstdlib>
 
+#include "os/descriptor_passing.h"
 #include "protocol/framing.h"
 #include "protocol/worker_contract.h"
 
@@ -67,6 +68,29 @@ awaitable<bool> SupervisorLink::send(const nlohmann::json& message) {
     co_return !ec;
 }
 
+awaitable<bool> SupervisorLink::send_hello(const nlohmann::json& hello) {
+    const auto frame = protocol::encode_frame(hello);
+    std::size_t sent = 0;
+    boost::system::error_code ec;
+    while (config_.listen_fd) {
+        co_await socket_.async_wait(asio::socket_base::wait_write, on_error(ec));
+        if (ec) co_return false;
+        auto n = send_with_descriptor(socket_.native_handle(), frame, *config_.listen_fd);
+        if (n) {
+            sent = *n;
+            break;
+        }
+        if (n.error().code != "would_block") {
+            // The socket is gone (drained, say): register without it.
+            spdlog::debug("link: cannot hand the port's socket back: {}", n.error().message);
+            break;
+        }
+    }
+    const std::string_view rest = std::string_view(frame).substr(sent);
+    if (!rest.empty()) co_await asio::async_write(socket_, asio::buffer(rest), on_error(ec));
+    co_return !ec;
+}
+
 awaitable<void> SupervisorLink::run() {
     auto last_contact = Clock::now();
     asio::steady_timer timer(io_);
@@ -80,7 +104,7 @@ awaitable<void> SupervisorLink::run() {
             const auto hello = protocol::to_json(
                 protocol::Register{config_.worker_id, config_.token, config_.port, ::getpid(),
                                    protocol::kVersion, config_.handle});
-            const bool registered = co_await send(hello);
+            const bool registered = co_await send_hello(hello);
             if (registered) {
                 spdlog::info("link: connected to the supervisor at {}", config_.socket_path);
                 reader_running_ = true;

@@ -21,6 +21,9 @@ struct LinkConfig {
     std::string token;
     int port = 0;
     std::string handle;  // the model served, said when registering
+    // The port's listening socket ensembled passed (descriptor 3), handed back with each
+    // registration: a new ensembled, after a restart, then holds the port too.
+    std::optional<int> listen_fd;
     std::chrono::milliseconds heartbeat_interval{1000};
     std::chrono::milliseconds orphan_grace{std::chrono::minutes(5)};
 
@@ -45,6 +48,8 @@ class SupervisorLink {
     awaitable<void> run();
     awaitable<void> read_loop();
     awaitable<bool> send(const nlohmann::json& message);
+    // The registration, with the port's listening socket attached when there is one.
+    awaitable<bool> send_hello(const nlohmann::json& hello);
 
     asio::io_context& io_;
     LinkConfig config_;

@@ -144,6 +144,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     std::string log_dir;
     std::string log_file;
     int drain_seconds = 30;
+    int hold_seconds = 30;
     int queue_timeout = 60;
     int header_timeout = static_cast<int>(o.front.header_timeout.count());
     double stall_timeout = 120;
@@ -206,6 +207,11 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "seconds a client has to send a request's headers once it has begun")
         ->capture_default_str()
         ->check(CLI::Range(1, 3600));
+    app.add_option("--hold-while-loading", hold_seconds,
+                   "supervised: seconds a connection waits in the port's backlog for the engine "
+                   "to be ready, before it is answered 503 model_loading")
+        ->check(CLI::Range(0, 3600))
+        ->capture_default_str();
     app.add_option("--drain-timeout", drain_seconds, "seconds SIGTERM waits for requests in flight")
         ->capture_default_str();
     app.add_option("--load-stall-timeout", stall_timeout,
@@ -235,6 +241,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     }
     o.engine.log_file = log_file;
     o.drain_timeout = std::chrono::seconds(drain_seconds);
+    o.hold_while_loading = std::chrono::seconds(hold_seconds);
     o.front.header_timeout = std::chrono::seconds(header_timeout);
     o.proxy.queue_timeout = std::chrono::seconds(queue_timeout);
     o.proxy.engine_timeout = std::chrono::seconds(engine_timeout);

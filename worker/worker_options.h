@@ -19,6 +19,9 @@ struct WorkerOptions {
     ProxyLimits proxy;
     ModelIdentity model;
     std::chrono::milliseconds drain_timeout{30000};
+    // Supervised: how long connections wait in the backlog for the engine to be ready before
+    // the worker accepts them anyway (and answers 503 model_loading until it is).
+    std::chrono::seconds hold_while_loading{30};
 };
 
 // Parses argv into options; on --help or a bad argument returns the exit code to use.

@@ -246,6 +246,31 @@ TEST_F(ChaosTest, SupervisorKilledAtRandomMomentsUnderLoadLosesNothing) {
     expect_assignment(port_b_, "tiny-two");
 }
 
+// A worker that survived a restart of ensembled hands its port's socket back when it
+// reconnects: killed afterwards, it costs no refused connection either.
+TEST_F(ChaosTest, AnAdoptedWorkerKilledUnderLoadRefusesNoConnection) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    const pid_t survivor = pid_of(port_a_, "pid");
+    ::kill(supervisor_->pid(), SIGKILL);
+    ASSERT_TRUE(wait_exit(*supervisor_, 5s));
+    supervisor_ = start_supervisor();
+    const auto deadline = Clock::now() + 15s;
+    while (Clock::now() < deadline && port_status(port_a_)["state"] != "ready")
+        std::this_thread::sleep_for(20ms);
+    ASSERT_EQ(pid_of(port_a_, "pid"), survivor) << "adopted";
+    EXPECT_NE(cli("events -n 50").out.find("handed back by worker pid " + std::to_string(survivor)),
+              std::string::npos);
+    LoadGenerator load(port_a_, 2);
+    load.start();
+    std::vector<Kill> kills;
+    ASSERT_NO_FATAL_FAILURE(kill_repeatedly("pid", 1, kills));
+    auto judged = judge(load.stop(), kills, Victim::worker);
+    judged.iterations = 1;
+    record(judged);  // refused: 0
+    expect_assignment(port_a_, "tiny");
+}
+
 TEST_F(ChaosTest, EngineCrashingEveryFewRequestsOnlyFailsTheRequestsItCuts) {
     supervisor_ = start_supervisor();
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " fake-crashy").exit_code, 0);

@@ -28,6 +28,7 @@ class SupervisorTest : public SupervisorFixture {
             name.find("StopTimer") != std::string::npos)
             settings += "  health: {stop_timeout: 2s}\n";
         if (name.find("BootProfile") != std::string::npos) settings += "  boot_profile: single\n";
+        if (name.find("Loading") != std::string::npos) settings += "  hold_while_loading: 1s\n";
         return settings;
     }
 
@@ -673,6 +674,25 @@ TEST_F(SupervisorTest, MalformedSocketMessagesGetErrorsAndChangeNothing) {
                           std::to_string(port_a_) + R"(,"pid":1})" + "\n");
     EXPECT_NE(forged.find("unknown_worker"), std::string::npos) << forged;
     EXPECT_EQ(port_status(port_a_)["state"], "ready");
+    EXPECT_EQ(chat(port_a_), 200);
+}
+
+// ensembled holds a loading port's socket: a client waits in its backlog for the engine, but
+// not without bound — after hold_while_loading (1 s here) the worker answers 503 model_loading,
+// and once the engine is ready, 200.
+TEST_F(SupervisorTest, AClientOfALoadingPortWaitsThenIsAnsweredNotRefused) {
+    supervisor_ = start_supervisor();
+    CliResult loaded;
+    std::thread loader([&] { loaded = cli("load " + std::to_string(port_a_) + " fake-slow"); });
+    for (int i = 0; i < 200 && port_status(port_a_).value("pid", 0) == 0; ++i)
+        std::this_thread::sleep_for(10ms);  // the worker runs; its engine takes 2 s to start
+    const auto r = http_request(
+        port_a_, chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})"));
+    EXPECT_EQ(r.status, 503) << r.error << r.body;
+    EXPECT_NE(r.body.find("model_loading"), std::string::npos) << r.body;
+    EXPECT_FALSE(r.header("retry-after").empty());
+    loader.join();
+    EXPECT_EQ(loaded.exit_code, 0) << loaded.out;
     EXPECT_EQ(chat(port_a_), 200);
 }
 

@@ -460,7 +460,7 @@ TEST_F(WorkerTest, ARequestOnAConnectionMadeBeforeTheDrainIsAnswered) {
     address.sin_port = htons(worker->port());
     address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ASSERT_EQ(::connect(client, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
-    std::this_thread::sleep_for(200ms);  // accepted, and waiting for its request
+    std::this_thread::sleep_for(500ms);  // accepted, and waiting for its request
     worker->signal(SIGTERM);
     std::this_thread::sleep_for(100ms);  // draining
     const std::string body = R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2})";

@@ -161,11 +161,11 @@ Status FakeProcesses::port_free(const std::string& /*host*/, int port) const {
     return Error{"port_busy", "port " + std::to_string(port) + " is in use by another process"};
 }
 
-Result<ListeningSocket> FakeProcesses::listen(const std::string& /*host*/, int port) {
+Result<ListeningSocket> FakeProcesses::listen(const std::string& host, int port) {
     if (world_.busy_ports.contains(port))
         return Error{"port_busy", "port " + std::to_string(port) + " is in use by another process"};
     ++world_.listening_sockets_opened[port];
-    return ListeningSocket::open("127.0.0.1", 0);
+    return ListeningSocket::open(host, 0);
 }
 
 std::vector<std::string> FakeProcesses::stop_engine_left_behind(

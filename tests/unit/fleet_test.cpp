@@ -379,13 +379,59 @@ TEST_F(FleetTest, APortDownForGoodIsClosedSoClientsAreRefusedNotKeptWaiting) {
     EXPECT_EQ(world_.listening_sockets_opened[kA], 2);
 }
 
-TEST_F(FleetTest, APortHeldByAnotherProgramFailsToStartAndBacksOff) {
+TEST_F(FleetTest, APortHeldByAnotherProgramIsRefusedAtLoad) {
     start();
     world_.busy_ports.insert(kA);
-    // The load's own check sees it first.
     const auto refused = command(protocol::Verb::load, kA, "a");
     EXPECT_EQ(refused["error"]["code"], "port_busy") << refused.dump();
     EXPECT_TRUE(world_.spawned.empty());
+}
+
+TEST_F(FleetTest, APortTakenWhileItWasDownCannotBeBoundAndSaysWhy) {
+    start();
+    world_.dead_on_arrival.insert("a");
+    (void)command(protocol::Verb::load, kA, "a");
+    advance(2min);
+    ASSERT_EQ(port_status(kA)["state"], "failed");
+    world_.dead_on_arrival.clear();
+    world_.busy_ports.insert(kA);  // another program took it meanwhile
+    const auto refused = command(protocol::Verb::restart, kA);
+    EXPECT_EQ(refused["error"]["code"], "restart_failed") << refused.dump();
+    EXPECT_NE(refused["error"]["message"].get<std::string>().find("in use by another process"),
+              std::string::npos)
+        << refused.dump();
+    EXPECT_EQ(events_of_kind("listen_failed").size(), 1U);
+    EXPECT_EQ(world_.spawned.size(), 5U) << "no worker started without its socket";
+}
+
+// Found in review: a start that failed after a stop left the socket open, nobody accepting.
+TEST_F(FleetTest, AStartThatFailsAfterAHandOverIsRetriedAndClosesThePortOnceFailed) {
+    start();
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    const int held = open_descriptors();
+    world_.spawn_error_code = "spawn_failed";  // the worker binary replaced mid-upgrade, say
+    (void)command(protocol::Verb::restart, kA);
+    advance(5min);
+    EXPECT_EQ(world_.spawned.size(), 1U);
+    EXPECT_EQ(port_status(kA)["state"], "failed") << "retried by the policy, then a crash loop";
+    EXPECT_EQ(open_descriptors(), held - 1) << "and its socket closed";
+}
+
+// Found in review: a restart after bind_host changed kept the socket on the old address.
+TEST_F(FleetTest, ARestartAfterBindHostChangedMovesThePortToTheNewAddress) {
+    start();
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    std::ifstream in(dir_ / "ensemble.yaml");
+    std::string yaml((std::istreambuf_iterator<char>(in)), {});
+    yaml.insert(yaml.find("supervisor:\n") + 12, "  bind_host: 0.0.0.0\n");
+    std::ofstream(dir_ / "ensemble.yaml") << yaml;
+    const auto reloaded = command(protocol::Verb::reload);
+    ASSERT_EQ(reloaded["ok"], true) << reloaded.dump();
+    EXPECT_EQ(reloaded["result"]["changed_ports"], json::array({kA}));
+    ASSERT_EQ(command(protocol::Verb::restart, kA)["ok"], true);
+    EXPECT_EQ(world_.listening_sockets_opened[kA], 2) << "bound again, on 0.0.0.0";
+    ASSERT_EQ(command(protocol::Verb::restart, kA)["ok"], true);
+    EXPECT_EQ(world_.listening_sockets_opened[kA], 2) << "and kept from then on";
 }
 
 // Found in review: a command still waiting when ensembled stops is destroyed after the fleet;

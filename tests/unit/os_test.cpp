@@ -10,12 +10,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <thread>
 
 #include "os/child_process.h"
+#include "os/descriptor_passing.h"
 #include "os/executable_path.h"
 #include "os/gpu_wired_limit.h"
 #include "os/listening_socket.h"
@@ -177,6 +179,46 @@ TEST(ChildProcess, PassesOneDescriptorAsDescriptorThreeAndNothingElse) {
         std::this_thread::sleep_for(10ms);
     EXPECT_EQ(read_all(log), socket->fd() == 3 ? "three\noriginal\n" : "three\n");
     std::filesystem::remove(log);
+}
+
+// How a worker hands its port's socket back to a new ensembled: the same socket arrives, with
+// its bytes, close-on-exec, and is taken only for the port it listens on.
+TEST(DescriptorPassing, AListeningSocketArrivesWithItsBytes) {
+    int pair[2];
+    ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
+    auto socket = ListeningSocket::open("127.0.0.1", 0);
+    ASSERT_TRUE(socket);
+    sockaddr_in address{};
+    socklen_t length = sizeof address;
+    ::getsockname(socket->fd(), reinterpret_cast<sockaddr*>(&address), &length);
+    const int port = ntohs(address.sin_port);
+    auto sent = send_with_descriptor(pair[0], "{\"type\":\"register\"}\n", socket->fd());
+    ASSERT_TRUE(sent) << sent.error().message;
+    std::array<char, 256> buffer{};
+    auto got = receive_with_descriptors(pair[1], buffer);
+    ASSERT_TRUE(got) << got.error().message;
+    EXPECT_EQ(std::string(buffer.data(), got->bytes), "{\"type\":\"register\"}\n");
+    ASSERT_EQ(got->descriptors.size(), 1U);
+    const int received = got->descriptors[0];
+    EXPECT_NE(received, socket->fd()) << "a new descriptor for the same socket";
+    EXPECT_EQ(::fcntl(received, F_GETFD) & FD_CLOEXEC, FD_CLOEXEC);
+    EXPECT_EQ(ListeningSocket::take(::dup(received), port + 1).error().code, "no_listening_socket");
+    auto taken = ListeningSocket::take(received, port);
+    ASSERT_TRUE(taken) << taken.error().message;
+    socket->close();  // the original gone, the port is still held through the copy
+    EXPECT_EQ(ListeningSocket::open("127.0.0.1", port).error().code, "port_busy");
+    // Bytes alone: no descriptor; nothing waiting: would_block on a non-blocking socket.
+    ASSERT_EQ(::write(pair[0], "x", 1), 1);
+    got = receive_with_descriptors(pair[1], buffer);
+    ASSERT_TRUE(got);
+    EXPECT_TRUE(got->descriptors.empty());
+    ::fcntl(pair[1], F_SETFL, O_NONBLOCK);
+    EXPECT_EQ(receive_with_descriptors(pair[1], buffer).error().code, "would_block");
+    ::close(pair[0]);
+    got = receive_with_descriptors(pair[1], buffer);
+    ASSERT_TRUE(got);
+    EXPECT_EQ(got->bytes, 0U) << "closed";
+    ::close(pair[1]);
 }
 
 TEST(ListeningSocket, IsCheckedBeforeAWorkerAcceptsOnIt) {
