@@ -683,8 +683,12 @@ TEST_F(SupervisorTest, MalformedSocketMessagesGetErrorsAndChangeNothing) {
 TEST_F(SupervisorTest, AClientOfALoadingPortWaitsThenIsAnsweredNotRefused) {
     supervisor_ = start_supervisor();
     CliResult loaded;
-    std::thread loader([&] { loaded = cli("load " + std::to_string(port_a_) + " fake-slow"); });
-    for (int i = 0; i < 200 && port_status(port_a_).value("pid", 0) == 0; ++i)
+    std::jthread loader([&] { loaded = cli("load " + std::to_string(port_a_) + " fake-slow"); });
+    const auto worker_runs = [&] {
+        const auto p = port_status(port_a_);  // null until the load has begun
+        return p.is_object() && p.value("pid", 0) != 0;
+    };
+    for (int i = 0; i < 200 && !worker_runs(); ++i)
         std::this_thread::sleep_for(10ms);  // the worker runs; its engine takes 2 s to start
     const auto r = http_request(
         port_a_, chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})"));
