@@ -683,7 +683,13 @@ TEST_F(SupervisorTest, MalformedSocketMessagesGetErrorsAndChangeNothing) {
 TEST_F(SupervisorTest, AClientOfALoadingPortWaitsThenIsAnsweredNotRefused) {
     supervisor_ = start_supervisor();
     CliResult loaded;
-    std::jthread loader([&] { loaded = cli("load " + std::to_string(port_a_) + " fake-slow"); });
+    std::thread loader([&] { loaded = cli("load " + std::to_string(port_a_) + " fake-slow"); });
+    struct JoinAtExit {  // however the test ends (libc++ has no std::jthread yet)
+        std::thread& thread;
+        ~JoinAtExit() {
+            if (thread.joinable()) thread.join();
+        }
+    } join_at_exit{loader};
     const auto worker_runs = [&] {
         const auto p = port_status(port_a_);  // null until the load has begun
         return p.is_object() && p.value("pid", 0) != 0;
