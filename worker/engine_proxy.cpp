@@ -3,11 +3,11 @@
 #include "worker/token_counter.h"
 
 #include <spdlog/spdlog.h>
+
 #include <sys/socket.h>
 
-#include <cerrno>
-
 #include <array>
+#include <cerrno>
 #include <limits>
 
 namespace ensemble {
@@ -39,17 +39,15 @@ bool forwarded(http::field f) {
     }
 }
 
-http::request<http::string_body> engine_request(const http::request<http::string_body>& in,
-                                                const StreamEndpoint& engine) {
-    http::request<http::string_body> out{in.method(), in.target(), 11};
-    for (const auto& field : in) {
-        if (forwarded(field.name())) out.insert(field.name_string(), field.value());
+// The client's request becomes the engine's in place (no copy of a large body), once; it stays
+// intact for a retry.
+void prepare_for_engine(http::request<http::string_body>& request) {
+    for (auto field = request.begin(); field != request.end();) {
+        field = forwarded(field->name()) ? std::next(field) : request.erase(field);
     }
-    out.set(http::field::host, engine.host());
-    out.body() = in.body();
-    out.keep_alive(true);
-    out.prepare_payload();
-    return out;
+    request.version(11);
+    request.keep_alive(true);
+    request.prepare_payload();
 }
 
 // Whether an event stream's last event was `data: [DONE]` (OpenAI's end of stream), from the
@@ -89,13 +87,47 @@ ApiError engine_unavailable(const EngineRunner& engine) {
             2};
 }
 
-// An idle keep-alive connection the engine has closed reads as EOF; catch it before reuse.
-bool still_open(stream_protocol::socket& socket) {
-    if (!socket.is_open()) return false;
-    char byte = 0;
-    const auto n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
-}
+// Watches a client's connection while its answer is being generated. A client that goes away
+// (end of stream or reset) gets its engine connection cancelled and then closed, and the engine
+// stops generating for nobody: llama-server checks a waiting request's connection about once a
+// second, and a stream's next write fails. A client that sends more bytes meanwhile (a pipelined
+// request) is still there, and is no longer watched.
+class ClientDepartureWatch {
+  public:
+    ClientDepartureWatch(tcp::socket& client, stream_connection& engine)
+        : client_(client), state_(std::make_shared<State>()) {
+        state_->engine = &engine;
+        client_.async_wait(tcp::socket::wait_read, [state = state_](boost::system::error_code ec) {
+            if (!state->watching || ec) return;
+            char byte = 0;
+            const auto n = ::recv(state->client_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+            if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
+                return;
+            state->left = true;
+            state->engine->cancel();
+        });
+        state_->client_fd = client_.native_handle();
+    }
+    ~ClientDepartureWatch() {
+        state_->watching = false;
+        boost::system::error_code ignored;
+        client_.cancel(ignored);  // the wait; nothing else is pending on the client here
+    }
+    ClientDepartureWatch(const ClientDepartureWatch&) = delete;
+    ClientDepartureWatch& operator=(const ClientDepartureWatch&) = delete;
+
+    bool client_left() const { return state_->left; }
+
+  private:
+    struct State {
+        bool watching = true;
+        bool left = false;
+        int client_fd = -1;
+        stream_connection* engine = nullptr;
+    };
+    tcp::socket& client_;
+    std::shared_ptr<State> state_;  // shared with the wait's handler, which may run after us
+};
 
 }  // namespace
 
@@ -103,7 +135,9 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fr
     while (!idle_.empty() && !fresh_only) {
         auto c = std::move(idle_.back());
         idle_.pop_back();
-        if (c->generation == engine_.generation() && still_open(c->stream.socket())) {
+        // A connection the engine closed meanwhile fails on use, and the request is retried on
+        // a fresh one (see forward): no probe per request.
+        if (c->generation == engine_.generation()) {
             c->reused = true;
             co_return c;
         }
@@ -134,6 +168,13 @@ awaitable<bool> EngineProxy::send_error(beast::tcp_stream& client, const ApiErro
     co_return keep_alive && !ec;
 }
 
+EngineProxy::Outcome EngineProxy::client_left(const http::request<http::string_body>& request) {
+    ++stats_.abandoned;
+    spdlog::info("proxy: the client of {} went away; its engine request is cancelled",
+                 sv(request.target()));
+    return Outcome::done_close;
+}
+
 awaitable<bool> EngineProxy::engine_died_recently() {
     asio::steady_timer pause(co_await asio::this_coro::executor);
     for (int i = 0; i < 20; ++i) {
@@ -150,6 +191,7 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
                                      http::request<http::string_body>& request) {
     ++stats_.requests;
     const bool keep_alive = request.keep_alive();
+    prepare_for_engine(request);
     // Nothing has reached the client until the engine answers, so a request can be tried again:
     // on a fresh connection when a pooled one turns out stale, and up to kEngineAttempts times
     // when the engine itself died before answering (generation has no side effects until then).
@@ -205,15 +247,17 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
 }
 
 awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Connection& engine,
-                                                   const http::request<http::string_body>& request,
+                                                   http::request<http::string_body>& request,
                                                    bool client_keep_alive) {
     boost::system::error_code ec;
-    auto outgoing = engine_request(request, engine_.endpoint());
+    request.set(http::field::host, engine_.endpoint().host());
+    const ClientDepartureWatch watch(client.socket(), engine.stream);
     engine.stream.expires_after(limits_.engine_timeout);
-    co_await http::async_write(engine.stream, outgoing, on_error(ec));
+    co_await http::async_write(engine.stream, request, on_error(ec));
     http::response_parser<http::buffer_body> parser;
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // the engine is trusted
     if (!ec) co_await http::async_read_header(engine.stream, engine.buffer, parser, on_error(ec));
+    if (watch.client_left()) co_return client_left(request);
     if (ec) {
         // Nothing reached the client yet, so the request can safely be tried again: either the
         // pooled connection had gone stale, or the engine died and is being restarted.
@@ -244,10 +288,14 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     TokenCounter tokens(event_stream);
     StreamEnd stream_end;
     http::response_serializer<http::buffer_body> serializer{response};
-    co_await http::async_write_header(client, serializer, on_error(ec));
-    if (ec) co_return Outcome::done_close;
+    // An event stream's header goes out at once (its first event may be a long prompt away);
+    // any other answer's header leaves with its first bytes, in one write.
+    if (event_stream) {
+        co_await http::async_write_header(client, serializer, on_error(ec));
+        if (ec) co_return Outcome::done_close;
+    }
 
-    std::array<char, kRelayBufferBytes> chunk{};
+    std::array<char, kRelayBufferBytes> chunk;  // not zeroed: only what is read is sent
     while (!parser.is_done()) {
         response.body().data = chunk.data();
         response.body().size = chunk.size();
@@ -276,13 +324,26 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         }
     }
     stats_.tokens += tokens.tokens();
+    if (watch.client_left()) co_return client_left(request);
+    if (!ec && !serializer.is_done()) {  // an empty body: only the header is left to send
+        response.body().data = nullptr;
+        response.body().size = 0;
+        response.body().more = false;
+        co_await http::async_write(client, serializer, on_error(ec));
+        if (ec) co_return Outcome::done_close;
+    }
     if (!ec) {
         if (engine_keep_alive && !ends_at_close) co_return Outcome::done_keep_alive;
         co_return client_keep_alive ? Outcome::done_engine_closed : Outcome::done_close;
     }
 
-    // The engine went away mid-response. A chunked event stream can still end cleanly with an
-    // error event; any other body can only be cut short by closing the connection.
+    // The engine went away mid-response. Before anything reached the client, this is a failure
+    // before the response (retried, or answered 502). A chunked event stream can still end
+    // cleanly with an error event; any other body can only be cut short by closing the connection.
+    if (!serializer.is_header_done()) {
+        engine_.on_child_exit();
+        co_return Outcome::failed_before_response;
+    }
     ++stats_.streams_cut;
     spdlog::warn("proxy: engine connection lost mid-response ({}); ending the client's response",
                  ec.message());

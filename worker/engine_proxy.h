@@ -26,6 +26,7 @@ struct ProxyStats {
     std::uint64_t failed = 0;
     std::uint64_t tokens = 0;       // generated tokens relayed (see TokenCounter)
     std::uint64_t streams_cut = 0;  // streams ended with an error event because the engine died
+    std::uint64_t abandoned = 0;    // requests cancelled because their client went away
 };
 
 class EngineProxy {
@@ -56,8 +57,8 @@ class EngineProxy {
     awaitable<std::unique_ptr<Connection>> acquire(bool fresh_only);
     void release(std::unique_ptr<Connection> connection);
     awaitable<Outcome> relay(beast::tcp_stream& client, Connection& engine,
-                             const http::request<http::string_body>& request,
-                             bool client_keep_alive);
+                             http::request<http::string_body>& request, bool client_keep_alive);
+    Outcome client_left(const http::request<http::string_body>& request);
     awaitable<bool> engine_died_recently();  // polls for up to 100 ms
     awaitable<bool> send_error(beast::tcp_stream& client, const ApiError& error, bool keep_alive);
 

@@ -1,6 +1,9 @@
 // ensemble-worker: one port, one model, one engine. Binds the port first, starts the engine,
 // proxies the OpenAI API to it, restarts it if it dies, and drains on SIGTERM.
 #include <signal.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
@@ -68,6 +71,16 @@ int main(int argc, char** argv) {
         spdlog::info("serving at most {} connections at once (descriptor limit {})",
                      options.front.max_connections, descriptors);
     }
+#if defined(__GLIBC__)
+    // Request bodies (up to max_body_bytes, and their pinned copies) come and go with every
+    // request: glibc would hand such blocks back to the kernel on free and fault them in again
+    // for the next request (~1 ms per 1 MB body, docs/BENCHMARKS.md). Kept instead: after a
+    // large request a worker may hold up to twice the threshold (at most 64 MB) of freed heap.
+    const auto keep = static_cast<int>(
+        std::min<std::uint64_t>(4 * options.front.max_body_bytes + (1 << 20), 32 << 20));
+    ::mallopt(M_MMAP_THRESHOLD, keep);
+    ::mallopt(M_TRIM_THRESHOLD, 2 * keep);
+#endif
     asio::io_context io(1);
     EngineRunner engine(io, options.engine);
     options.model.engine_model_id = engine.engine_model_id();

@@ -3,7 +3,7 @@
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "protocol/bounded_json.h"
+#include "protocol/json_scan.h"
 
 namespace ensemble {
 
@@ -39,29 +39,51 @@ Status check_api_key(std::string_view authorization_header, std::string_view api
 }
 
 Result<std::string> pin_model(std::string_view body, const ModelIdentity& model) {
-    auto parsed = parse_bounded_json(body);
-    if (!parsed && parsed.error().code == "too_deep")
+    // One validating pass finds the `model` members; the body is then spliced, not re-serialised:
+    // its other bytes reach the engine exactly as the client sent them.
+    auto scanned = scan_top_level_member(body, "model");
+    if (!scanned && scanned.error().code == "too_deep")
         return Error{"invalid_json",
-                     "the request body is refused: " + parsed.error().message + "; flatten it"};
-    if (!parsed) {
+                     "the request body is refused: " + scanned.error().message + "; flatten it"};
+    if (!scanned) {
         return Error{"invalid_json",
                      "the request body is not valid JSON; send a JSON object such as "
                      "{\"model\": \"" +
                          model.handle + "\", \"messages\": [...]}"};
     }
-    auto& json = *parsed;
-    if (!json.is_object()) return Error{"invalid_json", "the request body must be a JSON object"};
-    if (auto it = json.find("model"); it != json.end()) {
-        if (!it->is_string()) return Error{"invalid_model", "'model' must be a string"};
-        const auto name = it->get<std::string>();
+    const auto& scan = *scanned;
+    if (!scan.is_object) return Error{"invalid_json", "the request body must be a JSON object"};
+    for (const auto& span : scan.values) {
+        const auto value = body.substr(span.begin, span.end - span.begin);
+        if (value.front() != '"') return Error{"invalid_model", "'model' must be a string"};
+        // Escapes are rare; a name without one is its own bytes between the quotes.
+        const auto name = value.find('\\') == std::string_view::npos
+                              ? std::string(value.substr(1, value.size() - 2))
+                              : nlohmann::json::parse(value).get<std::string>();
         if (!model.answers_to(name)) {
             return Error{"model_not_found", "the model '" + name +
                                                 "' is not served on this port; it serves '" +
                                                 model.handle + "' (see GET /v1/models)"};
         }
     }
-    json["model"] = model.engine_model_id;
-    return json.dump();
+    const auto engine_id = nlohmann::json(model.engine_model_id).dump();
+    std::string out;
+    out.reserve(body.size() + engine_id.size() + 16);
+    if (scan.values.empty()) {
+        const auto after_brace = scan.object_open + 1;
+        out.append(body.substr(0, after_brace));
+        out.append("\"model\":").append(engine_id);
+        if (scan.members > 0) out += ',';
+        out.append(body.substr(after_brace));
+        return out;
+    }
+    std::size_t copied = 0;
+    for (const auto& span : scan.values) {
+        out.append(body.substr(copied, span.begin - copied)).append(engine_id);
+        copied = span.end;
+    }
+    out.append(body.substr(copied));
+    return out;
 }
 
 ApiError api_error(const Error& refusal) {

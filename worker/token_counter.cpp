@@ -1,8 +1,6 @@
 #include "worker/token_counter.h"
 
-#include <nlohmann/json.hpp>
-
-#include "protocol/bounded_json.h"
+#include <charconv>
 
 namespace ensemble {
 
@@ -34,15 +32,25 @@ void TokenCounter::feed(std::string_view bytes) {
 
 std::uint64_t TokenCounter::tokens() const {
     if (event_stream_) return events_;
-    const auto parsed = parse_bounded_json(body_);
-    if (!parsed || !parsed->is_object()) return 0;
-    const auto& json = *parsed;
-    const auto usage = json.find("usage");
-    if (usage == json.end() || !usage->is_object()) return 0;
-    const auto completion = usage->find("completion_tokens");
-    return completion != usage->end() && completion->is_number_unsigned()
-               ? completion->get<std::uint64_t>()
-               : 0;
+    // usage.completion_tokens, found without parsing the answer: a quoted name followed by a
+    // colon is always a key (inside a string its quotes would be escaped, and after a string
+    // value only ',', '}' or ']' can follow). No other object of an OpenAI answer has this key.
+    constexpr std::string_view kKey = "\"completion_tokens\"";
+    for (auto pos = body_.find(kKey); pos != std::string::npos; pos = body_.find(kKey, pos + 1)) {
+        auto at = body_.find_first_not_of(" \t\r\n", pos + kKey.size());
+        if (at == std::string::npos || body_[at] != ':') continue;
+        at = body_.find_first_not_of(" \t\r\n", at + 1);
+        if (at == std::string::npos) return 0;
+        std::uint64_t count = 0;
+        const auto* end = body_.data() + body_.size();
+        const auto parsed = std::from_chars(body_.data() + at, end, count);
+        // A number with a fraction or exponent is not a count.
+        if (parsed.ec != std::errc{} ||
+            (parsed.ptr != end && (*parsed.ptr == '.' || *parsed.ptr == 'e' || *parsed.ptr == 'E')))
+            return 0;
+        return count;
+    }
+    return 0;
 }
 
 }  // namespace ensemble

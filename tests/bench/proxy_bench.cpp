@@ -1,7 +1,11 @@
-// Proxy overhead benchmark: the same llama-server measured directly and through ensemble-worker,
-// interleaved in one run. The worker's own engine is the one measured directly, on its private
-// Unix socket (where it listens under ensembled too), so both paths share one process, one model
-// and one cache. Reports time to first token (p50/p99) and streamed tokens/s at each concurrency.
+// Proxy overhead benchmark: the same llama-server measured directly, through ensemble-worker and
+// through nginx, interleaved in one run. The worker's own engine is the one measured directly, on
+// its private Unix socket (where it listens under ensembled too), and nginx proxies to that same
+// socket, so all paths share one process, one model and one cache. Three parts:
+//   streamed: time to first token (p50/p99) and tokens/s, a new connection per request;
+//   keep-alive load: 1-token completions back to back on kept-alive connections (as a gateway
+//     sends them), p50 latency and requests/s at each concurrency;
+//   large body: the same with a 1 MB request body, at concurrency 1.
 #include <signal.h>
 
 #include <CLI/CLI.hpp>
@@ -12,11 +16,14 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "tests/bench/keepalive_load.h"
+#include "tests/bench/nginx_front.h"
 #include "tests/support/http_client.h"
 #include "tests/support/worker_process.h"
 
 using namespace ensemble;
 using namespace ensemble::testing;
+using ensemble::bench::percentile;
 using Clock = std::chrono::steady_clock;
 
 namespace {
@@ -36,13 +43,6 @@ struct Series {
     std::vector<double> tokens_per_s;  // one per batch: all tokens of the batch over its wall time
     int failures = 0;
 };
-
-double percentile(std::vector<double> v, double p) {
-    if (v.empty()) return 0;
-    std::sort(v.begin(), v.end());
-    const auto i = static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5);
-    return v[std::min(i, v.size() - 1)];
-}
 
 Sample stream_once(const StreamEndpoint& target, int max_tokens, int& failures) {
     const auto body = nlohmann::json{
@@ -99,32 +99,96 @@ void add(Series& s, const Batch& b) {
     s.tokens_per_s.push_back(tokens / b.wall_s);
 }
 
+struct Path {
+    const char* name;
+    StreamEndpoint endpoint;
+};
+
+// Runs `each` once per path per round, rotating which path goes first so drift affects all alike.
+template <typename F>
+void interleaved(const std::vector<Path>& paths, int rounds, F each) {
+    for (int r = 0; r < rounds; ++r) {
+        for (std::size_t k = 0; k < paths.size(); ++k)
+            each((k + static_cast<std::size_t>(r)) % paths.size());
+    }
+}
+
+std::string completion_body(int max_tokens, std::size_t padding_bytes) {
+    nlohmann::json body{{"model", "bench"},
+                        {"messages", {{{"role", "user"}, {"content", "Tell me a story."}}}},
+                        {"max_tokens", max_tokens},
+                        {"ignore_eos", true}};
+    // A field the engine ignores, to make the body large without making the prompt long.
+    if (padding_bytes > 0) body["padding"] = std::string(padding_bytes, 'x');
+    return body.dump();
+}
+
+struct LoadSeries {
+    std::vector<double> p50_ms;  // one per round
+    std::vector<double> requests_per_s;
+    int errors = 0;
+};
+
+nlohmann::json report_load(const std::vector<Path>& paths, const std::vector<LoadSeries>& series,
+                           const std::string& label) {
+    nlohmann::json out = nlohmann::json::object();
+    const double direct_p50 = percentile(series[0].p50_ms, 0.5);
+    const double direct_rps = percentile(series[0].requests_per_s, 0.5);
+    for (std::size_t k = 0; k < paths.size(); ++k) {
+        const double p50 = percentile(series[k].p50_ms, 0.5);
+        const double rps = percentile(series[k].requests_per_s, 0.5);
+        std::printf("| %s | %s | %.3f | %+.3f | %.0f | %.1f%% | %d |\n", label.c_str(),
+                    paths[k].name, p50, p50 - direct_p50, rps, 100 * rps / direct_rps,
+                    series[k].errors);
+        out[paths[k].name] = {{"p50_ms_median", p50},
+                              {"added_p50_ms", p50 - direct_p50},
+                              {"requests_per_s_median", rps},
+                              {"throughput_vs_direct", rps / direct_rps},
+                              {"errors", series[k].errors}};
+    }
+    std::fflush(stdout);
+    return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     std::string model;
     std::vector<int> concurrencies{1, 8};
+    std::vector<int> load_concurrencies{1, 8, 32};
     int rounds = 20;
+    int load_rounds = 10;
+    double load_seconds = 2;
     int max_tokens = 32;
     int context = 4096;
     std::string json_out;
     std::vector<std::string> engine_args;
-    CLI::App app{"Proxy overhead of ensemble-worker against direct llama-server"};
+    CLI::App app{"Proxy overhead of ensemble-worker and nginx against direct llama-server"};
     app.add_option("--model", model, "GGUF model to serve")->required();
     app.add_option("--concurrency", concurrencies, "concurrent streams per batch")
         ->capture_default_str();
-    app.add_option("--rounds", rounds, "batches per path and concurrency")->capture_default_str();
-    app.add_option("--tokens", max_tokens, "tokens generated per request")->capture_default_str();
+    app.add_option("--rounds", rounds, "streamed batches per path and concurrency")
+        ->capture_default_str();
+    app.add_option("--tokens", max_tokens, "tokens generated per streamed request")
+        ->capture_default_str();
+    app.add_option("--load-concurrency", load_concurrencies,
+                   "kept-alive connections in the load part (0 alone: skip it)")
+        ->capture_default_str();
+    app.add_option("--load-rounds", load_rounds, "load runs per path and concurrency")
+        ->capture_default_str();
+    app.add_option("--load-seconds", load_seconds, "length of one load run")->capture_default_str();
     app.add_option("--context", context, "engine context size")->capture_default_str();
     app.add_option("--json", json_out, "also write the results here");
     app.add_option("--engine-arg", engine_args, "extra llama-server argument (repeatable)");
     CLI11_PARSE(app, argc, argv);
 
-    const int slots = *std::max_element(concurrencies.begin(), concurrencies.end());
+    const int slots =
+        std::max(*std::max_element(concurrencies.begin(), concurrencies.end()),
+                 *std::max_element(load_concurrencies.begin(), load_concurrencies.end()));
     std::vector<std::string> worker_args{"--model",    model,
                                          "--handle",   "bench",
                                          "--parallel", std::to_string(slots),
-                                         "--context",  std::to_string(context)};
+                                         "--context",  std::to_string(context * slots / 8)};
     for (const auto& a : engine_args)
         worker_args.insert(worker_args.end(), {"--engine-arg", a});
     WorkerProcess worker(free_port(), worker_args, "proxy_bench");
@@ -132,52 +196,75 @@ int main(int argc, char** argv) {
         std::cerr << "worker did not become ready:\n" << worker.log();
         return 1;
     }
-    const auto direct = StreamEndpoint::unix_socket(worker.socket_folder() / "engine.sock");
-    const auto through_worker =
-        StreamEndpoint::tcp(asio::ip::address_v4::loopback(), worker.port());
-    nlohmann::json results = nlohmann::json::array();
+    const auto engine_socket = worker.socket_folder() / "engine.sock";
+    bench::NginxFront nginx(free_port(), engine_socket, test_output_dir("proxy_bench") / "nginx");
+    const std::vector<Path> paths{
+        {"direct llama-server", StreamEndpoint::unix_socket(engine_socket)},
+        {"through nginx", StreamEndpoint::tcp(asio::ip::address_v4::loopback(), nginx.port())},
+        {"through ensemble-worker",
+         StreamEndpoint::tcp(asio::ip::address_v4::loopback(), worker.port())}};
+    nlohmann::json results{{"streamed", nlohmann::json::array()},
+                           {"keepalive", nlohmann::json::array()}};
+
+    std::printf("## streamed, %d tokens, a new connection per request, %d rounds\n\n", max_tokens,
+                rounds);
     std::printf(
-        "| concurrency | path | TTFT p50 ms | TTFT p99 ms | tokens/s (median) | failures |\n");
-    std::printf("|---|---|---|---|---|---|\n");
+        "| concurrency | path | TTFT p50 ms | TTFT p99 ms | tokens/s (median) | vs direct | "
+        "failures |\n");
+    std::printf("|---|---|---|---|---|---|---|\n");
     for (int c : concurrencies) {
-        Series d, p;
+        std::vector<Series> series(paths.size());
         int warm = 0;
-        run_batch(direct, c, max_tokens, warm);  // warm both paths' connections and the cache
-        run_batch(through_worker, c, max_tokens, warm);
-        for (int r = 0; r < rounds; ++r) {
-            // Alternate which path goes first so drift affects both alike.
-            if (r % 2 == 0) {
-                add(d, run_batch(direct, c, max_tokens, d.failures));
-                add(p, run_batch(through_worker, c, max_tokens, p.failures));
-            } else {
-                add(p, run_batch(through_worker, c, max_tokens, p.failures));
-                add(d, run_batch(direct, c, max_tokens, d.failures));
-            }
+        for (const auto& path : paths)  // warm every path's connections and the cache
+            run_batch(path.endpoint, c, max_tokens, warm);
+        interleaved(paths, rounds, [&](std::size_t k) {
+            add(series[k], run_batch(paths[k].endpoint, c, max_tokens, series[k].failures));
+        });
+        nlohmann::json row{{"concurrency", c}};
+        const double direct_tps = percentile(series[0].tokens_per_s, 0.5);
+        for (std::size_t k = 0; k < paths.size(); ++k) {
+            const auto& s = series[k];
+            const double tps = percentile(s.tokens_per_s, 0.5);
+            std::printf("| %d | %s | %.2f | %.2f | %.1f | %.1f%% | %d |\n", c, paths[k].name,
+                        percentile(s.ttft_ms, 0.5), percentile(s.ttft_ms, 0.99), tps,
+                        100 * tps / direct_tps, s.failures);
+            row[paths[k].name] = {{"ttft_p50_ms", percentile(s.ttft_ms, 0.5)},
+                                  {"ttft_p99_ms", percentile(s.ttft_ms, 0.99)},
+                                  {"tokens_per_s_median", tps},
+                                  {"failures", s.failures}};
         }
-        for (auto* s : {&d, &p}) {
-            const char* name = s == &d ? "direct llama-server" : "through ensemble-worker";
-            std::printf("| %d | %s | %.2f | %.2f | %.1f | %d |\n", c, name,
-                        percentile(s->ttft_ms, 0.5), percentile(s->ttft_ms, 0.99),
-                        percentile(s->tokens_per_s, 0.5), s->failures);
-        }
-        const double overhead = percentile(p.ttft_ms, 0.5) - percentile(d.ttft_ms, 0.5);
-        const double ratio = percentile(p.tokens_per_s, 0.5) / percentile(d.tokens_per_s, 0.5);
-        std::printf("| %d | **worker vs direct** | %+.2f ms | %+.2f ms | %.1f%% | |\n", c, overhead,
-                    percentile(p.ttft_ms, 0.99) - percentile(d.ttft_ms, 0.99), ratio * 100);
-        results.push_back({{"concurrency", c},
-                           {"direct",
-                            {{"ttft_p50_ms", percentile(d.ttft_ms, 0.5)},
-                             {"ttft_p99_ms", percentile(d.ttft_ms, 0.99)},
-                             {"tokens_per_s_median", percentile(d.tokens_per_s, 0.5)},
-                             {"failures", d.failures}}},
-                           {"worker",
-                            {{"ttft_p50_ms", percentile(p.ttft_ms, 0.5)},
-                             {"ttft_p99_ms", percentile(p.ttft_ms, 0.99)},
-                             {"tokens_per_s_median", percentile(p.tokens_per_s, 0.5)},
-                             {"failures", p.failures}}},
-                           {"ttft_p50_overhead_ms", overhead},
-                           {"throughput_ratio", ratio}});
+        results["streamed"].push_back(row);
         std::fflush(stdout);
+    }
+
+    const auto load_duration = std::chrono::milliseconds(static_cast<long>(load_seconds * 1000));
+    auto measure = [&](const std::string& request, int c, const std::string& label) {
+        std::vector<LoadSeries> series(paths.size());
+        for (const auto& path : paths)  // warm up
+            bench::run_keepalive_load(path.endpoint, request, c, std::chrono::milliseconds(300));
+        interleaved(paths, load_rounds, [&](std::size_t k) {
+            const auto r = bench::run_keepalive_load(paths[k].endpoint, request, c, load_duration);
+            series[k].p50_ms.push_back(percentile(r.latencies_ms, 0.5));
+            series[k].requests_per_s.push_back(r.requests_per_s());
+            series[k].errors += r.errors;
+        });
+        return report_load(paths, series, label);
+    };
+    if (load_concurrencies != std::vector<int>{0}) {
+        std::printf("\n## keep-alive load: 1-token completions, %d runs of %.1f s per path\n\n",
+                    load_rounds, load_seconds);
+        std::printf(
+            "| connections | path | latency p50 ms | added p50 ms | requests/s (median) | vs "
+            "direct | errors |\n");
+        std::printf("|---|---|---|---|---|---|---|\n");
+        const auto small = bench::raw_post("/v1/chat/completions", completion_body(1, 0));
+        for (int c : load_concurrencies) {
+            auto row = measure(small, c, std::to_string(c));
+            row["concurrency"] = c;
+            results["keepalive"].push_back(row);
+        }
+        const auto large = bench::raw_post("/v1/chat/completions", completion_body(1, 1024 * 1024));
+        results["large_body"] = measure(large, 1, "1 (1 MB body)");
     }
     if (!json_out.empty()) std::ofstream(json_out) << results.dump(2) << '\n';
     worker.signal(SIGTERM);

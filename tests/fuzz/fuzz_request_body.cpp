@@ -1,9 +1,13 @@
 // libFuzzer target: arbitrary bytes as a client's request body through the worker's request
-// policy (model pinning re-serialises the body), and as an engine's answer through the token
-// counter, plain and streamed.
+// policy (model pinning splices the body after one validating scan, which must accept exactly
+// what nlohmann::json accepts and pin every `model`), and as an engine's answer through the
+// token counter, plain and streamed.
 #include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <string_view>
+
+#include "protocol/bounded_json.h"
 
 #include "worker/request_policy.h"
 #include "worker/token_counter.h"
@@ -11,7 +15,27 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     static const ensemble::ModelIdentity model{"tiny", {"small"}, "/models/tiny.gguf"};
     const std::string_view bytes(reinterpret_cast<const char*>(data), size);
-    (void)ensemble::pin_model(bytes, model);
+    const auto pinned = ensemble::pin_model(bytes, model);
+    // nlohmann takes a NUL byte as the end of its input (and ignores what follows); the scan
+    // refuses it, as RFC 8259 does: valid JSON never holds a raw NUL.
+    const auto parsed = bytes.find('\0') == std::string_view::npos
+                            ? nlohmann::json::parse(bytes, nullptr, false)
+                            : nlohmann::json(nlohmann::json::value_t::discarded);
+    const bool too_deep = ensemble::json_nesting_exceeds(bytes);
+    if (!too_deep && !parsed.is_discarded() && parsed.is_object()) {
+        const auto& claimed = parsed.contains("model") ? parsed["model"] : nlohmann::json("tiny");
+        const bool ours = claimed == "tiny" || claimed == "small";
+        // A refusal here is only right if some duplicate `model` names another model.
+        if (pinned) {
+            auto expected = parsed;
+            expected["model"] = model.engine_model_id;
+            if (nlohmann::json::parse(*pinned) != expected) __builtin_trap();
+        } else if (ours && pinned.error().code == "invalid_json") {
+            __builtin_trap();  // nlohmann reads it, the scan refused it
+        }
+    } else if (pinned) {
+        __builtin_trap();  // nlohmann refuses it (or it is not an object), the scan passed it
+    }
     for (const bool event_stream : {false, true}) {
         ensemble::TokenCounter counter(event_stream);
         const std::size_t split = size == 0 ? 0 : data[0] % (size + 1);

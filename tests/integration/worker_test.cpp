@@ -317,6 +317,79 @@ TEST_F(WorkerTest, EngineKilledMidStreamEndsWithAnErrorEventThenRecovers) {
     track_engine(*worker);
 }
 
+// Whether the engine's only slot is generating, read from llama-server's GET /slots.
+bool slot_busy(const WorkerProcess& worker) {
+    HttpRequest slots;
+    slots.target = "/slots";
+    slots.timeout = 2s;
+    const auto r = http_request(
+        ensemble::StreamEndpoint::unix_socket(worker.socket_folder() / "engine.sock"), slots);
+    const auto j = json::parse(r.body, nullptr, false);
+    return r.status == 200 && j.is_array() && !j.empty() && j[0].value("is_processing", false);
+}
+
+// A client that goes away, streamed or not, has its engine request closed at once, and an engine
+// that watches its connections (the fake one checks every 10 ms) stops generating for nobody.
+TEST_F(WorkerTest, AClientThatGoesAwayHasItsEngineRequestClosedAtOnce) {
+    auto worker =
+        start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN, "--model",
+               "org/some-model", "--handle", "tiny", "--engine-arg=--answer-delay-ms",
+               "--engine-arg=60000", "--engine-arg=--token-delay-ms", "--engine-arg=100",
+               "--engine-arg=--tokens", "--engine-arg=600"});
+    track_engine(*worker);
+    const auto engine_log = test_output_dir(current_test_name()) / "engine.log";
+    const auto cancellations = [&] {
+        std::ifstream in(engine_log);
+        const std::string text((std::istreambuf_iterator<char>(in)), {});
+        int n = 0;
+        for (auto at = text.find("generation cancelled"); at != std::string::npos;
+             at = text.find("generation cancelled", at + 1))
+            ++n;
+        return n;
+    };
+    int expected = cancellations();  // the log is kept across runs
+    for (const bool stream : {false, true}) {
+        SCOPED_TRACE(stream ? "streamed" : "not streamed");
+        auto request = chat_request(stream_body(600), stream);
+        if (!stream) request.body = kChat;
+        request.timeout = 500ms;  // then the client closes its connection
+        const auto r = http_request(worker->port(), request, [](std::string_view) { return true; });
+        EXPECT_FALSE(r.complete) << "the answer should take a minute: " << r.body;
+        const auto left = std::chrono::steady_clock::now();
+        ++expected;
+        while (cancellations() < expected && std::chrono::steady_clock::now() - left < 1s)
+            std::this_thread::sleep_for(10ms);
+        EXPECT_EQ(cancellations(), expected) << "the engine still generates for a client that left";
+    }
+    EXPECT_NE(worker->log().find("went away; its engine request is cancelled"), std::string::npos)
+        << worker->log();
+}
+
+// The real engine: a streamed client that goes away frees llama-server's slot at once. (A
+// non-streamed request is closed at once too, but llama-server b11669 notices the closed
+// connection of a waiting plain request only sometimes: docs/RELIABILITY.md.)
+TEST_F(WorkerTest, AStreamingClientThatGoesAwayFreesTheRealEnginesSlot) {
+    auto worker = start({"--context", "65536", "--parallel", "1", "--engine-arg=--override-kv",
+                         "--engine-arg=llama.context_length=int:65536"});
+    track_engine(*worker);
+    auto body = json::parse(stream_body(60000));
+    body["ignore_eos"] = true;
+    bool busy_while_connected = false;
+    int events = 0;
+    http_request(worker->port(), chat_request(body.dump(), true), [&](std::string_view) {
+        if (++events == 20) busy_while_connected = slot_busy(*worker);
+        return events < 20;  // then the client closes its connection
+    });
+    const auto left = std::chrono::steady_clock::now();
+    EXPECT_TRUE(busy_while_connected) << "the request never reached the engine";
+    bool freed = false;
+    while (!freed && std::chrono::steady_clock::now() - left < 2s) {
+        freed = !slot_busy(*worker);
+        if (!freed) std::this_thread::sleep_for(20ms);
+    }
+    EXPECT_TRUE(freed) << "the engine still generates 60,000 tokens for a client that left";
+}
+
 TEST_F(WorkerTest, TheEngineListensOnlyOnItsPrivateUnixSocket) {
     auto worker = start();
     track_engine(*worker);

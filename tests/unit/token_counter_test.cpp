@@ -46,4 +46,24 @@ TEST(TokenCounter, PlainAnswersUseTheirUsage) {
     EXPECT_EQ(none.tokens(), 0U);
 }
 
+TEST(TokenCounter, PlainAnswersAreReadWithoutParsingAndNotFooledByContent) {
+    const auto count = [](const std::string& body) {
+        TokenCounter c(false);
+        c.feed(body);
+        return c.tokens();
+    };
+    // The key's name inside generated text is escaped, and is not a key.
+    EXPECT_EQ(count(R"({"choices":[{"message":{"content":"\"completion_tokens\": 99"}}],)"
+                    R"("usage": { "completion_tokens" :  5 , "prompt_tokens":3}})"),
+              5U);
+    EXPECT_EQ(count(R"({"choices":[{"text":"ends with \"completion_tokens"}],)"
+                    R"("usage":{"completion_tokens":8}})"),
+              8U);
+    for (const char* odd :
+         {R"({"usage":{"completion_tokens":-1}})", R"({"usage":{"completion_tokens":1.5}})",
+          R"({"usage":{"completion_tokens":"7"}})", R"({"usage":{"completion_tokens":)"}) {
+        EXPECT_EQ(count(odd), 0U) << odd;
+    }
+}
+
 }  // namespace

@@ -1,0 +1,343 @@
+#include "protocol/json_scan.h"
+
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+
+namespace ensemble {
+
+namespace {
+
+class Scanner {
+  public:
+    Scanner(std::string_view text, std::string_view key, int max_depth)
+        : s_(text), key_(key), max_depth_(max_depth) {}
+
+    Result<TopLevelScan> run() {
+        skip_space();
+        if (!value(0)) return failure();
+        skip_space();
+        if (i_ != s_.size()) return invalid();
+        return std::move(result_);
+    }
+
+  private:
+    Error failure() const {
+        if (too_deep_) {
+            return Error{"too_deep", "it nests arrays and objects more than " +
+                                         std::to_string(max_depth_) + " levels deep"};
+        }
+        return invalid();
+    }
+    static Error invalid() { return Error{"invalid_json", "it is not valid JSON"}; }
+
+    bool at_end() const { return i_ >= s_.size(); }
+    unsigned char peek() const { return static_cast<unsigned char>(s_[i_]); }
+
+    void skip_space() {
+        while (!at_end() && (s_[i_] == ' ' || s_[i_] == '\t' || s_[i_] == '\n' || s_[i_] == '\r'))
+            ++i_;
+    }
+
+    bool literal(std::string_view word) {
+        if (s_.substr(i_, word.size()) != word) return false;
+        i_ += word.size();
+        return true;
+    }
+
+    // Containers are walked with recursion bounded by max_depth (128 frames of a few words).
+    bool value(int depth) {
+        if (at_end()) return false;
+        switch (s_[i_]) {
+            case '{':
+                return object(depth + 1);
+            case '[':
+                return array(depth + 1);
+            case '"':
+                return string(nullptr);
+            case 't':
+                return literal("true");
+            case 'f':
+                return literal("false");
+            case 'n':
+                return literal("null");
+            default:
+                return number();
+        }
+    }
+
+    bool object(int depth) {
+        if (depth > max_depth_) {
+            too_deep_ = true;
+            return false;
+        }
+        const bool top = depth == 1;
+        if (top) {
+            result_.is_object = true;
+            result_.object_open = i_;
+        }
+        ++i_;  // '{'
+        skip_space();
+        if (!at_end() && s_[i_] == '}') {
+            ++i_;
+            return true;
+        }
+        for (;;) {
+            skip_space();
+            if (at_end() || s_[i_] != '"') return false;
+            bool matches = false;
+            if (!string(top ? &matches : nullptr)) return false;
+            skip_space();
+            if (at_end() || s_[i_] != ':') return false;
+            ++i_;
+            skip_space();
+            const auto begin = i_;
+            if (!value(depth)) return false;
+            if (top) {
+                ++result_.members;
+                if (matches) result_.values.push_back({begin, i_});
+            }
+            skip_space();
+            if (at_end()) return false;
+            if (s_[i_] == '}') {
+                ++i_;
+                return true;
+            }
+            if (s_[i_] != ',') return false;
+            ++i_;
+        }
+    }
+
+    bool array(int depth) {
+        if (depth > max_depth_) {
+            too_deep_ = true;
+            return false;
+        }
+        ++i_;  // '['
+        skip_space();
+        if (!at_end() && s_[i_] == ']') {
+            ++i_;
+            return true;
+        }
+        for (;;) {
+            skip_space();
+            if (!value(depth)) return false;
+            skip_space();
+            if (at_end()) return false;
+            if (s_[i_] == ']') {
+                ++i_;
+                return true;
+            }
+            if (s_[i_] != ',') return false;
+            ++i_;
+        }
+    }
+
+    bool digits() {
+        const auto start = i_;
+        while (!at_end() && s_[i_] >= '0' && s_[i_] <= '9')
+            ++i_;
+        return i_ > start;
+    }
+
+    bool number() {
+        const auto start = i_;
+        if (!at_end() && s_[i_] == '-') ++i_;
+        if (at_end()) return false;
+        if (s_[i_] == '0') {
+            ++i_;
+        } else if (!digits()) {
+            return false;
+        }
+        if (!at_end() && s_[i_] == '.') {
+            ++i_;
+            if (!digits()) return false;
+        }
+        if (!at_end() && (s_[i_] == 'e' || s_[i_] == 'E')) {
+            ++i_;
+            if (!at_end() && (s_[i_] == '+' || s_[i_] == '-')) ++i_;
+            if (!digits()) return false;
+            return finite(start);
+        }
+        // Without an exponent, up to 308 characters cannot reach DBL_MAX (~1.8e308).
+        return i_ - start <= 308 || finite(start);
+    }
+
+    // nlohmann refuses a number too large for a double ("number overflow"). Rare: strtod (this
+    // program never changes its C locale) decides only for numbers that could be that large.
+    bool finite(std::size_t start) const {
+        const std::string token(s_.substr(start, i_ - start));
+        return std::isfinite(std::strtod(token.c_str(), nullptr));
+    }
+
+    bool hex4(unsigned& out) {
+        if (s_.size() - i_ < 4) return false;
+        out = 0;
+        for (int k = 0; k < 4; ++k) {
+            const char c = s_[i_++];
+            out <<= 4;
+            if (c >= '0' && c <= '9') {
+                out |= static_cast<unsigned>(c - '0');
+            } else if (c >= 'a' && c <= 'f') {
+                out |= static_cast<unsigned>(c - 'a' + 10);
+            } else if (c >= 'A' && c <= 'F') {
+                out |= static_cast<unsigned>(c - 'A' + 10);
+            } else {
+                return false;
+            }
+        }
+        return true;
+    }
+
+    static void append_utf8(std::string& out, unsigned cp) {
+        if (cp < 0x80) {
+            out += static_cast<char>(cp);
+        } else if (cp < 0x800) {
+            out += static_cast<char>(0xC0 | (cp >> 6));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+        } else if (cp < 0x10000) {
+            out += static_cast<char>(0xE0 | (cp >> 12));
+            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+        } else {
+            out += static_cast<char>(0xF0 | (cp >> 18));
+            out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
+            out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
+            out += static_cast<char>(0x80 | (cp & 0x3F));
+        }
+    }
+
+    // The bulk of a body is string content with nothing to check: ASCII other than '"', '\\' and
+    // control characters. Eight bytes at a time (SWAR), then byte by byte to the one that stops.
+    void skip_plain_ascii() {
+        constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
+        constexpr std::uint64_t kHigh = 0x8080808080808080ULL;
+        const auto has_zero_byte = [](std::uint64_t v) { return (v - kOnes) & ~v & kHigh; };
+        while (s_.size() - i_ >= 8) {
+            std::uint64_t w = 0;
+            std::memcpy(&w, s_.data() + i_, 8);
+            const std::uint64_t special = (w & kHigh) |                        // >= 0x80
+                                          ((w - kOnes * 0x20) & ~w & kHigh) |  // < 0x20
+                                          has_zero_byte(w ^ (kOnes * '"')) |
+                                          has_zero_byte(w ^ (kOnes * '\\'));
+            if (special != 0) break;
+            i_ += 8;
+        }
+        while (i_ < s_.size()) {
+            const auto b = static_cast<unsigned char>(s_[i_]);
+            if (b < 0x20 || b >= 0x80 || b == '"' || b == '\\') break;
+            ++i_;
+        }
+    }
+
+    // One well-formed UTF-8 sequence of two or more bytes (RFC 3629, table 3-7 of Unicode).
+    bool utf8_sequence() {
+        const unsigned char lead = peek();
+        int continuation = 0;
+        unsigned char low = 0x80, high = 0xBF;  // the second byte's range
+        if (lead >= 0xC2 && lead <= 0xDF) {
+            continuation = 1;
+        } else if (lead >= 0xE0 && lead <= 0xEF) {
+            continuation = 2;
+            if (lead == 0xE0) low = 0xA0;
+            if (lead == 0xED) high = 0x9F;  // no surrogates
+        } else if (lead >= 0xF0 && lead <= 0xF4) {
+            continuation = 3;
+            if (lead == 0xF0) low = 0x90;
+            if (lead == 0xF4) high = 0x8F;  // nothing above U+10FFFF
+        } else {
+            return false;
+        }
+        ++i_;
+        for (int k = 0; k < continuation; ++k, low = 0x80, high = 0xBF) {
+            if (at_end() || peek() < low || peek() > high) return false;
+            ++i_;
+        }
+        return true;
+    }
+
+    // A string; when `matches` is given, whether its unescaped content is the key.
+    bool string(bool* matches) {
+        ++i_;                   // '"'
+        std::string unescaped;  // only for a key
+        for (;;) {
+            if (!matches) skip_plain_ascii();
+            if (at_end()) return false;
+            const unsigned char c = peek();
+            if (c == '"') break;
+            if (c < 0x20) return false;
+            if (c >= 0x80) {
+                const auto from = i_;
+                if (!utf8_sequence()) return false;
+                if (matches) unescaped.append(s_.substr(from, i_ - from));
+                continue;
+            }
+            if (c != '\\') {
+                if (matches) unescaped += static_cast<char>(c);
+                ++i_;
+                continue;
+            }
+            ++i_;
+            if (at_end()) return false;
+            const char e = s_[i_++];
+            unsigned cp = 0;
+            switch (e) {
+                case '"':
+                case '\\':
+                case '/':
+                    cp = static_cast<unsigned char>(e);
+                    break;
+                case 'b':
+                    cp = '\b';
+                    break;
+                case 'f':
+                    cp = '\f';
+                    break;
+                case 'n':
+                    cp = '\n';
+                    break;
+                case 'r':
+                    cp = '\r';
+                    break;
+                case 't':
+                    cp = '\t';
+                    break;
+                case 'u': {
+                    if (!hex4(cp)) return false;
+                    if (cp >= 0xDC00 && cp <= 0xDFFF) return false;  // a lone low surrogate
+                    if (cp >= 0xD800 && cp <= 0xDBFF) {
+                        unsigned low = 0;
+                        if (!literal("\\u") || !hex4(low) || low < 0xDC00 || low > 0xDFFF)
+                            return false;
+                        cp = 0x10000 + ((cp - 0xD800) << 10) + (low - 0xDC00);
+                    }
+                    break;
+                }
+                default:
+                    return false;
+            }
+            if (matches) append_utf8(unescaped, cp);
+        }
+        if (matches) *matches = unescaped == key_;
+        ++i_;  // '"'
+        return true;
+    }
+
+    std::string_view s_;
+    std::string_view key_;
+    int max_depth_;
+    std::size_t i_ = 0;
+    bool too_deep_ = false;
+    TopLevelScan result_;
+};
+
+}  // namespace
+
+Result<TopLevelScan> scan_top_level_member(std::string_view text, std::string_view key,
+                                           int max_depth) {
+    return Scanner(text, key, max_depth).run();
+}
+
+}  // namespace ensemble

@@ -1,0 +1,28 @@
+// nginx in front of an engine's Unix socket, configured as a careful user would for this job:
+// one worker process (like the worker's one event loop), HTTP/1.1 keep-alive to the upstream,
+// no response buffering (tokens stream through), request bodies up to 2 MB kept in memory.
+// The reference the worker's data path is measured against.
+#pragma once
+
+#include <filesystem>
+#include <memory>
+
+#include "os/child_process.h"
+
+namespace ensemble::bench {
+
+class NginxFront {
+  public:
+    // Starts nginx on 127.0.0.1:`port` proxying to `engine_socket`; files live in `folder`.
+    // Throws when nginx is missing or does not come up (a benchmark's start-up failure).
+    NginxFront(unsigned short port, const std::filesystem::path& engine_socket,
+               const std::filesystem::path& folder);
+    ~NginxFront();
+    unsigned short port() const { return port_; }
+
+  private:
+    unsigned short port_;
+    std::unique_ptr<ChildProcess> process_;
+};
+
+}  // namespace ensemble::bench
