@@ -1,5 +1,7 @@
 #include "os/listening_socket.h"
 
+#include "os/port_holder.h"
+
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -88,10 +90,9 @@ Result<ListeningSocket> ListeningSocket::open(const std::string& host, int port)
         const int error = errno;
         if (error == EADDRINUSE) {
             return Error{"port_busy", "port " + std::to_string(port) + " on " + host +
-                                          " is in use by another process (see 'ss -ltnp sport = :" +
-                                          std::to_string(port) +
-                                          "' or 'lsof -iTCP:" + std::to_string(port) +
-                                          " -sTCP:LISTEN'); stop it or choose another port"};
+                                          " is in use by another process (" +
+                                          port_holder_hint(port) +
+                                          "); stop it or choose another port"};
         }
         return Error{is_own_resource_shortage(error) ? "no_resources" : "listen_failed",
                      "cannot bind " + where + ": " + std::strerror(error)};

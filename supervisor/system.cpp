@@ -6,6 +6,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include "os/memory_kill_watch.h"
+#include "os/port_holder.h"
 
 namespace ensemble {
 
@@ -78,8 +79,8 @@ Status OsProcessOps::port_free(const std::string& host, int port) const {
     if (!ec) probe.bind(endpoint, ec);
     if (ec) {
         return Error{"port_busy", "port " + std::to_string(port) +
-                                      " is in use by another process (" + ec.message() +
-                                      "); stop it or choose another port"};
+                                      " is in use by another process (" + ec.message() + "; " +
+                                      port_holder_hint(port) + "); stop it or choose another port"};
     }
     return Ok{};
 }

@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "os/listening_socket.h"
+#include "os/port_holder.h"
 
 namespace ensemble {
 
@@ -58,9 +59,9 @@ Status HttpFront::listen() {
     if (!ec) acceptor_.bind(endpoint, ec);
     if (ec == asio::error::address_in_use) {
         return Error{"port_in_use", "port " + std::to_string(config_.port) + " on " + config_.host +
-                                        " is already in use by another process; stop it (see "
-                                        "'ss -ltnp sport = :" +
-                                        std::to_string(config_.port) + "') or choose another port"};
+                                        " is already in use by another process (" +
+                                        port_holder_hint(config_.port) +
+                                        "); stop it or choose another port"};
     }
     if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
     if (ec) {

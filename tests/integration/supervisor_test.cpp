@@ -157,6 +157,9 @@ TEST_F(SupervisorTest, CliErrorsAreClearWithNonZeroExits) {
     auto busy = cli("load " + std::to_string(port_b_) + " tiny");
     EXPECT_EQ(busy.exit_code, 1);
     EXPECT_NE(busy.out.find("in use by another process"), std::string::npos) << busy.out;
+    EXPECT_NE(busy.out.find("held by ensemble-worker (pid " + std::to_string(squatter.pid()) + ")"),
+              std::string::npos)
+        << busy.out;
     auto check = cli("check " + (dir_ / "missing.yaml").string());
     EXPECT_EQ(check.exit_code, 1);
 }

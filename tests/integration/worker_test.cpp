@@ -494,6 +494,9 @@ TEST_F(WorkerTest, PortInUseIsAClearErrorAndNonZeroExit) {
     ASSERT_TRUE(exit);
     EXPECT_NE(exit->code, 0);
     EXPECT_NE(worker.log().find("already in use"), std::string::npos) << worker.log();
+    // The holder is this test program: named, with its pid.
+    EXPECT_NE(worker.log().find("(pid " + std::to_string(::getpid()) + ")"), std::string::npos)
+        << worker.log();
     EXPECT_FALSE(worker.engine_pid()) << "no engine may start when the port is taken";
 }
 

@@ -152,34 +152,4 @@ bool process_alive(pid_t pid) {
     return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
 }
 
-std::vector<unsigned short> tcp_ports_listened_on_by(pid_t pid) {
-    std::set<std::string> inodes;
-    std::error_code ec;
-    const auto fds = std::filesystem::path("/proc") / std::to_string(pid) / "fd";
-    for (const auto& fd : std::filesystem::directory_iterator(fds, ec)) {
-        const auto target = std::filesystem::read_symlink(fd.path(), ec).string();
-        if (!ec && target.starts_with("socket:["))
-            inodes.insert(target.substr(8, target.size() - 9));
-    }
-    std::vector<unsigned short> ports;
-    for (const auto* table : {"/proc/net/tcp", "/proc/net/tcp6"}) {
-        std::ifstream in(table);
-        std::string line;
-        std::getline(in, line);  // the header
-        while (std::getline(in, line)) {
-            // sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode
-            std::istringstream fields(line);
-            std::string sl, local, remote, state, queues, timer, retransmits, uid, timeout, inode;
-            fields >> sl >> local >> remote >> state >> queues >> timer >> retransmits >> uid >>
-                timeout >> inode;
-            constexpr auto kListen = "0A";
-            if (state != kListen || !inodes.contains(inode)) continue;
-            const auto colon = local.rfind(':');
-            ports.push_back(
-                static_cast<unsigned short>(std::stoul(local.substr(colon + 1), nullptr, 16)));
-        }
-    }
-    return ports;
-}
-
 }  // namespace ensemble::testing

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "os/child_process.h"
+#include "os/port_holder.h"
 
 namespace ensemble::testing {
 
@@ -56,9 +57,8 @@ class WorkerProcess {
     std::unique_ptr<ChildProcess> child_;
 };
 
-bool process_alive(pid_t pid);  // true for a running process (zombies count as gone)
-// The TCP ports `pid` listens on (Linux: its sockets in /proc/net/tcp and tcp6).
-std::vector<unsigned short> tcp_ports_listened_on_by(pid_t pid);
+bool process_alive(pid_t pid);             // true for a running process (zombies count as gone)
+using ensemble::tcp_ports_listened_on_by;  // os/port_holder.h
 std::vector<pid_t> children_of(pid_t pid);
 
 }  // namespace ensemble::testing

@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <filesystem>
@@ -24,6 +25,7 @@
 #include "os/memory_limits.h"
 #include "os/memory_pressure.h"
 #include "os/peer_credentials.h"
+#include "os/port_holder.h"
 #include "os/process_identity.h"
 #include "os/process_memory.h"
 #include "os/recorded_process.h"
@@ -221,13 +223,40 @@ TEST(DescriptorPassing, AListeningSocketArrivesWithItsBytes) {
     ::close(pair[1]);
 }
 
+int local_port(int fd) {
+    sockaddr_in address{};
+    socklen_t length = sizeof address;
+    EXPECT_EQ(::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length), 0);
+    return ntohs(address.sin_port);
+}
+
+// A busy port is named with its holder: here, this test program itself.
+TEST(PortHolder, NamesTheProcessListeningOnAPort) {
+    auto socket = ListeningSocket::open("127.0.0.1", 0);
+    ASSERT_TRUE(socket) << socket.error().message;
+    const int port = local_port(socket->fd());
+    const auto holders = port_holders(port);
+    ASSERT_EQ(holders.size(), 1U);
+    EXPECT_EQ(holders[0].pid, ::getpid());
+    EXPECT_FALSE(holders[0].name.empty());
+    EXPECT_EQ(describe_port_holders(port),
+              "held by " + holders[0].name + " (pid " + std::to_string(::getpid()) + ")");
+    const auto ports = tcp_ports_listened_on_by(::getpid());
+    EXPECT_NE(std::find(ports.begin(), ports.end(), port), ports.end());
+    const auto busy = ListeningSocket::open("127.0.0.1", port);
+    ASSERT_FALSE(busy);
+    EXPECT_NE(busy.error().message.find(describe_port_holders(port)), std::string::npos)
+        << busy.error().message;
+    socket->close();
+    EXPECT_TRUE(port_holders(port).empty());
+    EXPECT_NE(port_holder_hint(port).find("ss -ltnp sport = :" + std::to_string(port)),
+              std::string::npos);
+}
+
 TEST(ListeningSocket, IsCheckedBeforeAWorkerAcceptsOnIt) {
     auto socket = ListeningSocket::open("127.0.0.1", 0);
     ASSERT_TRUE(socket) << socket.error().message;
-    sockaddr_in address{};
-    socklen_t length = sizeof address;
-    ASSERT_EQ(::getsockname(socket->fd(), reinterpret_cast<sockaddr*>(&address), &length), 0);
-    const int port = ntohs(address.sin_port);
+    const int port = local_port(socket->fd());
     EXPECT_TRUE(check_listening_socket(socket->fd(), port));
     const auto wrong_port = check_listening_socket(socket->fd(), port + 1);
     ASSERT_FALSE(wrong_port);
@@ -242,11 +271,13 @@ TEST(ListeningSocket, IsCheckedBeforeAWorkerAcceptsOnIt) {
     ::close(unbound);
     EXPECT_NE(check_listening_socket(1000, port).error().message.find("not open"),
               std::string::npos);
-    // Held: a second bind is refused with a way to find the holder.
+    // Held: a second bind is refused naming the holder (this program; see PortHolder).
     auto again = ListeningSocket::open("127.0.0.1", port);
     ASSERT_FALSE(again);
     EXPECT_EQ(again.error().code, "port_busy");
-    EXPECT_NE(again.error().message.find("sport = :" + std::to_string(port)), std::string::npos);
+    EXPECT_NE(again.error().message.find("(pid " + std::to_string(::getpid()) + ")"),
+              std::string::npos)
+        << again.error().message;
     EXPECT_EQ(ListeningSocket::open("localhost", port).error().code, "bad_host");
 }
 
