@@ -16,7 +16,8 @@ struct PortHolder {
 };
 
 // The processes listening on TCP `port` (any address, IPv4 or IPv6) that this user may inspect:
-// empty when none is visible (another user's process, seen by a user who is not root).
+// empty when none is visible (another user's process, seen by a user who is not root). Reads
+// every process's descriptors: for messages to a person, not for routine checks.
 std::vector<PortHolder> port_holders(int port);
 
 // "held by nginx (pid 812)" or "held by nginx (pids 812, 813)", or "" when no holder is visible.

@@ -44,11 +44,13 @@ std::vector<ListeningSocketEntry> listening_sockets() {
 // The socket inodes among `pid`'s open descriptors (none if we may not look).
 std::set<std::string> socket_inodes_of(pid_t pid) {
     std::set<std::string> inodes;
+    // Processes come and go while we look: every step reports into `ec`, none throws.
     std::error_code ec;
     const auto fds = std::filesystem::path("/proc") / std::to_string(pid) / "fd";
-    for (const auto& fd : std::filesystem::directory_iterator(fds, ec)) {
-        const auto target = std::filesystem::read_symlink(fd.path(), ec).string();
-        if (!ec && target.starts_with("socket:["))
+    for (std::filesystem::directory_iterator it(fds, ec), end; !ec && it != end; it.increment(ec)) {
+        std::error_code unreadable;
+        const auto target = std::filesystem::read_symlink(it->path(), unreadable).string();
+        if (!unreadable && target.starts_with("socket:["))
             inodes.insert(target.substr(8, target.size() - 9));
     }
     return inodes;
@@ -71,9 +73,11 @@ std::vector<PortHolder> port_holders(int port) {
     std::vector<PortHolder> holders;
     if (wanted.empty()) return holders;
     std::error_code ec;
-    for (const auto& entry : std::filesystem::directory_iterator("/proc", ec)) {
-        const auto name = entry.path().filename().string();
-        if (name.empty() || !std::all_of(name.begin(), name.end(), ::isdigit)) continue;
+    for (std::filesystem::directory_iterator it("/proc", ec), end; !ec && it != end;
+         it.increment(ec)) {
+        const auto name = it->path().filename().string();
+        const auto digit = [](char c) { return c >= '0' && c <= '9'; };
+        if (name.empty() || !std::all_of(name.begin(), name.end(), digit)) continue;
         const auto pid = static_cast<pid_t>(std::stol(name));
         const auto inodes = socket_inodes_of(pid);
         if (std::any_of(inodes.begin(), inodes.end(),

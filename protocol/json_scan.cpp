@@ -1,9 +1,11 @@
 #include "protocol/json_scan.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 
 namespace ensemble {
@@ -12,8 +14,8 @@ namespace {
 
 class Scanner {
   public:
-    Scanner(std::string_view text, std::string_view key, int max_depth)
-        : s_(text), key_(key), max_depth_(max_depth) {}
+    Scanner(std::string_view text, std::span<const std::string_view> keys, int max_depth)
+        : s_(text), keys_(keys), max_depth_(max_depth) {}
 
     Result<TopLevelScan> run() {
         skip_space();
@@ -87,8 +89,8 @@ class Scanner {
         for (;;) {
             skip_space();
             if (at_end() || s_[i_] != '"') return false;
-            bool matches = false;
-            if (!string(top ? &matches : nullptr)) return false;
+            std::optional<std::size_t> key;
+            if (!string(top ? &key : nullptr)) return false;
             skip_space();
             if (at_end() || s_[i_] != ':') return false;
             ++i_;
@@ -97,7 +99,7 @@ class Scanner {
             if (!value(depth)) return false;
             if (top) {
                 ++result_.members;
-                if (matches) result_.values.push_back({begin, i_});
+                if (key) result_.values.push_back({*key, begin, i_});
             }
             skip_space();
             if (at_end()) return false;
@@ -258,8 +260,8 @@ class Scanner {
         return true;
     }
 
-    // A string; when `matches` is given, whether its unescaped content is the key.
-    bool string(bool* matches) {
+    // A string; when `matches` is given, which key its unescaped content is, if any.
+    bool string(std::optional<std::size_t>* matches) {
         ++i_;                   // '"'
         std::string unescaped;  // only for a key
         for (;;) {
@@ -320,13 +322,16 @@ class Scanner {
             }
             if (matches) append_utf8(unescaped, cp);
         }
-        if (matches) *matches = unescaped == key_;
+        if (matches) {
+            const auto found = std::find(keys_.begin(), keys_.end(), unescaped);
+            if (found != keys_.end()) *matches = static_cast<std::size_t>(found - keys_.begin());
+        }
         ++i_;  // '"'
         return true;
     }
 
     std::string_view s_;
-    std::string_view key_;
+    std::span<const std::string_view> keys_;
     int max_depth_;
     std::size_t i_ = 0;
     bool too_deep_ = false;
@@ -335,9 +340,14 @@ class Scanner {
 
 }  // namespace
 
+Result<TopLevelScan> scan_top_level_members(std::string_view text,
+                                            std::span<const std::string_view> keys, int max_depth) {
+    return Scanner(text, keys, max_depth).run();
+}
+
 Result<TopLevelScan> scan_top_level_member(std::string_view text, std::string_view key,
                                            int max_depth) {
-    return Scanner(text, key, max_depth).run();
+    return scan_top_level_members(text, std::span<const std::string_view>(&key, 1), max_depth);
 }
 
 }  // namespace ensemble

@@ -217,6 +217,8 @@ class Fleet final : private PortHost {
     // fleet_commands.cpp
     PortReport report(const Port& port) const;
     Status check_port_free(int port) const;
+    // The same, for a load or a profile: a busy port's error also names its holder.
+    Status check_port_free_for_operator(int port) const;
     awaitable<bool> replace_worker(int port, const std::string& handle, const std::string& profile);
 
     Clock::time_point now() const { return time_->now(); }

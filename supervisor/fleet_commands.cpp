@@ -34,6 +34,14 @@ Status Fleet::check_port_free(int port) const {
     return processes_->port_free(config_.supervisor.bind_host, port);
 }
 
+Status Fleet::check_port_free_for_operator(int port) const {
+    auto free = check_port_free(port);
+    if (free || free.error().code != "port_busy") return free;
+    return Error{"port_busy", "port " + std::to_string(port) + " is in use by another process (" +
+                                  processes_->port_holder(port) +
+                                  "); stop it or choose another port"};
+}
+
 PortReport Fleet::report(const Port& port) const {
     const auto& s = port.snapshot();
     PortReport r{s, policy_for(s.port, s.handle, s.profile), std::nullopt, 0};
@@ -107,7 +115,7 @@ awaitable<Result<PortReport>> Fleet::load(int port, const std::string& handle,
     }
     if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed)
         co_return allowed.error();
-    if (auto free = check_port_free(port); !free) co_return free.error();
+    if (auto free = check_port_free_for_operator(port); !free) co_return free.error();
     // (named, not temporaries: GCC 12 miscompiles non-trivial temporaries in co_await)
     const std::map<int, std::string> starts{{port, handle}};
     const std::set<int> released;
@@ -219,7 +227,7 @@ awaitable<Result<ProfileLoad>> Fleet::profile_load(const std::string& name) {
     const Profile profile = it->second;
     // All or nothing: every port must be free (or already ours) before anything changes.
     for (const auto& [port, a] : profile.ports) {
-        if (auto free = check_port_free(port); !free) co_return free.error();
+        if (auto free = check_port_free_for_operator(port); !free) co_return free.error();
     }
     // Within the memory budget once the ports it changes or drops stop (all or nothing).
     std::map<int, std::string> starts;

@@ -78,11 +78,17 @@ Status OsProcessOps::port_free(const std::string& host, int port) const {
     if (!ec) probe.set_option(boost::asio::ip::tcp::acceptor::reuse_address(true), ec);
     if (!ec) probe.bind(endpoint, ec);
     if (ec) {
+        // A probe where busy is often the expected answer (a worker registering): no search for
+        // the holder here, which reads every process's descriptors.
         return Error{"port_busy", "port " + std::to_string(port) +
-                                      " is in use by another process (" + ec.message() + "; " +
-                                      port_holder_hint(port) + "); stop it or choose another port"};
+                                      " is in use by another process (" + ec.message() +
+                                      "); stop it or choose another port"};
     }
     return Ok{};
+}
+
+std::string OsProcessOps::port_holder(int port) const {
+    return port_holder_hint(port);
 }
 
 Result<ListeningSocket> OsProcessOps::listen(const std::string& host, int port) {

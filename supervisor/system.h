@@ -67,6 +67,9 @@ class ProcessOps {
     virtual std::string boot_id() const = 0;
     // Ok when a listener could bind host:port now; "bad_host" or "port_busy" otherwise.
     virtual Status port_free(const std::string& host, int port) const = 0;
+    // Who holds a busy port, for the operator ("held by nginx (pid 812)", or how to find out).
+    // Searches every process: not for routine checks.
+    virtual std::string port_holder(int port) const = 0;
     // A port's listening socket, held by ensembled and passed to each worker it starts.
     virtual Result<ListeningSocket> listen(const std::string& host, int port) = 0;
     // Stops the engine a dead worker left running, proven ours: from the record file the
@@ -141,6 +144,7 @@ class OsProcessOps final : public ProcessOps {
                               const std::string& what) override;
     std::string boot_id() const override;
     Status port_free(const std::string& host, int port) const override;
+    std::string port_holder(int port) const override;
     Result<ListeningSocket> listen(const std::string& host, int port) override;
     std::vector<std::string> stop_engine_left_behind(const std::filesystem::path& record_path,
                                                      const EngineRecord& told,

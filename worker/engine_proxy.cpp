@@ -33,6 +33,7 @@ bool forwarded(http::field f) {
         case http::field::authorization:
         case http::field::host:
         case http::field::content_length:
+        case http::field::expect:  // the body is already here: no 100 Continue to relay
             return false;
         default:
             return true;
@@ -153,7 +154,9 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fr
 }
 
 void EngineProxy::release(std::unique_ptr<Connection> connection) {
-    if (connection->generation != engine_.generation() || idle_.size() >= kMaxIdleConnections)
+    // Bytes after a complete answer would be read as the next request's answer: not reused.
+    if (connection->generation != engine_.generation() || idle_.size() >= kMaxIdleConnections ||
+        connection->buffer.size() > 0)
         return;
     connection->stream.expires_never();
     idle_.push_back(std::move(connection));

@@ -74,12 +74,13 @@ int main(int argc, char** argv) {
 #if defined(__GLIBC__)
     // Request bodies (up to max_body_bytes, and their pinned copies) come and go with every
     // request: glibc would hand such blocks back to the kernel on free and fault them in again
-    // for the next request (~1 ms per 1 MB body, docs/BENCHMARKS.md). Kept instead: after a
-    // large request a worker may hold up to twice the threshold (at most 64 MB) of freed heap.
+    // for the next request (~1 ms per 1 MB body, docs/BENCHMARKS.md). They are kept and reused
+    // instead, so a worker holds on to the heap its largest bursts of bodies needed.
+    constexpr std::uint64_t kLargestKept = 32 << 20;  // glibc's ceiling for the threshold
     const auto keep = static_cast<int>(
-        std::min<std::uint64_t>(4 * options.front.max_body_bytes + (1 << 20), 32 << 20));
-    ::mallopt(M_MMAP_THRESHOLD, keep);
-    ::mallopt(M_TRIM_THRESHOLD, 2 * keep);
+        std::min<std::uint64_t>(options.front.max_body_bytes, kLargestKept / 4) * 4 + (1 << 20));
+    ::mallopt(M_MMAP_THRESHOLD, std::min<int>(keep, kLargestKept));
+    ::mallopt(M_TRIM_THRESHOLD, 2 * std::min<int>(keep, kLargestKept));
 #endif
     asio::io_context io(1);
     EngineRunner engine(io, options.engine);

@@ -1,6 +1,7 @@
 #include "worker/request_policy.h"
 
 #include <algorithm>
+#include <array>
 #include <nlohmann/json.hpp>
 
 #include "protocol/json_scan.h"
@@ -40,8 +41,12 @@ Status check_api_key(std::string_view authorization_header, std::string_view api
 
 Result<std::string> pin_model(std::string_view body, const ModelIdentity& model) {
     // One validating pass finds the `model` members; the body is then spliced, not re-serialised:
-    // its other bytes reach the engine exactly as the client sent them.
-    auto scanned = scan_top_level_member(body, "model");
+    // its other bytes reach the engine exactly as the client sent them. Members that make an
+    // engine load other weights (mlx_lm.server loads, or downloads, the LoRA adapters and the
+    // draft model a request names) are refused like another model.
+    constexpr std::size_t kModel = 0;
+    static constexpr std::array<std::string_view, 3> kKeys{"model", "adapters", "draft_model"};
+    auto scanned = scan_top_level_members(body, kKeys);
     if (!scanned && scanned.error().code == "too_deep")
         return Error{"invalid_json",
                      "the request body is refused: " + scanned.error().message + "; flatten it"};
@@ -53,8 +58,16 @@ Result<std::string> pin_model(std::string_view body, const ModelIdentity& model)
     }
     const auto& scan = *scanned;
     if (!scan.is_object) return Error{"invalid_json", "the request body must be a JSON object"};
-    for (const auto& span : scan.values) {
-        const auto value = body.substr(span.begin, span.end - span.begin);
+    std::vector<MemberValue> models;
+    for (const auto& member : scan.values) {
+        if (member.key != kModel) {
+            return Error{"unsupported_parameter",
+                         "'" + std::string(kKeys[member.key]) +
+                             "' is not accepted: this port serves only '" + model.handle +
+                             "', and the engine would load what it names; remove it"};
+        }
+        models.push_back(member);
+        const auto value = body.substr(member.begin, member.end - member.begin);
         if (value.front() != '"') return Error{"invalid_model", "'model' must be a string"};
         // Escapes are rare; a name without one is its own bytes between the quotes.
         const auto name = value.find('\\') == std::string_view::npos
@@ -69,7 +82,7 @@ Result<std::string> pin_model(std::string_view body, const ModelIdentity& model)
     const auto engine_id = nlohmann::json(model.engine_model_id).dump();
     std::string out;
     out.reserve(body.size() + engine_id.size() + 16);
-    if (scan.values.empty()) {
+    if (models.empty()) {
         const auto after_brace = scan.object_open + 1;
         out.append(body.substr(0, after_brace));
         out.append("\"model\":").append(engine_id);
@@ -78,9 +91,9 @@ Result<std::string> pin_model(std::string_view body, const ModelIdentity& model)
         return out;
     }
     std::size_t copied = 0;
-    for (const auto& span : scan.values) {
-        out.append(body.substr(copied, span.begin - copied)).append(engine_id);
-        copied = span.end;
+    for (const auto& member : models) {
+        out.append(body.substr(copied, member.begin - copied)).append(engine_id);
+        copied = member.end;
     }
     out.append(body.substr(copied));
     return out;

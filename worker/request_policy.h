@@ -26,8 +26,9 @@ struct ModelIdentity {
 // required.
 Status check_api_key(std::string_view authorization_header, std::string_view api_key);
 
-// The body to forward; else "invalid_json", "invalid_model" or "model_not_found". Bodies that
-// are not JSON objects are refused: every OpenAI endpoint takes one.
+// The body to forward; else "invalid_json", "invalid_model", "model_not_found", or
+// "unsupported_parameter" (`adapters`, `draft_model`: an engine would load what they name).
+// Bodies that are not JSON objects are refused: every OpenAI endpoint takes one.
 Result<std::string> pin_model(std::string_view body, const ModelIdentity& model);
 
 // How a refusal of the policy above is answered: its HTTP status and OpenAI error type.

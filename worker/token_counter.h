@@ -24,11 +24,16 @@ class TokenCounter {
     };
     void scan(NeedleScan& s, std::string_view bytes);
 
+    // Chat streams carry "content", legacy completion streams "text"; an empty string is no token.
+    static constexpr std::string_view kContentNeedle = R"("content":")";
+    static constexpr std::string_view kTextNeedle = R"("text":")";
+    static constexpr std::size_t kLongestNeedle = kContentNeedle.size();
+    static_assert(kTextNeedle.size() <= kLongestNeedle);
+
     bool event_stream_;
     std::uint64_t events_ = 0;
-    // Chat streams carry "content", legacy completion streams "text"; an empty string is no token.
-    std::array<NeedleScan, 2> scans_{{{R"("content":")", {}}, {R"("text":")", {}}}};
-    std::string body_;  // a plain answer, up to 1 MiB
+    std::array<NeedleScan, 2> scans_{{{kContentNeedle, {}}, {kTextNeedle, {}}}};
+    std::string body_;  // a plain answer's last 64 KiB
 };
 
 }  // namespace ensemble

@@ -80,6 +80,17 @@ TEST_F(WorkerTest, ChatCompletionThroughTheRealEngine) {
     EXPECT_FALSE(j["choices"][0]["message"]["content"].get<std::string>().empty());
 }
 
+// curl sends `Expect: 100-continue` with large bodies. The worker has the body already; passed
+// on, the header made llama-server answer "100 Continue", which was relayed as the answer.
+TEST_F(WorkerTest, AnExpectContinueRequestGetsItsRealAnswer) {
+    auto worker = start();
+    auto request = chat_request(kChat);
+    request.headers["Expect"] = "100-continue";
+    const auto r = http_request(worker->port(), request);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(json::parse(r.body)["usage"]["completion_tokens"], 8);
+}
+
 TEST_F(WorkerTest, LegacyCompletionsEndpointIsProxied) {
     auto worker = start();
     auto req = chat_request(R"({"model":"tiny","prompt":"once upon","max_tokens":4})");

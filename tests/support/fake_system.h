@@ -112,6 +112,9 @@ class FakeProcesses final : public ProcessOps {
                               const std::string& what) override;
     std::string boot_id() const override { return world_.boot; }
     Status port_free(const std::string& host, int port) const override;
+    std::string port_holder(int port) const override {
+        return "held by squatter (pid " + std::to_string(20000 + port) + ")";
+    }
     // A real listening socket on `host`, on a port the kernel picks (never the port asked for).
     Result<ListeningSocket> listen(const std::string& host, int port) override;
     std::vector<std::string> stop_engine_left_behind(const std::filesystem::path& record_path,

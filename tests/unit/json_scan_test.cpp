@@ -173,6 +173,17 @@ TEST(PinModel, SplicesTheModelAndKeepsEveryOtherByte) {
     EXPECT_FALSE(pin_model(R"({"model":"tiny","model":"/etc/passwd"})", model));
     EXPECT_FALSE(pin_model(R"({"model":"tiny","mod\u0065l":"/etc/passwd"})", model));
     EXPECT_TRUE(pin_model(R"({"model":"ti\u006ey"})", model));
+    // Members that make an engine load other weights are refused, escaped or not.
+    for (const char* loads :
+         {R"({"model":"tiny","adapters":"/tmp/evil"})",
+          R"({"draft_model":"org/other","messages":[]})", R"({"adapt\u0065rs":null})"}) {
+        const auto refused = pin_model(loads, model);
+        ASSERT_FALSE(refused) << loads;
+        EXPECT_EQ(refused.error().code, "unsupported_parameter") << loads;
+        EXPECT_EQ(api_error(refused.error()).status, http::status::bad_request);
+    }
+    // Nested, they are just data.
+    EXPECT_TRUE(pin_model(R"({"metadata":{"adapters":"x","draft_model":"y"}})", model));
     // Missing: added, into an empty object and into a full one.
     for (const char* missing : {"{}", " { } ", R"({"messages":[]})"}) {
         const auto added = pin_model(missing, model);

@@ -46,6 +46,16 @@ TEST(TokenCounter, PlainAnswersUseTheirUsage) {
     EXPECT_EQ(none.tokens(), 0U);
 }
 
+TEST(TokenCounter, APlainAnswerLongerThanItsTailStillCounts) {
+    TokenCounter c(false);
+    const std::string text(3 << 20, 'x');  // 3 MiB of generated text, in pieces
+    c.feed(R"({"choices":[{"message":{"content":")");
+    for (std::size_t at = 0; at < text.size(); at += 100'000)
+        c.feed(std::string_view(text).substr(at, 100'000));
+    c.feed(R"("}}],"usage":{"completion_tokens":4096,"prompt_tokens":3}})");
+    EXPECT_EQ(c.tokens(), 4096U);
+}
+
 TEST(TokenCounter, PlainAnswersAreReadWithoutParsingAndNotFooledByContent) {
     const auto count = [](const std::string& body) {
         TokenCounter c(false);
