@@ -1,12 +1,16 @@
 // ensembled and the ensemble CLI with real llama-server workers: profiles, load/unload, swap with
 // success and rollback, status JSON, CLI errors, and a supervisor killed -9 mid-stream whose
 // workers keep serving and are re-adopted.
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <cstring>
+#include <filesystem>
 
 #include "os/portable_mode.h"
 #include "protocol/messages.h"
@@ -138,6 +142,82 @@ TEST_F(SupervisorTest, SwapToAModelThatCannotLoadRollsBack) {
     EXPECT_EQ(port_status(port_a_)["model"], "tiny");
     EXPECT_EQ(port_status(port_a_)["state"], "ready");
     EXPECT_EQ(chat(port_a_), 200);
+}
+
+// Sends `bytes` with `fds` attached (SCM_RIGHTS), as a hostile peer would: any number at once.
+bool send_with_descriptors(int socket, std::string_view bytes, const std::vector<int>& fds) {
+    iovec io{const_cast<char*>(bytes.data()), bytes.size()};
+    std::vector<char> control(CMSG_SPACE(sizeof(int) * fds.size()));
+    msghdr message{};
+    message.msg_iov = &io;
+    message.msg_iovlen = 1;
+    message.msg_control = control.data();
+    message.msg_controllen = control.size();
+    auto* header = CMSG_FIRSTHDR(&message);
+    header->cmsg_level = SOL_SOCKET;
+    header->cmsg_type = SCM_RIGHTS;
+    header->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
+    std::memcpy(CMSG_DATA(header), fds.data(), sizeof(int) * fds.size());
+#ifdef MSG_NOSIGNAL
+    constexpr int kNoSigpipe = MSG_NOSIGNAL;  // ensembled may have closed the connection already
+#else
+    constexpr int kNoSigpipe = 0;  // (this test runs where /proc is)
+#endif
+    return ::sendmsg(socket, &message, kNoSigpipe) == static_cast<ssize_t>(bytes.size());
+}
+
+std::size_t open_descriptors_of(pid_t pid) {
+    std::size_t n = 0;
+    std::error_code ec;
+    for (std::filesystem::directory_iterator it("/proc/" + std::to_string(pid) + "/fd", ec), end;
+         !ec && it != end; it.increment(ec))
+        ++n;
+    return n;
+}
+
+// A hostile peer of the same user on workers.sock sends descriptors — many in one message, with
+// junk, with a registration that names no worker of ours, and after it — and goes away, 100
+// times. ensembled keeps none of them (docs/SECURITY.md), and still serves.
+TEST_F(SupervisorTest, DescriptorsSentToWorkersSockAreNeverKept) {
+    if (!std::filesystem::exists("/proc/self/fd")) GTEST_SKIP() << "counts descriptors in /proc";
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(supervisor_);
+    const pid_t pid = supervisor_->pid();
+    const auto before = open_descriptors_of(pid);
+    const int payload = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+    ASSERT_GE(payload, 0);
+    const std::vector<int> many(12, payload);
+    const auto path = (run_dir_ / "workers.sock").string();
+    for (int round = 0; round < 100; ++round) {
+        const int peer = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_un address{};
+        address.sun_family = AF_UNIX;
+        std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+        ASSERT_EQ(::connect(peer, reinterpret_cast<sockaddr*>(&address), sizeof address), 0)
+            << std::strerror(errno);
+        send_with_descriptors(peer, "not json at all\n", many);
+        send_with_descriptors(
+            peer,
+            R"({"type":"register","port":)" + std::to_string(port_a_) +
+                R"(,"handle":"tiny","worker_id":"w","token":"t","pid":1,"protocol":1})"
+                "\n",
+            {payload});
+        send_with_descriptors(peer,
+                              R"({"type":"heartbeat"})"
+                              "\n",
+                              many);
+        ::close(peer);
+    }
+    ::close(payload);
+    // ensembled has read and dropped them all once its descriptor count is back.
+    auto after = open_descriptors_of(pid);
+    for (int i = 0; i < 200 && after > before; ++i) {
+        std::this_thread::sleep_for(20ms);
+        after = open_descriptors_of(pid);
+    }
+    EXPECT_LE(after, before) << "descriptors sent by a hostile peer were kept";
+    EXPECT_EQ(cli("status").exit_code, 0) << "ensembled still answers";
+    EXPECT_EQ(cli("load " + std::to_string(port_a_) + " fake").exit_code, 0);
 }
 
 TEST_F(SupervisorTest, CliErrorsAreClearWithNonZeroExits) {
