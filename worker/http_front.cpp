@@ -259,6 +259,8 @@ awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
         const bool keep_alive = co_await reply(stream, *local);
         co_return keep_alive;
     }
+    // Draining, this is the connection's last answer: it says so (Connection: close).
+    if (draining_) request.keep_alive(false);
     const bool keep_alive = co_await proxy_.forward(stream, request);
     co_return keep_alive && !draining_;
 }

@@ -563,6 +563,8 @@ TEST_F(WorkerTest, ARequestOnAConnectionMadeBeforeTheDrainIsAnswered) {
         response.append(buffer.data(), static_cast<std::size_t>(n));
     ::close(client);
     EXPECT_EQ(response.rfind("HTTP/1.1 200", 0), 0U) << response;  // and then the connection ended
+    // ... as the answer said it would, so the client does not send another request into it.
+    EXPECT_NE(response.find("Connection: close\r\n"), std::string::npos) << response;
     auto exit = worker->wait_exit(30s);
     ASSERT_TRUE(exit);
     EXPECT_EQ(exit->code, 0) << worker->log();
