@@ -189,7 +189,7 @@ TEST_F(SupervisorTest, DescriptorsSentToWorkersSockAreNeverKept) {
     const std::vector<int> many(12, payload);
     const auto path = (run_dir_ / "workers.sock").string();
     for (int round = 0; round < 100; ++round) {
-        const int peer = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        const int peer = ::socket(AF_UNIX, SOCK_STREAM, 0);
         sockaddr_un address{};
         address.sun_family = AF_UNIX;
         std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
