@@ -125,6 +125,9 @@ json registered_message() {
 json stop_message() {
     return {{"type", "stop"}};
 }
+json serve_message() {
+    return {{"type", "serve"}};
+}
 
 Result<ControlRequest> parse_control_request(const json& j) {
     if (!j.is_object()) return bad("a request must be a JSON object");

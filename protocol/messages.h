@@ -59,9 +59,11 @@ nlohmann::json to_json(const Register& m);
 nlohmann::json to_json(const Heartbeat& m);
 Result<WorkerMessage> parse_worker_message(const nlohmann::json& j);
 
-// Supervisor to worker: {"type":"registered"}, {"type":"stop"}, {"type":"error",...}.
+// Supervisor to worker: {"type":"registered"}, {"type":"stop"}, {"type":"serve"} (a worker
+// started to stand by begins accepting), {"type":"error",...}.
 nlohmann::json registered_message();
 nlohmann::json stop_message();
+nlohmann::json serve_message();
 
 // ---- control.sock ----
 

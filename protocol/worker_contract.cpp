@@ -8,8 +8,17 @@ std::filesystem::path log_folder(const std::filesystem::path& state_dir) {
     return state_dir / "logs";
 }
 
-PortFiles port_files(const std::filesystem::path& log_dir, int port) {
-    const auto number = std::to_string(port);
+namespace {
+
+// "8100" for slot 0, "8100.b" for slot 1.
+std::string slot_name(int port, int slot) {
+    return std::to_string(port) + (slot == 0 ? "" : ".b");
+}
+
+}  // namespace
+
+PortFiles port_files(const std::filesystem::path& log_dir, int port, int slot) {
+    const auto number = slot_name(port, slot);
     const auto engine_log = log_dir / ("engine-" + number + ".log");
     return {.worker_log = log_dir / ("worker-" + number + ".log"),
             .engine_log = engine_log,
@@ -22,8 +31,8 @@ std::filesystem::path engine_record_for(const std::filesystem::path& engine_log)
     return path;
 }
 
-std::filesystem::path engine_socket(const std::filesystem::path& run_dir, int port) {
-    return run_dir / ("engine-" + std::to_string(port) + ".sock");
+std::filesystem::path engine_socket(const std::filesystem::path& run_dir, int port, int slot) {
+    return run_dir / ("engine-" + slot_name(port, slot) + ".sock");
 }
 
 bool is_valid_handle(std::string_view handle) {

@@ -41,6 +41,10 @@ inline constexpr const char* kOrphanGraceVariable = "ENSEMBLE_ORPHAN_GRACE_MS";
 // exits with WorkerExit::bad_configuration.
 inline constexpr const char* kListenFdVariable = "ENSEMBLE_LISTEN_FD";
 inline constexpr int kListenFd = 3;
+// Set (to 1) for a swap's incoming worker: it loads its engine beside the serving worker and
+// accepts on the port's socket only once told `serve` (messages.h); it exits if it loses the
+// supervisor before.
+inline constexpr const char* kStandbyVariable = "ENSEMBLE_STANDBY";
 
 // ---- a port's files ----
 
@@ -54,11 +58,15 @@ struct PortFiles {
     std::filesystem::path engine_log;
     std::filesystem::path engine_record;
 };
-PortFiles port_files(const std::filesystem::path& log_dir, int port);
+// A port has two sets of files, slots 0 and 1 (slot 1's names end in ".b": engine-8100.b.log):
+// during a swap the incoming worker and its engine load beside the serving ones, on the other
+// slot.
+inline constexpr int kSlots = 2;
+PortFiles port_files(const std::filesystem::path& log_dir, int port, int slot = 0);
 // The engine's record beside its log, whatever the log is called (--log-file).
 std::filesystem::path engine_record_for(const std::filesystem::path& engine_log);
 // In the run_dir (0700): the Unix socket the port's engine listens on, where its preset can.
-std::filesystem::path engine_socket(const std::filesystem::path& run_dir, int port);
+std::filesystem::path engine_socket(const std::filesystem::path& run_dir, int port, int slot = 0);
 
 // ---- model handles ----
 

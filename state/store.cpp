@@ -42,6 +42,8 @@ const std::vector<const char*> kMigrations = {
     // 2: the engine's identity beside its pid, so an engine left behind can be proven ours.
     R"(ALTER TABLE workers ADD COLUMN engine_start_time INTEGER NOT NULL DEFAULT 0;
        ALTER TABLE workers ADD COLUMN engine_group INTEGER NOT NULL DEFAULT 0;)",
+    // 3: which of the port's two sets of files (protocol::port_files) the worker uses.
+    R"(ALTER TABLE workers ADD COLUMN slot INTEGER NOT NULL DEFAULT 0;)",
 };
 
 std::int64_t now_ms() {
@@ -319,7 +321,7 @@ Result<std::vector<WorkerRecord>> StateStore::workers() {
     Statement s(db_,
                 "SELECT port, handle, worker_id, token, pid, pid_start_time, engine_pid, state, "
                 "started_at_ms, ready_at_ms, restarts, last_exit, engine_start_time, "
-                "engine_group FROM workers ORDER BY port");
+                "engine_group, slot FROM workers ORDER BY port");
     if (!s.ok()) return s.error("reading worker records");
     std::vector<WorkerRecord> out;
     while (s.step() == SQLITE_ROW) {
@@ -338,6 +340,7 @@ Result<std::vector<WorkerRecord>> StateStore::workers() {
         w.last_exit = s.text(11);
         w.engine_start_time = s.integer(12);
         w.engine_group = s.integer(13);
+        w.slot = static_cast<int>(s.integer(14));
         out.push_back(std::move(w));
     }
     return out;
@@ -348,7 +351,8 @@ Status StateStore::save_worker(const WorkerRecord& w) {
         db_,
         "INSERT OR REPLACE INTO workers (port, handle, worker_id, token, pid, pid_start_time, "
         "engine_pid, state, started_at_ms, ready_at_ms, restarts, last_exit, engine_start_time, "
-        "engine_group) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+        "engine_group, slot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
+        "?15)",
         [&](Statement& s) {
             s.bind(1, w.port)
                 .bind(2, w.handle)
@@ -360,7 +364,7 @@ Status StateStore::save_worker(const WorkerRecord& w) {
                 .bind(10, w.ready_at_ms)
                 .bind(11, w.restarts)
                 .bind(12, w.last_exit);
-            s.bind(13, w.engine_start_time).bind(14, w.engine_group);
+            s.bind(13, w.engine_start_time).bind(14, w.engine_group).bind(15, w.slot);
         },
         "saving the worker record of port " + std::to_string(w.port));
 }

@@ -35,6 +35,7 @@ struct WorkerRecord {
     std::int64_t engine_pid = 0;
     std::int64_t engine_start_time = 0;
     std::int64_t engine_group = 0;
+    int slot = 0;  // its port's set of files (protocol::port_files): logs, engine record
     std::string state;
     std::int64_t started_at_ms = 0;
     std::int64_t ready_at_ms = 0;

@@ -97,7 +97,8 @@ int main(int argc, char** argv) {
     // Descriptors for every worker link, control connection, probe, log and spawn.
     spdlog::debug("descriptor limit: {}", raise_descriptor_limit());
     // The longest of the sockets in the run_dir: each port's engine's.
-    const auto longest_socket = protocol::engine_socket(config.supervisor.run_dir, 65535);
+    const auto longest_socket =
+        protocol::engine_socket(config.supervisor.run_dir, 65535, protocol::kSlots - 1);
     if (auto fits = protocol::check_socket_path(longest_socket.string()); !fits) {
         spdlog::error("{}", fits.error().message);
         return 1;

@@ -53,6 +53,34 @@ const Port* Fleet::find(int port) const {
     return it == ports_.end() ? nullptr : it->second.get();
 }
 
+void Fleet::for_each_run(const std::function<void(Port&)>& visit) {
+    for (auto& [number, port] : ports_)
+        visit(*port);
+    for (auto& run : side_runs_)
+        visit(*run);
+}
+
+Port* Fleet::find_run(int port, std::uint64_t attempt) {
+    Port* found = nullptr;
+    for_each_run([&](Port& run) {
+        if (run.number() == port && run.attempt() == attempt) found = &run;
+    });
+    return found;
+}
+
+Port* Fleet::expecting(const protocol::Register& m) {
+    Port* found = nullptr;
+    for_each_run([&](Port& run) {
+        if (run.number() == m.port && run.expects(m)) found = &run;
+    });
+    return found;
+}
+
+bool Fleet::has_side_run(int port) const {
+    return std::any_of(side_runs_.begin(), side_runs_.end(),
+                       [port](const auto& run) { return run->number() == port; });
+}
+
 void Fleet::event(int port, const std::string& kind, const std::string& message) {
     spdlog::info("port {}: {}: {}", port, kind, message);
     if (auto ok = store_->append_event({0, 0, port, kind, message}); !ok) {
@@ -137,8 +165,12 @@ void Fleet::tick() {
     probe_ports(now);
     check_budget(now);
     escalate_dismissed(now);
-    for (auto& [number, port] : ports_)
-        port->tick(now, stalled);
+    for_each_run([&](Port& run) { run.tick(now, stalled); });
+    // A replaced worker is forgotten once it has gone (its exit explained, its engine stopped).
+    std::erase_if(side_runs_, [](const auto& run) {
+        return run->role() == Port::Role::outgoing && run->snapshot().pid == 0 &&
+               !is_running(run->state());
+    });
 }
 
 void Fleet::reconcile() {
@@ -203,9 +235,14 @@ void Fleet::reconcile() {
             dismiss(r.port, {static_cast<pid_t>(r.pid), r.pid_start_time},
                     "the worker that should not run");
         } else if (records_this_boot) {
-            // Killed with everything else (kill -9, a crash): its engine may still run.
-            stop_engine_left_behind(*this, r.port,
-                                    {r.engine_pid, r.engine_start_time, r.engine_group}, this_boot);
+            // Killed with everything else (kill -9, a crash): its engine may still run, and so
+            // may that of a swap's incoming worker, on the port's other files (never recorded).
+            for (int files = 0; files < protocol::kSlots; ++files) {
+                const auto told = files == r.slot ? EngineRecord{r.engine_pid, r.engine_start_time,
+                                                                 r.engine_group}
+                                                  : EngineRecord{};
+                stop_engine_left_behind(*this, r.port, files, told, this_boot);
+            }
         }
         log_unsaved(store_->remove_worker(r.port),
                     "that port " + std::to_string(r.port) + " has no worker now");
@@ -227,8 +264,8 @@ void Fleet::reconcile() {
 
 Status Fleet::on_register(WorkerLinkPeer* peer, const protocol::Register& m,
                           std::optional<ListeningSocket> port_socket) {
-    auto* p = find(m.port);
-    if (p == nullptr || !p->expects(m)) {
+    auto* p = expecting(m);
+    if (p == nullptr) {
         // Adoption or termination, never limbo: a worker this ensembled has no record of is
         // adopted when it serves what its port should, and otherwise stops on this refusal
         // instead of serving on unmanaged.
@@ -331,8 +368,10 @@ void Fleet::escalate_dismissed(Clock::time_point now) {
         if (check.verdict == IdentityVerdict::gone || check.verdict == IdentityVerdict::reused) {
             // Its engine may be left: unless a worker of ours on the port handles its record.
             const auto* p = find(d.port);
-            if (p == nullptr || p->snapshot().pid == 0)
-                stop_engine_left_behind(*this, d.port, {}, processes_->boot_id());
+            if (p == nullptr || p->snapshot().pid == 0) {
+                for (int files = 0; files < protocol::kSlots; ++files)
+                    stop_engine_left_behind(*this, d.port, files, {}, processes_->boot_id());
+            }
             freed.push_back(d.port);
             return true;
         }
@@ -357,25 +396,29 @@ void Fleet::escalate_dismissed(Clock::time_point now) {
 }
 
 void Fleet::on_heartbeat(WorkerLinkPeer* peer, const protocol::WorkerStats& stats) {
-    for (auto& [number, port] : ports_) {
-        if (port->linked_to(peer)) {
-            port->on_heartbeat(stats);
-            return;
-        }
-    }
+    for_each_run([&](Port& run) {
+        if (run.linked_to(peer)) run.on_heartbeat(stats);
+    });
 }
 
 void Fleet::on_link_closed(WorkerLinkPeer* peer) {
-    for (auto& [number, port] : ports_)
-        port->on_link_closed(peer);
+    for_each_run([&](Port& run) { run.on_link_closed(peer); });
     tick();  // the worker may have exited; if not, it reconnects
 }
 
 awaitable<bool> Fleet::wait_for(int port, const std::function<bool(const PortSnapshot&)>& done,
                                 Clock::time_point deadline) {
-    for (;;) {
+    const std::function<bool()> port_done = [this, port, &done] {
         const auto* p = find(port);
-        if (p != nullptr && done(p->snapshot())) co_return true;
+        return p != nullptr && done(p->snapshot());
+    };
+    const bool held = co_await wait_until(port_done, deadline);
+    co_return held;
+}
+
+awaitable<bool> Fleet::wait_until(const std::function<bool()>& done, Clock::time_point deadline) {
+    for (;;) {
+        if (done()) co_return true;
         if (now() >= deadline) co_return false;
         const auto until = std::min(deadline, now() + std::chrono::milliseconds(500));
         co_await time_->sleep_until(until);
@@ -404,10 +447,16 @@ awaitable<bool> Fleet::wait_stopped(int port, Clock::time_point deadline) {
 
 awaitable<void> Fleet::stop_all(std::chrono::milliseconds timeout) {
     shutting_down_ = true;  // no restart or retry timer starts a worker from here on
-    for (auto& [number, port] : ports_) {
-        if (is_running(port->state())) port->stop("the supervisor is stopping");
-    }
+    for_each_run([](Port& run) {
+        if (is_running(run.state())) run.stop("the supervisor is stopping");
+    });
     const auto deadline = now() + timeout;
+    const std::function<bool()> side_runs_gone = [this] {
+        tick();
+        return std::none_of(side_runs_.begin(), side_runs_.end(),
+                            [](const auto& run) { return is_running(run->state()); });
+    };
+    co_await wait_until(side_runs_gone, deadline);
     for (auto& [number, port] : ports_) {
         const int p = number;
         co_await wait_stopped(p, deadline);

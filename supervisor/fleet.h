@@ -168,12 +168,18 @@ class Fleet final : private PortHost {
     void log_unsaved(const Status& saved, const std::string& what) override;
     std::uint64_t next_attempt() override { return ++attempts_; }
     void changed() override { wake(); }
-    Port* find(int port) override;
+    Port* find_run(int port, std::uint64_t attempt) override;
     bool shutting_down() const override { return shutting_down_; }
     std::optional<pid_t> dismissed_holder(int port) const override;
 
     // fleet.cpp: the ports
+    Port* find(int port);
     const Port* find(int port) const;
+    // Every worker run: the ports' serving ones, then those beside them (side_runs_).
+    void for_each_run(const std::function<void(Port&)>& visit);
+    // The run that started (or adopted) the worker registering as `m`, if any.
+    Port* expecting(const protocol::Register& m);
+    bool has_side_run(int port) const;
     Port& port_at(int number);  // created (stopped) if it is not there
     // A worker this ensembled has no record of (state.db lost) that says it serves what its
     // port should (or a port nothing is assigned to): adopted, and its records rebuilt. The
@@ -196,6 +202,7 @@ class Fleet final : private PortHost {
     // Waits until `done(port)` holds for the port, or the deadline passes; returns whether it held.
     awaitable<bool> wait_for(int port, const std::function<bool(const PortSnapshot&)>& done,
                              Clock::time_point deadline);
+    awaitable<bool> wait_until(const std::function<bool()>& done, Clock::time_point deadline);
     awaitable<bool> wait_settled(int port, Clock::time_point deadline);  // ready, or clearly not
     awaitable<bool> wait_stopped(int port, Clock::time_point deadline);
 
@@ -220,6 +227,13 @@ class Fleet final : private PortHost {
     // The same, for a load or a profile: a busy port's error also names its holder.
     Status check_port_free_for_operator(int port) const;
     awaitable<bool> replace_worker(int port, const std::string& handle, const std::string& profile);
+    // Whether `handle` fits on `port` beside the model serving there now, evicting nothing: by
+    // the budget, or with none configured by the memory the machine can budget at all.
+    bool fits_beside(int port, const std::string& handle, const std::string& profile) const;
+    // The swap that fails no request: the new worker loads beside the serving one and takes
+    // the port's connections only once ready; a failure leaves the old one serving.
+    awaitable<Result<PortReport>> swap_beside(int port, const std::string& handle,
+                                              const std::string& profile);
 
     Clock::time_point now() const { return time_->now(); }
 
@@ -230,6 +244,9 @@ class Fleet final : private PortHost {
     std::unique_ptr<ProcessOps> processes_;
     std::unique_ptr<WorkerLauncher> launcher_;
     std::map<int, std::unique_ptr<Port>> ports_;
+    // Worker runs beside the ports' serving ones (Port::Role): a swap's incoming worker while it
+    // loads, and a worker a swap replaced while it drains (dropped once it has gone).
+    std::vector<std::unique_ptr<Port>> side_runs_;
     Clock::time_point started_;
     bool command_running_ = false;
     bool shutting_down_ = false;  // stop_all has begun: nothing is started again

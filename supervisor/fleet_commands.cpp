@@ -67,6 +67,15 @@ FleetStatus Fleet::status() const {
     }
     for (const auto& w : status.budget.wired.warnings)
         status.warnings.push_back(w);
+    for (const auto& run : side_runs_) {
+        const auto& s = run->snapshot();
+        if (run->role() != Port::Role::incoming) continue;
+        status.warnings.push_back(
+            "port " + std::to_string(s.port) + ": swapping to '" + s.handle +
+            "', loading beside '" +
+            (find(s.port) != nullptr ? find(s.port)->snapshot().handle : "?") + "' (" +
+            to_string(s.state) + ", worker pid " + std::to_string(s.pid) + ")");
+    }
     if (!store_->backup_problem().empty()) status.warnings.push_back(store_->backup_problem());
     status.config = config_.source;
     status.bind_host = config_.supervisor.bind_host;
@@ -167,6 +176,12 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
     const std::string old_handle = p->snapshot().handle;
     const std::string profile = p->snapshot().profile;
     if (old_handle == handle) co_return report(*p);
+    if (p->state() == PortState::ready && p->listening() && fits_beside(port, handle, profile)) {
+        auto swapped = co_await swap_beside(port, handle, profile);
+        co_return swapped;
+    }
+    // One after the other: connections wait in the port's backlog (up to hold_while_loading)
+    // while the old worker drains and the new one loads.
     const std::map<int, std::string> starts{{port, handle}};
     const std::set<int> released{port};
     if (auto admitted = co_await admit(starts, released, profile); !admitted)
@@ -189,6 +204,79 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
                                        (restored ? "'" + old_handle + "' is serving again"
                                                  : "restoring '" + old_handle + "' also failed: " +
                                                        port_at(port).snapshot().last_failure)};
+}
+
+bool Fleet::fits_beside(int port, const std::string& handle, const std::string& profile) const {
+    auto estimate = estimate_for(port, handle, profile);
+    if (!estimate) return false;  // nothing known of its size: not beside another model
+    const std::vector<Placement> incoming{
+        {port, handle, estimate->total(), policy_for(port, handle, profile).priority}};
+    const auto plan = plan_admission(budget_bytes().value_or(budgetable_memory()),
+                                     budget_holders(now()), incoming, {});
+    return plan.admitted && plan.evict.empty();
+}
+
+awaitable<Result<PortReport>> Fleet::swap_beside(int port, const std::string& handle,
+                                                 const std::string& profile) {
+    const auto name = std::to_string(port);
+    // The port's other set of files may still be a worker's that an earlier swap replaced.
+    const std::function<bool()> files_free = [this, port] { return !has_side_run(port); };
+    if (!co_await wait_until(files_free, now() + stop_wait(config_))) {
+        co_return Error{"swap_busy", "the worker an earlier swap replaced on port " + name +
+                                         " has not stopped yet; try again in a moment"};
+    }
+    auto& serving = port_at(port);
+    const std::string old_handle = serving.snapshot().handle;
+    PortHost& host = *this;
+    auto run = std::make_unique<Port>(host, port);
+    run->assign(handle, profile);
+    auto& incoming = *run;
+    side_runs_.push_back(std::move(run));
+    event(port, "swap",
+          "'" + old_handle + "' -> '" + handle + "': loading beside it; '" + old_handle +
+              "' serves until '" + handle + "' is ready");
+    incoming.start_beside(serving.listening_socket(), 1 - serving.snapshot().files);
+    const auto attempt = incoming.attempt();
+    const std::function<bool()> settled = [this, port, attempt] {
+        const auto* in = find_run(port, attempt);
+        return in == nullptr ||
+               (in->state() != PortState::starting && in->state() != PortState::loading);
+    };
+    co_await wait_until(settled, now() + kLoadTimeout);
+    auto* in = find_run(port, attempt);
+    auto* old = find(port);
+    std::string why;
+    if (in == nullptr || old == nullptr) {
+        why = "the port changed meanwhile";
+    } else if (in->state() != PortState::ready || !in->snapshot().linked) {
+        why = in->snapshot().last_failure;
+        const auto load_limit = std::chrono::duration_cast<std::chrono::seconds>(kLoadTimeout);
+        if (why.empty() && is_running(in->state()))
+            why = "not ready within " + std::to_string(load_limit.count()) + " s";
+        if (why.empty()) why = to_string(in->state());
+    } else if (auto ok = store_->set_assignment({port, handle, profile, 0}); !ok) {
+        why = ok.error().message;  // a restart would bring back what the store says
+    }
+    if (!why.empty()) {
+        if (in != nullptr) {
+            in->stop("the swap to '" + handle + "' failed");
+            in->step_down();  // forgotten once it has gone
+        }
+        event(port, "swap_failed",
+              "'" + handle + "' failed (" + why + "); '" + old_handle + "' serves on");
+        co_return Error{"swap_failed", "swap of port " + name + " to '" + handle +
+                                           "' failed: " + why + "; '" + old_handle +
+                                           "' served throughout and serves on"};
+    }
+    unassigned_.erase(port);
+    // The new worker takes the port's connections; the old one drains what it has taken.
+    auto socket = old->step_down();
+    const auto incoming_at = std::find_if(side_runs_.begin(), side_runs_.end(),
+                                          [in](const auto& r) { return r.get() == in; });
+    std::swap(ports_.at(port), *incoming_at);
+    in->promote(std::move(socket));
+    old->stop("replaced by '" + handle + "'");
+    co_return report(*in);
 }
 
 awaitable<Result<PortReport>> Fleet::restart(int port) {
@@ -306,7 +394,10 @@ std::vector<ProfileListing> Fleet::profiles() const {
 }
 
 Result<PortLogs> Fleet::logs(int port, int lines) const {
-    const auto files = port_files_in(config_.supervisor.state_dir, port);
+    // The serving worker's files (a swap may have moved the port to its other set).
+    const auto* p = find(port);
+    const auto files =
+        port_files_in(config_.supervisor.state_dir, port, p != nullptr ? p->snapshot().files : 0);
     const auto& worker = files.worker_log;
     const auto& engine = files.engine_log;
     if (!std::filesystem::exists(engine) && !std::filesystem::exists(worker)) {
@@ -363,9 +454,9 @@ Result<std::vector<int>> Fleet::reload() {
     for (const auto& [number, p] : ports_) {
         const auto& rt = p->snapshot();
         if (!is_running(rt.state)) continue;  // its next start takes the new config anyway
-        const auto after =
-            launcher_->plan(*loaded.config, number, rt.handle,
-                            find_assignment(*loaded.config, rt.profile, number, rt.handle));
+        const auto after = launcher_->plan(
+            *loaded.config, number, rt.handle,
+            find_assignment(*loaded.config, rt.profile, number, rt.handle), rt.files);
         if (!after || after->command != rt.command) changed.push_back(number);
     }
     config_ = std::move(*loaded.config);

@@ -65,9 +65,10 @@ std::vector<std::string> tail_lines(const std::filesystem::path& path, int lines
     return out;
 }
 
-void stop_engine_left_behind(PortHost& host, int port, const EngineRecord& recorded,
+void stop_engine_left_behind(PortHost& host, int port, int files, const EngineRecord& recorded,
                              const std::string& boot) {
-    const auto record_path = port_files_in(host.config().supervisor.state_dir, port).engine_record;
+    const auto record_path =
+        port_files_in(host.config().supervisor.state_dir, port, files).engine_record;
     const auto what = "the engine left behind by port " + std::to_string(port) + "'s worker";
     for (const auto& done :
          host.processes().stop_engine_left_behind(record_path, recorded, boot, what))
@@ -99,8 +100,12 @@ bool Port::move(PortEvent ev, const std::string& reason, bool save) {
     }
     // A failure is always told, even a start failing again in backoff.
     if (*next != s_.state || ev == PortEvent::failed) {
-        host_.event(s_.port, "state",
-                    std::string(to_string(s_.state)) + " -> " + to_string(*next) + ": " + reason);
+        const char* run = role_ == Role::incoming   ? "incoming worker: "
+                          : role_ == Role::outgoing ? "outgoing worker: "
+                                                    : "";
+        host_.event(
+            s_.port, "state",
+            run + std::string(to_string(s_.state)) + " -> " + to_string(*next) + ": " + reason);
         // Since when this run has been serving: kept through an engine restart inside the
         // worker, cleared when a new worker starts (start_worker).
         if (*next == PortState::ready && !s_.ready_since) s_.ready_since = host_.time().now();
@@ -120,6 +125,7 @@ void Port::close_if_down() {
 }
 
 void Port::save_record() {
+    if (role_ != Role::serving) return;  // the port's record is its serving run's
     const auto& port = s_.port;
     if (s_.pid == 0) {
         host_.log_unsaved(host_.store().remove_worker(port),
@@ -135,6 +141,7 @@ void Port::save_record() {
                          .engine_pid = s_.stats.engine_pid,
                          .engine_start_time = s_.stats.engine_start_time,
                          .engine_group = s_.stats.engine_group,
+                         .slot = s_.files,
                          .state = to_string(s_.state),
                          .started_at_ms = started_unix_ms_,
                          .ready_at_ms = 0,
@@ -170,12 +177,12 @@ void Port::refresh_estimate() {
     }
 }
 
-Status Port::start_worker() {
+Status Port::start_worker(const ListeningSocket* serving_socket) {
     const auto& config = host_.config();
     hand_over_ = false;
     // bind_host changed (a reload, then a restart): the port moves to the new address.
     if (listener_.is_open() && !listener_.bound_to(config.supervisor.bind_host)) listener_.close();
-    if (!listener_.is_open()) {
+    if (serving_socket == nullptr && !listener_.is_open()) {
         auto opened = host_.processes().listen(config.supervisor.bind_host, s_.port);
         if (!opened) {
             s_.last_failure = opened.error().message;
@@ -184,9 +191,10 @@ Status Port::start_worker() {
         }
         listener_ = std::move(opened).value();
     }
-    auto spawned =
-        host_.launcher().spawn(config, s_.port, s_.handle,
-                               find_assignment(config, s_.profile, s_.port, s_.handle), listener_);
+    auto spawned = host_.launcher().spawn(
+        config, s_.port, s_.handle, find_assignment(config, s_.profile, s_.port, s_.handle),
+        serving_socket != nullptr ? *serving_socket : listener_,
+        WorkerSlot{.files = s_.files, .standby = role_ == Role::incoming});
     if (!spawned) {
         s_.last_failure = spawned.error().message;
         host_.event(s_.port, "spawn_failed", spawned.error().message);
@@ -256,9 +264,8 @@ void Port::start(std::chrono::seconds retry) {
     const auto state = s_.state;
     const auto next = std::min(retry * 2, std::chrono::seconds(kMaxRetry));
     host_.time().after(retry, [&host, port, attempt, state, next] {
-        auto* p = host.find(port);
-        if (host.shutting_down() || p == nullptr || p->attempt_ != attempt ||
-            p->s_.state != state || p->s_.stop_requested)
+        auto* p = host.find_run(port, attempt);
+        if (host.shutting_down() || p == nullptr || p->s_.state != state || p->s_.stop_requested)
             return;
         p->start(next);
     });
@@ -280,16 +287,37 @@ void Port::stop(const std::string& reason, Then then) {
     const int port = s_.port;
     const auto attempt = attempt_;
     host_.time().after(stop_timeout, [&host, port, attempt, stop_timeout] {
-        auto* p = host.find(port);
-        if (p == nullptr || p->attempt_ != attempt || p->s_.state != PortState::stopping ||
-            p->s_.pid == 0)
-            return;
+        auto* p = host.find_run(port, attempt);
+        if (p == nullptr || p->s_.state != PortState::stopping || p->s_.pid == 0) return;
         const auto why =
             "the worker did not stop within " + std::to_string(stop_timeout.count()) + " ms";
         host.event(port, "kill", why);
         p->kill_reason_ = why + ", killed";
         p->signal(SIGKILL);
     });
+}
+
+void Port::start_beside(const ListeningSocket& serving_socket, int files) {
+    role_ = Role::incoming;
+    s_.files = files;
+    s_.stop_requested = false;
+    // A failure is the swap's to report; the serving run is not touched by it.
+    if (auto ok = start_worker(&serving_socket); !ok) on_gone(ok.error().message);
+}
+
+ListeningSocket Port::step_down() {
+    role_ = Role::outgoing;
+    return std::move(listener_);
+}
+
+void Port::promote(ListeningSocket socket) {
+    role_ = Role::serving;
+    listener_ = std::move(socket);
+    if (link_ != nullptr) link_->send(protocol::serve_message());
+    host_.event(s_.port, "serving",
+                "worker pid " + std::to_string(s_.pid) + " serving '" + s_.handle +
+                    "' now takes the port's connections");
+    save_record();
 }
 
 void Port::cancel_hand_over() {
@@ -310,7 +338,8 @@ void Port::on_gone(const std::string& how) {
     s_.pid = 0;
     // Nothing kills an engine whose worker died (macOS has no PR_SET_PDEATHSIG): we do.
     stop_engine_left_behind(
-        host_, s_.port, {s_.stats.engine_pid, s_.stats.engine_start_time, s_.stats.engine_group},
+        host_, s_.port, s_.files,
+        {s_.stats.engine_pid, s_.stats.engine_start_time, s_.stats.engine_group},
         host_.processes().boot_id());
     s_.stats.engine_pid = 0;
     s_.stats.engine_start_time = 0;
@@ -327,6 +356,11 @@ void Port::on_gone(const std::string& how) {
     s_.last_log_lines = tail_lines(s_.engine_log, 50);
     const auto worker_lines = tail_lines(s_.worker_log, 10);
     s_.last_log_lines.insert(s_.last_log_lines.end(), worker_lines.begin(), worker_lines.end());
+    if (role_ == Role::incoming) {
+        // The swap that started it reports the failure; the serving worker serves on.
+        move(PortEvent::failed, how + "; not retried: the swap is off");
+        return;
+    }
     const auto delay = policy_.on_failure(host_.time().now(), s_.ready_since);
     if (!delay) {
         move(PortEvent::crash_loop, "crash loop: " + how + "; stays down until 'ensemble restart " +
@@ -345,10 +379,8 @@ void Port::retry_after(std::chrono::milliseconds delay) {
     const int port = s_.port;
     const auto attempt = attempt_;
     host_.time().after(delay, [&host, port, attempt] {
-        auto* p = host.find(port);
-        if (host.shutting_down() || p == nullptr || p->attempt_ != attempt ||
-            p->s_.state != PortState::backoff)
-            return;
+        auto* p = host.find_run(port, attempt);
+        if (host.shutting_down() || p == nullptr || p->s_.state != PortState::backoff) return;
         p->start();
     });
 }
@@ -381,18 +413,20 @@ void Port::take_on(std::int64_t pid, std::int64_t start_time, const std::string&
     worker_id_ = worker_id;
     token_ = token;
     adopt_deadline_ = host_.time().now() + kAdoptGrace;
-    const auto files = port_files_in(host_.config().supervisor.state_dir, s_.port);
+    const auto files = port_files_in(host_.config().supervisor.state_dir, s_.port, s_.files);
     s_.worker_log = files.worker_log;
     s_.engine_log = files.engine_log;
     // What it was started with died with the earlier ensembled: what the config says now.
     const auto& config = host_.config();
-    auto plan = host_.launcher().plan(config, s_.port, s_.handle,
-                                      find_assignment(config, s_.profile, s_.port, s_.handle));
+    auto plan =
+        host_.launcher().plan(config, s_.port, s_.handle,
+                              find_assignment(config, s_.profile, s_.port, s_.handle), s_.files);
     s_.command = plan ? plan->command : WorkerCommand{};
     refresh_estimate();  // an adopted port holds its share of the budget too
 }
 
 void Port::adopt_recorded(const WorkerRecord& r) {
+    s_.files = r.slot;
     take_on(r.pid, r.pid_start_time, r.worker_id, r.token);
     s_.restarts = r.restarts;
     s_.stats.engine_pid = r.engine_pid;

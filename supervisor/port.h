@@ -51,8 +51,9 @@ class PortHost {
     virtual std::uint64_t next_attempt() = 0;
     // A port changed state: whoever waits for one looks again.
     virtual void changed() = 0;
-    // The port now, for timers (it may have been unloaded since they were set).
-    virtual Port* find(int port) = 0;
+    // The port's worker run `attempt`, for timers: nullptr once the port was unloaded or the
+    // run replaced since they were set.
+    virtual Port* find_run(int port, std::uint64_t attempt) = 0;
     virtual bool shutting_down() const = 0;
     // A worker told to stop that still holds `port` (nothing starts there until it has gone).
     virtual std::optional<pid_t> dismissed_holder(int port) const = 0;
@@ -84,6 +85,7 @@ struct PortSnapshot {
     WorkerCommand command;
     std::filesystem::path worker_log;
     std::filesystem::path engine_log;
+    int files = 0;  // which of the port's sets of files the worker uses (WorkerSlot)
     // The memory budget's view: the estimate made when the worker was started (or why there
     // is none), and when the port last served a request.
     std::optional<MemoryEstimate> estimate;
@@ -95,6 +97,12 @@ struct PortSnapshot {
 class Port {
   public:
     using Clock = std::chrono::steady_clock;
+
+    // What the worker run is to the port: the one serving it; a swap's incoming worker, loading
+    // beside it on the port's other set of files and accepting nothing until promoted; or the
+    // one a swap replaced, draining. Only the serving run keeps the port's listening socket and
+    // its record in the state store.
+    enum class Role { serving, incoming, outgoing };
 
     Port(PortHost& host, int port);
     Port(const Port&) = delete;
@@ -122,6 +130,17 @@ class Port {
     void stop(const std::string& reason, Then then = Then::close_the_port);
     // The replacement is off (the old worker did not stop in time): close the port once stopped.
     void cancel_hand_over();
+
+    // A swap beside the serving run (fleet_commands.cpp): this run, new, starts as the incoming
+    // worker on `files`, with the serving run's listening socket to inherit.
+    void start_beside(const ListeningSocket& serving_socket, int files);
+    // The serving run gives up the port's listening socket and becomes outgoing (its stop is
+    // the fleet's to ask).
+    ListeningSocket step_down();
+    // The incoming run, ready, becomes the serving one: it holds the socket, its worker is told
+    // to serve, its record is saved.
+    void promote(ListeningSocket socket);
+    Role role() const { return role_; }
     // Stopped to free memory: the reason is also its last failure.
     void evict(const std::string& reason);
     // Restarts after `delay`, unless something else happens to the port first.
@@ -142,6 +161,7 @@ class Port {
     bool occupied() const { return s_.pid != 0 || link_ != nullptr; }
     // Whether ensembled holds the port's listening socket (from a start until a final stop).
     bool listening() const { return listener_.is_open(); }
+    const ListeningSocket& listening_socket() const { return listener_; }
     // `port_socket`: the worker's copy of the port's listening socket; kept when the port holds
     // none (a survivor of an earlier ensembled), so the port stays open whatever the worker does.
     void on_register(WorkerLinkPeer* peer, std::optional<ListeningSocket> port_socket);
@@ -160,7 +180,8 @@ class Port {
                   const std::string& own_trouble);
 
   private:
-    Status start_worker();
+    // `serving_socket`: an incoming run's, lent by the serving run (otherwise the port's own).
+    Status start_worker(const ListeningSocket* serving_socket = nullptr);
     bool move(PortEvent event, const std::string& reason, bool save = true);
     void close_if_down();
     void save_record();
@@ -176,6 +197,7 @@ class Port {
 
     PortHost& host_;
     PortSnapshot s_;
+    Role role_ = Role::serving;
     // The public port's listening socket, held while the port is assigned and not down for
     // good: workers come and go, connections wait in its backlog in between.
     ListeningSocket listener_;
@@ -204,9 +226,9 @@ class Port {
     std::uint64_t last_requests_ = 0;
 };
 
-// Stops the engine a dead worker left running on `port`, once proven ours (its record file, and
-// what the worker told us), and says so in the events.
-void stop_engine_left_behind(PortHost& host, int port, const EngineRecord& recorded,
+// Stops the engine a dead worker left running on `port` (its set of `files`), once proven ours
+// (its record file, and what the worker told us), and says so in the events.
+void stop_engine_left_behind(PortHost& host, int port, int files, const EngineRecord& recorded,
                              const std::string& boot);
 
 // The last `lines` lines of a text file (bounded read from the end).

@@ -98,6 +98,14 @@ struct WorkerLaunch {
     std::filesystem::path engine_log;
 };
 
+// Where on its port a worker runs: which of the port's two sets of files it uses
+// (protocol::port_files), and whether it stands by, loading beside the serving worker until
+// told to serve (a swap's incoming worker).
+struct WorkerSlot {
+    int files = 0;
+    bool standby = false;
+};
+
 struct SpawnedWorker {
     WorkerLaunch launch;
     std::unique_ptr<WorkerProcess> process;
@@ -108,13 +116,15 @@ class WorkerLauncher {
     virtual ~WorkerLauncher() = default;
     // The command line and identity for `port` serving `handle` (no process started).
     // `overrides` are the profile's per-port context/parallel, if any.
+    // `files`: which of the port's sets of files it uses (WorkerSlot).
     virtual Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
-                                      const PortAssignment* overrides = nullptr) const = 0;
+                                      const PortAssignment* overrides, int files) const = 0;
     // Errors as ChildProcess::spawn's: "no_resources" is ensembled's own shortage.
     // `listening`: the port's socket, which the worker accepts on (protocol::kListenFd).
     virtual Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
                                         const PortAssignment* overrides,
-                                        const ListeningSocket& listening) const = 0;
+                                        const ListeningSocket& listening,
+                                        WorkerSlot slot) const = 0;
 };
 
 // The real ones.

@@ -40,7 +40,7 @@ std::filesystem::path WorkerSpawner::default_worker_binary() {
 }
 
 Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const std::string& handle,
-                                         const PortAssignment* overrides) const {
+                                         const PortAssignment* overrides, int files_slot) const {
     const auto* model = config.find_model(handle);
     if (model == nullptr) {
         std::string known;
@@ -63,7 +63,7 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
     WorkerLaunch l;
     l.worker_id = "w" + std::to_string(port) + "-" + random_token().substr(0, 8);
     l.token = random_token();
-    const auto files = port_files_in(config.supervisor.state_dir, port);
+    const auto files = port_files_in(config.supervisor.state_dir, port, files_slot);
     l.worker_log = files.worker_log;
     l.engine_log = files.engine_log;
     l.command.argv = {
@@ -88,7 +88,7 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
         "--log-file",
         l.engine_log.string(),
         "--engine-socket",
-        protocol::engine_socket(config.supervisor.run_dir, port).string(),
+        protocol::engine_socket(config.supervisor.run_dir, port, files_slot).string(),
         "--engine-liveness-interval",
         std::to_string(config.supervisor.health.engine_probe_interval.count() / 1000.0),
         "--engine-liveness-failures",
@@ -132,9 +132,10 @@ class ChildWorker final : public WorkerProcess {
 Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
                                            const std::string& handle,
                                            const PortAssignment* overrides,
-                                           const ListeningSocket& listening) const {
+                                           const ListeningSocket& listening,
+                                           WorkerSlot slot) const {
     static_assert(protocol::kListenFd == kPassedDescriptor);
-    auto launch = plan(config, port, handle, overrides);
+    auto launch = plan(config, port, handle, overrides, slot.files);
     if (!launch) return launch.error();
     SpawnSpec spec;
     spec.argv = launch->command.argv;
@@ -147,14 +148,15 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
         spec.extra_env[std::string(protocol::kEngineEnvPrefix) + name] = value;
     spec.passed_fd = listening.fd();
     spec.extra_env[protocol::kListenFdVariable] = std::to_string(protocol::kListenFd);
+    if (slot.standby) spec.extra_env[protocol::kStandbyVariable] = "1";
     auto child = ChildProcess::spawn(spec);
     if (!child) return child.error();
     return SpawnedWorker{std::move(launch).value(),
                          std::make_unique<ChildWorker>(std::move(child).value())};
 }
 
-protocol::PortFiles port_files_in(const std::filesystem::path& state_dir, int port) {
-    return protocol::port_files(protocol::log_folder(state_dir), port);
+protocol::PortFiles port_files_in(const std::filesystem::path& state_dir, int port, int files) {
+    return protocol::port_files(protocol::log_folder(state_dir), port, files);
 }
 
 }  // namespace ensemble

@@ -25,10 +25,10 @@ class WorkerSpawner final : public WorkerLauncher {
     // The command line and identity for `port` serving `handle` (pure: no process started).
     // `overrides` are the profile's per-port context/parallel, if any.
     Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
-                              const PortAssignment* overrides = nullptr) const override;
+                              const PortAssignment* overrides, int files) const override;
     Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
-                                const PortAssignment* overrides,
-                                const ListeningSocket& listening) const override;
+                                const PortAssignment* overrides, const ListeningSocket& listening,
+                                WorkerSlot slot) const override;
 
     // The ensemble-worker next to this executable, or in the build tree, or on PATH.
     static std::filesystem::path default_worker_binary();
@@ -41,6 +41,6 @@ class WorkerSpawner final : public WorkerLauncher {
 std::string random_token();
 
 // A port's files, for a supervisor with this state folder (protocol/worker_contract.h).
-protocol::PortFiles port_files_in(const std::filesystem::path& state_dir, int port);
+protocol::PortFiles port_files_in(const std::filesystem::path& state_dir, int port, int files = 0);
 
 }  // namespace ensemble

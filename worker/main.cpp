@@ -97,7 +97,10 @@ int main(int argc, char** argv) {
                                        : protocol::WorkerExit::port_in_use);
     }
     auto link_config = LinkConfig::from_environment(options.front.port, options.model.handle);
-    if (link_config) link_config->listen_fd = options.front.listen_fd;
+    if (link_config) {
+        link_config->listen_fd = options.front.listen_fd;
+        link_config->standby = options.standby;
+    }
     asio::signal_set children(io, SIGCHLD);
     on_every_signal(children, [&engine] { engine.on_child_exit(); });
     if (auto ok = engine.start(); !ok) {
@@ -106,19 +109,23 @@ int main(int argc, char** argv) {
     }
     // On a socket the supervisor holds, connections wait in its backlog until the engine is
     // ready (a restart or a swap costs them a wait, not an error); standalone, the worker
-    // answers at once, 503 while the engine loads.
+    // answers at once, 503 while the engine loads. A swap's incoming worker accepts nothing
+    // until ensembled says `serve`: the serving worker answers meanwhile.
     const bool accept_once_ready = options.front.listen_fd.has_value();
     bool accepting = false;
+    bool standing_by = options.standby;
     const auto accept_if_due = [&] {
-        if (accepting || (accept_once_ready && engine.state() != EngineState::ready)) return;
+        if (accepting || standing_by || (accept_once_ready && engine.state() != EngineState::ready))
+            return;
         accepting = true;
         front.start_accepting();
     };
-    accept_if_due();
     // Bounded: a model that takes long to load (or never does) answers 503 after a while rather
     // than keeping its clients in the backlog.
     asio::steady_timer hold_timer(io);
-    if (!accepting) {
+    const auto serve = [&] {
+        accept_if_due();
+        if (accepting) return;
         hold_timer.expires_after(options.hold_while_loading);
         hold_timer.async_wait([&](boost::system::error_code ec) {
             if (ec || accepting) return;
@@ -129,8 +136,10 @@ int main(int argc, char** argv) {
             accepting = true;
             front.start_accepting();
         });
-    }
-    spdlog::info("worker: serving '{}' on {}:{} (engine {} on {})", options.model.handle,
+    };
+    if (!standing_by) serve();
+    spdlog::info("worker: {} '{}' on {}:{} (engine {} on {})",
+                 standing_by ? "standing by to serve" : "serving", options.model.handle,
                  options.front.host, front.bound_port(), options.engine.preset.name,
                  engine.endpoint().describe());
 
@@ -158,7 +167,12 @@ int main(int argc, char** argv) {
     };
     if (link_config) {
         link = std::make_unique<SupervisorLink>(
-            io, *link_config, [&] { return collect_stats(engine, proxy); }, begin_shutdown);
+            io, *link_config, [&] { return collect_stats(engine, proxy); }, begin_shutdown,
+            [&] {
+                spdlog::info("worker: told to serve: accepting on the port");
+                standing_by = false;
+                serve();
+            });
         link->start();
     }
     engine.on_state_change = [&] {

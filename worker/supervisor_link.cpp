@@ -39,11 +39,12 @@ std::optional<LinkConfig> LinkConfig::from_environment(int port, const std::stri
 }
 
 SupervisorLink::SupervisorLink(asio::io_context& io, LinkConfig config, StatsSource stats,
-                               StopHandler on_stop)
+                               StopHandler on_stop, ServeHandler on_serve)
     : io_(io),
       config_(std::move(config)),
       stats_(std::move(stats)),
       on_stop_(std::move(on_stop)),
+      on_serve_(std::move(on_serve)),
       socket_(io),
       heartbeat_timer_(io) {}
 
@@ -72,7 +73,8 @@ awaitable<bool> SupervisorLink::send_hello(const nlohmann::json& hello) {
     const auto frame = protocol::encode_frame(hello);
     std::size_t sent = 0;
     boost::system::error_code ec;
-    while (config_.listen_fd) {
+    // A worker standing by is not (yet) one the port's socket is to be had back from.
+    while (config_.listen_fd && !config_.standby) {
         co_await socket_.async_wait(asio::socket_base::wait_write, on_error(ec));
         if (ec) co_return false;
         auto n = send_with_descriptor(socket_.native_handle(), frame, *config_.listen_fd);
@@ -127,11 +129,16 @@ awaitable<void> SupervisorLink::run() {
                     timer.expires_after(std::chrono::milliseconds(10));
                     co_await timer.async_wait(on_error(ec));
                 }
-                if (!stopping_)
+                if (!stopping_ && !config_.standby)
                     spdlog::warn("link: lost the supervisor; still serving, reconnecting");
             }
         }
         if (stopping_) break;
+        if (config_.standby) {
+            // Nobody would ever tell it to serve, and it has served no one.
+            on_stop_("no supervisor while standing by for a swap");
+            co_return;
+        }
         if (Clock::now() - last_contact > config_.orphan_grace) {
             on_stop_("no supervisor for " +
                      std::to_string(
@@ -162,6 +169,9 @@ awaitable<void> SupervisorLink::read_loop() {
             const auto type = message.value("type", "");
             if (type == "stop") {
                 on_stop_("the supervisor asked to stop");
+            } else if (type == "serve" && config_.standby) {
+                config_.standby = false;
+                if (on_serve_) on_serve_();
             } else if (!message.value("ok", true)) {
                 spdlog::error("link: the supervisor refused a message: {}", message.dump());
             }

@@ -1,7 +1,7 @@
 // The worker's side of workers.sock: registers with the id and one-time token it was started
-// with, sends a heartbeat with its stats every second, and obeys `stop`. If the supervisor goes
-// away the worker keeps serving and reconnects; only after `orphan_grace` with no supervisor
-// does it shut itself down.
+// with, sends a heartbeat with its stats every second, and obeys `stop` and `serve`. If the
+// supervisor goes away the worker keeps serving and reconnects; only after `orphan_grace` with no
+// supervisor does it shut itself down.
 #pragma once
 
 #include <boost/asio/local/stream_protocol.hpp>
@@ -24,6 +24,9 @@ struct LinkConfig {
     // The port's listening socket ensembled passed (descriptor 3), handed back with each
     // registration: a new ensembled, after a restart, then holds the port too.
     std::optional<int> listen_fd;
+    // A swap's incoming worker (WorkerOptions::standby) until ensembled says `serve`: losing
+    // ensembled meanwhile stops it, since nobody would ever tell it to serve.
+    bool standby = false;
     std::chrono::milliseconds heartbeat_interval{1000};
     std::chrono::milliseconds orphan_grace{std::chrono::minutes(5)};
 
@@ -37,8 +40,10 @@ class SupervisorLink {
   public:
     using StatsSource = std::function<protocol::WorkerStats()>;
     using StopHandler = std::function<void(const std::string& reason)>;
+    using ServeHandler = std::function<void()>;
 
-    SupervisorLink(asio::io_context& io, LinkConfig config, StatsSource stats, StopHandler on_stop);
+    SupervisorLink(asio::io_context& io, LinkConfig config, StatsSource stats, StopHandler on_stop,
+                   ServeHandler on_serve = {});
 
     void start();
     void report_now();  // send a heartbeat now instead of at the next tick
@@ -55,6 +60,7 @@ class SupervisorLink {
     LinkConfig config_;
     StatsSource stats_;
     StopHandler on_stop_;
+    ServeHandler on_serve_;
     asio::local::stream_protocol::socket socket_;
     bool stopping_ = false;
     bool reader_running_ = false;

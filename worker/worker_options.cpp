@@ -131,6 +131,16 @@ Status finish(WorkerOptions& o, const std::string& engine_name, const std::strin
         o.front.listen_fd = protocol::kListenFd;
         ::unsetenv(protocol::kListenFdVariable);
     }
+    if (const char* standby = std::getenv(protocol::kStandbyVariable); standby != nullptr) {
+        if (std::string(standby) != "1" || !o.front.listen_fd ||
+            std::getenv(protocol::kSupervisorSocketVariable) == nullptr)
+            return bad_option(std::string(protocol::kStandbyVariable) +
+                              " must be 1, and only in a worker ensembled starts (with " +
+                              protocol::kListenFdVariable + " and " +
+                              protocol::kSupervisorSocketVariable + ")");
+        o.standby = true;
+        ::unsetenv(protocol::kStandbyVariable);
+    }
     return Ok{};
 }
 

@@ -22,6 +22,9 @@ struct WorkerOptions {
     // Supervised: how long connections wait in the backlog for the engine to be ready before
     // the worker accepts them anyway (and answers 503 model_loading until it is).
     std::chrono::seconds hold_while_loading{30};
+    // Supervised: a swap's incoming worker, loading beside the serving one
+    // (protocol::kStandbyVariable).
+    bool standby = false;
 };
 
 // Parses argv into options; on --help or a bad argument returns the exit code to use.

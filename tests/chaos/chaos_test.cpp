@@ -14,6 +14,7 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <future>
 #include <iterator>
 #include <random>
 
@@ -99,6 +100,9 @@ class ChaosTest : public SupervisorFixture {
         // Fast engine liveness probes, so a hung engine is found within about a second.
         return "  health: {engine_probe_interval: 300ms, engine_probe_failures: 3}\n";
     }
+
+    // Four swaps between tiny and tiny-two under load; `beside`: the budget holds both models.
+    void swap_under_load(bool beside);
 
     void SetUp() override {
         SupervisorFixture::SetUp();
@@ -339,11 +343,32 @@ TEST_F(ChaosTest, HungEngineIsKilledAndRestartedAndNoRequestHangs) {
     EXPECT_NE(port_status(port_a_).value("engine_last_exit", ""), "");
 }
 
-// A swap under load: the old worker finishes what it took, the port's socket stays open, and
-// requests made meanwhile wait in its backlog for the new worker. None is refused or fails.
-TEST_F(ChaosTest, SwapsUnderLoadFailNoRequest) {
+// Swaps under load. None is refused or fails either way: when the budget holds both models the
+// new worker loads beside the old one, which serves until the new one takes over; when it holds
+// one only, the old worker finishes what it took while requests made meanwhile wait in the port's
+// backlog for the new one.
+void ChaosTest::swap_under_load(bool beside) {
     supervisor_ = start_supervisor();
-    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    if (!beside) {
+        // A budget that holds the larger model but not both: its estimate plus half the other's.
+        ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+        ASSERT_EQ(cli("load " + std::to_string(port_b_) + " tiny-two").exit_code, 0);
+        const auto ports = json::parse(cli("--json budget").out)["result"]["ports"];
+        ASSERT_EQ(ports.size(), 2U) << ports.dump();
+        const auto a = ports[0]["estimate_bytes"].get<std::uint64_t>();
+        const auto b = ports[1]["estimate_bytes"].get<std::uint64_t>();
+        ASSERT_EQ(cli("unload " + std::to_string(port_b_)).exit_code, 0);
+        std::ifstream in(dir_ / "ensemble.yaml");
+        std::string config((std::istreambuf_iterator<char>(in)), {});
+        config.replace(config.find("supervisor:\n"), 12,
+                       "supervisor:\n  memory_budget: " +
+                           std::to_string((std::max(a, b) + std::min(a, b) / 2) >> 10) + "KiB\n");
+        std::ofstream(dir_ / "ensemble.yaml") << config;
+        const auto reloaded = cli("reload");
+        ASSERT_EQ(reloaded.exit_code, 0) << reloaded.out;
+    } else {
+        ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    }
     LoadGenerator load(port_a_, 2);
     load.start();
     std::vector<std::pair<Clock::time_point, Clock::time_point>> swaps;
@@ -377,6 +402,53 @@ TEST_F(ChaosTest, SwapsUnderLoadFailNoRequest) {
     }
     record(t);
     EXPECT_EQ(port_status(port_a_)["model"], "tiny");
+    const auto events = cli("events -n 500").out;
+    EXPECT_EQ(events.find("loading beside") != std::string::npos, beside) << events;
+}
+
+TEST_F(ChaosTest, SwapsBesideUnderLoadFailNoRequest) {
+    swap_under_load(/*beside=*/true);
+}
+
+TEST_F(ChaosTest, SwapsOneAtATimeUnderLoadFailNoRequest) {
+    swap_under_load(/*beside=*/false);
+}
+
+// ensembled killed while a swap's new worker loads beside the old one: the new worker, which
+// nobody will ever tell to serve, stops with its engine; the old one serves on and is adopted
+// by the next ensembled, still assigned.
+TEST_F(ChaosTest, EnsembledKilledDuringASwapBesideLeavesTheOldWorkerServing) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    const pid_t serving = pid_of(port_a_, "pid");
+    auto swap = std::async(std::launch::async, [this] {
+        return cli("swap " + std::to_string(port_a_) + " fake-slow");
+    });
+    pid_t incoming = 0;
+    for (int i = 0; i < 100 && incoming == 0; ++i) {
+        std::this_thread::sleep_for(50ms);
+        const auto warnings = json::parse(cli("--json status").out)["result"]["warnings"].dump();
+        if (const auto at = warnings.find("worker pid "); at != std::string::npos)
+            incoming = static_cast<pid_t>(std::stol(warnings.substr(at + 11)));
+    }
+    ASSERT_GT(incoming, 0) << "the new worker loads beside the old one";
+    ::kill(supervisor_->pid(), SIGKILL);
+    ASSERT_TRUE(wait_exit(*supervisor_, 5s));
+    EXPECT_NE(swap.get().exit_code, 0) << "the swap did not happen";
+    const auto deadline = Clock::now() + 10s;
+    while (Clock::now() < deadline && process_alive(incoming))
+        std::this_thread::sleep_for(50ms);
+    EXPECT_FALSE(process_alive(incoming)) << "a worker standing by stops without ensembled";
+    const auto served = http_request(
+        port_a_, chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})"));
+    EXPECT_EQ(served.status, 200) << "the old one serves on: " << served.error;
+    supervisor_ = start_supervisor();
+    const auto ready_by = Clock::now() + 15s;
+    while (Clock::now() < ready_by && port_status(port_a_)["state"] != "ready")
+        std::this_thread::sleep_for(50ms);
+    EXPECT_EQ(pid_of(port_a_, "pid"), serving) << "adopted, not restarted";
+    EXPECT_EQ(port_status(port_a_)["model"], "tiny");
+    expect_assignment(port_a_, "tiny");
 }
 
 TEST_F(ChaosTest, SlowStartingEngineQueuesRequestsAcrossARestart) {

@@ -473,6 +473,19 @@ TEST_F(WorkerTest, ASupervisedWorkerWithoutItsListeningSocketExitsAsMisconfigure
         << worker.log();
 }
 
+// Standing by is for a swap's incoming worker, which ensembled starts with the port's socket
+// and a link to tell it to serve: a worker started any other way refuses it.
+TEST_F(WorkerTest, AWorkerToldToStandByWithoutEnsembledRefusesToStart) {
+    WorkerProcess worker(free_port(), {}, current_test_name(), {{protocol::kStandbyVariable, "1"}});
+    auto exit = worker.wait_exit(10s);
+    ASSERT_TRUE(exit) << worker.log();
+    EXPECT_EQ(exit->code, protocol::exit_code(protocol::WorkerExit::bad_configuration))
+        << worker.log();
+    EXPECT_NE(worker.log().find("only in a worker ensembled starts"), std::string::npos)
+        << worker.log();
+    EXPECT_FALSE(worker.engine_pid());
+}
+
 TEST_F(WorkerTest, TheVllmPresetListensOnItsUnixSocketWithUds) {
     // vLLM cannot run here: the fake engine takes its command line (serve MODEL ... --uds PATH)
     // and listens where --uds says.

@@ -180,20 +180,21 @@ std::vector<std::string> FakeProcesses::stop_engine_left_behind(
 // ---- workers ----
 
 Result<WorkerLaunch> FakeLauncher::plan(const Config& config, int port, const std::string& handle,
-                                        const PortAssignment* overrides) const {
-    return planner_.plan(config, port, handle, overrides);
+                                        const PortAssignment* overrides, int files) const {
+    return planner_.plan(config, port, handle, overrides, files);
 }
 
 Result<SpawnedWorker> FakeLauncher::spawn(const Config& config, int port, const std::string& handle,
                                           const PortAssignment* overrides,
-                                          const ListeningSocket& listening) const {
-    auto launch = plan(config, port, handle, overrides);
+                                          const ListeningSocket& listening, WorkerSlot slot) const {
+    auto launch = plan(config, port, handle, overrides, slot.files);
     if (!launch) return launch.error();
     if (!world_.spawn_error_code.empty())
         return Error{world_.spawn_error_code, "cannot start a process (pretend)"};
     auto worker = world_.start_worker(port, handle);
     worker->launch = *launch;
     worker->listening_fd = listening.fd();
+    worker->slot = slot;
     world_.spawned.push_back(std::to_string(port) + " " + handle);
     if (world_.clock != nullptr) world_.spawned_at.push_back(world_.clock->now());
     if (world_.dead_on_arrival.contains(handle))
@@ -218,6 +219,7 @@ Result<SpawnedWorker> FakeLauncher::spawn(const Config& config, int port, const 
 
 void FakeLink::send(const nlohmann::json& message) {
     sent.push_back(message);
+    world_.told.push_back(std::to_string(worker_->pid) + " " + message.value("type", "?"));
     if (message == protocol::stop_message() && !worker_->ignores_stop)
         world_.end(worker_->pid, {0, 0, false});
 }

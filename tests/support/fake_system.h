@@ -61,6 +61,7 @@ struct FakeWorker {
     bool reaped = false;
     bool ignores_stop = false;  // drains forever: only SIGKILL ends it
     int listening_fd = -1;      // the socket it was handed
+    WorkerSlot slot;            // its files, and whether it was started to stand by
 };
 
 struct SentSignal {
@@ -77,6 +78,7 @@ class FakeWorld {
     std::map<pid_t, std::shared_ptr<FakeWorker>> workers;
     std::set<int> busy_ports;  // bound by a process that is not ours
     std::vector<SentSignal> signals;
+    std::vector<std::string> told;     // "PID stop", "PID serve": what workers' links were sent
     std::vector<std::string> spawned;  // "PORT model", in order
     std::vector<Scheduler::Clock::time_point> spawned_at;
     const Scheduler* clock = nullptr;  // what spawned_at reads
@@ -133,10 +135,10 @@ class FakeLauncher final : public WorkerLauncher {
     explicit FakeLauncher(FakeWorld& world)
         : world_(world), planner_("/nonexistent/ensemble-worker", "/nonexistent/workers.sock") {}
     Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
-                              const PortAssignment* overrides) const override;
+                              const PortAssignment* overrides, int files) const override;
     Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
-                                const PortAssignment* overrides,
-                                const ListeningSocket& listening) const override;
+                                const PortAssignment* overrides, const ListeningSocket& listening,
+                                WorkerSlot slot) const override;
 
   private:
     FakeWorld& world_;

@@ -156,24 +156,33 @@ class FleetFixture : public ::testing::Test {
     // A request served by the port's worker (its next heartbeat says so).
     void serve(int port) { ++played_[world_.newest_on(port)->pid].requests; }
 
+    // One control command, begun: its reply is set once it answers (as time passes).
+    std::shared_ptr<std::optional<json>> begin_command(protocol::Verb verb, int port = 0,
+                                                       const std::string& model = "",
+                                                       const std::string& profile = "") {
+        // The command holds on to its request until it answers.
+        auto request = std::make_shared<protocol::ControlRequest>();
+        request->verb = verb;
+        if (port != 0) request->port = port;
+        request->model = model;
+        request->profile = profile;
+        request->lines = 1000;
+        auto reply = std::make_shared<std::optional<json>>();
+        asio::co_spawn(io_, api_->handle(*request), [reply, request](std::exception_ptr e, json j) {
+            if (e) std::rethrow_exception(e);
+            *reply = std::move(j);
+        });
+        return reply;
+    }
+
     // One control command, with time passing until it answers.
     json command(protocol::Verb verb, int port = 0, const std::string& model = "",
                  const std::string& profile = "") {
-        protocol::ControlRequest request;
-        request.verb = verb;
-        if (port != 0) request.port = port;
-        request.model = model;
-        request.profile = profile;
-        request.lines = 1000;
-        std::optional<json> reply;
-        asio::co_spawn(io_, api_->handle(request), [&](std::exception_ptr e, json j) {
-            if (e) std::rethrow_exception(e);
-            reply = std::move(j);
-        });
-        for (int step = 0; !reply && step < 20 * 60 * 10; ++step)
+        const auto reply = begin_command(verb, port, model, profile);
+        for (int step = 0; !*reply && step < 20 * 60 * 10; ++step)
             advance(100ms);
-        EXPECT_TRUE(reply) << "no answer in 20 minutes";
-        return reply.value_or(json{});
+        EXPECT_TRUE(*reply) << "no answer in 20 minutes";
+        return reply->value_or(json{});
     }
 
     json port_status(int port) {

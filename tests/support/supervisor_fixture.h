@@ -78,7 +78,8 @@ class SupervisorFixture : public ::testing::Test {
             << "  fake: {engine: fake, path: none}\n"
             // Fault injection (the fake engine's flags, after the command's own).
             << "  fake-crashy: {engine: fake, path: none, args: [--crash-after, \"5\"]}\n"
-            << "  fake-slow: {engine: fake, path: none, args: [--slow-start, \"2\"]}\n"
+            << "  fake-slow: {engine: fake, path: none, memory: 100MiB, args: [--slow-start, "
+               "\"2\"]}\n"
             << "  fake-dead: {engine: fake, path: none, args: [--exit-at-start, \"1\"]}\n"
             << "  fake-hog: {engine: fake, path: none, args: [--grow-mb, \"64\"]}\n"
             << "  fake-slow-stream: {engine: fake, path: none,"

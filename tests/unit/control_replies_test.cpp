@@ -68,7 +68,7 @@ TEST_F(ControlRepliesTest, EveryVerbAnswersAsTheGoldenFileSays) {
     reply("profile_load", command(Verb::profile_load, 0, "", "pair"));
     reply("profile_load_unknown", command(Verb::profile_load, 0, "", "nope"));
     reply("profile_load_over_budget", command(Verb::profile_load, 0, "", "heavy"));
-    reply("swap_rolled_back", command(Verb::swap, kB, "dead"));
+    reply("swap_failed_beside", command(Verb::swap, kB, "dead"));
     reply("swap_nothing_there", command(Verb::swap, kD, "a"));
     reply("swap", command(Verb::swap, kB, "a"));
     advance(3s);

@@ -165,8 +165,11 @@ TEST_F(FleetTest, AProfileOverTheBudgetChangesNothing) {
 
 // ---- swap ----
 
+// ---- swaps ----
+
+// The budget holds one model of the two only: the old one stops, then the new one loads.
 TEST_F(FleetTest, ASwapToAModelThatFailsBringsTheOldOneBack) {
-    start();
+    start("  memory_budget: 4GiB\n");
     ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
     auto* first = world_.newest_on(kA).get();
     const auto reply = command(protocol::Verb::swap, kA, "dead");
@@ -182,6 +185,86 @@ TEST_F(FleetTest, ASwapToAModelThatFailsBringsTheOldOneBack) {
     const auto assigned = store_assignments();
     ASSERT_EQ(assigned.size(), 1U);
     EXPECT_EQ(assigned[0].handle, "a") << "the store says what runs";
+    EXPECT_FALSE(world_.newest_on(kA)->slot.standby) << "one after the other: nothing stands by";
+}
+
+// The budget holds both: the new worker loads beside the old one, on the port's other files,
+// standing by; the old one serves until the new one is ready, then the new one is told to serve
+// before the old one is told to stop.
+TEST_F(FleetTest, ASwapBesideKeepsTheOldWorkerServingUntilTheNewOneIsReady) {
+    start("  memory_budget: 10GiB\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    const auto old = world_.newest_on(kA);
+    silent_.insert("b");  // loading: it has not registered yet
+    const auto reply = begin_command(protocol::Verb::swap, kA, "b");
+    advance(5s);
+    ASSERT_FALSE(*reply) << "the swap waits for 'b' to be ready";
+    const auto incoming = world_.newest_on(kA);
+    ASSERT_NE(incoming->pid, old->pid);
+    EXPECT_TRUE(incoming->slot.standby);
+    EXPECT_EQ(incoming->slot.files, 1) << "its own logs, engine record and engine socket";
+    EXPECT_EQ(incoming->listening_fd, old->listening_fd) << "the port's one socket";
+    EXPECT_FALSE(old->exit);
+    EXPECT_TRUE(world_.told.empty()) << "nobody was told anything yet";
+    const auto a = port_status(kA);
+    EXPECT_EQ(a["model"], "a");
+    EXPECT_EQ(a["state"], "ready");
+    const auto status = command(protocol::Verb::status);
+    EXPECT_NE(status["result"]["warnings"].dump().find("swapping to 'b', loading beside 'a'"),
+              std::string::npos)
+        << status.dump();
+
+    silent_.erase("b");
+    while (!*reply)
+        advance(100ms);
+    ASSERT_EQ((**reply)["ok"], true) << (**reply).dump();
+    EXPECT_EQ(world_.told, (std::vector<std::string>{std::to_string(incoming->pid) + " serve",
+                                                     std::to_string(old->pid) + " stop"}))
+        << "the new worker accepts before the old one stops accepting";
+    EXPECT_TRUE(old->exit);
+    const auto b = port_status(kA);
+    EXPECT_EQ(b["model"], "b");
+    EXPECT_EQ(b["pid"], incoming->pid);
+    EXPECT_EQ(world_.spawned, (std::vector<std::string>{"8100 a", "8100 b"}));
+    const auto records = store_records();
+    ASSERT_EQ(records.size(), 1U);
+    EXPECT_EQ(records[0].pid, incoming->pid);
+    EXPECT_EQ(records[0].slot, 1) << "where a restarted ensembled finds its files";
+    EXPECT_EQ(store_assignments().at(0).handle, "b");
+    advance(2s);
+    EXPECT_EQ(command(protocol::Verb::status)["result"]["warnings"].dump().find("swapping"),
+              std::string::npos);
+
+    // The next swap goes back to the first set of files, the replaced worker having gone.
+    ASSERT_EQ(command(protocol::Verb::swap, kA, "a")["ok"], true);
+    EXPECT_EQ(world_.newest_on(kA)->slot.files, 0);
+    EXPECT_TRUE(incoming->exit);
+    EXPECT_EQ(world_.listening_sockets_opened[kA], 1) << "bound once";
+}
+
+TEST_F(FleetTest, ASwapBesideThatFailsLeavesTheOldWorkerServingUntouched) {
+    start("  memory_budget: 10GiB\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    const auto old = world_.newest_on(kA);
+    const auto reply = command(protocol::Verb::swap, kA, "dead");
+    EXPECT_EQ(reply["error"]["code"], "swap_failed") << reply.dump();
+    EXPECT_NE(reply["error"]["message"].get<std::string>().find("'a' served throughout"),
+              std::string::npos)
+        << reply.dump();
+    advance(10s);
+    EXPECT_FALSE(old->exit);
+    EXPECT_TRUE(world_.told.empty()) << "the old worker was told nothing";
+    EXPECT_TRUE(world_.signals.empty());
+    EXPECT_EQ(world_.spawned, (std::vector<std::string>{"8100 a", "8100 dead"}))
+        << "the failed model is not retried, nor is the old one restarted";
+    const auto a = port_status(kA);
+    EXPECT_EQ(a["state"], "ready");
+    EXPECT_EQ(a["pid"], old->pid);
+    EXPECT_EQ(store_assignments().at(0).handle, "a");
+    const auto records = store_records();
+    ASSERT_EQ(records.size(), 1U);
+    EXPECT_EQ(records[0].pid, old->pid) << "the port's record is its serving worker's";
+    EXPECT_EQ(records[0].slot, 0);
 }
 
 // ---- the memory budget ----

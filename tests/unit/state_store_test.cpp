@@ -93,6 +93,7 @@ TEST_F(StateStoreTest, WorkerRecordsRoundTrip) {
                          .engine_pid = 789,
                          .engine_start_time = 790,
                          .engine_group = 789,
+                         .slot = 1,
                          .state = "ready",
                          .started_at_ms = 1,
                          .ready_at_ms = 2,
@@ -105,6 +106,7 @@ TEST_F(StateStoreTest, WorkerRecordsRoundTrip) {
     EXPECT_EQ(ws[0].pid_start_time, 456);
     EXPECT_EQ(ws[0].engine_start_time, 790) << "the engine's identity, for a dead worker's engine";
     EXPECT_EQ(ws[0].engine_group, 789);
+    EXPECT_EQ(ws[0].slot, 1) << "the set of files its logs and engine record are in";
     EXPECT_EQ(ws[0].last_exit, "exit code 1");
     ASSERT_TRUE(s->remove_worker(8100));
     EXPECT_TRUE(s->workers()->empty());

@@ -17,6 +17,16 @@ TEST(WorkerContract, APortsFilesAreNamedByItsNumberAndTheRecordSitsBesideTheLog)
     EXPECT_EQ(engine_socket("/run/ensemble", 8100), "/run/ensemble/engine-8100.sock");
 }
 
+TEST(WorkerContract, ASwapsIncomingWorkerHasFilesOfItsOwn) {
+    const auto serving = port_files("/var/lib/ensemble/logs", 8100, 0);
+    const auto incoming = port_files("/var/lib/ensemble/logs", 8100, 1);
+    EXPECT_EQ(incoming.worker_log, "/var/lib/ensemble/logs/worker-8100.b.log");
+    EXPECT_EQ(incoming.engine_log, "/var/lib/ensemble/logs/engine-8100.b.log");
+    EXPECT_EQ(incoming.engine_record, "/var/lib/ensemble/logs/engine-8100.b.pid");
+    EXPECT_NE(incoming.engine_record, serving.engine_record);
+    EXPECT_EQ(engine_socket("/run/ensemble", 8100, 1), "/run/ensemble/engine-8100.b.sock");
+}
+
 TEST(WorkerContract, HandlesAreKebabCaseUpTo64Characters) {
     for (const auto* good : {"qwen3-8b", "llama-3.1-8b", "a"})
         EXPECT_TRUE(is_valid_handle(good)) << good;
