@@ -174,6 +174,7 @@ std::vector<std::string> FakeProcesses::stop_engine_left_behind(
     // engine-PORT.record: the port is what the tests look at.
     const auto name = record_path.stem().string();
     world_.engines_stopped.push_back(std::stoi(name.substr(name.find('-') + 1)));
+    world_.engine_records_checked.push_back(record_path);
     return {};
 }
 

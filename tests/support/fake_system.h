@@ -78,7 +78,8 @@ class FakeWorld {
     std::map<pid_t, std::shared_ptr<FakeWorker>> workers;
     std::set<int> busy_ports;  // bound by a process that is not ours
     std::vector<SentSignal> signals;
-    std::vector<std::string> told;     // "PID stop", "PID serve": what workers' links were sent
+    std::vector<std::string> told;
+    std::vector<std::filesystem::path> engine_records_checked;  // by stop_engine_left_behind     // "PID stop", "PID serve": what workers' links were sent
     std::vector<std::string> spawned;  // "PORT model", in order
     std::vector<Scheduler::Clock::time_point> spawned_at;
     const Scheduler* clock = nullptr;  // what spawned_at reads

@@ -242,6 +242,29 @@ TEST_F(FleetTest, ASwapBesideKeepsTheOldWorkerServingUntilTheNewOneIsReady) {
     EXPECT_EQ(world_.listening_sockets_opened[kA], 1) << "bound once";
 }
 
+// A worker a swap put on the port's second set of files survives a restart of ensembled: it is
+// adopted with those files (its logs, and the engine record to act on should it die).
+TEST_F(FleetTest, ASurvivorOnThePortsSecondSetOfFilesIsAdoptedWithThem) {
+    const auto survivor = leave_survivor(world_, *store_, kA, "a");
+    auto record = store_->workers()->at(0);
+    record.slot = 1;
+    ASSERT_TRUE(store_->save_worker(record));
+    start();
+    advance(2s);
+    ASSERT_EQ(port_status(kA)["pid"], survivor->pid);
+    const auto files = protocol::port_files(dir_ / "state" / "logs", kA, 1);
+    std::filesystem::create_directories(files.engine_log.parent_path());
+    std::ofstream(files.engine_log) << "loaded\n";
+    const auto logs = command(protocol::Verb::logs, kA);
+    EXPECT_EQ(logs["result"]["engine_log"], files.engine_log.string()) << logs.dump();
+    world_.end(survivor->pid, {0, SIGKILL, true});
+    advance(1s);
+    ASSERT_FALSE(world_.engines_stopped.empty());
+    EXPECT_EQ(world_.engines_stopped.front(), kA);
+    EXPECT_EQ(world_.engine_records_checked.front(), files.engine_record)
+        << "its own engine record, not the other set's";
+}
+
 TEST_F(FleetTest, ASwapBesideThatFailsLeavesTheOldWorkerServingUntouched) {
     start("  memory_budget: 10GiB\n");
     ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
