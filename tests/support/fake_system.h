@@ -78,15 +78,15 @@ class FakeWorld {
     std::map<pid_t, std::shared_ptr<FakeWorker>> workers;
     std::set<int> busy_ports;  // bound by a process that is not ours
     std::vector<SentSignal> signals;
-    std::vector<std::string> told;
-    std::vector<std::filesystem::path> engine_records_checked;  // by stop_engine_left_behind     // "PID stop", "PID serve": what workers' links were sent
+    std::vector<std::string> told;     // "PID stop", "PID serve": what workers' links were sent
     std::vector<std::string> spawned;  // "PORT model", in order
     std::vector<Scheduler::Clock::time_point> spawned_at;
     const Scheduler* clock = nullptr;  // what spawned_at reads
     // What SIGCHLD would do in ensembled: called when a worker ends.
     std::function<void()> on_worker_end;
-    std::vector<int> engines_stopped;             // ports whose left-behind engine was looked for
-    std::map<int, int> listening_sockets_opened;  // per port
+    std::vector<int> engines_stopped;  // ports whose left-behind engine was looked for
+    std::vector<std::filesystem::path> engine_records_checked;  // in the same order
+    std::map<int, int> listening_sockets_opened;                // per port
     std::string boot = "boot-1";
     std::string spawn_error_code;           // when set, every spawn fails with it
     std::set<std::string> dead_on_arrival;  // models whose workers exit at once (cannot load)
