@@ -146,6 +146,9 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fr
     auto executor = co_await asio::this_coro::executor;
     auto c = std::make_unique<Connection>(
         Connection{stream_connection(executor), {}, engine_.generation()});
+    // Beast reads as much as the buffer's free capacity (512 bytes at least): an empty buffer
+    // took an answer's header and body in 512-byte reads, each a syscall and a write.
+    c->buffer.reserve(kRelayBufferBytes);
     c->stream.expires_after(kConnectTimeout);
     const auto engine_endpoint = engine_.endpoint();  // the engine may restart meanwhile
     const auto ec = co_await connect(c->stream, engine_endpoint);

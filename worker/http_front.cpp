@@ -15,6 +15,10 @@ namespace ensemble {
 namespace {
 
 constexpr std::uint32_t kHeaderLimit = 64 * 1024;
+// What a connection reads into while it waits for a request, and the most one read of a body
+// takes (beast reads at most 64 KiB at a time whatever the buffer).
+constexpr std::size_t kIdleRead = 4096;
+constexpr std::uint64_t kLargeRead = 64 * 1024;
 
 ApiError not_found_path(std::string_view target) {
     return {http::status::not_found, "invalid_request_error", "unknown_path",
@@ -138,7 +142,7 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
         if (draining_ && !session->fresh) break;
         if (buffer.size() == 0) {  // waiting for the next request to begin
             stream.expires_after(config_.idle_timeout);
-            const auto n = co_await stream.async_read_some(buffer.prepare(4096), on_error(ec));
+            const auto n = co_await stream.async_read_some(buffer.prepare(kIdleRead), on_error(ec));
             if (ec) break;
             buffer.commit(n);
         }
@@ -146,6 +150,11 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
         stream.expires_after(config_.header_timeout);
         co_await http::async_read_header(stream, buffer, parser, on_error(ec));
         if (!ec) {
+            // Beast reads as much as the buffer's free capacity (4 KiB here), at most 64 KiB: a
+            // large body is read 64 KiB at a time, not in 256 reads per MiB.
+            const auto free = buffer.capacity() - buffer.size();
+            if (const auto length = parser.content_length(); length && *length > free)
+                buffer.reserve(buffer.size() + std::min<std::uint64_t>(*length, kLargeRead));
             stream.expires_after(config_.body_timeout);
             co_await http::async_read(stream, buffer, parser, on_error(ec));
         }
@@ -154,6 +163,8 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
             break;
         }
         auto request = parser.release();
+        // The body was moved out: an idle keep-alive connection holds 4 KiB, not its largest.
+        if (buffer.capacity() > kIdleRead) buffer.shrink_to_fit();
         stream.expires_never();
         ++in_flight_;
         session->fresh = false;

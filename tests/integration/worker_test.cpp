@@ -251,6 +251,23 @@ TEST_F(WorkerTest, OversizedBodyIs413) {
     EXPECT_EQ(error_of(r)["code"], "request_too_large");
 }
 
+// A body of several MiB (read 64 KiB at a time) reaches the real engine whole: a field llama-server
+// ignores carries it, so any byte lost or doubled would be a JSON error, not a 200.
+TEST_F(WorkerTest, ABodyOfSeveralMebibytesReachesTheEngineWhole) {
+    auto worker = start();
+    for (const std::size_t size : {std::size_t{3} << 20, std::size_t{100} << 10}) {
+        std::string padding(size, 'x');
+        for (std::size_t i = 0; i < size; i += 4093)
+            padding[i] = static_cast<char>('a' + i % 26);
+        const auto r = http_request(
+            worker->port(),
+            chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":2,)"
+                         R"("ensemble_test_padding":")" +
+                         padding + "\"}"));
+        EXPECT_EQ(r.status, 200) << size << ": " << r.body.substr(0, 300);
+    }
+}
+
 TEST_F(WorkerTest, ApiKeyIsRequiredWhenConfigured) {
     auto worker = start({"--api-key", "s3cret"});
     auto none = http_request(worker->port(), chat_request(kChat));
