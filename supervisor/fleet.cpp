@@ -39,7 +39,14 @@ Fleet::~Fleet() = default;
 Port& Fleet::port_at(int number) {
     auto& slot = ports_[number];
     PortHost& host = *this;
-    if (!slot) slot = std::make_unique<Port>(host, number);
+    if (!slot) {
+        // A worker a swap replaced may still drain on one of the port's sets of files.
+        int files = 0;
+        for (const auto& run : side_runs_) {
+            if (run->number() == number && run->snapshot().files == files) files = 1 - files;
+        }
+        slot = std::make_unique<Port>(host, number, files);
+    }
     return *slot;
 }
 
@@ -224,6 +231,9 @@ void Fleet::reconcile() {
             auto& survivor = port_at(r.port);
             survivor.assign(r.handle, want->second.profile);
             survivor.adopt_recorded(r);
+            // A swap's incoming worker, never recorded, may have left its engine on the other
+            // files (a live worker's record is locked: only one left behind is stopped).
+            stop_engine_left_behind(*this, r.port, 1 - r.slot, {}, this_boot);
             continue;
         }
         if (alive) {

@@ -211,7 +211,10 @@ class Fleet final : private PortHost {
     Result<MemoryEstimate> estimate_for(int port, const std::string& handle,
                                         const std::string& profile) const;
     PortPolicy policy_for(int port, const std::string& handle, const std::string& profile) const;
-    std::vector<BudgetHolder> budget_holders(Clock::time_point now) const;
+    // What holds memory: the ports' serving workers and, unless `serving_only`, the workers
+    // beside them (side_runs_).
+    enum class Runs { all, serving_only };
+    std::vector<BudgetHolder> budget_holders(Clock::time_point now, Runs runs = Runs::all) const;
     // Ok when `starts` (port -> model) fit once `released` stop, after evicting what the plan
     // says; otherwise the refusal, with nothing changed.
     awaitable<Status> admit(const std::map<int, std::string>& starts, const std::set<int>& released,
@@ -234,6 +237,7 @@ class Fleet final : private PortHost {
     // the port's connections only once ready; a failure leaves the old one serving.
     awaitable<Result<PortReport>> swap_beside(int port, const std::string& handle,
                                               const std::string& profile);
+    Error shutting_down_error(int port, const std::string& handle) const;
 
     Clock::time_point now() const { return time_->now(); }
 

@@ -176,7 +176,27 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
     const std::string old_handle = p->snapshot().handle;
     const std::string profile = p->snapshot().profile;
     if (old_handle == handle) co_return report(*p);
-    if (p->state() == PortState::ready && p->listening() && fits_beside(port, handle, profile)) {
+    // A worker an earlier swap replaced may still drain here (or one told to stop after a
+    // restart of ensembled), holding memory and the port's other set of files: it is gone
+    // within stop_timeout.
+    const std::function<bool()> port_clear = [this, port] {
+        return !has_side_run(port) && !dismissed_holder(port);
+    };
+    const bool clear = co_await wait_until(port_clear, now() + stop_wait(config_));
+    if (shutting_down_) co_return shutting_down_error(port, handle);
+    if (!clear) {
+        co_return Error{"swap_busy", "the worker an earlier swap replaced on port " +
+                                         std::to_string(port) +
+                                         " has not stopped yet; try again in a moment"};
+    }
+    p = find(port);
+    if (p == nullptr || !is_running(p->state()) || p->snapshot().handle != old_handle) {
+        co_return Error{"port_changed",
+                        "port " + std::to_string(port) +
+                            " changed while the swap waited; see 'ensemble status'"};
+    }
+    if (p->state() == PortState::ready && p->listening() && !p->snapshot().stop_requested &&
+        fits_beside(port, handle, profile)) {
         auto swapped = co_await swap_beside(port, handle, profile);
         co_return swapped;
     }
@@ -216,15 +236,14 @@ bool Fleet::fits_beside(int port, const std::string& handle, const std::string& 
     return plan.admitted && plan.evict.empty();
 }
 
+Error Fleet::shutting_down_error(int port, const std::string& handle) const {
+    return Error{"shutting_down", "ensembled is shutting down: port " + std::to_string(port) +
+                                      " was not swapped to '" + handle + "'"};
+}
+
 awaitable<Result<PortReport>> Fleet::swap_beside(int port, const std::string& handle,
                                                  const std::string& profile) {
     const auto name = std::to_string(port);
-    // The port's other set of files may still be a worker's that an earlier swap replaced.
-    const std::function<bool()> files_free = [this, port] { return !has_side_run(port); };
-    if (!co_await wait_until(files_free, now() + stop_wait(config_))) {
-        co_return Error{"swap_busy", "the worker an earlier swap replaced on port " + name +
-                                         " has not stopped yet; try again in a moment"};
-    }
     auto& serving = port_at(port);
     const std::string old_handle = serving.snapshot().handle;
     PortHost& host = *this;
@@ -235,25 +254,35 @@ awaitable<Result<PortReport>> Fleet::swap_beside(int port, const std::string& ha
     event(port, "swap",
           "'" + old_handle + "' -> '" + handle + "': loading beside it; '" + old_handle +
               "' serves until '" + handle + "' is ready");
+    // The other set of files is free: swap() waited for whatever held it.
     incoming.start_beside(serving.listening_socket(), 1 - serving.snapshot().files);
     const auto attempt = incoming.attempt();
     const std::function<bool()> settled = [this, port, attempt] {
         const auto* in = find_run(port, attempt);
-        return in == nullptr ||
+        return shutting_down_ || in == nullptr ||
                (in->state() != PortState::starting && in->state() != PortState::loading);
     };
     co_await wait_until(settled, now() + kLoadTimeout);
     auto* in = find_run(port, attempt);
     auto* old = find(port);
+    // The old worker may have failed, been evicted or been stopped while the new one loaded.
+    const bool old_serves = old != nullptr && old->state() == PortState::ready &&
+                            !old->snapshot().stop_requested && old->listening() &&
+                            old->snapshot().handle == old_handle;
     std::string why;
-    if (in == nullptr || old == nullptr) {
-        why = "the port changed meanwhile";
+    if (shutting_down_) {
+        why = "ensembled is shutting down";
+    } else if (in == nullptr) {
+        why = "the new worker is gone";
     } else if (in->state() != PortState::ready || !in->snapshot().linked) {
         why = in->snapshot().last_failure;
         const auto load_limit = std::chrono::duration_cast<std::chrono::seconds>(kLoadTimeout);
         if (why.empty() && is_running(in->state()))
             why = "not ready within " + std::to_string(load_limit.count()) + " s";
         if (why.empty()) why = to_string(in->state());
+    } else if (!old_serves) {
+        why = "'" + old_handle + "' stopped serving meanwhile (" +
+              (old == nullptr ? "unloaded" : to_string(old->state())) + "); nothing was changed";
     } else if (auto ok = store_->set_assignment({port, handle, profile, 0}); !ok) {
         why = ok.error().message;  // a restart would bring back what the store says
     }
@@ -262,11 +291,11 @@ awaitable<Result<PortReport>> Fleet::swap_beside(int port, const std::string& ha
             in->stop("the swap to '" + handle + "' failed");
             in->step_down();  // forgotten once it has gone
         }
-        event(port, "swap_failed",
-              "'" + handle + "' failed (" + why + "); '" + old_handle + "' serves on");
-        co_return Error{"swap_failed", "swap of port " + name + " to '" + handle +
-                                           "' failed: " + why + "; '" + old_handle +
-                                           "' served throughout and serves on"};
+        const auto after =
+            old_serves ? "; '" + old_handle + "' served throughout and serves on" : std::string();
+        event(port, "swap_failed", "'" + handle + "' failed (" + why + ")" + after);
+        co_return Error{"swap_failed",
+                        "swap of port " + name + " to '" + handle + "' failed: " + why + after};
     }
     unassigned_.erase(port);
     // The new worker takes the port's connections; the old one drains what it has taken.

@@ -52,7 +52,7 @@ PortPolicy Fleet::policy_for(int port, const std::string& handle,
     return policy;
 }
 
-std::vector<BudgetHolder> Fleet::budget_holders(Clock::time_point now) const {
+std::vector<BudgetHolder> Fleet::budget_holders(Clock::time_point now, Runs runs) const {
     std::vector<BudgetHolder> holders;
     for (const auto& [port, p] : ports_) {
         const auto& rt = p->snapshot();
@@ -64,6 +64,17 @@ std::vector<BudgetHolder> Fleet::budget_holders(Clock::time_point now) const {
              policy.priority, policy.evict == EvictPolicy::idle,
              rt.stats.queue_depth == 0 && now - last_used >= config_.supervisor.memory.idle_after,
              steady_ms(last_used)});
+    }
+    if (runs == Runs::serving_only) return holders;
+    // A swap's incoming worker and a replaced one still draining hold memory too, and are
+    // never evicted: they go with the swap.
+    for (const auto& run : side_runs_) {
+        const auto& rt = run->snapshot();
+        if (!is_running(rt.state)) continue;
+        holders.push_back({rt.port, rt.handle, rt.estimate ? rt.estimate->total() : 0,
+                           rt.stats.memory_bytes,
+                           policy_for(rt.port, rt.handle, rt.profile).priority, false, false,
+                           steady_ms(rt.started)});
     }
     return holders;
 }
@@ -134,6 +145,9 @@ void Fleet::check_budget(Clock::time_point now) {
     for (const auto& [number, port] : ports_) {
         if (is_running(port->state())) measured += port->snapshot().stats.memory_bytes;
     }
+    for (const auto& run : side_runs_) {  // a swap's workers beside the serving ones
+        if (is_running(run->state())) measured += run->snapshot().stats.memory_bytes;
+    }
     if (measured <= *budget) {
         if (over_budget_)
             event(0, "within_budget",
@@ -150,7 +164,7 @@ void Fleet::check_budget(Clock::time_point now) {
     }
     if (!config_.supervisor.memory.stop_lowest_over_budget || now - last_enforced_ < kEnforceSettle)
         return;
-    if (auto victim = over_budget_victim(budget_holders(now))) {
+    if (auto victim = over_budget_victim(budget_holders(now, Runs::serving_only))) {
         last_enforced_ = now;
         evict(port_at(*victim), "stopped as " + message + " (over_budget: stop-lowest)");
     }

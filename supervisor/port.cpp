@@ -17,8 +17,10 @@ constexpr auto kAdoptGrace = std::chrono::seconds(10);
 constexpr auto kHeartbeatInterval = std::chrono::seconds(1);  // the worker's (supervisor_link)
 
 // Worker exit codes that mean something specific (see docs/WORKER.md).
-// `engine_last_exit`: how the worker last said its engine ended (its final heartbeat).
-std::string explain_exit(const ExitStatus& status, int port, const std::string& engine_last_exit) {
+// `engine_last_exit`: how the worker last said its engine ended (its final heartbeat);
+// `logs`: where its logs are to be read.
+std::string explain_exit(const ExitStatus& status, int port, const std::string& engine_last_exit,
+                         const std::string& logs) {
     using protocol::WorkerExit;
     if (status.signaled) return status.describe();
     const auto code = " (worker exit code " + std::to_string(status.code) + ")";
@@ -32,8 +34,7 @@ std::string explain_exit(const ExitStatus& status, int port, const std::string& 
         case WorkerExit::model_not_loadable: {
             const auto last = engine_last_exit.empty() ? "" : "last: " + engine_last_exit + "; ";
             return "the engine could not load the model (" + last + "worker exit code " +
-                   std::to_string(status.code) + "; see 'ensemble logs " + std::to_string(port) +
-                   "')";
+                   std::to_string(status.code) + "; see " + logs + ")";
         }
         case WorkerExit::ok:
             break;
@@ -75,9 +76,10 @@ void stop_engine_left_behind(PortHost& host, int port, int files, const EngineRe
         host.event(port, "engine_left_behind", done);
 }
 
-Port::Port(PortHost& host, int port)
+Port::Port(PortHost& host, int port, int files)
     : host_(host), policy_(host.config().supervisor.restart), attempt_(host.next_attempt()) {
     s_.port = port;
+    s_.files = files;
 }
 
 void Port::assign(const std::string& handle, const std::string& profile) {
@@ -573,7 +575,11 @@ void Port::tick(Clock::time_point now, bool stalled) {
         if (exited_ && (link_ == nullptr || now - exited_at_ >= kLastWord)) {
             const auto exit = *exited_;
             exited_.reset();
-            auto how = explain_exit(exit, s_.port, s_.stats.engine_last_exit);
+            // `ensemble logs` shows the serving worker's: a swap's incoming one has its files.
+            const auto logs = role_ == Role::incoming
+                                  ? s_.engine_log.string()
+                                  : "'ensemble logs " + std::to_string(s_.port) + "'";
+            auto how = explain_exit(exit, s_.port, s_.stats.engine_last_exit, logs);
             // A kill of ours has its reason; only one nobody here sent is put down to memory.
             if (exit.signaled && exit.signal == SIGKILL && kill_reason_.empty())
                 how += host_.processes().explain_sigkill();

@@ -104,7 +104,8 @@ class Port {
     // its record in the state store.
     enum class Role { serving, incoming, outgoing };
 
-    Port(PortHost& host, int port);
+    // `files`: the set of the port's files its workers use (WorkerSlot), until a swap.
+    Port(PortHost& host, int port, int files = 0);
     Port(const Port&) = delete;
     Port& operator=(const Port&) = delete;
 

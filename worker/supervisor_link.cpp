@@ -94,6 +94,11 @@ awaitable<bool> SupervisorLink::send_hello(const nlohmann::json& hello) {
 }
 
 awaitable<void> SupervisorLink::run() {
+    // A worker standing by retries its first connection this long (the socket's backlog may be
+    // full for a moment), then gives up: nobody knows of it.
+    constexpr auto kStandbyFirstContact = std::chrono::seconds(10);
+    const auto started = Clock::now();
+    bool registered_once = false;
     auto last_contact = Clock::now();
     asio::steady_timer timer(io_);
     boost::system::error_code ec;
@@ -108,6 +113,7 @@ awaitable<void> SupervisorLink::run() {
                                    protocol::kVersion, config_.handle});
             const bool registered = co_await send_hello(hello);
             if (registered) {
+                registered_once = true;
                 spdlog::info("link: connected to the supervisor at {}", config_.socket_path);
                 reader_running_ = true;
                 asio::co_spawn(io_, read_loop(), asio::detached);
@@ -134,7 +140,7 @@ awaitable<void> SupervisorLink::run() {
             }
         }
         if (stopping_) break;
-        if (config_.standby) {
+        if (config_.standby && (registered_once || Clock::now() - started > kStandbyFirstContact)) {
             // Nobody would ever tell it to serve, and it has served no one.
             on_stop_("no supervisor while standing by for a swap");
             co_return;
