@@ -167,7 +167,7 @@ int main(int argc, char** argv) {
     app.add_option("--model", model, "GGUF model to serve")->required();
     app.add_option("--concurrency", concurrencies, "concurrent streams per batch")
         ->capture_default_str();
-    app.add_option("--rounds", rounds, "streamed batches per path and concurrency")
+    app.add_option("--rounds", rounds, "streamed batches per path and concurrency (0: skip them)")
         ->capture_default_str();
     app.add_option("--tokens", max_tokens, "tokens generated per streamed request")
         ->capture_default_str();
@@ -206,35 +206,37 @@ int main(int argc, char** argv) {
     nlohmann::json results{{"streamed", nlohmann::json::array()},
                            {"keepalive", nlohmann::json::array()}};
 
-    std::printf("## streamed, %d tokens, a new connection per request, %d rounds\n\n", max_tokens,
-                rounds);
-    std::printf(
-        "| concurrency | path | TTFT p50 ms | TTFT p99 ms | tokens/s (median) | vs direct | "
-        "failures |\n");
-    std::printf("|---|---|---|---|---|---|---|\n");
-    for (int c : concurrencies) {
-        std::vector<Series> series(paths.size());
-        int warm = 0;
-        for (const auto& path : paths)  // warm every path's connections and the cache
-            run_batch(path.endpoint, c, max_tokens, warm);
-        interleaved(paths, rounds, [&](std::size_t k) {
-            add(series[k], run_batch(paths[k].endpoint, c, max_tokens, series[k].failures));
-        });
-        nlohmann::json row{{"concurrency", c}};
-        const double direct_tps = percentile(series[0].tokens_per_s, 0.5);
-        for (std::size_t k = 0; k < paths.size(); ++k) {
-            const auto& s = series[k];
-            const double tps = percentile(s.tokens_per_s, 0.5);
-            std::printf("| %d | %s | %.2f | %.2f | %.1f | %.1f%% | %d |\n", c, paths[k].name,
-                        percentile(s.ttft_ms, 0.5), percentile(s.ttft_ms, 0.99), tps,
-                        100 * tps / direct_tps, s.failures);
-            row[paths[k].name] = {{"ttft_p50_ms", percentile(s.ttft_ms, 0.5)},
-                                  {"ttft_p99_ms", percentile(s.ttft_ms, 0.99)},
-                                  {"tokens_per_s_median", tps},
-                                  {"failures", s.failures}};
+    if (rounds > 0) {  // --rounds 0: the load part alone
+        std::printf("## streamed, %d tokens, a new connection per request, %d rounds\n\n",
+                    max_tokens, rounds);
+        std::printf(
+            "| concurrency | path | TTFT p50 ms | TTFT p99 ms | tokens/s (median) | vs direct | "
+            "failures |\n");
+        std::printf("|---|---|---|---|---|---|---|\n");
+        for (int c : concurrencies) {
+            std::vector<Series> series(paths.size());
+            int warm = 0;
+            for (const auto& path : paths)  // warm every path's connections and the cache
+                run_batch(path.endpoint, c, max_tokens, warm);
+            interleaved(paths, rounds, [&](std::size_t k) {
+                add(series[k], run_batch(paths[k].endpoint, c, max_tokens, series[k].failures));
+            });
+            nlohmann::json row{{"concurrency", c}};
+            const double direct_tps = percentile(series[0].tokens_per_s, 0.5);
+            for (std::size_t k = 0; k < paths.size(); ++k) {
+                const auto& s = series[k];
+                const double tps = percentile(s.tokens_per_s, 0.5);
+                std::printf("| %d | %s | %.2f | %.2f | %.1f | %.1f%% | %d |\n", c, paths[k].name,
+                            percentile(s.ttft_ms, 0.5), percentile(s.ttft_ms, 0.99), tps,
+                            100 * tps / direct_tps, s.failures);
+                row[paths[k].name] = {{"ttft_p50_ms", percentile(s.ttft_ms, 0.5)},
+                                      {"ttft_p99_ms", percentile(s.ttft_ms, 0.99)},
+                                      {"tokens_per_s_median", tps},
+                                      {"failures", s.failures}};
+            }
+            results["streamed"].push_back(row);
+            std::fflush(stdout);
         }
-        results["streamed"].push_back(row);
-        std::fflush(stdout);
     }
 
     const auto load_duration = std::chrono::milliseconds(static_cast<long>(load_seconds * 1000));
