@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <array>
 
+#include "protocol/worker_contract.h"
+
 namespace ensemble::protocol {
 
 namespace {
@@ -57,7 +59,7 @@ class Fields {
 json to_json(const Register& m) {
     return {{"type", "register"}, {"version", m.version}, {"worker_id", m.worker_id},
             {"token", m.token},   {"port", m.port},       {"pid", m.pid},
-            {"handle", m.handle}};
+            {"handle", m.handle}, {"files", m.files}};
 }
 
 json to_json(const Heartbeat& m) {
@@ -88,8 +90,11 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
             .read("token", m.token, true)
             .read("port", m.port, true)
             .read("pid", m.pid, true)
-            .read("handle", m.handle, false);
+            .read("handle", m.handle, false)
+            .read("files", m.files, false);
         if (!fields.status()) return fields.status().error();
+        if (m.files < 0 || m.files >= kSlots)
+            return bad("'files' must be 0 or 1, not " + std::to_string(m.files));
         if (m.version != kVersion) {
             return Error{"version_mismatch", "worker speaks protocol version " +
                                                  std::to_string(m.version) + ", the supervisor " +

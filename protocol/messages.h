@@ -31,6 +31,7 @@ struct Register {
     // The model it serves: a supervisor that lost its record of this worker (state.db gone)
     // adopts it from what it says, when that is what the port should serve.
     std::string handle;
+    int files = 0;  // its set of the port's files (worker_contract.h, kWorkerFilesVariable)
 };
 
 struct WorkerStats {

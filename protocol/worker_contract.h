@@ -45,6 +45,9 @@ inline constexpr int kListenFd = 3;
 // accepts on the port's socket only once told `serve` (messages.h); it exits if it loses the
 // supervisor before.
 inline constexpr const char* kStandbyVariable = "ENSEMBLE_STANDBY";
+// Which of the port's sets of files (0 or 1, port_files below) the worker was started on; it says
+// so when it registers, so that a supervisor that lost its record of it adopts it with them.
+inline constexpr const char* kWorkerFilesVariable = "ENSEMBLE_WORKER_FILES";
 
 // ---- a port's files ----
 

@@ -442,6 +442,7 @@ void Port::adopt_recorded(const WorkerRecord& r) {
 
 void Port::adopt_unrecorded(const protocol::Register& m, const ProcessIdentity& identity) {
     attempt_ = host_.next_attempt();  // no timer of an earlier attempt acts on the port now
+    s_.files = m.files;               // it said which of the port's files it uses
     take_on(identity.pid, identity.start_time, m.worker_id, m.token);
     s_.stats = {};
     probe_misses_ = 0;

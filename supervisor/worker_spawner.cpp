@@ -149,6 +149,7 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
     spec.passed_fd = listening.fd();
     spec.extra_env[protocol::kListenFdVariable] = std::to_string(protocol::kListenFd);
     if (slot.standby) spec.extra_env[protocol::kStandbyVariable] = "1";
+    spec.extra_env[protocol::kWorkerFilesVariable] = std::to_string(slot.files);
     auto child = ChildProcess::spawn(spec);
     if (!child) return child.error();
     return SpawnedWorker{std::move(launch).value(),

@@ -35,6 +35,7 @@ std::optional<LinkConfig> LinkConfig::from_environment(int port, const std::stri
     if (const char* grace = std::getenv(protocol::kOrphanGraceVariable)) {
         c.orphan_grace = std::chrono::milliseconds(std::strtoll(grace, nullptr, 10));
     }
+    if (const char* files = std::getenv(protocol::kWorkerFilesVariable)) c.files = files[0] == '1';
     return c;
 }
 
@@ -110,7 +111,7 @@ awaitable<void> SupervisorLink::run() {
             // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
             const auto hello = protocol::to_json(
                 protocol::Register{config_.worker_id, config_.token, config_.port, ::getpid(),
-                                   protocol::kVersion, config_.handle});
+                                   protocol::kVersion, config_.handle, config_.files});
             const bool registered = co_await send_hello(hello);
             if (registered) {
                 registered_once = true;

@@ -21,6 +21,7 @@ struct LinkConfig {
     std::string token;
     int port = 0;
     std::string handle;  // the model served, said when registering
+    int files = 0;       // its set of the port's files (protocol::kWorkerFilesVariable)
     // The port's listening socket ensembled passed (descriptor 3), handed back with each
     // registration: a new ensembled, after a restart, then holds the port too.
     std::optional<int> listen_fd;

@@ -150,6 +150,7 @@ class FleetFixture : public ::testing::Test {
         r.port = w.port;
         r.pid = w.pid;
         r.handle = w.handle;
+        r.files = w.slot.files;
         return r;
     }
 

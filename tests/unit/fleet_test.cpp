@@ -452,14 +452,22 @@ TEST_F(FleetTest, AWorkerThatShouldNotRunIsDismissedAndThePortWaitsForItToLeave)
     EXPECT_EQ(serving["restarts"], 0);
 }
 
-TEST_F(FleetTest, AWorkerWithoutARecordHoldingItsPortIsAdoptedNotReplaced) {
-    // state.db lost its record; the worker survives and reconnects within the grace.
-    ASSERT_TRUE(store_->set_assignment({kA, "a", "", 0}));
-    ASSERT_TRUE(store_->set_meta("initialized", "1"));
-    auto lost = world_.start_worker(kA, "a");
+// What an earlier ensembled left when state.db lost the worker's record: its assignment, and the
+// worker holding its port.
+std::shared_ptr<FakeWorker> leave_unrecorded(FakeWorld& world, StateStore& store, int port,
+                                             const std::string& handle) {
+    EXPECT_TRUE(store.set_assignment({port, handle, "", 0}));
+    EXPECT_TRUE(store.set_meta("initialized", "1"));
+    auto lost = world.start_worker(port, handle);
     lost->launch.worker_id = "w-lost";
     lost->launch.token = "t-lost";
-    world_.busy_ports.insert(kA);  // its listening socket
+    world.busy_ports.insert(port);  // its listening socket
+    return lost;
+}
+
+TEST_F(FleetTest, AWorkerWithoutARecordHoldingItsPortIsAdoptedNotReplaced) {
+    // state.db lost its record; the worker survives and reconnects within the grace.
+    const auto lost = leave_unrecorded(world_, *store_, kA, "a");
     silent_.insert("a");
     start();
     EXPECT_EQ(port_status(kA)["state"], "backoff");
@@ -474,6 +482,20 @@ TEST_F(FleetTest, AWorkerWithoutARecordHoldingItsPortIsAdoptedNotReplaced) {
     const auto records = store_records();
     ASSERT_EQ(records.size(), 1U);
     EXPECT_EQ(records[0].pid, lost->pid) << "its record is rebuilt";
+}
+
+// The same for a worker a swap had put on the port's second set of files: it says so.
+TEST_F(FleetTest, AWorkerWithoutARecordIsAdoptedWithTheFilesItSaysItUses) {
+    const auto lost = leave_unrecorded(world_, *store_, kA, "a");
+    lost->slot.files = 1;
+    start();
+    advance(1s);
+    ASSERT_EQ(port_status(kA)["pid"], lost->pid);
+    EXPECT_EQ(store_records().at(0).slot, 1);
+    const auto files = protocol::port_files(dir_ / "state" / "logs", kA, 1);
+    std::filesystem::create_directories(files.engine_log.parent_path());
+    std::ofstream(files.engine_log) << "loaded\n";
+    EXPECT_EQ(command(protocol::Verb::logs, kA)["result"]["engine_log"], files.engine_log.string());
 }
 
 TEST_F(FleetTest, ASurvivorWhoseIdentityCannotBeReadIsNeitherAdoptedNorReplaced) {

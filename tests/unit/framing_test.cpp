@@ -84,7 +84,7 @@ TEST(Framing, OversizedFrameIsDiscardedWithoutBufferingIt) {
 }
 
 TEST(Messages, RegisterRoundTrip) {
-    Register r{"w-8100-1", "tok", 8100, 4242, kVersion, "qwen3-8b"};
+    Register r{"w-8100-1", "tok", 8100, 4242, kVersion, "qwen3-8b", 1};
     auto parsed = parse_worker_message(to_json(r));
     ASSERT_TRUE(parsed);
     const auto& back = std::get<Register>(*parsed);
@@ -92,6 +92,10 @@ TEST(Messages, RegisterRoundTrip) {
     EXPECT_EQ(back.port, 8100);
     EXPECT_EQ(back.pid, 4242);
     EXPECT_EQ(back.handle, "qwen3-8b");
+    EXPECT_EQ(back.files, 1);
+    auto odd = to_json(r);
+    odd["files"] = 2;  // a port has two sets of files, 0 and 1
+    EXPECT_FALSE(parse_worker_message(odd));
     // A worker that does not say its model still registers (it just cannot be adopted
     // without a record).
     auto without = to_json(r);
