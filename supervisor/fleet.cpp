@@ -460,17 +460,14 @@ awaitable<void> Fleet::stop_all(std::chrono::milliseconds timeout) {
     for_each_run([](Port& run) {
         if (is_running(run.state())) run.stop("the supervisor is stopping");
     });
-    const auto deadline = now() + timeout;
-    const std::function<bool()> side_runs_gone = [this] {
-        tick();
-        return std::none_of(side_runs_.begin(), side_runs_.end(),
-                            [](const auto& run) { return is_running(run->state()); });
+    // One condition over every run, looked at afresh after each wait: a command still in
+    // flight may change the ports meanwhile (no iterator is held across a co_await).
+    const std::function<bool()> all_stopped = [this] {
+        bool running = false;
+        for_each_run([&](Port& run) { running = running || is_running(run.state()); });
+        return !running;
     };
-    co_await wait_until(side_runs_gone, deadline);
-    for (auto& [number, port] : ports_) {
-        const int p = number;
-        co_await wait_stopped(p, deadline);
-    }
+    co_await wait_until(all_stopped, now() + timeout);
 }
 
 }  // namespace ensemble
