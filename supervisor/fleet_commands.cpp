@@ -69,12 +69,12 @@ FleetStatus Fleet::status() const {
         status.warnings.push_back(w);
     for (const auto& run : side_runs_) {
         const auto& s = run->snapshot();
-        if (run->role() != Port::Role::incoming) continue;
-        status.warnings.push_back(
-            "port " + std::to_string(s.port) + ": swapping to '" + s.handle +
-            "', loading beside '" +
-            (find(s.port) != nullptr ? find(s.port)->snapshot().handle : "?") + "' (" +
-            to_string(s.state) + ", worker pid " + std::to_string(s.pid) + ")");
+        const auto* serving = find(s.port);
+        if (run->role() != Port::Role::incoming || serving == nullptr) continue;
+        status.warnings.push_back("port " + std::to_string(s.port) + ": swapping to '" + s.handle +
+                                  "', loading beside '" + serving->snapshot().handle + "' (" +
+                                  to_string(s.state) + ", worker pid " + std::to_string(s.pid) +
+                                  ")");
     }
     if (!store_->backup_problem().empty()) status.warnings.push_back(store_->backup_problem());
     status.config = config_.source;

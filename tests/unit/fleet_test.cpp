@@ -286,6 +286,32 @@ TEST_F(FleetTest, AReplacedWorkerStillDrainingCountsAgainstTheBudgetAndKeepsItsF
     ASSERT_EQ(command(protocol::Verb::load, kB, "a")["ok"], true) << "room again";
 }
 
+// Found in review: unloaded and loaded again while the worker a swap replaced still drains, the
+// port starts its new worker on the set of files that worker does not hold.
+TEST_F(FleetTest, APortLoadedAgainWhileAReplacedWorkerDrainsUsesTheOtherFiles) {
+    start("  memory_budget: 20GiB\n  health: {probe_interval: 0s, stop_timeout: 30s}\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    const auto first = world_.newest_on(kA);
+    first->ignores_stop = true;  // still draining throughout
+    ASSERT_EQ(command(protocol::Verb::swap, kA, "b")["ok"], true);
+    ASSERT_EQ(world_.newest_on(kA)->slot.files, 1);
+    ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    EXPECT_FALSE(first->exit) << "the replaced worker still drains";
+    EXPECT_EQ(world_.newest_on(kA)->slot.files, 1) << "slot 0 is the draining worker's";
+}
+
+// Found in review: a swap's incoming worker is never recorded, so its engine (on the other set
+// of files) is looked for when ensembled comes back and adopts the serving worker.
+TEST_F(FleetTest, AdoptingASurvivorLooksForAnEngineLeftOnThePortsOtherFiles) {
+    leave_survivor(world_, *store_, kA, "a");
+    start();
+    const auto other = protocol::port_files(dir_ / "state" / "logs", kA, 1).engine_record;
+    EXPECT_NE(std::find(world_.engine_records_checked.begin(), world_.engine_records_checked.end(),
+                        other),
+              world_.engine_records_checked.end());
+}
+
 TEST_F(FleetTest, ASwapBesideStopsWhenEnsembledStopsAndLeavesNothingRunning) {
     start("  memory_budget: 10GiB\n");
     ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
