@@ -1,5 +1,6 @@
 #include "worker/engine_proxy.h"
 
+#include "worker/immediate_io.h"
 #include "worker/token_counter.h"
 
 #include <spdlog/spdlog.h>
@@ -153,6 +154,8 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fr
     const auto engine_endpoint = engine_.endpoint();  // the engine may restart meanwhile
     const auto ec = co_await connect(c->stream, engine_endpoint);
     if (ec) co_return nullptr;
+    boost::system::error_code mode_ec;
+    c->stream.socket().non_blocking(true, mode_ec);  // for write_now
     co_return c;
 }
 
@@ -257,9 +260,11 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
                                                    bool client_keep_alive) {
     boost::system::error_code ec;
     request.set(http::field::host, engine_.endpoint().host());
-    const ClientDepartureWatch watch(client.socket(), engine.stream);
     engine.stream.expires_after(limits_.engine_timeout);
-    co_await http::async_write(engine.stream, request, on_error(ec));
+    http::request_serializer<http::string_body> request_writer{request};
+    co_await write_now(engine.stream, request_writer, ec);
+    // Armed once the request is on its way, so arming it does not delay the engine.
+    const ClientDepartureWatch watch(client.socket(), engine.stream);
     http::response_parser<http::buffer_body> parser;
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // the engine is trusted
     if (!ec) co_await http::async_read_header(engine.stream, engine.buffer, parser, on_error(ec));
@@ -305,8 +310,12 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     while (!parser.is_done()) {
         response.body().data = chunk.data();
         response.body().size = chunk.size();
-        engine.stream.expires_after(limits_.engine_timeout);
-        co_await http::async_read_some(engine.stream, engine.buffer, parser, on_error(ec));
+        // What the engine has already sent (often the whole answer, read with its header) is
+        // relayed at once; only an empty buffer waits for the engine.
+        if (parse_buffered(parser, engine.buffer, ec) == 0 && !ec) {
+            engine.stream.expires_after(limits_.engine_timeout);
+            co_await http::async_read_some(engine.stream, engine.buffer, parser, on_error(ec));
+        }
         if (ec == http::error::need_buffer) ec = {};
         if (ec) break;
         response.body().size = chunk.size() - response.body().size;
@@ -320,7 +329,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         const bool cut = parser.is_done() && ends_at_close && event_stream && !stream_end.done();
         response.body().more = !parser.is_done() || cut;
         if (response.body().size > 0 || !response.body().more) {
-            co_await http::async_write(client, serializer, on_error(ec));
+            co_await write_now(client, serializer, ec);
             if (ec == http::error::need_buffer) ec = {};
             if (ec) co_return Outcome::done_close;  // the client left; the engine side is dropped
         }

@@ -9,6 +9,7 @@
 
 #include "os/listening_socket.h"
 #include "os/port_holder.h"
+#include "worker/immediate_io.h"
 
 namespace ensemble {
 
@@ -130,6 +131,8 @@ awaitable<void> HttpFront::refuse_connection(tcp::socket socket) {
 }
 
 awaitable<void> HttpFront::serve(tcp::socket socket) {
+    boost::system::error_code mode_ec;
+    socket.non_blocking(true, mode_ec);  // for write_now; if refused, writes wait their turn
     beast::tcp_stream stream(std::move(socket));
     auto session = sessions_.insert(sessions_.end(), Session{&stream, true});
     beast::flat_buffer buffer;
@@ -147,9 +150,14 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
             buffer.commit(n);
         }
         session->idle = false;
-        stream.expires_after(config_.header_timeout);
-        co_await http::async_read_header(stream, buffer, parser, on_error(ec));
-        if (!ec) {
+        // A small request is usually whole in the buffer now: parsed in place.
+        parser.eager(true);
+        parse_buffered(parser, buffer, ec);
+        if (!ec && !parser.is_header_done()) {
+            stream.expires_after(config_.header_timeout);
+            co_await http::async_read_header(stream, buffer, parser, on_error(ec));
+        }
+        if (!ec && !parser.is_done()) {
             // Beast reads as much as the buffer's free capacity (4 KiB here), at most 64 KiB: a
             // large body is read 64 KiB at a time, not in 256 reads per MiB.
             const auto free = buffer.capacity() - buffer.size();
@@ -203,7 +211,8 @@ awaitable<bool> HttpFront::reply(beast::tcp_stream& stream,
     boost::system::error_code ec;
     const bool keep_alive = response.keep_alive() && !draining_;
     response.keep_alive(keep_alive);
-    co_await http::async_write(stream, response, on_error(ec));
+    http::response_serializer<http::string_body> serializer{response};
+    co_await write_now(stream, serializer, ec);
     co_return keep_alive && !ec;
 }
 

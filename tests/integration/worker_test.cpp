@@ -2,6 +2,7 @@
 // the OpenAI API sees, including every error the worker owns and the engine dying mid-stream.
 #include <gtest/gtest.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -239,6 +240,54 @@ TEST_F(WorkerTest, MalformedHttpIs400) {
     const auto reply = raw_exchange(worker->port(), "GARBAGE\x01 / HTTP/9.9\r\n\r\n");
     EXPECT_EQ(reply.rfind("HTTP/1.1 400", 0), 0U) << reply;
     EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
+}
+
+// A request is parsed in place when it arrives whole; these are the other cases, on the real
+// engine: two requests in one write (the second waits in the buffer for its turn), and one that
+// arrives in pieces (its header and body split, read as they come).
+TEST_F(WorkerTest, PipelinedRequestsAndARequestInPiecesAreAnswered) {
+    auto worker = start();
+    const auto post = [](const std::string& body, bool last) {
+        return "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               "application/json\r\n" +
+               std::string(last ? "Connection: close\r\n" : "") +
+               "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+    };
+    const auto answers = [](const std::string& reply) {
+        std::size_t n = 0;
+        for (auto at = reply.find("HTTP/1.1 200"); at != std::string::npos;
+             at = reply.find("HTTP/1.1 200", at + 1))
+            ++n;
+        return n;
+    };
+    const auto pipelined = raw_exchange(worker->port(), post(kChat, false) + post(kChat, true));
+    EXPECT_EQ(answers(pipelined), 2U) << pipelined;
+
+    const std::string whole = post(kChat, true);
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(fd, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(worker->port());
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ASSERT_EQ(::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    const int one = 1;
+    ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    const auto body_at = whole.find("\r\n\r\n") + 4;
+    for (const auto& [from, to] :
+         {std::pair{std::size_t{0}, std::size_t{20}}, std::pair{std::size_t{20}, body_at},
+          std::pair{body_at, body_at + 9}, std::pair{body_at + 9, whole.size()}}) {
+        ASSERT_EQ(::send(fd, whole.data() + from, to - from, MSG_NOSIGNAL),
+                  static_cast<ssize_t>(to - from));
+        std::this_thread::sleep_for(50ms);
+    }
+    std::string reply;
+    std::array<char, 4096> buffer{};
+    for (ssize_t n; (n = ::recv(fd, buffer.data(), buffer.size(), 0)) > 0;)
+        reply.append(buffer.data(), static_cast<std::size_t>(n));
+    ::close(fd);
+    EXPECT_EQ(answers(reply), 1U) << reply;
+    EXPECT_NE(reply.find("\"completion_tokens\":8"), std::string::npos) << reply;
 }
 
 TEST_F(WorkerTest, OversizedBodyIs413) {

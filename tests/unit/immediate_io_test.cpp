@@ -1,0 +1,122 @@
+// The worker's in-place HTTP reads and writes (worker/immediate_io.h): what is buffered is parsed
+// without waiting, a pipelined request stays for its turn, and a write the socket cannot take at
+// once finishes asynchronously without stalling the event loop.
+#include "worker/immediate_io.h"
+
+#include <gtest/gtest.h>
+
+#include <boost/asio/local/connect_pair.hpp>
+#include <boost/asio/local/stream_protocol.hpp>
+
+namespace ensemble {
+namespace {
+
+using namespace std::chrono_literals;
+using local_stream = beast::basic_stream<asio::local::stream_protocol>;
+
+void fill(beast::flat_buffer& buffer, std::string_view bytes) {
+    const auto n = asio::buffer_copy(buffer.prepare(bytes.size()), asio::buffer(bytes));
+    buffer.commit(n);
+}
+
+const std::string kRequest =
+    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n{\"a\":1}";
+
+TEST(ParseBuffered, AWholeRequestIsParsedAndAPipelinedOneStaysInTheBuffer) {
+    beast::flat_buffer buffer;
+    fill(buffer, kRequest + kRequest);
+    http::request_parser<http::string_body> parser;
+    parser.eager(true);
+    boost::system::error_code ec;
+    EXPECT_EQ(parse_buffered(parser, buffer, ec), kRequest.size());
+    EXPECT_FALSE(ec) << ec.message();
+    ASSERT_TRUE(parser.is_done());
+    EXPECT_EQ(parser.get().body(), "{\"a\":1}");
+    EXPECT_EQ(beast::buffers_to_string(buffer.data()), kRequest);
+}
+
+TEST(ParseBuffered, APartOfARequestLeavesTheRestToBeRead) {
+    for (const std::size_t cut : {std::size_t{10}, kRequest.size() - 3}) {
+        beast::flat_buffer buffer;
+        fill(buffer, std::string_view(kRequest).substr(0, cut));
+        http::request_parser<http::string_body> parser;
+        parser.eager(true);
+        boost::system::error_code ec;
+        parse_buffered(parser, buffer, ec);
+        EXPECT_FALSE(ec) << cut << ": " << ec.message();  // need_more is no error
+        EXPECT_FALSE(parser.is_done()) << cut;
+        EXPECT_EQ(parser.is_header_done(), cut > 10) << cut;
+    }
+}
+
+TEST(ParseBuffered, ABadRequestAndAnOversizedBodyAreErrors) {
+    beast::flat_buffer buffer;
+    fill(buffer, "GARBAGE\x01 / HTTP/9.9\r\n\r\n");
+    http::request_parser<http::string_body> parser;
+    boost::system::error_code ec;
+    parse_buffered(parser, buffer, ec);
+    EXPECT_TRUE(ec);
+
+    beast::flat_buffer second;
+    fill(second, kRequest);
+    http::request_parser<http::string_body> limited;
+    limited.eager(true);
+    limited.body_limit(3);
+    parse_buffered(limited, second, ec);
+    EXPECT_EQ(ec, http::error::body_limit);
+}
+
+// A writer with a 4 MiB answer against a reader that waits before reading: the write cannot
+// finish at once, so it must yield to the event loop (the reader runs on the same thread; a write
+// that blocked would never finish) and still deliver every byte, in either socket mode.
+TEST(WriteNow, AWriteTheSocketCannotTakeAtOnceFinishesWithoutStallingTheLoop) {
+    for (const bool non_blocking : {true, false}) {
+        asio::io_context io(1);
+        asio::local::stream_protocol::socket a(io), b(io);
+        asio::local::connect_pair(a, b);
+        a.non_blocking(non_blocking);
+        local_stream writer(std::move(a)), reader(std::move(b));
+
+        http::response<http::string_body> response{http::status::ok, 11};
+        response.body() = std::string(std::size_t{4} << 20, 'x');
+        for (std::size_t i = 0; i < response.body().size(); i += 4099)
+            response.body()[i] = static_cast<char>('a' + i % 26);
+        response.prepare_payload();
+        const std::string expected = response.body();
+
+        boost::system::error_code write_ec;
+        bool written = false;
+        asio::co_spawn(
+            io,
+            [&]() -> awaitable<void> {
+                http::response_serializer<http::string_body> serializer{response};
+                co_await write_now(writer, serializer, write_ec);
+                written = true;
+            },
+            asio::detached);
+
+        std::optional<http::response<http::string_body>> received;
+        asio::co_spawn(
+            io,
+            [&]() -> awaitable<void> {
+                asio::steady_timer pause(io, 50ms);
+                boost::system::error_code ec;
+                co_await pause.async_wait(on_error(ec));
+                beast::flat_buffer buffer;
+                http::response_parser<http::string_body> parser;
+                parser.body_limit(std::size_t{8} << 20);
+                co_await http::async_read(reader, buffer, parser, on_error(ec));
+                if (!ec) received = parser.release();
+            },
+            asio::detached);
+
+        io.run_for(20s);
+        EXPECT_TRUE(written) << "non_blocking " << non_blocking;
+        EXPECT_FALSE(write_ec) << write_ec.message();
+        ASSERT_TRUE(received) << "non_blocking " << non_blocking;
+        EXPECT_TRUE(received->body() == expected) << "non_blocking " << non_blocking;
+    }
+}
+
+}  // namespace
+}  // namespace ensemble
