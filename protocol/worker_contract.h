@@ -33,6 +33,8 @@ inline constexpr const char* kWorkerTokenVariable = "ENSEMBLE_WORKER_TOKEN";
 inline constexpr std::string_view kEngineEnvPrefix = "ENSEMBLE_ENGINE_ENV_";
 // The clients' API key (kept out of `ps`); never passed on to the engine.
 inline constexpr const char* kApiKeyVariable = "ENSEMBLE_API_KEY";
+// Set to 1: GET /metrics answers without the API key (a Prometheus that holds no key).
+inline constexpr const char* kMetricsWithoutKeyVariable = "ENSEMBLE_METRICS_WITHOUT_KEY";
 // How long a worker serves on without a supervisor before it stops itself (milliseconds).
 inline constexpr const char* kOrphanGraceVariable = "ENSEMBLE_ORPHAN_GRACE_MS";
 // Set (to kListenFd) when the supervisor holds the public port's listening socket and passes it

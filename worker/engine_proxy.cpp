@@ -15,10 +15,10 @@ namespace ensemble {
 
 namespace {
 
-constexpr std::size_t kMaxIdleConnections = 16;
 constexpr std::size_t kRelayBufferBytes = 16 * 1024;
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
 constexpr auto kRefusedPause = std::chrono::milliseconds(50);
+constexpr auto kSilenceTick = std::chrono::seconds(1);
 
 // Hop-by-hop headers (RFC 9110 7.6.1) and the client's credentials stay on our side.
 bool forwarded(http::field f) {
@@ -131,7 +131,52 @@ class ClientDepartureWatch {
     std::shared_ptr<State> state_;  // shared with the wait's handler, which may run after us
 };
 
+ApiError engine_silent(std::chrono::seconds timeout) {
+    return {http::status::gateway_timeout, "server_error", "engine_timeout",
+            "the engine sent nothing for " + std::to_string(timeout.count()) +
+                " s (the worker's --engine-timeout); it may be overloaded or stuck: retry later"};
+}
+
 }  // namespace
+
+class EngineProxy::SilenceWatch {
+  public:
+    SilenceWatch(EngineProxy& proxy, stream_connection& stream)
+        : proxy_(proxy),
+          at_(proxy.silences_.insert(proxy.silences_.end(),
+                                     Silence{&stream, std::chrono::steady_clock::now()})) {
+        if (!proxy_.watchdog_running_) {
+            proxy_.watchdog_running_ = true;
+            asio::co_spawn(stream.get_executor(), proxy_.watch_silences(), asio::detached);
+        }
+    }
+    ~SilenceWatch() { proxy_.silences_.erase(at_); }
+    SilenceWatch(const SilenceWatch&) = delete;
+    SilenceWatch& operator=(const SilenceWatch&) = delete;
+
+    void heard() { at_->last_heard = std::chrono::steady_clock::now(); }
+    bool timed_out() const { return at_->timed_out; }
+
+  private:
+    EngineProxy& proxy_;
+    std::list<Silence>::iterator at_;
+};
+
+awaitable<void> EngineProxy::watch_silences() {
+    asio::steady_timer tick(co_await asio::this_coro::executor);
+    while (!silences_.empty()) {
+        tick.expires_after(kSilenceTick);
+        boost::system::error_code ec;
+        co_await tick.async_wait(on_error(ec));
+        const auto now = std::chrono::steady_clock::now();
+        for (auto& silence : silences_) {
+            if (silence.timed_out || now - silence.last_heard < limits_.engine_timeout) continue;
+            silence.timed_out = true;
+            silence.stream->socket().cancel(ec);  // its read or write ends: operation_aborted
+        }
+    }
+    watchdog_running_ = false;
+}
 
 awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fresh_only) {
     while (!idle_.empty() && !fresh_only) {
@@ -154,6 +199,7 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fr
     const auto engine_endpoint = engine_.endpoint();  // the engine may restart meanwhile
     const auto ec = co_await connect(c->stream, engine_endpoint);
     if (ec) co_return nullptr;
+    c->stream.expires_never();  // the engine's silence is timed per answer (SilenceWatch)
     boost::system::error_code mode_ec;
     c->stream.socket().non_blocking(true, mode_ec);  // for write_now
     co_return c;
@@ -161,16 +207,17 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fr
 
 void EngineProxy::release(std::unique_ptr<Connection> connection) {
     // Bytes after a complete answer would be read as the next request's answer: not reused.
-    if (connection->generation != engine_.generation() || idle_.size() >= kMaxIdleConnections ||
-        connection->buffer.size() > 0)
+    if (connection->generation != engine_.generation() ||
+        idle_.size() >= limits_.max_idle_connections || connection->buffer.size() > 0)
         return;
     connection->stream.expires_never();
     idle_.push_back(std::move(connection));
 }
 
 awaitable<bool> EngineProxy::send_error(beast::tcp_stream& client, const ApiError& error,
-                                        bool keep_alive) {
+                                        bool keep_alive, RequestTrace& trace) {
     ++stats_.failed;
+    trace.status = static_cast<unsigned>(error.status);
     auto res = make_error_response(error, keep_alive);
     boost::system::error_code ec;
     co_await http::async_write(client, res, on_error(ec));
@@ -197,7 +244,8 @@ awaitable<bool> EngineProxy::engine_died_recently() {
 }
 
 awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
-                                     http::request<http::string_body>& request) {
+                                     http::request<http::string_body>& request,
+                                     RequestTrace& trace) {
     ++stats_.requests;
     const bool keep_alive = request.keep_alive();
     prepare_for_engine(request);
@@ -221,7 +269,7 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
             co_await pause.async_wait(on_error(ec));
             continue;
         }
-        const auto outcome = co_await relay(client, *connection, request, keep_alive);
+        const auto outcome = co_await relay(client, *connection, request, keep_alive, trace);
         switch (outcome) {
             case Outcome::done_keep_alive:
                 release(std::move(connection));
@@ -237,6 +285,11 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
                     ++failures;
                 }
                 continue;
+            case Outcome::engine_silent: {
+                const auto error = engine_silent(limits_.engine_timeout);
+                const bool kept = co_await send_error(client, error, keep_alive, trace);
+                co_return kept;
+            }
             case Outcome::failed_before_response: {
                 // A reset often comes a moment before the dying engine can be reaped: if it
                 // turns out dead, the request waits for the restart like any other.
@@ -244,23 +297,24 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
                     ++failures;
                     continue;
                 }
-                const bool kept = co_await send_error(client, kEngineClosedEarly, keep_alive);
+                const bool kept =
+                    co_await send_error(client, kEngineClosedEarly, keep_alive, trace);
                 co_return kept;
             }
         }
     }
     // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
     const auto error = engine_unavailable(engine_);
-    const bool kept = co_await send_error(client, error, keep_alive);
+    const bool kept = co_await send_error(client, error, keep_alive, trace);
     co_return kept;
 }
 
 awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Connection& engine,
                                                    http::request<http::string_body>& request,
-                                                   bool client_keep_alive) {
+                                                   bool client_keep_alive, RequestTrace& trace) {
     boost::system::error_code ec;
     request.set(http::field::host, engine_.endpoint().host());
-    engine.stream.expires_after(limits_.engine_timeout);
+    SilenceWatch silence(*this, engine.stream);
     http::request_serializer<http::string_body> request_writer{request};
     co_await write_now(engine.stream, request_writer, ec);
     // Armed once the request is on its way, so arming it does not delay the engine.
@@ -269,6 +323,11 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // the engine is trusted
     if (!ec) co_await http::async_read_header(engine.stream, engine.buffer, parser, on_error(ec));
     if (watch.client_left()) co_return client_left(request);
+    if (ec && silence.timed_out()) {
+        spdlog::warn("proxy: the engine sent nothing for {} s after {}; answering 504",
+                     limits_.engine_timeout.count(), sv(request.target()));
+        co_return Outcome::engine_silent;
+    }
     if (ec) {
         // Nothing reached the client yet, so the request can safely be tried again: either the
         // pooled connection had gone stale, or the engine died and is being restarted.
@@ -283,6 +342,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     }
 
     engine_.note_answer();
+    silence.heard();
     auto& response = parser.get();
     const bool engine_keep_alive = response.keep_alive();
     const bool event_stream = is_event_stream(response);
@@ -296,6 +356,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     response.erase(http::field::keep_alive);
     response.set(http::field::server, "ensemble-worker");
     response.keep_alive(client_keep_alive);
+    trace.status = response.result_int();
     TokenCounter tokens(event_stream);
     StreamEnd stream_end;
     http::response_serializer<http::buffer_body> serializer{response};
@@ -313,8 +374,8 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         // What the engine has already sent (often the whole answer, read with its header) is
         // relayed at once; only an empty buffer waits for the engine.
         if (parse_buffered(parser, engine.buffer, ec) == 0 && !ec) {
-            engine.stream.expires_after(limits_.engine_timeout);
             co_await http::async_read_some(engine.stream, engine.buffer, parser, on_error(ec));
+            silence.heard();
         }
         if (ec == http::error::need_buffer) ec = {};
         if (ec) break;
@@ -322,6 +383,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         response.body().data = chunk.data();
         if (response.body().size > 0) engine_.note_answer();
         tokens.feed({chunk.data(), response.body().size});
+        const bool first_token = event_stream && !trace.first_token && tokens.content_events() > 0;
         stream_end.feed({chunk.data(), response.body().size});
         // An event stream ended by the engine closing its connection before `data: [DONE]` was
         // cut short by the engine's death, not finished: keep the client's stream open for the
@@ -332,6 +394,8 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
             co_await write_now(client, serializer, ec);
             if (ec == http::error::need_buffer) ec = {};
             if (ec) co_return Outcome::done_close;  // the client left; the engine side is dropped
+            silence.heard();  // a slow reader's time is not the engine's silence
+            if (first_token) trace.first_token = RequestTrace::Clock::now() - trace.began;
         }
         if (cut) {
             ec = asio::error::eof;
@@ -339,6 +403,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         }
     }
     stats_.tokens += tokens.tokens();
+    trace.prompt_tokens = tokens.prompt_tokens();
     if (watch.client_left()) co_return client_left(request);
     if (!ec && !serializer.is_done()) {  // an empty body: only the header is left to send
         response.body().data = nullptr;
@@ -356,18 +421,30 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     // before the response (retried, or answered 502). A chunked event stream can still end
     // cleanly with an error event; any other body can only be cut short by closing the connection.
     if (!serializer.is_header_done()) {
+        if (silence.timed_out()) co_return Outcome::engine_silent;
         engine_.on_child_exit();
         co_return Outcome::failed_before_response;
     }
     ++stats_.streams_cut;
-    spdlog::warn("proxy: engine connection lost mid-response ({}); ending the client's response",
-                 ec.message());
+    if (silence.timed_out()) {
+        spdlog::warn(
+            "proxy: the engine sent nothing for {} s in the middle of an answer to {}; "
+            "ending the client's response",
+            limits_.engine_timeout.count(), sv(request.target()));
+    } else {
+        spdlog::warn(
+            "proxy: engine connection lost mid-response ({}); ending the client's response",
+            ec.message());
+    }
     if (event_stream && response.chunked()) {
         // (A close-delimited stream was turned chunked above, so it ends cleanly too.)
-        const auto event = ApiError{http::status::bad_gateway, "server_error", "engine_failed",
-                                    "the engine stopped while generating; the worker is restarting "
-                                    "it: retry the request"}
-                               .sse_event();
+        const auto error =
+            silence.timed_out()
+                ? engine_silent(limits_.engine_timeout)
+                : ApiError{http::status::bad_gateway, "server_error", "engine_failed",
+                           "the engine stopped while generating; the worker is "
+                           "restarting it: retry the request"};
+        const auto event = error.sse_event();
         response.body().data = const_cast<char*>(event.data());
         response.body().size = event.size();
         response.body().more = false;

@@ -5,7 +5,9 @@
 
 #include <chrono>
 #include <cstdint>
+#include <list>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "os/asio.h"
@@ -15,10 +17,25 @@
 namespace ensemble {
 
 struct ProxyLimits {
-    // Longest silence allowed from the engine while a response is under way.
+    // Longest silence allowed from the engine once a request is sent to it, until the end of
+    // its answer (checked once a second).
     std::chrono::seconds engine_timeout{600};
     // How long a request may wait for an engine that is restarting.
     std::chrono::seconds queue_timeout{60};
+    // Engine connections kept open between requests: the engine's parallel slots, so that as
+    // many requests as it serves at once need no new connection (with 16 for 32 slots, half the
+    // requests at 32 connections paid a connect and the engine's accept). llama-server keeps
+    // slots + 2 HTTP threads, so this never holds all of them.
+    std::size_t max_idle_connections = 4;
+};
+
+// What became of one proxied request, for the worker's metrics.
+struct RequestTrace {
+    using Clock = std::chrono::steady_clock;
+    Clock::time_point began = Clock::now();      // the request was read
+    unsigned status = 0;                         // what the client was answered (0: nothing)
+    std::optional<Clock::duration> first_token;  // an event stream's first token, relayed
+    std::uint64_t prompt_tokens = 0;             // the answer's usage.prompt_tokens, if any
 };
 
 struct ProxyStats {
@@ -35,7 +52,8 @@ class EngineProxy {
 
     // Relays `request` (body already validated and pinned) and its response. Returns whether the
     // client connection can be kept alive.
-    awaitable<bool> forward(beast::tcp_stream& client, http::request<http::string_body>& request);
+    awaitable<bool> forward(beast::tcp_stream& client, http::request<http::string_body>& request,
+                            RequestTrace& trace);
 
     const ProxyStats& stats() const { return stats_; }
 
@@ -51,21 +69,36 @@ class EngineProxy {
         done_engine_closed,  // answered in full; the engine closed its connection (HTTP/1.0)
         done_close,          // the client connection must close
         retry,
-        failed_before_response
+        failed_before_response,
+        engine_silent  // nothing from the engine for engine_timeout, before its answer began
     };
+    // The engine's silence is timed per answer by one watchdog for all of them, ticking once a
+    // second while any runs: a deadline armed and cancelled around every read (Beast's
+    // per-operation timeout) cost an extra event-loop turn per streamed chunk.
+    struct Silence {
+        stream_connection* stream;
+        std::chrono::steady_clock::time_point last_heard;
+        bool timed_out = false;
+    };
+    class SilenceWatch;
+    awaitable<void> watch_silences();
 
     awaitable<std::unique_ptr<Connection>> acquire(bool fresh_only);
     void release(std::unique_ptr<Connection> connection);
     awaitable<Outcome> relay(beast::tcp_stream& client, Connection& engine,
-                             http::request<http::string_body>& request, bool client_keep_alive);
+                             http::request<http::string_body>& request, bool client_keep_alive,
+                             RequestTrace& trace);
     Outcome client_left(const http::request<http::string_body>& request);
     awaitable<bool> engine_died_recently();  // polls for up to 100 ms
-    awaitable<bool> send_error(beast::tcp_stream& client, const ApiError& error, bool keep_alive);
+    awaitable<bool> send_error(beast::tcp_stream& client, const ApiError& error, bool keep_alive,
+                               RequestTrace& trace);
 
     EngineRunner& engine_;
     ProxyLimits limits_;
     ProxyStats stats_;
     std::vector<std::unique_ptr<Connection>> idle_;
+    std::list<Silence> silences_;
+    bool watchdog_running_ = false;
 };
 
 }  // namespace ensemble

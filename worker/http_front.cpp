@@ -9,6 +9,8 @@
 
 #include "os/listening_socket.h"
 #include "os/port_holder.h"
+#include "os/process_memory.h"
+#include "protocol/prometheus_text.h"
 #include "worker/immediate_io.h"
 
 namespace ensemble {
@@ -117,6 +119,7 @@ awaitable<void> HttpFront::refuse_connection(tcp::socket socket) {
                  1},
         false);
     co_await reply(stream, response);
+    metrics_.answered("", static_cast<unsigned>(http::status::service_unavailable));
     // Closing with the request unread would reset the connection, and the client might never
     // see the 503: finish sending, then read (and drop) what it sent, briefly and boundedly.
     boost::system::error_code ec;
@@ -167,7 +170,9 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
             co_await http::async_read(stream, buffer, parser, on_error(ec));
         }
         if (ec) {
-            co_await reject_unreadable(stream, ec);
+            const std::string target =
+                parser.is_header_done() ? std::string(sv(parser.get().target())) : "";
+            co_await reject_unreadable(stream, ec, target);
             break;
         }
         auto request = parser.release();
@@ -186,7 +191,8 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
 }
 
 awaitable<void> HttpFront::reject_unreadable(beast::tcp_stream& stream,
-                                             boost::system::error_code ec) {
+                                             boost::system::error_code ec,
+                                             std::string_view target) {
     std::optional<ApiError> error;
     if (ec == http::error::body_limit) {
         error =
@@ -204,6 +210,7 @@ awaitable<void> HttpFront::reject_unreadable(beast::tcp_stream& stream,
     if (!error) co_return;  // the client closed or timed out: nobody to answer
     auto response = make_error_response(*error, false);
     co_await reply(stream, response);
+    metrics_.answered(target, response.result_int());
 }
 
 awaitable<bool> HttpFront::reply(beast::tcp_stream& stream,
@@ -253,6 +260,24 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
     const std::string_view target = sv(request.target());
     const auto path = target.substr(0, target.find('?'));
     if (path == "/health") return health_response(keep_alive);
+    if (path == "/metrics") {
+        if (!config_.metrics_without_key) {
+            if (auto allowed =
+                    check_api_key(sv(request[http::field::authorization]), config_.api_key);
+                !allowed) {
+                return make_error_response(api_error(allowed.error()), keep_alive);
+            }
+        }
+        if (request.method() != http::verb::get && request.method() != http::verb::head) {
+            auto response = make_error_response(
+                ApiError{http::status::method_not_allowed, "invalid_request_error",
+                         "method_not_allowed", "/metrics answers GET only"},
+                keep_alive);
+            response.set(http::field::allow, "GET, HEAD");
+            return response;
+        }
+        return metrics_response(keep_alive);
+    }
     if (!path.starts_with("/v1/")) return make_error_response(not_found_path(target), keep_alive);
     if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
         !allowed) {
@@ -277,12 +302,45 @@ awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
     auto local = answer_locally(request);
     if (local) {
         const bool keep_alive = co_await reply(stream, *local);
+        metrics_.answered(sv(request.target()), local->result_int());
         co_return keep_alive;
     }
     // Draining, this is the connection's last answer: it says so (Connection: close).
     if (draining_) request.keep_alive(false);
-    const bool keep_alive = co_await proxy_.forward(stream, request);
+    RequestTrace trace;
+    const bool keep_alive = co_await proxy_.forward(stream, request, trace);
+    if (trace.status != 0) {
+        metrics_.answered(sv(request.target()), trace.status);
+        metrics_.proxied(RequestTrace::Clock::now() - trace.began, trace.first_token,
+                         trace.prompt_tokens);
+    }
     co_return keep_alive && !draining_;
+}
+
+http::response<http::string_body> HttpFront::metrics_response(bool keep_alive) const {
+    const auto now = std::chrono::steady_clock::now();
+    if (!memory_ || now - memory_->at >= std::chrono::seconds(1)) {
+        MemoryReading reading{now, process_footprint(::getpid()).value_or(0), 0};
+        if (const auto pid = engine_.pid()) reading.engine = process_footprint(*pid).value_or(0);
+        memory_ = reading;
+    }
+    WorkerGauges gauges;
+    gauges.model = model_.handle;
+    gauges.engine_state = to_string(engine_.state());
+    gauges.draining = draining_;
+    gauges.in_flight = in_flight_;
+    gauges.queued = engine_.waiting();
+    gauges.engine_restarts = engine_.restarts();
+    gauges.generated_tokens = proxy_.stats().tokens;
+    gauges.worker_memory_bytes = memory_->worker;
+    gauges.engine_memory_bytes = memory_->engine;
+    http::response<http::string_body> response{http::status::ok, 11};
+    response.set(http::field::content_type, protocol::kPrometheusContentType);
+    response.set(http::field::server, "ensemble-worker");
+    response.body() = metrics_.render(gauges);
+    response.keep_alive(keep_alive);
+    response.prepare_payload();
+    return response;
 }
 
 awaitable<void> HttpFront::drain(std::chrono::milliseconds timeout) {

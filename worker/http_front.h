@@ -12,6 +12,7 @@
 #include "worker/engine_proxy.h"
 #include "worker/engine_runner.h"
 #include "worker/request_policy.h"
+#include "worker/worker_metrics.h"
 
 namespace ensemble {
 
@@ -19,8 +20,9 @@ struct FrontConfig {
     std::string host = "127.0.0.1";
     unsigned short port = 0;
     std::size_t max_body_bytes = 32 * 1024 * 1024;
-    std::string api_key;         // empty: no key required
-    std::size_t queue_max = 64;  // requests allowed to wait for a restarting engine
+    std::string api_key;               // empty: no key required
+    bool metrics_without_key = false;  // GET /metrics answers without the API key
+    std::size_t queue_max = 64;        // requests allowed to wait for a restarting engine
     // A connection waits this long for a request to begin, then the headers must arrive within
     // header_timeout and the body within body_timeout: a slow or silent client holds nothing
     // for long.
@@ -66,9 +68,11 @@ class HttpFront {
     // The answer to a request the worker handles itself (or rejects), or nullopt to proxy it.
     std::optional<http::response<http::string_body>> answer_locally(
         http::request<http::string_body>& request) const;
-    awaitable<void> reject_unreadable(beast::tcp_stream& stream, boost::system::error_code ec);
+    awaitable<void> reject_unreadable(beast::tcp_stream& stream, boost::system::error_code ec,
+                                      std::string_view target);
     std::optional<ApiError> admission_error() const;
     http::response<http::string_body> health_response(bool keep_alive) const;
+    http::response<http::string_body> metrics_response(bool keep_alive) const;
 
     asio::io_context& io_;
     FrontConfig config_;
@@ -80,6 +84,14 @@ class HttpFront {
     std::size_t in_flight_ = 0;
     bool draining_ = false;
     long started_unix_ = 0;
+    WorkerMetrics metrics_;
+    // Memory is measured at most once a second, however often /metrics is asked for.
+    struct MemoryReading {
+        std::chrono::steady_clock::time_point at;
+        std::uint64_t worker = 0;
+        std::uint64_t engine = 0;
+    };
+    mutable std::optional<MemoryReading> memory_;
 };
 
 }  // namespace ensemble

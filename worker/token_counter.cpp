@@ -8,7 +8,8 @@ namespace ensemble {
 
 namespace {
 constexpr std::size_t kPlainTail = 64 * 1024;
-}
+constexpr std::size_t kStreamTail = 4 * 1024;
+}  // namespace
 
 // A needle counts once the character after it is known (and is not the closing quote of an empty
 // string). The carry is the last needle-length bytes: a needle counted before cannot start in it
@@ -43,27 +44,40 @@ void TokenCounter::feed(std::string_view bytes) {
     if (event_stream_) {
         for (auto& s : scans_)
             scan(s, bytes);
-    } else {
-        // `usage` comes at the end of an answer: keep the last bytes, however long it is.
-        body_.append(bytes);
-        if (body_.size() > kPlainTail) body_.erase(0, body_.size() - kPlainTail);
     }
+    // `usage` comes at the end of an answer (a stream's in its last event, when the client asked
+    // for it): keep the last bytes, however long it is, trimming now and then rather than per
+    // chunk.
+    const auto keep = event_stream_ ? kStreamTail : kPlainTail;
+    tail_.append(bytes);
+    if (tail_.size() > 2 * keep) tail_.erase(0, tail_.size() - keep);
 }
 
 std::uint64_t TokenCounter::tokens() const {
-    if (event_stream_) return events_;
-    // usage.completion_tokens, found without parsing the answer: a quoted name followed by a
-    // colon is always a key (inside a string its quotes would be escaped, and after a string
-    // value only ',', '}' or ']' can follow). No other object of an OpenAI answer has this key.
-    constexpr std::string_view kKey = "\"completion_tokens\"";
-    for (auto pos = body_.find(kKey); pos != std::string::npos; pos = body_.find(kKey, pos + 1)) {
-        auto at = body_.find_first_not_of(" \t\r\n", pos + kKey.size());
-        if (at == std::string::npos || body_[at] != ':') continue;
-        at = body_.find_first_not_of(" \t\r\n", at + 1);
+    // A stream's usage event (stream_options.include_usage) is the engine's own count: an event
+    // whose token decodes to no text yet (part of a character) carries empty content.
+    const auto reported = usage_count("\"completion_tokens\"");
+    return event_stream_ && reported == 0 ? events_ : reported;
+}
+
+std::uint64_t TokenCounter::prompt_tokens() const {
+    return usage_count("\"prompt_tokens\"");
+}
+
+// A count in `usage`, found without parsing the answer: a quoted name followed by a colon is
+// always a key (inside a string its quotes would be escaped, and after a string value only ',',
+// '}' or ']' can follow). No other object of an OpenAI answer has these keys. The last one counts
+// (a stream's usage event comes last).
+std::uint64_t TokenCounter::usage_count(std::string_view key) const {
+    for (auto pos = tail_.rfind(key); pos != std::string::npos;
+         pos = pos == 0 ? std::string::npos : tail_.rfind(key, pos - 1)) {
+        auto at = tail_.find_first_not_of(" \t\r\n", pos + key.size());
+        if (at == std::string::npos || tail_[at] != ':') continue;
+        at = tail_.find_first_not_of(" \t\r\n", at + 1);
         if (at == std::string::npos) return 0;
         std::uint64_t count = 0;
-        const auto* end = body_.data() + body_.size();
-        const auto parsed = std::from_chars(body_.data() + at, end, count);
+        const auto* end = tail_.data() + tail_.size();
+        const auto parsed = std::from_chars(tail_.data() + at, end, count);
         // A number with a fraction or exponent is not a count.
         if (parsed.ec != std::errc{} ||
             (parsed.ptr != end && (*parsed.ptr == '.' || *parsed.ptr == 'e' || *parsed.ptr == 'E')))

@@ -16,6 +16,10 @@ class TokenCounter {
 
     void feed(std::string_view bytes);
     std::uint64_t tokens() const;  // complete after the last feed
+    // A stream's events with content so far (cheap: for the time to first token).
+    std::uint64_t content_events() const { return events_; }
+    // usage.prompt_tokens of the answer (of a stream, when it carried usage), else 0.
+    std::uint64_t prompt_tokens() const;
 
   private:
     struct NeedleScan {
@@ -23,6 +27,7 @@ class TokenCounter {
         std::string carry;  // the last needle.size() bytes seen
     };
     void scan(NeedleScan& s, std::string_view bytes);
+    std::uint64_t usage_count(std::string_view key) const;
 
     // Chat streams carry "content", legacy completion streams "text"; an empty string is no token.
     static constexpr std::string_view kContentNeedle = R"("content":")";
@@ -33,7 +38,7 @@ class TokenCounter {
     bool event_stream_;
     std::uint64_t events_ = 0;
     std::array<NeedleScan, 2> scans_{{{kContentNeedle, {}}, {kTextNeedle, {}}}};
-    std::string body_;  // a plain answer's last 64 KiB
+    std::string tail_;  // the answer's last bytes (64 KiB of a plain one, 4 KiB of a stream)
 };
 
 }  // namespace ensemble

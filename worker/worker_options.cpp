@@ -123,6 +123,9 @@ Status finish(WorkerOptions& o, const std::string& engine_name, const std::strin
             o.front.api_key = key;
     }
     ::unsetenv(protocol::kApiKeyVariable);  // the clients' key is not the engine's to know
+    if (const char* open = std::getenv(protocol::kMetricsWithoutKeyVariable);
+        open != nullptr && std::string_view(open) == "1")
+        o.front.metrics_without_key = true;
     if (const char* fd = std::getenv(protocol::kListenFdVariable); fd != nullptr) {
         // Supervised: the listening socket is ensembled's, passed as this descriptor.
         if (std::string(fd) != std::to_string(protocol::kListenFd))
@@ -191,6 +194,9 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     app.add_option("--api-key", o.front.api_key,
                    "require 'Authorization: Bearer KEY' "
                    "(or set ENSEMBLE_API_KEY)");
+    app.add_flag("--metrics-without-key", o.front.metrics_without_key,
+                 "GET /metrics answers without the API key (or set " +
+                     std::string(protocol::kMetricsWithoutKeyVariable) + "=1)");
     app.add_option("--max-body-bytes", o.front.max_body_bytes, "largest request body accepted")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 34));
@@ -255,6 +261,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     o.front.header_timeout = std::chrono::seconds(header_timeout);
     o.proxy.queue_timeout = std::chrono::seconds(queue_timeout);
     o.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
+    o.proxy.max_idle_connections = static_cast<std::size_t>(o.engine.parallel);
     o.engine.load_stall_timeout =
         std::chrono::milliseconds(static_cast<long long>(stall_timeout * 1000));
     o.engine.liveness_interval =

@@ -17,6 +17,7 @@
 #include "os/portable_mode.h"
 #include "protocol/worker_contract.h"
 #include "tests/support/http_client.h"
+#include "tests/support/promtool.h"
 #include "tests/support/worker_process.h"
 
 using namespace ensemble::testing;
@@ -362,8 +363,134 @@ TEST_F(WorkerTest, AnswersWith503AndRetryAfterWhileTheModelLoads) {
     HttpRequest health;
     health.target = "/health";
     EXPECT_EQ(http_request(worker.port(), health).status, 503);
+    // The metrics page answers meanwhile, without touching the engine, and says it loads.
+    HttpRequest metrics;
+    metrics.target = "/metrics";
+    const auto page = http_request(worker.port(), metrics);
+    EXPECT_EQ(page.status, 200) << page.body;
+    EXPECT_NE(page.body.find("ensemble_worker_engine_state{state=\"loading\"} 1\n"),
+              std::string::npos)
+        << page.body;
     ASSERT_TRUE(worker.wait_ready()) << worker.log();
     EXPECT_EQ(http_request(worker.port(), chat_request(kChat)).status, 200);
+}
+
+// The value of one sample on a /metrics page (name and labels exactly as written), or -1.
+double metric(const std::string& page, const std::string& sample) {
+    const auto at = page.find("\n" + sample + " ");
+    if (at == std::string::npos) return -1;
+    return std::stod(page.substr(at + sample.size() + 2));
+}
+
+TEST_F(WorkerTest, MetricsCountWhatClientsGotAndPassPromtool) {
+    auto worker = start();
+    ASSERT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
+    ASSERT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
+    const auto streamed = http_request(
+        worker->port(),
+        chat_request(R"({"messages":[{"role":"user","content":"hello"}],"max_tokens":4,)"
+                     R"("stream":true,"stream_options":{"include_usage":true}})",
+                     true));
+    ASSERT_EQ(streamed.status, 200) << streamed.body;
+    EXPECT_EQ(
+        http_request(worker->port(), chat_request(R"({"model":"nope","messages":[]})")).status,
+        404);
+    HttpRequest get;
+    get.target = "/metrics";
+    const auto r = http_request(worker->port(), get);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(r.header("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+    const auto& page = r.body;
+    EXPECT_EQ(
+        metric(page, R"(ensemble_worker_requests_total{route="/v1/chat/completions",code="200"})"),
+        3)
+        << page;
+    EXPECT_EQ(
+        metric(page, R"(ensemble_worker_requests_total{route="/v1/chat/completions",code="404"})"),
+        1);
+    EXPECT_EQ(metric(page, "ensemble_worker_request_duration_seconds_count"), 3);
+    EXPECT_EQ(metric(page, "ensemble_worker_time_to_first_token_seconds_count"), 1);
+    EXPECT_EQ(metric(page, "ensemble_worker_generated_tokens_total"), 8 + 8 + 4);
+    EXPECT_GT(metric(page, "ensemble_worker_prompt_tokens_total"), 0);
+    EXPECT_EQ(metric(page, R"(ensemble_worker_engine_state{state="ready"})"), 1);
+    EXPECT_EQ(metric(page, R"(ensemble_worker_engine_state{state="loading"})"), 0);
+    EXPECT_EQ(metric(page, "ensemble_worker_requests_in_flight"), 1);  // this scrape
+    EXPECT_GT(metric(page, R"(ensemble_worker_memory_bytes{process="engine"})"), 1 << 20);
+    EXPECT_GT(metric(page, R"(ensemble_worker_memory_bytes{process="worker"})"), 1 << 20);
+    const auto verdict = promtool_check_metrics(page);
+    EXPECT_TRUE(verdict.ok) << verdict.output << "\n" << page;
+
+    // A route no one knows is counted under "other", so clients cannot grow the page.
+    for (int i = 0; i < 5; ++i) {
+        HttpRequest odd;
+        odd.target = "/odd-" + std::to_string(i);
+        EXPECT_EQ(http_request(worker->port(), odd).status, 404);
+    }
+    const auto after = http_request(worker->port(), get).body;
+    EXPECT_EQ(metric(after, R"(ensemble_worker_requests_total{route="other",code="404"})"), 5);
+    EXPECT_EQ(after.find("odd-"), std::string::npos);
+}
+
+TEST_F(WorkerTest, MetricsNeedTheApiKeyUnlessOpened) {
+    HttpRequest get;
+    get.target = "/metrics";
+    {
+        auto worker = start({"--api-key", "sesame"});
+        EXPECT_EQ(http_request(worker->port(), get).status, 401);
+        auto with_key = get;
+        with_key.headers["Authorization"] = "Bearer sesame";
+        EXPECT_EQ(http_request(worker->port(), with_key).status, 200);
+        auto post = with_key;
+        post.method = "POST";
+        const auto refused = http_request(worker->port(), post);
+        EXPECT_EQ(refused.status, 405);
+        EXPECT_EQ(refused.header("allow"), "GET, HEAD");
+    }
+    auto open = start({"--api-key", "sesame", "--metrics-without-key"});
+    EXPECT_EQ(http_request(open->port(), get).status, 200);
+    EXPECT_EQ(http_request(open->port(), chat_request(kChat)).status, 401);
+}
+
+// --engine-timeout bounds the engine's silence, not the length of an answer: a stream whose
+// tokens come 0.4 s apart outlives a 1 s timeout; an answer that does not begin within it is a
+// 504 engine_timeout, and a stream that goes quiet is cut with that error as its last event.
+TEST_F(WorkerTest, TheEngineTimeoutBoundsSilenceNotTheLengthOfAnAnswer) {
+    const auto fake = [&](int token_delay_ms, int answer_delay_ms) {
+        return start(
+            {"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN, "--model",
+             "org/some-model", "--handle", "tiny", "--engine-timeout", "1",
+             "--engine-arg=--token-delay-ms", "--engine-arg=" + std::to_string(token_delay_ms),
+             "--engine-arg=--answer-delay-ms", "--engine-arg=" + std::to_string(answer_delay_ms),
+             "--engine-arg=--tokens", "--engine-arg=6"});
+    };
+    {
+        auto worker = fake(400, 0);
+        track_engine(*worker);
+        const auto began = std::chrono::steady_clock::now();
+        const auto r = http_request(worker->port(), chat_request(stream_body(6), true));
+        EXPECT_GE(std::chrono::steady_clock::now() - began, 2s);
+        EXPECT_EQ(r.status, 200);
+        EXPECT_TRUE(r.complete) << r.error;
+        EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos) << r.body;
+    }
+    auto quiet = fake(3000, 5000);
+    track_engine(*quiet);
+    auto began = std::chrono::steady_clock::now();
+    const auto plain = http_request(quiet->port(), chat_request(kChat));
+    auto waited = std::chrono::steady_clock::now() - began;
+    EXPECT_EQ(plain.status, 504) << plain.body;
+    EXPECT_EQ(error_of(plain)["code"], "engine_timeout");
+    EXPECT_GE(waited, 1s);
+    EXPECT_LT(waited, 4s) << "the timeout is 1 s, checked every second";
+
+    began = std::chrono::steady_clock::now();
+    const auto cut = http_request(quiet->port(), chat_request(stream_body(6), true));
+    waited = std::chrono::steady_clock::now() - began;
+    EXPECT_EQ(cut.status, 200);
+    EXPECT_TRUE(cut.complete) << "the client's stream still ends cleanly: " << cut.error;
+    EXPECT_NE(cut.body.find("engine_timeout"), std::string::npos) << cut.body;
+    EXPECT_EQ(cut.body.find("data: [DONE]"), std::string::npos) << cut.body;
+    EXPECT_LT(waited, 4s);
 }
 
 TEST_F(WorkerTest, EngineKilledMidStreamEndsWithAnErrorEventThenRecovers) {

@@ -56,6 +56,30 @@ TEST(TokenCounter, APlainAnswerLongerThanItsTailStillCounts) {
     EXPECT_EQ(c.tokens(), 4096U);
 }
 
+// With stream_options.include_usage the last event carries the engine's own counts: they win
+// over the content events (a token that decodes to no text yet has empty content).
+TEST(TokenCounter, AStreamsUsageEventGivesTheCountsWhenThereIsOne) {
+    const std::string usage =
+        "data: {\"choices\":[],\"usage\":{\"completion_tokens\":4,\"prompt_tokens\":56}}\n\n";
+    const std::string with_usage =
+        kStream.substr(0, kStream.size() - std::string("data: [DONE]\n\n").size()) + usage +
+        "data: [DONE]\n\n";
+    for (std::size_t a = 0; a <= with_usage.size(); a += 5) {
+        TokenCounter c(true);
+        c.feed(std::string_view(with_usage).substr(0, a));
+        c.feed(std::string_view(with_usage).substr(a));
+        ASSERT_EQ(c.content_events(), 3U) << a;
+        ASSERT_EQ(c.tokens(), 4U) << a;
+        ASSERT_EQ(c.prompt_tokens(), 56U) << a;
+    }
+    TokenCounter without(true);
+    without.feed(kStream);
+    EXPECT_EQ(without.prompt_tokens(), 0U);
+    TokenCounter plain(false);
+    plain.feed(R"({"usage":{"completion_tokens":5,"prompt_tokens":12,"total_tokens":17}})");
+    EXPECT_EQ(plain.prompt_tokens(), 12U);
+}
+
 TEST(TokenCounter, PlainAnswersAreReadWithoutParsingAndNotFooledByContent) {
     const auto count = [](const std::string& body) {
         TokenCounter c(false);
