@@ -133,49 +133,58 @@ class ClientDepartureWatch {
 
 ApiError engine_silent(std::chrono::seconds timeout) {
     return {http::status::gateway_timeout, "server_error", "engine_timeout",
-            "the engine sent nothing for " + std::to_string(timeout.count()) +
-                " s (the worker's --engine-timeout); it may be overloaded or stuck: retry later"};
+            "the engine went " + std::to_string(timeout.count()) +
+                " s without sending anything (the worker's --engine-timeout); it may be "
+                "overloaded or stuck: retry later"};
 }
 
 }  // namespace
 
 class EngineProxy::SilenceWatch {
   public:
-    SilenceWatch(EngineProxy& proxy, stream_connection& stream)
-        : proxy_(proxy),
-          at_(proxy.silences_.insert(proxy.silences_.end(),
-                                     Silence{&stream, std::chrono::steady_clock::now()})) {
-        if (!proxy_.watchdog_running_) {
-            proxy_.watchdog_running_ = true;
-            asio::co_spawn(stream.get_executor(), proxy_.watch_silences(), asio::detached);
+    SilenceWatch(const std::shared_ptr<Silences>& silences, stream_connection& stream)
+        : silences_(silences),
+          at_(silences->entries.insert(silences->entries.end(),
+                                       Silence{&stream, std::chrono::steady_clock::now()})) {
+        if (!silences_->watched) {
+            silences_->watched = true;
+            asio::co_spawn(stream.get_executor(), watch_silences(silences_), asio::detached);
         }
     }
-    ~SilenceWatch() { proxy_.silences_.erase(at_); }
+    ~SilenceWatch() { silences_->entries.erase(at_); }
     SilenceWatch(const SilenceWatch&) = delete;
     SilenceWatch& operator=(const SilenceWatch&) = delete;
 
-    void heard() { at_->last_heard = std::chrono::steady_clock::now(); }
+    // The engine spoke (a read succeeded): the silence starts again.
+    void heard() {
+        at_->last_heard = std::chrono::steady_clock::now();
+        at_->timed_out = false;
+    }
+    // Waiting on the client (a slow reader) is not the engine's silence; heard() resumes it.
+    void pause() { at_->last_heard = std::chrono::steady_clock::time_point::max(); }
     bool timed_out() const { return at_->timed_out; }
 
   private:
-    EngineProxy& proxy_;
+    std::shared_ptr<Silences> silences_;
     std::list<Silence>::iterator at_;
 };
 
-awaitable<void> EngineProxy::watch_silences() {
+awaitable<void> EngineProxy::watch_silences(std::shared_ptr<Silences> silences) {
     asio::steady_timer tick(co_await asio::this_coro::executor);
-    while (!silences_.empty()) {
+    while (!silences->entries.empty()) {
         tick.expires_after(kSilenceTick);
         boost::system::error_code ec;
         co_await tick.async_wait(on_error(ec));
         const auto now = std::chrono::steady_clock::now();
-        for (auto& silence : silences_) {
-            if (silence.timed_out || now - silence.last_heard < limits_.engine_timeout) continue;
+        for (auto& silence : silences->entries) {
+            if (silence.timed_out || silence.last_heard > now ||
+                now - silence.last_heard < silences->timeout)
+                continue;
             silence.timed_out = true;
             silence.stream->socket().cancel(ec);  // its read or write ends: operation_aborted
         }
     }
-    watchdog_running_ = false;
+    silences->watched = false;
 }
 
 awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fresh_only) {
@@ -314,7 +323,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
                                                    bool client_keep_alive, RequestTrace& trace) {
     boost::system::error_code ec;
     request.set(http::field::host, engine_.endpoint().host());
-    SilenceWatch silence(*this, engine.stream);
+    SilenceWatch silence(silences_, engine.stream);
     http::request_serializer<http::string_body> request_writer{request};
     co_await write_now(engine.stream, request_writer, ec);
     // Armed once the request is on its way, so arming it does not delay the engine.
@@ -324,7 +333,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     if (!ec) co_await http::async_read_header(engine.stream, engine.buffer, parser, on_error(ec));
     if (watch.client_left()) co_return client_left(request);
     if (ec && silence.timed_out()) {
-        spdlog::warn("proxy: the engine sent nothing for {} s after {}; answering 504",
+        spdlog::warn("proxy: the engine went {} s without sending anything for {}; answering 504",
                      limits_.engine_timeout.count(), sv(request.target()));
         co_return Outcome::engine_silent;
     }
@@ -363,8 +372,10 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     // An event stream's header goes out at once (its first event may be a long prompt away);
     // any other answer's header leaves with its first bytes, in one write.
     if (event_stream) {
+        silence.pause();
         co_await http::async_write_header(client, serializer, on_error(ec));
         if (ec) co_return Outcome::done_close;
+        silence.heard();
     }
 
     std::array<char, kRelayBufferBytes> chunk;  // not zeroed: only what is read is sent
@@ -375,7 +386,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         // relayed at once; only an empty buffer waits for the engine.
         if (parse_buffered(parser, engine.buffer, ec) == 0 && !ec) {
             co_await http::async_read_some(engine.stream, engine.buffer, parser, on_error(ec));
-            silence.heard();
+            if (!ec || ec == http::error::need_buffer) silence.heard();
         }
         if (ec == http::error::need_buffer) ec = {};
         if (ec) break;
@@ -391,10 +402,11 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         const bool cut = parser.is_done() && ends_at_close && event_stream && !stream_end.done();
         response.body().more = !parser.is_done() || cut;
         if (response.body().size > 0 || !response.body().more) {
+            silence.pause();
             co_await write_now(client, serializer, ec);
             if (ec == http::error::need_buffer) ec = {};
             if (ec) co_return Outcome::done_close;  // the client left; the engine side is dropped
-            silence.heard();  // a slow reader's time is not the engine's silence
+            silence.heard();
             if (first_token) trace.first_token = RequestTrace::Clock::now() - trace.began;
         }
         if (cut) {
@@ -428,8 +440,8 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     ++stats_.streams_cut;
     if (silence.timed_out()) {
         spdlog::warn(
-            "proxy: the engine sent nothing for {} s in the middle of an answer to {}; "
-            "ending the client's response",
+            "proxy: the engine went {} s without sending anything in the middle of an answer "
+            "to {}; ending the client's response",
             limits_.engine_timeout.count(), sv(request.target()));
     } else {
         spdlog::warn(

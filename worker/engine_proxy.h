@@ -48,7 +48,10 @@ struct ProxyStats {
 
 class EngineProxy {
   public:
-    EngineProxy(EngineRunner& engine, ProxyLimits limits) : engine_(engine), limits_(limits) {}
+    EngineProxy(EngineRunner& engine, ProxyLimits limits)
+        : engine_(engine),
+          limits_(limits),
+          silences_(std::make_shared<Silences>(Silences{limits.engine_timeout, {}, false})) {}
 
     // Relays `request` (body already validated and pinned) and its response. Returns whether the
     // client connection can be kept alive.
@@ -74,14 +77,21 @@ class EngineProxy {
     };
     // The engine's silence is timed per answer by one watchdog for all of them, ticking once a
     // second while any runs: a deadline armed and cancelled around every read (Beast's
-    // per-operation timeout) cost an extra event-loop turn per streamed chunk.
+    // per-operation timeout) cost an extra event-loop turn per streamed chunk. Shared with the
+    // watches and the watchdog, whose coroutine frames may outlive the proxy at shutdown.
     struct Silence {
         stream_connection* stream;
+        // time_point::max() while the relay waits on its client, not on the engine
         std::chrono::steady_clock::time_point last_heard;
         bool timed_out = false;
     };
+    struct Silences {
+        std::chrono::seconds timeout;
+        std::list<Silence> entries;
+        bool watched = false;  // the watchdog runs
+    };
     class SilenceWatch;
-    awaitable<void> watch_silences();
+    static awaitable<void> watch_silences(std::shared_ptr<Silences> silences);
 
     awaitable<std::unique_ptr<Connection>> acquire(bool fresh_only);
     void release(std::unique_ptr<Connection> connection);
@@ -97,8 +107,7 @@ class EngineProxy {
     ProxyLimits limits_;
     ProxyStats stats_;
     std::vector<std::unique_ptr<Connection>> idle_;
-    std::list<Silence> silences_;
-    bool watchdog_running_ = false;
+    std::shared_ptr<Silences> silences_;
 };
 
 }  // namespace ensemble

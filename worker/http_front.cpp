@@ -26,7 +26,20 @@ constexpr std::uint64_t kLargeRead = 64 * 1024;
 ApiError not_found_path(std::string_view target) {
     return {http::status::not_found, "invalid_request_error", "unknown_path",
             "no route for '" + std::string(target) +
-                "'; this worker serves the OpenAI API under /v1/ and GET /health"};
+                "'; this worker serves the OpenAI API under /v1/, GET /health and GET /metrics"};
+}
+
+// Clients that went away before their answer began are counted under nginx's code for it.
+constexpr unsigned kClientClosedRequest = 499;
+
+// A HEAD request gets the headers a GET would get, without the body: Beast's serializer does not
+// know the request's method, and a body after them would be read as the next answer.
+void drop_body_for_head(const http::request<http::string_body>& request,
+                        http::response<http::string_body>& response) {
+    if (request.method() != http::verb::head) return;
+    const auto length = response.body().size();
+    response.body().clear();
+    response.content_length(length);
 }
 
 }  // namespace
@@ -271,7 +284,7 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
         if (request.method() != http::verb::get && request.method() != http::verb::head) {
             auto response = make_error_response(
                 ApiError{http::status::method_not_allowed, "invalid_request_error",
-                         "method_not_allowed", "/metrics answers GET only"},
+                         "method_not_allowed", "/metrics answers GET and HEAD only"},
                 keep_alive);
             response.set(http::field::allow, "GET, HEAD");
             return response;
@@ -298,18 +311,21 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
 
 awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
                                   http::request<http::string_body>& request) {
+    RequestTrace trace;  // the request has just been read
     // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
     auto local = answer_locally(request);
     if (local) {
+        drop_body_for_head(request, *local);
         const bool keep_alive = co_await reply(stream, *local);
         metrics_.answered(sv(request.target()), local->result_int());
         co_return keep_alive;
     }
     // Draining, this is the connection's last answer: it says so (Connection: close).
     if (draining_) request.keep_alive(false);
-    RequestTrace trace;
     const bool keep_alive = co_await proxy_.forward(stream, request, trace);
-    if (trace.status != 0) {
+    if (trace.status == 0) {
+        metrics_.answered(sv(request.target()), kClientClosedRequest);
+    } else {
         metrics_.answered(sv(request.target()), trace.status);
         metrics_.proxied(RequestTrace::Clock::now() - trace.began, trace.first_token,
                          trace.prompt_tokens);

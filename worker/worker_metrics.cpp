@@ -76,7 +76,8 @@ std::string WorkerMetrics::render(const WorkerGauges& g) const {
                "Streamed requests: from the request read to its first token relayed.");
     first_token_.write(out, "ensemble_worker_time_to_first_token_seconds");
     out.family("ensemble_worker_request_duration_seconds", "histogram",
-               "Requests relayed to the engine: from the request read to the answer's end.");
+               "Requests for the engine (relayed, or answered 503/504 after waiting for it): "
+               "from the request read to the answer's end.");
     duration_.write(out, "ensemble_worker_request_duration_seconds");
 
     out.family("ensemble_worker_prompt_tokens_total", "counter",

@@ -240,8 +240,9 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "under ensembled, values travel in ENSEMBLE_ENGINE_ENV_NAME instead)")
         ->allow_extra_args(false);
     app.add_option("--engine-timeout", engine_timeout,
-                   "seconds of engine silence tolerated during "
-                   "a response")
+                   "seconds the engine may go without sending anything once a request is "
+                   "sent to it (504 engine_timeout before its answer, an error event in a "
+                   "stream); checked once a second")
         ->capture_default_str();
     app.add_option("--engine-liveness-interval", liveness_interval,
                    "seconds between readiness probes of a ready engine (0: off)")

@@ -382,6 +382,12 @@ double metric(const std::string& page, const std::string& sample) {
     return std::stod(page.substr(at + sample.size() + 2));
 }
 
+// Chat completions answered with `code`, on a /metrics page.
+double chat_answers(const std::string& page, int code) {
+    return metric(page, R"(ensemble_worker_requests_total{route="/v1/chat/completions",code=")" +
+                            std::to_string(code) + "\"}");
+}
+
 TEST_F(WorkerTest, MetricsCountWhatClientsGotAndPassPromtool) {
     auto worker = start();
     ASSERT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
@@ -401,13 +407,8 @@ TEST_F(WorkerTest, MetricsCountWhatClientsGotAndPassPromtool) {
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(r.header("content-type"), "text/plain; version=0.0.4; charset=utf-8");
     const auto& page = r.body;
-    EXPECT_EQ(
-        metric(page, R"(ensemble_worker_requests_total{route="/v1/chat/completions",code="200"})"),
-        3)
-        << page;
-    EXPECT_EQ(
-        metric(page, R"(ensemble_worker_requests_total{route="/v1/chat/completions",code="404"})"),
-        1);
+    EXPECT_EQ(chat_answers(page, 200), 3) << page;
+    EXPECT_EQ(chat_answers(page, 404), 1);
     EXPECT_EQ(metric(page, "ensemble_worker_request_duration_seconds_count"), 3);
     EXPECT_EQ(metric(page, "ensemble_worker_time_to_first_token_seconds_count"), 1);
     EXPECT_EQ(metric(page, "ensemble_worker_generated_tokens_total"), 8 + 8 + 4);
@@ -429,6 +430,20 @@ TEST_F(WorkerTest, MetricsCountWhatClientsGotAndPassPromtool) {
     const auto after = http_request(worker->port(), get).body;
     EXPECT_EQ(metric(after, R"(ensemble_worker_requests_total{route="other",code="404"})"), 5);
     EXPECT_EQ(after.find("odd-"), std::string::npos);
+}
+
+// A HEAD request gets the headers alone: a body after them would be read as the next answer.
+TEST_F(WorkerTest, AHeadRequestGetsHeadersOnly) {
+    auto worker = start();
+    const auto reply = raw_exchange(worker->port(),
+                                    "HEAD /metrics HTTP/1.1\r\nHost: x\r\n\r\n"
+                                    "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    ASSERT_EQ(reply.rfind("HTTP/1.1 200", 0), 0U) << reply;
+    EXPECT_NE(reply.find("Content-Length: "), std::string::npos) << reply;
+    const auto end_of_head = reply.find("\r\n\r\n");
+    ASSERT_NE(end_of_head, std::string::npos) << reply;
+    EXPECT_EQ(reply.substr(end_of_head + 4, 12), "HTTP/1.1 200") << reply;
+    EXPECT_NE(reply.find("\"status\":\"ok\""), std::string::npos) << reply;
 }
 
 TEST_F(WorkerTest, MetricsNeedTheApiKeyUnlessOpened) {
@@ -565,6 +580,13 @@ TEST_F(WorkerTest, AClientThatGoesAwayHasItsEngineRequestClosedAtOnce) {
             std::this_thread::sleep_for(10ms);
         EXPECT_EQ(cancellations(), expected) << "the engine still generates for a client that left";
     }
+    // Counted for the operator: the plain request's client went away before its answer began
+    // (499); the stream's had its 200 and first events.
+    HttpRequest get;
+    get.target = "/metrics";
+    const auto page = http_request(worker->port(), get).body;
+    EXPECT_EQ(chat_answers(page, 499), 1) << page;
+    EXPECT_EQ(chat_answers(page, 200), 1);
     EXPECT_NE(worker->log().find("went away; its engine request is cancelled"), std::string::npos)
         << worker->log();
 }

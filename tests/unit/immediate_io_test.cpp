@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <array>
+
 #include <boost/asio/local/connect_pair.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
 
@@ -64,6 +66,67 @@ TEST(ParseBuffered, ABadRequestAndAnOversizedBodyAreErrors) {
     limited.body_limit(3);
     parse_buffered(limited, second, ec);
     EXPECT_EQ(ec, http::error::body_limit);
+}
+
+// An engine's chunked answer, already whole in the buffer, relayed through a small buffer_body
+// chunk as the proxy does: every body byte comes out in order, need_buffer marks a full chunk.
+TEST(ParseBuffered, AChunkedAnswerInTheBufferComesOutThroughASmallBodyBuffer) {
+    const std::string answer =
+        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "d\r\ndata: first\n\n\r\n"
+        "e\r\ndata: second\n\n\r\n"
+        "0\r\n\r\n";
+    beast::flat_buffer buffer;
+    fill(buffer, answer);
+    http::response_parser<http::buffer_body> parser;
+    boost::system::error_code ec;
+    parse_buffered(parser, buffer, ec);  // the header; the body waits for a buffer
+    ASSERT_EQ(ec, http::error::need_buffer) << ec.message();
+    ASSERT_TRUE(parser.is_header_done());
+    std::string body;
+    std::array<char, 5> chunk{};
+    for (int turns = 0; !parser.is_done() && turns < 100; ++turns) {
+        parser.get().body().data = chunk.data();
+        parser.get().body().size = chunk.size();
+        const auto used = parse_buffered(parser, buffer, ec);
+        if (ec == http::error::need_buffer) ec = {};
+        ASSERT_FALSE(ec) << ec.message();
+        ASSERT_TRUE(used > 0 || parser.is_done()) << "stuck with " << buffer.size() << " bytes";
+        body.append(chunk.data(), chunk.size() - parser.get().body().size);
+    }
+    EXPECT_TRUE(parser.is_done());
+    EXPECT_EQ(body, "data: first\n\ndata: second\n\n");
+    EXPECT_EQ(buffer.size(), 0U);
+}
+
+// A small answer into an empty socket buffer is written in place: the coroutine finishes in the
+// one event-loop turn that starts it (an asynchronous write would need a second).
+TEST(WriteNow, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
+    asio::io_context io(1);
+    asio::local::stream_protocol::socket a(io), b(io);
+    asio::local::connect_pair(a, b);
+    a.non_blocking(true);
+    local_stream writer(std::move(a));
+    http::response<http::string_body> response{http::status::ok, 11};
+    response.body() = "{\"ok\":true}";
+    response.prepare_payload();
+    boost::system::error_code ec;
+    bool written = false;
+    asio::co_spawn(
+        io,
+        [&]() -> awaitable<void> {
+            http::response_serializer<http::string_body> serializer{response};
+            co_await write_now(writer, serializer, ec);
+            written = true;
+        },
+        asio::detached);
+    io.poll_one();  // starts the coroutine
+    EXPECT_TRUE(written);
+    EXPECT_FALSE(ec) << ec.message();
+    io.poll();
+    std::array<char, 256> received{};
+    const auto n = b.read_some(asio::buffer(received));
+    EXPECT_NE(std::string_view(received.data(), n).find("{\"ok\":true}"), std::string_view::npos);
 }
 
 // A writer with a 4 MiB answer against a reader that waits before reading: the write cannot
