@@ -1,6 +1,7 @@
 #include "tests/support/promtool.h"
 
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <array>
 #include <cstdio>
