@@ -391,7 +391,9 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         if (ec == http::error::need_buffer) ec = {};
         if (ec) break;
         response.body().size = chunk.size() - response.body().size;
-        response.body().data = chunk.data();
+        // No data is no buffer: Beast serialises an empty buffer as a chunk of size 0, which is
+        // itself a last chunk, and the real last chunk would follow it.
+        response.body().data = response.body().size > 0 ? chunk.data() : nullptr;
         if (response.body().size > 0) engine_.note_answer();
         tokens.feed({chunk.data(), response.body().size});
         const bool first_token = event_stream && !trace.first_token && tokens.content_events() > 0;

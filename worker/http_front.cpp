@@ -30,6 +30,16 @@ ApiError not_found_path(std::string_view target) {
                 "'; this worker serves the OpenAI API under /v1/, GET /health and GET /metrics"};
 }
 
+http::response<http::string_body> method_not_allowed(std::string message, const char* allow,
+                                                     bool keep_alive) {
+    auto response =
+        make_error_response(ApiError{http::status::method_not_allowed, "invalid_request_error",
+                                     "method_not_allowed", std::move(message)},
+                            keep_alive);
+    response.set(http::field::allow, allow);
+    return response;
+}
+
 // Clients that went away before their answer began are counted under nginx's code for it.
 constexpr unsigned kClientClosedRequest = 499;
 
@@ -283,12 +293,8 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
             }
         }
         if (request.method() != http::verb::get && request.method() != http::verb::head) {
-            auto response = make_error_response(
-                ApiError{http::status::method_not_allowed, "invalid_request_error",
-                         "method_not_allowed", "/metrics answers GET and HEAD only"},
-                keep_alive);
-            response.set(http::field::allow, "GET, HEAD");
-            return response;
+            return method_not_allowed("/metrics answers GET and HEAD only", "GET, HEAD",
+                                      keep_alive);
         }
         return metrics_response(keep_alive);
     }
@@ -297,9 +303,14 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
         !allowed) {
         return make_error_response(api_error(allowed.error()), keep_alive);
     }
-    if (path == "/v1/models" && request.method() == http::verb::get) {
+    const bool head = request.method() == http::verb::head;
+    if (path == "/v1/models" && (request.method() == http::verb::get || head)) {
         return make_json_response(http::status::ok, models_list_body(model_, started_unix_),
                                   keep_alive);
+    }
+    if (head) {  // an engine waits for a body a HEAD never has: answered here
+        return method_not_allowed("HEAD is answered for /health, /metrics and /v1/models",
+                                  "GET, POST", keep_alive);
     }
     if (!request.body().empty()) {
         auto pinned = pin_model(request.body(), model_);

@@ -444,6 +444,33 @@ TEST_F(WorkerTest, AHeadRequestGetsHeadersOnly) {
     ASSERT_NE(end_of_head, std::string::npos) << reply;
     EXPECT_EQ(reply.substr(end_of_head + 4, 12), "HTTP/1.1 200") << reply;
     EXPECT_NE(reply.find("\"status\":\"ok\""), std::string::npos) << reply;
+
+    // HEAD on a route the engine serves is answered by the worker (an engine waits for a body a
+    // HEAD never has), headers only, and the next request on the connection is answered right.
+    const auto proxied =
+        raw_exchange(worker->port(),
+                     "HEAD /v1/chat/completions HTTP/1.1\r\nHost: x\r\n\r\n"
+                     "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                     2s);
+    ASSERT_EQ(proxied.rfind("HTTP/1.1 405", 0), 0U) << proxied;
+    const auto after_405 = proxied.find("\r\n\r\n");
+    ASSERT_NE(after_405, std::string::npos) << proxied;
+    EXPECT_EQ(proxied.substr(after_405 + 4, 12), "HTTP/1.1 200") << proxied;
+}
+
+// Every streamed answer ends with one last chunk: an empty read at the end was once relayed as a
+// chunk of size 0 (itself a last chunk) before the real one, and a kept-alive client read the
+// stray "0\r\n\r\n" as the start of its next answer (about one stream in four).
+TEST_F(WorkerTest, AStreamEndsWithExactlyOneLastChunk) {
+    auto worker = start();
+    const std::string body = stream_body(3);
+    const std::string request =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+        std::to_string(body.size()) + "\r\nConnection: close\r\n\r\n" + body;
+    for (int i = 0; i < 40; ++i) {
+        const auto reply = raw_exchange(worker->port(), request);
+        ASSERT_TRUE(reply.ends_with("data: [DONE]\n\n\r\n0\r\n\r\n")) << i << ": " << reply;
+    }
 }
 
 TEST_F(WorkerTest, MetricsNeedTheApiKeyUnlessOpened) {
