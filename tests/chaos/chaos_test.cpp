@@ -435,7 +435,10 @@ TEST_F(ChaosTest, EnsembledKilledDuringASwapBesideLeavesTheOldWorkerServing) {
     ::kill(supervisor_->pid(), SIGKILL);
     ASSERT_TRUE(wait_exit(*supervisor_, 5s));
     EXPECT_NE(swap.get().exit_code, 0) << "the swap did not happen";
-    const auto deadline = Clock::now() + 10s;
+    // A standby worker that had not yet registered when ensembled died waits 10 s for a first
+    // contact before it stops (then it stops its loading engine): under ASan that took more
+    // than a 10 s deadline (CI, 2026-11-26).
+    const auto deadline = Clock::now() + 25s;
     while (Clock::now() < deadline && process_alive(incoming))
         std::this_thread::sleep_for(50ms);
     EXPECT_FALSE(process_alive(incoming)) << "a worker standing by stops without ensembled";
