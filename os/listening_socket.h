@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string>
+#include <utility>
 
 #include "protocol/result.h"
 
@@ -31,6 +32,8 @@ class ListeningSocket {
     // Whether it is bound to the address `host` names ("127.0.0.1", "::1", "0.0.0.0").
     bool bound_to(const std::string& host) const;
     int fd() const { return fd_; }
+    // Hands the descriptor over (to an acceptor that will own it); this object is then empty.
+    int release() { return std::exchange(fd_, -1); }
     void close();
 
   private:

@@ -2,6 +2,8 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <unistd.h>
 #include <algorithm>
 #include <cstdlib>
@@ -149,6 +151,8 @@ class Loader {
                     const std::filesystem::path& base);
     void logs(const std::string& file, const YAML::Node& node);
     void health(const std::string& file, const YAML::Node& node);
+    void status_http(const std::string& file, const YAML::Node& supervisor,
+                     const std::filesystem::path& base);
     void restart(const std::string& file, const YAML::Node& node);
     void duration(const std::string& file, const YAML::Node& node, const std::string& what,
                   std::chrono::milliseconds& out);
@@ -222,7 +226,7 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
             file, node, "supervisor",
             {"state_dir", "run_dir", "memory_budget", "over_budget", "evict_idle_after",
              "boot_profile", "bind_host", "hold_while_loading", "allow_privileged_ports",
-             "gpu_wired_limit", "logs", "health", "restart"})) {
+             "gpu_wired_limit", "http", "http_token_file", "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -283,9 +287,57 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
             }
         }
     }
+    if (node["http"]) status_http(file, node, base);
+    if (node["http_token_file"] && !node["http"])
+        v_.at(file, node["http_token_file"], "http_token_file is set but http is not");
     if (node["logs"]) logs(file, node["logs"]);
     if (node["health"]) health(file, node["health"]);
     if (node["restart"]) restart(file, node["restart"]);
+}
+
+void Loader::status_http(const std::string& file, const YAML::Node& supervisor,
+                         const std::filesystem::path& base) {
+    const auto& node = supervisor["http"];
+    auto text = v_.scalar<std::string>(file, node, "http");
+    if (!text) return;
+    // "8099", "127.0.0.1:8099", "[::1]:8099" or "0.0.0.0:8099".
+    static const std::regex kListen(R"(^(?:(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):)?([0-9]{1,5})$)");
+    std::smatch m;
+    const int port = std::regex_match(*text, m, kListen) ? std::stoi(m[2].str()) : 0;
+    if (port < 1 || port > 65535) {
+        v_.at(file, node,
+              "http '" + *text +
+                  "' must be HOST:PORT or PORT, e.g. 127.0.0.1:8099 (the port 1-65535)");
+        return;
+    }
+    StatusHttpSettings http;
+    http.port = port;
+    if (m[1].matched) {
+        http.host = m[1].str();
+        if (http.host.front() == '[') http.host = http.host.substr(1, http.host.size() - 2);
+        if (http.host == "localhost") http.host = "127.0.0.1";
+        in6_addr any{};
+        if (::inet_pton(AF_INET, http.host.c_str(), &any) != 1 &&
+            ::inet_pton(AF_INET6, http.host.c_str(), &any) != 1) {
+            v_.at(file, node,
+                  "http '" + *text + "': '" + http.host +
+                      "' is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)");
+            return;
+        }
+    }
+    if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed)
+        v_.at(file, node, allowed.error().message);
+    if (const auto& token = supervisor["http_token_file"]) {
+        if (auto path = v_.scalar<std::string>(file, token, "http_token_file"))
+            http.token_file = base / expand_home(*path);
+    }
+    if (http.token_file.empty() && !is_loopback_host(http.host)) {
+        v_.at(file, node,
+              "http '" + *text +
+                  "' is reachable from other machines and no http_token_file is set: set one "
+                  "(a file, mode 0600, holding a long random token), or listen on 127.0.0.1");
+    }
+    config_.supervisor.http = http;
 }
 
 void Loader::duration(const std::string& file, const YAML::Node& node, const std::string& what,
@@ -624,9 +676,14 @@ void Loader::check_references() {
         if (!config_.models.count(handle))
             v_.at(file, node, "model '" + handle + "' is not defined under 'models'");
     }
+    const auto& http = config_.supervisor.http;
     for (const auto& [file, node, port] : port_refs_) {
         if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed)
             v_.at(file, node, allowed.error().message);
+        if (http && http->port == port)
+            v_.at(file, node,
+                  "port " + std::to_string(port) +
+                      " is supervisor.http's status listener; give one of them another port");
     }
     const auto& boot = config_.supervisor.boot_profile;
     if (!boot.empty() && !config_.profiles.count(boot)) {
@@ -636,6 +693,14 @@ void Loader::check_references() {
 }
 
 }  // namespace
+
+bool is_loopback_host(const std::string& host) {
+    if (host == "localhost") return true;
+    in_addr v4{};
+    if (::inet_pton(AF_INET, host.c_str(), &v4) == 1) return (ntohl(v4.s_addr) >> 24) == 127;
+    in6_addr v6{};
+    return ::inet_pton(AF_INET6, host.c_str(), &v6) == 1 && IN6_IS_ADDR_LOOPBACK(&v6);
+}
 
 Status check_port_allowed(const SupervisorSettings& settings, int port) {
     constexpr int kFirstUnprivileged = 1024;

@@ -60,6 +60,16 @@ struct MemorySettings {
     bool stop_lowest_over_budget = false;
 };
 
+// ensembled's read-only HTTP listener (supervisor.http): the fleet's /metrics, /api/status,
+// /api/events and the status page. Off unless configured; a non-loopback host needs a token.
+struct StatusHttpSettings {
+    std::string host = "127.0.0.1";
+    int port = 0;
+    // A file holding the bearer token the listener requires (mode 0600); empty: no token, and
+    // then the host must be loopback.
+    std::filesystem::path token_file;
+};
+
 struct SupervisorSettings {
     std::filesystem::path state_dir;  // state.db and logs
     std::filesystem::path run_dir;    // control.sock and workers.sock (mode 0700)
@@ -74,6 +84,7 @@ struct SupervisorSettings {
     // macOS: the GPU wired limit the MLX models need (sysctl iogpu.wired_limit_mb), set at boot
     // by deploy/install-wired-limit's LaunchDaemon and checked by `check`.
     std::optional<std::uint64_t> gpu_wired_limit_bytes;
+    std::optional<StatusHttpSettings> http;
     LogSettings logs;
     HealthSettings health;
     RestartSettings restart;
@@ -156,6 +167,9 @@ std::optional<std::uint64_t> parse_bytes(const std::string& text);
 
 // "500ms", "5s", "2m", "1h"; a bare number is seconds.
 std::optional<std::chrono::milliseconds> parse_duration(const std::string& text);
+
+// "localhost", 127.0.0.0/8 or ::1: a listener there is reachable from this machine only.
+bool is_loopback_host(const std::string& host);
 
 // Whether `port` may be served under these settings: not below 1024 without
 // allow_privileged_ports ("privileged_port").

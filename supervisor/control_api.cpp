@@ -47,16 +47,8 @@ json to_json(const PortLogs& logs) {
                                {"worker", logs.worker}});
 }
 
-json to_json(const std::vector<Event>& events) {
-    json list = json::array();
-    for (const auto& e : events) {
-        list.push_back({{"id", e.id},
-                        {"at_ms", e.at_ms},
-                        {"port", e.port},
-                        {"kind", e.kind},
-                        {"message", e.message}});
-    }
-    return protocol::ok_reply({{"events", list}});
+json events_reply(const std::vector<Event>& events) {
+    return protocol::ok_reply({{"events", to_json(events)}});
 }
 
 json reload_reply(const std::vector<int>& changed) {
@@ -147,6 +139,21 @@ json to_json(const BudgetReport& b) {
               {"warnings", b.wired.warnings}}}};
 }
 
+json to_json(const Event& e) {
+    return {{"id", e.id},
+            {"at_ms", e.at_ms},
+            {"port", e.port},
+            {"kind", e.kind},
+            {"message", e.message}};
+}
+
+json to_json(const std::vector<Event>& events) {
+    json list = json::array();
+    for (const auto& e : events)
+        list.push_back(to_json(e));
+    return list;
+}
+
 json to_json(const FleetStatus& s) {
     json ports = json::array();
     for (const auto& p : s.ports)
@@ -158,6 +165,8 @@ json to_json(const FleetStatus& s) {
               {"reserved_bytes", b.reserved_bytes},
               {"measured_bytes", b.measured_bytes},
               {"free_bytes", b.free_bytes},
+              {"budgetable_bytes", b.budgetable_bytes},
+              {"over_budget", b.over_budget},
               {"gpu_wired_limit_bytes", b.wired.bytes},
               {"mlx_bytes", b.wired.mlx_bytes}}},
             {"warnings", s.warnings},
@@ -195,8 +204,7 @@ awaitable<json> ControlApi::handle(const protocol::ControlRequest& r) {
             co_return reply_with(fleet_.logs(port, r.lines),
                                  [](const PortLogs& logs) { return to_json(logs); });
         case Verb::events:
-            co_return reply_with(fleet_.events(r.lines),
-                                 [](const std::vector<Event>& events) { return to_json(events); });
+            co_return reply_with(fleet_.events(r.lines), events_reply);
         case Verb::budget:
             co_return protocol::ok_reply(to_json(fleet_.budget()));
         case Verb::load: {

@@ -31,5 +31,7 @@ class ControlApi {
 nlohmann::json to_json(const PortReport& port);
 nlohmann::json to_json(const BudgetReport& budget);
 nlohmann::json to_json(const FleetStatus& status);
+nlohmann::json to_json(const Event& event);
+nlohmann::json to_json(const std::vector<Event>& events);  // an array
 
 }  // namespace ensemble

@@ -18,6 +18,7 @@
 #include "supervisor/logging.h"
 #include "supervisor/service_manager.h"
 #include "supervisor/socket_servers.h"
+#include "supervisor/status_http.h"
 #include "supervisor/worker_spawner.h"
 
 using namespace ensemble;
@@ -123,6 +124,28 @@ int main(int argc, char** argv) {
     ControlApi api(fleet);
     serve_control(io, **control, api);
     serve_worker_links(io, **links, fleet);
+    std::unique_ptr<StatusHttp> status_http;
+    if (const auto& http = fleet.config().supervisor.http) {
+        std::string token;
+        if (!http->token_file.empty()) {
+            auto read = read_status_token(http->token_file);
+            if (!read) {
+                spdlog::error("{}", read.error().message);
+                return 1;
+            }
+            token = std::move(*read);
+        }
+        status_http = std::make_unique<StatusHttp>(io, *http, std::move(token), fleet);
+        if (auto listening = status_http->listen(); !listening) {
+            spdlog::error("{}", listening.error().message);
+            return 1;
+        }
+        status_http->start();
+        spdlog::info(
+            "status page and metrics on http://{}:{}/{}",
+            http->host.find(':') == std::string::npos ? http->host : "[" + http->host + "]",
+            status_http->bound_port(), http->token_file.empty() ? "" : " (token required)");
+    }
 
     asio::signal_set children(io, SIGCHLD);
     on_every_signal(children, [&fleet] { fleet.tick(); });
@@ -143,6 +166,7 @@ int main(int argc, char** argv) {
             boost::system::error_code ignored;
             (*control)->close(ignored);
             (*links)->close(ignored);
+            if (status_http) status_http->stop();
             std::filesystem::remove(fleet.config().supervisor.run_dir / "control.sock");
             std::filesystem::remove(fleet.config().supervisor.run_dir / "workers.sock");
             io.stop();

@@ -148,7 +148,8 @@ class Fleet final : private PortHost {
     BudgetReport budget() const;  // fleet_memory.cpp
     std::vector<ProfileListing> profiles() const;
     Result<PortLogs> logs(int port, int lines) const;
-    Result<std::vector<Event>> events(int lines) const;
+    // The newest `lines` events, or of those after event `after_id` (a follower's cursor).
+    Result<std::vector<Event>> events(int lines, std::int64_t after_id = 0) const;
     // Reads the config file again; the ports whose worker would now start differently.
     Result<std::vector<int>> reload();
 

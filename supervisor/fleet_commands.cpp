@@ -436,8 +436,8 @@ Result<PortLogs> Fleet::logs(int port, int lines) const {
     return PortLogs{engine, worker, tail_lines(engine, lines), tail_lines(worker, lines)};
 }
 
-Result<std::vector<Event>> Fleet::events(int lines) const {
-    return store_->events_after(0, lines);
+Result<std::vector<Event>> Fleet::events(int lines, std::int64_t after_id) const {
+    return store_->events_after(after_id, lines);
 }
 
 Result<std::vector<int>> Fleet::reload() {

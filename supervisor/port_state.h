@@ -13,6 +13,9 @@
 namespace ensemble {
 
 enum class PortState { stopped, starting, loading, ready, draining, stopping, backoff, failed };
+inline constexpr PortState kPortStates[] = {
+    PortState::stopped,  PortState::starting, PortState::loading, PortState::ready,
+    PortState::draining, PortState::stopping, PortState::backoff, PortState::failed};
 
 enum class PortEvent {
     spawn,           // a worker process was started

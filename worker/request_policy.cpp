@@ -4,23 +4,10 @@
 #include <array>
 #include <nlohmann/json.hpp>
 
+#include "protocol/bearer_token.h"
 #include "protocol/json_scan.h"
 
 namespace ensemble {
-
-namespace {
-
-// Compares secrets in time independent of where they first differ.
-bool constant_time_equal(std::string_view a, std::string_view b) {
-    if (a.size() != b.size()) return false;
-    unsigned char diff = 0;
-    for (std::size_t i = 0; i < a.size(); ++i) {
-        diff |= static_cast<unsigned char>(a[i] ^ b[i]);
-    }
-    return diff == 0;
-}
-
-}  // namespace
 
 bool ModelIdentity::answers_to(std::string_view name) const {
     return name == handle || std::find(aliases.begin(), aliases.end(), name) != aliases.end();
@@ -28,11 +15,7 @@ bool ModelIdentity::answers_to(std::string_view name) const {
 
 Status check_api_key(std::string_view authorization_header, std::string_view api_key) {
     if (api_key.empty()) return Ok{};
-    constexpr std::string_view kBearer = "Bearer ";
-    if (authorization_header.substr(0, kBearer.size()) == kBearer &&
-        constant_time_equal(authorization_header.substr(kBearer.size()), api_key)) {
-        return Ok{};
-    }
+    if (protocol::bearer_matches(authorization_header, api_key)) return Ok{};
     const bool missing = authorization_header.empty();
     return Error{"invalid_api_key",
                  missing ? "this port requires an API key: send 'Authorization: Bearer <key>'"

@@ -110,6 +110,35 @@ TEST_F(ConfigTest, PrivilegedPortsNeedAnExplicitYes) {
     EXPECT_FALSE(check_port_allowed(SupervisorSettings{}, 1023));
 }
 
+TEST_F(ConfigTest, TheStatusListenerIsLoopbackUnlessItHasAToken) {
+    auto off = load(kValid);
+    ASSERT_TRUE(off.config);
+    EXPECT_FALSE(off.config->supervisor.http) << "off unless configured";
+    for (const auto& [text, host, port] : std::vector<std::tuple<std::string, std::string, int>>{
+             {"8099", "127.0.0.1", 8099},
+             {"127.0.0.2:9000", "127.0.0.2", 9000},
+             {"localhost:8099", "127.0.0.1", 8099},
+             {"'[::1]:8099'", "::1", 8099}}) {
+        auto r = load("supervisor:\n  http: " + text + "\n");
+        ASSERT_TRUE(r.config) << text << ": " << r.issues.at(0).to_string();
+        ASSERT_TRUE(r.config->supervisor.http);
+        EXPECT_EQ(r.config->supervisor.http->host, host);
+        EXPECT_EQ(r.config->supervisor.http->port, port);
+    }
+    expect_issue(load("supervisor:\n  http: 0.0.0.0:8099\n"), 2, 9,
+                 "reachable from other machines and no http_token_file is set");
+    auto tokened = load("supervisor:\n  http: 0.0.0.0:8099\n  http_token_file: status.token\n");
+    ASSERT_TRUE(tokened.config) << tokened.issues.at(0).to_string();
+    EXPECT_EQ(tokened.config->supervisor.http->token_file, dir_ / "status.token");
+    expect_issue(load("supervisor:\n  http: studio.local:8099\n"), 2, 9, "is not an IP address");
+    expect_issue(load("supervisor:\n  http: 127.0.0.1:99999\n"), 2, 9, "must be HOST:PORT");
+    expect_issue(load("supervisor:\n  http: 127.0.0.1:80\n"), 2, 9, "below 1024");
+    expect_issue(load("supervisor:\n  http_token_file: t\n"), 2, 20, "http is not");
+    expect_issue(load("supervisor:\n  http: 8100\nmodels:\n  tiny: {path: ./a.gguf}\n"
+                      "profiles:\n  p:\n    8100: tiny\n"),
+                 7, 5, "supervisor.http's status listener");
+}
+
 TEST_F(ConfigTest, MissingModelReferenceIsReported) {
     expect_issue(load("models:\n  tiny: {path: ./a.gguf}\nprofiles:\n  p:\n    8100: huge\n"), 5,
                  11, "model 'huge' is not defined");
