@@ -7,11 +7,19 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <filesystem>
 #include <optional>
 
 namespace ensemble {
 
 // Bytes; nullopt if unknown or the process is gone.
 std::optional<std::uint64_t> process_footprint(pid_t pid);
+
+// How many bytes of `file` are resident in `pid`'s mappings of it (llama.cpp maps a GGUF and
+// reads its weights from the mapping): nullopt when the process maps no part of the file or
+// cannot be inspected. Linux: the Rss of its mappings in /proc/PID/smaps; macOS: the resident
+// pages of its regions backed by the file's vnode (PROC_PIDREGIONPATHINFO).
+std::optional<std::uint64_t> mapped_file_resident_bytes(pid_t pid,
+                                                        const std::filesystem::path& file);
 
 }  // namespace ensemble

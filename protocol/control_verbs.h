@@ -34,30 +34,34 @@ struct VerbInfo {
     bool needs_profile;
     bool takes_lines;        // -n/--lines (and --follow)
     bool changes_the_fleet;  // run one at a time, in arrival order
+    // Starts workers and waits until they are ready: the CLI draws their load progress, and
+    // with --no-wait ("wait": false) the reply comes once the command is accepted.
+    bool starts_workers;
     std::string_view help;
 };
 
 inline constexpr std::array<VerbInfo, 12> kVerbs{{
-    {Verb::status, "status", "", "status", false, false, false, false, false,
+    {Verb::status, "status", "", "status", false, false, false, false, false, false,
      "every port: model, state, pid, uptime, restarts, memory"},
-    {Verb::load, "load", "", "load", true, true, false, false, true, "serve MODEL on PORT"},
-    {Verb::unload, "unload", "", "unload", true, false, false, false, true, "stop serving on PORT"},
-    {Verb::swap, "swap", "", "swap", true, true, false, false, true,
+    {Verb::load, "load", "", "load", true, true, false, false, true, true, "serve MODEL on PORT"},
+    {Verb::unload, "unload", "", "unload", true, false, false, false, true, false,
+     "stop serving on PORT"},
+    {Verb::swap, "swap", "", "swap", true, true, false, false, true, true,
      "replace PORT's model; the old one comes back if the new fails"},
-    {Verb::restart, "restart", "", "restart", true, false, false, false, true,
+    {Verb::restart, "restart", "", "restart", true, false, false, false, true, true,
      "restart PORT's worker (also clears a crash-loop 'failed')"},
     {Verb::profile_list, "profile-list", "profile", "list", false, false, false, false, false,
-     "the config's profiles; * marks the active one"},
-    {Verb::profile_load, "profile-load", "profile", "load", false, false, true, false, true,
+     false, "the config's profiles; * marks the active one"},
+    {Verb::profile_load, "profile-load", "profile", "load", false, false, true, false, true, true,
      "make the profile's ports serve its models (all or nothing)"},
     {Verb::profile_unload, "profile-unload", "profile", "unload", false, false, false, false, true,
-     "stop every port"},
-    {Verb::logs, "logs", "", "logs", true, false, false, true, false, "PORT's engine log"},
-    {Verb::events, "events", "", "events", false, false, false, true, false,
+     false, "stop every port"},
+    {Verb::logs, "logs", "", "logs", true, false, false, true, false, false, "PORT's engine log"},
+    {Verb::events, "events", "", "events", false, false, false, true, false, false,
      "the event log: every state change with its reason"},
-    {Verb::reload, "reload", "", "reload", false, false, false, false, true,
+    {Verb::reload, "reload", "", "reload", false, false, false, false, true, false,
      "re-read the config; report ports whose running worker would now start differently"},
-    {Verb::budget, "budget", "", "budget", false, false, false, false, false,
+    {Verb::budget, "budget", "", "budget", false, false, false, false, false, false,
      "the memory budget: reserved, measured, free, and each port's share"},
 }};
 

@@ -38,6 +38,9 @@ class Fields {
         }
         if constexpr (std::is_same_v<T, std::string>) {
             if (!it->is_string()) return bad(std::string("field '") + key + "' must be a string");
+        } else if constexpr (std::is_same_v<T, bool>) {
+            if (!it->is_boolean())
+                return bad(std::string("field '") + key + "' must be true or false");
         } else {
             if (!it->is_number_integer())
                 return bad(std::string("field '") + key + "' must be an integer");
@@ -75,7 +78,9 @@ json to_json(const Heartbeat& m) {
             {"engine_start_time", s.engine_start_time},
             {"engine_group", s.engine_group},
             {"engine_restarts", s.engine_restarts},
-            {"engine_last_exit", s.engine_last_exit}};
+            {"engine_last_exit", s.engine_last_exit},
+            {"load_mapped_bytes", s.load_mapped_bytes},
+            {"load_file_bytes", s.load_file_bytes}};
 }
 
 Result<WorkerMessage> parse_worker_message(const json& j) {
@@ -117,8 +122,12 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
             .read("engine_start_time", s.engine_start_time, false)
             .read("engine_group", s.engine_group, false)
             .read("engine_restarts", s.engine_restarts, false)
-            .read("engine_last_exit", s.engine_last_exit, false);
+            .read("engine_last_exit", s.engine_last_exit, false)
+            .read("load_mapped_bytes", s.load_mapped_bytes, false)
+            .read("load_file_bytes", s.load_file_bytes, false);
         if (!fields.status()) return fields.status().error();
+        if (s.load_mapped_bytes > s.load_file_bytes)
+            return bad("'load_mapped_bytes' must not exceed 'load_file_bytes'");
         return WorkerMessage{m};
     }
     return Error{"unknown_message", "unknown message type '" + type + "'"};
@@ -148,8 +157,11 @@ Result<ControlRequest> parse_control_request(const json& j) {
     fields.read("port", port, shape->needs_port)
         .read("model", r.model, shape->needs_model)
         .read("profile", r.profile, shape->needs_profile)
-        .read("lines", r.lines, false);
+        .read("lines", r.lines, false)
+        .read("wait", r.wait, false);
     if (!fields.status()) return fields.status().error();
+    if (!r.wait && !shape->starts_workers)
+        return bad("'wait' applies to load, swap, restart and profile-load only");
     if (j.contains("port")) {
         if (port < 1 || port > 65535)
             return bad("port " + std::to_string(port) + " is out of range 1-65535");
@@ -165,6 +177,7 @@ json to_json(const ControlRequest& r) {
     if (!r.model.empty()) j["model"] = r.model;
     if (!r.profile.empty()) j["profile"] = r.profile;
     if (info(r.verb).takes_lines) j["lines"] = r.lines;
+    if (!r.wait) j["wait"] = false;
     return j;
 }
 

@@ -48,6 +48,11 @@ struct WorkerStats {
     std::int64_t engine_group = 0;
     int engine_restarts = 0;
     std::string engine_last_exit;
+    // While the engine loads a model file it maps (llama.cpp's GGUF): how much of the file is
+    // resident in the engine's mapping, and the file's size (0 and 0: no such mapping). The
+    // supervisor turns them, or else memory_bytes against its estimate, into load progress.
+    std::uint64_t load_mapped_bytes = 0;
+    std::uint64_t load_file_bytes = 0;
 };
 
 struct Heartbeat {
@@ -74,6 +79,9 @@ struct ControlRequest {
     std::string model;
     std::string profile;
     int lines = 50;  // for logs
+    // For verbs that start workers: false answers once the command is accepted, and it goes
+    // on in ensembled (its outcome in the events and `status`).
+    bool wait = true;
 };
 
 Result<ControlRequest> parse_control_request(const nlohmann::json& j);

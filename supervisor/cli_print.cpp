@@ -24,20 +24,35 @@ std::string human_duration(std::int64_t s) {
     return std::to_string(s / 86400) + "d";
 }
 
+// "loading 41%" while a load's progress is known, else the state.
+std::string state_text(const json& p) {
+    auto text = p.value("state", "");
+    if (p.contains("load_progress"))
+        text += " " +
+                std::to_string(static_cast<int>(p["load_progress"].value("fraction", 0.0) * 100)) +
+                "%";
+    return text;
+}
+
 void print_ports(const json& ports) {
-    std::printf("%-6s %-22s %-10s %-9s %-8s %-7s %-8s %-10s %-10s %-6s %s\n", "PORT", "MODEL",
+    std::printf("%-6s %-22s %-10s %-12s %-8s %-7s %-8s %-10s %-10s %-6s %s\n", "PORT", "MODEL",
                 "PROFILE", "STATE", "PID", "UPTIME", "RESTARTS", "ESTIMATE", "MEASURED", "REQS",
                 "TOK/S   LAST FAILURE");
     for (const auto& p : ports) {
-        std::printf("%-6d %-22s %-10s %-9s %-8lld %-7s %-8d %-10s %-10s %-6llu %-7.1f %s\n",
+        std::printf("%-6d %-22s %-10s %-12s %-8lld %-7s %-8d %-10s %-10s %-6llu %-7.1f %s\n",
                     p.value("port", 0), p.value("model", "").c_str(),
                     p.value("profile", "").empty() ? "-" : p.value("profile", "").c_str(),
-                    p.value("state", "").c_str(), static_cast<long long>(p.value("pid", 0LL)),
+                    state_text(p).c_str(), static_cast<long long>(p.value("pid", 0LL)),
                     human_duration(p.value("uptime_s", 0LL)).c_str(), p.value("restarts", 0),
                     human_bytes(p.value("memory_estimate_bytes", 0ULL)).c_str(),
                     human_bytes(p.value("memory_bytes", 0ULL)).c_str(),
                     static_cast<unsigned long long>(p.value("requests", 0ULL)),
                     p.value("tokens_per_s", 0.0), p.value("last_failure", "").c_str());
+        if (p.contains("incoming")) {
+            std::printf("       swapping in %s beside it: %s\n",
+                        p["incoming"].value("model", "").c_str(),
+                        state_text(p["incoming"]).c_str());
+        }
     }
 }
 
@@ -143,6 +158,14 @@ void print_human(protocol::Verb verb, const json& result) {
         case Verb::profile_load:
         case Verb::profile_unload:
             break;  // a port or ports, below
+    }
+    if (result.value("accepted", false)) {
+        std::cout << "accepted: " << result.value("verb", "")
+                  << (result.contains("port") ? " " + std::to_string(result.value("port", 0)) : "")
+                  << (result.contains("model") ? " " + result.value("model", "") : "")
+                  << (result.contains("profile") ? " " + result.value("profile", "") : "")
+                  << "; not waiting (see 'ensemble status' or 'ensemble events -f')\n";
+        return;
     }
     if (result.contains("ports")) {
         print_ports(result["ports"]);

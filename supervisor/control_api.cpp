@@ -1,5 +1,7 @@
 #include "supervisor/control_api.h"
 
+#include <spdlog/spdlog.h>
+
 namespace ensemble {
 
 namespace {
@@ -65,6 +67,15 @@ json reply_with(const Result<T>& result, Make make) {
 
 }  // namespace
 
+json to_json(const LoadProgress& l) {
+    json j = {{"fraction", l.fraction},
+              {"done_bytes", l.done_bytes},
+              {"total_bytes", l.total_bytes},
+              {"measure", l.measure}};
+    if (l.eta_s) j["eta_s"] = *l.eta_s;
+    return j;
+}
+
 json to_json(const PortReport& r) {
     const auto& p = r.port;
     json j = {{"port", p.port},
@@ -88,6 +99,11 @@ json to_json(const PortReport& r) {
               {"evict", evict_name(r.policy.evict)}};
     if (p.state == PortState::failed || p.state == PortState::backoff)
         j["last_log_lines"] = p.last_log_lines;
+    if (p.load) j["load_progress"] = to_json(*p.load);
+    if (r.incoming) {
+        j["incoming"] = {{"model", r.incoming->model}, {"state", to_string(r.incoming->state)}};
+        if (r.incoming->load) j["incoming"]["load_progress"] = to_json(*r.incoming->load);
+    }
     if (p.estimate) {
         j["memory_estimate_bytes"] = p.estimate->total();
         j["memory_estimate"] = {{"source", p.estimate->source},
@@ -175,8 +191,28 @@ json to_json(const FleetStatus& s) {
             {"uptime_s", s.uptime_s}};
 }
 
+awaitable<void> ControlApi::carry_on(protocol::ControlRequest request) {
+    request.wait = true;
+    const auto reply = co_await handle(request);
+    if (!reply.value("ok", false)) {
+        spdlog::warn("{} (not waited for) failed: {}", protocol::info(request.verb).name,
+                     reply["error"].value("message", "failed"));
+    }
+}
+
 awaitable<json> ControlApi::handle(const protocol::ControlRequest& r) {
     using protocol::Verb;
+    if (!r.wait) {
+        // Accepted now; it runs in its turn like any other, and `status` and the events say
+        // how it goes.
+        const auto executor = co_await asio::this_coro::executor;
+        asio::co_spawn(executor, carry_on(r), asio::detached);
+        json accepted = {{"accepted", true}, {"verb", protocol::info(r.verb).name}};
+        if (r.port) accepted["port"] = *r.port;
+        if (!r.model.empty()) accepted["model"] = r.model;
+        if (!r.profile.empty()) accepted["profile"] = r.profile;
+        co_return protocol::ok_reply(accepted);
+    }
     const int port = r.port.value_or(0);
     // Held from the fleet's wait_turn() until the reply is made, however the verb ends.
     struct Turn {

@@ -23,11 +23,15 @@ class ControlApi {
     awaitable<nlohmann::json> handle(const protocol::ControlRequest& request);
 
   private:
+    // A command not waited for ("wait": false), run to its end.
+    awaitable<void> carry_on(protocol::ControlRequest request);
+
     Fleet& fleet_;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 // The replies' parts, for the verbs and their tests.
+nlohmann::json to_json(const LoadProgress& load);
 nlohmann::json to_json(const PortReport& port);
 nlohmann::json to_json(const BudgetReport& budget);
 nlohmann::json to_json(const FleetStatus& status);

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
     int port = 0;
     std::string model, profile_name, check_file;
     bool follow_flag = false;
+    bool no_wait = false;
     int lines = 50;
     // One subcommand per control verb, from the protocol's table.
     std::map<std::string_view, CLI::App*> groups;
@@ -39,6 +40,11 @@ int main(int argc, char** argv) {
         if (v.needs_port) sub->add_option("port", port)->required()->check(CLI::Range(1, 65535));
         if (v.needs_model) sub->add_option("model", model)->required();
         if (v.needs_profile) sub->add_option("name", profile_name)->required();
+        if (v.starts_workers) {
+            sub->add_flag("--no-wait", no_wait,
+                          "return once ensembled has accepted the command; follow it with "
+                          "'ensemble status' or 'ensemble events -f'");
+        }
         if (v.takes_lines) {
             sub->add_option("-n,--lines", lines, "how many to show")->capture_default_str();
             sub->add_flag("-f,--follow", follow_flag, "keep printing what comes");
@@ -101,12 +107,17 @@ int main(int argc, char** argv) {
     request.model = model;
     request.profile = profile_name;
     request.lines = lines;
+    request.wait = !no_wait;
     const auto socket = control_socket_path(socket_option, config_option);
     if (!socket) {
         std::cerr << "ensemble: " << socket.error().message << '\n';
         return 3;
     }
-    auto reply = call_supervisor(*socket, request);
+    // A command that loads models shows their progress while it waits (on stderr).
+    const bool show_progress =
+        protocol::info(request.verb).starts_workers && request.wait && !as_json;
+    auto reply = show_progress ? cli::call_with_progress(*socket, request)
+                               : call_supervisor(*socket, request);
     if (!reply) {
         std::cerr << "ensemble: " << reply.error().message << '\n';
         return 3;

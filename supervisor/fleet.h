@@ -45,6 +45,13 @@ struct PortReport {
     PortPolicy policy;
     std::optional<ModelSpec> model;  // nullopt when the config does not define it (any more)
     std::int64_t uptime_s = 0;       // serving for, while ready
+    // A swap's incoming worker, loading beside the serving one.
+    struct Incoming {
+        std::string model;
+        PortState state = PortState::starting;
+        std::optional<LoadProgress> load;
+    };
+    std::optional<Incoming> incoming;
 };
 
 // `ensemble budget`: the budget, who holds what of it, and the GPU wired limit (macOS).

@@ -44,8 +44,13 @@ Status Fleet::check_port_free_for_operator(int port) const {
 
 PortReport Fleet::report(const Port& port) const {
     const auto& s = port.snapshot();
-    PortReport r{s, policy_for(s.port, s.handle, s.profile), std::nullopt, 0};
+    PortReport r{s, policy_for(s.port, s.handle, s.profile), std::nullopt, 0, std::nullopt};
     if (const auto* model = config_.find_model(s.handle)) r.model = *model;
+    for (const auto& run : side_runs_) {
+        const auto& side = run->snapshot();
+        if (side.port == s.port && run->role() == Port::Role::incoming)
+            r.incoming = PortReport::Incoming{side.handle, side.state, side.load};
+    }
     if (s.state == PortState::ready) {
         const auto now = this->now();
         r.uptime_s =

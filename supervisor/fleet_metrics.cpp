@@ -68,6 +68,23 @@ std::string fleet_metrics(const FleetStatus& status, const ListenerGauges& liste
     per_port(out, status, "ensemble_port_requests_queued", "gauge",
              "Requests waiting in the worker for a restarting engine.",
              [](const PortReport& r) { return r.port.stats.queue_depth; });
+    per_port(out, status, "ensemble_port_load_progress", "gauge",
+             "How far the port's engine has loaded its model: 0 to 0.99 while it loads, 1 once "
+             "ready, 0 without a worker.",
+             [](const PortReport& r) {
+                 if (r.port.state == PortState::ready) return 1.0;
+                 return r.port.load ? r.port.load->fraction : 0.0;
+             });
+    out.family("ensemble_port_load_remaining_seconds", "gauge",
+               "While a port's engine loads: the time left at the rate so far (absent until "
+               "the load is seen moving).");
+    for (const auto& report : status.ports) {
+        const auto& p = report.port;
+        if (p.load && p.load->eta_s) {
+            out.sample("ensemble_port_load_remaining_seconds",
+                       {{"port", std::to_string(p.port)}, {"model", p.handle}}, *p.load->eta_s);
+        }
+    }
     per_port(out, status, "ensemble_port_uptime_seconds", "gauge",
              "How long the port has served since its worker became ready (0 when not ready).",
              [](const PortReport& r) { return r.uptime_s; });
@@ -81,8 +98,7 @@ std::string fleet_metrics(const FleetStatus& status, const ListenerGauges& liste
                "The memory the machine can give the models at all.");
     out.sample("ensemble_memory_budgetable_bytes", {}, static_cast<double>(b.budgetable_bytes));
     out.family("ensemble_memory_reserved_bytes", "gauge",
-               "Memory charged to the running ports (for each, the larger of estimate and "
-               "measure).");
+               "Memory the running ports' estimates reserve.");
     out.sample("ensemble_memory_reserved_bytes", {}, static_cast<double>(b.reserved_bytes));
     out.family("ensemble_memory_measured_bytes", "gauge", "Memory the ports measure in all.");
     out.sample("ensemble_memory_measured_bytes", {}, static_cast<double>(b.measured_bytes));

@@ -62,6 +62,9 @@ bool stderr_is_journal() {
 
 void configure_logging(const std::string& program, const std::filesystem::path& log_file,
                        const LogSettings& rotation) {
+    // A second call (stderr until the config is read, then its --log-file) replaces the first
+    // logger: spdlog refuses two of one name.
+    spdlog::drop(program);
     std::shared_ptr<spdlog::logger> logger;
     auto formatter = std::make_unique<spdlog::pattern_formatter>();
     if (!log_file.empty()) {

@@ -182,6 +182,8 @@ void Port::refresh_estimate() {
 Status Port::start_worker(const ListeningSocket* serving_socket) {
     const auto& config = host_.config();
     hand_over_ = false;
+    load_.reset();
+    s_.load.reset();
     // bind_host changed (a reload, then a restart): the port moves to the new address.
     if (listener_.is_open() && !listener_.bound_to(config.supervisor.bind_host)) listener_.close();
     if (serving_socket == nullptr && !listener_.is_open()) {
@@ -497,6 +499,7 @@ void Port::on_heartbeat(const protocol::WorkerStats& stats) {
     s_.stats = stats;
     if (engine_changed) save_record();  // the engine to kill should this worker die
     note_activity(now);
+    track_load(stats, now);
     if (stats.state == "ready") {
         move(PortEvent::engine_ready, "the engine is ready");
     } else if (stats.state == "loading" || stats.state == "restarting") {
@@ -505,6 +508,21 @@ void Port::on_heartbeat(const protocol::WorkerStats& stats) {
                 stats.engine_last_exit.empty() ? "" : " (" + stats.engine_last_exit + ")";
             move(PortEvent::engine_loading, "the engine is " + stats.state + why);
         }
+    }
+}
+
+void Port::track_load(const protocol::WorkerStats& stats, Clock::time_point now) {
+    if (stats.state != "loading" && stats.state != "restarting") {
+        load_.reset();
+        s_.load.reset();
+        return;
+    }
+    load_.observe(stats, s_.estimate ? s_.estimate->total() : 0, now);
+    s_.load = load_.progress();
+    if (load_.crossed_quarter() > 0 && s_.load) {
+        const char* run = role_ == Role::incoming ? "incoming worker: " : "";
+        host_.event(s_.port, "loading",
+                    std::string(run) + "'" + s_.handle + "' " + describe(*s_.load));
     }
 }
 

@@ -17,6 +17,7 @@
 #include "profiles/memory_estimate.h"
 #include "protocol/messages.h"
 #include "state/store.h"
+#include "supervisor/load_progress.h"
 #include "supervisor/port_state.h"
 #include "supervisor/restart_policy.h"
 #include "supervisor/system.h"
@@ -91,7 +92,8 @@ struct PortSnapshot {
     std::optional<MemoryEstimate> estimate;
     std::string estimate_error;
     Clock::time_point last_used{};
-    bool unwell = false;  // sent SIGTERM for being unwell; SIGKILL follows
+    bool unwell = false;               // sent SIGTERM for being unwell; SIGKILL follows
+    std::optional<LoadProgress> load;  // while the engine loads (LoadTracker)
 };
 
 class Port {
@@ -191,6 +193,9 @@ class Port {
     void kill_unwell(const std::string& reason, Clock::time_point now);
     void check_heartbeat(Clock::time_point now);
     void escalate_kill(Clock::time_point now);
+    // The load's progress from a heartbeat: kept while the engine loads, an event at each
+    // quarter, cleared once it is ready.
+    void track_load(const protocol::WorkerStats& stats, Clock::time_point now);
     void note_activity(Clock::time_point now);
     void refresh_estimate();
     void take_on(std::int64_t pid, std::int64_t start_time, const std::string& worker_id,
@@ -212,6 +217,7 @@ class Port {
     WorkerLinkPeer* link_ = nullptr;
     std::uint64_t rate_tokens_ = 0;
     Clock::time_point rate_since_{};
+    LoadTracker load_;                    // this run's engine load, from its heartbeats
     Clock::time_point adopt_deadline_{};  // while re-adopting: how long to wait for it
     Clock::time_point last_heartbeat_{};
     // Set when the worker was found unwell (no heartbeats, failed probes) and sent SIGTERM; it

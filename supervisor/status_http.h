@@ -33,7 +33,7 @@ struct StatusHttpLimits {
     // A stream is sent the status (and new events) this often.
     std::chrono::milliseconds stream_interval{1000};
     // Answers of /api/status, /metrics and the streams share one rendering this young.
-    std::chrono::milliseconds render_reuse{250};
+    std::chrono::milliseconds render_reuse{100};
 };
 
 class StatusHttp {

@@ -120,9 +120,13 @@ awaitable<void> SupervisorLink::run() {
                 asio::co_spawn(io_, read_loop(), asio::detached);
                 while (socket_.is_open() && !stopping_) {
                     last_contact = Clock::now();
-                    const auto heartbeat = protocol::to_json(protocol::Heartbeat{stats_()});
+                    const auto stats = stats_();
+                    const auto heartbeat = protocol::to_json(protocol::Heartbeat{stats});
                     if (!co_await send(heartbeat)) break;
-                    heartbeat_timer_.expires_after(config_.heartbeat_interval);
+                    // A load's progress is worth telling more often than the steady state.
+                    const bool loading = stats.state == "loading" || stats.state == "restarting";
+                    heartbeat_timer_.expires_after(loading ? config_.loading_heartbeat_interval
+                                                           : config_.heartbeat_interval);
                     co_await heartbeat_timer_.async_wait(on_error(ec));
                 }
                 if (stopping_ && socket_.is_open()) {

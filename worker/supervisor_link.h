@@ -1,7 +1,7 @@
 // The worker's side of workers.sock: registers with the id and one-time token it was started
-// with, sends a heartbeat with its stats every second, and obeys `stop` and `serve`. If the
-// supervisor goes away the worker keeps serving and reconnects; only after `orphan_grace` with no
-// supervisor does it shut itself down.
+// with, sends a heartbeat with its stats every second (four times a second while its engine
+// loads), and obeys `stop` and `serve`. If the supervisor goes away the worker keeps serving
+// and reconnects; only after `orphan_grace` with no supervisor does it shut itself down.
 #pragma once
 
 #include <boost/asio/local/stream_protocol.hpp>
@@ -29,6 +29,8 @@ struct LinkConfig {
     // ensembled meanwhile stops it, since nobody would ever tell it to serve.
     bool standby = false;
     std::chrono::milliseconds heartbeat_interval{1000};
+    // While the engine loads: its progress, four times a second.
+    std::chrono::milliseconds loading_heartbeat_interval{250};
     std::chrono::milliseconds orphan_grace{std::chrono::minutes(5)};
 
     // From ENSEMBLE_SUPERVISOR_SOCKET, ENSEMBLE_WORKER_ID, ENSEMBLE_WORKER_TOKEN (the token is

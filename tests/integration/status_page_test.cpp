@@ -4,7 +4,9 @@
 // the event stream — some never reading — while the supervisor keeps answering.
 #include <netinet/in.h>
 #include <poll.h>
+#include <pty.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 
 #include <algorithm>
 #include <future>
@@ -21,8 +23,15 @@ using namespace std::chrono_literals;
 
 namespace {
 
+constexpr std::size_t kWeightsBytes = 64 << 20;
+
 class StatusPageTest : public SupervisorFixture {
   protected:
+    void SetUp() override {
+        SupervisorFixture::SetUp();
+        write_weights(kWeightsBytes);  // the config names it: every test needs it there
+    }
+
     std::string extra_supervisor_settings() const override {
         for (http_port_ = free_port(); http_port_ == port_a_ || http_port_ == port_b_;)
             http_port_ = free_port();
@@ -52,8 +61,46 @@ class StatusPageTest : public SupervisorFixture {
         return {std::istreambuf_iterator<char>(in), {}};
     }
 
+    // A model the fake engine loads like llama.cpp loads a GGUF, slowly: it maps weights.bin
+    // and reads it over 4 s.
+    std::string extra_models() const override {
+        const auto weights = (dir_ / "weights.bin").string();
+        return "  fake-mapped: {engine: fake, path: " + weights + ", args: [--map-file, " +
+               weights + ", --map-seconds, \"4\"]}\n";
+    }
+
+    void write_weights(std::size_t bytes) {
+        std::ofstream out(dir_ / "weights.bin", std::ios::binary);
+        const std::string block(1 << 20, 'w');
+        for (std::size_t written = 0; written < bytes; written += block.size())
+            out << block;
+    }
+
     mutable unsigned short http_port_ = 0;
 };
+
+// Runs `command` on a pseudo-terminal, as a person at a terminal would, and returns all it
+// printed there.
+std::string run_on_terminal(const std::string& command) {
+    int terminal = -1;
+    winsize size{40, 120, 0, 0};
+    const pid_t pid = ::forkpty(&terminal, nullptr, nullptr, &size);
+    if (pid == 0) {
+        ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+        ::_exit(127);
+    }
+    std::string out;
+    char buffer[4096];
+    for (;;) {
+        const auto n = ::read(terminal, buffer, sizeof buffer);
+        if (n <= 0) break;  // EIO once the child has exited and the terminal is empty
+        out.append(buffer, static_cast<std::size_t>(n));
+    }
+    ::close(terminal);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return out;
+}
 
 // The opening tag of the port's card, and the card's text up to the next one.
 std::string port_card(const std::string& dom, int port) {
@@ -138,6 +185,89 @@ TEST_F(StatusPageTest, MetricsStayValidAndAnsweredWhileAPortCrashLoops) {
     // The same fleet as the CLI's status.
     const auto api = json::parse(get("/api/status").body);
     EXPECT_EQ(api["ports"].size(), status()["ports"].size());
+}
+
+TEST_F(StatusPageTest, LoadProgressClimbsInStatusMetricsEventsAndTheTerminalsBar) {
+    supervisor_ = start_supervisor();
+    const auto port = std::to_string(port_a_);
+    // Someone loads at a terminal while the status listener is watched.
+    auto terminal = std::async(std::launch::async, [&] {
+        return run_on_terminal(cli_bin_ + " --config " + (dir_ / "ensemble.yaml").string() +
+                               " load " + port + " fake-mapped");
+    });
+    std::vector<double> fractions;
+    bool eta_seen = false;
+    std::string metrics_while_loading;
+    while (terminal.wait_for(200ms) != std::future_status::ready) {
+        const auto status = json::parse(get("/api/status").body, nullptr, false);
+        if (status.is_discarded()) continue;
+        for (const auto& p : status["ports"]) {
+            if (p["port"] != port_a_ || !p.contains("load_progress")) continue;
+            const auto& load = p["load_progress"];
+            EXPECT_EQ(p["state"], "loading");
+            EXPECT_EQ(load["measure"], "mapping");
+            EXPECT_EQ(load["total_bytes"], kWeightsBytes);
+            fractions.push_back(load["fraction"].get<double>());
+            eta_seen = eta_seen || load.contains("eta_s");
+            if (eta_seen && metrics_while_loading.empty())
+                metrics_while_loading = get("/metrics").body;
+        }
+    }
+    const auto drawn = terminal.get();
+    ASSERT_GE(fractions.size(), 3U) << "a 4 s load, seen every 200 ms";
+    EXPECT_TRUE(std::is_sorted(fractions.begin(), fractions.end()));
+    EXPECT_GT(fractions.back(), fractions.front());
+    EXPECT_LE(fractions.back(), 0.99) << "never 100 % before ready";
+    EXPECT_TRUE(eta_seen);
+    EXPECT_NE(metrics_while_loading.find("ensemble_port_load_progress{port=\"" + port + "\""),
+              std::string::npos);
+    EXPECT_NE(metrics_while_loading.find("ensemble_port_load_remaining_seconds{port=\"" + port),
+              std::string::npos)
+        << metrics_while_loading;
+    EXPECT_EQ(port_status(port_a_)["state"], "ready");
+    // The bar, redrawn in place, ends full.
+    EXPECT_NE(drawn.find("\x1b["), std::string::npos) << drawn;
+    EXPECT_NE(drawn.find(port + " fake-mapped  [#"), std::string::npos) << drawn;
+    EXPECT_NE(drawn.find("of 64.0 MiB"), std::string::npos) << drawn;
+    EXPECT_NE(drawn.find("[########################] 100 %"), std::string::npos) << drawn;
+    // Each quarter the load passes is an event.
+    const auto events = json::parse(cli("--json events -n 100").out)["result"]["events"];
+    std::vector<int> quarters;
+    static const std::regex percent(R"re(^'fake-mapped' ([0-9]+) %)re");
+    for (const auto& e : events) {
+        std::smatch m;
+        const auto message = e["message"].get<std::string>();
+        if (e["kind"] == "loading" && std::regex_search(message, m, percent))
+            quarters.push_back(std::stoi(m[1].str()) / 25);
+    }
+    EXPECT_EQ(quarters, (std::vector<int>{1, 2, 3})) << events.dump(1);
+
+    // Not on a terminal: plain lines, no escape codes.
+    ASSERT_EQ(cli("unload " + port).exit_code, 0);
+    const auto plain = cli("load " + port + " fake-mapped");
+    EXPECT_EQ(plain.exit_code, 0) << plain.out;
+    EXPECT_EQ(plain.out.find("\x1b["), std::string::npos) << plain.out;
+    EXPECT_NE(plain.out.find(port + " fake-mapped: loading "), std::string::npos) << plain.out;
+    EXPECT_NE(plain.out.find(port + " fake-mapped: ready"), std::string::npos) << plain.out;
+
+    // --no-wait: back at once; the load goes on.
+    ASSERT_EQ(cli("unload " + port).exit_code, 0);
+    const auto begin = std::chrono::steady_clock::now();
+    const auto quick = cli("load --no-wait " + port + " fake-mapped");
+    EXPECT_LT(std::chrono::steady_clock::now() - begin, 2s);
+    EXPECT_EQ(quick.exit_code, 0) << quick.out;
+    EXPECT_NE(quick.out.find("accepted: load " + port + " fake-mapped"), std::string::npos)
+        << quick.out;
+    EXPECT_NE(port_status(port_a_)["state"], "ready");
+    // And the page shows the load as it goes.
+    for (int i = 0; i < 50 && !port_status(port_a_).contains("load_progress"); ++i)
+        std::this_thread::sleep_for(100ms);
+    const auto card = port_card(chromium("--dump-dom"), port_a_);
+    EXPECT_NE(card.find("<div class=\"bar load-bar\"><div class=\"progress\" style=\"width: "),
+              std::string::npos)
+        << card;
+    EXPECT_NE(card.find("<p class=\"load\">loading "), std::string::npos) << card;
+    EXPECT_EQ(wait_for_state(port_a_, "ready")["state"], "ready");
 }
 
 // Connections to the status listener that follow /api/events.

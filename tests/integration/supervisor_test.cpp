@@ -52,6 +52,20 @@ class SupervisorTest : public SupervisorFixture {
     }
 };
 
+// Found measuring load progress: --log-file (what the launchd plist passes) made ensembled exit
+// at once ("logger with name 'ensembled' already exists"), so it never started under launchd.
+TEST_F(SupervisorTest, LogsToItsLogFileAsLaunchdStartsIt) {
+    const auto log = dir_ / "own" / "ensembled.log";
+    ensembled_args_ = {"--log-file", log.string()};
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("status").exit_code, 0) << "it runs";
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    std::ifstream in(log);
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    EXPECT_NE(text.find("[ensembled] ready: control"), std::string::npos) << text;
+    EXPECT_NE(text.find("loading -> ready"), std::string::npos) << text;
+}
+
 TEST_F(SupervisorTest, ProfileLoadServesEveryPortAndStatusShowsThem) {
     supervisor_ = start_supervisor();
     auto load = cli("profile load pair");

@@ -84,7 +84,7 @@ class SupervisorFixture : public ::testing::Test {
             << "  fake-hog: {engine: fake, path: none, args: [--grow-mb, \"64\"]}\n"
             << "  fake-slow-stream: {engine: fake, path: none,"
                " args: [--tokens, \"40\", --token-delay-ms, \"200\"]}\n"
-            << "profiles:\n"
+            << extra_models() << "profiles:\n"
             << "  pair:\n    " << port_a_ << ": tiny\n    " << port_b_ << ": tiny-two\n"
             << "  single:\n    " << port_a_ << ": tiny-two\n"
             << (fleet_test ? "  fleet:\n" : "");
@@ -107,12 +107,15 @@ class SupervisorFixture : public ::testing::Test {
 
     // More lines for the config's supervisor section ("  key: value\n" each).
     virtual std::string extra_supervisor_settings() const { return ""; }
+    // More models ("  handle: {...}\n" each).
+    virtual std::string extra_models() const { return ""; }
 
     // `descriptor_limit` > 0: ensembled runs with that hard limit on open descriptors.
     std::unique_ptr<ChildProcess> start_supervisor(std::map<std::string, std::string> env = {},
                                                    int descriptor_limit = 0) {
         SpawnSpec spec;
         spec.argv = {ensembled_bin_, "--config", (dir_ / "ensemble.yaml").string()};
+        spec.argv.insert(spec.argv.end(), ensembled_args_.begin(), ensembled_args_.end());
         if (descriptor_limit > 0) {
             spec.argv.insert(spec.argv.begin(), {"/bin/sh", "-c",
                                                  "ulimit -n " + std::to_string(descriptor_limit) +
@@ -202,6 +205,7 @@ class SupervisorFixture : public ::testing::Test {
     std::string ensembled_bin_ = ENSEMBLE_TEST_ENSEMBLED_BIN;
     std::string cli_bin_ = ENSEMBLE_TEST_CLI_BIN;
     std::string worker_bin_ = worker_binary().string();  // empty: the one next to ensembled
+    std::vector<std::string> ensembled_args_;            // more of ensembled's options
     std::filesystem::path dir_, run_dir_;
     unsigned short port_a_ = 0, port_b_ = 0;
     std::vector<unsigned short> fleet_ports_;

@@ -111,9 +111,16 @@ TEST(Messages, HeartbeatRoundTrip) {
     h.stats.memory_bytes = 123456789;
     h.stats.requests = 7;
     h.stats.queue_depth = 2;
+    h.stats.load_mapped_bytes = 5;
+    h.stats.load_file_bytes = 10;
     auto parsed = parse_worker_message(to_json(h));
     ASSERT_TRUE(parsed);
     EXPECT_EQ(std::get<Heartbeat>(*parsed).stats.memory_bytes, 123456789U);
+    EXPECT_EQ(std::get<Heartbeat>(*parsed).stats.load_mapped_bytes, 5U);
+    EXPECT_EQ(std::get<Heartbeat>(*parsed).stats.load_file_bytes, 10U);
+    // More of a file resident than the file holds is a worker's lie, refused.
+    h.stats.load_mapped_bytes = 11;
+    EXPECT_FALSE(parse_worker_message(to_json(h)));
 }
 
 TEST(Messages, WrongTypesUnknownMessagesAndVersionsAreErrors) {
@@ -139,6 +146,16 @@ TEST(ControlRequests, VerbsCheckTheirFields) {
     auto profile = parse_control_request({{"verb", "profile-load"}, {"profile", "coding"}});
     ASSERT_TRUE(profile);
     EXPECT_EQ(profile->profile, "coding");
+    EXPECT_TRUE(profile->wait);
+    // "wait": false only for the verbs that start workers, and only as a boolean.
+    auto no_wait = parse_control_request(
+        {{"verb", "swap"}, {"port", 8100}, {"model", "tiny"}, {"wait", false}});
+    ASSERT_TRUE(no_wait);
+    EXPECT_FALSE(no_wait->wait);
+    EXPECT_EQ(to_json(*no_wait)["wait"], false);
+    EXPECT_FALSE(parse_control_request({{"verb", "status"}, {"wait", false}}));
+    EXPECT_FALSE(
+        parse_control_request({{"verb", "load"}, {"port", 8100}, {"model", "tiny"}, {"wait", 0}}));
 }
 
 }  // namespace

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -528,6 +529,35 @@ TEST(ProcessMemory, MeasuresALiveProcessAndNothingForAGoneOne) {
     ASSERT_TRUE(mine);
     EXPECT_GT(*mine, 100U * 1024);
     EXPECT_FALSE(process_footprint(0x3fffffff));
+}
+
+TEST(ProcessMemory, TheResidentShareOfAMappedFileIsWhatWasRead) {
+    const auto file = std::filesystem::temp_directory_path() /
+                      ("ensemble-mapped-" + std::to_string(::getpid()) + ".bin");
+    constexpr std::size_t kSize = 8 << 20;
+    std::ofstream(file, std::ios::binary) << std::string(kSize, 'x');
+    EXPECT_FALSE(mapped_file_resident_bytes(::getpid(), file)) << "not mapped yet";
+    const int fd = ::open(file.c_str(), O_RDONLY);
+    auto* bytes =
+        static_cast<const volatile char*>(::mmap(nullptr, kSize, PROT_READ, MAP_SHARED, fd, 0));
+    ::close(fd);
+    ASSERT_NE(bytes, MAP_FAILED);
+    const auto untouched = mapped_file_resident_bytes(::getpid(), file);
+    ASSERT_TRUE(untouched);
+    // Read the first half, page by page (without read-ahead past it, as far as possible).
+    ::madvise(const_cast<char*>(bytes), kSize, MADV_RANDOM);
+    for (std::size_t at = 0; at < kSize / 2; at += 4096)
+        (void)bytes[at];
+    const auto half = mapped_file_resident_bytes(::getpid(), file);
+    ASSERT_TRUE(half);
+    EXPECT_GE(*half, kSize / 2);
+    EXPECT_LT(*half, kSize / 2 + (1 << 20)) << "the unread half is not counted";
+    for (std::size_t at = kSize / 2; at < kSize; at += 4096)
+        (void)bytes[at];
+    EXPECT_EQ(mapped_file_resident_bytes(::getpid(), file), kSize);
+    ::munmap(const_cast<char*>(bytes), kSize);
+    EXPECT_FALSE(mapped_file_resident_bytes(::getpid(), file));
+    std::filesystem::remove(file);
 }
 
 TEST(MemoryLimits, PhysicalMemoryAndTheBudgetableShare) {
