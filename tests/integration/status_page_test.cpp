@@ -4,7 +4,8 @@
 // the event stream — some never reading — while the supervisor keeps answering.
 #include <netinet/in.h>
 #include <poll.h>
-#include <pty.h>
+#include <fcntl.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 
@@ -82,10 +83,22 @@ class StatusPageTest : public SupervisorFixture {
 // Runs `command` on a pseudo-terminal, as a person at a terminal would, and returns all it
 // printed there.
 std::string run_on_terminal(const std::string& command) {
-    int terminal = -1;
-    winsize size{40, 120, 0, 0};
-    const pid_t pid = ::forkpty(&terminal, nullptr, nullptr, &size);
+    // POSIX's pseudo-terminal calls (forkpty lives in different headers on Linux and macOS).
+    const int terminal = ::posix_openpt(O_RDWR | O_NOCTTY);
+    EXPECT_GE(terminal, 0);
+    EXPECT_EQ(::grantpt(terminal), 0);
+    EXPECT_EQ(::unlockpt(terminal), 0);
+    const std::string device = ::ptsname(terminal);
+    const pid_t pid = ::fork();
     if (pid == 0) {
+        ::setsid();
+        const int side = ::open(device.c_str(), O_RDWR);
+        winsize size{40, 120, 0, 0};
+        ::ioctl(side, TIOCSWINSZ, &size);
+        for (int fd : {0, 1, 2})
+            ::dup2(side, fd);
+        ::close(side);
+        ::close(terminal);
         ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
         ::_exit(127);
     }
