@@ -1,6 +1,8 @@
 #include <sys/stat.h>
+#include <sys/sysmacros.h>
 
 #include <cctype>
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -37,8 +39,12 @@ std::optional<std::uint64_t> mapped_file_resident_bytes(pid_t pid,
             std::string range, perms, offset, device;
             std::uint64_t inode = 0;
             fields >> range >> perms >> offset >> device >> inode;
-            in_file = inode == target.st_ino && inode != 0 &&
-                      line.find(file.string()) != std::string::npos;
+            // By device and inode, not by path: smaps shows the resolved path, and a model is
+            // often reached through a symlink (the Hugging Face cache's snapshots/).
+            unsigned major = 0, minor = 0;
+            const bool parsed = std::sscanf(device.c_str(), "%x:%x", &major, &minor) == 2;
+            in_file = parsed && inode != 0 && inode == target.st_ino &&
+                      makedev(major, minor) == target.st_dev;
             found = found || in_file;
         } else if (in_file && line.rfind("Rss:", 0) == 0) {
             std::istringstream fields(line.substr(4));

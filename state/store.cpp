@@ -393,18 +393,35 @@ Status StateStore::append_event(const Event& e) {
         "pruning events");
 }
 
-Result<std::vector<Event>> StateStore::events_after(std::int64_t after_id, int limit) {
-    Statement s(db_,
-                "SELECT id, at_ms, port, kind, message FROM (SELECT * FROM events WHERE id > ?1 "
-                "ORDER BY id DESC LIMIT ?2) ORDER BY id");
-    if (!s.ok()) return s.error("reading events");
-    s.bind(1, after_id).bind(2, limit);
+namespace {
+
+Result<std::vector<Event>> read_events(Statement& s) {
     std::vector<Event> out;
     while (s.step() == SQLITE_ROW) {
         out.push_back(
             {s.integer(0), s.integer(1), static_cast<int>(s.integer(2)), s.text(3), s.text(4)});
     }
     return out;
+}
+
+}  // namespace
+
+Result<std::vector<Event>> StateStore::newest_events(int limit) {
+    Statement s(db_,
+                "SELECT id, at_ms, port, kind, message FROM (SELECT * FROM events "
+                "ORDER BY id DESC LIMIT ?1) ORDER BY id");
+    if (!s.ok()) return s.error("reading events");
+    s.bind(1, limit);
+    return read_events(s);
+}
+
+Result<std::vector<Event>> StateStore::events_after(std::int64_t after_id, int limit) {
+    Statement s(db_,
+                "SELECT id, at_ms, port, kind, message FROM events WHERE id > ?1 ORDER BY id "
+                "LIMIT ?2");
+    if (!s.ok()) return s.error("reading events");
+    s.bind(1, after_id).bind(2, limit);
+    return read_events(s);
 }
 
 Result<std::string> StateStore::meta(const std::string& key) {

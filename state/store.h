@@ -77,6 +77,8 @@ class StateStore {
     Status remove_worker(int port);
 
     Status append_event(const Event& event);  // keeps the newest `event_retention` events
+    Result<std::vector<Event>> newest_events(int limit);  // oldest first
+    // The first `limit` events after `after_id` (a follower's cursor: none is skipped).
     Result<std::vector<Event>> events_after(std::int64_t after_id, int limit);
 
     Result<std::string> meta(const std::string& key);  // "" when unset

@@ -1,3 +1,4 @@
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,6 +46,10 @@ int percent(const PortView& v) {
 }
 
 std::string eta_text(const PortView& v) {
+    // The model file is in (progress stops at 0.99): what is left is the engine's own start.
+    if (v.load && v.load->value("measure", "") == "mapping" &&
+        v.load->value("fraction", 0.0) >= 0.99)
+        return "weights read, the engine is starting";
     if (!v.load || !v.load->contains("eta_s")) return "";
     const auto seconds = static_cast<long>(std::ceil((*v.load)["eta_s"].get<double>()));
     return seconds < 120 ? "about " + std::to_string(seconds) + " s left"
@@ -80,6 +85,12 @@ std::string plain_line(const PortView& v) {
     return line.str();
 }
 
+std::size_t terminal_width() {
+    winsize size{};
+    if (::ioctl(STDERR_FILENO, TIOCGWINSZ, &size) == 0 && size.ws_col > 10) return size.ws_col;
+    return 80;
+}
+
 // Draws the ports a command moves: on a terminal, one bar per port redrawn in place; otherwise
 // a line whenever a port changes state or passes a tenth of its load.
 class ProgressView {
@@ -88,11 +99,14 @@ class ProgressView {
 
     void show(const std::vector<PortView>& ports) {
         if (terminal_) {
+            // Up over the last frame, then each line cut to the width (a wrapped line would
+            // throw the count off), and whatever is left below cleared.
             if (lines_ > 0) std::cerr << "\x1b[" << lines_ << 'A';
+            const auto width = terminal_width();
             for (const auto& v : ports)
-                std::cerr << "\r\x1b[2K" << bar_line(v) << '\n';
+                std::cerr << '\r' << bar_line(v).substr(0, width - 1) << "\x1b[K\n";
+            std::cerr << "\x1b[J" << std::flush;
             lines_ = static_cast<int>(ports.size());
-            std::cerr << std::flush;
             return;
         }
         for (const auto& v : ports) {

@@ -195,16 +195,29 @@ awaitable<void> ControlApi::carry_on(protocol::ControlRequest request) {
     request.wait = true;
     const auto reply = co_await handle(request);
     if (!reply.value("ok", false)) {
-        spdlog::warn("{} (not waited for) failed: {}", protocol::info(request.verb).name,
-                     reply["error"].value("message", "failed"));
+        // Nobody waits for the reply: the event log is where the failure is seen.
+        fleet_.note_failure(request.port.value_or(0), protocol::info(request.verb).name,
+                            reply["error"].value("message", "failed"));
     }
+}
+
+Status ControlApi::check_before_accepting(const protocol::ControlRequest& r) const {
+    const auto& config = fleet_.config();
+    if (!r.model.empty() && config.find_model(r.model) == nullptr)
+        return Error{"unknown_model", "unknown model '" + r.model + "'; see 'ensemble check'"};
+    if (!r.profile.empty() && !config.profiles.count(r.profile))
+        return Error{"unknown_profile",
+                     "unknown profile '" + r.profile + "'; see 'ensemble profile list'"};
+    if (r.port) return check_port_allowed(config.supervisor, *r.port);
+    return Ok{};
 }
 
 awaitable<json> ControlApi::handle(const protocol::ControlRequest& r) {
     using protocol::Verb;
     if (!r.wait) {
-        // Accepted now; it runs in its turn like any other, and `status` and the events say
-        // how it goes.
+        // Accepted now, unless it is plainly wrong; it runs in its turn like any other, and
+        // `status` and the events say how it goes.
+        if (auto ok = check_before_accepting(r); !ok) co_return protocol::error_reply(ok.error());
         const auto executor = co_await asio::this_coro::executor;
         asio::co_spawn(executor, carry_on(r), asio::detached);
         json accepted = {{"accepted", true}, {"verb", protocol::info(r.verb).name}};

@@ -23,8 +23,11 @@ class ControlApi {
     awaitable<nlohmann::json> handle(const protocol::ControlRequest& request);
 
   private:
-    // A command not waited for ("wait": false), run to its end.
+    // A command not waited for ("wait": false), run to its end; a failure becomes an event.
     awaitable<void> carry_on(protocol::ControlRequest request);
+    // What can be refused before a command not waited for is accepted: an unknown model or
+    // profile, a port not allowed.
+    Status check_before_accepting(const protocol::ControlRequest& request) const;
 
     Fleet& fleet_;
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);

@@ -155,10 +155,14 @@ class Fleet final : private PortHost {
     BudgetReport budget() const;  // fleet_memory.cpp
     std::vector<ProfileListing> profiles() const;
     Result<PortLogs> logs(int port, int lines) const;
-    // The newest `lines` events, or of those after event `after_id` (a follower's cursor).
+    // The newest `lines` events; with `after_id`, the first `lines` after it (a follower's
+    // cursor: none skipped).
     Result<std::vector<Event>> events(int lines, std::int64_t after_id = 0) const;
     // Reads the config file again; the ports whose worker would now start differently.
     Result<std::vector<int>> reload();
+
+    // A command nobody waited for failed ("wait": false): an event, kind "command_failed".
+    void note_failure(int port, std::string_view verb, const std::string& message);
 
     // "3 ports: 2 ready, 1 loading", for the service manager's status line.
     std::string summary() const;

@@ -441,8 +441,12 @@ Result<PortLogs> Fleet::logs(int port, int lines) const {
     return PortLogs{engine, worker, tail_lines(engine, lines), tail_lines(worker, lines)};
 }
 
+void Fleet::note_failure(int port, std::string_view verb, const std::string& message) {
+    event(port, "command_failed", std::string(verb) + " (not waited for) failed: " + message);
+}
+
 Result<std::vector<Event>> Fleet::events(int lines, std::int64_t after_id) const {
-    return store_->events_after(after_id, lines);
+    return after_id > 0 ? store_->events_after(after_id, lines) : store_->newest_events(lines);
 }
 
 Result<std::vector<int>> Fleet::reload() {

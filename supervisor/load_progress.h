@@ -50,7 +50,7 @@ class LoadTracker {
     int crossed_ = 0;
 };
 
-// "41 % (105 of 257 MiB of the model file mapped), about 3 s left"
+// "41 % (105.0 MiB of 256.6 MiB of the model file resident), about 3 s left"
 std::string describe(const LoadProgress& progress);
 
 }  // namespace ensemble

@@ -112,6 +112,10 @@ bool Port::move(PortEvent ev, const std::string& reason, bool save) {
         // worker, cleared when a new worker starts (start_worker).
         if (*next == PortState::ready && !s_.ready_since) s_.ready_since = host_.time().now();
         s_.state = *next;
+        if (s_.state != PortState::starting && s_.state != PortState::loading) {
+            load_.reset();  // a load ends with its state: ready, gone, stopped
+            s_.load.reset();
+        }
         if (save) save_record();
     }
     close_if_down();
@@ -499,6 +503,7 @@ void Port::on_heartbeat(const protocol::WorkerStats& stats) {
     s_.stats = stats;
     if (engine_changed) save_record();  // the engine to kill should this worker die
     note_activity(now);
+    if (engine_changed) load_.reset();  // an engine restarted in its load begins again
     track_load(stats, now);
     if (stats.state == "ready") {
         move(PortEvent::engine_ready, "the engine is ready");

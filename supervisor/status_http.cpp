@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <cerrno>
 #include <charconv>
@@ -25,7 +26,8 @@ namespace {
 using Response = http::response<http::string_body>;
 using Clock = std::chrono::steady_clock;
 
-constexpr int kRecentEvents = 50;  // kept for the streams; a new stream starts with these
+constexpr int kRecentEvents = 50;  // /api/events by default, and what a new stream starts with
+constexpr int kKeptEvents = 200;   // kept for the streams, read on from the newest seen
 constexpr int kMaxEventLines = 1000;
 // Refusals of connections over the cap, in flight at once; past this a connection is closed
 // unanswered, so a flood cannot take the supervisor's descriptors.
@@ -92,6 +94,17 @@ Response error_response(http::status status, std::string_view code, const std::s
                         bool keep_alive, bool head) {
     const nlohmann::json body = {{"error", {{"code", code}, {"message", message}}}};
     return make_response(status, "application/json", body.dump() + "\n", keep_alive, head);
+}
+
+// Ends a connection whose request may be partly unread: closing at once would reset it and the
+// client might never see the reply just written. Stop sending, drop what comes briefly, close.
+awaitable<void> finish(beast::tcp_stream& stream) {
+    boost::system::error_code ec;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream.expires_after(std::chrono::milliseconds(250));
+    std::array<char, 4096> sink{};
+    for (std::size_t dropped = 0; !ec && dropped < 64 * 1024;)
+        dropped += co_await stream.async_read_some(asio::buffer(sink), on_error(ec));
 }
 
 }  // namespace
@@ -201,13 +214,13 @@ const StatusHttp::Rendering& StatusHttp::rendering() {
     r.status_json = to_json(status).dump();
     r.metrics = fleet_metrics(status, {connections_.size(), streams_});
     // Only what is new since the last rendering is read from the event log.
-    if (auto events = fleet_.events(kRecentEvents, r.last_event_id)) {
+    if (auto events = fleet_.events(kKeptEvents, r.last_event_id)) {
         for (const auto& e : *events) {
             r.recent.emplace_back(e.id, "id: " + std::to_string(e.id) +
                                             "\nevent: event\ndata: " + to_json(e).dump() + "\n\n");
             r.last_event_id = e.id;
         }
-        while (r.recent.size() > static_cast<std::size_t>(kRecentEvents))
+        while (r.recent.size() > static_cast<std::size_t>(kKeptEvents))
             r.recent.pop_front();
     }
     return r;
@@ -250,7 +263,7 @@ awaitable<void> StatusHttp::refuse(tcp::socket socket) {
     response.set(http::field::retry_after, "1");
     boost::system::error_code ec;
     co_await http::async_write(stream, response, on_error(ec));
-    stream.socket().shutdown(tcp::socket::shutdown_both, ec);
+    if (!ec) co_await finish(stream);
 }
 
 awaitable<void> StatusHttp::serve(std::shared_ptr<Connection> connection) {
@@ -283,6 +296,7 @@ awaitable<void> StatusHttp::serve(std::shared_ptr<Connection> connection) {
                                          false, false);
                 stream.expires_after(limits_.write_timeout);
                 co_await http::async_write(stream, refusal, on_error(ec));
+                if (!ec) co_await finish(stream);
             }
             break;
         }
@@ -349,7 +363,7 @@ awaitable<void> StatusHttp::serve(std::shared_ptr<Connection> connection) {
                     const auto resume =
                         query_number("id=" + std::string(sv(request["Last-Event-ID"])), "id");
                     const std::int64_t cursor = resume && *resume > 0 ? *resume : after.value_or(0);
-                    co_await stream_events(connection, cursor);
+                    co_await stream_events(*connection, cursor);
                     break;
                 }
             } else {
@@ -376,18 +390,27 @@ awaitable<void> StatusHttp::serve(std::shared_ptr<Connection> connection) {
     connections_.remove(connection);
 }
 
-awaitable<void> StatusHttp::stream_events(std::shared_ptr<Connection> connection,
-                                          std::int64_t cursor) {
+awaitable<void> StatusHttp::stream_events(Connection& connection, std::int64_t cursor) {
     ++streams_;
-    auto& stream = connection->stream;
+    auto& stream = connection.stream;
     // Close-delimited: the stream's end is the connection's.
     std::string message =
         "HTTP/1.1 200 OK\r\nServer: ensembled\r\nContent-Type: text/event-stream\r\n"
         "Cache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n"
         "retry: 2000\n\n";
     boost::system::error_code ec;
+    if (const auto& r = rendering(); cursor == 0 && r.recent.size() > kRecentEvents) {
+        cursor = r.recent[r.recent.size() - kRecentEvents - 1].first;  // the newest 50 first
+    }
     while (!stopped_) {
         const auto& r = rendering();
+        if (!r.recent.empty() && cursor > 0 && cursor < r.recent.front().first - 1) {
+            // Fell behind what is kept (a burst, or a resume from long ago): say so, and how
+            // to read what was skipped.
+            message += ": events after " + std::to_string(cursor) +
+                       " were skipped here; read them with GET /api/events?after=" +
+                       std::to_string(cursor) + "\n\n";
+        }
         for (const auto& [id, text] : r.recent) {
             if (id <= cursor) continue;
             message += text;
@@ -402,8 +425,8 @@ awaitable<void> StatusHttp::stream_events(std::shared_ptr<Connection> connection
         co_await asio::async_write(stream, asio::buffer(message), on_error(ec));
         if (ec || stopped_) break;
         message.clear();
-        connection->wake.expires_after(limits_.stream_interval);
-        co_await connection->wake.async_wait(on_error(ec));
+        connection.wake.expires_after(limits_.stream_interval);
+        co_await connection.wake.async_wait(on_error(ec));
         if (ec) break;
     }
     --streams_;

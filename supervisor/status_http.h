@@ -6,7 +6,10 @@
 // It runs on the supervisor's own event loop, so no client may hold that loop: connections,
 // header bytes and streams are capped, every read and write has a deadline, a stream keeps at
 // most one message in flight (a client that stops reading is dropped when its write times
-// out), and the fleet is rendered at most a few times a second, however many clients ask.
+// out), and the fleet is rendered at most ten times a second, however many clients ask.
+//
+// Its coroutines refer to it until they end: stop() it, then destroy it only once its
+// io_context will not run again (ensembled: after io.run() returns).
 #pragma once
 
 #include <chrono>
@@ -60,7 +63,7 @@ class StatusHttp {
     awaitable<void> accept_loop();
     awaitable<void> refuse(tcp::socket socket);
     awaitable<void> serve(std::shared_ptr<Connection> connection);
-    awaitable<void> stream_events(std::shared_ptr<Connection> connection, std::int64_t cursor);
+    awaitable<void> stream_events(Connection& connection, std::int64_t cursor);
     // The fleet as JSON and metrics, rendered again only when the last is older than
     // render_reuse; the newest events are kept with it for the streams.
     const Rendering& rendering();

@@ -13,6 +13,7 @@
 #include "os/descriptor_limit.h"
 #include "os/process_memory.h"
 #include "protocol/worker_contract.h"
+#include "worker/model_load.h"
 #include "worker/supervisor_link.h"
 #include "worker/worker_options.h"
 
@@ -30,19 +31,8 @@ awaitable<void> shut_down(asio::io_context& io, HttpFront& front, EngineRunner& 
     io.stop();
 }
 
-// While the engine loads a model file: how much of it is resident in the engine's mapping.
-void measure_load(const std::string& model, pid_t engine, protocol::WorkerStats& s) {
-    std::error_code ec;
-    const auto size = std::filesystem::file_size(model, ec);
-    if (ec || size == 0) return;  // a directory (MLX), a repo id, or unreadable
-    if (auto mapped = mapped_file_resident_bytes(engine, model)) {
-        s.load_file_bytes = size;
-        s.load_mapped_bytes = std::min<std::uint64_t>(*mapped, size);
-    }
-}
-
 protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProxy& proxy,
-                                    const std::string& model) {
+                                    const std::vector<std::filesystem::path>& model_files) {
     protocol::WorkerStats s;
     s.state = to_string(engine.state());
     s.requests = proxy.stats().requests;
@@ -56,7 +46,7 @@ protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProx
         s.engine_pid = *pid;
         s.memory_bytes += process_footprint(*pid).value_or(0);
         if (engine.state() == EngineState::loading || engine.state() == EngineState::restarting)
-            measure_load(model, *pid, s);
+            measure_load(model_files, *pid, s);
     }
     if (auto recorded = engine.running_engine()) {  // unless it could not be identified
         s.engine_start_time = recorded->leader.start_time;
@@ -179,10 +169,10 @@ int main(int argc, char** argv) {
         exit = protocol::WorkerExit::model_not_loadable;
         begin_shutdown("the model cannot be loaded");
     };
+    const auto files = model_files(options.engine.model);  // outlives the link's reads
     if (link_config) {
         link = std::make_unique<SupervisorLink>(
-            io, *link_config, [&] { return collect_stats(engine, proxy, options.engine.model); },
-            begin_shutdown,
+            io, *link_config, [&] { return collect_stats(engine, proxy, files); }, begin_shutdown,
             [&] {
                 spdlog::info("worker: told to serve: accepting on the port");
                 standing_by = false;

@@ -2,9 +2,9 @@
 // in headless Chromium after a swap (DOM asserted, screenshots kept in the test's output
 // folder), /metrics checked by promtool while a port crash-loops, and hundreds of followers of
 // the event stream — some never reading — while the supervisor keeps answering.
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
-#include <fcntl.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -281,6 +281,20 @@ TEST_F(StatusPageTest, LoadProgressClimbsInStatusMetricsEventsAndTheTerminalsBar
         << card;
     EXPECT_NE(card.find("<p class=\"load\">loading "), std::string::npos) << card;
     EXPECT_EQ(wait_for_state(port_a_, "ready")["state"], "ready");
+
+    // What is plainly wrong is refused before it is accepted; what only ensembled can find
+    // out (the port serves another model) is an event, since nobody waits for the reply.
+    const auto typo = cli("load --no-wait " + std::to_string(port_b_) + " no-such-model");
+    EXPECT_EQ(typo.exit_code, 1) << typo.out;
+    EXPECT_NE(typo.out.find("unknown model 'no-such-model'"), std::string::npos) << typo.out;
+    const auto busy = cli("load --no-wait " + port + " tiny");
+    EXPECT_EQ(busy.exit_code, 0) << busy.out;
+    std::string told;
+    for (int i = 0; i < 50 && told.find("command_failed") == std::string::npos; ++i) {
+        std::this_thread::sleep_for(100ms);
+        told = cli("events -n 5").out;
+    }
+    EXPECT_NE(told.find("load (not waited for) failed: port " + port), std::string::npos) << told;
 }
 
 // Connections to the status listener that follow /api/events.

@@ -88,6 +88,7 @@ HttpResponse http_request(const StreamEndpoint& endpoint, const HttpRequest& req
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
     parser.body_limit(std::uint64_t{1} << 32);
+    if (request.method == "HEAD") parser.skip(true);  // a Content-Length, and no body after it
     bool stopped_by_callback = false;
     auto chunk_body = [&](std::uint64_t, beast::string_view body, boost::system::error_code&) {
         out.body.append(body.data(), body.size());

@@ -555,6 +555,12 @@ TEST(ProcessMemory, TheResidentShareOfAMappedFileIsWhatWasRead) {
     for (std::size_t at = kSize / 2; at < kSize; at += 4096)
         (void)bytes[at];
     EXPECT_EQ(mapped_file_resident_bytes(::getpid(), file), kSize);
+    // Reached through a symlink (the Hugging Face cache's snapshots/ point into blobs/): the
+    // same file.
+    const auto link = file.string() + ".link";
+    std::filesystem::create_symlink(file, link);
+    EXPECT_EQ(mapped_file_resident_bytes(::getpid(), link), kSize);
+    std::filesystem::remove(link);
     ::munmap(const_cast<char*>(bytes), kSize);
     EXPECT_FALSE(mapped_file_resident_bytes(::getpid(), file));
     std::filesystem::remove(file);

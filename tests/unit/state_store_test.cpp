@@ -117,12 +117,18 @@ TEST_F(StateStoreTest, EventsAreAppendOnlyWithRetention) {
     s->event_retention = 5;
     for (int i = 0; i < 12; ++i)
         ASSERT_TRUE(s->append_event({0, 0, 8100, "test", std::to_string(i)}));
-    auto e = *s->events_after(0, 100);
+    auto e = *s->newest_events(100);
     ASSERT_EQ(e.size(), 5U);
     EXPECT_EQ(e.front().message, "7");
     EXPECT_EQ(e.back().message, "11");
     auto after = *s->events_after(e[2].id, 100);
     EXPECT_EQ(after.size(), 2U);
+    // A follower reads on from its cursor, oldest first, skipping none.
+    auto next = *s->events_after(e[0].id, 2);
+    ASSERT_EQ(next.size(), 2U);
+    EXPECT_EQ(next[0].message, "8");
+    EXPECT_EQ(next[1].message, "9");
+    EXPECT_EQ(s->newest_events(2)->front().message, "10");
 }
 
 // A child writes assignments as fast as it can and reports each one after its commit returns;
