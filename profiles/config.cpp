@@ -328,8 +328,12 @@ void Loader::status_http(const std::string& file, const YAML::Node& supervisor,
     if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed)
         v_.at(file, node, allowed.error().message);
     if (const auto& token = supervisor["http_token_file"]) {
-        if (auto path = v_.scalar<std::string>(file, token, "http_token_file"))
-            http.token_file = base / expand_home(*path);
+        if (auto path = v_.scalar<std::string>(file, token, "http_token_file")) {
+            if (path->empty())
+                v_.at(file, token, "http_token_file is empty: name the token's file, or remove it");
+            else
+                http.token_file = base / expand_home(*path);
+        }
     }
     if (http.token_file.empty() && !is_loopback_host(http.host)) {
         v_.at(file, node,

@@ -1,5 +1,8 @@
 #include "protocol/bearer_token.h"
 
+#include <algorithm>
+#include <cctype>
+
 namespace ensemble::protocol {
 
 bool constant_time_equal(std::string_view a, std::string_view b) {
@@ -12,9 +15,14 @@ bool constant_time_equal(std::string_view a, std::string_view b) {
 }
 
 bool bearer_matches(std::string_view authorization_header, std::string_view token) {
-    constexpr std::string_view kBearer = "Bearer ";
-    return authorization_header.substr(0, kBearer.size()) == kBearer &&
-           constant_time_equal(authorization_header.substr(kBearer.size()), token);
+    // The scheme is case-insensitive (RFC 7235): "bearer" and "BEARER" are "Bearer".
+    constexpr std::string_view kBearer = "bearer ";
+    const auto scheme = authorization_header.substr(0, kBearer.size());
+    const bool is_bearer =
+        scheme.size() == kBearer.size() &&
+        std::equal(scheme.begin(), scheme.end(), kBearer.begin(),
+                   [](char a, char b) { return std::tolower(static_cast<unsigned char>(a)) == b; });
+    return is_bearer && constant_time_equal(authorization_header.substr(kBearer.size()), token);
 }
 
 }  // namespace ensemble::protocol

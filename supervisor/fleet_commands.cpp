@@ -35,6 +35,11 @@ Status Fleet::check_port_free(int port) const {
 }
 
 Status Fleet::check_port_free_for_operator(int port) const {
+    if (const auto& http = config_.supervisor.http; http && http->port == port) {
+        return Error{"port_busy", "port " + std::to_string(port) +
+                                      " is ensembled's own status listener (supervisor.http); "
+                                      "choose another port"};
+    }
     auto free = check_port_free(port);
     if (free || free.error().code != "port_busy") return free;
     return Error{"port_busy", "port " + std::to_string(port) + " is in use by another process (" +

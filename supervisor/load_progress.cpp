@@ -15,12 +15,12 @@ void LoadTracker::observe(const protocol::WorkerStats& stats, std::uint64_t esti
         p.measure = "mapping";
         p.done_bytes = stats.load_mapped_bytes;
         p.total_bytes = stats.load_file_bytes;
-    } else if (estimate_bytes > 0) {
+    } else if (estimate_bytes > 0 && stats.engine_pid != 0) {
         p.measure = "memory";
         p.done_bytes = std::min(stats.memory_bytes, estimate_bytes);
         p.total_bytes = estimate_bytes;
     } else {
-        progress_.reset();  // nothing to measure against
+        progress_.reset();  // no engine yet, or nothing to measure it against
         return;
     }
     // A measure that switches (the mapping appears) starts the rate afresh.

@@ -32,6 +32,7 @@ constexpr int kMaxEventLines = 1000;
 // Refusals of connections over the cap, in flight at once; past this a connection is closed
 // unanswered, so a flood cannot take the supervisor's descriptors.
 constexpr std::size_t kMaxRefusals = 64;
+constexpr int kStreamSendBuffer = 64 * 1024;
 
 // The path and query of a request target.
 struct Target {
@@ -78,6 +79,12 @@ void set_common_headers(Response& response) {
     response.set("X-Content-Type-Options", "nosniff");
 }
 
+// JSON text of what the fleet says: a byte that is not UTF-8 (a model path in Latin-1, say)
+// becomes U+FFFD rather than an exception.
+std::string json_text(const nlohmann::json& j) {
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
 Response make_response(http::status status, const char* content_type, std::string body,
                        bool keep_alive, bool head) {
     Response response{status, 11};
@@ -93,7 +100,7 @@ Response make_response(http::status status, const char* content_type, std::strin
 Response error_response(http::status status, std::string_view code, const std::string& message,
                         bool keep_alive, bool head) {
     const nlohmann::json body = {{"error", {{"code", code}, {"message", message}}}};
-    return make_response(status, "application/json", body.dump() + "\n", keep_alive, head);
+    return make_response(status, "application/json", json_text(body) + "\n", keep_alive, head);
 }
 
 // Ends a connection whose request may be partly unread: closing at once would reset it and the
@@ -156,6 +163,25 @@ class StatusHttp::Connection {
 
     beast::tcp_stream stream;
     asio::steady_timer wake;  // a stream's pause between messages
+    // Waiting for its next request, since when: the longest-idle one makes room at the cap.
+    std::optional<Clock::time_point> idle_since;
+};
+
+// Keeps the listener's books however a coroutine ends — an exception included — unless the
+// listener itself is gone (its io_context's coroutines are destroyed after it).
+template <typename Undo>
+class OnExit {
+  public:
+    OnExit(std::shared_ptr<bool> alive, Undo undo) : alive_(std::move(alive)), undo_(undo) {}
+    OnExit(const OnExit&) = delete;
+    OnExit& operator=(const OnExit&) = delete;
+    ~OnExit() {
+        if (*alive_) undo_();
+    }
+
+  private:
+    std::shared_ptr<bool> alive_;
+    Undo undo_;
 };
 
 StatusHttp::StatusHttp(asio::io_context& io, const StatusHttpSettings& settings, std::string token,
@@ -170,6 +196,7 @@ StatusHttp::StatusHttp(asio::io_context& io, const StatusHttpSettings& settings,
 
 StatusHttp::~StatusHttp() {
     stop();
+    *alive_ = false;
 }
 
 Status StatusHttp::listen() {
@@ -211,13 +238,20 @@ const StatusHttp::Rendering& StatusHttp::rendering() {
     if (r.at != Clock::time_point{} && now - r.at < limits_.render_reuse) return r;
     r.at = now;
     const auto status = fleet_.status();
-    r.status_json = to_json(status).dump();
+    r.status_json = json_text(to_json(status));
     r.metrics = fleet_metrics(status, {connections_.size(), streams_});
     // Only what is new since the last rendering is read from the event log.
-    if (auto events = fleet_.events(kKeptEvents, r.last_event_id)) {
+    auto events = fleet_.events(kKeptEvents, r.last_event_id);
+    if (events && events->size() == static_cast<std::size_t>(kKeptEvents) && r.last_event_id > 0) {
+        // More came than are kept since the last rendering (nobody was looking): on to the
+        // newest; a follower behind them is told what it missed.
+        events = fleet_.events(kKeptEvents, 0);
+        r.recent.clear();
+    }
+    if (events) {
         for (const auto& e : *events) {
-            r.recent.emplace_back(e.id, "id: " + std::to_string(e.id) +
-                                            "\nevent: event\ndata: " + to_json(e).dump() + "\n\n");
+            r.recent.emplace_back(e.id, "id: " + std::to_string(e.id) + "\nevent: event\ndata: " +
+                                            json_text(to_json(e)) + "\n\n");
             r.last_event_id = e.id;
         }
         while (r.recent.size() > static_cast<std::size_t>(kKeptEvents))
@@ -239,7 +273,10 @@ awaitable<void> StatusHttp::accept_loop() {
             continue;
         }
         socket.set_option(tcp::no_delay(true), ec);
-        if (connections_.size() >= limits_.max_connections) {
+        if (connections_.size() >= limits_.max_connections && make_room()) {
+            // The longest-idle connection was closed for this one: clients that only hold
+            // connections open cannot lock out those that ask.
+        } else if (connections_.size() >= limits_.max_connections) {
             if (refusals_ >= kMaxRefusals) continue;  // the socket closes here, unanswered
             ++refusals_;
             asio::co_spawn(io_, refuse(std::move(socket)),
@@ -250,6 +287,17 @@ awaitable<void> StatusHttp::accept_loop() {
         connections_.push_back(connection);
         asio::co_spawn(io_, serve(connection), asio::detached);
     }
+}
+
+bool StatusHttp::make_room() {
+    std::shared_ptr<Connection> oldest;
+    for (const auto& c : connections_) {
+        if (c->idle_since && (!oldest || *c->idle_since < *oldest->idle_since)) oldest = c;
+    }
+    if (!oldest) return false;  // every one is busy or streaming
+    oldest->idle_since.reset();
+    oldest->close();
+    return true;
 }
 
 awaitable<void> StatusHttp::refuse(tcp::socket socket) {
@@ -267,6 +315,10 @@ awaitable<void> StatusHttp::refuse(tcp::socket socket) {
 }
 
 awaitable<void> StatusHttp::serve(std::shared_ptr<Connection> connection) {
+    const OnExit leave(alive_, [this, connection] {
+        connection->close();
+        connections_.remove(connection);
+    });
     auto& stream = connection->stream;
     beast::flat_buffer buffer;
     while (!stopped_) {
@@ -274,7 +326,9 @@ awaitable<void> StatusHttp::serve(std::shared_ptr<Connection> connection) {
         parser.header_limit(static_cast<std::uint32_t>(limits_.max_header_bytes));
         stream.expires_after(limits_.request_timeout);
         boost::system::error_code ec;
+        connection->idle_since = Clock::now();
         co_await http::async_read(stream, buffer, parser, on_error(ec));
+        connection->idle_since.reset();
         if (stopped_) break;
         if (ec) {
             // A client that left or went silent is simply closed; malformed bytes get a reason.
@@ -372,8 +426,7 @@ awaitable<void> StatusHttp::serve(std::shared_ptr<Connection> connection) {
                 response =
                     events
                         ? make_response(http::status::ok, "application/json",
-                                        nlohmann::json{{"events", to_json(*events)}}.dump(),
-                                        keep_alive, head)
+                                        json_text({{"events", to_json(*events)}}), keep_alive, head)
                         : error_response(http::status::internal_server_error, events.error().code,
                                          events.error().message, keep_alive, head);
             }
@@ -382,17 +435,22 @@ awaitable<void> StatusHttp::serve(std::shared_ptr<Connection> connection) {
                                       "no such page: try /, /metrics, /api/status or /api/events",
                                       keep_alive, head);
         }
+        // A refused request ends its connection: refusals do not hold slots.
+        if (response->result_int() >= 400) response->keep_alive(false);
         stream.expires_after(limits_.write_timeout);
         co_await http::async_write(stream, *response, on_error(ec));
         if (ec || !response->keep_alive()) break;
     }
-    connection->close();
-    connections_.remove(connection);
 }
 
 awaitable<void> StatusHttp::stream_events(Connection& connection, std::int64_t cursor) {
     ++streams_;
+    const OnExit unstream(alive_, [this] { --streams_; });
     auto& stream = connection.stream;
+    // A small send buffer: a follower that stops reading fills it within a minute and is
+    // dropped, rather than the kernel growing it to megabytes per follower.
+    boost::system::error_code ignored;
+    stream.socket().set_option(asio::socket_base::send_buffer_size(kStreamSendBuffer), ignored);
     // Close-delimited: the stream's end is the connection's.
     std::string message =
         "HTTP/1.1 200 OK\r\nServer: ensembled\r\nContent-Type: text/event-stream\r\n"
@@ -429,7 +487,6 @@ awaitable<void> StatusHttp::stream_events(Connection& connection, std::int64_t c
         co_await connection.wake.async_wait(on_error(ec));
         if (ec) break;
     }
-    --streams_;
 }
 
 }  // namespace ensemble

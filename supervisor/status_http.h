@@ -9,7 +9,8 @@
 // out), and the fleet is rendered at most ten times a second, however many clients ask.
 //
 // Its coroutines refer to it until they end: stop() it, then destroy it only once its
-// io_context will not run again (ensembled: after io.run() returns).
+// io_context will not run again (ensembled: after io.run() returns); coroutine frames destroyed
+// with the io_context after it leave it alone.
 #pragma once
 
 #include <chrono>
@@ -26,8 +27,10 @@
 namespace ensemble {
 
 struct StatusHttpLimits {
-    std::size_t max_connections = 1024;  // more are answered 503 and closed
-    std::size_t max_streams = 512;       // of those, following /api/events
+    // Past this, the connection idle the longest is closed to make room; with none idle, the
+    // new one is answered 503.
+    std::size_t max_connections = 1024;
+    std::size_t max_streams = 512;  // of those, following /api/events
     std::size_t max_header_bytes = 8 * 1024;
     // A connection must send its next request within this; a reply must be taken within
     // write_timeout, or the connection (a stream too) is closed.
@@ -61,6 +64,9 @@ class StatusHttp {
     class Connection;
 
     awaitable<void> accept_loop();
+    // At the cap: closes the connection idle the longest (waiting for its next request);
+    // false when none is.
+    bool make_room();
     awaitable<void> refuse(tcp::socket socket);
     awaitable<void> serve(std::shared_ptr<Connection> connection);
     awaitable<void> stream_events(Connection& connection, std::int64_t cursor);
@@ -79,6 +85,7 @@ class StatusHttp {
     std::size_t refusals_ = 0;  // 503s being written to connections over the cap
     std::unique_ptr<Rendering> rendering_;
     bool stopped_ = false;
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 };
 
 // The token in supervisor.http_token_file: refused when the file is readable by others than

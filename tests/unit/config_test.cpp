@@ -134,6 +134,8 @@ TEST_F(ConfigTest, TheStatusListenerIsLoopbackUnlessItHasAToken) {
     expect_issue(load("supervisor:\n  http: 127.0.0.1:99999\n"), 2, 9, "must be HOST:PORT");
     expect_issue(load("supervisor:\n  http: 127.0.0.1:80\n"), 2, 9, "below 1024");
     expect_issue(load("supervisor:\n  http_token_file: t\n"), 2, 20, "http is not");
+    expect_issue(load("supervisor:\n  http: 0.0.0.0:8099\n  http_token_file: \"\"\n"), 3, 20,
+                 "http_token_file is empty");
     expect_issue(load("supervisor:\n  http: 8100\nmodels:\n  tiny: {path: ./a.gguf}\n"
                       "profiles:\n  p:\n    8100: tiny\n"),
                  7, 5, "supervisor.http's status listener");

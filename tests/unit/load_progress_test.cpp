@@ -48,6 +48,9 @@ TEST(LoadTracker, WithoutAMappingMeasuresMemoryAgainstTheEstimateOrNothing) {
     s.state = "loading";
     s.memory_bytes = 3ULL << 30;
     t.observe(s, 12ULL << 30, {});
+    EXPECT_FALSE(t.progress()) << "no engine running: the worker's own memory is no load";
+    s.engine_pid = 4242;
+    t.observe(s, 12ULL << 30, {});
     ASSERT_TRUE(t.progress());
     EXPECT_EQ(t.progress()->measure, "memory");
     EXPECT_DOUBLE_EQ(t.progress()->fraction, 0.25);

@@ -18,7 +18,7 @@ TEST(ApiKey, NoKeyConfiguredLetsEverythingThrough) {
 }
 
 TEST(ApiKey, MissingWrongAndMalformedAre401) {
-    for (const char* header : {"", "Bearer wrong", "bearer k3y", "Basic k3y", "Bearer k3y "}) {
+    for (const char* header : {"", "Bearer wrong", "Basic k3y", "Bearer k3y ", "Bearerk3y"}) {
         auto allowed = check_api_key(header, "k3y");
         ASSERT_FALSE(allowed) << header;
         const auto e = api_error(allowed.error());
@@ -26,6 +26,10 @@ TEST(ApiKey, MissingWrongAndMalformedAre401) {
         EXPECT_EQ(e.type, "authentication_error");
     }
     EXPECT_TRUE(check_api_key("Bearer k3y", "k3y"));
+    // The scheme is case-insensitive (RFC 7235); the key is not.
+    EXPECT_TRUE(check_api_key("bearer k3y", "k3y"));
+    EXPECT_TRUE(check_api_key("BEARER k3y", "k3y"));
+    EXPECT_FALSE(check_api_key("Bearer K3Y", "k3y"));
 }
 
 TEST(PinModel, RewritesTheHandleToTheEnginesOwnId) {

@@ -74,8 +74,9 @@ constexpr const char* kEventStream = "Accept: text/event-stream\r\n";
 
 class StatusHttpTest : public FleetFixture {
   protected:
-    void serve_status(StatusHttpLimits limits = {}, const std::string& token = "") {
-        start();
+    void serve_status(StatusHttpLimits limits = {}, const std::string& token = "",
+                      const std::string& models = "") {
+        start("", models);
         ASSERT_EQ(command(protocol::Verb::profile_load, 0, "", "pair")["ok"], true);
         StatusHttpSettings settings;
         settings.port = 0;
@@ -160,6 +161,22 @@ TEST_F(StatusHttpTest, AnswersTheFleetAsMetricsStatusAndEvents) {
     EXPECT_EQ(page.body.find("://"), std::string::npos) << "the page loads nothing from elsewhere";
 }
 
+// Found by an adversarial run: a model path with a byte that is not UTF-8 made rendering throw,
+// and each request after it held its connection for good (1,024 of them: every route 503).
+TEST_F(StatusHttpTest, ABytePastUtf8IsReplacedNotAConnectionLost) {
+    serve_status({}, "",
+                 "  latin: {engine: fake, path: \"/models/mod\xe8le.gguf\", memory: 1GiB}\n");
+    ASSERT_EQ(command(protocol::Verb::load, kC, "latin")["ok"], true);
+    for (int i = 0; i < 5; ++i) {
+        const auto status = request("/api/status");
+        ASSERT_EQ(status.status, 200) << status.error;
+        EXPECT_NE(status.body.find("mod\xef\xbf\xbdle.gguf"), std::string::npos) << "U+FFFD";
+    }
+    const auto metrics = request("/metrics");
+    EXPECT_NE(metrics.body.find("ensemble_status_connections 1\n"), std::string::npos)
+        << metrics.body;
+}
+
 TEST_F(StatusHttpTest, RefusesWhatItDoesNotServeWithTheReason) {
     serve_status();
     const auto post = request("/api/status", {}, "POST");
@@ -214,7 +231,36 @@ TEST_F(StatusHttpTest, WithATokenEveryDataRouteNeedsItAndThePageDoesNot) {
     EXPECT_EQ(request("/").status, 200) << "the page holds no data; it asks for the token";
 }
 
-TEST_F(StatusHttpTest, ConnectionsAndStreamsPastTheirCapsAreAnswered503) {
+TEST_F(StatusHttpTest, AtTheCapTheLongestIdleMakesRoomSlowSendersIncluded) {
+    StatusHttpLimits limits;
+    limits.max_connections = 2;
+    limits.max_streams = 1;
+    serve_status(limits);
+    const auto replies = with_clients([&] {
+        std::vector<std::string> out;
+        // One sending its request ever so slowly, one kept alive after its answer: both
+        // idle, and a newcomer closes the older.
+        RawClient a(port_, "GET /api/status HTTP/1.1\r\n");
+        out.push_back("HTTP/1.1 200 (not asked yet)");
+        std::this_thread::sleep_for(50ms);
+        RawClient b(port_, get("/api/status"));
+        out.push_back(b.read_for(1s, 12));
+        RawClient c(port_, get("/api/status"));
+        out.push_back(c.read_for(1s, 12));
+        a.read_for(1s);
+        out.push_back(a.closed() ? "closed" : "open");
+        b.read_for(200ms);
+        out.push_back(b.closed() ? "closed" : "open");
+        return out;
+    });
+    EXPECT_EQ(replies[0].rfind("HTTP/1.1 200", 0), 0U) << replies[0];
+    EXPECT_EQ(replies[1].rfind("HTTP/1.1 200", 0), 0U) << replies[1];
+    EXPECT_EQ(replies[2].rfind("HTTP/1.1 200", 0), 0U) << "served: room was made";
+    EXPECT_EQ(replies[3], "closed") << "the longest idle made room";
+    EXPECT_EQ(replies[4], "open");
+}
+
+TEST_F(StatusHttpTest, StreamsPastTheirCapAre503AndARefusedRequestHoldsNoSlot) {
     StatusHttpLimits limits;
     limits.max_connections = 3;
     limits.max_streams = 1;
@@ -225,22 +271,34 @@ TEST_F(StatusHttpTest, ConnectionsAndStreamsPastTheirCapsAreAnswered503) {
         out.push_back(first.read_for(1s, 1));
         RawClient second(port_, get("/api/events", kEventStream));
         out.push_back(second.read_for(1s));
-        RawClient a(port_, get("/api/status"));
-        RawClient b(port_, get("/api/status"));
-        out.push_back(a.read_for(1s, 12));
-        out.push_back(b.read_for(1s, 12));
-        RawClient over(port_, get("/api/status"));
-        out.push_back(over.read_for(1s));
+        RawClient refused(port_, get("/nowhere"));
+        out.push_back(refused.read_for(1s));
+        out.push_back(refused.closed() ? "closed" : "open");
         return out;
     });
     EXPECT_EQ(replies[0].rfind("HTTP/1.1 200", 0), 0U) << replies[0];
     EXPECT_EQ(replies[1].rfind("HTTP/1.1 503", 0), 0U) << replies[1];
     EXPECT_NE(replies[1].find("too_many_streams"), std::string::npos);
-    EXPECT_EQ(replies[2].rfind("HTTP/1.1 200", 0), 0U) << "under the cap: served";
-    EXPECT_EQ(replies[3].rfind("HTTP/1.1 200", 0), 0U) << "under the cap: served";
-    EXPECT_EQ(replies[4].rfind("HTTP/1.1 503", 0), 0U) << replies[4];
-    EXPECT_NE(replies[4].find("too_many_connections"), std::string::npos);
-    EXPECT_NE(replies[4].find("Retry-After: 1"), std::string::npos);
+    EXPECT_EQ(replies[2].rfind("HTTP/1.1 404", 0), 0U) << replies[2];
+    EXPECT_EQ(replies[3], "closed");
+}
+
+TEST_F(StatusHttpTest, WithEverySlotFollowingEventsANewcomerIs503) {
+    StatusHttpLimits limits;
+    limits.max_connections = 2;
+    limits.max_streams = 2;
+    serve_status(limits);
+    const auto over = with_clients([&] {
+        RawClient first(port_, get("/api/events", kEventStream));
+        first.read_for(1s, 1);
+        RawClient second(port_, get("/api/events", kEventStream));
+        second.read_for(1s, 1);
+        RawClient newcomer(port_, get("/api/status"));
+        return newcomer.read_for(1s);
+    });
+    EXPECT_EQ(over.rfind("HTTP/1.1 503", 0), 0U) << over;
+    EXPECT_NE(over.find("too_many_connections"), std::string::npos);
+    EXPECT_NE(over.find("Retry-After: 1"), std::string::npos);
 }
 
 TEST_F(StatusHttpTest, AStreamSendsTheStatusAndEachNewEvent) {
