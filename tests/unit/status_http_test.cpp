@@ -72,6 +72,13 @@ std::string get(const std::string& target, const std::string& extra_headers = ""
 
 constexpr const char* kEventStream = "Accept: text/event-stream\r\n";
 
+StatusHttpLimits caps(std::size_t connections, std::size_t streams) {
+    StatusHttpLimits limits;
+    limits.max_connections = connections;
+    limits.max_streams = streams;
+    return limits;
+}
+
 class StatusHttpTest : public FleetFixture {
   protected:
     void serve_status(StatusHttpLimits limits = {}, const std::string& token = "",
@@ -209,9 +216,9 @@ TEST_F(StatusHttpTest, RefusesWhatItDoesNotServeWithTheReason) {
         out.push_back(junk.read_for(2s));
         return out;
     });
-    EXPECT_EQ(replies[0].rfind("HTTP/1.1 431", 0), 0U) << replies[0];
-    EXPECT_EQ(replies[1].rfind("HTTP/1.1 400", 0), 0U) << replies[1];
-    EXPECT_EQ(replies[2].rfind("HTTP/1.1 400", 0), 0U) << replies[2];
+    EXPECT_TRUE(replies[0].starts_with("HTTP/1.1 431")) << replies[0];
+    EXPECT_TRUE(replies[1].starts_with("HTTP/1.1 400")) << replies[1];
+    EXPECT_TRUE(replies[2].starts_with("HTTP/1.1 400")) << replies[2];
 }
 
 TEST_F(StatusHttpTest, WithATokenEveryDataRouteNeedsItAndThePageDoesNot) {
@@ -232,10 +239,7 @@ TEST_F(StatusHttpTest, WithATokenEveryDataRouteNeedsItAndThePageDoesNot) {
 }
 
 TEST_F(StatusHttpTest, AtTheCapTheLongestIdleMakesRoomSlowSendersIncluded) {
-    StatusHttpLimits limits;
-    limits.max_connections = 2;
-    limits.max_streams = 1;
-    serve_status(limits);
+    serve_status(caps(2, 1));
     const auto replies = with_clients([&] {
         std::vector<std::string> out;
         // One sending its request ever so slowly, one kept alive after its answer: both
@@ -253,18 +257,15 @@ TEST_F(StatusHttpTest, AtTheCapTheLongestIdleMakesRoomSlowSendersIncluded) {
         out.push_back(b.closed() ? "closed" : "open");
         return out;
     });
-    EXPECT_EQ(replies[0].rfind("HTTP/1.1 200", 0), 0U) << replies[0];
-    EXPECT_EQ(replies[1].rfind("HTTP/1.1 200", 0), 0U) << replies[1];
-    EXPECT_EQ(replies[2].rfind("HTTP/1.1 200", 0), 0U) << "served: room was made";
+    EXPECT_TRUE(replies[0].starts_with("HTTP/1.1 200")) << replies[0];
+    EXPECT_TRUE(replies[1].starts_with("HTTP/1.1 200")) << replies[1];
+    EXPECT_TRUE(replies[2].starts_with("HTTP/1.1 200")) << "served: room was made";
     EXPECT_EQ(replies[3], "closed") << "the longest idle made room";
     EXPECT_EQ(replies[4], "open");
 }
 
 TEST_F(StatusHttpTest, StreamsPastTheirCapAre503AndARefusedRequestHoldsNoSlot) {
-    StatusHttpLimits limits;
-    limits.max_connections = 3;
-    limits.max_streams = 1;
-    serve_status(limits);
+    serve_status(caps(3, 1));
     const auto replies = with_clients([&] {
         std::vector<std::string> out;
         RawClient first(port_, get("/api/events", kEventStream));
@@ -276,18 +277,15 @@ TEST_F(StatusHttpTest, StreamsPastTheirCapAre503AndARefusedRequestHoldsNoSlot) {
         out.push_back(refused.closed() ? "closed" : "open");
         return out;
     });
-    EXPECT_EQ(replies[0].rfind("HTTP/1.1 200", 0), 0U) << replies[0];
-    EXPECT_EQ(replies[1].rfind("HTTP/1.1 503", 0), 0U) << replies[1];
+    EXPECT_TRUE(replies[0].starts_with("HTTP/1.1 200")) << replies[0];
+    EXPECT_TRUE(replies[1].starts_with("HTTP/1.1 503")) << replies[1];
     EXPECT_NE(replies[1].find("too_many_streams"), std::string::npos);
-    EXPECT_EQ(replies[2].rfind("HTTP/1.1 404", 0), 0U) << replies[2];
+    EXPECT_TRUE(replies[2].starts_with("HTTP/1.1 404")) << replies[2];
     EXPECT_EQ(replies[3], "closed");
 }
 
 TEST_F(StatusHttpTest, WithEverySlotFollowingEventsANewcomerIs503) {
-    StatusHttpLimits limits;
-    limits.max_connections = 2;
-    limits.max_streams = 2;
-    serve_status(limits);
+    serve_status(caps(2, 2));
     const auto over = with_clients([&] {
         RawClient first(port_, get("/api/events", kEventStream));
         first.read_for(1s, 1);
@@ -296,7 +294,7 @@ TEST_F(StatusHttpTest, WithEverySlotFollowingEventsANewcomerIs503) {
         RawClient newcomer(port_, get("/api/status"));
         return newcomer.read_for(1s);
     });
-    EXPECT_EQ(over.rfind("HTTP/1.1 503", 0), 0U) << over;
+    EXPECT_TRUE(over.starts_with("HTTP/1.1 503")) << over;
     EXPECT_NE(over.find("too_many_connections"), std::string::npos);
     EXPECT_NE(over.find("Retry-After: 1"), std::string::npos);
 }
