@@ -117,6 +117,19 @@ void print_profiles(const json& result) {
     }
 }
 
+void print_reloaded(const json& result) {
+    const auto& changed = result["changed_ports"];
+    if (changed.empty()) {
+        std::printf("reloaded the config; every running worker matches it\n");
+        return;
+    }
+    std::string ports;
+    for (const auto& port : changed)
+        ports += (ports.empty() ? "" : ", ") + port.dump();
+    std::printf("reloaded the config; the worker on port%s %s would now start differently (%s)\n",
+                changed.size() == 1 ? "" : "s", ports.c_str(), result.value("hint", "").c_str());
+}
+
 void print_events(const json& events) {
     for (const auto& e : events) {
         const auto at = static_cast<time_t>(e.value("at_ms", 0LL) / 1000);
@@ -148,8 +161,7 @@ void print_human(protocol::Verb verb, const json& result) {
             print_events(result["events"]);
             return;
         case Verb::reload:
-            std::printf("reloaded; changed ports: %s %s\n", result["changed_ports"].dump().c_str(),
-                        result.value("hint", "").c_str());
+            print_reloaded(result);
             return;
         case Verb::load:
         case Verb::unload:

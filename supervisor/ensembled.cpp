@@ -25,24 +25,32 @@ using namespace ensemble;
 
 namespace {
 
+// The service manager's status line (systemctl status), sent when it changes.
+void update_status_line(const Fleet& fleet) {
+    static std::string sent;
+    auto line = fleet.summary();
+    if (line == sent) return;
+    service_manager::status(line);
+    sent = std::move(line);
+}
+
 void tick_forever(asio::steady_timer& timer, Fleet& fleet) {
     timer.expires_after(std::chrono::milliseconds(500));
     timer.async_wait([&timer, &fleet](boost::system::error_code ec) {
         if (ec) return;
         fleet.tick();
+        update_status_line(fleet);
         tick_forever(timer, fleet);
     });
 }
 
-// Pings systemd's watchdog from the event loop, so a wedged loop is restarted; the status line
-// follows the fleet.
-void watchdog_forever(asio::steady_timer& timer, Fleet& fleet, std::chrono::milliseconds every) {
+// Pings systemd's watchdog from the event loop, so a wedged loop is restarted.
+void watchdog_forever(asio::steady_timer& timer, std::chrono::milliseconds every) {
     timer.expires_after(every);
-    timer.async_wait([&timer, &fleet, every](boost::system::error_code ec) {
+    timer.async_wait([&timer, every](boost::system::error_code ec) {
         if (ec) return;
         service_manager::watchdog();
-        service_manager::status(fleet.summary());
-        watchdog_forever(timer, fleet, every);
+        watchdog_forever(timer, every);
     });
 }
 
@@ -156,8 +164,7 @@ int main(int argc, char** argv) {
                  (fleet.config().supervisor.run_dir / "control.sock").string(), fleet.size());
     service_manager::ready(fleet.summary());
     asio::steady_timer watchdog(io);
-    if (auto every = service_manager::watchdog_interval())
-        watchdog_forever(watchdog, fleet, *every);
+    if (auto every = service_manager::watchdog_interval()) watchdog_forever(watchdog, *every);
 
     asio::signal_set stop(io, SIGTERM, SIGINT, SIGQUIT);
     stop.async_wait([&](boost::system::error_code ec, int signal) {

@@ -3,6 +3,10 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <array>
+#include <string_view>
+
 #include "os/http_probe.h"
 #include "os/log_rotation.h"
 
@@ -16,6 +20,9 @@ constexpr auto kAdoptGrace = std::chrono::seconds(10);
 // Workers reconnect every 0.5 s: one that lost its record (state.db gone) and holds a port
 // this ensembled should serve has this long to say who it is before a new one is started.
 constexpr auto kSurvivorGrace = std::chrono::seconds(2);
+// A worker killed at the end of ensembled's stop is reaped (and its engine's group ended)
+// within this.
+constexpr auto kKilledWorkerReaped = std::chrono::seconds(5);
 
 }  // namespace
 
@@ -88,8 +95,31 @@ bool Fleet::has_side_run(int port) const {
                        [port](const auto& run) { return run->number() == port; });
 }
 
+namespace {
+
+// Events that tell of trouble go to the journal as warnings (`journalctl -p warning`); the
+// rest of the fleet's life is info.
+bool reports_trouble(std::string_view kind, std::string_view message) {
+    static constexpr std::array<std::string_view, 16> kTrouble = {
+        "adopt_failed",  "budget_refused", "command_failed", "engine_left_behind",
+        "kill",          "listen_failed",  "over_budget",    "port_taken",
+        "spawn_failed",  "stale_worker",   "swap_failed",    "swap_rollback",
+        "unload_failed", "unwell",         "worker_refused", "worker_unknown"};
+    if (kind == "state")  // "ready -> backoff: worker exited (signal 9)"
+        return message.find(" -> backoff") != std::string_view::npos ||
+               message.find(" -> failed") != std::string_view::npos;
+    return std::find(kTrouble.begin(), kTrouble.end(), kind) != kTrouble.end();
+}
+
+}  // namespace
+
 void Fleet::event(int port, const std::string& kind, const std::string& message) {
-    spdlog::info("port {}: {}: {}", port, kind, message);
+    const auto level = reports_trouble(kind, message) ? spdlog::level::warn : spdlog::level::info;
+    if (port == 0) {  // the fleet's own (boot, reboot)
+        spdlog::log(level, "{}: {}", kind, message);
+    } else {
+        spdlog::log(level, "port {}: {}: {}", port, kind, message);
+    }
     if (auto ok = store_->append_event({0, 0, port, kind, message}); !ok) {
         spdlog::error("cannot write the event log: {}", ok.error().message);
     }
@@ -148,17 +178,28 @@ void Fleet::rotate_logs(Clock::time_point now) {
 }
 
 std::string Fleet::summary() const {
+    // Enough to tell the ports apart in `systemctl status`, bounded for a large fleet.
+    constexpr int kPortsNamed = 8;
     std::map<std::string, int> by_state;
-    for (const auto& [number, port] : ports_) {
-        if (port->state() != PortState::stopped) ++by_state[to_string(port->state())];
-    }
+    std::string named;
     int total = 0;
-    std::string parts;
-    for (const auto& [state, n] : by_state) {
-        total += n;
-        parts += (parts.empty() ? ": " : ", ") + std::to_string(n) + " " + state;
+    for (const auto& [number, port] : ports_) {
+        const auto& s = port->snapshot();
+        if (s.state == PortState::stopped) continue;
+        ++by_state[to_string(s.state)];
+        if (++total > kPortsNamed) continue;
+        named += (named.empty() ? "" : ", ") + std::to_string(number) + " " + s.handle + " " +
+                 to_string(s.state);
     }
-    return std::to_string(total) + (total == 1 ? " port" : " ports") + parts;
+    std::string counts;
+    for (const auto& [state, n] : by_state) {
+        counts += (counts.empty() ? "" : ", ") + std::to_string(n) + " " + state;
+    }
+    std::string line = std::to_string(total) + (total == 1 ? " port" : " ports");
+    if (total == 0) return line;
+    line += " (" + counts + "): " + named;
+    if (total > kPortsNamed) line += ", +" + std::to_string(total - kPortsNamed) + " more";
+    return line;
 }
 
 void Fleet::tick() {
@@ -467,7 +508,16 @@ awaitable<void> Fleet::stop_all(std::chrono::milliseconds timeout) {
         for_each_run([&](Port& run) { running = running || is_running(run.state()); });
         return !running;
     };
-    co_await wait_until(all_stopped, now() + timeout);
+    if (co_await wait_until(all_stopped, now() + timeout)) co_return;
+    // Nothing of ours may outlive ensembled's stop (under systemd, KillMode=process leaves
+    // whatever is left in the unit's cgroup): a worker still draining now is killed.
+    const auto why =
+        "the worker did not stop within the supervisor's shutdown time (" +
+        std::to_string(std::chrono::duration_cast<std::chrono::seconds>(timeout).count()) + " s)";
+    for_each_run([&](Port& run) {
+        if (is_running(run.state())) run.kill_now(why);
+    });
+    co_await wait_until(all_stopped, now() + kKilledWorkerReaped);
 }
 
 }  // namespace ensemble

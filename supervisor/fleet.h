@@ -164,7 +164,8 @@ class Fleet final : private PortHost {
     // A command nobody waited for failed ("wait": false): an event, kind "command_failed".
     void note_failure(int port, std::string_view verb, const std::string& message);
 
-    // "3 ports: 2 ready, 1 loading", for the service manager's status line.
+    // "2 ports (1 loading, 1 ready): 8100 coder ready, 8101 chat loading", for the service
+    // manager's status line (the first 8 ports by number are named).
     std::string summary() const;
 
     const Config& config() const override { return config_; }

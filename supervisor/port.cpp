@@ -297,12 +297,16 @@ void Port::stop(const std::string& reason, Then then) {
     host_.time().after(stop_timeout, [&host, port, attempt, stop_timeout] {
         auto* p = host.find_run(port, attempt);
         if (p == nullptr || p->s_.state != PortState::stopping || p->s_.pid == 0) return;
-        const auto why =
-            "the worker did not stop within " + std::to_string(stop_timeout.count()) + " ms";
-        host.event(port, "kill", why);
-        p->kill_reason_ = why + ", killed";
-        p->signal(SIGKILL);
+        p->kill_now("the worker did not stop within " + std::to_string(stop_timeout.count()) +
+                    " ms");
     });
+}
+
+void Port::kill_now(const std::string& why) {
+    if (s_.pid == 0) return;
+    host_.event(s_.port, "kill", why);
+    kill_reason_ = why + ", killed";
+    signal(SIGKILL);
 }
 
 void Port::start_beside(const ListeningSocket& serving_socket, int files) {

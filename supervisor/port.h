@@ -131,6 +131,8 @@ class Port {
     // (a swap, a restart), when connections wait in its backlog meanwhile.
     enum class Then { close_the_port, hand_the_port_over };
     void stop(const std::string& reason, Then then = Then::close_the_port);
+    // SIGKILL now, for a worker told to stop that has not (ensembled's own shutdown ending).
+    void kill_now(const std::string& why);
     // The replacement is off (the old worker did not stop in time): close the port once stopped.
     void cancel_hand_over();
 

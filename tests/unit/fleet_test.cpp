@@ -330,6 +330,31 @@ TEST_F(FleetTest, ASwapBesideStopsWhenEnsembledStopsAndLeavesNothingRunning) {
     EXPECT_EQ(store_assignments().at(0).handle, "a");
 }
 
+// The service manager's status line (systemctl status) tells the ports apart.
+TEST_F(FleetTest, TheStatusLineNamesEachPortItsModelAndState) {
+    start();
+    EXPECT_EQ(fleet_->summary(), "0 ports");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "b")["ok"], true);
+    EXPECT_EQ(fleet_->summary(), "2 ports (2 ready): 8100 a ready, 8101 b ready");
+}
+
+// systemd's stop (KillMode=process) relies on ensembled to end every worker before it exits:
+// one that outlasts the shutdown's own time (a stop_timeout longer than it) is killed then.
+TEST_F(FleetTest, StoppingEnsembledKillsAWorkerThatOutlastsTheShutdownTime) {
+    start("  health: {probe_interval: 0s, stop_timeout: 120s}\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    const auto worker = world_.newest_on(kA);
+    worker->ignores_stop = true;  // it drains forever
+    bool stopped = false;
+    asio::co_spawn(io_, fleet_->stop_all(10s), [&](std::exception_ptr) { stopped = true; });
+    for (int i = 0; i < 200 && !stopped; ++i)
+        advance(100ms);
+    EXPECT_TRUE(stopped);
+    EXPECT_EQ(world_.signals_to(worker->pid, SIGKILL), 1);
+    EXPECT_TRUE(worker->exit) << "a worker outlived ensembled's stop";
+}
+
 TEST_F(FleetTest, ASwapBesideWhoseOldWorkerFailsMeanwhileChangesNothingAndSaysSo) {
     start("  memory_budget: 10GiB\n");
     ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
