@@ -16,8 +16,10 @@ std::string human_bytes(std::uint64_t bytes) {
 
 namespace {
 
-std::string human_duration(std::int64_t s) {
-    if (s <= 0) return "-";
+// How long a port has served; "-" when it does not (a port ready this second has "0s").
+std::string uptime_text(const json& p) {
+    const auto s = p.value("uptime_s", 0LL);
+    if (s <= 0 && p.value("state", "") != "ready") return "-";
     if (s < 120) return std::to_string(s) + "s";
     if (s < 7200) return std::to_string(s / 60) + "m";
     if (s < 172800) return std::to_string(s / 3600) + "h";
@@ -43,11 +45,11 @@ void print_ports(const json& ports) {
                     p.value("port", 0), p.value("model", "").c_str(),
                     p.value("profile", "").empty() ? "-" : p.value("profile", "").c_str(),
                     state_text(p).c_str(), static_cast<long long>(p.value("pid", 0LL)),
-                    human_duration(p.value("uptime_s", 0LL)).c_str(), p.value("restarts", 0),
+                    uptime_text(p).c_str(), p.value("restarts", 0),
                     human_bytes(p.value("memory_estimate_bytes", 0ULL)).c_str(),
                     human_bytes(p.value("memory_bytes", 0ULL)).c_str(),
                     static_cast<unsigned long long>(p.value("requests", 0ULL)),
-                    p.value("tokens_per_s", 0.0), p.value("last_failure", "").c_str());
+                    p.value("last_busy_tokens_per_s", 0.0), p.value("last_failure", "").c_str());
         if (p.contains("incoming")) {
             std::printf("       swapping in %s beside it: %s\n",
                         p["incoming"].value("model", "").c_str(),

@@ -92,6 +92,7 @@ json to_json(const PortReport& r) {
               {"requests", p.stats.requests},
               {"tokens", p.stats.tokens},
               {"tokens_per_s", p.tokens_per_s},
+              {"last_busy_tokens_per_s", p.last_busy_tokens_per_s},
               {"queue_depth", p.stats.queue_depth},
               {"uptime_s", r.uptime_s},
               {"last_failure", p.last_failure},

@@ -16,6 +16,9 @@ using nlohmann::json;
 int main(int argc, char** argv) {
     CLI::App app{"ensemble: drive the ensembled supervisor"};
     app.require_subcommand(1);
+    // --json, --config and --socket go before or after the subcommand (`ensemble status --json`);
+    // subcommands made below inherit this.
+    app.fallthrough();
     std::string socket_option, config_option;
     bool as_json = false;
     app.add_option("--socket", socket_option,

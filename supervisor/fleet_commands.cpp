@@ -184,8 +184,13 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
                                              "'; the config defines: " + known_models(config_)};
     }
     const std::string old_handle = p->snapshot().handle;
-    const std::string profile = p->snapshot().profile;
+    const std::string old_profile = p->snapshot().profile;
     if (old_handle == handle) co_return report(*p);
+    // The port belongs to the active profile only while it serves what the profile says: a
+    // swap away makes it ad hoc, a swap back makes it the profile's again.
+    const auto active = store_->meta("active_profile");
+    const std::string profile =
+        active && find_assignment(config_, *active, port, handle) != nullptr ? *active : "";
     // A worker an earlier swap replaced may still drain here (or one told to stop after a
     // restart of ensembled), holding memory and the port's other set of files: it is gone
     // within stop_timeout.
@@ -227,8 +232,9 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
         failed.last_failure.empty() ? to_string(failed.state) : failed.last_failure;
     event(port, "swap_rollback",
           "'" + handle + "' failed (" + why + "); restoring '" + old_handle + "'");
-    if (auto ok = store_->set_assignment({port, old_handle, profile, 0}); !ok) co_return ok.error();
-    const bool restored = co_await replace_worker(port, old_handle, profile);
+    if (auto ok = store_->set_assignment({port, old_handle, old_profile, 0}); !ok)
+        co_return ok.error();
+    const bool restored = co_await replace_worker(port, old_handle, old_profile);
     co_return Error{"swap_failed", "swap of port " + std::to_string(port) + " to '" + handle +
                                        "' failed: " + why + "; " +
                                        (restored ? "'" + old_handle + "' is serving again"

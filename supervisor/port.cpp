@@ -499,6 +499,7 @@ void Port::on_heartbeat(const protocol::WorkerStats& stats) {
     } else if (now - rate_since_ >= std::chrono::seconds(1)) {
         const double seconds = std::chrono::duration<double>(now - rate_since_).count();
         s_.tokens_per_s = static_cast<double>(stats.tokens - rate_tokens_) / seconds;
+        if (stats.tokens > rate_tokens_) s_.last_busy_tokens_per_s = s_.tokens_per_s;
         rate_tokens_ = stats.tokens;
         rate_since_ = now;
     }

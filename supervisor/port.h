@@ -76,6 +76,8 @@ struct PortSnapshot {
     bool stop_requested = false;
     protocol::WorkerStats stats;
     double tokens_per_s = 0;  // over the last heartbeat interval of at least 1 s
+    // Over the most recent such interval in which the port generated: its speed, kept while idle.
+    double last_busy_tokens_per_s = 0;
     int restarts = 0;
     std::string last_failure;
     std::vector<std::string> last_log_lines;

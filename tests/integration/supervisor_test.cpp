@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <iterator>
+#include <sstream>
 
 #include "os/portable_mode.h"
 #include "protocol/messages.h"
@@ -144,6 +146,58 @@ TEST_F(SupervisorTest, SwapSucceeds) {
     HttpRequest models;
     models.target = "/v1/models";
     EXPECT_NE(http_request(port_a_, models).body.find("tiny-two"), std::string::npos);
+}
+
+// Found trying the CLI as a new user: `status --json` was refused, a swapped port kept its
+// profile's name and showed uptime '-', and TOK/S read 0.0 on a port that had just served.
+TEST_F(SupervisorTest, StatusAfterASwapNamesNoProfileShowsUptimeAndTheLastSpeed) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load pair").exit_code, 0);
+    const auto a = std::to_string(port_a_);
+    EXPECT_EQ(port_status(port_a_)["profile"], "pair");
+    auto swap = cli("swap " + a + " tiny-two");
+    ASSERT_EQ(swap.exit_code, 0) << swap.out;
+    const auto row = [&](const std::string& table) {
+        std::istringstream lines(table);
+        for (std::string line; std::getline(lines, line);)
+            if (line.starts_with(a + " ")) return line;
+        return std::string();
+    };
+    std::istringstream swapped(row(swap.out));
+    std::string port, model, profile, state, pid, uptime;
+    swapped >> port >> model >> profile >> state >> pid >> uptime;
+    EXPECT_EQ(model, "tiny-two") << swap.out;
+    EXPECT_EQ(profile, "-") << "tiny-two on this port is not what 'pair' says: " << swap.out;
+    EXPECT_EQ(state, "ready") << swap.out;
+    EXPECT_NE(uptime, "-") << "a ready port has an uptime: " << swap.out;
+    EXPECT_EQ(port_status(port_a_)["profile"], "") << "ad hoc now";
+    ASSERT_EQ(cli("swap " + a + " tiny").exit_code, 0);
+    EXPECT_EQ(port_status(port_a_)["profile"], "pair") << "back to what the profile says";
+
+    for (int i = 0; i < 3; ++i)
+        EXPECT_EQ(chat(port_a_), 200);
+    json p = json::object();
+    for (int i = 0; i < 50 && p.value("last_busy_tokens_per_s", 0.0) <= 0; ++i) {
+        p = port_status(port_a_);
+        std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_GT(p.value("last_busy_tokens_per_s", 0.0), 0) << p.dump();
+    std::this_thread::sleep_for(2500ms);     // idle for more than a heartbeat interval
+    const auto idle = cli("status --json");  // --json after the verb, as users type it
+    ASSERT_EQ(idle.exit_code, 0) << idle.out;
+    const auto reply = json::parse(idle.out, nullptr, false);
+    ASSERT_FALSE(reply.is_discarded()) << idle.out;
+    for (const auto& q : reply["result"]["ports"]) {
+        if (q["port"] != port_a_) continue;
+        EXPECT_EQ(q["tokens_per_s"], 0.0) << "nothing generated in the last second";
+        EXPECT_GT(q["last_busy_tokens_per_s"].get<double>(), 0) << q.dump();
+    }
+    // PORT MODEL PROFILE STATE PID UPTIME RESTARTS ESTIMATE (2 words) MEASURED (2) REQS TOK/S
+    const auto table = cli("status").out;
+    std::istringstream shown(row(table));
+    const std::vector<std::string> fields{std::istream_iterator<std::string>(shown), {}};
+    ASSERT_GT(fields.size(), 12u) << table;
+    EXPECT_GT(std::stod(fields[12]), 0) << "TOK/S of a port that served: " << table;
 }
 
 TEST_F(SupervisorTest, SwapToAModelThatCannotLoadRollsBack) {
