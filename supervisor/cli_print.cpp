@@ -120,7 +120,7 @@ void print_profiles(const json& result) {
 }
 
 void print_reloaded(const json& result) {
-    const auto& changed = result["changed_ports"];
+    const auto changed = result.value("changed_ports", json::array());
     if (changed.empty()) {
         std::printf("reloaded the config; every running worker matches it\n");
         return;
@@ -128,8 +128,9 @@ void print_reloaded(const json& result) {
     std::string ports;
     for (const auto& port : changed)
         ports += (ports.empty() ? "" : ", ") + port.dump();
-    std::printf("reloaded the config; the worker on port%s %s would now start differently (%s)\n",
-                changed.size() == 1 ? "" : "s", ports.c_str(), result.value("hint", "").c_str());
+    std::printf("reloaded the config; the %s %s would now start differently (%s)\n",
+                changed.size() == 1 ? "worker on port" : "workers on ports", ports.c_str(),
+                result.value("hint", "").c_str());
 }
 
 void print_events(const json& events) {

@@ -303,10 +303,9 @@ void Port::stop(const std::string& reason, Then then) {
 }
 
 void Port::kill_now(const std::string& why) {
-    if (s_.pid == 0) return;
+    if (s_.pid == 0 || !signal(SIGKILL)) return;  // gone already: nothing was killed
     host_.event(s_.port, "kill", why);
     kill_reason_ = why + ", killed";
-    signal(SIGKILL);
 }
 
 void Port::start_beside(const ListeningSocket& serving_socket, int files) {
