@@ -55,7 +55,7 @@ inline constexpr std::array<VerbInfo, 12> kVerbs{{
     {Verb::profile_load, "profile-load", "profile", "load", false, false, true, false, true, true,
      "make the profile's ports serve its models (all or nothing)"},
     {Verb::profile_unload, "profile-unload", "profile", "unload", false, false, false, false, true,
-     false, "stop every port"},
+     false, "stop the named profile's ports, or every port"},
     {Verb::logs, "logs", "", "logs", true, false, false, true, false, false, "PORT's engine log"},
     {Verb::events, "events", "", "events", false, false, false, true, false, false,
      "the event log: every state change with its reason"},

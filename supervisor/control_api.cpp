@@ -279,7 +279,7 @@ awaitable<json> ControlApi::handle(const protocol::ControlRequest& r) {
             co_return reply_with(loaded, [](const ProfileLoad& l) { return to_json(l); });
         }
         case Verb::profile_unload: {
-            const auto stopped = co_await fleet_.profile_unload();
+            const auto stopped = co_await fleet_.profile_unload(r.profile);
             co_return reply_with(stopped, [](const std::vector<int>& ports) {
                 return protocol::ok_reply({{"stopped", ports}});
             });

@@ -1,6 +1,8 @@
 // ensemble: the operator's command line. Talks to ensembled over control.sock; human tables by
 // default, --json for scripts. `ensemble check FILE` validates a config without a supervisor.
 // (supervisor/cli.h says where each part lives.)
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <map>
@@ -31,6 +33,7 @@ int main(int argc, char** argv) {
     std::string model, profile_name, check_file;
     bool follow_flag = false;
     bool no_wait = false;
+    bool assume_yes = false;
     int lines = 50;
     // One subcommand per control verb, from the protocol's table.
     std::map<std::string_view, CLI::App*> groups;
@@ -43,6 +46,12 @@ int main(int argc, char** argv) {
         if (v.needs_port) sub->add_option("port", port)->required()->check(CLI::Range(1, 65535));
         if (v.needs_model) sub->add_option("model", model)->required();
         if (v.needs_profile) sub->add_option("name", profile_name)->required();
+        if (v.verb == protocol::Verb::profile_unload) {
+            sub->add_option("name", profile_name,
+                            "the profile whose ports to stop (those still serving what it put "
+                            "there); without it, every port");
+            sub->add_flag("--yes,-y", assume_yes, "stop every port without asking");
+        }
         if (v.starts_workers) {
             sub->add_flag("--no-wait", no_wait,
                           "return once ensembled has accepted the command; follow it with "
@@ -111,6 +120,18 @@ int main(int argc, char** argv) {
     request.profile = profile_name;
     request.lines = lines;
     request.wait = !no_wait;
+    // Stopping the whole fleet is asked about on a terminal (a script is not asked).
+    if (request.verb == protocol::Verb::profile_unload && profile_name.empty() && !assume_yes &&
+        ::isatty(STDIN_FILENO) == 1 && ::isatty(STDERR_FILENO) == 1) {
+        std::cerr << "Stop every port ensembled serves and clear the assignments? "
+                     "(name a profile to stop only its ports) [y/N] ";
+        std::string answer;
+        std::getline(std::cin, answer);
+        if (answer != "y" && answer != "Y" && answer != "yes") {
+            std::cerr << "ensemble: nothing stopped\n";
+            return 1;
+        }
+    }
     const auto socket = control_socket_path(socket_option, config_option);
     if (!socket) {
         std::cerr << "ensemble: " << socket.error().message << '\n';

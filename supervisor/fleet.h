@@ -150,7 +150,9 @@ class Fleet final : private PortHost {
     awaitable<Result<PortReport>> swap(int port, const std::string& handle);
     awaitable<Result<PortReport>> restart(int port);
     awaitable<Result<ProfileLoad>> profile_load(const std::string& name);
-    awaitable<Result<std::vector<int>>> profile_unload();  // the ports stopped
+    // Stops the named profile's ports (those still serving what it assigned), or, with no
+    // name, every port. The ports stopped.
+    awaitable<Result<std::vector<int>>> profile_unload(const std::string& name);
     FleetStatus status() const;
     BudgetReport budget() const;  // fleet_memory.cpp
     std::vector<ProfileListing> profiles() const;

@@ -348,15 +348,21 @@ awaitable<Result<PortReport>> Fleet::restart(int port) {
     co_return report(port_at(port));
 }
 
+namespace {
+
+Error unknown_profile(const Config& config, const std::string& name) {
+    std::string known;
+    for (const auto& [n, _] : config.profiles)
+        known += (known.empty() ? "" : ", ") + n;
+    return Error{"unknown_profile", "unknown profile '" + name + "'; the config defines: " +
+                                        (known.empty() ? "none" : known)};
+}
+
+}  // namespace
+
 awaitable<Result<ProfileLoad>> Fleet::profile_load(const std::string& name) {
     const auto it = config_.profiles.find(name);
-    if (it == config_.profiles.end()) {
-        std::string known;
-        for (const auto& [n, _] : config_.profiles)
-            known += (known.empty() ? "" : ", ") + n;
-        co_return Error{"unknown_profile",
-                        "unknown profile '" + name + "'; the config defines: " + known};
-    }
+    if (it == config_.profiles.end()) co_return unknown_profile(config_, name);
     const Profile profile = it->second;
     // All or nothing: every port must be free (or already ours) before anything changes.
     for (const auto& [port, a] : profile.ports) {
@@ -413,12 +419,24 @@ awaitable<Result<ProfileLoad>> Fleet::profile_load(const std::string& name) {
     co_return loaded;
 }
 
-awaitable<Result<std::vector<int>>> Fleet::profile_unload() {
+awaitable<Result<std::vector<int>>> Fleet::profile_unload(const std::string& name) {
     std::vector<int> ports;
-    for (const auto& [port, _] : ports_)
-        ports.push_back(port);
-    if (auto ok = store_->replace_assignments({}); !ok) co_return ok.error();
-    log_unsaved(store_->set_meta("active_profile", ""), "that no profile is active");
+    if (name.empty()) {
+        for (const auto& [port, _] : ports_)
+            ports.push_back(port);
+        if (auto ok = store_->replace_assignments({}); !ok) co_return ok.error();
+        log_unsaved(store_->set_meta("active_profile", ""), "that no profile is active");
+    } else {
+        if (!config_.profiles.contains(name)) co_return unknown_profile(config_, name);
+        // The profile's ports are those still serving what it put there: a port swapped or
+        // loaded by hand since is no longer the profile's, and stays.
+        auto assignments = store_->assignments();
+        if (!assignments) co_return assignments.error();
+        for (const auto& a : *assignments)
+            if (a.profile == name) ports.push_back(a.port);
+        if (const auto active = store_->meta("active_profile"); active && *active == name)
+            log_unsaved(store_->set_meta("active_profile", ""), "that no profile is active");
+    }
     for (int port : ports) {
         const auto unloaded = co_await unload(port);
         if (!unloaded) event(port, "unload_failed", unloaded.error().message);

@@ -200,6 +200,26 @@ TEST_F(SupervisorTest, StatusAfterASwapNamesNoProfileShowsUptimeAndTheLastSpeed)
     EXPECT_GT(std::stod(fields[12]), 0) << "TOK/S of a port that served: " << table;
 }
 
+TEST_F(SupervisorTest, ProfileUnloadWithANameStopsOnlyThePortsStillServingThatProfile) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load pair").exit_code, 0);
+    const auto b = std::to_string(port_b_);
+    ASSERT_EQ(cli("swap " + b + " tiny").exit_code, 0);  // port b is no longer the profile's
+    auto unknown = cli("profile unload nosuch");
+    EXPECT_EQ(unknown.exit_code, 1);
+    EXPECT_NE(unknown.out.find("unknown profile 'nosuch'; the config defines: pair, single"),
+              std::string::npos)
+        << unknown.out;
+    auto unloaded = cli("profile unload pair");
+    ASSERT_EQ(unloaded.exit_code, 0) << unloaded.out;
+    EXPECT_EQ(chat(port_a_), 0) << "the profile's port is stopped";
+    EXPECT_EQ(chat(port_b_), 200) << "the port swapped away from it serves on";
+    EXPECT_EQ(port_status(port_b_)["state"], "ready");
+    // No name, and no terminal to ask on (a script): every port.
+    ASSERT_EQ(cli("profile unload < /dev/null").exit_code, 0);
+    EXPECT_EQ(chat(port_b_), 0);
+}
+
 TEST_F(SupervisorTest, SwapToAModelThatCannotLoadRollsBack) {
     supervisor_ = start_supervisor();
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
