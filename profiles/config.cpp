@@ -150,6 +150,7 @@ class Loader {
     void supervisor(const std::string& file, const YAML::Node& node,
                     const std::filesystem::path& base);
     void logs(const std::string& file, const YAML::Node& node);
+    void reserved_ports(const std::string& file, const YAML::Node& node);
     void health(const std::string& file, const YAML::Node& node);
     void status_http(const std::string& file, const YAML::Node& supervisor,
                      const std::filesystem::path& base);
@@ -222,11 +223,11 @@ void Loader::load_file(const std::filesystem::path& path, bool top_level) {
 
 void Loader::supervisor(const std::string& file, const YAML::Node& node,
                         const std::filesystem::path& base) {
-    if (!v_.map_with_keys(
-            file, node, "supervisor",
-            {"state_dir", "run_dir", "memory_budget", "over_budget", "evict_idle_after",
-             "boot_profile", "bind_host", "hold_while_loading", "allow_privileged_ports",
-             "gpu_wired_limit", "http", "http_token_file", "logs", "health", "restart"})) {
+    if (!v_.map_with_keys(file, node, "supervisor",
+                          {"state_dir", "run_dir", "memory_budget", "over_budget",
+                           "evict_idle_after", "boot_profile", "bind_host", "hold_while_loading",
+                           "allow_privileged_ports", "reserved_ports", "gpu_wired_limit", "http",
+                           "http_token_file", "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -276,6 +277,7 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
                 v_.scalar<bool>(file, node["allow_privileged_ports"], "allow_privileged_ports"))
             s.allow_privileged_ports = *allow;
     }
+    if (node["reserved_ports"]) reserved_ports(file, node["reserved_ports"]);
     if (node["gpu_wired_limit"]) {
         if (auto w = v_.scalar<std::string>(file, node["gpu_wired_limit"], "gpu_wired_limit")) {
             const auto bytes = parse_bytes(*w);
@@ -353,6 +355,24 @@ void Loader::duration(const std::string& file, const YAML::Node& node, const std
         return;
     }
     v_.at(file, node, what + " '" + *text + "' must be a duration such as 500ms, 5s or 2m");
+}
+
+// reserved_ports: [8108, 8109] or ["8108-8109"]; a range holds at most 1,000 ports.
+void Loader::reserved_ports(const std::string& file, const YAML::Node& node) {
+    for (const auto& text : v_.strings(file, node, "reserved_ports")) {
+        static const std::regex kPortOrRange(R"(^([0-9]{1,5})(?:-([0-9]{1,5}))?$)");
+        std::smatch m;
+        const int first = std::regex_match(text, m, kPortOrRange) ? std::stoi(m[1]) : 0;
+        const int last = m[2].matched ? std::stoi(m[2]) : first;
+        if (first < 1 || last > 65535 || last < first || last - first >= 1000) {
+            v_.at(file, node,
+                  "reserved_ports item '" + text +
+                      "' must be a port (8108) or a range of at most 1000 (8108-8109) in 1-65535");
+            continue;
+        }
+        for (int port = first; port <= last; ++port)
+            config_.supervisor.reserved_ports.insert(port);
+    }
 }
 
 void Loader::logs(const std::string& file, const YAML::Node& node) {
@@ -693,6 +713,14 @@ void Loader::check_references() {
     if (!boot.empty() && !config_.profiles.count(boot)) {
         issues_.push_back({config_.source.string(), 0, 0,
                            "boot_profile '" + boot + "' is not defined under 'profiles'"});
+    } else if (!boot.empty()) {
+        for (const auto& [port, _] : config_.profiles.at(boot).ports) {
+            if (config_.supervisor.reserved_ports.contains(port))
+                issues_.push_back({config_.source.string(), 0, 0,
+                                   "boot_profile '" + boot + "' uses port " + std::to_string(port) +
+                                       ", which supervisor.reserved_ports keeps free; move the "
+                                       "profile's model to another port or unreserve it"});
+        }
     }
 }
 
@@ -713,6 +741,13 @@ Status check_port_allowed(const SupervisorSettings& settings, int port) {
                  "port " + std::to_string(port) +
                      " is below 1024, where system services listen (ssh on 22); serve models on "
                      "a port of 1024 or above, or set supervisor.allow_privileged_ports: true"};
+}
+
+Status check_port_not_reserved(const SupervisorSettings& settings, int port, bool force) {
+    if (force || !settings.reserved_ports.contains(port)) return Ok{};
+    return Error{"reserved_port", "port " + std::to_string(port) +
+                                      " is reserved (supervisor.reserved_ports): choose another "
+                                      "port, or pass --force to use it anyway"};
 }
 
 std::string ConfigIssue::to_string() const {

@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <map>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -81,6 +82,9 @@ struct SupervisorSettings {
     std::chrono::milliseconds hold_while_loading{30000};
     // Ports below 1024 belong to system services (ssh on 22): served only when this is set.
     bool allow_privileged_ports = false;
+    // Kept free (for manual testing, another program): loads and profiles that would use them
+    // are refused unless forced; the boot profile may not use them.
+    std::set<int> reserved_ports;
     // macOS: the GPU wired limit the MLX models need (sysctl iogpu.wired_limit_mb), set at boot
     // by deploy/install-wired-limit's LaunchDaemon and checked by `check`.
     std::optional<std::uint64_t> gpu_wired_limit_bytes;
@@ -174,6 +178,8 @@ bool is_loopback_host(const std::string& host);
 // Whether `port` may be served under these settings: not below 1024 without
 // allow_privileged_ports ("privileged_port").
 Status check_port_allowed(const SupervisorSettings& settings, int port);
+// Whether `port` is outside supervisor.reserved_ports, or `force`d ("reserved_port").
+Status check_port_not_reserved(const SupervisorSettings& settings, int port, bool force);
 
 // Defaults when the config does not say: /var/lib/ensemble and /run/ensemble for root;
 // $XDG_STATE_HOME/ensemble and $XDG_RUNTIME_DIR/ensemble otherwise.

@@ -158,10 +158,13 @@ Result<ControlRequest> parse_control_request(const json& j) {
         .read("model", r.model, shape->needs_model)
         .read("profile", r.profile, shape->needs_profile)
         .read("lines", r.lines, false)
-        .read("wait", r.wait, false);
+        .read("wait", r.wait, false)
+        .read("force", r.force, false);
     if (!fields.status()) return fields.status().error();
     if (!r.wait && !shape->starts_workers)
         return bad("'wait' applies to load, swap, restart and profile-load only");
+    if (r.force && r.verb != Verb::load && r.verb != Verb::profile_load)
+        return bad("'force' applies to load and profile-load only");
     if (j.contains("port")) {
         if (port < 1 || port > 65535)
             return bad("port " + std::to_string(port) + " is out of range 1-65535");
@@ -176,6 +179,7 @@ json to_json(const ControlRequest& r) {
     if (r.port) j["port"] = *r.port;
     if (!r.model.empty()) j["model"] = r.model;
     if (!r.profile.empty()) j["profile"] = r.profile;
+    if (r.force) j["force"] = true;
     if (info(r.verb).takes_lines) j["lines"] = r.lines;
     if (!r.wait) j["wait"] = false;
     return j;

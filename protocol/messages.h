@@ -82,6 +82,8 @@ struct ControlRequest {
     // For verbs that start workers: false answers once the command is accepted, and it goes
     // on in ensembled (its outcome in the events and `status`).
     bool wait = true;
+    // load, profile-load: use ports in supervisor.reserved_ports all the same.
+    bool force = false;
 };
 
 Result<ControlRequest> parse_control_request(const nlohmann::json& j);

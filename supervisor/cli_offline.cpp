@@ -32,6 +32,11 @@ bool check_profiles_fit(const Config& config) {
         std::uint64_t mlx = 0;
         std::string problem;
         for (const auto& [port, a] : profile.ports) {
+            if (config.supervisor.reserved_ports.contains(port))
+                std::printf(
+                    "warning: profile '%s' uses port %d, which supervisor.reserved_ports "
+                    "keeps free: 'profile load %s' needs --force\n",
+                    name.c_str(), port, name.c_str());
             auto e = estimate_assignment(config, port, a.model, name);
             if (e) total += e->total();
             if (e && is_mlx_model(config, a.model)) mlx += e->total();

@@ -209,7 +209,16 @@ Status ControlApi::check_before_accepting(const protocol::ControlRequest& r) con
     if (!r.profile.empty() && !config.profiles.count(r.profile))
         return Error{"unknown_profile",
                      "unknown profile '" + r.profile + "'; see 'ensemble profile list'"};
-    if (r.port) return check_port_allowed(config.supervisor, *r.port);
+    if (r.verb == protocol::Verb::profile_load) {
+        for (const auto& [port, _] : config.profiles.at(r.profile).ports) {
+            if (auto kept = check_port_not_reserved(config.supervisor, port, r.force); !kept)
+                return kept;
+        }
+    }
+    if (!r.port) return Ok{};
+    if (auto allowed = check_port_allowed(config.supervisor, *r.port); !allowed) return allowed;
+    if (r.verb == protocol::Verb::load)
+        return check_port_not_reserved(config.supervisor, *r.port, r.force);
     return Ok{};
 }
 
@@ -258,7 +267,7 @@ awaitable<json> ControlApi::handle(const protocol::ControlRequest& r) {
         case Verb::budget:
             co_return protocol::ok_reply(to_json(fleet_.budget()));
         case Verb::load: {
-            const auto loaded = co_await fleet_.load(port, r.model, no_profile);
+            const auto loaded = co_await fleet_.load(port, r.model, no_profile, r.force);
             co_return reply(loaded);
         }
         case Verb::unload: {
@@ -275,7 +284,7 @@ awaitable<json> ControlApi::handle(const protocol::ControlRequest& r) {
             co_return reply(restarted);
         }
         case Verb::profile_load: {
-            const auto loaded = co_await fleet_.profile_load(r.profile);
+            const auto loaded = co_await fleet_.profile_load(r.profile, r.force);
             co_return reply_with(loaded, [](const ProfileLoad& l) { return to_json(l); });
         }
         case Verb::profile_unload: {

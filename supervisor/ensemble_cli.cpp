@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
     bool follow_flag = false;
     bool no_wait = false;
     bool assume_yes = false;
+    bool force = false;
     int lines = 50;
     // One subcommand per control verb, from the protocol's table.
     std::map<std::string_view, CLI::App*> groups;
@@ -46,6 +47,8 @@ int main(int argc, char** argv) {
         if (v.needs_port) sub->add_option("port", port)->required()->check(CLI::Range(1, 65535));
         if (v.needs_model) sub->add_option("model", model)->required();
         if (v.needs_profile) sub->add_option("name", profile_name)->required();
+        if (v.verb == protocol::Verb::load || v.verb == protocol::Verb::profile_load)
+            sub->add_flag("--force", force, "use ports in supervisor.reserved_ports all the same");
         if (v.verb == protocol::Verb::profile_unload) {
             sub->add_option("name", profile_name,
                             "the profile whose ports to stop (those still serving what it put "
@@ -120,6 +123,7 @@ int main(int argc, char** argv) {
     request.profile = profile_name;
     request.lines = lines;
     request.wait = !no_wait;
+    request.force = force;
     // Stopping the whole fleet is asked about on a terminal (a script is not asked).
     if (request.verb == protocol::Verb::profile_unload && profile_name.empty() && !assume_yes &&
         ::isatty(STDIN_FILENO) == 1 && ::isatty(STDERR_FILENO) == 1) {

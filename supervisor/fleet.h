@@ -144,12 +144,13 @@ class Fleet final : private PortHost {
     // time, in arrival order: each holds the turn from wait_turn() to end_turn().
     awaitable<void> wait_turn();
     void end_turn();
+    // `force`: supervisor.reserved_ports may be used.
     awaitable<Result<PortReport>> load(int port, const std::string& handle,
-                                       const std::string& profile);
+                                       const std::string& profile, bool force = false);
     awaitable<Status> unload(int port);
     awaitable<Result<PortReport>> swap(int port, const std::string& handle);
     awaitable<Result<PortReport>> restart(int port);
-    awaitable<Result<ProfileLoad>> profile_load(const std::string& name);
+    awaitable<Result<ProfileLoad>> profile_load(const std::string& name, bool force = false);
     // Stops the named profile's ports (those still serving what it assigned), or, with no
     // name, every port. The ports stopped.
     awaitable<Result<std::vector<int>>> profile_unload(const std::string& name);

@@ -114,7 +114,7 @@ awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
 }
 
 awaitable<Result<PortReport>> Fleet::load(int port, const std::string& handle,
-                                          const std::string& profile) {
+                                          const std::string& profile, bool force) {
     if (config_.find_model(handle) == nullptr) {
         co_return Error{"unknown_model", "unknown model '" + handle +
                                              "'; the config defines: " + known_models(config_)};
@@ -134,6 +134,8 @@ awaitable<Result<PortReport>> Fleet::load(int port, const std::string& handle,
     }
     if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed)
         co_return allowed.error();
+    if (auto kept = check_port_not_reserved(config_.supervisor, port, force); !kept)
+        co_return kept.error();
     if (auto free = check_port_free_for_operator(port); !free) co_return free.error();
     // (named, not temporaries: GCC 12 miscompiles non-trivial temporaries in co_await)
     const std::map<int, std::string> starts{{port, handle}};
@@ -360,12 +362,15 @@ Error unknown_profile(const Config& config, const std::string& name) {
 
 }  // namespace
 
-awaitable<Result<ProfileLoad>> Fleet::profile_load(const std::string& name) {
+awaitable<Result<ProfileLoad>> Fleet::profile_load(const std::string& name, bool force) {
     const auto it = config_.profiles.find(name);
     if (it == config_.profiles.end()) co_return unknown_profile(config_, name);
     const Profile profile = it->second;
     // All or nothing: every port must be free (or already ours) before anything changes.
     for (const auto& [port, a] : profile.ports) {
+        if (auto kept = check_port_not_reserved(config_.supervisor, port, force); !kept) {
+            co_return Error{kept.error().code, "profile '" + name + "': " + kept.error().message};
+        }
         if (auto free = check_port_free_for_operator(port); !free) co_return free.error();
     }
     // Within the memory budget once the ports it changes or drops stop (all or nothing).

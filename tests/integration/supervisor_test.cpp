@@ -505,6 +505,34 @@ TEST_F(SupervisorTest, ALoadOnAPrivilegedPortIsRefusedSayingHowToAllowIt) {
     EXPECT_TRUE(status()["ports"].empty()) << "nothing assigned";
 }
 
+class ReservedPortTest : public SupervisorFixture {
+  protected:
+    std::string extra_supervisor_settings() const override {
+        return "  reserved_ports: [" + std::to_string(port_b_) + "]\n";
+    }
+};
+
+TEST_F(ReservedPortTest, LoadsAndProfilesOnAReservedPortAreRefusedUnlessForced) {
+    supervisor_ = start_supervisor();
+    const auto b = std::to_string(port_b_);
+    const auto check = cli("check " + (dir_ / "ensemble.yaml").string());
+    EXPECT_NE(check.out.find("warning: profile 'pair' uses port " + b), std::string::npos)
+        << check.out;
+    for (const auto& command : {"load " + b + " tiny", "load --no-wait " + b + " tiny",
+                                std::string("profile load pair")}) {
+        const auto refused = cli(command);
+        EXPECT_EQ(refused.exit_code, 1) << command;
+        EXPECT_NE(refused.out.find("port " + b + " is reserved (supervisor.reserved_ports)"),
+                  std::string::npos)
+            << command << ": " << refused.out;
+    }
+    EXPECT_TRUE(status()["ports"].empty()) << "nothing assigned";
+    ASSERT_EQ(cli("profile load single").exit_code, 0) << "its port is not reserved";
+    const auto forced = cli("load --force " + b + " tiny");
+    ASSERT_EQ(forced.exit_code, 0) << forced.out;
+    EXPECT_EQ(chat(port_b_), 200);
+}
+
 TEST_F(SupervisorTest, ReloadReportsChangedPortsWithoutRestartingThem) {
     supervisor_ = start_supervisor();
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);

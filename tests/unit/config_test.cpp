@@ -110,6 +110,32 @@ TEST_F(ConfigTest, PrivilegedPortsNeedAnExplicitYes) {
     EXPECT_FALSE(check_port_allowed(SupervisorSettings{}, 1023));
 }
 
+TEST_F(ConfigTest, ReservedPortsArePortsOrRangesAndTheBootProfileMayNotUseThem) {
+    const std::string models = "models:\n  tiny: {path: ./a.gguf}\n";
+    auto r = load("supervisor:\n  reserved_ports: [8108, \"8110-8111\"]\n" + models);
+    ASSERT_TRUE(r.config) << r.issues.at(0).to_string();
+    EXPECT_EQ(r.config->supervisor.reserved_ports, (std::set<int>{8108, 8110, 8111}));
+    EXPECT_FALSE(check_port_not_reserved(r.config->supervisor, 8110, false));
+    EXPECT_NE(
+        check_port_not_reserved(r.config->supervisor, 8110, false).error().message.find("--force"),
+        std::string::npos);
+    EXPECT_TRUE(check_port_not_reserved(r.config->supervisor, 8110, true));
+    EXPECT_TRUE(check_port_not_reserved(r.config->supervisor, 8109, false));
+    for (const auto* bad : {"[8109-8108]", "[0]", "[70000]", "[\"1-5000\"]", "[abc]", "8108"})
+        EXPECT_FALSE(
+            load("supervisor:\n  reserved_ports: " + std::string(bad) + "\n" + models).config)
+            << bad;
+    auto boot = load("supervisor:\n  reserved_ports: [8108]\n  boot_profile: p\n" + models +
+                     "profiles:\n  p:\n    8108: tiny\n");
+    ASSERT_FALSE(boot.config);
+    EXPECT_NE(boot.issues.at(0).message.find("boot_profile 'p' uses port 8108"), std::string::npos)
+        << boot.issues.at(0).to_string();
+    EXPECT_TRUE(load("supervisor:\n  reserved_ports: [8108]\n" + models +
+                     "profiles:\n  p:\n    8108: tiny\n")
+                    .config)
+        << "another profile may, with --force";
+}
+
 TEST_F(ConfigTest, TheStatusListenerIsLoopbackUnlessItHasAToken) {
     auto off = load(kValid);
     ASSERT_TRUE(off.config);
