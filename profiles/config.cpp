@@ -570,7 +570,7 @@ void Loader::models(const std::string& file, const YAML::Node& node,
         const auto& m = kv.second;
         if (!v_.map_with_keys(file, m, "model '" + handle + "'",
                               {"engine", "path", "context", "parallel", "memory", "priority",
-                               "evict", "aliases", "args"})) {
+                               "evict", "aliases", "accept_any_model", "args"})) {
             continue;
         }
         ModelSpec spec;
@@ -611,6 +611,10 @@ void Loader::models(const std::string& file, const YAML::Node& node,
         if (m["priority"]) spec.priority = priority(v_, file, m["priority"]).value_or(0);
         if (m["evict"]) spec.evict = evict_policy(v_, file, m["evict"]).value_or(spec.evict);
         if (m["aliases"]) spec.aliases = v_.strings(file, m["aliases"], "aliases");
+        if (m["accept_any_model"]) {
+            if (auto any = v_.scalar<bool>(file, m["accept_any_model"], "accept_any_model"))
+                spec.accept_any_model = *any;
+        }
         if (m["args"]) spec.args = v_.strings(file, m["args"], "args");
         if (model_marks_.count(handle)) {
             v_.at(file, kv.first,

@@ -119,6 +119,7 @@ struct ModelSpec {
     int priority = 0;  // higher is more important: evicted last, stopped last
     EvictPolicy evict = EvictPolicy::never;
     std::vector<std::string> aliases;
+    bool accept_any_model = false;  // any requested name is served by this model
     std::vector<std::string> args;
 };
 

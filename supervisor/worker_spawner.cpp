@@ -107,6 +107,7 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
     }
     for (const auto& alias : model->aliases)
         l.command.argv.insert(l.command.argv.end(), {"--alias", alias});
+    if (model->accept_any_model) l.command.argv.push_back("--accept-any-model");
     for (const auto* args : {&engine.args, &model->args}) {
         for (const auto& a : *args)
             l.command.argv.push_back("--engine-arg=" + a);

@@ -10,7 +10,8 @@
 namespace ensemble {
 
 bool ModelIdentity::answers_to(std::string_view name) const {
-    return name == handle || std::find(aliases.begin(), aliases.end(), name) != aliases.end();
+    return accept_any_model || name == handle ||
+           std::find(aliases.begin(), aliases.end(), name) != aliases.end();
 }
 
 Status check_api_key(std::string_view authorization_header, std::string_view api_key) {

@@ -18,6 +18,9 @@ struct ModelIdentity {
     std::string handle;
     std::vector<std::string> aliases;
     std::string engine_model_id;
+    // Any requested name is served by this model (clients such as Cline send their own);
+    // still pinned to the engine's id, never forwarded.
+    bool accept_any_model = false;
 
     bool answers_to(std::string_view name) const;
 };

@@ -171,6 +171,8 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     app.add_option("--model", o.engine.model, "model file, directory or repo id")->required();
     app.add_option("--handle", o.model.handle, "the model id clients use (kebab-case)")->required();
     app.add_option("--alias", o.model.aliases, "other ids accepted in a request's 'model'");
+    app.add_flag("--accept-any-model", o.model.accept_any_model,
+                 "serve any requested 'model' name with this model (pinned, never forwarded)");
     app.add_option("--engine", engine_name, "llama.cpp, mlx-lm, vllm or command")
         ->capture_default_str();
     app.add_option("--engine-bin", o.engine.binary,

@@ -505,6 +505,25 @@ TEST_F(SupervisorTest, ALoadOnAPrivilegedPortIsRefusedSayingHowToAllowIt) {
     EXPECT_TRUE(status()["ports"].empty()) << "nothing assigned";
 }
 
+class AcceptAnyModelTest : public SupervisorFixture {
+  protected:
+    std::string extra_models() const override {
+        return "  any: {engine: llama, path: " + tiny_model().string() +
+               ", context: 1024, parallel: 1, accept_any_model: true}\n";
+    }
+};
+
+// Coding clients (Cline) send their own model name and expect it to be ignored.
+TEST_F(AcceptAnyModelTest, AModelThatAcceptsAnyNameServesWhatAClientAsksFor) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " any").exit_code, 0);
+    ASSERT_EQ(cli("load " + std::to_string(port_b_) + " tiny").exit_code, 0);
+    const std::string body =
+        R"({"model":"claude-3-5-sonnet","messages":[{"role":"user","content":"x"}],"max_tokens":2})";
+    EXPECT_EQ(http_request(port_a_, chat_request(body)).status, 200);
+    EXPECT_EQ(http_request(port_b_, chat_request(body)).status, 404) << "off by default";
+}
+
 class ReservedPortTest : public SupervisorFixture {
   protected:
     std::string extra_supervisor_settings() const override {

@@ -169,6 +169,15 @@ TEST_F(WorkerTest, UnknownModelIs404ModelNotFound) {
     EXPECT_EQ(e["type"], "invalid_request_error");
 }
 
+TEST_F(WorkerTest, AcceptAnyModelServesWhateverNameAClientSends) {
+    auto worker = start({"--accept-any-model"});
+    auto r = http_request(
+        worker->port(),
+        chat_request(
+            R"({"model":"claude-3-5-sonnet","messages":[{"role":"user","content":"x"}],"max_tokens":2})"));
+    EXPECT_EQ(r.status, 200) << r.body;
+}
+
 TEST_F(WorkerTest, MalformedJsonIs400) {
     auto worker = start();
     auto r = http_request(worker->port(), chat_request(R"({"model": "tiny", "messages": [)"));

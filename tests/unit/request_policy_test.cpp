@@ -55,6 +55,18 @@ TEST(PinModel, AnotherModelIs404ModelNotFound) {
     EXPECT_NE(e.message.find("qwen3-8b"), std::string::npos);
 }
 
+TEST(PinModel, AcceptAnyModelServesEveryNameButStillPinsIt) {
+    auto any = kModel;
+    any.accept_any_model = true;
+    for (const char* body : {R"({"model":"gpt-4o","messages":[]})", R"({"model":"/etc/passwd"})"}) {
+        auto r = pin_model(body, any);
+        ASSERT_TRUE(r) << body;
+        EXPECT_EQ(json::parse(*r)["model"], "/models/Qwen3-8B-MLX") << "never forwarded";
+    }
+    EXPECT_FALSE(pin_model(R"({"model":42})", any)) << "still a string";
+    EXPECT_FALSE(pin_model(R"({"model":"x","adapters":"/tmp/a"})", any));
+}
+
 TEST(PinModel, MalformedOrNonObjectBodiesAre400) {
     for (const char* body : {"{", "not json", "[1,2]", "\"text\"", R"({"model":42})"}) {
         auto r = pin_model(body, kModel);
