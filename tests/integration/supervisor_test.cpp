@@ -524,6 +524,31 @@ TEST_F(AcceptAnyModelTest, AModelThatAcceptsAnyNameServesWhatAClientAsksFor) {
     EXPECT_EQ(http_request(port_b_, chat_request(body)).status, 404) << "off by default";
 }
 
+// profiles/playbook.yaml as a user would use it: its GGUFs where it says (here, in the test's
+// folder), then `ensemble check`.
+TEST_F(SupervisorTest, ThePlaybookExamplePassesCheckWithItsFiveProfiles) {
+    std::ifstream in(ENSEMBLE_TEST_SOURCE_DIR "/profiles/playbook.yaml");
+    std::string text(std::istreambuf_iterator<char>(in), {});
+    const auto models = dir_ / "srv-models";
+    std::filesystem::create_directories(models);
+    for (auto at = text.find("/srv/models/"); at != std::string::npos;
+         at = text.find("/srv/models/", at)) {
+        const auto end = text.find('\n', at);
+        const auto name = text.substr(at + 12, end - at - 12);
+        std::filesystem::copy_file(tiny_model(), models / name,
+                                   std::filesystem::copy_options::overwrite_existing);
+        text.replace(at, 12, models.string() + "/");
+        at += models.string().size();
+    }
+    std::ofstream(dir_ / "playbook.yaml") << text;
+    const auto check = cli("check " + (dir_ / "playbook.yaml").string());
+    EXPECT_EQ(check.exit_code, 0) << check.out;
+    for (const auto* profile : {"code", "code6", "chat", "reason", "raw"})
+        EXPECT_NE(check.out.find("profile '" + std::string(profile) + "': "), std::string::npos)
+            << profile << ": " << check.out;
+    EXPECT_NE(check.out.find("of the 170.0 GiB budget"), std::string::npos) << check.out;
+}
+
 class ReservedPortTest : public SupervisorFixture {
   protected:
     std::string extra_supervisor_settings() const override {
