@@ -151,6 +151,7 @@ class Loader {
                     const std::filesystem::path& base);
     void logs(const std::string& file, const YAML::Node& node);
     void reserved_ports(const std::string& file, const YAML::Node& node);
+    void naming(const std::string& file, const YAML::Node& node);
     void health(const std::string& file, const YAML::Node& node);
     void status_http(const std::string& file, const YAML::Node& supervisor,
                      const std::filesystem::path& base);
@@ -226,8 +227,8 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     if (!v_.map_with_keys(file, node, "supervisor",
                           {"state_dir", "run_dir", "memory_budget", "over_budget",
                            "evict_idle_after", "boot_profile", "bind_host", "hold_while_loading",
-                           "allow_privileged_ports", "reserved_ports", "gpu_wired_limit", "http",
-                           "http_token_file", "logs", "health", "restart"})) {
+                           "allow_privileged_ports", "reserved_ports", "naming", "gpu_wired_limit",
+                           "http", "http_token_file", "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -278,6 +279,7 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
             s.allow_privileged_ports = *allow;
     }
     if (node["reserved_ports"]) reserved_ports(file, node["reserved_ports"]);
+    if (node["naming"]) naming(file, node["naming"]);
     if (node["gpu_wired_limit"]) {
         if (auto w = v_.scalar<std::string>(file, node["gpu_wired_limit"], "gpu_wired_limit")) {
             const auto bytes = parse_bytes(*w);
@@ -372,6 +374,24 @@ void Loader::reserved_ports(const std::string& file, const YAML::Node& node) {
         }
         for (int port = first; port <= last; ++port)
             config_.supervisor.reserved_ports.insert(port);
+    }
+}
+
+// naming: {mlx-lm: mlx-, optillm-proxy: opt-}: kebab-case prefixes ending in '-'.
+void Loader::naming(const std::string& file, const YAML::Node& node) {
+    if (!v_.map_with_keys(file, node, "supervisor.naming", {})) return;
+    static const std::regex kPrefix(R"(^[a-z0-9]+(-[a-z0-9]+)*-$)");
+    for (const auto& kv : node) {
+        const auto engine = kv.first.Scalar();
+        auto prefix = v_.scalar<std::string>(file, kv.second, "supervisor.naming." + engine);
+        if (!prefix) continue;
+        if (!std::regex_match(*prefix, kPrefix)) {
+            v_.at(file, kv.second,
+                  "naming prefix '" + *prefix + "' must be kebab-case ending in '-' (mlx-)");
+            continue;
+        }
+        config_.supervisor.naming[engine] = *prefix;
+        engine_refs_.emplace_back(file, kv.first, engine);
     }
 }
 
@@ -745,6 +765,34 @@ Status check_port_allowed(const SupervisorSettings& settings, int port) {
                  "port " + std::to_string(port) +
                      " is below 1024, where system services listen (ssh on 22); serve models on "
                      "a port of 1024 or above, or set supervisor.allow_privileged_ports: true"};
+}
+
+std::vector<std::string> naming_violations(const Config& config) {
+    std::vector<std::string> out;
+    const auto& naming = config.supervisor.naming;
+    for (const auto& [handle, model] : config.models) {
+        const auto engine = config.engines.find(model.engine);
+        const std::string preset =
+            engine != config.engines.end() ? engine->second.preset.name : model.engine;
+        // The engine's own rule first, then its preset's.
+        auto rule = naming.find(model.engine);
+        if (rule == naming.end()) rule = naming.find(preset);
+        if (rule != naming.end() && !handle.starts_with(rule->second)) {
+            out.push_back("model '" + handle + "' runs on " + rule->first +
+                          ", whose models' names start with '" + rule->second +
+                          "' (supervisor.naming)");
+            continue;
+        }
+        for (const auto& [kind, prefix] : naming) {
+            if (kind != model.engine && kind != preset && handle.starts_with(prefix)) {
+                out.push_back("model '" + handle + "' starts with '" + prefix +
+                              "', which supervisor.naming gives to " + kind + ", but runs on " +
+                              preset);
+                break;
+            }
+        }
+    }
+    return out;
 }
 
 Status check_port_not_reserved(const SupervisorSettings& settings, int port, bool force) {

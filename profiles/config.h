@@ -85,6 +85,9 @@ struct SupervisorSettings {
     // Kept free (for manual testing, another program): loads and profiles that would use them
     // are refused unless forced; the boot profile may not use them.
     std::set<int> reserved_ports;
+    // Naming policy, optional: engine (a name under `engines` or a preset) -> the prefix its
+    // models' handles carry ("mlx-lm": "mlx-"). `check` reports handles that break it.
+    std::map<std::string, std::string> naming;
     // macOS: the GPU wired limit the MLX models need (sysctl iogpu.wired_limit_mb), set at boot
     // by deploy/install-wired-limit's LaunchDaemon and checked by `check`.
     std::optional<std::uint64_t> gpu_wired_limit_bytes;
@@ -179,6 +182,9 @@ bool is_loopback_host(const std::string& host);
 // Whether `port` may be served under these settings: not below 1024 without
 // allow_privileged_ports ("privileged_port").
 Status check_port_allowed(const SupervisorSettings& settings, int port);
+// The handles that break supervisor.naming, one sentence each (empty without a policy).
+std::vector<std::string> naming_violations(const Config& config);
+
 // Whether `port` is outside supervisor.reserved_ports, or `force`d ("reserved_port").
 Status check_port_not_reserved(const SupervisorSettings& settings, int port, bool force);
 

@@ -93,6 +93,8 @@ int check(const std::string& file) {
     }
     std::cout << file << ": ok (" << loaded.config->models.size() << " models, "
               << loaded.config->profiles.size() << " profiles)\n";
+    for (const auto& broken : naming_violations(*loaded.config))
+        std::cout << "warning: " << broken << '\n';
     return check_profiles_fit(*loaded.config) ? 0 : 1;
 }
 

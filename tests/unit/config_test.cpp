@@ -136,6 +136,32 @@ TEST_F(ConfigTest, ReservedPortsArePortsOrRangesAndTheBootProfileMayNotUseThem) 
         << "another profile may, with --force";
 }
 
+TEST_F(ConfigTest, TheNamingPolicyReportsHandlesWithoutTheirEnginesPrefixOrWithAnothers) {
+    const std::string models =
+        "engines:\n  opt: {preset: command, command: \"optillm --port {port}\"}\n"
+        "models:\n"
+        "  mlx-qwen: {engine: mlx-lm, path: org/qwen}\n"
+        "  gemma: {engine: mlx-lm, path: org/gemma}\n"
+        "  opt-qwen-moa: {engine: opt, path: none}\n"
+        "  mlx-llama: {engine: llama.cpp, path: ./a.gguf}\n"
+        "  tiny: {engine: llama.cpp, path: ./a.gguf}\n";
+    auto none = load(models);
+    ASSERT_TRUE(none.config) << none.issues.at(0).to_string();
+    EXPECT_TRUE(naming_violations(*none.config).empty()) << "no policy, nothing to report";
+    auto r = load("supervisor:\n  naming: {mlx-lm: mlx-, opt: opt-}\n" + models);
+    ASSERT_TRUE(r.config) << r.issues.at(0).to_string();
+    EXPECT_EQ(naming_violations(*r.config),
+              (std::vector<std::string>{
+                  "model 'gemma' runs on mlx-lm, whose models' names start with 'mlx-' "
+                  "(supervisor.naming)",
+                  "model 'mlx-llama' starts with 'mlx-', which supervisor.naming gives to mlx-lm, "
+                  "but runs on llama.cpp"}));
+    expect_issue(load("supervisor:\n  naming: {mlx-lm: MLX}\n" + models), 2, 20,
+                 "naming prefix 'MLX' must be kebab-case ending in '-'");
+    EXPECT_FALSE(load("supervisor:\n  naming: {nosuch: x-}\n" + models).config)
+        << "an engine the config does not know";
+}
+
 TEST_F(ConfigTest, TheStatusListenerIsLoopbackUnlessItHasAToken) {
     auto off = load(kValid);
     ASSERT_TRUE(off.config);
