@@ -377,7 +377,8 @@ void Loader::reserved_ports(const std::string& file, const YAML::Node& node) {
     }
 }
 
-// naming: {mlx-lm: mlx-, optillm-proxy: opt-}: kebab-case prefixes ending in '-'.
+// naming: {mlx-lm: mlx-, optillm: opt-} (presets, or engines under `engines`): kebab-case
+// prefixes ending in '-'.
 void Loader::naming(const std::string& file, const YAML::Node& node) {
     if (!v_.map_with_keys(file, node, "supervisor.naming", {})) return;
     static const std::regex kPrefix(R"(^[a-z0-9]+(-[a-z0-9]+)*-$)");
@@ -768,23 +769,28 @@ Status check_port_allowed(const SupervisorSettings& settings, int port) {
 }
 
 std::vector<std::string> naming_violations(const Config& config) {
+    // A rule's key is an engine under `engines` or a preset; its preset is what a model runs on.
+    const auto preset_of = [&](const std::string& engine) {
+        const auto e = config.engines.find(engine);
+        return e != config.engines.end() ? e->second.preset.name : engine;
+    };
     std::vector<std::string> out;
     const auto& naming = config.supervisor.naming;
     for (const auto& [handle, model] : config.models) {
-        const auto engine = config.engines.find(model.engine);
-        const std::string preset =
-            engine != config.engines.end() ? engine->second.preset.name : model.engine;
+        const auto preset = preset_of(model.engine);
         // The engine's own rule first, then its preset's.
         auto rule = naming.find(model.engine);
         if (rule == naming.end()) rule = naming.find(preset);
-        if (rule != naming.end() && !handle.starts_with(rule->second)) {
-            out.push_back("model '" + handle + "' runs on " + rule->first +
-                          ", whose models' names start with '" + rule->second +
-                          "' (supervisor.naming)");
-            continue;
+        if (rule != naming.end()) {
+            if (!handle.starts_with(rule->second)) {
+                out.push_back("model '" + handle + "' runs on " + rule->first +
+                              ", whose models' names start with '" + rule->second +
+                              "' (supervisor.naming)");
+            }
+            continue;  // its own rule holds: another's prefix inside it is no matter
         }
         for (const auto& [kind, prefix] : naming) {
-            if (kind != model.engine && kind != preset && handle.starts_with(prefix)) {
+            if (preset_of(kind) != preset && handle.starts_with(prefix)) {
                 out.push_back("model '" + handle + "' starts with '" + prefix +
                               "', which supervisor.naming gives to " + kind + ", but runs on " +
                               preset);

@@ -161,6 +161,7 @@ Result<ControlRequest> parse_control_request(const json& j) {
         .read("wait", r.wait, false)
         .read("force", r.force, false);
     if (!fields.status()) return fields.status().error();
+    if (shape->needs_profile && r.profile.empty()) return bad("'profile' must name a profile");
     if (!r.wait && !shape->starts_workers)
         return bad("'wait' applies to load, swap, restart and profile-load only");
     if (r.force && r.verb != Verb::load && r.verb != Verb::profile_load)

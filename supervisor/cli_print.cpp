@@ -182,6 +182,17 @@ void print_human(protocol::Verb verb, const json& result) {
                   << "; not waiting (see 'ensemble status' or 'ensemble events -f')\n";
         return;
     }
+    if (verb == Verb::profile_unload) {
+        const auto stopped = result.value("stopped", json::array());
+        std::string ports;
+        for (const auto& port : stopped)
+            ports += (ports.empty() ? "" : ", ") + port.dump();
+        std::cout << (stopped.empty()
+                          ? std::string("nothing to stop: no port serves the profile")
+                          : "stopped port" + std::string(stopped.size() == 1 ? " " : "s ") + ports)
+                  << '\n';
+        return;
+    }
     if (result.contains("ports")) {
         print_ports(result["ports"]);
     } else if (result.contains("port")) {

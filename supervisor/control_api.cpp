@@ -209,8 +209,9 @@ Status ControlApi::check_before_accepting(const protocol::ControlRequest& r) con
     if (!r.profile.empty() && !config.profiles.count(r.profile))
         return Error{"unknown_profile",
                      "unknown profile '" + r.profile + "'; see 'ensemble profile list'"};
-    if (r.verb == protocol::Verb::profile_load) {
-        for (const auto& [port, _] : config.profiles.at(r.profile).ports) {
+    if (const auto profile = config.profiles.find(r.profile);
+        r.verb == protocol::Verb::profile_load && profile != config.profiles.end()) {
+        for (const auto& [port, _] : profile->second.ports) {
             if (auto kept = check_port_not_reserved(config.supervisor, port, r.force); !kept)
                 return kept;
         }

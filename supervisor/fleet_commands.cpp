@@ -432,13 +432,19 @@ awaitable<Result<std::vector<int>>> Fleet::profile_unload(const std::string& nam
         if (auto ok = store_->replace_assignments({}); !ok) co_return ok.error();
         log_unsaved(store_->set_meta("active_profile", ""), "that no profile is active");
     } else {
-        if (!config_.profiles.contains(name)) co_return unknown_profile(config_, name);
-        // The profile's ports are those still serving what it put there: a port swapped or
-        // loaded by hand since is no longer the profile's, and stays.
+        // The profile's ports are those still serving what it put there (by the persisted
+        // assignments and the running ports alike): a port swapped or loaded by hand since is
+        // no longer the profile's, and stays. A profile a reload dropped may still hold ports.
         auto assignments = store_->assignments();
         if (!assignments) co_return assignments.error();
+        std::set<int> ours;
         for (const auto& a : *assignments)
-            if (a.profile == name) ports.push_back(a.port);
+            if (a.profile == name) ours.insert(a.port);
+        for (const auto& [number, run] : ports_)
+            if (run->snapshot().profile == name) ours.insert(number);
+        if (ours.empty() && !config_.profiles.contains(name))
+            co_return unknown_profile(config_, name);
+        ports.assign(ours.begin(), ours.end());
         if (const auto active = store_->meta("active_profile"); active && *active == name)
             log_unsaved(store_->set_meta("active_profile", ""), "that no profile is active");
     }

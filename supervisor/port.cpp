@@ -222,6 +222,7 @@ Status Port::start_worker(const ListeningSocket* serving_socket) {
     link_ = nullptr;
     s_.linked = false;
     s_.stats = {};
+    s_.tokens_per_s = s_.last_busy_tokens_per_s = 0;  // a new worker's speed is its own
     probe_misses_ = 0;
     s_.stop_requested = false;
     s_.ready_since.reset();  // a run that fails before it is ever ready was not healthy
@@ -454,6 +455,7 @@ void Port::adopt_unrecorded(const protocol::Register& m, const ProcessIdentity& 
     s_.files = m.files;               // it said which of the port's files it uses
     take_on(identity.pid, identity.start_time, m.worker_id, m.token);
     s_.stats = {};
+    s_.tokens_per_s = s_.last_busy_tokens_per_s = 0;
     probe_misses_ = 0;
     s_.stop_requested = false;
     s_.ready_since.reset();

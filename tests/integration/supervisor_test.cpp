@@ -187,11 +187,14 @@ TEST_F(SupervisorTest, StatusAfterASwapNamesNoProfileShowsUptimeAndTheLastSpeed)
     ASSERT_EQ(idle.exit_code, 0) << idle.out;
     const auto reply = json::parse(idle.out, nullptr, false);
     ASSERT_FALSE(reply.is_discarded()) << idle.out;
+    int seen = 0;
     for (const auto& q : reply["result"]["ports"]) {
         if (q["port"] != port_a_) continue;
+        ++seen;
         EXPECT_EQ(q["tokens_per_s"], 0.0) << "nothing generated in the last second";
         EXPECT_GT(q["last_busy_tokens_per_s"].get<double>(), 0) << q.dump();
     }
+    EXPECT_EQ(seen, 1) << idle.out;
     // PORT MODEL PROFILE STATE PID UPTIME RESTARTS ESTIMATE (2 words) MEASURED (2) REQS TOK/S
     const auto table = cli("status").out;
     std::istringstream shown(row(table));
@@ -212,6 +215,9 @@ TEST_F(SupervisorTest, ProfileUnloadWithANameStopsOnlyThePortsStillServingThatPr
         << unknown.out;
     auto unloaded = cli("profile unload pair");
     ASSERT_EQ(unloaded.exit_code, 0) << unloaded.out;
+    EXPECT_NE(unloaded.out.find("stopped port " + std::to_string(port_a_)), std::string::npos)
+        << unloaded.out;
+    EXPECT_NE(cli("profile unload pair").out.find("nothing to stop"), std::string::npos);
     EXPECT_EQ(chat(port_a_), 0) << "the profile's port is stopped";
     EXPECT_EQ(chat(port_b_), 200) << "the port swapped away from it serves on";
     EXPECT_EQ(port_status(port_b_)["state"], "ready");

@@ -156,6 +156,12 @@ TEST_F(ConfigTest, TheNamingPolicyReportsHandlesWithoutTheirEnginesPrefixOrWithA
                   "(supervisor.naming)",
                   "model 'mlx-llama' starts with 'mlx-', which supervisor.naming gives to mlx-lm, "
                   "but runs on llama.cpp"}));
+    // A rule keyed by an engine under `engines` stands for its preset; a model whose own rule
+    // holds is not faulted for another's prefix inside its name.
+    auto nested = load("supervisor:\n  naming: {opt: opt-, mlx-lm: opt-mlx-}\n" + models);
+    ASSERT_TRUE(nested.config);
+    for (const auto& v : naming_violations(*nested.config))
+        EXPECT_EQ(v.find("'opt-qwen-moa' starts with"), std::string::npos) << v;
     expect_issue(load("supervisor:\n  naming: {mlx-lm: MLX}\n" + models), 2, 20,
                  "naming prefix 'MLX' must be kebab-case ending in '-'");
     EXPECT_FALSE(load("supervisor:\n  naming: {nosuch: x-}\n" + models).config)

@@ -156,6 +156,16 @@ TEST(ControlRequests, VerbsCheckTheirFields) {
     EXPECT_FALSE(parse_control_request({{"verb", "status"}, {"wait", false}}));
     EXPECT_FALSE(
         parse_control_request({{"verb", "load"}, {"port", 8100}, {"model", "tiny"}, {"wait", 0}}));
+    // Found in review: an empty profile reached a lookup that threw.
+    EXPECT_FALSE(parse_control_request({{"verb", "profile-load"}, {"profile", ""}}));
+    // "force" only where reserved ports can be taken.
+    auto forced =
+        parse_control_request({{"verb", "profile-load"}, {"profile", "coding"}, {"force", true}});
+    ASSERT_TRUE(forced);
+    EXPECT_TRUE(forced->force);
+    EXPECT_EQ(to_json(*forced)["force"], true);
+    EXPECT_FALSE(parse_control_request(
+        {{"verb", "swap"}, {"port", 8100}, {"model", "tiny"}, {"force", true}}));
 }
 
 }  // namespace
