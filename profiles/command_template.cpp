@@ -5,8 +5,9 @@
 namespace ensemble {
 
 const std::vector<std::string>& known_placeholders() {
-    static const std::vector<std::string> names{"model",   "port",     "socket",
-                                                "context", "parallel", "handle"};
+    static const std::vector<std::string> names{"model",        "port",           "socket",
+                                                "context",      "parallel",       "handle",
+                                                "upstream_url", "upstream_handle"};
     return names;
 }
 

@@ -1,5 +1,7 @@
 // Engine command templates: an argv whose words may hold {model} {port} {socket} {context}
-// {parallel} {handle} placeholders, expanded by the worker when it starts an engine.
+// {parallel} {handle} placeholders, expanded by the worker when it starts an engine; a chained
+// model's also {upstream_url} (http://127.0.0.1:PORT/v1 of the port serving its upstream) and
+// {upstream_handle}.
 #pragma once
 
 #include <map>

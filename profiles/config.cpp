@@ -145,6 +145,7 @@ class Loader {
 
     void load_file(const std::filesystem::path& path, bool top_level);
     void check_references();
+    void check_chains();  // upstreams: defined, no cycles, in the same profile
 
   private:
     void supervisor(const std::string& file, const YAML::Node& node,
@@ -177,6 +178,10 @@ class Loader {
     std::vector<std::tuple<std::string, YAML::Node, int>> port_refs_;  // file, key, port
     std::vector<std::tuple<std::string, YAML::Node, std::string>>
         engine_refs_;  // file, node, engine
+    std::vector<std::tuple<std::string, YAML::Node, std::string>>
+        upstream_refs_;  // file, the `upstream:` node, the model that names it
+    std::vector<std::tuple<std::string, YAML::Node, std::string, std::string>>
+        assignment_refs_;  // file, port key, profile, model
 };
 
 void Loader::load_file(const std::filesystem::path& path, bool top_level) {
@@ -591,7 +596,7 @@ void Loader::models(const std::string& file, const YAML::Node& node,
         const auto& m = kv.second;
         if (!v_.map_with_keys(file, m, "model '" + handle + "'",
                               {"engine", "path", "context", "parallel", "memory", "priority",
-                               "evict", "aliases", "accept_any_model", "args"})) {
+                               "evict", "aliases", "accept_any_model", "upstream", "args"})) {
             continue;
         }
         ModelSpec spec;
@@ -601,7 +606,15 @@ void Loader::models(const std::string& file, const YAML::Node& node,
             if (auto e = v_.scalar<std::string>(file, m["engine"], "engine")) spec.engine = *e;
             engine_refs_.emplace_back(file, m["engine"], spec.engine);
         }
-        if (!m["path"]) {
+        if (m["upstream"]) {
+            if (auto u = v_.scalar<std::string>(file, m["upstream"], "upstream")) {
+                spec.upstream = *u;
+                upstream_refs_.emplace_back(file, m["upstream"], handle);
+            }
+        }
+        if (!m["path"] && !spec.upstream.empty()) {
+            spec.path = spec.upstream;  // {model}: what the proxy asks its upstream for
+        } else if (!m["path"]) {
             v_.at(file, m,
                   "model '" + handle + "' needs a 'path' (model file, directory or repo id)");
         } else if (auto p = v_.scalar<std::string>(file, m["path"], "path")) {
@@ -681,6 +694,7 @@ void Loader::port(const std::string& file, const YAML::Node& key, const YAML::No
         return;
     }
     p.ports[*port] = a;
+    assignment_refs_.emplace_back(file, key, p.name, a.model);
 }
 
 void Loader::profiles(const std::string& file, const YAML::Node& node) {
@@ -715,10 +729,12 @@ void Loader::profiles(const std::string& file, const YAML::Node& node) {
 void Loader::check_references() {
     for (const auto& [file, node, engine] : engine_refs_) {
         if (!config_.engines.count(engine) && !find_preset(engine)) {
+            std::string presets;
+            for (const auto& name : preset_names())
+                if (name != "command") presets += (presets.empty() ? "" : ", ") + name;
             v_.at(file, node,
-                  "engine '" + engine +
-                      "' is neither defined under 'engines' nor a preset ("
-                      "llama.cpp, mlx-lm, vllm)");
+                  "engine '" + engine + "' is neither defined under 'engines' nor a preset (" +
+                      presets + ")");
         }
     }
     for (const auto& [file, node, handle] : model_refs_) {
@@ -746,6 +762,63 @@ void Loader::check_references() {
                                        ", which supervisor.reserved_ports keeps free; move the "
                                        "profile's model to another port or unreserve it"});
         }
+    }
+}
+
+void Loader::check_chains() {
+    for (const auto& [file, node, handle] : upstream_refs_) {
+        const auto& upstream = config_.models.at(handle).upstream;
+        if (upstream == handle) {
+            v_.at(file, node, "model '" + handle + "' names itself as its upstream");
+        } else if (!config_.models.count(upstream)) {
+            v_.at(file, node,
+                  "model '" + handle + "' runs in front of '" + upstream +
+                      "', which is not defined under 'models'");
+        } else {
+            // Follow the chain: it must end at a model of its own, not come back.
+            std::vector<std::string> chain{handle};
+            for (auto next = upstream; !next.empty();) {
+                if (std::find(chain.begin(), chain.end(), next) != chain.end()) {
+                    std::string cycle;
+                    for (const auto& h : chain)
+                        cycle += "'" + h + "' -> ";
+                    v_.at(file, node,
+                          "upstreams form a cycle: " + cycle + "'" + next +
+                              "'; a chain must end at a model that serves on its own");
+                    break;
+                }
+                chain.push_back(next);
+                const auto* m = config_.find_model(next);
+                next = m != nullptr ? m->upstream : "";
+            }
+        }
+    }
+    // A profile replaces every port: a chained model's upstream must be one of its own.
+    for (const auto& [file, key, profile, handle] : assignment_refs_) {
+        const auto* model = config_.find_model(handle);
+        if (model == nullptr || model->upstream.empty() || !config_.models.count(model->upstream))
+            continue;
+        const auto& ports = config_.profiles[profile].ports;
+        const bool served = std::any_of(ports.begin(), ports.end(), [&](const auto& port) {
+            return port.second.model == model->upstream;
+        });
+        if (!served) {
+            v_.at(file, key,
+                  "profile '" + profile + "' serves '" + handle + "', which runs in front of '" +
+                      model->upstream + "', but no port of the profile serves '" + model->upstream +
+                      "'; add it to the profile");
+        }
+    }
+    // An engine whose command uses the upstream's URL needs a model that names one.
+    for (const auto& [handle, model] : config_.models) {
+        const auto* engine = config_.engine_of(model);
+        if (engine == nullptr || !model.upstream.empty() || !uses_upstream(engine->preset))
+            continue;
+        const auto& [file, mark] = model_marks_.at(handle);
+        issues_.push_back({file, mark.line + 1, mark.column + 1,
+                           "model '" + handle + "' runs on engine '" + model.engine +
+                               "', whose command uses {upstream_url} or {upstream_handle}: name "
+                               "the model it runs in front of with 'upstream:'"});
     }
 }
 
@@ -818,6 +891,11 @@ const ModelSpec* Config::find_model(const std::string& handle) const {
     return it == models.end() ? nullptr : &it->second;
 }
 
+const EngineSpec* Config::engine_of(const ModelSpec& model) const {
+    const auto it = engines.find(model.engine);
+    return it == engines.end() ? nullptr : &it->second;
+}
+
 std::optional<std::chrono::milliseconds> parse_duration(const std::string& text) {
     static const std::regex kDuration(R"(^\s*([0-9]{1,9})\s*(ms|s|m|h)?\s*$)");
     std::smatch m;
@@ -881,15 +959,18 @@ ConfigLoad load_config(const std::filesystem::path& path, bool check_files) {
     config.source = path;
     config.supervisor.state_dir = default_state_dir();
     config.supervisor.run_dir = default_run_dir();
-    for (const auto& name : {"llama.cpp", "mlx-lm", "vllm"}) {
+    for (const auto& name : preset_names()) {
+        auto builtin = find_preset(name);
+        if (!builtin) continue;  // "command" needs a command line of its own
         EngineSpec preset;
         preset.name = name;
-        preset.preset = *find_preset(name);
+        preset.preset = std::move(builtin).value();
         config.engines[name] = preset;
     }
     Loader loader(config, out.issues, check_files);
     loader.load_file(path, true);
     loader.check_references();  // every problem at once, not just the first
+    loader.check_chains();
     if (out.issues.empty()) out.config = std::move(config);
     return out;
 }

@@ -123,6 +123,9 @@ struct ModelSpec {
     EvictPolicy evict = EvictPolicy::never;
     std::vector<std::string> aliases;
     bool accept_any_model = false;  // any requested name is served by this model
+    // A chained model (an OptiLLM proxy, say) runs in front of this model, served on another
+    // port: it starts once that port is ready, and waits while it is not ({upstream_url}).
+    std::string upstream;
     std::vector<std::string> args;
 };
 
@@ -150,6 +153,8 @@ struct Config {
     std::map<std::string, Profile> profiles;
 
     const ModelSpec* find_model(const std::string& handle) const;
+    // The engine a model runs on, from `engines` (presets are there too); nullptr if unknown.
+    const EngineSpec* engine_of(const ModelSpec& model) const;
 };
 
 struct ConfigIssue {

@@ -37,6 +37,16 @@ std::vector<EnginePreset> builtin_presets() {
          .engine_model_id = "{handle}",
          .listen_on_socket = {"--uds", "{socket}"},
          .listen_on_port = {"--host", "127.0.0.1", "--port", "{port}"}},
+        // OptiLLM in front of another port's model: it asks that model for every answer, with
+        // the technique its model's args choose (--approach moa). It has no --host: it listens
+        // on every interface (docs/SECURITY.md).
+        {.name = "optillm",
+         .default_binary = "optillm",
+         .args = {"--base-url", "{upstream_url}", "--model", "{upstream_handle}"},
+         .probe = {"/health", false},
+         .engine_model_id = "{upstream_handle}",
+         .listen_on_socket = {},
+         .listen_on_port = {"--port", "{port}"}},
     };
 }
 
@@ -58,6 +68,15 @@ Status check_engine_env_name(std::string_view name) {
     if (name.starts_with("ENSEMBLE_"))
         return Error{"bad_env_name", "names starting ENSEMBLE_ are Ensemble's own"};
     return Ok{};
+}
+
+bool uses_upstream(const EnginePreset& preset) {
+    for (const auto* placeholder : {"{upstream_url}", "{upstream_handle}"}) {
+        if (mentions(preset.args, placeholder) ||
+            preset.engine_model_id.find(placeholder) != std::string::npos)
+            return true;
+    }
+    return false;
 }
 
 bool listens_on_socket(const EnginePreset& preset) {

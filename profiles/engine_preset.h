@@ -34,6 +34,10 @@ struct EnginePreset {
     std::vector<std::string> listen_on_port;
 };
 
+// Whether the engine's command or model id uses the upstream's {upstream_url} or
+// {upstream_handle}: it runs in front of another model (a chained model).
+bool uses_upstream(const EnginePreset& preset);
+
 // Whether the engine listens on a Unix socket when the worker has one to give it.
 bool listens_on_socket(const EnginePreset& preset);
 

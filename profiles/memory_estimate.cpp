@@ -25,6 +25,9 @@ constexpr std::uint64_t kWorkerBytes = 6'000'000;
 // An MLX server is a Python process with the MLX runtime; not calibrated (no Apple hardware in
 // CI): a deliberately round number until someone measures one.
 constexpr std::uint64_t kMlxRuntimeBytes = 600ULL * 1024 * 1024;
+// A proxy in front of another port's model (OptiLLM: Python, Flask, the OpenAI client) holds no
+// weights; not measured (OptiLLM cannot be installed here): a round number until someone does.
+constexpr std::uint64_t kProxyRuntimeBytes = 300ULL * 1024 * 1024;
 
 struct CacheTypeName {
     std::string_view name;
@@ -201,6 +204,12 @@ Result<MemoryEstimate> estimate_memory(const EstimateRequest& r) {
         MemoryEstimate e;
         e.source = "configured";
         e.weights = *r.configured;
+        return e;
+    }
+    if (r.chained) {
+        MemoryEstimate e;
+        e.source = "proxy";
+        e.overhead = kProxyRuntimeBytes + kWorkerBytes;
         return e;
     }
     if (r.engine == "vllm") {

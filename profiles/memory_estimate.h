@@ -18,7 +18,7 @@ struct MemoryEstimate {
     std::uint64_t kv_cache = 0;  // keys and values for every cell of every slot
     std::uint64_t compute = 0;   // the engine's activation, attention-mask and output buffers
     std::uint64_t overhead = 0;  // engine runtime (code, heap, threads) plus the worker
-    std::string source;          // "configured", "gguf" or "mlx"
+    std::string source;          // "configured", "gguf", "mlx" or "proxy"
 
     // Saturates: a hostile header's sizes add up to "more than any budget", never wrap around.
     std::uint64_t total() const;
@@ -32,6 +32,8 @@ struct EstimateRequest {
     int parallel = 4;
     std::vector<std::string> engine_args;     // engine and model args (cache types, ubatch)
     std::optional<std::uint64_t> configured;  // `memory:` wins when set
+    // In front of another port's model (ModelSpec::upstream): a proxy, holding no weights.
+    bool chained = false;
 };
 
 // The llama.cpp CPU memory model (calibrated against llama-server; see docs/BENCHMARKS.md).

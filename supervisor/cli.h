@@ -30,8 +30,9 @@ void print_events(const nlohmann::json& events);
 Result<nlohmann::json> call_with_progress(const std::filesystem::path& socket,
                                           const protocol::ControlRequest& request);
 
-// `ensemble check FILE`: validates a config and each profile's footprint against the budget.
-int check(const std::string& file);
+// `ensemble check FILE`: validates a config and each profile's footprint against the budget;
+// with a `registry` (handles.jsonl), that too (handle_registry.h).
+int check(const std::string& file, const std::string& registry);
 // `ensemble estimate PATH`: the memory budget's estimate of a model file, runs nothing.
 int estimate(const EstimateRequest& request);
 // `ensemble wired-limit`: the GPU wired limit now and in the config; `apply` sets it (macOS).

@@ -1,10 +1,13 @@
-// The CLI's subcommands that need no supervisor: check, estimate, wired-limit; and `logs -f`.
+// The CLI's subcommands that need no supervisor: check (which asks it, if it runs, for a
+// registry's live comparison), estimate, wired-limit; and `logs -f`.
 #include <cstdio>
 #include <iostream>
 #include <thread>
 
 #include "profiles/config.h"
 #include "supervisor/cli.h"
+#include "supervisor/control_client.h"
+#include "supervisor/handle_registry.h"
 #include "supervisor/memory_budget.h"
 #include "supervisor/unified_memory.h"
 
@@ -83,7 +86,46 @@ int estimate(const EstimateRequest& request) {
     return 0;
 }
 
-int check(const std::string& file) {
+namespace {
+
+// `check --registry`: the file against the config and, if ensembled answers on the config's
+// control socket, the ports it serves. Whether it holds no error.
+bool check_registry(const std::filesystem::path& registry, const std::string& config_file,
+                    const Config& config) {
+    auto read = read_registry(registry);
+    std::optional<nlohmann::json> status;
+    const auto socket = control_socket_path("", config_file);
+    protocol::ControlRequest request;
+    request.verb = protocol::Verb::status;
+    auto reply =
+        socket ? call_supervisor(*socket, request) : Result<nlohmann::json>(socket.error());
+    if (reply && reply->value("ok", false)) {
+        status = (*reply)["result"];
+    } else {
+        std::cout << "note: ensembled does not answer ("
+                  << (reply ? (*reply)["error"].value("message", "refused") : reply.error().message)
+                  << "): " << registry.string() << " is checked against the config only\n";
+    }
+    auto found = read.problems;
+    const auto compared = compare_registry(registry, read.entries, config, status);
+    found.insert(found.end(), compared.begin(), compared.end());
+    int errors = 0;
+    for (const auto& f : found) {
+        (f.error ? std::cerr : std::cout) << (f.error ? "" : "warning: ") << f.text << '\n';
+        errors += f.error ? 1 : 0;
+    }
+    if (errors > 0) {
+        std::cerr << registry.string() << ": " << errors << " error(s)\n";
+        return false;
+    }
+    std::cout << registry.string() << ": ok (" << read.entries.size() << " handles"
+              << (status ? ", each where ensembled serves it" : "") << ")\n";
+    return true;
+}
+
+}  // namespace
+
+int check(const std::string& file, const std::string& registry) {
     auto loaded = load_config(file);
     for (const auto& issue : loaded.issues)
         std::cerr << issue.to_string() << '\n';
@@ -95,7 +137,9 @@ int check(const std::string& file) {
               << loaded.config->profiles.size() << " profiles)\n";
     for (const auto& broken : naming_violations(*loaded.config))
         std::cout << "warning: " << broken << '\n';
-    return check_profiles_fit(*loaded.config) ? 0 : 1;
+    const bool fits = check_profiles_fit(*loaded.config);
+    const bool registry_ok = registry.empty() || check_registry(registry, file, *loaded.config);
+    return fits && registry_ok ? 0 : 1;
 }
 
 // `ensemble wired-limit`: the GPU wired limit now and the configured one; with --apply (root,

@@ -50,6 +50,10 @@ void print_ports(const json& ports) {
                     human_bytes(p.value("memory_bytes", 0ULL)).c_str(),
                     static_cast<unsigned long long>(p.value("requests", 0ULL)),
                     p.value("last_busy_tokens_per_s", 0.0), p.value("last_failure", "").c_str());
+        if (const auto& up = p.value("upstream", json::object()); up.contains("port")) {
+            std::printf("       in front of %s on port %d\n", up.value("model", "").c_str(),
+                        up.value("port", 0));
+        }
         if (p.contains("incoming")) {
             std::printf("       swapping in %s beside it: %s\n",
                         p["incoming"].value("model", "").c_str(),

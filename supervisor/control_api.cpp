@@ -116,6 +116,14 @@ json to_json(const PortReport& r) {
         j["memory_estimate_bytes"] = 0;
         j["memory_estimate_error"] = p.estimate_error;
     }
+    if (r.model && !r.model->upstream.empty()) {
+        // A chained model: what it runs in front of, and where its worker found it.
+        j["upstream"] = {{"model", r.model->upstream}};
+        if (p.upstream) {
+            j["upstream"]["port"] = p.upstream->port;
+            j["upstream"]["url"] = p.upstream->url;
+        }
+    }
     if (r.model) {
         j["memory_configured_bytes"] = r.model->memory_bytes.value_or(0);
         j["aliases"] = r.model->aliases;

@@ -81,7 +81,7 @@ int main(int argc, char** argv) {
         request.verb = protocol::Verb::status;
     });
     auto* handles =
-        exportc->add_subcommand("handles", "JSON lines: handle, port, url, model, state");
+        exportc->add_subcommand("handles", "handles.jsonl: handle, base_model, selector, api_base");
     handles->add_option("--host", export_host_option, host_help);
     handles->callback([&] {
         export_kind = "handles";
@@ -97,6 +97,10 @@ int main(int argc, char** argv) {
                           "an engine argument (repeat; e.g. --engine-arg=-ctk --engine-arg=q8_0)");
     auto* checkc = app.add_subcommand("check", "validate a config file; runs nothing");
     checkc->add_option("file", check_file)->required();
+    std::string registry_file;
+    checkc->add_option("--registry", registry_file,
+                       "a handles.jsonl to compare with the config and, if ensembled runs, with "
+                       "what it serves");
     bool apply_wired_limit = false;
     bool print_wired_mb = false;
     auto* wiredc = app.add_subcommand(
@@ -108,7 +112,7 @@ int main(int argc, char** argv) {
                      "print only the configured limit in MiB (nothing when none is set)");
     CLI11_PARSE(app, argc, argv);
 
-    if (!check_file.empty()) return cli::check(check_file);
+    if (!check_file.empty()) return cli::check(check_file, registry_file);
     if (estimatec->parsed()) return cli::estimate(estimate_request);
     if (wiredc->parsed()) {
         const auto file = config_path(config_option);

@@ -202,6 +202,116 @@ std::string Fleet::summary() const {
     return line;
 }
 
+namespace {
+
+// Where a client on this machine reaches a port bound to `bind_host`.
+std::string local_url(const std::string& bind_host, int port) {
+    std::string host = bind_host;
+    if (host.empty() || host == "0.0.0.0") {
+        host = "127.0.0.1";  // every interface: loopback is one of them
+    } else if (host == "::") {
+        host = "[::1]";
+    } else if (host.find(':') != std::string::npos) {
+        host = "[" + host + "]";
+    }
+    return "http://" + host + ":" + std::to_string(port) + "/v1";
+}
+
+// An upstream port that serves, or is on its way back to serving, by itself.
+bool coming_or_serving(const PortSnapshot& s) {
+    return !s.stop_requested && (s.state == PortState::starting || s.state == PortState::loading ||
+                                 s.state == PortState::ready || s.state == PortState::backoff);
+}
+
+}  // namespace
+
+Result<std::optional<UpstreamLink>> Fleet::upstream_link(const std::string& handle,
+                                                         Upstream which) const {
+    const auto* model = config_.find_model(handle);
+    if (model == nullptr || model->upstream.empty()) return std::optional<UpstreamLink>{};
+    const auto& upstream = model->upstream;
+    const PortSnapshot* seen = nullptr;       // a port assigned the upstream, for the reason
+    for (const auto& [number, p] : ports_) {  // the lowest port first
+        const auto& s = p->snapshot();
+        if (s.handle != upstream) continue;
+        const bool usable = which == Upstream::ready
+                                ? s.state == PortState::ready && !s.stop_requested
+                                : coming_or_serving(s);
+        if (usable) {
+            return std::optional<UpstreamLink>{
+                UpstreamLink{upstream, number, local_url(config_.supervisor.bind_host, number)}};
+        }
+        if (seen == nullptr) seen = &s;
+    }
+    if (seen == nullptr) {
+        return Error{"upstream_not_served", "its upstream '" + upstream +
+                                                "' is not served on any port; it starts once it "
+                                                "is (ensemble load PORT " +
+                                                upstream + ")"};
+    }
+    return Error{"upstream_not_ready",
+                 "its upstream '" + upstream + "' on port " + std::to_string(seen->port) + " is " +
+                     to_string(seen->state) +
+                     (seen->state == PortState::failed && !seen->last_failure.empty()
+                          ? " (" + seen->last_failure + ")"
+                          : "") +
+                     "; it starts once that is ready"};
+}
+
+std::optional<std::string> Fleet::upstream_gone(const PortSnapshot& dependent,
+                                                const std::string& upstream) const {
+    // Still where its worker was started to find it: a restart or a reload of the upstream
+    // is waited out in that port's backlog, not passed on.
+    if (dependent.upstream) {
+        const auto* at = find(dependent.upstream->port);
+        if (at != nullptr && at->snapshot().handle == upstream && coming_or_serving(at->snapshot()))
+            return std::nullopt;
+    }
+    const auto now_at = upstream_link(dependent.handle, Upstream::any);
+    if (!now_at) return now_at.error().message;
+    if (!dependent.upstream || !*now_at) return std::nullopt;  // adopted: where it is now
+    return "its upstream '" + upstream + "' moved from port " +
+           std::to_string(dependent.upstream->port) + " to port " +
+           std::to_string((*now_at)->port) + "; restarting in front of it there";
+}
+
+void Fleet::follow_upstreams() {
+    if (shutting_down_) return;
+    for (auto& [number, p] : ports_) {
+        const auto& s = p->snapshot();
+        const auto* model = config_.find_model(s.handle);
+        if (model == nullptr || model->upstream.empty() || s.stop_requested) continue;
+        if (s.state == PortState::waiting) {
+            auto link = upstream_link(s.handle, Upstream::ready);
+            if (link) {
+                p->start();
+            } else if (link.error().message != s.last_failure) {
+                p->wait_for_upstream(link.error().message);  // the reason changed
+            }
+        } else if (s.state == PortState::starting || s.state == PortState::loading ||
+                   s.state == PortState::ready) {
+            if (auto gone = upstream_gone(s, model->upstream))
+                p->stop(*gone, Port::Then::wait_for_upstream);
+        }
+    }
+}
+
+Status Fleet::check_upstream_served(int port, const std::string& handle) const {
+    const auto link = upstream_link(handle, Upstream::any);
+    const auto* model = config_.find_model(handle);
+    if (link && *link && (*link)->port == port) {
+        return Error{"upstream_replaced",
+                     "port " + std::to_string(port) + " serves '" + model->upstream + "', which '" +
+                         handle + "' runs in front of: serve '" + handle + "' on another port"};
+    }
+    if (link) return Ok{};
+    const auto& upstream = model->upstream;
+    return Error{link.error().code,
+                 "port " + std::to_string(port) + ": '" + handle + "' runs in front of '" +
+                     upstream + "', which no port serves or is bringing back (" +
+                     link.error().message + "); serve '" + upstream + "' on a port first"};
+}
+
 void Fleet::tick() {
     const auto now = this->now();
     rotate_logs(now);
@@ -214,6 +324,7 @@ void Fleet::tick() {
     check_budget(now);
     escalate_dismissed(now);
     for_each_run([&](Port& run) { run.tick(now, stalled); });
+    follow_upstreams();
     // A replaced worker is forgotten once it has gone (its exit explained, its engine stopped).
     std::erase_if(side_runs_, [](const auto& run) {
         return run->role() == Port::Role::outgoing && run->snapshot().pid == 0 &&
@@ -479,9 +590,12 @@ awaitable<bool> Fleet::wait_until(const std::function<bool()>& done, Clock::time
 
 awaitable<bool> Fleet::wait_settled(int port, Clock::time_point deadline) {
     // Named, not a temporary inside the co_await expression (GCC 12 may destroy those twice).
-    const std::function<bool(const PortSnapshot&)> settled_state = [](const PortSnapshot& p) {
+    const std::function<bool(const PortSnapshot&)> settled_state = [this](const PortSnapshot& p) {
+        // A chained model waits for its upstream as long as that is coming.
+        const bool waits_in_vain =
+            p.state == PortState::waiting && !upstream_link(p.handle, Upstream::any);
         return p.state == PortState::ready || p.state == PortState::backoff ||
-               p.state == PortState::failed || p.state == PortState::stopped;
+               p.state == PortState::failed || p.state == PortState::stopped || waits_in_vain;
     };
     const bool settled = co_await wait_for(port, settled_state, deadline);
     const auto* p = find(port);

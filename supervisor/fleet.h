@@ -187,6 +187,8 @@ class Fleet final : private PortHost {
     Port* find_run(int port, std::uint64_t attempt) override;
     bool shutting_down() const override { return shutting_down_; }
     std::optional<pid_t> dismissed_holder(int port) const override;
+    Result<std::optional<UpstreamLink>> upstream_link(const std::string& handle,
+                                                      Upstream which) const override;
 
     // fleet.cpp: the ports
     Port* find(int port);
@@ -212,6 +214,14 @@ class Fleet final : private PortHost {
     void dismiss(int port, const ProcessIdentity& identity, const std::string& who);
     void escalate_dismissed(Clock::time_point now);
     void rotate_logs(Clock::time_point now);
+    // Chained models: a waiting one starts once its upstream is ready; a running one whose
+    // upstream is gone (unloaded, swapped away, failed, moved) stops and waits for it.
+    void follow_upstreams();
+    std::optional<std::string> upstream_gone(const PortSnapshot& dependent,
+                                             const std::string& upstream) const;
+    // Refused unless the chained model `handle`'s upstream is served on some port (ready or
+    // coming): otherwise it would wait for something nobody is going to load.
+    Status check_upstream_served(int port, const std::string& handle) const;
     void probe_ports(Clock::time_point now);
     awaitable<void> probe_port(int port, std::uint64_t attempt);
     void wake();

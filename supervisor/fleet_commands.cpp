@@ -137,6 +137,7 @@ awaitable<Result<PortReport>> Fleet::load(int port, const std::string& handle,
     if (auto kept = check_port_not_reserved(config_.supervisor, port, force); !kept)
         co_return kept.error();
     if (auto free = check_port_free_for_operator(port); !free) co_return free.error();
+    if (auto served = check_upstream_served(port, handle); !served) co_return served.error();
     // (named, not temporaries: GCC 12 miscompiles non-trivial temporaries in co_await)
     const std::map<int, std::string> starts{{port, handle}};
     const std::set<int> released;
@@ -188,6 +189,7 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
     const std::string old_handle = p->snapshot().handle;
     const std::string old_profile = p->snapshot().profile;
     if (old_handle == handle) co_return report(*p);
+    if (auto served = check_upstream_served(port, handle); !served) co_return served.error();
     // The port belongs to the active profile only while it serves what the profile says: a
     // swap away makes it ad hoc, a swap back makes it the profile's again.
     const auto active = store_->meta("active_profile");
@@ -360,6 +362,24 @@ Error unknown_profile(const Config& config, const std::string& name) {
                                         (known.empty() ? "none" : known)};
 }
 
+// The profile's ports, each after the port serving its upstream (a chained model starts once
+// that is ready), otherwise by number.
+std::vector<std::pair<int, PortAssignment>> chain_order(const Config& config,
+                                                        const Profile& profile) {
+    const auto depth = [&](const std::string& handle) {
+        int d = 0;
+        for (const auto* m = config.find_model(handle); m != nullptr && !m->upstream.empty();
+             m = config.find_model(m->upstream))
+            ++d;  // the config has no cycles (load_config refuses them)
+        return d;
+    };
+    std::vector<std::pair<int, PortAssignment>> ports(profile.ports.begin(), profile.ports.end());
+    std::stable_sort(ports.begin(), ports.end(), [&](const auto& a, const auto& b) {
+        return depth(a.second.model) < depth(b.second.model);
+    });
+    return ports;
+}
+
 }  // namespace
 
 awaitable<Result<ProfileLoad>> Fleet::profile_load(const std::string& name, bool force) {
@@ -407,7 +427,7 @@ awaitable<Result<ProfileLoad>> Fleet::profile_load(const std::string& name, bool
         if (!unloaded) event(port, "unload_failed", unloaded.error().message);
     }
     ProfileLoad loaded{name, {}, true};
-    for (const auto& [number, a] : profile.ports) {
+    for (const auto& [number, a] : chain_order(config_, profile)) {
         auto* p = find(number);
         bool ready =
             p != nullptr && p->snapshot().handle == a.model && p->state() == PortState::ready;
@@ -532,9 +552,10 @@ Result<std::vector<int>> Fleet::reload() {
     for (const auto& [number, p] : ports_) {
         const auto& rt = p->snapshot();
         if (!is_running(rt.state)) continue;  // its next start takes the new config anyway
-        const auto after = launcher_->plan(
-            *loaded.config, number, rt.handle,
-            find_assignment(*loaded.config, rt.profile, number, rt.handle), rt.files);
+        const auto after =
+            launcher_->plan(*loaded.config, number, rt.handle,
+                            find_assignment(*loaded.config, rt.profile, number, rt.handle),
+                            WorkerSlot{.files = rt.files, .upstream = rt.upstream});
         if (!after || after->command != rt.command) changed.push_back(number);
     }
     config_ = std::move(*loaded.config);

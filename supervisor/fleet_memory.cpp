@@ -13,9 +13,10 @@ namespace {
 // before stopping another.
 constexpr auto kEnforceSettle = std::chrono::seconds(5);
 
-// A port in backoff holds no memory now but will in a moment: it is charged too.
+// A port in backoff holds no memory now but will in a moment, and a chained model waiting
+// for its upstream will once that is back: they are charged too.
 bool holds_memory(PortState state) {
-    return is_running(state) || state == PortState::backoff;
+    return is_running(state) || state == PortState::backoff || state == PortState::waiting;
 }
 
 std::int64_t steady_ms(std::chrono::steady_clock::time_point t) {

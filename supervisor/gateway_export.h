@@ -14,11 +14,13 @@ std::string export_host(const std::string& bind_host, const std::string& overrid
 
 // model_list:
 //   - model_name: HANDLE
-//     litellm_params: {model: openai/HANDLE, api_base: http://HOST:PORT/v1, api_key: none}
-// With `aliases`, each alias gets an entry of its own routed to the same port.
+//     litellm_params: {model: openai/BASE-MODEL, api_base: http://HOST:PORT/v1, api_key: none}
+// With `aliases`, each alias gets an entry of its own routed to the same port. The entries are
+// handles.jsonl's (handle_registry.h).
 std::string litellm_model_list(const nlohmann::json& status, const std::string& host, bool aliases);
 
-// One JSON object per line: handle, aliases, port, url, model file, engine, state, host.
+// handles.jsonl (handle_registry.h): one line per model and per alias, as `check --registry`
+// reads it, with port, engine and state (and a chained model's upstream) for people.
 std::string handles_jsonl(const nlohmann::json& status, const std::string& host);
 
 }  // namespace ensemble

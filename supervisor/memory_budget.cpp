@@ -121,6 +121,7 @@ Result<MemoryEstimate> estimate_assignment(const Config& config, int port,
     request.context = overrides ? overrides->context.value_or(model->context) : model->context;
     request.parallel = overrides ? overrides->parallel.value_or(model->parallel) : model->parallel;
     request.configured = model->memory_bytes;
+    request.chained = !model->upstream.empty();
     if (const auto engine = config.engines.find(model->engine); engine != config.engines.end()) {
         request.engine = engine->second.preset.name;
         request.engine_args = engine->second.args;

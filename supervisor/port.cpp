@@ -126,7 +126,9 @@ bool Port::move(PortEvent ev, const std::string& reason, bool save) {
 void Port::close_if_down() {
     // Down for good (unloaded, evicted, a crash loop, a start that failed after a stop): clients
     // are refused, not kept waiting in a backlog nobody will accept from.
-    if ((s_.state == PortState::stopped || s_.state == PortState::failed) && !hand_over_)
+    if ((s_.state == PortState::stopped || s_.state == PortState::failed ||
+         s_.state == PortState::waiting) &&
+        !hand_over_)
         listener_.close();
 }
 
@@ -199,10 +201,15 @@ Status Port::start_worker(const ListeningSocket* serving_socket) {
         }
         listener_ = std::move(opened).value();
     }
+    auto upstream = host_.upstream_link(s_.handle, PortHost::Upstream::ready);
+    if (!upstream) {
+        s_.last_failure = upstream.error().message;
+        return upstream.error();
+    }
     auto spawned = host_.launcher().spawn(
         config, s_.port, s_.handle, find_assignment(config, s_.profile, s_.port, s_.handle),
         serving_socket != nullptr ? *serving_socket : listener_,
-        WorkerSlot{.files = s_.files, .standby = role_ == Role::incoming});
+        WorkerSlot{.files = s_.files, .standby = role_ == Role::incoming, .upstream = *upstream});
     if (!spawned) {
         s_.last_failure = spawned.error().message;
         host_.event(s_.port, "spawn_failed", spawned.error().message);
@@ -219,6 +226,7 @@ Status Port::start_worker(const ListeningSocket* serving_socket) {
     s_.worker_log = spawned->launch.worker_log;
     s_.engine_log = spawned->launch.engine_log;
     s_.command = spawned->launch.command;
+    s_.upstream = *upstream;
     link_ = nullptr;
     s_.linked = false;
     s_.stats = {};
@@ -246,6 +254,12 @@ void Port::start(std::chrono::seconds retry) {
         attempt_ = host_.next_attempt();             // no earlier timer starts it: the fleet does
         move(PortEvent::wait, why, /*save=*/false);  // no worker of its own: nothing to record
         return;
+    }
+    if (role_ == Role::serving) {
+        if (auto upstream = host_.upstream_link(s_.handle, PortHost::Upstream::ready); !upstream) {
+            wait_for_upstream(upstream.error().message);
+            return;
+        }
     }
     auto ok = start_worker();
     if (ok) return;
@@ -280,9 +294,21 @@ void Port::start(std::chrono::seconds retry) {
     });
 }
 
+void Port::wait_for_upstream(const std::string& why) {
+    if (s_.last_failure != why || s_.state != PortState::waiting)
+        host_.event(s_.port, "waiting", why);
+    s_.last_failure = why;
+    s_.stop_requested = false;        // the fleet starts it once its upstream is ready
+    attempt_ = host_.next_attempt();  // no earlier timer starts it
+    s_.upstream.reset();
+    move(PortEvent::wait_upstream, why, /*save=*/false);  // no worker: nothing to record
+}
+
 void Port::stop(const std::string& reason, Then then) {
     s_.stop_requested = true;
     hand_over_ = then == Then::hand_the_port_over;
+    then_wait_ = then == Then::wait_for_upstream;
+    if (then_wait_) s_.last_failure = reason;
     if (!move(PortEvent::stop, reason)) return;
     if (s_.state == PortState::stopped) return;  // was in backoff or failed: nothing runs
     if (link_ != nullptr) {
@@ -359,6 +385,10 @@ void Port::on_gone(const std::string& how) {
     if (s_.stop_requested || s_.state == PortState::stopping) {
         move(PortEvent::exited, "worker exited (" + how + ")");
         save_record();
+        if (then_wait_) {
+            then_wait_ = false;
+            wait_for_upstream(s_.last_failure);
+        }
         return;
     }
     s_.last_failure = kill_reason_.empty() ? how : kill_reason_ + ", then " + how;
@@ -430,9 +460,13 @@ void Port::take_on(std::int64_t pid, std::int64_t start_time, const std::string&
     s_.engine_log = files.engine_log;
     // What it was started with died with the earlier ensembled: what the config says now.
     const auto& config = host_.config();
-    auto plan =
-        host_.launcher().plan(config, s_.port, s_.handle,
-                              find_assignment(config, s_.profile, s_.port, s_.handle), s_.files);
+    // A chained model's upstream: where it is now (the survivor may have been started against
+    // another port, which the fleet finds out and restarts it for).
+    const auto upstream = host_.upstream_link(s_.handle, PortHost::Upstream::any);
+    s_.upstream = upstream ? *upstream : std::nullopt;
+    auto plan = host_.launcher().plan(config, s_.port, s_.handle,
+                                      find_assignment(config, s_.profile, s_.port, s_.handle),
+                                      WorkerSlot{.files = s_.files, .upstream = s_.upstream});
     s_.command = plan ? plan->command : WorkerCommand{};
     refresh_estimate();  // an adopted port holds its share of the budget too
 }

@@ -58,6 +58,12 @@ class PortHost {
     virtual bool shutting_down() const = 0;
     // A worker told to stop that still holds `port` (nothing starts there until it has gone).
     virtual std::optional<pid_t> dismissed_holder(int port) const = 0;
+    // Where the chained model `handle` finds its upstream: nullopt for a model with no
+    // upstream; the error says why it must wait (not served, not ready yet, failed). `ready`:
+    // only a port that serves it now; `any`: also one coming back (re-adopting, restarting).
+    enum class Upstream { ready, any };
+    virtual Result<std::optional<UpstreamLink>> upstream_link(const std::string& handle,
+                                                              Upstream which) const = 0;
 
   protected:
     ~PortHost() = default;
@@ -96,6 +102,8 @@ struct PortSnapshot {
     Clock::time_point last_used{};
     bool unwell = false;               // sent SIGTERM for being unwell; SIGKILL follows
     std::optional<LoadProgress> load;  // while the engine loads (LoadTracker)
+    // A chained model's: where its worker was started to find its upstream.
+    std::optional<UpstreamLink> upstream;
 };
 
 class Port {
@@ -131,7 +139,8 @@ class Port {
     // Asks the worker to stop (it drains); SIGKILL after stop_timeout. The port's listening
     // socket is closed once it has stopped — unless another worker is to take it over
     // (a swap, a restart), when connections wait in its backlog meanwhile.
-    enum class Then { close_the_port, hand_the_port_over };
+    // `wait_for_upstream`: a chained model whose upstream is gone waits for it (closed).
+    enum class Then { close_the_port, hand_the_port_over, wait_for_upstream };
     void stop(const std::string& reason, Then then = Then::close_the_port);
     // SIGKILL now, for a worker told to stop that has not (ensembled's own shutdown ending).
     void kill_now(const std::string& why);
@@ -152,6 +161,10 @@ class Port {
     void evict(const std::string& reason);
     // Restarts after `delay`, unless something else happens to the port first.
     void retry_after(std::chrono::milliseconds delay);
+    // A chained model whose upstream is not ready: no worker, the port closed, until the fleet
+    // starts it (Fleet::follow_upstreams).
+    void wait_for_upstream(const std::string& why);
+
     // The port is held by a worker that may be ours (state.db lost): it has `grace` to
     // reconnect and be adopted before the port starts one of its own.
     void wait_for_survivor(std::chrono::seconds grace);
@@ -212,6 +225,7 @@ class Port {
     // good: workers come and go, connections wait in its backlog in between.
     ListeningSocket listener_;
     bool hand_over_ = false;                  // stopping for a replacement: keep listener_
+    bool then_wait_ = false;                  // stopping to wait for the upstream
     std::unique_ptr<WorkerProcess> process_;  // set when this supervisor spawned the worker
     std::optional<ExitStatus> exited_;        // reaped, not yet explained (see tick)
     Clock::time_point exited_at_{};

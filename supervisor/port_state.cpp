@@ -20,6 +20,8 @@ const char* to_string(PortState s) {
             return "backoff";
         case PortState::failed:
             return "failed";
+        case PortState::waiting:
+            return "waiting";
     }
     return "unknown";
 }
@@ -50,15 +52,20 @@ const char* to_string(PortEvent e) {
             return "wait";
         case PortEvent::unverifiable:
             return "unverifiable";
+        case PortEvent::wait_upstream:
+            return "wait_upstream";
     }
     return "unknown";
 }
 
 std::optional<PortState> transition(PortState from, PortEvent event) {
     using S = PortState;
+    // No worker runs and none is due: a start may begin from here.
+    const bool idle =
+        from == S::stopped || from == S::backoff || from == S::failed || from == S::waiting;
     switch (event) {
         case PortEvent::spawn:
-            if (from == S::stopped || from == S::backoff || from == S::failed) return S::starting;
+            if (idle) return S::starting;
             break;
         case PortEvent::registered:
             if (from == S::starting) return S::loading;
@@ -77,25 +84,30 @@ std::optional<PortState> transition(PortState from, PortEvent event) {
                 from == S::draining) {
                 return S::stopping;
             }
-            if (from == S::backoff || from == S::failed) return S::stopped;
+            if (from == S::backoff || from == S::failed || from == S::waiting) return S::stopped;
             break;
         case PortEvent::exited:
             if (is_running(from) || from == S::stopped) return S::stopped;
             break;
         case PortEvent::failed:  // also a start that failed before any worker ran
-            if (is_running(from) || from == S::stopped || from == S::backoff) return S::backoff;
+            if (is_running(from) || from == S::stopped || from == S::backoff || from == S::waiting)
+                return S::backoff;
             break;
         case PortEvent::crash_loop:
-            if (is_running(from) || from == S::stopped || from == S::backoff) return S::failed;
+            if (is_running(from) || from == S::stopped || from == S::backoff || from == S::waiting)
+                return S::failed;
             break;
         case PortEvent::adopt:
             if (from == S::stopped || from == S::backoff) return S::starting;
             break;
         case PortEvent::wait:
-            if (from == S::stopped || from == S::backoff || from == S::failed) return S::backoff;
+            if (idle) return S::backoff;
             break;
         case PortEvent::unverifiable:
             if (from == S::stopped) return S::failed;
+            break;
+        case PortEvent::wait_upstream:
+            if (idle) return S::waiting;
             break;
     }
     return std::nullopt;

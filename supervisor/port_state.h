@@ -4,7 +4,8 @@
 //   stopped -> starting -> loading -> ready <-> draining -> stopping -> stopped
 //   any running state --exited--> backoff --retry--> starting;  too many failures -> failed
 //   a survivor of an earlier supervisor is adopted into starting; a port held by a worker on
-//   its way out waits in backoff; a recorded worker that cannot be verified leaves it failed
+//   its way out waits in backoff; a recorded worker that cannot be verified leaves it failed;
+//   a chained model waits (no worker, port closed) until its upstream is ready, then starts
 #pragma once
 
 #include <optional>
@@ -12,10 +13,21 @@
 
 namespace ensemble {
 
-enum class PortState { stopped, starting, loading, ready, draining, stopping, backoff, failed };
+enum class PortState {
+    stopped,
+    starting,
+    loading,
+    ready,
+    draining,
+    stopping,
+    backoff,
+    failed,
+    waiting
+};
 inline constexpr PortState kPortStates[] = {
-    PortState::stopped,  PortState::starting, PortState::loading, PortState::ready,
-    PortState::draining, PortState::stopping, PortState::backoff, PortState::failed};
+    PortState::stopped, PortState::starting, PortState::loading,
+    PortState::ready,   PortState::draining, PortState::stopping,
+    PortState::backoff, PortState::failed,   PortState::waiting};
 
 enum class PortEvent {
     spawn,           // a worker process was started
@@ -30,6 +42,7 @@ enum class PortEvent {
     adopt,           // a worker this supervisor did not start is taken on (it reconnects)
     wait,            // the port is held by another worker (leaving, or to be adopted)
     unverifiable,    // a recorded worker cannot be told alive or dead: never start a second
+    wait_upstream,   // a chained model's upstream is not ready (or is gone): start once it is
 };
 
 const char* to_string(PortState state);

@@ -98,12 +98,22 @@ struct WorkerLaunch {
     std::filesystem::path engine_log;
 };
 
+// Where a chained model's upstream is served: the port, and the URL its engine is given.
+struct UpstreamLink {
+    std::string handle;
+    int port = 0;
+    std::string url;  // {upstream_url}: http://127.0.0.1:PORT/v1
+
+    bool operator==(const UpstreamLink&) const = default;
+};
+
 // Where on its port a worker runs: which of the port's two sets of files it uses
-// (protocol::port_files), and whether it stands by, loading beside the serving worker until
-// told to serve (a swap's incoming worker).
+// (protocol::port_files), whether it stands by, loading beside the serving worker until told
+// to serve (a swap's incoming worker), and, for a chained model, where its upstream is.
 struct WorkerSlot {
     int files = 0;
     bool standby = false;
+    std::optional<UpstreamLink> upstream;
 };
 
 struct SpawnedWorker {
@@ -116,9 +126,10 @@ class WorkerLauncher {
     virtual ~WorkerLauncher() = default;
     // The command line and identity for `port` serving `handle` (no process started).
     // `overrides` are the profile's per-port context/parallel, if any.
-    // `files`: which of the port's sets of files it uses (WorkerSlot).
+    // `slot`: which of the port's sets of files it uses and its upstream (WorkerSlot).
     virtual Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
-                                      const PortAssignment* overrides, int files) const = 0;
+                                      const PortAssignment* overrides,
+                                      const WorkerSlot& slot) const = 0;
     // Errors as ChildProcess::spawn's: "no_resources" is ensembled's own shortage.
     // `listening`: the port's socket, which the worker accepts on (protocol::kListenFd).
     virtual Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,

@@ -40,7 +40,9 @@ std::filesystem::path WorkerSpawner::default_worker_binary() {
 }
 
 Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const std::string& handle,
-                                         const PortAssignment* overrides, int files_slot) const {
+                                         const PortAssignment* overrides,
+                                         const WorkerSlot& slot) const {
+    const int files_slot = slot.files;
     const auto* model = config.find_model(handle);
     if (model == nullptr) {
         std::string known;
@@ -55,6 +57,10 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
                                            "', which the config does not define"};
     }
     const auto& engine = engine_it->second;
+    if (!model->upstream.empty() && !slot.upstream) {
+        return Error{"upstream_not_ready", "'" + handle + "' runs in front of '" + model->upstream +
+                                               "', which is not ready"};
+    }
     const bool use_overrides = overrides != nullptr && overrides->model == handle;
     const int context =
         use_overrides ? overrides->context.value_or(model->context) : model->context;
@@ -108,6 +114,10 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
     for (const auto& alias : model->aliases)
         l.command.argv.insert(l.command.argv.end(), {"--alias", alias});
     if (model->accept_any_model) l.command.argv.push_back("--accept-any-model");
+    if (slot.upstream) {
+        l.command.argv.insert(l.command.argv.end(), {"--upstream-url", slot.upstream->url,
+                                                     "--upstream-handle", slot.upstream->handle});
+    }
     for (const auto* args : {&engine.args, &model->args}) {
         for (const auto& a : *args)
             l.command.argv.push_back("--engine-arg=" + a);
@@ -136,7 +146,7 @@ Result<SpawnedWorker> WorkerSpawner::spawn(const Config& config, int port,
                                            const ListeningSocket& listening,
                                            WorkerSlot slot) const {
     static_assert(protocol::kListenFd == kPassedDescriptor);
-    auto launch = plan(config, port, handle, overrides, slot.files);
+    auto launch = plan(config, port, handle, overrides, slot);
     if (!launch) return launch.error();
     SpawnSpec spec;
     spec.argv = launch->command.argv;

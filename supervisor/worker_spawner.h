@@ -25,7 +25,8 @@ class WorkerSpawner final : public WorkerLauncher {
     // The command line and identity for `port` serving `handle` (pure: no process started).
     // `overrides` are the profile's per-port context/parallel, if any.
     Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
-                              const PortAssignment* overrides, int files) const override;
+                              const PortAssignment* overrides,
+                              const WorkerSlot& slot) const override;
     Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
                                 const PortAssignment* overrides, const ListeningSocket& listening,
                                 WorkerSlot slot) const override;

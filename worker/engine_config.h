@@ -16,6 +16,10 @@ struct EngineConfig {
     std::string binary;  // resolved program to run (preset default unless overridden)
     std::string model;   // path or repo id, as the engine understands it
     std::string handle;  // the id clients use; also the engine's alias where it has one
+    // A chained model's: the URL of the port serving the model it runs in front of, and that
+    // model's handle ({upstream_url}, {upstream_handle}); empty otherwise.
+    std::string upstream_url;
+    std::string upstream_handle;
     int context = 4096;
     int parallel = 4;
     std::vector<std::string> extra_args;

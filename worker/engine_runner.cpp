@@ -59,8 +59,10 @@ const char* to_string(EngineState state) {
 
 EngineRunner::EngineRunner(asio::io_context& io, EngineConfig config)
     : io_(io), config_(std::move(config)) {
-    auto id = expand_word(config_.preset.engine_model_id,
-                          {{"model", config_.model}, {"handle", config_.handle}});
+    auto id =
+        expand_word(config_.preset.engine_model_id, {{"model", config_.model},
+                                                     {"handle", config_.handle},
+                                                     {"upstream_handle", config_.upstream_handle}});
     engine_model_id_ = id ? *id : config_.handle;
     memory_kills_.watch(io_, std::chrono::seconds(1));
 }
@@ -189,6 +191,11 @@ Status EngineRunner::spawn() {
                       {"context", std::to_string(config_.context)},
                       {"parallel", std::to_string(config_.parallel)},
                       {"handle", config_.handle}};
+    // Only a chained model has them: elsewhere a template using them is "no value for ...".
+    if (!config_.upstream_url.empty()) {
+        vars["upstream_url"] = config_.upstream_url;
+        vars["upstream_handle"] = config_.upstream_handle;
+    }
     if (auto ok = choose_listen_address(vars); !ok) return ok;
     auto args = expand_argv(config_.preset.args, vars);
     if (!args) return args.error();

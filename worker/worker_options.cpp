@@ -96,6 +96,11 @@ Status finish(WorkerOptions& o, const std::string& engine_name, const std::strin
                           " preset has its own)");
     }
     o.engine.preset = *preset;
+    if (uses_upstream(*preset) && o.engine.upstream_url.empty()) {
+        return bad_option("the " + engine_name +
+                          " engine runs in front of another model: pass --upstream-url URL and "
+                          "--upstream-handle HANDLE (ensembled passes the port serving it)");
+    }
     if (o.engine.binary.empty()) o.engine.binary = preset->default_binary;
     if (!find_program(o.engine.binary)) {
         return bad_option("engine program '" + o.engine.binary +
@@ -173,13 +178,17 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     app.add_option("--alias", o.model.aliases, "other ids accepted in a request's 'model'");
     app.add_flag("--accept-any-model", o.model.accept_any_model,
                  "serve any requested 'model' name with this model (pinned, never forwarded)");
-    app.add_option("--engine", engine_name, "llama.cpp, mlx-lm, vllm or command")
+    app.add_option("--engine", engine_name, "llama.cpp, mlx-lm, vllm, optillm or command")
         ->capture_default_str();
+    app.add_option("--upstream-url", o.engine.upstream_url,
+                   "a chained model's: the URL of the model it runs in front of ({upstream_url})");
+    app.add_option("--upstream-handle", o.engine.upstream_handle,
+                   "a chained model's: the handle of that model ({upstream_handle})");
     app.add_option("--engine-bin", o.engine.binary,
                    "engine program (default: the preset's, on PATH)");
     app.add_option("--command", command,
                    "for --engine command: a command line with {model} {port} "
-                   "{context} {parallel} {handle}");
+                   "{context} {parallel} {handle} (and {upstream_url} {upstream_handle})");
     app.add_option("--ready-path", ready_path,
                    "for --engine command: GET path that answers 200 "
                    "when ready")

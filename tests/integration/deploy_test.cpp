@@ -245,8 +245,9 @@ TEST_F(DeployTest, InstalledLayoutBootsTheProfileExportsItAndARestartRestoresIt)
         const auto entry = json::parse(line, nullptr, false);
         ASSERT_FALSE(entry.is_discarded()) << line;
         EXPECT_EQ(entry["handle"], "tiny");
-        EXPECT_EQ(entry["url"],
+        EXPECT_EQ(entry["api_base"],
                   "http://gpu-box.lan:" + std::to_string(entry["port"].get<int>()) + "/v1");
+        EXPECT_EQ(entry["selector"], "openai/tiny");
         ++count;
     }
     EXPECT_EQ(count, 2) << handles.out;

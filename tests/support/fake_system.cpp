@@ -181,14 +181,15 @@ std::vector<std::string> FakeProcesses::stop_engine_left_behind(
 // ---- workers ----
 
 Result<WorkerLaunch> FakeLauncher::plan(const Config& config, int port, const std::string& handle,
-                                        const PortAssignment* overrides, int files) const {
-    return planner_.plan(config, port, handle, overrides, files);
+                                        const PortAssignment* overrides,
+                                        const WorkerSlot& slot) const {
+    return planner_.plan(config, port, handle, overrides, slot);
 }
 
 Result<SpawnedWorker> FakeLauncher::spawn(const Config& config, int port, const std::string& handle,
                                           const PortAssignment* overrides,
                                           const ListeningSocket& listening, WorkerSlot slot) const {
-    auto launch = plan(config, port, handle, overrides, slot.files);
+    auto launch = plan(config, port, handle, overrides, slot);
     if (!launch) return launch.error();
     if (!world_.spawn_error_code.empty())
         return Error{world_.spawn_error_code, "cannot start a process (pretend)"};

@@ -136,7 +136,8 @@ class FakeLauncher final : public WorkerLauncher {
     explicit FakeLauncher(FakeWorld& world)
         : world_(world), planner_("/nonexistent/ensemble-worker", "/nonexistent/workers.sock") {}
     Result<WorkerLaunch> plan(const Config& config, int port, const std::string& handle,
-                              const PortAssignment* overrides, int files) const override;
+                              const PortAssignment* overrides,
+                              const WorkerSlot& slot) const override;
     Result<SpawnedWorker> spawn(const Config& config, int port, const std::string& handle,
                                 const PortAssignment* overrides, const ListeningSocket& listening,
                                 WorkerSlot slot) const override;

@@ -69,7 +69,7 @@ class SupervisorFixture : public ::testing::Test {
             << "    args: [--threads, \"1\"]\n"
             << "  fake:\n    preset: command\n    command: \"" << ENSEMBLE_TEST_FAKE_ENGINE_BIN
             << " --port {port} --model {handle}\"\n    ready_path: /health\n"
-            << "models:\n"
+            << extra_engines() << "models:\n"
             << "  tiny: {engine: llama, path: " << tiny_model().string()
             << ", context: 16384, parallel: 1}\n"
             << "  tiny-two: {engine: llama, path: " << tiny_model().string()
@@ -87,7 +87,7 @@ class SupervisorFixture : public ::testing::Test {
             << extra_models() << "profiles:\n"
             << "  pair:\n    " << port_a_ << ": tiny\n    " << port_b_ << ": tiny-two\n"
             << "  single:\n    " << port_a_ << ": tiny-two\n"
-            << (fleet_test ? "  fleet:\n" : "");
+            << extra_profiles() << (fleet_test ? "  fleet:\n" : "");
         for (std::size_t i = 2; i < ports.size(); ++i) {
             fleet_ports_.push_back(ports[i]);
             std::ofstream(dir_ / "ensemble.yaml", std::ios::app)
@@ -109,6 +109,9 @@ class SupervisorFixture : public ::testing::Test {
     virtual std::string extra_supervisor_settings() const { return ""; }
     // More models ("  handle: {...}\n" each).
     virtual std::string extra_models() const { return ""; }
+    // More engines ("  name:\n    key: value\n" each) and profiles ("  name:\n    PORT: model\n").
+    virtual std::string extra_engines() const { return ""; }
+    virtual std::string extra_profiles() const { return ""; }
 
     // `descriptor_limit` > 0: ensembled runs with that hard limit on open descriptors.
     std::unique_ptr<ChildProcess> start_supervisor(std::map<std::string, std::string> env = {},

@@ -111,7 +111,26 @@ TEST(EnginePreset, VllmServesTheHandleAsItsModelName) {
 TEST(EnginePreset, UnknownPresetListsTheKnownOnes) {
     auto p = find_preset("ollama");
     ASSERT_FALSE(p);
-    EXPECT_NE(p.error().message.find("llama.cpp, mlx-lm, vllm, command"), std::string::npos);
+    EXPECT_NE(p.error().message.find("llama.cpp, mlx-lm, vllm, optillm, command"),
+              std::string::npos);
+}
+
+TEST(EnginePreset, OptillmRunsInFrontOfItsUpstreamOnALoopbackPort) {
+    auto p = find_preset("optillm");
+    ASSERT_TRUE(p) << p.error().message;
+    EXPECT_TRUE(uses_upstream(*p));
+    EXPECT_FALSE(listens_on_socket(*p)) << "OptiLLM has no Unix socket option";
+    const TemplateVars vars{{"upstream_url", "http://127.0.0.1:8100/v1"},
+                            {"upstream_handle", "coder"},
+                            {"port", "40001"}};
+    auto args = expand_argv(p->args, vars);
+    ASSERT_TRUE(args) << args.error().message;
+    EXPECT_EQ(*args, (std::vector<std::string>{"--base-url", "http://127.0.0.1:8100/v1", "--model",
+                                               "coder"}));
+    EXPECT_EQ(*expand_word(p->engine_model_id, vars), "coder")
+        << "OptiLLM asks its upstream for this model";
+    EXPECT_FALSE(uses_upstream(*find_preset("llama.cpp")));
+    EXPECT_FALSE(expand_word("{upstream_url}", {{"model", "m"}})) << "no value outside a chain";
 }
 
 TEST(EnginePreset, CommandPresetChecksPlaceholdersAndProbePath) {

@@ -168,6 +168,53 @@ TEST_F(ConfigTest, TheNamingPolicyReportsHandlesWithoutTheirEnginesPrefixOrWithA
         << "an engine the config does not know";
 }
 
+TEST_F(ConfigTest, AChainedModelNamesADefinedUpstreamWithoutACycleInTheSameProfile) {
+    const std::string base = "models:\n  tiny: {engine: llama.cpp, path: ./a.gguf}\n";
+    auto r =
+        load(base + "  opt-tiny: {engine: optillm, upstream: tiny, args: [--approach, moa]}\n" +
+             "profiles:\n  p:\n    8100: tiny\n    8103: opt-tiny\n");
+    ASSERT_TRUE(r.config) << r.issues.at(0).to_string();
+    const auto& opt = r.config->models.at("opt-tiny");
+    EXPECT_EQ(opt.upstream, "tiny");
+    EXPECT_EQ(opt.path, "tiny") << "{model}: what the proxy asks its upstream for";
+    EXPECT_TRUE(uses_upstream(r.config->engines.at("optillm").preset));
+
+    const auto issue = [&](const std::string& yaml) {
+        auto bad = load(base + yaml);
+        EXPECT_FALSE(bad.config) << yaml;
+        return bad.issues.empty() ? std::string() : bad.issues.at(0).to_string();
+    };
+    EXPECT_NE(issue("  opt: {engine: optillm, upstream: nope}\n")
+                  .find(":3:36: model 'opt' runs in front of 'nope', which is not defined"),
+              std::string::npos)
+        << issue("  opt: {engine: optillm, upstream: nope}\n");
+    EXPECT_NE(issue("  opt: {engine: optillm, upstream: opt}\n").find("names itself"),
+              std::string::npos);
+    const auto cycle = issue(
+        "  a: {engine: optillm, upstream: b}\n  b: {engine: optillm, upstream: c}\n"
+        "  c: {engine: optillm, upstream: a}\n");
+    EXPECT_NE(cycle.find("upstreams form a cycle: 'a' -> 'b' -> 'c' -> 'a'"), std::string::npos)
+        << cycle;
+    const auto no_upstream = issue("  opt: {engine: optillm, path: x}\n");
+    EXPECT_NE(no_upstream.find("uses {upstream_url} or {upstream_handle}: name the model it runs "
+                               "in front of with 'upstream:'"),
+              std::string::npos)
+        << no_upstream;
+    const auto apart = issue(
+        "  opt: {engine: optillm, upstream: tiny}\nprofiles:\n  p:\n"
+        "    8103: opt\n");
+    EXPECT_NE(apart.find(":6:5: profile 'p' serves 'opt', which runs in front of 'tiny', but no "
+                         "port of the profile serves 'tiny'"),
+              std::string::npos)
+        << apart;
+    // A command engine may use the upstream's placeholders too.
+    auto command = load(base +
+                        "  opt: {engine: proxy, upstream: tiny}\n"
+                        "engines:\n  proxy: {preset: command, command: \"px --to {upstream_url} "
+                        "--port {port}\", ready_path: /health}\n");
+    EXPECT_TRUE(command.config) << command.issues.at(0).to_string();
+}
+
 TEST_F(ConfigTest, TheStatusListenerIsLoopbackUnlessItHasAToken) {
     auto off = load(kValid);
     ASSERT_TRUE(off.config);

@@ -1,5 +1,5 @@
-// Pieces of the boot ensemble that need no processes: log rotation by copy-and-truncate, and the
-// gateway exports built from a status reply.
+// Pieces of the boot ensemble that need no processes: log rotation by copy-and-truncate, the
+// gateway exports built from a status reply, and the handles registry they write and check reads.
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <unistd.h>
@@ -8,6 +8,7 @@
 
 #include "os/log_rotation.h"
 #include "supervisor/gateway_export.h"
+#include "supervisor/handle_registry.h"
 
 using namespace ensemble;
 using nlohmann::json;
@@ -47,6 +48,20 @@ TEST(LogRotation, RotatesPastTheLimitKeepsNFilesAndTheWriterKeepsAppending) {
     ::close(fd);
 }
 
+std::filesystem::path registry_dir(const std::string& name) {
+    const auto dir = std::filesystem::temp_directory_path() / "ensemble-registry" / name;
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    return dir;
+}
+
+ModelSpec model(const std::string& handle, std::vector<std::string> aliases = {}) {
+    ModelSpec m;
+    m.handle = handle;
+    m.aliases = std::move(aliases);
+    return m;
+}
+
 json status_with_two_ports() {
     return json::parse(R"({"bind_host":"127.0.0.1","ports":[
         {"port":8100,"model":"qwen-coder","aliases":["coder"],"model_path":"/m/q.gguf",
@@ -79,12 +94,134 @@ TEST(GatewayExport, HandlesAreJsonLinesAndIpv6HostsAreBracketed) {
     std::vector<json> entries;
     while (std::getline(lines, line))
         entries.push_back(json::parse(line));
-    ASSERT_EQ(entries.size(), 2U);
+    ASSERT_EQ(entries.size(), 3U) << "each model and each alias";
     EXPECT_EQ(entries[0]["handle"], "qwen-coder");
-    EXPECT_EQ(entries[0]["url"], "http://[::1]:8100/v1");
-    EXPECT_EQ(entries[0]["model"], "/m/q.gguf");
-    EXPECT_EQ(entries[0]["aliases"], json::array({"coder"}));
-    EXPECT_EQ(entries[1]["state"], "backoff");
+    EXPECT_EQ(entries[0]["base_model"], "qwen-coder");
+    EXPECT_EQ(entries[0]["selector"], "openai/qwen-coder");
+    EXPECT_EQ(entries[0]["api_base"], "http://[::1]:8100/v1");
+    EXPECT_EQ(entries[1]["handle"], "coder");
+    EXPECT_EQ(entries[1]["base_model"], "qwen-coder") << "an alias reaches its model";
+    EXPECT_EQ(entries[1]["selector"], "openai/qwen-coder");
+    EXPECT_EQ(entries[2]["state"], "backoff");
+}
+
+// What export handles writes, check --registry reads back without a finding.
+TEST(HandleRegistry, WhatExportWritesReadsBackAndMatchesTheLivePorts) {
+    const auto dir = registry_dir("RoundTrip");
+    const auto file = dir / "handles.jsonl";
+    std::ofstream(file) << handles_jsonl(status_with_two_ports(), "studio.lan");
+    const auto read = read_registry(file);
+    EXPECT_TRUE(read.problems.empty()) << read.problems.at(0).text;
+    ASSERT_EQ(read.entries.size(), 3U);
+    EXPECT_EQ(read.entries[1].line, 2);
+    EXPECT_EQ(read.entries[1].port, 8100);
+    Config config;
+    config.source = "ensemble.yaml";
+    config.models["qwen-coder"] = model("qwen-coder", {"coder"});
+    config.models["tiny"] = model("tiny");
+    const auto findings = compare_registry(file, read.entries, config, status_with_two_ports());
+    EXPECT_TRUE(findings.empty()) << findings.at(0).text;
+}
+
+TEST(HandleRegistry, MalformedLinesDuplicatesAndHugeLinesArePositionedErrors) {
+    const auto dir = registry_dir("Malformed");
+    const auto file = dir / "handles.jsonl";
+    const std::string good =
+        R"({"handle":"a","base_model":"tiny","selector":"openai/tiny","api_base":"http://h:8101/v1"})";
+    {
+        std::ofstream out(file);
+        out << good << "\n"   // 1
+            << "{not json\n"  // 2
+            << "[1,2]\n"      // 3
+            << R"({"handle":"b","base_model":"tiny","selector":"openai/tiny"})"
+            << "\n"  // 4
+            << R"({"handle":"c","base_model":"tiny","selector":"openai/tiny","api_base":"http://h/v1"})"
+            << "\n"                                                   // 5
+            << "\n"                                                   // 6: blank, skipped
+            << good << "\n"                                           // 7: duplicate
+            << std::string(10 * 1024 * 1024, 'x') << "\n"             // 8: 10 MB
+            << std::string(200, '[') + std::string(200, ']') << "\n"  // 9: deep
+            << R"({"handle":"d","base_model":"tiny","selector":"openai/tiny","api_base":"http://h:8101/v1"})";
+    }
+    const auto read = read_registry(file);
+    ASSERT_EQ(read.entries.size(), 2U) << "a and d";
+    EXPECT_EQ(read.entries[1].line, 10) << "after the huge line, lines still count";
+    std::vector<std::string> texts;
+    for (const auto& p : read.problems)
+        texts.push_back(p.text);
+    const auto has = [&](const std::string& text) {
+        return std::any_of(texts.begin(), texts.end(),
+                           [&](const auto& t) { return t.find(text) != std::string::npos; });
+    };
+    const auto f = file.string();
+    EXPECT_TRUE(has(f + ":2: not valid JSON")) << ::testing::PrintToString(texts);
+    EXPECT_TRUE(has(f + ":3: a line is one JSON object, not array"));
+    EXPECT_TRUE(has(f + ":4: \"api_base\" is missing"));
+    EXPECT_TRUE(has(f + ":5: api_base 'http://h/v1' is not a URL with a port"));
+    EXPECT_TRUE(has(f + ":7: handle 'a' is listed again (first at line 1)"));
+    EXPECT_TRUE(has(f + ":8: longer than 64 KiB, not read"));
+    EXPECT_TRUE(has(f + ":9: refused: it nests arrays and objects more than 128 levels deep"));
+    EXPECT_EQ(texts.size(), 7U) << ::testing::PrintToString(texts);
+    EXPECT_FALSE(read_registry(dir / "missing.jsonl").problems.empty());
+}
+
+TEST(HandleRegistry, ComparedWithTheConfigAndTheLivePorts) {
+    const auto dir = registry_dir("Compare");
+    const auto file = dir / "handles.jsonl";
+    const auto line = [](const std::string& handle, const std::string& base,
+                         const std::string& selector, int port) {
+        return json{{"handle", handle},
+                    {"base_model", base},
+                    {"selector", selector},
+                    {"api_base", "http://studio:" + std::to_string(port) + "/v1"}}
+                   .dump() +
+               "\n";
+    };
+    std::ofstream(file) << line("coder", "qwen-coder", "openai/coder", 8101)  // 1: wrong port
+                        << line("ghost", "gone", "openai/gone", 8100)         // 2: not in config
+                        << line("t", "tiny", "tiny", 8101)                    // 3: no openai/
+                        << line("t2", "tiny", "openai/other", 8102)           // 4: 404, not served
+                        << line("chat", "chat", "openai/chat", 8102);         // 5: not served now
+    Config config;
+    config.source = "ensemble.yaml";
+    config.models["qwen-coder"] = model("qwen-coder", {"coder"});
+    config.models["tiny"] = model("tiny");
+    config.models["chat"] = model("chat");
+    config.models["spare"] = model("spare");
+    const auto read = read_registry(file);
+    ASSERT_TRUE(read.problems.empty());
+    auto texts = [](const std::vector<RegistryFinding>& found) {
+        std::vector<std::string> out;
+        for (const auto& f : found)
+            out.push_back((f.error ? "error: " : "warning: ") + f.text);
+        return out;
+    };
+    const auto f = file.string();
+    EXPECT_EQ(texts(compare_registry(file, read.entries, config, status_with_two_ports())),
+              (std::vector<std::string>{
+                  "error: " + f +
+                      ":1: 'coder' goes to port 8101 (api_base), which serves 'tiny', "
+                      "not 'qwen-coder'; 'qwen-coder' is on port 8100",
+                  "error: " + f +
+                      ":2: 'ghost': base model 'gone' is not a model of the config "
+                      "ensemble.yaml",
+                  "error: " + f +
+                      ":3: 't': selector 'tiny' does not start with openai/ "
+                      "(Ensemble's ports speak the OpenAI API: LiteLLM's openai/ provider)",
+                  "error: " + f +
+                      ":4: 't2': selector 'openai/other' asks for 'other', which the "
+                      "port serving 'tiny' does not answer to (404); use openai/tiny",
+                  "error: " + f +
+                      ":4: 't2' goes to port 8102 (api_base), where nothing is "
+                      "served; 'tiny' is on port 8101",
+                  "warning: " + f + ":5: 'chat': 'chat' is not served now (nothing on port 8102)",
+                  "error: " + f +
+                      ": missing: 'qwen-coder' is served on port 8100, but no line "
+                      "routes to it ('ensemble export handles' prints the lines of what runs)"}));
+    // Without ensembled: the config alone, and its models without a handle are warnings.
+    const auto offline = texts(compare_registry(file, read.entries, config, std::nullopt));
+    EXPECT_EQ(offline.back(), "warning: " + f + ": model 'spare' of the config has no handle here");
+    EXPECT_EQ(offline.size(), 4U) << ::testing::PrintToString(offline);
 }
 
 TEST(GatewayExport, HostIsTheOverrideElseBindHostElseThisMachinesName) {

@@ -52,6 +52,20 @@ TEST(PortState, AdoptionWaitsAndUnverifiableWorkers) {
     EXPECT_FALSE(transition(PortState::ready, PortEvent::unverifiable));
 }
 
+TEST(PortState, AChainedModelWaitsForItsUpstreamWithoutAWorker) {
+    for (const auto from : {PortState::stopped, PortState::backoff, PortState::failed})
+        EXPECT_EQ(transition(from, PortEvent::wait_upstream), PortState::waiting)
+            << to_string(from);
+    EXPECT_FALSE(transition(PortState::ready, PortEvent::wait_upstream)) << "stopped first";
+    EXPECT_FALSE(is_running(PortState::waiting));
+    EXPECT_EQ(transition(PortState::waiting, PortEvent::spawn), PortState::starting);
+    EXPECT_EQ(transition(PortState::waiting, PortEvent::stop), PortState::stopped) << "unloaded";
+    EXPECT_EQ(transition(PortState::waiting, PortEvent::failed), PortState::backoff)
+        << "its own start failed";
+    EXPECT_FALSE(transition(PortState::waiting, PortEvent::engine_ready));
+    EXPECT_STREQ(to_string(PortState::waiting), "waiting");
+}
+
 TEST(PortState, NonsenseEventsAreRefused) {
     EXPECT_FALSE(transition(PortState::stopped, PortEvent::engine_ready));
     EXPECT_FALSE(transition(PortState::ready, PortEvent::spawn));
