@@ -540,8 +540,15 @@ void Loader::engines(const std::string& file, const YAML::Node& node,
                       "second)");
             }
         }
-        if (config_.engines.count(name))
+        if (find_preset(name)) {
+            v_.at(file, kv.first,
+                  "engine '" + name +
+                      "' has a preset's name; call it something else (models "
+                      "name the preset itself with engine: " +
+                      name + ")");
+        } else if (config_.engines.count(name)) {
             v_.at(file, kv.first, "engine '" + name + "' is defined twice");
+        }
         config_.engines[name] = spec;
     }
 }
@@ -607,12 +614,16 @@ void Loader::models(const std::string& file, const YAML::Node& node,
             engine_refs_.emplace_back(file, m["engine"], spec.engine);
         }
         if (m["upstream"]) {
-            if (auto u = v_.scalar<std::string>(file, m["upstream"], "upstream")) {
+            if (auto u = v_.scalar<std::string>(file, m["upstream"], "upstream"); u && u->empty()) {
+                v_.at(file, m["upstream"],
+                      "upstream names no model; name the model it runs "
+                      "in front of, or leave 'upstream' out");
+            } else if (u) {
                 spec.upstream = *u;
                 upstream_refs_.emplace_back(file, m["upstream"], handle);
             }
         }
-        if (!m["path"] && !spec.upstream.empty()) {
+        if (!m["path"] && m["upstream"]) {
             spec.path = spec.upstream;  // {model}: what the proxy asks its upstream for
         } else if (!m["path"]) {
             v_.at(file, m,
@@ -775,22 +786,37 @@ void Loader::check_chains() {
                   "model '" + handle + "' runs in front of '" + upstream +
                       "', which is not defined under 'models'");
         } else {
-            // Follow the chain: it must end at a model of its own, not come back.
+            // Follow the chain: it must end at a model of its own, not come back. A cycle is
+            // reported once, at its first model by name (a model leading into one is not in it).
             std::vector<std::string> chain{handle};
             for (auto next = upstream; !next.empty();) {
-                if (std::find(chain.begin(), chain.end(), next) != chain.end()) {
+                const auto seen = std::find(chain.begin(), chain.end(), next);
+                if (seen != chain.end()) {
+                    const bool report = seen == chain.begin() &&
+                                        *std::min_element(chain.begin(), chain.end()) == handle;
                     std::string cycle;
                     for (const auto& h : chain)
                         cycle += "'" + h + "' -> ";
-                    v_.at(file, node,
-                          "upstreams form a cycle: " + cycle + "'" + next +
-                              "'; a chain must end at a model that serves on its own");
+                    if (report) {
+                        v_.at(file, node,
+                              "upstreams form a cycle: " + cycle + "'" + next +
+                                  "'; a chain must end at a model that serves on its own");
+                    }
                     break;
                 }
                 chain.push_back(next);
                 const auto* m = config_.find_model(next);
                 next = m != nullptr ? m->upstream : "";
             }
+        }
+        // Only an engine that is told where the upstream is can run in front of it.
+        const auto* engine = config_.engine_of(config_.models.at(handle));
+        if (engine != nullptr && !uses_upstream(engine->preset)) {
+            v_.at(file, node,
+                  "model '" + handle + "' names an upstream, but its engine '" +
+                      config_.models.at(handle).engine +
+                      "' is not told where it is: use the optillm preset, or a command with "
+                      "{upstream_url}");
         }
     }
     // A profile replaces every port: a chained model's upstream must be one of its own.
@@ -812,7 +838,8 @@ void Loader::check_chains() {
     // An engine whose command uses the upstream's URL needs a model that names one.
     for (const auto& [handle, model] : config_.models) {
         const auto* engine = config_.engine_of(model);
-        if (engine == nullptr || !model.upstream.empty() || !uses_upstream(engine->preset))
+        if (engine == nullptr || !model.upstream.empty() || !uses_upstream(engine->preset) ||
+            model.path.empty())  // `upstream:` is there but names nothing: said above
             continue;
         const auto& [file, mark] = model_marks_.at(handle);
         issues_.push_back({file, mark.line + 1, mark.column + 1,

@@ -93,6 +93,10 @@ namespace {
 bool check_registry(const std::filesystem::path& registry, const std::string& config_file,
                     const Config& config) {
     auto read = read_registry(registry);
+    if (!read.readable) {
+        std::cerr << read.problems.front().text << '\n';
+        return false;
+    }
     std::optional<nlohmann::json> status;
     const auto socket = control_socket_path("", config_file);
     protocol::ControlRequest request;
@@ -103,7 +107,9 @@ bool check_registry(const std::filesystem::path& registry, const std::string& co
         status = (*reply)["result"];
     } else {
         std::cout << "note: ensembled does not answer ("
-                  << (reply ? (*reply)["error"].value("message", "refused") : reply.error().message)
+                  << (reply ? reply->value("error", nlohmann::json::object())
+                                  .value("message", "it refused the status request")
+                            : reply.error().message)
                   << "): " << registry.string() << " is checked against the config only\n";
     }
     auto found = read.problems;
@@ -119,7 +125,7 @@ bool check_registry(const std::filesystem::path& registry, const std::string& co
         return false;
     }
     std::cout << registry.string() << ": ok (" << read.entries.size() << " handles"
-              << (status ? ", each where ensembled serves it" : "") << ")\n";
+              << (status ? ", each routed to the port ensembled assigns its model" : "") << ")\n";
     return true;
 }
 

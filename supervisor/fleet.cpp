@@ -217,62 +217,98 @@ std::string local_url(const std::string& bind_host, int port) {
     return "http://" + host + ":" + std::to_string(port) + "/v1";
 }
 
-// An upstream port that serves, or is on its way back to serving, by itself.
-bool coming_or_serving(const PortSnapshot& s) {
-    return !s.stop_requested && (s.state == PortState::starting || s.state == PortState::loading ||
-                                 s.state == PortState::ready || s.state == PortState::backoff);
+// An upstream port that serves, or is on its way back to serving: by itself (a restart after a
+// crash, a re-adoption), or as the operator restarts it (a stop that hands the port over to
+// the next worker; should that serve another model, its handle says so then).
+bool coming_or_serving(const Port& port) {
+    const auto& s = port.snapshot();
+    if (port.hands_over()) return true;  // also once stopped, until the next worker starts
+    return !s.stop_requested && (is_running(s.state) || s.state == PortState::backoff);
+}
+
+// "loading", "in backoff", "failed (crash loop: ...)", for "... on port 8100 is <this>".
+std::string state_phrase(const PortSnapshot& s) {
+    if (s.state == PortState::backoff) return "in backoff";
+    if (s.state == PortState::failed && !s.last_failure.empty())
+        return "failed (" + s.last_failure + ")";
+    return to_string(s.state);
 }
 
 }  // namespace
 
-Result<std::optional<UpstreamLink>> Fleet::upstream_link(const std::string& handle,
-                                                         Upstream which) const {
-    const auto* model = config_.find_model(handle);
-    if (model == nullptr || model->upstream.empty()) return std::optional<UpstreamLink>{};
-    const auto& upstream = model->upstream;
-    const PortSnapshot* seen = nullptr;       // a port assigned the upstream, for the reason
-    for (const auto& [number, p] : ports_) {  // the lowest port first
-        const auto& s = p->snapshot();
-        if (s.handle != upstream) continue;
-        const bool usable = which == Upstream::ready
-                                ? s.state == PortState::ready && !s.stop_requested
-                                : coming_or_serving(s);
-        if (usable) {
-            return std::optional<UpstreamLink>{
-                UpstreamLink{upstream, number, local_url(config_.supervisor.bind_host, number)}};
+Fleet::UpstreamSearch Fleet::find_upstream(const std::string& upstream, const std::string& profile,
+                                           Upstream which, int except) const {
+    const auto usable = [&](const Port& p) {
+        const auto& s = p.snapshot();
+        if (s.handle != upstream || s.port == except) return false;
+        return which == Upstream::ready ? s.state == PortState::ready && !s.stop_requested
+                                        : coming_or_serving(p);
+    };
+    UpstreamSearch search;
+    // The port the dependent's own profile puts its upstream on first (a profile load does not
+    // chain a proxy to a port it is about to replace), then the lowest.
+    if (const auto it = config_.profiles.find(profile); it != config_.profiles.end()) {
+        for (const auto& [number, a] : it->second.ports) {
+            const auto* p = find(number);
+            if (a.model == upstream && p != nullptr && usable(*p)) {
+                search.found = p;
+                return search;
+            }
         }
-        if (seen == nullptr) seen = &s;
     }
-    if (seen == nullptr) {
-        return Error{"upstream_not_served", "its upstream '" + upstream +
-                                                "' is not served on any port; it starts once it "
-                                                "is (ensemble load PORT " +
-                                                upstream + ")"};
+    for (const auto& [number, p] : ports_) {
+        if (usable(*p)) {
+            search.found = p.get();
+            return search;
+        }
+        if (search.seen == nullptr && p->snapshot().handle == upstream && number != except)
+            search.seen = p.get();
     }
-    return Error{"upstream_not_ready",
-                 "its upstream '" + upstream + "' on port " + std::to_string(seen->port) + " is " +
-                     to_string(seen->state) +
-                     (seen->state == PortState::failed && !seen->last_failure.empty()
-                          ? " (" + seen->last_failure + ")"
-                          : "") +
-                     "; it starts once that is ready"};
+    return search;
 }
 
-std::optional<std::string> Fleet::upstream_gone(const PortSnapshot& dependent,
-                                                const std::string& upstream) const {
-    // Still where its worker was started to find it: a restart or a reload of the upstream
-    // is waited out in that port's backlog, not passed on.
+std::string Fleet::upstream_reason(const std::string& upstream, const UpstreamSearch& search) {
+    if (search.seen == nullptr) return "its upstream '" + upstream + "' is not served on any port";
+    const auto& s = search.seen->snapshot();
+    return "its upstream '" + upstream + "' on port " + std::to_string(s.port) + " is " +
+           state_phrase(s);
+}
+
+UpstreamLink Fleet::link_to(const Port& upstream) const {
+    const int port = upstream.number();
+    return {upstream.snapshot().handle, port, local_url(config_.supervisor.bind_host, port)};
+}
+
+Result<std::optional<UpstreamLink>> Fleet::upstream_link(const PortSnapshot& dependent,
+                                                         Upstream which) const {
+    const auto* model = config_.find_model(dependent.handle);
+    if (model == nullptr || model->upstream.empty()) return std::optional<UpstreamLink>{};
+    const auto search = find_upstream(model->upstream, dependent.profile, which);
+    if (search.found != nullptr) return std::optional<UpstreamLink>{link_to(*search.found)};
+    return Error{search.seen == nullptr ? "upstream_not_served" : "upstream_not_ready",
+                 upstream_reason(model->upstream, search)};
+}
+
+std::optional<std::string> Fleet::upstream_gone(const PortSnapshot& dependent) const {
+    // The upstream its worker was started in front of (a reload may have changed the
+    // config's since: that applies at its next start).
+    const auto* model = config_.find_model(dependent.handle);
+    const std::string upstream = dependent.upstream ? dependent.upstream->handle
+                                 : model != nullptr ? model->upstream
+                                                    : std::string();
+    // Still where its worker found it: a restart or a re-adoption of the upstream is waited
+    // out in that port's backlog, not passed on.
     if (dependent.upstream) {
         const auto* at = find(dependent.upstream->port);
-        if (at != nullptr && at->snapshot().handle == upstream && coming_or_serving(at->snapshot()))
+        if (at != nullptr && at->snapshot().handle == upstream && coming_or_serving(*at))
             return std::nullopt;
     }
-    const auto now_at = upstream_link(dependent.handle, Upstream::any);
-    if (!now_at) return now_at.error().message;
-    if (!dependent.upstream || !*now_at) return std::nullopt;  // adopted: where it is now
+    const auto search = find_upstream(upstream, dependent.profile, Upstream::any);
+    if (search.found == nullptr) return upstream_reason(upstream, search);
+    if (!dependent.upstream) return std::nullopt;  // re-adopted: follow_upstreams records it
     return "its upstream '" + upstream + "' moved from port " +
            std::to_string(dependent.upstream->port) + " to port " +
-           std::to_string((*now_at)->port) + "; restarting in front of it there";
+           std::to_string(search.found->number()) + "; restarting in front of it there";
 }
 
 void Fleet::follow_upstreams() {
@@ -280,36 +316,55 @@ void Fleet::follow_upstreams() {
     for (auto& [number, p] : ports_) {
         const auto& s = p->snapshot();
         const auto* model = config_.find_model(s.handle);
-        if (model == nullptr || model->upstream.empty() || s.stop_requested) continue;
-        if (s.state == PortState::waiting) {
-            auto link = upstream_link(s.handle, Upstream::ready);
+        if (s.stop_requested) continue;
+        if (s.state == PortState::waiting && model != nullptr && !model->upstream.empty()) {
+            auto link = upstream_link(s, Upstream::ready);
             if (link) {
                 p->start();
-            } else if (link.error().message != s.last_failure) {
-                p->wait_for_upstream(link.error().message);  // the reason changed
+            } else {
+                p->note_waiting(link.error().message);  // the reason, as the upstream changes
             }
-        } else if (s.state == PortState::starting || s.state == PortState::loading ||
-                   s.state == PortState::ready) {
-            if (auto gone = upstream_gone(s, model->upstream))
+        } else if ((s.state == PortState::starting || s.state == PortState::loading ||
+                    s.state == PortState::ready) &&
+                   (s.upstream || (model != nullptr && !model->upstream.empty()))) {
+            if (auto gone = upstream_gone(s)) {
                 p->stop(*gone, Port::Then::wait_for_upstream);
+            } else if (!s.upstream) {
+                // A re-adopted worker whose upstream was not back when it was adopted: in
+                // front of where its upstream is served now (the assignments survived with it).
+                const auto search = find_upstream(model->upstream, s.profile, Upstream::any);
+                p->assume_upstream(link_to(*search.found));
+            }
         }
     }
 }
 
-Status Fleet::check_upstream_served(int port, const std::string& handle) const {
-    const auto link = upstream_link(handle, Upstream::any);
+Status Fleet::check_upstream_served(int port, const std::string& handle,
+                                    const std::string& profile) const {
     const auto* model = config_.find_model(handle);
-    if (link && *link && (*link)->port == port) {
-        return Error{"upstream_replaced",
-                     "port " + std::to_string(port) + " serves '" + model->upstream + "', which '" +
-                         handle + "' runs in front of: serve '" + handle + "' on another port"};
-    }
-    if (link) return Ok{};
+    if (model == nullptr || model->upstream.empty()) return Ok{};
     const auto& upstream = model->upstream;
-    return Error{link.error().code,
-                 "port " + std::to_string(port) + ": '" + handle + "' runs in front of '" +
-                     upstream + "', which no port serves or is bringing back (" +
-                     link.error().message + "); serve '" + upstream + "' on a port first"};
+    const auto search = find_upstream(upstream, profile, Upstream::any, port);
+    if (search.found != nullptr) return Ok{};
+    const auto* here = find(port);
+    if (here != nullptr && here->snapshot().handle == upstream) {
+        return Error{"upstream_replaced",
+                     "port " + std::to_string(port) + " serves '" + upstream + "', which '" +
+                         handle + "' runs in front of, and no other port does: serve '" + handle +
+                         "' on another port"};
+    }
+    const auto name = "port " + std::to_string(port) + ": '" + handle + "' runs in front of '";
+    if (search.seen == nullptr) {
+        return Error{"upstream_not_served", name + upstream +
+                                                "', which no port serves; load it on another "
+                                                "port first (ensemble load PORT " +
+                                                upstream + ")"};
+    }
+    return Error{"upstream_not_ready", name + upstream + "', which is " +
+                                           state_phrase(search.seen->snapshot()) + " on port " +
+                                           std::to_string(search.seen->number()) +
+                                           "; bring it back first (ensemble restart " +
+                                           std::to_string(search.seen->number()) + ")"};
 }
 
 void Fleet::tick() {
@@ -593,7 +648,7 @@ awaitable<bool> Fleet::wait_settled(int port, Clock::time_point deadline) {
     const std::function<bool(const PortSnapshot&)> settled_state = [this](const PortSnapshot& p) {
         // A chained model waits for its upstream as long as that is coming.
         const bool waits_in_vain =
-            p.state == PortState::waiting && !upstream_link(p.handle, Upstream::any);
+            p.state == PortState::waiting && !upstream_link(p, Upstream::any);
         return p.state == PortState::ready || p.state == PortState::backoff ||
                p.state == PortState::failed || p.state == PortState::stopped || waits_in_vain;
     };

@@ -187,7 +187,7 @@ class Fleet final : private PortHost {
     Port* find_run(int port, std::uint64_t attempt) override;
     bool shutting_down() const override { return shutting_down_; }
     std::optional<pid_t> dismissed_holder(int port) const override;
-    Result<std::optional<UpstreamLink>> upstream_link(const std::string& handle,
+    Result<std::optional<UpstreamLink>> upstream_link(const PortSnapshot& dependent,
                                                       Upstream which) const override;
 
     // fleet.cpp: the ports
@@ -217,11 +217,22 @@ class Fleet final : private PortHost {
     // Chained models: a waiting one starts once its upstream is ready; a running one whose
     // upstream is gone (unloaded, swapped away, failed, moved) stops and waits for it.
     void follow_upstreams();
-    std::optional<std::string> upstream_gone(const PortSnapshot& dependent,
-                                             const std::string& upstream) const;
-    // Refused unless the chained model `handle`'s upstream is served on some port (ready or
+    // Why a running chained model must stop and wait (its upstream gone, failed or moved), if so.
+    std::optional<std::string> upstream_gone(const PortSnapshot& dependent) const;
+    // A port serving `upstream` (per `which`), preferring the one `profile` assigns it, then the
+    // lowest; `except` does not count. Else one assigned it, for the reason.
+    struct UpstreamSearch {
+        const Port* found = nullptr;
+        const Port* seen = nullptr;
+    };
+    UpstreamSearch find_upstream(const std::string& upstream, const std::string& profile,
+                                 Upstream which, int except = 0) const;
+    static std::string upstream_reason(const std::string& upstream, const UpstreamSearch& search);
+    UpstreamLink link_to(const Port& upstream) const;
+    // Refused unless the chained model `handle`'s upstream is served on another port (ready or
     // coming): otherwise it would wait for something nobody is going to load.
-    Status check_upstream_served(int port, const std::string& handle) const;
+    Status check_upstream_served(int port, const std::string& handle,
+                                 const std::string& profile) const;
     void probe_ports(Clock::time_point now);
     awaitable<void> probe_port(int port, std::uint64_t attempt);
     void wake();

@@ -137,7 +137,8 @@ awaitable<Result<PortReport>> Fleet::load(int port, const std::string& handle,
     if (auto kept = check_port_not_reserved(config_.supervisor, port, force); !kept)
         co_return kept.error();
     if (auto free = check_port_free_for_operator(port); !free) co_return free.error();
-    if (auto served = check_upstream_served(port, handle); !served) co_return served.error();
+    if (auto served = check_upstream_served(port, handle, profile); !served)
+        co_return served.error();
     // (named, not temporaries: GCC 12 miscompiles non-trivial temporaries in co_await)
     const std::map<int, std::string> starts{{port, handle}};
     const std::set<int> released;
@@ -189,12 +190,13 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
     const std::string old_handle = p->snapshot().handle;
     const std::string old_profile = p->snapshot().profile;
     if (old_handle == handle) co_return report(*p);
-    if (auto served = check_upstream_served(port, handle); !served) co_return served.error();
     // The port belongs to the active profile only while it serves what the profile says: a
     // swap away makes it ad hoc, a swap back makes it the profile's again.
     const auto active = store_->meta("active_profile");
     const std::string profile =
         active && find_assignment(config_, *active, port, handle) != nullptr ? *active : "";
+    if (auto served = check_upstream_served(port, handle, profile); !served)
+        co_return served.error();
     // A worker an earlier swap replaced may still drain here (or one told to stop after a
     // restart of ensembled), holding memory and the port's other set of files: it is gone
     // within stop_timeout.
@@ -214,8 +216,13 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
                         "port " + std::to_string(port) +
                             " changed while the swap waited; see 'ensemble status'"};
     }
+    // A chained model goes beside only with its upstream ready (it would wait, not load).
+    PortSnapshot incoming;
+    incoming.handle = handle;
+    incoming.profile = profile;
+    const bool upstream_ready = static_cast<bool>(upstream_link(incoming, Upstream::ready));
     if (p->state() == PortState::ready && p->listening() && !p->snapshot().stop_requested &&
-        fits_beside(port, handle, profile)) {
+        upstream_ready && fits_beside(port, handle, profile)) {
         auto swapped = co_await swap_beside(port, handle, profile);
         co_return swapped;
     }
@@ -556,7 +563,10 @@ Result<std::vector<int>> Fleet::reload() {
             launcher_->plan(*loaded.config, number, rt.handle,
                             find_assignment(*loaded.config, rt.profile, number, rt.handle),
                             WorkerSlot{.files = rt.files, .upstream = rt.upstream});
-        if (!after || after->command != rt.command) changed.push_back(number);
+        const auto* model = loaded.config->find_model(rt.handle);
+        const bool upstream_changed =
+            rt.upstream && model != nullptr && model->upstream != rt.upstream->handle;
+        if (!after || after->command != rt.command || upstream_changed) changed.push_back(number);
     }
     config_ = std::move(*loaded.config);
     event(0, "reload",

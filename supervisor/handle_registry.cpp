@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <fstream>
 #include <map>
-#include <regex>
 
 #include "protocol/bounded_json.h"
 
@@ -12,15 +11,29 @@ namespace ensemble {
 namespace {
 
 constexpr std::string_view kSelectorPrefix = "openai/";
+constexpr std::size_t kMaxRegistryField = 2048;         // a handle, a model, a selector, a URL
+constexpr std::size_t kMaxRegistryBytes = 16ULL << 20;  // 10,000 handles are a few MB
+constexpr std::size_t kMaxProblems = 100;               // then "... and more"
 
-// One line into `out`, without its '\n'; false at the end of the file. A line longer than
-// kMaxRegistryLine is read to its end but not kept (`too_long`).
-bool next_line(std::istream& in, std::string& out, bool& too_long) {
+// What came from the file, fit for a terminal: control bytes as '?', at most 200 characters.
+std::string printable(std::string_view text) {
+    std::string out;
+    for (const char c : text.substr(0, 200))
+        out += static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
+    if (text.size() > 200) out += "...";
+    return out;
+}
+
+// One line into `out`, without its '\n'; false at the end of the file or of `budget` bytes
+// (which counts down). A line longer than kMaxRegistryLine is read to its end but not kept
+// (`too_long`).
+bool next_line(std::istream& in, std::string& out, bool& too_long, std::size_t& budget) {
     out.clear();
     too_long = false;
     bool any = false;
     char c = 0;
-    while (in.get(c)) {
+    while (budget > 0 && in.get(c)) {
+        --budget;
         any = true;
         if (c == '\n') return true;
         if (out.size() < kMaxRegistryLine) {
@@ -32,13 +45,35 @@ bool next_line(std::istream& in, std::string& out, bool& too_long) {
     return any;
 }
 
-// "http://host:8100/v1" -> 8100; 0 when the URL names no port.
-int port_of(const std::string& url) {
-    static const std::regex kUrl(R"(^https?://(\[[^\]/]+\]|[^/:\[\]]+):([0-9]{1,5})(/.*)?$)");
-    std::smatch m;
-    if (!std::regex_match(url, m, kUrl)) return 0;
-    const int port = std::stoi(m[2].str());
-    return port >= 1 && port <= 65535 ? port : 0;
+// The port of "http://HOST:PORT/v1" (https too; HOST a name, an IPv4 or a [IPv6] literal), or
+// why the URL is not one.
+Result<int> port_of(std::string_view url) {
+    const auto bad = [&](const std::string& why) {
+        return Error{"bad_api_base",
+                     "api_base '" + printable(url) + "' " + why + "; write http://HOST:PORT/v1"};
+    };
+    if (url.size() > kMaxRegistryField) return bad("is too long");
+    for (const std::string_view scheme : {"http://", "https://"}) {
+        if (!url.starts_with(scheme)) continue;
+        auto rest = url.substr(scheme.size());
+        const auto host_end = rest.starts_with('[') ? rest.find("]:") + 1 : rest.find(':');
+        if (host_end == 0 || host_end == std::string_view::npos || host_end >= rest.size())
+            return bad("names no port");
+        rest = rest.substr(host_end + 1);
+        const auto digits = rest.find_first_not_of("0123456789");
+        const auto number = rest.substr(0, digits);
+        const auto path =
+            digits == std::string_view::npos ? std::string_view() : rest.substr(digits);
+        int port = 0;
+        for (const char d : number.substr(0, 6))
+            port = port * 10 + (d - '0');
+        if (number.empty() || number.size() > 5 || port < 1 || port > 65535)
+            return bad("names no port from 1 to 65535");
+        if (path != "/v1" && path != "/v1/")
+            return bad("does not end in /v1, where a port serves the OpenAI API");
+        return port;
+    }
+    return bad("is not an http:// URL");
 }
 
 std::string where(const std::filesystem::path& file, int line) {
@@ -50,7 +85,8 @@ Result<RegistryEntry> parse_line(const std::string& text, int line) {
     auto parsed = parse_bounded_json(text);
     if (!parsed && parsed.error().code == "too_deep")
         return Error{"bad_line", "refused: " + parsed.error().message};
-    if (!parsed) return Error{"bad_line", "not valid JSON; each line is one JSON object"};
+    if (!parsed || text.find('\0') != std::string::npos)
+        return Error{"bad_line", "not valid JSON (or not UTF-8); each line is one JSON object"};
     if (!parsed->is_object()) {
         return Error{"bad_line",
                      std::string("a line is one JSON object, not ") + parsed->type_name()};
@@ -69,13 +105,14 @@ Result<RegistryEntry> parse_line(const std::string& text, int line) {
                                          "has handle, base_model, selector and api_base)"};
         }
         *out = it->get<std::string>();
+        if (out->size() > kMaxRegistryField) {
+            return Error{"bad_line", std::string("\"") + name + "\" is longer than " +
+                                         std::to_string(kMaxRegistryField) + " bytes"};
+        }
     }
-    e.port = port_of(e.api_base);
-    if (e.port == 0) {
-        return Error{"bad_line", "api_base '" + e.api_base +
-                                     "' is not a URL with a port, such as "
-                                     "http://127.0.0.1:8100/v1"};
-    }
+    auto port = port_of(e.api_base);
+    if (!port) return Error{"bad_line", port.error().message};
+    e.port = *port;
     return e;
 }
 
@@ -83,39 +120,59 @@ Result<RegistryEntry> parse_line(const std::string& text, int line) {
 
 RegistryRead read_registry(const std::filesystem::path& file) {
     RegistryRead read;
-    std::ifstream in(file, std::ios::binary);
-    if (!in) {
-        read.problems.push_back({true, file.string() + ": cannot be read (does it exist?)"});
+    const auto refuse = [&](const std::string& why) {
+        read.problems.push_back({true, file.string() + ": " + why});
+        read.readable = false;
         return read;
+    };
+    // Checked before it is opened: a FIFO would block the open, /dev/zero never end.
+    std::error_code ec;
+    const auto status = std::filesystem::status(file, ec);
+    if (ec || !std::filesystem::exists(status)) return refuse("cannot be read (does it exist?)");
+    if (std::filesystem::is_directory(status)) return refuse("is a directory, not a registry");
+    if (!std::filesystem::is_regular_file(status)) return refuse("is not a regular file");
+    if (std::filesystem::file_size(file, ec) > kMaxRegistryBytes) {
+        return refuse("is larger than " + std::to_string(kMaxRegistryBytes >> 20) +
+                      " MiB; a registry of 10,000 handles takes a few MB");
     }
+    std::ifstream in(file, std::ios::binary);
+    if (!in) return refuse("cannot be read (permissions?)");
+    const auto problem = [&](int line, const std::string& why) {
+        if (read.problems.size() < kMaxProblems) {
+            read.problems.push_back({true, where(file, line) + why});
+        } else if (read.problems.size() == kMaxProblems) {
+            read.problems.push_back({true, file.string() + ": more problems after line " +
+                                               std::to_string(line) +
+                                               " are not listed; fix these first"});
+        }
+    };
     std::map<std::string, int> first_line;  // handle -> line
     std::string text;
     bool too_long = false;
-    for (int line = 1; next_line(in, text, too_long); ++line) {
-        if (too_long) {
-            read.problems.push_back({true, where(file, line) + "longer than " +
-                                               std::to_string(kMaxRegistryLine / 1024) +
-                                               " KiB, not read; a line is one small JSON object"});
-            continue;
-        }
-        if (text.find_first_not_of(" \t\r") == std::string::npos) continue;  // blank
-        if (read.entries.size() == kMaxRegistryEntries) {
-            read.problems.push_back({true, where(file, line) + "more than " +
-                                               std::to_string(kMaxRegistryEntries) +
-                                               " handles; the rest is not read"});
+    std::size_t budget = kMaxRegistryBytes;  // the file may grow while it is read
+    std::size_t lines = 0;                   // not blank
+    for (int line = 1; next_line(in, text, too_long, budget); ++line) {
+        if (!too_long && text.find_first_not_of(" \t\r") == std::string::npos) continue;
+        if (++lines > kMaxRegistryEntries) {
+            problem(line, "more than " + std::to_string(kMaxRegistryEntries) +
+                              " lines; the rest is not read");
             break;
+        }
+        if (too_long) {
+            problem(line, "longer than " + std::to_string(kMaxRegistryLine / 1024) +
+                              " KiB, not read; a line is one small JSON object");
+            continue;
         }
         auto entry = parse_line(text, line);
         if (!entry) {
-            read.problems.push_back({true, where(file, line) + entry.error().message});
+            problem(line, entry.error().message);
             continue;
         }
         const auto [at, fresh] = first_line.emplace(entry->handle, line);
         if (!fresh) {
-            read.problems.push_back({true, where(file, line) + "handle '" + entry->handle +
-                                               "' is listed again (first at line " +
-                                               std::to_string(at->second) +
-                                               "); a gateway would route it to one of them only"});
+            problem(line, "handle '" + printable(entry->handle) +
+                              "' is listed again (first at line " + std::to_string(at->second) +
+                              "); a gateway would route it to one of them only");
             continue;
         }
         read.entries.push_back(std::move(entry).value());
@@ -145,14 +202,15 @@ std::vector<RegistryFinding> compare_registry(const std::filesystem::path& file,
     };
     for (const auto& e : entries) {
         const auto* model = config.find_model(e.base_model);
-        const auto name = "'" + e.handle + "'";
+        const auto name = "'" + printable(e.handle) + "'";
+        const auto base = printable(e.base_model);
         if (model == nullptr) {
-            error(e.line, name + ": base model '" + e.base_model +
-                              "' is not a model of the config " + config.source.string());
+            error(e.line, name + ": base model '" + base + "' is not a model of the config " +
+                              config.source.string());
             continue;
         }
         if (!e.selector.starts_with(kSelectorPrefix)) {
-            error(e.line, name + ": selector '" + e.selector +
+            error(e.line, name + ": selector '" + printable(e.selector) +
                               "' does not start with openai/ (Ensemble's ports speak the OpenAI "
                               "API: LiteLLM's openai/ provider)");
         } else {
@@ -161,9 +219,9 @@ std::vector<RegistryFinding> compare_registry(const std::filesystem::path& file,
             const bool answered = asked == e.base_model || model->accept_any_model ||
                                   std::find(aliases.begin(), aliases.end(), asked) != aliases.end();
             if (!answered) {
-                error(e.line, name + ": selector '" + e.selector + "' asks for '" + asked +
-                                  "', which the port serving '" + e.base_model +
-                                  "' does not answer to (404); use openai/" + e.base_model);
+                error(e.line, name + ": selector '" + printable(e.selector) + "' asks for '" +
+                                  printable(asked) + "', which the port serving '" + base +
+                                  "' does not answer to (404); use openai/" + base);
             }
         }
         if (!status) continue;
@@ -178,10 +236,10 @@ std::vector<RegistryFinding> compare_registry(const std::filesystem::path& file,
                     (elsewhere.empty() ? "" : "; '" + e.base_model + "' is on port " + elsewhere));
         } else if (!elsewhere.empty()) {
             error(e.line, name + " goes to port " + std::to_string(e.port) +
-                              " (api_base), where nothing is served; '" + e.base_model +
-                              "' is on port " + elsewhere);
+                              " (api_base), where nothing is served; '" + base + "' is on port " +
+                              elsewhere);
         } else {
-            out.push_back({false, where(file, e.line) + name + ": '" + e.base_model +
+            out.push_back({false, where(file, e.line) + name + ": '" + base +
                                       "' is not served now (nothing on port " +
                                       std::to_string(e.port) + ")"});
         }

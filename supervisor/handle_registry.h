@@ -26,7 +26,8 @@ struct RegistryEntry {
     int port = 0;  // from api_base
 };
 
-// A registry line is one small object: longer lines are refused unread.
+// A registry line is one small object: longer lines are refused unread. At most this many
+// lines are read, and at most 16 MiB; a regular file only.
 inline constexpr std::size_t kMaxRegistryLine = 64 * 1024;
 inline constexpr std::size_t kMaxRegistryEntries = 10000;
 
@@ -38,10 +39,12 @@ struct RegistryFinding {
 struct RegistryRead {
     std::vector<RegistryEntry> entries;
     std::vector<RegistryFinding> problems;  // malformed lines, duplicates: all errors
+    bool readable = true;  // false: the file itself was refused (nothing to compare)
 };
 
 // Reads and validates the lines (bounded: kMaxRegistryLine, kMaxRegistryEntries); a bad line
-// is reported with its position and skipped, so every problem is said at once.
+// is reported with its position and skipped, so every problem is said at once (the first 100).
+// What came from the file is echoed without control bytes, cut at 200 characters.
 RegistryRead read_registry(const std::filesystem::path& file);
 
 // The entries against the config (every base model defined, every selector a name its model

@@ -201,7 +201,7 @@ Status Port::start_worker(const ListeningSocket* serving_socket) {
         }
         listener_ = std::move(opened).value();
     }
-    auto upstream = host_.upstream_link(s_.handle, PortHost::Upstream::ready);
+    auto upstream = host_.upstream_link(s_, PortHost::Upstream::ready);
     if (!upstream) {
         s_.last_failure = upstream.error().message;
         return upstream.error();
@@ -256,10 +256,11 @@ void Port::start(std::chrono::seconds retry) {
         return;
     }
     if (role_ == Role::serving) {
-        if (auto upstream = host_.upstream_link(s_.handle, PortHost::Upstream::ready); !upstream) {
+        if (auto upstream = host_.upstream_link(s_, PortHost::Upstream::ready); !upstream) {
             wait_for_upstream(upstream.error().message);
             return;
         }
+        if (s_.state == PortState::waiting) s_.last_failure.clear();  // a wait is no failure
     }
     auto ok = start_worker();
     if (ok) return;
@@ -281,6 +282,9 @@ void Port::start(std::chrono::seconds retry) {
     } else {
         spdlog::debug("port {}: {}; retrying in {} s", s_.port, ok.error().message, retry.count());
     }
+    // A chained model whose upstream came back retries from backoff: while `waiting`, the
+    // fleet would start it again at every tick.
+    if (s_.state == PortState::waiting) move(PortEvent::wait, s_.last_failure, /*save=*/false);
     auto& host = host_;
     const int port = s_.port;
     const auto attempt = attempt_;
@@ -295,13 +299,21 @@ void Port::start(std::chrono::seconds retry) {
 }
 
 void Port::wait_for_upstream(const std::string& why) {
-    if (s_.last_failure != why || s_.state != PortState::waiting)
-        host_.event(s_.port, "waiting", why);
     s_.last_failure = why;
     s_.stop_requested = false;        // the fleet starts it once its upstream is ready
     attempt_ = host_.next_attempt();  // no earlier timer starts it
     s_.upstream.reset();
+    refresh_estimate();  // charged while it waits, even when it never ran in this ensembled
     move(PortEvent::wait_upstream, why, /*save=*/false);  // no worker: nothing to record
+}
+
+void Port::assume_upstream(const UpstreamLink& upstream) {
+    s_.upstream = upstream;
+    const auto& config = host_.config();
+    auto plan = host_.launcher().plan(config, s_.port, s_.handle,
+                                      find_assignment(config, s_.profile, s_.port, s_.handle),
+                                      WorkerSlot{.files = s_.files, .upstream = s_.upstream});
+    if (plan) s_.command = plan->command;
 }
 
 void Port::stop(const std::string& reason, Then then) {
@@ -462,7 +474,7 @@ void Port::take_on(std::int64_t pid, std::int64_t start_time, const std::string&
     const auto& config = host_.config();
     // A chained model's upstream: where it is now (the survivor may have been started against
     // another port, which the fleet finds out and restarts it for).
-    const auto upstream = host_.upstream_link(s_.handle, PortHost::Upstream::any);
+    const auto upstream = host_.upstream_link(s_, PortHost::Upstream::any);
     s_.upstream = upstream ? *upstream : std::nullopt;
     auto plan = host_.launcher().plan(config, s_.port, s_.handle,
                                       find_assignment(config, s_.profile, s_.port, s_.handle),

@@ -25,6 +25,7 @@
 namespace ensemble {
 
 class Port;
+struct PortSnapshot;
 
 // The supervisor's end of one worker's workers.sock connection.
 class WorkerLinkPeer {
@@ -58,11 +59,11 @@ class PortHost {
     virtual bool shutting_down() const = 0;
     // A worker told to stop that still holds `port` (nothing starts there until it has gone).
     virtual std::optional<pid_t> dismissed_holder(int port) const = 0;
-    // Where the chained model `handle` finds its upstream: nullopt for a model with no
+    // Where the chained model `dependent` serves finds its upstream: nullopt for a model with no
     // upstream; the error says why it must wait (not served, not ready yet, failed). `ready`:
     // only a port that serves it now; `any`: also one coming back (re-adopting, restarting).
     enum class Upstream { ready, any };
-    virtual Result<std::optional<UpstreamLink>> upstream_link(const std::string& handle,
+    virtual Result<std::optional<UpstreamLink>> upstream_link(const PortSnapshot& dependent,
                                                               Upstream which) const = 0;
 
   protected:
@@ -157,6 +158,8 @@ class Port {
     // to serve, its record is saved.
     void promote(ListeningSocket socket);
     Role role() const { return role_; }
+    // Stopping for a replacement on this port (a restart, a swap one after the other).
+    bool hands_over() const { return hand_over_; }
     // Stopped to free memory: the reason is also its last failure.
     void evict(const std::string& reason);
     // Restarts after `delay`, unless something else happens to the port first.
@@ -164,6 +167,10 @@ class Port {
     // A chained model whose upstream is not ready: no worker, the port closed, until the fleet
     // starts it (Fleet::follow_upstreams).
     void wait_for_upstream(const std::string& why);
+    // While waiting: the reason, as the upstream changes (no event: entering waiting was one).
+    void note_waiting(const std::string& why) { s_.last_failure = why; }
+    // A re-adopted chained worker: in front of `upstream`, as far as anyone can tell.
+    void assume_upstream(const UpstreamLink& upstream);
 
     // The port is held by a worker that may be ours (state.db lost): it has `grace` to
     // reconnect and be adopted before the port starts one of its own.

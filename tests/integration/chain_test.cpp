@@ -88,6 +88,16 @@ TEST_F(ChainedModelTest, AProxyServesInFrontOfItsUpstreamWaitsWhileItIsGoneAndCo
     EXPECT_EQ(p["pid"], proxy_pid) << p.dump();
     EXPECT_EQ(ask(proxy).status, 200);
 
+    // The operator restarts the upstream: the proxy's calls wait in its backlog meanwhile; the
+    // proxy itself is not restarted.
+    const auto restarted = cli("restart " + std::to_string(upstream));
+    ASSERT_EQ(restarted.exit_code, 0) << restarted.out;
+    std::this_thread::sleep_for(1s);
+    p = port_status(proxy);
+    EXPECT_EQ(p["pid"], proxy_pid) << p.dump();
+    EXPECT_EQ(p["state"], "ready") << p.dump();
+    EXPECT_EQ(ask(proxy).status, 200);
+
     // The upstream unloaded: the proxy stops and waits, its port closed, with the reason.
     ASSERT_EQ(cli("unload " + std::to_string(upstream)).exit_code, 0);
     p = wait_for_state(proxy, "waiting");
@@ -158,8 +168,8 @@ TEST_F(ChainedModelTest, CheckRegistryComparesHandlesJsonlWithTheLivePorts) {
     // What export wrote, check reads back: every handle where ensembled serves it.
     auto checked = cli("check " + config + " --registry " + registry.string());
     EXPECT_EQ(checked.exit_code, 0) << checked.out;
-    EXPECT_NE(checked.out.find(registry.string() + ": ok (2 handles, each where ensembled "
-                                                   "serves it)"),
+    EXPECT_NE(checked.out.find(registry.string() + ": ok (2 handles, each routed to the port "
+                                                   "ensembled assigns its model)"),
               std::string::npos)
         << checked.out;
 

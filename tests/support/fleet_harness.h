@@ -59,6 +59,8 @@ class FleetFixture : public ::testing::Test {
                     : "")
             << supervisor_settings << "engines:\n  fake:\n    preset: command\n"
             << "    command: \"fake-engine --port {port} --model {handle}\"\n"
+            << "  proxy:\n    preset: command\n"
+            << "    command: \"fake-proxy --port {port} --to {upstream_url}\"\n"
             << "models:\n"
             << "  a: {engine: fake, path: none, memory: 3GiB}\n"
             << "  b: {engine: fake, path: none, memory: 3GiB}\n"

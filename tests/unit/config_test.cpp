@@ -430,6 +430,8 @@ TEST(ExampleConfigs, EveryShippedConfigLoads) {
     ASSERT_TRUE(mac.config);
     EXPECT_EQ(mac.config->supervisor.gpu_wired_limit_bytes, 160ULL << 30);
     EXPECT_EQ(mac.config->engines.at("mlx").env.at("HF_HUB_OFFLINE"), "1");
+    EXPECT_EQ(mac.config->models.at("opt-coder-moa").upstream, "mlx-qwen3-coder-30b");
+    EXPECT_TRUE(naming_violations(*mac.config).empty()) << "its handles follow its own policy";
 }
 
 TEST(ParseDuration, UnitsAndRejects) {

@@ -2,6 +2,7 @@
 // gateway exports built from a status reply, and the handles registry they write and check reads.
 #include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <fstream>
@@ -157,12 +158,71 @@ TEST(HandleRegistry, MalformedLinesDuplicatesAndHugeLinesArePositionedErrors) {
     EXPECT_TRUE(has(f + ":2: not valid JSON")) << ::testing::PrintToString(texts);
     EXPECT_TRUE(has(f + ":3: a line is one JSON object, not array"));
     EXPECT_TRUE(has(f + ":4: \"api_base\" is missing"));
-    EXPECT_TRUE(has(f + ":5: api_base 'http://h/v1' is not a URL with a port"));
+    EXPECT_TRUE(has(f + ":5: api_base 'http://h/v1' names no port; write http://HOST:PORT/v1"));
     EXPECT_TRUE(has(f + ":7: handle 'a' is listed again (first at line 1)"));
     EXPECT_TRUE(has(f + ":8: longer than 64 KiB, not read"));
     EXPECT_TRUE(has(f + ":9: refused: it nests arrays and objects more than 128 levels deep"));
     EXPECT_EQ(texts.size(), 7U) << ::testing::PrintToString(texts);
     EXPECT_FALSE(read_registry(dir / "missing.jsonl").problems.empty());
+}
+
+// Found by an adversarial run: std::regex recursed per character of a 30 KB api_base and
+// crashed; bad lines were unbounded (3 million lines: 825 MB and 3 million messages); a FIFO
+// blocked the open and /dev/zero never ended.
+TEST(HandleRegistry, HostileFilesAreBoundedAndSaidOnce) {
+    const auto dir = registry_dir("Hostile");
+    const auto line = [](const std::string& handle, const std::string& api_base) {
+        return json{{"handle", handle},
+                    {"base_model", "tiny"},
+                    {"selector", "openai/tiny"},
+                    {"api_base", api_base}}
+                   .dump() +
+               "\n";
+    };
+    std::ofstream(dir / "long.jsonl")
+        << line("a", "http://h:1/" + std::string(40000, 'x'))
+        << line("b", "http://" + std::string(40000, 'h') + ":1/v1")
+        << line("c", "http://h:8100/chat") << line("d", "ftp://h:1/v1")
+        << line("e", "http://[::1]:8100/v1") << line("f", "http://h:99999/v1")
+        << line("\x1b]0;owned\x07", "http://h:8100/v1")
+        << line("g", "http://h:8100/v1").insert(0, 1, '\0');
+    const auto read = read_registry(dir / "long.jsonl");
+    ASSERT_EQ(read.entries.size(), 2U) << "e and the escape";
+    EXPECT_EQ(read.entries[0].port, 8100) << "an IPv6 literal";
+    std::string all;
+    for (const auto& p : read.problems)
+        all += p.text + "\n";
+    EXPECT_NE(all.find(":1: \"api_base\" is longer than 2048 bytes"), std::string::npos) << all;
+    EXPECT_NE(all.find(":2: \"api_base\" is longer than 2048 bytes"), std::string::npos) << all;
+    EXPECT_NE(all.find(":3: api_base 'http://h:8100/chat' does not end in /v1"), std::string::npos)
+        << all;
+    EXPECT_NE(all.find(":4: api_base 'ftp://h:1/v1' is not an http:// URL"), std::string::npos);
+    EXPECT_NE(all.find(":6: api_base 'http://h:99999/v1' names no port from 1 to 65535"),
+              std::string::npos);
+    EXPECT_NE(all.find(":8: not valid JSON"), std::string::npos) << "a NUL byte: " << all;
+    EXPECT_LT(all.size(), 2000U) << "nothing echoed at length";
+
+    {
+        std::ofstream flood(dir / "flood.jsonl");
+        for (int i = 0; i < 3000000; ++i)
+            flood << "x\n";
+    }
+    const auto flooded = read_registry(dir / "flood.jsonl");
+    EXPECT_EQ(flooded.problems.size(), 101U) << "100 and a line saying there are more";
+    EXPECT_NE(flooded.problems.back().text.find("more problems after line"), std::string::npos);
+
+    const auto refused = [](const std::filesystem::path& path) {
+        const auto r = read_registry(path);
+        EXPECT_FALSE(r.readable) << path;
+        return r.problems.empty() ? std::string() : r.problems.front().text;
+    };
+    EXPECT_NE(refused(dir).find("is a directory"), std::string::npos);
+    EXPECT_NE(refused("/dev/zero").find("is not a regular file"), std::string::npos);
+    ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
+    EXPECT_NE(refused(dir / "fifo").find("is not a regular file"), std::string::npos)
+        << "refused without opening it (an open would wait for a writer)";
+    std::filesystem::resize_file(dir / "flood.jsonl", 17 << 20);
+    EXPECT_NE(refused(dir / "flood.jsonl").find("is larger than 16 MiB"), std::string::npos);
 }
 
 TEST(HandleRegistry, ComparedWithTheConfigAndTheLivePorts) {

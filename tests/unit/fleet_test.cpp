@@ -20,14 +20,14 @@ using FleetTest = FleetFixture;
 std::shared_ptr<FakeWorker> leave_survivor(FakeWorld& world, StateStore& store, int port,
                                            const std::string& handle) {
     auto survivor = world.start_worker(port, handle);
-    survivor->launch.worker_id = "w-earlier";
-    survivor->launch.token = "t-earlier";
+    survivor->launch.worker_id = "w-earlier-" + std::to_string(port);
+    survivor->launch.token = "t-earlier-" + std::to_string(port);
     EXPECT_TRUE(store.set_assignment({port, handle, "", 0}));
     WorkerRecord record;
     record.port = port;
     record.handle = handle;
-    record.worker_id = "w-earlier";
-    record.token = "t-earlier";
+    record.worker_id = survivor->launch.worker_id;
+    record.token = survivor->launch.token;
     record.pid = survivor->pid;
     record.pid_start_time = survivor->start_time;
     record.state = "ready";
@@ -691,5 +691,114 @@ TEST_F(FleetTest, ACommandInFlightWhenTheFleetGoesAwayEndsQuietly) {
     advance(2s);
     EXPECT_EQ(port_status(kA)["state"], "starting");
 }  // TearDown: the API and the fleet go, then the io_context with the load's frame
+
+// ---- chained models (upstream:) ----
+
+const std::string kProxy = "  px: {engine: proxy, upstream: a, memory: 300MiB}\n";
+
+TEST_F(FleetTest, AProxyWaitsForItsUpstreamStartsWithItAndWaitsAgainWhenItIsUnloaded) {
+    start("", kProxy);
+    const auto alone = command(protocol::Verb::load, kB, "px");
+    EXPECT_EQ(alone["error"]["code"], "upstream_not_served") << alone.dump();
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+    auto p = port_status(kB);
+    EXPECT_EQ(p["upstream"]["port"], kA) << p.dump();
+    EXPECT_EQ(p["upstream"]["url"], "http://127.0.0.1:8100/v1");
+    const auto& argv = world_.newest_on(kB)->launch.command.argv;
+    EXPECT_NE(std::find(argv.begin(), argv.end(), "http://127.0.0.1:8100/v1"), argv.end())
+        << "the worker is told where its upstream is";
+    ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true);
+    advance(2s);
+    p = port_status(kB);
+    EXPECT_EQ(p["state"], "waiting") << p.dump();
+    EXPECT_EQ(p["last_failure"], "its upstream 'a' is not served on any port");
+    EXPECT_GT(p["memory_estimate_bytes"].get<std::uint64_t>(), 0U) << "charged while it waits";
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    advance(2s);
+    p = port_status(kB);
+    EXPECT_EQ(p["state"], "ready") << p.dump();
+    EXPECT_EQ(p["restarts"], 0);
+    EXPECT_EQ(p["last_failure"], "") << "a wait is no failure";
+    EXPECT_EQ(events_of_kind("waiting").size(), 0U) << "the state change says it, once";
+}
+
+// Found in review: a hand-over stop (restart) of the upstream stopped the proxy too.
+TEST_F(FleetTest, RestartingTheUpstreamLeavesItsProxyRunning) {
+    start("", kProxy);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+    const auto pid = port_status(kB)["pid"];
+    ASSERT_EQ(command(protocol::Verb::restart, kA)["ok"], true);
+    advance(3s);
+    EXPECT_EQ(port_status(kB)["pid"], pid) << port_status(kB).dump();
+    EXPECT_EQ(port_status(kB)["state"], "ready");
+}
+
+// Found in review: a proxy adopted before its upstream's port existed lost its upstream, and
+// every reload reported it as changed.
+TEST_F(FleetTest, AProxyReadoptedBeforeItsUpstreamFindsItAgain) {
+    const auto proxy = leave_survivor(world_, *store_, kA, "px");
+    leave_survivor(world_, *store_, kB, "a");
+    start("", "  px: {engine: proxy, upstream: a, memory: 300MiB}\n");
+    advance(3s);
+    const auto p = port_status(kA);
+    EXPECT_EQ(p["pid"], proxy->pid) << p.dump();
+    EXPECT_EQ(p["upstream"]["port"], kB) << p.dump();
+    const auto reloaded = command(protocol::Verb::reload);
+    EXPECT_EQ(reloaded["result"]["changed_ports"], json::array()) << reloaded.dump();
+}
+
+// Found in review: reload changing `upstream:` restarted the proxy at once, saying its
+// upstream had moved; it is reported, and applies at the next restart.
+TEST_F(FleetTest, AReloadThatChangesTheUpstreamIsReportedNotApplied) {
+    start("", kProxy);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kC, "b")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+    const auto pid = port_status(kB)["pid"];
+    std::ifstream in(dir_ / "ensemble.yaml");
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    text.replace(text.find("upstream: a"), 11, "upstream: b");
+    std::ofstream(dir_ / "ensemble.yaml") << text;
+    const auto reloaded = command(protocol::Verb::reload);
+    EXPECT_EQ(reloaded["result"]["changed_ports"], json::array({kB})) << reloaded.dump();
+    advance(3s);
+    EXPECT_EQ(port_status(kB)["pid"], pid);
+    ASSERT_EQ(command(protocol::Verb::restart, kB)["ok"], true);
+    EXPECT_EQ(port_status(kB)["upstream"]["port"], kC) << port_status(kB).dump();
+}
+
+// Found in review: with the upstream on two ports, a swap of one of them to the proxy was
+// refused as replacing its own upstream.
+TEST_F(FleetTest, AProxyMayReplaceOneOfTwoPortsServingItsUpstream) {
+    start("", kProxy);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kC, "a")["ok"], true);
+    const auto swapped = command(protocol::Verb::swap, kA, "px");
+    ASSERT_EQ(swapped["ok"], true) << swapped.dump();
+    EXPECT_EQ(port_status(kA)["upstream"]["port"], kC);
+    const auto own = command(protocol::Verb::swap, kC, "px");
+    EXPECT_EQ(own["error"]["code"], "upstream_replaced") << own.dump();
+}
+
+// Found in review: ensembled's own shortage while a proxy waited re-ran its start at every tick
+// (40 events in 20 s); it is retried from backoff, said once.
+TEST_F(FleetTest, AShortageWhileAProxyWaitsIsRetriedWithOneEvent) {
+    start("", kProxy);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true);
+    advance(2s);
+    ASSERT_EQ(port_status(kB)["state"], "waiting");
+    const auto reply = begin_command(protocol::Verb::load, kA, "a");
+    time_->run_ready();
+    world_.spawn_error_code = "no_resources";
+    advance(20s);
+    EXPECT_LE(events_of_kind("spawn_deferred").size(), 2U) << "one for each port, at most";
+    world_.spawn_error_code.clear();
+    advance(40s);
+    EXPECT_EQ(port_status(kB)["state"], "ready") << port_status(kB).dump();
+}
 
 }  // namespace
