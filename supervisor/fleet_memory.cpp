@@ -165,7 +165,11 @@ void Fleet::check_budget(Clock::time_point now) {
     }
     if (!config_.supervisor.memory.stop_lowest_over_budget || now - last_enforced_ < kEnforceSettle)
         return;
-    if (auto victim = over_budget_victim(budget_holders(now, Runs::serving_only))) {
+    // Only a port whose worker holds memory now frees any when stopped (not one in backoff or
+    // waiting for its upstream).
+    auto holders = budget_holders(now, Runs::serving_only);
+    std::erase_if(holders, [](const BudgetHolder& h) { return h.measured == 0; });
+    if (auto victim = over_budget_victim(holders)) {
         last_enforced_ = now;
         evict(port_at(*victim), "stopped as " + message + " (over_budget: stop-lowest)");
     }
