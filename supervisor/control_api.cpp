@@ -127,6 +127,7 @@ json to_json(const PortReport& r) {
     if (r.model) {
         j["memory_configured_bytes"] = r.model->memory_bytes.value_or(0);
         j["aliases"] = r.model->aliases;
+        j["accept_any_model"] = r.model->accept_any_model;
         j["model_path"] = r.model->path;
         j["engine"] = r.model->engine;
     }
