@@ -263,6 +263,8 @@ class Fleet final : private PortHost {
 
     // fleet_commands.cpp
     PortReport report(const Port& port) const;
+    // The port belongs to the active profile only while it serves what the profile says.
+    std::string active_profile_for(int port, const std::string& handle) const;
     Status check_port_free(int port) const;
     // The same, for a load or a profile: a busy port's error also names its holder.
     Status check_port_free_for_operator(int port) const;

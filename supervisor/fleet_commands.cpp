@@ -113,8 +113,17 @@ awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
     co_return ready;
 }
 
+std::string Fleet::active_profile_for(int port, const std::string& handle) const {
+    const auto active = store_->meta("active_profile");
+    return active && find_assignment(config_, *active, port, handle) != nullptr ? *active : "";
+}
+
 awaitable<Result<PortReport>> Fleet::load(int port, const std::string& handle,
-                                          const std::string& profile, bool force) {
+                                          const std::string& asked_profile, bool force) {
+    // A load of what the active profile puts on this port (after an unload, say) is the
+    // profile's again.
+    const std::string profile =
+        asked_profile.empty() ? active_profile_for(port, handle) : asked_profile;
     if (config_.find_model(handle) == nullptr) {
         co_return Error{"unknown_model", "unknown model '" + handle +
                                              "'; the config defines: " + known_models(config_)};
@@ -190,11 +199,8 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
     const std::string old_handle = p->snapshot().handle;
     const std::string old_profile = p->snapshot().profile;
     if (old_handle == handle) co_return report(*p);
-    // The port belongs to the active profile only while it serves what the profile says: a
-    // swap away makes it ad hoc, a swap back makes it the profile's again.
-    const auto active = store_->meta("active_profile");
-    const std::string profile =
-        active && find_assignment(config_, *active, port, handle) != nullptr ? *active : "";
+    // A swap away makes the port ad hoc, a swap back makes it the profile's again.
+    const std::string profile = active_profile_for(port, handle);
     if (auto served = check_upstream_served(port, handle, profile); !served)
         co_return served.error();
     // A worker an earlier swap replaced may still drain here (or one told to stop after a

@@ -801,4 +801,17 @@ TEST_F(FleetTest, AShortageWhileAProxyWaitsIsRetriedWithOneEvent) {
     EXPECT_EQ(port_status(kB)["state"], "ready") << port_status(kB).dump();
 }
 
+// Found in review (session 12): an unload and load of what the active profile puts on a port
+// left the port ad hoc.
+TEST_F(FleetTest, LoadingWhatTheActiveProfileSaysMakesThePortTheProfilesAgain) {
+    start();
+    ASSERT_EQ(command(protocol::Verb::profile_load, 0, "", "pair")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    EXPECT_EQ(port_status(kA)["profile"], "pair");
+    ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "b")["ok"], true);
+    EXPECT_EQ(port_status(kA)["profile"], "") << "not what the profile puts there";
+}
+
 }  // namespace
