@@ -44,6 +44,11 @@ const std::vector<const char*> kMigrations = {
        ALTER TABLE workers ADD COLUMN engine_group INTEGER NOT NULL DEFAULT 0;)",
     // 3: which of the port's two sets of files (protocol::port_files) the worker uses.
     R"(ALTER TABLE workers ADD COLUMN slot INTEGER NOT NULL DEFAULT 0;)",
+    // 4: the upstream a chained model's worker was started in front of, which a re-adoption
+    // must know (the config may name another since, or serve it on two ports).
+    R"(ALTER TABLE workers ADD COLUMN upstream_handle TEXT NOT NULL DEFAULT '';
+       ALTER TABLE workers ADD COLUMN upstream_port INTEGER NOT NULL DEFAULT 0;
+       ALTER TABLE workers ADD COLUMN upstream_url TEXT NOT NULL DEFAULT '';)",
 };
 
 std::int64_t now_ms() {
@@ -318,10 +323,12 @@ Status StateStore::replace_assignments(const std::vector<Assignment>& assignment
 }
 
 Result<std::vector<WorkerRecord>> StateStore::workers() {
-    Statement s(db_,
-                "SELECT port, handle, worker_id, token, pid, pid_start_time, engine_pid, state, "
-                "started_at_ms, ready_at_ms, restarts, last_exit, engine_start_time, "
-                "engine_group, slot FROM workers ORDER BY port");
+    Statement s(
+        db_,
+        "SELECT port, handle, worker_id, token, pid, pid_start_time, engine_pid, state, "
+        "started_at_ms, ready_at_ms, restarts, last_exit, engine_start_time, "
+        "engine_group, slot, upstream_handle, upstream_port, upstream_url FROM workers ORDER BY "
+        "port");
     if (!s.ok()) return s.error("reading worker records");
     std::vector<WorkerRecord> out;
     while (s.step() == SQLITE_ROW) {
@@ -341,6 +348,9 @@ Result<std::vector<WorkerRecord>> StateStore::workers() {
         w.engine_start_time = s.integer(12);
         w.engine_group = s.integer(13);
         w.slot = static_cast<int>(s.integer(14));
+        w.upstream_handle = s.text(15);
+        w.upstream_port = static_cast<int>(s.integer(16));
+        w.upstream_url = s.text(17);
         out.push_back(std::move(w));
     }
     return out;
@@ -351,8 +361,8 @@ Status StateStore::save_worker(const WorkerRecord& w) {
         db_,
         "INSERT OR REPLACE INTO workers (port, handle, worker_id, token, pid, pid_start_time, "
         "engine_pid, state, started_at_ms, ready_at_ms, restarts, last_exit, engine_start_time, "
-        "engine_group, slot) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-        "?15)",
+        "engine_group, slot, upstream_handle, upstream_port, upstream_url) VALUES (?1, ?2, ?3, "
+        "?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
         [&](Statement& s) {
             s.bind(1, w.port)
                 .bind(2, w.handle)
@@ -365,6 +375,7 @@ Status StateStore::save_worker(const WorkerRecord& w) {
                 .bind(11, w.restarts)
                 .bind(12, w.last_exit);
             s.bind(13, w.engine_start_time).bind(14, w.engine_group).bind(15, w.slot);
+            s.bind(16, w.upstream_handle).bind(17, w.upstream_port).bind(18, w.upstream_url);
         },
         "saving the worker record of port " + std::to_string(w.port));
 }

@@ -36,6 +36,10 @@ struct WorkerRecord {
     std::int64_t engine_start_time = 0;
     std::int64_t engine_group = 0;
     int slot = 0;  // its port's set of files (protocol::port_files): logs, engine record
+    // A chained model's upstream as its worker was started in front of it (empty, 0: none).
+    std::string upstream_handle;
+    int upstream_port = 0;
+    std::string upstream_url;
     std::string state;
     std::int64_t started_at_ms = 0;
     std::int64_t ready_at_ms = 0;

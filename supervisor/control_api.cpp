@@ -116,13 +116,13 @@ json to_json(const PortReport& r) {
         j["memory_estimate_bytes"] = 0;
         j["memory_estimate_error"] = p.estimate_error;
     }
-    if (r.model && !r.model->upstream.empty()) {
-        // A chained model: what it runs in front of, and where its worker found it.
-        j["upstream"] = {{"model", r.model->upstream}};
-        if (p.upstream) {
-            j["upstream"]["port"] = p.upstream->port;
-            j["upstream"]["url"] = p.upstream->url;
-        }
+    if (p.upstream) {
+        // A chained model's worker: what it was started in front of, and where (a reload may
+        // have named another upstream since: that applies at its next start).
+        j["upstream"] = {
+            {"model", p.upstream->handle}, {"port", p.upstream->port}, {"url", p.upstream->url}};
+    } else if (r.model && !r.model->upstream.empty()) {
+        j["upstream"] = {{"model", r.model->upstream}};  // not started in front of it yet
     }
     if (r.model) {
         j["memory_configured_bytes"] = r.model->memory_bytes.value_or(0);

@@ -222,6 +222,7 @@ std::string local_url(const std::string& bind_host, int port) {
 // the next worker; should that serve another model, its handle says so then).
 bool coming_or_serving(const Port& port) {
     const auto& s = port.snapshot();
+    if (s.state == PortState::waiting) return false;  // itself in front of something not there
     if (port.hands_over()) return true;  // also once stopped, until the next worker starts
     return !s.stop_requested && (is_running(s.state) || s.state == PortState::backoff);
 }
@@ -229,8 +230,8 @@ bool coming_or_serving(const Port& port) {
 // "loading", "in backoff", "failed (crash loop: ...)", for "... on port 8100 is <this>".
 std::string state_phrase(const PortSnapshot& s) {
     if (s.state == PortState::backoff) return "in backoff";
-    if (s.state == PortState::failed && !s.last_failure.empty())
-        return "failed (" + s.last_failure + ")";
+    if ((s.state == PortState::failed || s.state == PortState::waiting) && !s.last_failure.empty())
+        return std::string(to_string(s.state)) + " (" + s.last_failure + ")";
     return to_string(s.state);
 }
 
@@ -283,7 +284,8 @@ Result<std::optional<UpstreamLink>> Fleet::upstream_link(const PortSnapshot& dep
                                                          Upstream which) const {
     const auto* model = config_.find_model(dependent.handle);
     if (model == nullptr || model->upstream.empty()) return std::optional<UpstreamLink>{};
-    const auto search = find_upstream(model->upstream, dependent.profile, which);
+    // Never its own port: a swap's incoming worker would run in front of the one it replaces.
+    const auto search = find_upstream(model->upstream, dependent.profile, which, dependent.port);
     if (search.found != nullptr) return std::optional<UpstreamLink>{link_to(*search.found)};
     return Error{search.seen == nullptr ? "upstream_not_served" : "upstream_not_ready",
                  upstream_reason(model->upstream, search)};
@@ -303,7 +305,7 @@ std::optional<std::string> Fleet::upstream_gone(const PortSnapshot& dependent) c
         if (at != nullptr && at->snapshot().handle == upstream && coming_or_serving(*at))
             return std::nullopt;
     }
-    const auto search = find_upstream(upstream, dependent.profile, Upstream::any);
+    const auto search = find_upstream(upstream, dependent.profile, Upstream::any, dependent.port);
     if (search.found == nullptr) return upstream_reason(upstream, search);
     if (!dependent.upstream) return std::nullopt;  // re-adopted: follow_upstreams records it
     return "its upstream '" + upstream + "' moved from port " +
@@ -332,7 +334,8 @@ void Fleet::follow_upstreams() {
             } else if (!s.upstream) {
                 // A re-adopted worker whose upstream was not back when it was adopted: in
                 // front of where its upstream is served now (the assignments survived with it).
-                const auto search = find_upstream(model->upstream, s.profile, Upstream::any);
+                const auto search =
+                    find_upstream(model->upstream, s.profile, Upstream::any, s.port);
                 p->assume_upstream(link_to(*search.found));
             }
         }
@@ -345,7 +348,7 @@ Status Fleet::check_upstream_served(int port, const std::string& handle,
     if (model == nullptr || model->upstream.empty()) return Ok{};
     const auto& upstream = model->upstream;
     const auto search = find_upstream(upstream, profile, Upstream::any, port);
-    if (search.found != nullptr) return Ok{};
+    if (search.found != nullptr) return check_chain_avoids(port, handle, *search.found);
     const auto* here = find(port);
     if (here != nullptr && here->snapshot().handle == upstream) {
         return Error{"upstream_replaced",
@@ -360,11 +363,49 @@ Status Fleet::check_upstream_served(int port, const std::string& handle,
                                                 "port first (ensemble load PORT " +
                                                 upstream + ")"};
     }
-    return Error{"upstream_not_ready", name + upstream + "', which is " +
-                                           state_phrase(search.seen->snapshot()) + " on port " +
-                                           std::to_string(search.seen->number()) +
-                                           "; bring it back first (ensemble restart " +
-                                           std::to_string(search.seen->number()) + ")"};
+    const auto& seen = search.seen->snapshot();
+    const auto at = std::to_string(seen.port);
+    // A waiting proxy comes back by itself once what it waits for does.
+    const auto advice = seen.state == PortState::waiting
+                            ? "; serve what it waits for first"
+                            : "; bring it back first (ensemble restart " + at + ")";
+    return Error{"upstream_not_ready",
+                 name + upstream + "', which is " + std::string(to_string(seen.state)) +
+                     " on port " + at +
+                     (seen.last_failure.empty() ? "" : " (" + seen.last_failure + ")") + advice};
+}
+
+Status Fleet::check_chain_avoids(int port, const std::string& handle, const Port& upstream) const {
+    // The upstream's own chain, as its workers run (or, not started yet, would run): none of
+    // it may lead back to `port`, which the new model replaces; the chain would wait for it.
+    std::string path = "'" + handle + "' runs in front of";
+    const Port* at = &upstream;
+    for (std::size_t depth = 0; at != nullptr && depth <= config_.models.size(); ++depth) {
+        const auto& s = at->snapshot();
+        path += " '" + s.handle + "' on port " + std::to_string(s.port);
+        std::optional<int> next;
+        if (s.upstream) {
+            next = s.upstream->port;
+        } else if (const auto* model = config_.find_model(s.handle);
+                   model != nullptr && !model->upstream.empty()) {
+            if (const auto* found =
+                    find_upstream(model->upstream, s.profile, Upstream::any, s.port).found)
+                next = found->number();
+        }
+        if (!next) return Ok{};
+        const auto* following = find(*next);
+        if (*next == port) {
+            return Error{"upstream_replaced",
+                         "port " + std::to_string(port) + ": " + path +
+                             ", which runs in front of '" +
+                             (following != nullptr ? following->snapshot().handle : "?") +
+                             "' here: the chain would wait for what this replaces; serve '" +
+                             handle + "' on another port"};
+        }
+        path += ", which runs in front of";
+        at = following;
+    }
+    return Ok{};
 }
 
 void Fleet::tick() {

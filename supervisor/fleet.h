@@ -233,6 +233,8 @@ class Fleet final : private PortHost {
     // coming): otherwise it would wait for something nobody is going to load.
     Status check_upstream_served(int port, const std::string& handle,
                                  const std::string& profile) const;
+    // The rest of the chain `upstream` starts must not lead back to `port` either.
+    Status check_chain_avoids(int port, const std::string& handle, const Port& upstream) const;
     void probe_ports(Clock::time_point now);
     awaitable<void> probe_port(int port, std::uint64_t attempt);
     void wake();

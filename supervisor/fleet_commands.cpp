@@ -225,6 +225,7 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
     // A chained model goes beside only with its upstream ready (it would wait, not load).
     PortSnapshot incoming;
     incoming.handle = handle;
+    incoming.port = port;
     incoming.profile = profile;
     const bool upstream_ready = static_cast<bool>(upstream_link(incoming, Upstream::ready));
     if (p->state() == PortState::ready && p->listening() && !p->snapshot().stop_requested &&
@@ -347,6 +348,9 @@ awaitable<Result<PortReport>> Fleet::restart(int port) {
         co_return Error{"not_loaded", "nothing is assigned to port " + std::to_string(port)};
     const std::string handle = p->snapshot().handle;
     const std::string profile = p->snapshot().profile;
+    // A chained model whose upstream nobody serves would only stop and wait for it.
+    if (auto served = check_upstream_served(port, handle, profile); !served)
+        co_return served.error();
     if (p->state() == PortState::failed || p->state() == PortState::stopped) {
         // Not holding memory now: it must fit again, like a load.
         const std::map<int, std::string> starts{{port, handle}};

@@ -1,7 +1,12 @@
 #include "supervisor/handle_registry.h"
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <algorithm>
-#include <fstream>
+#include <cerrno>
+#include <cstring>
 #include <map>
 
 #include "protocol/bounded_json.h"
@@ -15,34 +20,77 @@ constexpr std::size_t kMaxRegistryField = 2048;         // a handle, a model, a 
 constexpr std::size_t kMaxRegistryBytes = 16ULL << 20;  // 10,000 handles are a few MB
 constexpr std::size_t kMaxProblems = 100;               // then "... and more"
 
-// What came from the file, fit for a terminal: control bytes as '?', at most 200 characters.
+// What came from the file, fit for a terminal: at most 200 characters; control characters (C0,
+// DEL, C1) and bytes that are not UTF-8 as '?', so a file cannot drive the terminal.
 std::string printable(std::string_view text) {
     std::string out;
-    for (const char c : text.substr(0, 200))
-        out += static_cast<unsigned char>(c) < 0x20 || c == 0x7f ? '?' : c;
+    const auto shown = text.substr(0, 200);
+    for (std::size_t i = 0; i < shown.size();) {
+        const auto c = static_cast<unsigned char>(shown[i]);
+        const std::size_t length = c < 0x80             ? 1
+                                   : (c & 0xe0) == 0xc0 ? 2
+                                   : (c & 0xf0) == 0xe0 ? 3
+                                   : (c & 0xf8) == 0xf0 ? 4
+                                                        : 0;
+        bool valid = length != 0 && i + length <= shown.size();
+        for (std::size_t k = 1; valid && k < length; ++k)
+            valid = (static_cast<unsigned char>(shown[i + k]) & 0xc0) == 0x80;
+        const bool c1 =
+            length == 2 && valid && c == 0xc2 && static_cast<unsigned char>(shown[i + 1]) < 0xa0;
+        if (!valid || c1 || c < 0x20 || c == 0x7f) {
+            out += '?';
+            i += valid ? length : 1;
+        } else {
+            out.append(shown.substr(i, length));
+            i += length;
+        }
+    }
     if (text.size() > 200) out += "...";
     return out;
 }
 
-// One line into `out`, without its '\n'; false at the end of the file or of `budget` bytes
-// (which counts down). A line longer than kMaxRegistryLine is read to its end but not kept
-// (`too_long`).
-bool next_line(std::istream& in, std::string& out, bool& too_long, std::size_t& budget) {
-    out.clear();
-    too_long = false;
-    bool any = false;
-    char c = 0;
-    while (budget > 0 && in.get(c)) {
-        --budget;
-        any = true;
-        if (c == '\n') return true;
-        if (out.size() < kMaxRegistryLine) {
-            out += c;
-        } else {
-            too_long = true;
+// The next line of `rest` (without its '\n'), taken off it; a line longer than
+// kMaxRegistryLine is passed over but not kept (`too_long`).
+std::string_view next_line(std::string_view& rest, bool& too_long) {
+    const auto end = rest.find('\n');
+    const auto line = rest.substr(0, end);
+    rest.remove_prefix(end == std::string_view::npos ? rest.size() : end + 1);
+    too_long = line.size() > kMaxRegistryLine;
+    return too_long ? std::string_view() : line;
+}
+
+// The whole file, or why not. Opened without waiting (a FIFO swapped in after the check), read
+// only as far as its size says: a kernel file that reports 0 bytes (/proc/kmsg, which would
+// block and consume the kernel's messages) reads as empty.
+Result<std::string> read_whole(const std::filesystem::path& file) {
+    const int fd = ::open(file.c_str(), O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+    if (fd < 0) return Error{"unreadable", std::string("cannot be read: ") + std::strerror(errno)};
+    struct stat st {};
+    std::string text;
+    std::string why;
+    if (::fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        why = "is not a regular file";
+    } else if (static_cast<std::uint64_t>(st.st_size) > kMaxRegistryBytes) {
+        why = "is larger than " + std::to_string(kMaxRegistryBytes >> 20) +
+              " MiB; a registry of 10,000 handles takes a few MB";
+    } else {
+        text.resize(static_cast<std::size_t>(st.st_size));
+        std::size_t got = 0;
+        while (got < text.size()) {
+            const auto n = ::read(fd, text.data() + got, text.size() - got);
+            if (n < 0 && errno == EINTR) continue;
+            if (n < 0) {
+                why = std::string("cannot be read: ") + std::strerror(errno);
+                break;
+            }
+            if (n == 0) break;  // shrank while it was read
+            got += static_cast<std::size_t>(n);
         }
+        text.resize(got);
     }
-    return any;
+    ::close(fd);
+    if (!why.empty()) return Error{"unreadable", why};
+    return text;
 }
 
 // The port of "http://HOST:PORT/v1" (https too; HOST a name, an IPv4 or a [IPv6] literal), or
@@ -77,11 +125,11 @@ Result<int> port_of(std::string_view url) {
 }
 
 std::string where(const std::filesystem::path& file, int line) {
-    return file.string() + ":" + std::to_string(line) + ": ";
+    return printable(file.string()) + ":" + std::to_string(line) + ": ";
 }
 
 // The entry on one line, or why not.
-Result<RegistryEntry> parse_line(const std::string& text, int line) {
+Result<RegistryEntry> parse_line(std::string_view text, int line) {
     auto parsed = parse_bounded_json(text);
     if (!parsed && parsed.error().code == "too_deep")
         return Error{"bad_line", "refused: " + parsed.error().message};
@@ -121,7 +169,7 @@ Result<RegistryEntry> parse_line(const std::string& text, int line) {
 RegistryRead read_registry(const std::filesystem::path& file) {
     RegistryRead read;
     const auto refuse = [&](const std::string& why) {
-        read.problems.push_back({true, file.string() + ": " + why});
+        read.problems.push_back({true, printable(file.string()) + ": " + why});
         read.readable = false;
         return read;
     };
@@ -131,27 +179,23 @@ RegistryRead read_registry(const std::filesystem::path& file) {
     if (ec || !std::filesystem::exists(status)) return refuse("cannot be read (does it exist?)");
     if (std::filesystem::is_directory(status)) return refuse("is a directory, not a registry");
     if (!std::filesystem::is_regular_file(status)) return refuse("is not a regular file");
-    if (std::filesystem::file_size(file, ec) > kMaxRegistryBytes) {
-        return refuse("is larger than " + std::to_string(kMaxRegistryBytes >> 20) +
-                      " MiB; a registry of 10,000 handles takes a few MB");
-    }
-    std::ifstream in(file, std::ios::binary);
-    if (!in) return refuse("cannot be read (permissions?)");
+    auto whole = read_whole(file);
+    if (!whole) return refuse(whole.error().message);
     const auto problem = [&](int line, const std::string& why) {
         if (read.problems.size() < kMaxProblems) {
             read.problems.push_back({true, where(file, line) + why});
         } else if (read.problems.size() == kMaxProblems) {
-            read.problems.push_back({true, file.string() + ": more problems after line " +
+            read.problems.push_back({true, printable(file.string()) + ": more problems from line " +
                                                std::to_string(line) +
-                                               " are not listed; fix these first"});
+                                               " on are not listed; fix these first"});
         }
     };
     std::map<std::string, int> first_line;  // handle -> line
-    std::string text;
+    std::string_view rest = *whole;
     bool too_long = false;
-    std::size_t budget = kMaxRegistryBytes;  // the file may grow while it is read
-    std::size_t lines = 0;                   // not blank
-    for (int line = 1; next_line(in, text, too_long, budget); ++line) {
+    std::size_t lines = 0;  // not blank
+    for (int line = 1; !rest.empty(); ++line) {
+        const auto text = next_line(rest, too_long);
         if (!too_long && text.find_first_not_of(" \t\r") == std::string::npos) continue;
         if (++lines > kMaxRegistryEntries) {
             problem(line, "more than " + std::to_string(kMaxRegistryEntries) +

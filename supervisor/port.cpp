@@ -83,6 +83,7 @@ Port::Port(PortHost& host, int port, int files)
 }
 
 void Port::assign(const std::string& handle, const std::string& profile) {
+    if (handle != s_.handle) s_.restarts = 0;  // another model's restarts are not this one's
     s_.handle = handle;
     s_.profile = profile;
 }
@@ -150,6 +151,9 @@ void Port::save_record() {
                          .engine_start_time = s_.stats.engine_start_time,
                          .engine_group = s_.stats.engine_group,
                          .slot = s_.files,
+                         .upstream_handle = s_.upstream ? s_.upstream->handle : "",
+                         .upstream_port = s_.upstream ? s_.upstream->port : 0,
+                         .upstream_url = s_.upstream ? s_.upstream->url : "",
                          .state = to_string(s_.state),
                          .started_at_ms = started_unix_ms_,
                          .ready_at_ms = 0,
@@ -303,6 +307,7 @@ void Port::wait_for_upstream(const std::string& why) {
     s_.stop_requested = false;        // the fleet starts it once its upstream is ready
     attempt_ = host_.next_attempt();  // no earlier timer starts it
     s_.upstream.reset();
+    hand_over_ = false;  // an operator's restart that found the upstream gone: nothing comes
     refresh_estimate();  // charged while it waits, even when it never ran in this ensembled
     move(PortEvent::wait_upstream, why, /*save=*/false);  // no worker: nothing to record
 }
@@ -394,6 +399,7 @@ void Port::on_gone(const std::string& how) {
     s_.stats.engine_pid = 0;
     s_.stats.engine_start_time = 0;
     s_.stats.engine_group = 0;
+    s_.stats.memory_bytes = 0;  // nothing of it is measured while no worker runs
     if (s_.stop_requested || s_.state == PortState::stopping) {
         move(PortEvent::exited, "worker exited (" + how + ")");
         save_record();
@@ -461,7 +467,7 @@ void Port::leave_unverified(const WorkerRecord& r, const std::string& why) {
 }
 
 void Port::take_on(std::int64_t pid, std::int64_t start_time, const std::string& worker_id,
-                   const std::string& token) {
+                   const std::string& token, std::optional<UpstreamLink> upstream) {
     s_.pid = pid;
     pid_start_time_ = start_time;
     worker_id_ = worker_id;
@@ -472,10 +478,12 @@ void Port::take_on(std::int64_t pid, std::int64_t start_time, const std::string&
     s_.engine_log = files.engine_log;
     // What it was started with died with the earlier ensembled: what the config says now.
     const auto& config = host_.config();
-    // A chained model's upstream: where it is now (the survivor may have been started against
-    // another port, which the fleet finds out and restarts it for).
-    const auto upstream = host_.upstream_link(s_, PortHost::Upstream::any);
-    s_.upstream = upstream ? *upstream : std::nullopt;
+    // A chained model's upstream: as its record says, else (no record) where it is now. Should
+    // that have gone or moved, the fleet restarts it in front of where it is served.
+    if (!upstream) {
+        if (auto now_at = host_.upstream_link(s_, PortHost::Upstream::any)) upstream = *now_at;
+    }
+    s_.upstream = upstream;
     auto plan = host_.launcher().plan(config, s_.port, s_.handle,
                                       find_assignment(config, s_.profile, s_.port, s_.handle),
                                       WorkerSlot{.files = s_.files, .upstream = s_.upstream});
@@ -485,7 +493,10 @@ void Port::take_on(std::int64_t pid, std::int64_t start_time, const std::string&
 
 void Port::adopt_recorded(const WorkerRecord& r) {
     s_.files = r.slot;
-    take_on(r.pid, r.pid_start_time, r.worker_id, r.token);
+    std::optional<UpstreamLink> upstream;
+    if (r.upstream_port != 0)
+        upstream = UpstreamLink{r.upstream_handle, r.upstream_port, r.upstream_url};
+    take_on(r.pid, r.pid_start_time, r.worker_id, r.token, upstream);
     s_.restarts = r.restarts;
     s_.stats.engine_pid = r.engine_pid;
     s_.stats.engine_start_time = r.engine_start_time;
@@ -499,7 +510,7 @@ void Port::adopt_recorded(const WorkerRecord& r) {
 void Port::adopt_unrecorded(const protocol::Register& m, const ProcessIdentity& identity) {
     attempt_ = host_.next_attempt();  // no timer of an earlier attempt acts on the port now
     s_.files = m.files;               // it said which of the port's files it uses
-    take_on(identity.pid, identity.start_time, m.worker_id, m.token);
+    take_on(identity.pid, identity.start_time, m.worker_id, m.token, std::nullopt);
     s_.stats = {};
     s_.tokens_per_s = s_.last_busy_tokens_per_s = 0;
     probe_misses_ = 0;

@@ -222,8 +222,9 @@ class Port {
     void track_load(const protocol::WorkerStats& stats, Clock::time_point now);
     void note_activity(Clock::time_point now);
     void refresh_estimate();
+    // `upstream`: the one its record names (nullopt: none recorded, or not a chained model).
     void take_on(std::int64_t pid, std::int64_t start_time, const std::string& worker_id,
-                 const std::string& token);
+                 const std::string& token, std::optional<UpstreamLink> upstream);
 
     PortHost& host_;
     PortSnapshot s_;

@@ -138,6 +138,7 @@ class FleetFixture : public ::testing::Test {
                 protocol::WorkerStats stats;
                 stats.state = "ready";
                 stats.requests = played.requests;
+                stats.memory_bytes = measured_memory;
                 fleet_->on_heartbeat(played.link.get(), stats);
                 played.last_heartbeat = time_->now();
             }
@@ -155,6 +156,8 @@ class FleetFixture : public ::testing::Test {
         r.files = w.slot.files;
         return r;
     }
+
+    std::uint64_t measured_memory = 0;  // what each worker's heartbeat says it holds
 
     // A request served by the port's worker (its next heartbeat says so).
     void serve(int port) { ++played_[world_.newest_on(port)->pid].requests; }

@@ -209,7 +209,9 @@ TEST(HandleRegistry, HostileFilesAreBoundedAndSaidOnce) {
     }
     const auto flooded = read_registry(dir / "flood.jsonl");
     EXPECT_EQ(flooded.problems.size(), 101U) << "100 and a line saying there are more";
-    EXPECT_NE(flooded.problems.back().text.find("more problems after line"), std::string::npos);
+    EXPECT_NE(flooded.problems.back().text.find("more problems from line 101 on are not listed"),
+              std::string::npos)
+        << flooded.problems.back().text;
 
     const auto refused = [](const std::filesystem::path& path) {
         const auto r = read_registry(path);
@@ -221,6 +223,23 @@ TEST(HandleRegistry, HostileFilesAreBoundedAndSaidOnce) {
     ASSERT_EQ(::mkfifo((dir / "fifo").c_str(), 0600), 0);
     EXPECT_NE(refused(dir / "fifo").find("is not a regular file"), std::string::npos)
         << "refused without opening it (an open would wait for a writer)";
+    // Found adversarially: /proc/kmsg is a "regular file" whose read blocks (and, as root,
+    // consumes the kernel's messages); it reports 0 bytes, and is read as that.
+    if (std::filesystem::exists("/proc/kmsg")) {
+        const auto kmsg = read_registry("/proc/kmsg");
+        EXPECT_TRUE(kmsg.entries.empty());
+    }
+    // Nor may a file's name or contents drive the terminal: C1 controls (8-bit CSI) and bytes
+    // that are not UTF-8 are shown as '?', as C0 controls are.
+    const auto named = dir / "evil\x1b[2Jname\xc2\x9b.jsonl";
+    std::ofstream(named) << "{\"handle\": \"x\xc2\x9b"
+                            "31m\xff\", \"base_model\": 1}\n";
+    const auto evil = read_registry(named);
+    ASSERT_EQ(evil.problems.size(), 1U);
+    EXPECT_EQ(evil.problems[0].text.find('\x1b'), std::string::npos) << evil.problems[0].text;
+    EXPECT_EQ(evil.problems[0].text.find("\xc2\x9b"), std::string::npos);
+    EXPECT_NE(evil.problems[0].text.find("evil?[2Jname?.jsonl:1: "), std::string::npos)
+        << evil.problems[0].text;
     std::filesystem::resize_file(dir / "flood.jsonl", 17 << 20);
     EXPECT_NE(refused(dir / "flood.jsonl").find("is larger than 16 MiB"), std::string::npos);
 }

@@ -696,6 +696,14 @@ TEST_F(FleetTest, ACommandInFlightWhenTheFleetGoesAwayEndsQuietly) {
 
 const std::string kProxy = "  px: {engine: proxy, upstream: a, memory: 300MiB}\n";
 
+// Edits the config on disk: the proxy runs in front of 'b' from its next start (after a reload).
+void name_upstream_b(const std::filesystem::path& config) {
+    std::ifstream in(config);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    text.replace(text.find("upstream: a"), 11, "upstream: b");
+    std::ofstream(config) << text;
+}
+
 TEST_F(FleetTest, AProxyWaitsForItsUpstreamStartsWithItAndWaitsAgainWhenItIsUnloaded) {
     start("", kProxy);
     const auto alone = command(protocol::Verb::load, kB, "px");
@@ -757,10 +765,7 @@ TEST_F(FleetTest, AReloadThatChangesTheUpstreamIsReportedNotApplied) {
     ASSERT_EQ(command(protocol::Verb::load, kC, "b")["ok"], true);
     ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
     const auto pid = port_status(kB)["pid"];
-    std::ifstream in(dir_ / "ensemble.yaml");
-    std::string text((std::istreambuf_iterator<char>(in)), {});
-    text.replace(text.find("upstream: a"), 11, "upstream: b");
-    std::ofstream(dir_ / "ensemble.yaml") << text;
+    name_upstream_b(dir_ / "ensemble.yaml");
     const auto reloaded = command(protocol::Verb::reload);
     EXPECT_EQ(reloaded["result"]["changed_ports"], json::array({kB})) << reloaded.dump();
     advance(3s);
@@ -799,6 +804,139 @@ TEST_F(FleetTest, AShortageWhileAProxyWaitsIsRetriedWithOneEvent) {
     world_.spawn_error_code.clear();
     advance(40s);
     EXPECT_EQ(port_status(kB)["state"], "ready") << port_status(kB).dump();
+}
+
+const std::string kProxyOfProxy = "  px2: {engine: proxy, upstream: px, memory: 300MiB}\n";
+
+// Found adversarially: an operator's restart of a proxy whose upstream was down left the port
+// handing over to nothing: held open (clients hung in its backlog) and counted as coming, so a
+// proxy chained to it was admitted and its load held every command for 15 minutes.
+TEST_F(FleetTest, AProxyRestartedWhileItsUpstreamIsDownWaitsClosedAndIsNoOnesUpstream) {
+    start("", kProxy + kProxyOfProxy);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+    const int both_held = open_descriptors();
+    world_.dead_on_arrival.insert("a");
+    world_.end(world_.newest_on(kA)->pid, {1, 0, false});
+    advance(200ms);
+    ASSERT_EQ(port_status(kA)["state"], "backoff");
+    const auto restarted = command(protocol::Verb::restart, kB);
+    EXPECT_EQ(restarted["error"]["code"], "restart_failed") << restarted.dump();
+    ASSERT_EQ(port_status(kA)["state"], "failed");
+    EXPECT_EQ(port_status(kB)["state"], "waiting") << port_status(kB).dump();
+    EXPECT_EQ(open_descriptors(), both_held - 2) << "both ports closed: clients are refused";
+    const auto began = time_->now();
+    const auto chained = command(protocol::Verb::load, kC, "px2");
+    EXPECT_EQ(chained["error"]["code"], "upstream_not_ready") << chained.dump();
+    EXPECT_NE(chained["error"]["message"].get<std::string>().find(
+                  "which is waiting on port 8101 (its upstream 'a' on port 8100 is failed"),
+              std::string::npos)
+        << chained.dump();
+    EXPECT_LT(time_->now() - began, 1s) << "answered at once, holding no other command";
+    // Once the upstream is back, so is the proxy, by itself.
+    world_.dead_on_arrival.clear();
+    ASSERT_EQ(command(protocol::Verb::restart, kA)["ok"], true);
+    advance(1s);
+    EXPECT_EQ(port_status(kB)["state"], "ready");
+}
+
+// Found adversarially: after a reload named another upstream, an operator's restart stopped a
+// working proxy to wait for an upstream nobody serves.
+TEST_F(FleetTest, ARestartOfAProxyWhoseUpstreamNobodyServesIsRefused) {
+    start("", kProxy);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+    const auto pid = port_status(kB)["pid"];
+    name_upstream_b(dir_ / "ensemble.yaml");
+    ASSERT_EQ(command(protocol::Verb::reload)["ok"], true);
+    const auto refused = command(protocol::Verb::restart, kB);
+    EXPECT_EQ(refused["error"]["code"], "upstream_not_served") << refused.dump();
+    EXPECT_EQ(port_status(kB)["pid"], pid) << "still serving in front of 'a'";
+    EXPECT_EQ(port_status(kB)["state"], "ready");
+    // Status names what its worker runs in front of, not what the config says now.
+    EXPECT_EQ(port_status(kB)["upstream"]["model"], "a") << port_status(kB).dump();
+    EXPECT_EQ(port_status(kB)["upstream"]["port"], kA);
+}
+
+// Found adversarially: a re-adopted proxy was recorded in front of where the config's upstream
+// is served now, not where its worker was started: it stayed ready in front of nothing.
+TEST_F(FleetTest, AReadoptedProxyKnowsWhichPortItWasStartedInFrontOf) {
+    // Before the restart: 'a' on two ports, the proxy in front of the higher one, which is gone.
+    leave_survivor(world_, *store_, kA, "a");
+    const auto proxy = leave_survivor(world_, *store_, kC, "px");
+    auto records = *store_->workers();
+    auto record = records.back();
+    ASSERT_EQ(record.port, kC);
+    record.upstream_handle = "a";
+    record.upstream_port = kB;
+    record.upstream_url = "http://127.0.0.1:8101/v1";
+    ASSERT_TRUE(store_->save_worker(record));
+    start("", kProxy);
+    advance(3s);
+    const auto p = port_status(kC);
+    EXPECT_NE(p["pid"], proxy->pid) << "restarted: its upstream on port 8101 is gone";
+    EXPECT_EQ(p["upstream"]["port"], kA) << p.dump();
+    EXPECT_EQ(p["state"], "ready");
+}
+
+// Found adversarially: a swap's incoming proxy could be started in front of its own port.
+TEST_F(FleetTest, ASwappedInProxyNeverRunsInFrontOfItsOwnPort) {
+    start("  memory_budget: 20GiB\n", kProxy,
+          "  chain: {" + std::to_string(kA) + ": a, " + std::to_string(kB) + ": px}\n");
+    ASSERT_EQ(command(protocol::Verb::profile_load, 0, "", "chain")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kC, "a")["ok"], true);
+    // The profile puts 'a' on port 8100, which the swap replaces: only 8102 may be its upstream.
+    // The budget holds both, so 'px' loads beside 'a' while 8100 still serves it.
+    const auto swapped = command(protocol::Verb::swap, kA, "px");
+    EXPECT_EQ(events_of_kind("swap").back(),
+              "'a' -> 'px': loading beside it; 'a' serves until 'px' is ready");
+    ASSERT_EQ(swapped["ok"], true) << swapped.dump();
+    const auto& argv = world_.newest_on(kA)->launch.command.argv;
+    EXPECT_NE(std::find(argv.begin(), argv.end(), "http://127.0.0.1:8102/v1"), argv.end())
+        << "started in front of 8102";
+    advance(2s);
+    EXPECT_EQ(port_status(kA)["pid"], swapped["result"]["pid"])
+        << "not restarted for a move: it never ran elsewhere";
+    EXPECT_EQ(port_status(kA)["upstream"]["port"], kC) << port_status(kA).dump();
+    EXPECT_EQ(port_status(kA)["state"], "ready");
+}
+
+// Found adversarially: a swap checked the new model's upstream, not the chain behind it: the
+// chain could lead back to the port it replaced and wait for itself.
+TEST_F(FleetTest, ASwapWhoseChainLeadsBackToThePortIsRefused) {
+    start("", kProxy + kProxyOfProxy);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+    const auto refused = command(protocol::Verb::swap, kA, "px2");
+    EXPECT_EQ(refused["error"]["code"], "upstream_replaced") << refused.dump();
+    EXPECT_EQ(refused["error"]["message"],
+              "port 8100: 'px2' runs in front of 'px' on port 8101, which runs in front of 'a' "
+              "here: the chain would wait for what this replaces; serve 'px2' on another port");
+    EXPECT_EQ(port_status(kA)["model"], "a");
+    ASSERT_EQ(command(protocol::Verb::load, kC, "px2")["ok"], true);
+    EXPECT_EQ(port_status(kC)["upstream"]["port"], kB);
+}
+
+// Found adversarially: a port whose worker had gone kept its last measured memory (counted in
+// the measured total), and a port swapped to another model kept the old model's restarts.
+TEST_F(FleetTest, APortWithoutAWorkerMeasuresNothingAndANewModelStartsItsOwnCount) {
+    start();
+    measured_memory = 2ULL << 30;
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    advance(2s);
+    ASSERT_EQ(port_status(kA)["memory_bytes"], 2ULL << 30);
+    world_.end(world_.newest_on(kA)->pid, {1, 0, false});  // restarted at once
+    advance(2s);
+    ASSERT_EQ(port_status(kA)["state"], "ready");
+    ASSERT_EQ(port_status(kA)["restarts"], 1);
+    ASSERT_EQ(command(protocol::Verb::swap, kA, "b")["ok"], true);
+    EXPECT_EQ(port_status(kA)["restarts"], 0) << "'b' has not restarted";
+    world_.dead_on_arrival.insert("b");
+    world_.end(world_.newest_on(kA)->pid, {1, 0, false});
+    advance(2min);
+    ASSERT_EQ(port_status(kA)["state"], "failed");
+    EXPECT_EQ(port_status(kA)["memory_bytes"], 0) << port_status(kA).dump();
+    EXPECT_EQ(command(protocol::Verb::status)["result"]["memory"]["measured_bytes"], 0);
 }
 
 // Found in review (session 12): an unload and load of what the active profile puts on a port

@@ -54,6 +54,33 @@ TEST_F(StateStoreTest, RefusesADatabaseFromANewerVersion) {
     EXPECT_EQ(s.error().code, "state_newer");
 }
 
+TEST_F(StateStoreTest, AnEarlierReleasesWorkerRecordsSurviveTheMigration) {
+    {
+        auto s = open();
+        WorkerRecord w;
+        w.port = 8100;
+        w.worker_id = "w-1";
+        ASSERT_TRUE(s->save_worker(w));
+    }
+    // The database as version 3 left it: no upstream columns.
+    std::string cmd = "sqlite3 '" + path_.string() +
+                      "' 'ALTER TABLE workers DROP COLUMN upstream_url; ALTER TABLE workers DROP "
+                      "COLUMN upstream_port; ALTER TABLE workers DROP COLUMN upstream_handle; "
+                      "PRAGMA user_version=3'";
+    ASSERT_EQ(std::system(cmd.c_str()), 0);
+    auto s = open();
+    ASSERT_TRUE(s);
+    auto ws = *s->workers();
+    ASSERT_EQ(ws.size(), 1U);
+    EXPECT_EQ(ws[0].worker_id, "w-1");
+    EXPECT_EQ(ws[0].upstream_port, 0) << "recorded before chained models: none";
+    WorkerRecord proxy;
+    proxy.port = 8101;
+    proxy.upstream_port = 8100;
+    ASSERT_TRUE(s->save_worker(proxy));
+    EXPECT_EQ(s->workers()->at(1).upstream_port, 8100);
+}
+
 TEST_F(StateStoreTest, AssignmentsBumpTheirGenerationOnChange) {
     auto s = open();
     ASSERT_TRUE(s->set_assignment({8100, "tiny", "demo", 0}));
@@ -94,6 +121,9 @@ TEST_F(StateStoreTest, WorkerRecordsRoundTrip) {
                          .engine_start_time = 790,
                          .engine_group = 789,
                          .slot = 1,
+                         .upstream_handle = "coder",
+                         .upstream_port = 8101,
+                         .upstream_url = "http://127.0.0.1:8101/v1",
                          .state = "ready",
                          .started_at_ms = 1,
                          .ready_at_ms = 2,
@@ -108,6 +138,9 @@ TEST_F(StateStoreTest, WorkerRecordsRoundTrip) {
     EXPECT_EQ(ws[0].engine_group, 789);
     EXPECT_EQ(ws[0].slot, 1) << "the set of files its logs and engine record are in";
     EXPECT_EQ(ws[0].last_exit, "exit code 1");
+    EXPECT_EQ(ws[0].upstream_handle, "coder") << "what a re-adopted proxy runs in front of";
+    EXPECT_EQ(ws[0].upstream_port, 8101);
+    EXPECT_EQ(ws[0].upstream_url, "http://127.0.0.1:8101/v1");
     ASSERT_TRUE(s->remove_worker(8100));
     EXPECT_TRUE(s->workers()->empty());
 }
