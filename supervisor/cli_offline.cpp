@@ -110,7 +110,8 @@ bool check_registry(const std::filesystem::path& registry, const std::string& co
                   << (reply ? reply->value("error", nlohmann::json::object())
                                   .value("message", "it refused the status request")
                             : reply.error().message)
-                  << "): " << registry.string() << " is checked against the config only\n";
+                  << "): " << printable(registry.string())
+                  << " is checked against the config only\n";
     }
     auto found = read.problems;
     const auto compared = compare_registry(registry, read.entries, config, status);
@@ -121,10 +122,10 @@ bool check_registry(const std::filesystem::path& registry, const std::string& co
         errors += f.error ? 1 : 0;
     }
     if (errors > 0) {
-        std::cerr << registry.string() << ": " << errors << " error(s)\n";
+        std::cerr << printable(registry.string()) << ": " << errors << " error(s)\n";
         return false;
     }
-    std::cout << registry.string() << ": ok (" << read.entries.size() << " handles"
+    std::cout << printable(registry.string()) << ": ok (" << read.entries.size() << " handles"
               << (status ? ", each routed to the port ensembled assigns its model" : "") << ")\n";
     return true;
 }

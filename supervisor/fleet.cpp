@@ -237,15 +237,34 @@ std::string state_phrase(const PortSnapshot& s) {
 
 }  // namespace
 
+bool Fleet::leads_to(const Port& start, int port) const {
+    const Port* at = &start;
+    for (std::size_t hops = 0; at != nullptr && hops <= ports_.size(); ++hops) {
+        const auto& upstream = at->snapshot().upstream;
+        if (!upstream) return false;
+        if (upstream->port == port) return true;
+        at = find(upstream->port);
+    }
+    return false;
+}
+
 Fleet::UpstreamSearch Fleet::find_upstream(const std::string& upstream, const std::string& profile,
                                            Upstream which, int except) const {
+    UpstreamSearch search;
     const auto usable = [&](const Port& p) {
         const auto& s = p.snapshot();
         if (s.handle != upstream || s.port == except) return false;
-        return which == Upstream::ready ? s.state == PortState::ready && !s.stop_requested
-                                        : coming_or_serving(p);
+        const bool serves = which == Upstream::ready
+                                ? s.state == PortState::ready && !s.stop_requested
+                                : coming_or_serving(p);
+        // A proxy whose own chain runs in front of `except` would close a loop (a reload can
+        // reverse a chain while its workers run).
+        if (serves && except != 0 && leads_to(p, except)) {
+            if (search.loops == nullptr) search.loops = &p;
+            return false;
+        }
+        return serves;
     };
-    UpstreamSearch search;
     // The port the dependent's own profile puts its upstream on first (a profile load does not
     // chain a proxy to a port it is about to replace), then the lowest.
     if (const auto it = config_.profiles.find(profile); it != config_.profiles.end()) {
@@ -269,6 +288,11 @@ Fleet::UpstreamSearch Fleet::find_upstream(const std::string& upstream, const st
 }
 
 std::string Fleet::upstream_reason(const std::string& upstream, const UpstreamSearch& search) {
+    if (search.loops != nullptr) {
+        return "its upstream '" + upstream + "' on port " + std::to_string(search.loops->number()) +
+               " runs in front of this port (a loop, after a reload reversed the chain); it waits "
+               "until that one is restarted in front of another";
+    }
     if (search.seen == nullptr) return "its upstream '" + upstream + "' is not served on any port";
     const auto& s = search.seen->snapshot();
     return "its upstream '" + upstream + "' on port " + std::to_string(s.port) + " is " +
@@ -302,7 +326,8 @@ std::optional<std::string> Fleet::upstream_gone(const PortSnapshot& dependent) c
     // out in that port's backlog, not passed on.
     if (dependent.upstream) {
         const auto* at = find(dependent.upstream->port);
-        if (at != nullptr && at->snapshot().handle == upstream && coming_or_serving(*at))
+        if (at != nullptr && at->snapshot().handle == upstream && coming_or_serving(*at) &&
+            !leads_to(*at, dependent.port))
             return std::nullopt;
     }
     const auto search = find_upstream(upstream, dependent.profile, Upstream::any, dependent.port);
@@ -319,7 +344,8 @@ void Fleet::follow_upstreams() {
         const auto& s = p->snapshot();
         const auto* model = config_.find_model(s.handle);
         if (s.stop_requested) continue;
-        if (s.state == PortState::waiting && model != nullptr && !model->upstream.empty()) {
+        if (s.state == PortState::waiting) {
+            // (A reload may have made its model one without an upstream: it starts now.)
             auto link = upstream_link(s, Upstream::ready);
             if (link) {
                 p->start();
@@ -349,6 +375,7 @@ Status Fleet::check_upstream_served(int port, const std::string& handle,
     const auto& upstream = model->upstream;
     const auto search = find_upstream(upstream, profile, Upstream::any, port);
     if (search.found != nullptr) return check_chain_avoids(port, handle, *search.found);
+    if (search.loops != nullptr) return check_chain_avoids(port, handle, *search.loops);
     const auto* here = find(port);
     if (here != nullptr && here->snapshot().handle == upstream) {
         return Error{"upstream_replaced",

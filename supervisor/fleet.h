@@ -224,7 +224,10 @@ class Fleet final : private PortHost {
     struct UpstreamSearch {
         const Port* found = nullptr;
         const Port* seen = nullptr;
+        const Port* loops = nullptr;  // serves it, but its chain runs in front of `except`
     };
+    // Whether the chain of workers `start` runs in front of (as started) reaches `port`.
+    bool leads_to(const Port& start, int port) const;
     UpstreamSearch find_upstream(const std::string& upstream, const std::string& profile,
                                  Upstream which, int except = 0) const;
     static std::string upstream_reason(const std::string& upstream, const UpstreamSearch& search);

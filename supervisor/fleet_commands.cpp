@@ -222,6 +222,9 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
                         "port " + std::to_string(port) +
                             " changed while the swap waited; see 'ensemble status'"};
     }
+    // The chains may have changed while it waited (a proxy restarted in front of this port).
+    if (auto served = check_upstream_served(port, handle, profile); !served)
+        co_return served.error();
     // A chained model goes beside only with its upstream ready (it would wait, not load).
     PortSnapshot incoming;
     incoming.handle = handle;

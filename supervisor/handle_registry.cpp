@@ -15,31 +15,46 @@ namespace ensemble {
 
 namespace {
 
-constexpr std::string_view kSelectorPrefix = "openai/";
-constexpr std::size_t kMaxRegistryField = 2048;         // a handle, a model, a selector, a URL
-constexpr std::size_t kMaxRegistryBytes = 16ULL << 20;  // 10,000 handles are a few MB
-constexpr std::size_t kMaxProblems = 100;               // then "... and more"
+// The length of the well-formed UTF-8 sequence at the start of `text` (RFC 3629: no overlong
+// forms, no surrogates, nothing above U+10FFFF), or 0.
+std::size_t utf8_length(std::string_view text) {
+    const auto byte = [&](std::size_t i) { return static_cast<unsigned char>(text[i]); };
+    const auto c = byte(0);
+    if (c < 0x80) return 1;
+    std::size_t length = 0;
+    unsigned char low = 0x80;
+    unsigned char high = 0xbf;  // the second byte's range
+    if (c >= 0xc2 && c <= 0xdf) {
+        length = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        length = 3;
+        if (c == 0xe0) low = 0xa0;
+        if (c == 0xed) high = 0x9f;
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        length = 4;
+        if (c == 0xf0) low = 0x90;
+        if (c == 0xf4) high = 0x8f;
+    } else {
+        return 0;
+    }
+    if (text.size() < length || byte(1) < low || byte(1) > high) return 0;
+    for (std::size_t k = 2; k < length; ++k)
+        if ((byte(k) & 0xc0) != 0x80) return 0;
+    return length;
+}
 
-// What came from the file, fit for a terminal: at most 200 characters; control characters (C0,
-// DEL, C1) and bytes that are not UTF-8 as '?', so a file cannot drive the terminal.
+}  // namespace
+
 std::string printable(std::string_view text) {
     std::string out;
     const auto shown = text.substr(0, 200);
     for (std::size_t i = 0; i < shown.size();) {
         const auto c = static_cast<unsigned char>(shown[i]);
-        const std::size_t length = c < 0x80             ? 1
-                                   : (c & 0xe0) == 0xc0 ? 2
-                                   : (c & 0xf0) == 0xe0 ? 3
-                                   : (c & 0xf8) == 0xf0 ? 4
-                                                        : 0;
-        bool valid = length != 0 && i + length <= shown.size();
-        for (std::size_t k = 1; valid && k < length; ++k)
-            valid = (static_cast<unsigned char>(shown[i + k]) & 0xc0) == 0x80;
-        const bool c1 =
-            length == 2 && valid && c == 0xc2 && static_cast<unsigned char>(shown[i + 1]) < 0xa0;
-        if (!valid || c1 || c < 0x20 || c == 0x7f) {
+        const auto length = utf8_length(shown.substr(i));
+        const bool c1 = length == 2 && c == 0xc2 && static_cast<unsigned char>(shown[i + 1]) < 0xa0;
+        if (length == 0 || c1 || c < 0x20 || c == 0x7f) {
             out += '?';
-            i += valid ? length : 1;
+            i += length == 0 ? 1 : length;
         } else {
             out.append(shown.substr(i, length));
             i += length;
@@ -48,6 +63,13 @@ std::string printable(std::string_view text) {
     if (text.size() > 200) out += "...";
     return out;
 }
+
+namespace {
+
+constexpr std::string_view kSelectorPrefix = "openai/";
+constexpr std::size_t kMaxRegistryField = 2048;         // a handle, a model, a selector, a URL
+constexpr std::size_t kMaxRegistryBytes = 16ULL << 20;  // 10,000 handles are a few MB
+constexpr std::size_t kMaxProblems = 100;               // then "... and more"
 
 // The next line of `rest` (without its '\n'), taken off it; a line longer than
 // kMaxRegistryLine is passed over but not kept (`too_long`).
@@ -294,7 +316,7 @@ std::vector<RegistryFinding> compare_registry(const std::filesystem::path& file,
                 return e.port == port && e.base_model == model;
             });
             if (!routed) {
-                out.push_back({true, file.string() + ": missing: '" + model +
+                out.push_back({true, printable(file.string()) + ": missing: '" + model +
                                          "' is served on port " + std::to_string(port) +
                                          ", but no line routes to it ('ensemble export handles' "
                                          "prints the lines of what runs)"});
@@ -305,7 +327,7 @@ std::vector<RegistryFinding> compare_registry(const std::filesystem::path& file,
             const bool listed = std::any_of(entries.begin(), entries.end(),
                                             [&](const auto& e) { return e.base_model == handle; });
             if (!listed) {
-                out.push_back({false, file.string() + ": model '" + handle +
+                out.push_back({false, printable(file.string()) + ": model '" + handle +
                                           "' of the config has no handle here"});
             }
         }

@@ -17,6 +17,10 @@
 
 namespace ensemble {
 
+// Text that came from a file (or names one), fit for a terminal: at most 200 characters;
+// control characters (C0, DEL, C1) and bytes that are not well-formed UTF-8 as '?'.
+std::string printable(std::string_view text);
+
 struct RegistryEntry {
     int line = 0;  // 1-based, in the file it was read from
     std::string handle;

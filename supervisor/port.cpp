@@ -319,6 +319,7 @@ void Port::assume_upstream(const UpstreamLink& upstream) {
                                       find_assignment(config, s_.profile, s_.port, s_.handle),
                                       WorkerSlot{.files = s_.files, .upstream = s_.upstream});
     if (plan) s_.command = plan->command;
+    save_record();  // a later re-adoption knows it (a record from before v4 did not say)
 }
 
 void Port::stop(const std::string& reason, Then then) {

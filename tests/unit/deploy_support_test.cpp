@@ -240,6 +240,14 @@ TEST(HandleRegistry, HostileFilesAreBoundedAndSaidOnce) {
     EXPECT_EQ(evil.problems[0].text.find("\xc2\x9b"), std::string::npos);
     EXPECT_NE(evil.problems[0].text.find("evil?[2Jname?.jsonl:1: "), std::string::npos)
         << evil.problems[0].text;
+    // Overlong forms (an ESC, a CSI), surrogates and leads past U+10FFFF are not UTF-8 either.
+    EXPECT_EQ(printable("a\xc0\x9b"
+                        "b\xe0\x82\x9b"
+                        "c\xed\xa0\x80"
+                        "d\xf5\x80\x80\x80"),
+              "a??b???c???d????");
+    EXPECT_EQ(printable("caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x99\x82"),
+              "caf\xc3\xa9 \xe2\x82\xac \xf0\x9f\x99\x82");
     std::filesystem::resize_file(dir / "flood.jsonl", 17 << 20);
     EXPECT_NE(refused(dir / "flood.jsonl").find("is larger than 16 MiB"), std::string::npos);
 }

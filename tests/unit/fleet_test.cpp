@@ -696,11 +696,14 @@ TEST_F(FleetTest, ACommandInFlightWhenTheFleetGoesAwayEndsQuietly) {
 
 const std::string kProxy = "  px: {engine: proxy, upstream: a, memory: 300MiB}\n";
 
-// Edits the config on disk: the proxy runs in front of 'b' from its next start (after a reload).
-void name_upstream_b(const std::filesystem::path& config) {
+// Edits the config on disk (applied by the next reload).
+void edit_config(const std::filesystem::path& config, const std::string& from,
+                 const std::string& to) {
     std::ifstream in(config);
     std::string text((std::istreambuf_iterator<char>(in)), {});
-    text.replace(text.find("upstream: a"), 11, "upstream: b");
+    const auto at = text.find(from);
+    ASSERT_NE(at, std::string::npos) << from;
+    text.replace(at, from.size(), to);
     std::ofstream(config) << text;
 }
 
@@ -765,7 +768,7 @@ TEST_F(FleetTest, AReloadThatChangesTheUpstreamIsReportedNotApplied) {
     ASSERT_EQ(command(protocol::Verb::load, kC, "b")["ok"], true);
     ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
     const auto pid = port_status(kB)["pid"];
-    name_upstream_b(dir_ / "ensemble.yaml");
+    edit_config(dir_ / "ensemble.yaml", "upstream: a", "upstream: b");
     const auto reloaded = command(protocol::Verb::reload);
     EXPECT_EQ(reloaded["result"]["changed_ports"], json::array({kB})) << reloaded.dump();
     advance(3s);
@@ -787,15 +790,23 @@ TEST_F(FleetTest, AProxyMayReplaceOneOfTwoPortsServingItsUpstream) {
     EXPECT_EQ(own["error"]["code"], "upstream_replaced") << own.dump();
 }
 
+// 'a' on 8100 and 'px' in front of it on 8101, then 'a' unloaded: 'px' waits.
+class WaitingProxyTest : public FleetTest {
+  protected:
+    void start_a_proxy_left_waiting() {
+        start("", kProxy);
+        ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+        ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+        ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true);
+        advance(2s);
+        ASSERT_EQ(port_status(kB)["state"], "waiting");
+    }
+};
+
 // Found in review: ensembled's own shortage while a proxy waited re-ran its start at every tick
 // (40 events in 20 s); it is retried from backoff, said once.
-TEST_F(FleetTest, AShortageWhileAProxyWaitsIsRetriedWithOneEvent) {
-    start("", kProxy);
-    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
-    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
-    ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true);
-    advance(2s);
-    ASSERT_EQ(port_status(kB)["state"], "waiting");
+TEST_F(WaitingProxyTest, AShortageWhileAProxyWaitsIsRetriedWithOneEvent) {
+    ASSERT_NO_FATAL_FAILURE(start_a_proxy_left_waiting());
     const auto reply = begin_command(protocol::Verb::load, kA, "a");
     time_->run_ready();
     world_.spawn_error_code = "no_resources";
@@ -847,7 +858,7 @@ TEST_F(FleetTest, ARestartOfAProxyWhoseUpstreamNobodyServesIsRefused) {
     ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
     ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
     const auto pid = port_status(kB)["pid"];
-    name_upstream_b(dir_ / "ensemble.yaml");
+    edit_config(dir_ / "ensemble.yaml", "upstream: a", "upstream: b");
     ASSERT_EQ(command(protocol::Verb::reload)["ok"], true);
     const auto refused = command(protocol::Verb::restart, kB);
     EXPECT_EQ(refused["error"]["code"], "upstream_not_served") << refused.dump();
@@ -915,6 +926,87 @@ TEST_F(FleetTest, ASwapWhoseChainLeadsBackToThePortIsRefused) {
     EXPECT_EQ(port_status(kA)["model"], "a");
     ASSERT_EQ(command(protocol::Verb::load, kC, "px2")["ok"], true);
     EXPECT_EQ(port_status(kC)["upstream"]["port"], kB);
+}
+
+// Found in review: a reload reversed a chain (px in front of px2 in front of a became px2 in
+// front of a, px in front of px2); a crash of px restarted it in front of px2, which still ran
+// in front of px: every request looped. It waits until px2 is in front of 'a', then follows.
+TEST_F(FleetTest, ACrashAfterAReloadReversedAChainClosesNoLoop) {
+    start("", kProxy + kProxyOfProxy);
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kC, "px2")["ok"], true);
+    edit_config(dir_ / "ensemble.yaml", "px: {engine: proxy, upstream: a,",
+                "px: {engine: proxy, upstream: px2,");
+    edit_config(dir_ / "ensemble.yaml", "px2: {engine: proxy, upstream: px,",
+                "px2: {engine: proxy, upstream: a,");
+    ASSERT_EQ(command(protocol::Verb::reload)["ok"], true);
+    const auto refused = command(protocol::Verb::restart, kB);
+    EXPECT_EQ(refused["error"]["code"], "upstream_replaced") << refused.dump();
+    world_.end(world_.newest_on(kB)->pid, {1, 0, false});
+    advance(100ms);
+    EXPECT_EQ(port_status(kB)["state"], "waiting") << port_status(kB).dump();
+    const auto events = command(protocol::Verb::events)["result"].dump();
+    EXPECT_NE(events.find("its upstream 'px2' on port 8102 runs in front of this port"),
+              std::string::npos)
+        << events;
+    // px2, its upstream gone, waits too, then starts in front of 'a' as the config now says;
+    // px follows in front of it.
+    advance(5s);
+    EXPECT_EQ(port_status(kC)["upstream"]["port"], kA) << port_status(kC).dump();
+    EXPECT_EQ(port_status(kB)["upstream"]["port"], kC) << port_status(kB).dump();
+    EXPECT_EQ(port_status(kB)["state"], "ready");
+    EXPECT_EQ(port_status(kC)["state"], "ready");
+}
+
+// Found in review: a record from before v4 names no upstream; the one found for the
+// re-adopted proxy was not written back, so the next re-adoption guessed again.
+TEST_F(FleetTest, AnUpstreamFoundForAReadoptedProxyIsRecorded) {
+    leave_survivor(world_, *store_, kA, "px");
+    leave_survivor(world_, *store_, kB, "a");
+    start("", kProxy);
+    advance(5s);
+    ASSERT_EQ(port_status(kA)["upstream"]["port"], kB);
+    const auto records = store_records();
+    const auto proxy = std::find_if(records.begin(), records.end(),
+                                    [](const WorkerRecord& r) { return r.port == kA; });
+    ASSERT_NE(proxy, records.end());
+    EXPECT_EQ(proxy->upstream_port, kB);
+    EXPECT_EQ(proxy->upstream_handle, "a");
+}
+
+// Found in review: a waiting port whose model a reload made one without an upstream waited
+// for ever.
+TEST_F(WaitingProxyTest, AWaitingPortWhoseModelIsNoLongerChainedStarts) {
+    ASSERT_NO_FATAL_FAILURE(start_a_proxy_left_waiting());
+    edit_config(dir_ / "ensemble.yaml", "px: {engine: proxy, upstream: a,",
+                "px: {engine: fake, path: none,");
+    ASSERT_EQ(command(protocol::Verb::reload)["ok"], true);
+    advance(2s);
+    EXPECT_EQ(port_status(kB)["state"], "ready") << port_status(kB).dump();
+}
+
+// Found in review: a swap checked the chain, then waited for an earlier swap's worker to
+// drain; meanwhile the fleet moved a proxy of the chain in front of this port, and the swap
+// succeeded into a port waiting for what it replaced.
+TEST_F(FleetTest, ASwapChecksTheChainAgainAfterWaitingForADrain) {
+    start("  memory_budget: 40GiB\n  health: {probe_interval: 0s, stop_timeout: 30s}\n",
+          kProxy + kProxyOfProxy);
+    ASSERT_EQ(command(protocol::Verb::load, kC, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);  // in front of 8102
+    ASSERT_EQ(command(protocol::Verb::load, kA, "b")["ok"], true);
+    world_.newest_on(kA)->ignores_stop = true;                      // drains until killed (30 s)
+    ASSERT_EQ(command(protocol::Verb::swap, kA, "a")["ok"], true);  // beside: 'b' drains
+    const auto reply = begin_command(protocol::Verb::swap, kA, "px2");  // 8101 -> 8102: fine
+    time_->run_ready();
+    // Meanwhile 'a' on 8102 crash-loops: px moves in front of 8100.
+    world_.dead_on_arrival.insert("a");
+    world_.end(world_.newest_on(kC)->pid, {1, 0, false});
+    for (int step = 0; !*reply && step < 600; ++step)
+        advance(100ms);
+    ASSERT_TRUE(*reply);
+    EXPECT_EQ((**reply)["error"]["code"], "upstream_replaced") << (**reply).dump();
+    EXPECT_EQ(port_status(kA)["model"], "a") << "still serving what px runs in front of";
 }
 
 // Found adversarially: a port whose worker had gone kept its last measured memory (counted in
