@@ -361,7 +361,9 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
                                response.result() != http::status::no_content &&
                                response.result() != http::status::not_modified;
     response.version(11);
-    if (ends_at_close) response.chunked(true);
+    auto* const filter = trace.filter;
+    if (filter != nullptr) filter->begin(response.base(), event_stream);
+    if (ends_at_close || filter != nullptr) response.chunked(true);
     response.erase(http::field::keep_alive);
     response.set(http::field::server, "ensemble-worker");
     response.keep_alive(client_keep_alive);
@@ -379,6 +381,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     }
 
     std::array<char, kRelayBufferBytes> chunk;  // not zeroed: only what is read is sent
+    std::string filtered;  // what the filter makes of the chunk, when there is one
     while (!parser.is_done()) {
         response.body().data = chunk.data();
         response.body().size = chunk.size();
@@ -402,6 +405,12 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         // cut short by the engine's death, not finished: keep the client's stream open for the
         // error event below.
         const bool cut = parser.is_done() && ends_at_close && event_stream && !stream_end.done();
+        if (filter != nullptr) {
+            filtered = filter->feed({chunk.data(), response.body().size});
+            if (parser.is_done() && !cut) filtered += filter->finish();
+            response.body().data = filtered.empty() ? nullptr : filtered.data();
+            response.body().size = filtered.size();
+        }
         response.body().more = !parser.is_done() || cut;
         if (response.body().size > 0 || !response.body().more) {
             silence.pause();
@@ -420,8 +429,9 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
     trace.prompt_tokens = tokens.prompt_tokens();
     if (watch.client_left()) co_return client_left(request);
     if (!ec && !serializer.is_done()) {  // an empty body: only the header is left to send
-        response.body().data = nullptr;
-        response.body().size = 0;
+        filtered = filter != nullptr ? filter->finish() : std::string();
+        response.body().data = filtered.empty() ? nullptr : filtered.data();
+        response.body().size = filtered.size();
         response.body().more = false;
         co_await http::async_write(client, serializer, on_error(ec));
         if (ec) co_return Outcome::done_close;
@@ -458,7 +468,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
                 : ApiError{http::status::bad_gateway, "server_error", "engine_failed",
                            "the engine stopped while generating; the worker is "
                            "restarting it: retry the request"};
-        const auto event = error.sse_event();
+        const auto event = filter != nullptr ? filter->cut(error) : error.sse_event();
         response.body().data = const_cast<char*>(event.data());
         response.body().size = event.size();
         response.body().more = false;

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "os/asio.h"
+#include "worker/answer_filter.h"
 #include "worker/engine_runner.h"
 #include "worker/openai_error.h"
 
@@ -36,6 +37,7 @@ struct RequestTrace {
     unsigned status = 0;                         // what the client was answered (0: nothing)
     std::optional<Clock::duration> first_token;  // an event stream's first token, relayed
     std::uint64_t prompt_tokens = 0;             // the answer's usage.prompt_tokens, if any
+    AnswerFilter* filter = nullptr;              // rewrites the answer (Ollama's API), if set
 };
 
 struct ProxyStats {

@@ -6,13 +6,16 @@
 
 #include <array>
 #include <ctime>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 
 #include "os/listening_socket.h"
 #include "os/port_holder.h"
 #include "os/process_memory.h"
+#include "protocol/bounded_json.h"
 #include "protocol/prometheus_text.h"
 #include "worker/immediate_io.h"
+#include "worker/ollama_api.h"
 
 namespace ensemble {
 
@@ -324,6 +327,10 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
 awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
                                   http::request<http::string_body>& request) {
     RequestTrace trace;  // the request has just been read
+    if (sv(request.target()).starts_with("/api/")) {
+        const bool keep_alive = co_await handle_ollama(stream, request, trace);
+        co_return keep_alive;
+    }
     // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
     auto local = answer_locally(request);
     if (local) {
@@ -345,13 +352,141 @@ awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
     co_return keep_alive && !draining_;
 }
 
-http::response<http::string_body> HttpFront::metrics_response(bool keep_alive) const {
+std::uint64_t HttpFront::memory_now() const {
     const auto now = std::chrono::steady_clock::now();
     if (!memory_ || now - memory_->at >= std::chrono::seconds(1)) {
         MemoryReading reading{now, process_footprint(::getpid()).value_or(0), 0};
         if (const auto pid = engine_.pid()) reading.engine = process_footprint(*pid).value_or(0);
         memory_ = reading;
     }
+    return memory_->worker + memory_->engine;
+}
+
+std::optional<http::response<http::string_body>> HttpFront::answer_ollama_locally(
+    const http::request<http::string_body>& request) const {
+    const bool keep_alive = request.keep_alive();
+    const std::string_view target = sv(request.target());
+    const auto call = ollama::call_of(target.substr(0, target.find('?')));
+    if (call == ollama::Call::unknown) {
+        return ollama::error_response(http::status::not_found,
+                                      "no route for '" + std::string(target) +
+                                          "'; this port serves Ollama's /api/chat, /api/generate, "
+                                          "/api/embed, /api/tags, /api/show, /api/ps and "
+                                          "/api/version",
+                                      keep_alive);
+    }
+    if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
+        !allowed) {
+        return ollama::error_response(http::status::unauthorized, allowed.error().message,
+                                      keep_alive);
+    }
+    if (call == ollama::Call::managed) {
+        return ollama::error_response(
+            http::status::not_implemented,
+            "models are managed by Ensemble's config, not through this API: add the model to "
+            "the config and load it ('ensemble load PORT MODEL')",
+            keep_alive);
+    }
+    const auto method = ollama::method_of(call);
+    const bool head = request.method() == http::verb::head && method == "GET";
+    if (sv(request.method_string()) != method && !head) {
+        auto response = ollama::error_response(
+            http::status::method_not_allowed,
+            std::string(target.substr(0, target.find('?'))) + " takes " + std::string(method),
+            keep_alive);
+        response.set(http::field::allow, std::string(method));
+        return response;
+    }
+    ollama::PortModel model;
+    model.identity = model_;
+    const std::filesystem::path path = config_.model_path;
+    std::error_code ec;
+    model.format = path.extension() == ".gguf"               ? "gguf"
+                   : std::filesystem::is_directory(path, ec) ? "safetensors"
+                                                             : "";
+    model.file_bytes =
+        std::filesystem::is_regular_file(path, ec) ? std::filesystem::file_size(path, ec) : 0;
+    model.loaded_unix = started_unix_;
+    model.context = config_.context;
+    switch (call) {
+        case ollama::Call::version:
+            return make_json_response(http::status::ok, ollama::version_body(), keep_alive);
+        case ollama::Call::tags:
+            return make_json_response(http::status::ok, ollama::tags_body(model), keep_alive);
+        case ollama::Call::ps:
+            model.memory_bytes = memory_now();
+            return make_json_response(http::status::ok, ollama::ps_body(model), keep_alive);
+        case ollama::Call::show: {
+            const auto asked = parse_bounded_json(request.body());
+            const auto name = asked && asked->is_object()
+                                  ? asked->value("model", asked->value("name", std::string()))
+                                  : std::string();
+            if (!model_.answers_to(name) && !model_.answers_to(name + ":latest") &&
+                !(name.ends_with(":latest") &&
+                  model_.answers_to(name.substr(0, name.size() - 7)))) {
+                return ollama::error_response(http::status::not_found,
+                                              "model '" + name +
+                                                  "' is not served on this port; "
+                                                  "it serves '" +
+                                                  model_.handle + "'",
+                                              keep_alive);
+            }
+            return make_json_response(http::status::ok, ollama::show_body(model), keep_alive);
+        }
+        default:
+            return std::nullopt;  // for the engine
+    }
+}
+
+awaitable<bool> HttpFront::handle_ollama(beast::tcp_stream& stream,
+                                         http::request<http::string_body>& request,
+                                         RequestTrace& trace) {
+    const std::string path(sv(request.target()).substr(0, sv(request.target()).find('?')));
+    const bool keep_alive = request.keep_alive() && !draining_;
+    auto local = answer_ollama_locally(request);
+    std::optional<ollama::EngineRequest> engine_request;
+    if (!local) {
+        auto translated = ollama::to_engine(ollama::call_of(path), request.body());
+        if (!translated) {
+            local = ollama::error_response(http::status::bad_request, translated.error().message,
+                                           keep_alive);
+        } else if (translated->answered) {
+            local = make_json_response(http::status::ok, *translated->answered, keep_alive);
+        } else if (auto pinned = pin_model(translated->body, model_); !pinned) {
+            local = ollama::error_response(api_error(pinned.error()).status, pinned.error().message,
+                                           keep_alive);
+        } else if (auto unavailable = admission_error()) {
+            local = ollama::error_response(unavailable->status, unavailable->message, keep_alive);
+        } else {
+            translated->body = std::move(pinned).value();
+            engine_request = std::move(translated).value();
+        }
+    }
+    if (local) {
+        drop_body_for_head(request, *local);
+        const bool kept = co_await reply(stream, *local);
+        metrics_.answered(path, local->result_int());
+        co_return kept;
+    }
+    request.method(http::verb::post);
+    request.target(engine_request->target);
+    request.set(http::field::content_type, "application/json");
+    request.body() = std::move(engine_request->body);
+    if (draining_) request.keep_alive(false);
+    ollama::Answer answer(ollama::call_of(path), engine_request->model, engine_request->stream,
+                          trace.began);
+    trace.filter = &answer;
+    const bool kept = co_await proxy_.forward(stream, request, trace);
+    metrics_.answered(path, trace.status == 0 ? kClientClosedRequest : trace.status);
+    if (trace.status != 0) {
+        metrics_.proxied(RequestTrace::Clock::now() - trace.began, trace.first_token,
+                         trace.prompt_tokens);
+    }
+    co_return kept && !draining_;
+}
+
+http::response<http::string_body> HttpFront::metrics_response(bool keep_alive) const {
+    memory_now();
     WorkerGauges gauges;
     gauges.model = model_.handle;
     gauges.engine_state = to_string(engine_.state());

@@ -35,6 +35,9 @@ struct FrontConfig {
     // A listening socket passed by the supervisor (protocol::kListenFd): accepted on, never
     // bound; it outlives this worker. nullopt: bind host:port (standalone).
     std::optional<int> listen_fd;
+    // The model as Ollama's API describes it (/api/tags, /api/show, /api/ps).
+    std::string model_path;
+    int context = 0;
 };
 
 class HttpFront {
@@ -64,6 +67,12 @@ class HttpFront {
     awaitable<void> refuse_connection(tcp::socket socket);
     awaitable<void> serve(tcp::socket socket);
     awaitable<bool> handle(beast::tcp_stream& stream, http::request<http::string_body>& request);
+    // Ollama's API (/api/...), translated to the engine's OpenAI API (worker/ollama_api.h).
+    awaitable<bool> handle_ollama(beast::tcp_stream& stream,
+                                  http::request<http::string_body>& request, RequestTrace& trace);
+    std::optional<http::response<http::string_body>> answer_ollama_locally(
+        const http::request<http::string_body>& request) const;
+    std::uint64_t memory_now() const;
     awaitable<bool> reply(beast::tcp_stream& stream, http::response<http::string_body>& response);
     // The answer to a request the worker handles itself (or rejects), or nullopt to proxy it.
     std::optional<http::response<http::string_body>> answer_locally(

@@ -12,15 +12,19 @@ using protocol::MetricLabels;
 const std::vector<double> kLatencyBounds = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                             2.5,   5,    10,    30,   60,  120,  300, 600};
 
-constexpr std::array<std::string_view, 9> kRoutes = {"/v1/chat/completions",
-                                                     "/v1/completions",
-                                                     "/v1/embeddings",
-                                                     "/v1/responses",
-                                                     "/v1/models",
-                                                     "/health",
-                                                     "/metrics",
-                                                     "/v1/other",
-                                                     "other"};
+constexpr std::array<std::string_view, 13> kRoutes = {"/v1/chat/completions",
+                                                      "/v1/completions",
+                                                      "/v1/embeddings",
+                                                      "/v1/responses",
+                                                      "/v1/models",
+                                                      "/health",
+                                                      "/metrics",
+                                                      "/v1/other",
+                                                      "/api/chat",
+                                                      "/api/generate",
+                                                      "/api/embed",
+                                                      "/api/other",
+                                                      "other"};
 
 constexpr std::array<std::string_view, 5> kEngineStates = {"loading", "ready", "restarting",
                                                            "stopping", "stopped"};
@@ -36,6 +40,7 @@ std::string_view metrics_route(std::string_view target) {
     for (const auto route : kRoutes) {
         if (path == route) return route;
     }
+    if (path.starts_with("/api/")) return "/api/other";  // Ollama's listings and refusals
     return path.starts_with("/v1/") ? "/v1/other" : "other";
 }
 

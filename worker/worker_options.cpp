@@ -108,6 +108,8 @@ Status finish(WorkerOptions& o, const std::string& engine_name, const std::strin
                           "(deploy/setup provisions llama-server in .engines/bin)");
     }
     o.engine.handle = o.model.handle;
+    o.front.model_path = o.engine.model;  // what /api/tags and /api/show tell of it
+    o.front.context = o.engine.context;
     if (o.engine.log_file.empty()) {
         const auto dir = log_dir.empty() ? default_log_dir() : std::filesystem::path(log_dir);
         if (log_dir.empty() &&

@@ -1,0 +1,102 @@
+// Ollama's API on a model port (worker/ollama_api.h), driven by Ollama's official JavaScript
+// client against the real llama-server on a generated model: what Open WebUI and the other
+// Ollama-only tools see.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/support/api_clients.h"
+#include "tests/support/http_client.h"
+#include "tests/support/worker_process.h"
+
+using namespace ensemble::testing;
+using nlohmann::json;
+
+namespace {
+
+TEST(OllamaApiTest, OllamasOwnClientListsChatsStreamsAndGeneratesThroughTheRealEngine) {
+    WorkerProcess worker(free_port(), {"--alias", "tiny-chat"}, current_test_name());
+    ASSERT_TRUE(worker.wait_ready()) << worker.log();
+    const auto run = run_client("ollama_client.mjs",
+                                {"http://127.0.0.1:" + std::to_string(worker.port()), "tiny"});
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    ASSERT_TRUE(run.result.is_object()) << run.output;
+    const auto& r = run.result;
+    SCOPED_TRACE(r.dump(1));
+    EXPECT_FALSE(r["version"]["version"].get<std::string>().empty());
+    ASSERT_EQ(r["list"]["models"].size(), 1U);
+    EXPECT_EQ(r["list"]["models"][0]["name"], "tiny");
+    EXPECT_EQ(r["list"]["models"][0]["details"]["format"], "gguf");
+    EXPECT_GT(r["list"]["models"][0]["size"].get<long long>(), 0) << "the model file's size";
+    EXPECT_EQ(r["show"]["model_info"]["general.context_length"], 4096);
+    EXPECT_GT(r["ps"]["models"][0]["size"].get<long long>(), 0) << "the memory it holds";
+
+    // Not streamed: one answer with Ollama's counts and durations, from the engine's.
+    const auto& chat = r["chat"];
+    EXPECT_EQ(chat["done"], true);
+    EXPECT_EQ(chat["done_reason"], "length");
+    EXPECT_EQ(chat["eval_count"], 8);
+    EXPECT_GT(chat["prompt_eval_count"].get<int>(), 0);
+    EXPECT_GT(chat["eval_duration"].get<long long>(), 0);
+    EXPECT_GE(chat["total_duration"].get<long long>(), chat["eval_duration"].get<long long>());
+    EXPECT_EQ(chat["message"]["role"], "assistant");
+    EXPECT_FALSE(chat["message"]["content"].get<std::string>().empty());
+
+    // Streamed: NDJSON parts as the engine generates, then the done part with the counts.
+    const auto& stream = r["chat_stream"];
+    EXPECT_GE(stream["parts"].get<int>(), 3) << "token by token, not one buffered answer";
+    EXPECT_FALSE(stream["text"].get<std::string>().empty());
+    EXPECT_EQ(stream["last"]["done"], true);
+    EXPECT_EQ(stream["last"]["eval_count"], 8);
+    EXPECT_EQ(r["generate"]["model"], "tiny:latest") << "the name the client used, echoed";
+    EXPECT_EQ(r["generate"]["eval_count"], 4);
+    EXPECT_FALSE(r["generate"]["response"].get<std::string>().empty());
+    EXPECT_EQ(r["generate_stream"]["last"]["done"], true);
+    EXPECT_EQ(r["generate_stream"]["parts"], 5) << "four tokens, then done";
+    // format: json reaches the engine as response_format, which llama-server turns into a
+    // grammar; the generated test model's vocabulary cannot express JSON's, and the engine's
+    // refusal reaches the client as Ollama's error (without `format` the same request is 200).
+    EXPECT_EQ(r["json_format"]["status"], 400);
+    EXPECT_NE(r["json_format"]["error"].get<std::string>().find("samplers"), std::string::npos);
+
+    // Errors as Ollama's client raises them: the status and the reason.
+    EXPECT_EQ(r["unknown_model"]["status"], 404);
+    EXPECT_NE(r["unknown_model"]["error"].get<std::string>().find("serves 'tiny'"),
+              std::string::npos);
+    EXPECT_EQ(r["pull"]["status"], 501);
+    EXPECT_NE(r["pull"]["error"].get<std::string>().find("managed by Ensemble's config"),
+              std::string::npos);
+    // llama-server without --embeddings refuses: its reason reaches the client.
+    EXPECT_EQ(r["embed"]["status"], 501);
+    EXPECT_NE(r["embed"]["error"].get<std::string>().find("embeddings"), std::string::npos);
+}
+
+TEST(OllamaApiTest, TheApiKeyAndTheMethodsAreEnforcedAsOnTheOpenAiRoutes) {
+    WorkerProcess worker(free_port(), {"--api-key", "sekrit"}, current_test_name());
+    ASSERT_TRUE(worker.wait_ready()) << worker.log();
+    HttpRequest tags;
+    tags.method = "GET";
+    tags.target = "/api/tags";
+    auto r = http_request(worker.port(), tags);
+    EXPECT_EQ(r.status, 401) << r.body;
+    EXPECT_TRUE(json::parse(r.body)["error"].is_string()) << "Ollama's shape: " << r.body;
+    tags.headers["Authorization"] = "Bearer sekrit";
+    r = http_request(worker.port(), tags);
+    EXPECT_EQ(r.status, 200) << r.body;
+    HttpRequest post_tags = tags;
+    post_tags.method = "POST";
+    r = http_request(worker.port(), post_tags);
+    EXPECT_EQ(r.status, 405) << r.body;
+    HttpRequest bad = tags;
+    bad.method = "POST";
+    bad.target = "/api/chat";
+    bad.body = R"({"model":"tiny","messages":"not an array"})";
+    r = http_request(worker.port(), bad);
+    EXPECT_EQ(r.status, 400) << r.body;
+    EXPECT_EQ(json::parse(r.body)["error"], "messages must be an array");
+    bad.target = "/api/nothing";
+    r = http_request(worker.port(), bad);
+    EXPECT_EQ(r.status, 404) << r.body;
+}
+
+}  // namespace

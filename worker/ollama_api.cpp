@@ -1,0 +1,593 @@
+#include "worker/ollama_api.h"
+
+#include <array>
+#include <ctime>
+
+#include "protocol/bounded_json.h"
+
+namespace ensemble::ollama {
+
+using nlohmann::json;
+
+namespace {
+
+// The version /api/version reports: the Ollama API this port speaks (clients check it before
+// using /api/chat's tools and structured outputs).
+constexpr std::string_view kOllamaApiVersion = "0.6.0";
+// A whole (non-streamed) answer, or one event of a stream, larger than this is not translated.
+constexpr std::size_t kMaxAnswerBytes = 32ULL << 20;
+
+// RFC 3339 with nanoseconds, in UTC, as Ollama writes `created_at`.
+std::string now_rfc3339() {
+    const auto now = std::chrono::system_clock::now();
+    const auto seconds = std::chrono::system_clock::to_time_t(now);
+    const auto nanos =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch()).count() %
+        1000000000;
+    std::tm utc{};
+    gmtime_r(&seconds, &utc);
+    std::array<char, 64> text{};
+    const auto n = std::strftime(text.data(), text.size(), "%Y-%m-%dT%H:%M:%S", &utc);
+    std::array<char, 16> fraction{};
+    std::snprintf(fraction.data(), fraction.size(), ".%09lldZ", static_cast<long long>(nanos));
+    return std::string(text.data(), n) + fraction.data();
+}
+
+std::string rfc3339_of(long unix_seconds) {
+    const auto seconds = static_cast<std::time_t>(unix_seconds);
+    std::tm utc{};
+    gmtime_r(&seconds, &utc);
+    std::array<char, 64> text{};
+    const auto n = std::strftime(text.data(), text.size(), "%Y-%m-%dT%H:%M:%SZ", &utc);
+    return std::string(text.data(), n);
+}
+
+// "tiny:latest" names "tiny": Ollama's clients add the default tag.
+std::string without_latest(std::string name) {
+    constexpr std::string_view kLatest = ":latest";
+    if (name.ends_with(kLatest)) name.resize(name.size() - kLatest.size());
+    return name;
+}
+
+Error bad(const std::string& why) {
+    return Error{"bad_request", why};
+}
+
+// The image's media type from its first bytes (Ollama's clients send bare base64).
+std::string data_url(const std::string& base64) {
+    std::string type = "image/jpeg";
+    if (base64.starts_with("iVBOR")) type = "image/png";
+    if (base64.starts_with("R0lGOD")) type = "image/gif";
+    if (base64.starts_with("UklGR")) type = "image/webp";
+    return "data:" + type + ";base64," + base64;
+}
+
+// A message's text and images as OpenAI's content: a string, or parts when there are images.
+Result<json> content_of(const json& message) {
+    const auto text = message.value("content", json(""));
+    if (!text.is_string()) return bad("a message's content must be a string");
+    const auto images = message.find("images");
+    if (images == message.end() || images->is_null() || images->empty()) return text;
+    if (!images->is_array()) return bad("a message's images must be an array of base64 strings");
+    json parts = json::array();
+    if (!text.get<std::string>().empty()) parts.push_back({{"type", "text"}, {"text", text}});
+    for (const auto& image : *images) {
+        if (!image.is_string()) return bad("each image must be a base64 string");
+        parts.push_back(
+            {{"type", "image_url"}, {"image_url", {{"url", data_url(image.get<std::string>())}}}});
+    }
+    return parts;
+}
+
+// Ollama's `options` as OpenAI's (and llama-server's) sampling parameters. `num_ctx` is the
+// model's, set in the config: it cannot change per request.
+void map_options(const json& options, json& out) {
+    if (!options.is_object()) return;
+    static constexpr std::array<std::string_view, 13> kSameName{"temperature",
+                                                                "top_p",
+                                                                "top_k",
+                                                                "min_p",
+                                                                "seed",
+                                                                "stop",
+                                                                "repeat_penalty",
+                                                                "presence_penalty",
+                                                                "frequency_penalty",
+                                                                "typical_p",
+                                                                "repeat_last_n",
+                                                                "mirostat",
+                                                                "mirostat_tau"};
+    for (const auto name : kSameName) {
+        const auto it = options.find(std::string(name));
+        if (it != options.end() && !it->is_null()) out[std::string(name)] = *it;
+    }
+    if (const auto eta = options.find("mirostat_eta"); eta != options.end())
+        out["mirostat_eta"] = *eta;
+    // num_predict: -1 is "until the context is full", -2 "until it fills": no limit here.
+    if (const auto n = options.find("num_predict");
+        n != options.end() && n->is_number_integer() && n->get<long long>() > 0)
+        out["max_tokens"] = *n;
+}
+
+// `format`: "json", or a JSON schema the answer must follow.
+Status map_format(const json& request, json& out) {
+    const auto format = request.find("format");
+    if (format == request.end() || format->is_null() || *format == "") return Ok{};
+    if (*format == "json") {
+        out["response_format"] = {{"type", "json_object"}};
+    } else if (format->is_object()) {
+        out["response_format"] = {{"type", "json_schema"},
+                                  {"json_schema", {{"name", "format"}, {"schema", *format}}}};
+    } else {
+        return bad("format must be \"json\" or a JSON schema object");
+    }
+    return Ok{};
+}
+
+// Ollama's tool calls carry no ids; OpenAI's answers must name the call they answer. Each call
+// gets "call_N" in order, and a tool message answers the oldest unanswered call of its name.
+Result<json> chat_messages(const json& messages) {
+    if (!messages.is_array()) return bad("messages must be an array");
+    json out = json::array();
+    std::vector<std::pair<std::string, std::string>> unanswered;  // id, tool name
+    int next_id = 0;
+    for (const auto& m : messages) {
+        if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
+            return bad("each message is an object with a role");
+        auto content = content_of(m);
+        if (!content) return content.error();
+        json message = {{"role", m["role"]}, {"content", *content}};
+        if (const auto calls = m.find("tool_calls"); calls != m.end() && calls->is_array()) {
+            json openai_calls = json::array();
+            for (const auto& call : *calls) {
+                const auto function = call.value("function", json::object());
+                const auto id = "call_" + std::to_string(next_id++);
+                const auto name = function.value("name", std::string());
+                const auto arguments = function.value("arguments", json::object());
+                openai_calls.push_back(
+                    {{"id", id},
+                     {"type", "function"},
+                     {"function",
+                      {{"name", name},
+                       {"arguments", arguments.is_string() ? arguments.get<std::string>()
+                                                           : arguments.dump()}}}});
+                unanswered.emplace_back(id, name);
+            }
+            message["tool_calls"] = openai_calls;
+        }
+        if (m["role"] == "tool") {
+            const auto name = m.value("tool_name", m.value("name", std::string()));
+            auto it = std::find_if(unanswered.begin(), unanswered.end(),
+                                   [&](const auto& call) { return call.second == name; });
+            if (it == unanswered.end()) it = unanswered.begin();
+            if (it == unanswered.end()) {
+                message["tool_call_id"] = "call_" + std::to_string(next_id++);
+            } else {
+                message["tool_call_id"] = it->first;
+                unanswered.erase(it);
+            }
+        }
+        out.push_back(std::move(message));
+    }
+    return out;
+}
+
+// A reply to a request with nothing to generate: the model is loaded (or, asked to unload, it
+// stays: the port serves it until it is unloaded from the config's side).
+std::string load_reply(Call call, const std::string& model, bool unload) {
+    json reply = {{"model", model},
+                  {"created_at", now_rfc3339()},
+                  {"done", true},
+                  {"done_reason", unload ? "unload" : "load"}};
+    if (call == Call::chat) {
+        reply["message"] = {{"role", "assistant"}, {"content", ""}};
+    } else {
+        reply["response"] = "";
+    }
+    return reply.dump();
+}
+
+// Arguments as Ollama sends them: an object (OpenAI's are JSON text).
+json arguments_object(const std::string& text) {
+    auto parsed = parse_bounded_json(text.empty() ? "{}" : text);
+    return parsed && parsed->is_object() ? *parsed : json(text);
+}
+
+json details_of(const PortModel& model) {
+    return {{"parent_model", ""},        {"format", model.format}, {"family", ""},
+            {"families", json::array()}, {"parameter_size", ""},   {"quantization_level", ""}};
+}
+
+json model_entry(const PortModel& model) {
+    return {{"name", model.identity.handle},
+            {"model", model.identity.handle},
+            {"modified_at", rfc3339_of(model.loaded_unix)},
+            {"size", model.file_bytes},
+            {"digest", ""},
+            {"details", details_of(model)}};
+}
+
+}  // namespace
+
+Call call_of(std::string_view path) {
+    static const std::array<std::pair<std::string_view, Call>, 15> kCalls{{
+        {"/api/chat", Call::chat},
+        {"/api/generate", Call::generate},
+        {"/api/embed", Call::embed},
+        {"/api/embeddings", Call::embeddings},
+        {"/api/tags", Call::tags},
+        {"/api/show", Call::show},
+        {"/api/ps", Call::ps},
+        {"/api/version", Call::version},
+        {"/api/pull", Call::managed},
+        {"/api/push", Call::managed},
+        {"/api/create", Call::managed},
+        {"/api/copy", Call::managed},
+        {"/api/delete", Call::managed},
+        {"/api/blobs", Call::managed},
+        {"/api/blobs/", Call::managed},
+    }};
+    for (const auto& [name, call] : kCalls) {
+        if (path == name || (name == "/api/blobs/" && path.starts_with(name))) return call;
+    }
+    return Call::unknown;
+}
+
+std::string_view method_of(Call call) {
+    switch (call) {
+        case Call::tags:
+        case Call::ps:
+        case Call::version:
+            return "GET";
+        case Call::unknown:
+            return "";
+        default:
+            return "POST";
+    }
+}
+
+http::response<http::string_body> error_response(http::status status, std::string_view message,
+                                                 bool keep_alive) {
+    http::response<http::string_body> response{status, 11};
+    response.set(http::field::content_type, "application/json; charset=utf-8");
+    response.set(http::field::server, "ensemble-worker");
+    response.body() = json{{"error", message}}.dump();
+    response.keep_alive(keep_alive);
+    response.prepare_payload();
+    return response;
+}
+
+std::string tags_body(const PortModel& model) {
+    return json{{"models", json::array({model_entry(model)})}}.dump();
+}
+
+std::string show_body(const PortModel& model) {
+    json info = json::object();
+    if (model.context > 0) info["general.context_length"] = model.context;
+    return json{{"modelfile", ""},
+                {"parameters", ""},
+                {"template", ""},
+                {"details", details_of(model)},
+                {"model_info", info},
+                {"capabilities", json::array({"completion"})},
+                {"modified_at", rfc3339_of(model.loaded_unix)}}
+        .dump();
+}
+
+std::string ps_body(const PortModel& model) {
+    auto entry = model_entry(model);
+    entry["size"] = model.memory_bytes;
+    entry["size_vram"] = 0;
+    // Loaded until the port is unloaded or evicted, not on a timer of its own.
+    entry["expires_at"] = "2318-01-01T00:00:00Z";
+    entry["context_length"] = model.context;
+    return json{{"models", json::array({entry})}}.dump();
+}
+
+std::string version_body() {
+    return json{{"version", kOllamaApiVersion}}.dump();
+}
+
+Result<EngineRequest> to_engine(Call call, std::string_view body) {
+    auto parsed = parse_bounded_json(body);
+    if (!parsed) return bad("the request body is not valid JSON: " + parsed.error().message);
+    const auto& request = *parsed;
+    if (!request.is_object()) return bad("the request body must be a JSON object");
+    const auto model = request.find("model");
+    if (model == request.end() || !model->is_string() || model->get<std::string>().empty())
+        return bad("model is required");
+    EngineRequest out;
+    out.model = model->get<std::string>();
+    const auto stream = request.find("stream");
+    out.stream = call != Call::embed && call != Call::embeddings &&
+                 (stream == request.end() || stream->is_null() || *stream == true);
+    json engine = {{"model", without_latest(out.model)}};
+    map_options(request.value("options", json::object()), engine);
+    const auto unload = request.contains("keep_alive") && request["keep_alive"] == 0;
+    switch (call) {
+        case Call::chat: {
+            const auto messages = request.value("messages", json::array());
+            if (messages.is_array() && messages.empty()) {
+                out.answered = load_reply(call, out.model, unload);
+                return out;
+            }
+            auto translated = chat_messages(messages);
+            if (!translated) return translated.error();
+            engine["messages"] = *translated;
+            if (const auto tools = request.find("tools"); tools != request.end() && !tools->empty())
+                engine["tools"] = *tools;
+            out.target = "/v1/chat/completions";
+            break;
+        }
+        case Call::generate: {
+            const auto prompt = request.value("prompt", json(""));
+            if (!prompt.is_string()) return bad("prompt must be a string");
+            const auto images = request.value("images", json::array());
+            if (prompt.get<std::string>().empty() && images.empty()) {
+                out.answered = load_reply(call, out.model, unload);
+                return out;
+            }
+            if (request.contains("suffix") && request["suffix"] != "") {
+                return bad(
+                    "suffix (fill in the middle) is not supported here; use the engine's own "
+                    "infill endpoint");
+            }
+            if (request.value("raw", false)) {
+                engine["prompt"] = prompt;
+                out.target = "/v1/completions";
+                break;
+            }
+            json messages = json::array();
+            if (const auto system = request.value("system", json("")); system != "")
+                messages.push_back({{"role", "system"}, {"content", system}});
+            auto user = content_of({{"content", prompt}, {"images", images}});
+            if (!user) return user.error();
+            messages.push_back({{"role", "user"}, {"content", *user}});
+            engine["messages"] = messages;
+            out.target = "/v1/chat/completions";
+            break;
+        }
+        case Call::embed:
+        case Call::embeddings: {
+            const auto input = request.value(call == Call::embed ? "input" : "prompt", json());
+            if (!input.is_string() && !input.is_array())
+                return bad(std::string(call == Call::embed ? "input" : "prompt") +
+                           " must be a string or an array of strings");
+            engine["input"] = input;
+            out.target = "/v1/embeddings";
+            out.body = engine.dump();
+            return out;
+        }
+        default:
+            return bad("not a request for the engine");
+    }
+    if (auto format = map_format(request, engine); !format) return format.error();
+    engine["stream"] = out.stream;
+    if (out.stream) engine["stream_options"] = {{"include_usage", true}};
+    out.body = engine.dump();
+    return out;
+}
+
+Answer::Answer(Call call, std::string model, bool stream, Clock::time_point began)
+    : call_(call), model_(std::move(model)), stream_(stream), began_(began) {}
+
+void Answer::begin(http::response_header<>& header, bool event_stream) {
+    event_stream_ = event_stream;
+    failed_ = header.result_int() >= 400;
+    header.erase(http::field::content_length);
+    header.set(http::field::content_type, stream_ && !failed_ && event_stream
+                                              ? "application/x-ndjson"
+                                              : "application/json; charset=utf-8");
+}
+
+std::string Answer::line(json object) const {
+    return object.dump() + (stream_ ? "\n" : "");
+}
+
+json Answer::done_line() const {
+    const auto total =
+        std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - began_).count();
+    const auto ms_to_ns = [](const json& ms) {
+        return ms.is_number() ? static_cast<long long>(ms.get<double>() * 1e6) : 0LL;
+    };
+    const auto count = [&](const char* usage_name, const char* timings_name) -> long long {
+        if (usage_.is_object() && usage_.contains(usage_name)) return usage_[usage_name];
+        if (timings_.is_object() && timings_.contains(timings_name)) return timings_[timings_name];
+        return 0;
+    };
+    json done = {{"model", model_},
+                 {"created_at", now_rfc3339()},
+                 {"done", true},
+                 {"done_reason", done_reason_},
+                 {"total_duration", total},
+                 {"load_duration", 0},
+                 {"prompt_eval_count", count("prompt_tokens", "prompt_n")},
+                 {"prompt_eval_duration", ms_to_ns(timings_.value("prompt_ms", json()))},
+                 {"eval_count", count("completion_tokens", "predicted_n")},
+                 {"eval_duration", ms_to_ns(timings_.value("predicted_ms", json()))}};
+    return done;
+}
+
+std::string Answer::feed(std::string_view bytes) {
+    if (ended_) return {};
+    if (pending_.size() + bytes.size() > kMaxAnswerBytes) {
+        ended_ = true;
+        return line(
+            {{"error", "the engine's answer is larger than the " +
+                           std::to_string(kMaxAnswerBytes >> 20) + " MiB this port translates"}});
+    }
+    pending_.append(bytes);
+    if (!event_stream_ || failed_) return {};  // one JSON body: translated whole at the end
+    std::string out;
+    for (;;) {
+        // Events end at a blank line ("\n\n", or "\r\n\r\n").
+        auto end = pending_.find("\n\n");
+        std::size_t gap = 2;
+        if (const auto crlf = pending_.find("\r\n\r\n"); crlf < end) {
+            end = crlf;
+            gap = 4;
+        }
+        if (end == std::string::npos) break;
+        const std::string event = pending_.substr(0, end);
+        pending_.erase(0, end + gap);
+        std::string_view rest = event;
+        while (!rest.empty()) {
+            const auto eol = rest.find('\n');
+            auto field = rest.substr(0, eol);
+            rest.remove_prefix(eol == std::string_view::npos ? rest.size() : eol + 1);
+            if (field.ends_with('\r')) field.remove_suffix(1);
+            if (!field.starts_with("data:")) continue;
+            field.remove_prefix(5);
+            if (field.starts_with(' ')) field.remove_prefix(1);
+            out += translate_event(field);
+        }
+        if (ended_) break;
+    }
+    return out;
+}
+
+std::string Answer::translate_event(std::string_view data) {
+    if (data == "[DONE]") return {};
+    auto parsed = parse_bounded_json(data);
+    if (!parsed || !parsed->is_object()) return {};  // not an OpenAI chunk: nothing to say
+    const auto& chunk = *parsed;
+    if (const auto error = chunk.find("error"); error != chunk.end()) {
+        ended_ = true;
+        const auto message =
+            error->is_object() ? error->value("message", error->dump()) : error->dump();
+        return line({{"error", message}});
+    }
+    if (const auto usage = chunk.find("usage"); usage != chunk.end() && usage->is_object())
+        usage_ = *usage;
+    if (const auto timings = chunk.find("timings"); timings != chunk.end()) timings_ = *timings;
+    const auto choices = chunk.value("choices", json::array());
+    if (!choices.is_array() || choices.empty() || !choices[0].is_object()) return {};
+    const auto& choice = choices[0];
+    if (const auto reason = choice.find("finish_reason");
+        reason != choice.end() && reason->is_string())
+        done_reason_ = *reason == "length" ? "length" : "stop";
+    std::string text;
+    if (call_ == Call::chat || call_ == Call::generate) {
+        const auto delta = choice.value("delta", json::object());
+        if (const auto content = delta.find("content");
+            content != delta.end() && content->is_string())
+            text = content->get<std::string>();
+        if (const auto calls = delta.find("tool_calls");
+            calls != delta.end() && calls->is_array()) {
+            for (const auto& call : *calls) {
+                auto& mine = tool_calls_[call.value("index", 0)];
+                const auto function = call.value("function", json::object());
+                if (const auto name = function.find("name");
+                    name != function.end() && name->is_string())
+                    mine.name += name->get<std::string>();
+                if (const auto args = function.find("arguments");
+                    args != function.end() && args->is_string())
+                    mine.arguments += args->get<std::string>();
+            }
+        }
+        if (const auto raw = choice.find("text"); raw != choice.end() && raw->is_string())
+            text = raw->get<std::string>();  // /v1/completions (raw generate)
+    }
+    if (text.empty()) return {};
+    json out = {{"model", model_}, {"created_at", now_rfc3339()}, {"done", false}};
+    if (call_ == Call::chat) {
+        out["message"] = {{"role", "assistant"}, {"content", text}};
+    } else {
+        out["response"] = text;
+    }
+    return line(std::move(out));
+}
+
+std::string Answer::whole_answer() {
+    auto parsed = parse_bounded_json(pending_);
+    if (failed_ || !parsed || !parsed->is_object()) {
+        std::string message = "the engine answered with an error";
+        if (parsed && parsed->is_object() && parsed->contains("error")) {
+            const auto& error = (*parsed)["error"];
+            message = error.is_object()   ? error.value("message", error.dump())
+                      : error.is_string() ? error.get<std::string>()
+                                          : error.dump();
+        } else if (!parsed) {
+            message = "the engine's answer is not JSON";
+        }
+        return line({{"error", message}});
+    }
+    const auto& answer = *parsed;
+    if (call_ == Call::embed || call_ == Call::embeddings) {
+        json vectors = json::array();
+        for (const auto& item : answer.value("data", json::array()))
+            vectors.push_back(item.value("embedding", json::array()));
+        if (call_ == Call::embeddings)
+            return json{{"embedding", vectors.empty() ? json::array() : vectors[0]}}.dump();
+        usage_ = answer.value("usage", json::object());
+        auto out = done_line();
+        return json{{"model", model_},
+                    {"embeddings", vectors},
+                    {"total_duration", out["total_duration"]},
+                    {"load_duration", 0},
+                    {"prompt_eval_count", out["prompt_eval_count"]}}
+            .dump();
+    }
+    usage_ = answer.value("usage", json::object());
+    timings_ = answer.value("timings", json::object());
+    const auto choices = answer.value("choices", json::array());
+    const auto choice = choices.is_array() && !choices.empty() ? choices[0] : json::object();
+    if (const auto reason = choice.value("finish_reason", json()); reason.is_string())
+        done_reason_ = reason == "length" ? "length" : "stop";
+    auto out = done_line();
+    const auto message = choice.value("message", json::object());
+    std::string text = message.value("content", json("")).is_string()
+                           ? message.value("content", std::string())
+                           : std::string();
+    if (choice.contains("text") && choice["text"].is_string()) text = choice["text"];
+    if (call_ == Call::chat) {
+        out["message"] = {{"role", "assistant"}, {"content", text}};
+        if (const auto calls = message.find("tool_calls");
+            calls != message.end() && calls->is_array()) {
+            json ollama_calls = json::array();
+            for (const auto& call : *calls) {
+                const auto function = call.value("function", json::object());
+                ollama_calls.push_back({{"function",
+                                         {{"name", function.value("name", std::string())},
+                                          {"arguments", arguments_object(function.value(
+                                                            "arguments", std::string()))}}}});
+            }
+            out["message"]["tool_calls"] = ollama_calls;
+        }
+    } else {
+        out["response"] = text;
+    }
+    return out.dump();
+}
+
+std::string Answer::finish() {
+    if (ended_) return {};
+    ended_ = true;
+    if (!event_stream_ || failed_) return whole_answer();
+    std::string out;
+    if (!tool_calls_.empty()) {
+        json calls = json::array();
+        for (const auto& [index, call] : tool_calls_)
+            calls.push_back(
+                {{"function",
+                  {{"name", call.name}, {"arguments", arguments_object(call.arguments)}}}});
+        out += line({{"model", model_},
+                     {"created_at", now_rfc3339()},
+                     {"message", {{"role", "assistant"}, {"content", ""}, {"tool_calls", calls}}},
+                     {"done", false}});
+    }
+    auto done = done_line();
+    if (call_ == Call::chat) {
+        done["message"] = {{"role", "assistant"}, {"content", ""}};
+    } else {
+        done["response"] = "";
+    }
+    return out + line(std::move(done));
+}
+
+std::string Answer::cut(const ApiError& error) {
+    if (ended_) return {};
+    ended_ = true;
+    return line({{"error", error.message}});
+}
+
+}  // namespace ensemble::ollama

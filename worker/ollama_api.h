@@ -1,0 +1,103 @@
+// Ollama's API (/api/chat, /api/generate, /api/embed, /api/tags, /api/show, /api/ps,
+// /api/version) on a model port, translated to the engine's OpenAI API and back: the clients
+// that speak only Ollama's (Open WebUI, Continue, editor and home-automation plugins) use a port
+// as they would `ollama serve`. Pure functions and one filter for the answer; docs/API.md has
+// the mapping and what is not supported.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "protocol/result.h"
+#include "worker/answer_filter.h"
+#include "worker/request_policy.h"
+
+namespace ensemble::ollama {
+
+enum class Call {
+    chat,        // POST /api/chat
+    generate,    // POST /api/generate
+    embed,       // POST /api/embed
+    embeddings,  // POST /api/embeddings (the older form: one prompt, one vector)
+    tags,        // GET /api/tags
+    show,        // POST /api/show
+    ps,          // GET /api/ps
+    version,     // GET /api/version
+    managed,     // pull, push, create, copy, delete, blobs: models come from the config
+    unknown
+};
+Call call_of(std::string_view path);
+// The method `call` takes ("GET" or "POST"; unknown: none).
+std::string_view method_of(Call call);
+
+// A refusal as Ollama's clients read one: {"error": "..."}.
+http::response<http::string_body> error_response(http::status status, std::string_view message,
+                                                 bool keep_alive);
+
+// What the port tells of its model in /api/tags, /api/show and /api/ps.
+struct PortModel {
+    ModelIdentity identity;
+    std::string format;              // "gguf", "safetensors", ... (from the model's path)
+    std::uint64_t file_bytes = 0;    // the model file's size (0: a directory or unknown)
+    std::uint64_t memory_bytes = 0;  // held now by the worker and its engine
+    long loaded_unix = 0;            // when the worker started
+    int context = 0;                 // the engine's context (0: the engine's default)
+};
+std::string tags_body(const PortModel& model);
+std::string show_body(const PortModel& model);
+std::string ps_body(const PortModel& model);
+std::string version_body();
+
+// The engine request for an Ollama request, or the answer given without the engine (a chat with
+// no messages loads the model: it is loaded), or why it is refused (code "bad_request").
+struct EngineRequest {
+    std::string target;   // /v1/chat/completions, /v1/completions, /v1/embeddings
+    std::string body;     // OpenAI's JSON, `model` as the client named it (pinned after)
+    std::string model;    // the name the client used, echoed in every answer
+    bool stream = false;  // the client wants NDJSON lines
+    std::optional<std::string> answered;  // a local answer (JSON) instead of a request
+};
+Result<EngineRequest> to_engine(Call call, std::string_view body);
+
+// The engine's answer (an event stream or one JSON body) as Ollama's: NDJSON lines when
+// streaming, one JSON object otherwise; an engine error as {"error": "..."}.
+class Answer final : public AnswerFilter {
+  public:
+    using Clock = std::chrono::steady_clock;
+    Answer(Call call, std::string model, bool stream, Clock::time_point began);
+
+    void begin(http::response_header<>& header, bool event_stream) override;
+    std::string feed(std::string_view bytes) override;
+    std::string finish() override;
+    std::string cut(const ApiError& error) override;
+
+  private:
+    struct ToolCall {
+        std::string name;
+        std::string arguments;  // as the engine streams it: JSON text, in pieces
+    };
+    std::string translate_event(std::string_view data);
+    std::string line(nlohmann::json object) const;
+    nlohmann::json done_line() const;
+    std::string whole_answer();
+
+    Call call_;
+    std::string model_;
+    bool stream_;
+    Clock::time_point began_;
+    bool event_stream_ = false;
+    bool failed_ = false;  // the engine answered an error status
+    bool ended_ = false;   // a final line (done or error) was sent
+    std::string pending_;  // bytes of an event not yet complete, or a whole JSON answer
+    std::map<int, ToolCall> tool_calls_;
+    std::string done_reason_ = "stop";
+    nlohmann::json usage_;    // OpenAI's usage, when the engine sends it
+    nlohmann::json timings_;  // llama-server's timings (prompt_ms, predicted_ms, ...)
+};
+
+}  // namespace ensemble::ollama
