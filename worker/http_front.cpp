@@ -404,8 +404,10 @@ std::optional<http::response<http::string_body>> HttpFront::answer_ollama_locall
     model.format = path.extension() == ".gguf"               ? "gguf"
                    : std::filesystem::is_directory(path, ec) ? "safetensors"
                                                              : "";
-    model.file_bytes =
-        std::filesystem::is_regular_file(path, ec) ? std::filesystem::file_size(path, ec) : 0;
+    if (std::filesystem::is_regular_file(path, ec)) {
+        const auto size = std::filesystem::file_size(path, ec);
+        model.file_bytes = ec ? 0 : size;  // (an error reads as the largest size)
+    }
     model.loaded_unix = started_unix_;
     model.context = config_.context;
     switch (call) {
@@ -417,13 +419,11 @@ std::optional<http::response<http::string_body>> HttpFront::answer_ollama_locall
             model.memory_bytes = memory_now();
             return make_json_response(http::status::ok, ollama::ps_body(model), keep_alive);
         case ollama::Call::show: {
-            const auto asked = parse_bounded_json(request.body());
-            const auto name = asked && asked->is_object()
-                                  ? asked->value("model", asked->value("name", std::string()))
-                                  : std::string();
-            if (!model_.answers_to(name) && !model_.answers_to(name + ":latest") &&
-                !(name.ends_with(":latest") &&
-                  model_.answers_to(name.substr(0, name.size() - 7)))) {
+            const auto name = ollama::requested_name(request.body());
+            constexpr std::string_view kLatest = ":latest";  // the tag Ollama's clients add
+            const auto base =
+                name.ends_with(kLatest) ? name.substr(0, name.size() - kLatest.size()) : name;
+            if (!model_.answers_to(name) && !model_.answers_to(base)) {
                 return ollama::error_response(http::status::not_found,
                                               "model '" + name +
                                                   "' is not served on this port; "

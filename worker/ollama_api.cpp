@@ -1,6 +1,8 @@
 #include "worker/ollama_api.h"
 
+#include <algorithm>
 #include <array>
+#include <cstdio>
 #include <ctime>
 
 #include "protocol/bounded_json.h"
@@ -53,6 +55,26 @@ Error bad(const std::string& why) {
     return Error{"bad_request", why};
 }
 
+// `object[name]` when `object` is an object that has it, else null. Requests and answers are
+// untrusted: nlohmann's value() and get() throw on a member of another type.
+const json& at(const json& object, std::string_view name) {
+    static const json kNull;
+    if (!object.is_object()) return kNull;
+    const auto it = object.find(name);
+    return it == object.end() ? kNull : *it;
+}
+
+std::string text_at(const json& object, std::string_view name) {
+    const auto& value = at(object, name);
+    return value.is_string() ? value.get<std::string>() : std::string();
+}
+
+// Text for the wire: bytes that are not UTF-8 (a path, an engine's message) become U+FFFD
+// rather than an exception.
+std::string dump(const json& value) {
+    return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
 // The image's media type from its first bytes (Ollama's clients send bare base64).
 std::string data_url(const std::string& base64) {
     std::string type = "image/jpeg";
@@ -64,14 +86,16 @@ std::string data_url(const std::string& base64) {
 
 // A message's text and images as OpenAI's content: a string, or parts when there are images.
 Result<json> content_of(const json& message) {
-    const auto text = message.value("content", json(""));
-    if (!text.is_string()) return bad("a message's content must be a string");
-    const auto images = message.find("images");
-    if (images == message.end() || images->is_null() || images->empty()) return text;
-    if (!images->is_array()) return bad("a message's images must be an array of base64 strings");
+    const auto& content = at(message, "content");
+    if (!content.is_null() && !content.is_string())
+        return bad("a message's content must be a string");
+    const json text = content.is_string() ? content : json("");
+    const auto& images = at(message, "images");
+    if (images.is_null() || (images.is_array() && images.empty())) return text;
+    if (!images.is_array()) return bad("a message's images must be an array of base64 strings");
     json parts = json::array();
     if (!text.get<std::string>().empty()) parts.push_back({{"type", "text"}, {"text", text}});
-    for (const auto& image : *images) {
+    for (const auto& image : images) {
         if (!image.is_string()) return bad("each image must be a base64 string");
         parts.push_back(
             {{"type", "image_url"}, {"image_url", {{"url", data_url(image.get<std::string>())}}}});
@@ -83,7 +107,7 @@ Result<json> content_of(const json& message) {
 // model's, set in the config: it cannot change per request.
 void map_options(const json& options, json& out) {
     if (!options.is_object()) return;
-    static constexpr std::array<std::string_view, 13> kSameName{"temperature",
+    static constexpr std::array<std::string_view, 14> kSameName{"temperature",
                                                                 "top_p",
                                                                 "top_k",
                                                                 "min_p",
@@ -95,28 +119,26 @@ void map_options(const json& options, json& out) {
                                                                 "typical_p",
                                                                 "repeat_last_n",
                                                                 "mirostat",
-                                                                "mirostat_tau"};
+                                                                "mirostat_tau",
+                                                                "mirostat_eta"};
     for (const auto name : kSameName) {
-        const auto it = options.find(std::string(name));
-        if (it != options.end() && !it->is_null()) out[std::string(name)] = *it;
+        const auto& value = at(options, name);
+        if (!value.is_null()) out[std::string(name)] = value;
     }
-    if (const auto eta = options.find("mirostat_eta"); eta != options.end())
-        out["mirostat_eta"] = *eta;
     // num_predict: -1 is "until the context is full", -2 "until it fills": no limit here.
-    if (const auto n = options.find("num_predict");
-        n != options.end() && n->is_number_integer() && n->get<long long>() > 0)
-        out["max_tokens"] = *n;
+    if (const auto& n = at(options, "num_predict"); n.is_number_integer() && n.get<long long>() > 0)
+        out["max_tokens"] = n;
 }
 
 // `format`: "json", or a JSON schema the answer must follow.
 Status map_format(const json& request, json& out) {
-    const auto format = request.find("format");
-    if (format == request.end() || format->is_null() || *format == "") return Ok{};
-    if (*format == "json") {
+    const auto& format = at(request, "format");
+    if (format.is_null() || format == "") return Ok{};
+    if (format == "json") {
         out["response_format"] = {{"type", "json_object"}};
-    } else if (format->is_object()) {
+    } else if (format.is_object()) {
         out["response_format"] = {{"type", "json_schema"},
-                                  {"json_schema", {{"name", "format"}, {"schema", *format}}}};
+                                  {"json_schema", {{"name", "format"}, {"schema", format}}}};
     } else {
         return bad("format must be \"json\" or a JSON schema object");
     }
@@ -131,31 +153,31 @@ Result<json> chat_messages(const json& messages) {
     std::vector<std::pair<std::string, std::string>> unanswered;  // id, tool name
     int next_id = 0;
     for (const auto& m : messages) {
-        if (!m.is_object() || !m.contains("role") || !m["role"].is_string())
-            return bad("each message is an object with a role");
+        if (!at(m, "role").is_string()) return bad("each message is an object with a role");
         auto content = content_of(m);
         if (!content) return content.error();
         json message = {{"role", m["role"]}, {"content", *content}};
-        if (const auto calls = m.find("tool_calls"); calls != m.end() && calls->is_array()) {
+        if (const auto& calls = at(m, "tool_calls"); calls.is_array()) {
             json openai_calls = json::array();
-            for (const auto& call : *calls) {
-                const auto function = call.value("function", json::object());
+            for (const auto& call : calls) {
+                const auto& function = at(call, "function");
                 const auto id = "call_" + std::to_string(next_id++);
-                const auto name = function.value("name", std::string());
-                const auto arguments = function.value("arguments", json::object());
+                const auto name = text_at(function, "name");
+                const auto& arguments = at(function, "arguments");
+                const auto arguments_text = arguments.is_string() ? arguments.get<std::string>()
+                                            : arguments.is_null() ? std::string("{}")
+                                                                  : dump(arguments);
                 openai_calls.push_back(
                     {{"id", id},
                      {"type", "function"},
-                     {"function",
-                      {{"name", name},
-                       {"arguments", arguments.is_string() ? arguments.get<std::string>()
-                                                           : arguments.dump()}}}});
+                     {"function", {{"name", name}, {"arguments", arguments_text}}}});
                 unanswered.emplace_back(id, name);
             }
             message["tool_calls"] = openai_calls;
         }
         if (m["role"] == "tool") {
-            const auto name = m.value("tool_name", m.value("name", std::string()));
+            const auto name =
+                at(m, "tool_name").is_string() ? text_at(m, "tool_name") : text_at(m, "name");
             auto it = std::find_if(unanswered.begin(), unanswered.end(),
                                    [&](const auto& call) { return call.second == name; });
             if (it == unanswered.end()) it = unanswered.begin();
@@ -183,13 +205,21 @@ std::string load_reply(Call call, const std::string& model, bool unload) {
     } else {
         reply["response"] = "";
     }
-    return reply.dump();
+    return dump(reply);
 }
 
 // Arguments as Ollama sends them: an object (OpenAI's are JSON text).
 json arguments_object(const std::string& text) {
     auto parsed = parse_bounded_json(text.empty() ? "{}" : text);
     return parsed && parsed->is_object() ? *parsed : json(text);
+}
+
+// An error's message, whatever shape the engine gave it.
+std::string message_of(const json& error) {
+    if (error.is_string()) return error.get<std::string>();
+    if (const auto& message = at(error, "message"); message.is_string())
+        return message.get<std::string>();
+    return dump(error);
 }
 
 json details_of(const PortModel& model) {
@@ -250,27 +280,26 @@ http::response<http::string_body> error_response(http::status status, std::strin
     http::response<http::string_body> response{status, 11};
     response.set(http::field::content_type, "application/json; charset=utf-8");
     response.set(http::field::server, "ensemble-worker");
-    response.body() = json{{"error", message}}.dump();
+    response.body() = dump(json{{"error", message}});
     response.keep_alive(keep_alive);
     response.prepare_payload();
     return response;
 }
 
 std::string tags_body(const PortModel& model) {
-    return json{{"models", json::array({model_entry(model)})}}.dump();
+    return dump(json{{"models", json::array({model_entry(model)})}});
 }
 
 std::string show_body(const PortModel& model) {
     json info = json::object();
     if (model.context > 0) info["general.context_length"] = model.context;
-    return json{{"modelfile", ""},
-                {"parameters", ""},
-                {"template", ""},
-                {"details", details_of(model)},
-                {"model_info", info},
-                {"capabilities", json::array({"completion"})},
-                {"modified_at", rfc3339_of(model.loaded_unix)}}
-        .dump();
+    return dump(json{{"modelfile", ""},
+                     {"parameters", ""},
+                     {"template", ""},
+                     {"details", details_of(model)},
+                     {"model_info", info},
+                     {"capabilities", json::array({"completion"})},
+                     {"modified_at", rfc3339_of(model.loaded_unix)}});
 }
 
 std::string ps_body(const PortModel& model) {
@@ -280,11 +309,17 @@ std::string ps_body(const PortModel& model) {
     // Loaded until the port is unloaded or evicted, not on a timer of its own.
     entry["expires_at"] = "2318-01-01T00:00:00Z";
     entry["context_length"] = model.context;
-    return json{{"models", json::array({entry})}}.dump();
+    return dump(json{{"models", json::array({entry})}});
 }
 
 std::string version_body() {
-    return json{{"version", kOllamaApiVersion}}.dump();
+    return dump(json{{"version", kOllamaApiVersion}});
+}
+
+std::string requested_name(std::string_view body) {
+    auto parsed = parse_bounded_json(body);
+    if (!parsed) return {};
+    return at(*parsed, "model").is_string() ? text_at(*parsed, "model") : text_at(*parsed, "name");
 }
 
 Result<EngineRequest> to_engine(Call call, std::string_view body) {
@@ -292,52 +327,53 @@ Result<EngineRequest> to_engine(Call call, std::string_view body) {
     if (!parsed) return bad("the request body is not valid JSON: " + parsed.error().message);
     const auto& request = *parsed;
     if (!request.is_object()) return bad("the request body must be a JSON object");
-    const auto model = request.find("model");
-    if (model == request.end() || !model->is_string() || model->get<std::string>().empty())
-        return bad("model is required");
     EngineRequest out;
-    out.model = model->get<std::string>();
-    const auto stream = request.find("stream");
-    out.stream = call != Call::embed && call != Call::embeddings &&
-                 (stream == request.end() || stream->is_null() || *stream == true);
+    out.model = text_at(request, "model");
+    if (out.model.empty()) return bad("model is required");
+    const auto& stream = at(request, "stream");
+    out.stream =
+        call != Call::embed && call != Call::embeddings && (stream.is_null() || stream == true);
     json engine = {{"model", without_latest(out.model)}};
-    map_options(request.value("options", json::object()), engine);
-    const auto unload = request.contains("keep_alive") && request["keep_alive"] == 0;
+    map_options(at(request, "options"), engine);
+    const auto& keep_alive = at(request, "keep_alive");
+    const bool unload = keep_alive == 0 || keep_alive == "0" || keep_alive == "0s";
     switch (call) {
         case Call::chat: {
-            const auto messages = request.value("messages", json::array());
-            if (messages.is_array() && messages.empty()) {
+            const auto& messages = at(request, "messages");
+            if (messages.is_null() || (messages.is_array() && messages.empty())) {
                 out.answered = load_reply(call, out.model, unload);
                 return out;
             }
             auto translated = chat_messages(messages);
             if (!translated) return translated.error();
             engine["messages"] = *translated;
-            if (const auto tools = request.find("tools"); tools != request.end() && !tools->empty())
-                engine["tools"] = *tools;
+            const auto& tools = at(request, "tools");
+            if (!tools.is_null() && !tools.is_array()) return bad("tools must be an array");
+            if (tools.is_array() && !tools.empty()) engine["tools"] = tools;
             out.target = "/v1/chat/completions";
             break;
         }
         case Call::generate: {
-            const auto prompt = request.value("prompt", json(""));
-            if (!prompt.is_string()) return bad("prompt must be a string");
-            const auto images = request.value("images", json::array());
-            if (prompt.get<std::string>().empty() && images.empty()) {
+            const auto& given = at(request, "prompt");
+            if (!given.is_null() && !given.is_string()) return bad("prompt must be a string");
+            const json prompt = given.is_string() ? given : json("");
+            const auto& images = at(request, "images");
+            if (prompt.get<std::string>().empty() && (images.is_null() || images.empty())) {
                 out.answered = load_reply(call, out.model, unload);
                 return out;
             }
-            if (request.contains("suffix") && request["suffix"] != "") {
+            if (const auto& suffix = at(request, "suffix"); !suffix.is_null() && suffix != "") {
                 return bad(
                     "suffix (fill in the middle) is not supported here; use the engine's own "
                     "infill endpoint");
             }
-            if (request.value("raw", false)) {
+            if (at(request, "raw") == true) {
                 engine["prompt"] = prompt;
                 out.target = "/v1/completions";
                 break;
             }
             json messages = json::array();
-            if (const auto system = request.value("system", json("")); system != "")
+            if (const auto& system = at(request, "system"); system.is_string() && system != "")
                 messages.push_back({{"role", "system"}, {"content", system}});
             auto user = content_of({{"content", prompt}, {"images", images}});
             if (!user) return user.error();
@@ -348,13 +384,13 @@ Result<EngineRequest> to_engine(Call call, std::string_view body) {
         }
         case Call::embed:
         case Call::embeddings: {
-            const auto input = request.value(call == Call::embed ? "input" : "prompt", json());
+            const std::string field = call == Call::embed ? "input" : "prompt";
+            const auto& input = at(request, field);
             if (!input.is_string() && !input.is_array())
-                return bad(std::string(call == Call::embed ? "input" : "prompt") +
-                           " must be a string or an array of strings");
+                return bad(field + " must be a string or an array of strings");
             engine["input"] = input;
             out.target = "/v1/embeddings";
-            out.body = engine.dump();
+            out.body = dump(engine);
             return out;
         }
         default:
@@ -363,7 +399,7 @@ Result<EngineRequest> to_engine(Call call, std::string_view body) {
     if (auto format = map_format(request, engine); !format) return format.error();
     engine["stream"] = out.stream;
     if (out.stream) engine["stream_options"] = {{"include_usage", true}};
-    out.body = engine.dump();
+    out.body = dump(engine);
     return out;
 }
 
@@ -380,31 +416,32 @@ void Answer::begin(http::response_header<>& header, bool event_stream) {
 }
 
 std::string Answer::line(json object) const {
-    return object.dump() + (stream_ ? "\n" : "");
+    return dump(object) + (stream_ ? "\n" : "");
 }
 
 json Answer::done_line() const {
     const auto total =
         std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now() - began_).count();
     const auto ms_to_ns = [](const json& ms) {
-        return ms.is_number() ? static_cast<long long>(ms.get<double>() * 1e6) : 0LL;
+        return ms.is_number() && ms.get<double>() >= 0 && ms.get<double>() < 1e12
+                   ? static_cast<long long>(ms.get<double>() * 1e6)
+                   : 0LL;
     };
     const auto count = [&](const char* usage_name, const char* timings_name) -> long long {
-        if (usage_.is_object() && usage_.contains(usage_name)) return usage_[usage_name];
-        if (timings_.is_object() && timings_.contains(timings_name)) return timings_[timings_name];
+        if (const auto& n = at(usage_, usage_name); n.is_number_integer()) return n;
+        if (const auto& n = at(timings_, timings_name); n.is_number_integer()) return n;
         return 0;
     };
-    json done = {{"model", model_},
-                 {"created_at", now_rfc3339()},
-                 {"done", true},
-                 {"done_reason", done_reason_},
-                 {"total_duration", total},
-                 {"load_duration", 0},
-                 {"prompt_eval_count", count("prompt_tokens", "prompt_n")},
-                 {"prompt_eval_duration", ms_to_ns(timings_.value("prompt_ms", json()))},
-                 {"eval_count", count("completion_tokens", "predicted_n")},
-                 {"eval_duration", ms_to_ns(timings_.value("predicted_ms", json()))}};
-    return done;
+    return {{"model", model_},
+            {"created_at", now_rfc3339()},
+            {"done", true},
+            {"done_reason", done_reason_},
+            {"total_duration", total},
+            {"load_duration", 0},
+            {"prompt_eval_count", count("prompt_tokens", "prompt_n")},
+            {"prompt_eval_duration", ms_to_ns(at(timings_, "prompt_ms"))},
+            {"eval_count", count("completion_tokens", "predicted_n")},
+            {"eval_duration", ms_to_ns(at(timings_, "predicted_ms"))}};
 }
 
 std::string Answer::feed(std::string_view bytes) {
@@ -450,43 +487,31 @@ std::string Answer::translate_event(std::string_view data) {
     auto parsed = parse_bounded_json(data);
     if (!parsed || !parsed->is_object()) return {};  // not an OpenAI chunk: nothing to say
     const auto& chunk = *parsed;
-    if (const auto error = chunk.find("error"); error != chunk.end()) {
+    if (const auto& error = at(chunk, "error"); !error.is_null()) {
         ended_ = true;
-        const auto message =
-            error->is_object() ? error->value("message", error->dump()) : error->dump();
-        return line({{"error", message}});
+        return line({{"error", message_of(error)}});
     }
-    if (const auto usage = chunk.find("usage"); usage != chunk.end() && usage->is_object())
-        usage_ = *usage;
-    if (const auto timings = chunk.find("timings"); timings != chunk.end()) timings_ = *timings;
-    const auto choices = chunk.value("choices", json::array());
-    if (!choices.is_array() || choices.empty() || !choices[0].is_object()) return {};
+    if (const auto& usage = at(chunk, "usage"); usage.is_object()) usage_ = usage;
+    if (const auto& timings = at(chunk, "timings"); timings.is_object()) timings_ = timings;
+    const auto& choices = at(chunk, "choices");
+    if (!choices.is_array() || choices.empty()) return {};
     const auto& choice = choices[0];
-    if (const auto reason = choice.find("finish_reason");
-        reason != choice.end() && reason->is_string())
-        done_reason_ = *reason == "length" ? "length" : "stop";
-    std::string text;
-    if (call_ == Call::chat || call_ == Call::generate) {
-        const auto delta = choice.value("delta", json::object());
-        if (const auto content = delta.find("content");
-            content != delta.end() && content->is_string())
-            text = content->get<std::string>();
-        if (const auto calls = delta.find("tool_calls");
-            calls != delta.end() && calls->is_array()) {
-            for (const auto& call : *calls) {
-                auto& mine = tool_calls_[call.value("index", 0)];
-                const auto function = call.value("function", json::object());
-                if (const auto name = function.find("name");
-                    name != function.end() && name->is_string())
-                    mine.name += name->get<std::string>();
-                if (const auto args = function.find("arguments");
-                    args != function.end() && args->is_string())
-                    mine.arguments += args->get<std::string>();
-            }
+    if (const auto& reason = at(choice, "finish_reason"); reason.is_string())
+        done_reason_ = reason == "length" ? "length" : "stop";
+    const auto& delta = at(choice, "delta");
+    std::string text = text_at(delta, "content");
+    if (const auto& calls = at(delta, "tool_calls"); calls.is_array()) {
+        constexpr std::size_t kMaxToolCalls = 128;
+        for (const auto& call : calls) {
+            const auto& index = at(call, "index");
+            const int i = index.is_number_integer() ? index.get<int>() : 0;
+            if (!tool_calls_.contains(i) && tool_calls_.size() >= kMaxToolCalls) continue;
+            auto& mine = tool_calls_[i];
+            mine.name += text_at(at(call, "function"), "name");
+            mine.arguments += text_at(at(call, "function"), "arguments");
         }
-        if (const auto raw = choice.find("text"); raw != choice.end() && raw->is_string())
-            text = raw->get<std::string>();  // /v1/completions (raw generate)
     }
+    if (at(choice, "text").is_string()) text = text_at(choice, "text");  // /v1/completions
     if (text.empty()) return {};
     json out = {{"model", model_}, {"created_at", now_rfc3339()}, {"done", false}};
     if (call_ == Call::chat) {
@@ -501,11 +526,8 @@ std::string Answer::whole_answer() {
     auto parsed = parse_bounded_json(pending_);
     if (failed_ || !parsed || !parsed->is_object()) {
         std::string message = "the engine answered with an error";
-        if (parsed && parsed->is_object() && parsed->contains("error")) {
-            const auto& error = (*parsed)["error"];
-            message = error.is_object()   ? error.value("message", error.dump())
-                      : error.is_string() ? error.get<std::string>()
-                                          : error.dump();
+        if (parsed && !at(*parsed, "error").is_null()) {
+            message = message_of(at(*parsed, "error"));
         } else if (!parsed) {
             message = "the engine's answer is not JSON";
         }
@@ -514,49 +536,47 @@ std::string Answer::whole_answer() {
     const auto& answer = *parsed;
     if (call_ == Call::embed || call_ == Call::embeddings) {
         json vectors = json::array();
-        for (const auto& item : answer.value("data", json::array()))
-            vectors.push_back(item.value("embedding", json::array()));
+        if (const auto& data = at(answer, "data"); data.is_array()) {
+            for (const auto& item : data)
+                vectors.push_back(at(item, "embedding"));
+        }
         if (call_ == Call::embeddings)
-            return json{{"embedding", vectors.empty() ? json::array() : vectors[0]}}.dump();
-        usage_ = answer.value("usage", json::object());
-        auto out = done_line();
-        return json{{"model", model_},
-                    {"embeddings", vectors},
-                    {"total_duration", out["total_duration"]},
-                    {"load_duration", 0},
-                    {"prompt_eval_count", out["prompt_eval_count"]}}
-            .dump();
+            return dump(json{{"embedding", vectors.empty() ? json::array() : vectors[0]}});
+        usage_ = at(answer, "usage");
+        const auto done = done_line();
+        return dump(json{{"model", model_},
+                         {"embeddings", vectors},
+                         {"total_duration", done["total_duration"]},
+                         {"load_duration", 0},
+                         {"prompt_eval_count", done["prompt_eval_count"]}});
     }
-    usage_ = answer.value("usage", json::object());
-    timings_ = answer.value("timings", json::object());
-    const auto choices = answer.value("choices", json::array());
-    const auto choice = choices.is_array() && !choices.empty() ? choices[0] : json::object();
-    if (const auto reason = choice.value("finish_reason", json()); reason.is_string())
+    usage_ = at(answer, "usage");
+    timings_ = at(answer, "timings");
+    const auto& choices = at(answer, "choices");
+    const json choice = choices.is_array() && !choices.empty() ? choices[0] : json::object();
+    if (const auto& reason = at(choice, "finish_reason"); reason.is_string())
         done_reason_ = reason == "length" ? "length" : "stop";
     auto out = done_line();
-    const auto message = choice.value("message", json::object());
-    std::string text = message.value("content", json("")).is_string()
-                           ? message.value("content", std::string())
-                           : std::string();
-    if (choice.contains("text") && choice["text"].is_string()) text = choice["text"];
+    const auto& message = at(choice, "message");
+    std::string text = text_at(message, "content");
+    if (at(choice, "text").is_string()) text = text_at(choice, "text");
     if (call_ == Call::chat) {
         out["message"] = {{"role", "assistant"}, {"content", text}};
-        if (const auto calls = message.find("tool_calls");
-            calls != message.end() && calls->is_array()) {
+        if (const auto& calls = at(message, "tool_calls"); calls.is_array()) {
             json ollama_calls = json::array();
-            for (const auto& call : *calls) {
-                const auto function = call.value("function", json::object());
-                ollama_calls.push_back({{"function",
-                                         {{"name", function.value("name", std::string())},
-                                          {"arguments", arguments_object(function.value(
-                                                            "arguments", std::string()))}}}});
+            for (const auto& call : calls) {
+                const auto& function = at(call, "function");
+                ollama_calls.push_back(
+                    {{"function",
+                      {{"name", text_at(function, "name")},
+                       {"arguments", arguments_object(text_at(function, "arguments"))}}}});
             }
             out["message"]["tool_calls"] = ollama_calls;
         }
     } else {
         out["response"] = text;
     }
-    return out.dump();
+    return dump(out);
 }
 
 std::string Answer::finish() {
@@ -566,10 +586,11 @@ std::string Answer::finish() {
     std::string out;
     if (!tool_calls_.empty()) {
         json calls = json::array();
-        for (const auto& [index, call] : tool_calls_)
+        for (const auto& [index, call] : tool_calls_) {
             calls.push_back(
                 {{"function",
                   {{"name", call.name}, {"arguments", arguments_object(call.arguments)}}}});
+        }
         out += line({{"model", model_},
                      {"created_at", now_rfc3339()},
                      {"message", {{"role", "assistant"}, {"content", ""}, {"tool_calls", calls}}},

@@ -63,6 +63,8 @@ struct EngineRequest {
     std::optional<std::string> answered;  // a local answer (JSON) instead of a request
 };
 Result<EngineRequest> to_engine(Call call, std::string_view body);
+// The model a request body names (`model`, or the older `name`), "" if none.
+std::string requested_name(std::string_view body);
 
 // The engine's answer (an event stream or one JSON body) as Ollama's: NDJSON lines when
 // streaming, one JSON object otherwise; an engine error as {"error": "..."}.

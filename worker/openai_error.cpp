@@ -7,7 +7,8 @@ namespace ensemble {
 std::string ApiError::body() const {
     nlohmann::json j = {
         {"error", {{"message", message}, {"type", type}, {"param", nullptr}, {"code", code}}}};
-    return j.dump();
+    // A message may quote what a client sent (a path): bytes that are not UTF-8 become U+FFFD.
+    return j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }
 
 std::string ApiError::sse_event() const {

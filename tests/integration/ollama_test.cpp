@@ -52,7 +52,10 @@ TEST(OllamaApiTest, OllamasOwnClientListsChatsStreamsAndGeneratesThroughTheRealE
     EXPECT_EQ(r["generate"]["eval_count"], 4);
     EXPECT_FALSE(r["generate"]["response"].get<std::string>().empty());
     EXPECT_EQ(r["generate_stream"]["last"]["done"], true);
-    EXPECT_EQ(r["generate_stream"]["parts"], 5) << "four tokens, then done";
+    // Up to four lines of text (a token that ends inside a UTF-8 character has none), then done.
+    EXPECT_GE(r["generate_stream"]["parts"].get<int>(), 2);
+    EXPECT_LE(r["generate_stream"]["parts"].get<int>(), 5);
+    EXPECT_EQ(r["generate_stream"]["last"]["eval_count"], 4);
     // format: json reaches the engine as response_format, which llama-server turns into a
     // grammar; the generated test model's vocabulary cannot express JSON's, and the engine's
     // refusal reaches the client as Ollama's error (without `format` the same request is 200).

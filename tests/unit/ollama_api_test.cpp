@@ -122,6 +122,63 @@ TEST(OllamaApi, GenerateEmbedAndRequestsWithNothingToGenerate) {
         << "nesting is bounded";
 }
 
+// Every member of the wrong type is refused or ignored, never an exception (nlohmann's value()
+// and get() throw on a member of another type; a request or an engine can send anything).
+TEST(OllamaApi, MembersOfTheWrongTypeNeverThrow) {
+    const std::vector<std::string> bodies = {
+        R"({"model":"m","messages":[{"role":"tool","tool_name":5,"content":null,
+            "tool_calls":[{"function":"x"},{"function":{"name":3,"arguments":[1]}}]}],
+            "options":[1],"stream":"no","tools":[],"format":null,"keep_alive":"5m"})",
+        R"({"model":"m","messages":[{"role":"user","images":"abc"}]})",
+        R"({"model":"m","messages":[{"role":7}]})",
+        R"({"model":5})",
+        R"({"model":"m","messages":{}})",
+        R"({"model":"m","messages":[1,2]})",
+        R"({"model":"m","messages":[{"role":"user","content":"x"}],"tools":{"a":1}})",
+        R"({"model":"m","messages":[{"role":"user","content":"x"}],
+            "options":{"num_predict":"9","temperature":"hot","stop":5}})",
+    };
+    for (const auto& body : bodies) {
+        EXPECT_NO_THROW((void)to_engine(Call::chat, body)) << body;
+        EXPECT_NO_THROW((void)to_engine(Call::generate, body)) << body;
+        EXPECT_NO_THROW((void)to_engine(Call::embed, body)) << body;
+        EXPECT_NO_THROW((void)requested_name(body)) << body;
+    }
+    EXPECT_EQ(to_engine(Call::chat, bodies[1]).error().message,
+              "a message's images must be an array of base64 strings");
+    EXPECT_EQ(to_engine(Call::chat, bodies[6]).error().message, "tools must be an array");
+    EXPECT_EQ(requested_name(R"({"name":"old"})"), "old");
+    const std::vector<std::string> events = {
+        "data: {\"choices\":[{\"delta\":\"x\",\"finish_reason\":5}]}\n\n",
+        "data: {\"choices\":[1],\"usage\":[],\"timings\":{\"prompt_ms\":\"a\"}}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":\"0\",\"function\":1},"
+        "5]}}]}\n\n",
+        "data: {\"choices\":{}}\n\ndata: [1]\n\ndata: \"\\ud800\"\n\n",
+        "data: {\"error\":[1,2]}\n\n",
+    };
+    for (const auto& event : events) {
+        Answer answer(Call::chat, "m", true, Answer::Clock::now());
+        http::response_header<> header;
+        header.result(http::status::ok);
+        answer.begin(header, true);
+        EXPECT_NO_THROW((void)answer.feed(event)) << event;
+        EXPECT_NO_THROW((void)answer.finish()) << event;
+    }
+    for (const std::string whole : {R"({"choices":[{"message":"x"}],"usage":7})", R"([1])",
+                                    R"({"data":[1,{"embedding":"x"}]})", "\xff"}) {
+        for (const auto call : {Call::chat, Call::embed, Call::embeddings}) {
+            Answer answer(call, "m", false, Answer::Clock::now());
+            http::response_header<> header;
+            header.result(http::status::ok);
+            answer.begin(header, false);
+            (void)answer.feed(whole);
+            EXPECT_NO_THROW((void)answer.finish()) << whole;
+        }
+    }
+    // Bytes that are not UTF-8 in what is echoed become U+FFFD, not an exception.
+    EXPECT_NO_THROW((void)error_response(http::status::not_found, "no route for '\xff'", true));
+}
+
 TEST(OllamaApi, CallsAndMethods) {
     EXPECT_EQ(call_of("/api/chat"), Call::chat);
     EXPECT_EQ(call_of("/api/tags"), Call::tags);
