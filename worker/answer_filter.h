@@ -22,6 +22,10 @@ class AnswerFilter {
     virtual std::string finish() = 0;
     // The last bytes of an answer the engine cut short.
     virtual std::string cut(const ApiError& error) = 0;
+    // The whole answer when the engine could not be asked (unavailable, closed early, silent),
+    // in the filtered API's shape.
+    virtual http::response<http::string_body> error_response(const ApiError& error,
+                                                             bool keep_alive) const = 0;
 };
 
 }  // namespace ensemble

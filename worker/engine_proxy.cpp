@@ -227,7 +227,8 @@ awaitable<bool> EngineProxy::send_error(beast::tcp_stream& client, const ApiErro
                                         bool keep_alive, RequestTrace& trace) {
     ++stats_.failed;
     trace.status = static_cast<unsigned>(error.status);
-    auto res = make_error_response(error, keep_alive);
+    auto res = trace.filter != nullptr ? trace.filter->error_response(error, keep_alive)
+                                       : make_error_response(error, keep_alive);
     boost::system::error_code ec;
     co_await http::async_write(client, res, on_error(ec));
     co_return keep_alive && !ec;

@@ -208,7 +208,14 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
         stream.expires_never();
         ++in_flight_;
         session->fresh = false;
-        const bool keep_alive = co_await handle(stream, request);
+        bool keep_alive = false;
+        try {
+            keep_alive = co_await handle(stream, request);
+        } catch (const std::exception& e) {
+            // A programming error: this request is lost, not the port's count of connections.
+            spdlog::error("front: answering {} failed: {}; closing its connection",
+                          sv(request.target()), e.what());
+        }
         --in_flight_;
         if (!keep_alive) break;
     }
@@ -235,7 +242,8 @@ awaitable<void> HttpFront::reject_unreadable(beast::tcp_stream& stream,
                          "malformed HTTP request: " + ec.message()};
     }
     if (!error) co_return;  // the client closed or timed out: nobody to answer
-    auto response = make_error_response(*error, false);
+    auto response = target.starts_with("/api/") ? ollama::error_response(*error, false)
+                                                : make_error_response(*error, false);
     co_await reply(stream, response);
     metrics_.answered(target, response.result_int());
 }
@@ -300,6 +308,17 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
                                       keep_alive);
         }
         return metrics_response(keep_alive);
+    }
+    if (path == "/" &&
+        (request.method() == http::verb::get || request.method() == http::verb::head)) {
+        // What `ollama serve` answers: Ollama's clients probe it before using /api/.
+        http::response<http::string_body> running{http::status::ok, 11};
+        running.set(http::field::content_type, "text/plain; charset=utf-8");
+        running.set(http::field::server, "ensemble-worker");
+        running.body() = ollama::kRunningText;
+        running.keep_alive(keep_alive);
+        running.prepare_payload();
+        return running;
     }
     if (!path.starts_with("/v1/")) return make_error_response(not_found_path(target), keep_alive);
     if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
@@ -410,6 +429,7 @@ std::optional<http::response<http::string_body>> HttpFront::answer_ollama_locall
     }
     model.loaded_unix = started_unix_;
     model.context = config_.context;
+    model.tools = config_.tools;
     switch (call) {
         case ollama::Call::version:
             return make_json_response(http::status::ok, ollama::version_body(), keep_alive);
@@ -456,7 +476,7 @@ awaitable<bool> HttpFront::handle_ollama(beast::tcp_stream& stream,
             local = ollama::error_response(api_error(pinned.error()).status, pinned.error().message,
                                            keep_alive);
         } else if (auto unavailable = admission_error()) {
-            local = ollama::error_response(unavailable->status, unavailable->message, keep_alive);
+            local = ollama::error_response(*unavailable, keep_alive);
         } else {
             translated->body = std::move(pinned).value();
             engine_request = std::move(translated).value();

@@ -37,7 +37,8 @@ struct FrontConfig {
     std::optional<int> listen_fd;
     // The model as Ollama's API describes it (/api/tags, /api/show, /api/ps).
     std::string model_path;
-    int context = 0;
+    int context = 0;     // what one request may use
+    bool tools = false;  // the engine serves tool calls
 };
 
 class HttpFront {

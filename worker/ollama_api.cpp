@@ -286,6 +286,13 @@ http::response<http::string_body> error_response(http::status status, std::strin
     return response;
 }
 
+http::response<http::string_body> error_response(const ApiError& error, bool keep_alive) {
+    auto response = error_response(error.status, error.message, keep_alive);
+    if (error.retry_after_seconds > 0)
+        response.set(http::field::retry_after, std::to_string(error.retry_after_seconds));
+    return response;
+}
+
 std::string tags_body(const PortModel& model) {
     return dump(json{{"models", json::array({model_entry(model)})}});
 }
@@ -298,7 +305,8 @@ std::string show_body(const PortModel& model) {
                      {"template", ""},
                      {"details", details_of(model)},
                      {"model_info", info},
-                     {"capabilities", json::array({"completion"})},
+                     {"capabilities", model.tools ? json::array({"completion", "tools"})
+                                                  : json::array({"completion"})},
                      {"modified_at", rfc3339_of(model.loaded_unix)}});
 }
 
@@ -407,6 +415,13 @@ Answer::Answer(Call call, std::string model, bool stream, Clock::time_point bega
     : call_(call), model_(std::move(model)), stream_(stream), began_(began) {}
 
 void Answer::begin(http::response_header<>& header, bool event_stream) {
+    // Called again when the engine is asked again (it died before answering): a fresh answer.
+    ended_ = false;
+    pending_.clear();
+    tool_calls_.clear();
+    done_reason_ = "stop";
+    usage_ = nullptr;
+    timings_ = nullptr;
     event_stream_ = event_stream;
     failed_ = header.result_int() >= 400;
     header.erase(http::field::content_length);
@@ -466,20 +481,38 @@ std::string Answer::feed(std::string_view bytes) {
         if (end == std::string::npos) break;
         const std::string event = pending_.substr(0, end);
         pending_.erase(0, end + gap);
+        // llama-server reports a failure mid-stream as an `error:` field (others as
+        // `event: error`): the answer ends with it, not with `done`.
         std::string_view rest = event;
-        while (!rest.empty()) {
+        bool error_event = false;
+        while (!rest.empty() && !ended_) {
             const auto eol = rest.find('\n');
             auto field = rest.substr(0, eol);
             rest.remove_prefix(eol == std::string_view::npos ? rest.size() : eol + 1);
             if (field.ends_with('\r')) field.remove_suffix(1);
-            if (!field.starts_with("data:")) continue;
-            field.remove_prefix(5);
-            if (field.starts_with(' ')) field.remove_prefix(1);
-            out += translate_event(field);
+            const auto colon = field.find(':');
+            const auto name = field.substr(0, colon);
+            auto value =
+                colon == std::string_view::npos ? std::string_view() : field.substr(colon + 1);
+            if (value.starts_with(' ')) value.remove_prefix(1);
+            if (name == "event" && value == "error") error_event = true;
+            if (name == "error" || (name == "data" && error_event)) {
+                out += engine_error(value);
+            } else if (name == "data") {
+                out += translate_event(value);
+            }
         }
         if (ended_) break;
     }
     return out;
+}
+
+std::string Answer::engine_error(std::string_view data) {
+    ended_ = true;
+    auto parsed = parse_bounded_json(data);
+    if (!parsed) return line({{"error", std::string(data.substr(0, 1000))}});
+    const auto& error = at(*parsed, "error");
+    return line({{"error", message_of(error.is_null() ? *parsed : error)}});
 }
 
 std::string Answer::translate_event(std::string_view data) {
@@ -500,6 +533,7 @@ std::string Answer::translate_event(std::string_view data) {
         done_reason_ = reason == "length" ? "length" : "stop";
     const auto& delta = at(choice, "delta");
     std::string text = text_at(delta, "content");
+    const auto thinking = text_at(delta, "reasoning_content");
     if (const auto& calls = at(delta, "tool_calls"); calls.is_array()) {
         constexpr std::size_t kMaxToolCalls = 128;
         for (const auto& call : calls) {
@@ -512,12 +546,14 @@ std::string Answer::translate_event(std::string_view data) {
         }
     }
     if (at(choice, "text").is_string()) text = text_at(choice, "text");  // /v1/completions
-    if (text.empty()) return {};
+    if (text.empty() && thinking.empty()) return {};
     json out = {{"model", model_}, {"created_at", now_rfc3339()}, {"done", false}};
     if (call_ == Call::chat) {
         out["message"] = {{"role", "assistant"}, {"content", text}};
+        if (!thinking.empty()) out["message"]["thinking"] = thinking;
     } else {
         out["response"] = text;
+        if (!thinking.empty()) out["thinking"] = thinking;
     }
     return line(std::move(out));
 }
@@ -560,8 +596,13 @@ std::string Answer::whole_answer() {
     const auto& message = at(choice, "message");
     std::string text = text_at(message, "content");
     if (at(choice, "text").is_string()) text = text_at(choice, "text");
-    if (call_ == Call::chat) {
+    const auto thinking = text_at(message, "reasoning_content");
+    if (call_ != Call::chat) {
+        out["response"] = text;
+        if (!thinking.empty()) out["thinking"] = thinking;
+    } else {
         out["message"] = {{"role", "assistant"}, {"content", text}};
+        if (!thinking.empty()) out["message"]["thinking"] = thinking;
         if (const auto& calls = at(message, "tool_calls"); calls.is_array()) {
             json ollama_calls = json::array();
             for (const auto& call : calls) {
@@ -573,8 +614,6 @@ std::string Answer::whole_answer() {
             }
             out["message"]["tool_calls"] = ollama_calls;
         }
-    } else {
-        out["response"] = text;
     }
     return dump(out);
 }
@@ -603,6 +642,11 @@ std::string Answer::finish() {
         done["response"] = "";
     }
     return out + line(std::move(done));
+}
+
+http::response<http::string_body> Answer::error_response(const ApiError& error,
+                                                         bool keep_alive) const {
+    return ollama::error_response(error, keep_alive);
 }
 
 std::string Answer::cut(const ApiError& error) {

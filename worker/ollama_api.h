@@ -38,6 +38,11 @@ std::string_view method_of(Call call);
 // A refusal as Ollama's clients read one: {"error": "..."}.
 http::response<http::string_body> error_response(http::status status, std::string_view message,
                                                  bool keep_alive);
+// The same for one of the worker's OpenAI errors (its status, message and Retry-After).
+http::response<http::string_body> error_response(const ApiError& error, bool keep_alive);
+
+// GET / (and HEAD): what `ollama serve` answers, which some clients probe.
+inline constexpr std::string_view kRunningText = "Ollama is running";
 
 // What the port tells of its model in /api/tags, /api/show and /api/ps.
 struct PortModel {
@@ -46,7 +51,8 @@ struct PortModel {
     std::uint64_t file_bytes = 0;    // the model file's size (0: a directory or unknown)
     std::uint64_t memory_bytes = 0;  // held now by the worker and its engine
     long loaded_unix = 0;            // when the worker started
-    int context = 0;                 // the engine's context (0: the engine's default)
+    int context = 0;                 // what one request may use (0: the engine's default)
+    bool tools = false;              // the engine serves tool calls
 };
 std::string tags_body(const PortModel& model);
 std::string show_body(const PortModel& model);
@@ -77,6 +83,8 @@ class Answer final : public AnswerFilter {
     std::string feed(std::string_view bytes) override;
     std::string finish() override;
     std::string cut(const ApiError& error) override;
+    http::response<http::string_body> error_response(const ApiError& error,
+                                                     bool keep_alive) const override;
 
   private:
     struct ToolCall {
@@ -84,6 +92,7 @@ class Answer final : public AnswerFilter {
         std::string arguments;  // as the engine streams it: JSON text, in pieces
     };
     std::string translate_event(std::string_view data);
+    std::string engine_error(std::string_view data);
     std::string line(nlohmann::json object) const;
     nlohmann::json done_line() const;
     std::string whole_answer();

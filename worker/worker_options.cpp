@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
+#include <algorithm>
 #include <cstdlib>
 #include <iostream>
 
@@ -108,8 +109,14 @@ Status finish(WorkerOptions& o, const std::string& engine_name, const std::strin
                           "(deploy/setup provisions llama-server in .engines/bin)");
     }
     o.engine.handle = o.model.handle;
-    o.front.model_path = o.engine.model;  // what /api/tags and /api/show tell of it
-    o.front.context = o.engine.context;
+    // What Ollama's /api/show and /api/ps tell of the model. llama-server splits its context
+    // among its parallel slots: a request has one slot's share. It serves tool calls (its chat
+    // templates run with Jinja).
+    o.front.model_path = o.engine.model;
+    const bool llama_cpp = o.engine.preset.name == "llama.cpp";
+    o.front.context =
+        llama_cpp ? o.engine.context / std::max(1, o.engine.parallel) : o.engine.context;
+    o.front.tools = llama_cpp;
     if (o.engine.log_file.empty()) {
         const auto dir = log_dir.empty() ? default_log_dir() : std::filesystem::path(log_dir);
         if (log_dir.empty() &&

@@ -28,7 +28,9 @@ TEST(OllamaApiTest, OllamasOwnClientListsChatsStreamsAndGeneratesThroughTheRealE
     EXPECT_EQ(r["list"]["models"][0]["name"], "tiny");
     EXPECT_EQ(r["list"]["models"][0]["details"]["format"], "gguf");
     EXPECT_GT(r["list"]["models"][0]["size"].get<long long>(), 0) << "the model file's size";
-    EXPECT_EQ(r["show"]["model_info"]["general.context_length"], 4096);
+    EXPECT_EQ(r["show"]["model_info"]["general.context_length"], 1024)
+        << "4096 over llama-server's 4 slots: what one request may use";
+    EXPECT_EQ(r["show"]["capabilities"], json({"completion", "tools"}));
     EXPECT_GT(r["ps"]["models"][0]["size"].get<long long>(), 0) << "the memory it holds";
 
     // Not streamed: one answer with Ollama's counts and durations, from the engine's.
@@ -72,6 +74,32 @@ TEST(OllamaApiTest, OllamasOwnClientListsChatsStreamsAndGeneratesThroughTheRealE
     // llama-server without --embeddings refuses: its reason reaches the client.
     EXPECT_EQ(r["embed"]["status"], 501);
     EXPECT_NE(r["embed"]["error"].get<std::string>().find("embeddings"), std::string::npos);
+}
+
+TEST(OllamaApiTest, EmbeddingsAndTheRootProbe) {
+    WorkerProcess worker(
+        free_port(), {"--engine-arg=--embeddings", "--engine-arg=--pooling", "--engine-arg=mean"},
+        current_test_name());
+    ASSERT_TRUE(worker.wait_ready()) << worker.log();
+    HttpRequest embed;
+    embed.method = "POST";
+    embed.target = "/api/embed";
+    embed.body = R"({"model":"tiny","input":["hello","world"]})";
+    auto r = http_request(worker.port(), embed);
+    ASSERT_EQ(r.status, 200) << r.body;
+    const auto vectors = json::parse(r.body);
+    ASSERT_EQ(vectors["embeddings"].size(), 2U) << r.body;
+    EXPECT_GT(vectors["embeddings"][0].size(), 0U);
+    EXPECT_GT(vectors["prompt_eval_count"].get<int>(), 0);
+    embed.target = "/api/embeddings";  // the older form: one prompt, one vector
+    embed.body = R"({"model":"tiny","prompt":"hello"})";
+    r = http_request(worker.port(), embed);
+    ASSERT_EQ(r.status, 200) << r.body;
+    EXPECT_EQ(json::parse(r.body)["embedding"].size(), vectors["embeddings"][0].size());
+    HttpRequest root;
+    r = http_request(worker.port(), root);
+    EXPECT_EQ(r.status, 200);
+    EXPECT_EQ(r.body, "Ollama is running") << "what Ollama's clients probe";
 }
 
 TEST(OllamaApiTest, TheApiKeyAndTheMethodsAreEnforcedAsOnTheOpenAiRoutes) {

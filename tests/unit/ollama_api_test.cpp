@@ -292,4 +292,56 @@ TEST(OllamaApi, WholeAnswersErrorsAndCutStreams) {
               json({{"error", "oom"}}));
 }
 
+// Found adversarially: llama-server reports a failure mid-stream as an `error:` field, which
+// was passed over and the answer ended `done` as if it had succeeded.
+TEST(OllamaApi, AnEngineErrorMidStreamEndsTheAnswerWithIt) {
+    for (const std::string& failure :
+         {std::string("error: {\"code\":500,\"message\":\"slot lost\"}\n\n"),
+          std::string("event: error\ndata: {\"message\":\"slot lost\"}\n\n")}) {
+        Answer answer(Call::chat, "m", true, Answer::Clock::now());
+        http::response_header<> header;
+        header.result(http::status::ok);
+        answer.begin(header, true);
+        auto out =
+            answer.feed("data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n" + failure);
+        out += answer.finish();
+        const auto lines = lines_of(out);
+        ASSERT_EQ(lines.size(), 2U) << out;
+        EXPECT_EQ(lines[0]["message"]["content"], "Hel");
+        EXPECT_EQ(lines[1], json({{"error", "slot lost"}})) << "not done: true";
+    }
+}
+
+// Found adversarially: an answer asked again of the engine (it died before answering) kept the
+// first attempt's bytes; reasoning was dropped.
+TEST(OllamaApi, AnAnswerBegunAgainStartsFreshAndReasoningIsThinking) {
+    Answer answer(Call::chat, "m", false, Answer::Clock::now());
+    http::response_header<> header;
+    header.result(http::status::ok);
+    answer.begin(header, false);
+    (void)answer.feed(R"({"choices":[{"message":{"content":"half)");
+    answer.begin(header, false);  // the engine died; asked again
+    (void)answer.feed(
+        R"({"choices":[{"message":{"content":"42","reasoning_content":"6 times 7"}}]})");
+    const auto whole = json::parse(answer.finish());
+    EXPECT_EQ(whole["message"]["content"], "42");
+    EXPECT_EQ(whole["message"]["thinking"], "6 times 7");
+
+    Answer stream(Call::generate, "m", true, Answer::Clock::now());
+    auto events = header;
+    stream.begin(events, true);
+    const auto lines = lines_of(
+        stream.feed("data: {\"choices\":[{\"delta\":{\"reasoning_content\":\"hmm\"}}]}\n\n"));
+    ASSERT_EQ(lines.size(), 1U);
+    EXPECT_EQ(lines[0]["thinking"], "hmm");
+    EXPECT_EQ(lines[0]["response"], "");
+
+    // The worker's own refusals (503 while loading) keep their Retry-After in Ollama's shape.
+    const auto busy = error_response(
+        ApiError{http::status::service_unavailable, "server_error", "model_loading", "loading", 2},
+        true);
+    EXPECT_EQ(busy[http::field::retry_after], "2");
+    EXPECT_EQ(json::parse(busy.body()), json({{"error", "loading"}}));
+}
+
 }  // namespace
