@@ -1,6 +1,6 @@
-// Ollama's API on a model port (worker/ollama_api.h), driven by Ollama's official JavaScript
-// client against the real llama-server on a generated model: what Open WebUI and the other
-// Ollama-only tools see.
+// A model port driven by the official JavaScript clients against the real llama-server on a
+// generated model: OpenAI's SDK on the OpenAI API, Ollama's on Ollama's API
+// (worker/ollama_api.h) — what Open WebUI, Continue and the other tools see.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
@@ -74,6 +74,27 @@ TEST(OllamaApiTest, OllamasOwnClientListsChatsStreamsAndGeneratesThroughTheRealE
     // llama-server without --embeddings refuses: its reason reaches the client.
     EXPECT_EQ(r["embed"]["status"], 501);
     EXPECT_NE(r["embed"]["error"].get<std::string>().find("embeddings"), std::string::npos);
+}
+
+TEST(OpenAiClientTest, OpenAisOwnClientListsChatsStreamsAndSeesErrorsAsApiErrors) {
+    WorkerProcess worker(free_port(), {"--alias", "tiny-chat"}, current_test_name());
+    ASSERT_TRUE(worker.wait_ready()) << worker.log();
+    const auto run = run_client(
+        "openai_client.mjs", {"http://127.0.0.1:" + std::to_string(worker.port()) + "/v1", "tiny"});
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    ASSERT_TRUE(run.result.is_object()) << run.output;
+    const auto& r = run.result;
+    SCOPED_TRACE(r.dump(1));
+    ASSERT_EQ(r["models"].size(), 2U) << "the handle and its alias";
+    EXPECT_EQ(r["models"][0]["id"], "tiny");
+    EXPECT_EQ(r["models"][1]["id"], "tiny-chat");
+    EXPECT_EQ(r["chat"]["usage"]["completion_tokens"], 8);
+    EXPECT_EQ(r["chat"]["model"], "tiny");
+    EXPECT_GE(r["stream"]["chunks"].get<int>(), 3) << "token by token";
+    EXPECT_EQ(r["stream"]["usage"]["completion_tokens"], 8);
+    EXPECT_EQ(r["completion"]["usage"]["completion_tokens"], 4);
+    EXPECT_EQ(r["unknown_model"]["status"], 404);
+    EXPECT_EQ(r["unknown_model"]["code"], "model_not_found") << "raised as the SDK's APIError";
 }
 
 TEST(OllamaApiTest, EmbeddingsAndTheRootProbe) {
