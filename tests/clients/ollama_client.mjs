@@ -1,19 +1,11 @@
 // Ollama's official JavaScript client against a port: node ollama_client.mjs URL MODEL.
 // Prints one JSON object: what each call returned (or the error it raised).
+import { out, step } from './steps.mjs';
 import { Ollama } from 'ollama';
 
 const [host, model] = process.argv.slice(2);
 const ollama = new Ollama({ host });
 const messages = [{ role: 'user', content: 'hello' }];
-const out = {};
-
-async function step(name, call) {
-  try {
-    out[name] = await call();
-  } catch (e) {
-    out[name] = { error: String(e.error ?? e.message), status: e.status_code ?? null };
-  }
-}
 
 await step('version', () => ollama.version());
 await step('list', () => ollama.list());

@@ -1,19 +1,11 @@
 // OpenAI's official JavaScript client against a port: node openai_client.mjs BASE_URL MODEL.
 // Prints one JSON object: what each call returned (or the error it raised).
+import { out, step } from './steps.mjs';
 import OpenAI from 'openai';
 
 const [baseURL, model] = process.argv.slice(2);
 const client = new OpenAI({ baseURL, apiKey: 'none', maxRetries: 0 });
 const messages = [{ role: 'user', content: 'hello' }];
-const out = {};
-
-async function step(name, call) {
-  try {
-    out[name] = await call();
-  } catch (e) {
-    out[name] = { error: String(e.message), status: e.status ?? null, code: e.code ?? null };
-  }
-}
 
 await step('models', async () => (await client.models.list()).data);
 await step('chat', () => client.chat.completions.create({ model, messages, max_tokens: 8 }));

@@ -37,8 +37,10 @@ ClientRun run_client(const std::string& script, const std::vector<std::string>& 
     std::filesystem::create_directories(dir);
     std::filesystem::remove(dir / "node_modules");
     std::filesystem::create_directory_symlink(packages, dir / "node_modules");
-    std::filesystem::copy_file(std::filesystem::path(ENSEMBLE_TEST_CLIENT_SCRIPTS) / script,
-                               dir / script, std::filesystem::copy_options::overwrite_existing);
+    for (const auto& file :
+         std::filesystem::directory_iterator(std::filesystem::path(ENSEMBLE_TEST_CLIENT_SCRIPTS)))
+        std::filesystem::copy_file(file.path(), dir / file.path().filename(),
+                                   std::filesystem::copy_options::overwrite_existing);
     std::string command = "node " + quoted((dir / script).string());
     for (const auto& arg : args)
         command += " " + quoted(arg);
