@@ -354,7 +354,9 @@ void Fleet::follow_upstreams() {
             }
         } else if ((s.state == PortState::starting || s.state == PortState::loading ||
                     s.state == PortState::ready) &&
-                   (s.upstream || (model != nullptr && !model->upstream.empty()))) {
+                   (s.upstream || p->upstream_unknown())) {
+            // (A worker started without an upstream whose model a reload made a chained one
+            // runs on as it is: the reload reported it, and its next start applies it.)
             if (auto gone = upstream_gone(s)) {
                 p->stop(*gone, Port::Then::wait_for_upstream);
             } else if (!s.upstream) {
@@ -407,7 +409,11 @@ Status Fleet::check_chain_avoids(int port, const std::string& handle, const Port
     // it may lead back to `port`, which the new model replaces; the chain would wait for it.
     std::string path = "'" + handle + "' runs in front of";
     const Port* at = &upstream;
-    for (std::size_t depth = 0; at != nullptr && depth <= config_.models.size(); ++depth) {
+    for (std::size_t depth = 0; at != nullptr; ++depth) {
+        if (depth > ports_.size()) {  // longer than there are ports: it loops somewhere
+            return Error{"upstream_replaced", "port " + std::to_string(port) + ": " + path +
+                                                  ", which loops; see 'ensemble status'"};
+        }
         const auto& s = at->snapshot();
         path += " '" + s.handle + "' on port " + std::to_string(s.port);
         std::optional<int> next;

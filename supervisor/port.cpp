@@ -231,6 +231,7 @@ Status Port::start_worker(const ListeningSocket* serving_socket) {
     s_.engine_log = spawned->launch.engine_log;
     s_.command = spawned->launch.command;
     s_.upstream = *upstream;
+    upstream_unknown_ = false;
     link_ = nullptr;
     s_.linked = false;
     s_.stats = {};
@@ -314,6 +315,7 @@ void Port::wait_for_upstream(const std::string& why) {
 
 void Port::assume_upstream(const UpstreamLink& upstream) {
     s_.upstream = upstream;
+    upstream_unknown_ = false;
     const auto& config = host_.config();
     auto plan = host_.launcher().plan(config, s_.port, s_.handle,
                                       find_assignment(config, s_.profile, s_.port, s_.handle),
@@ -485,6 +487,8 @@ void Port::take_on(std::int64_t pid, std::int64_t start_time, const std::string&
         if (auto now_at = host_.upstream_link(s_, PortHost::Upstream::any)) upstream = *now_at;
     }
     s_.upstream = upstream;
+    const auto* model = config.find_model(s_.handle);
+    upstream_unknown_ = !upstream && model != nullptr && !model->upstream.empty();
     auto plan = host_.launcher().plan(config, s_.port, s_.handle,
                                       find_assignment(config, s_.profile, s_.port, s_.handle),
                                       WorkerSlot{.files = s_.files, .upstream = s_.upstream});

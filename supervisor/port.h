@@ -160,6 +160,9 @@ class Port {
     Role role() const { return role_; }
     // Stopping for a replacement on this port (a restart, a swap one after the other).
     bool hands_over() const { return hand_over_; }
+    // A chained model's worker adopted with no record of its upstream, and none found then:
+    // the fleet assumes the one it finds later (Fleet::follow_upstreams).
+    bool upstream_unknown() const { return upstream_unknown_; }
     // Stopped to free memory: the reason is also its last failure.
     void evict(const std::string& reason);
     // Restarts after `delay`, unless something else happens to the port first.
@@ -252,6 +255,7 @@ class Port {
     std::string kill_reason_;
     int probe_misses_ = 0;  // GET /health failures in a row on the public port
     bool probe_in_flight_ = false;
+    bool upstream_unknown_ = false;
     std::int64_t started_unix_ms_ = 0;
     RestartPolicy policy_;
     // One per run (PortHost::next_attempt): a timer set for an earlier one does nothing.

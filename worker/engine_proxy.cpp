@@ -470,7 +470,8 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
                            "the engine stopped while generating; the worker is "
                            "restarting it: retry the request"};
         const auto event = filter != nullptr ? filter->cut(error) : error.sse_event();
-        response.body().data = const_cast<char*>(event.data());
+        // (A filter that has ended its answer has nothing left: no data, not an empty chunk.)
+        response.body().data = event.empty() ? nullptr : const_cast<char*>(event.data());
         response.body().size = event.size();
         response.body().more = false;
         co_await http::async_write(client, serializer, on_error(ec));

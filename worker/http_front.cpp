@@ -197,8 +197,8 @@ awaitable<void> HttpFront::serve(tcp::socket socket) {
             co_await http::async_read(stream, buffer, parser, on_error(ec));
         }
         if (ec) {
-            const std::string target =
-                parser.is_header_done() ? std::string(sv(parser.get().target())) : "";
+            // (The target is known once the request line is read, before the headers are.)
+            const std::string target(sv(parser.get().target()));
             co_await reject_unreadable(stream, ec, target);
             break;
         }
@@ -490,6 +490,7 @@ awaitable<bool> HttpFront::handle_ollama(beast::tcp_stream& stream,
     }
     request.method(http::verb::post);
     request.target(engine_request->target);
+    request.erase(http::field::accept_encoding);  // the answer is read, so never compressed
     request.set(http::field::content_type, "application/json");
     request.body() = std::move(engine_request->body);
     if (draining_) request.keep_alive(false);

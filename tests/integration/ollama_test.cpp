@@ -149,6 +149,14 @@ TEST(OllamaApiTest, TheApiKeyAndTheMethodsAreEnforcedAsOnTheOpenAiRoutes) {
     bad.target = "/api/nothing";
     r = http_request(worker.port(), bad);
     EXPECT_EQ(r.status, 404) << r.body;
+    // Refused before the request is whole (its headers over 64 KiB): still Ollama's shape.
+    const auto refused = raw_exchange(worker.port(),
+                                      "POST /api/chat HTTP/1.1\r\nHost: a\r\n"
+                                      "X-Padding: " +
+                                          std::string(70 * 1024, 'x') + "\r\n\r\n");
+    EXPECT_TRUE(refused.starts_with("HTTP/1.1 431")) << refused.substr(0, 200);
+    const auto body = refused.substr(refused.find("\r\n\r\n") + 4);
+    EXPECT_TRUE(json::parse(body, nullptr, false)["error"].is_string()) << body;
 }
 
 }  // namespace

@@ -352,6 +352,23 @@ TEST_F(WorkerTest, UnknownPathIs404) {
     EXPECT_EQ(error_of(r)["code"], "unknown_path");
 }
 
+// Found adversarially: a path that is not UTF-8, quoted in the 404, made the JSON writer throw;
+// the request got no answer and its connection slot was never given back.
+TEST_F(WorkerTest, APathThatIsNotUtf8GetsItsAnswerAndHoldsNothing) {
+    auto worker = start({"--max-connections", "2"});
+    for (int i = 0; i < 4; ++i) {
+        for (const std::string path : {"/x\xff", "/api/x\xff"}) {
+            const auto answer =
+                raw_exchange(worker->port(),
+                             "GET " + path + " HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+            EXPECT_TRUE(answer.starts_with("HTTP/1.1 404")) << answer;
+            EXPECT_NE(answer.find("\xef\xbf\xbd"), std::string::npos) << "U+FFFD in its place";
+        }
+    }
+    const auto health = http_request(worker->port(), HttpRequest{});
+    EXPECT_NE(health.status, 503) << "no connection slot was left held";
+}
+
 TEST_F(WorkerTest, AnswersWith503AndRetryAfterWhileTheModelLoads) {
     // The real engine, started 1.5 s late through the `command` preset: a slow load.
     const auto server = llama_server().string();

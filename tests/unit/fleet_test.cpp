@@ -959,6 +959,32 @@ TEST_F(FleetTest, ACrashAfterAReloadReversedAChainClosesNoLoop) {
     EXPECT_EQ(port_status(kC)["state"], "ready");
 }
 
+// Found in review: a worker started plain, whose model a reload made a chained one, was taken
+// for a re-adopted proxy: recorded in front of an upstream it was never given, or stopped to
+// wait for one. It runs on as started; the reload reports it; its next start applies it.
+TEST_F(FleetTest, AWorkerStartedPlainRunsOnWhenAReloadChainsItsModel) {
+    start("", "  px: {engine: fake, path: none, memory: 300MiB}\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    ASSERT_EQ(command(protocol::Verb::load, kB, "px")["ok"], true);
+    const auto pid = port_status(kB)["pid"];
+    edit_config(dir_ / "ensemble.yaml", "px: {engine: fake, path: none,",
+                "px: {engine: proxy, upstream: a,");
+    const auto reloaded = command(protocol::Verb::reload);
+    EXPECT_EQ(reloaded["result"]["changed_ports"], json::array({kB})) << reloaded.dump();
+    advance(2s);
+    ASSERT_EQ(command(protocol::Verb::unload, kA)["ok"], true);
+    advance(2s);
+    const auto b = port_status(kB);
+    EXPECT_EQ(b["pid"], pid) << b.dump();
+    EXPECT_EQ(b["state"], "ready");
+    EXPECT_FALSE(b["upstream"].contains("port")) << "never given one: " << b.dump();
+    for (const auto& r : store_records()) {
+        if (r.port == kB) {
+            EXPECT_EQ(r.upstream_port, 0);
+        }
+    }
+}
+
 // Found in review: a record from before v4 names no upstream; the one found for the
 // re-adopted proxy was not written back, so the next re-adoption guessed again.
 TEST_F(FleetTest, AnUpstreamFoundForAReadoptedProxyIsRecorded) {
