@@ -440,9 +440,7 @@ std::optional<http::response<http::string_body>> HttpFront::answer_ollama_locall
             return make_json_response(http::status::ok, ollama::ps_body(model), keep_alive);
         case ollama::Call::show: {
             const auto name = ollama::requested_name(request.body());
-            constexpr std::string_view kLatest = ":latest";  // the tag Ollama's clients add
-            const auto base =
-                name.ends_with(kLatest) ? name.substr(0, name.size() - kLatest.size()) : name;
+            const auto base = ollama::without_latest(name);
             if (!model_.answers_to(name) && !model_.answers_to(base)) {
                 return ollama::error_response(http::status::not_found,
                                               "model '" + name +

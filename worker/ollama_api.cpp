@@ -44,13 +44,6 @@ std::string rfc3339_of(long unix_seconds) {
     return std::string(text.data(), n);
 }
 
-// "tiny:latest" names "tiny": Ollama's clients add the default tag.
-std::string without_latest(std::string name) {
-    constexpr std::string_view kLatest = ":latest";
-    if (name.ends_with(kLatest)) name.resize(name.size() - kLatest.size());
-    return name;
-}
-
 Error bad(const std::string& why) {
     return Error{"bad_request", why};
 }
@@ -260,6 +253,12 @@ Call call_of(std::string_view path) {
         if (path == name || (name == "/api/blobs/" && path.starts_with(name))) return call;
     }
     return Call::unknown;
+}
+
+std::string without_latest(std::string name) {
+    constexpr std::string_view kLatest = ":latest";
+    if (name.ends_with(kLatest)) name.resize(name.size() - kLatest.size());
+    return name;
 }
 
 std::string_view method_of(Call call) {

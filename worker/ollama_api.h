@@ -32,6 +32,8 @@ enum class Call {
     unknown
 };
 Call call_of(std::string_view path);
+// "tiny:latest" names "tiny": Ollama's clients add the default tag.
+std::string without_latest(std::string name);
 // The method `call` takes ("GET" or "POST"; unknown: none).
 std::string_view method_of(Call call);
 
