@@ -152,6 +152,12 @@ class Loader {
                     const std::filesystem::path& base);
     void logs(const std::string& file, const YAML::Node& node);
     void reserved_ports(const std::string& file, const YAML::Node& node);
+    std::set<int> port_list(const std::string& file, const YAML::Node& node,
+                            const std::string& what);
+    std::optional<std::pair<std::string, int>> listen_address(const std::string& file,
+                                                              const YAML::Node& node,
+                                                              const std::string& what);
+    void front_door(const std::string& file, const YAML::Node& node);
     void naming(const std::string& file, const YAML::Node& node);
     void health(const std::string& file, const YAML::Node& node);
     void status_http(const std::string& file, const YAML::Node& supervisor,
@@ -182,6 +188,7 @@ class Loader {
         upstream_refs_;  // file, the `upstream:` node, the model that names it
     std::vector<std::tuple<std::string, YAML::Node, std::string, std::string>>
         assignment_refs_;  // file, port key, profile, model
+    std::optional<std::pair<std::string, YAML::Node>> front_door_node_;
 };
 
 void Loader::load_file(const std::filesystem::path& path, bool top_level) {
@@ -233,7 +240,7 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
                           {"state_dir", "run_dir", "memory_budget", "over_budget",
                            "evict_idle_after", "boot_profile", "bind_host", "hold_while_loading",
                            "allow_privileged_ports", "reserved_ports", "naming", "gpu_wired_limit",
-                           "http", "http_token_file", "logs", "health", "restart"})) {
+                           "http", "http_token_file", "front_door", "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -299,9 +306,102 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     if (node["http"]) status_http(file, node, base);
     if (node["http_token_file"] && !node["http"])
         v_.at(file, node["http_token_file"], "http_token_file is set but http is not");
+    if (node["front_door"]) front_door(file, node["front_door"]);
     if (node["logs"]) logs(file, node["logs"]);
     if (node["health"]) health(file, node["health"]);
     if (node["restart"]) restart(file, node["restart"]);
+}
+
+// "8099", "127.0.0.1:8099", "[::1]:8099" or "0.0.0.0:8099": the host (127.0.0.1 if none) and
+// port of a listener.
+std::optional<std::pair<std::string, int>> Loader::listen_address(const std::string& file,
+                                                                  const YAML::Node& node,
+                                                                  const std::string& what) {
+    auto text = v_.scalar<std::string>(file, node, what);
+    if (!text) return std::nullopt;
+    static const std::regex kListen(R"(^(?:(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):)?([0-9]{1,5})$)");
+    std::smatch m;
+    const int port = std::regex_match(*text, m, kListen) ? std::stoi(m[2].str()) : 0;
+    if (port < 1 || port > 65535) {
+        v_.at(file, node,
+              what + " '" + *text +
+                  "' must be HOST:PORT or PORT, e.g. 127.0.0.1:8099 (the port 1-65535)");
+        return std::nullopt;
+    }
+    std::string host = "127.0.0.1";
+    if (m[1].matched) {
+        host = m[1].str();
+        if (host.front() == '[') host = host.substr(1, host.size() - 2);
+        if (host == "localhost") host = "127.0.0.1";
+        in6_addr any{};
+        if (::inet_pton(AF_INET, host.c_str(), &any) != 1 &&
+            ::inet_pton(AF_INET6, host.c_str(), &any) != 1) {
+            v_.at(file, node,
+                  what + " '" + *text + "': '" + host +
+                      "' is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)");
+            return std::nullopt;
+        }
+    }
+    return std::pair{host, port};
+}
+
+// front_door: {listen: 127.0.0.1:11434, on_demand: listed|all, ports: ["8110-8119"],
+// evict_idle_after: 5m, load_timeout: 10m, queue_max: 64}
+void Loader::front_door(const std::string& file, const YAML::Node& node) {
+    if (!v_.map_with_keys(
+            file, node, "supervisor.front_door",
+            {"listen", "on_demand", "ports", "evict_idle_after", "load_timeout", "queue_max"})) {
+        return;
+    }
+    FrontDoorSettings door;
+    if (!node["listen"]) {
+        v_.at(file, node, "front_door needs 'listen' (e.g. listen: 127.0.0.1:11434)");
+        return;
+    }
+    auto address = listen_address(file, node["listen"], "front_door.listen");
+    if (!address) return;
+    door.host = address->first;
+    door.port = address->second;
+    if (auto allowed = check_port_allowed(config_.supervisor, door.port); !allowed)
+        v_.at(file, node["listen"], allowed.error().message);
+    if (node["on_demand"]) {
+        if (auto o = v_.scalar<std::string>(file, node["on_demand"], "front_door.on_demand")) {
+            if (*o != "listed" && *o != "all")
+                v_.at(file, node["on_demand"],
+                      "front_door.on_demand '" + *o +
+                          "' must be 'listed' (models with on_demand: true) or 'all'");
+            door.on_demand_all = *o == "all";
+        }
+    }
+    if (node["ports"]) door.ports = port_list(file, node["ports"], "front_door.ports");
+    if (door.ports.contains(door.port))
+        v_.at(file, node["ports"],
+              "front_door.ports includes the front door's own port " + std::to_string(door.port));
+    for (const int port : door.ports) {
+        if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed) {
+            v_.at(file, node["ports"], allowed.error().message);
+            break;
+        }
+    }
+    if (node["evict_idle_after"])
+        duration(file, node["evict_idle_after"], "front_door.evict_idle_after",
+                 door.evict_idle_after);
+    if (node["load_timeout"]) {
+        duration(file, node["load_timeout"], "front_door.load_timeout", door.load_timeout);
+        if (door.load_timeout < std::chrono::seconds(1) ||
+            door.load_timeout > std::chrono::hours(24))
+            v_.at(file, node["load_timeout"], "front_door.load_timeout must be 1s to 24h");
+    }
+    if (node["queue_max"]) {
+        if (auto q = v_.scalar<int>(file, node["queue_max"], "front_door.queue_max")) {
+            if (*q < 1 || *q > 100000)
+                v_.at(file, node["queue_max"], "front_door.queue_max must be 1 to 100000");
+            else
+                door.queue_max = static_cast<std::size_t>(*q);
+        }
+    }
+    front_door_node_ = {file, node};
+    config_.supervisor.front_door = door;
 }
 
 void Loader::status_http(const std::string& file, const YAML::Node& supervisor,
@@ -309,31 +409,12 @@ void Loader::status_http(const std::string& file, const YAML::Node& supervisor,
     const auto& node = supervisor["http"];
     auto text = v_.scalar<std::string>(file, node, "http");
     if (!text) return;
-    // "8099", "127.0.0.1:8099", "[::1]:8099" or "0.0.0.0:8099".
-    static const std::regex kListen(R"(^(?:(\[[0-9A-Fa-f:.]+\]|[^:\[\]]+):)?([0-9]{1,5})$)");
-    std::smatch m;
-    const int port = std::regex_match(*text, m, kListen) ? std::stoi(m[2].str()) : 0;
-    if (port < 1 || port > 65535) {
-        v_.at(file, node,
-              "http '" + *text +
-                  "' must be HOST:PORT or PORT, e.g. 127.0.0.1:8099 (the port 1-65535)");
-        return;
-    }
+    auto address = listen_address(file, node, "http");
+    if (!address) return;
     StatusHttpSettings http;
-    http.port = port;
-    if (m[1].matched) {
-        http.host = m[1].str();
-        if (http.host.front() == '[') http.host = http.host.substr(1, http.host.size() - 2);
-        if (http.host == "localhost") http.host = "127.0.0.1";
-        in6_addr any{};
-        if (::inet_pton(AF_INET, http.host.c_str(), &any) != 1 &&
-            ::inet_pton(AF_INET6, http.host.c_str(), &any) != 1) {
-            v_.at(file, node,
-                  "http '" + *text + "': '" + http.host +
-                      "' is not an IP address (e.g. 127.0.0.1, ::1, 0.0.0.0)");
-            return;
-        }
-    }
+    http.host = address->first;
+    http.port = address->second;
+    const int port = http.port;
     if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed)
         v_.at(file, node, allowed.error().message);
     if (const auto& token = supervisor["http_token_file"]) {
@@ -366,20 +447,28 @@ void Loader::duration(const std::string& file, const YAML::Node& node, const std
 
 // reserved_ports: [8108, 8109] or ["8108-8109"]; a range holds at most 1,000 ports.
 void Loader::reserved_ports(const std::string& file, const YAML::Node& node) {
-    for (const auto& text : v_.strings(file, node, "reserved_ports")) {
+    config_.supervisor.reserved_ports.merge(port_list(file, node, "reserved_ports"));
+}
+
+// [8108, 8109] or ["8108-8109"]; a range holds at most 1,000 ports.
+std::set<int> Loader::port_list(const std::string& file, const YAML::Node& node,
+                                const std::string& what) {
+    std::set<int> ports;
+    for (const auto& text : v_.strings(file, node, what)) {
         static const std::regex kPortOrRange(R"(^([0-9]{1,5})(?:-([0-9]{1,5}))?$)");
         std::smatch m;
         const int first = std::regex_match(text, m, kPortOrRange) ? std::stoi(m[1]) : 0;
         const int last = m[2].matched ? std::stoi(m[2]) : first;
         if (first < 1 || last > 65535 || last < first || last - first >= 1000) {
             v_.at(file, node,
-                  "reserved_ports item '" + text +
+                  what + " item '" + text +
                       "' must be a port (8108) or a range of at most 1000 (8108-8109) in 1-65535");
             continue;
         }
         for (int port = first; port <= last; ++port)
-            config_.supervisor.reserved_ports.insert(port);
+            ports.insert(port);
     }
+    return ports;
 }
 
 // naming: {mlx-lm: mlx-, optillm: opt-} (presets, or engines under `engines`): kebab-case
@@ -601,9 +690,10 @@ void Loader::models(const std::string& file, const YAML::Node& node,
         if (!protocol::is_valid_handle(handle))
             v_.at(file, kv.first, "model handle '" + handle + "' " + protocol::kHandleRule);
         const auto& m = kv.second;
-        if (!v_.map_with_keys(file, m, "model '" + handle + "'",
-                              {"engine", "path", "context", "parallel", "memory", "priority",
-                               "evict", "aliases", "accept_any_model", "upstream", "args"})) {
+        if (!v_.map_with_keys(
+                file, m, "model '" + handle + "'",
+                {"engine", "path", "context", "parallel", "memory", "priority", "evict", "aliases",
+                 "accept_any_model", "on_demand", "upstream", "args"})) {
             continue;
         }
         ModelSpec spec;
@@ -656,6 +746,9 @@ void Loader::models(const std::string& file, const YAML::Node& node,
         if (m["priority"]) spec.priority = priority(v_, file, m["priority"]).value_or(0);
         if (m["evict"]) spec.evict = evict_policy(v_, file, m["evict"]).value_or(spec.evict);
         if (m["aliases"]) spec.aliases = v_.strings(file, m["aliases"], "aliases");
+        if (m["on_demand"]) {
+            if (auto on = v_.scalar<bool>(file, m["on_demand"], "on_demand")) spec.on_demand = *on;
+        }
         if (m["accept_any_model"]) {
             if (auto any = v_.scalar<bool>(file, m["accept_any_model"], "accept_any_model"))
                 spec.accept_any_model = *any;
@@ -753,6 +846,7 @@ void Loader::check_references() {
             v_.at(file, node, "model '" + handle + "' is not defined under 'models'");
     }
     const auto& http = config_.supervisor.http;
+    const auto& door = config_.supervisor.front_door;
     for (const auto& [file, node, port] : port_refs_) {
         if (auto allowed = check_port_allowed(config_.supervisor, port); !allowed)
             v_.at(file, node, allowed.error().message);
@@ -760,7 +854,36 @@ void Loader::check_references() {
             v_.at(file, node,
                   "port " + std::to_string(port) +
                       " is supervisor.http's status listener; give one of them another port");
+        if (door && door->port == port)
+            v_.at(file, node,
+                  "port " + std::to_string(port) +
+                      " is supervisor.front_door's; give one of them another port");
+        if (door && door->ports.contains(port))
+            v_.at(file, node,
+                  "port " + std::to_string(port) +
+                      " is in supervisor.front_door.ports, where models are loaded on demand; "
+                      "a profile may not use it");
     }
+    for (const auto& [handle, model] : config_.models) {
+        if (!model.on_demand || door) continue;
+        const auto& [file, mark] = model_marks_[handle];
+        issues_.push_back({file, mark.line + 1, mark.column + 1,
+                           "model '" + handle +
+                               "' is on_demand, but there is no supervisor.front_door to load it "
+                               "from"});
+    }
+    if (door && door->ports.empty() && front_door_node_) {
+        const bool any =
+            door->on_demand_all || std::any_of(config_.models.begin(), config_.models.end(),
+                                               [](const auto& m) { return m.second.on_demand; });
+        if (any)
+            v_.at(front_door_node_->first, front_door_node_->second,
+                  "models are loaded on demand, but front_door has no 'ports' to load them on "
+                  "(e.g. ports: [\"8110-8119\"])");
+    }
+    if (door && http && http->port == door->port && front_door_node_)
+        v_.at(front_door_node_->first, front_door_node_->second,
+              "front_door and http use the same port " + std::to_string(door->port));
     const auto& boot = config_.supervisor.boot_profile;
     if (!boot.empty() && !config_.profiles.count(boot)) {
         issues_.push_back({config_.source.string(), 0, 0,
@@ -916,6 +1039,18 @@ std::string ConfigIssue::to_string() const {
 const ModelSpec* Config::find_model(const std::string& handle) const {
     const auto it = models.find(handle);
     return it == models.end() ? nullptr : &it->second;
+}
+
+std::string Config::model_names() const {
+    std::string names;
+    for (const auto& [name, _] : models)
+        names += (names.empty() ? "" : ", ") + name;
+    return names;
+}
+
+bool Config::loads_on_demand(const ModelSpec& model) const {
+    const auto& door = supervisor.front_door;
+    return door && !door->ports.empty() && (door->on_demand_all || model.on_demand);
 }
 
 const EngineSpec* Config::engine_of(const ModelSpec& model) const {

@@ -71,6 +71,24 @@ struct StatusHttpSettings {
     std::filesystem::path token_file;
 };
 
+// The front door (supervisor.front_door): one port for every model, routed by the model a
+// request names, loading models on demand on a pool of ports. Off unless configured.
+struct FrontDoorSettings {
+    std::string host = "127.0.0.1";
+    int port = 0;
+    // Every model may be loaded on demand (on_demand: all), or only those that say so
+    // (on_demand: listed, the default: ModelSpec::on_demand).
+    bool on_demand_all = false;
+    std::set<int> ports;  // where on-demand loads go; empty: nothing loads on demand
+    // An on-demand load that has served nothing for this long is unloaded.
+    std::chrono::milliseconds evict_idle_after{std::chrono::minutes(5)};
+    // How long a request waits for its model to load, then 503.
+    std::chrono::milliseconds load_timeout{std::chrono::minutes(10)};
+    std::size_t queue_max = 64;  // requests waiting for models to load, all together
+
+    bool operator==(const FrontDoorSettings&) const = default;
+};
+
 struct SupervisorSettings {
     std::filesystem::path state_dir;  // state.db and logs
     std::filesystem::path run_dir;    // control.sock and workers.sock (mode 0700)
@@ -92,6 +110,7 @@ struct SupervisorSettings {
     // by deploy/install-wired-limit's LaunchDaemon and checked by `check`.
     std::optional<std::uint64_t> gpu_wired_limit_bytes;
     std::optional<StatusHttpSettings> http;
+    std::optional<FrontDoorSettings> front_door;
     LogSettings logs;
     HealthSettings health;
     RestartSettings restart;
@@ -123,6 +142,8 @@ struct ModelSpec {
     EvictPolicy evict = EvictPolicy::never;
     std::vector<std::string> aliases;
     bool accept_any_model = false;  // any requested name is served by this model
+    // A request to the front door for it loads it when no port serves it (supervisor.front_door).
+    bool on_demand = false;
     // A chained model (an OptiLLM proxy, say) runs in front of this model, served on another
     // port: it starts once that port is ready, and waits while it is not ({upstream_url}).
     std::string upstream;
@@ -153,8 +174,11 @@ struct Config {
     std::map<std::string, Profile> profiles;
 
     const ModelSpec* find_model(const std::string& handle) const;
+    std::string model_names() const;  // "a, b, c"
     // The engine a model runs on, from `engines` (presets are there too); nullptr if unknown.
     const EngineSpec* engine_of(const ModelSpec& model) const;
+    // Whether the front door may load `model` on demand.
+    bool loads_on_demand(const ModelSpec& model) const;
 };
 
 struct ConfigIssue {

@@ -62,7 +62,11 @@ class Fields {
 json to_json(const Register& m) {
     return {{"type", "register"}, {"version", m.version}, {"worker_id", m.worker_id},
             {"token", m.token},   {"port", m.port},       {"pid", m.pid},
-            {"handle", m.handle}, {"files", m.files}};
+            {"handle", m.handle}, {"files", m.files},     {"front_door", m.front_door}};
+}
+
+json to_json(const Demand& m) {
+    return {{"type", "demand"}, {"model", m.model}};
 }
 
 json to_json(const Heartbeat& m) {
@@ -96,7 +100,8 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
             .read("port", m.port, true)
             .read("pid", m.pid, true)
             .read("handle", m.handle, false)
-            .read("files", m.files, false);
+            .read("files", m.files, false)
+            .read("front_door", m.front_door, false);
         if (!fields.status()) return fields.status().error();
         if (m.files < 0 || m.files >= kSlots)
             return bad("'files' must be 0 or 1, not " + std::to_string(m.files));
@@ -130,7 +135,87 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
             return bad("'load_mapped_bytes' must not exceed 'load_file_bytes'");
         return WorkerMessage{m};
     }
+    if (type == "demand") {
+        Demand m;
+        if (auto ok = Fields(j).read("model", m.model, true).status(); !ok) return ok.error();
+        if (!is_valid_handle(m.model)) return bad("'model' must be a model handle");
+        return WorkerMessage{m};
+    }
     return Error{"unknown_message", "unknown message type '" + type + "'"};
+}
+
+json routes_message(const std::vector<Route>& routes) {
+    json models = json::array();
+    for (const auto& r : routes) {
+        models.push_back({{"handle", r.handle},
+                          {"aliases", r.aliases},
+                          {"port", r.port},
+                          {"state", r.state},
+                          {"on_demand", r.on_demand},
+                          {"path", r.path},
+                          {"context", r.context},
+                          {"memory_bytes", r.memory_bytes},
+                          {"expires_unix", r.expires_unix}});
+    }
+    return {{"type", "routes"}, {"models", std::move(models)}};
+}
+
+std::optional<Result<std::vector<Route>>> parse_routes(const json& message) {
+    if (!message.is_object() || message.value("type", json()) != "routes") return std::nullopt;
+    const auto models = message.find("models");
+    if (models == message.end() || !models->is_array()) return {bad("'models' must be a list")};
+    std::vector<Route> routes;
+    for (const auto& m : *models) {
+        if (!m.is_object()) return {bad("each of 'models' must be an object")};
+        Route r;
+        Fields fields(m);
+        fields.read("handle", r.handle, true)
+            .read("port", r.port, true)
+            .read("state", r.state, true)
+            .read("on_demand", r.on_demand, false)
+            .read("path", r.path, false)
+            .read("context", r.context, false)
+            .read("memory_bytes", r.memory_bytes, false)
+            .read("expires_unix", r.expires_unix, false);
+        if (!fields.status()) return {fields.status().error()};
+        if (const auto aliases = m.find("aliases"); aliases != m.end()) {
+            if (!aliases->is_array()) return {bad("'aliases' must be a list")};
+            for (const auto& a : *aliases) {
+                if (!a.is_string()) return {bad("each alias must be a string")};
+                r.aliases.push_back(a.get<std::string>());
+            }
+        }
+        if (r.port < 0 || r.port > 65535) return {bad("'port' is out of range")};
+        routes.push_back(std::move(r));
+    }
+    return {std::move(routes)};
+}
+
+json demand_result_message(const DemandResult& result) {
+    json j = {{"type", "demand_result"}, {"model", result.model}, {"ok", !result.refusal}};
+    if (result.refusal)
+        j["error"] = {{"code", result.refusal->code}, {"message", result.refusal->message}};
+    return j;
+}
+
+std::optional<Result<DemandResult>> parse_demand_result(const json& message) {
+    if (!message.is_object() || message.value("type", json()) != "demand_result")
+        return std::nullopt;
+    DemandResult r;
+    bool ok = false;
+    Fields fields(message);
+    fields.read("model", r.model, true).read("ok", ok, true);
+    if (!fields.status()) return {fields.status().error()};
+    if (!ok) {
+        Error refusal{"demand_refused", ""};
+        if (const auto error = message.find("error"); error != message.end()) {
+            Fields(*error)
+                .read("code", refusal.code, false)
+                .read("message", refusal.message, false);
+        }
+        r.refusal = refusal;
+    }
+    return {std::move(r)};
 }
 
 json registered_message() {

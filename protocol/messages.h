@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 #include <variant>
+#include <vector>
 
 #include "protocol/control_verbs.h"
 #include "protocol/result.h"
@@ -32,6 +33,9 @@ struct Register {
     // adopts it from what it says, when that is what the port should serve.
     std::string handle;
     int files = 0;  // its set of the port's files (worker_contract.h, kWorkerFilesVariable)
+    // The front door (supervisor.front_door), not a model's worker: `port` is its port, and it
+    // serves no model (`handle` is empty).
+    bool front_door = false;
 };
 
 struct WorkerStats {
@@ -59,10 +63,17 @@ struct Heartbeat {
     WorkerStats stats;
 };
 
-using WorkerMessage = std::variant<Register, Heartbeat>;
+// The front door asks for a model that no port serves to be loaded on demand; ensembled answers
+// with a demand_result, and the routes show the load as it goes.
+struct Demand {
+    std::string model;  // a handle of the config
+};
+
+using WorkerMessage = std::variant<Register, Heartbeat, Demand>;
 
 nlohmann::json to_json(const Register& m);
 nlohmann::json to_json(const Heartbeat& m);
+nlohmann::json to_json(const Demand& m);
 Result<WorkerMessage> parse_worker_message(const nlohmann::json& j);
 
 // Supervisor to worker: {"type":"registered"}, {"type":"stop"}, {"type":"serve"} (a worker
@@ -70,6 +81,30 @@ Result<WorkerMessage> parse_worker_message(const nlohmann::json& j);
 nlohmann::json registered_message();
 nlohmann::json stop_message();
 nlohmann::json serve_message();
+
+// Supervisor to front door: every model of the config and where it is served, sent when it
+// changes ({"type":"routes","models":[...]}), and the outcome of a demand.
+struct Route {
+    std::string handle;
+    std::vector<std::string> aliases;
+    int port = 0;                   // where it is served (or loading); 0: on no port
+    std::string state = "stopped";  // the port's state (supervisor/port_state.h)
+    bool on_demand = false;         // a request for it may load it (supervisor.front_door)
+    std::string path;               // the model's file or folder, for Ollama's listings
+    int context = 0;
+    std::uint64_t memory_bytes = 0;  // measured, while it runs
+    std::int64_t expires_unix = 0;   // when an idle on-demand load is unloaded; 0: never
+};
+nlohmann::json routes_message(const std::vector<Route>& routes);
+// nullopt: `message` is not a routes message; an error: it is one, malformed.
+std::optional<Result<std::vector<Route>>> parse_routes(const nlohmann::json& message);
+
+struct DemandResult {
+    std::string model;
+    std::optional<Error> refusal;  // nullopt: it is served (or loading)
+};
+nlohmann::json demand_result_message(const DemandResult& result);
+std::optional<Result<DemandResult>> parse_demand_result(const nlohmann::json& message);
 
 // ---- control.sock ----
 

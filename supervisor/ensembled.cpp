@@ -34,13 +34,14 @@ void update_status_line(const Fleet& fleet) {
     sent = std::move(line);
 }
 
-void tick_forever(asio::steady_timer& timer, Fleet& fleet) {
+void tick_forever(asio::steady_timer& timer, Fleet& fleet, FrontDoorKeeper& front_door) {
     timer.expires_after(std::chrono::milliseconds(500));
-    timer.async_wait([&timer, &fleet](boost::system::error_code ec) {
+    timer.async_wait([&timer, &fleet, &front_door](boost::system::error_code ec) {
         if (ec) return;
         fleet.tick();
+        front_door.tick();
         update_status_line(fleet);
-        tick_forever(timer, fleet);
+        tick_forever(timer, fleet, front_door);
     });
 }
 
@@ -130,8 +131,10 @@ int main(int argc, char** argv) {
     WorkerSpawner spawner(worker_binary, link_path);
     Fleet fleet(io, std::move(config), std::move(store).value(), std::move(spawner));
     ControlApi api(fleet);
+    FrontDoorKeeper front_door(io, fleet, worker_binary, link_path);
+    fleet.on_change = [&front_door] { front_door.send_routes(); };
     serve_control(io, **control, api);
-    serve_worker_links(io, **links, fleet);
+    serve_worker_links(io, **links, fleet, front_door);
     std::unique_ptr<StatusHttp> status_http;
     if (const auto& http = fleet.config().supervisor.http) {
         std::string token;
@@ -156,10 +159,14 @@ int main(int argc, char** argv) {
     }
 
     asio::signal_set children(io, SIGCHLD);
-    on_every_signal(children, [&fleet] { fleet.tick(); });
+    on_every_signal(children, [&fleet, &front_door] {
+        fleet.tick();
+        front_door.tick();
+    });
     asio::steady_timer ticker(io);
-    tick_forever(ticker, fleet);
+    tick_forever(ticker, fleet, front_door);
     fleet.reconcile();
+    front_door.start();
     spdlog::info("ready: control {}, {} port(s)",
                  (fleet.config().supervisor.run_dir / "control.sock").string(), fleet.size());
     service_manager::ready(fleet.summary());
@@ -185,6 +192,7 @@ int main(int argc, char** argv) {
         }
         spdlog::info("stopping every worker (assignments are kept for the next start)");
         service_manager::stopping();
+        front_door.stop();
         asio::co_spawn(
             io,
             [&fleet, finish]() -> awaitable<void> {

@@ -132,6 +132,7 @@ void Fleet::log_unsaved(const Status& saved, const std::string& what) {
 
 void Fleet::wake() {
     time_->wake_sleepers();
+    if (on_change) on_change();
 }
 
 void Fleet::probe_ports(Clock::time_point now) {
@@ -454,6 +455,7 @@ void Fleet::tick() {
     escalate_dismissed(now);
     for_each_run([&](Port& run) { run.tick(now, stalled); });
     follow_upstreams();
+    unload_idle_on_demand(now);
     // A replaced worker is forgotten once it has gone (its exit explained, its engine stopped).
     std::erase_if(side_runs_, [](const auto& run) {
         return run->role() == Port::Role::outgoing && run->snapshot().pid == 0 &&

@@ -164,6 +164,14 @@ class Fleet final : private PortHost {
     // Reads the config file again; the ports whose worker would now start differently.
     Result<std::vector<int>> reload();
 
+    // The front door (fleet_on_demand.cpp): every model of the config and where it is served;
+    // a load of `handle` on a free port of front_door.ports (the caller holds the turn), or
+    // nothing when a port serves it or brings it up already.
+    std::vector<protocol::Route> routes() const;
+    awaitable<Result<PortReport>> load_on_demand(const std::string& handle);
+    // Called whenever a port may have changed (the front door's routes are sent again).
+    std::function<void()> on_change;
+
     // A command nobody waited for failed ("wait": false): an event, kind "command_failed".
     void note_failure(int port, std::string_view verb, const std::string& message);
 
@@ -247,6 +255,12 @@ class Fleet final : private PortHost {
     awaitable<bool> wait_until(const std::function<bool()>& done, Clock::time_point deadline);
     awaitable<bool> wait_settled(int port, Clock::time_point deadline);  // ready, or clearly not
     awaitable<bool> wait_stopped(int port, Clock::time_point deadline);
+
+    // fleet_on_demand.cpp
+    bool in_pool(int port) const;  // one of front_door.ports
+    // Unloads an on-demand load idle for front_door.evict_idle_after (one per tick).
+    void unload_idle_on_demand(Clock::time_point now);
+    awaitable<void> unload_idle(int port, std::uint64_t attempt);
 
     // fleet_memory.cpp: the memory budget
     std::optional<std::uint64_t> budget_bytes() const;

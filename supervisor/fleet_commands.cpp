@@ -19,13 +19,6 @@ std::chrono::milliseconds stop_wait(const Config& config) {
     return config.supervisor.health.stop_timeout + std::chrono::seconds(5);
 }
 
-std::string known_models(const Config& config) {
-    std::string s;
-    for (const auto& [name, _] : config.models)
-        s += (s.empty() ? "" : ", ") + name;
-    return s;
-}
-
 }  // namespace
 
 Status Fleet::check_port_free(int port) const {
@@ -126,7 +119,7 @@ awaitable<Result<PortReport>> Fleet::load(int port, const std::string& handle,
         asked_profile.empty() ? active_profile_for(port, handle) : asked_profile;
     if (config_.find_model(handle) == nullptr) {
         co_return Error{"unknown_model", "unknown model '" + handle +
-                                             "'; the config defines: " + known_models(config_)};
+                                             "'; the config defines: " + config_.model_names()};
     }
     if (const auto* p = find(port); p != nullptr && is_running(p->state())) {
         const auto& rt = p->snapshot();
@@ -194,7 +187,7 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
     }
     if (config_.find_model(handle) == nullptr) {
         co_return Error{"unknown_model", "unknown model '" + handle +
-                                             "'; the config defines: " + known_models(config_)};
+                                             "'; the config defines: " + config_.model_names()};
     }
     const std::string old_handle = p->snapshot().handle;
     const std::string old_profile = p->snapshot().profile;
@@ -550,6 +543,14 @@ Result<std::vector<int>> Fleet::reload() {
                                                "ensembled to move it"};
         }
     }
+    // The front door's process and socket are set up at start: its settings stay until then.
+    auto& door_after = loaded.config->supervisor.front_door;
+    const auto& door_before = config_.supervisor.front_door;
+    if (door_after != door_before) {
+        event(0, "reload",
+              "supervisor.front_door changed; the change takes effect when ensembled restarts");
+    }
+    door_after = door_before;
     // A model a port is assigned must stay defined: its next restart would fail, leaving the
     // port down. Such a config is refused, naming the ports, until they are swapped or unloaded.
     std::string orphaned;

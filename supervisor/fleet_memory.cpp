@@ -50,6 +50,8 @@ PortPolicy Fleet::policy_for(int port, const std::string& handle,
         policy.priority = a->priority.value_or(policy.priority);
         policy.evict = a->evict.value_or(policy.evict);
     }
+    // A load on demand may make room for another whenever it is idle.
+    if (in_pool(port)) policy.evict = EvictPolicy::idle;
     return policy;
 }
 

@@ -166,11 +166,13 @@ class LinkPeer final : public WorkerLinkPeer, public std::enable_shared_from_thi
 };
 
 awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> peer, Fleet& fleet,
+                             FrontDoorKeeper& front_door,
                              std::shared_ptr<Connections> connections) {
     const ConnectionEntry entry(std::move(connections), peer->socket());
     protocol::FrameDecoder decoder;
     std::array<char, 8192> buffer{};
     bool registered = false;
+    bool front = false;  // the front door's link, not a model worker's
     // A descriptor that came before or with the registration: the worker's listening socket,
     // handed back (os/descriptor_passing.h). Any other is closed at once.
     std::optional<int> handed;
@@ -215,7 +217,14 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
                         spdlog::warn("workers.sock: {}", taken.error().message);
                     }
                 }
-                auto ok = fleet.on_register(peer.get(), *reg, std::move(port_socket));
+                if (registered) {
+                    peer->send(protocol::error_reply(
+                        Error{"already_registered", "this connection is registered already"}));
+                    continue;
+                }
+                front = reg->front_door;
+                auto ok = front ? front_door.on_register(peer.get(), *reg, std::move(port_socket))
+                                : fleet.on_register(peer.get(), *reg, std::move(port_socket));
                 peer->send(ok ? protocol::registered_message() : protocol::error_reply(ok.error()));
                 // A worker that cannot be adopted is told to stop: never left serving unmanaged.
                 if (!ok) peer->send(protocol::stop_message());
@@ -224,12 +233,23 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
             } else if (!registered) {
                 peer->send(protocol::error_reply(
                     Error{"not_registered", "register before sending heartbeats"}));
-            } else {
+            } else if (const auto* demand = std::get_if<protocol::Demand>(&*message)) {
+                if (front) {
+                    front_door.on_demand(peer.get(), *demand);
+                } else {
+                    peer->send(protocol::error_reply(
+                        Error{"not_front_door", "only the front door asks for loads"}));
+                }
+            } else if (!front) {
                 fleet.on_heartbeat(peer.get(), std::get<protocol::Heartbeat>(*message).stats);
             }
         }
     }
-    fleet.on_link_closed(peer.get());
+    if (front) {
+        front_door.on_link_closed(peer.get());
+    } else {
+        fleet.on_link_closed(peer.get());
+    }
     (void)io;
 }
 
@@ -375,12 +395,14 @@ void serve_control(asio::io_context& io, unix_socket::acceptor& acceptor, Contro
     asio::co_spawn(io, accept_loop(io, acceptor, false, std::move(start)), asio::detached);
 }
 
-void serve_worker_links(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet) {
-    StartSession start = [&io, &fleet](unix_socket::socket socket,
-                                       std::shared_ptr<Connections> connections) {
+void serve_worker_links(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet,
+                        FrontDoorKeeper& front_door) {
+    StartSession start = [&io, &fleet, &front_door](unix_socket::socket socket,
+                                                    std::shared_ptr<Connections> connections) {
         if (!peer_allowed(socket)) return;
         auto peer = std::make_shared<LinkPeer>(io, std::move(socket));
-        asio::co_spawn(io, link_session(io, peer, fleet, std::move(connections)), asio::detached);
+        asio::co_spawn(io, link_session(io, peer, fleet, front_door, std::move(connections)),
+                       asio::detached);
     };
     asio::co_spawn(io, accept_loop(io, acceptor, true, std::move(start)), asio::detached);
 }

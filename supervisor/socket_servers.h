@@ -9,6 +9,7 @@
 
 #include "supervisor/control_api.h"
 #include "supervisor/fleet.h"
+#include "supervisor/front_door_keeper.h"
 
 namespace ensemble {
 
@@ -21,6 +22,8 @@ Result<std::unique_ptr<unix_socket::acceptor>> listen_unix(asio::io_context& io,
                                                            const std::string& name);
 
 void serve_control(asio::io_context& io, unix_socket::acceptor& acceptor, ControlApi& api);
-void serve_worker_links(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet);
+// Registrations that say they are the front door go to `front_door`, the rest to the fleet.
+void serve_worker_links(asio::io_context& io, unix_socket::acceptor& acceptor, Fleet& fleet,
+                        FrontDoorKeeper& front_door);
 
 }  // namespace ensemble

@@ -45,11 +45,8 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
     const int files_slot = slot.files;
     const auto* model = config.find_model(handle);
     if (model == nullptr) {
-        std::string known;
-        for (const auto& [name, _] : config.models)
-            known += (known.empty() ? "" : ", ") + name;
         return Error{"unknown_model",
-                     "unknown model '" + handle + "'; the config defines: " + known};
+                     "unknown model '" + handle + "'; the config defines: " + config.model_names()};
     }
     const auto engine_it = config.engines.find(model->engine);
     if (engine_it == config.engines.end()) {

@@ -43,9 +43,11 @@ bool forwarded(http::field f) {
 
 // The client's request becomes the engine's in place (no copy of a large body), once; it stays
 // intact for a retry.
-void prepare_for_engine(http::request<http::string_body>& request) {
+void prepare_for_engine(http::request<http::string_body>& request, bool keep_authorization) {
     for (auto field = request.begin(); field != request.end();) {
-        field = forwarded(field->name()) ? std::next(field) : request.erase(field);
+        const bool kept = forwarded(field->name()) ||
+                          (keep_authorization && field->name() == http::field::authorization);
+        field = kept ? std::next(field) : request.erase(field);
     }
     request.version(11);
     request.keep_alive(true);
@@ -77,17 +79,6 @@ bool is_event_stream(const http::fields& headers) {
 const ApiError kEngineClosedEarly{
     http::status::bad_gateway, "server_error", "engine_error",
     "the engine closed the connection without answering; retry the request"};
-
-ApiError engine_unavailable(const EngineRunner& engine) {
-    const std::string state = engine.state() == EngineState::ready
-                                  ? "not answering"
-                                  : std::string("not ready (") + to_string(engine.state()) + ")";
-    return {http::status::service_unavailable, "server_error", "engine_unavailable",
-            "the engine is " + state +
-                (engine.last_exit().empty() ? "" : "; last exit: " + engine.last_exit()) +
-                "; retry shortly",
-            2};
-}
 
 // Watches a client's connection while its answer is being generated. A client that goes away
 // (end of stream or reset) gets its engine connection cancelled and then closed, and the engine
@@ -245,7 +236,7 @@ awaitable<bool> EngineProxy::engine_died_recently() {
     asio::steady_timer pause(co_await asio::this_coro::executor);
     for (int i = 0; i < 20; ++i) {
         engine_.on_child_exit();
-        if (engine_.state() != EngineState::ready) co_return true;
+        if (!engine_.ready()) co_return true;
         pause.expires_after(std::chrono::milliseconds(5));
         boost::system::error_code ec;
         co_await pause.async_wait(on_error(ec));
@@ -258,15 +249,15 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
                                      RequestTrace& trace) {
     ++stats_.requests;
     const bool keep_alive = request.keep_alive();
-    prepare_for_engine(request);
+    prepare_for_engine(request, limits_.keep_authorization);
     // Nothing has reached the client until the engine answers, so a request can be tried again:
     // on a fresh connection when a pooled one turns out stale, and up to kEngineAttempts times
     // when the engine itself died before answering (generation has no side effects until then).
     constexpr int kEngineAttempts = 3;
     bool fresh_only = false;
     for (int failures = 0; failures < kEngineAttempts;) {
-        if (engine_.state() != EngineState::ready) {
-            const auto deadline = EngineRunner::Clock::now() + limits_.queue_timeout;
+        if (!engine_.ready()) {
+            const auto deadline = ProxyTarget::Clock::now() + limits_.queue_timeout;
             if (!co_await engine_.wait_ready(deadline)) break;
         }
         auto connection = co_await acquire(fresh_only);
@@ -314,7 +305,7 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
         }
     }
     // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
-    const auto error = engine_unavailable(engine_);
+    const auto error = engine_.unavailable();
     const bool kept = co_await send_error(client, error, keep_alive, trace);
     co_return kept;
 }
@@ -343,8 +334,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Co
         // pooled connection had gone stale, or the engine died and is being restarted.
         // The engine may have died a moment ago with SIGCHLD not yet handled: reap it now.
         engine_.on_child_exit();
-        const bool engine_died =
-            engine_.state() != EngineState::ready || engine.generation != engine_.generation();
+        const bool engine_died = !engine_.ready() || engine.generation != engine_.generation();
         if (engine.reused || engine_died) co_return Outcome::retry;
         spdlog::warn("proxy: engine failed before answering {}: {}", sv(request.target()),
                      ec.message());

@@ -12,8 +12,8 @@
 
 #include "os/asio.h"
 #include "worker/answer_filter.h"
-#include "worker/engine_runner.h"
 #include "worker/openai_error.h"
+#include "worker/proxy_target.h"
 
 namespace ensemble {
 
@@ -28,6 +28,9 @@ struct ProxyLimits {
     // requests at 32 connections paid a connect and the engine's accept). llama-server keeps
     // slots + 2 HTTP threads, so this never holds all of them.
     std::size_t max_idle_connections = 4;
+    // The client's Authorization header goes on (the front door: the model port checks the
+    // same key); an engine never sees it.
+    bool keep_authorization = false;
 };
 
 // What became of one proxied request, for the worker's metrics.
@@ -50,7 +53,7 @@ struct ProxyStats {
 
 class EngineProxy {
   public:
-    EngineProxy(EngineRunner& engine, ProxyLimits limits)
+    EngineProxy(ProxyTarget& engine, ProxyLimits limits)
         : engine_(engine),
           limits_(limits),
           silences_(std::make_shared<Silences>(Silences{limits.engine_timeout, {}, false})) {}
@@ -105,7 +108,7 @@ class EngineProxy {
     awaitable<bool> send_error(beast::tcp_stream& client, const ApiError& error, bool keep_alive,
                                RequestTrace& trace);
 
-    EngineRunner& engine_;
+    ProxyTarget& engine_;
     ProxyLimits limits_;
     ProxyStats stats_;
     std::vector<std::unique_ptr<Connection>> idle_;

@@ -88,6 +88,16 @@ std::chrono::milliseconds EngineRunner::probe_timeout() const {
                                                  kCompletionProbeTimeout);
 }
 
+ApiError EngineRunner::unavailable() const {
+    const std::string state = state_ == EngineState::ready
+                                  ? "not answering"
+                                  : std::string("not ready (") + to_string(state_) + ")";
+    return {http::status::service_unavailable, "server_error", "engine_unavailable",
+            "the engine is " + state + (last_exit_.empty() ? "" : "; last exit: " + last_exit_) +
+                "; retry shortly",
+            2};
+}
+
 void EngineRunner::note_answer() {
     last_answer_ = Clock::now();
 }

@@ -20,16 +20,15 @@
 #include "os/stream_endpoint.h"
 #include "profiles/command_template.h"
 #include "worker/engine_config.h"
+#include "worker/proxy_target.h"
 
 namespace ensemble {
 
 enum class EngineState { loading, ready, restarting, stopping, stopped };
 const char* to_string(EngineState state);
 
-class EngineRunner {
+class EngineRunner final : public ProxyTarget {
   public:
-    using Clock = std::chrono::steady_clock;
-
     EngineRunner(asio::io_context& io, EngineConfig config);
 
     // Called when the engine cannot be loaded at all (it failed kMaxLoadFailures times before it
@@ -38,7 +37,7 @@ class EngineRunner {
     static constexpr int kMaxLoadFailures = 3;
     // Called after every state change (the supervisor link reports it at once).
     std::function<void()> on_state_change;
-    ~EngineRunner();
+    ~EngineRunner() override;
 
     // Starts the first engine. An error here (binary missing, log unwritable) is a startup failure.
     Status start();
@@ -47,23 +46,25 @@ class EngineRunner {
 
     // Called on SIGCHLD, or whenever the engine looks dead: reaps it if it exited and schedules
     // a restart. Harmless while it runs.
-    void on_child_exit();
+    void on_child_exit() override;
 
     // Waits until the engine is ready (true) or the deadline passes / it is stopping (false).
-    awaitable<bool> wait_ready(Clock::time_point deadline);
+    awaitable<bool> wait_ready(Clock::time_point deadline) override;
 
     EngineState state() const { return state_; }
+    bool ready() const override { return state_ == EngineState::ready; }
     bool ever_ready() const { return ever_ready_; }
     // Where the running engine listens.
-    const StreamEndpoint& endpoint() const { return endpoint_; }
-    std::uint64_t generation() const { return generation_; }  // one per engine process
+    const StreamEndpoint& endpoint() const override { return endpoint_; }
+    std::uint64_t generation() const override { return generation_; }  // one per engine process
     std::size_t waiting() const { return waiters_.size(); }
     int restarts() const { return restarts_; }
     std::optional<pid_t> pid() const;
     // The running engine's pid, start time and process group; nullopt while none runs.
     std::optional<RecordedProcess> running_engine() const;
     // The proxy saw the engine answer a real request (passive health: no probe needed).
-    void note_answer();
+    void note_answer() override;
+    ApiError unavailable() const override;
     const std::string& last_exit() const { return last_exit_; }
     const std::string& engine_model_id() const { return engine_model_id_; }
 

@@ -21,12 +21,6 @@ namespace ensemble {
 
 namespace {
 
-constexpr std::uint32_t kHeaderLimit = 64 * 1024;
-// What a connection reads into while it waits for a request, and the most one read of a body
-// takes (beast reads at most 64 KiB at a time whatever the buffer).
-constexpr std::size_t kIdleRead = 4096;
-constexpr std::uint64_t kLargeRead = 64 * 1024;
-
 ApiError not_found_path(std::string_view target) {
     return {http::status::not_found, "invalid_request_error", "unknown_path",
             "no route for '" + std::string(target) +
@@ -60,203 +54,12 @@ void drop_body_for_head(const http::request<http::string_body>& request,
 
 HttpFront::HttpFront(asio::io_context& io, FrontConfig config, ModelIdentity model,
                      EngineRunner& engine, EngineProxy& proxy)
-    : io_(io),
+    : HttpListener(io, config),
       config_(std::move(config)),
       model_(std::move(model)),
       engine_(engine),
       proxy_(proxy),
-      acceptor_(io),
       started_unix_(static_cast<long>(std::time(nullptr))) {}
-
-Status HttpFront::listen() {
-    boost::system::error_code ec;
-    if (config_.listen_fd) {
-        const int fd = *config_.listen_fd;
-        if (auto ok = check_listening_socket(fd, config_.port, config_.host); !ok)
-            return ok.error();
-        sockaddr_storage address{};
-        socklen_t length = sizeof address;
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
-        acceptor_.assign(address.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
-        if (ec) {
-            return Error{"no_listening_socket", "cannot accept on the passed socket of port " +
-                                                    std::to_string(config_.port) + ": " +
-                                                    ec.message()};
-        }
-        return Ok{};
-    }
-    const auto address = asio::ip::make_address(config_.host, ec);
-    if (ec) return Error{"bad_host", "'" + config_.host + "' is not an IP address to bind"};
-    const tcp::endpoint endpoint{address, config_.port};
-    acceptor_.open(endpoint.protocol(), ec);
-    if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
-    if (!ec) acceptor_.bind(endpoint, ec);
-    if (ec == asio::error::address_in_use) {
-        return Error{"port_in_use", "port " + std::to_string(config_.port) + " on " + config_.host +
-                                        " is already in use by another process (" +
-                                        port_holder_hint(config_.port) +
-                                        "); stop it or choose another port"};
-    }
-    if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
-    if (ec) {
-        return Error{"bind_failed", "cannot listen on " + config_.host + ":" +
-                                        std::to_string(config_.port) + ": " + ec.message()};
-    }
-    return Ok{};
-}
-
-unsigned short HttpFront::bound_port() const {
-    boost::system::error_code ec;
-    const auto endpoint = acceptor_.local_endpoint(ec);
-    return ec ? 0 : endpoint.port();
-}
-
-void HttpFront::start_accepting() {
-    asio::co_spawn(io_, accept_loop(), asio::detached);
-}
-
-awaitable<void> HttpFront::accept_loop() {
-    while (!draining_) {
-        boost::system::error_code ec;
-        auto socket = co_await acceptor_.async_accept(on_error(ec));
-        if (ec == asio::error::operation_aborted || draining_) break;
-        if (ec) {
-            // Out of descriptors or similar: back off briefly instead of spinning.
-            spdlog::warn("front: accept failed: {}", ec.message());
-            asio::steady_timer pause(io_, std::chrono::milliseconds(50));
-            co_await pause.async_wait(on_error(ec));
-            continue;
-        }
-        socket.set_option(tcp::no_delay(true), ec);
-        if (sessions_.size() >= config_.max_connections) {
-            asio::co_spawn(io_, refuse_connection(std::move(socket)), asio::detached);
-            continue;
-        }
-        asio::co_spawn(io_, serve(std::move(socket)), asio::detached);
-    }
-}
-
-awaitable<void> HttpFront::refuse_connection(tcp::socket socket) {
-    beast::tcp_stream stream(std::move(socket));
-    stream.expires_after(std::chrono::seconds(5));
-    auto response = make_error_response(
-        ApiError{http::status::service_unavailable, "server_error", "too_many_connections",
-                 "this port already serves " + std::to_string(config_.max_connections) +
-                     " connections; retry shortly, or reuse connections (keep-alive)",
-                 1},
-        false);
-    co_await reply(stream, response);
-    metrics_.answered("", static_cast<unsigned>(http::status::service_unavailable));
-    // Closing with the request unread would reset the connection, and the client might never
-    // see the 503: finish sending, then read (and drop) what it sent, briefly and boundedly.
-    boost::system::error_code ec;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
-    stream.expires_after(std::chrono::milliseconds(250));
-    std::array<char, 4096> sink{};
-    for (std::size_t dropped = 0; dropped < 64 * 1024;) {
-        const auto n = co_await stream.async_read_some(asio::buffer(sink), on_error(ec));
-        if (ec) break;
-        dropped += n;
-    }
-}
-
-awaitable<void> HttpFront::serve(tcp::socket socket) {
-    boost::system::error_code mode_ec;
-    socket.non_blocking(true, mode_ec);  // for write_now; if refused, writes wait their turn
-    beast::tcp_stream stream(std::move(socket));
-    auto session = sessions_.insert(sessions_.end(), Session{&stream, true});
-    beast::flat_buffer buffer;
-    for (;;) {
-        http::request_parser<http::string_body> parser;
-        parser.body_limit(config_.max_body_bytes);
-        parser.header_limit(kHeaderLimit);
-        boost::system::error_code ec;
-        session->idle = true;
-        if (draining_ && !session->fresh) break;
-        if (buffer.size() == 0) {  // waiting for the next request to begin
-            stream.expires_after(config_.idle_timeout);
-            const auto n = co_await stream.async_read_some(buffer.prepare(kIdleRead), on_error(ec));
-            if (ec) break;
-            buffer.commit(n);
-        }
-        session->idle = false;
-        // A small request is usually whole in the buffer now: parsed in place.
-        parser.eager(true);
-        parse_buffered(parser, buffer, ec);
-        if (!ec && !parser.is_header_done()) {
-            stream.expires_after(config_.header_timeout);
-            co_await http::async_read_header(stream, buffer, parser, on_error(ec));
-        }
-        if (!ec && !parser.is_done()) {
-            // Beast reads as much as the buffer's free capacity (4 KiB here), at most 64 KiB: a
-            // large body is read 64 KiB at a time, not in 256 reads per MiB.
-            const auto free = buffer.capacity() - buffer.size();
-            if (const auto length = parser.content_length(); length && *length > free)
-                buffer.reserve(buffer.size() + std::min<std::uint64_t>(*length, kLargeRead));
-            stream.expires_after(config_.body_timeout);
-            co_await http::async_read(stream, buffer, parser, on_error(ec));
-        }
-        if (ec) {
-            // (The target is known once the request line is read, before the headers are.)
-            const std::string target(sv(parser.get().target()));
-            co_await reject_unreadable(stream, ec, target);
-            break;
-        }
-        auto request = parser.release();
-        // The body was moved out: an idle keep-alive connection holds 4 KiB, not its largest.
-        if (buffer.capacity() > kIdleRead) buffer.shrink_to_fit();
-        stream.expires_never();
-        ++in_flight_;
-        session->fresh = false;
-        bool keep_alive = false;
-        try {
-            keep_alive = co_await handle(stream, request);
-        } catch (const std::exception& e) {
-            // A programming error: this request is lost, not the port's count of connections.
-            spdlog::error("front: answering {} failed: {}; closing its connection",
-                          sv(request.target()), e.what());
-        }
-        --in_flight_;
-        if (!keep_alive) break;
-    }
-    boost::system::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
-    sessions_.erase(session);
-}
-
-awaitable<void> HttpFront::reject_unreadable(beast::tcp_stream& stream,
-                                             boost::system::error_code ec,
-                                             std::string_view target) {
-    std::optional<ApiError> error;
-    if (ec == http::error::body_limit) {
-        error =
-            ApiError{http::status::payload_too_large, "invalid_request_error", "request_too_large",
-                     "the request body is larger than this port's limit of " +
-                         std::to_string(config_.max_body_bytes) + " bytes"};
-    } else if (ec == http::error::header_limit) {
-        error = ApiError{http::status::request_header_fields_too_large, "invalid_request_error",
-                         "headers_too_large", "the request headers exceed 64 KiB"};
-    } else if (ec.category() == http::make_error_code(http::error::bad_method).category() &&
-               ec != http::error::end_of_stream && ec != http::error::partial_message) {
-        error = ApiError{http::status::bad_request, "invalid_request_error", "bad_http",
-                         "malformed HTTP request: " + ec.message()};
-    }
-    if (!error) co_return;  // the client closed or timed out: nobody to answer
-    auto response = target.starts_with("/api/") ? ollama::error_response(*error, false)
-                                                : make_error_response(*error, false);
-    co_await reply(stream, response);
-    metrics_.answered(target, response.result_int());
-}
-
-awaitable<bool> HttpFront::reply(beast::tcp_stream& stream,
-                                 http::response<http::string_body>& response) {
-    boost::system::error_code ec;
-    const bool keep_alive = response.keep_alive() && !draining_;
-    response.keep_alive(keep_alive);
-    http::response_serializer<http::string_body> serializer{response};
-    co_await write_now(stream, serializer, ec);
-    co_return keep_alive && !ec;
-}
 
 std::optional<ApiError> HttpFront::admission_error() const {
     // Draining, a request that arrives is still answered (its connection was accepted before,
@@ -278,8 +81,8 @@ std::optional<ApiError> HttpFront::admission_error() const {
 
 http::response<http::string_body> HttpFront::health_response(bool keep_alive) const {
     const auto state = engine_.state();
-    const bool ok = state == EngineState::ready && !draining_;
-    nlohmann::json body = {{"status", ok ? "ok" : (draining_ ? "draining" : to_string(state))},
+    const bool ok = state == EngineState::ready && !draining();
+    nlohmann::json body = {{"status", ok ? "ok" : (draining() ? "draining" : to_string(state))},
                            {"model", model_.handle},
                            {"engine_restarts", engine_.restarts()}};
     if (!engine_.last_exit().empty()) body["engine_last_exit"] = engine_.last_exit();
@@ -359,7 +162,7 @@ awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
         co_return keep_alive;
     }
     // Draining, this is the connection's last answer: it says so (Connection: close).
-    if (draining_) request.keep_alive(false);
+    if (draining()) request.keep_alive(false);
     const bool keep_alive = co_await proxy_.forward(stream, request, trace);
     if (trace.status == 0) {
         metrics_.answered(sv(request.target()), kClientClosedRequest);
@@ -368,7 +171,7 @@ awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
         metrics_.proxied(RequestTrace::Clock::now() - trace.began, trace.first_token,
                          trace.prompt_tokens);
     }
-    co_return keep_alive && !draining_;
+    co_return keep_alive && !draining();
 }
 
 std::uint64_t HttpFront::memory_now() const {
@@ -386,47 +189,8 @@ std::optional<http::response<http::string_body>> HttpFront::answer_ollama_locall
     const bool keep_alive = request.keep_alive();
     const std::string_view target = sv(request.target());
     const auto call = ollama::call_of(target.substr(0, target.find('?')));
-    if (call == ollama::Call::unknown) {
-        return ollama::error_response(http::status::not_found,
-                                      "no route for '" + std::string(target) +
-                                          "'; this port serves Ollama's /api/chat, /api/generate, "
-                                          "/api/embed, /api/tags, /api/show, /api/ps and "
-                                          "/api/version",
-                                      keep_alive);
-    }
-    if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
-        !allowed) {
-        return ollama::error_response(http::status::unauthorized, allowed.error().message,
-                                      keep_alive);
-    }
-    if (call == ollama::Call::managed) {
-        return ollama::error_response(
-            http::status::not_implemented,
-            "models are managed by Ensemble's config, not through this API: add the model to "
-            "the config and load it ('ensemble load PORT MODEL')",
-            keep_alive);
-    }
-    const auto method = ollama::method_of(call);
-    const bool head = request.method() == http::verb::head && method == "GET";
-    if (sv(request.method_string()) != method && !head) {
-        auto response = ollama::error_response(
-            http::status::method_not_allowed,
-            std::string(target.substr(0, target.find('?'))) + " takes " + std::string(method),
-            keep_alive);
-        response.set(http::field::allow, std::string(method));
-        return response;
-    }
-    ollama::PortModel model;
-    model.identity = model_;
-    const std::filesystem::path path = config_.model_path;
-    std::error_code ec;
-    model.format = path.extension() == ".gguf"               ? "gguf"
-                   : std::filesystem::is_directory(path, ec) ? "safetensors"
-                                                             : "";
-    if (std::filesystem::is_regular_file(path, ec)) {
-        const auto size = std::filesystem::file_size(path, ec);
-        model.file_bytes = ec ? 0 : size;  // (an error reads as the largest size)
-    }
+    if (auto refused = ollama::refusal(request, config_.api_key)) return refused;
+    auto model = ollama::describe(model_, config_.model_path);
     model.loaded_unix = started_unix_;
     model.context = config_.context;
     model.tools = config_.tools;
@@ -434,10 +198,10 @@ std::optional<http::response<http::string_body>> HttpFront::answer_ollama_locall
         case ollama::Call::version:
             return make_json_response(http::status::ok, ollama::version_body(), keep_alive);
         case ollama::Call::tags:
-            return make_json_response(http::status::ok, ollama::tags_body(model), keep_alive);
+            return make_json_response(http::status::ok, ollama::tags_body({model}), keep_alive);
         case ollama::Call::ps:
             model.memory_bytes = memory_now();
-            return make_json_response(http::status::ok, ollama::ps_body(model), keep_alive);
+            return make_json_response(http::status::ok, ollama::ps_body({model}), keep_alive);
         case ollama::Call::show: {
             const auto name = ollama::requested_name(request.body());
             const auto base = ollama::without_latest(name);
@@ -460,7 +224,7 @@ awaitable<bool> HttpFront::handle_ollama(beast::tcp_stream& stream,
                                          http::request<http::string_body>& request,
                                          RequestTrace& trace) {
     const std::string path(sv(request.target()).substr(0, sv(request.target()).find('?')));
-    const bool keep_alive = request.keep_alive() && !draining_;
+    const bool keep_alive = request.keep_alive() && !draining();
     auto local = answer_ollama_locally(request);
     std::optional<ollama::EngineRequest> engine_request;
     if (!local) {
@@ -491,7 +255,7 @@ awaitable<bool> HttpFront::handle_ollama(beast::tcp_stream& stream,
     request.erase(http::field::accept_encoding);  // the answer is read, so never compressed
     request.set(http::field::content_type, "application/json");
     request.body() = std::move(engine_request->body);
-    if (draining_) request.keep_alive(false);
+    if (draining()) request.keep_alive(false);
     ollama::Answer answer(ollama::call_of(path), engine_request->model, engine_request->stream,
                           trace.began);
     trace.filter = &answer;
@@ -501,7 +265,7 @@ awaitable<bool> HttpFront::handle_ollama(beast::tcp_stream& stream,
         metrics_.proxied(RequestTrace::Clock::now() - trace.began, trace.first_token,
                          trace.prompt_tokens);
     }
-    co_return kept && !draining_;
+    co_return kept && !draining();
 }
 
 http::response<http::string_body> HttpFront::metrics_response(bool keep_alive) const {
@@ -509,8 +273,8 @@ http::response<http::string_body> HttpFront::metrics_response(bool keep_alive) c
     WorkerGauges gauges;
     gauges.model = model_.handle;
     gauges.engine_state = to_string(engine_.state());
-    gauges.draining = draining_;
-    gauges.in_flight = in_flight_;
+    gauges.draining = draining();
+    gauges.in_flight = in_flight();
     gauges.queued = engine_.waiting();
     gauges.engine_restarts = engine_.restarts();
     gauges.generated_tokens = proxy_.stats().tokens;
@@ -523,39 +287,6 @@ http::response<http::string_body> HttpFront::metrics_response(bool keep_alive) c
     response.keep_alive(keep_alive);
     response.prepare_payload();
     return response;
-}
-
-awaitable<void> HttpFront::drain(std::chrono::milliseconds timeout) {
-    draining_ = true;
-    boost::system::error_code ec;
-    acceptor_.close(ec);
-    const auto began = std::chrono::steady_clock::now();
-    const auto deadline = began + timeout;
-    // A client that connected just before the drain has its request on the way: it is
-    // waited for this long (one that connects and says nothing does not hold up the stop).
-    const auto fresh_deadline = began + std::min(timeout, std::chrono::milliseconds(500));
-    asio::steady_timer timer(io_);
-    for (;;) {
-        bool busy = in_flight_ > 0;
-        bool fresh_waiting = false;
-        for (auto& session : sessions_) {
-            // Ends a keep-alive wait; a fresh connection's first request is still answered.
-            if (session.idle && !session.fresh) session.stream->socket().cancel(ec);
-            if (!session.idle) busy = true;  // reading a request (or answering one)
-            if (session.idle && session.fresh) fresh_waiting = true;
-        }
-        const auto now = std::chrono::steady_clock::now();
-        const bool fresh_done = !fresh_waiting || now >= fresh_deadline;
-        if ((!busy && fresh_done) || now >= deadline) break;
-        timer.expires_after(std::chrono::milliseconds(20));
-        co_await timer.async_wait(on_error(ec));
-    }
-    if (in_flight_ > 0) {
-        spdlog::warn("front: {} requests still running after the {} ms drain; closing them",
-                     in_flight_, timeout.count());
-    }
-    for (auto& session : sessions_)
-        session.stream->socket().close(ec);
 }
 
 }  // namespace ensemble

@@ -1,5 +1,6 @@
 // ensemble-worker: one port, one model, one engine. Binds the port first, starts the engine,
-// proxies the OpenAI API to it, restarts it if it dies, and drains on SIGTERM.
+// proxies the OpenAI API to it, restarts it if it dies, and drains on SIGTERM. With
+// --front-door: the fleet's front door (worker/front_door.h) instead.
 #include <signal.h>
 #if defined(__GLIBC__)
 #include <malloc.h>
@@ -55,11 +56,91 @@ protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProx
     return s;
 }
 
+awaitable<void> drain_front_door(asio::io_context& io, FrontDoor& door,
+                                 std::chrono::milliseconds timeout) {
+    co_await door.drain(timeout);
+    io.stop();
+}
+
+// The front door (supervisor.front_door): no engine; routes follow what ensembled sends.
+int run_front_door(int argc, char** argv) {
+    auto parsed = parse_front_door_options(argc, argv);
+    if (auto* code = std::get_if<int>(&parsed)) return *code;
+    auto& options = std::get<FrontDoorOptions>(parsed);
+    spdlog::set_pattern(
+        "%Y-%m-%dT%H:%M:%S.%e %^%l%$ [front-door:" + std::to_string(options.door.port) + "] %v");
+    const auto descriptors = raise_descriptor_limit();
+    // Each forwarded request holds a connection to a model port as well as its client's.
+    if (options.door.max_connections > descriptors / 3)
+        options.door.max_connections = std::max<std::uint64_t>(descriptors / 3, 1);
+    asio::io_context io(1);
+    FrontDoor door(io, options.door);
+    if (auto ok = door.listen(); !ok) {
+        spdlog::error("{}", ok.error().message);
+        return protocol::exit_code(ok.error().code == "no_listening_socket"
+                                       ? protocol::WorkerExit::bad_configuration
+                                       : protocol::WorkerExit::port_in_use);
+    }
+    auto link_config = LinkConfig::from_environment(options.door.port, "");
+    if (!link_config) {
+        spdlog::error(
+            "the front door is started by ensembled (supervisor.front_door), which it learns "
+            "its routes from; {} is not set",
+            protocol::kSupervisorSocketVariable);
+        return protocol::exit_code(protocol::WorkerExit::bad_configuration);
+    }
+    link_config->listen_fd = options.door.listen_fd;
+    link_config->front_door = true;
+    std::unique_ptr<SupervisorLink> link;
+    asio::signal_set stop_signals(io, SIGTERM, SIGINT);
+    bool shutting_down = false;
+    auto begin_shutdown = [&](const std::string& reason) {
+        if (shutting_down) return;
+        shutting_down = true;
+        spdlog::info("front door: stopping: {}", reason);
+        stop_signals.cancel();
+        if (link) link->stop();
+        asio::co_spawn(io, drain_front_door(io, door, options.drain_timeout), asio::detached);
+    };
+    stop_signals.async_wait([&](boost::system::error_code ec, int signal) {
+        if (!ec) begin_shutdown(signal == SIGTERM ? "received SIGTERM" : "received SIGINT");
+    });
+    link = std::make_unique<SupervisorLink>(
+        io, *link_config,
+        [] {
+            protocol::WorkerStats stats;
+            stats.state = "ready";
+            return stats;
+        },
+        begin_shutdown);
+    link->on_message = [&](const nlohmann::json& message) {
+        if (auto routes = protocol::parse_routes(message)) {
+            if (*routes) {
+                door.set_routes(std::move(*routes).value());
+            } else {
+                spdlog::warn("front door: bad routes from ensembled: {}", routes->error().message);
+            }
+        } else if (auto result = protocol::parse_demand_result(message)) {
+            if (*result) door.demand_answered(**result);
+        }
+    };
+    link->on_connection = [&](bool connected) { door.set_connected(connected); };
+    door.send_demand = [&](const protocol::Demand& demand) {
+        return link->post(protocol::to_json(demand));
+    };
+    link->start();
+    door.start_accepting();
+    spdlog::info("front door: serving on {}:{}", options.door.host, door.bound_port());
+    io.run();
+    return protocol::exit_code(protocol::WorkerExit::ok);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
     // First: a write to a peer that is gone (a client, a held child) is an error, not death.
     ::signal(SIGPIPE, SIG_IGN);
+    if (argc > 1 && std::string_view(argv[1]) == kFrontDoorFlag) return run_front_door(argc, argv);
     auto parsed = parse_worker_options(argc, argv);
     if (auto* code = std::get_if<int>(&parsed)) return *code;
     auto& options = std::get<WorkerOptions>(parsed);

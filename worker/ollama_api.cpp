@@ -1,5 +1,7 @@
 #include "worker/ollama_api.h"
 
+#include <filesystem>
+
 #include <algorithm>
 #include <array>
 #include <cstdio>
@@ -292,8 +294,61 @@ http::response<http::string_body> error_response(const ApiError& error, bool kee
     return response;
 }
 
-std::string tags_body(const PortModel& model) {
-    return dump(json{{"models", json::array({model_entry(model)})}});
+std::optional<http::response<http::string_body>> refusal(
+    const http::request<http::string_body>& request, std::string_view api_key) {
+    const bool keep_alive = request.keep_alive();
+    const std::string_view target = sv(request.target());
+    const auto path = target.substr(0, target.find('?'));
+    const auto call = call_of(path);
+    if (call == Call::unknown) {
+        return error_response(http::status::not_found,
+                              "no route for '" + std::string(target) +
+                                  "'; Ollama's API here is /api/chat, /api/generate, /api/embed, "
+                                  "/api/tags, /api/show, /api/ps and /api/version",
+                              keep_alive);
+    }
+    if (auto allowed = check_api_key(sv(request[http::field::authorization]), api_key); !allowed)
+        return error_response(http::status::unauthorized, allowed.error().message, keep_alive);
+    if (call == Call::managed) {
+        return error_response(
+            http::status::not_implemented,
+            "models are managed by Ensemble's config, not through this API: add the model to the "
+            "config, and load it ('ensemble load PORT MODEL') or give it 'on_demand: true' to "
+            "have the front door load it when asked",
+            keep_alive);
+    }
+    const auto method = method_of(call);
+    const bool head = request.method() == http::verb::head && method == "GET";
+    if (sv(request.method_string()) != method && !head) {
+        auto response =
+            error_response(http::status::method_not_allowed,
+                           std::string(path) + " takes " + std::string(method), keep_alive);
+        response.set(http::field::allow, std::string(method));
+        return response;
+    }
+    return std::nullopt;
+}
+
+PortModel describe(ModelIdentity identity, const std::string& path) {
+    PortModel model;
+    model.identity = std::move(identity);
+    const std::filesystem::path file = path;
+    std::error_code ec;
+    model.format = file.extension() == ".gguf"               ? "gguf"
+                   : std::filesystem::is_directory(file, ec) ? "safetensors"
+                                                             : "";
+    if (std::filesystem::is_regular_file(file, ec)) {
+        const auto size = std::filesystem::file_size(file, ec);
+        model.file_bytes = ec ? 0 : size;  // (an error reads as the largest size)
+    }
+    return model;
+}
+
+std::string tags_body(const std::vector<PortModel>& models) {
+    json entries = json::array();
+    for (const auto& model : models)
+        entries.push_back(model_entry(model));
+    return dump(json{{"models", std::move(entries)}});
 }
 
 std::string show_body(const PortModel& model) {
@@ -309,14 +364,19 @@ std::string show_body(const PortModel& model) {
                      {"modified_at", rfc3339_of(model.loaded_unix)}});
 }
 
-std::string ps_body(const PortModel& model) {
-    auto entry = model_entry(model);
-    entry["size"] = model.memory_bytes;
-    entry["size_vram"] = 0;
-    // Loaded until the port is unloaded or evicted, not on a timer of its own.
-    entry["expires_at"] = "2318-01-01T00:00:00Z";
-    entry["context_length"] = model.context;
-    return dump(json{{"models", json::array({entry})}});
+std::string ps_body(const std::vector<PortModel>& models) {
+    json entries = json::array();
+    for (const auto& model : models) {
+        auto entry = model_entry(model);
+        entry["size"] = model.memory_bytes;
+        entry["size_vram"] = 0;
+        // Loaded until unloaded or evicted, unless an idle on-demand load has a deadline.
+        entry["expires_at"] =
+            model.expires_unix > 0 ? rfc3339_of(model.expires_unix) : "2318-01-01T00:00:00Z";
+        entry["context_length"] = model.context;
+        entries.push_back(std::move(entry));
+    }
+    return dump(json{{"models", std::move(entries)}});
 }
 
 std::string version_body() {

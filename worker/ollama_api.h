@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "protocol/result.h"
 #include "worker/answer_filter.h"
@@ -43,6 +44,12 @@ http::response<http::string_body> error_response(http::status status, std::strin
 // The same for one of the worker's OpenAI errors (its status, message and Retry-After).
 http::response<http::string_body> error_response(const ApiError& error, bool keep_alive);
 
+// A request to Ollama's API refused before its call is served: an unknown path (404), a
+// missing or wrong API key (401), a model-management call (501: models come from the config),
+// the wrong method (405). nullopt: served.
+std::optional<http::response<http::string_body>> refusal(
+    const http::request<http::string_body>& request, std::string_view api_key);
+
 // GET / (and HEAD): what `ollama serve` answers, which some clients probe.
 inline constexpr std::string_view kRunningText = "Ollama is running";
 
@@ -55,10 +62,15 @@ struct PortModel {
     long loaded_unix = 0;            // when the worker started
     int context = 0;                 // what one request may use (0: the engine's default)
     bool tools = false;              // the engine serves tool calls
+    long expires_unix = 0;           // an idle on-demand load is unloaded then; 0: never
 };
-std::string tags_body(const PortModel& model);
+// The model at `path` as Ollama describes it: its format from the path, its file's size.
+PortModel describe(ModelIdentity identity, const std::string& path);
+// The models, in order: a model port lists its own, the front door every model of the config
+// (/api/tags) or those loaded (/api/ps).
+std::string tags_body(const std::vector<PortModel>& models);
 std::string show_body(const PortModel& model);
-std::string ps_body(const PortModel& model);
+std::string ps_body(const std::vector<PortModel>& models);
 std::string version_body();
 
 // The engine request for an Ollama request, or the answer given without the engine (a chat with

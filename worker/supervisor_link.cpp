@@ -57,6 +57,13 @@ void SupervisorLink::start() {
     asio::co_spawn(io_, run(), asio::detached);
 }
 
+bool SupervisorLink::post(nlohmann::json message) {
+    if (!connected_) return false;
+    outbox_.push_back(std::move(message));
+    heartbeat_timer_.cancel();
+    return true;
+}
+
 void SupervisorLink::stop() {
     // The heartbeat loop sends a last report (why the engine stopped, say) and closes the link.
     stopping_ = true;
@@ -109,17 +116,26 @@ awaitable<void> SupervisorLink::run() {
                                        on_error(ec));
         if (!ec) {
             // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
-            const auto hello = protocol::to_json(
-                protocol::Register{config_.worker_id, config_.token, config_.port, ::getpid(),
-                                   protocol::kVersion, config_.handle, config_.files});
+            const auto hello = protocol::to_json(protocol::Register{
+                config_.worker_id, config_.token, config_.port, ::getpid(), protocol::kVersion,
+                config_.handle, config_.files, config_.front_door});
             const bool registered = co_await send_hello(hello);
             if (registered) {
                 registered_once = true;
                 spdlog::info("link: connected to the supervisor at {}", config_.socket_path);
                 reader_running_ = true;
                 asio::co_spawn(io_, read_loop(), asio::detached);
+                connected_ = true;
+                if (on_connection) on_connection(true);
                 while (socket_.is_open() && !stopping_) {
                     last_contact = Clock::now();
+                    bool sent = true;
+                    while (sent && !outbox_.empty()) {
+                        const auto message = std::move(outbox_.front());
+                        outbox_.pop_front();
+                        sent = co_await send(message);
+                    }
+                    if (!sent) break;
                     const auto stats = stats_();
                     const auto heartbeat = protocol::to_json(protocol::Heartbeat{stats});
                     if (!co_await send(heartbeat)) break;
@@ -136,6 +152,9 @@ awaitable<void> SupervisorLink::run() {
                     co_await send(last);
                 }
                 socket_.close(ec);
+                connected_ = false;
+                outbox_.clear();
+                if (on_connection) on_connection(false);
                 while (reader_running_) {
                     timer.expires_after(std::chrono::milliseconds(10));
                     co_await timer.async_wait(on_error(ec));
@@ -177,18 +196,27 @@ awaitable<void> SupervisorLink::read_loop() {
                 continue;
             }
             const auto& message = frame->value();
-            const auto type = message.value("type", "");
+            // (value() would throw on a message that is not an object or a type that is not
+            // a string)
+            std::string type;
+            if (message.is_object()) {
+                const auto t = message.find("type");
+                if (t != message.end() && t->is_string()) type = t->get<std::string>();
+            }
             if (type == "stop") {
                 on_stop_("the supervisor asked to stop");
             } else if (type == "serve" && config_.standby) {
                 config_.standby = false;
                 if (on_serve_) on_serve_();
-            } else if (!message.value("ok", true)) {
+            } else if (!type.empty() && type != "registered" && type != "serve" && on_message) {
+                on_message(message);
+            } else if (message.is_object() && message.contains("ok") && message["ok"] == false) {
                 spdlog::error("link: the supervisor refused a message: {}", message.dump());
             }
         }
     }
     socket_.close(ec);
+    heartbeat_timer_.cancel();  // the heartbeat loop sees the link gone now, not a beat later
     reader_running_ = false;
 }
 

@@ -6,6 +6,7 @@
 
 #include <boost/asio/local/stream_protocol.hpp>
 #include <chrono>
+#include <deque>
 #include <functional>
 #include <optional>
 #include <string>
@@ -28,6 +29,8 @@ struct LinkConfig {
     // A swap's incoming worker (WorkerOptions::standby) until ensembled says `serve`: losing
     // ensembled meanwhile stops it, since nobody would ever tell it to serve.
     bool standby = false;
+    // The front door (protocol::Register::front_door): it registers as such.
+    bool front_door = false;
     std::chrono::milliseconds heartbeat_interval{1000};
     // While the engine loads: its progress, four times a second.
     std::chrono::milliseconds loading_heartbeat_interval{250};
@@ -44,9 +47,19 @@ class SupervisorLink {
     using StatsSource = std::function<protocol::WorkerStats()>;
     using StopHandler = std::function<void(const std::string& reason)>;
     using ServeHandler = std::function<void()>;
+    // Any other message from the supervisor (the front door's routes and demand results).
+    using MessageHandler = std::function<void(const nlohmann::json& message)>;
+    // The link is up (registered) or down.
+    using ConnectionHandler = std::function<void(bool connected)>;
 
     SupervisorLink(asio::io_context& io, LinkConfig config, StatsSource stats, StopHandler on_stop,
                    ServeHandler on_serve = {});
+
+    MessageHandler on_message;
+    ConnectionHandler on_connection;
+    // Sends `message` after what was posted before it; false when no supervisor is connected
+    // (nothing is sent, ever).
+    bool post(nlohmann::json message);
 
     void start();
     void report_now();  // send a heartbeat now instead of at the next tick
@@ -67,6 +80,8 @@ class SupervisorLink {
     asio::local::stream_protocol::socket socket_;
     bool stopping_ = false;
     bool reader_running_ = false;
+    bool connected_ = false;
+    std::deque<nlohmann::json> outbox_;  // written by the heartbeat loop, the link's one writer
     asio::steady_timer heartbeat_timer_;
 };
 

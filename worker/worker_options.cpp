@@ -132,22 +132,7 @@ Status finish(WorkerOptions& o, const std::string& engine_name, const std::strin
     }
     o.engine.record_file = protocol::engine_record_for(o.engine.log_file);
     if (auto ok = check_engine_socket(o.engine); !ok) return ok;
-    if (o.front.api_key.empty()) {
-        if (const char* key = std::getenv(protocol::kApiKeyVariable); key != nullptr)
-            o.front.api_key = key;
-    }
-    ::unsetenv(protocol::kApiKeyVariable);  // the clients' key is not the engine's to know
-    if (const char* open = std::getenv(protocol::kMetricsWithoutKeyVariable);
-        open != nullptr && std::string_view(open) == "1")
-        o.front.metrics_without_key = true;
-    if (const char* fd = std::getenv(protocol::kListenFdVariable); fd != nullptr) {
-        // Supervised: the listening socket is ensembled's, passed as this descriptor.
-        if (std::string(fd) != std::to_string(protocol::kListenFd))
-            return bad_option(std::string(protocol::kListenFdVariable) + " must be " +
-                              std::to_string(protocol::kListenFd) + ", not '" + fd + "'");
-        o.front.listen_fd = protocol::kListenFd;
-        ::unsetenv(protocol::kListenFdVariable);
-    }
+    if (auto ok = listener_from_environment(o.front); !ok) return ok;
     if (const char* standby = std::getenv(protocol::kStandbyVariable); standby != nullptr) {
         if (std::string(standby) != "1" || !o.front.listen_fd ||
             std::getenv(protocol::kSupervisorSocketVariable) == nullptr)
@@ -162,6 +147,26 @@ Status finish(WorkerOptions& o, const std::string& engine_name, const std::strin
 }
 
 }  // namespace
+
+Status listener_from_environment(ListenerConfig& listener) {
+    if (listener.api_key.empty()) {
+        if (const char* key = std::getenv(protocol::kApiKeyVariable); key != nullptr)
+            listener.api_key = key;
+    }
+    ::unsetenv(protocol::kApiKeyVariable);  // the clients' key is not the engine's to know
+    if (const char* open = std::getenv(protocol::kMetricsWithoutKeyVariable);
+        open != nullptr && std::string_view(open) == "1")
+        listener.metrics_without_key = true;
+    if (const char* fd = std::getenv(protocol::kListenFdVariable); fd != nullptr) {
+        // Supervised: the listening socket is ensembled's, passed as this descriptor.
+        if (std::string(fd) != std::to_string(protocol::kListenFd))
+            return bad_option(std::string(protocol::kListenFdVariable) + " must be " +
+                              std::to_string(protocol::kListenFd) + ", not '" + fd + "'");
+        listener.listen_fd = protocol::kListenFd;
+        ::unsetenv(protocol::kListenFdVariable);
+    }
+    return Ok{};
+}
 
 std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     WorkerOptions o;
@@ -290,6 +295,60 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     auto ok = engine_environment(engine_env, o.engine.env);
     if (ok) ok = finish(o, engine_name, command, ready_path, log_dir);
     if (!ok) {
+        std::cerr << "ensemble-worker: " << ok.error().message << '\n';
+        return protocol::exit_code(protocol::WorkerExit::bad_configuration);
+    }
+    return o;
+}
+
+std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** argv) {
+    FrontDoorOptions o;
+    int drain_seconds = 30;
+    int load_timeout = static_cast<int>(o.door.load_timeout.count());
+    int engine_timeout = static_cast<int>(o.door.proxy.engine_timeout.count());
+    CLI::App app{
+        "ensemble-worker --front-door: one port for every model, routed by the model a request "
+        "names (started by ensembled for supervisor.front_door)"};
+    bool front_door = false;
+    app.add_flag("--front-door", front_door, "serve as the front door")->required();
+    app.add_option("--port", o.door.port, "public port to serve on")->required();
+    app.add_option("--host", o.door.host, "address to bind")->capture_default_str();
+    app.add_option("--ports-host", o.door.ports_host, "address the model ports are reached on")
+        ->capture_default_str();
+    app.add_option("--queue-max", o.door.queue_max,
+                   "requests that may wait for models to load, all together")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
+    app.add_option("--load-timeout", load_timeout,
+                   "seconds a request waits for its model to load before it is answered 503")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 86400));
+    app.add_option("--engine-timeout", engine_timeout,
+                   "seconds a model port may go without sending anything once a request is "
+                   "forwarded")
+        ->capture_default_str();
+    app.add_option("--max-body-bytes", o.door.max_body_bytes, "largest request body accepted")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 34));
+    app.add_option("--max-connections", o.door.max_connections,
+                   "client connections served at once (more are answered 503)")
+        ->capture_default_str()
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
+    app.add_option("--drain-timeout", drain_seconds, "seconds SIGTERM waits for requests in flight")
+        ->capture_default_str();
+    try {
+        app.parse(argc, argv);
+    } catch (const CLI::ParseError& e) {
+        return app.exit(e);
+    }
+    o.drain_timeout = std::chrono::seconds(drain_seconds);
+    o.door.load_timeout = std::chrono::seconds(load_timeout);
+    o.door.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
+    // A request waits for its model in the front door's own queue, not in the proxy's.
+    o.door.proxy.queue_timeout = std::chrono::seconds(5);
+    o.door.proxy.max_idle_connections = 8;
+    o.door.proxy.keep_authorization = true;
+    if (auto ok = listener_from_environment(o.door); !ok) {
         std::cerr << "ensemble-worker: " << ok.error().message << '\n';
         return protocol::exit_code(protocol::WorkerExit::bad_configuration);
     }

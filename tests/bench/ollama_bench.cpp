@@ -7,12 +7,15 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "tests/bench/answer_timing.h"
 #include "tests/bench/keepalive_load.h"
 #include "tests/support/http_client.h"
 #include "tests/support/worker_process.h"
 
 using namespace ensemble;
 using namespace ensemble::testing;
+using ensemble::bench::AnswerTimes;
+using ensemble::bench::measure_answer;
 using ensemble::bench::percentile;
 using Clock = std::chrono::steady_clock;
 
@@ -29,11 +32,6 @@ constexpr Route kRoutes[] = {
     {"Ollama /api/chat", "/api/chat", "\"done\":false"},
 };
 
-struct Series {
-    std::vector<double> ttft_ms, per_token_ms, whole_ms;
-    int failures = 0;
-};
-
 std::string body(const Route& route, int tokens, bool stream) {
     const nlohmann::json messages = {{{"role", "user"}, {"content", "Tell me a story."}}};
     if (std::string_view(route.target) == "/api/chat") {
@@ -46,42 +44,6 @@ std::string body(const Route& route, int tokens, bool stream) {
     return nlohmann::json{
         {"model", "bench"}, {"messages", messages}, {"max_tokens", tokens}, {"stream", stream}}
         .dump();
-}
-
-void measure(unsigned short port, const Route& route, int tokens, Series& s) {
-    auto request = chat_request(body(route, tokens, true), true);
-    request.target = route.target;
-    const auto start = Clock::now();
-    std::optional<Clock::time_point> first;
-    int seen = 0;
-    const std::string_view marker = route.token_marker;
-    auto r = http_request(port, request, [&](std::string_view chunk) {
-        for (auto at = chunk.find(marker); at != std::string_view::npos;
-             at = chunk.find(marker, at + 1)) {
-            if (!first) first = Clock::now();
-            ++seen;
-        }
-        return true;
-    });
-    const auto end = Clock::now();
-    if (r.status != 200 || !first || seen < 2) {
-        ++s.failures;
-        std::fprintf(stderr, "%s: status %d, %d tokens: %.200s\n", route.name, r.status, seen,
-                     r.body.c_str());
-        return;
-    }
-    s.ttft_ms.push_back(std::chrono::duration<double, std::milli>(*first - start).count());
-    s.per_token_ms.push_back(std::chrono::duration<double, std::milli>(end - *first).count() /
-                             (seen - 1));
-    auto whole = chat_request(body(route, tokens, false));
-    whole.target = route.target;
-    const auto began = Clock::now();
-    const auto w = http_request(port, whole);
-    if (w.status != 200) {
-        ++s.failures;
-        return;
-    }
-    s.whole_ms.push_back(std::chrono::duration<double, std::milli>(Clock::now() - began).count());
 }
 
 }  // namespace
@@ -105,12 +67,15 @@ int main(int argc, char** argv) {
         std::cerr << "worker did not become ready:\n" << worker.log();
         return 1;
     }
-    std::vector<Series> series(std::size(kRoutes));
+    std::vector<AnswerTimes> series(std::size(kRoutes));
     for (int r = 0; r < rounds + 2; ++r) {  // the first two warm the engine's cache, not counted
         for (std::size_t k = 0; k < std::size(kRoutes); ++k) {
             const auto at = (k + static_cast<std::size_t>(r)) % std::size(kRoutes);
-            Series scratch;
-            measure(worker.port(), kRoutes[at], tokens, r < 2 ? scratch : series[at]);
+            AnswerTimes scratch;
+            const auto& route = kRoutes[at];
+            measure_answer(worker.port(), route.target, route.token_marker,
+                           body(route, tokens, true), body(route, tokens, false),
+                           r < 2 ? scratch : series[at]);
         }
     }
     std::printf("| route | TTFT p50 ms | per token p50 ms | whole answer p50 ms | failures |\n");
@@ -121,10 +86,11 @@ int main(int argc, char** argv) {
                     percentile(s.ttft_ms, 0.5), percentile(s.per_token_ms, 0.5),
                     percentile(s.whole_ms, 0.5), s.failures);
     }
-    const auto ratio = [&](const std::vector<double> Series::*field) {
+    const auto ratio = [&](const std::vector<double> AnswerTimes::*field) {
         return percentile(series[1].*field, 0.5) / percentile(series[0].*field, 0.5);
     };
     std::printf("\nOllama / OpenAI: TTFT %.3fx, per token %.3fx, whole answer %.3fx\n",
-                ratio(&Series::ttft_ms), ratio(&Series::per_token_ms), ratio(&Series::whole_ms));
+                ratio(&AnswerTimes::ttft_ms), ratio(&AnswerTimes::per_token_ms),
+                ratio(&AnswerTimes::whole_ms));
     return 0;
 }

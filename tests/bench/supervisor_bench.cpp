@@ -17,22 +17,21 @@
 
 #include "os/process_memory.h"
 #include "supervisor/control_client.h"
+#include "tests/bench/engine_alone.h"
+#include "tests/bench/keepalive_load.h"
 #include "tests/support/http_client.h"
 #include "tests/support/worker_process.h"
 
 using namespace ensemble;
 using namespace ensemble::testing;
+using ensemble::bench::engine_alone_ms;
+using ensemble::bench::percentile;
+using ensemble::bench::print_against_engine;
+using ensemble::bench::until_answered;
 using Clock = std::chrono::steady_clock;
 using Ms = std::chrono::duration<double, std::milli>;
 
 namespace {
-
-double percentile(std::vector<double> v, double p) {
-    if (v.empty()) return 0;
-    std::sort(v.begin(), v.end());
-    return v[std::min(v.size() - 1,
-                      static_cast<std::size_t>(p * static_cast<double>(v.size() - 1) + 0.5))];
-}
 
 std::uint64_t rss_bytes(pid_t pid) {
     std::ifstream in("/proc/" + std::to_string(pid) + "/status");
@@ -40,56 +39,6 @@ std::uint64_t rss_bytes(pid_t pid) {
         if (line.rfind("VmRSS:", 0) == 0) return std::stoull(line.substr(6)) * 1024;
     }
     return 0;
-}
-
-// Polls a one-token chat request until it is answered 200; the time that took.
-double until_answered(unsigned short port, Clock::time_point since) {
-    auto request = chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":1})");
-    request.timeout = std::chrono::milliseconds(30000);
-    while (http_request(port, request).status != 200)
-        std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    return Ms(Clock::now() - since).count();
-}
-
-// llama-server alone, from spawn to /health 200 (polled every 2 ms), or to its first answered
-// chat request.
-double engine_alone_ms(const std::string& model, bool until_chat) {
-    const auto port = free_port();
-    SpawnSpec spec;
-    spec.argv = {llama_server().string(),
-                 "--model",
-                 model,
-                 "--host",
-                 "127.0.0.1",
-                 "--port",
-                 std::to_string(port),
-                 "--ctx-size",
-                 "2048",
-                 "--parallel",
-                 "1",
-                 "--alias",
-                 "tiny",
-                 "--threads",
-                 "1"};
-    spec.log_file = test_output_dir("supervisor_bench") / "direct-engine.log";
-    const auto start = Clock::now();
-    auto child = ChildProcess::spawn(spec);
-    if (!child) throw std::runtime_error(child.error().message);
-    double ms = 0;
-    if (until_chat) {
-        ms = until_answered(port, start);
-    } else {
-        HttpRequest health;
-        health.target = "/health";
-        health.timeout = std::chrono::milliseconds(500);
-        while (http_request(port, health).status != 200)
-            std::this_thread::sleep_for(std::chrono::milliseconds(2));
-        ms = Ms(Clock::now() - start).count();
-    }
-    (*child)->signal_group(SIGTERM);
-    while (!(*child)->poll_exit())
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));
-    return ms;
 }
 
 Result<nlohmann::json> call(const std::filesystem::path& socket, protocol::Verb verb, int port = 0,
@@ -150,7 +99,7 @@ int main(int argc, char** argv) {
     // 1. Spawn-to-ready, interleaved with the engine alone.
     std::vector<double> direct, supervised;
     for (int r = 0; r < rounds; ++r) {
-        direct.push_back(engine_alone_ms(tiny_model().string(), false));
+        direct.push_back(engine_alone_ms(tiny_model().string(), false, dir / "direct-engine.log"));
         const auto start = Clock::now();
         auto reply = call(socket, protocol::Verb::load, tiny_port, "tiny");
         supervised.push_back(Ms(Clock::now() - start).count());
@@ -160,13 +109,8 @@ int main(int argc, char** argv) {
         (void)call(socket, protocol::Verb::unload, tiny_port);
     }
     std::printf("## spawn to ready (tiny model, llama-server), %d rounds\n\n", rounds);
-    std::printf("| path | p50 ms | min ms | max ms |\n|---|---|---|---|\n");
-    std::printf("| llama-server alone (spawn -> /health 200) | %.1f | %.1f | %.1f |\n",
-                percentile(direct, 0.5), percentile(direct, 0), percentile(direct, 1));
-    std::printf("| `ensemble load` (request -> reply, ready) | %.1f | %.1f | %.1f |\n",
-                percentile(supervised, 0.5), percentile(supervised, 0), percentile(supervised, 1));
-    std::printf("| **overhead (p50 difference)** | **%+.1f** | | |\n\n",
-                percentile(supervised, 0.5) - percentile(direct, 0.5));
+    print_against_engine("llama-server alone (spawn -> /health 200)", direct,
+                         "`ensemble load` (request -> reply, ready)", supervised);
 
     // 4. Recovery, interleaved with the engine's own start. Each round starts from a fresh
     // worker (`restart`), so the restart policy's first restart is the immediate one.
@@ -180,7 +124,8 @@ int main(int argc, char** argv) {
     };
     (void)call(socket, protocol::Verb::load, tiny_port, "tiny");
     for (int r = 0; r < rounds; ++r) {
-        engine_alone.push_back(engine_alone_ms(tiny_model().string(), true));
+        engine_alone.push_back(
+            engine_alone_ms(tiny_model().string(), true, dir / "direct-engine.log"));
         (void)call(socket, protocol::Verb::restart, tiny_port);
         const pid_t engine = pid_in_status("engine_pid");
         auto start = Clock::now();

@@ -1,0 +1,162 @@
+// The front door's part of the fleet (supervisor.front_door): the routes it is sent, loads on
+// demand on the pool of ports, and the unloading of idle on-demand loads. Every decision is made
+// here, one command at a time, through the same admission as an operator's `load`.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "supervisor/fleet.h"
+
+namespace ensemble {
+
+bool Fleet::in_pool(int port) const {
+    const auto& door = config_.supervisor.front_door;
+    return door && door->ports.contains(port);
+}
+
+std::vector<protocol::Route> Fleet::routes() const {
+    const auto now = this->now();
+    const auto now_unix_s = time_->unix_ms() / 1000;
+    std::vector<protocol::Route> routes;
+    for (const auto& [handle, model] : config_.models) {
+        protocol::Route route;
+        route.handle = handle;
+        route.aliases = model.aliases;
+        route.on_demand = config_.loads_on_demand(model);
+        route.path = model.path;
+        route.context = model.context;
+        // Where it is served: a ready port first, else the lowest one bringing it up.
+        const Port* best = nullptr;
+        for (const auto& [number, port] : ports_) {
+            const auto& rt = port->snapshot();
+            if (rt.handle != handle || rt.state == PortState::stopped || rt.stop_requested)
+                continue;
+            if (best == nullptr ||
+                (rt.state == PortState::ready && best->snapshot().state != PortState::ready))
+                best = port.get();
+        }
+        if (best != nullptr) {
+            const auto& rt = best->snapshot();
+            route.port = rt.port;
+            route.state = to_string(rt.state);
+            route.memory_bytes = rt.stats.memory_bytes;
+            if (in_pool(rt.port) && rt.state == PortState::ready) {
+                const auto idle_until = std::max(rt.last_used, rt.started) +
+                                        config_.supervisor.front_door->evict_idle_after;
+                route.expires_unix =
+                    now_unix_s +
+                    std::chrono::duration_cast<std::chrono::seconds>(idle_until - now).count();
+            }
+        }
+        routes.push_back(std::move(route));
+    }
+    return routes;
+}
+
+awaitable<Result<PortReport>> Fleet::load_on_demand(const std::string& handle) {
+    const auto* model = config_.find_model(handle);
+    if (model == nullptr) {
+        co_return Error{"unknown_model", "unknown model '" + handle +
+                                             "'; the config defines: " + config_.model_names()};
+    }
+    if (!config_.loads_on_demand(*model)) {
+        co_return Error{"not_on_demand", "'" + handle +
+                                             "' is not loaded on demand: set 'on_demand: true' "
+                                             "for it, or load it ('ensemble load PORT " +
+                                             handle + "')"};
+    }
+    if (shutting_down_) co_return shutting_down_error(0, handle);
+    // Served, or on its way (a concurrent demand, an operator's load): nothing to do; the
+    // routes show it. A port where it failed says so rather than being tried again and again.
+    for (const auto& [number, port] : ports_) {
+        const auto& rt = port->snapshot();
+        if (rt.handle != handle || rt.stop_requested) continue;
+        if (rt.state == PortState::failed) {
+            co_return Error{"load_failed",
+                            "'" + handle + "' failed on port " + std::to_string(number) + ": " +
+                                rt.last_failure + " (see 'ensemble logs " + std::to_string(number) +
+                                "'; 'ensemble unload " + std::to_string(number) + "' clears it)"};
+        }
+        if (is_running(rt.state)) co_return report(*port);
+    }
+    const auto& pool = config_.supervisor.front_door->ports;
+    std::optional<int> free_port;
+    for (const int number : pool) {
+        const auto* port = find(number);
+        if ((port == nullptr || !is_running(port->state())) && !has_side_run(number) &&
+            check_port_free(number)) {
+            free_port = number;
+            break;
+        }
+    }
+    if (!free_port) {
+        // Every pool port serves a model: the one idle longest makes room, if one is idle.
+        const auto now = this->now();
+        const Port* oldest = nullptr;
+        for (const int number : pool) {
+            const auto* port = find(number);
+            if (port == nullptr) continue;
+            const auto& rt = port->snapshot();
+            const bool idle =
+                rt.state == PortState::ready && rt.stats.queue_depth == 0 &&
+                now - std::max(rt.last_used, rt.started) >= config_.supervisor.memory.idle_after;
+            if (idle && (oldest == nullptr || rt.last_used < oldest->snapshot().last_used))
+                oldest = port;
+        }
+        if (oldest == nullptr) {
+            co_return Error{"pool_full",
+                            "all " + std::to_string(pool.size()) +
+                                " of front_door.ports serve models in use; retry when one is "
+                                "idle, or add ports to front_door.ports"};
+        }
+        const int victim = oldest->number();
+        event(victim, "evict",
+              "'" + oldest->snapshot().handle + "' unloaded to make room for '" + handle +
+                  "' on the front door's ports");
+        if (auto unloaded = co_await unload(victim); !unloaded) co_return unloaded.error();
+        free_port = victim;
+    }
+    event(*free_port, "on_demand", "loading '" + handle + "' for the front door");
+    const std::string no_profile;
+    auto loaded = co_await load(*free_port, handle, no_profile, false);
+    co_return loaded;
+}
+
+void Fleet::unload_idle_on_demand(Clock::time_point now) {
+    const auto& door = config_.supervisor.front_door;
+    if (!door || command_running_ || shutting_down_) return;
+    for (const int number : door->ports) {
+        const auto* port = find(number);
+        if (port == nullptr) continue;
+        const auto& rt = port->snapshot();
+        if (rt.state != PortState::ready || rt.stop_requested || rt.stats.queue_depth > 0 ||
+            now - std::max(rt.last_used, rt.started) < door->evict_idle_after)
+            continue;
+        asio::co_spawn(io_, unload_idle(number, port->attempt()), asio::detached);
+        return;  // one at a time: the next tick looks again
+    }
+}
+
+awaitable<void> Fleet::unload_idle(int number, std::uint64_t attempt) {
+    co_await wait_turn();
+    // Looked at again with the turn held: a request may have come, or the port changed.
+    const auto* port = find(number);
+    const auto& door = config_.supervisor.front_door;
+    if (port != nullptr && door && port->attempt() == attempt &&
+        port->state() == PortState::ready && port->snapshot().stats.queue_depth == 0 &&
+        now() - std::max(port->snapshot().last_used, port->snapshot().started) >=
+            door->evict_idle_after) {
+        const auto& rt = port->snapshot();
+        const auto idle_s = std::chrono::duration_cast<std::chrono::seconds>(
+                                now() - std::max(rt.last_used, rt.started))
+                                .count();
+        event(number, "idle_unload",
+              "'" + port->snapshot().handle + "' served nothing for " + std::to_string(idle_s) +
+                  " s (front_door.evict_idle_after); unloaded");
+        if (auto unloaded = co_await unload(number); !unloaded)
+            spdlog::warn("port {}: idle unload failed: {}", number, unloaded.error().message);
+    }
+    end_turn();
+}
+
+}  // namespace ensemble

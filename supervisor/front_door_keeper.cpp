@@ -1,0 +1,196 @@
+#include "supervisor/front_door_keeper.h"
+
+#include <signal.h>
+#include <spdlog/spdlog.h>
+
+#include "protocol/worker_contract.h"
+#include "supervisor/worker_spawner.h"
+
+namespace ensemble {
+
+namespace {
+
+constexpr auto kMaxBackoff = std::chrono::milliseconds(60000);
+constexpr auto kHealthyAfter = std::chrono::seconds(60);
+// After a restart of ensembled, a front door that outlived it registers within a second or so
+// (it retries every 500 ms); the port is not taken from it meanwhile.
+constexpr auto kAdoptionGrace = std::chrono::seconds(10);
+
+// Where the front door reaches the model ports: their bind host, or loopback for a wildcard.
+std::string reachable(const std::string& bind_host) {
+    if (bind_host == "0.0.0.0" || bind_host.empty()) return "127.0.0.1";
+    if (bind_host == "::") return "::1";
+    return bind_host;
+}
+
+}  // namespace
+
+FrontDoorKeeper::FrontDoorKeeper(asio::io_context& io, Fleet& fleet,
+                                 std::filesystem::path worker_binary,
+                                 std::filesystem::path link_socket)
+    : io_(io),
+      fleet_(fleet),
+      worker_binary_(std::move(worker_binary)),
+      link_socket_(std::move(link_socket)) {}
+
+const FrontDoorSettings& FrontDoorKeeper::settings() const {
+    return *fleet_.config().supervisor.front_door;
+}
+
+void FrontDoorKeeper::start() {
+    if (!fleet_.config().supervisor.front_door) return;
+    bind_deadline_ = Clock::now() + kAdoptionGrace;
+    tick();
+}
+
+void FrontDoorKeeper::tick() {
+    const auto now = Clock::now();
+    if (child_) {
+        if (const auto exit = child_->poll_exit()) {
+            const bool healthy = now - started_ >= kHealthyAfter;
+            backoff_ = healthy ? std::chrono::milliseconds(1000)
+                               : std::min(backoff_ * 2, std::chrono::milliseconds(kMaxBackoff));
+            next_start_ = now + backoff_;
+            if (!stopping_) {
+                spdlog::error(
+                    "front door: exited ({}); starting it again in {} ms (see {})",
+                    exit->describe(),
+                    std::chrono::duration_cast<std::chrono::milliseconds>(backoff_).count(),
+                    (protocol::log_folder(fleet_.config().supervisor.state_dir) / "front-door.log")
+                        .string());
+            }
+            child_.reset();
+        }
+    }
+    const auto& door = fleet_.config().supervisor.front_door;
+    if (!door || stopping_) return;
+    send_routes();
+    if (child_ || peer_ != nullptr || now < next_start_) return;
+    if (!socket_.is_open()) {
+        auto opened = ListeningSocket::open(door->host, door->port);
+        if (!opened) {
+            // Held by a front door of an earlier ensembled: it hands it back when it registers.
+            if (now < bind_deadline_) return;
+            spdlog::error("front door: cannot listen on {}:{}: {}; trying again in 30 s",
+                          door->host, door->port, opened.error().message);
+            next_start_ = now + std::chrono::seconds(30);
+            return;
+        }
+        socket_ = std::move(opened).value();
+    }
+    spawn();
+}
+
+void FrontDoorKeeper::spawn() {
+    const auto& door = settings();
+    const auto& supervisor = fleet_.config().supervisor;
+    token_ = random_token();
+    SpawnSpec spec;
+    spec.argv = {
+        worker_binary_.string(),
+        "--front-door",
+        "--port",
+        std::to_string(door.port),
+        "--host",
+        door.host,
+        "--ports-host",
+        reachable(supervisor.bind_host),
+        "--queue-max",
+        std::to_string(door.queue_max),
+        "--load-timeout",
+        std::to_string(std::chrono::ceil<std::chrono::seconds>(door.load_timeout).count())};
+    spec.log_file = protocol::log_folder(supervisor.state_dir) / "front-door.log";
+    spec.die_with_parent = false;  // it serves on through a restart of ensembled
+    spec.passed_fd = socket_.fd();
+    spec.extra_env = {{protocol::kSupervisorSocketVariable, link_socket_.string()},
+                      {protocol::kWorkerIdVariable, "front-door-" + token_.substr(0, 8)},
+                      {protocol::kWorkerTokenVariable, token_},
+                      {protocol::kListenFdVariable, std::to_string(protocol::kListenFd)}};
+    auto child = ChildProcess::spawn(spec);
+    started_ = Clock::now();
+    if (!child) {
+        spdlog::error("front door: cannot start {}: {}", worker_binary_.string(),
+                      child.error().message);
+        backoff_ = std::min(backoff_ * 2, std::chrono::milliseconds(kMaxBackoff));
+        next_start_ = started_ + backoff_;
+        return;
+    }
+    child_ = std::move(child).value();
+    spdlog::info("front door: started (pid {}) on {}:{}", child_->pid(), door.host, door.port);
+}
+
+void FrontDoorKeeper::stop() {
+    stopping_ = true;
+    if (peer_ != nullptr) {
+        peer_->send(protocol::stop_message());
+    } else if (child_) {
+        child_->signal_group(SIGTERM);
+    }
+}
+
+Status FrontDoorKeeper::on_register(WorkerLinkPeer* peer, const protocol::Register& message,
+                                    std::optional<ListeningSocket> socket) {
+    const auto& door = fleet_.config().supervisor.front_door;
+    if (!door || stopping_) {
+        return Error{"no_front_door",
+                     "this ensembled runs no front door (supervisor.front_door "
+                     "is not set); stop"};
+    }
+    if (message.port != door->port) {
+        return Error{"front_door_moved", "the front door is now on port " +
+                                             std::to_string(door->port) + ", not " +
+                                             std::to_string(message.port) + "; stop"};
+    }
+    const bool ours = child_ && message.token == token_ && message.pid == child_->pid();
+    if (!ours) {
+        // One that outlived the last ensembled is kept, with the socket it hands back; any
+        // other is told to stop.
+        if (child_ || peer_ != nullptr || !socket) {
+            return Error{"front_door_exists",
+                         "another front door serves port " + std::to_string(door->port) +
+                             (socket ? "" : ", and this one did not hand its socket back") +
+                             "; stop"};
+        }
+        socket_ = std::move(*socket);
+        spdlog::info("front door: kept the one still serving (pid {}) from before", message.pid);
+    }
+    peer_ = peer;
+    last_routes_ = nullptr;
+    send_routes();
+    return Ok{};
+}
+
+void FrontDoorKeeper::on_link_closed(WorkerLinkPeer* peer) {
+    if (peer != peer_) return;
+    peer_ = nullptr;
+    // Ours: its exit is reaped and it is started again. Adopted: give it a moment to come
+    // back before another is started on the socket it handed back.
+    if (!child_) next_start_ = Clock::now() + std::chrono::seconds(3);
+}
+
+void FrontDoorKeeper::send_routes() {
+    if (peer_ == nullptr) return;
+    auto routes = protocol::routes_message(fleet_.routes());
+    if (routes == last_routes_) return;
+    last_routes_ = routes;
+    peer_->send(routes);
+}
+
+void FrontDoorKeeper::on_demand(WorkerLinkPeer* peer, const protocol::Demand& demand) {
+    if (peer != peer_) return;
+    if (!demands_.insert(demand.model).second) return;  // being loaded: one answer for all
+    asio::co_spawn(io_, this->demand(demand.model), asio::detached);
+}
+
+awaitable<void> FrontDoorKeeper::demand(std::string handle) {
+    co_await fleet_.wait_turn();
+    auto loaded = co_await fleet_.load_on_demand(handle);
+    fleet_.end_turn();
+    demands_.erase(handle);
+    protocol::DemandResult result{handle, std::nullopt};
+    if (!loaded) result.refusal = loaded.error();
+    send_routes();
+    if (peer_ != nullptr) peer_->send(protocol::demand_result_message(result));
+}
+
+}  // namespace ensemble

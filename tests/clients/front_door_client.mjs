@@ -1,0 +1,54 @@
+// Both official JavaScript clients against the front door, as a user's tools would use one URL
+// for the whole fleet: node front_door_client.mjs BASE_URL WARM_MODEL COLD_MODEL.
+// WARM_MODEL is loaded; COLD_MODEL is loaded on demand by the first request naming it.
+// Prints one JSON object: what each call returned (or the error it raised).
+import { out, step } from './steps.mjs';
+import OpenAI from 'openai';
+import { Ollama } from 'ollama';
+
+const [base, warm, cold] = process.argv.slice(2);
+const openai = new OpenAI({ baseURL: `${base}/v1`, apiKey: 'none', maxRetries: 0, timeout: 120000 });
+const ollama = new Ollama({ host: base });
+const messages = [{ role: 'user', content: 'hello' }];
+
+async function openaiStream(model) {
+  const stream = await openai.chat.completions.create({ model, messages, max_tokens: 8, stream: true });
+  let chunks = 0;
+  let text = '';
+  for await (const chunk of stream) {
+    chunks += 1;
+    text += chunk.choices[0]?.delta?.content ?? '';
+  }
+  return { chunks, text };
+}
+
+async function ollamaStream(model) {
+  const parts = await ollama.chat({ model, messages, stream: true, options: { num_predict: 8 } });
+  let count = 0;
+  let text = '';
+  let last = null;
+  for await (const part of parts) {
+    count += 1;
+    text += part.message?.content ?? '';
+    last = part;
+  }
+  return { parts: count, text, last };
+}
+
+await step('models_before', async () => (await openai.models.list()).data);
+await step('tags', () => ollama.list());
+await step('ps_before', () => ollama.ps());
+await step('warm_chat', () => openai.chat.completions.create({ model: warm, messages, max_tokens: 8 }));
+await step('warm_stream', () => openaiStream(warm));
+const coldStart = Date.now();
+await step('cold_stream', () => openaiStream(cold));
+out.cold_ms = Date.now() - coldStart;
+await step('models_after', async () => (await openai.models.list()).data);
+await step('ollama_chat_stream', () => ollamaStream(`${cold}:latest`));
+await step('ollama_generate', () => ollama.generate({ model: warm, prompt: 'once upon', stream: false, options: { num_predict: 4 } }));
+await step('ollama_show', () => ollama.show({ model: cold }));
+await step('ps_after', () => ollama.ps());
+await step('unknown_model', () => openai.chat.completions.create({ model: 'gpt-4', messages }));
+await step('ollama_unknown_model', () => ollama.chat({ model: 'llama3', messages }));
+await step('pull', () => ollama.pull({ model: 'llama3' }));
+console.log(JSON.stringify(out));

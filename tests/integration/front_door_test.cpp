@@ -1,0 +1,230 @@
+// The front door (supervisor.front_door) with real llama-server models: one URL for the fleet,
+// driven by the official openai and ollama npm clients; a model loaded on demand on the pool's
+// ports, one load for many requests, unloaded when idle; refusals with their reasons; and the
+// front door serving on through a crash of ensembled.
+#include <future>
+#include <thread>
+
+#include "tests/support/api_clients.h"
+#include "tests/support/supervisor_fixture.h"
+
+using namespace ensemble;
+using namespace ensemble::testing;
+using nlohmann::json;
+using namespace std::chrono_literals;
+
+namespace {
+
+HttpRequest request(const std::string& method, const std::string& target,
+                    const std::string& body = "") {
+    HttpRequest r;
+    r.method = method;
+    r.target = target;
+    r.body = body;
+    if (!body.empty()) r.headers["Content-Type"] = "application/json";
+    return r;
+}
+
+class FrontDoorTest : public SupervisorFixture {
+  protected:
+    FrontDoorTest() {
+        const auto ports = free_ports(3);
+        door_ = ports[0];
+        pool_ = {ports[1], ports[2]};
+    }
+    std::string extra_supervisor_settings() const override {
+        return "  memory_budget: 90%\n"
+               "  front_door:\n    listen: 127.0.0.1:" +
+               std::to_string(door_) + "\n    ports: [" + std::to_string(pool_[0]) + ", " +
+               std::to_string(pool_[1]) + "]\n    evict_idle_after: " + idle_after_ +
+               "\n    load_timeout: 60s\n";
+    }
+    std::string extra_models() const override {
+        return "  tiny-cold: {engine: llama, path: " + tiny_model().string() +
+               ", context: 1024, parallel: 1, on_demand: true}\n"
+               "  tiny-huge: {engine: llama, path: " +
+               tiny_model().string() + ", memory: 4000GiB, on_demand: true}\n";
+    }
+
+    std::string base() const { return "http://127.0.0.1:" + std::to_string(door_); }
+
+    HttpResponse ask(const std::string& model, int max_tokens = 4) {
+        return http_request(door_, chat_request(R"({"model":")" + model +
+                                                R"(","messages":[{"role":"user","content":"hi"}],)"
+                                                R"("max_tokens":)" +
+                                                std::to_string(max_tokens) + "}"));
+    }
+
+    // What the front door's /health says of its link to ensembled.
+    std::string supervisor_state() {
+        const auto health = http_request(door_, request("GET", "/health"));
+        if (health.status != 200) return "";
+        return json::parse(health.body, nullptr, false).value("supervisor", "");
+    }
+    // The front door answers once ensembled has started it and sent it the routes.
+    bool wait_front_door() {
+        for (int i = 0; i < 300; ++i) {
+            if (supervisor_state() == "connected") return true;
+            std::this_thread::sleep_for(50ms);
+        }
+        return false;
+    }
+
+    int events_of(const std::string& kind) {
+        const auto r = cli("--json events --lines 1000");
+        const auto j = json::parse(r.out, nullptr, false);
+        int n = 0;
+        if (j.is_discarded()) return -1;
+        for (const auto& e : j["result"]["events"])
+            n += e.value("kind", "") == kind;
+        return n;
+    }
+
+    unsigned short door_ = 0;
+    std::array<unsigned short, 2> pool_{};
+    std::string idle_after_ = "10m";
+};
+
+TEST_F(FrontDoorTest, OpenAiAndOllamaClientsUseOneUrlAndAColdModelLoadsOnDemand) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load single").exit_code, 0);  // tiny-two, warm
+    ASSERT_TRUE(wait_front_door()) << base();
+    const auto run = run_client("front_door_client.mjs", {base(), "tiny-two", "tiny-cold"});
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    const auto& r = run.result;
+    SCOPED_TRACE(r.dump(1));
+    // Every model of the config, with its state.
+    std::map<std::string, json> before;
+    for (const auto& m : r["models_before"])
+        before[m["id"]] = m;
+    EXPECT_EQ(before.size(), 11U) << "every model of the config (the fixture's 9, and 2 here)";
+    EXPECT_EQ(before["tiny-two"]["state"], "loaded");
+    EXPECT_EQ(before["tiny-two"]["port"], port_a_);
+    EXPECT_EQ(before["tiny-cold"]["state"], "not loaded");
+    EXPECT_EQ(before["tiny-cold"]["on_demand"], true);
+    EXPECT_EQ(before["tiny"]["on_demand"], false);
+    EXPECT_EQ(r["tags"]["models"].size(), 11U);
+    EXPECT_EQ(r["ps_before"]["models"].size(), 1U);
+    EXPECT_EQ(r["ps_before"]["models"][0]["name"], "tiny-two");
+
+    EXPECT_EQ(r["warm_chat"]["model"], "tiny-two");
+    EXPECT_EQ(r["warm_chat"]["choices"][0]["finish_reason"], "length");
+    EXPECT_GE(r["warm_stream"]["chunks"].get<int>(), 3) << "streamed, not buffered";
+    // The cold model: loaded on a pool port while the request waited, then streamed.
+    EXPECT_GE(r["cold_stream"]["chunks"].get<int>(), 3);
+    EXPECT_FALSE(r["cold_stream"]["text"].get<std::string>().empty());
+    std::map<std::string, json> after;
+    for (const auto& m : r["models_after"])
+        after[m["id"]] = m;
+    EXPECT_EQ(after["tiny-cold"]["state"], "loaded");
+    const int cold_port = after["tiny-cold"].value("port", 0);
+    EXPECT_TRUE(cold_port == pool_[0] || cold_port == pool_[1]) << cold_port;
+
+    EXPECT_EQ(r["ollama_chat_stream"]["last"]["done"], true);
+    EXPECT_GE(r["ollama_chat_stream"]["parts"].get<int>(), 3);
+    EXPECT_EQ(r["ollama_chat_stream"]["last"]["eval_count"], 8);
+    EXPECT_EQ(r["ollama_generate"]["eval_count"], 4);
+    EXPECT_EQ(r["ollama_show"]["capabilities"], json({"completion", "tools"}));
+    EXPECT_EQ(r["ps_after"]["models"].size(), 2U);
+    // An on-demand load is unloaded when idle: ps says when.
+    for (const auto& m : r["ps_after"]["models"]) {
+        if (m["name"] == "tiny-cold") {
+            EXPECT_NE(m["expires_at"], "2318-01-01T00:00:00Z") << m.dump();
+        }
+    }
+
+    // Errors as each client raises them, with the models to choose from.
+    EXPECT_EQ(r["unknown_model"]["status"], 404);
+    EXPECT_NE(r["unknown_model"]["error"].get<std::string>().find("tiny-cold"), std::string::npos);
+    EXPECT_EQ(r["ollama_unknown_model"]["status"], 404);
+    EXPECT_EQ(r["pull"]["status"], 501);
+    EXPECT_EQ(events_of("on_demand"), 1);
+}
+
+TEST_F(FrontDoorTest, ConcurrentRequestsForAColdModelCauseOneLoadAndAllAreAnswered) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    std::vector<std::future<HttpResponse>> requests;
+    for (int i = 0; i < 4; ++i)
+        requests.push_back(std::async(std::launch::async, [&] { return ask("tiny-cold"); }));
+    for (auto& request : requests) {
+        const auto answer = request.get();
+        EXPECT_EQ(answer.status, 200) << answer.body;
+    }
+    EXPECT_EQ(events_of("on_demand"), 1) << "one load for every request waiting on it";
+    // Loaded once, on the pool: the next request is forwarded at once.
+    EXPECT_EQ(ask("tiny-cold").status, 200);
+    EXPECT_EQ(events_of("on_demand"), 1);
+}
+
+TEST_F(FrontDoorTest, RefusalsSayWhyAndNameTheModels) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    // Over the budget: refused by admission, with its reason; nothing loaded.
+    const auto huge = ask("tiny-huge");
+    EXPECT_EQ(huge.status, 503) << huge.body;
+    EXPECT_NE(huge.body.find("budget"), std::string::npos) << huge.body;
+    // Not on demand, and not loaded.
+    const auto idle = ask("tiny");
+    EXPECT_EQ(idle.status, 503) << idle.body;
+    EXPECT_NE(idle.body.find("on_demand"), std::string::npos) << idle.body;
+    // No model, an unknown one: the models to choose from.
+    const auto none = http_request(
+        door_, chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":4})"));
+    EXPECT_EQ(none.status, 400) << none.body;
+    EXPECT_NE(none.body.find("tiny-cold"), std::string::npos) << none.body;
+    const auto ollama = http_request(door_, request("POST", "/api/chat", R"({"model":"nope"})"));
+    EXPECT_EQ(ollama.status, 404) << ollama.body;
+    EXPECT_EQ(json::parse(ollama.body, nullptr, false).value("error", "").find("tiny-cold") !=
+                  std::string::npos,
+              true)
+        << "Ollama's shape: {\"error\": ...}: " << ollama.body;
+    EXPECT_EQ(events_of("budget_refused"), 1);
+    EXPECT_TRUE(status()["ports"].empty()) << "nothing loaded, nothing assigned";
+}
+
+class FrontDoorIdleTest : public FrontDoorTest {
+  protected:
+    FrontDoorIdleTest() { idle_after_ = "2s"; }
+};
+
+TEST_F(FrontDoorIdleTest, AnIdleOnDemandLoadIsUnloadedAndLoadsAgainWhenAsked) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    ASSERT_EQ(ask("tiny-cold").status, 200);
+    const auto deadline = std::chrono::steady_clock::now() + 30s;
+    while (events_of("idle_unload") == 0 && std::chrono::steady_clock::now() < deadline)
+        std::this_thread::sleep_for(200ms);
+    EXPECT_EQ(events_of("idle_unload"), 1);
+    const auto models = json::parse(http_request(door_, request("GET", "/v1/models")).body);
+    for (const auto& m : models["data"]) {
+        if (m["id"] == "tiny-cold") {
+            EXPECT_EQ(m["state"], "not loaded") << m.dump();
+        }
+    }
+    EXPECT_EQ(ask("tiny-cold").status, 200) << "loaded again on demand";
+    EXPECT_EQ(events_of("on_demand"), 2);
+}
+
+TEST_F(FrontDoorTest, TheFrontDoorServesOnThroughACrashOfEnsembledAndIsKept) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load single").exit_code, 0);
+    ASSERT_TRUE(wait_front_door());
+    ASSERT_EQ(ask("tiny-two").status, 200);
+    ::kill(supervisor_->pid(), SIGKILL);
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+    // Routed from what it last knew, with nobody to ask; a cold model is refused at once.
+    EXPECT_EQ(ask("tiny-two").status, 200);
+    for (int i = 0; i < 100 && supervisor_state() != "unreachable"; ++i)
+        std::this_thread::sleep_for(20ms);
+    const auto alone = ask("tiny-cold");
+    EXPECT_EQ(alone.status, 503) << alone.body;
+    EXPECT_NE(alone.body.find("ensembled"), std::string::npos) << alone.body;
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door()) << "the one still serving registered again and was kept";
+    EXPECT_EQ(ask("tiny-two").status, 200);
+    const auto cold = ask("tiny-cold");
+    EXPECT_EQ(cold.status, 200) << "and loads on demand for the new ensembled: " << cold.body;
+}
+
+}  // namespace

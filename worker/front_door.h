@@ -1,0 +1,91 @@
+// The front door (supervisor.front_door): one port for the whole fleet. A request names its
+// model; the front door forwards it, as it is, to the public port of the worker serving that
+// model, and relays the answer as it arrives (OpenAI's API and Ollama's alike: each model port
+// speaks both). It lists every model of the config with its state (/v1/models, /api/tags) and
+// what is loaded (/api/ps). A request for a model that is not loaded waits, in a bounded queue,
+// while ensembled loads it on demand, or is refused with the reason. ensembled decides what
+// loads; the front door only asks (a Demand) and follows the routes it is sent.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "protocol/messages.h"
+#include "worker/engine_proxy.h"
+#include "worker/http_listener.h"
+#include "worker/request_policy.h"
+
+namespace ensemble {
+
+struct FrontDoorConfig : ListenerConfig {
+    // Where the model ports are reached (their bind host; loopback for a wildcard one).
+    std::string ports_host = "127.0.0.1";
+    // Requests waiting for a model to load, all models together; more are refused with 503.
+    std::size_t queue_max = 64;
+    // How long a request waits for its model to load before it is answered 503.
+    std::chrono::seconds load_timeout{600};
+    ProxyLimits proxy;
+};
+
+// Which route a requested name means: a handle or an alias, with Ollama's ":latest" accepted.
+const protocol::Route* find_route(const std::vector<protocol::Route>& routes,
+                                  std::string_view name);
+
+// What the front door does with a request for `route` now.
+enum class RouteAction {
+    forward,     // ready on its port
+    wait,        // loading, or asked to load: wait for it
+    demand,      // not loaded, loadable on demand: ask ensembled, then wait
+    not_loaded,  // not loaded, and not on demand: refused
+};
+RouteAction action_for(const protocol::Route& route, bool demand_pending);
+
+class FrontDoor final : public HttpListener {
+  public:
+    FrontDoor(asio::io_context& io, FrontDoorConfig config);
+    ~FrontDoor() override;
+
+    // Sends a demand to ensembled; false when it is not reachable now.
+    std::function<bool(const protocol::Demand&)> send_demand;
+
+    // From ensembled.
+    void set_routes(std::vector<protocol::Route> routes);
+    void demand_answered(const protocol::DemandResult& result);
+    // The link to ensembled went down (demands outstanding are refused) or came up.
+    void set_connected(bool connected);
+
+  private:
+    class PortTarget;
+    struct Waiter;
+
+    awaitable<bool> handle(beast::tcp_stream& stream,
+                           http::request<http::string_body>& request) override;
+    // Answered here: health, listings, refusals. nullopt: the request names a model to forward.
+    std::optional<http::response<http::string_body>> answer_locally(
+        const http::request<http::string_body>& request) const;
+    // Waits until the route for `handle` can be forwarded to; the refusal otherwise.
+    awaitable<Result<int>> wait_for_port(const std::string& handle);
+    void wake_waiters();
+    PortTarget& target_for(int port);
+    std::string models_list() const;
+    std::string known_models() const;
+
+    FrontDoorConfig config_;
+    std::vector<protocol::Route> routes_;
+    bool connected_ = false;
+    std::map<int, std::unique_ptr<PortTarget>> targets_;
+    std::map<int, std::unique_ptr<EngineProxy>> proxies_;
+    // Handles asked for and not yet answered, and the last refusal of each (until the routes
+    // change), for the requests that wait on them.
+    std::map<std::string, bool> demands_;
+    std::map<std::string, Error> refusals_;
+    std::vector<Waiter*> waiters_;
+    long started_unix_ = 0;
+};
+
+}  // namespace ensemble

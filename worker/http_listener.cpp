@@ -1,0 +1,251 @@
+#include "worker/http_listener.h"
+
+#include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <array>
+
+#include "os/listening_socket.h"
+#include "os/port_holder.h"
+#include "worker/immediate_io.h"
+#include "worker/ollama_api.h"
+
+namespace ensemble {
+
+namespace {
+
+constexpr std::uint32_t kHeaderLimit = 64 * 1024;
+// What a connection reads into while it waits for a request, and the most one read of a body
+// takes (beast reads at most 64 KiB at a time whatever the buffer).
+constexpr std::size_t kIdleRead = 4096;
+constexpr std::uint64_t kLargeRead = 64 * 1024;
+
+}  // namespace
+
+HttpListener::HttpListener(asio::io_context& io, ListenerConfig config)
+    : io_(io), limits_(std::move(config)), acceptor_(io) {}
+
+Status HttpListener::listen() {
+    boost::system::error_code ec;
+    if (limits_.listen_fd) {
+        const int fd = *limits_.listen_fd;
+        if (auto ok = check_listening_socket(fd, limits_.port, limits_.host); !ok)
+            return ok.error();
+        sockaddr_storage address{};
+        socklen_t length = sizeof address;
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+        acceptor_.assign(address.ss_family == AF_INET6 ? tcp::v6() : tcp::v4(), fd, ec);
+        if (ec) {
+            return Error{"no_listening_socket", "cannot accept on the passed socket of port " +
+                                                    std::to_string(limits_.port) + ": " +
+                                                    ec.message()};
+        }
+        return Ok{};
+    }
+    const auto address = asio::ip::make_address(limits_.host, ec);
+    if (ec) return Error{"bad_host", "'" + limits_.host + "' is not an IP address to bind"};
+    const tcp::endpoint endpoint{address, limits_.port};
+    acceptor_.open(endpoint.protocol(), ec);
+    if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor_.bind(endpoint, ec);
+    if (ec == asio::error::address_in_use) {
+        return Error{"port_in_use", "port " + std::to_string(limits_.port) + " on " + limits_.host +
+                                        " is already in use by another process (" +
+                                        port_holder_hint(limits_.port) +
+                                        "); stop it or choose another port"};
+    }
+    if (!ec) acceptor_.listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+        return Error{"bind_failed", "cannot listen on " + limits_.host + ":" +
+                                        std::to_string(limits_.port) + ": " + ec.message()};
+    }
+    return Ok{};
+}
+
+unsigned short HttpListener::bound_port() const {
+    boost::system::error_code ec;
+    const auto endpoint = acceptor_.local_endpoint(ec);
+    return ec ? 0 : endpoint.port();
+}
+
+void HttpListener::start_accepting() {
+    asio::co_spawn(io_, accept_loop(), asio::detached);
+}
+
+awaitable<void> HttpListener::accept_loop() {
+    while (!draining_) {
+        boost::system::error_code ec;
+        auto socket = co_await acceptor_.async_accept(on_error(ec));
+        if (ec == asio::error::operation_aborted || draining_) break;
+        if (ec) {
+            // Out of descriptors or similar: back off briefly instead of spinning.
+            spdlog::warn("front: accept failed: {}", ec.message());
+            asio::steady_timer pause(io_, std::chrono::milliseconds(50));
+            co_await pause.async_wait(on_error(ec));
+            continue;
+        }
+        socket.set_option(tcp::no_delay(true), ec);
+        if (sessions_.size() >= limits_.max_connections) {
+            asio::co_spawn(io_, refuse_connection(std::move(socket)), asio::detached);
+            continue;
+        }
+        asio::co_spawn(io_, serve(std::move(socket)), asio::detached);
+    }
+}
+
+awaitable<void> HttpListener::refuse_connection(tcp::socket socket) {
+    beast::tcp_stream stream(std::move(socket));
+    stream.expires_after(std::chrono::seconds(5));
+    auto response = make_error_response(
+        ApiError{http::status::service_unavailable, "server_error", "too_many_connections",
+                 "this port already serves " + std::to_string(limits_.max_connections) +
+                     " connections; retry shortly, or reuse connections (keep-alive)",
+                 1},
+        false);
+    co_await reply(stream, response);
+    metrics_.answered("", static_cast<unsigned>(http::status::service_unavailable));
+    // Closing with the request unread would reset the connection, and the client might never
+    // see the 503: finish sending, then read (and drop) what it sent, briefly and boundedly.
+    boost::system::error_code ec;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream.expires_after(std::chrono::milliseconds(250));
+    std::array<char, 4096> sink{};
+    for (std::size_t dropped = 0; dropped < 64 * 1024;) {
+        const auto n = co_await stream.async_read_some(asio::buffer(sink), on_error(ec));
+        if (ec) break;
+        dropped += n;
+    }
+}
+
+awaitable<void> HttpListener::serve(tcp::socket socket) {
+    boost::system::error_code mode_ec;
+    socket.non_blocking(true, mode_ec);  // for write_now; if refused, writes wait their turn
+    beast::tcp_stream stream(std::move(socket));
+    auto session = sessions_.insert(sessions_.end(), Session{&stream, true});
+    beast::flat_buffer buffer;
+    for (;;) {
+        http::request_parser<http::string_body> parser;
+        parser.body_limit(limits_.max_body_bytes);
+        parser.header_limit(kHeaderLimit);
+        boost::system::error_code ec;
+        session->idle = true;
+        if (draining_ && !session->fresh) break;
+        if (buffer.size() == 0) {  // waiting for the next request to begin
+            stream.expires_after(limits_.idle_timeout);
+            const auto n = co_await stream.async_read_some(buffer.prepare(kIdleRead), on_error(ec));
+            if (ec) break;
+            buffer.commit(n);
+        }
+        session->idle = false;
+        // A small request is usually whole in the buffer now: parsed in place.
+        parser.eager(true);
+        parse_buffered(parser, buffer, ec);
+        if (!ec && !parser.is_header_done()) {
+            stream.expires_after(limits_.header_timeout);
+            co_await http::async_read_header(stream, buffer, parser, on_error(ec));
+        }
+        if (!ec && !parser.is_done()) {
+            // Beast reads as much as the buffer's free capacity (4 KiB here), at most 64 KiB: a
+            // large body is read 64 KiB at a time, not in 256 reads per MiB.
+            const auto free = buffer.capacity() - buffer.size();
+            if (const auto length = parser.content_length(); length && *length > free)
+                buffer.reserve(buffer.size() + std::min<std::uint64_t>(*length, kLargeRead));
+            stream.expires_after(limits_.body_timeout);
+            co_await http::async_read(stream, buffer, parser, on_error(ec));
+        }
+        if (ec) {
+            // (The target is known once the request line is read, before the headers are.)
+            const std::string target(sv(parser.get().target()));
+            co_await reject_unreadable(stream, ec, target);
+            break;
+        }
+        auto request = parser.release();
+        // The body was moved out: an idle keep-alive connection holds 4 KiB, not its largest.
+        if (buffer.capacity() > kIdleRead) buffer.shrink_to_fit();
+        stream.expires_never();
+        ++in_flight_;
+        session->fresh = false;
+        bool keep_alive = false;
+        try {
+            keep_alive = co_await handle(stream, request);
+        } catch (const std::exception& e) {
+            // A programming error: this request is lost, not the port's count of connections.
+            spdlog::error("front: answering {} failed: {}; closing its connection",
+                          sv(request.target()), e.what());
+        }
+        --in_flight_;
+        if (!keep_alive) break;
+    }
+    boost::system::error_code ignored;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    sessions_.erase(session);
+}
+
+awaitable<void> HttpListener::reject_unreadable(beast::tcp_stream& stream,
+                                                boost::system::error_code ec,
+                                                std::string_view target) {
+    std::optional<ApiError> error;
+    if (ec == http::error::body_limit) {
+        error =
+            ApiError{http::status::payload_too_large, "invalid_request_error", "request_too_large",
+                     "the request body is larger than this port's limit of " +
+                         std::to_string(limits_.max_body_bytes) + " bytes"};
+    } else if (ec == http::error::header_limit) {
+        error = ApiError{http::status::request_header_fields_too_large, "invalid_request_error",
+                         "headers_too_large", "the request headers exceed 64 KiB"};
+    } else if (ec.category() == http::make_error_code(http::error::bad_method).category() &&
+               ec != http::error::end_of_stream && ec != http::error::partial_message) {
+        error = ApiError{http::status::bad_request, "invalid_request_error", "bad_http",
+                         "malformed HTTP request: " + ec.message()};
+    }
+    if (!error) co_return;  // the client closed or timed out: nobody to answer
+    auto response = target.starts_with("/api/") ? ollama::error_response(*error, false)
+                                                : make_error_response(*error, false);
+    co_await reply(stream, response);
+    metrics_.answered(target, response.result_int());
+}
+
+awaitable<bool> HttpListener::reply(beast::tcp_stream& stream,
+                                    http::response<http::string_body>& response) {
+    boost::system::error_code ec;
+    const bool keep_alive = response.keep_alive() && !draining_;
+    response.keep_alive(keep_alive);
+    http::response_serializer<http::string_body> serializer{response};
+    co_await write_now(stream, serializer, ec);
+    co_return keep_alive && !ec;
+}
+
+awaitable<void> HttpListener::drain(std::chrono::milliseconds timeout) {
+    draining_ = true;
+    boost::system::error_code ec;
+    acceptor_.close(ec);
+    const auto began = std::chrono::steady_clock::now();
+    const auto deadline = began + timeout;
+    // A client that connected just before the drain has its request on the way: it is
+    // waited for this long (one that connects and says nothing does not hold up the stop).
+    const auto fresh_deadline = began + std::min(timeout, std::chrono::milliseconds(500));
+    asio::steady_timer timer(io_);
+    for (;;) {
+        bool busy = in_flight_ > 0;
+        bool fresh_waiting = false;
+        for (auto& session : sessions_) {
+            // Ends a keep-alive wait; a fresh connection's first request is still answered.
+            if (session.idle && !session.fresh) session.stream->socket().cancel(ec);
+            if (!session.idle) busy = true;  // reading a request (or answering one)
+            if (session.idle && session.fresh) fresh_waiting = true;
+        }
+        const auto now = std::chrono::steady_clock::now();
+        const bool fresh_done = !fresh_waiting || now >= fresh_deadline;
+        if ((!busy && fresh_done) || now >= deadline) break;
+        timer.expires_after(std::chrono::milliseconds(20));
+        co_await timer.async_wait(on_error(ec));
+    }
+    if (in_flight_ > 0) {
+        spdlog::warn("front: {} requests still running after the {} ms drain; closing them",
+                     in_flight_, timeout.count());
+    }
+    for (auto& session : sessions_)
+        session.stream->socket().close(ec);
+}
+
+}  // namespace ensemble

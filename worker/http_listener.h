@@ -1,0 +1,89 @@
+// An HTTP/1.1 listener with limits: accepts on its port (a socket the supervisor passed, or one
+// it binds), reads each request within bounded sizes and times, refuses connections beyond its
+// limit with 503, answers unreadable requests itself, and drains (stops accepting, lets requests
+// in flight finish, closes idle connections). What a request gets is the subclass's `handle`: a
+// model port's worker (http_front.h) or the front door (front_door.h).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <list>
+#include <optional>
+#include <string>
+
+#include "os/asio.h"
+#include "protocol/result.h"
+#include "worker/worker_metrics.h"
+
+namespace ensemble {
+
+struct ListenerConfig {
+    std::string host = "127.0.0.1";
+    unsigned short port = 0;
+    std::size_t max_body_bytes = 32 * 1024 * 1024;
+    std::string api_key;               // empty: no key required
+    bool metrics_without_key = false;  // GET /metrics answers without the API key
+    // A connection waits this long for a request to begin, then the headers must arrive within
+    // header_timeout and the body within body_timeout: a slow or silent client holds nothing
+    // for long.
+    std::chrono::seconds idle_timeout{120};
+    std::chrono::seconds header_timeout{30};
+    std::chrono::seconds body_timeout{300};
+    // Connections served at once; more are answered 503 with Retry-After and closed, well
+    // before the descriptor limit.
+    std::size_t max_connections = 1024;
+    // A listening socket passed by the supervisor (protocol::kListenFd): accepted on, never
+    // bound; it outlives this process. nullopt: bind host:port (standalone).
+    std::optional<int> listen_fd;
+};
+
+class HttpListener {
+  public:
+    HttpListener(asio::io_context& io, ListenerConfig config);
+    virtual ~HttpListener() = default;
+    HttpListener(const HttpListener&) = delete;
+    HttpListener& operator=(const HttpListener&) = delete;
+
+    // Binds the public port. A port in use is an error naming the port and what to do.
+    Status listen();
+    void start_accepting();
+    // Stops accepting and waits (up to `timeout`) for requests in flight; then closes the rest.
+    awaitable<void> drain(std::chrono::milliseconds timeout);
+
+    unsigned short bound_port() const;
+    std::size_t in_flight() const { return in_flight_; }
+
+  protected:
+    // Answers one request that was read whole; returns whether the connection may be kept.
+    virtual awaitable<bool> handle(beast::tcp_stream& stream,
+                                   http::request<http::string_body>& request) = 0;
+    awaitable<bool> reply(beast::tcp_stream& stream, http::response<http::string_body>& response);
+    bool draining() const { return draining_; }
+    asio::io_context& io() { return io_; }
+
+    WorkerMetrics metrics_;
+
+  private:
+    struct Session {
+        beast::tcp_stream* stream;
+        bool idle;
+        // No request served yet: a client that connected before a drain began is answered
+        // (its request was on its way), not cut off like one idling between requests.
+        bool fresh = true;
+    };
+
+    awaitable<void> accept_loop();
+    awaitable<void> refuse_connection(tcp::socket socket);
+    awaitable<void> serve(tcp::socket socket);
+    awaitable<void> reject_unreadable(beast::tcp_stream& stream, boost::system::error_code ec,
+                                      std::string_view target);
+
+    asio::io_context& io_;
+    ListenerConfig limits_;
+    tcp::acceptor acceptor_;
+    std::list<Session> sessions_;
+    std::size_t in_flight_ = 0;
+    bool draining_ = false;
+};
+
+}  // namespace ensemble
