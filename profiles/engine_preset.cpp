@@ -79,6 +79,14 @@ bool uses_upstream(const EnginePreset& preset) {
     return false;
 }
 
+int context_per_request(const EnginePreset& preset, int context, int parallel) {
+    return preset.name == "llama.cpp" ? context / std::max(1, parallel) : context;
+}
+
+bool serves_tools(const EnginePreset& preset) {
+    return preset.name == "llama.cpp";
+}
+
 bool listens_on_socket(const EnginePreset& preset) {
     return !preset.listen_on_socket.empty() || mentions(preset.args, "{socket}");
 }

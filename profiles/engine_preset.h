@@ -41,6 +41,12 @@ bool uses_upstream(const EnginePreset& preset);
 // Whether the engine listens on a Unix socket when the worker has one to give it.
 bool listens_on_socket(const EnginePreset& preset);
 
+// The context one request may use: llama.cpp splits its context among its parallel slots; the
+// others give each request the whole context.
+int context_per_request(const EnginePreset& preset, int context, int parallel);
+// The engine answers tool calls (llama.cpp runs its chat templates with Jinja).
+bool serves_tools(const EnginePreset& preset);
+
 // Whether `name` can be an engine environment variable: letters, digits and '_', not starting
 // with a digit, at most 128 characters, and not ENSEMBLE_* (Ensemble's own); if not, why.
 Status check_engine_env_name(std::string_view name);

@@ -24,7 +24,8 @@ std::vector<protocol::Route> Fleet::routes() const {
         route.aliases = model.aliases;
         route.on_demand = config_.loads_on_demand(model);
         route.path = model.path;
-        route.context = model.context;
+        if (const auto* engine = config_.engine_of(model))
+            route.context = context_per_request(engine->preset, model.context, model.parallel);
         // Where it is served: a ready port first, else the lowest one bringing it up.
         const Port* best = nullptr;
         for (const auto& [number, port] : ports_) {

@@ -1,6 +1,9 @@
 #include "worker/front_door.h"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <array>
@@ -210,10 +213,31 @@ std::string FrontDoor::known_models() const {
     return names.empty() ? "none" : names;
 }
 
-awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle) {
+namespace {
+
+// Whether the client closed its connection (it sent nothing more: a pipelined request waits).
+bool client_closed(beast::tcp_stream& stream) {
+    char byte = 0;
+    const auto n = ::recv(stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+// A waiting request looks at its client this often: one that left gives up its place.
+constexpr auto kClientCheck = std::chrono::milliseconds(250);
+
+}  // namespace
+
+awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
+                                                beast::tcp_stream& client) {
     const auto deadline = std::chrono::steady_clock::now() + config_.load_timeout;
     asio::steady_timer timer(io());
     Waiter waiter{handle, &timer, std::nullopt};
+    // However this ends, the waiter leaves the list before its frame does.
+    struct Leave {
+        std::vector<Waiter*>& waiters;
+        Waiter* waiter;
+        ~Leave() { std::erase(waiters, waiter); }
+    } leave{waiters_, &waiter};
     for (;;) {
         const auto* route = find_route(routes_, handle);
         if (route == nullptr) {
@@ -251,13 +275,17 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle) {
             }
             waiters_.push_back(&waiter);
         }
-        if (std::chrono::steady_clock::now() >= deadline) break;
-        timer.expires_at(deadline);
+        const auto now = std::chrono::steady_clock::now();
+        if (now >= deadline) break;
+        if (client_closed(client)) {
+            co_return Error{"client_closed", "the client went away while '" + handle +
+                                                 "' loaded; its load goes on for others"};
+        }
+        timer.expires_at(std::min(deadline, now + kClientCheck));
         boost::system::error_code ec;
         co_await timer.async_wait(on_error(ec));
-        // (woken by a change, or the deadline: either way, look again)
+        // (woken by a change, the deadline or the client check: each time, look again)
     }
-    std::erase(waiters_, &waiter);
     co_return Error{"load_timeout", "'" + handle + "' is still not ready after " +
                                         std::to_string(config_.load_timeout.count()) +
                                         " s; retry later, or see 'ensemble status'"};
@@ -368,9 +396,12 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
                              "' is not in the config; this front door serves: " + known_models()};
         } else {
             const std::string handle = route->handle;  // routes_ may change while it waits
-            auto waited = co_await wait_for_port(handle);
+            auto waited = co_await wait_for_port(handle, stream);
             if (waited) {
                 port = *waited;
+            } else if (waited.error().code == "client_closed") {
+                metrics_.answered(target, 499);  // nginx's code for it: nobody to answer
+                co_return false;
             } else {
                 refused = refusal_error(waited.error());
             }

@@ -69,7 +69,8 @@ class FrontDoor final : public HttpListener {
     std::optional<http::response<http::string_body>> answer_locally(
         const http::request<http::string_body>& request) const;
     // Waits until the route for `handle` can be forwarded to; the refusal otherwise.
-    awaitable<Result<int>> wait_for_port(const std::string& handle);
+    // (A client that goes away meanwhile gives up its place: "client_closed".)
+    awaitable<Result<int>> wait_for_port(const std::string& handle, beast::tcp_stream& client);
     void wake_waiters();
     PortTarget& target_for(int port);
     std::string models_list() const;

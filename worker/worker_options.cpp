@@ -109,14 +109,10 @@ Status finish(WorkerOptions& o, const std::string& engine_name, const std::strin
                           "(deploy/setup provisions llama-server in .engines/bin)");
     }
     o.engine.handle = o.model.handle;
-    // What Ollama's /api/show and /api/ps tell of the model. llama-server splits its context
-    // among its parallel slots: a request has one slot's share. It serves tool calls (its chat
-    // templates run with Jinja).
+    // What Ollama's /api/show and /api/ps tell of the model.
     o.front.model_path = o.engine.model;
-    const bool llama_cpp = o.engine.preset.name == "llama.cpp";
-    o.front.context =
-        llama_cpp ? o.engine.context / std::max(1, o.engine.parallel) : o.engine.context;
-    o.front.tools = llama_cpp;
+    o.front.context = context_per_request(o.engine.preset, o.engine.context, o.engine.parallel);
+    o.front.tools = serves_tools(o.engine.preset);
     if (o.engine.log_file.empty()) {
         const auto dir = log_dir.empty() ? default_log_dir() : std::filesystem::path(log_dir);
         if (log_dir.empty() &&

@@ -37,13 +37,17 @@ class FrontDoorTest : public SupervisorFixture {
                "  front_door:\n    listen: 127.0.0.1:" +
                std::to_string(door_) + "\n    ports: [" + std::to_string(pool_[0]) + ", " +
                std::to_string(pool_[1]) + "]\n    evict_idle_after: " + idle_after_ +
-               "\n    load_timeout: 60s\n";
+               "\n    load_timeout: 60s\n    queue_max: 8\n";
     }
     std::string extra_models() const override {
         return "  tiny-cold: {engine: llama, path: " + tiny_model().string() +
                ", context: 1024, parallel: 1, on_demand: true}\n"
                "  tiny-huge: {engine: llama, path: " +
-               tiny_model().string() + ", memory: 4000GiB, on_demand: true}\n";
+               tiny_model().string() +
+               ", memory: 4000GiB, on_demand: true}\n"
+               // Takes 2 s to load: time for clients to give up, or to pile up, meanwhile.
+               "  slow-cold: {engine: fake, path: none, memory: 100MiB, on_demand: true,"
+               " args: [--slow-start, \"2\"]}\n";
     }
 
     std::string base() const { return "http://127.0.0.1:" + std::to_string(door_); }
@@ -97,13 +101,13 @@ TEST_F(FrontDoorTest, OpenAiAndOllamaClientsUseOneUrlAndAColdModelLoadsOnDemand)
     std::map<std::string, json> before;
     for (const auto& m : r["models_before"])
         before[m["id"]] = m;
-    EXPECT_EQ(before.size(), 11U) << "every model of the config (the fixture's 9, and 2 here)";
+    EXPECT_EQ(before.size(), 12U) << "every model of the config (the fixture's 9, and 3 here)";
     EXPECT_EQ(before["tiny-two"]["state"], "loaded");
     EXPECT_EQ(before["tiny-two"]["port"], port_a_);
     EXPECT_EQ(before["tiny-cold"]["state"], "not loaded");
     EXPECT_EQ(before["tiny-cold"]["on_demand"], true);
     EXPECT_EQ(before["tiny"]["on_demand"], false);
-    EXPECT_EQ(r["tags"]["models"].size(), 11U);
+    EXPECT_EQ(r["tags"]["models"].size(), 12U);
     EXPECT_EQ(r["ps_before"]["models"].size(), 1U);
     EXPECT_EQ(r["ps_before"]["models"][0]["name"], "tiny-two");
 
@@ -181,6 +185,37 @@ TEST_F(FrontDoorTest, RefusalsSayWhyAndNameTheModels) {
         << "Ollama's shape: {\"error\": ...}: " << ollama.body;
     EXPECT_EQ(events_of("budget_refused"), 1);
     EXPECT_TRUE(status()["ports"].empty()) << "nothing loaded, nothing assigned";
+}
+
+TEST_F(FrontDoorTest, AClientGivingUpDoesNotCancelALoadOthersWaitForAndTheQueueIsBounded) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    auto impatient = chat_request(R"({"model":"slow-cold","messages":[{"role":"user",)"
+                                  R"("content":"hi"}],"max_tokens":4})");
+    impatient.timeout = 300ms;
+    EXPECT_EQ(http_request(door_, impatient).status, 0) << "it gave up while the model loads";
+    std::this_thread::sleep_for(400ms);  // its place in the queue is given up within 250 ms
+    // Twelve more at once: eight wait (queue_max), four are refused at once, saying why.
+    std::vector<std::future<HttpResponse>> requests;
+    for (int i = 0; i < 12; ++i)
+        requests.push_back(std::async(std::launch::async, [&] { return ask("slow-cold"); }));
+    int answered = 0, refused = 0;
+    for (auto& request : requests) {
+        const auto answer = request.get();
+        if (answer.status == 200) ++answered;
+        if (answer.status != 200 && answer.status != 503)
+            ADD_FAILURE() << answer.status << " " << answer.error << " " << answer.body;
+        if (answer.status == 503) {
+            ++refused;
+            EXPECT_NE(answer.body.find("queue_full"), std::string::npos) << answer.body;
+            if (answer.body.find("queue_full") == std::string::npos) continue;
+            EXPECT_FALSE(answer.header("retry-after").empty());
+        }
+    }
+    EXPECT_EQ(answered + refused, 12);
+    EXPECT_GE(answered, 8);
+    EXPECT_EQ(events_of("on_demand"), 1) << "one load, not cancelled by the client that left";
+    EXPECT_EQ(supervisor_state(), "connected") << "the front door runs on";
 }
 
 class FrontDoorIdleTest : public FrontDoorTest {
