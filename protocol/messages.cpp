@@ -154,6 +154,7 @@ json routes_message(const std::vector<Route>& routes) {
                           {"on_demand", r.on_demand},
                           {"path", r.path},
                           {"context", r.context},
+                          {"tools", r.tools},
                           {"memory_bytes", r.memory_bytes},
                           {"expires_unix", r.expires_unix}});
     }
@@ -175,6 +176,7 @@ std::optional<Result<std::vector<Route>>> parse_routes(const json& message) {
             .read("on_demand", r.on_demand, false)
             .read("path", r.path, false)
             .read("context", r.context, false)
+            .read("tools", r.tools, false)
             .read("memory_bytes", r.memory_bytes, false)
             .read("expires_unix", r.expires_unix, false);
         if (!fields.status()) return {fields.status().error()};

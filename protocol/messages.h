@@ -87,11 +87,12 @@ nlohmann::json serve_message();
 struct Route {
     std::string handle;
     std::vector<std::string> aliases;
-    int port = 0;                   // where it is served (or loading); 0: on no port
-    std::string state = "stopped";  // the port's state (supervisor/port_state.h)
-    bool on_demand = false;         // a request for it may load it (supervisor.front_door)
-    std::string path;               // the model's file or folder, for Ollama's listings
-    int context = 0;
+    int port = 0;                    // where it is served (or loading); 0: on no port
+    std::string state = "stopped";   // the port's state (supervisor/port_state.h)
+    bool on_demand = false;          // a request for it may load it (supervisor.front_door)
+    std::string path;                // the model's file or folder, for Ollama's listings
+    int context = 0;                 // what one request may use
+    bool tools = false;              // its engine serves tool calls
     std::uint64_t memory_bytes = 0;  // measured, while it runs
     std::int64_t expires_unix = 0;   // when an idle on-demand load is unloaded; 0: never
 };

@@ -147,7 +147,8 @@ class Fleet final : private PortHost {
     // `force`: supervisor.reserved_ports may be used.
     awaitable<Result<PortReport>> load(int port, const std::string& handle,
                                        const std::string& profile, bool force = false);
-    awaitable<Status> unload(int port);
+    // `reason`: what the port's stop says (events, status).
+    awaitable<Status> unload(int port, std::string reason = "unloaded by the operator");
     awaitable<Result<PortReport>> swap(int port, const std::string& handle);
     awaitable<Result<PortReport>> restart(int port);
     awaitable<Result<ProfileLoad>> profile_load(const std::string& name, bool force = false);
@@ -171,6 +172,11 @@ class Fleet final : private PortHost {
     awaitable<Result<PortReport>> load_on_demand(const std::string& handle);
     // Called whenever a port may have changed (the front door's routes are sent again).
     std::function<void()> on_change;
+
+    // An event of the fleet's log (`ensemble events`, the status page): the front door's.
+    void record_event(int port, const std::string& kind, const std::string& message) {
+        event(port, kind, message);
+    }
 
     // A command nobody waited for failed ("wait": false): an event, kind "command_failed".
     void note_failure(int port, std::string_view verb, const std::string& message);

@@ -138,6 +138,12 @@ awaitable<Result<PortReport>> Fleet::load(int port, const std::string& handle,
         co_return allowed.error();
     if (auto kept = check_port_not_reserved(config_.supervisor, port, force); !kept)
         co_return kept.error();
+    if (in_pool(port) && !force) {
+        co_return Error{"pool_port", "port " + std::to_string(port) +
+                                         " is one of supervisor.front_door.ports, where the "
+                                         "front door loads models on demand (and unloads them "
+                                         "when idle): choose another port, or --force"};
+    }
     if (auto free = check_port_free_for_operator(port); !free) co_return free.error();
     if (auto served = check_upstream_served(port, handle, profile); !served)
         co_return served.error();
@@ -160,7 +166,7 @@ awaitable<Result<PortReport>> Fleet::load(int port, const std::string& handle,
     co_return report(port_at(port));
 }
 
-awaitable<Status> Fleet::unload(int port) {
+awaitable<Status> Fleet::unload(int port, std::string reason) {
     auto* p = find(port);
     auto assignments = store_->assignments();
     const bool assigned =
@@ -171,11 +177,11 @@ awaitable<Status> Fleet::unload(int port) {
     if (auto ok = store_->remove_assignment(port); !ok) co_return ok.error();
     unassigned_.insert(port);
     if (p != nullptr) {
-        p->stop("unloaded by the operator");
+        p->stop(reason);
         co_await wait_stopped(port, now() + stop_wait(config_));
         ports_.erase(port);
     }
-    event(port, "unload", "port " + std::to_string(port) + " unloaded");
+    event(port, "unload", "port " + std::to_string(port) + " unloaded: " + reason);
     co_return Ok{};
 }
 

@@ -24,8 +24,10 @@ std::vector<protocol::Route> Fleet::routes() const {
         route.aliases = model.aliases;
         route.on_demand = config_.loads_on_demand(model);
         route.path = model.path;
-        if (const auto* engine = config_.engine_of(model))
+        if (const auto* engine = config_.engine_of(model)) {
             route.context = context_per_request(engine->preset, model.context, model.parallel);
+            route.tools = serves_tools(engine->preset);
+        }
         // Where it is served: a ready port first, else the lowest one bringing it up.
         const Port* best = nullptr;
         for (const auto& [number, port] : ports_) {
@@ -98,28 +100,42 @@ awaitable<Result<PortReport>> Fleet::load_on_demand(const std::string& handle) {
             const auto* port = find(number);
             if (port == nullptr) continue;
             const auto& rt = port->snapshot();
-            const bool idle =
-                rt.state == PortState::ready && rt.stats.queue_depth == 0 &&
-                now - std::max(rt.last_used, rt.started) >= config_.supervisor.memory.idle_after;
-            if (idle && (oldest == nullptr || rt.last_used < oldest->snapshot().last_used))
+            const auto used = std::max(rt.last_used, rt.started);
+            const bool idle = rt.state == PortState::ready && rt.stats.queue_depth == 0 &&
+                              now - used >= config_.supervisor.memory.idle_after;
+            if (idle && (oldest == nullptr ||
+                         used < std::max(oldest->snapshot().last_used, oldest->snapshot().started)))
                 oldest = port;
         }
         if (oldest == nullptr) {
-            co_return Error{"pool_full",
-                            "all " + std::to_string(pool.size()) +
-                                " of front_door.ports serve models in use; retry when one is "
-                                "idle, or add ports to front_door.ports"};
+            const auto idle_s = std::chrono::duration_cast<std::chrono::seconds>(
+                                    config_.supervisor.memory.idle_after)
+                                    .count();
+            co_return Error{"pool_full", "all " + std::to_string(pool.size()) +
+                                             " of front_door.ports serve models used in the "
+                                             "last " +
+                                             std::to_string(idle_s) +
+                                             " s (evict_idle_after); retry shortly, or add "
+                                             "ports to front_door.ports"};
         }
         const int victim = oldest->number();
-        event(victim, "evict",
-              "'" + oldest->snapshot().handle + "' unloaded to make room for '" + handle +
-                  "' on the front door's ports");
-        if (auto unloaded = co_await unload(victim); !unloaded) co_return unloaded.error();
+        const std::string victim_handle = oldest->snapshot().handle;
+        // Admitted first, as if the victim had gone: refused, it stays.
+        const std::map<int, std::string> starts{{victim, handle}};
+        const std::set<int> released{victim};
+        const std::string no_profile;
+        if (auto admitted = co_await admit(starts, released, no_profile); !admitted)
+            co_return admitted.error();
+        const auto reason = "'" + victim_handle + "' unloaded to make room for '" + handle +
+                            "' on the front door's ports";
+        event(victim, "evict", reason);
+        if (auto unloaded = co_await unload(victim, reason); !unloaded) co_return unloaded.error();
         free_port = victim;
     }
     event(*free_port, "on_demand", "loading '" + handle + "' for the front door");
     const std::string no_profile;
-    auto loaded = co_await load(*free_port, handle, no_profile, false);
+    // (forced: a pool port is the front door's to load on)
+    auto loaded = co_await load(*free_port, handle, no_profile, /*force=*/true);
     co_return loaded;
 }
 
@@ -154,7 +170,8 @@ awaitable<void> Fleet::unload_idle(int number, std::uint64_t attempt) {
         event(number, "idle_unload",
               "'" + port->snapshot().handle + "' served nothing for " + std::to_string(idle_s) +
                   " s (front_door.evict_idle_after); unloaded");
-        if (auto unloaded = co_await unload(number); !unloaded)
+        const auto reason = "idle for " + std::to_string(idle_s) + " s, unloaded by the front door";
+        if (auto unloaded = co_await unload(number, reason); !unloaded)
             spdlog::warn("port {}: idle unload failed: {}", number, unloaded.error().message);
     }
     end_turn();

@@ -33,6 +33,11 @@ FrontDoorKeeper::FrontDoorKeeper(asio::io_context& io, Fleet& fleet,
       worker_binary_(std::move(worker_binary)),
       link_socket_(std::move(link_socket)) {}
 
+void FrontDoorKeeper::event(const std::string& message) {
+    const auto& door = fleet_.config().supervisor.front_door;
+    fleet_.record_event(door ? door->port : 0, "front_door", message);
+}
+
 const FrontDoorSettings& FrontDoorKeeper::settings() const {
     return *fleet_.config().supervisor.front_door;
 }
@@ -52,12 +57,13 @@ void FrontDoorKeeper::tick() {
                                : std::min(backoff_ * 2, std::chrono::milliseconds(kMaxBackoff));
             next_start_ = now + backoff_;
             if (!stopping_) {
-                spdlog::error(
-                    "front door: exited ({}); starting it again in {} ms (see {})",
-                    exit->describe(),
-                    std::chrono::duration_cast<std::chrono::milliseconds>(backoff_).count(),
+                event(
+                    "front door (pid " + std::to_string(child_->pid()) + ") exited (" +
+                    exit->describe() + "); starting it again in " +
+                    std::to_string(backoff_.count()) + " ms (see " +
                     (protocol::log_folder(fleet_.config().supervisor.state_dir) / "front-door.log")
-                        .string());
+                        .string() +
+                    ")");
             }
             child_.reset();
         }
@@ -71,8 +77,8 @@ void FrontDoorKeeper::tick() {
         if (!opened) {
             // Held by a front door of an earlier ensembled: it hands it back when it registers.
             if (now < bind_deadline_) return;
-            spdlog::error("front door: cannot listen on {}:{}: {}; trying again in 30 s",
-                          door->host, door->port, opened.error().message);
+            event("cannot listen on " + door->host + ":" + std::to_string(door->port) + ": " +
+                  opened.error().message + "; trying again in 30 s");
             next_start_ = now + std::chrono::seconds(30);
             return;
         }
@@ -109,14 +115,14 @@ void FrontDoorKeeper::spawn() {
     auto child = ChildProcess::spawn(spec);
     started_ = Clock::now();
     if (!child) {
-        spdlog::error("front door: cannot start {}: {}", worker_binary_.string(),
-                      child.error().message);
+        event("cannot start " + worker_binary_.string() + ": " + child.error().message);
         backoff_ = std::min(backoff_ * 2, std::chrono::milliseconds(kMaxBackoff));
         next_start_ = started_ + backoff_;
         return;
     }
     child_ = std::move(child).value();
-    spdlog::info("front door: started (pid {}) on {}:{}", child_->pid(), door.host, door.port);
+    event("started (pid " + std::to_string(child_->pid()) + ") on " + door.host + ":" +
+          std::to_string(door.port));
 }
 
 void FrontDoorKeeper::stop() {
@@ -152,7 +158,10 @@ Status FrontDoorKeeper::on_register(WorkerLinkPeer* peer, const protocol::Regist
                              "; stop"};
         }
         socket_ = std::move(*socket);
-        spdlog::info("front door: kept the one still serving (pid {}) from before", message.pid);
+        fleet_.record_event(door->port, "front_door_kept",
+                            "kept the front door still serving from before ensembled started "
+                            "(pid " +
+                                std::to_string(message.pid) + ")");
     }
     peer_ = peer;
     last_routes_ = nullptr;

@@ -46,6 +46,8 @@ class FrontDoorKeeper {
 
   private:
     const FrontDoorSettings& settings() const;
+    // In the fleet's event log (kind "front_door"), and ensembled's log.
+    void event(const std::string& message);
     void spawn();
     awaitable<void> demand(std::string handle);
 

@@ -231,8 +231,7 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
                 registered = static_cast<bool>(ok);
                 entry->busy = registered;  // a worker's link is never evicted for a newcomer
             } else if (!registered) {
-                peer->send(protocol::error_reply(
-                    Error{"not_registered", "register before sending heartbeats"}));
+                peer->send(protocol::error_reply(Error{"not_registered", "register first"}));
             } else if (const auto* demand = std::get_if<protocol::Demand>(&*message)) {
                 if (front) {
                     front_door.on_demand(peer.get(), *demand);

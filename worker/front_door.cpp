@@ -60,17 +60,19 @@ ApiError refusal_error(const Error& refusal) {
         return {http::status::not_found, "invalid_request_error", "model_not_found",
                 refusal.message};
     const bool transient = refusal.code == "queue_full" || refusal.code == "load_timeout" ||
-                           refusal.code == "supervisor_unreachable";
+                           refusal.code == "supervisor_unreachable" ||
+                           refusal.code == "pool_full" || refusal.code == "front_door_starting";
     return {http::status::service_unavailable, "server_error", refusal.code, refusal.message,
             transient ? 5 : 0};
 }
 
 }  // namespace
 
-const protocol::Route* find_route(const std::vector<protocol::Route>& routes,
-                                  std::string_view name) {
+const protocol::Route* find_route(const std::vector<protocol::Route>& routes, std::string_view name,
+                                  bool ollama_names) {
     if (name.empty()) return nullptr;
-    const auto base = ollama::without_latest(std::string(name));
+    // Ollama's clients add ":latest"; OpenAI's model port would refuse the name with it.
+    const auto base = ollama_names ? ollama::without_latest(std::string(name)) : std::string(name);
     for (const auto& route : routes) {
         for (const auto& wanted : {std::string(name), base}) {
             if (route.handle == wanted || std::find(route.aliases.begin(), route.aliases.end(),
@@ -88,29 +90,34 @@ RouteAction action_for(const protocol::Route& route, bool demand_pending) {
     return route.on_demand ? RouteAction::demand : RouteAction::not_loaded;
 }
 
-// A model port, as the proxy's target: ready while its route says so.
+// One model on one port, as the proxy's target: ready while its route says that port serves it.
+// Once the port serves another model (evicted, unloaded, swapped), it is gone for good: a
+// request retried after a refused connection is never sent to a model it did not name.
 class FrontDoor::PortTarget final : public ProxyTarget {
   public:
-    PortTarget(const std::string& host, int port)
+    PortTarget(const std::string& host, int port, std::string handle)
         : endpoint_(
               StreamEndpoint::tcp(asio::ip::make_address(host), static_cast<unsigned short>(port))),
-          port_(port) {}
+          port_(port),
+          handle_(std::move(handle)) {}
 
-    void update(const protocol::Route* route) {
-        const std::string serving = route != nullptr ? route->handle : "";
-        const bool ready = route != nullptr && route->state == "ready";
-        // Another model, or the same one after it stopped: pooled connections are not reused.
-        if (serving != handle_ || (ready_ && !ready)) ++generation_;
-        handle_ = serving;
-        ready_ = ready;
+    void update(const std::vector<protocol::Route>& routes) {
+        const auto* route = find_route(routes, handle_, false);
+        const bool serves = route != nullptr && route->port == port_;
+        const bool ready = serves && route->state == "ready";
+        if (!serves) gone_ = true;
+        // Stopped, or gone: pooled connections are not reused.
+        if (ready_ && !ready) ++generation_;
+        ready_ = ready && !gone_;
     }
+    bool gone() const { return gone_; }
 
     bool ready() const override { return ready_; }
     awaitable<bool> wait_ready(Clock::time_point deadline) override {
-        // The front door forwards only to a ready port; this is the proxy's retry after a
-        // refused connection, while the port's worker is replaced (its socket stays open).
+        // The proxy's retry after a refused connection, while the port's worker is replaced
+        // (its socket stays open): it waits for this model on this port, or gives up.
         asio::steady_timer pause(co_await asio::this_coro::executor);
-        while (!ready_ && Clock::now() < deadline) {
+        while (!ready_ && !gone_ && Clock::now() < deadline) {
             pause.expires_after(std::chrono::milliseconds(50));
             boost::system::error_code ec;
             co_await pause.async_wait(on_error(ec));
@@ -123,8 +130,10 @@ class FrontDoor::PortTarget final : public ProxyTarget {
     void note_answer() override {}
     ApiError unavailable() const override {
         return {http::status::service_unavailable, "server_error", "port_unavailable",
-                "port " + std::to_string(port_) + (handle_.empty() ? "" : " ('" + handle_ + "')") +
-                    " is not answering; retry shortly",
+                "port " + std::to_string(port_) +
+                    (gone_ ? " no longer serves '" + handle_ + "'"
+                           : " ('" + handle_ + "') is not answering") +
+                    "; retry shortly",
                 2};
     }
 
@@ -133,7 +142,19 @@ class FrontDoor::PortTarget final : public ProxyTarget {
     int port_;
     std::string handle_;
     bool ready_ = false;
+    bool gone_ = false;
     std::uint64_t generation_ = 0;
+};
+
+// A model on a port, and the relay to it.
+struct FrontDoor::Forward {
+    Forward(const std::string& host, int port, const std::string& handle, ProxyLimits limits)
+        : target(host, port, handle), proxy(target, limits) {}
+    void update(const std::vector<protocol::Route>& routes) { target.update(routes); }
+    bool gone() const { return target.gone(); }
+
+    PortTarget target;
+    EngineProxy proxy;
 };
 
 struct FrontDoor::Waiter {
@@ -150,15 +171,23 @@ FrontDoor::FrontDoor(asio::io_context& io, FrontDoorConfig config)
 FrontDoor::~FrontDoor() = default;
 
 void FrontDoor::set_routes(std::vector<protocol::Route> routes) {
+    // Waiters look again only when where a model is, or its state, changed (not its memory).
+    const auto placement = [](const std::vector<protocol::Route>& list) {
+        std::vector<std::tuple<std::string, int, std::string>> out;
+        for (const auto& r : list)
+            out.emplace_back(r.handle, r.port, r.state);
+        return out;
+    };
+    const bool moved = !routes_known_ || placement(routes) != placement(routes_);
     routes_ = std::move(routes);
-    for (auto& [port, target] : targets_) {
-        const protocol::Route* serving = nullptr;
-        for (const auto& route : routes_) {
-            if (route.port == port) serving = &route;
-        }
-        target->update(serving);
-    }
-    wake_waiters();
+    routes_known_ = true;
+    for (auto& [key, target] : targets_)
+        target->update(routes_);
+    // A target for a model its port no longer serves is dropped once no request uses it.
+    std::erase_if(targets_, [](const auto& entry) {
+        return entry.second->gone() && entry.second.use_count() == 1;
+    });
+    if (moved) wake_waiters();
 }
 
 void FrontDoor::demand_answered(const protocol::DemandResult& result) {
@@ -176,7 +205,7 @@ void FrontDoor::set_connected(bool connected) {
     connected_ = connected;
     if (connected) return;
     // Demands outstanding are lost with the link: their requests are told so, not left waiting.
-    for (const auto& [handle, _] : demands_) {
+    for (const auto& handle : demands_) {
         for (auto* waiter : waiters_) {
             if (waiter->handle == handle) {
                 waiter->refusal = Error{"supervisor_unreachable",
@@ -194,16 +223,13 @@ void FrontDoor::wake_waiters() {
         waiter->timer->cancel();
 }
 
-FrontDoor::PortTarget& FrontDoor::target_for(int port) {
-    auto& target = targets_[port];
+std::shared_ptr<FrontDoor::Forward> FrontDoor::target_for(int port, const std::string& handle) {
+    auto& target = targets_[{port, handle}];
     if (!target) {
-        target = std::make_unique<PortTarget>(config_.ports_host, port);
-        for (const auto& route : routes_) {
-            if (route.port == port) target->update(&route);
-        }
-        proxies_[port] = std::make_unique<EngineProxy>(*target, config_.proxy);
+        target = std::make_shared<Forward>(config_.ports_host, port, handle, config_.proxy);
+        target->update(routes_);
     }
-    return *target;
+    return target;
 }
 
 std::string FrontDoor::known_models() const {
@@ -239,15 +265,30 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
         ~Leave() { std::erase(waiters, waiter); }
     } leave{waiters_, &waiter};
     for (;;) {
-        const auto* route = find_route(routes_, handle);
+        const auto* route = find_route(routes_, handle, false);
         if (route == nullptr) {
             co_return Error{"model_not_found", "the config no longer defines '" + handle +
                                                    "'; this front door serves: " + known_models()};
         }
         if (waiter.refusal) co_return *waiter.refusal;
-        switch (action_for(*route, demands_.contains(handle))) {
+        const auto action = action_for(*route, demands_.contains(handle));
+        if (action == RouteAction::forward) co_return route->port;
+        // Without ensembled, nobody loads it, and no route changes: not worth waiting for.
+        if (!connected_) {
+            co_return Error{"supervisor_unreachable",
+                            "'" + handle +
+                                "' is not ready, and ensembled, which loads models and says "
+                                "when they are ready, is not reachable; retry shortly"};
+        }
+        if (route->state == "failed") {
+            co_return Error{"load_failed", "'" + handle + "' failed on port " +
+                                               std::to_string(route->port) +
+                                               "; see 'ensemble status' and 'ensemble logs " +
+                                               std::to_string(route->port) + "'"};
+        }
+        switch (action) {
             case RouteAction::forward:
-                co_return route->port;
+                break;
             case RouteAction::not_loaded:
                 co_return Error{"model_not_loaded",
                                 "'" + handle +
@@ -255,14 +296,14 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
                                     "('ensemble load PORT " +
                                     handle + "') or set 'on_demand: true' for it in the config"};
             case RouteAction::demand:
-                if (!connected_ || !send_demand || !send_demand(protocol::Demand{handle})) {
+                if (!send_demand || !send_demand(protocol::Demand{handle})) {
                     co_return Error{"supervisor_unreachable",
                                     "'" + handle +
                                         "' is not loaded, and ensembled, which loads it, is not "
                                         "reachable; retry shortly"};
                 }
                 spdlog::info("front door: asked ensembled to load '{}'", handle);
-                demands_[handle] = true;
+                demands_.insert(handle);
                 break;
             case RouteAction::wait:
                 break;
@@ -291,18 +332,40 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
                                         " s; retry later, or see 'ensemble status'"};
 }
 
+json FrontDoor::model_object(const protocol::Route& route) const {
+    json entry = {{"id", route.handle},           {"object", "model"},
+                  {"created", started_unix_},     {"owned_by", "ensemble"},
+                  {"state", client_state(route)}, {"on_demand", route.on_demand}};
+    if (route.port != 0) entry["port"] = route.port;
+    if (!route.aliases.empty()) entry["aliases"] = route.aliases;
+    return entry;
+}
+
 std::string FrontDoor::models_list() const {
     json data = json::array();
-    for (const auto& route : routes_) {
-        json entry = {{"id", route.handle},           {"object", "model"},
-                      {"created", started_unix_},     {"owned_by", "ensemble"},
-                      {"state", client_state(route)}, {"on_demand", route.on_demand}};
-        if (route.port != 0) entry["port"] = route.port;
-        if (!route.aliases.empty()) entry["aliases"] = route.aliases;
-        data.push_back(std::move(entry));
-    }
+    for (const auto& route : routes_)
+        data.push_back(model_object(route));
     return json{{"object", "list"}, {"data", std::move(data)}}.dump(-1, ' ', false,
                                                                     json::error_handler_t::replace);
+}
+
+ollama::PortModel FrontDoor::ollama_model(const protocol::Route& route) const {
+    auto model =
+        ollama::describe(ModelIdentity{route.handle, route.aliases, "", false}, route.path);
+    model.context = route.context;
+    model.tools = route.tools;
+    model.loaded_unix = started_unix_;
+    model.memory_bytes = route.memory_bytes;
+    model.expires_unix = route.expires_unix;
+    return model;
+}
+
+std::optional<http::response<http::string_body>> FrontDoor::show_locally(
+    std::string_view target, const protocol::Route& route, bool keep_alive) const {
+    // Clients ask for every model they list: answered from the config, never by loading it.
+    if (ollama::call_of(target.substr(0, target.find('?'))) != ollama::Call::show)
+        return std::nullopt;
+    return make_json_response(http::status::ok, ollama::show_body(ollama_model(route)), keep_alive);
 }
 
 std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
@@ -338,8 +401,26 @@ std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
         !allowed) {
         return error_for(target, api_error(allowed.error()), keep_alive);
     }
+    if (!routes_known_) {
+        return error_for(target,
+                         {http::status::service_unavailable, "server_error", "front_door_starting",
+                          "the front door has just started and has not yet heard from ensembled "
+                          "where the models are; retry in a moment",
+                          1},
+                         keep_alive);
+    }
     if (path == "/v1/models" && get)
         return make_json_response(http::status::ok, models_list(), keep_alive);
+    if (path.starts_with("/v1/models/") && get) {  // OpenAI's models.retrieve()
+        const auto id = path.substr(std::string_view("/v1/models/").size());
+        if (const auto* route = find_route(routes_, id, false))
+            return make_json_response(http::status::ok, model_object(*route).dump(), keep_alive);
+        return make_error_response(
+            {http::status::not_found, "invalid_request_error", "model_not_found",
+             "the model '" + std::string(id) +
+                 "' is not in the config; this front door serves: " + known_models()},
+            keep_alive);
+    }
     if (is_ollama(path)) {
         const auto call = ollama::call_of(path);
         if (auto refused = ollama::refusal(request, config_.api_key)) return refused;
@@ -350,13 +431,7 @@ std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
             for (const auto& route : routes_) {
                 const bool loaded = client_state(route) == "loaded";
                 if (call == ollama::Call::ps && !loaded) continue;
-                auto model = ollama::describe(ModelIdentity{route.handle, route.aliases, "", false},
-                                              route.path);
-                model.context = route.context;
-                model.loaded_unix = started_unix_;
-                model.memory_bytes = route.memory_bytes;
-                model.expires_unix = route.expires_unix;
-                models.push_back(std::move(model));
+                models.push_back(ollama_model(route));
             }
             return make_json_response(
                 http::status::ok,
@@ -365,12 +440,15 @@ std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
         }
     }
     if (request.method() != http::verb::post) {
-        return error_for(
+        auto response = error_for(
             target,
             {http::status::method_not_allowed, "invalid_request_error", "method_not_allowed",
-             "the front door forwards POST requests that name a model; " + std::string(path) +
-                 " is not one"},
+             std::string(request.method_string()) + " " + std::string(path) +
+                 ": the front door answers GET /v1/models and forwards POST requests that name "
+                 "a model"},
             keep_alive);
+        response.set(http::field::allow, "POST");
+        return response;
     }
     return std::nullopt;
 }
@@ -382,9 +460,10 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
     auto local = answer_locally(request);
     std::optional<ApiError> refused;
     std::optional<int> port;
+    std::string handle;
     if (!local) {
         const auto name = requested_model(request.body());
-        const auto* route = find_route(routes_, name);
+        const auto* route = find_route(routes_, name, is_ollama(target));
         if (name.empty()) {
             refused = ApiError{
                 http::status::bad_request, "invalid_request_error", "model_required",
@@ -394,8 +473,10 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
                 ApiError{http::status::not_found, "invalid_request_error", "model_not_found",
                          "the model '" + name +
                              "' is not in the config; this front door serves: " + known_models()};
+        } else if (auto shown = show_locally(target, *route, keep_alive)) {
+            local = std::move(shown);
         } else {
-            const std::string handle = route->handle;  // routes_ may change while it waits
+            handle = route->handle;  // routes_ may change while it waits
             auto waited = co_await wait_for_port(handle, stream);
             if (waited) {
                 port = *waited;
@@ -418,11 +499,10 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
         metrics_.answered(target, local->result_int());
         co_return kept;
     }
-    target_for(*port);
-    auto& proxy = *proxies_.at(*port);
+    const auto forward = target_for(*port, handle);  // held until the answer is relayed
     if (draining()) request.keep_alive(false);
     RequestTrace trace;
-    const bool kept = co_await proxy.forward(stream, request, trace);
+    const bool kept = co_await forward->proxy.forward(stream, request, trace);
     metrics_.answered(target, trace.status == 0 ? 499 : trace.status);
     co_return kept && !draining();
 }

@@ -12,12 +12,14 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
 #include "protocol/messages.h"
 #include "worker/engine_proxy.h"
 #include "worker/http_listener.h"
+#include "worker/ollama_api.h"
 #include "worker/request_policy.h"
 
 namespace ensemble {
@@ -32,9 +34,10 @@ struct FrontDoorConfig : ListenerConfig {
     ProxyLimits proxy;
 };
 
-// Which route a requested name means: a handle or an alias, with Ollama's ":latest" accepted.
-const protocol::Route* find_route(const std::vector<protocol::Route>& routes,
-                                  std::string_view name);
+// Which route a requested name means: a handle or an alias (with Ollama's ":latest" accepted
+// when `ollama_names`).
+const protocol::Route* find_route(const std::vector<protocol::Route>& routes, std::string_view name,
+                                  bool ollama_names);
 
 // What the front door does with a request for `route` now.
 enum class RouteAction {
@@ -61,6 +64,7 @@ class FrontDoor final : public HttpListener {
 
   private:
     class PortTarget;
+    struct Forward;
     struct Waiter;
 
     awaitable<bool> handle(beast::tcp_stream& stream,
@@ -72,19 +76,24 @@ class FrontDoor final : public HttpListener {
     // (A client that goes away meanwhile gives up its place: "client_closed".)
     awaitable<Result<int>> wait_for_port(const std::string& handle, beast::tcp_stream& client);
     void wake_waiters();
-    PortTarget& target_for(int port);
+    std::shared_ptr<Forward> target_for(int port, const std::string& handle);
     std::string models_list() const;
+    nlohmann::json model_object(const protocol::Route& route) const;
+    ollama::PortModel ollama_model(const protocol::Route& route) const;
+    // Ollama's /api/show of a model, from what the config says (nullopt: not a show).
+    std::optional<http::response<http::string_body>> show_locally(std::string_view target,
+                                                                  const protocol::Route& route,
+                                                                  bool keep_alive) const;
     std::string known_models() const;
 
     FrontDoorConfig config_;
     std::vector<protocol::Route> routes_;
+    bool routes_known_ = false;  // ensembled has said where the models are, at least once
     bool connected_ = false;
-    std::map<int, std::unique_ptr<PortTarget>> targets_;
-    std::map<int, std::unique_ptr<EngineProxy>> proxies_;
-    // Handles asked for and not yet answered, and the last refusal of each (until the routes
-    // change), for the requests that wait on them.
-    std::map<std::string, bool> demands_;
-    std::map<std::string, Error> refusals_;
+    // Each model forwarded to, on its port (held by the requests using it).
+    std::map<std::pair<int, std::string>, std::shared_ptr<Forward>> targets_;
+    // Handles asked for and not yet answered (the requests for them wait).
+    std::set<std::string> demands_;
     std::vector<Waiter*> waiters_;
     long started_unix_ = 0;
 };

@@ -121,7 +121,12 @@ int run_front_door(int argc, char** argv) {
                 spdlog::warn("front door: bad routes from ensembled: {}", routes->error().message);
             }
         } else if (auto result = protocol::parse_demand_result(message)) {
-            if (*result) door.demand_answered(**result);
+            if (*result) {
+                door.demand_answered(**result);
+            } else {
+                spdlog::warn("front door: bad demand result from ensembled: {}",
+                             result->error().message);
+            }
         }
     };
     link->on_connection = [&](bool connected) { door.set_connected(connected); };

@@ -141,6 +141,9 @@ awaitable<void> SupervisorLink::run() {
                     if (!co_await send(heartbeat)) break;
                     // A load's progress is worth telling more often than the steady state.
                     const bool loading = stats.state == "loading" || stats.state == "restarting";
+                    // A message posted while this loop was writing goes out now, not a beat
+                    // later (its cancel of the timer came before the wait).
+                    if (!outbox_.empty()) continue;
                     heartbeat_timer_.expires_after(loading ? config_.loading_heartbeat_interval
                                                            : config_.heartbeat_interval);
                     co_await heartbeat_timer_.async_wait(on_error(ec));

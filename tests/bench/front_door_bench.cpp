@@ -78,6 +78,7 @@ int main(int argc, char** argv) {
         ->capture_default_str();
     app.add_option("--engine-arg", engine_args, "extra llama-server argument (repeatable)");
     CLI11_PARSE(app, argc, argv);
+    model = std::filesystem::absolute(model).string();  // the config is written elsewhere
 
     const auto dir = test_output_dir("front_door_bench");
     const auto run_dir =
@@ -108,8 +109,13 @@ int main(int argc, char** argv) {
     auto supervisor = ChildProcess::spawn(spec);
     if (!supervisor) throw std::runtime_error(supervisor.error().message);
     const auto socket = run_dir / "control.sock";
-    while (!call(socket, protocol::Verb::status, 0))
+    while (!call(socket, protocol::Verb::status, 0)) {
+        if ((*supervisor)->poll_exit()) {
+            std::fprintf(stderr, "ensembled exited; see %s\n", (dir / "ensembled.log").c_str());
+            return 1;
+        }
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
     if (auto loaded = call(socket, protocol::Verb::load, warm_port, "warm");
         !loaded || !loaded->value("ok", false)) {
         std::fprintf(stderr, "load failed; see %s\n", (dir / "ensembled.log").c_str());

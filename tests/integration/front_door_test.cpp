@@ -184,6 +184,19 @@ TEST_F(FrontDoorTest, RefusalsSayWhyAndNameTheModels) {
               true)
         << "Ollama's shape: {\"error\": ...}: " << ollama.body;
     EXPECT_EQ(events_of("budget_refused"), 1);
+    // Ollama's clients ask to be shown every model they list: answered without loading it.
+    const auto shown =
+        http_request(door_, request("POST", "/api/show", R"({"model":"tiny-huge:latest"})"));
+    EXPECT_EQ(shown.status, 200) << shown.body;
+    EXPECT_EQ(json::parse(shown.body, nullptr, false)["capabilities"],
+              json({"completion", "tools"}));
+    // ":latest" is Ollama's: an OpenAI request naming it would be refused by the model port
+    // after a load, so it is refused before one.
+    const auto tagged = ask("tiny-cold:latest");
+    EXPECT_EQ(tagged.status, 404) << tagged.body;
+    const auto one = http_request(door_, request("GET", "/v1/models/tiny-cold"));
+    EXPECT_EQ(one.status, 200) << one.body;
+    EXPECT_EQ(json::parse(one.body, nullptr, false).value("state", ""), "not loaded");
     EXPECT_TRUE(status()["ports"].empty()) << "nothing loaded, nothing assigned";
 }
 
@@ -256,7 +269,8 @@ TEST_F(FrontDoorTest, TheFrontDoorServesOnThroughACrashOfEnsembledAndIsKept) {
     EXPECT_EQ(alone.status, 503) << alone.body;
     EXPECT_NE(alone.body.find("ensembled"), std::string::npos) << alone.body;
     supervisor_ = start_supervisor();
-    ASSERT_TRUE(wait_front_door()) << "the one still serving registered again and was kept";
+    ASSERT_TRUE(wait_front_door()) << "the one still serving registered again";
+    EXPECT_EQ(events_of("front_door_kept"), 1) << "kept, not replaced";
     EXPECT_EQ(ask("tiny-two").status, 200);
     const auto cold = ask("tiny-cold");
     EXPECT_EQ(cold.status, 200) << "and loads on demand for the new ensembled: " << cold.body;
