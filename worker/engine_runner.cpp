@@ -244,6 +244,7 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
     // abandoned ones piling up in the engine's queue.
     const auto timeout = probe_timeout();
     auto interval = std::chrono::milliseconds(10);
+    const auto loading_since = Clock::now();
     auto last_progress = Clock::now();
     auto last_log_size = file_size_or_zero(config_.log_file);
     while (generation == generation_ &&
@@ -275,7 +276,13 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
         timer.expires_after(interval);
         boost::system::error_code ec;
         co_await timer.async_wait(on_error(ec));
-        interval = std::min(interval * 2, std::chrono::milliseconds(200));
+        // Within 50 ms of readiness for a load of seconds (a request waiting for it, loaded on
+        // demand, gets its answer that much sooner); within 200 ms for a long one, whose
+        // engine logs every probe.
+        const auto cap = Clock::now() - loading_since < std::chrono::seconds(10)
+                             ? std::chrono::milliseconds(50)
+                             : std::chrono::milliseconds(200);
+        interval = std::min(interval * 2, cap);
     }
 }
 

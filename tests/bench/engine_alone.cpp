@@ -25,7 +25,8 @@ double until_answered(unsigned short port, Clock::time_point since) {
 }
 
 double engine_alone_ms(const std::string& model, bool until_chat,
-                       const std::filesystem::path& log_file) {
+                       const std::filesystem::path& log_file,
+                       const std::vector<std::string>& args) {
     const auto port = free_port();
     SpawnSpec spec;
     spec.argv = {llama_server().string(),
@@ -40,9 +41,8 @@ double engine_alone_ms(const std::string& model, bool until_chat,
                  "--parallel",
                  "1",
                  "--alias",
-                 "tiny",
-                 "--threads",
-                 "1"};
+                 "tiny"};
+    spec.argv.insert(spec.argv.end(), args.begin(), args.end());
     spec.log_file = log_file;
     const auto start = Clock::now();
     auto child = ChildProcess::spawn(spec);

@@ -14,10 +14,11 @@ using Clock = std::chrono::steady_clock;
 // Polls a one-token chat request until it is answered 200; the time that took since `since`.
 double until_answered(unsigned short port, Clock::time_point since);
 
-// llama-server alone (one slot, one thread, 2048 context), from spawn to /health 200 (polled
+// llama-server alone (one slot, 2048 context, and `args`), from spawn to /health 200 (polled
 // every 2 ms), or to its first answered chat request; its log goes to `log_file`.
 double engine_alone_ms(const std::string& model, bool until_chat,
-                       const std::filesystem::path& log_file);
+                       const std::filesystem::path& log_file,
+                       const std::vector<std::string>& args = {"--threads", "1"});
 
 // A table of p50, min and max of `alone` (llama-server on its own, described as `alone_name`)
 // and `measured` (`measured_name`), with the difference of their medians.

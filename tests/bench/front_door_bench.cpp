@@ -186,7 +186,8 @@ int main(int argc, char** argv) {
     // own spawn to first answer; interleaved, the on-demand load unloaded before each round.
     std::vector<double> alone, cold;
     for (int r = 0; r < cold_rounds; ++r) {
-        alone.push_back(engine_alone_ms(model, true, dir / "direct-engine.log"));
+        // The same engine arguments as the supervised one.
+        alone.push_back(engine_alone_ms(model, true, dir / "direct-engine.log", engine_args));
         (void)call(socket, protocol::Verb::unload, pool);
         const double ms = first_token_ms(door, chat_body("cold", 4, true));
         if (ms >= 0) cold.push_back(ms);
