@@ -148,7 +148,8 @@ class Fleet final : private PortHost {
     awaitable<Result<PortReport>> load(int port, const std::string& handle,
                                        const std::string& profile, bool force = false);
     // `reason`: what the port's stop says (events, status).
-    awaitable<Status> unload(int port, std::string reason = "unloaded by the operator");
+    static constexpr const char* kUnloadedByOperator = "unloaded by the operator";
+    awaitable<Status> unload(int port, std::string reason = kUnloadedByOperator);
     awaitable<Result<PortReport>> swap(int port, const std::string& handle);
     awaitable<Result<PortReport>> restart(int port);
     awaitable<Result<ProfileLoad>> profile_load(const std::string& name, bool force = false);

@@ -181,7 +181,9 @@ awaitable<Status> Fleet::unload(int port, std::string reason) {
         co_await wait_stopped(port, now() + stop_wait(config_));
         ports_.erase(port);
     }
-    event(port, "unload", "port " + std::to_string(port) + " unloaded: " + reason);
+    event(port, "unload",
+          "port " + std::to_string(port) + " unloaded" +
+              (reason == kUnloadedByOperator ? "" : ": " + reason));
     co_return Ok{};
 }
 

@@ -246,6 +246,53 @@ TEST_F(ConfigTest, TheStatusListenerIsLoopbackUnlessItHasAToken) {
                  7, 5, "supervisor.http's status listener");
 }
 
+TEST_F(ConfigTest, TheFrontDoorListensLoadsOnDemandOnItsOwnPortsAndProfilesKeepOff) {
+    auto off = load(kValid);
+    ASSERT_TRUE(off.config);
+    EXPECT_FALSE(off.config->supervisor.front_door) << "off unless configured";
+    const std::string models =
+        "models:\n  tiny: {path: ./a.gguf, on_demand: true}\n"
+        "  big: {path: ./a.gguf}\n";
+    auto r = load(
+        "supervisor:\n  front_door:\n    listen: 11434\n    ports: [\"8110-8112\"]\n"
+        "    evict_idle_after: 30s\n    load_timeout: 2m\n    queue_max: 5\n" +
+        models);
+    ASSERT_TRUE(r.config) << r.issues.at(0).to_string();
+    const auto& door = *r.config->supervisor.front_door;
+    EXPECT_EQ(door.host, "127.0.0.1");
+    EXPECT_EQ(door.port, 11434);
+    EXPECT_EQ(door.ports, (std::set<int>{8110, 8111, 8112}));
+    EXPECT_EQ(door.evict_idle_after, std::chrono::seconds(30));
+    EXPECT_EQ(door.load_timeout, std::chrono::minutes(2));
+    EXPECT_EQ(door.queue_max, 5U);
+    EXPECT_TRUE(r.config->loads_on_demand(r.config->models.at("tiny")));
+    EXPECT_FALSE(r.config->loads_on_demand(r.config->models.at("big"))) << "listed only";
+    auto all = load("supervisor:\n  front_door: {listen: 11434, ports: [8110], on_demand: all}\n" +
+                    models);
+    ASSERT_TRUE(all.config) << all.issues.at(0).to_string();
+    EXPECT_TRUE(all.config->loads_on_demand(all.config->models.at("big")));
+
+    expect_issue(load("supervisor:\n  front_door: {ports: [8110]}\n"), 2, 15, "needs 'listen'");
+    expect_issue(load("supervisor:\n  front_door: {listen: 11434, on_demand: some}\n"), 2, 42,
+                 "must be 'listed'");
+    expect_issue(load("supervisor:\n  front_door: {listen: 11434, ports: [11434]}\n"), 2, 38,
+                 "the front door's own port");
+    // On demand with nowhere to load, or with no front door at all.
+    expect_issue(load("supervisor:\n  front_door: {listen: 11434}\n" + models), 2, 15,
+                 "no 'ports' to load them on");
+    expect_issue(load(models), 2, 3, "no supervisor.front_door");
+    // A profile may not take the front door's port or its pool.
+    expect_issue(load("supervisor:\n  front_door: {listen: 11434, ports: [8110]}\n" + models +
+                      "profiles:\n  p:\n    8110: big\n    11434: big\n"),
+                 8, 5, "front_door.ports");
+    expect_issue(load("supervisor:\n  front_door: {listen: 11434, ports: [8110]}\n" + models +
+                      "profiles:\n  p:\n    8110: big\n    11434: big\n"),
+                 9, 5, "supervisor.front_door's");
+    expect_issue(load("supervisor:\n  reserved_ports: [8110]\n"
+                      "  front_door: {listen: 11434, ports: [8110]}\n"),
+                 3, 15, "reserved_ports keeps free");
+}
+
 TEST_F(ConfigTest, MissingModelReferenceIsReported) {
     expect_issue(load("models:\n  tiny: {path: ./a.gguf}\nprofiles:\n  p:\n    8100: huge\n"), 5,
                  11, "model 'huge' is not defined");
