@@ -65,10 +65,13 @@ class FrontDoorTest : public SupervisorFixture {
         if (health.status != 200) return "";
         return json::parse(health.body, nullptr, false).value("supervisor", "");
     }
-    // The front door answers once ensembled has started it and sent it the routes.
+    // The front door answers once ensembled has started it and sent it the routes (until then
+    // it answers 503 front_door_starting).
     bool wait_front_door() {
         for (int i = 0; i < 300; ++i) {
-            if (supervisor_state() == "connected") return true;
+            if (supervisor_state() == "connected" &&
+                http_request(door_, request("GET", "/v1/models")).status == 200)
+                return true;
             std::this_thread::sleep_for(50ms);
         }
         return false;
