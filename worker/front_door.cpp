@@ -286,6 +286,13 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
                                                "; see 'ensemble status' and 'ensemble logs " +
                                                std::to_string(route->port) + "'"};
         }
+        const bool queued = std::find(waiters_.begin(), waiters_.end(), &waiter) != waiters_.end();
+        // Refused before it asks for a load: a full queue asks for none.
+        if (!queued && action != RouteAction::not_loaded && waiters_.size() >= config_.queue_max) {
+            co_return Error{"queue_full", std::to_string(config_.queue_max) +
+                                              " requests are already waiting for models to "
+                                              "load; retry shortly"};
+        }
         switch (action) {
             case RouteAction::forward:
                 break;
@@ -308,14 +315,7 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
             case RouteAction::wait:
                 break;
         }
-        if (std::find(waiters_.begin(), waiters_.end(), &waiter) == waiters_.end()) {
-            if (waiters_.size() >= config_.queue_max) {
-                co_return Error{"queue_full", std::to_string(config_.queue_max) +
-                                                  " requests are already waiting for models to "
-                                                  "load; retry shortly"};
-            }
-            waiters_.push_back(&waiter);
-        }
+        if (!queued) waiters_.push_back(&waiter);
         const auto now = std::chrono::steady_clock::now();
         if (now >= deadline) break;
         if (client_closed(client)) {

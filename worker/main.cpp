@@ -193,6 +193,10 @@ int main(int argc, char** argv) {
     }
     asio::signal_set children(io, SIGCHLD);
     on_every_signal(children, [&engine] { engine.on_child_exit(); });
+    // Caught (and held until waited for, below) before the engine starts: a SIGTERM in between
+    // would end the worker at once and leave its engine running, where no parent-death signal
+    // stops it (macOS).
+    asio::signal_set stop_signals(io, SIGTERM, SIGINT);
     if (auto ok = engine.start(); !ok) {
         spdlog::error("cannot start the engine: {}", ok.error().message);
         return protocol::exit_code(protocol::WorkerExit::engine_not_started);
@@ -235,7 +239,6 @@ int main(int argc, char** argv) {
 
     // One way down, whatever asks for it: SIGTERM/SIGINT, the supervisor, or a long orphanhood.
     std::unique_ptr<SupervisorLink> link;
-    asio::signal_set stop_signals(io, SIGTERM, SIGINT);
     bool shutting_down = false;
     auto begin_shutdown = [&](const std::string& reason) {
         if (shutting_down) return;
