@@ -890,15 +890,6 @@ void Loader::check_references() {
             break;
         }
     }
-    if (door && front_door_node_) {
-        for (const int port : door->ports) {
-            if (!config_.supervisor.reserved_ports.contains(port)) continue;
-            v_.at(front_door_node_->first, front_door_node_->second,
-                  "front_door.ports includes port " + std::to_string(port) +
-                      ", which supervisor.reserved_ports keeps free; remove it from one of them");
-            break;
-        }
-    }
     if (door && http && http->port == door->port && front_door_node_)
         v_.at(front_door_node_->first, front_door_node_->second,
               "front_door and http use the same port " + std::to_string(door->port));

@@ -291,6 +291,11 @@ TEST_F(ConfigTest, TheFrontDoorListensLoadsOnDemandOnItsOwnPortsAndProfilesKeepO
     expect_issue(load("supervisor:\n  reserved_ports: [8110]\n"
                       "  front_door: {listen: 11434, ports: [8110]}\n"),
                  3, 15, "reserved_ports keeps free");
+    EXPECT_EQ(load("supervisor:\n  reserved_ports: [8110]\n"
+                   "  front_door: {listen: 11434, ports: [8110]}\n")
+                  .issues.size(),
+              1U)
+        << "said once";
 }
 
 TEST_F(ConfigTest, MissingModelReferenceIsReported) {
