@@ -82,8 +82,9 @@ struct FrontDoorSettings {
     std::set<int> ports;  // where on-demand loads go; empty: nothing loads on demand
     // An on-demand load that has served nothing for this long is unloaded.
     std::chrono::milliseconds evict_idle_after{std::chrono::minutes(5)};
-    // How long a request waits for its model to load, then 503.
-    std::chrono::milliseconds load_timeout{std::chrono::minutes(10)};
+    // How long a request waits while its model's load shows no progress, then 503 (as Ollama's
+    // OLLAMA_LOAD_TIMEOUT: a load that moves is waited for).
+    std::chrono::milliseconds load_timeout{std::chrono::minutes(5)};
     std::size_t queue_max = 64;  // requests waiting for models to load, all together
 
     bool operator==(const FrontDoorSettings&) const = default;

@@ -65,6 +65,10 @@ json to_json(const Register& m) {
             {"handle", m.handle}, {"files", m.files},     {"front_door", m.front_door}};
 }
 
+json to_json(const KeepAlive& m) {
+    return {{"type", "keep_alive"}, {"model", m.model}, {"port", m.port}, {"seconds", m.seconds}};
+}
+
 json to_json(const Demand& m) {
     return {{"type", "demand"}, {"model", m.model}};
 }
@@ -141,6 +145,18 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
         if (!is_valid_handle(m.model)) return bad("'model' must be a model handle");
         return WorkerMessage{m};
     }
+    if (type == "keep_alive") {
+        KeepAlive m;
+        Fields fields(j);
+        fields.read("model", m.model, true)
+            .read("port", m.port, true)
+            .read("seconds", m.seconds, true);
+        if (!fields.status()) return fields.status().error();
+        if (!is_valid_handle(m.model)) return bad("'model' must be a model handle");
+        if (m.port <= 0 || m.port > 65535) return bad("'port' is out of range");
+        if (m.seconds < KeepAlive::kForever) return bad("'seconds' must be -1 (for ever) or more");
+        return WorkerMessage{m};
+    }
     return Error{"unknown_message", "unknown message type '" + type + "'"};
 }
 
@@ -156,7 +172,8 @@ json routes_message(const std::vector<Route>& routes) {
                           {"context", r.context},
                           {"tools", r.tools},
                           {"memory_bytes", r.memory_bytes},
-                          {"expires_unix", r.expires_unix}});
+                          {"expires_unix", r.expires_unix},
+                          {"load_permille", r.load_permille}});
     }
     return {{"type", "routes"}, {"models", std::move(models)}};
 }
@@ -178,8 +195,11 @@ std::optional<Result<std::vector<Route>>> parse_routes(const json& message) {
             .read("context", r.context, false)
             .read("tools", r.tools, false)
             .read("memory_bytes", r.memory_bytes, false)
-            .read("expires_unix", r.expires_unix, false);
+            .read("expires_unix", r.expires_unix, false)
+            .read("load_permille", r.load_permille, false);
         if (!fields.status()) return {fields.status().error()};
+        if (r.load_permille < 0 || r.load_permille > 1000)
+            return {bad("'load_permille' must be 0 to 1000")};
         if (const auto aliases = m.find("aliases"); aliases != m.end()) {
             if (!aliases->is_array()) return {bad("'aliases' must be a list")};
             for (const auto& a : *aliases) {

@@ -69,11 +69,22 @@ struct Demand {
     std::string model;  // a handle of the config
 };
 
-using WorkerMessage = std::variant<Register, Heartbeat, Demand>;
+// The front door passes on Ollama's `keep_alive` after it relayed a request: how long the model
+// stays loaded once idle, if the front door loaded it on demand.
+struct KeepAlive {
+    std::string model;  // a handle of the config
+    int port = 0;       // the port that served the request
+    // Idle time allowed after its last request; 0: unload once idle; kForever: never.
+    std::int64_t seconds = 0;
+    static constexpr std::int64_t kForever = -1;
+};
+
+using WorkerMessage = std::variant<Register, Heartbeat, Demand, KeepAlive>;
 
 nlohmann::json to_json(const Register& m);
 nlohmann::json to_json(const Heartbeat& m);
 nlohmann::json to_json(const Demand& m);
+nlohmann::json to_json(const KeepAlive& m);
 Result<WorkerMessage> parse_worker_message(const nlohmann::json& j);
 
 // Supervisor to worker: {"type":"registered"}, {"type":"stop"}, {"type":"serve"} (a worker
@@ -95,6 +106,8 @@ struct Route {
     bool tools = false;              // its engine serves tool calls
     std::uint64_t memory_bytes = 0;  // measured, while it runs
     std::int64_t expires_unix = 0;   // when an idle on-demand load is unloaded; 0: never
+    // While it loads: how far, in thousandths (supervisor/load_progress.h; at most 990).
+    int load_permille = 0;
 };
 nlohmann::json routes_message(const std::vector<Route>& routes);
 // nullopt: `message` is not a routes message; an error: it is one, malformed.

@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <cmath>
 
 #include "supervisor/fleet.h"
 
@@ -43,13 +44,15 @@ std::vector<protocol::Route> Fleet::routes() const {
             route.port = rt.port;
             route.state = to_string(rt.state);
             route.memory_bytes = rt.stats.memory_bytes;
-            if (in_pool(rt.port) && rt.state == PortState::ready) {
-                const auto idle_until = std::max(rt.last_used, rt.started) +
-                                        config_.supervisor.front_door->evict_idle_after;
+            const auto limit = idle_limit(*best);
+            if (in_pool(rt.port) && rt.state == PortState::ready && limit) {
+                const auto idle_until = std::max(rt.last_used, rt.started) + *limit;
                 route.expires_unix =
                     now_unix_s +
                     std::chrono::duration_cast<std::chrono::seconds>(idle_until - now).count();
             }
+            if (rt.load)
+                route.load_permille = static_cast<int>(std::lround(rt.load->fraction * 1000));
         }
         routes.push_back(std::move(route));
     }
@@ -139,16 +142,40 @@ awaitable<Result<PortReport>> Fleet::load_on_demand(const std::string& handle) {
     co_return loaded;
 }
 
+void Fleet::keep_alive(const protocol::KeepAlive& keep_alive) {
+    const auto* port = find(keep_alive.port);
+    if (!in_pool(keep_alive.port) || port == nullptr ||
+        port->snapshot().handle != keep_alive.model) {
+        spdlog::debug("port {}: keep_alive for '{}' ignored: not an on-demand load of it",
+                      keep_alive.port, keep_alive.model);
+        return;
+    }
+    std::optional<Clock::duration> limit;
+    if (keep_alive.seconds != protocol::KeepAlive::kForever)
+        limit = std::chrono::seconds(keep_alive.seconds);
+    kept_alive_[keep_alive.port] = {keep_alive.model, limit};
+}
+
+std::optional<Fleet::Clock::duration> Fleet::idle_limit(const Port& port) const {
+    const auto kept = kept_alive_.find(port.number());
+    if (kept != kept_alive_.end() && kept->second.handle == port.snapshot().handle)
+        return kept->second.limit;
+    return config_.supervisor.front_door->evict_idle_after;
+}
+
+bool Fleet::idle_expired(const Port& port, Clock::time_point now) const {
+    const auto& rt = port.snapshot();
+    const auto limit = idle_limit(port);
+    return rt.state == PortState::ready && !rt.stop_requested && rt.stats.queue_depth == 0 &&
+           limit && now - std::max(rt.last_used, rt.started) >= *limit;
+}
+
 void Fleet::unload_idle_on_demand(Clock::time_point now) {
     const auto& door = config_.supervisor.front_door;
     if (!door || command_running_ || shutting_down_) return;
     for (const int number : door->ports) {
         const auto* port = find(number);
-        if (port == nullptr) continue;
-        const auto& rt = port->snapshot();
-        if (rt.state != PortState::ready || rt.stop_requested || rt.stats.queue_depth > 0 ||
-            now - std::max(rt.last_used, rt.started) < door->evict_idle_after)
-            continue;
+        if (port == nullptr || !idle_expired(*port, now)) continue;
         asio::co_spawn(io_, unload_idle(number, port->attempt()), asio::detached);
         return;  // one at a time: the next tick looks again
     }
@@ -158,18 +185,18 @@ awaitable<void> Fleet::unload_idle(int number, std::uint64_t attempt) {
     co_await wait_turn();
     // Looked at again with the turn held: a request may have come, or the port changed.
     const auto* port = find(number);
-    const auto& door = config_.supervisor.front_door;
-    if (port != nullptr && door && port->attempt() == attempt &&
-        port->state() == PortState::ready && port->snapshot().stats.queue_depth == 0 &&
-        now() - std::max(port->snapshot().last_used, port->snapshot().started) >=
-            door->evict_idle_after) {
+    if (port != nullptr && port->attempt() == attempt && idle_expired(*port, now())) {
         const auto& rt = port->snapshot();
         const auto idle_s = std::chrono::duration_cast<std::chrono::seconds>(
                                 now() - std::max(rt.last_used, rt.started))
                                 .count();
+        const auto kept = kept_alive_.find(number);
+        const bool asked = kept != kept_alive_.end() && kept->second.handle == rt.handle;
         event(number, "idle_unload",
-              "'" + port->snapshot().handle + "' served nothing for " + std::to_string(idle_s) +
-                  " s (front_door.evict_idle_after); unloaded");
+              "'" + rt.handle + "' served nothing for " + std::to_string(idle_s) + " s (" +
+                  (asked ? "the keep_alive its last client asked for"
+                         : "front_door.evict_idle_after") +
+                  "); unloaded");
         const auto reason = "idle for " + std::to_string(idle_s) + " s, unloaded by the front door";
         if (auto unloaded = co_await unload(number, reason); !unloaded)
             spdlog::warn("port {}: idle unload failed: {}", number, unloaded.error().message);

@@ -191,6 +191,12 @@ void FrontDoorKeeper::on_demand(WorkerLinkPeer* peer, const protocol::Demand& de
     asio::co_spawn(io_, this->demand(demand.model), asio::detached);
 }
 
+void FrontDoorKeeper::on_keep_alive(WorkerLinkPeer* peer, const protocol::KeepAlive& keep_alive) {
+    if (peer != peer_) return;
+    fleet_.keep_alive(keep_alive);
+    send_routes();  // its expiry changed
+}
+
 awaitable<void> FrontDoorKeeper::demand(std::string handle) {
     co_await fleet_.wait_turn();
     auto loaded = co_await fleet_.load_on_demand(handle);

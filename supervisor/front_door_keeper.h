@@ -39,6 +39,7 @@ class FrontDoorKeeper {
     Status on_register(WorkerLinkPeer* peer, const protocol::Register& message,
                        std::optional<ListeningSocket> socket);
     void on_demand(WorkerLinkPeer* peer, const protocol::Demand& demand);
+    void on_keep_alive(WorkerLinkPeer* peer, const protocol::KeepAlive& keep_alive);
     void on_link_closed(WorkerLinkPeer* peer);
 
     // The routes changed (Fleet::on_change): sent at once.

@@ -232,12 +232,15 @@ awaitable<void> link_session(asio::io_context& io, std::shared_ptr<LinkPeer> pee
                 entry->busy = registered;  // a worker's link is never evicted for a newcomer
             } else if (!registered) {
                 peer->send(protocol::error_reply(Error{"not_registered", "register first"}));
-            } else if (const auto* demand = std::get_if<protocol::Demand>(&*message)) {
-                if (front) {
+            } else if (std::holds_alternative<protocol::Demand>(*message) ||
+                       std::holds_alternative<protocol::KeepAlive>(*message)) {
+                if (!front) {
+                    peer->send(protocol::error_reply(Error{
+                        "not_front_door", "only the front door asks for loads and keep_alive"}));
+                } else if (const auto* demand = std::get_if<protocol::Demand>(&*message)) {
                     front_door.on_demand(peer.get(), *demand);
                 } else {
-                    peer->send(protocol::error_reply(
-                        Error{"not_front_door", "only the front door asks for loads"}));
+                    front_door.on_keep_alive(peer.get(), std::get<protocol::KeepAlive>(*message));
                 }
             } else if (!front) {
                 fleet.on_heartbeat(peer.get(), std::get<protocol::Heartbeat>(*message).stats);

@@ -31,18 +31,47 @@ std::string client_state(const protocol::Route& route) {
     return "not loaded";
 }
 
-// The name a request body gives its model: `model`, or Ollama's older `name`; "" if none (or
-// the body is not a JSON object: the model port would refuse it, and so does the front door).
-std::string requested_model(std::string_view body) {
-    static constexpr std::array<std::string_view, 2> kKeys{"model", "name"};
+// What the front door reads of a request body: the few top-level members it acts on, found by
+// the bounded scan; the body itself is forwarded as it is.
+struct Routing {
+    std::string model;  // `model`, or Ollama's older `name`; "" if none
+    json keep_alive;    // Ollama's, as given (null: not given)
+    // An Ollama chat or generate with nothing to generate: a load, or with keep_alive 0 an
+    // unload (ollama::loads_only).
+    bool loads_only = false;
+};
+
+Routing routing_of(std::string_view body, ollama::Call call) {
+    enum Key : std::size_t { model, name, keep_alive, messages, prompt, images };
+    static constexpr std::array<std::string_view, 6> kKeys{"model",    "name",   "keep_alive",
+                                                           "messages", "prompt", "images"};
+    // Enough for any empty value (null, "", []); a longer one is not empty, whatever it is.
+    static constexpr std::size_t kShortValue = 16;
+    Routing out;
+    // Not a JSON object: the model port would refuse it, and so does the front door.
     const auto scan = scan_top_level_members(body, kKeys);
-    if (!scan || !scan->is_object) return {};
-    std::string found[2];
+    if (!scan || !scan->is_object) return out;
+    std::string names[2];
+    json members = json::object();            // the short ones, for ollama::loads_only
     for (const auto& value : scan->values) {  // the last of duplicates wins, as for parsers
-        auto parsed = parse_bounded_json(body.substr(value.begin, value.end - value.begin));
-        found[value.key] = parsed && parsed->is_string() ? parsed->get<std::string>() : "";
+        const auto text = body.substr(value.begin, value.end - value.begin);
+        if (value.key >= Key::messages && text.size() > kShortValue) {
+            members[kKeys[value.key]] = true;  // stands for "something"
+            continue;
+        }
+        auto parsed = parse_bounded_json(text);
+        if (!parsed) continue;
+        if (value.key <= Key::name) {
+            names[value.key] = parsed->is_string() ? parsed->get<std::string>() : "";
+        } else if (value.key == Key::keep_alive) {
+            out.keep_alive = std::move(*parsed);
+        } else {
+            members[kKeys[value.key]] = std::move(*parsed);
+        }
     }
-    return found[0].empty() ? found[1] : found[0];
+    out.model = names[Key::model].empty() ? names[Key::name] : names[Key::model];
+    out.loads_only = ollama::loads_only(call, members);
+    return out;
 }
 
 bool is_ollama(std::string_view target) {
@@ -166,9 +195,28 @@ struct FrontDoor::Waiter {
 FrontDoor::FrontDoor(asio::io_context& io, FrontDoorConfig config)
     : HttpListener(io, config),
       config_(std::move(config)),
+      routes_wait_(io),
       started_unix_(static_cast<long>(std::time(nullptr))) {}
 
 FrontDoor::~FrontDoor() = default;
+
+void FrontDoor::start() {
+    if (routes_known_) return accept_from_now();
+    routes_wait_.expires_after(kRoutesWait);
+    routes_wait_.async_wait([this](boost::system::error_code ec) {
+        if (ec) return;
+        spdlog::warn("front door: no routes from ensembled after {} s; accepting anyway",
+                     kRoutesWait.count());
+        accept_from_now();
+    });
+}
+
+void FrontDoor::accept_from_now() {
+    if (accepting_) return;
+    accepting_ = true;
+    routes_wait_.cancel();
+    start_accepting();
+}
 
 void FrontDoor::set_routes(std::vector<protocol::Route> routes) {
     // Waiters look again only when where a model is, or its state, changed (not its memory).
@@ -181,6 +229,7 @@ void FrontDoor::set_routes(std::vector<protocol::Route> routes) {
     const bool moved = !routes_known_ || placement(routes) != placement(routes_);
     routes_ = std::move(routes);
     routes_known_ = true;
+    accept_from_now();
     for (auto& [key, target] : targets_)
         target->update(routes_);
     // A target for a model its port no longer serves is dropped once no request uses it.
@@ -253,9 +302,62 @@ constexpr auto kClientCheck = std::chrono::milliseconds(250);
 
 }  // namespace
 
+namespace {
+
+// Whether the loads a waiting request depends on moved since it last looked: its own model's
+// (a port given, a state changed, a percent more loaded), or, before it has a port (its load
+// waits its turn), those of the loads ahead of it. A measure that wavers (memory against an
+// estimate) is not progress: only a new best by a whole percent is.
+class LoadWatch {
+  public:
+    bool moved(const std::vector<protocol::Route>& routes, const protocol::Route& own) {
+        bool moved = false;
+        const auto look = [&](const protocol::Route& route) {
+            const auto place = std::to_string(route.port) + ":" + route.state;
+            auto [seen, added] = seen_.try_emplace(route.handle, Seen{place, route.load_permille});
+            if (added || seen->second.place != place) {
+                seen->second = {place, route.load_permille};
+                moved = true;
+            } else if (route.load_permille >= seen->second.best_permille + kStep) {
+                seen->second.best_permille = route.load_permille;
+                moved = true;
+            }
+        };
+        if (own.port != 0) {
+            look(own);
+        } else {
+            for (const auto& route : routes) {
+                if (route.port != 0 && client_state(route) == "loading") look(route);
+            }
+        }
+        return moved;
+    }
+
+  private:
+    static constexpr int kStep = 10;  // thousandths
+    struct Seen {
+        std::string place;  // port and state
+        int best_permille = 0;
+    };
+    std::map<std::string, Seen> seen_;
+};
+
+// How far `route` has come, for a refusal: "at 41 % on port 8110", or where it waits.
+std::string load_position(const protocol::Route& route) {
+    if (route.port == 0) return "still waiting for other loads to finish";
+    return route.state + " on port " + std::to_string(route.port) +
+           (route.load_permille > 0 ? " at " + std::to_string(route.load_permille / 10) + " %"
+                                    : std::string());
+}
+
+}  // namespace
+
 awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
                                                 beast::tcp_stream& client) {
-    const auto deadline = std::chrono::steady_clock::now() + config_.load_timeout;
+    // A load that moves is waited for however long it takes; one that shows no progress for
+    // load_timeout is given up on (as Ollama's OLLAMA_LOAD_TIMEOUT).
+    auto deadline = std::chrono::steady_clock::now() + config_.load_timeout;
+    LoadWatch watch;
     asio::steady_timer timer(io());
     Waiter waiter{handle, &timer, std::nullopt};
     // However this ends, the waiter leaves the list before its frame does.
@@ -303,7 +405,8 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
                                     "('ensemble load PORT " +
                                     handle + "') or set 'on_demand: true' for it in the config"};
             case RouteAction::demand:
-                if (!send_demand || !send_demand(protocol::Demand{handle})) {
+                if (const protocol::Demand demand{handle};
+                    !send_to_supervisor || !send_to_supervisor(protocol::to_json(demand))) {
                     co_return Error{"supervisor_unreachable",
                                     "'" + handle +
                                         "' is not loaded, and ensembled, which loads it, is not "
@@ -317,7 +420,14 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
         }
         if (!queued) waiters_.push_back(&waiter);
         const auto now = std::chrono::steady_clock::now();
-        if (now >= deadline) break;
+        if (watch.moved(routes_, *route)) deadline = now + config_.load_timeout;
+        if (now >= deadline) {
+            co_return Error{"load_timeout", "'" + handle + "' made no load progress for " +
+                                                std::to_string(config_.load_timeout.count()) +
+                                                " s (front_door.load_timeout; it is " +
+                                                load_position(*route) +
+                                                "); retry later, or see 'ensemble status'"};
+        }
         if (client_closed(client)) {
             co_return Error{"client_closed", "the client went away while '" + handle +
                                                  "' loaded; its load goes on for others"};
@@ -327,9 +437,6 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
         co_await timer.async_wait(on_error(ec));
         // (woken by a change, the deadline or the client check: each time, look again)
     }
-    co_return Error{"load_timeout", "'" + handle + "' is still not ready after " +
-                                        std::to_string(config_.load_timeout.count()) +
-                                        " s; retry later, or see 'ensemble status'"};
 }
 
 json FrontDoor::model_object(const protocol::Route& route) const {
@@ -337,6 +444,7 @@ json FrontDoor::model_object(const protocol::Route& route) const {
                   {"created", started_unix_},     {"owned_by", "ensemble"},
                   {"state", client_state(route)}, {"on_demand", route.on_demand}};
     if (route.port != 0) entry["port"] = route.port;
+    if (route.load_permille > 0) entry["load_progress"] = route.load_permille / 1000.0;
     if (!route.aliases.empty()) entry["aliases"] = route.aliases;
     return entry;
 }
@@ -461,9 +569,19 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
     std::optional<ApiError> refused;
     std::optional<int> port;
     std::string handle;
+    const auto call = ollama::call_of(target.substr(0, target.find('?')));
+    Routing routing;
+    std::optional<std::int64_t> stay_s;  // Ollama's keep_alive, passed on to ensembled
     if (!local) {
-        const auto name = requested_model(request.body());
+        routing = routing_of(request.body(), call);
+        const auto& name = routing.model;
         const auto* route = find_route(routes_, name, is_ollama(target));
+        const bool generates =
+            is_ollama(target) && (call == ollama::Call::chat || call == ollama::Call::generate ||
+                                  call == ollama::Call::embed || call == ollama::Call::embeddings);
+        // (Ollama's keep_alive: how long the model stays; not the connection's)
+        auto stay = generates ? ollama::keep_alive_seconds(routing.keep_alive)
+                              : Result<std::optional<std::int64_t>>(std::nullopt);
         if (name.empty()) {
             refused = ApiError{
                 http::status::bad_request, "invalid_request_error", "model_required",
@@ -475,7 +593,15 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
                              "' is not in the config; this front door serves: " + known_models()};
         } else if (auto shown = show_locally(target, *route, keep_alive)) {
             local = std::move(shown);
+        } else if (!stay) {
+            refused = ApiError{http::status::bad_request, "invalid_request_error", "bad_request",
+                               stay.error().message};
+        } else if (routing.loads_only && *stay == 0 && route->port == 0) {
+            // Ollama's "unload this model" for one that is not loaded: done, and nothing loads.
+            local = make_json_response(http::status::ok, ollama::load_reply(call, name, true),
+                                       keep_alive);
         } else {
+            stay_s = *stay;
             handle = route->handle;  // routes_ may change while it waits
             auto waited = co_await wait_for_port(handle, stream);
             if (waited) {
@@ -504,6 +630,11 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
     RequestTrace trace;
     const bool kept = co_await forward->proxy.forward(stream, request, trace);
     metrics_.answered(target, trace.status == 0 ? 499 : trace.status);
+    // Counted from the end of the request, as Ollama does: sent once it is answered.
+    if (stay_s && send_to_supervisor) {
+        const protocol::KeepAlive stay{handle, *port, *stay_s};
+        send_to_supervisor(protocol::to_json(stay));
+    }
     co_return kept && !draining();
 }
 

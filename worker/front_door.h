@@ -29,8 +29,8 @@ struct FrontDoorConfig : ListenerConfig {
     std::string ports_host = "127.0.0.1";
     // Requests waiting for a model to load, all models together; more are refused with 503.
     std::size_t queue_max = 64;
-    // How long a request waits for its model to load before it is answered 503.
-    std::chrono::seconds load_timeout{600};
+    // How long a request waits while its model's load shows no progress, then 503.
+    std::chrono::seconds load_timeout{300};
     ProxyLimits proxy;
 };
 
@@ -53,8 +53,15 @@ class FrontDoor final : public HttpListener {
     FrontDoor(asio::io_context& io, FrontDoorConfig config);
     ~FrontDoor() override;
 
-    // Sends a demand to ensembled; false when it is not reachable now.
-    std::function<bool(const protocol::Demand&)> send_demand;
+    // Accepts connections once ensembled has said where the models are: until then they wait
+    // in the listening socket's backlog, so a front door restarted under its clients answers
+    // them rather than refusing them. Without word from ensembled for kRoutesWait, it accepts
+    // anyway (and answers 503 front_door_starting).
+    void start();
+    static constexpr std::chrono::seconds kRoutesWait{5};
+
+    // Sends a message (a demand, a keep_alive) to ensembled; false when it is not reachable now.
+    std::function<bool(const nlohmann::json&)> send_to_supervisor;
 
     // From ensembled.
     void set_routes(std::vector<protocol::Route> routes);
@@ -85,11 +92,14 @@ class FrontDoor final : public HttpListener {
                                                                   const protocol::Route& route,
                                                                   bool keep_alive) const;
     std::string known_models() const;
+    void accept_from_now();
 
     FrontDoorConfig config_;
     std::vector<protocol::Route> routes_;
     bool routes_known_ = false;  // ensembled has said where the models are, at least once
     bool connected_ = false;
+    bool accepting_ = false;
+    asio::steady_timer routes_wait_;
     // Each model forwarded to, on its port (held by the requests using it).
     std::map<std::pair<int, std::string>, std::shared_ptr<Forward>> targets_;
     // Handles asked for and not yet answered (the requests for them wait).

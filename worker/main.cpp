@@ -130,11 +130,9 @@ int run_front_door(int argc, char** argv) {
         }
     };
     link->on_connection = [&](bool connected) { door.set_connected(connected); };
-    door.send_demand = [&](const protocol::Demand& demand) {
-        return link->post(protocol::to_json(demand));
-    };
+    door.send_to_supervisor = [&](const nlohmann::json& message) { return link->post(message); };
     link->start();
-    door.start_accepting();
+    door.start();
     spdlog::info("front door: serving on {}:{}", options.door.host, door.bound_port());
     io.run();
     return protocol::exit_code(protocol::WorkerExit::ok);

@@ -4,10 +4,12 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <cstdio>
 #include <ctime>
 
 #include "protocol/bounded_json.h"
+#include "protocol/messages.h"
 
 namespace ensemble::ollama {
 
@@ -188,21 +190,6 @@ Result<json> chat_messages(const json& messages) {
     return out;
 }
 
-// A reply to a request with nothing to generate: the model is loaded (or, asked to unload, it
-// stays: the port serves it until it is unloaded from the config's side).
-std::string load_reply(Call call, const std::string& model, bool unload) {
-    json reply = {{"model", model},
-                  {"created_at", now_rfc3339()},
-                  {"done", true},
-                  {"done_reason", unload ? "unload" : "load"}};
-    if (call == Call::chat) {
-        reply["message"] = {{"role", "assistant"}, {"content", ""}};
-    } else {
-        reply["response"] = "";
-    }
-    return dump(reply);
-}
-
 // Arguments as Ollama sends them: an object (OpenAI's are JSON text).
 json arguments_object(const std::string& text) {
     auto parsed = parse_bounded_json(text.empty() ? "{}" : text);
@@ -379,6 +366,107 @@ std::string ps_body(const std::vector<PortModel>& models) {
     return dump(json{{"models", std::move(entries)}});
 }
 
+// (On a model port, a model asked to unload stays: the port serves it until it is unloaded from
+// the config's side; the front door unloads a model it loaded on demand.)
+std::string load_reply(Call call, const std::string& model, bool unload) {
+    json reply = {{"model", model},
+                  {"created_at", now_rfc3339()},
+                  {"done", true},
+                  {"done_reason", unload ? "unload" : "load"}};
+    if (call == Call::chat) {
+        reply["message"] = {{"role", "assistant"}, {"content", ""}};
+    } else {
+        reply["response"] = "";
+    }
+    return dump(reply);
+}
+
+bool loads_only(Call call, const json& request) {
+    if (call == Call::chat) {
+        const auto& messages = at(request, "messages");
+        return messages.is_null() || (messages.is_array() && messages.empty());
+    }
+    if (call != Call::generate) return false;
+    const auto& prompt = at(request, "prompt");
+    const auto& images = at(request, "images");
+    return (prompt.is_null() || prompt == "") &&
+           (images.is_null() || (images.is_array() && images.empty()));
+}
+
+namespace {
+
+// Go's time.ParseDuration, which Ollama reads keep_alive with: "[-+]?([0-9]*(\.[0-9]*)?unit)+"
+// or "0"; units ns, us (µs, μs), ms, s, m, h. In seconds; nullopt: not a duration.
+std::optional<double> go_duration_seconds(std::string_view text) {
+    static constexpr std::size_t kLongest = 64;  // untrusted: bounded
+    if (text.empty() || text.size() > kLongest) return std::nullopt;
+    double sign = 1;
+    if (text.front() == '-' || text.front() == '+') {
+        sign = text.front() == '-' ? -1 : 1;
+        text.remove_prefix(1);
+    }
+    if (text == "0") return 0.0;
+    if (text.empty()) return std::nullopt;
+    static constexpr std::array<std::pair<std::string_view, double>, 8> kUnits{{
+        {"ns", 1e-9},
+        {"us", 1e-6},
+        {"\u00b5s", 1e-6},  // µs
+        {"\u03bcs", 1e-6},  // μs
+        {"ms", 1e-3},
+        {"s", 1},
+        {"m", 60},
+        {"h", 3600},
+    }};
+    double total = 0;
+    while (!text.empty()) {
+        double value = 0;
+        bool digits = false;
+        std::size_t i = 0;
+        for (; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i, digits = true)
+            value = value * 10 + (text[i] - '0');
+        if (i < text.size() && text[i] == '.') {
+            double scale = 0.1;
+            for (++i; i < text.size() && text[i] >= '0' && text[i] <= '9'; ++i, digits = true) {
+                value += (text[i] - '0') * scale;
+                scale /= 10;
+            }
+        }
+        if (!digits) return std::nullopt;
+        text.remove_prefix(i);
+        const auto unit = std::find_if(kUnits.begin(), kUnits.end(),
+                                       [&](const auto& u) { return text.starts_with(u.first); });
+        if (unit == kUnits.end()) return std::nullopt;  // Go: "missing unit"
+        total += value * unit->second;
+        text.remove_prefix(unit->first.size());
+    }
+    return sign * total;
+}
+
+}  // namespace
+
+Result<std::optional<std::int64_t>> keep_alive_seconds(const json& value) {
+    // Longer than this is for ever in all but name (and keeps the arithmetic in range).
+    static constexpr double kLongestSeconds = 100.0 * 365 * 24 * 3600;
+    if (value.is_null()) return std::optional<std::int64_t>();
+    double seconds = 0;
+    if (value.is_number()) {
+        seconds = std::trunc(value.get<double>());  // Ollama: a number is whole seconds
+    } else if (value.is_string()) {
+        const auto parsed = go_duration_seconds(value.get<std::string>());
+        if (!parsed) {
+            return bad("keep_alive '" + value.get<std::string>() +
+                       "' is not a duration: give seconds (300), or a duration such as \"5m\", "
+                       "\"1h30m\" or \"0\"; a negative one keeps the model loaded");
+        }
+        seconds = *parsed;
+    } else {
+        return bad("keep_alive must be a number of seconds or a duration such as \"5m\"");
+    }
+    if (seconds < 0 || seconds > kLongestSeconds)
+        return std::optional<std::int64_t>(protocol::KeepAlive::kForever);
+    return std::optional<std::int64_t>(static_cast<std::int64_t>(std::ceil(seconds)));
+}
+
 std::string version_body() {
     return dump(json{{"version", kOllamaApiVersion}});
 }
@@ -402,12 +490,13 @@ Result<EngineRequest> to_engine(Call call, std::string_view body) {
         call != Call::embed && call != Call::embeddings && (stream.is_null() || stream == true);
     json engine = {{"model", without_latest(out.model)}};
     map_options(at(request, "options"), engine);
-    const auto& keep_alive = at(request, "keep_alive");
-    const bool unload = keep_alive == 0 || keep_alive == "0" || keep_alive == "0s";
+    const auto keep_alive = keep_alive_seconds(at(request, "keep_alive"));
+    if (!keep_alive) return keep_alive.error();
+    const bool unload = *keep_alive == 0;
     switch (call) {
         case Call::chat: {
             const auto& messages = at(request, "messages");
-            if (messages.is_null() || (messages.is_array() && messages.empty())) {
+            if (loads_only(call, request)) {
                 out.answered = load_reply(call, out.model, unload);
                 return out;
             }
@@ -425,7 +514,7 @@ Result<EngineRequest> to_engine(Call call, std::string_view body) {
             if (!given.is_null() && !given.is_string()) return bad("prompt must be a string");
             const json prompt = given.is_string() ? given : json("");
             const auto& images = at(request, "images");
-            if (prompt.get<std::string>().empty() && (images.is_null() || images.empty())) {
+            if (loads_only(call, request)) {
                 out.answered = load_reply(call, out.model, unload);
                 return out;
             }

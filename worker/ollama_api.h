@@ -83,6 +83,16 @@ struct EngineRequest {
     std::optional<std::string> answered;  // a local answer (JSON) instead of a request
 };
 Result<EngineRequest> to_engine(Call call, std::string_view body);
+// Whether a chat or generate has nothing to generate: Ollama's clients send one to load the
+// model, or, with keep_alive 0, to unload it.
+bool loads_only(Call call, const nlohmann::json& request);
+// The answer to one: done, with done_reason "load" or "unload".
+std::string load_reply(Call call, const std::string& model, bool unload);
+// Ollama's keep_alive: how long the model stays loaded once idle, in seconds — a number of
+// seconds, or a Go duration ("5m", "1h30m", "300ms", "0"); negative: for ever
+// (protocol::KeepAlive::kForever). nullopt: not given. Another type, or text that is not a
+// duration, is refused (code "bad_request").
+Result<std::optional<std::int64_t>> keep_alive_seconds(const nlohmann::json& value);
 // The model a request body names (`model`, or the older `name`), "" if none.
 std::string requested_name(std::string_view body);
 

@@ -316,7 +316,7 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
     app.add_option("--load-timeout", load_timeout,
-                   "seconds a request waits for its model to load before it is answered 503")
+                   "seconds a request waits while its model's load shows no progress, then 503")
         ->capture_default_str()
         ->check(CLI::Range(1, 86400));
     app.add_option("--engine-timeout", engine_timeout,

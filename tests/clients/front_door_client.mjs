@@ -1,6 +1,7 @@
 // Both official JavaScript clients against the front door, as a user's tools would use one URL
 // for the whole fleet: node front_door_client.mjs BASE_URL WARM_MODEL COLD_MODEL.
-// WARM_MODEL is loaded; COLD_MODEL is loaded on demand by the first request naming it.
+// WARM_MODEL is loaded; COLD_MODEL is loaded on demand by the first request naming it, unloaded
+// by keep_alive 0 and loaded again.
 // Prints one JSON object: what each call returned (or the error it raised).
 import { out, step } from './steps.mjs';
 import OpenAI from 'openai';
@@ -48,6 +49,31 @@ await step('ollama_chat_stream', () => ollamaStream(`${cold}:latest`));
 await step('ollama_generate', () => ollama.generate({ model: warm, prompt: 'once upon', stream: false, options: { num_predict: 4 } }));
 await step('ollama_show', () => ollama.show({ model: cold }));
 await step('ps_after', () => ollama.ps());
+// keep_alive: how long the model stays once idle (0: unloaded after the request; -1: kept).
+async function psEntry(model) {
+  return (await ollama.ps()).models.find((m) => m.name === model) ?? null;
+}
+async function untilUnloaded(model) {
+  const start = Date.now();
+  while ((await psEntry(model)) !== null && Date.now() - start < 20000) {
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return { unloaded: (await psEntry(model)) === null, ms: Date.now() - start };
+}
+const expiresIn = (entry) => (entry ? (Date.parse(entry.expires_at) - Date.now()) / 1000 : null);
+await step('unload', () => ollama.generate({ model: cold, prompt: '', keep_alive: 0 }));
+await step('after_unload', () => untilUnloaded(cold));
+await step('unload_again', () => ollama.chat({ model: cold, messages: [], keep_alive: '0s' }));
+await step('models_after_unload', async () => (await openai.models.list()).data.find((m) => m.id === cold));
+await step('keep_5m', async () => {
+  await ollama.chat({ model: cold, messages, keep_alive: '5m', options: { num_predict: 2 } });
+  return { expires_in_s: expiresIn(await psEntry(cold)) };
+});
+await step('keep_forever', async () => {
+  await ollama.generate({ model: cold, prompt: 'hi', keep_alive: -1, options: { num_predict: 2 } });
+  return (await psEntry(cold))?.expires_at ?? null;
+});
+await step('bad_keep_alive', () => ollama.chat({ model: cold, messages, keep_alive: 'soon' }));
 await step('unknown_model', () => openai.chat.completions.create({ model: 'gpt-4', messages }));
 await step('ollama_unknown_model', () => ollama.chat({ model: 'llama3', messages }));
 await step('pull', () => ollama.pull({ model: 'llama3' }));

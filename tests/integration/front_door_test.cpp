@@ -2,7 +2,10 @@
 // driven by the official openai and ollama npm clients; a model loaded on demand on the pool's
 // ports, one load for many requests, unloaded when idle; refusals with their reasons; and the
 // front door serving on through a crash of ensembled.
+#include <atomic>
+#include <fstream>
 #include <future>
+#include <regex>
 #include <thread>
 
 #include "tests/support/api_clients.h"
@@ -37,7 +40,7 @@ class FrontDoorTest : public SupervisorFixture {
                "  front_door:\n    listen: 127.0.0.1:" +
                std::to_string(door_) + "\n    ports: [" + std::to_string(pool_[0]) + ", " +
                std::to_string(pool_[1]) + "]\n    evict_idle_after: " + idle_after_ +
-               "\n    load_timeout: 60s\n    queue_max: 8\n";
+               "\n    load_timeout: " + load_timeout_ + "\n    queue_max: 8\n";
     }
     std::string extra_models() const override {
         return "  tiny-cold: {engine: llama, path: " + tiny_model().string() +
@@ -77,6 +80,16 @@ class FrontDoorTest : public SupervisorFixture {
         return false;
     }
 
+    // Where /v1/models says `model` is served (0: nowhere).
+    int port_of(const std::string& model) {
+        const auto models =
+            json::parse(http_request(door_, request("GET", "/v1/models")).body, nullptr, false);
+        for (const auto& m : models.value("data", json::array())) {
+            if (m["id"] == model) return m.value("port", 0);
+        }
+        return 0;
+    }
+
     int events_of(const std::string& kind) {
         const auto r = cli("--json events --lines 1000");
         const auto j = json::parse(r.out, nullptr, false);
@@ -90,6 +103,7 @@ class FrontDoorTest : public SupervisorFixture {
     unsigned short door_ = 0;
     std::array<unsigned short, 2> pool_{};
     std::string idle_after_ = "10m";
+    std::string load_timeout_ = "60s";
 };
 
 TEST_F(FrontDoorTest, OpenAiAndOllamaClientsUseOneUrlAndAColdModelLoadsOnDemand) {
@@ -140,12 +154,28 @@ TEST_F(FrontDoorTest, OpenAiAndOllamaClientsUseOneUrlAndAColdModelLoadsOnDemand)
         }
     }
 
+    // keep_alive 0 unloads it once answered (an empty generate: Ollama's "unload"); asked
+    // again while it is not loaded, nothing loads.
+    EXPECT_EQ(r["unload"]["done_reason"], "unload");
+    EXPECT_EQ(r["after_unload"]["unloaded"], true);
+    EXPECT_EQ(r["unload_again"]["done_reason"], "unload");
+    EXPECT_EQ(r["models_after_unload"]["state"], "not loaded");
+    // Loaded again by the next request, which keeps it 5 minutes, then for ever (-1).
+    const double expires_in = r["keep_5m"].value("expires_in_s", 0.0);
+    EXPECT_GT(expires_in, 240);
+    EXPECT_LE(expires_in, 301);
+    EXPECT_EQ(r["keep_forever"], "2318-01-01T00:00:00Z");
+    EXPECT_EQ(r["bad_keep_alive"]["status"], 400);
+    EXPECT_NE(r["bad_keep_alive"]["error"].get<std::string>().find("keep_alive"),
+              std::string::npos);
+
     // Errors as each client raises them, with the models to choose from.
     EXPECT_EQ(r["unknown_model"]["status"], 404);
     EXPECT_NE(r["unknown_model"]["error"].get<std::string>().find("tiny-cold"), std::string::npos);
     EXPECT_EQ(r["ollama_unknown_model"]["status"], 404);
     EXPECT_EQ(r["pull"]["status"], 501);
-    EXPECT_EQ(events_of("on_demand"), 1);
+    EXPECT_EQ(events_of("on_demand"), 2) << "loaded, unloaded by keep_alive 0, loaded again";
+    EXPECT_EQ(events_of("idle_unload"), 1);
 }
 
 TEST_F(FrontDoorTest, ConcurrentRequestsForAColdModelCauseOneLoadAndAllAreAnswered) {
@@ -255,6 +285,144 @@ TEST_F(FrontDoorIdleTest, AnIdleOnDemandLoadIsUnloadedAndLoadsAgainWhenAsked) {
     }
     EXPECT_EQ(ask("tiny-cold").status, 200) << "loaded again on demand";
     EXPECT_EQ(events_of("on_demand"), 2);
+}
+
+// load_timeout counts time without progress: a long load that moves is waited for, one that
+// stands still is given up on, with where it stands.
+class FrontDoorLoadTest : public FrontDoorTest {
+  protected:
+    FrontDoorLoadTest() { load_timeout_ = "2s"; }
+    void SetUp() override {
+        FrontDoorTest::SetUp();
+        std::ofstream out(dir_ / "weights.bin", std::ios::binary);
+        const std::string block(1 << 20, 'w');
+        for (int i = 0; i < 32; ++i)
+            out.write(block.data(), static_cast<std::streamsize>(block.size()));
+    }
+    std::string extra_models() const override {
+        const auto weights = (dir_ / "weights.bin").string();
+        return FrontDoorTest::extra_models() +
+               // 5 s of steady reading (the load's progress), longer than load_timeout.
+               "  slow-mapped: {engine: fake, path: " + weights +
+               ", memory: 48MiB, on_demand: true, args: [--map-file, " + weights +
+               ", --map-seconds, \"5\"]}\n"
+               // Starts, and shows nothing for 30 s.
+               "  stuck: {engine: fake, path: none, memory: 100MiB, on_demand: true,"
+               " args: [--slow-start, \"30\"]}\n";
+    }
+};
+
+TEST_F(FrontDoorLoadTest, ALoadThatMovesIsWaitedForAndOneThatStandsStillIsGivenUpOn) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    auto slow = std::async(std::launch::async, [&] { return ask("slow-mapped"); });
+    std::vector<double> seen;  // /v1/models shows the load's progress meanwhile
+    while (slow.wait_for(200ms) != std::future_status::ready) {
+        const auto models =
+            json::parse(http_request(door_, request("GET", "/v1/models")).body, nullptr, false);
+        for (const auto& m : models.value("data", json::array())) {
+            if (m["id"] == "slow-mapped" && m.contains("load_progress"))
+                seen.push_back(m["load_progress"].get<double>());
+        }
+    }
+    const auto answered = slow.get();
+    EXPECT_EQ(answered.status, 200) << "waited for while it moved: " << answered.body;
+    ASSERT_GE(seen.size(), 3U) << "a 5 s load, looked at every 200 ms";
+    EXPECT_GT(seen.back(), seen.front());
+
+    const auto stuck = ask("stuck");
+    EXPECT_EQ(stuck.status, 503) << stuck.body;
+    EXPECT_NE(stuck.body.find("load_timeout"), std::string::npos) << stuck.body;
+    EXPECT_NE(stuck.body.find("made no load progress for 2 s"), std::string::npos) << stuck.body;
+    EXPECT_NE(stuck.body.find(" on port "), std::string::npos) << "where it stands: " << stuck.body;
+}
+
+// The operator swaps a pool port while a request streams from it through the front door.
+class FrontDoorSwapTest : public FrontDoorTest {
+  protected:
+    std::string extra_models() const override {
+        return FrontDoorTest::extra_models() +
+               // 20 tokens, 100 ms apart: a stream long enough to swap the port under it.
+               "  slow-talk: {engine: fake, path: none, memory: 100MiB, on_demand: true,"
+               " args: [--tokens, \"20\", --token-delay-ms, \"100\"]}\n";
+    }
+};
+
+TEST_F(FrontDoorSwapTest, ASwapUnderAStreamLetsItFinishAndTheNextRequestsAreRoutedAfresh) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    ASSERT_EQ(ask("slow-talk").status, 200);
+    const int port = port_of("slow-talk");
+    ASSERT_TRUE(port == pool_[0] || port == pool_[1]) << port;
+    std::atomic<bool> streaming{false};
+    auto stream = std::async(std::launch::async, [&] {
+        return http_request(
+            door_,
+            chat_request(
+                R"({"model":"slow-talk","stream":true,"messages":[{"role":"user","content":"hi"}]})",
+                true),
+            [&](std::string_view) {
+                streaming = true;
+                return true;
+            });
+    });
+    for (int i = 0; i < 100 && !streaming; ++i)
+        std::this_thread::sleep_for(20ms);
+    ASSERT_TRUE(streaming);
+    const auto swapped = cli("swap " + std::to_string(port) + " tiny");
+    EXPECT_EQ(swapped.exit_code, 0) << swapped.out;
+    // The stream ran to its end on the worker it began on.
+    const auto streamed = stream.get();
+    EXPECT_EQ(streamed.status, 200);
+    EXPECT_NE(streamed.body.find("data: [DONE]"), std::string::npos) << streamed.body;
+    EXPECT_EQ(streamed.body.find("\"error\""), std::string::npos) << streamed.body;
+    std::size_t events = 0;
+    for (auto at = streamed.body.find("data: {"); at != std::string::npos;
+         at = streamed.body.find("data: {", at + 1))
+        ++events;
+    EXPECT_GE(events, 20U) << "every token: " << streamed.body;
+    // Then each model where it now is: tiny on the swapped port, slow-talk loaded again on
+    // demand on the other pool port — never one sent to the other.
+    EXPECT_EQ(port_of("tiny"), port);
+    const auto tiny = ask("tiny");
+    ASSERT_EQ(tiny.status, 200) << tiny.body;
+    EXPECT_EQ(json::parse(tiny.body)["model"], "tiny");
+    const auto again = ask("slow-talk");
+    ASSERT_EQ(again.status, 200) << again.body;
+    EXPECT_EQ(json::parse(again.body)["model"], "slow-talk");
+    const int moved = port_of("slow-talk");
+    EXPECT_TRUE(moved != port && (moved == pool_[0] || moved == pool_[1])) << moved;
+    EXPECT_EQ(events_of("on_demand"), 2);
+}
+
+// The pids of the front doors ensembled started, from its events ("started (pid N) on ...").
+std::vector<int> front_door_pids(const json& events) {
+    std::vector<int> pids;
+    static const std::regex started(R"(^started \(pid ([0-9]+)\))");
+    for (const auto& e : events) {
+        std::smatch m;
+        const auto message = e.value("message", "");
+        if (e.value("kind", "") == "front_door" && std::regex_search(message, m, started))
+            pids.push_back(std::stoi(m[1].str()));
+    }
+    return pids;
+}
+
+TEST_F(FrontDoorTest, AFrontDoorThatDiesIsStartedAgainAndItsClientsWaitInsteadOfFailing) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load single").exit_code, 0);
+    ASSERT_TRUE(wait_front_door());
+    const auto events = [&] { return json::parse(cli("--json events --lines 1000").out); };
+    const auto pids = front_door_pids(events()["result"]["events"]);
+    ASSERT_EQ(pids.size(), 1U);
+    ASSERT_EQ(::kill(pids.front(), SIGKILL), 0);
+    // ensembled holds the listening socket: a request meanwhile waits in its backlog for the
+    // next front door, which learns the routes and answers it.
+    const auto meanwhile = ask("tiny-two");
+    EXPECT_EQ(meanwhile.status, 200) << meanwhile.body;
+    const auto after = events()["result"]["events"];
+    EXPECT_EQ(front_door_pids(after).size(), 2U) << after.dump(1);
+    EXPECT_NE(after.dump().find("exited (killed by signal 9"), std::string::npos) << after.dump(1);
 }
 
 TEST_F(FrontDoorTest, TheFrontDoorServesOnThroughACrashOfEnsembledAndIsKept) {

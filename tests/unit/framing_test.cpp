@@ -136,6 +136,33 @@ TEST(Messages, WrongTypesUnknownMessagesAndVersionsAreErrors) {
     EXPECT_EQ(parsed.error().code, "version_mismatch");
 }
 
+TEST(Messages, TheFrontDoorsKeepAliveAndRoutesRoundTripAndAreChecked) {
+    const KeepAlive kept{"tiny", 8110, KeepAlive::kForever};
+    const auto parsed = parse_worker_message(to_json(kept));
+    ASSERT_TRUE(parsed) << parsed.error().message;
+    const auto& back = std::get<KeepAlive>(*parsed);
+    EXPECT_EQ(back.model, "tiny");
+    EXPECT_EQ(back.port, 8110);
+    EXPECT_EQ(back.seconds, KeepAlive::kForever);
+    for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
+             {"seconds", -2}, {"seconds", "5m"}, {"port", 0}, {"port", 70000}, {"model", "a b"}}) {
+        auto odd = to_json(kept);
+        odd[key] = value;
+        EXPECT_FALSE(parse_worker_message(odd)) << key << "=" << value;
+    }
+    Route route;
+    route.handle = "tiny";
+    route.port = 8110;
+    route.state = "loading";
+    route.load_permille = 410;
+    const auto routes = parse_routes(routes_message({route}));
+    ASSERT_TRUE(routes && *routes);
+    EXPECT_EQ((**routes).front().load_permille, 410);
+    auto wrong = routes_message({route});
+    wrong["models"][0]["load_permille"] = 1001;
+    EXPECT_FALSE(*parse_routes(wrong));
+}
+
 TEST(ControlRequests, VerbsCheckTheirFields) {
     EXPECT_TRUE(parse_control_request({{"verb", "status"}}));
     EXPECT_TRUE(parse_control_request({{"verb", "load"}, {"port", 8100}, {"model", "tiny"}}));

@@ -122,6 +122,51 @@ TEST(OllamaApi, GenerateEmbedAndRequestsWithNothingToGenerate) {
         << "nesting is bounded";
 }
 
+// keep_alive as Ollama reads it (Go's time.ParseDuration, or a number of seconds).
+TEST(OllamaApi, KeepAliveIsSecondsOrAGoDurationAndNegativeIsForEver) {
+    const auto seconds = [](const json& value) -> std::optional<std::int64_t> {
+        auto parsed = keep_alive_seconds(value);
+        EXPECT_TRUE(parsed) << value << ": " << parsed.error().message;
+        return parsed ? *parsed : std::nullopt;
+    };
+    EXPECT_EQ(seconds(nullptr), std::nullopt) << "not given";
+    EXPECT_EQ(seconds(300), 300);
+    EXPECT_EQ(seconds(2.9), 2) << "a number is whole seconds";
+    EXPECT_EQ(seconds(0), 0);
+    EXPECT_EQ(seconds("0"), 0);
+    EXPECT_EQ(seconds("0s"), 0);
+    EXPECT_EQ(seconds("5m"), 300);
+    EXPECT_EQ(seconds("1h30m"), 5400);
+    EXPECT_EQ(seconds("1.5h"), 5400);
+    EXPECT_EQ(seconds("+10s"), 10);
+    EXPECT_EQ(seconds("300ms"), 1) << "a part of a second is a second";
+    EXPECT_EQ(seconds("2\u00b5s"), 1);
+    EXPECT_EQ(seconds(".5s"), 1);
+    EXPECT_EQ(seconds(-1), -1) << "for ever";
+    EXPECT_EQ(seconds("-1m"), -1);
+    EXPECT_EQ(seconds("1000000h"), -1) << "beyond a century is for ever";
+    for (const json& bad :
+         {json("5"), json("5 m"), json("m"), json(""), json("-"), json("1d"), json("1.s.s"),
+          json(std::string(65, '1') + "s"), json(true), json::array(), json::object()}) {
+        const auto parsed = keep_alive_seconds(bad);
+        ASSERT_FALSE(parsed) << bad;
+        EXPECT_EQ(parsed.error().code, "bad_request");
+        EXPECT_NE(parsed.error().message.find("keep_alive"), std::string::npos);
+    }
+    // On a model port too: refused, not ignored.
+    EXPECT_EQ(
+        to_engine(Call::chat, R"({"model":"m","messages":[],"keep_alive":"soon"})").error().code,
+        "bad_request");
+    auto unload = to_engine(Call::chat, R"({"model":"m","keep_alive":"0m"})");
+    EXPECT_EQ(json::parse(*unload->answered)["done_reason"], "unload");
+    // Only a chat or generate with nothing to generate loads (or unloads) and no more.
+    EXPECT_TRUE(loads_only(Call::chat, json::object()));
+    EXPECT_TRUE(loads_only(Call::generate, {{"prompt", ""}, {"images", json::array()}}));
+    EXPECT_FALSE(loads_only(Call::generate, {{"images", {"aGk="}}}));
+    EXPECT_FALSE(loads_only(Call::chat, {{"messages", true}}));
+    EXPECT_FALSE(loads_only(Call::embed, json::object()));
+}
+
 // Every member of the wrong type is refused or ignored, never an exception (nlohmann's value()
 // and get() throw on a member of another type; a request or an engine can send anything).
 TEST(OllamaApi, MembersOfTheWrongTypeNeverThrow) {

@@ -135,4 +135,33 @@ TEST_F(OnDemandTest, AnIdleOnDemandLoadIsUnloadedAndOneInUseIsKept) {
     EXPECT_EQ(fleet_->routes().front().port, 0) << "c1 is not loaded any more";
 }
 
+// Ollama's keep_alive, passed on by the front door, is the idle time of that model on that
+// port: 0 unloads it once idle, for ever never; a port outside the pool keeps its model.
+TEST_F(OnDemandTest, KeepAliveSetsTheIdleTimeOfThatLoadOnly) {
+    start_with_pool("", "[8110, 8111]", "10m");
+    ASSERT_TRUE(demand("c1"));
+    ASSERT_TRUE(demand("c2"));
+    fleet_->keep_alive({"c1", kPool1, 2});
+    fleet_->keep_alive({"c2", kPool2, protocol::KeepAlive::kForever});
+    fleet_->keep_alive({"c2", kPool1, 0});  // not what serves there: ignored
+    EXPECT_GT(route(fleet_->routes(), "c1").expires_unix, 0);
+    EXPECT_EQ(route(fleet_->routes(), "c2").expires_unix, 0) << "never";
+    for (int i = 0; i < 40; ++i)
+        advance(100ms);
+    EXPECT_TRUE(port_status(kPool1).is_null()) << "idle for its 2 s keep_alive: unloaded";
+    const auto unloads = events_of_kind("idle_unload");
+    ASSERT_EQ(unloads.size(), 1U);
+    EXPECT_NE(unloads.front().find("keep_alive"), std::string::npos);
+    // Loaded again: the default again, not the keep_alive of the load before.
+    ASSERT_TRUE(demand("c1"));
+    for (int i = 0; i < 40; ++i)
+        advance(100ms);
+    EXPECT_EQ(port_status(kPool1)["state"], "ready");
+    fleet_->keep_alive({"c1", kPool1, 0});
+    advance(600ms);
+    advance(600ms);
+    EXPECT_TRUE(port_status(kPool1).is_null()) << "keep_alive 0: unloaded once idle";
+    EXPECT_EQ(port_status(kPool2)["state"], "ready") << "kept for ever";
+}
+
 }  // namespace
