@@ -6,6 +6,7 @@
 #include <fstream>
 #include <future>
 #include <regex>
+#include <set>
 #include <thread>
 
 #include "tests/support/api_clients.h"
@@ -393,6 +394,60 @@ TEST_F(FrontDoorSwapTest, ASwapUnderAStreamLetsItFinishAndTheNextRequestsAreRout
     const int moved = port_of("slow-talk");
     EXPECT_TRUE(moved != port && (moved == pool_[0] || moved == pool_[1])) << moved;
     EXPECT_EQ(events_of("on_demand"), 2);
+}
+
+// A pool of two ports and three cold models: a flood for all three at once loads two and
+// refuses the third (nothing idle to make room: no thrashing); once they idle, each request
+// for the one not loaded evicts the one idle longest.
+class FrontDoorPoolTest : public FrontDoorTest {
+  protected:
+    std::string extra_supervisor_settings() const override {
+        return FrontDoorTest::extra_supervisor_settings() + "  evict_idle_after: 3s\n";
+    }
+    std::string extra_models() const override {
+        std::string models = FrontDoorTest::extra_models();
+        for (const char* handle : {"cold-a", "cold-b", "cold-c"}) {
+            models += "  " + std::string(handle) +
+                      ": {engine: llama, path: " + tiny_model().string() +
+                      ", context: 512, parallel: 1, on_demand: true}\n";
+        }
+        return models;
+    }
+};
+
+TEST_F(FrontDoorPoolTest, AFloodForMoreColdModelsThanPortsLoadsWhatFitsAndIdleOnesMakeRoom) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    const auto run = run_client("front_door_pool_client.mjs",
+                                {base(), "2", "5000", "cold-a", "cold-b", "cold-c"});
+    ASSERT_EQ(run.exit_code, 0) << run.output;
+    const auto& r = run.result;
+    SCOPED_TRACE(r.dump(1));
+    // Two models loaded, every request for them answered; every one for the third refused
+    // with the reason, at once: both ports serve models in use, nothing is unloaded for it.
+    std::map<std::string, std::set<int>> statuses;
+    for (const auto& f : r["flood"])
+        statuses[f["model"]].insert(f.value("status", 0));
+    int loaded = 0, refused = 0;
+    for (const auto& [model, seen] : statuses) {
+        loaded += seen == std::set<int>{200};
+        refused += seen == std::set<int>{503};
+    }
+    EXPECT_EQ(loaded, 2);
+    EXPECT_EQ(refused, 1);
+    EXPECT_NE(r["flood"].dump().find("serve models used in the last 3 s"), std::string::npos)
+        << "the reason, given";
+    EXPECT_EQ(r["ps_after_flood"].size(), 2U);
+    // Idle now: a chat for the model refused evicts the idlest, and is answered.
+    for (const auto& [model, seen] : statuses) {
+        if (seen != std::set<int>{503}) continue;
+        EXPECT_EQ(r["chat_" + model], true) << model;
+        const auto& ps = r["ps_after_" + model];
+        EXPECT_EQ(ps.size(), 2U) << model;
+        EXPECT_NE(ps.dump().find(model), std::string::npos) << model << " is loaded";
+    }
+    EXPECT_EQ(events_of("evict"), 1) << "this one only: none in the flood (no thrashing)";
+    EXPECT_EQ(events_of("on_demand"), 3);
 }
 
 // The pids of the front doors ensembled started, from its events ("started (pid N) on ...").
