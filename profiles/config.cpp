@@ -346,7 +346,7 @@ std::optional<std::pair<std::string, int>> Loader::listen_address(const std::str
 }
 
 // front_door: {listen: 127.0.0.1:11434, on_demand: listed|all, ports: ["8110-8119"],
-// evict_idle_after: 5m, load_timeout: 5m, queue_max: 64}
+// evict_idle_after: 5m, load_timeout: 10m, queue_max: 64}
 void Loader::front_door(const std::string& file, const YAML::Node& node) {
     if (!v_.map_with_keys(
             file, node, "supervisor.front_door",

@@ -84,7 +84,7 @@ struct FrontDoorSettings {
     std::chrono::milliseconds evict_idle_after{std::chrono::minutes(5)};
     // How long a request waits while its model's load shows no progress, then 503 (as Ollama's
     // OLLAMA_LOAD_TIMEOUT: a load that moves is waited for).
-    std::chrono::milliseconds load_timeout{std::chrono::minutes(5)};
+    std::chrono::milliseconds load_timeout{std::chrono::minutes(10)};
     std::size_t queue_max = 64;  // requests waiting for models to load, all together
 
     bool operator==(const FrontDoorSettings&) const = default;

@@ -60,9 +60,10 @@ class Fields {
 }  // namespace
 
 json to_json(const Register& m) {
-    return {{"type", "register"}, {"version", m.version}, {"worker_id", m.worker_id},
-            {"token", m.token},   {"port", m.port},       {"pid", m.pid},
-            {"handle", m.handle}, {"files", m.files},     {"front_door", m.front_door}};
+    return {{"type", "register"},    {"version", m.version}, {"worker_id", m.worker_id},
+            {"token", m.token},      {"port", m.port},       {"pid", m.pid},
+            {"handle", m.handle},    {"files", m.files},     {"front_door", m.front_door},
+            {"settings", m.settings}};
 }
 
 json to_json(const KeepAlive& m) {
@@ -82,6 +83,7 @@ json to_json(const Heartbeat& m) {
             {"failed", s.failed},
             {"tokens", s.tokens},
             {"queue_depth", s.queue_depth},
+            {"in_flight", s.in_flight},
             {"engine_pid", s.engine_pid},
             {"engine_start_time", s.engine_start_time},
             {"engine_group", s.engine_group},
@@ -105,7 +107,8 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
             .read("pid", m.pid, true)
             .read("handle", m.handle, false)
             .read("files", m.files, false)
-            .read("front_door", m.front_door, false);
+            .read("front_door", m.front_door, false)
+            .read("settings", m.settings, false);
         if (!fields.status()) return fields.status().error();
         if (m.files < 0 || m.files >= kSlots)
             return bad("'files' must be 0 or 1, not " + std::to_string(m.files));
@@ -127,6 +130,7 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
             .read("failed", s.failed, false)
             .read("tokens", s.tokens, false)
             .read("queue_depth", s.queue_depth, false)
+            .read("in_flight", s.in_flight, false)
             .read("engine_pid", s.engine_pid, false)
             .read("engine_start_time", s.engine_start_time, false)
             .read("engine_group", s.engine_group, false)
@@ -154,7 +158,10 @@ Result<WorkerMessage> parse_worker_message(const json& j) {
         if (!fields.status()) return fields.status().error();
         if (!is_valid_handle(m.model)) return bad("'model' must be a model handle");
         if (m.port <= 0 || m.port > 65535) return bad("'port' is out of range");
-        if (m.seconds < KeepAlive::kForever) return bad("'seconds' must be -1 (for ever) or more");
+        if (m.seconds < KeepAlive::kDefault || m.seconds > KeepAlive::kLongest) {
+            return bad("'seconds' must be -2 (the default), -1 (for ever) or 0 to " +
+                       std::to_string(KeepAlive::kLongest));
+        }
         return WorkerMessage{m};
     }
     return Error{"unknown_message", "unknown message type '" + type + "'"};

@@ -36,6 +36,9 @@ struct Register {
     // The front door (supervisor.front_door), not a model's worker: `port` is its port, and it
     // serves no model (`handle` is empty).
     bool front_door = false;
+    // The front door's command line after the program, as it was started: a front door kept
+    // from before a restart of ensembled is replaced when the config now says otherwise.
+    std::string settings;
 };
 
 struct WorkerStats {
@@ -43,8 +46,9 @@ struct WorkerStats {
     std::uint64_t memory_bytes = 0;  // PSS of the worker and its engine (0 if unknown)
     std::uint64_t requests = 0;
     std::uint64_t failed = 0;
-    std::uint64_t tokens = 0;  // generated tokens relayed since the worker started
-    std::uint32_t queue_depth = 0;
+    std::uint64_t tokens = 0;       // generated tokens relayed since the worker started
+    std::uint32_t queue_depth = 0;  // requests waiting for the engine
+    std::uint32_t in_flight = 0;    // requests being answered by the engine
     std::int64_t engine_pid = 0;
     // The engine's identity, for the supervisor's record: it kills an engine left behind by a
     // dead worker only when pid and start time still match (0: no engine runs).
@@ -57,6 +61,8 @@ struct WorkerStats {
     // supervisor turns them, or else memory_bytes against its estimate, into load progress.
     std::uint64_t load_mapped_bytes = 0;
     std::uint64_t load_file_bytes = 0;
+    // Serving or holding requests: not idle, whatever the time since the last one began.
+    bool busy() const { return queue_depth > 0 || in_flight > 0; }
 };
 
 struct Heartbeat {
@@ -74,9 +80,13 @@ struct Demand {
 struct KeepAlive {
     std::string model;  // a handle of the config
     int port = 0;       // the port that served the request
-    // Idle time allowed after its last request; 0: unload once idle; kForever: never.
+    // Idle time allowed after its last request; 0: unload once idle; kForever: never;
+    // kDefault: front_door.evict_idle_after again (a request gave none).
     std::int64_t seconds = 0;
     static constexpr std::int64_t kForever = -1;
+    static constexpr std::int64_t kDefault = -2;
+    // Longer is for ever in all but name (and would overflow a clock's nanoseconds).
+    static constexpr std::int64_t kLongest = 100LL * 365 * 24 * 3600;
 };
 
 using WorkerMessage = std::variant<Register, Heartbeat, Demand, KeepAlive>;

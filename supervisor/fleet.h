@@ -172,8 +172,9 @@ class Fleet final : private PortHost {
     std::vector<protocol::Route> routes() const;
     awaitable<Result<PortReport>> load_on_demand(const std::string& handle);
     // Ollama's keep_alive, from the front door: how long the model on a pool port stays once
-    // idle, while that port serves it (ports outside the pool keep their models: ignored).
-    void keep_alive(const protocol::KeepAlive& keep_alive);
+    // idle, for this load of it (ports outside the pool keep their models: ignored). Whether
+    // it was taken.
+    bool keep_alive(const protocol::KeepAlive& keep_alive);
     // Called whenever a port may have changed (the front door's routes are sent again).
     std::function<void()> on_change;
 
@@ -268,9 +269,14 @@ class Fleet final : private PortHost {
 
     // fleet_on_demand.cpp
     bool in_pool(int port) const;  // one of front_door.ports
-    // How long the on-demand load on pool port `port` may stay idle: its keep_alive, else
-    // front_door.evict_idle_after; nullopt: for ever.
+    struct KeptAlive;
+    // The keep_alive of the load on pool port `port`, if one was given for it.
+    const KeptAlive* kept_alive(const Port& port) const;
+    // How long it may stay idle: its keep_alive, else front_door.evict_idle_after; nullopt:
+    // for ever.
     std::optional<Clock::duration> idle_limit(const Port& port) const;
+    // Since when it has been idle.
+    Clock::time_point idle_since(const Port& port) const;
     // Whether it has been idle that long.
     bool idle_expired(const Port& port, Clock::time_point now) const;
     // Unloads an on-demand load idle for its idle_limit (one per tick).
@@ -336,10 +342,12 @@ class Fleet final : private PortHost {
     // that turns up on one is not adopted back.
     std::set<int> unassigned_;
     bool over_budget_ = false;
-    // keep_alive by pool port, for the model it named (fleet_on_demand.cpp).
+    // keep_alive by pool port, for the load it was given for (fleet_on_demand.cpp).
     struct KeptAlive {
         std::string handle;
+        std::uint64_t attempt = 0;             // Port::attempt: this worker's run
         std::optional<Clock::duration> limit;  // nullopt: for ever
+        Clock::time_point since;               // when it was given: the request's end
     };
     std::map<int, KeptAlive> kept_alive_;
     Clock::time_point last_enforced_{};

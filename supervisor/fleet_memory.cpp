@@ -65,7 +65,7 @@ std::vector<BudgetHolder> Fleet::budget_holders(Clock::time_point now, Runs runs
         holders.push_back(
             {port, rt.handle, rt.estimate ? rt.estimate->total() : 0, rt.stats.memory_bytes,
              policy.priority, policy.evict == EvictPolicy::idle,
-             rt.stats.queue_depth == 0 && now - last_used >= config_.supervisor.memory.idle_after,
+             !rt.stats.busy() && now - last_used >= config_.supervisor.memory.idle_after,
              steady_ms(last_used)});
     }
     if (runs == Runs::serving_only) return holders;

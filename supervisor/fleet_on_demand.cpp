@@ -44,12 +44,13 @@ std::vector<protocol::Route> Fleet::routes() const {
             route.port = rt.port;
             route.state = to_string(rt.state);
             route.memory_bytes = rt.stats.memory_bytes;
-            const auto limit = idle_limit(*best);
-            if (in_pool(rt.port) && rt.state == PortState::ready && limit) {
-                const auto idle_until = std::max(rt.last_used, rt.started) + *limit;
-                route.expires_unix =
-                    now_unix_s +
-                    std::chrono::duration_cast<std::chrono::seconds>(idle_until - now).count();
+            if (in_pool(rt.port) && rt.state == PortState::ready) {
+                if (const auto limit = idle_limit(*best)) {
+                    const auto idle_until = idle_since(*best) + *limit;
+                    route.expires_unix =
+                        now_unix_s +
+                        std::chrono::duration_cast<std::chrono::seconds>(idle_until - now).count();
+                }
             }
             if (rt.load)
                 route.load_permille = static_cast<int>(std::lround(rt.load->fraction * 1000));
@@ -96,19 +97,21 @@ awaitable<Result<PortReport>> Fleet::load_on_demand(const std::string& handle) {
         }
     }
     if (!free_port) {
-        // Every pool port serves a model: the one idle longest makes room, if one is idle.
+        // Every pool port serves a model: the one idle longest makes room, if one is idle —
+        // one a client asked to keep for ever (keep_alive -1) only when no other is.
         const auto now = this->now();
         const Port* oldest = nullptr;
+        const auto order = [this](const Port& port) {
+            const auto* kept = kept_alive(port);
+            return std::make_pair(kept != nullptr && !kept->limit, idle_since(port));
+        };
         for (const int number : pool) {
             const auto* port = find(number);
             if (port == nullptr) continue;
             const auto& rt = port->snapshot();
-            const auto used = std::max(rt.last_used, rt.started);
-            const bool idle = rt.state == PortState::ready && rt.stats.queue_depth == 0 &&
-                              now - used >= config_.supervisor.memory.idle_after;
-            if (idle && (oldest == nullptr ||
-                         used < std::max(oldest->snapshot().last_used, oldest->snapshot().started)))
-                oldest = port;
+            const bool idle = rt.state == PortState::ready && !rt.stats.busy() &&
+                              now - idle_since(*port) >= config_.supervisor.memory.idle_after;
+            if (idle && (oldest == nullptr || order(*port) < order(*oldest))) oldest = port;
         }
         if (oldest == nullptr) {
             const auto idle_s = std::chrono::duration_cast<std::chrono::seconds>(
@@ -142,32 +145,50 @@ awaitable<Result<PortReport>> Fleet::load_on_demand(const std::string& handle) {
     co_return loaded;
 }
 
-void Fleet::keep_alive(const protocol::KeepAlive& keep_alive) {
+bool Fleet::keep_alive(const protocol::KeepAlive& keep_alive) {
     const auto* port = find(keep_alive.port);
-    if (!in_pool(keep_alive.port) || port == nullptr ||
-        port->snapshot().handle != keep_alive.model) {
+    // For this load only: not one being unloaded (a request that ended during its drain), not
+    // the next load of the same model there.
+    if (!in_pool(keep_alive.port) || port == nullptr || !is_running(port->state()) ||
+        port->snapshot().stop_requested || port->snapshot().handle != keep_alive.model) {
         spdlog::debug("port {}: keep_alive for '{}' ignored: not an on-demand load of it",
                       keep_alive.port, keep_alive.model);
-        return;
+        return false;
     }
-    std::optional<Clock::duration> limit;
+    if (keep_alive.seconds == protocol::KeepAlive::kDefault)
+        return kept_alive_.erase(keep_alive.port) > 0;
+    KeptAlive kept{keep_alive.model, port->attempt(), std::nullopt, now()};
     if (keep_alive.seconds != protocol::KeepAlive::kForever)
-        limit = std::chrono::seconds(keep_alive.seconds);
-    kept_alive_[keep_alive.port] = {keep_alive.model, limit};
+        kept.limit = std::chrono::seconds(keep_alive.seconds);
+    kept_alive_[keep_alive.port] = kept;
+    return true;
+}
+
+const Fleet::KeptAlive* Fleet::kept_alive(const Port& port) const {
+    const auto kept = kept_alive_.find(port.number());
+    return kept != kept_alive_.end() && kept->second.handle == port.snapshot().handle &&
+                   kept->second.attempt == port.attempt()
+               ? &kept->second
+               : nullptr;
 }
 
 std::optional<Fleet::Clock::duration> Fleet::idle_limit(const Port& port) const {
-    const auto kept = kept_alive_.find(port.number());
-    if (kept != kept_alive_.end() && kept->second.handle == port.snapshot().handle)
-        return kept->second.limit;
+    if (const auto* kept = kept_alive(port)) return kept->limit;
     return config_.supervisor.front_door->evict_idle_after;
+}
+
+Fleet::Clock::time_point Fleet::idle_since(const Port& port) const {
+    const auto& rt = port.snapshot();
+    const auto* kept = kept_alive(port);
+    // (a keep_alive counts from the end of the request that gave it, as in Ollama)
+    return std::max({rt.last_used, rt.started, kept ? kept->since : Clock::time_point{}});
 }
 
 bool Fleet::idle_expired(const Port& port, Clock::time_point now) const {
     const auto& rt = port.snapshot();
     const auto limit = idle_limit(port);
-    return rt.state == PortState::ready && !rt.stop_requested && rt.stats.queue_depth == 0 &&
-           limit && now - std::max(rt.last_used, rt.started) >= *limit;
+    return rt.state == PortState::ready && !rt.stop_requested && !rt.stats.busy() && limit &&
+           now - idle_since(port) >= *limit;
 }
 
 void Fleet::unload_idle_on_demand(Clock::time_point now) {
@@ -187,16 +208,15 @@ awaitable<void> Fleet::unload_idle(int number, std::uint64_t attempt) {
     const auto* port = find(number);
     if (port != nullptr && port->attempt() == attempt && idle_expired(*port, now())) {
         const auto& rt = port->snapshot();
-        const auto idle_s = std::chrono::duration_cast<std::chrono::seconds>(
-                                now() - std::max(rt.last_used, rt.started))
-                                .count();
-        const auto kept = kept_alive_.find(number);
-        const bool asked = kept != kept_alive_.end() && kept->second.handle == rt.handle;
+        const auto idle_s =
+            std::chrono::duration_cast<std::chrono::seconds>(now() - idle_since(*port)).count();
+        const auto* kept = kept_alive(*port);
+        const auto limit_s =
+            std::chrono::duration_cast<std::chrono::seconds>(*idle_limit(*port)).count();
         event(number, "idle_unload",
               "'" + rt.handle + "' served nothing for " + std::to_string(idle_s) + " s (" +
-                  (asked ? "the keep_alive its last client asked for"
-                         : "front_door.evict_idle_after") +
-                  "); unloaded");
+                  (kept ? "keep_alive " : "front_door.evict_idle_after ") +
+                  std::to_string(limit_s) + " s); unloaded");
         const auto reason = "idle for " + std::to_string(idle_s) + " s, unloaded by the front door";
         if (auto unloaded = co_await unload(number, reason); !unloaded)
             spdlog::warn("port {}: idle unload failed: {}", number, unloaded.error().message);

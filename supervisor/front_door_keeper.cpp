@@ -10,7 +10,8 @@ namespace ensemble {
 
 namespace {
 
-constexpr auto kMaxBackoff = std::chrono::milliseconds(60000);
+// Its clients wait in the backlog meanwhile: a front door costs little to start again.
+constexpr auto kMaxBackoff = std::chrono::milliseconds(8000);
 constexpr auto kHealthyAfter = std::chrono::seconds(60);
 // After a restart of ensembled, a front door that outlived it registers within a second or so
 // (it retries every 500 ms); the port is not taken from it meanwhile.
@@ -87,24 +88,29 @@ void FrontDoorKeeper::tick() {
     spawn();
 }
 
+std::vector<std::string> FrontDoorKeeper::arguments() const {
+    const auto& door = settings();
+    return {"--front-door",
+            "--port",
+            std::to_string(door.port),
+            "--host",
+            door.host,
+            "--ports-host",
+            reachable(fleet_.config().supervisor.bind_host),
+            "--queue-max",
+            std::to_string(door.queue_max),
+            "--load-timeout",
+            std::to_string(std::chrono::ceil<std::chrono::seconds>(door.load_timeout).count())};
+}
+
 void FrontDoorKeeper::spawn() {
     const auto& door = settings();
     const auto& supervisor = fleet_.config().supervisor;
     token_ = random_token();
     SpawnSpec spec;
-    spec.argv = {
-        worker_binary_.string(),
-        "--front-door",
-        "--port",
-        std::to_string(door.port),
-        "--host",
-        door.host,
-        "--ports-host",
-        reachable(supervisor.bind_host),
-        "--queue-max",
-        std::to_string(door.queue_max),
-        "--load-timeout",
-        std::to_string(std::chrono::ceil<std::chrono::seconds>(door.load_timeout).count())};
+    spec.argv = {worker_binary_.string()};
+    for (auto& argument : arguments())
+        spec.argv.push_back(std::move(argument));
     spec.log_file = protocol::log_folder(supervisor.state_dir) / "front-door.log";
     spec.die_with_parent = false;  // it serves on through a restart of ensembled
     spec.passed_fd = socket_.fd();
@@ -158,6 +164,19 @@ Status FrontDoorKeeper::on_register(WorkerLinkPeer* peer, const protocol::Regist
                              "; stop"};
         }
         socket_ = std::move(*socket);
+        std::string wanted;
+        for (const auto& argument : arguments())
+            wanted += (wanted.empty() ? "" : " ") + argument;
+        if (message.settings != wanted) {
+            // Its socket is kept; it drains, and one with the config's settings starts at once.
+            next_start_ = Clock::now();
+            event("the front door still serving from before ensembled started (pid " +
+                  std::to_string(message.pid) + ") runs with '" + message.settings +
+                  "', the config says '" + wanted + "': it is stopped and a new one started");
+            return Error{
+                "front_door_outdated",
+                "ensembled's config gives the front door other settings ('" + wanted + "'); stop"};
+        }
         fleet_.record_event(door->port, "front_door_kept",
                             "kept the front door still serving from before ensembled started "
                             "(pid " +
@@ -193,8 +212,7 @@ void FrontDoorKeeper::on_demand(WorkerLinkPeer* peer, const protocol::Demand& de
 
 void FrontDoorKeeper::on_keep_alive(WorkerLinkPeer* peer, const protocol::KeepAlive& keep_alive) {
     if (peer != peer_) return;
-    fleet_.keep_alive(keep_alive);
-    send_routes();  // its expiry changed
+    if (fleet_.keep_alive(keep_alive)) send_routes();  // its expiry changed
 }
 
 awaitable<void> FrontDoorKeeper::demand(std::string handle) {

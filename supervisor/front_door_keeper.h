@@ -50,6 +50,8 @@ class FrontDoorKeeper {
     // In the fleet's event log (kind "front_door"), and ensembled's log.
     void event(const std::string& message);
     void spawn();
+    // The front door's command line after the program, from the config.
+    std::vector<std::string> arguments() const;
     awaitable<void> demand(std::string handle);
 
     asio::io_context& io_;

@@ -601,7 +601,7 @@ void Port::track_load(const protocol::WorkerStats& stats, Clock::time_point now)
 
 void Port::note_activity(Clock::time_point now) {
     if (s_.last_used == Clock::time_point{} || s_.stats.requests != last_requests_ ||
-        s_.stats.queue_depth > 0) {
+        s_.stats.busy()) {
         s_.last_used = now;
     }
     last_requests_ = s_.stats.requests;

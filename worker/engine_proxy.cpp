@@ -248,6 +248,11 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
                                      http::request<http::string_body>& request,
                                      RequestTrace& trace) {
     ++stats_.requests;
+    ++stats_.active;
+    struct Finished {
+        std::uint64_t& active;
+        ~Finished() { --active; }
+    } finished{stats_.active};
     const bool keep_alive = request.keep_alive();
     prepare_for_engine(request, limits_.keep_authorization);
     // Nothing has reached the client until the engine answers, so a request can be tried again:

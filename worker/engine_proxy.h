@@ -49,6 +49,7 @@ struct ProxyStats {
     std::uint64_t tokens = 0;       // generated tokens relayed (see TokenCounter)
     std::uint64_t streams_cut = 0;  // streams ended with an error event because the engine died
     std::uint64_t abandoned = 0;    // requests cancelled because their client went away
+    std::uint64_t active = 0;       // requests being relayed now
 };
 
 class EngineProxy {

@@ -34,8 +34,9 @@ std::string client_state(const protocol::Route& route) {
 // What the front door reads of a request body: the few top-level members it acts on, found by
 // the bounded scan; the body itself is forwarded as it is.
 struct Routing {
-    std::string model;  // `model`, or Ollama's older `name`; "" if none
-    json keep_alive;    // Ollama's, as given (null: not given)
+    bool object = false;  // the body is a JSON object (else the port would refuse it too)
+    std::string model;    // `model`, or Ollama's older `name`; "" if none
+    json keep_alive;      // Ollama's, as given (null: not given)
     // An Ollama chat or generate with nothing to generate: a load, or with keep_alive 0 an
     // unload (ollama::loads_only).
     bool loads_only = false;
@@ -45,12 +46,13 @@ Routing routing_of(std::string_view body, ollama::Call call) {
     enum Key : std::size_t { model, name, keep_alive, messages, prompt, images };
     static constexpr std::array<std::string_view, 6> kKeys{"model",    "name",   "keep_alive",
                                                            "messages", "prompt", "images"};
-    // Enough for any empty value (null, "", []); a longer one is not empty, whatever it is.
-    static constexpr std::size_t kShortValue = 16;
+    // Enough for any empty value (null, "", []), spaced out as a pretty-printer would; a longer
+    // one is not empty, whatever it is.
+    static constexpr std::size_t kShortValue = 256;
     Routing out;
-    // Not a JSON object: the model port would refuse it, and so does the front door.
     const auto scan = scan_top_level_members(body, kKeys);
     if (!scan || !scan->is_object) return out;
+    out.object = true;
     std::string names[2];
     json members = json::object();            // the short ones, for ollama::loads_only
     for (const auto& value : scan->values) {  // the last of duplicates wins, as for parsers
@@ -184,6 +186,7 @@ struct FrontDoor::Forward {
 
     PortTarget target;
     EngineProxy proxy;
+    bool kept_alive = false;  // a keep_alive other than the default was sent for it
 };
 
 struct FrontDoor::Waiter {
@@ -281,6 +284,12 @@ std::shared_ptr<FrontDoor::Forward> FrontDoor::target_for(int port, const std::s
     return target;
 }
 
+void FrontDoor::send_keep_alive(const std::string& handle, int port, std::int64_t seconds) {
+    if (!send_to_supervisor) return;
+    const protocol::KeepAlive stay{handle, port, seconds};
+    send_to_supervisor(protocol::to_json(stay));
+}
+
 std::string FrontDoor::known_models() const {
     std::string names;
     for (const auto& route : routes_)
@@ -305,21 +314,20 @@ constexpr auto kClientCheck = std::chrono::milliseconds(250);
 namespace {
 
 // Whether the loads a waiting request depends on moved since it last looked: its own model's
-// (a port given, a state changed, a percent more loaded), or, before it has a port (its load
-// waits its turn), those of the loads ahead of it. A measure that wavers (memory against an
-// estimate) is not progress: only a new best by a whole percent is.
+// (a port given, a state it had not reached yet, a percent more loaded than ever), or, before
+// it has a port (its load waits its turn), those of the loads ahead of it. Going round again —
+// a restart, a backoff, a measure that wavers — is not progress.
 class LoadWatch {
   public:
     bool moved(const std::vector<protocol::Route>& routes, const protocol::Route& own) {
         bool moved = false;
         const auto look = [&](const protocol::Route& route) {
-            const auto place = std::to_string(route.port) + ":" + route.state;
-            auto [seen, added] = seen_.try_emplace(route.handle, Seen{place, route.load_permille});
-            if (added || seen->second.place != place) {
-                seen->second = {place, route.load_permille};
+            auto& seen = seen_[route.handle];
+            if (route.state != "backoff" &&
+                seen.places.insert(std::to_string(route.port) + ":" + route.state).second)
                 moved = true;
-            } else if (route.load_permille >= seen->second.best_permille + kStep) {
-                seen->second.best_permille = route.load_permille;
+            if (route.load_permille >= seen.best_permille + kStep) {
+                seen.best_permille = route.load_permille;
                 moved = true;
             }
         };
@@ -336,7 +344,7 @@ class LoadWatch {
   private:
     static constexpr int kStep = 10;  // thousandths
     struct Seen {
-        std::string place;  // port and state
+        std::set<std::string> places;  // port and state
         int best_permille = 0;
     };
     std::map<std::string, Seen> seen_;
@@ -344,7 +352,7 @@ class LoadWatch {
 
 // How far `route` has come, for a refusal: "at 41 % on port 8110", or where it waits.
 std::string load_position(const protocol::Route& route) {
-    if (route.port == 0) return "still waiting for other loads to finish";
+    if (route.port == 0) return "waiting its turn behind other fleet commands";
     return route.state + " on port " + std::to_string(route.port) +
            (route.load_permille > 0 ? " at " + std::to_string(route.load_permille / 10) + " %"
                                     : std::string());
@@ -512,8 +520,10 @@ std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
     if (!routes_known_) {
         return error_for(target,
                          {http::status::service_unavailable, "server_error", "front_door_starting",
-                          "the front door has just started and has not yet heard from ensembled "
-                          "where the models are; retry in a moment",
+                          "the front door has not heard from ensembled where the models are in " +
+                              std::to_string(kRoutesWait.count()) + " s since it started (" +
+                              (connected_ ? "linked to it" : "ensembled is not reachable") +
+                              "); retry in a moment",
                           1},
                          keep_alive);
     }
@@ -582,7 +592,13 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
         // (Ollama's keep_alive: how long the model stays; not the connection's)
         auto stay = generates ? ollama::keep_alive_seconds(routing.keep_alive)
                               : Result<std::optional<std::int64_t>>(std::nullopt);
-        if (name.empty()) {
+        if (!routing.object) {
+            refused = ApiError{
+                http::status::bad_request, "invalid_request_error", "invalid_json",
+                "the request body is not a JSON object (or is nested too deep); "
+                "send one that names its model, such as {\"model\": \"" +
+                    (routes_.empty() ? std::string("NAME") : routes_.front().handle) + "\", ...}"};
+        } else if (name.empty()) {
             refused = ApiError{
                 http::status::bad_request, "invalid_request_error", "model_required",
                 "the request names no model ('model'); this front door serves: " + known_models()};
@@ -596,8 +612,10 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
         } else if (!stay) {
             refused = ApiError{http::status::bad_request, "invalid_request_error", "bad_request",
                                stay.error().message};
-        } else if (routing.loads_only && *stay == 0 && route->port == 0) {
-            // Ollama's "unload this model" for one that is not loaded: done, and nothing loads.
+        } else if (routing.loads_only && *stay == 0) {
+            // Ollama's "unload this model" (`ollama stop`): answered at once, loading nothing;
+            // a model on a port (loaded, or loading) is unloaded once idle.
+            if (route->port != 0) send_keep_alive(route->handle, route->port, 0);
             local = make_json_response(http::status::ok, ollama::load_reply(call, name, true),
                                        keep_alive);
         } else {
@@ -630,10 +648,16 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
     RequestTrace trace;
     const bool kept = co_await forward->proxy.forward(stream, request, trace);
     metrics_.answered(target, trace.status == 0 ? 499 : trace.status);
-    // Counted from the end of the request, as Ollama does: sent once it is answered.
-    if (stay_s && send_to_supervisor) {
-        const protocol::KeepAlive stay{handle, *port, *stay_s};
-        send_to_supervisor(protocol::to_json(stay));
+    // Counted from the end of the request, as Ollama does: sent once it is answered, and only
+    // for a request that was (one the model refused changes nothing). A request without one
+    // puts back the default a request before it changed.
+    if (trace.status >= 200 && trace.status < 300) {
+        if (stay_s) {
+            send_keep_alive(handle, *port, *stay_s);
+            forward->kept_alive = true;
+        } else if (std::exchange(forward->kept_alive, false)) {
+            send_keep_alive(handle, *port, protocol::KeepAlive::kDefault);
+        }
     }
     co_return kept && !draining();
 }

@@ -30,7 +30,7 @@ struct FrontDoorConfig : ListenerConfig {
     // Requests waiting for a model to load, all models together; more are refused with 503.
     std::size_t queue_max = 64;
     // How long a request waits while its model's load shows no progress, then 503.
-    std::chrono::seconds load_timeout{300};
+    std::chrono::seconds load_timeout{600};
     ProxyLimits proxy;
 };
 
@@ -92,6 +92,7 @@ class FrontDoor final : public HttpListener {
                                                                   const protocol::Route& route,
                                                                   bool keep_alive) const;
     std::string known_models() const;
+    void send_keep_alive(const std::string& handle, int port, std::int64_t seconds);
     void accept_from_now();
 
     FrontDoorConfig config_;

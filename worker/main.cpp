@@ -40,6 +40,7 @@ protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProx
     s.failed = proxy.stats().failed;
     s.tokens = proxy.stats().tokens;
     s.queue_depth = static_cast<std::uint32_t>(engine.waiting());
+    s.in_flight = static_cast<std::uint32_t>(proxy.stats().active);
     s.engine_restarts = engine.restarts();
     s.engine_last_exit = engine.last_exit();
     s.memory_bytes = process_footprint(::getpid()).value_or(0);
@@ -91,6 +92,8 @@ int run_front_door(int argc, char** argv) {
     }
     link_config->listen_fd = options.door.listen_fd;
     link_config->front_door = true;
+    for (int i = 1; i < argc; ++i)
+        link_config->settings += (i > 1 ? " " : "") + std::string(argv[i]);
     std::unique_ptr<SupervisorLink> link;
     asio::signal_set stop_signals(io, SIGTERM, SIGINT);
     bool shutting_down = false;

@@ -445,16 +445,18 @@ std::optional<double> go_duration_seconds(std::string_view text) {
 }  // namespace
 
 Result<std::optional<std::int64_t>> keep_alive_seconds(const json& value) {
-    // Longer than this is for ever in all but name (and keeps the arithmetic in range).
-    static constexpr double kLongestSeconds = 100.0 * 365 * 24 * 3600;
     if (value.is_null()) return std::optional<std::int64_t>();
     double seconds = 0;
     if (value.is_number()) {
-        seconds = std::trunc(value.get<double>());  // Ollama: a number is whole seconds
+        // Ollama: a negative number is for ever (-0.5 too), another is whole seconds.
+        seconds = value.get<double>() < 0 ? -1 : std::trunc(value.get<double>());
     } else if (value.is_string()) {
-        const auto parsed = go_duration_seconds(value.get<std::string>());
+        const auto& text = value.get_ref<const std::string&>();
+        const auto parsed = go_duration_seconds(text);
         if (!parsed) {
-            return bad("keep_alive '" + value.get<std::string>() +
+            static constexpr std::size_t kShown = 64;  // of an untrusted string, in a message
+            return bad("keep_alive '" + text.substr(0, kShown) +
+                       (text.size() > kShown ? "..." : "") +
                        "' is not a duration: give seconds (300), or a duration such as \"5m\", "
                        "\"1h30m\" or \"0\"; a negative one keeps the model loaded");
         }
@@ -462,7 +464,7 @@ Result<std::optional<std::int64_t>> keep_alive_seconds(const json& value) {
     } else {
         return bad("keep_alive must be a number of seconds or a duration such as \"5m\"");
     }
-    if (seconds < 0 || seconds > kLongestSeconds)
+    if (seconds < 0 || seconds > static_cast<double>(protocol::KeepAlive::kLongest))
         return std::optional<std::int64_t>(protocol::KeepAlive::kForever);
     return std::optional<std::int64_t>(static_cast<std::int64_t>(std::ceil(seconds)));
 }

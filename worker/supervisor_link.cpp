@@ -118,7 +118,7 @@ awaitable<void> SupervisorLink::run() {
             // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
             const auto hello = protocol::to_json(protocol::Register{
                 config_.worker_id, config_.token, config_.port, ::getpid(), protocol::kVersion,
-                config_.handle, config_.files, config_.front_door});
+                config_.handle, config_.files, config_.front_door, config_.settings});
             const bool registered = co_await send_hello(hello);
             if (registered) {
                 registered_once = true;

@@ -29,8 +29,10 @@ struct LinkConfig {
     // A swap's incoming worker (WorkerOptions::standby) until ensembled says `serve`: losing
     // ensembled meanwhile stops it, since nobody would ever tell it to serve.
     bool standby = false;
-    // The front door (protocol::Register::front_door): it registers as such.
+    // The front door (protocol::Register::front_door): it registers as such, with its
+    // command line (Register::settings).
     bool front_door = false;
+    std::string settings;
     std::chrono::milliseconds heartbeat_interval{1000};
     // While the engine loads: its progress, four times a second.
     std::chrono::milliseconds loading_heartbeat_interval{250};

@@ -341,6 +341,26 @@ TEST_F(FrontDoorLoadTest, ALoadThatMovesIsWaitedForAndOneThatStandsStillIsGivenU
 // The operator swaps a pool port while a request streams from it through the front door.
 class FrontDoorSwapTest : public FrontDoorTest {
   protected:
+    // A stream from `model` through the front door, once its first event has come (an invalid
+    // future if none came within 2 s).
+    std::future<HttpResponse> begin_stream(const std::string& model) {
+        auto streaming = std::make_shared<std::atomic<bool>>(false);
+        auto stream = std::async(std::launch::async, [this, model, streaming] {
+            return http_request(door_,
+                                chat_request(R"({"model":")" + model +
+                                                 R"(","stream":true,)"
+                                                 R"("messages":[{"role":"user","content":"hi"}]})",
+                                             true),
+                                [streaming](std::string_view) {
+                                    *streaming = true;
+                                    return true;
+                                });
+        });
+        for (int i = 0; i < 100 && !*streaming; ++i)
+            std::this_thread::sleep_for(20ms);
+        if (!*streaming) return {};
+        return stream;
+    }
     std::string extra_models() const override {
         return FrontDoorTest::extra_models() +
                // 20 tokens, 100 ms apart: a stream long enough to swap the port under it.
@@ -349,27 +369,37 @@ class FrontDoorSwapTest : public FrontDoorTest {
     }
 };
 
+// Ollama's `ollama stop` (keep_alive 0) from one client while another streams: answered at
+// once; the stream runs to its end, and only then is the model unloaded.
+TEST_F(FrontDoorSwapTest, AnUnloadAskedForWhileAnotherClientStreamsWaitsForTheStream) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    ASSERT_EQ(ask("slow-talk").status, 200);
+    auto stream = begin_stream("slow-talk");
+    ASSERT_TRUE(stream.valid()) << "no first event within 2 s";
+    auto stop = request("POST", "/api/generate", R"({"model":"slow-talk","keep_alive":0})");
+    const auto stopped = http_request(door_, stop);
+    EXPECT_EQ(stopped.status, 200);
+    EXPECT_EQ(json::parse(stopped.body)["done_reason"], "unload");
+    const auto streamed = stream.get();
+    EXPECT_NE(streamed.body.find("data: [DONE]"), std::string::npos) << "whole: " << streamed.body;
+    bool unloaded = false;
+    for (int i = 0; i < 100 && !unloaded; ++i) {
+        unloaded = port_of("slow-talk") == 0;
+        std::this_thread::sleep_for(100ms);
+    }
+    EXPECT_TRUE(unloaded) << "unloaded once the stream ended";
+    EXPECT_EQ(events_of("idle_unload"), 1);
+}
+
 TEST_F(FrontDoorSwapTest, ASwapUnderAStreamLetsItFinishAndTheNextRequestsAreRoutedAfresh) {
     supervisor_ = start_supervisor();
     ASSERT_TRUE(wait_front_door());
     ASSERT_EQ(ask("slow-talk").status, 200);
     const int port = port_of("slow-talk");
     ASSERT_TRUE(port == pool_[0] || port == pool_[1]) << port;
-    std::atomic<bool> streaming{false};
-    auto stream = std::async(std::launch::async, [&] {
-        return http_request(
-            door_,
-            chat_request(
-                R"({"model":"slow-talk","stream":true,"messages":[{"role":"user","content":"hi"}]})",
-                true),
-            [&](std::string_view) {
-                streaming = true;
-                return true;
-            });
-    });
-    for (int i = 0; i < 100 && !streaming; ++i)
-        std::this_thread::sleep_for(20ms);
-    ASSERT_TRUE(streaming);
+    auto stream = begin_stream("slow-talk");
+    ASSERT_TRUE(stream.valid()) << "no first event within 2 s";
     const auto swapped = cli("swap " + std::to_string(port) + " tiny");
     EXPECT_EQ(swapped.exit_code, 0) << swapped.out;
     // The stream ran to its end on the worker it began on.
@@ -500,6 +530,27 @@ TEST_F(FrontDoorTest, TheFrontDoorServesOnThroughACrashOfEnsembledAndIsKept) {
     EXPECT_EQ(ask("tiny-two").status, 200);
     const auto cold = ask("tiny-cold");
     EXPECT_EQ(cold.status, 200) << "and loads on demand for the new ensembled: " << cold.body;
+
+    // Down again; its config now gives the front door other settings: the one still serving
+    // is replaced by one with them, and no client notices.
+    ::kill(supervisor_->pid(), SIGKILL);
+    ASSERT_TRUE(wait_exit(*supervisor_, 10s));
+    std::string config;
+    {
+        std::ifstream in(dir_ / "ensemble.yaml");
+        config.assign(std::istreambuf_iterator<char>(in), {});
+    }
+    const auto at = config.find("queue_max: 8");
+    ASSERT_NE(at, std::string::npos);
+    config.replace(at, 12, "queue_max: 9");
+    std::ofstream(dir_ / "ensemble.yaml") << config;
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    EXPECT_EQ(ask("tiny-two").status, 200);
+    const auto events = cli("events --lines 100").out;
+    EXPECT_NE(events.find("--queue-max 8"), std::string::npos) << events;
+    EXPECT_NE(events.find("it is stopped and a new one started"), std::string::npos) << events;
+    EXPECT_EQ(events_of("front_door_kept"), 1) << "the first time only";
 }
 
 }  // namespace

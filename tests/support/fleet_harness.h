@@ -121,6 +121,7 @@ class FleetFixture : public ::testing::Test {
         std::unique_ptr<FakeLink> link;
         Clock::time_point last_heartbeat{};
         std::uint64_t requests = 0;
+        std::uint32_t in_flight = 0;
     };
 
     void play_workers() {
@@ -138,6 +139,7 @@ class FleetFixture : public ::testing::Test {
                 protocol::WorkerStats stats;
                 stats.state = "ready";
                 stats.requests = played.requests;
+                stats.in_flight = played.in_flight;
                 stats.memory_bytes = measured_memory;
                 fleet_->on_heartbeat(played.link.get(), stats);
                 played.last_heartbeat = time_->now();
@@ -161,6 +163,10 @@ class FleetFixture : public ::testing::Test {
 
     // A request served by the port's worker (its next heartbeat says so).
     void serve(int port) { ++played_[world_.newest_on(port)->pid].requests; }
+    // Requests the port's worker is answering now (its next heartbeat says so).
+    void set_in_flight(int port, std::uint32_t n) {
+        played_[world_.newest_on(port)->pid].in_flight = n;
+    }
 
     // One control command, begun: its reply is set once it answers (as time passes).
     std::shared_ptr<std::optional<json>> begin_command(protocol::Verb verb, int port = 0,

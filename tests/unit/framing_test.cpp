@@ -84,7 +84,7 @@ TEST(Framing, OversizedFrameIsDiscardedWithoutBufferingIt) {
 }
 
 TEST(Messages, RegisterRoundTrip) {
-    Register r{"w-8100-1", "tok", 8100, 4242, kVersion, "qwen3-8b", 1};
+    Register r{"w-8100-1", "tok", 8100, 4242, kVersion, "qwen3-8b", 1, false, ""};
     auto parsed = parse_worker_message(to_json(r));
     ASSERT_TRUE(parsed);
     const auto& back = std::get<Register>(*parsed);
@@ -129,7 +129,7 @@ TEST(Messages, WrongTypesUnknownMessagesAndVersionsAreErrors) {
     EXPECT_FALSE(parse_worker_message({{"type", 5}}));
     EXPECT_FALSE(
         parse_worker_message({{"type", "heartbeat"}, {"state", "ready"}, {"requests", -1}}));
-    auto r = to_json(Register{"w", "t", 1, 1, kVersion, "h"});
+    auto r = to_json(Register{"w", "t", 1, 1, kVersion, "h", 0, false, ""});
     r["version"] = kVersion + 1;
     auto parsed = parse_worker_message(r);
     ASSERT_FALSE(parsed);
@@ -144,8 +144,13 @@ TEST(Messages, TheFrontDoorsKeepAliveAndRoutesRoundTripAndAreChecked) {
     EXPECT_EQ(back.model, "tiny");
     EXPECT_EQ(back.port, 8110);
     EXPECT_EQ(back.seconds, KeepAlive::kForever);
-    for (const auto& [key, value] : std::vector<std::pair<std::string, nlohmann::json>>{
-             {"seconds", -2}, {"seconds", "5m"}, {"port", 0}, {"port", 70000}, {"model", "a b"}}) {
+    for (const auto& [key, value] :
+         std::vector<std::pair<std::string, nlohmann::json>>{{"seconds", -3},
+                                                             {"seconds", KeepAlive::kLongest + 1},
+                                                             {"seconds", "5m"},
+                                                             {"port", 0},
+                                                             {"port", 70000},
+                                                             {"model", "a b"}}) {
         auto odd = to_json(kept);
         odd[key] = value;
         EXPECT_FALSE(parse_worker_message(odd)) << key << "=" << value;

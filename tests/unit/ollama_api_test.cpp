@@ -143,6 +143,7 @@ TEST(OllamaApi, KeepAliveIsSecondsOrAGoDurationAndNegativeIsForEver) {
     EXPECT_EQ(seconds("2\u00b5s"), 1);
     EXPECT_EQ(seconds(".5s"), 1);
     EXPECT_EQ(seconds(-1), -1) << "for ever";
+    EXPECT_EQ(seconds(-0.5), -1) << "negative, however little";
     EXPECT_EQ(seconds("-1m"), -1);
     EXPECT_EQ(seconds("1000000h"), -1) << "beyond a century is for ever";
     for (const json& bad :
@@ -153,6 +154,8 @@ TEST(OllamaApi, KeepAliveIsSecondsOrAGoDurationAndNegativeIsForEver) {
         EXPECT_EQ(parsed.error().code, "bad_request");
         EXPECT_NE(parsed.error().message.find("keep_alive"), std::string::npos);
     }
+    EXPECT_LT(keep_alive_seconds(std::string(5000, 'x')).error().message.size(), 400U)
+        << "an untrusted value is not echoed whole";
     // On a model port too: refused, not ignored.
     EXPECT_EQ(
         to_engine(Call::chat, R"({"model":"m","messages":[],"keep_alive":"soon"})").error().code,

@@ -18,6 +18,7 @@ class OnDemandTest : public FleetFixture {
                   "\n    evict_idle_after: " + door_idle + "\n",
               "  c1: {engine: fake, path: none, memory: 5GiB, on_demand: true}\n"
               "  c2: {engine: fake, path: none, memory: 5GiB, on_demand: true}\n"
+              "  c3: {engine: fake, path: none, memory: 5GiB, on_demand: true}\n"
               "  fixed: {engine: fake, path: none, memory: 1GiB}\n");
     }
 
@@ -157,11 +158,40 @@ TEST_F(OnDemandTest, KeepAliveSetsTheIdleTimeOfThatLoadOnly) {
     for (int i = 0; i < 40; ++i)
         advance(100ms);
     EXPECT_EQ(port_status(kPool1)["state"], "ready");
+    // A request without one puts the default back.
+    EXPECT_TRUE(fleet_->keep_alive({"c1", kPool1, 1}));
+    EXPECT_TRUE(fleet_->keep_alive({"c1", kPool1, protocol::KeepAlive::kDefault}));
+    for (int i = 0; i < 30; ++i)
+        advance(100ms);
+    EXPECT_EQ(port_status(kPool1)["state"], "ready");
+    // A port busy with a request (another client's stream) is not idle, whatever its keep_alive.
+    set_in_flight(kPool1, 1);
+    for (int i = 0; i < 11; ++i)
+        advance(100ms);
     fleet_->keep_alive({"c1", kPool1, 0});
-    advance(600ms);
-    advance(600ms);
+    for (int i = 0; i < 30; ++i)
+        advance(100ms);
+    EXPECT_EQ(port_status(kPool1)["state"], "ready") << "a stream in flight";
+    set_in_flight(kPool1, 0);
+    for (int i = 0; i < 30; ++i)
+        advance(100ms);
     EXPECT_TRUE(port_status(kPool1).is_null()) << "keep_alive 0: unloaded once idle";
     EXPECT_EQ(port_status(kPool2)["state"], "ready") << "kept for ever";
+    EXPECT_FALSE(fleet_->keep_alive({"c1", kPool1, 5})) << "for a load that is gone: ignored";
+    EXPECT_FALSE(fleet_->keep_alive({"fixed", 8100, 5})) << "not a pool port: ignored";
+}
+
+// Room on a full pool is made by the idlest model, one kept for ever (keep_alive -1) last.
+TEST_F(OnDemandTest, AModelKeptForEverMakesRoomOnlyWhenNoOtherIdles) {
+    start_with_pool("  evict_idle_after: 1s\n  memory_budget: 100GiB\n");
+    ASSERT_TRUE(demand("c1"));
+    ASSERT_TRUE(demand("c2"));
+    ASSERT_TRUE(fleet_->keep_alive({"c1", kPool1, protocol::KeepAlive::kForever}));
+    for (int i = 0; i < 30; ++i)
+        advance(100ms);  // both idle; c1 the longer
+    ASSERT_TRUE(demand("c3"));
+    EXPECT_EQ(port_status(kPool1)["model"], "c1") << "kept";
+    EXPECT_EQ(port_status(kPool2)["model"], "c3") << "c2 made room";
 }
 
 }  // namespace
