@@ -65,15 +65,29 @@ await step('unload', () => ollama.generate({ model: cold, prompt: '', keep_alive
 await step('after_unload', () => untilUnloaded(cold));
 await step('unload_again', () => ollama.chat({ model: cold, messages: [], keep_alive: '0s' }));
 await step('models_after_unload', async () => (await openai.models.list()).data.find((m) => m.id === cold));
+// The model's /api/ps entry once `wanted` holds of it (or after 5 s): ensembled hears of a
+// keep_alive once the answer is sent, and /api/ps shows it a moment later.
+async function psEntryOnce(model, wanted) {
+  const start = Date.now();
+  let entry = await psEntry(model);
+  while (!(entry && wanted(entry)) && Date.now() - start < 5000) {
+    await new Promise((r) => setTimeout(r, 50));
+    entry = await psEntry(model);
+  }
+  return entry;
+}
 await step('keep_5m', async () => {
   await ollama.chat({ model: cold, messages, keep_alive: '5m', options: { num_predict: 2 } });
-  return { expires_in_s: expiresIn(await psEntry(cold)) };
+  return { expires_in_s: expiresIn(await psEntryOnce(cold, (e) => expiresIn(e) <= 301)) };
 });
 await step('keep_forever', async () => {
   await ollama.generate({ model: cold, prompt: 'hi', keep_alive: -1, options: { num_predict: 2 } });
-  return (await psEntry(cold))?.expires_at ?? null;
+  const forever = (e) => e.expires_at.startsWith('2318');
+  return (await psEntryOnce(cold, forever))?.expires_at ?? null;
 });
 await step('bad_keep_alive', () => ollama.chat({ model: cold, messages, keep_alive: 'soon' }));
+await step('over_budget', () => openai.chat.completions.create({ model: 'tiny-huge', messages }));
+await step('ollama_over_budget', () => ollama.chat({ model: 'tiny-huge', messages }));
 await step('unknown_model', () => openai.chat.completions.create({ model: 'gpt-4', messages }));
 await step('ollama_unknown_model', () => ollama.chat({ model: 'llama3', messages }));
 await step('pull', () => ollama.pull({ model: 'llama3' }));

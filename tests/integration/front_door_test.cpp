@@ -175,7 +175,16 @@ TEST_F(FrontDoorTest, OpenAiAndOllamaClientsUseOneUrlAndAColdModelLoadsOnDemand)
     EXPECT_NE(r["unknown_model"]["error"].get<std::string>().find("tiny-cold"), std::string::npos);
     EXPECT_EQ(r["ollama_unknown_model"]["status"], 404);
     EXPECT_EQ(r["pull"]["status"], 501);
-    EXPECT_EQ(events_of("on_demand"), 2) << "loaded, unloaded by keep_alive 0, loaded again";
+    // A model the budget cannot hold: refused with the budget's arithmetic, in each API's shape.
+    EXPECT_EQ(r["over_budget"]["status"], 503);
+    EXPECT_EQ(r["over_budget"]["code"], "over_budget");
+    EXPECT_NE(r["over_budget"]["error"].get<std::string>().find("budget"), std::string::npos);
+    EXPECT_EQ(r["ollama_over_budget"]["status"], 503);
+    EXPECT_NE(r["ollama_over_budget"]["error"].get<std::string>().find("budget"),
+              std::string::npos);
+    EXPECT_EQ(events_of("budget_refused"), 2);
+    EXPECT_EQ(events_of("on_demand"), 4)
+        << "tiny-cold loaded, unloaded by keep_alive 0, loaded again; tiny-huge tried twice";
     EXPECT_EQ(events_of("idle_unload"), 1);
 }
 

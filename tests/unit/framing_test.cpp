@@ -111,6 +111,7 @@ TEST(Messages, HeartbeatRoundTrip) {
     h.stats.memory_bytes = 123456789;
     h.stats.requests = 7;
     h.stats.queue_depth = 2;
+    h.stats.in_flight = 3;
     h.stats.load_mapped_bytes = 5;
     h.stats.load_file_bytes = 10;
     auto parsed = parse_worker_message(to_json(h));
@@ -118,6 +119,8 @@ TEST(Messages, HeartbeatRoundTrip) {
     EXPECT_EQ(std::get<Heartbeat>(*parsed).stats.memory_bytes, 123456789U);
     EXPECT_EQ(std::get<Heartbeat>(*parsed).stats.load_mapped_bytes, 5U);
     EXPECT_EQ(std::get<Heartbeat>(*parsed).stats.load_file_bytes, 10U);
+    EXPECT_EQ(std::get<Heartbeat>(*parsed).stats.in_flight, 3U);
+    EXPECT_TRUE(std::get<Heartbeat>(*parsed).stats.busy());
     // More of a file resident than the file holds is a worker's lie, refused.
     h.stats.load_mapped_bytes = 11;
     EXPECT_FALSE(parse_worker_message(to_json(h)));
