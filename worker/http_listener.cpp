@@ -19,6 +19,7 @@ constexpr std::uint32_t kHeaderLimit = 64 * 1024;
 // takes (beast reads at most 64 KiB at a time whatever the buffer).
 constexpr std::size_t kIdleRead = 4096;
 constexpr std::uint64_t kLargeRead = 64 * 1024;
+constexpr auto kIdleSweep = std::chrono::seconds(1);
 
 }  // namespace
 
@@ -122,6 +123,10 @@ awaitable<void> HttpListener::serve(tcp::socket socket) {
     socket.non_blocking(true, mode_ec);  // for write_now; if refused, writes wait their turn
     beast::tcp_stream stream(std::move(socket));
     auto session = sessions_.insert(sessions_.end(), Session{&stream, true});
+    if (!idle_sweep_running_) {
+        idle_sweep_running_ = true;
+        asio::co_spawn(io_, close_idle_sessions(), asio::detached);
+    }
     beast::flat_buffer buffer;
     for (;;) {
         http::request_parser<http::string_body> parser;
@@ -131,7 +136,9 @@ awaitable<void> HttpListener::serve(tcp::socket socket) {
         session->idle = true;
         if (draining_ && !session->fresh) break;
         if (buffer.size() == 0) {  // waiting for the next request to begin
-            stream.expires_after(limits_.idle_timeout);
+            // (Its time limit is close_idle_sessions', not a timer armed and cancelled per
+            // request.)
+            session->idle_since = std::chrono::steady_clock::now();
             const auto n = co_await stream.async_read_some(buffer.prepare(kIdleRead), on_error(ec));
             if (ec) break;
             buffer.commit(n);
@@ -179,6 +186,23 @@ awaitable<void> HttpListener::serve(tcp::socket socket) {
     boost::system::error_code ignored;
     stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
     sessions_.erase(session);
+}
+
+// Ends the connections that have waited longer than idle_timeout for a request to begin, once a
+// second while there are any.
+awaitable<void> HttpListener::close_idle_sessions() {
+    asio::steady_timer tick(io_);
+    while (!sessions_.empty()) {
+        tick.expires_after(kIdleSweep);
+        boost::system::error_code ec;
+        co_await tick.async_wait(on_error(ec));
+        const auto now = std::chrono::steady_clock::now();
+        for (auto& session : sessions_) {
+            if (session.idle && now - session.idle_since >= limits_.idle_timeout)
+                session.stream->socket().cancel(ec);  // its read ends: the connection closes
+        }
+    }
+    idle_sweep_running_ = false;
 }
 
 awaitable<void> HttpListener::reject_unreadable(beast::tcp_stream& stream,

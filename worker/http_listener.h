@@ -70,11 +70,13 @@ class HttpListener {
         // No request served yet: a client that connected before a drain began is answered
         // (its request was on its way), not cut off like one idling between requests.
         bool fresh = true;
+        std::chrono::steady_clock::time_point idle_since{};  // while idle
     };
 
     awaitable<void> accept_loop();
     awaitable<void> refuse_connection(tcp::socket socket);
     awaitable<void> serve(tcp::socket socket);
+    awaitable<void> close_idle_sessions();
     awaitable<void> reject_unreadable(beast::tcp_stream& stream, boost::system::error_code ec,
                                       std::string_view target);
 
@@ -84,6 +86,7 @@ class HttpListener {
     std::list<Session> sessions_;
     std::size_t in_flight_ = 0;
     bool draining_ = false;
+    bool idle_sweep_running_ = false;
 };
 
 }  // namespace ensemble

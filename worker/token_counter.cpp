@@ -9,6 +9,17 @@ namespace ensemble {
 namespace {
 constexpr std::size_t kPlainTail = 64 * 1024;
 constexpr std::size_t kStreamTail = 4 * 1024;
+
+// The last `key` (which begins with a quote) starting before `before`: std::string::rfind compares
+// at every position, and this runs at the end of every answer; quotes are few.
+std::size_t last_key(std::string_view text, std::string_view key, std::size_t before) {
+    for (auto end = std::min(before, text.size()); end > 0;) {
+        const auto pos = text.substr(0, end).rfind(key.front());
+        if (pos == std::string_view::npos || text.substr(pos).starts_with(key)) return pos;
+        end = pos;
+    }
+    return std::string_view::npos;
+}
 }  // namespace
 
 // A needle counts once the character after it is known (and is not the closing quote of an empty
@@ -69,8 +80,8 @@ std::uint64_t TokenCounter::prompt_tokens() const {
 // '}' or ']' can follow). No other object of an OpenAI answer has these keys. The last one counts
 // (a stream's usage event comes last).
 std::uint64_t TokenCounter::usage_count(std::string_view key) const {
-    for (auto pos = tail_.rfind(key); pos != std::string::npos;
-         pos = pos == 0 ? std::string::npos : tail_.rfind(key, pos - 1)) {
+    for (auto pos = last_key(tail_, key, tail_.size()); pos != std::string::npos;
+         pos = last_key(tail_, key, pos)) {
         auto at = tail_.find_first_not_of(" \t\r\n", pos + key.size());
         if (at == std::string::npos || tail_[at] != ':') continue;
         at = tail_.find_first_not_of(" \t\r\n", at + 1);

@@ -175,6 +175,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     int hold_seconds = 30;
     int queue_timeout = 60;
     int header_timeout = static_cast<int>(o.front.header_timeout.count());
+    int idle_timeout = static_cast<int>(o.front.idle_timeout.count());
     double stall_timeout = 120;
     std::vector<std::string> engine_env;
     int engine_timeout = 600;
@@ -244,6 +245,11 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "seconds a client has to send a request's headers once it has begun")
         ->capture_default_str()
         ->check(CLI::Range(1, 3600));
+    app.add_option("--idle-timeout", idle_timeout,
+                   "seconds a connection may wait for a request to begin (kept alive between "
+                   "requests, or newly opened) before it is closed")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 86400));
     app.add_option("--hold-while-loading", hold_seconds,
                    "supervised: seconds a connection waits in the port's backlog for the engine "
                    "to be ready, before it is answered 503 model_loading")
@@ -281,6 +287,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     o.drain_timeout = std::chrono::seconds(drain_seconds);
     o.hold_while_loading = std::chrono::seconds(hold_seconds);
     o.front.header_timeout = std::chrono::seconds(header_timeout);
+    o.front.idle_timeout = std::chrono::seconds(idle_timeout);
     o.proxy.queue_timeout = std::chrono::seconds(queue_timeout);
     o.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
     o.proxy.max_idle_connections = static_cast<std::size_t>(o.engine.parallel);

@@ -8,6 +8,7 @@
 #include <thread>
 
 #include "tests/support/http_client.h"
+#include "tests/support/worker_process.h"
 
 namespace ensemble::bench {
 
@@ -106,6 +107,14 @@ NginxFront::NginxFront(unsigned short port, const std::filesystem::path& engine_
     }
     throw std::runtime_error("nginx did not come up on port " + std::to_string(port) + "; see " +
                              (folder / "error.log").string());
+}
+
+pid_t NginxFront::worker_pid() const {
+    const auto workers = testing::children_of(process_->pid());
+    if (workers.size() != 1)
+        throw std::runtime_error("nginx runs " + std::to_string(workers.size()) +
+                                 " worker processes; the configuration asks for one");
+    return workers.front();
 }
 
 NginxFront::~NginxFront() {

@@ -19,6 +19,7 @@ class NginxFront {
                const std::filesystem::path& folder);
     ~NginxFront();
     unsigned short port() const { return port_; }
+    pid_t worker_pid() const;  // the one worker process, which serves every request
 
   private:
     unsigned short port_;

@@ -10,6 +10,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <fstream>
 #include <iostream>
@@ -18,6 +19,7 @@
 
 #include "tests/bench/keepalive_load.h"
 #include "tests/bench/nginx_front.h"
+#include "tests/bench/process_cost.h"
 #include "tests/support/http_client.h"
 #include "tests/support/worker_process.h"
 
@@ -102,6 +104,7 @@ void add(Series& s, const Batch& b) {
 struct Path {
     const char* name;
     StreamEndpoint endpoint;
+    pid_t proxy = 0;  // the process in the path, whose cost is measured (none for direct)
 };
 
 // Runs `each` once per path per round, rotating which path goes first so drift affects all alike.
@@ -126,8 +129,24 @@ std::string completion_body(int max_tokens, std::size_t padding_bytes) {
 struct LoadSeries {
     std::vector<double> p50_ms;  // one per round
     std::vector<double> requests_per_s;
+    std::vector<double> cpu_us_per_request;  // the proxy's
+    std::vector<double> preempted_per_request;
     int errors = 0;
 };
+
+// The median of `values` with a distribution-free 95 % confidence interval (order statistics;
+// with fewer than 6 values it spans all of them).
+struct MedianEstimate {
+    double median = 0, low = 0, high = 0;
+};
+MedianEstimate median_with_interval(std::vector<double> values) {
+    if (values.empty()) return {};
+    std::sort(values.begin(), values.end());
+    const auto n = static_cast<double>(values.size());
+    const auto k =
+        static_cast<std::size_t>(std::max(0.0, std::floor((n - 1.96 * std::sqrt(n)) / 2)));
+    return {percentile(values, 0.5), values[k], values[values.size() - 1 - k]};
+}
 
 nlohmann::json report_load(const std::vector<Path>& paths, const std::vector<LoadSeries>& series,
                            const std::string& label) {
@@ -137,15 +156,37 @@ nlohmann::json report_load(const std::vector<Path>& paths, const std::vector<Loa
     for (std::size_t k = 0; k < paths.size(); ++k) {
         const double p50 = percentile(series[k].p50_ms, 0.5);
         const double rps = percentile(series[k].requests_per_s, 0.5);
-        std::printf("| %s | %s | %.3f | %+.3f | %.0f | %.1f%% | %d |\n", label.c_str(),
-                    paths[k].name, p50, p50 - direct_p50, rps, 100 * rps / direct_rps,
-                    series[k].errors);
+        const double cpu_us = percentile(series[k].cpu_us_per_request, 0.5);
+        const double preempted = percentile(series[k].preempted_per_request, 0.5);
+        std::printf("| %s | %s | %.3f | %+.3f | %.0f | %.1f%% | %.1f | %.2f | %d |\n",
+                    label.c_str(), paths[k].name, p50, p50 - direct_p50, rps,
+                    100 * rps / direct_rps, cpu_us, preempted, series[k].errors);
         out[paths[k].name] = {{"p50_ms_median", p50},
                               {"added_p50_ms", p50 - direct_p50},
                               {"requests_per_s_median", rps},
                               {"throughput_vs_direct", rps / direct_rps},
+                              {"proxy_cpu_us_per_request", cpu_us},
+                              {"proxy_preempted_per_request", preempted},
                               {"errors", series[k].errors}};
     }
+    // Worker against nginx, paired by round (they ran one after the other): the engine's drift
+    // between rounds, larger than the difference sought, cancels out.
+    std::vector<double> latency_diff, throughput_ratio;
+    for (std::size_t r = 0; r < series[0].p50_ms.size(); ++r) {
+        latency_diff.push_back(series[2].p50_ms[r] - series[1].p50_ms[r]);
+        throughput_ratio.push_back(series[2].requests_per_s[r] / series[1].requests_per_s[r]);
+    }
+    const auto latency = median_with_interval(latency_diff);
+    const auto throughput = median_with_interval(throughput_ratio);
+    std::printf(
+        "| %s | worker against nginx, paired by run: median [95%% interval] | | "
+        "%+.3f [%+.3f, %+.3f] | | %.1f%% [%.1f, %.1f] | | | |\n",
+        label.c_str(), latency.median, latency.low, latency.high, 100 * throughput.median,
+        100 * throughput.low, 100 * throughput.high);
+    out["worker_minus_nginx_p50_ms"] = {
+        {"median", latency.median}, {"low", latency.low}, {"high", latency.high}};
+    out["worker_over_nginx_requests_per_s"] = {
+        {"median", throughput.median}, {"low", throughput.low}, {"high", throughput.high}};
     std::fflush(stdout);
     return out;
 }
@@ -200,9 +241,10 @@ int main(int argc, char** argv) {
     bench::NginxFront nginx(free_port(), engine_socket, test_output_dir("proxy_bench") / "nginx");
     const std::vector<Path> paths{
         {"direct llama-server", StreamEndpoint::unix_socket(engine_socket)},
-        {"through nginx", StreamEndpoint::tcp(asio::ip::address_v4::loopback(), nginx.port())},
+        {"through nginx", StreamEndpoint::tcp(asio::ip::address_v4::loopback(), nginx.port()),
+         nginx.worker_pid()},
         {"through ensemble-worker",
-         StreamEndpoint::tcp(asio::ip::address_v4::loopback(), worker.port())}};
+         StreamEndpoint::tcp(asio::ip::address_v4::loopback(), worker.port()), worker.pid()}};
     nlohmann::json results{{"streamed", nlohmann::json::array()},
                            {"keepalive", nlohmann::json::array()}};
 
@@ -245,7 +287,16 @@ int main(int argc, char** argv) {
         for (const auto& path : paths)  // warm up
             bench::run_keepalive_load(path.endpoint, request, c, std::chrono::milliseconds(300));
         interleaved(paths, load_rounds, [&](std::size_t k) {
+            const auto before =
+                paths[k].proxy != 0 ? bench::process_cost(paths[k].proxy) : bench::ProcessCost{};
             const auto r = bench::run_keepalive_load(paths[k].endpoint, request, c, load_duration);
+            const auto cost = paths[k].proxy != 0 ? bench::process_cost(paths[k].proxy) - before
+                                                  : bench::ProcessCost{};
+            const auto requests = std::max<double>(1, static_cast<double>(r.latencies_ms.size()));
+            series[k].cpu_us_per_request.push_back(static_cast<double>(cost.cpu_ns) / 1000 /
+                                                   requests);
+            series[k].preempted_per_request.push_back(
+                static_cast<double>(cost.involuntary_switches) / requests);
             series[k].p50_ms.push_back(percentile(r.latencies_ms, 0.5));
             series[k].requests_per_s.push_back(r.requests_per_s());
             series[k].errors += r.errors;
@@ -257,8 +308,8 @@ int main(int argc, char** argv) {
                     load_rounds, load_seconds);
         std::printf(
             "| connections | path | latency p50 ms | added p50 ms | requests/s (median) | vs "
-            "direct | errors |\n");
-        std::printf("|---|---|---|---|---|---|---|\n");
+            "direct | proxy CPU µs/request | proxy preempted/request | errors |\n");
+        std::printf("|---|---|---|---|---|---|---|---|---|\n");
         const auto small = bench::raw_post("/v1/chat/completions", completion_body(1, 0));
         for (int c : load_concurrencies) {
             auto row = measure(small, c, std::to_string(c));

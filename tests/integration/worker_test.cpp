@@ -245,6 +245,40 @@ TEST_F(WorkerTest, ConnectionsPastTheCapAre503AndHalfSentHeadersAreCutOff) {
     EXPECT_TRUE(process_alive(worker->pid()));
 }
 
+// A connection that says nothing, and one kept alive after its answer, are closed once they have
+// waited --idle-timeout for a request to begin; one that keeps asking is not.
+TEST_F(WorkerTest, IdleConnectionsAreClosedAfterTheIdleTimeout) {
+    auto worker = start({"--idle-timeout", "2"});
+    const auto closed_after = [](int fd) {
+        timeval limit{10, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+        const auto began = std::chrono::steady_clock::now();
+        std::array<char, 4096> sink{};
+        while (::recv(fd, sink.data(), sink.size(), 0) > 0) {
+        }
+        ::close(fd);
+        return std::chrono::steady_clock::now() - began;
+    };
+    const int silent = connect_loopback(worker->port());
+    const auto silent_for = closed_after(silent);
+    EXPECT_GE(silent_for, 1900ms);
+    EXPECT_LT(silent_for, 5s) << "the idle timeout is 2 s, checked once a second";
+
+    const int kept = connect_loopback(worker->port());
+    const std::string health = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    for (int i = 0; i < 4; ++i) {  // 3 s of requests 1 s apart: busy, never idle for 2 s
+        ASSERT_EQ(::send(kept, health.data(), health.size(), 0),
+                  static_cast<ssize_t>(health.size()));
+        std::array<char, 4096> answer{};
+        ASSERT_GT(::recv(kept, answer.data(), answer.size(), 0), 0) << "request " << i;
+        if (i < 3) std::this_thread::sleep_for(1s);
+    }
+    const auto kept_for = closed_after(kept);
+    EXPECT_GE(kept_for, 1900ms);
+    EXPECT_LT(kept_for, 5s);
+    EXPECT_TRUE(process_alive(worker->pid()));
+}
+
 TEST_F(WorkerTest, MalformedHttpIs400) {
     auto worker = start();
     const auto reply = raw_exchange(worker->port(), "GARBAGE\x01 / HTTP/9.9\r\n\r\n");
