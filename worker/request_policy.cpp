@@ -23,6 +23,22 @@ Status check_api_key(std::string_view authorization_header, std::string_view api
                          : "the API key is not valid for this port"};
 }
 
+namespace {
+
+// The engine's model id as a JSON string, quoted once rather than for every request (nlohmann's
+// serialiser also reads the locale each time it is made).
+const std::string& quoted(const std::string& id) {
+    thread_local std::string last_id;
+    thread_local std::string last_quoted;
+    if (last_quoted.empty() || id != last_id) {
+        last_quoted = nlohmann::json(id).dump();
+        last_id = id;
+    }
+    return last_quoted;
+}
+
+}  // namespace
+
 Result<std::string> pin_model(std::string_view body, const ModelIdentity& model) {
     // One validating pass finds the `model` members; the body is then spliced, not re-serialised:
     // its other bytes reach the engine exactly as the client sent them. Members that make an
@@ -63,7 +79,7 @@ Result<std::string> pin_model(std::string_view body, const ModelIdentity& model)
                                                 model.handle + "' (see GET /v1/models)"};
         }
     }
-    const auto engine_id = nlohmann::json(model.engine_model_id).dump();
+    const auto& engine_id = quoted(model.engine_model_id);
     std::string out;
     out.reserve(body.size() + engine_id.size() + 16);
     if (models.empty()) {
