@@ -138,7 +138,7 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
                                   "GET, POST", keep_alive);
     }
     if (!request.body().empty()) {
-        auto pinned = pin_model(request.body(), model_);
+        auto pinned = pin_model(std::move(request.body()), model_);
         if (!pinned) return make_error_response(api_error(pinned.error()), keep_alive);
         request.body() = std::move(pinned).value();
     }
@@ -234,7 +234,7 @@ awaitable<bool> HttpFront::handle_ollama(beast::tcp_stream& stream,
                                            keep_alive);
         } else if (translated->answered) {
             local = make_json_response(http::status::ok, *translated->answered, keep_alive);
-        } else if (auto pinned = pin_model(translated->body, model_); !pinned) {
+        } else if (auto pinned = pin_model(std::move(translated->body), model_); !pinned) {
             local = ollama::error_response(api_error(pinned.error()).status, pinned.error().message,
                                            keep_alive);
         } else if (auto unavailable = admission_error()) {

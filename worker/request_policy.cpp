@@ -39,14 +39,15 @@ const std::string& quoted(const std::string& id) {
 
 }  // namespace
 
-Result<std::string> pin_model(std::string_view body, const ModelIdentity& model) {
+Result<std::string> pin_model(std::string body, const ModelIdentity& model) {
     // One validating pass finds the `model` members; the body is then spliced, not re-serialised:
     // its other bytes reach the engine exactly as the client sent them. Members that make an
     // engine load other weights (mlx_lm.server loads, or downloads, the LoRA adapters and the
     // draft model a request names) are refused like another model.
     constexpr std::size_t kModel = 0;
     static constexpr std::array<std::string_view, 3> kKeys{"model", "adapters", "draft_model"};
-    auto scanned = scan_top_level_members(body, kKeys);
+    const std::string_view text(body);
+    auto scanned = scan_top_level_members(text, kKeys);
     if (!scanned && scanned.error().code == "too_deep")
         return Error{"invalid_json",
                      "the request body is refused: " + scanned.error().message + "; flatten it"};
@@ -67,7 +68,7 @@ Result<std::string> pin_model(std::string_view body, const ModelIdentity& model)
                              "', and the engine would load what it names; remove it"};
         }
         models.push_back(member);
-        const auto value = body.substr(member.begin, member.end - member.begin);
+        const auto value = text.substr(member.begin, member.end - member.begin);
         if (value.front() != '"') return Error{"invalid_model", "'model' must be a string"};
         // Escapes are rare; a name without one is its own bytes between the quotes.
         const auto name = value.find('\\') == std::string_view::npos
@@ -80,22 +81,26 @@ Result<std::string> pin_model(std::string_view body, const ModelIdentity& model)
         }
     }
     const auto& engine_id = quoted(model.engine_model_id);
+    const auto names_engine_id = [&](const MemberValue& member) {
+        return text.substr(member.begin, member.end - member.begin) == engine_id;
+    };
+    if (!models.empty() && std::all_of(models.begin(), models.end(), names_engine_id)) return body;
     std::string out;
     out.reserve(body.size() + engine_id.size() + 16);
     if (models.empty()) {
         const auto after_brace = scan.object_open + 1;
-        out.append(body.substr(0, after_brace));
+        out.append(text.substr(0, after_brace));
         out.append("\"model\":").append(engine_id);
         if (scan.members > 0) out += ',';
-        out.append(body.substr(after_brace));
+        out.append(text.substr(after_brace));
         return out;
     }
     std::size_t copied = 0;
     for (const auto& member : models) {
-        out.append(body.substr(copied, member.begin - copied)).append(engine_id);
+        out.append(text.substr(copied, member.begin - copied)).append(engine_id);
         copied = member.end;
     }
-    out.append(body.substr(copied));
+    out.append(text.substr(copied));
     return out;
 }
 

@@ -15,7 +15,7 @@
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     static const ensemble::ModelIdentity model{"tiny", {"small"}, "/models/tiny.gguf"};
     const std::string_view bytes(reinterpret_cast<const char*>(data), size);
-    const auto pinned = ensemble::pin_model(bytes, model);
+    const auto pinned = ensemble::pin_model(std::string(bytes), model);
     // nlohmann takes a NUL byte as the end of its input (and ignores what follows); the scan
     // refuses it, as RFC 8259 does: valid JSON never holds a raw NUL.
     const auto parsed = bytes.find('\0') == std::string_view::npos

@@ -38,6 +38,24 @@ TEST(PinModel, RewritesTheHandleToTheEnginesOwnId) {
     EXPECT_EQ(json::parse(*r)["model"], "/models/Qwen3-8B-MLX");
 }
 
+// llama.cpp's engine id is the handle: a body that names it goes on as it came, not copied (a
+// request body may be megabytes); one that also names it otherwise is still rewritten.
+TEST(PinModel, ABodyAlreadyNamingTheEnginesIdIsPassedOnWithoutACopy) {
+    const ModelIdentity llama{"tiny", {"small"}, "tiny"};
+    std::string body = R"({"model":"tiny","messages":[{"role":"user","content":")" +
+                       std::string(4096, 'x') + R"("}]})";
+    const auto original = body;
+    const auto* bytes = body.data();
+    auto r = pin_model(std::move(body), llama);
+    ASSERT_TRUE(r);
+    EXPECT_EQ(*r, original);
+    EXPECT_EQ(r->data(), bytes) << "the same buffer, moved";
+
+    auto aliased = pin_model(R"({"model":"tiny","model":"small"})", llama);
+    ASSERT_TRUE(aliased);
+    EXPECT_EQ(*aliased, R"({"model":"tiny","model":"tiny"})");
+}
+
 TEST(PinModel, AcceptsAliasesAndFillsInAMissingModel) {
     EXPECT_TRUE(pin_model(R"({"model":"qwen3"})", kModel));
     auto r = pin_model(R"({"messages":[]})", kModel);
