@@ -180,7 +180,8 @@ json routes_message(const std::vector<Route>& routes) {
                           {"tools", r.tools},
                           {"memory_bytes", r.memory_bytes},
                           {"expires_unix", r.expires_unix},
-                          {"load_permille", r.load_permille}});
+                          {"load_permille", r.load_permille},
+                          {"load_measure", r.load_measure}});
     }
     return {{"type", "routes"}, {"models", std::move(models)}};
 }
@@ -203,8 +204,10 @@ std::optional<Result<std::vector<Route>>> parse_routes(const json& message) {
             .read("tools", r.tools, false)
             .read("memory_bytes", r.memory_bytes, false)
             .read("expires_unix", r.expires_unix, false)
-            .read("load_permille", r.load_permille, false);
+            .read("load_permille", r.load_permille, false)
+            .read("load_measure", r.load_measure, false);
         if (!fields.status()) return {fields.status().error()};
+        if (r.load_measure.size() > 16) return {bad("'load_measure' is longer than 16 bytes")};
         if (r.load_permille < 0 || r.load_permille > 1000)
             return {bad("'load_permille' must be 0 to 1000")};
         if (const auto aliases = m.find("aliases"); aliases != m.end()) {

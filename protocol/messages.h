@@ -116,8 +116,11 @@ struct Route {
     bool tools = false;              // its engine serves tool calls
     std::uint64_t memory_bytes = 0;  // measured, while it runs
     std::int64_t expires_unix = 0;   // when an idle on-demand load is unloaded; 0: never
-    // While it loads: how far, in thousandths (supervisor/load_progress.h; at most 990).
+    // While it loads: how far, in thousandths (supervisor/load_progress.h; at most 990), and
+    // what is measured: "memory" (in use against the estimate) until the engine maps the model
+    // file, then "mapping" (of the file resident): the two are not one scale.
     int load_permille = 0;
+    std::string load_measure;
 };
 nlohmann::json routes_message(const std::vector<Route>& routes);
 // nullopt: `message` is not a routes message; an error: it is one, malformed.

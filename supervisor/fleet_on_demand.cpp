@@ -52,8 +52,10 @@ std::vector<protocol::Route> Fleet::routes() const {
                         std::chrono::duration_cast<std::chrono::seconds>(idle_until - now).count();
                 }
             }
-            if (rt.load)
+            if (rt.load) {
                 route.load_permille = static_cast<int>(std::lround(rt.load->fraction * 1000));
+                route.load_measure = rt.load->measure;
+            }
         }
         routes.push_back(std::move(route));
     }

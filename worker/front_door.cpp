@@ -326,8 +326,11 @@ class LoadWatch {
             if (route.state != "backoff" &&
                 seen.places.insert(std::to_string(route.port) + ":" + route.state).second)
                 moved = true;
-            if (route.load_permille >= seen.best_permille + kStep) {
-                seen.best_permille = route.load_permille;
+            // The best so far of this measure: the file's mapping, once it appears, starts its
+            // own scale (memory in use may have read 99 % of a small estimate before it).
+            const auto [best, first] = seen.best_permille.try_emplace(route.load_measure, 0);
+            if (route.load_permille >= best->second + kStep || (first && route.load_permille > 0)) {
+                best->second = route.load_permille;
                 moved = true;
             }
         };
@@ -344,8 +347,8 @@ class LoadWatch {
   private:
     static constexpr int kStep = 10;  // thousandths
     struct Seen {
-        std::set<std::string> places;  // port and state
-        int best_permille = 0;
+        std::set<std::string> places;              // port and state
+        std::map<std::string, int> best_permille;  // by load measure
     };
     std::map<std::string, Seen> seen_;
 };

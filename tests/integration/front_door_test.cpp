@@ -338,7 +338,12 @@ TEST_F(FrontDoorLoadTest, ALoadThatMovesIsWaitedForAndOneThatStandsStillIsGivenU
     const auto answered = slow.get();
     EXPECT_EQ(answered.status, 200) << "waited for while it moved: " << answered.body;
     ASSERT_GE(seen.size(), 3U) << "a 5 s load, looked at every 200 ms";
-    EXPECT_GT(seen.back(), seen.front());
+    // The file's mapping, once it shows, is its own scale: memory in use, measured before it,
+    // may already read 99 % of a small estimate (it does under ASan). The last rise rises.
+    auto rise = seen.size() - 1;
+    while (rise > 0 && seen[rise - 1] <= seen[rise])
+        --rise;
+    EXPECT_GT(seen.back(), seen[rise]) << "seen: " << json(seen).dump();
 
     const auto stuck = ask("stuck");
     EXPECT_EQ(stuck.status, 503) << stuck.body;

@@ -163,12 +163,17 @@ TEST(Messages, TheFrontDoorsKeepAliveAndRoutesRoundTripAndAreChecked) {
     route.port = 8110;
     route.state = "loading";
     route.load_permille = 410;
+    route.load_measure = "mapping";
     const auto routes = parse_routes(routes_message({route}));
     ASSERT_TRUE(routes && *routes);
     EXPECT_EQ((**routes).front().load_permille, 410);
+    EXPECT_EQ((**routes).front().load_measure, "mapping");
     auto wrong = routes_message({route});
     wrong["models"][0]["load_permille"] = 1001;
     EXPECT_FALSE(*parse_routes(wrong));
+    auto long_measure = routes_message({route});
+    long_measure["models"][0]["load_measure"] = std::string(17, 'm');
+    EXPECT_FALSE(*parse_routes(long_measure));
 }
 
 TEST(ControlRequests, VerbsCheckTheirFields) {
