@@ -77,7 +77,7 @@ awaitable<void> HttpListener::accept_loop() {
     while (!draining_) {
         boost::system::error_code ec;
         auto socket = co_await acceptor_.async_accept(on_error(ec));
-        if (ec == asio::error::operation_aborted || draining_) break;
+        if (ec == asio::error::operation_aborted || (ec && draining_)) break;
         if (ec) {
             // Out of descriptors or similar: back off briefly instead of spinning.
             spdlog::warn("front: accept failed: {}", ec.message());
@@ -85,12 +85,21 @@ awaitable<void> HttpListener::accept_loop() {
             co_await pause.async_wait(on_error(ec));
             continue;
         }
+        // Accepted: served even if a drain has begun meanwhile (the drain waits for it).
         socket.set_option(tcp::no_delay(true), ec);
         if (sessions_.size() >= limits_.max_connections) {
             asio::co_spawn(io_, refuse_connection(std::move(socket)), asio::detached);
             continue;
         }
-        asio::co_spawn(io_, serve(std::move(socket)), asio::detached);
+        socket.non_blocking(true, ec);  // for write_now; if refused, writes wait their turn
+        // A session from now, not from serve's first step: that step is posted, and a drain
+        // posted earlier would run first and find nothing to wait for.
+        const auto session = sessions_.emplace(sessions_.end(), std::move(socket));
+        if (!idle_sweep_running_) {
+            idle_sweep_running_ = true;
+            asio::co_spawn(io_, close_idle_sessions(), asio::detached);
+        }
+        asio::co_spawn(io_, serve(session), asio::detached);
     }
 }
 
@@ -118,15 +127,8 @@ awaitable<void> HttpListener::refuse_connection(tcp::socket socket) {
     }
 }
 
-awaitable<void> HttpListener::serve(tcp::socket socket) {
-    boost::system::error_code mode_ec;
-    socket.non_blocking(true, mode_ec);  // for write_now; if refused, writes wait their turn
-    beast::tcp_stream stream(std::move(socket));
-    auto session = sessions_.insert(sessions_.end(), Session{&stream, true});
-    if (!idle_sweep_running_) {
-        idle_sweep_running_ = true;
-        asio::co_spawn(io_, close_idle_sessions(), asio::detached);
-    }
+awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
+    beast::tcp_stream& stream = session->stream;
     beast::flat_buffer buffer;
     for (;;) {
         http::request_parser<http::string_body> parser;
@@ -199,7 +201,7 @@ awaitable<void> HttpListener::close_idle_sessions() {
         const auto now = std::chrono::steady_clock::now();
         for (auto& session : sessions_) {
             if (session.idle && now - session.idle_since >= limits_.idle_timeout)
-                session.stream->socket().cancel(ec);  // its read ends: the connection closes
+                session.stream.socket().cancel(ec);  // its read ends: the connection closes
         }
     }
     idle_sweep_running_ = false;
@@ -254,7 +256,7 @@ awaitable<void> HttpListener::drain(std::chrono::milliseconds timeout) {
         bool fresh_waiting = false;
         for (auto& session : sessions_) {
             // Ends a keep-alive wait; a fresh connection's first request is still answered.
-            if (session.idle && !session.fresh) session.stream->socket().cancel(ec);
+            if (session.idle && !session.fresh) session.stream.socket().cancel(ec);
             if (!session.idle) busy = true;  // reading a request (or answering one)
             if (session.idle && session.fresh) fresh_waiting = true;
         }
@@ -269,7 +271,7 @@ awaitable<void> HttpListener::drain(std::chrono::milliseconds timeout) {
                      in_flight_, timeout.count());
     }
     for (auto& session : sessions_)
-        session.stream->socket().close(ec);
+        session.stream.socket().close(ec);
 }
 
 }  // namespace ensemble

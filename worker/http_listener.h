@@ -64,18 +64,21 @@ class HttpListener {
     WorkerMetrics metrics_;
 
   private:
+    // A connection, from the moment it is accepted (before its first read begins): a drain
+    // that begins in between sees it and waits for its request.
     struct Session {
-        beast::tcp_stream* stream;
-        bool idle;
+        explicit Session(tcp::socket socket) : stream(std::move(socket)) {}
+        beast::tcp_stream stream;
+        bool idle = true;
         // No request served yet: a client that connected before a drain began is answered
         // (its request was on its way), not cut off like one idling between requests.
         bool fresh = true;
-        std::chrono::steady_clock::time_point idle_since{};  // while idle
+        std::chrono::steady_clock::time_point idle_since = std::chrono::steady_clock::now();
     };
 
     awaitable<void> accept_loop();
     awaitable<void> refuse_connection(tcp::socket socket);
-    awaitable<void> serve(tcp::socket socket);
+    awaitable<void> serve(std::list<Session>::iterator session);
     awaitable<void> close_idle_sessions();
     awaitable<void> reject_unreadable(beast::tcp_stream& stream, boost::system::error_code ec,
                                       std::string_view target);

@@ -45,7 +45,8 @@ void LoadGenerator::run(int thread_index) {
         o.end = RequestOutcome::Clock::now();
         o.status = r.status;
         o.complete = r.complete;
-        o.error = r.error;
+        // A response's own words say which part failed it.
+        o.error = r.status == 0 || r.status == 200 ? r.error : r.body.substr(0, 300);
         o.refused = r.status == 0 && r.error.find("refused") != std::string::npos;
         o.stream_done = r.body.find("data: [DONE]") != std::string::npos;
         o.stream_error = o.streamed && r.status == 200 && !o.stream_done &&

@@ -21,7 +21,7 @@ struct RequestOutcome {
     bool stream_done = false;   // a stream that ended with data: [DONE]
     bool stream_error = false;  // a stream that ended with an SSE error event
     bool complete = false;      // the response (or stream) ended cleanly, not cut or timed out
-    std::string error;
+    std::string error;          // what the transport said, or the start of an error response's body
 
     bool ok() const { return status == 200 && complete && (!streamed || stream_done); }
     // A failure the client can act on: an HTTP error, or a stream ending with an error event.
