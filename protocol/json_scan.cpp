@@ -212,20 +212,23 @@ class Scanner {
     }
 
     // The bulk of a body is string content with nothing to check: ASCII other than '"', '\\' and
-    // control characters. Eight bytes at a time (SWAR), then byte by byte to the one that stops.
+    // control characters. Sixteen bytes at a time (the compiler's vector extension: SSE2 on
+    // x86-64, NEON on Apple silicon), then byte by byte to the one that stops.
     void skip_plain_ascii() {
-        constexpr std::uint64_t kOnes = 0x0101010101010101ULL;
-        constexpr std::uint64_t kHigh = 0x8080808080808080ULL;
-        const auto has_zero_byte = [](std::uint64_t v) { return (v - kOnes) & ~v & kHigh; };
-        while (s_.size() - i_ >= 8) {
-            std::uint64_t w = 0;
-            std::memcpy(&w, s_.data() + i_, 8);
-            const std::uint64_t special = (w & kHigh) |                        // >= 0x80
-                                          ((w - kOnes * 0x20) & ~w & kHigh) |  // < 0x20
-                                          has_zero_byte(w ^ (kOnes * '"')) |
-                                          has_zero_byte(w ^ (kOnes * '\\'));
-            if (special != 0) break;
-            i_ += 8;
+        using Bytes = unsigned char __attribute__((vector_size(16)));
+        using Words = std::uint64_t __attribute__((vector_size(16)));
+        const auto splat = [](unsigned char b) { return Bytes{} + b; };
+        while (s_.size() - i_ >= 16) {
+            Bytes v;
+            std::memcpy(&v, s_.data() + i_, 16);
+            // Each lane all ones where the byte stops the run: < 0x20 or >= 0x80 (one unsigned
+            // comparison after subtracting 0x20), '"' or '\\'.
+            const auto stops =
+                ((v - splat(0x20)) >= splat(0x60)) | (v == splat('"')) | (v == splat('\\'));
+            Words words;
+            std::memcpy(&words, &stops, 16);
+            if ((words[0] | words[1]) != 0) break;
+            i_ += 16;
         }
         while (i_ < s_.size()) {
             const auto b = static_cast<unsigned char>(s_[i_]);

@@ -7,6 +7,7 @@
 
 #include "os/listening_socket.h"
 #include "os/port_holder.h"
+#include "worker/appending_string_body.h"
 #include "worker/immediate_io.h"
 #include "worker/ollama_api.h"
 
@@ -16,9 +17,9 @@ namespace {
 
 constexpr std::uint32_t kHeaderLimit = 64 * 1024;
 // What a connection reads into while it waits for a request, and the most one read of a body
-// takes (beast reads at most 64 KiB at a time whatever the buffer).
+// takes.
 constexpr std::size_t kIdleRead = 4096;
-constexpr std::uint64_t kLargeRead = 64 * 1024;
+constexpr std::size_t kLargeRead = 1024 * 1024;
 constexpr auto kIdleSweep = std::chrono::seconds(1);
 
 }  // namespace
@@ -131,7 +132,7 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
     beast::tcp_stream& stream = session->stream;
     beast::flat_buffer buffer;
     for (;;) {
-        http::request_parser<http::string_body> parser;
+        http::request_parser<AppendingStringBody> parser;
         parser.body_limit(limits_.max_body_bytes);
         parser.header_limit(kHeaderLimit);
         boost::system::error_code ec;
@@ -154,13 +155,8 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
             co_await http::async_read_header(stream, buffer, parser, on_error(ec));
         }
         if (!ec && !parser.is_done()) {
-            // Beast reads as much as the buffer's free capacity (4 KiB here), at most 64 KiB: a
-            // large body is read 64 KiB at a time, not in 256 reads per MiB.
-            const auto free = buffer.capacity() - buffer.size();
-            if (const auto length = parser.content_length(); length && *length > free)
-                buffer.reserve(buffer.size() + std::min<std::uint64_t>(*length, kLargeRead));
             stream.expires_after(limits_.body_timeout);
-            co_await http::async_read(stream, buffer, parser, on_error(ec));
+            co_await read_body(stream, buffer, parser, kLargeRead, ec);
         }
         if (ec) {
             // (The target is known once the request line is read, before the headers are.)
@@ -168,7 +164,7 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
             co_await reject_unreadable(stream, ec, target);
             break;
         }
-        auto request = parser.release();
+        auto request = to_string_body(parser.release());
         // The body was moved out: an idle keep-alive connection holds 4 KiB, not its largest.
         if (buffer.capacity() > kIdleRead) buffer.shrink_to_fit();
         stream.expires_never();

@@ -344,8 +344,8 @@ TEST_F(WorkerTest, OversizedBodyIs413) {
     EXPECT_EQ(error_of(r)["code"], "request_too_large");
 }
 
-// A body of several MiB (read 64 KiB at a time) reaches the real engine whole: a field llama-server
-// ignores carries it, so any byte lost or doubled would be a JSON error, not a 200.
+// A body of several MiB (read up to 1 MiB at a time) reaches the real engine whole: a field
+// llama-server ignores carries it, so any byte lost or doubled would be a JSON error, not a 200.
 TEST_F(WorkerTest, ABodyOfSeveralMebibytesReachesTheEngineWhole) {
     auto worker = start();
     for (const std::size_t size : {std::size_t{3} << 20, std::size_t{100} << 10}) {

@@ -3,6 +3,8 @@
 // once finishes asynchronously without stalling the event loop.
 #include "worker/immediate_io.h"
 
+#include "worker/appending_string_body.h"
+
 #include <gtest/gtest.h>
 
 #include <array>
@@ -70,6 +72,37 @@ TEST(ParseBuffered, ABadRequestAndAnOversizedBodyAreErrors) {
 
 // An engine's chunked answer, already whole in the buffer, relayed through a small buffer_body
 // chunk as the proxy does: every body byte comes out in order, need_buffer marks a full chunk.
+// The listener's body type: the same bodies as Beast's string_body, in parts, sized or chunked,
+// and the same limit.
+TEST(AppendingStringBody, ReadsWhatStringBodyReadsInAnyPartsWithinTheSameLimit) {
+    const std::string chunked =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+        "3\r\n{\"a\r\n4\r\n\":1}\r\n0\r\n\r\n";
+    for (const auto& whole : {kRequest, chunked}) {
+        for (std::size_t part = 1; part <= whole.size(); ++part) {
+            http::request_parser<AppendingStringBody> parser;
+            beast::flat_buffer buffer;  // what the parser leaves waits for the next part
+            boost::system::error_code ec;
+            for (std::size_t at = 0; at < whole.size() && !ec; at += part) {
+                fill(buffer, std::string_view(whole).substr(at, part));
+                parse_buffered(parser, buffer, ec);
+            }
+            ASSERT_FALSE(ec) << part << ": " << ec.message();
+            ASSERT_TRUE(parser.is_done()) << part;
+            const auto request = to_string_body(parser.release());
+            EXPECT_EQ(request.body(), "{\"a\":1}") << part;
+            EXPECT_EQ(request.target(), "/v1/chat/completions");
+        }
+        beast::flat_buffer buffer;
+        fill(buffer, whole);
+        http::request_parser<AppendingStringBody> limited;
+        limited.body_limit(3);
+        boost::system::error_code ec;
+        parse_buffered(limited, buffer, ec);
+        EXPECT_EQ(ec, http::error::body_limit);
+    }
+}
+
 TEST(ParseBuffered, AChunkedAnswerInTheBufferComesOutThroughASmallBodyBuffer) {
     const std::string answer =
         "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
@@ -97,6 +130,51 @@ TEST(ParseBuffered, AChunkedAnswerInTheBufferComesOutThroughASmallBodyBuffer) {
     EXPECT_TRUE(parser.is_done());
     EXPECT_EQ(body, "data: first\n\ndata: second\n\n");
     EXPECT_EQ(buffer.size(), 0U);
+}
+
+// A body larger than a read, sent in parts by a writer on the same event loop, arrives whole; one
+// cut short is a partial message.
+TEST(ReadBody, ALargeBodyArrivesWholeAndOneCutShortIsAPartialMessage) {
+    for (const bool cut_short : {false, true}) {
+        asio::io_context io(1);
+        asio::local::stream_protocol::socket a(io), b(io);
+        asio::local::connect_pair(a, b);
+        local_stream reader(std::move(b));
+        std::string body(3 << 20, 'x');
+        for (std::size_t i = 0; i < body.size(); i += 4093)
+            body[i] = static_cast<char>('a' + i % 26);
+        const std::string head =
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " +
+            std::to_string(body.size()) + "\r\n\r\n";
+        const std::string sent = head + body.substr(0, cut_short ? body.size() / 2 : body.size());
+        asio::co_spawn(
+            io,
+            [&]() -> awaitable<void> {
+                boost::system::error_code ignored;
+                co_await asio::async_write(a, asio::buffer(sent), on_error(ignored));
+                a.shutdown(asio::socket_base::shutdown_send, ignored);
+            },
+            asio::detached);
+        http::request_parser<AppendingStringBody> parser;
+        parser.body_limit(body.size());
+        beast::flat_buffer buffer;
+        boost::system::error_code ec;
+        asio::co_spawn(
+            io,
+            [&]() -> awaitable<void> {
+                co_await http::async_read_header(reader, buffer, parser, on_error(ec));
+                if (!ec) co_await read_body(reader, buffer, parser, 1 << 20, ec);
+            },
+            asio::detached);
+        io.run();
+        if (cut_short) {
+            EXPECT_EQ(ec, http::error::partial_message) << ec.message();
+            continue;
+        }
+        ASSERT_FALSE(ec) << ec.message();
+        ASSERT_TRUE(parser.is_done());
+        EXPECT_TRUE(parser.get().body() == body) << parser.get().body().size() << " bytes";
+    }
 }
 
 // A small answer into an empty socket buffer is written in place: the coroutine finishes in the
