@@ -16,10 +16,8 @@ namespace ensemble {
 namespace {
 
 constexpr std::uint32_t kHeaderLimit = 64 * 1024;
-// What a connection reads into while it waits for a request, and the most one read of a body
-// takes.
+// What a connection reads into while it waits for a request.
 constexpr std::size_t kIdleRead = 4096;
-constexpr std::size_t kLargeRead = 1024 * 1024;
 constexpr auto kIdleSweep = std::chrono::seconds(1);
 
 }  // namespace
@@ -156,7 +154,7 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
         }
         if (!ec && !parser.is_done()) {
             stream.expires_after(limits_.body_timeout);
-            co_await read_body(stream, buffer, parser, kLargeRead, ec);
+            co_await read_request_body(stream, buffer, parser, ec);
         }
         if (ec) {
             // (The target is known once the request line is read, before the headers are.)
