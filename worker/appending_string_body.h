@@ -5,10 +5,9 @@
 // http::request<http::string_body> (to_string_body).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <string>
-
-#include <boost/asio/read.hpp>
 
 #include "os/asio.h"
 #include "worker/immediate_io.h"
@@ -50,13 +49,17 @@ struct AppendingStringBody {
 };
 
 // Reads the rest of a request whose header `parser` has. A body of declared length goes straight
-// into its string, sized once, in reads as large as the socket holds; the parser, bypassed, does
-// not know it is whole: take the message with release(). A chunked body goes through the parser.
-// A body cut short is http::error::partial_message.
+// into its string, in reads as large as the socket holds; the parser, bypassed, does not know it
+// is whole: take the message with release(). A chunked body goes through the parser. A body cut
+// short is http::error::partial_message.
+// The string is sized (zero-filled: resident memory) as bytes arrive, at most doubling what came
+// and at least kFirstRead ahead, never to the declared length at once: a client that declares
+// 32 MiB and sends nothing holds 64 KiB, not 32 MiB.
 template <typename Stream>
 awaitable<void> read_request_body(Stream& stream, beast::flat_buffer& buffer,
                                   http::request_parser<AppendingStringBody>& parser,
                                   boost::system::error_code& ec) {
+    constexpr std::size_t kFirstRead = 64 * 1024;
     parse_buffered(parser, buffer, ec);  // what the buffer holds (after async_read_header)
     if (ec || parser.is_done()) co_return;
     const auto left = parser.content_length_remaining();
@@ -65,12 +68,18 @@ awaitable<void> read_request_body(Stream& stream, beast::flat_buffer& buffer,
         co_return;
     }
     auto& body = parser.get().body();
-    const auto have = body.size();
-    body.resize(have + static_cast<std::size_t>(*left));
-    const auto into = asio::buffer(body.data() + have, static_cast<std::size_t>(*left));
-    const auto n = co_await asio::async_read(stream, into, on_error(ec));
+    const std::size_t have = body.size();
+    const std::size_t whole = have + static_cast<std::size_t>(*left);
+    std::size_t filled = have;
+    while (filled < whole && !ec) {
+        if (filled == body.size())
+            body.resize(std::min(whole, filled + std::max(kFirstRead, filled - have)));
+        const auto into = asio::buffer(body.data() + filled, body.size() - filled);
+        const auto n = co_await stream.async_read_some(into, on_error(ec));
+        filled += n;
+    }
+    body.resize(filled);
     if (ec == asio::error::eof) ec = http::error::partial_message;
-    if (ec) body.resize(have + n);
 }
 
 // The same message with Beast's string_body, the type the rest of the worker handles (both

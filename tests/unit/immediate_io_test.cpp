@@ -184,6 +184,40 @@ TEST(ReadRequestBody, ALargeBodyArrivesWholeAndOneCutShortIsAPartialMessage) {
     }
 }
 
+// A client that declares a large body and sends little of it holds memory for what it sent, not
+// for what it declared (the string is sized as bytes arrive).
+TEST(ReadRequestBody, ADeclaredLengthIsNotMemoryUntilItsBytesArrive) {
+    asio::io_context io(1);
+    asio::local::stream_protocol::socket a(io), b(io);
+    asio::local::connect_pair(a, b);
+    local_stream reader(std::move(b));
+    const std::string sent =
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 33554432\r\n\r\n"
+        "{\"model\":";
+    asio::write(a, asio::buffer(sent));
+    http::request_parser<AppendingStringBody> parser;
+    parser.body_limit(64 << 20);
+    beast::flat_buffer buffer;
+    boost::system::error_code ec;
+    bool finished = false;
+    asio::co_spawn(
+        io,
+        [&]() -> awaitable<void> {
+            co_await http::async_read_header(reader, buffer, parser, on_error(ec));
+            if (!ec) co_await read_request_body(reader, buffer, parser, ec);
+            finished = true;
+        },
+        asio::detached);
+    for (int turns = 0; turns < 100; ++turns)
+        io.poll();
+    ASSERT_FALSE(finished) << ec.message();
+    EXPECT_LE(parser.get().body().size(), std::size_t{64 * 1024 + 16});
+    a.close();  // the client gives up
+    io.run();
+    EXPECT_EQ(ec, http::error::partial_message) << ec.message();
+    EXPECT_EQ(parser.get().body(), "{\"model\":");
+}
+
 // A small answer into an empty socket buffer is written in place: the coroutine finishes in the
 // one event-loop turn that starts it (an asynchronous write would need a second).
 TEST(WriteNow, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
