@@ -12,10 +12,51 @@ namespace ensemble {
 
 namespace {
 
+using Bytes = signed char __attribute__((vector_size(16)));
+
+// Each lane all ones where the byte ends a plain run of string content: below 0x20 (a control
+// character), 0x80 and above (UTF-8 to check), '"' or '\\'. As a signed byte, a control
+// character and any byte >= 0x80 are both below 0x20: one comparison. (The compiler's vector
+// extension: SSE2 on x86-64, NEON on Apple silicon.)
+inline Bytes stops16(const char* at) {
+    const auto splat = [](char b) { return Bytes{} + static_cast<signed char>(b); };
+    Bytes v;
+    std::memcpy(&v, at, 16);
+    return (v < splat(0x20)) | (v == splat('"')) | (v == splat('\\'));
+}
+
+inline bool any_lane(Bytes lanes) {
+    using Words = std::uint64_t __attribute__((vector_size(16)));
+    Words words;
+    std::memcpy(&words, &lanes, 16);
+    return (words[0] | words[1]) != 0;
+}
+
+inline bool plain64(const char* at) {
+    return !any_lane(stops16(at) | stops16(at + 16) | stops16(at + 32) | stops16(at + 48));
+}
+
+// The first byte in [from, to) that ends a plain run, or `to`. The bulk of a body is such
+// content: 64 bytes at a time, then 16, then byte by byte to the one that stops.
+std::size_t plain_run_end(const char* data, std::size_t from, std::size_t to) {
+    std::size_t i = from;
+    while (to - i >= 64 && plain64(data + i))
+        i += 64;
+    while (to - i >= 16 && !any_lane(stops16(data + i)))
+        i += 16;
+    while (i < to) {
+        const auto b = static_cast<unsigned char>(data[i]);
+        if (b < 0x20 || b >= 0x80 || b == '"' || b == '\\') break;
+        ++i;
+    }
+    return i;
+}
+
 class Scanner {
   public:
-    Scanner(std::string_view text, std::span<const std::string_view> keys, int max_depth)
-        : s_(text), keys_(keys), max_depth_(max_depth) {}
+    Scanner(std::string_view text, std::span<const std::string_view> keys, int max_depth,
+            const PlainBlocks* plain)
+        : s_(text), keys_(keys), max_depth_(max_depth), plain_(plain) {}
 
     Result<TopLevelScan> run() {
         skip_space();
@@ -211,30 +252,19 @@ class Scanner {
         }
     }
 
-    // The bulk of a body is string content with nothing to check: ASCII other than '"', '\\' and
-    // control characters. Sixteen bytes at a time (the compiler's vector extension: SSE2 on
-    // x86-64, NEON on Apple silicon), then byte by byte to the one that stops.
+    // Past string content with nothing to check; past whole blocks noted as plain without
+    // reading them.
     void skip_plain_ascii() {
-        using Bytes = unsigned char __attribute__((vector_size(16)));
-        using Words = std::uint64_t __attribute__((vector_size(16)));
-        const auto splat = [](unsigned char b) { return Bytes{} + b; };
-        while (s_.size() - i_ >= 16) {
-            Bytes v;
-            std::memcpy(&v, s_.data() + i_, 16);
-            // Each lane all ones where the byte stops the run: < 0x20 or >= 0x80 (one unsigned
-            // comparison after subtracting 0x20), '"' or '\\'.
-            const auto stops =
-                ((v - splat(0x20)) >= splat(0x60)) | (v == splat('"')) | (v == splat('\\'));
-            Words words;
-            std::memcpy(&words, &stops, 16);
-            if ((words[0] | words[1]) != 0) break;
-            i_ += 16;
+        constexpr auto kBlock = PlainBlocks::kBlock;
+        const char* const data = s_.data();
+        const std::size_t size = s_.size();
+        std::size_t i = i_;
+        if (plain_ != nullptr) {
+            const std::size_t boundary = std::min(size, (i + kBlock - 1) / kBlock * kBlock);
+            i = plain_run_end(data, i, boundary);
+            if (i == boundary && i % kBlock == 0) i = plain_->plain_end(i, size);
         }
-        while (i_ < s_.size()) {
-            const auto b = static_cast<unsigned char>(s_[i_]);
-            if (b < 0x20 || b >= 0x80 || b == '"' || b == '\\') break;
-            ++i_;
-        }
+        i_ = plain_run_end(data, i, size);
     }
 
     // One well-formed UTF-8 sequence of two or more bytes (RFC 3629, table 3-7 of Unicode).
@@ -336,6 +366,7 @@ class Scanner {
     std::string_view s_;
     std::span<const std::string_view> keys_;
     int max_depth_;
+    const PlainBlocks* plain_;
     std::size_t i_ = 0;
     bool too_deep_ = false;
     TopLevelScan result_;
@@ -343,9 +374,38 @@ class Scanner {
 
 }  // namespace
 
+void PlainBlocks::extend(std::string_view text) {
+    const std::size_t complete = text.size() / kBlock;
+    if (complete <= noted_) return;
+    bits_.resize((complete + 63) / 64, 0);
+    static_assert(kBlock == 64, "plain64 tests one block");
+    for (std::size_t block = noted_; block < complete; ++block) {
+        if (plain64(text.data() + block * kBlock))
+            bits_[block / 64] |= std::uint64_t{1} << (block % 64);
+    }
+    noted_ = complete;
+}
+
+std::size_t PlainBlocks::plain_end(std::size_t offset, std::size_t size) const {
+    if (offset % kBlock != 0) return offset;                   // (never behind where the scan is)
+    const std::size_t last = std::min(noted_, size / kBlock);  // blocks wholly inside
+    std::size_t block = offset / kBlock;
+    while (block < last) {
+        // Sixty-four plain blocks (4 KiB) at once where a word of them is all plain.
+        if (block % 64 == 0 && last - block >= 64 && bits_[block / 64] == ~std::uint64_t{0}) {
+            block += 64;
+            continue;
+        }
+        if (!plain(block)) break;
+        ++block;
+    }
+    return block * kBlock;
+}
+
 Result<TopLevelScan> scan_top_level_members(std::string_view text,
-                                            std::span<const std::string_view> keys, int max_depth) {
-    return Scanner(text, keys, max_depth).run();
+                                            std::span<const std::string_view> keys, int max_depth,
+                                            const PlainBlocks* plain) {
+    return Scanner(text, keys, max_depth, plain).run();
 }
 
 Result<TopLevelScan> scan_top_level_member(std::string_view text, std::string_view key,

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "os/asio.h"
+#include "protocol/json_scan.h"
 #include "worker/immediate_io.h"
 
 namespace ensemble {
@@ -49,16 +50,17 @@ struct AppendingStringBody {
 };
 
 // Reads the rest of a request whose header `parser` has. A body of declared length goes straight
-// into its string, in reads as large as the socket holds; the parser, bypassed, does not know it
-// is whole: take the message with release(). A chunked body goes through the parser. A body cut
-// short is http::error::partial_message.
+// into its string, in reads as large as the socket holds, and each part is looked over for
+// `plain` while it is in cache (the JSON scan later steps over its plain blocks); the parser,
+// bypassed, does not know it is whole: take the message with release(). A chunked body goes
+// through the parser (and is not looked over). A body cut short is http::error::partial_message.
 // The string is sized (zero-filled: resident memory) as bytes arrive, at most doubling what came
 // and at least kFirstRead ahead, never to the declared length at once: a client that declares
 // 32 MiB and sends nothing holds 64 KiB, not 32 MiB.
 template <typename Stream>
 awaitable<void> read_request_body(Stream& stream, beast::flat_buffer& buffer,
                                   http::request_parser<AppendingStringBody>& parser,
-                                  boost::system::error_code& ec) {
+                                  PlainBlocks& plain, boost::system::error_code& ec) {
     constexpr std::size_t kFirstRead = 64 * 1024;
     parse_buffered(parser, buffer, ec);  // what the buffer holds (after async_read_header)
     if (ec || parser.is_done()) co_return;
@@ -72,12 +74,14 @@ awaitable<void> read_request_body(Stream& stream, beast::flat_buffer& buffer,
     const std::size_t whole = have + static_cast<std::size_t>(*left);
     std::size_t filled = have;
     while (filled < whole && !ec) {
+        plain.extend(std::string_view(body.data(), filled));
         if (filled == body.size())
             body.resize(std::min(whole, filled + std::max(kFirstRead, filled - have)));
         const auto into = asio::buffer(body.data() + filled, body.size() - filled);
         const auto n = co_await stream.async_read_some(into, on_error(ec));
         filled += n;
     }
+    plain.extend(std::string_view(body.data(), filled));
     body.resize(filled);
     if (ec == asio::error::eof) ec = http::error::partial_message;
 }

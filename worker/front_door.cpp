@@ -42,7 +42,7 @@ struct Routing {
     bool loads_only = false;
 };
 
-Routing routing_of(std::string_view body, ollama::Call call) {
+Routing routing_of(std::string_view body, const PlainBlocks& plain, ollama::Call call) {
     enum Key : std::size_t { model, name, keep_alive, messages, prompt, images };
     static constexpr std::array<std::string_view, 6> kKeys{"model",    "name",   "keep_alive",
                                                            "messages", "prompt", "images"};
@@ -50,7 +50,7 @@ Routing routing_of(std::string_view body, ollama::Call call) {
     // one is not empty, whatever it is.
     static constexpr std::size_t kShortValue = 256;
     Routing out;
-    const auto scan = scan_top_level_members(body, kKeys);
+    const auto scan = scan_top_level_members(body, kKeys, kMaxJsonDepth, &plain);
     if (!scan || !scan->is_object) return out;
     out.object = true;
     std::string names[2];
@@ -575,7 +575,8 @@ std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
 }
 
 awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
-                                  http::request<http::string_body>& request) {
+                                  http::request<http::string_body>& request,
+                                  const PlainBlocks& plain) {
     const std::string target(sv(request.target()));
     const bool keep_alive = request.keep_alive() && !draining();
     auto local = answer_locally(request);
@@ -586,7 +587,7 @@ awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
     Routing routing;
     std::optional<std::int64_t> stay_s;  // Ollama's keep_alive, passed on to ensembled
     if (!local) {
-        routing = routing_of(request.body(), call);
+        routing = routing_of(request.body(), plain, call);
         const auto& name = routing.model;
         const auto* route = find_route(routes_, name, is_ollama(target));
         const bool generates =

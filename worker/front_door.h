@@ -74,8 +74,8 @@ class FrontDoor final : public HttpListener {
     struct Forward;
     struct Waiter;
 
-    awaitable<bool> handle(beast::tcp_stream& stream,
-                           http::request<http::string_body>& request) override;
+    awaitable<bool> handle(beast::tcp_stream& stream, http::request<http::string_body>& request,
+                           const PlainBlocks& plain) override;
     // Answered here: health, listings, refusals. nullopt: the request names a model to forward.
     std::optional<http::response<http::string_body>> answer_locally(
         const http::request<http::string_body>& request) const;

@@ -93,7 +93,7 @@ http::response<http::string_body> HttpFront::health_response(bool keep_alive) co
 }
 
 std::optional<http::response<http::string_body>> HttpFront::answer_locally(
-    http::request<http::string_body>& request) const {
+    http::request<http::string_body>& request, const PlainBlocks& plain) const {
     const bool keep_alive = request.keep_alive();
     const std::string_view target = sv(request.target());
     const auto path = target.substr(0, target.find('?'));
@@ -138,7 +138,7 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
                                   "GET, POST", keep_alive);
     }
     if (!request.body().empty()) {
-        auto pinned = pin_model(std::move(request.body()), model_);
+        auto pinned = pin_model(std::move(request.body()), model_, &plain);
         if (!pinned) return make_error_response(api_error(pinned.error()), keep_alive);
         request.body() = std::move(pinned).value();
     }
@@ -147,14 +147,15 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
 }
 
 awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
-                                  http::request<http::string_body>& request) {
+                                  http::request<http::string_body>& request,
+                                  const PlainBlocks& plain) {
     RequestTrace trace;  // the request has just been read
     if (sv(request.target()).starts_with("/api/")) {
         const bool keep_alive = co_await handle_ollama(stream, request, trace);
         co_return keep_alive;
     }
     // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
-    auto local = answer_locally(request);
+    auto local = answer_locally(request, plain);
     if (local) {
         drop_body_for_head(request, *local);
         const bool keep_alive = co_await reply(stream, *local);

@@ -31,8 +31,8 @@ class HttpFront final : public HttpListener {
               EngineProxy& proxy);
 
   private:
-    awaitable<bool> handle(beast::tcp_stream& stream,
-                           http::request<http::string_body>& request) override;
+    awaitable<bool> handle(beast::tcp_stream& stream, http::request<http::string_body>& request,
+                           const PlainBlocks& plain) override;
     // Ollama's API (/api/...), translated to the engine's OpenAI API (worker/ollama_api.h).
     awaitable<bool> handle_ollama(beast::tcp_stream& stream,
                                   http::request<http::string_body>& request, RequestTrace& trace);
@@ -41,7 +41,7 @@ class HttpFront final : public HttpListener {
     std::uint64_t memory_now() const;
     // The answer to a request the worker handles itself (or rejects), or nullopt to proxy it.
     std::optional<http::response<http::string_body>> answer_locally(
-        http::request<http::string_body>& request) const;
+        http::request<http::string_body>& request, const PlainBlocks& plain) const;
     std::optional<ApiError> admission_error() const;
     http::response<http::string_body> health_response(bool keep_alive) const;
     http::response<http::string_body> metrics_response(bool keep_alive) const;

@@ -152,9 +152,10 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
             stream.expires_after(limits_.header_timeout);
             co_await http::async_read_header(stream, buffer, parser, on_error(ec));
         }
+        PlainBlocks plain;  // of a large body, noted as it arrives
         if (!ec && !parser.is_done()) {
             stream.expires_after(limits_.body_timeout);
-            co_await read_request_body(stream, buffer, parser, ec);
+            co_await read_request_body(stream, buffer, parser, plain, ec);
         }
         if (ec) {
             // (The target is known once the request line is read, before the headers are.)
@@ -170,7 +171,7 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
         session->fresh = false;
         bool keep_alive = false;
         try {
-            keep_alive = co_await handle(stream, request);
+            keep_alive = co_await handle(stream, request, plain);
         } catch (const std::exception& e) {
             // A programming error: this request is lost, not the port's count of connections.
             spdlog::error("front: answering {} failed: {}; closing its connection",

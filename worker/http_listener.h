@@ -12,6 +12,7 @@
 #include <string>
 
 #include "os/asio.h"
+#include "protocol/json_scan.h"
 #include "protocol/result.h"
 #include "worker/worker_metrics.h"
 
@@ -55,8 +56,10 @@ class HttpListener {
 
   protected:
     // Answers one request that was read whole; returns whether the connection may be kept.
+    // `plain`: the blocks of its body noted as it arrived (for scan_top_level_members).
     virtual awaitable<bool> handle(beast::tcp_stream& stream,
-                                   http::request<http::string_body>& request) = 0;
+                                   http::request<http::string_body>& request,
+                                   const PlainBlocks& plain) = 0;
     awaitable<bool> reply(beast::tcp_stream& stream, http::response<http::string_body>& response);
     bool draining() const { return draining_; }
     asio::io_context& io() { return io_; }

@@ -39,7 +39,8 @@ const std::string& quoted(const std::string& id) {
 
 }  // namespace
 
-Result<std::string> pin_model(std::string body, const ModelIdentity& model) {
+Result<std::string> pin_model(std::string body, const ModelIdentity& model,
+                              const PlainBlocks* plain) {
     // One validating pass finds the `model` members; the body is then spliced, not re-serialised:
     // its other bytes reach the engine exactly as the client sent them. Members that make an
     // engine load other weights (mlx_lm.server loads, or downloads, the LoRA adapters and the
@@ -47,7 +48,7 @@ Result<std::string> pin_model(std::string body, const ModelIdentity& model) {
     constexpr std::size_t kModel = 0;
     static constexpr std::array<std::string_view, 3> kKeys{"model", "adapters", "draft_model"};
     const std::string_view text(body);
-    auto scanned = scan_top_level_members(text, kKeys);
+    auto scanned = scan_top_level_members(text, kKeys, kMaxJsonDepth, plain);
     if (!scanned && scanned.error().code == "too_deep")
         return Error{"invalid_json",
                      "the request body is refused: " + scanned.error().message + "; flatten it"};

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <vector>
 
+#include "protocol/json_scan.h"
 #include "protocol/result.h"
 #include "worker/openai_error.h"
 
@@ -32,8 +33,10 @@ Status check_api_key(std::string_view authorization_header, std::string_view api
 // The body to forward; else "invalid_json", "invalid_model", "model_not_found", or
 // "unsupported_parameter" (`adapters`, `draft_model`: an engine would load what they name).
 // Bodies that are not JSON objects are refused: every OpenAI endpoint takes one. A body that
-// already names the engine's id is returned as it came (no copy: it may be megabytes).
-Result<std::string> pin_model(std::string body, const ModelIdentity& model);
+// already names the engine's id is returned as it came (no copy: it may be megabytes). `plain`:
+// the body's blocks noted as it arrived, if it is the body as it arrived (json_scan.h).
+Result<std::string> pin_model(std::string body, const ModelIdentity& model,
+                              const PlainBlocks* plain = nullptr);
 
 // How a refusal of the policy above is answered: its HTTP status and OpenAI error type.
 ApiError api_error(const Error& refusal);

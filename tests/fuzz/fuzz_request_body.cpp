@@ -1,7 +1,9 @@
 // libFuzzer target: arbitrary bytes as a client's request body through the worker's request
 // policy (model pinning splices the body after one validating scan, which must accept exactly
-// what nlohmann::json accepts and pin every `model`), and as an engine's answer through the
-// token counter, plain and streamed.
+// what nlohmann::json accepts and pin every `model`, and give the same answer when it steps over
+// blocks noted as plain while the body arrived), and as an engine's answer through the token
+// counter, plain and streamed.
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <nlohmann/json.hpp>
@@ -16,6 +18,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     static const ensemble::ModelIdentity model{"tiny", {"small"}, "/models/tiny.gguf"};
     const std::string_view bytes(reinterpret_cast<const char*>(data), size);
     const auto pinned = ensemble::pin_model(std::string(bytes), model);
+    ensemble::PlainBlocks plain;  // noted in parts, as a body arrives
+    for (std::size_t noted = 0, step = 1; noted < size; step = step * 3 + 1) {
+        noted = std::min(size, noted + step);
+        plain.extend(bytes.substr(0, noted));
+    }
+    const auto pinned_over_plain = ensemble::pin_model(std::string(bytes), model, &plain);
+    if (static_cast<bool>(pinned) != static_cast<bool>(pinned_over_plain)) __builtin_trap();
+    if (pinned ? *pinned != *pinned_over_plain
+               : pinned.error().code != pinned_over_plain.error().code)
+        __builtin_trap();
     // nlohmann takes a NUL byte as the end of its input (and ignores what follows); the scan
     // refuses it, as RFC 8259 does: valid JSON never holds a raw NUL.
     const auto parsed = bytes.find('\0') == std::string_view::npos

@@ -26,8 +26,8 @@ class EngineFront : public HttpListener {
     bool engine_running = true;
 
   protected:
-    awaitable<bool> handle(beast::tcp_stream& stream,
-                           http::request<http::string_body>& request) override {
+    awaitable<bool> handle(beast::tcp_stream& stream, http::request<http::string_body>& request,
+                           const PlainBlocks&) override {
         http::response<http::string_body> response{
             engine_running ? http::status::ok : http::status::service_unavailable,
             request.version()};

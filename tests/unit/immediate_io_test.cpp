@@ -133,11 +133,16 @@ TEST(ParseBuffered, AChunkedAnswerInTheBufferComesOutThroughASmallBodyBuffer) {
 }
 
 // A body of declared length larger than a read, and a chunked one, sent in parts by a writer on
-// the same event loop, arrive whole; one cut short is a partial message.
+// the same event loop, arrive whole; one cut short is a partial message. The plain blocks noted
+// of a body of declared length, part by part, are those of the whole body.
 TEST(ReadRequestBody, ALargeBodyArrivesWholeAndOneCutShortIsAPartialMessage) {
     std::string body(3 << 20, 'x');
     for (std::size_t i = 0; i < body.size(); i += 4093)
         body[i] = static_cast<char>('a' + i % 26);
+    for (std::size_t i = 0; i < body.size(); i += 10007)
+        body[i] = '"';
+    PlainBlocks whole_body;
+    whole_body.extend(body);
     const std::string head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n";
     const std::string sized = head + "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n";
     const std::string chunked = head + "Transfer-Encoding: chunked\r\n\r\n100000\r\n" +
@@ -165,11 +170,12 @@ TEST(ReadRequestBody, ALargeBodyArrivesWholeAndOneCutShortIsAPartialMessage) {
         parser.body_limit(body.size());
         beast::flat_buffer buffer;
         boost::system::error_code ec;
+        PlainBlocks plain;
         asio::co_spawn(
             io,
             [&]() -> awaitable<void> {
                 co_await http::async_read_header(reader, buffer, parser, on_error(ec));
-                if (!ec) co_await read_request_body(reader, buffer, parser, ec);
+                if (!ec) co_await read_request_body(reader, buffer, parser, plain, ec);
             },
             asio::detached);
         io.run();
@@ -181,6 +187,11 @@ TEST(ReadRequestBody, ALargeBodyArrivesWholeAndOneCutShortIsAPartialMessage) {
         ASSERT_FALSE(ec) << what << ": " << ec.message();
         const auto request = to_string_body(parser.release());
         EXPECT_TRUE(request.body() == body) << what << ": " << request.body().size() << " bytes";
+        const bool sized_body = sent.starts_with(sized);
+        std::size_t differing = 0;
+        for (std::size_t block = 0; block < body.size() / PlainBlocks::kBlock; ++block)
+            differing += plain.plain(block) != (sized_body && whole_body.plain(block)) ? 1 : 0;
+        EXPECT_EQ(differing, 0U) << what;
     }
 }
 
@@ -200,11 +211,12 @@ TEST(ReadRequestBody, ADeclaredLengthIsNotMemoryUntilItsBytesArrive) {
     beast::flat_buffer buffer;
     boost::system::error_code ec;
     bool finished = false;
+    PlainBlocks plain;
     asio::co_spawn(
         io,
         [&]() -> awaitable<void> {
             co_await http::async_read_header(reader, buffer, parser, on_error(ec));
-            if (!ec) co_await read_request_body(reader, buffer, parser, ec);
+            if (!ec) co_await read_request_body(reader, buffer, parser, plain, ec);
             finished = true;
         },
         asio::detached);
