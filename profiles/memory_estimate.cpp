@@ -114,6 +114,45 @@ Result<Dimensions> dimensions(const gguf::Header& h) {
     return d;
 }
 
+// The bytes llama.cpp's CPU backend copies into its AMX buffer (ggml-cpu/amx/amx.cpp,
+// supports_op): the weights of matrix multiplications (2-D; not the token, position or type
+// embeddings, which are looked up) of a type AMX kernels take, with rows a multiple of 32 and
+// row lengths a multiple of the type's block. Measured here: F16 (the buffer llama-server
+// reports, byte for byte); the quantized types' packed layout is counted at their file size.
+std::uint64_t amx_copy_bytes(const gguf::Header& header) {
+    std::uint64_t total = 0;
+    for (const auto& t : header.tensors) {
+        if (t.dims.size() < 2 || t.name.starts_with("token_embd.") ||
+            t.name.starts_with("position_embd.") || t.name.starts_with("token_types."))
+            continue;
+        bool two_dimensional = true;
+        for (std::size_t i = 2; i < t.dims.size(); ++i)
+            two_dimensional = two_dimensional && t.dims[i] == 1;
+        std::uint64_t block = 0;  // the row length's multiple; 0: not an AMX type
+        switch (t.type) {
+            case 1:  // F16
+                block = 16;
+                break;
+            case 2:  // Q4_0
+            case 3:  // Q4_1
+            case 8:  // Q8_0
+                block = 32;
+                break;
+            case 12:  // Q4_K
+            case 13:  // Q5_K
+            case 14:  // Q6_K
+            case 23:  // IQ4_XS
+                block = 256;
+                break;
+            default:
+                break;
+        }
+        if (two_dimensional && block != 0 && t.dims[0] % block == 0 && t.dims[1] % 32 == 0)
+            total = add({total, t.bytes});
+    }
+    return total;
+}
+
 }  // namespace
 
 std::uint64_t MemoryEstimate::total() const {
@@ -131,6 +170,7 @@ Result<LlamaCppParams> LlamaCppParams::from_args(int context, int parallel,
                                  flag == "--cache-type-v" || flag == "-ub" ||
                                  flag == "--ubatch-size";
         if (flag == "-kvu" || flag == "--kv-unified") p.kv_unified = true;
+        if (flag == "-nr" || flag == "--no-repack") p.no_repack = true;
         if (!takes_value) continue;
         if (i + 1 == args.size()) return bad_arg(flag, "needs a value");
         const auto& value = args[++i];
@@ -168,6 +208,8 @@ Result<MemoryEstimate> estimate_gguf(const gguf::Header& header, const LlamaCppP
     MemoryEstimate e;
     e.source = "gguf";
     e.weights = header.tensor_bytes();
+    if (params.amx_copies && !params.no_repack)
+        e.weights = add({e.weights, amx_copy_bytes(header)});
     const auto k_row = gguf::type_size(params.cache_type_k, d.kv_heads * d.key_length);
     const auto v_row = gguf::type_size(params.cache_type_v, d.kv_heads * d.value_length);
     if (!k_row || !v_row) {
@@ -247,6 +289,7 @@ Result<MemoryEstimate> estimate_memory(const EstimateRequest& r) {
     }
     auto params = LlamaCppParams::from_args(r.context, r.parallel, r.engine_args);
     if (!params) return params.error();
+    params->amx_copies = r.cpu_has_amx;
     return estimate_gguf(*header, *params);
 }
 

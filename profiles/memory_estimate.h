@@ -14,7 +14,9 @@
 namespace ensemble {
 
 struct MemoryEstimate {
-    std::uint64_t weights = 0;   // tensor bytes, as mapped by the engine
+    // Tensor bytes as the engine holds them: the model file mapped, plus the copies its CPU
+    // kernels make (llama.cpp's AMX buffer, on CPUs that have AMX).
+    std::uint64_t weights = 0;
     std::uint64_t kv_cache = 0;  // keys and values for every cell of every slot
     std::uint64_t compute = 0;   // the engine's activation, attention-mask and output buffers
     std::uint64_t overhead = 0;  // engine runtime (code, heap, threads) plus the worker
@@ -34,6 +36,8 @@ struct EstimateRequest {
     std::optional<std::uint64_t> configured;  // `memory:` wins when set
     // In front of another port's model (ModelSpec::upstream): a proxy, holding no weights.
     bool chained = false;
+    // The CPU has AMX (os/cpu_features.h): llama.cpp copies its matrix weights for it.
+    bool cpu_has_amx = false;
 };
 
 // The llama.cpp CPU memory model (calibrated against llama-server; see docs/BENCHMARKS.md).
@@ -44,8 +48,13 @@ struct LlamaCppParams {
     std::uint32_t cache_type_k = 1;  // ggml type ids; f16 unless --cache-type-k says otherwise
     std::uint32_t cache_type_v = 1;
     bool kv_unified = false;
+    // The engine's CPU backend copies the weights its AMX kernels multiply by into a buffer of
+    // its own (the CPU has AMX, and --no-repack/-nr does not turn it off).
+    bool amx_copies = false;
+    bool no_repack = false;
 
-    // Reads --cache-type-k/-ctk, --cache-type-v/-ctv, --ubatch-size/-ub and --kv-unified/-kvu.
+    // Reads --cache-type-k/-ctk, --cache-type-v/-ctv, --ubatch-size/-ub, --kv-unified/-kvu and
+    // --no-repack/-nr (no_repack: no AMX copies, whatever the CPU).
     static Result<LlamaCppParams> from_args(int context, int parallel,
                                             const std::vector<std::string>& args);
 };

@@ -8,6 +8,7 @@
 #include <map>
 #include <thread>
 
+#include "os/cpu_features.h"
 #include "supervisor/cli.h"
 #include "supervisor/control_client.h"
 #include "supervisor/gateway_export.h"
@@ -113,7 +114,10 @@ int main(int argc, char** argv) {
     CLI11_PARSE(app, argc, argv);
 
     if (!check_file.empty()) return cli::check(check_file, registry_file);
-    if (estimatec->parsed()) return cli::estimate(estimate_request);
+    if (estimatec->parsed()) {
+        estimate_request.cpu_has_amx = cpu_has_amx();
+        return cli::estimate(estimate_request);
+    }
     if (wiredc->parsed()) {
         const auto file = config_path(config_option);
         if (file.empty()) {

@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <regex>
 
+#include "os/cpu_features.h"
 #include "profiles/config.h"
 
 namespace ensemble {
@@ -122,6 +123,7 @@ Result<MemoryEstimate> estimate_assignment(const Config& config, int port,
     request.parallel = overrides ? overrides->parallel.value_or(model->parallel) : model->parallel;
     request.configured = model->memory_bytes;
     request.chained = !model->upstream.empty();
+    request.cpu_has_amx = cpu_has_amx();
     if (const auto engine = config.engines.find(model->engine); engine != config.engines.end()) {
         request.engine = engine->second.preset.name;
         request.engine_args = engine->second.args;

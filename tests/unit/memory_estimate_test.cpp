@@ -77,6 +77,42 @@ TEST_F(GgufEstimateTest, WeightsAreTheTensorBytes) {
     EXPECT_EQ(e.source, "gguf");
 }
 
+// On a CPU with AMX, llama.cpp copies the weights its AMX kernels multiply by (measured: the
+// "AMX model buffer" llama-server reports is exactly those bytes, and it adds to the mapped file).
+TEST_F(GgufEstimateTest, AnAmxCpuAddsACopyOfTheMatrixWeightsItsKernelsTake) {
+    gguf::Header header = header_;
+    const auto tensor = [](std::string name, std::vector<std::uint64_t> dims, std::uint32_t type) {
+        std::uint64_t elements = 1;
+        for (const auto d : dims)
+            elements *= d;
+        return gguf::TensorInfo{std::move(name), std::move(dims), type, 0,
+                                gguf::type_size(type, elements).value()};
+    };
+    constexpr std::uint32_t f32 = 0, f16 = 1, q8_0 = 8, q4_k = 12;
+    const auto attn_q = tensor("blk.0.attn_q.weight", {128, 128}, f16);
+    const auto ffn_up = tensor("blk.0.ffn_up.weight", {256, 64}, q8_0);
+    header.tensors = {tensor("token_embd.weight", {128, 1000}, f16),  // looked up, not multiplied
+                      attn_q,
+                      ffn_up,
+                      tensor("blk.0.attn_norm.weight", {128}, f32),
+                      tensor("blk.0.narrow.weight", {128, 48}, f16),          // rows not 32x
+                      tensor("blk.0.wide.weight", {128, 128}, f32),           // not an AMX type
+                      tensor("blk.0.ffn_up_exps.weight", {128, 64, 4}, f16),  // experts: 3-D
+                      tensor("blk.0.short.weight", {128, 64}, q4_k)};  // rows of half a block
+    const auto weights_with = [&](bool amx, std::vector<std::string> args) {
+        auto params = LlamaCppParams::from_args(4096, 4, args);
+        EXPECT_TRUE(params);
+        params->amx_copies = amx;
+        const auto e = estimate_gguf(header, *params);
+        EXPECT_TRUE(e) << e.error().message;
+        return e ? e->weights : 0;
+    };
+    EXPECT_EQ(weights_with(false, {}), header.tensor_bytes());
+    EXPECT_EQ(weights_with(true, {}), header.tensor_bytes() + attn_q.bytes + ffn_up.bytes);
+    EXPECT_EQ(weights_with(true, {"--no-repack"}), header.tensor_bytes());
+    EXPECT_EQ(weights_with(true, {"-nr"}), header.tensor_bytes());
+}
+
 TEST_F(GgufEstimateTest, KvCacheCoversTheContextSplitAcrossSlots) {
     EXPECT_EQ(estimate(4096, 4).kv_cache, 4096 * kKvBytesPerCell);
     EXPECT_EQ(estimate(4096, 1).kv_cache, 4096 * kKvBytesPerCell);
