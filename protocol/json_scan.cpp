@@ -375,6 +375,7 @@ class Scanner {
 }  // namespace
 
 void PlainBlocks::extend(std::string_view text) {
+    noted_text_ = text.size();
     const std::size_t complete = text.size() / kBlock;
     if (complete <= noted_) return;
     bits_.resize((complete + 63) / 64, 0);
@@ -405,6 +406,8 @@ std::size_t PlainBlocks::plain_end(std::size_t offset, std::size_t size) const {
 Result<TopLevelScan> scan_top_level_members(std::string_view text,
                                             std::span<const std::string_view> keys, int max_depth,
                                             const PlainBlocks* plain) {
+    // (A text of another length is not the one noted: a body changed since it arrived.)
+    if (plain != nullptr && plain->noted_bytes() != text.size()) plain = nullptr;
     return Scanner(text, keys, max_depth, plain).run();
 }
 

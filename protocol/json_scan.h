@@ -46,6 +46,7 @@ class PlainBlocks {
     void extend(std::string_view text);
     // Whether block `index` (bytes [index * kBlock, (index + 1) * kBlock)) was noted as plain;
     // false for one not noted.
+    std::size_t noted_bytes() const { return noted_text_; }  // the text's length at the last call
     bool plain(std::size_t index) const {
         return index < noted_ && ((bits_[index / 64] >> (index % 64)) & 1U) != 0;
     }
@@ -56,11 +57,12 @@ class PlainBlocks {
   private:
     std::vector<std::uint64_t> bits_;
     std::size_t noted_ = 0;  // blocks
+    std::size_t noted_text_ = 0;
 };
 
 // Errors as parse_bounded_json's: "too_deep" or "invalid_json". `plain`, when given, must have
 // been noted from this very text (a block it wrongly calls plain would hide a quote from the
-// scan).
+// scan); it is not used unless it was noted from a text of this one's length.
 Result<TopLevelScan> scan_top_level_members(std::string_view text,
                                             std::span<const std::string_view> keys,
                                             int max_depth = kMaxJsonDepth,

@@ -358,6 +358,18 @@ TEST_F(WorkerTest, ABodyOfSeveralMebibytesReachesTheEngineWhole) {
                          R"("ensemble_test_padding":")" +
                          padding + "\"}"));
         EXPECT_EQ(r.status, 200) << size << ": " << r.body.substr(0, 300);
+        // The same body read in parts, with what the validating scan must still see past the
+        // blocks it steps over: a member that makes an engine load other weights, a model
+        // another port serves, a control byte inside the long string.
+        const std::string head = R"({"messages":[{"role":"user","content":"hi"}],"padding":")";
+        const auto refused = [&](const std::string& body) {
+            return error_of(http_request(worker->port(), chat_request(body)))["code"];
+        };
+        EXPECT_EQ(refused(head + padding + R"(","adapters":"/tmp/x"})"), "unsupported_parameter");
+        EXPECT_EQ(refused(head + padding + R"(","model":"gpt-4"})"), "model_not_found");
+        auto control = padding;
+        control[size - 100] = '\x01';
+        EXPECT_EQ(refused(head + control + R"("})"), "invalid_json");
     }
 }
 

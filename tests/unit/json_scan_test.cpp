@@ -157,6 +157,7 @@ void expect_same_with_plain_blocks(const std::string& text, std::mt19937& random
         EXPECT_EQ(alone.error().code, with_blocks.error().code) << text;
         return;
     }
+    EXPECT_EQ(alone->is_object, with_blocks->is_object);
     EXPECT_EQ(alone->object_open, with_blocks->object_open);
     EXPECT_EQ(alone->members, with_blocks->members);
     ASSERT_EQ(alone->values.size(), with_blocks->values.size()) << text;
@@ -172,12 +173,13 @@ TEST(JsonScan, PlainBlocksChangeNoResult) {
     // One byte that ends a plain run at every offset of a long string, around block boundaries:
     // each must still be seen (the scan may skip only blocks without one).
     for (const std::string stop :
-         {"\"", "\\\"", "\\n", "\x01", "\xc3\xa9", "\xc3", "\x7f", "\xff"}) {
+         {"\"", "\\\"", "\\n", "\x01", "\x1f", "\x80", "\xc3\xa9", "\xc3", "\xff"}) {
         for (std::size_t at = 0; at < 300; at += 1 + at / 50) {
             std::string content(400, 'x');
             content.insert(at, stop);
             const std::string text = R"({"model":"a","padding":")" + content + R"("})";
             expect_same_with_plain_blocks(text, random);
+            expect_agrees(text);  // the 64-byte loop against nlohmann, too
             expect_same_with_plain_blocks("[\"" + content + "\"]", random);
             // Cut short, so that a string runs to the end of the text, block-aligned or not.
             for (std::size_t cut = at; cut < text.size(); cut += 61)
@@ -217,6 +219,10 @@ TEST(JsonScan, PlainBlocksAreTrustedSoTheyMustBeTheTextsOwn) {
     EXPECT_FALSE(scan_top_level_member(other, "model"));
     static constexpr std::array<std::string_view, 1> kKey{"model"};
     EXPECT_TRUE(scan_top_level_members(other, kKey, kMaxJsonDepth, &plain));
+    // Blocks noted from a text of another length are not used: a body changed since it arrived.
+    EXPECT_FALSE(scan_top_level_members(other + " ", kKey, kMaxJsonDepth, &plain));
+    // 0x7f and 0x20 are plain; 0x1f and 0x80 are not.
+    EXPECT_TRUE(scan_top_level_member("[\"" + std::string(100, '\x7f') + " \"]", "model"));
 }
 
 TEST(JsonScan, DepthIsBoundedAsParseBoundedJsonBoundsIt) {
