@@ -262,7 +262,7 @@ class Scanner {
         if (plain_ != nullptr) {
             const std::size_t boundary = std::min(size, (i + kBlock - 1) / kBlock * kBlock);
             i = plain_run_end(data, i, boundary);
-            if (i == boundary && i % kBlock == 0) i = plain_->plain_end(i, size);
+            if (i == boundary) i = plain_->plain_end(i, size);  // (a boundary unless the end)
         }
         i_ = plain_run_end(data, i, size);
     }

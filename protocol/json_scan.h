@@ -44,9 +44,9 @@ class PlainBlocks {
     // Notes the blocks completed since the last call. `text` is the text so far: the same text
     // each time, only ever appended to, so that what was noted stays true.
     void extend(std::string_view text);
+    std::size_t noted_bytes() const { return noted_text_; }  // the text's length at the last call
     // Whether block `index` (bytes [index * kBlock, (index + 1) * kBlock)) was noted as plain;
     // false for one not noted.
-    std::size_t noted_bytes() const { return noted_text_; }  // the text's length at the last call
     bool plain(std::size_t index) const {
         return index < noted_ && ((bits_[index / 64] >> (index % 64)) & 1U) != 0;
     }
