@@ -51,7 +51,10 @@ ensure_sid_prefix() {
     die "debootstrap failed; see $ENSEMBLE_ENGINES_DIR/debootstrap.log"
   # The prefix's apt follows the host's policy on archive freshness (e.g. a frozen snapshot mirror).
   apt-config dump | grep -E '^Acquire::Check-(Valid-Until|Date) ' >"$ENSEMBLE_SID_PREFIX/etc/apt/apt.conf.d/90ensemble-host" || true
-  chroot "$ENSEMBLE_SID_PREFIX" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+  if ! chroot "$ENSEMBLE_SID_PREFIX" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null; then
+    rm -rf "$ENSEMBLE_SID_PREFIX"  # made again by the next run, under the host's policy then
+    die "reading Debian unstable's package lists failed (apt's message above). If it says the Release file is expired, the archive is a frozen snapshot: set Acquire::Check-Valid-Until \"false\"; in this host's apt configuration (the prefix follows it) and rerun"
+  fi
 }
 
 # Installs Debian unstable packages into the prefix, if any is missing. $1 names the purpose.
