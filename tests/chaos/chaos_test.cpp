@@ -460,8 +460,11 @@ TEST_F(ChaosTest, SlowStartingEngineQueuesRequestsAcrossARestart) {
     LoadGenerator load(port_a_, 2, 20ms);
     load.start();
     std::this_thread::sleep_for(300ms);
+    // The pid first: its lookup is a control round trip, and the kill's moment must be the kill's.
+    const pid_t engine = pid_of(port_a_, "engine_pid");
+    ASSERT_GT(engine, 0);
     Kill k{Clock::now(), {}};
-    ::kill(pid_of(port_a_, "engine_pid"), SIGKILL);
+    ::kill(engine, SIGKILL);
     auto back = wait_serving(port_a_, 30s);
     ASSERT_TRUE(back);
     k.serving_again = *back;
