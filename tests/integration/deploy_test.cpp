@@ -8,6 +8,7 @@
 
 #include <regex>
 
+#include "tests/support/files.h"
 #include "tests/support/supervisor_fixture.h"
 
 using namespace ensemble;
@@ -30,11 +31,6 @@ Command run(const std::string& command, const std::filesystem::path& out_file) {
 
 bool have_program(const std::string& name) {
     return std::system(("command -v " + name + " >/dev/null 2>&1").c_str()) == 0;
-}
-
-std::string read_file(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    return {std::istreambuf_iterator<char>(in), {}};
 }
 
 // An @NAME@ deploy/install should have filled in.

@@ -12,6 +12,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "tests/support/files.h"
 #include "tests/support/supervisor_fixture.h"
 
 using namespace ensemble;
@@ -34,11 +35,6 @@ std::filesystem::path make_hf_home(const std::filesystem::path& dir, const std::
          {"config.json", "model.safetensors.index.json", "tokenizer_config.json"})
         std::ofstream(model / "snapshots" / "0123abcd" / file) << "{}";
     return home;
-}
-
-std::string read_file(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    return {std::istreambuf_iterator<char>(in), {}};
 }
 
 int count(const std::string& text, const std::string& needle) {
@@ -77,9 +73,9 @@ class MlxWorkerTest : public ::testing::Test {
     std::filesystem::path dir_, model_dir_;
 };
 
-const std::string kChat =
+const std::string kMlxChat =
     R"({"model":"qwen3-mlx","messages":[{"role":"user","content":"hi"}],"max_tokens":8})";
-const std::string kStreamedChat =
+const std::string kMlxStreamedChat =
     R"({"model":"qwen3-mlx","stream":true,"messages":[{"role":"user","content":"hi"}]})";
 
 TEST_F(MlxWorkerTest, ReadyOnlyAfterARealAnswerThoughHealthIsOkWhileLoading) {
@@ -95,7 +91,7 @@ TEST_F(MlxWorkerTest, ReadyOnlyAfterARealAnswerThoughHealthIsOkWhileLoading) {
     EXPECT_EQ(early.status, 503) << "the engine's /health says 200 while it loads; ours must not";
     ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();
     EXPECT_GE(std::chrono::steady_clock::now() - started, 2s) << "ready before the model loaded";
-    auto r = http_request(worker->port(), chat_request(kChat));
+    auto r = http_request(worker->port(), chat_request(kMlxChat));
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(json::parse(r.body)["choices"][0]["message"]["content"], "fake mlx answer");
 }
@@ -104,7 +100,7 @@ TEST_F(MlxWorkerTest, TheModelIsPinnedSoNoRequestMakesTheEngineLoadAnother) {
     auto worker = start(0.3);
     ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();
     for (int i = 0; i < 3; ++i)
-        ASSERT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);
+        ASSERT_EQ(http_request(worker->port(), chat_request(kMlxChat)).status, 200);
     // A model the worker does not serve never reaches the engine (which would load it).
     const auto other = http_request(
         worker->port(),
@@ -119,7 +115,7 @@ TEST_F(MlxWorkerTest, TheModelIsPinnedSoNoRequestMakesTheEngineLoadAnother) {
 TEST_F(MlxWorkerTest, StreamsThatEndWhenTheEngineClosesTheConnectionAreRelayedWhole) {
     auto worker = start(0.3);
     ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();
-    auto r = http_request(worker->port(), chat_request(kStreamedChat, true));
+    auto r = http_request(worker->port(), chat_request(kMlxStreamedChat, true));
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_TRUE(r.complete) << r.error;
     EXPECT_EQ(count(r.body, "chat.completion.chunk"), 8) << r.body;
@@ -128,7 +124,7 @@ TEST_F(MlxWorkerTest, StreamsThatEndWhenTheEngineClosesTheConnectionAreRelayedWh
     // HTTP/1.1 answer and keeps its connection.
     EXPECT_EQ(r.header("transfer-encoding"), "chunked");
     EXPECT_NE(r.header("connection"), "close");
-    const auto plain = http_request(worker->port(), chat_request(kChat));
+    const auto plain = http_request(worker->port(), chat_request(kMlxChat));
     EXPECT_EQ(plain.status, 200);
     EXPECT_NE(plain.header("content-length"), "") << "a body with a length keeps it";
 }
@@ -138,7 +134,7 @@ TEST_F(MlxWorkerTest, AnEngineThatDiesMidStreamEndsTheStreamWithAnErrorEvent) {
     // stream from one cut by a crash.
     auto worker = start(0.2, {"--engine-arg=--crash-after", "--engine-arg=1"});
     ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();  // the probe was the first request
-    auto r = http_request(worker->port(), chat_request(kStreamedChat, true));
+    auto r = http_request(worker->port(), chat_request(kMlxStreamedChat, true));
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(r.body.find("data: [DONE]"), std::string::npos) << r.body;
     EXPECT_NE(r.body.find("engine_failed"), std::string::npos) << "cut, and said so: " << r.body;
@@ -155,7 +151,7 @@ TEST_F(MlxWorkerTest, ALongGenerationIsNotMistakenForAHungEngine) {
                               "--engine-arg=300", "--engine-arg=--tokens", "--engine-arg=30"});
     ASSERT_TRUE(worker->wait_ready(30s)) << worker->log();
     const auto engine = worker->engine_pid();
-    auto r = http_request(worker->port(), chat_request(kStreamedChat, true));
+    auto r = http_request(worker->port(), chat_request(kMlxStreamedChat, true));
     ASSERT_EQ(r.status, 200) << r.body;
     EXPECT_EQ(count(r.body, "chat.completion.chunk"), 30) << r.body;
     EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos) << r.body;
@@ -178,7 +174,7 @@ TEST_F(MlxWorkerTest, AKilledEngineIsRestartedAndServesAgainOnlyOnceLoaded) {
     ASSERT_TRUE(engine);
     ::kill(*engine, SIGKILL);
     // Requests made now wait for the restarted engine's load, then succeed.
-    auto r = http_request(worker->port(), chat_request(kChat));
+    auto r = http_request(worker->port(), chat_request(kMlxChat));
     EXPECT_EQ(r.status, 200) << r.body;
     EXPECT_NE(worker->engine_pid(), engine);
     EXPECT_EQ(count(engine_log(), "[fake mlx_lm.server] loaded"), 2) << engine_log();

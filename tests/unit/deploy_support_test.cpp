@@ -10,16 +10,13 @@
 #include "os/log_rotation.h"
 #include "supervisor/gateway_export.h"
 #include "supervisor/handle_registry.h"
+#include "tests/support/files.h"
 
 using namespace ensemble;
+using ensemble::testing::read_file;
 using nlohmann::json;
 
 namespace {
-
-std::string read(const std::filesystem::path& p) {
-    std::ifstream in(p);
-    return {std::istreambuf_iterator<char>(in), {}};
-}
 
 TEST(LogRotation, RotatesPastTheLimitKeepsNFilesAndTheWriterKeepsAppending) {
     const auto dir = std::filesystem::temp_directory_path() / "ensemble-rotation";
@@ -41,9 +38,9 @@ TEST(LogRotation, RotatesPastTheLimitKeepsNFilesAndTheWriterKeepsAppending) {
         EXPECT_EQ(std::filesystem::file_size(log), 0U);
     }
     write_line("after");
-    EXPECT_EQ(read(log), "after\n") << "appends land at the start of the truncated file";
-    EXPECT_NE(read(dir / "engine-8100.log.1").find("round 3"), std::string::npos);
-    EXPECT_NE(read(dir / "engine-8100.log.2").find("round 2"), std::string::npos);
+    EXPECT_EQ(read_file(log), "after\n") << "appends land at the start of the truncated file";
+    EXPECT_NE(read_file(dir / "engine-8100.log.1").find("round 3"), std::string::npos);
+    EXPECT_NE(read_file(dir / "engine-8100.log.2").find("round 2"), std::string::npos);
     EXPECT_FALSE(std::filesystem::exists(dir / "engine-8100.log.3")) << "keep = 2";
     EXPECT_EQ(rotate_if_larger(dir / "missing.log", 100, 2).value(), false);
     ::close(fd);

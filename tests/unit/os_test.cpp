@@ -31,8 +31,10 @@
 #include "os/process_memory.h"
 #include "os/recorded_process.h"
 #include "os/signal_name.h"
+#include "tests/support/files.h"
 
 using namespace ensemble;
+using ensemble::testing::read_file;
 using namespace std::chrono_literals;
 
 namespace {
@@ -61,11 +63,6 @@ std::filesystem::path scratch_file(const std::string& name) {
     return path;
 }
 
-std::string read_all(const std::filesystem::path& path) {
-    std::ifstream in(path);
-    return {std::istreambuf_iterator<char>(in), {}};
-}
-
 TEST(ChildProcess, IsHeldBeforeExecUntilItIsWrittenDown) {
     const auto marker = scratch_file("ran");
     SpawnSpec spec;
@@ -85,7 +82,7 @@ TEST(ChildProcess, IsHeldBeforeExecUntilItIsWrittenDown) {
     EXPECT_EQ(recorded->group, (*child)->pid()) << "in its own group before it runs";
     for (int i = 0; i < 500 && !(*child)->poll_exit(); ++i)
         std::this_thread::sleep_for(10ms);
-    EXPECT_EQ(read_all(marker), "ran\n");
+    EXPECT_EQ(read_file(marker), "ran\n");
     std::filesystem::remove(marker);
 }
 
@@ -152,7 +149,7 @@ TEST(ChildProcess, InheritsNoDescriptorButStdioAndLogsToItsFile) {
     ASSERT_TRUE(child) << child.error().message;
     for (int i = 0; i < 500 && !(*child)->poll_exit(); ++i)
         std::this_thread::sleep_for(10ms);
-    EXPECT_EQ(read_all(log), "closed\n");
+    EXPECT_EQ(read_file(log), "closed\n");
     struct stat st {};
     ASSERT_EQ(::stat(log.c_str(), &st), 0);
     EXPECT_EQ(st.st_mode & 0777, 0600) << "logs are this user's alone";
@@ -180,7 +177,7 @@ TEST(ChildProcess, PassesOneDescriptorAsDescriptorThreeAndNothingElse) {
     ASSERT_TRUE(child) << child.error().message;
     for (int i = 0; i < 500 && !(*child)->poll_exit(); ++i)
         std::this_thread::sleep_for(10ms);
-    EXPECT_EQ(read_all(log), socket->fd() == 3 ? "three\noriginal\n" : "three\n");
+    EXPECT_EQ(read_file(log), socket->fd() == 3 ? "three\noriginal\n" : "three\n");
     std::filesystem::remove(log);
 }
 
