@@ -37,6 +37,14 @@ struct Kill {
     Clock::time_point serving_again;
 };
 
+// Signals `pid` and stamps the moment just before, with nothing between the two: the judge
+// allows a request begun a few ms after the stamp to have been cut by the signal, no more.
+Kill signal_now(pid_t pid, int signal) {
+    Kill k{Clock::now(), {}};
+    ::kill(pid, signal);
+    return k;
+}
+
 // What became of a scenario's requests, judged against its kills.
 struct Totals {
     int iterations = 0;
@@ -170,8 +178,7 @@ class ChaosTest : public SupervisorFixture {
             std::this_thread::sleep_for(random_delay(200, 1200));
             const pid_t victim = pid_of(port_a_, pid_field);
             ASSERT_GT(victim, 0);
-            Kill k{Clock::now(), {}};
-            ::kill(victim, SIGKILL);
+            Kill k = signal_now(victim, SIGKILL);
             // Restarted at once the first time, then after 1, 2, 4 s.
             auto back = wait_serving(port_a_, 30s);
             ASSERT_TRUE(back) << "port " << port_a_ << " did not serve again after killing its "
@@ -225,8 +232,7 @@ TEST_F(ChaosTest, SupervisorKilledAtRandomMomentsUnderLoadLosesNothing) {
     int iterations = 0;
     for (; iterations < 3; ++iterations) {
         std::this_thread::sleep_for(random_delay(200, 1000));
-        Kill k{Clock::now(), {}};
-        ::kill(supervisor_->pid(), SIGKILL);
+        Kill k = signal_now(supervisor_->pid(), SIGKILL);
         ASSERT_TRUE(wait_exit(*supervisor_, 5s));
         std::this_thread::sleep_for(random_delay(0, 500));
         supervisor_ = start_supervisor();
@@ -313,8 +319,7 @@ TEST_F(ChaosTest, HungEngineIsKilledAndRestartedAndNoRequestHangs) {
     for (int i = 0; i < 2; ++i) {
         std::this_thread::sleep_for(random_delay(300, 800));
         const pid_t engine = pid_of(port_a_, "engine_pid");
-        Kill k{Clock::now(), {}};
-        ::kill(engine, SIGSTOP);  // hung: alive, silent
+        Kill k = signal_now(engine, SIGSTOP);  // hung: alive, silent
         const auto deadline = Clock::now() + 20s;
         while (Clock::now() < deadline && pid_of(port_a_, "engine_pid") == engine)
             std::this_thread::sleep_for(20ms);
@@ -460,11 +465,10 @@ TEST_F(ChaosTest, SlowStartingEngineQueuesRequestsAcrossARestart) {
     LoadGenerator load(port_a_, 2, 20ms);
     load.start();
     std::this_thread::sleep_for(300ms);
-    // The pid first: its lookup is a control round trip, and the kill's moment must be the kill's.
+    // The pid first: its lookup is a control round trip, not part of the kill.
     const pid_t engine = pid_of(port_a_, "engine_pid");
     ASSERT_GT(engine, 0);
-    Kill k{Clock::now(), {}};
-    ::kill(engine, SIGKILL);
+    Kill k = signal_now(engine, SIGKILL);
     auto back = wait_serving(port_a_, 30s);
     ASSERT_TRUE(back);
     k.serving_again = *back;
