@@ -45,7 +45,7 @@ class MemoryKillWatch {
 
     std::optional<std::uint64_t> oom_kills_;
     Clock::time_point last_critical_{};
-    std::optional<asio::steady_timer> timer_;
+    std::optional<steady_timer> timer_;
     // False once this watch is gone: a timer handler already queued must not touch it.
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);
 

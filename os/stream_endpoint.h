@@ -15,7 +15,9 @@ namespace ensemble {
 
 using stream_protocol = asio::generic::stream_protocol;
 // An HTTP connection over either kind of socket, with Beast's deadlines.
-using stream_connection = beast::basic_stream<stream_protocol>;
+using stream_connection = beast::basic_stream<stream_protocol, Executor>;
+using stream_socket = asio::basic_stream_socket<stream_protocol, Executor>;
+using stream_acceptor = asio::basic_socket_acceptor<stream_protocol, Executor>;
 
 class StreamEndpoint {
   public:

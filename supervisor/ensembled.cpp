@@ -34,7 +34,7 @@ void update_status_line(const Fleet& fleet) {
     sent = std::move(line);
 }
 
-void tick_forever(asio::steady_timer& timer, Fleet& fleet, FrontDoorKeeper& front_door) {
+void tick_forever(steady_timer& timer, Fleet& fleet, FrontDoorKeeper& front_door) {
     timer.expires_after(std::chrono::milliseconds(500));
     timer.async_wait([&timer, &fleet, &front_door](boost::system::error_code ec) {
         if (ec) return;
@@ -46,7 +46,7 @@ void tick_forever(asio::steady_timer& timer, Fleet& fleet, FrontDoorKeeper& fron
 }
 
 // Pings systemd's watchdog from the event loop, so a wedged loop is restarted.
-void watchdog_forever(asio::steady_timer& timer, std::chrono::milliseconds every) {
+void watchdog_forever(steady_timer& timer, std::chrono::milliseconds every) {
     timer.expires_after(every);
     timer.async_wait([&timer, every](boost::system::error_code ec) {
         if (ec) return;
@@ -158,22 +158,22 @@ int main(int argc, char** argv) {
             status_http->bound_port(), http->token_file.empty() ? "" : " (token required)");
     }
 
-    asio::signal_set children(io, SIGCHLD);
+    signal_set children(io, SIGCHLD);
     on_every_signal(children, [&fleet, &front_door] {
         fleet.tick();
         front_door.tick();
     });
-    asio::steady_timer ticker(io);
+    steady_timer ticker(io);
     tick_forever(ticker, fleet, front_door);
     fleet.reconcile();
     front_door.start();
     spdlog::info("ready: control {}, {} port(s)",
                  (fleet.config().supervisor.run_dir / "control.sock").string(), fleet.size());
     service_manager::ready(fleet.summary());
-    asio::steady_timer watchdog(io);
+    steady_timer watchdog(io);
     if (auto every = service_manager::watchdog_interval()) watchdog_forever(watchdog, *every);
 
-    asio::signal_set stop(io, SIGTERM, SIGINT, SIGQUIT);
+    signal_set stop(io, SIGTERM, SIGINT, SIGQUIT);
     stop.async_wait([&](boost::system::error_code ec, int signal) {
         if (ec) return;
         auto finish = [&] {

@@ -306,7 +306,7 @@ awaitable<void> refuse_control(unix_socket::socket socket, std::size_t limit) {
 
 // Closes the listener's idle connections, once a second, for as long as it accepts.
 awaitable<void> sweep_idle(asio::io_context& io, std::shared_ptr<Connections> connections) {
-    asio::steady_timer timer(io);
+    steady_timer timer(io);
     for (;;) {
         timer.expires_after(std::chrono::seconds(1));
         boost::system::error_code ec;
@@ -339,7 +339,7 @@ awaitable<void> accept_loop(asio::io_context& io, unix_socket::acceptor& accepto
                 spdlog::warn("{}: cannot accept a connection: {} (ensembled's own trouble)", name,
                              ec.message());
             }
-            asio::steady_timer pause(io, std::chrono::milliseconds(100));
+            steady_timer pause(io, std::chrono::milliseconds(100));
             co_await pause.async_wait(on_error(ec));
             continue;
         }

@@ -105,9 +105,9 @@ Response error_response(http::status status, std::string_view code, const std::s
 
 // Ends a connection whose request may be partly unread: closing at once would reset it and the
 // client might never see the reply just written. Stop sending, drop what comes briefly, close.
-awaitable<void> finish(beast::tcp_stream& stream) {
+awaitable<void> finish(tcp_stream& stream) {
     boost::system::error_code ec;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream.socket().shutdown(tcp_socket::shutdown_send, ec);
     stream.expires_after(std::chrono::milliseconds(250));
     std::array<char, 4096> sink{};
     for (std::size_t dropped = 0; !ec && dropped < 64 * 1024;)
@@ -152,17 +152,17 @@ struct StatusHttp::Rendering {
 
 class StatusHttp::Connection {
   public:
-    explicit Connection(tcp::socket socket)
+    explicit Connection(tcp_socket socket)
         : stream(std::move(socket)), wake(stream.get_executor()) {}
     void close() {
         boost::system::error_code ignored;
-        stream.socket().shutdown(tcp::socket::shutdown_both, ignored);
+        stream.socket().shutdown(tcp_socket::shutdown_both, ignored);
         stream.socket().close(ignored);
         wake.cancel();
     }
 
-    beast::tcp_stream stream;
-    asio::steady_timer wake;  // a stream's pause between messages
+    tcp_stream stream;
+    steady_timer wake;  // a stream's pause between messages
     // Waiting for its next request, since when: the longest-idle one makes room at the cap.
     std::optional<Clock::time_point> idle_since;
 };
@@ -268,7 +268,7 @@ awaitable<void> StatusHttp::accept_loop() {
         if (ec) {
             // Out of descriptors or similar: back off briefly instead of spinning.
             spdlog::warn("supervisor.http: accept failed: {}", ec.message());
-            asio::steady_timer pause(io_, std::chrono::milliseconds(100));
+            steady_timer pause(io_, std::chrono::milliseconds(100));
             co_await pause.async_wait(on_error(ec));
             continue;
         }
@@ -300,8 +300,8 @@ bool StatusHttp::make_room() {
     return true;
 }
 
-awaitable<void> StatusHttp::refuse(tcp::socket socket) {
-    beast::tcp_stream stream(std::move(socket));
+awaitable<void> StatusHttp::refuse(tcp_socket socket) {
+    tcp_stream stream(std::move(socket));
     stream.expires_after(std::chrono::seconds(2));
     auto response =
         error_response(http::status::service_unavailable, "too_many_connections",

@@ -67,7 +67,7 @@ class StatusHttp {
     // At the cap: closes the connection idle the longest (waiting for its next request);
     // false when none is.
     bool make_room();
-    awaitable<void> refuse(tcp::socket socket);
+    awaitable<void> refuse(tcp_socket socket);
     awaitable<void> serve(std::shared_ptr<Connection> connection);
     awaitable<void> stream_events(Connection& connection, std::int64_t cursor);
     // The fleet as JSON and metrics, rendered again only when the last is older than
@@ -79,7 +79,7 @@ class StatusHttp {
     std::string token_;
     const Fleet& fleet_;
     StatusHttpLimits limits_;
-    tcp::acceptor acceptor_;
+    tcp_acceptor acceptor_;
     std::list<std::shared_ptr<Connection>> connections_;
     std::size_t streams_ = 0;
     std::size_t refusals_ = 0;  // 503s being written to connections over the cap

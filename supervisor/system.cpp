@@ -17,14 +17,14 @@ std::int64_t AsioScheduler::unix_ms() const {
 }
 
 void AsioScheduler::after(std::chrono::milliseconds delay, std::function<void()> fn) {
-    auto timer = std::make_shared<asio::steady_timer>(io_, delay);
+    auto timer = std::make_shared<steady_timer>(io_, delay);
     timer->async_wait([timer, fn = std::move(fn)](boost::system::error_code ec) {
         if (!ec) fn();
     });
 }
 
 awaitable<void> AsioScheduler::sleep_until(Clock::time_point deadline) {
-    asio::steady_timer timer(io_, deadline);
+    steady_timer timer(io_, deadline);
     sleepers_.push_back(&timer);
     boost::system::error_code ec;
     co_await timer.async_wait(on_error(ec));
@@ -69,13 +69,13 @@ std::string OsProcessOps::boot_id() const {
 
 Status OsProcessOps::port_free(const std::string& host, int port) const {
     boost::asio::io_context io;
-    boost::asio::ip::tcp::acceptor probe(io);
+    tcp_acceptor probe(io);
     boost::system::error_code ec;
     const auto address = boost::asio::ip::make_address(host, ec);
     if (ec) return Error{"bad_host", "bind_host '" + host + "' is not an IP address"};
     const boost::asio::ip::tcp::endpoint endpoint(address, static_cast<unsigned short>(port));
     probe.open(endpoint.protocol(), ec);
-    if (!ec) probe.set_option(boost::asio::ip::tcp::acceptor::reuse_address(true), ec);
+    if (!ec) probe.set_option(tcp_acceptor::reuse_address(true), ec);
     if (!ec) probe.bind(endpoint, ec);
     if (ec) {
         // A probe where busy is often the expected answer (a worker registering): no search for

@@ -150,7 +150,7 @@ class AsioScheduler final : public Scheduler {
 
   private:
     asio::io_context& io_;
-    std::vector<asio::steady_timer*> sleepers_;
+    std::vector<steady_timer*> sleepers_;
 };
 
 class OsProcessOps final : public ProcessOps {

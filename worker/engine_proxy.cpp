@@ -87,10 +87,10 @@ const ApiError kEngineClosedEarly{
 // request) is still there, and is no longer watched.
 class ClientDepartureWatch {
   public:
-    ClientDepartureWatch(tcp::socket& client, stream_connection& engine)
+    ClientDepartureWatch(tcp_socket& client, stream_connection& engine)
         : client_(client), state_(std::make_shared<State>()) {
         state_->engine = &engine;
-        client_.async_wait(tcp::socket::wait_read, [state = state_](boost::system::error_code ec) {
+        client_.async_wait(tcp_socket::wait_read, [state = state_](boost::system::error_code ec) {
             if (!state->watching || ec) return;
             char byte = 0;
             const auto n = ::recv(state->client_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
@@ -118,7 +118,7 @@ class ClientDepartureWatch {
         int client_fd = -1;
         stream_connection* engine = nullptr;
     };
-    tcp::socket& client_;
+    tcp_socket& client_;
     std::shared_ptr<State> state_;  // shared with the wait's handler, which may run after us
 };
 
@@ -161,7 +161,7 @@ class EngineProxy::SilenceWatch {
 };
 
 awaitable<void> EngineProxy::watch_silences(std::shared_ptr<Silences> silences) {
-    asio::steady_timer tick(co_await asio::this_coro::executor);
+    steady_timer tick(co_await asio::this_coro::executor);
     while (!silences->entries.empty()) {
         tick.expires_after(kSilenceTick);
         boost::system::error_code ec;
@@ -214,8 +214,8 @@ void EngineProxy::release(std::unique_ptr<Connection> connection) {
     idle_.push_back(std::move(connection));
 }
 
-awaitable<bool> EngineProxy::send_error(beast::tcp_stream& client, const ApiError& error,
-                                        bool keep_alive, RequestTrace& trace) {
+awaitable<bool> EngineProxy::send_error(tcp_stream& client, const ApiError& error, bool keep_alive,
+                                        RequestTrace& trace) {
     ++stats_.failed;
     trace.status = static_cast<unsigned>(error.status);
     auto res = trace.filter != nullptr ? trace.filter->error_response(error, keep_alive)
@@ -233,7 +233,7 @@ EngineProxy::Outcome EngineProxy::client_left(const http::request<http::string_b
 }
 
 awaitable<bool> EngineProxy::engine_died_recently() {
-    asio::steady_timer pause(co_await asio::this_coro::executor);
+    steady_timer pause(co_await asio::this_coro::executor);
     for (int i = 0; i < 20; ++i) {
         engine_.on_child_exit();
         if (!engine_.ready()) co_return true;
@@ -244,8 +244,7 @@ awaitable<bool> EngineProxy::engine_died_recently() {
     co_return false;
 }
 
-awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
-                                     http::request<http::string_body>& request,
+awaitable<bool> EngineProxy::forward(tcp_stream& client, http::request<http::string_body>& request,
                                      RequestTrace& trace) {
     ++stats_.requests;
     ++stats_.active;
@@ -270,7 +269,7 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
             // Refused: the engine probably just died; reap it, or give it a moment.
             engine_.on_child_exit();
             ++failures;
-            asio::steady_timer pause(co_await asio::this_coro::executor, kRefusedPause);
+            steady_timer pause(co_await asio::this_coro::executor, kRefusedPause);
             boost::system::error_code ec;
             co_await pause.async_wait(on_error(ec));
             continue;
@@ -315,7 +314,7 @@ awaitable<bool> EngineProxy::forward(beast::tcp_stream& client,
     co_return kept;
 }
 
-awaitable<EngineProxy::Outcome> EngineProxy::relay(beast::tcp_stream& client, Connection& engine,
+awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connection& engine,
                                                    http::request<http::string_body>& request,
                                                    bool client_keep_alive, RequestTrace& trace) {
     boost::system::error_code ec;

@@ -61,7 +61,7 @@ class EngineProxy {
 
     // Relays `request` (body already validated and pinned) and its response. Returns whether the
     // client connection can be kept alive.
-    awaitable<bool> forward(beast::tcp_stream& client, http::request<http::string_body>& request,
+    awaitable<bool> forward(tcp_stream& client, http::request<http::string_body>& request,
                             RequestTrace& trace);
 
     const ProxyStats& stats() const { return stats_; }
@@ -101,12 +101,12 @@ class EngineProxy {
 
     awaitable<std::unique_ptr<Connection>> acquire(bool fresh_only);
     void release(std::unique_ptr<Connection> connection);
-    awaitable<Outcome> relay(beast::tcp_stream& client, Connection& engine,
+    awaitable<Outcome> relay(tcp_stream& client, Connection& engine,
                              http::request<http::string_body>& request, bool client_keep_alive,
                              RequestTrace& trace);
     Outcome client_left(const http::request<http::string_body>& request);
     awaitable<bool> engine_died_recently();  // polls for up to 100 ms
-    awaitable<bool> send_error(beast::tcp_stream& client, const ApiError& error, bool keep_alive,
+    awaitable<bool> send_error(tcp_stream& client, const ApiError& error, bool keep_alive,
                                RequestTrace& trace);
 
     ProxyTarget& engine_;

@@ -25,7 +25,7 @@ constexpr auto kCompletionProbeTimeout = std::chrono::milliseconds(30000);
 // to bind, exits, and is restarted on a new port.
 Result<unsigned short> pick_private_port(asio::io_context& io) {
     boost::system::error_code ec;
-    tcp::acceptor probe(io);
+    tcp_acceptor probe(io);
     probe.open(tcp::v4(), ec);
     if (!ec) probe.bind(tcp::endpoint(asio::ip::address_v4::loopback(), 0), ec);
     if (ec)
@@ -237,7 +237,7 @@ Status EngineRunner::spawn() {
 }
 
 awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
-    asio::steady_timer timer(io_);
+    steady_timer timer(io_);
     const auto endpoint = endpoint_;  // this generation's, whatever a restart sets
     const auto probe = readiness_probe();
     // One probe waits while the model loads (answered the moment it is in), rather than many
@@ -287,7 +287,7 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
 }
 
 awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
-    asio::steady_timer timer(io_);
+    steady_timer timer(io_);
     const auto endpoint = endpoint_;  // this generation's, whatever a restart sets
     const auto probe = readiness_probe();
     const auto timeout = probe_timeout();
@@ -366,7 +366,7 @@ std::chrono::milliseconds EngineRunner::next_backoff() {
 
 awaitable<void> EngineRunner::restart_after(std::chrono::milliseconds delay,
                                             std::uint64_t generation) {
-    asio::steady_timer timer(io_, delay);
+    steady_timer timer(io_, delay);
     boost::system::error_code ec;
     co_await timer.async_wait(on_error(ec));
     if (generation != generation_ || state_ != EngineState::restarting) co_return;
@@ -380,7 +380,7 @@ awaitable<void> EngineRunner::stop() {
     set_state(EngineState::stopping, "the worker is stopping");
     if (child_ && !child_->poll_exit()) {
         child_->signal_group(SIGTERM);
-        asio::steady_timer timer(io_);
+        steady_timer timer(io_);
         const auto deadline = Clock::now() + config_.stop_grace;
         while (!child_->poll_exit() && Clock::now() < deadline) {
             timer.expires_after(std::chrono::milliseconds(20));
@@ -407,7 +407,7 @@ awaitable<bool> EngineRunner::wait_ready(Clock::time_point deadline) {
     while (state_ != EngineState::ready) {
         if (state_ == EngineState::stopping || state_ == EngineState::stopped) co_return false;
         if (Clock::now() >= deadline) co_return false;
-        asio::steady_timer timer(io_, deadline);
+        steady_timer timer(io_, deadline);
         waiters_.push_back(&timer);
         boost::system::error_code ec;
         co_await timer.async_wait(on_error(ec));

@@ -106,7 +106,7 @@ class EngineRunner final : public ProxyTarget {
     int load_failures_ = 0;
     Clock::time_point ready_since_{};
     std::string last_exit_;
-    std::vector<asio::steady_timer*> waiters_;
+    std::vector<steady_timer*> waiters_;
 };
 
 }  // namespace ensemble

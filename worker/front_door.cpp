@@ -147,7 +147,7 @@ class FrontDoor::PortTarget final : public ProxyTarget {
     awaitable<bool> wait_ready(Clock::time_point deadline) override {
         // The proxy's retry after a refused connection, while the port's worker is replaced
         // (its socket stays open): it waits for this model on this port, or gives up.
-        asio::steady_timer pause(co_await asio::this_coro::executor);
+        steady_timer pause(co_await asio::this_coro::executor);
         while (!ready_ && !gone_ && Clock::now() < deadline) {
             pause.expires_after(std::chrono::milliseconds(50));
             boost::system::error_code ec;
@@ -191,7 +191,7 @@ struct FrontDoor::Forward {
 
 struct FrontDoor::Waiter {
     std::string handle;
-    asio::steady_timer* timer;
+    steady_timer* timer;
     std::optional<Error> refusal;  // the demand for it was refused
 };
 
@@ -300,7 +300,7 @@ std::string FrontDoor::known_models() const {
 namespace {
 
 // Whether the client closed its connection (it sent nothing more: a pipelined request waits).
-bool client_closed(beast::tcp_stream& stream) {
+bool client_closed(tcp_stream& stream) {
     char byte = 0;
     const auto n = ::recv(stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
@@ -363,13 +363,12 @@ std::string load_position(const protocol::Route& route) {
 
 }  // namespace
 
-awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle,
-                                                beast::tcp_stream& client) {
+awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle, tcp_stream& client) {
     // A load that moves is waited for however long it takes; one that shows no progress for
     // load_timeout is given up on (as Ollama's OLLAMA_LOAD_TIMEOUT).
     auto deadline = std::chrono::steady_clock::now() + config_.load_timeout;
     LoadWatch watch;
-    asio::steady_timer timer(io());
+    steady_timer timer(io());
     Waiter waiter{handle, &timer, std::nullopt};
     // However this ends, the waiter leaves the list before its frame does.
     struct Leave {
@@ -574,8 +573,7 @@ std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
     return std::nullopt;
 }
 
-awaitable<bool> FrontDoor::handle(beast::tcp_stream& stream,
-                                  http::request<http::string_body>& request,
+awaitable<bool> FrontDoor::handle(tcp_stream& stream, http::request<http::string_body>& request,
                                   const PlainBlocks& plain) {
     const std::string target(sv(request.target()));
     const bool keep_alive = request.keep_alive() && !draining();

@@ -74,14 +74,14 @@ class FrontDoor final : public HttpListener {
     struct Forward;
     struct Waiter;
 
-    awaitable<bool> handle(beast::tcp_stream& stream, http::request<http::string_body>& request,
+    awaitable<bool> handle(tcp_stream& stream, http::request<http::string_body>& request,
                            const PlainBlocks& plain) override;
     // Answered here: health, listings, refusals. nullopt: the request names a model to forward.
     std::optional<http::response<http::string_body>> answer_locally(
         const http::request<http::string_body>& request) const;
     // Waits until the route for `handle` can be forwarded to; the refusal otherwise.
     // (A client that goes away meanwhile gives up its place: "client_closed".)
-    awaitable<Result<int>> wait_for_port(const std::string& handle, beast::tcp_stream& client);
+    awaitable<Result<int>> wait_for_port(const std::string& handle, tcp_stream& client);
     void wake_waiters();
     std::shared_ptr<Forward> target_for(int port, const std::string& handle);
     std::string models_list() const;
@@ -100,7 +100,7 @@ class FrontDoor final : public HttpListener {
     bool routes_known_ = false;  // ensembled has said where the models are, at least once
     bool connected_ = false;
     bool accepting_ = false;
-    asio::steady_timer routes_wait_;
+    steady_timer routes_wait_;
     // Each model forwarded to, on its port (held by the requests using it).
     std::map<std::pair<int, std::string>, std::shared_ptr<Forward>> targets_;
     // Handles asked for and not yet answered (the requests for them wait).

@@ -146,8 +146,7 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
     return std::nullopt;
 }
 
-awaitable<bool> HttpFront::handle(beast::tcp_stream& stream,
-                                  http::request<http::string_body>& request,
+awaitable<bool> HttpFront::handle(tcp_stream& stream, http::request<http::string_body>& request,
                                   const PlainBlocks& plain) {
     RequestTrace trace;  // the request has just been read
     if (sv(request.target()).starts_with("/api/")) {
@@ -221,7 +220,7 @@ std::optional<http::response<http::string_body>> HttpFront::answer_ollama_locall
     }
 }
 
-awaitable<bool> HttpFront::handle_ollama(beast::tcp_stream& stream,
+awaitable<bool> HttpFront::handle_ollama(tcp_stream& stream,
                                          http::request<http::string_body>& request,
                                          RequestTrace& trace) {
     const std::string path(sv(request.target()).substr(0, sv(request.target()).find('?')));

@@ -31,11 +31,11 @@ class HttpFront final : public HttpListener {
               EngineProxy& proxy);
 
   private:
-    awaitable<bool> handle(beast::tcp_stream& stream, http::request<http::string_body>& request,
+    awaitable<bool> handle(tcp_stream& stream, http::request<http::string_body>& request,
                            const PlainBlocks& plain) override;
     // Ollama's API (/api/...), translated to the engine's OpenAI API (worker/ollama_api.h).
-    awaitable<bool> handle_ollama(beast::tcp_stream& stream,
-                                  http::request<http::string_body>& request, RequestTrace& trace);
+    awaitable<bool> handle_ollama(tcp_stream& stream, http::request<http::string_body>& request,
+                                  RequestTrace& trace);
     std::optional<http::response<http::string_body>> answer_ollama_locally(
         const http::request<http::string_body>& request) const;
     std::uint64_t memory_now() const;

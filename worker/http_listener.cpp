@@ -46,7 +46,7 @@ Status HttpListener::listen() {
     if (ec) return Error{"bad_host", "'" + limits_.host + "' is not an IP address to bind"};
     const tcp::endpoint endpoint{address, limits_.port};
     acceptor_.open(endpoint.protocol(), ec);
-    if (!ec) acceptor_.set_option(tcp::acceptor::reuse_address(true), ec);
+    if (!ec) acceptor_.set_option(tcp_acceptor::reuse_address(true), ec);
     if (!ec) acceptor_.bind(endpoint, ec);
     if (ec == asio::error::address_in_use) {
         return Error{"port_in_use", "port " + std::to_string(limits_.port) + " on " + limits_.host +
@@ -80,7 +80,7 @@ awaitable<void> HttpListener::accept_loop() {
         if (ec) {
             // Out of descriptors or similar: back off briefly instead of spinning.
             spdlog::warn("front: accept failed: {}", ec.message());
-            asio::steady_timer pause(io_, std::chrono::milliseconds(50));
+            steady_timer pause(io_, std::chrono::milliseconds(50));
             co_await pause.async_wait(on_error(ec));
             continue;
         }
@@ -102,8 +102,8 @@ awaitable<void> HttpListener::accept_loop() {
     }
 }
 
-awaitable<void> HttpListener::refuse_connection(tcp::socket socket) {
-    beast::tcp_stream stream(std::move(socket));
+awaitable<void> HttpListener::refuse_connection(tcp_socket socket) {
+    tcp_stream stream(std::move(socket));
     stream.expires_after(std::chrono::seconds(5));
     auto response = make_error_response(
         ApiError{http::status::service_unavailable, "server_error", "too_many_connections",
@@ -116,7 +116,7 @@ awaitable<void> HttpListener::refuse_connection(tcp::socket socket) {
     // Closing with the request unread would reset the connection, and the client might never
     // see the 503: finish sending, then read (and drop) what it sent, briefly and boundedly.
     boost::system::error_code ec;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+    stream.socket().shutdown(tcp_socket::shutdown_send, ec);
     stream.expires_after(std::chrono::milliseconds(250));
     std::array<char, 4096> sink{};
     for (std::size_t dropped = 0; dropped < 64 * 1024;) {
@@ -127,7 +127,7 @@ awaitable<void> HttpListener::refuse_connection(tcp::socket socket) {
 }
 
 awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
-    beast::tcp_stream& stream = session->stream;
+    tcp_stream& stream = session->stream;
     beast::flat_buffer buffer;
     for (;;) {
         http::request_parser<AppendingStringBody> parser;
@@ -181,14 +181,14 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
         if (!keep_alive) break;
     }
     boost::system::error_code ignored;
-    stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream.socket().shutdown(tcp_socket::shutdown_send, ignored);
     sessions_.erase(session);
 }
 
 // Ends the connections that have waited longer than idle_timeout for a request to begin, once a
 // second while there are any.
 awaitable<void> HttpListener::close_idle_sessions() {
-    asio::steady_timer tick(io_);
+    steady_timer tick(io_);
     while (!sessions_.empty()) {
         tick.expires_after(kIdleSweep);
         boost::system::error_code ec;
@@ -202,8 +202,7 @@ awaitable<void> HttpListener::close_idle_sessions() {
     idle_sweep_running_ = false;
 }
 
-awaitable<void> HttpListener::reject_unreadable(beast::tcp_stream& stream,
-                                                boost::system::error_code ec,
+awaitable<void> HttpListener::reject_unreadable(tcp_stream& stream, boost::system::error_code ec,
                                                 std::string_view target) {
     std::optional<ApiError> error;
     if (ec == http::error::body_limit) {
@@ -226,7 +225,7 @@ awaitable<void> HttpListener::reject_unreadable(beast::tcp_stream& stream,
     metrics_.answered(target, response.result_int());
 }
 
-awaitable<bool> HttpListener::reply(beast::tcp_stream& stream,
+awaitable<bool> HttpListener::reply(tcp_stream& stream,
                                     http::response<http::string_body>& response) {
     boost::system::error_code ec;
     const bool keep_alive = response.keep_alive() && !draining_;
@@ -245,7 +244,7 @@ awaitable<void> HttpListener::drain(std::chrono::milliseconds timeout) {
     // A client that connected just before the drain has its request on the way: it is
     // waited for this long (one that connects and says nothing does not hold up the stop).
     const auto fresh_deadline = began + std::min(timeout, std::chrono::milliseconds(500));
-    asio::steady_timer timer(io_);
+    steady_timer timer(io_);
     for (;;) {
         bool busy = in_flight_ > 0;
         bool fresh_waiting = false;

@@ -57,10 +57,9 @@ class HttpListener {
   protected:
     // Answers one request that was read whole; returns whether the connection may be kept.
     // `plain`: the blocks of its body noted as it arrived (for scan_top_level_members).
-    virtual awaitable<bool> handle(beast::tcp_stream& stream,
-                                   http::request<http::string_body>& request,
+    virtual awaitable<bool> handle(tcp_stream& stream, http::request<http::string_body>& request,
                                    const PlainBlocks& plain) = 0;
-    awaitable<bool> reply(beast::tcp_stream& stream, http::response<http::string_body>& response);
+    awaitable<bool> reply(tcp_stream& stream, http::response<http::string_body>& response);
     bool draining() const { return draining_; }
     asio::io_context& io() { return io_; }
 
@@ -70,8 +69,8 @@ class HttpListener {
     // A connection, from the moment it is accepted (before its first read begins): a drain
     // that begins in between sees it and waits for its request.
     struct Session {
-        explicit Session(tcp::socket socket) : stream(std::move(socket)) {}
-        beast::tcp_stream stream;
+        explicit Session(tcp_socket socket) : stream(std::move(socket)) {}
+        tcp_stream stream;
         bool idle = true;
         // No request served yet: a client that connected before a drain began is answered
         // (its request was on its way), not cut off like one idling between requests.
@@ -80,15 +79,15 @@ class HttpListener {
     };
 
     awaitable<void> accept_loop();
-    awaitable<void> refuse_connection(tcp::socket socket);
+    awaitable<void> refuse_connection(tcp_socket socket);
     awaitable<void> serve(std::list<Session>::iterator session);
     awaitable<void> close_idle_sessions();
-    awaitable<void> reject_unreadable(beast::tcp_stream& stream, boost::system::error_code ec,
+    awaitable<void> reject_unreadable(tcp_stream& stream, boost::system::error_code ec,
                                       std::string_view target);
 
     asio::io_context& io_;
     ListenerConfig limits_;
-    tcp::acceptor acceptor_;
+    tcp_acceptor acceptor_;
     std::list<Session> sessions_;
     std::size_t in_flight_ = 0;
     bool draining_ = false;

@@ -95,7 +95,7 @@ int run_front_door(int argc, char** argv) {
     for (int i = 1; i < argc; ++i)
         link_config->settings += (i > 1 ? " " : "") + std::string(argv[i]);
     std::unique_ptr<SupervisorLink> link;
-    asio::signal_set stop_signals(io, SIGTERM, SIGINT);
+    signal_set stop_signals(io, SIGTERM, SIGINT);
     bool shutting_down = false;
     auto begin_shutdown = [&](const std::string& reason) {
         if (shutting_down) return;
@@ -192,12 +192,12 @@ int main(int argc, char** argv) {
         link_config->listen_fd = options.front.listen_fd;
         link_config->standby = options.standby;
     }
-    asio::signal_set children(io, SIGCHLD);
+    signal_set children(io, SIGCHLD);
     on_every_signal(children, [&engine] { engine.on_child_exit(); });
     // Caught (and held until waited for, below) before the engine starts: a SIGTERM in between
     // would end the worker at once and leave its engine running, where no parent-death signal
     // stops it (macOS).
-    asio::signal_set stop_signals(io, SIGTERM, SIGINT);
+    signal_set stop_signals(io, SIGTERM, SIGINT);
     if (auto ok = engine.start(); !ok) {
         spdlog::error("cannot start the engine: {}", ok.error().message);
         return protocol::exit_code(protocol::WorkerExit::engine_not_started);
@@ -217,7 +217,7 @@ int main(int argc, char** argv) {
     };
     // Bounded: a model that takes long to load (or never does) answers 503 after a while rather
     // than keeping its clients in the backlog.
-    asio::steady_timer hold_timer(io);
+    steady_timer hold_timer(io);
     const auto serve = [&] {
         accept_if_due();
         if (accepting) return;

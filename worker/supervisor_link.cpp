@@ -108,12 +108,14 @@ awaitable<void> SupervisorLink::run() {
     const auto started = Clock::now();
     bool registered_once = false;
     auto last_contact = Clock::now();
-    asio::steady_timer timer(io_);
+    steady_timer timer(io_);
     boost::system::error_code ec;
     while (!stopping_) {
-        socket_ = asio::local::stream_protocol::socket(io_);
-        co_await socket_.async_connect(asio::local::stream_protocol::endpoint(config_.socket_path),
-                                       on_error(ec));
+        // Closed, the socket is opened again by the connect (a fresh one each attempt).
+        boost::system::error_code ignored;
+        socket_.close(ignored);
+        const asio::local::stream_protocol::endpoint supervisor(config_.socket_path);
+        co_await socket_.async_connect(supervisor, on_error(ec));
         if (!ec) {
             // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
             const auto hello = protocol::to_json(protocol::Register{

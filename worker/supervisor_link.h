@@ -79,12 +79,12 @@ class SupervisorLink {
     StatsSource stats_;
     StopHandler on_stop_;
     ServeHandler on_serve_;
-    asio::local::stream_protocol::socket socket_;
+    local_socket socket_;
     bool stopping_ = false;
     bool reader_running_ = false;
     bool connected_ = false;
     std::deque<nlohmann::json> outbox_;  // written by the heartbeat loop, the link's one writer
-    asio::steady_timer heartbeat_timer_;
+    steady_timer heartbeat_timer_;
 };
 
 }  // namespace ensemble

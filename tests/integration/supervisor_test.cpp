@@ -764,7 +764,7 @@ pid_t start_impostor(const std::filesystem::path& workers_socket, json hello) {
         if (!hello.contains("pid")) hello["pid"] = ::getpid();
         const auto line = hello.dump() + "\n";
         boost::asio::io_context io;
-        boost::asio::local::stream_protocol::socket socket(io);
+        local_socket socket(io);
         socket.connect(boost::asio::local::stream_protocol::endpoint(workers_socket.string()));
         boost::asio::write(socket, boost::asio::buffer(line));
         for (;;)

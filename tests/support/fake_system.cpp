@@ -22,7 +22,7 @@ void FakeScheduler::after(std::chrono::milliseconds delay, std::function<void()>
 awaitable<void> FakeScheduler::sleep_until(Clock::time_point deadline) {
     if (deadline <= now_) co_return;
     // Never expires by itself: advance_to() cancels it when its time comes, as wake does.
-    asio::steady_timer timer(io_, asio::steady_timer::time_point::max());
+    steady_timer timer(io_, steady_timer::time_point::max());
     Sleeper sleeper{deadline, &timer};
     sleepers_.push_back(&sleeper);
     boost::system::error_code ec;

@@ -39,7 +39,7 @@ class FakeScheduler final : public Scheduler {
   private:
     struct Sleeper {
         Clock::time_point deadline;
-        asio::steady_timer* timer;
+        steady_timer* timer;
     };
     std::optional<Clock::time_point> next_due() const;
 

@@ -124,7 +124,7 @@ HttpResponse http_request(const StreamEndpoint& endpoint, const HttpRequest& req
 std::string raw_exchange(unsigned short port, const std::string& bytes,
                          std::chrono::milliseconds timeout) {
     asio::io_context io;
-    beast::tcp_stream stream(io);
+    tcp_stream stream(io);
     stream.expires_after(timeout);
     auto ec = run_op(io, [&](auto handler) {
         stream.async_connect(tcp::endpoint(asio::ip::address_v4::loopback(), port),
@@ -163,10 +163,10 @@ std::vector<unsigned short> free_ports(std::size_t n) {
     std::mt19937 random(std::random_device{}());
     std::uniform_int_distribution<unsigned> pick(floor, low - 1);
     asio::io_context io;
-    std::vector<tcp::acceptor> held;  // held until all are chosen, so none repeats
+    std::vector<tcp_acceptor> held;  // held until all are chosen, so none repeats
     std::vector<unsigned short> ports;
     while (ports.size() < n) {
-        tcp::acceptor acceptor(io);
+        tcp_acceptor acceptor(io);
         boost::system::error_code ec;
         const auto port = static_cast<unsigned short>(pick(random));
         acceptor.open(tcp::v4(), ec);

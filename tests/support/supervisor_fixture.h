@@ -25,7 +25,7 @@ using namespace std::chrono_literals;
 // Sends bytes to a Unix socket and returns what comes back within a short time.
 inline std::string unix_exchange(const std::filesystem::path& path, const std::string& bytes) {
     boost::asio::io_context io;
-    boost::asio::local::stream_protocol::socket socket(io);
+    local_socket socket(io);
     socket.connect(boost::asio::local::stream_protocol::endpoint(path.string()));
     boost::asio::write(socket, boost::asio::buffer(bytes));
     timeval tv{0, 500000};

@@ -26,7 +26,7 @@ class EngineFront : public HttpListener {
     bool engine_running = true;
 
   protected:
-    awaitable<bool> handle(beast::tcp_stream& stream, http::request<http::string_body>& request,
+    awaitable<bool> handle(tcp_stream& stream, http::request<http::string_body>& request,
                            const PlainBlocks&) override {
         http::response<http::string_body> response{
             engine_running ? http::status::ok : http::status::service_unavailable,
@@ -68,7 +68,7 @@ TEST(HttpListenerDrain, AConnectionAcceptedInTheTurnTheDrainBeginsIsAnsweredFirs
     // The stop arrives (as a worker's does, on its link to ensembled) in the same readiness
     // batch as a connection: the stop first, so the drain is posted before the connection's
     // session can begin.
-    asio::local::stream_protocol::socket link_in(io), link_out(io);
+    local_socket link_in(io), link_out(io);
     asio::local::connect_pair(link_in, link_out);
     char stop = 0;
     link_in.async_read_some(asio::buffer(&stop, 1), [&](boost::system::error_code ec, std::size_t) {
@@ -77,7 +77,7 @@ TEST(HttpListenerDrain, AConnectionAcceptedInTheTurnTheDrainBeginsIsAnsweredFirs
     io.poll();  // the read is waiting
     asio::write(link_out, asio::buffer("s", 1));
     asio::io_context client_io;
-    tcp::socket client(client_io);
+    tcp_socket client(client_io);
     client.connect({asio::ip::make_address("127.0.0.1"), front.bound_port()});
     const std::string request = "GET /v1/models HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     asio::write(client, asio::buffer(request));

@@ -16,7 +16,7 @@ namespace ensemble {
 namespace {
 
 using namespace std::chrono_literals;
-using local_stream = beast::basic_stream<asio::local::stream_protocol>;
+using local_stream = beast::basic_stream<asio::local::stream_protocol, Executor>;
 
 void fill(beast::flat_buffer& buffer, std::string_view bytes) {
     const auto n = asio::buffer_copy(buffer.prepare(bytes.size()), asio::buffer(bytes));
@@ -155,7 +155,7 @@ TEST(ReadRequestBody, ALargeBodyArrivesWholeAndOneCutShortIsAPartialMessage) {
         {chunked.substr(0, chunked.size() / 2), true}};
     for (const auto& [sent, cut_short] : cases) {
         asio::io_context io(1);
-        asio::local::stream_protocol::socket a(io), b(io);
+        local_socket a(io), b(io);
         asio::local::connect_pair(a, b);
         local_stream reader(std::move(b));
         asio::co_spawn(
@@ -199,7 +199,7 @@ TEST(ReadRequestBody, ALargeBodyArrivesWholeAndOneCutShortIsAPartialMessage) {
 // for what it declared (the string is sized as bytes arrive).
 TEST(ReadRequestBody, ADeclaredLengthIsNotMemoryUntilItsBytesArrive) {
     asio::io_context io(1);
-    asio::local::stream_protocol::socket a(io), b(io);
+    local_socket a(io), b(io);
     asio::local::connect_pair(a, b);
     local_stream reader(std::move(b));
     const std::string sent =
@@ -234,7 +234,7 @@ TEST(ReadRequestBody, ADeclaredLengthIsNotMemoryUntilItsBytesArrive) {
 // one event-loop turn that starts it (an asynchronous write would need a second).
 TEST(WriteNow, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
     asio::io_context io(1);
-    asio::local::stream_protocol::socket a(io), b(io);
+    local_socket a(io), b(io);
     asio::local::connect_pair(a, b);
     a.non_blocking(true);
     local_stream writer(std::move(a));
@@ -266,7 +266,7 @@ TEST(WriteNow, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
 TEST(WriteNow, AWriteTheSocketCannotTakeAtOnceFinishesWithoutStallingTheLoop) {
     for (const bool non_blocking : {true, false}) {
         asio::io_context io(1);
-        asio::local::stream_protocol::socket a(io), b(io);
+        local_socket a(io), b(io);
         asio::local::connect_pair(a, b);
         a.non_blocking(non_blocking);
         local_stream writer(std::move(a)), reader(std::move(b));
@@ -293,7 +293,7 @@ TEST(WriteNow, AWriteTheSocketCannotTakeAtOnceFinishesWithoutStallingTheLoop) {
         asio::co_spawn(
             io,
             [&]() -> awaitable<void> {
-                asio::steady_timer pause(io, 50ms);
+                steady_timer pause(io, 50ms);
                 boost::system::error_code ec;
                 co_await pause.async_wait(on_error(ec));
                 beast::flat_buffer buffer;
