@@ -27,7 +27,6 @@ class TokenCounter {
         std::string carry;  // the last needle.size() bytes seen
     };
     void scan(NeedleScan& s, std::string_view bytes);
-    std::uint64_t usage_count(std::string_view key) const;
 
     // Chat streams carry "content", legacy completion streams "text"; an empty string is no token.
     static constexpr std::string_view kContentNeedle = R"("content":")";

@@ -100,4 +100,27 @@ TEST(TokenCounter, PlainAnswersAreReadWithoutParsingAndNotFooledByContent) {
     }
 }
 
+// llama-server's answer (usage, then id and timings after it), its usage at every offset from
+// the start: the backward search reads eight bytes at a time, so a key may straddle any boundary.
+TEST(TokenCounter, FindsUsageInLlamaServersAnswerAtEveryAlignment) {
+    const std::string head =
+        R"({"choices":[{"finish_reason":"length","index":0,"message":{"role":"assistant",)"
+        R"("content":" w329 \"prompt_tokens\":5"}}],"created":1795855828,"model":"bench",)";
+    const std::string usage =
+        R"("usage":{"completion_tokens":12,"prompt_tokens":76,"total_tokens":88,)"
+        R"("prompt_tokens_details":{"cached_tokens":0}},)";
+    const std::string rest =
+        R"("id":"chatcmpl-r5jXpilvp7PD3Rz2","timings":{"cache_n":0,"prompt_n":76,)"
+        R"("prompt_ms":4.932,"predicted_n":1,"predicted_per_second":0.0}})";
+    for (std::size_t pad = 0; pad < 16; ++pad) {
+        TokenCounter c(false);
+        c.feed(head + std::string(pad, ' ') + usage + rest);
+        EXPECT_EQ(c.tokens(), 12U) << "padding " << pad;
+        EXPECT_EQ(c.prompt_tokens(), 76U) << "padding " << pad;
+    }
+    TokenCounter key_first(false);  // the key at the very first byte
+    key_first.feed(R"("completion_tokens":3)");
+    EXPECT_EQ(key_first.tokens(), 3U);
+}
+
 }  // namespace
