@@ -293,26 +293,31 @@ class Scanner {
         return true;
     }
 
-    // A string; when `matches` is given, which key its unescaped content is, if any.
+    // A string; when `matches` is given, which key its unescaped content is, if any. A key
+    // without escapes is compared where it stands; one with escapes is unescaped first.
     bool string(std::optional<std::size_t>* matches) {
-        ++i_;                   // '"'
-        std::string unescaped;  // only for a key
+        ++i_;  // '"'
+        const std::size_t start = i_;
+        std::string unescaped;  // only for a key with escapes
+        bool escaped = false;
+        std::size_t copied = start;  // (escaped) the content before this is in `unescaped`
         for (;;) {
-            if (!matches) skip_plain_ascii();
+            skip_plain_ascii();
             if (at_end()) return false;
             const unsigned char c = peek();
             if (c == '"') break;
             if (c < 0x20) return false;
             if (c >= 0x80) {
-                const auto from = i_;
                 if (!utf8_sequence()) return false;
-                if (matches) unescaped.append(s_.substr(from, i_ - from));
                 continue;
             }
             if (c != '\\') {
-                if (matches) unescaped += static_cast<char>(c);
                 ++i_;
                 continue;
+            }
+            if (matches) {
+                unescaped.append(s_.substr(copied, i_ - copied));
+                escaped = true;
             }
             ++i_;
             if (at_end()) return false;
@@ -354,9 +359,15 @@ class Scanner {
                     return false;
             }
             if (matches) append_utf8(unescaped, cp);
+            copied = i_;
         }
         if (matches) {
-            const auto found = std::find(keys_.begin(), keys_.end(), unescaped);
+            std::string_view content = s_.substr(start, i_ - start);
+            if (escaped) {
+                unescaped.append(s_.substr(copied, i_ - copied));
+                content = unescaped;
+            }
+            const auto found = std::find(keys_.begin(), keys_.end(), content);
             if (found != keys_.end()) *matches = static_cast<std::size_t>(found - keys_.begin());
         }
         ++i_;  // '"'
