@@ -395,11 +395,12 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         if (response.body().size > 0) engine_.note_answer();
         tokens.feed({chunk.data(), response.body().size});
         const bool first_token = event_stream && !trace.first_token && tokens.content_events() > 0;
-        stream_end.feed({chunk.data(), response.body().size});
         // An event stream ended by the engine closing its connection before `data: [DONE]` was
         // cut short by the engine's death, not finished: keep the client's stream open for the
-        // error event below.
-        const bool cut = parser.is_done() && ends_at_close && event_stream && !stream_end.done();
+        // error event below. (Only such a stream's end is looked at.)
+        const bool close_delimited_stream = ends_at_close && event_stream;
+        if (close_delimited_stream) stream_end.feed({chunk.data(), response.body().size});
+        const bool cut = parser.is_done() && close_delimited_stream && !stream_end.done();
         if (filter != nullptr) {
             filtered = filter->feed({chunk.data(), response.body().size});
             if (parser.is_done() && !cut) filtered += filter->finish();
