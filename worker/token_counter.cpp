@@ -21,7 +21,7 @@ class LastKey {
     explicit LastKey(std::string_view key) : key_(key), reversed_(key.rbegin(), key.rend()) {}
 
     std::size_t size() const { return key_.size(); }
-    // Where the last one starting before `end` starts, or npos.
+    // Where the last one lying wholly before `end` starts, or npos.
     std::size_t find_before(std::string_view text, std::size_t end) const {
         const auto from = std::make_reverse_iterator(text.begin() + std::min(end, text.size()));
         const auto match = reversed_(from, text.rend());
