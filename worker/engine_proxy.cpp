@@ -221,7 +221,7 @@ awaitable<bool> EngineProxy::send_error(tcp_stream& client, const ApiError& erro
     auto res = trace.filter != nullptr ? trace.filter->error_response(error, keep_alive)
                                        : make_error_response(error, keep_alive);
     boost::system::error_code ec;
-    co_await http::async_write(client, res, on_error(ec));
+    co_await send_message(client, res, ec);
     co_return keep_alive && !ec;
 }
 
@@ -320,8 +320,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     boost::system::error_code ec;
     request.set(http::field::host, engine_.endpoint().host());
     SilenceWatch silence(silences_, engine.stream);
-    http::request_serializer<http::string_body> request_writer{request};
-    co_await write_now(engine.stream, request_writer, ec);
+    co_await send_message(engine.stream, request, ec);
     // Armed once the request is on its way, so arming it does not delay the engine.
     const ClientDepartureWatch watch(client.socket(), engine.stream);
     http::response_parser<http::buffer_body> parser;
@@ -365,12 +364,13 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     trace.status = response.result_int();
     TokenCounter tokens(event_stream);
     StreamEnd stream_end;
-    http::response_serializer<http::buffer_body> serializer{response};
+    OutgoingMessage answer(response);
     // An event stream's header goes out at once (its first event may be a long prompt away);
     // any other answer's header leaves with its first bytes, in one write.
     if (event_stream) {
         silence.pause();
-        co_await http::async_write_header(client, serializer, on_error(ec));
+        constexpr std::string_view kNothingYet;
+        co_await answer.send(client, kNothingYet, false, ec);
         if (ec) co_return Outcome::done_close;
         silence.heard();
     }
@@ -388,30 +388,25 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         }
         if (ec == http::error::need_buffer) ec = {};
         if (ec) break;
-        response.body().size = chunk.size() - response.body().size;
-        // No data is no buffer: Beast serialises an empty buffer as a chunk of size 0, which is
-        // itself a last chunk, and the real last chunk would follow it.
-        response.body().data = response.body().size > 0 ? chunk.data() : nullptr;
-        if (response.body().size > 0) engine_.note_answer();
-        tokens.feed({chunk.data(), response.body().size});
+        std::string_view part(chunk.data(), chunk.size() - response.body().size);
+        if (!part.empty()) engine_.note_answer();
+        tokens.feed(part);
         const bool first_token = event_stream && !trace.first_token && tokens.content_events() > 0;
         // An event stream ended by the engine closing its connection before `data: [DONE]` was
         // cut short by the engine's death, not finished: keep the client's stream open for the
         // error event below. (Only such a stream's end is looked at.)
         const bool close_delimited_stream = ends_at_close && event_stream;
-        if (close_delimited_stream) stream_end.feed({chunk.data(), response.body().size});
+        if (close_delimited_stream) stream_end.feed(part);
         const bool cut = parser.is_done() && close_delimited_stream && !stream_end.done();
         if (filter != nullptr) {
-            filtered = filter->feed({chunk.data(), response.body().size});
+            filtered = filter->feed(part);
             if (parser.is_done() && !cut) filtered += filter->finish();
-            response.body().data = filtered.empty() ? nullptr : filtered.data();
-            response.body().size = filtered.size();
+            part = filtered;
         }
-        response.body().more = !parser.is_done() || cut;
-        if (response.body().size > 0 || !response.body().more) {
+        const bool last = parser.is_done() && !cut;
+        if (!part.empty() || last) {
             silence.pause();
-            co_await write_now(client, serializer, ec);
-            if (ec == http::error::need_buffer) ec = {};
+            co_await answer.send(client, part, last, ec);
             if (ec) co_return Outcome::done_close;  // the client left; the engine side is dropped
             silence.heard();
             if (first_token) trace.first_token = RequestTrace::Clock::now() - trace.began;
@@ -424,12 +419,10 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     stats_.tokens += tokens.tokens();
     trace.prompt_tokens = tokens.prompt_tokens();
     if (watch.client_left()) co_return client_left(request);
-    if (!ec && !serializer.is_done()) {  // an empty body: only the header is left to send
+    if (!ec && !answer.done()) {  // an empty body: only the header is left to send
         filtered = filter != nullptr ? filter->finish() : std::string();
-        response.body().data = filtered.empty() ? nullptr : filtered.data();
-        response.body().size = filtered.size();
-        response.body().more = false;
-        co_await http::async_write(client, serializer, on_error(ec));
+        const std::string_view rest = filtered;
+        co_await answer.send(client, rest, true, ec);
         if (ec) co_return Outcome::done_close;
     }
     if (!ec) {
@@ -440,7 +433,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     // The engine went away mid-response. Before anything reached the client, this is a failure
     // before the response (retried, or answered 502). A chunked event stream can still end
     // cleanly with an error event; any other body can only be cut short by closing the connection.
-    if (!serializer.is_header_done()) {
+    if (!answer.header_sent()) {
         if (silence.timed_out()) co_return Outcome::engine_silent;
         engine_.on_child_exit();
         co_return Outcome::failed_before_response;
@@ -464,12 +457,10 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
                 : ApiError{http::status::bad_gateway, "server_error", "engine_failed",
                            "the engine stopped while generating; the worker is "
                            "restarting it: retry the request"};
+        // (A filter that has ended its answer has nothing left: then only the last chunk.)
         const auto event = filter != nullptr ? filter->cut(error) : error.sse_event();
-        // (A filter that has ended its answer has nothing left: no data, not an empty chunk.)
-        response.body().data = event.empty() ? nullptr : const_cast<char*>(event.data());
-        response.body().size = event.size();
-        response.body().more = false;
-        co_await http::async_write(client, serializer, on_error(ec));
+        const std::string_view last_event = event;
+        co_await answer.send(client, last_event, true, ec);
     }
     co_return Outcome::done_close;
 }

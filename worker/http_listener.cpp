@@ -230,8 +230,7 @@ awaitable<bool> HttpListener::reply(tcp_stream& stream,
     boost::system::error_code ec;
     const bool keep_alive = response.keep_alive() && !draining_;
     response.keep_alive(keep_alive);
-    http::response_serializer<http::string_body> serializer{response};
-    co_await write_now(stream, serializer, ec);
+    co_await send_message(stream, response, ec);
     co_return keep_alive && !ec;
 }
 

@@ -246,8 +246,7 @@ TEST(WriteNow, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
     asio::co_spawn(
         io,
         [&]() -> awaitable<void> {
-            http::response_serializer<http::string_body> serializer{response};
-            co_await write_now(writer, serializer, ec);
+            co_await send_message(writer, response, ec);
             written = true;
         },
         asio::detached);
@@ -258,6 +257,56 @@ TEST(WriteNow, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
     std::array<char, 256> received{};
     const auto n = b.read_some(asio::buffer(received));
     EXPECT_NE(std::string_view(received.data(), n).find("{\"ok\":true}"), std::string_view::npos);
+}
+
+// An answer sent in parts, as the proxy relays an engine's: chunked, each non-empty part is one
+// chunk and the last ends it (an empty part between sends nothing); sized, the parts go out as
+// they are. What arrives is the message Beast reads, the header sent once.
+TEST(OutgoingMessage, PartsGoOutAsChunksOrAsTheyAreAndTheHeaderOnce) {
+    for (const bool chunked : {true, false}) {
+        asio::io_context io(1);
+        local_socket a(io), b(io);
+        asio::local::connect_pair(a, b);
+        a.non_blocking(true);
+        local_stream writer(std::move(a));
+        http::response<http::buffer_body> response{http::status::ok, 11};
+        response.set(http::field::content_type, "text/event-stream");
+        if (chunked) {
+            response.chunked(true);
+        } else {
+            response.content_length(11);
+        }
+        boost::system::error_code ec;
+        asio::co_spawn(
+            io,
+            [&]() -> awaitable<void> {
+                OutgoingMessage answer(response);
+                EXPECT_FALSE(answer.header_sent());
+                for (const std::string_view part : {"", "data", "", " [DONE]"})
+                    co_await answer.send(writer, part, false, ec);
+                EXPECT_TRUE(answer.header_sent());
+                EXPECT_FALSE(answer.done());
+                constexpr std::string_view kEnd;
+                co_await answer.send(writer, kEnd, true, ec);
+                EXPECT_TRUE(answer.done());
+            },
+            asio::detached);
+        io.run();
+        ASSERT_FALSE(ec) << ec.message();
+        std::array<char, 512> received{};
+        const auto n = b.read_some(asio::buffer(received));
+        const std::string_view bytes(received.data(), n);
+        const auto body_at = bytes.find("\r\n\r\n") + 4;
+        EXPECT_EQ(bytes.substr(body_at),
+                  chunked ? "4\r\ndata\r\n7\r\n [DONE]\r\n0\r\n\r\n" : "data [DONE]")
+            << bytes;
+        http::response_parser<http::string_body> parser;
+        parser.eager(true);
+        parser.put(asio::buffer(bytes.data(), n), ec);
+        EXPECT_FALSE(ec) << ec.message() << "\n" << bytes;
+        EXPECT_TRUE(parser.is_done()) << bytes;
+        EXPECT_EQ(parser.get().body(), "data [DONE]");
+    }
 }
 
 // A writer with a 4 MiB answer against a reader that waits before reading: the write cannot
@@ -283,8 +332,7 @@ TEST(WriteNow, AWriteTheSocketCannotTakeAtOnceFinishesWithoutStallingTheLoop) {
         asio::co_spawn(
             io,
             [&]() -> awaitable<void> {
-                http::response_serializer<http::string_body> serializer{response};
-                co_await write_now(writer, serializer, write_ec);
+                co_await send_message(writer, response, write_ec);
                 written = true;
             },
             asio::detached);

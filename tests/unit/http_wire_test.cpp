@@ -1,0 +1,83 @@
+// The worker's own wire form of an HTTP header (worker/http_wire.h) against Beast's serializer,
+// byte for byte, on headers of every shape: methods known and not, versions 1.0 and 1.1, known
+// and unknown fields, statuses with and without a reason of their own.
+#include "worker/http_wire.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+#include <sstream>
+
+namespace ensemble {
+namespace {
+
+template <bool isRequest>
+std::string beast_wire(const http::header<isRequest>& header) {
+    std::ostringstream out;
+    out << header;
+    return out.str();
+}
+
+template <bool isRequest>
+std::string our_wire(const http::header<isRequest>& header) {
+    std::string out;
+    append_wire_header(out, header);
+    return out;
+}
+
+void add_some_fields(http::fields& fields, std::mt19937& random) {
+    static const std::vector<std::pair<std::string, std::string>> kFields{
+        {"Content-Type", "application/json; charset=utf-8"},
+        {"content-length", "117"},
+        {"Host", "127.0.0.1:8100"},
+        {"Authorization", "Bearer sk-0123"},
+        {"X-Request-Id", ""},
+        {"x-unknown-to-beast", "a\tb  c"},
+        {"Transfer-Encoding", "chunked"},
+        {"Connection", "keep-alive"},
+        {"Set-Cookie", "a=1"},
+        {"Set-Cookie", "b=2"}};
+    const auto count = random() % (kFields.size() + 1);
+    for (std::size_t i = 0; i < count; ++i) {
+        const auto& [name, value] = kFields[random() % kFields.size()];
+        fields.insert(name, value);
+    }
+}
+
+TEST(HttpWire, RequestHeadersAreWhatBeastWrites) {
+    std::mt19937 random(7);
+    const std::vector<std::string> methods{"GET", "POST", "HEAD", "DELETE", "PURGE", "M-SEARCH"};
+    const std::vector<std::string> targets{"/", "/v1/chat/completions", "/x?y=1&z=%20", "*"};
+    for (int round = 0; round < 500; ++round) {
+        http::request_header<> header;
+        header.method_string(methods[random() % methods.size()]);
+        header.target(targets[random() % targets.size()]);
+        header.version(random() % 2 == 0 ? 11 : 10);
+        add_some_fields(header, random);
+        ASSERT_EQ(our_wire(header), beast_wire(header)) << round;
+    }
+}
+
+TEST(HttpWire, ResponseHeadersAreWhatBeastWrites) {
+    std::mt19937 random(11);
+    const std::vector<unsigned> statuses{100, 200, 204, 299, 304, 404, 429, 503, 599, 999};
+    for (int round = 0; round < 500; ++round) {
+        http::response_header<> header;
+        header.result(statuses[random() % statuses.size()]);
+        if (random() % 3 == 0) header.reason("Fine Thanks");
+        header.version(random() % 2 == 0 ? 11 : 10);
+        add_some_fields(header, random);
+        ASSERT_EQ(our_wire(header), beast_wire(header)) << round;
+    }
+}
+
+TEST(HttpWire, AChunksSizeLineIsLowerCaseHexadecimal) {
+    EXPECT_EQ(ChunkSizeLine(0).text(), "0\r\n");
+    EXPECT_EQ(ChunkSizeLine(10).text(), "a\r\n");
+    EXPECT_EQ(ChunkSizeLine(0x1a2b).text(), "1a2b\r\n");
+    EXPECT_EQ(ChunkSizeLine(std::size_t(-1)).text(),
+              std::string(2 * sizeof(std::size_t), 'f') + "\r\n");
+}
+
+}  // namespace
+}  // namespace ensemble
