@@ -178,17 +178,21 @@ awaitable<void> EngineProxy::watch_silences(std::shared_ptr<Silences> silences) 
     silences->watched = false;
 }
 
-awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fresh_only) {
-    while (!idle_.empty() && !fresh_only) {
+std::unique_ptr<EngineProxy::Connection> EngineProxy::take_idle() {
+    while (!idle_.empty()) {
         auto c = std::move(idle_.back());
         idle_.pop_back();
         // A connection the engine closed meanwhile fails on use, and the request is retried on
         // a fresh one (see forward): no probe per request.
         if (c->generation == engine_.generation()) {
             c->reused = true;
-            co_return c;
+            return c;
         }
     }
+    return nullptr;
+}
+
+awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::connect_new() {
     auto executor = co_await asio::this_coro::executor;
     auto c = std::make_unique<Connection>(
         Connection{stream_connection(executor), {}, engine_.generation()});
@@ -201,7 +205,7 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::acquire(bool fr
     if (ec) co_return nullptr;
     c->stream.expires_never();  // the engine's silence is timed per answer (SilenceWatch)
     boost::system::error_code mode_ec;
-    c->stream.socket().non_blocking(true, mode_ec);  // for write_now
+    c->stream.socket().non_blocking(true, mode_ec);  // for OutgoingMessage::send_now
     co_return c;
 }
 
@@ -264,7 +268,8 @@ awaitable<bool> EngineProxy::forward(tcp_stream& client, http::request<http::str
             const auto deadline = ProxyTarget::Clock::now() + limits_.queue_timeout;
             if (!co_await engine_.wait_ready(deadline)) break;
         }
-        auto connection = co_await acquire(fresh_only);
+        auto connection = fresh_only ? nullptr : take_idle();
+        if (!connection) connection = co_await connect_new();
         if (!connection) {
             // Refused: the engine probably just died; reap it, or give it a moment.
             engine_.on_child_exit();
@@ -320,7 +325,10 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     boost::system::error_code ec;
     request.set(http::field::host, engine_.endpoint().host());
     SilenceWatch silence(silences_, engine.stream);
-    co_await send_message(engine.stream, request, ec);
+    OutgoingMessage to_engine(request);
+    const std::string_view request_body = request.body();
+    if (!to_engine.send_now(engine.stream, request_body, true, ec))
+        co_await to_engine.send_rest(engine.stream, ec);
     // Armed once the request is on its way, so arming it does not delay the engine.
     const ClientDepartureWatch watch(client.socket(), engine.stream);
     http::response_parser<http::buffer_body> parser;
@@ -406,7 +414,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         const bool last = parser.is_done() && !cut;
         if (!part.empty() || last) {
             silence.pause();
-            co_await answer.send(client, part, last, ec);
+            if (!answer.send_now(client, part, last, ec)) co_await answer.send_rest(client, ec);
             if (ec) co_return Outcome::done_close;  // the client left; the engine side is dropped
             silence.heard();
             if (first_token) trace.first_token = RequestTrace::Clock::now() - trace.began;

@@ -99,7 +99,10 @@ class EngineProxy {
     class SilenceWatch;
     static awaitable<void> watch_silences(std::shared_ptr<Silences> silences);
 
-    awaitable<std::unique_ptr<Connection>> acquire(bool fresh_only);
+    // An engine connection: a pooled one if there is one (no coroutine, the usual case), else a
+    // new one. Null when the engine refuses.
+    std::unique_ptr<Connection> take_idle();
+    awaitable<std::unique_ptr<Connection>> connect_new();
     void release(std::unique_ptr<Connection> connection);
     awaitable<Outcome> relay(tcp_stream& client, Connection& engine,
                              http::request<http::string_body>& request, bool client_keep_alive,

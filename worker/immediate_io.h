@@ -38,30 +38,13 @@ std::size_t parse_buffered(http::basic_parser<isRequest>& parser, beast::flat_bu
     return parsed;
 }
 
-// Writes what the socket takes now, then the rest asynchronously. Only on a socket in
-// non-blocking mode: on any other, a synchronous write could stall the event loop behind a slow
-// reader, so it is all asynchronous.
-template <typename Stream>
-awaitable<void> write_now(Stream& stream, std::span<const asio::const_buffer> buffers,
-                          boost::system::error_code& ec) {
-    std::size_t written = 0;
-    if (stream.socket().non_blocking()) {
-        written = stream.socket().write_some(buffers, ec);
-        if (ec && ec != asio::error::would_block && ec != asio::error::try_again) co_return;
-        ec = {};
-    }
-    std::vector<asio::const_buffer> rest;  // rare: what the socket's send buffer could not take
-    for (const auto& buffer : buffers) {
-        const auto skipped = std::min(written, buffer.size());
-        written -= skipped;
-        if (skipped < buffer.size()) rest.push_back(buffer + skipped);
-    }
-    if (!rest.empty()) co_await asio::async_write(stream, rest, on_error(ec));
-}
-
-// An HTTP/1.1 message on its way out: its header, then its body in parts, each part written
-// with what is still to go before it (see write_now), framed as a chunk when the header says
-// chunked.
+// An HTTP/1.1 message on its way out: its header, then its body in parts, each framed as a chunk
+// when the header says chunked. A part is written with what is still to go before it, as far as
+// the socket takes it at once (send_now); what it cannot take yet goes asynchronously
+// (send_rest). The two are apart so that the usual case, all written at once, makes no
+// coroutine frame: each is a malloc and a free. Only on a socket in non-blocking mode is anything
+// written at once: on any other, a synchronous write could stall the event loop behind a slow
+// reader.
 class OutgoingMessage {
   public:
     template <bool isRequest, typename Body>
@@ -71,25 +54,52 @@ class OutgoingMessage {
         append_wire_header(header_, message.base());
     }
 
-    // Sends the header if it has not gone yet, then `part` of the body; `last` ends the message.
-    // An empty part that is not the last sends only what is still to go.
+    // Writes the header if it has not gone yet, then `part` of the body (`last` ends the message),
+    // as far as the socket takes them now. Returns false when some are left for send_rest, which
+    // must then come next; until it is done, `part`'s bytes must stay where they are.
     template <typename Stream>
-    awaitable<void> send(Stream& stream, std::string_view part, bool last,
-                         boost::system::error_code& ec) {
+    bool send_now(Stream& stream, std::string_view part, bool last, boost::system::error_code& ec) {
         std::array<asio::const_buffer, 5> buffers;
         std::size_t count = 0;
         if (!header_sent_) buffers[count++] = asio::buffer(header_);
-        const ChunkSizeLine size_line(part.size());
         const bool framed = chunked_ && !part.empty();
-        if (framed)
-            buffers[count++] = asio::buffer(size_line.text().data(), size_line.text().size());
+        if (framed) {
+            size_line_ = ChunkSizeLine(part.size());
+            buffers[count++] = asio::buffer(size_line_.text().data(), size_line_.text().size());
+        }
         if (!part.empty()) buffers[count++] = asio::buffer(part.data(), part.size());
         if (framed) buffers[count++] = asio::buffer(kChunkEnd.data(), kChunkEnd.size());
         if (chunked_ && last) buffers[count++] = asio::buffer(kLastChunk.data(), kLastChunk.size());
         header_sent_ = true;
         done_ = last;
+        ec = {};
         const std::span<const asio::const_buffer> all(buffers.data(), count);
-        if (count > 0) co_await write_now(stream, all, ec);
+        std::size_t written = 0;
+        if (count > 0 && stream.socket().non_blocking()) {
+            written = stream.socket().write_some(all, ec);
+            if (ec == asio::error::would_block || ec == asio::error::try_again) ec = {};
+            if (ec) return true;  // nothing is left to try: the failure is in `ec`
+        }
+        for (const auto& buffer : all) {
+            const auto skipped = std::min(written, buffer.size());
+            written -= skipped;
+            if (skipped < buffer.size()) rest_.push_back(buffer + skipped);
+        }
+        return rest_.empty();
+    }
+
+    // Writes what send_now left, waiting for the socket to take it.
+    template <typename Stream>
+    awaitable<void> send_rest(Stream& stream, boost::system::error_code& ec) {
+        co_await asio::async_write(stream, rest_, on_error(ec));
+        rest_.clear();
+    }
+
+    // Both in one: for answers off the hot path.
+    template <typename Stream>
+    awaitable<void> send(Stream& stream, std::string_view part, bool last,
+                         boost::system::error_code& ec) {
+        if (!send_now(stream, part, last, ec)) co_await send_rest(stream, ec);
     }
 
     // Whether the header has gone (or is going) out: then a failure can no longer be answered.
@@ -101,6 +111,8 @@ class OutgoingMessage {
     bool chunked_;
     bool header_sent_ = false;
     bool done_ = false;
+    ChunkSizeLine size_line_{0};
+    std::vector<asio::const_buffer> rest_;  // what the socket could not take at once
 };
 
 // A whole message whose body is a string: its header and body in one write.

@@ -232,7 +232,7 @@ TEST(ReadRequestBody, ADeclaredLengthIsNotMemoryUntilItsBytesArrive) {
 
 // A small answer into an empty socket buffer is written in place: the coroutine finishes in the
 // one event-loop turn that starts it (an asynchronous write would need a second).
-TEST(WriteNow, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
+TEST(SendMessage, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
     asio::io_context io(1);
     local_socket a(io), b(io);
     asio::local::connect_pair(a, b);
@@ -312,7 +312,7 @@ TEST(OutgoingMessage, PartsGoOutAsChunksOrAsTheyAreAndTheHeaderOnce) {
 // A writer with a 4 MiB answer against a reader that waits before reading: the write cannot
 // finish at once, so it must yield to the event loop (the reader runs on the same thread; a write
 // that blocked would never finish) and still deliver every byte, in either socket mode.
-TEST(WriteNow, AWriteTheSocketCannotTakeAtOnceFinishesWithoutStallingTheLoop) {
+TEST(SendMessage, AWriteTheSocketCannotTakeAtOnceFinishesWithoutStallingTheLoop) {
     for (const bool non_blocking : {true, false}) {
         asio::io_context io(1);
         local_socket a(io), b(io);
