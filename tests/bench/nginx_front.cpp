@@ -4,8 +4,11 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <iterator>
 #include <stdexcept>
+#include <string>
 #include <thread>
+#include <utility>
 
 #include "tests/support/http_client.h"
 #include "tests/support/worker_process.h"
@@ -22,58 +25,23 @@ std::filesystem::path find_nginx() {
     throw std::runtime_error("nginx is not installed: run deploy/install-deps --bench");
 }
 
+// tests/bench/nginx.conf with its blanks filled in.
 std::string config(unsigned short port, const std::filesystem::path& engine_socket,
                    const std::filesystem::path& folder) {
-    const auto f = folder.string();
-    // As root, nginx's worker would switch to an unprivileged user that cannot enter the engine's
-    // private socket folder: keep it as the user who owns that folder.
-    const std::string user = ::geteuid() == 0 ? "user root;\n" : "";
-    return user +
-           "worker_processes 1;\n"
-           "pid " +
-           f +
-           "/nginx.pid;\n"
-           "events { worker_connections 1024; }\n"
-           "http {\n"
-           "  access_log off;\n"
-           "  client_body_temp_path " +
-           f +
-           "/body;\n"
-           "  proxy_temp_path " +
-           f +
-           "/proxy;\n"
-           "  fastcgi_temp_path " +
-           f +
-           "/fastcgi;\n"
-           "  uwsgi_temp_path " +
-           f +
-           "/uwsgi;\n"
-           "  scgi_temp_path " +
-           f +
-           "/scgi;\n"
-           "  upstream engine {\n"
-           "    server unix:" +
-           engine_socket.string() +
-           ";\n"
-           "    keepalive 64;\n"
-           "    keepalive_requests 1000000;\n"
-           "  }\n"
-           "  server {\n"
-           "    listen 127.0.0.1:" +
-           std::to_string(port) +
-           ";\n"
-           "    keepalive_requests 1000000;\n"
-           "    client_max_body_size 16m;\n"
-           "    client_body_buffer_size 2m;\n"
-           "    location / {\n"
-           "      proxy_pass http://engine;\n"
-           "      proxy_http_version 1.1;\n"
-           "      proxy_set_header Connection \"\";\n"
-           "      proxy_buffering off;\n"
-           "      proxy_read_timeout 600s;\n"
-           "    }\n"
-           "  }\n"
-           "}\n";
+    const std::filesystem::path source = ENSEMBLE_BENCH_NGINX_CONF;
+    std::ifstream in(source);
+    std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (text.empty()) throw std::runtime_error("cannot read " + source.string());
+    const std::pair<std::string, std::string> blanks[] = {
+        {"@USER@", ::geteuid() == 0 ? "user root;" : ""},
+        {"@FOLDER@", folder.string()},
+        {"@PORT@", std::to_string(port)},
+        {"@ENGINE_SOCKET@", engine_socket.string()}};
+    for (const auto& [blank, value] : blanks) {
+        for (auto at = text.find(blank); at != std::string::npos; at = text.find(blank, at))
+            text.replace(at, blank.size(), value);
+    }
+    return text;
 }
 
 }  // namespace

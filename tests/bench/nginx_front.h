@@ -1,7 +1,5 @@
-// nginx in front of an engine's Unix socket, configured as a careful user would for this job:
-// one worker process (like the worker's one event loop), HTTP/1.1 keep-alive to the upstream,
-// no response buffering (tokens stream through), request bodies up to 2 MB kept in memory.
-// The reference the worker's data path is measured against.
+// nginx in front of an engine's Unix socket, configured by tests/bench/nginx.conf (as a careful
+// user would for this job): the reference the worker's data path is measured against.
 #pragma once
 
 #include <filesystem>
