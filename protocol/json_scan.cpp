@@ -33,15 +33,20 @@ inline bool any_lane(Bytes lanes) {
     return (words[0] | words[1]) != 0;
 }
 
-// The first lane set, or 16 if none is. Lanes are bytes in memory order, and both targets are
-// little-endian: the first byte is a word's lowest.
+// The first lane set, or 16 if none is. Lanes are bytes in memory order: in a word read from
+// them, the first is the lowest byte on a little-endian machine and the highest on a big one.
+inline std::size_t first_set_byte(std::uint64_t word) {
+    const int bits = std::endian::native == std::endian::little ? std::countr_zero(word)
+                                                                : std::countl_zero(word);
+    return static_cast<std::size_t>(bits) / 8;
+}
+
 inline std::size_t first_lane(Bytes lanes) {
-    static_assert(std::endian::native == std::endian::little);
     using Words = std::uint64_t __attribute__((vector_size(16)));
     Words words;
     std::memcpy(&words, &lanes, 16);
-    if (words[0] != 0) return static_cast<std::size_t>(std::countr_zero(words[0])) / 8;
-    if (words[1] != 0) return 8 + static_cast<std::size_t>(std::countr_zero(words[1])) / 8;
+    if (words[0] != 0) return first_set_byte(words[0]);
+    if (words[1] != 0) return 8 + first_set_byte(words[1]);
     return 16;
 }
 

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cassert>
 #include <span>
 #include <string>
 #include <string_view>
@@ -53,12 +54,16 @@ class OutgoingMessage {
         header_.reserve(512);
         append_wire_header(header_, message.base());
     }
+    // What send_now leaves points into the message's own header and size line.
+    OutgoingMessage(const OutgoingMessage&) = delete;
+    OutgoingMessage& operator=(const OutgoingMessage&) = delete;
 
     // Writes the header if it has not gone yet, then `part` of the body (`last` ends the message),
     // as far as the socket takes them now. Returns false when some are left for send_rest, which
     // must then come next; until it is done, `part`'s bytes must stay where they are.
     template <typename Stream>
     bool send_now(Stream& stream, std::string_view part, bool last, boost::system::error_code& ec) {
+        assert(rest_.empty() && "send_rest must finish what send_now left first");
         std::array<asio::const_buffer, 5> buffers;
         std::size_t count = 0;
         if (!header_sent_) buffers[count++] = asio::buffer(header_);
@@ -103,6 +108,7 @@ class OutgoingMessage {
     }
 
     // Whether the header has gone (or is going) out: then a failure can no longer be answered.
+    // (After a failed write neither says more than that it was tried.)
     bool header_sent() const { return header_sent_; }
     bool done() const { return done_; }
 

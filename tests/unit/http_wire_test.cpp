@@ -46,7 +46,8 @@ void add_some_fields(http::fields& fields, std::mt19937& random) {
 
 TEST(HttpWire, RequestHeadersAreWhatBeastWrites) {
     std::mt19937 random(7);
-    const std::vector<std::string> methods{"GET", "POST", "HEAD", "DELETE", "PURGE", "M-SEARCH"};
+    // FOO and BREW are not among Beast's verbs: written from the method string it keeps.
+    const std::vector<std::string> methods{"GET", "POST", "HEAD", "DELETE", "FOO", "BREW"};
     const std::vector<std::string> targets{"/", "/v1/chat/completions", "/x?y=1&z=%20", "*"};
     for (int round = 0; round < 500; ++round) {
         http::request_header<> header;
@@ -64,7 +65,7 @@ TEST(HttpWire, ResponseHeadersAreWhatBeastWrites) {
     for (int round = 0; round < 500; ++round) {
         http::response_header<> header;
         header.result(statuses[random() % statuses.size()]);
-        if (random() % 3 == 0) header.reason("Fine Thanks");
+        if (random() % 3 == 0) header.reason(random() % 2 == 0 ? "Fine Thanks" : "");
         header.version(random() % 2 == 0 ? 11 : 10);
         add_some_fields(header, random);
         ASSERT_EQ(our_wire(header), beast_wire(header)) << round;

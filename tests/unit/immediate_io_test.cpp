@@ -8,6 +8,8 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <optional>
+#include <string>
 
 #include <boost/asio/local/connect_pair.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
@@ -306,6 +308,52 @@ TEST(OutgoingMessage, PartsGoOutAsChunksOrAsTheyAreAndTheHeaderOnce) {
         EXPECT_FALSE(ec) << ec.message() << "\n" << bytes;
         EXPECT_TRUE(parser.is_done()) << bytes;
         EXPECT_EQ(parser.get().body(), "data [DONE]");
+    }
+}
+
+// A chunked answer whose first part the socket cannot take at once (the reader waits), then a
+// last part that is not empty; and a chunked answer with no body at all. Each arrives as the
+// message Beast reads: the rest of a chunk goes before the next one, the last part is a chunk
+// followed by the last chunk.
+TEST(OutgoingMessage, APartLeftForLaterGoesBeforeTheNextAndALastPartIsAChunkToo) {
+    const std::string big(std::size_t{2} << 20, 'x');
+    for (const bool with_body : {true, false}) {
+        asio::io_context io(1);
+        local_socket a(io), b(io);
+        asio::local::connect_pair(a, b);
+        a.non_blocking(true);
+        local_stream writer(std::move(a)), reader(std::move(b));
+        http::response<http::buffer_body> response{http::status::ok, 11};
+        response.chunked(true);
+        boost::system::error_code write_ec;
+        asio::co_spawn(
+            io,
+            [&]() -> awaitable<void> {
+                OutgoingMessage answer(response);
+                const std::string_view first = with_body ? std::string_view(big) : "";
+                const std::string_view last = with_body ? "tail" : "";
+                co_await answer.send(writer, first, false, write_ec);
+                co_await answer.send(writer, last, true, write_ec);
+            },
+            asio::detached);
+        std::optional<http::response<http::string_body>> received;
+        asio::co_spawn(
+            io,
+            [&]() -> awaitable<void> {
+                steady_timer pause(io, 50ms);
+                boost::system::error_code ec;
+                co_await pause.async_wait(on_error(ec));
+                beast::flat_buffer buffer;
+                http::response_parser<http::string_body> parser;
+                parser.body_limit(std::size_t{8} << 20);
+                co_await http::async_read(reader, buffer, parser, on_error(ec));
+                if (!ec) received = parser.release();
+            },
+            asio::detached);
+        io.run_for(20s);
+        EXPECT_FALSE(write_ec) << write_ec.message();
+        ASSERT_TRUE(received) << "with_body " << with_body;
+        EXPECT_TRUE(received->body() == (with_body ? big + "tail" : "")) << with_body;
     }
 }
 
