@@ -311,6 +311,20 @@ TEST(OutgoingMessage, PartsGoOutAsChunksOrAsTheyAreAndTheHeaderOnce) {
     }
 }
 
+// A slow reader: waits 50 ms, so that a large write cannot finish at once, then reads an answer
+// of up to 8 MiB into `received`.
+awaitable<void> read_after_a_pause(local_stream& reader,
+                                   std::optional<http::response<http::string_body>>& received) {
+    steady_timer pause(reader.get_executor(), 50ms);
+    boost::system::error_code ec;
+    co_await pause.async_wait(on_error(ec));
+    beast::flat_buffer buffer;
+    http::response_parser<http::string_body> parser;
+    parser.body_limit(std::size_t{8} << 20);
+    co_await http::async_read(reader, buffer, parser, on_error(ec));
+    if (!ec) received = parser.release();
+}
+
 // A chunked answer whose first part the socket cannot take at once (the reader waits), then a
 // last part that is not empty; and a chunked answer with no body at all. Each arrives as the
 // message Beast reads: the rest of a chunk goes before the next one, the last part is a chunk
@@ -337,19 +351,7 @@ TEST(OutgoingMessage, APartLeftForLaterGoesBeforeTheNextAndALastPartIsAChunkToo)
             },
             asio::detached);
         std::optional<http::response<http::string_body>> received;
-        asio::co_spawn(
-            io,
-            [&]() -> awaitable<void> {
-                steady_timer pause(io, 50ms);
-                boost::system::error_code ec;
-                co_await pause.async_wait(on_error(ec));
-                beast::flat_buffer buffer;
-                http::response_parser<http::string_body> parser;
-                parser.body_limit(std::size_t{8} << 20);
-                co_await http::async_read(reader, buffer, parser, on_error(ec));
-                if (!ec) received = parser.release();
-            },
-            asio::detached);
+        asio::co_spawn(io, read_after_a_pause(reader, received), asio::detached);
         io.run_for(20s);
         EXPECT_FALSE(write_ec) << write_ec.message();
         ASSERT_TRUE(received) << "with_body " << with_body;
@@ -386,19 +388,7 @@ TEST(SendMessage, AWriteTheSocketCannotTakeAtOnceFinishesWithoutStallingTheLoop)
             asio::detached);
 
         std::optional<http::response<http::string_body>> received;
-        asio::co_spawn(
-            io,
-            [&]() -> awaitable<void> {
-                steady_timer pause(io, 50ms);
-                boost::system::error_code ec;
-                co_await pause.async_wait(on_error(ec));
-                beast::flat_buffer buffer;
-                http::response_parser<http::string_body> parser;
-                parser.body_limit(std::size_t{8} << 20);
-                co_await http::async_read(reader, buffer, parser, on_error(ec));
-                if (!ec) received = parser.release();
-            },
-            asio::detached);
+        asio::co_spawn(io, read_after_a_pause(reader, received), asio::detached);
 
         io.run_for(20s);
         EXPECT_TRUE(written) << "non_blocking " << non_blocking;
