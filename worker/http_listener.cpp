@@ -90,8 +90,8 @@ awaitable<void> HttpListener::accept_loop() {
             asio::co_spawn(io_, refuse_connection(std::move(socket)), asio::detached);
             continue;
         }
-        socket.non_blocking(
-            true, ec);  // for OutgoingMessage::send_now; if refused, writes wait their turn
+        // For OutgoingMessage::send_now; if refused, writes wait their turn.
+        socket.non_blocking(true, ec);
         // A session from now, not from serve's first step: that step is posted, and a drain
         // posted earlier would run first and find nothing to wait for.
         const auto session = sessions_.emplace(sessions_.end(), std::move(socket));
