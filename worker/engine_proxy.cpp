@@ -5,10 +5,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include <sys/socket.h>
-
 #include <array>
-#include <cerrno>
 #include <limits>
 
 namespace ensemble {
@@ -85,26 +82,28 @@ const ApiError kEngineClosedEarly{
 // stops generating for nobody: llama-server checks a waiting request's connection about once a
 // second, and a stream's next write fails. A client that sends more bytes meanwhile (a pipelined
 // request) is still there, and is no longer watched.
+// The watch is a one-byte peek, not a wait for readability: Asio re-arms the socket in epoll
+// (a system call) for every wait, while a receive is queued on the registration it has, with no
+// system call at all when the request's read already emptied the socket.
 class ClientDepartureWatch {
   public:
     ClientDepartureWatch(tcp_socket& client, stream_connection& engine)
         : client_(client), state_(std::make_shared<State>()) {
         state_->engine = &engine;
-        client_.async_wait(tcp_socket::wait_read, [state = state_](boost::system::error_code ec) {
-            if (!state->watching || ec) return;
-            char byte = 0;
-            const auto n = ::recv(state->client_fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-            if (n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)))
-                return;
-            state->left = true;
-            state->engine->cancel();
-        });
-        state_->client_fd = client_.native_handle();
+        client_.async_receive(asio::buffer(&state_->peeked, 1), tcp_socket::message_peek,
+                              [state = state_](boost::system::error_code ec, std::size_t bytes) {
+                                  if (!state->watching || ec == asio::error::operation_aborted)
+                                      return;
+                                  if (!ec && bytes > 0)
+                                      return;          // a pipelined request: the client is there
+                                  state->left = true;  // end of stream, or reset
+                                  state->engine->cancel();
+                              });
     }
     ~ClientDepartureWatch() {
         state_->watching = false;
         boost::system::error_code ignored;
-        client_.cancel(ignored);  // the wait; nothing else is pending on the client here
+        client_.cancel(ignored);  // the peek; nothing else is pending on the client here
     }
     ClientDepartureWatch(const ClientDepartureWatch&) = delete;
     ClientDepartureWatch& operator=(const ClientDepartureWatch&) = delete;
@@ -115,11 +114,11 @@ class ClientDepartureWatch {
     struct State {
         bool watching = true;
         bool left = false;
-        int client_fd = -1;
+        char peeked = 0;  // the peek's buffer: it may complete after the watch is gone
         stream_connection* engine = nullptr;
     };
     tcp_socket& client_;
-    std::shared_ptr<State> state_;  // shared with the wait's handler, which may run after us
+    std::shared_ptr<State> state_;  // shared with the peek's handler, which may run after us
 };
 
 ApiError engine_silent(std::chrono::seconds timeout) {
