@@ -356,13 +356,17 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     auto& response = parser.get();
     const bool engine_keep_alive = response.keep_alive();
     const bool event_stream = is_event_stream(response);
+    // 1xx, 204 and 304 answers never have a body (RFC 9110 6.4.1): they go on as they came,
+    // neither chunked nor given a body by the filter (a last chunk would be read as the start
+    // of the next answer).
+    const bool bodiless = response.result_int() / 100 == 1 ||
+                          response.result() == http::status::no_content ||
+                          response.result() == http::status::not_modified;
     // A body that ends when the engine closes the connection (HTTP/1.0, as mlx_lm.server
     // speaks) is passed on chunked, so the client's connection outlives the engine's.
-    const bool ends_at_close = !response.chunked() && !parser.content_length() &&
-                               response.result() != http::status::no_content &&
-                               response.result() != http::status::not_modified;
+    const bool ends_at_close = !bodiless && !response.chunked() && !parser.content_length();
     response.version(11);
-    auto* const filter = trace.filter;
+    auto* const filter = bodiless ? nullptr : trace.filter;
     if (filter != nullptr) filter->begin(response.base(), event_stream);
     if (ends_at_close || filter != nullptr) response.chunked(true);
     response.erase(http::field::keep_alive);

@@ -690,6 +690,38 @@ TEST_F(WorkerTest, AClientThatGoesAwayHasItsEngineRequestClosedAtOnce) {
         << worker->log();
 }
 
+// An engine's answer that may not have a body (204 here) reaches the client without one, on
+// the OpenAI routes and through Ollama's, whose translated answers are otherwise sent chunked:
+// a chunked body's last chunk after a 204 would be read as the start of the next answer.
+TEST_F(WorkerTest, AnAnswerWithoutABodyStaysWithoutOneThroughEveryRoute) {
+    auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
+                         "--model", "org/some-model", "--handle", "tiny",
+                         "--engine-arg=--answer-status", "--engine-arg=204"});
+    track_engine(*worker);
+    const auto post = [](std::string_view target, std::string_view body) {
+        return "POST " + std::string(target) +
+               " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
+               std::to_string(body.size()) + "\r\n\r\n" + std::string(body);
+    };
+    const std::string then_health = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    const std::string ollama_chat =
+        R"({"model":"tiny","messages":[{"role":"user","content":"Hi"}],"stream":false})";
+    for (const auto& [route, request] :
+         {std::pair{"/v1/chat/completions", post("/v1/chat/completions", kChat)},
+          std::pair{"/api/chat", post("/api/chat", ollama_chat)}}) {
+        SCOPED_TRACE(route);
+        const auto reply = raw_exchange(worker->port(), request + then_health);
+        ASSERT_EQ(reply.rfind("HTTP/1.1 204", 0), 0U) << reply;
+        const auto header_end = reply.find("\r\n\r\n");
+        ASSERT_NE(header_end, std::string::npos) << reply;
+        const std::string header = reply.substr(0, header_end);
+        EXPECT_EQ(header.find("Transfer-Encoding"), std::string::npos) << reply;
+        EXPECT_EQ(header.find("Content-Length"), std::string::npos) << reply;
+        // The very next bytes are the health answer.
+        EXPECT_EQ(reply.find("HTTP/1.1 200", header_end + 4), header_end + 4) << reply;
+    }
+}
+
 // The real engine: a streamed client that goes away frees llama-server's slot at once. (A
 // non-streamed request is closed at once too, but llama-server b11669 notices the closed
 // connection of a waiting plain request only sometimes: docs/RELIABILITY.md.)
