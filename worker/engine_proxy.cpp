@@ -17,24 +17,16 @@ constexpr auto kConnectTimeout = std::chrono::seconds(5);
 constexpr auto kRefusedPause = std::chrono::milliseconds(50);
 constexpr auto kSilenceTick = std::chrono::seconds(1);
 
-// Hop-by-hop headers (RFC 9110 7.6.1) and the client's credentials stay on our side.
+// Hop-by-hop headers and the client's credentials stay on our side.
 bool forwarded(http::field f) {
     switch (f) {
-        case http::field::connection:
-        case http::field::keep_alive:
-        case http::field::proxy_authorization:
-        case http::field::proxy_connection:
-        case http::field::te:
-        case http::field::trailer:
-        case http::field::transfer_encoding:
-        case http::field::upgrade:
         case http::field::authorization:
         case http::field::host:
         case http::field::content_length:
         case http::field::expect:  // the body is already here: no 100 Continue to relay
             return false;
         default:
-            return true;
+            return !is_hop_by_hop(f);
     }
 }
 
@@ -354,7 +346,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     engine_.note_answer();
     silence.heard();
     auto& response = parser.get();
-    const bool engine_keep_alive = response.keep_alive();
+    const bool engine_keep_alive = parser.keep_alive();
     const bool event_stream = is_event_stream(response);
     // 1xx, 204 and 304 answers never have a body (RFC 9110 6.4.1): they go on as they came,
     // neither chunked nor given a body by the filter (a last chunk would be read as the start
@@ -364,18 +356,17 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
                           response.result() == http::status::not_modified;
     // A body that ends when the engine closes the connection (HTTP/1.0, as mlx_lm.server
     // speaks) is passed on chunked, so the client's connection outlives the engine's.
-    const bool ends_at_close = !bodiless && !response.chunked() && !parser.content_length();
-    response.version(11);
+    const bool ends_at_close = !bodiless && !parser.chunked() && !parser.content_length();
     auto* const filter = bodiless ? nullptr : trace.filter;
     if (filter != nullptr) filter->begin(response.base(), event_stream);
-    if (ends_at_close || filter != nullptr) response.chunked(true);
-    response.erase(http::field::keep_alive);
-    response.set(http::field::server, "ensemble-worker");
-    response.keep_alive(client_keep_alive);
+    const bool chunked = !bodiless && (parser.chunked() || ends_at_close || filter != nullptr);
     trace.status = response.result_int();
     TokenCounter tokens(event_stream);
     StreamEnd stream_end;
-    OutgoingMessage answer(response);
+    std::string answer_header;
+    answer_header.reserve(512);
+    append_relayed_header(answer_header, response.base(), chunked, client_keep_alive);
+    OutgoingMessage answer(std::move(answer_header), chunked);
     // An event stream's header goes out at once (its first event may be a long prompt away);
     // any other answer's header leaves with its first bytes, in one write.
     if (event_stream) {
@@ -460,7 +451,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
             "proxy: engine connection lost mid-response ({}); ending the client's response",
             ec.message());
     }
-    if (event_stream && response.chunked()) {
+    if (event_stream && chunked) {
         // (A close-delimited stream was turned chunked above, so it ends cleanly too.)
         const auto error =
             silence.timed_out()

@@ -12,11 +12,23 @@ void append_version(std::string& out, unsigned version) {
     out.append(text, sizeof text);
 }
 
+void append_field(std::string& out, const http::fields::value_type& field) {
+    out.append(sv(field.name_string())).append(": ").append(sv(field.value())).append("\r\n");
+}
+
 void append_fields(std::string& out, const http::fields& fields) {
-    for (const auto& field : fields) {
-        out.append(sv(field.name_string())).append(": ").append(sv(field.value())).append("\r\n");
-    }
+    for (const auto& field : fields)
+        append_field(out, field);
     out.append("\r\n");
+}
+
+void append_status_line(std::string& out, unsigned version, const http::response_header<>& header) {
+    append_version(out, version);
+    const unsigned status = header.result_int();
+    const char code[] = {' ', static_cast<char>('0' + status / 100 % 10),
+                         static_cast<char>('0' + status / 10 % 10),
+                         static_cast<char>('0' + status % 10), ' '};
+    out.append(code, sizeof code).append(sv(header.reason())).append("\r\n");
 }
 
 }  // namespace
@@ -29,13 +41,38 @@ void append_wire_header(std::string& out, const http::request_header<>& header) 
 }
 
 void append_wire_header(std::string& out, const http::response_header<>& header) {
-    append_version(out, header.version());
-    const unsigned status = header.result_int();
-    const char code[] = {' ', static_cast<char>('0' + status / 100 % 10),
-                         static_cast<char>('0' + status / 10 % 10),
-                         static_cast<char>('0' + status % 10), ' '};
-    out.append(code, sizeof code).append(sv(header.reason())).append("\r\n");
+    append_status_line(out, header.version(), header);
     append_fields(out, header);
+}
+
+bool is_hop_by_hop(http::field field) {
+    switch (field) {
+        case http::field::connection:
+        case http::field::keep_alive:
+        case http::field::proxy_connection:
+        case http::field::te:
+        case http::field::trailer:
+        case http::field::transfer_encoding:
+        case http::field::upgrade:
+            return true;
+        default:
+            return false;
+    }
+}
+
+void append_relayed_header(std::string& out, const http::response_header<>& engine, bool chunked,
+                           bool keep_alive) {
+    append_status_line(out, 11, engine);
+    for (const auto& field : engine) {
+        const auto name = field.name();
+        const bool dropped = is_hop_by_hop(name) || name == http::field::server ||
+                             (chunked && name == http::field::content_length);
+        if (!dropped) append_field(out, field);
+    }
+    out.append("Server: ensemble-worker\r\n");
+    if (chunked) out.append("Transfer-Encoding: chunked\r\n");
+    if (!keep_alive) out.append("Connection: close\r\n");
+    out.append("\r\n");
 }
 
 ChunkSizeLine::ChunkSizeLine(std::size_t size) {

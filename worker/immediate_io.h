@@ -54,6 +54,9 @@ class OutgoingMessage {
         header_.reserve(512);
         append_wire_header(header_, message.base());
     }
+    // A header already in its wire form (append_relayed_header).
+    OutgoingMessage(std::string header, bool chunked)
+        : header_(std::move(header)), chunked_(chunked) {}
     // What send_now leaves points into the message's own header and size line.
     OutgoingMessage(const OutgoingMessage&) = delete;
     OutgoingMessage& operator=(const OutgoingMessage&) = delete;

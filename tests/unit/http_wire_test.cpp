@@ -72,6 +72,48 @@ TEST(HttpWire, ResponseHeadersAreWhatBeastWrites) {
     }
 }
 
+// What llama-server sends, relayed: its fields in order, less the connection's own and its
+// Server; ours after them. A length only when the body is not re-framed as chunks.
+TEST(HttpWire, ARelayedHeaderKeepsTheEnginesFieldsButNotItsConnectionsOrItsServer) {
+    http::response_header<> engine;
+    engine.version(10);
+    engine.result(http::status::ok);
+    engine.set("Server", "llama.cpp");
+    engine.set("Access-Control-Allow-Origin", "");
+    engine.set("Content-Type", "application/json; charset=utf-8");
+    engine.set("Content-Length", "42");
+    engine.set("Keep-Alive", "timeout=5, max=100");
+    engine.set("Connection", "keep-alive");
+    engine.set("X-Request-Id", "abc");
+    const std::string kept =
+        "Access-Control-Allow-Origin: \r\n"
+        "Content-Type: application/json; charset=utf-8\r\n";
+    const auto relayed = [&](bool chunked, bool keep_alive) {
+        std::string out;
+        append_relayed_header(out, engine, chunked, keep_alive);
+        return out;
+    };
+    EXPECT_EQ(relayed(false, true), "HTTP/1.1 200 OK\r\n" + kept +
+                                        "Content-Length: 42\r\nX-Request-Id: abc\r\n"
+                                        "Server: ensemble-worker\r\n\r\n");
+    EXPECT_EQ(relayed(true, false), "HTTP/1.1 200 OK\r\n" + kept +
+                                        "X-Request-Id: abc\r\nServer: ensemble-worker\r\n"
+                                        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+
+    // An engine's own chunked framing is not passed on as a field of the message: the worker
+    // frames what it sends itself.
+    http::response_header<> streamed;
+    streamed.result(http::status::ok);
+    streamed.set("Content-Type", "text/event-stream");
+    streamed.set("Transfer-Encoding", "chunked");
+    streamed.set("Trailer", "X-Checksum");
+    std::string out;
+    append_relayed_header(out, streamed, true, true);
+    EXPECT_EQ(out,
+              "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+              "Server: ensemble-worker\r\nTransfer-Encoding: chunked\r\n\r\n");
+}
+
 TEST(HttpWire, AChunksSizeLineIsLowerCaseHexadecimal) {
     EXPECT_EQ(ChunkSizeLine(0).text(), "0\r\n");
     EXPECT_EQ(ChunkSizeLine(10).text(), "a\r\n");
