@@ -17,32 +17,6 @@ constexpr auto kConnectTimeout = std::chrono::seconds(5);
 constexpr auto kRefusedPause = std::chrono::milliseconds(50);
 constexpr auto kSilenceTick = std::chrono::seconds(1);
 
-// Hop-by-hop headers and the client's credentials stay on our side.
-bool forwarded(http::field f) {
-    switch (f) {
-        case http::field::authorization:
-        case http::field::host:
-        case http::field::content_length:
-        case http::field::expect:  // the body is already here: no 100 Continue to relay
-            return false;
-        default:
-            return !is_hop_by_hop(f);
-    }
-}
-
-// The client's request becomes the engine's in place (no copy of a large body), once; it stays
-// intact for a retry.
-void prepare_for_engine(http::request<http::string_body>& request, bool keep_authorization) {
-    for (auto field = request.begin(); field != request.end();) {
-        const bool kept = forwarded(field->name()) ||
-                          (keep_authorization && field->name() == http::field::authorization);
-        field = kept ? std::next(field) : request.erase(field);
-    }
-    request.version(11);
-    request.keep_alive(true);
-    request.prepare_payload();
-}
-
 // Whether an event stream's last event was `data: [DONE]` (OpenAI's end of stream), from the
 // bytes as they pass.
 class StreamEnd {
@@ -248,7 +222,6 @@ awaitable<bool> EngineProxy::forward(tcp_stream& client, http::request<http::str
         ~Finished() { --active; }
     } finished{stats_.active};
     const bool keep_alive = request.keep_alive();
-    prepare_for_engine(request, limits_.keep_authorization);
     // Nothing has reached the client until the engine answers, so a request can be tried again:
     // on a fresh connection when a pooled one turns out stale, and up to kEngineAttempts times
     // when the engine itself died before answering (generation has no side effects until then).
@@ -314,9 +287,10 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
                                                    http::request<http::string_body>& request,
                                                    bool client_keep_alive, RequestTrace& trace) {
     boost::system::error_code ec;
-    request.set(http::field::host, engine_.endpoint().host());
     SilenceWatch silence(silences_, engine.stream);
-    OutgoingMessage to_engine(request);
+    OutgoingMessage to_engine(forwarded_header(request, engine_.endpoint().host(),
+                                               request.body().size(), limits_.keep_authorization),
+                              false);
     const std::string_view request_body = request.body();
     if (!to_engine.send_now(engine.stream, request_body, true, ec))
         co_await to_engine.send_rest(engine.stream, ec);
@@ -363,10 +337,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     trace.status = response.result_int();
     TokenCounter tokens(event_stream);
     StreamEnd stream_end;
-    std::string answer_header;
-    answer_header.reserve(512);
-    append_relayed_header(answer_header, response.base(), chunked, client_keep_alive);
-    OutgoingMessage answer(std::move(answer_header), chunked);
+    OutgoingMessage answer(relayed_header(response.base(), chunked, client_keep_alive), chunked);
     // An event stream's header goes out at once (its first event may be a long prompt away);
     // any other answer's header leaves with its first bytes, in one write.
     if (event_stream) {

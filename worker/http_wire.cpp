@@ -4,6 +4,9 @@ namespace ensemble {
 
 namespace {
 
+// Room for a usual header in one allocation.
+constexpr std::size_t kHeaderReserve = 512;
+
 void append_version(std::string& out, unsigned version) {
     const char text[] = {'H', 'T',
                          'T', 'P',
@@ -60,8 +63,9 @@ bool is_hop_by_hop(http::field field) {
     }
 }
 
-void append_relayed_header(std::string& out, const http::response_header<>& engine, bool chunked,
-                           bool keep_alive) {
+std::string relayed_header(const http::response_header<>& engine, bool chunked, bool keep_alive) {
+    std::string out;
+    out.reserve(kHeaderReserve);
     append_status_line(out, 11, engine);
     for (const auto& field : engine) {
         const auto name = field.name();
@@ -73,6 +77,31 @@ void append_relayed_header(std::string& out, const http::response_header<>& engi
     if (chunked) out.append("Transfer-Encoding: chunked\r\n");
     if (!keep_alive) out.append("Connection: close\r\n");
     out.append("\r\n");
+    return out;
+}
+
+std::string forwarded_header(const http::request_header<>& client, std::string_view host,
+                             std::size_t body_size, bool keep_authorization) {
+    std::string out;
+    out.reserve(kHeaderReserve);
+    out.append(sv(client.method_string())).append(" ").append(sv(client.target())).append(" ");
+    append_version(out, 11);
+    out.append("\r\n");
+    for (const auto& field : client) {
+        const auto name = field.name();
+        const bool dropped = is_hop_by_hop(name) || name == http::field::host ||
+                             name == http::field::content_length || name == http::field::expect ||
+                             (name == http::field::authorization && !keep_authorization);
+        if (!dropped) append_field(out, field);
+    }
+    out.append("Host: ").append(host).append("\r\n");
+    const auto method = client.method();
+    if (body_size > 0 || method == http::verb::post || method == http::verb::put ||
+        method == http::verb::options) {
+        out.append("Content-Length: ").append(std::to_string(body_size)).append("\r\n");
+    }
+    out.append("\r\n");
+    return out;
 }
 
 ChunkSizeLine::ChunkSizeLine(std::size_t size) {

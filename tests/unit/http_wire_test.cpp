@@ -25,6 +25,12 @@ std::string our_wire(const http::header<isRequest>& header) {
     return out;
 }
 
+void set_fields(http::fields& fields,
+                std::initializer_list<std::pair<const char*, const char*>> named) {
+    for (const auto& [name, value] : named)
+        fields.set(name, value);
+}
+
 void add_some_fields(http::fields& fields, std::mt19937& random) {
     static const std::vector<std::pair<std::string, std::string>> kFields{
         {"Content-Type", "application/json; charset=utf-8"},
@@ -78,20 +84,18 @@ TEST(HttpWire, ARelayedHeaderKeepsTheEnginesFieldsButNotItsConnectionsOrItsServe
     http::response_header<> engine;
     engine.version(10);
     engine.result(http::status::ok);
-    engine.set("Server", "llama.cpp");
-    engine.set("Access-Control-Allow-Origin", "");
-    engine.set("Content-Type", "application/json; charset=utf-8");
-    engine.set("Content-Length", "42");
-    engine.set("Keep-Alive", "timeout=5, max=100");
-    engine.set("Connection", "keep-alive");
-    engine.set("X-Request-Id", "abc");
+    set_fields(engine, {{"Server", "llama.cpp"},
+                        {"Access-Control-Allow-Origin", ""},
+                        {"Content-Type", "application/json; charset=utf-8"},
+                        {"Content-Length", "42"},
+                        {"Keep-Alive", "timeout=5, max=100"},
+                        {"Connection", "keep-alive"},
+                        {"X-Request-Id", "abc"}});
     const std::string kept =
         "Access-Control-Allow-Origin: \r\n"
         "Content-Type: application/json; charset=utf-8\r\n";
     const auto relayed = [&](bool chunked, bool keep_alive) {
-        std::string out;
-        append_relayed_header(out, engine, chunked, keep_alive);
-        return out;
+        return relayed_header(engine, chunked, keep_alive);
     };
     EXPECT_EQ(relayed(false, true), "HTTP/1.1 200 OK\r\n" + kept +
                                         "Content-Length: 42\r\nX-Request-Id: abc\r\n"
@@ -104,14 +108,45 @@ TEST(HttpWire, ARelayedHeaderKeepsTheEnginesFieldsButNotItsConnectionsOrItsServe
     // frames what it sends itself.
     http::response_header<> streamed;
     streamed.result(http::status::ok);
-    streamed.set("Content-Type", "text/event-stream");
-    streamed.set("Transfer-Encoding", "chunked");
-    streamed.set("Trailer", "X-Checksum");
-    std::string out;
-    append_relayed_header(out, streamed, true, true);
-    EXPECT_EQ(out,
+    set_fields(streamed, {{"Content-Type", "text/event-stream"},
+                          {"Transfer-Encoding", "chunked"},
+                          {"Trailer", "X-Checksum"}});
+    EXPECT_EQ(relayed_header(streamed, true, true),
               "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
               "Server: ensemble-worker\r\nTransfer-Encoding: chunked\r\n\r\n");
+}
+
+// What the engine is sent for a client's request: the client's own fields in order, not the
+// ones about its connection to us or its credentials; the engine's Host and the body's length.
+TEST(HttpWire, AForwardedHeaderKeepsTheClientsFieldsButNotItsConnectionsOrCredentials) {
+    http::request_header<> client;
+    client.version(10);
+    client.method(http::verb::post);
+    client.target("/v1/chat/completions");
+    set_fields(client, {{"Host", "models.example:8100"},
+                        {"Authorization", "Bearer secret-key"},
+                        {"Content-Type", "application/json"},
+                        {"Connection", "keep-alive"},
+                        {"Content-Length", "17"},
+                        {"Expect", "100-continue"},
+                        {"X-Trace", "t1"}});
+    EXPECT_EQ(forwarded_header(client, "localhost", 17, false),
+              "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
+              "X-Trace: t1\r\nHost: localhost\r\nContent-Length: 17\r\n\r\n");
+    // The front door passes the key on (its model port checks the same one).
+    EXPECT_NE(forwarded_header(client, "localhost", 17, true)
+                  .find("\r\nAuthorization: Bearer secret-key\r\n"),
+              std::string::npos);
+
+    // A GET without a body has no length; a POST always has one.
+    http::request_header<> get;
+    get.method(http::verb::get);
+    get.target("/v1/models");
+    EXPECT_EQ(forwarded_header(get, "localhost", 0, false),
+              "GET /v1/models HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    get.method(http::verb::post);
+    EXPECT_EQ(forwarded_header(get, "localhost", 0, false),
+              "POST /v1/models HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
 }
 
 TEST(HttpWire, AChunksSizeLineIsLowerCaseHexadecimal) {
