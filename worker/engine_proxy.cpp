@@ -7,6 +7,7 @@
 
 #include <array>
 #include <limits>
+#include <optional>
 
 namespace ensemble {
 
@@ -49,8 +50,8 @@ const ApiError kEngineClosedEarly{
 // second, and a stream's next write fails. A client that sends more bytes meanwhile (a pipelined
 // request) is still there, and is no longer watched.
 // The watch is a one-byte peek, not a wait for readability: Asio re-arms the socket in epoll
-// (a system call) for every wait, while a receive is queued on the registration it has, with no
-// system call at all when the request's read already emptied the socket.
+// (an epoll_ctl) for every wait, while a receive is tried at once (a recv that usually finds
+// nothing) and then queued on the registration the socket already has.
 class ClientDepartureWatch {
   public:
     ClientDepartureWatch(tcp_socket& client, stream_connection& engine)
@@ -296,9 +297,16 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         co_await to_engine.send_rest(engine.stream, ec);
     // Armed once the request is on its way, so arming it does not delay the engine.
     const ClientDepartureWatch watch(client.socket(), engine.stream);
-    http::response_parser<http::buffer_body> parser;
-    parser.body_limit(std::numeric_limits<std::uint64_t>::max());  // the engine is trusted
-    if (!ec) co_await http::async_read_header(engine.stream, engine.buffer, parser, on_error(ec));
+    // Interim answers (1xx, such as 103 Early Hints) come before the answer and end at their
+    // header: each is read and left (RFC 9110 15.2), and the answer is read after them.
+    std::optional<http::response_parser<http::buffer_body>> parsed;
+    do {
+        parsed.emplace();
+        parsed->body_limit(std::numeric_limits<std::uint64_t>::max());  // the engine is trusted
+        if (!ec)
+            co_await http::async_read_header(engine.stream, engine.buffer, *parsed, on_error(ec));
+    } while (!ec && parsed->get().result_int() / 100 == 1);
+    auto& parser = *parsed;
     if (watch.client_left()) co_return client_left(request);
     if (ec && silence.timed_out()) {
         spdlog::warn("proxy: the engine went {} s without sending anything for {}; answering 504",
@@ -322,11 +330,10 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     auto& response = parser.get();
     const bool engine_keep_alive = parser.keep_alive();
     const bool event_stream = is_event_stream(response);
-    // 1xx, 204 and 304 answers never have a body (RFC 9110 6.4.1): they go on as they came,
-    // neither chunked nor given a body by the filter (a last chunk would be read as the start
-    // of the next answer).
-    const bool bodiless = response.result_int() / 100 == 1 ||
-                          response.result() == http::status::no_content ||
+    // 204 and 304 answers never have a body (RFC 9110 6.4.1): they go on as they came, neither
+    // chunked nor given a body by the filter (a last chunk would be read as the start of the
+    // next answer).
+    const bool bodiless = response.result() == http::status::no_content ||
                           response.result() == http::status::not_modified;
     // A body that ends when the engine closes the connection (HTTP/1.0, as mlx_lm.server
     // speaks) is passed on chunked, so the client's connection outlives the engine's.

@@ -1,5 +1,7 @@
 #include "worker/http_wire.h"
 
+#include <algorithm>
+
 namespace ensemble {
 
 namespace {
@@ -23,6 +25,18 @@ void append_fields(std::string& out, const http::fields& fields) {
     for (const auto& field : fields)
         append_field(out, field);
     out.append("\r\n");
+}
+
+// Whether a Transfer-Encoding value's last coding is chunked.
+bool ends_with_chunked(std::string_view codings) {
+    const auto end = codings.find_last_not_of(" \t");
+    if (end == std::string_view::npos) return false;
+    const auto start = codings.find_last_of(", \t", end) + 1;  // npos + 1 == 0
+    const auto last = codings.substr(start, end + 1 - start);
+    constexpr std::string_view kChunked = "chunked";
+    return last.size() == kChunked.size() &&
+           std::equal(last.begin(), last.end(), kChunked.begin(),
+                      [](char c, char lower) { return (c | 0x20) == lower; });  // any case
 }
 
 void append_status_line(std::string& out, unsigned version, const http::response_header<>& header) {
@@ -67,14 +81,27 @@ std::string relayed_header(const http::response_header<>& engine, bool chunked, 
     std::string out;
     out.reserve(kHeaderReserve);
     append_status_line(out, 11, engine);
+    std::string_view codings;  // the engine's transfer codings
     for (const auto& field : engine) {
         const auto name = field.name();
+        if (name == http::field::transfer_encoding) codings = sv(field.value());
         const bool dropped = is_hop_by_hop(name) || name == http::field::server ||
                              (chunked && name == http::field::content_length);
         if (!dropped) append_field(out, field);
     }
     out.append("Server: ensemble-worker\r\n");
-    if (chunked) out.append("Transfer-Encoding: chunked\r\n");
+    if (chunked) {
+        // Codings other than chunked (gzip, say) stay on the bytes, which are relayed as they
+        // came: the client must still be told of them.
+        out.append("Transfer-Encoding: ");
+        if (codings.empty()) {
+            out.append("chunked");
+        } else {
+            out.append(codings);
+            if (!ends_with_chunked(codings)) out.append(", chunked");
+        }
+        out.append("\r\n");
+    }
     if (!keep_alive) out.append("Connection: close\r\n");
     out.append("\r\n");
     return out;
@@ -91,6 +118,7 @@ std::string forwarded_header(const http::request_header<>& client, std::string_v
         const auto name = field.name();
         const bool dropped = is_hop_by_hop(name) || name == http::field::host ||
                              name == http::field::content_length || name == http::field::expect ||
+                             name == http::field::proxy_authorization ||
                              (name == http::field::authorization && !keep_authorization);
         if (!dropped) append_field(out, field);
     }

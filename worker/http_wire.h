@@ -24,13 +24,15 @@ bool is_hop_by_hop(http::field field);
 // edited first, which cost about 1,000 instructions per request in field lookups and
 // allocations): HTTP/1.1, the engine's status and fields in order without its hop-by-hop ones
 // and its Server, then `Server: ensemble-worker`; framed chunked when `chunked` (the engine's
-// Content-Length dropped), and `Connection: close` when the client's connection ends with it.
+// Content-Length dropped, its other transfer codings kept), and `Connection: close` when the
+// client's connection ends with it.
 std::string relayed_header(const http::response_header<>& engine, bool chunked, bool keep_alive);
 
 // The header of a request forwarded to the engine, written straight from the client's, which
 // stays as it came (for a retry): its method and target as HTTP/1.1, its fields in order
 // without the hop-by-hop ones, Host, Content-Length, Expect (the body is already here: no
-// 100 Continue to relay) and, unless `keep_authorization`, the client's credentials; then the
+// 100 Continue to relay), Proxy-Authorization and, unless `keep_authorization`, Authorization;
+// then the
 // engine's Host and the body's length (for a body, or a POST, PUT or OPTIONS, as Beast's
 // prepare_payload sets it).
 std::string forwarded_header(const http::request_header<>& client, std::string_view host,

@@ -54,7 +54,7 @@ class OutgoingMessage {
         header_.reserve(512);
         append_wire_header(header_, message.base());
     }
-    // A header already in its wire form (append_relayed_header).
+    // A header already in its wire form (relayed_header, forwarded_header).
     OutgoingMessage(std::string header, bool chunked)
         : header_(std::move(header)), chunked_(chunked) {}
     // What send_now leaves points into the message's own header and size line.

@@ -690,35 +690,64 @@ TEST_F(WorkerTest, AClientThatGoesAwayHasItsEngineRequestClosedAtOnce) {
         << worker->log();
 }
 
-// An engine's answer that may not have a body (204 here) reaches the client without one, on
+// Requests as a client writes them: POST `body` to `target`, the connection kept or not.
+std::string raw_post(std::string_view target, std::string_view body, bool last) {
+    return "POST " + std::string(target) +
+           " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" +
+           (last ? "Connection: close\r\n" : "") +
+           "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + std::string(body);
+}
+const std::string kOllamaChat =
+    R"({"model":"tiny","messages":[{"role":"user","content":"Hi"}],"stream":false})";
+
+// Each route, with a second request after the first on the same connections (the client's
+// and the pooled engine connection).
+const std::vector<std::pair<std::string, std::string>> kRoutes{{"/v1/chat/completions", kChat},
+                                                               {"/api/chat", kOllamaChat}};
+
+// An engine's answer that may not have a body (204, 304) reaches the client without one, on
 // the OpenAI routes and through Ollama's, whose translated answers are otherwise sent chunked:
 // a chunked body's last chunk after a 204 would be read as the start of the next answer.
 TEST_F(WorkerTest, AnAnswerWithoutABodyStaysWithoutOneThroughEveryRoute) {
-    auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
-                         "--model", "org/some-model", "--handle", "tiny",
-                         "--engine-arg=--answer-status", "--engine-arg=204"});
+    for (const std::string status : {"204", "304"}) {
+        SCOPED_TRACE(status);
+        auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
+                             "--model", "org/some-model", "--handle", "tiny",
+                             "--engine-arg=--answer-status", "--engine-arg=" + status});
+        track_engine(*worker);
+        for (const auto& [route, body] : kRoutes) {
+            SCOPED_TRACE(route);
+            const auto reply = raw_exchange(
+                worker->port(), raw_post(route, body, false) + raw_post(route, body, true));
+            const std::string status_line = "HTTP/1.1 " + status + " ";
+            ASSERT_EQ(reply.rfind(status_line, 0), 0U) << reply;
+            const auto first_end = reply.find("\r\n\r\n");
+            ASSERT_NE(first_end, std::string::npos) << reply;
+            EXPECT_EQ(reply.substr(0, first_end).find("Transfer-Encoding"), std::string::npos)
+                << reply;
+            // The very next bytes are the second answer, and it too ends at its header.
+            EXPECT_EQ(reply.find(status_line, first_end + 4), first_end + 4) << reply;
+            EXPECT_TRUE(reply.ends_with("\r\n\r\n")) << reply;
+        }
+    }
+}
+
+// An interim answer from the engine (103 Early Hints) is read and left; the client gets the
+// answer after it, and the connections carry on.
+TEST_F(WorkerTest, AnEnginesInterimAnswerIsLeftAndTheAnswerAfterItRelayed) {
+    auto worker =
+        start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN, "--model",
+               "org/some-model", "--handle", "tiny", "--engine-arg=--early-hints"});
     track_engine(*worker);
-    const auto post = [](std::string_view target, std::string_view body) {
-        return "POST " + std::string(target) +
-               " HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: " +
-               std::to_string(body.size()) + "\r\n\r\n" + std::string(body);
-    };
-    const std::string then_health = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-    const std::string ollama_chat =
-        R"({"model":"tiny","messages":[{"role":"user","content":"Hi"}],"stream":false})";
-    for (const auto& [route, request] :
-         {std::pair{"/v1/chat/completions", post("/v1/chat/completions", kChat)},
-          std::pair{"/api/chat", post("/api/chat", ollama_chat)}}) {
+    for (const auto& [route, body] : kRoutes) {
         SCOPED_TRACE(route);
-        const auto reply = raw_exchange(worker->port(), request + then_health);
-        ASSERT_EQ(reply.rfind("HTTP/1.1 204", 0), 0U) << reply;
-        const auto header_end = reply.find("\r\n\r\n");
-        ASSERT_NE(header_end, std::string::npos) << reply;
-        const std::string header = reply.substr(0, header_end);
-        EXPECT_EQ(header.find("Transfer-Encoding"), std::string::npos) << reply;
-        EXPECT_EQ(header.find("Content-Length"), std::string::npos) << reply;
-        // The very next bytes are the health answer.
-        EXPECT_EQ(reply.find("HTTP/1.1 200", header_end + 4), header_end + 4) << reply;
+        const auto reply = raw_exchange(worker->port(),
+                                        raw_post(route, body, false) + raw_post(route, body, true));
+        ASSERT_EQ(reply.rfind("HTTP/1.1 200 ", 0), 0U) << reply;
+        EXPECT_EQ(reply.find("103"), std::string::npos) << reply;
+        EXPECT_NE(reply.find("HTTP/1.1 200 ", 1), std::string::npos)
+            << "the second answer: " << reply;
+        EXPECT_NE(reply.find("fake answer"), std::string::npos) << reply;
     }
 }
 

@@ -114,6 +114,13 @@ TEST(HttpWire, ARelayedHeaderKeepsTheEnginesFieldsButNotItsConnectionsOrItsServe
     EXPECT_EQ(relayed_header(streamed, true, true),
               "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
               "Server: ensemble-worker\r\nTransfer-Encoding: chunked\r\n\r\n");
+    // Other codings stay on the relayed bytes, so the client is told of them.
+    streamed.set("Transfer-Encoding", "gzip, Chunked ");
+    EXPECT_NE(relayed_header(streamed, true, true).find("\r\nTransfer-Encoding: gzip, Chunked\r\n"),
+              std::string::npos);
+    streamed.set("Transfer-Encoding", "gzip");  // then the body ends at the close: chunked here
+    EXPECT_NE(relayed_header(streamed, true, true).find("\r\nTransfer-Encoding: gzip, chunked\r\n"),
+              std::string::npos);
 }
 
 // What the engine is sent for a client's request: the client's own fields in order, not the
@@ -125,6 +132,7 @@ TEST(HttpWire, AForwardedHeaderKeepsTheClientsFieldsButNotItsConnectionsOrCreden
     client.target("/v1/chat/completions");
     set_fields(client, {{"Host", "models.example:8100"},
                         {"Authorization", "Bearer secret-key"},
+                        {"Proxy-Authorization", "Basic cHJveHk6a2V5"},
                         {"Content-Type", "application/json"},
                         {"Connection", "keep-alive"},
                         {"Content-Length", "17"},
@@ -133,10 +141,11 @@ TEST(HttpWire, AForwardedHeaderKeepsTheClientsFieldsButNotItsConnectionsOrCreden
     EXPECT_EQ(forwarded_header(client, "localhost", 17, false),
               "POST /v1/chat/completions HTTP/1.1\r\nContent-Type: application/json\r\n"
               "X-Trace: t1\r\nHost: localhost\r\nContent-Length: 17\r\n\r\n");
-    // The front door passes the key on (its model port checks the same one).
-    EXPECT_NE(forwarded_header(client, "localhost", 17, true)
-                  .find("\r\nAuthorization: Bearer secret-key\r\n"),
-              std::string::npos);
+    // The front door passes the key on (its model port checks the same one); a proxy's
+    // credentials never go on.
+    const auto with_key = forwarded_header(client, "localhost", 17, true);
+    EXPECT_NE(with_key.find("\r\nAuthorization: Bearer secret-key\r\n"), std::string::npos);
+    EXPECT_EQ(with_key.find("Proxy-Authorization"), std::string::npos);
 
     // A GET without a body has no length; a POST always has one.
     http::request_header<> get;
