@@ -8,7 +8,9 @@
 #include <boost/beast/http.hpp>
 #include <cctype>
 #include <fstream>
+#include <mutex>
 #include <random>
+#include <set>
 
 namespace ensemble::testing {
 
@@ -154,8 +156,13 @@ unsigned short free_port() {
 }
 
 // Ports chosen in advance come from below the kernel's ephemeral range, so an engine binding
-// port 0 in a concurrently running test can never take one before it is used.
+// port 0 in a concurrently running test can never take one before it is used. None is given
+// twice in one process: a fixture and its test choose theirs in separate calls (a front door's
+// pool port once came out as one of the supervisor fixture's model ports).
 std::vector<unsigned short> free_ports(std::size_t n) {
+    static std::mutex given_lock;
+    static std::set<unsigned short> given;
+    const std::lock_guard lock(given_lock);
     unsigned low = 32768;
     std::ifstream("/proc/sys/net/ipv4/ip_local_port_range") >> low;
     const unsigned floor = 10000;
@@ -169,11 +176,13 @@ std::vector<unsigned short> free_ports(std::size_t n) {
         tcp_acceptor acceptor(io);
         boost::system::error_code ec;
         const auto port = static_cast<unsigned short>(pick(random));
+        if (given.contains(port)) continue;
         acceptor.open(tcp::v4(), ec);
         if (!ec) acceptor.bind(tcp::endpoint(asio::ip::address_v4::loopback(), port), ec);
         if (ec) continue;
         held.push_back(std::move(acceptor));
         ports.push_back(port);
+        given.insert(port);
     }
     return ports;
 }
