@@ -39,6 +39,12 @@ bool ends_with_chunked(std::string_view codings) {
                       [](char c, char lower) { return (c | 0x20) == lower; });  // any case
 }
 
+void append_request_line(std::string& out, unsigned version, const http::request_header<>& header) {
+    out.append(sv(header.method_string())).append(" ").append(sv(header.target())).append(" ");
+    append_version(out, version);
+    out.append("\r\n");
+}
+
 void append_status_line(std::string& out, unsigned version, const http::response_header<>& header) {
     append_version(out, version);
     const unsigned status = header.result_int();
@@ -51,9 +57,7 @@ void append_status_line(std::string& out, unsigned version, const http::response
 }  // namespace
 
 void append_wire_header(std::string& out, const http::request_header<>& header) {
-    out.append(sv(header.method_string())).append(" ").append(sv(header.target())).append(" ");
-    append_version(out, header.version());
-    out.append("\r\n");
+    append_request_line(out, header.version(), header);
     append_fields(out, header);
 }
 
@@ -111,9 +115,7 @@ std::string forwarded_header(const http::request_header<>& client, std::string_v
                              std::size_t body_size, bool keep_authorization) {
     std::string out;
     out.reserve(kHeaderReserve);
-    out.append(sv(client.method_string())).append(" ").append(sv(client.target())).append(" ");
-    append_version(out, 11);
-    out.append("\r\n");
+    append_request_line(out, 11, client);
     for (const auto& field : client) {
         const auto name = field.name();
         const bool dropped = is_hop_by_hop(name) || name == http::field::host ||
