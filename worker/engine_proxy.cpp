@@ -340,11 +340,19 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     const bool ends_at_close = !bodiless && !parser.chunked() && !parser.content_length();
     auto* const filter = bodiless ? nullptr : trace.filter;
     if (filter != nullptr) filter->begin(response.base(), event_stream);
-    const bool chunked = !bodiless && (parser.chunked() || ends_at_close || filter != nullptr);
+    // A body whose length is not known ahead goes in chunks; to an HTTP/1.0 client, which cannot
+    // take them (RFC 9112 6.1), it ends with the connection (which the listener ends after
+    // every answer to such a client).
+    const bool length_unknown =
+        !bodiless && (parser.chunked() || ends_at_close || filter != nullptr);
+    const auto framing = !length_unknown           ? BodyFraming::as_engine
+                         : request.version() >= 11 ? BodyFraming::chunked
+                                                   : BodyFraming::until_close;
+    const bool chunked = framing == BodyFraming::chunked;
     trace.status = response.result_int();
     TokenCounter tokens(event_stream);
     StreamEnd stream_end;
-    OutgoingMessage answer(relayed_header(response.base(), chunked, client_keep_alive), chunked);
+    OutgoingMessage answer(relayed_header(response.base(), framing, client_keep_alive), chunked);
     // An event stream's header goes out at once (its first event may be a long prompt away);
     // any other answer's header leaves with its first bytes, in one write.
     if (event_stream) {
@@ -429,8 +437,8 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
             "proxy: engine connection lost mid-response ({}); ending the client's response",
             ec.message());
     }
-    if (event_stream && chunked) {
-        // (A close-delimited stream was turned chunked above, so it ends cleanly too.)
+    if (event_stream && framing != BodyFraming::as_engine) {
+        // (A close-delimited stream was framed above, so it ends cleanly too.)
         const auto error =
             silence.timed_out()
                 ? engine_silent(limits_.engine_timeout)

@@ -165,6 +165,10 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
             break;
         }
         auto request = to_string_body(parser.release());
+        // An HTTP/1.0 client cannot take a chunked answer (RFC 9112 6.1): an answer whose length
+        // is not known ahead ends when its connection does, so every answer to such a client
+        // ends its connection, and each says so (it may have asked to keep it).
+        if (request.version() < 11) request.keep_alive(false);
         // The body was moved out: an idle keep-alive connection holds 4 KiB, not its largest.
         if (buffer.capacity() > kIdleRead) buffer.shrink_to_fit();
         stream.expires_never();

@@ -1,6 +1,7 @@
 #include "worker/http_wire.h"
 
 #include <algorithm>
+#include <cassert>
 
 namespace ensemble {
 
@@ -81,7 +82,10 @@ bool is_hop_by_hop(http::field field) {
     }
 }
 
-std::string relayed_header(const http::response_header<>& engine, bool chunked, bool keep_alive) {
+std::string relayed_header(const http::response_header<>& engine, BodyFraming framing,
+                           bool keep_alive) {
+    assert(framing != BodyFraming::until_close || !keep_alive);
+    const bool chunked = framing == BodyFraming::chunked;
     std::string out;
     out.reserve(kHeaderReserve);
     append_status_line(out, 11, engine);
@@ -89,8 +93,9 @@ std::string relayed_header(const http::response_header<>& engine, bool chunked, 
     for (const auto& field : engine) {
         const auto name = field.name();
         if (name == http::field::transfer_encoding) codings = sv(field.value());
-        const bool dropped = is_hop_by_hop(name) || name == http::field::server ||
-                             (chunked && name == http::field::content_length);
+        const bool dropped =
+            is_hop_by_hop(name) || name == http::field::server ||
+            (framing != BodyFraming::as_engine && name == http::field::content_length);
         if (!dropped) append_field(out, field);
     }
     out.append("Server: ensemble-worker\r\n");

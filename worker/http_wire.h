@@ -20,13 +20,22 @@ void append_wire_header(std::string& out, const http::response_header<>& header)
 // Fields that belong to one connection, not to the message (RFC 9110 7.6.1): a proxy drops them.
 bool is_hop_by_hop(http::field field);
 
+// How the body of an answer relayed to a client is delimited.
+enum class BodyFraming {
+    as_engine,    // as the engine's: its Content-Length, or no body
+    chunked,      // in chunks: its length is not known ahead (or the filter changes it)
+    until_close,  // by the end of the connection: the same, for an HTTP/1.0 client
+};
+
 // The header of an answer relayed from the engine, written straight from the engine's (not
 // edited first, which cost about 1,000 instructions per request in field lookups and
 // allocations): HTTP/1.1, the engine's status and fields in order without its hop-by-hop ones
-// and its Server, then `Server: ensemble-worker`; framed chunked when `chunked` (the engine's
-// Content-Length dropped, its other transfer codings kept), and `Connection: close` when the
-// client's connection ends with it.
-std::string relayed_header(const http::response_header<>& engine, bool chunked, bool keep_alive);
+// and its Server, then `Server: ensemble-worker`; framed as `framing` says (unless as_engine,
+// the engine's Content-Length dropped; chunked keeps its other transfer codings, until_close
+// cannot), and `Connection: close` when the client's connection ends with it, as it must for
+// until_close.
+std::string relayed_header(const http::response_header<>& engine, BodyFraming framing,
+                           bool keep_alive);
 
 // The header of a request forwarded to the engine, written straight from the client's, which
 // stays as it came (for a retry): its method and target as HTTP/1.1, its fields in order

@@ -753,6 +753,50 @@ TEST_F(WorkerTest, AnEnginesInterimAnswerIsLeftAndTheAnswerAfterItRelayed) {
     }
 }
 
+// An HTTP/1.0 client (ApacheBench, an old script) cannot take a chunked answer (RFC 9112 6.1).
+// An answer whose length is not known until it ends (a stream; Ollama's translated answers)
+// goes to it unframed and ends when the worker closes the connection, as every answer to it
+// does, even when it asked to keep the connection: so the client never waits for more.
+TEST_F(WorkerTest, AnHttp10ClientGetsNoChunkedAnswerAndItsConnectionEndsWithTheAnswer) {
+    auto worker = start();
+    track_engine(*worker);
+    const std::vector<std::pair<std::string, std::string>> requests{
+        {"/v1/chat/completions", kChat},
+        {"/v1/chat/completions", stream_body(4)},
+        {"/api/chat", kOllamaChat},
+        {"/api/chat", R"({"model":"tiny","messages":[{"role":"user","content":"Hi"}]})"}};
+    for (const auto& [route, body] : requests) {
+        SCOPED_TRACE(route + " " + body);
+        const std::string bytes = "POST " + route +
+                                  " HTTP/1.0\r\nConnection: keep-alive\r\nContent-Type: "
+                                  "application/json\r\nContent-Length: " +
+                                  std::to_string(body.size()) + "\r\n\r\n" + body;
+        const auto began = std::chrono::steady_clock::now();
+        const auto reply = raw_exchange(worker->port(), bytes, 15s);
+        // Ended by the worker with its answer, not by its idle timeout (120 s) or ours.
+        EXPECT_LT(std::chrono::steady_clock::now() - began, 10s);
+        ASSERT_EQ(reply.rfind("HTTP/1.1 200 ", 0), 0U) << reply;
+        const auto header_end = reply.find("\r\n\r\n");
+        ASSERT_NE(header_end, std::string::npos) << reply;
+        const auto header = reply.substr(0, header_end);
+        const auto answer = reply.substr(header_end + 4);
+        EXPECT_EQ(header.find("Transfer-Encoding"), std::string::npos) << reply;
+        EXPECT_NE(header.find("Connection: close"), std::string::npos) << reply;
+        if (body.find("\"stream\":true") != std::string::npos) {
+            EXPECT_TRUE(answer.starts_with("data: {")) << reply;
+            EXPECT_TRUE(answer.ends_with("data: [DONE]\n\n")) << reply;
+        } else if (route == "/api/chat" && body.find("\"stream\"") == std::string::npos) {
+            // Ollama streams unless told not to: one JSON object per line, the last one done.
+            EXPECT_TRUE(answer.starts_with("{")) << reply;
+            EXPECT_NE(answer.find("\"done\":true"), std::string::npos) << reply;
+            EXPECT_TRUE(answer.ends_with("}\n")) << reply;
+        } else {
+            const auto parsed = json::parse(answer, nullptr, false);
+            EXPECT_FALSE(parsed.is_discarded()) << reply;
+        }
+    }
+}
+
 // The real engine: a streamed client that goes away frees llama-server's slot at once. (A
 // non-streamed request is closed at once too, but llama-server b11669 notices the closed
 // connection of a waiting plain request only sometimes: docs/RELIABILITY.md.)

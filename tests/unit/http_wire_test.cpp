@@ -94,15 +94,21 @@ TEST(HttpWire, ARelayedHeaderKeepsTheEnginesFieldsButNotItsConnectionsOrItsServe
     const std::string kept =
         "Access-Control-Allow-Origin: \r\n"
         "Content-Type: application/json; charset=utf-8\r\n";
-    const auto relayed = [&](bool chunked, bool keep_alive) {
-        return relayed_header(engine, chunked, keep_alive);
+    const auto relayed = [&](BodyFraming framing, bool keep_alive) {
+        return relayed_header(engine, framing, keep_alive);
     };
-    EXPECT_EQ(relayed(false, true), "HTTP/1.1 200 OK\r\n" + kept +
-                                        "Content-Length: 42\r\nX-Request-Id: abc\r\n"
-                                        "Server: ensemble-worker\r\n\r\n");
-    EXPECT_EQ(relayed(true, false), "HTTP/1.1 200 OK\r\n" + kept +
-                                        "X-Request-Id: abc\r\nServer: ensemble-worker\r\n"
-                                        "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    EXPECT_EQ(relayed(BodyFraming::as_engine, true),
+              "HTTP/1.1 200 OK\r\n" + kept +
+                  "Content-Length: 42\r\nX-Request-Id: abc\r\n"
+                  "Server: ensemble-worker\r\n\r\n");
+    EXPECT_EQ(relayed(BodyFraming::chunked, false),
+              "HTTP/1.1 200 OK\r\n" + kept +
+                  "X-Request-Id: abc\r\nServer: ensemble-worker\r\n"
+                  "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n");
+    // For an HTTP/1.0 client: no length and no framing; the end of the connection ends it.
+    EXPECT_EQ(relayed(BodyFraming::until_close, false),
+              "HTTP/1.1 200 OK\r\n" + kept +
+                  "X-Request-Id: abc\r\nServer: ensemble-worker\r\nConnection: close\r\n\r\n");
 
     // An engine's own chunked framing is not passed on as a field of the message: the worker
     // frames what it sends itself.
@@ -111,15 +117,17 @@ TEST(HttpWire, ARelayedHeaderKeepsTheEnginesFieldsButNotItsConnectionsOrItsServe
     set_fields(streamed, {{"Content-Type", "text/event-stream"},
                           {"Transfer-Encoding", "chunked"},
                           {"Trailer", "X-Checksum"}});
-    EXPECT_EQ(relayed_header(streamed, true, true),
+    EXPECT_EQ(relayed_header(streamed, BodyFraming::chunked, true),
               "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
               "Server: ensemble-worker\r\nTransfer-Encoding: chunked\r\n\r\n");
     // Other codings stay on the relayed bytes, so the client is told of them.
     streamed.set("Transfer-Encoding", "gzip, Chunked ");
-    EXPECT_NE(relayed_header(streamed, true, true).find("\r\nTransfer-Encoding: gzip, Chunked\r\n"),
+    EXPECT_NE(relayed_header(streamed, BodyFraming::chunked, true)
+                  .find("\r\nTransfer-Encoding: gzip, Chunked\r\n"),
               std::string::npos);
     streamed.set("Transfer-Encoding", "gzip");  // then the body ends at the close: chunked here
-    EXPECT_NE(relayed_header(streamed, true, true).find("\r\nTransfer-Encoding: gzip, chunked\r\n"),
+    EXPECT_NE(relayed_header(streamed, BodyFraming::chunked, true)
+                  .find("\r\nTransfer-Encoding: gzip, chunked\r\n"),
               std::string::npos);
 }
 
