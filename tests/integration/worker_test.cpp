@@ -648,6 +648,17 @@ bool slot_busy(const WorkerProcess& worker) {
 
 // A client that goes away, streamed or not, has its engine request closed at once, and an engine
 // that watches its connections (the fake one checks every 10 ms) stops generating for nobody.
+// How many generations the fake engine of `test` has logged as cancelled by its client.
+int fake_engine_cancellations(const std::string& test) {
+    std::ifstream in(test_output_dir(test) / "engine.log");
+    const std::string text((std::istreambuf_iterator<char>(in)), {});
+    int n = 0;
+    for (auto at = text.find("generation cancelled"); at != std::string::npos;
+         at = text.find("generation cancelled", at + 1))
+        ++n;
+    return n;
+}
+
 TEST_F(WorkerTest, AClientThatGoesAwayHasItsEngineRequestClosedAtOnce) {
     auto worker =
         start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN, "--model",
@@ -655,16 +666,7 @@ TEST_F(WorkerTest, AClientThatGoesAwayHasItsEngineRequestClosedAtOnce) {
                "--engine-arg=60000", "--engine-arg=--token-delay-ms", "--engine-arg=100",
                "--engine-arg=--tokens", "--engine-arg=600"});
     track_engine(*worker);
-    const auto engine_log = test_output_dir(current_test_name()) / "engine.log";
-    const auto cancellations = [&] {
-        std::ifstream in(engine_log);
-        const std::string text((std::istreambuf_iterator<char>(in)), {});
-        int n = 0;
-        for (auto at = text.find("generation cancelled"); at != std::string::npos;
-             at = text.find("generation cancelled", at + 1))
-            ++n;
-        return n;
-    };
+    const auto cancellations = [] { return fake_engine_cancellations(current_test_name()); };
     int expected = cancellations();  // the log is kept across runs
     for (const bool stream : {false, true}) {
         SCOPED_TRACE(stream ? "streamed" : "not streamed");
@@ -751,6 +753,64 @@ TEST_F(WorkerTest, AnEnginesInterimAnswerIsLeftAndTheAnswerAfterItRelayed) {
             << "the second answer: " << reply;
         EXPECT_NE(reply.find("fake answer"), std::string::npos) << reply;
     }
+}
+
+// A client that resets its connection (SO_LINGER 0: an RST, not a FIN) while its answer is
+// generated is gone as surely as one that closes it.
+TEST_F(WorkerTest, AClientThatResetsItsConnectionHasItsEngineRequestClosedAtOnce) {
+    auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
+                         "--model", "org/some-model", "--handle", "tiny",
+                         "--engine-arg=--answer-delay-ms", "--engine-arg=60000"});
+    track_engine(*worker);
+    const int before = fake_engine_cancellations(current_test_name());
+    const int fd = connect_loopback(worker->port());
+    const auto request = raw_post("/v1/chat/completions", kChat, false);
+    ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(request.size()));
+    std::this_thread::sleep_for(300ms);  // the request reaches the engine, which sits on it
+    const linger reset{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    ::close(fd);
+    const auto left = std::chrono::steady_clock::now();
+    while (fake_engine_cancellations(current_test_name()) == before &&
+           std::chrono::steady_clock::now() - left < 2s)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_EQ(fake_engine_cancellations(current_test_name()), before + 1)
+        << "the engine still generates for a client that reset its connection";
+    HttpRequest health;
+    health.target = "/health";
+    EXPECT_EQ(http_request(worker->port(), health).status, 200);
+}
+
+// A client that sends its next request on the connection while the first is being generated
+// is still there: the first is not cancelled, and both are answered in order.
+TEST_F(WorkerTest, ARequestSentDuringAGenerationIsAnsweredAfterIt) {
+    auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
+                         "--model", "org/some-model", "--handle", "tiny",
+                         "--engine-arg=--answer-delay-ms", "--engine-arg=800"});
+    track_engine(*worker);
+    const int before = fake_engine_cancellations(current_test_name());
+    const int fd = connect_loopback(worker->port());
+    const auto first = raw_post("/v1/chat/completions", kChat, false);
+    const auto second = raw_post("/v1/chat/completions", kChat, true);
+    ASSERT_EQ(::send(fd, first.data(), first.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(first.size()));
+    std::this_thread::sleep_for(300ms);  // the first is with the engine
+    ASSERT_EQ(::send(fd, second.data(), second.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(second.size()));
+    std::string reply;
+    std::array<char, 4096> buffer{};
+    const timeval wait{10, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    for (ssize_t n; (n = ::recv(fd, buffer.data(), buffer.size(), 0)) > 0;)
+        reply.append(buffer.data(), static_cast<std::size_t>(n));
+    ::close(fd);
+    const auto second_at = reply.find("HTTP/1.1 200 ", 1);
+    ASSERT_EQ(reply.rfind("HTTP/1.1 200 ", 0), 0U) << reply;
+    ASSERT_NE(second_at, std::string::npos) << reply;
+    EXPECT_NE(reply.find("fake answer"), std::string::npos) << reply;
+    EXPECT_NE(reply.find("fake answer", second_at), std::string::npos) << reply;
+    EXPECT_EQ(fake_engine_cancellations(current_test_name()), before) << reply;
 }
 
 // An HTTP/1.0 client (ApacheBench, an old script) cannot take a chunked answer (RFC 9112 6.1).
