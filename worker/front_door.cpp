@@ -2,16 +2,20 @@
 
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <cerrno>
 
 #include <algorithm>
 #include <array>
 #include <ctime>
+#include <map>
 #include <nlohmann/json.hpp>
 
+#include "os/process_memory.h"
 #include "protocol/bounded_json.h"
 #include "protocol/json_scan.h"
+#include "protocol/prometheus_text.h"
 #include "worker/ollama_api.h"
 
 namespace ensemble {
@@ -507,6 +511,7 @@ std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
         running.prepare_payload();
         return running;
     }
+    if (path == "/metrics") return metrics_response(request);
     if (!path.starts_with("/v1/") && !is_ollama(path)) {
         return make_error_response(
             {http::status::not_found, "invalid_request_error", "unknown_path",
@@ -573,8 +578,60 @@ std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
     return std::nullopt;
 }
 
+http::response<http::string_body> FrontDoor::metrics_response(
+    const http::request<http::string_body>& request) const {
+    const bool keep_alive = request.keep_alive();
+    if (!config_.metrics_without_key) {
+        if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
+            !allowed) {
+            return make_error_response(api_error(allowed.error()), keep_alive);
+        }
+    }
+    if (request.method() != http::verb::get && request.method() != http::verb::head) {
+        auto refused =
+            make_error_response({http::status::method_not_allowed, "invalid_request_error",
+                                 "method_not_allowed", "/metrics answers GET and HEAD only"},
+                                keep_alive);
+        refused.set(http::field::allow, "GET, HEAD");
+        return refused;
+    }
+    protocol::PrometheusText out;
+    metrics_.write_requests(out, "ensemble_front_door", in_flight());
+    out.family("ensemble_front_door_models", "gauge",
+               "Models of the config, by the state /v1/models gives them.");
+    std::map<std::string, int> states{
+        {"loaded", 0}, {"loading", 0}, {"not loaded", 0}, {"failed", 0}};
+    for (const auto& route : routes_)
+        ++states[client_state(route)];
+    for (const auto& [state, count] : states)
+        out.sample("ensemble_front_door_models", {{"state", state}}, count);
+    out.family("ensemble_front_door_waiting_for_load", "gauge",
+               "Requests waiting for their model to load (at most queue_max).");
+    out.sample("ensemble_front_door_waiting_for_load", {}, static_cast<double>(waiters_.size()));
+    out.family("ensemble_front_door_loads_asked", "gauge",
+               "Models asked of ensembled to load on demand, not yet answered.");
+    out.sample("ensemble_front_door_loads_asked", {}, static_cast<double>(demands_.size()));
+    out.family("ensemble_front_door_supervisor_connected", "gauge",
+               "1 while the front door is linked to ensembled.");
+    out.sample("ensemble_front_door_supervisor_connected", {}, connected_ ? 1 : 0);
+    out.family("ensemble_front_door_draining", "gauge", "1 while the front door drains to stop.");
+    out.sample("ensemble_front_door_draining", {}, draining() ? 1 : 0);
+    if (const auto memory = process_footprint(::getpid()); memory && *memory > 0) {
+        out.family("ensemble_front_door_memory_bytes", "gauge",
+                   "Memory in use (Linux: proportional set size; macOS: physical footprint).");
+        out.sample("ensemble_front_door_memory_bytes", {}, static_cast<double>(*memory));
+    }
+    http::response<http::string_body> response{http::status::ok, 11};
+    response.set(http::field::content_type, protocol::kPrometheusContentType);
+    response.body() = out.text();
+    response.keep_alive(keep_alive);
+    response.prepare_payload();
+    return response;
+}
+
 awaitable<bool> FrontDoor::handle(tcp_stream& stream, http::request<http::string_body>& request,
                                   const PlainBlocks& plain) {
+    RequestTrace trace;  // the request has just been read: its wait for a load is timed too
     const std::string target(sv(request.target()));
     const bool keep_alive = request.keep_alive() && !draining();
     auto local = answer_locally(request);
@@ -647,9 +704,12 @@ awaitable<bool> FrontDoor::handle(tcp_stream& stream, http::request<http::string
     }
     const auto forward = target_for(*port, handle);  // held until the answer is relayed
     if (draining()) request.keep_alive(false);
-    RequestTrace trace;
     const bool kept = co_await forward->proxy.forward(stream, request, trace);
     metrics_.answered(target, trace.status == 0 ? 499 : trace.status);
+    if (trace.status != 0) {
+        metrics_.proxied(RequestTrace::Clock::now() - trace.began, trace.first_token,
+                         trace.prompt_tokens);
+    }
     // Counted from the end of the request, as Ollama does: sent once it is answered, and only
     // for a request that was (one the model refused changes nothing). A request without one
     // puts back the default a request before it changed.

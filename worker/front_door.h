@@ -92,6 +92,9 @@ class FrontDoor final : public HttpListener {
                                                                   const protocol::Route& route,
                                                                   bool keep_alive) const;
     std::string known_models() const;
+    // GET /metrics: what it answered, its waits and the models by state (Prometheus text).
+    http::response<http::string_body> metrics_response(
+        const http::request<http::string_body>& request) const;
     void send_keep_alive(const std::string& handle, int port, std::int64_t seconds);
     void accept_from_now();
 

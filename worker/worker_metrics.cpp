@@ -58,36 +58,47 @@ void WorkerMetrics::proxied(Duration duration, std::optional<Duration> first_tok
     prompt_tokens_ += prompt_tokens;
 }
 
+void WorkerMetrics::write_requests(protocol::PrometheusText& out, std::string_view prefix,
+                                   std::size_t in_flight) const {
+    const auto name = [&](std::string_view family) {
+        return std::string(prefix).append("_").append(family);
+    };
+    const auto requests = name("requests_total");
+    out.family(requests, "counter", "Requests answered, by route and HTTP status.");
+    for (const auto& [key, count] : answered_) {
+        out.sample(requests,
+                   {{"route", std::string(key.first)}, {"code", std::to_string(key.second)}},
+                   static_cast<double>(count));
+    }
+    const auto active = name("requests_in_flight");
+    out.family(active, "gauge", "Requests read and not yet answered in full.");
+    out.sample(active, {}, static_cast<double>(in_flight));
+
+    const auto first_token = name("time_to_first_token_seconds");
+    out.family(first_token, "histogram",
+               "Streamed requests: from the request read to its first token relayed.");
+    first_token_.write(out, first_token);
+    const auto duration = name("request_duration_seconds");
+    out.family(duration, "histogram",
+               "Requests for a model (relayed, or answered 503/504 after waiting for it): "
+               "from the request read to the answer's end.");
+    duration_.write(out, duration);
+
+    const auto prompt_tokens = name("prompt_tokens_total");
+    out.family(prompt_tokens, "counter",
+               "Prompt tokens of the answers that reported them (usage.prompt_tokens).");
+    out.sample(prompt_tokens, {}, static_cast<double>(prompt_tokens_));
+}
+
 std::string WorkerMetrics::render(const WorkerGauges& g) const {
     protocol::PrometheusText out;
     out.family("ensemble_worker_info", "gauge", "The model this worker serves (always 1).");
     out.sample("ensemble_worker_info", {{"model", g.model}}, 1);
 
-    out.family("ensemble_worker_requests_total", "counter",
-               "Requests answered, by route and HTTP status.");
-    for (const auto& [key, count] : answered_) {
-        out.sample("ensemble_worker_requests_total",
-                   {{"route", std::string(key.first)}, {"code", std::to_string(key.second)}},
-                   static_cast<double>(count));
-    }
-    out.family("ensemble_worker_requests_in_flight", "gauge",
-               "Requests read and not yet answered in full.");
-    out.sample("ensemble_worker_requests_in_flight", {}, static_cast<double>(g.in_flight));
+    write_requests(out, "ensemble_worker", g.in_flight);
     out.family("ensemble_worker_requests_queued", "gauge",
                "Requests waiting for a restarting engine.");
     out.sample("ensemble_worker_requests_queued", {}, static_cast<double>(g.queued));
-
-    out.family("ensemble_worker_time_to_first_token_seconds", "histogram",
-               "Streamed requests: from the request read to its first token relayed.");
-    first_token_.write(out, "ensemble_worker_time_to_first_token_seconds");
-    out.family("ensemble_worker_request_duration_seconds", "histogram",
-               "Requests for the engine (relayed, or answered 503/504 after waiting for it): "
-               "from the request read to the answer's end.");
-    duration_.write(out, "ensemble_worker_request_duration_seconds");
-
-    out.family("ensemble_worker_prompt_tokens_total", "counter",
-               "Prompt tokens of the answers that reported them (usage.prompt_tokens).");
-    out.sample("ensemble_worker_prompt_tokens_total", {}, static_cast<double>(prompt_tokens_));
     out.family("ensemble_worker_generated_tokens_total", "counter",
                "Tokens generated in the answers relayed.");
     out.sample("ensemble_worker_generated_tokens_total", {},

@@ -1,7 +1,8 @@
-// What a worker counts for its GET /metrics (Prometheus text): requests by route and status,
-// the time to first token and the duration of proxied requests, prompt tokens. What is a state
-// rather than a count (in flight, queued, the engine's state and restarts, memory, generated
-// tokens) is the caller's, read when the page is asked for. Nothing here touches the engine.
+// What a worker (and the front door) counts for its GET /metrics (Prometheus text): requests by
+// route and status, the time to first token and the duration of proxied requests, prompt tokens.
+// What is a state rather than a count (in flight, queued, the engine's state and restarts, memory,
+// generated tokens) is the caller's, read when the page is asked for. Nothing here touches the
+// engine.
 #pragma once
 
 #include <chrono>
@@ -43,6 +44,11 @@ class WorkerMetrics {
                  std::uint64_t prompt_tokens);
 
     std::string render(const WorkerGauges& gauges) const;
+    // The families every listener has, named `prefix`_...: requests by route and status, in
+    // flight, their time to first token and duration, prompt tokens. (The front door's page is
+    // these and its own.)
+    void write_requests(protocol::PrometheusText& out, std::string_view prefix,
+                        std::size_t in_flight) const;
 
   private:
     std::map<std::pair<std::string_view, unsigned>, std::uint64_t> answered_;

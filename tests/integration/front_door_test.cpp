@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "tests/support/api_clients.h"
+#include "tests/support/promtool.h"
 #include "tests/support/supervisor_fixture.h"
 
 using namespace ensemble;
@@ -202,6 +203,51 @@ TEST_F(FrontDoorTest, ConcurrentRequestsForAColdModelCauseOneLoadAndAllAreAnswer
     // Loaded once, on the pool: the next request is forwarded at once.
     EXPECT_EQ(ask("tiny-cold").status, 200);
     EXPECT_EQ(events_of("on_demand"), 1);
+}
+
+// An operator's Prometheus scrapes the front door as it does a model port: what it answered
+// (forwarded, or refused here), what waits for a load, the models by state, its link.
+TEST_F(FrontDoorTest, ItsMetricsCountWhatItAnsweredAndTheModelsAndPassPromtool) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load single").exit_code, 0);  // tiny-two, warm
+    ASSERT_TRUE(wait_front_door());
+    ASSERT_EQ(ask("tiny-two").status, 200);
+    ASSERT_EQ(ask("tiny-two").status, 200);
+    ASSERT_EQ(ask("no-such-model").status, 404);
+    const auto page = http_request(door_, request("GET", "/metrics"));
+    ASSERT_EQ(page.status, 200) << page.body;
+    EXPECT_EQ(page.header("content-type"), "text/plain; version=0.0.4; charset=utf-8");
+    const auto& text = page.body;
+    const std::string chats =
+        R"(ensemble_front_door_requests_total{route="/v1/chat/completions",code=")";
+    EXPECT_EQ(metric(text, chats + "200\"}"), 2) << text;
+    EXPECT_EQ(metric(text, chats + "404\"}"), 1) << text;
+    // Forwarded requests are timed; a refusal made here is not a model's answer.
+    EXPECT_EQ(metric(text, "ensemble_front_door_request_duration_seconds_count"), 2) << text;
+    EXPECT_EQ(metric(text, "ensemble_front_door_requests_in_flight"), 1);  // this scrape
+    EXPECT_EQ(metric(text, R"(ensemble_front_door_models{state="loaded"})"), 1) << text;
+    EXPECT_EQ(metric(text, R"(ensemble_front_door_models{state="not loaded"})"), 11) << text;
+    EXPECT_EQ(metric(text, "ensemble_front_door_waiting_for_load"), 0) << text;
+    EXPECT_EQ(metric(text, "ensemble_front_door_supervisor_connected"), 1) << text;
+    EXPECT_GT(metric(text, "ensemble_front_door_memory_bytes"), 1 << 20) << text;
+    const auto verdict = promtool_check_metrics(text);
+    EXPECT_TRUE(verdict.ok) << verdict.output << "\n" << text;
+    // A request for a model that takes 2 s to load waits, and is counted while it does.
+    auto cold = std::async(std::launch::async, [&] { return ask("slow-cold"); });
+    double waiting = 0;
+    for (int i = 0; i < 150 && waiting < 1; ++i) {
+        waiting = metric(http_request(door_, request("GET", "/metrics")).body,
+                         "ensemble_front_door_waiting_for_load");
+        std::this_thread::sleep_for(10ms);
+    }
+    EXPECT_EQ(waiting, 1);
+    EXPECT_EQ(cold.get().status, 200);
+    EXPECT_EQ(metric(http_request(door_, request("GET", "/metrics")).body,
+                     "ensemble_front_door_waiting_for_load"),
+              0);
+    // HEAD gives the headers alone; other methods are refused.
+    EXPECT_EQ(http_request(door_, request("HEAD", "/metrics")).status, 200);
+    EXPECT_EQ(http_request(door_, request("POST", "/metrics", "{}")).status, 405);
 }
 
 TEST_F(FrontDoorTest, RefusalsSayWhyAndNameTheModels) {

@@ -447,13 +447,6 @@ TEST_F(WorkerTest, AnswersWith503AndRetryAfterWhileTheModelLoads) {
     EXPECT_EQ(http_request(worker.port(), chat_request(kChat)).status, 200);
 }
 
-// The value of one sample on a /metrics page (name and labels exactly as written), or -1.
-double metric(const std::string& page, const std::string& sample) {
-    const auto at = page.find("\n" + sample + " ");
-    if (at == std::string::npos) return -1;
-    return std::stod(page.substr(at + sample.size() + 2));
-}
-
 // Chat completions answered with `code`, on a /metrics page.
 double chat_answers(const std::string& page, int code) {
     return metric(page, R"(ensemble_worker_requests_total{route="/v1/chat/completions",code=")" +

@@ -33,4 +33,10 @@ PromtoolVerdict promtool_check_metrics(const std::string& page) {
     return verdict;
 }
 
+double metric(const std::string& page, const std::string& sample) {
+    const auto at = page.find("\n" + sample + " ");
+    if (at == std::string::npos) return -1;
+    return std::stod(page.substr(at + sample.size() + 2));
+}
+
 }  // namespace ensemble::testing

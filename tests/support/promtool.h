@@ -13,4 +13,7 @@ struct PromtoolVerdict {
 
 PromtoolVerdict promtool_check_metrics(const std::string& page);
 
+// The value of one sample on a /metrics page (name and labels exactly as written), or -1.
+double metric(const std::string& page, const std::string& sample);
+
 }  // namespace ensemble::testing
