@@ -16,14 +16,19 @@ std::string human_bytes(std::uint64_t bytes) {
 
 namespace {
 
-// How long a port has served; "-" when it does not (a port ready this second has "0s").
-std::string uptime_text(const json& p) {
-    const auto s = p.value("uptime_s", 0LL);
-    if (s <= 0 && p.value("state", "") != "ready") return "-";
+// "42s", "5m", "3h", "2d".
+std::string duration_text(long long s) {
     if (s < 120) return std::to_string(s) + "s";
     if (s < 7200) return std::to_string(s / 60) + "m";
     if (s < 172800) return std::to_string(s / 3600) + "h";
     return std::to_string(s / 86400) + "d";
+}
+
+// How long a port has served; "-" when it does not (a port ready this second has "0s").
+std::string uptime_text(const json& p) {
+    const auto s = p.value("uptime_s", 0LL);
+    if (s <= 0 && p.value("state", "") != "ready") return "-";
+    return duration_text(s);
 }
 
 // "loading 41%" while a load's progress is known, else the state.
@@ -101,6 +106,17 @@ void print_budget(const json& b) {
 
 void print_status(const json& result) {
     print_ports(result["ports"]);
+    if (const auto door = result.value("front_door", json()); door.is_object()) {
+        std::string facts = door.value("state", "");
+        if (const int pid = door.value("pid", 0); pid > 0) facts += ", pid " + std::to_string(pid);
+        if (door.value("state", "") == "serving")
+            facts += ", up " + duration_text(door.value("uptime_s", 0LL));
+        if (const int restarts = door.value("restarts", 0); restarts > 0)
+            facts += ", restarted " + std::to_string(restarts) + " times";
+        if (const auto asked = door.value("loads_asked", 0); asked > 0)
+            facts += ", " + std::to_string(asked) + " loads on demand under way";
+        std::printf("front door %s: %s\n", door.value("listen", "").c_str(), facts.c_str());
+    }
     const auto memory = result.value("memory", json::object());
     if (memory.value("budget_bytes", 0ULL) > 0 || memory.value("gpu_wired_limit_bytes", 0ULL) > 0) {
         std::printf("memory: budget %s, reserved %s, measured %s; GPU wired limit %s, MLX %s\n",

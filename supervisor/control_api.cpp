@@ -185,7 +185,14 @@ json to_json(const FleetStatus& s) {
     for (const auto& p : s.ports)
         ports.push_back(to_json(p));
     const auto& b = s.budget;
+    json front_door;  // null: the config has none
+    if (const auto& door = s.front_door) {
+        front_door = {{"listen", door->listen},     {"state", door->state},
+                      {"pid", door->pid},           {"uptime_s", door->uptime_s},
+                      {"restarts", door->restarts}, {"loads_asked", door->loads_asked}};
+    }
     return {{"ports", ports},
+            {"front_door", front_door},
             {"memory",
              {{"budget_bytes", b.budget_bytes},
               {"reserved_bytes", b.reserved_bytes},

@@ -133,6 +133,7 @@ int main(int argc, char** argv) {
     ControlApi api(fleet);
     FrontDoorKeeper front_door(io, fleet, worker_binary, link_path);
     fleet.on_change = [&front_door] { front_door.send_routes(); };
+    fleet.front_door_report = [&front_door] { return front_door.report(); };
     serve_control(io, **control, api);
     serve_worker_links(io, **links, fleet, front_door);
     std::unique_ptr<StatusHttp> status_http;

@@ -80,8 +80,19 @@ struct BudgetReport {
     WiredLimit wired;
 };
 
+// The front door (supervisor.front_door), as ensembled's keeper of it sees it.
+struct FrontDoorReport {
+    std::string listen;           // host:port
+    std::string state;            // serving, starting, restarting, waiting, stopping, stopped
+    int pid = 0;                  // 0: none known
+    std::int64_t uptime_s = 0;    // serving for, since it linked to this ensembled
+    int restarts = 0;             // exits this ensembled started it again after
+    std::size_t loads_asked = 0;  // loads on demand it asked for, under way
+};
+
 struct FleetStatus {
     std::vector<PortReport> ports;
+    std::optional<FrontDoorReport> front_door;  // when the config has one
     BudgetReport budget;
     std::vector<std::string> warnings;
     std::filesystem::path config;
@@ -177,6 +188,8 @@ class Fleet final : private PortHost {
     bool keep_alive(const protocol::KeepAlive& keep_alive);
     // Called whenever a port may have changed (the front door's routes are sent again).
     std::function<void()> on_change;
+    // The front door's report for status (set by ensembled when the config has one).
+    std::function<FrontDoorReport()> front_door_report;
 
     // An event of the fleet's log (`ensemble events`, the status page): the front door's.
     void record_event(int port, const std::string& kind, const std::string& message) {

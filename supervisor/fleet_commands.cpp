@@ -80,6 +80,7 @@ FleetStatus Fleet::status() const {
                                   ")");
     }
     if (!store_->backup_problem().empty()) status.warnings.push_back(store_->backup_problem());
+    if (front_door_report && config_.supervisor.front_door) status.front_door = front_door_report();
     status.config = config_.source;
     status.bind_host = config_.supervisor.bind_host;
     status.uptime_s = std::chrono::duration_cast<std::chrono::seconds>(now() - started_).count();

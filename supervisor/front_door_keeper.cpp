@@ -58,6 +58,7 @@ void FrontDoorKeeper::tick() {
                                : std::min(backoff_ * 2, std::chrono::milliseconds(kMaxBackoff));
             next_start_ = now + backoff_;
             if (!stopping_) {
+                ++restarts_;
                 event(
                     "front door (pid " + std::to_string(child_->pid()) + ") exited (" +
                     exit->describe() + "); starting it again in " +
@@ -183,6 +184,8 @@ Status FrontDoorKeeper::on_register(WorkerLinkPeer* peer, const protocol::Regist
                                 std::to_string(message.pid) + ")");
     }
     peer_ = peer;
+    linked_pid_ = message.pid;
+    linked_at_ = Clock::now();
     last_routes_ = nullptr;
     send_routes();
     return Ok{};
@@ -194,6 +197,30 @@ void FrontDoorKeeper::on_link_closed(WorkerLinkPeer* peer) {
     // Ours: its exit is reaped and it is started again. Adopted: give it a moment to come
     // back before another is started on the socket it handed back.
     if (!child_) next_start_ = Clock::now() + std::chrono::seconds(3);
+}
+
+FrontDoorReport FrontDoorKeeper::report() const {
+    const auto& door = settings();
+    FrontDoorReport report;
+    report.listen = door.host + ":" + std::to_string(door.port);
+    report.restarts = restarts_;
+    report.loads_asked = demands_.size();
+    if (peer_ != nullptr) {
+        report.state = stopping_ ? "stopping" : "serving";
+        report.pid = linked_pid_;
+        report.uptime_s =
+            std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - linked_at_).count();
+    } else if (child_) {
+        report.state = stopping_ ? "stopping" : "starting";  // started, not linked yet
+        report.pid = child_->pid();
+    } else if (!socket_.is_open()) {
+        // For its port: a front door kept from before hands it back, or another program holds
+        // it (then an event says so).
+        report.state = "waiting";
+    } else {
+        report.state = stopping_ ? "stopped" : "restarting";
+    }
+    return report;
 }
 
 void FrontDoorKeeper::send_routes() {

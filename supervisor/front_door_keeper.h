@@ -45,6 +45,9 @@ class FrontDoorKeeper {
     // The routes changed (Fleet::on_change): sent at once.
     void send_routes();
 
+    // For status: where it stands (Fleet::front_door_report).
+    FrontDoorReport report() const;
+
   private:
     const FrontDoorSettings& settings() const;
     // In the fleet's event log (kind "front_door"), and ensembled's log.
@@ -68,6 +71,9 @@ class FrontDoorKeeper {
     Clock::time_point started_{};
     Clock::time_point bind_deadline_{};  // waiting for a front door to hand the socket back
     std::chrono::milliseconds backoff_{1000};
+    int linked_pid_ = 0;             // the front door linked now (ours, or kept)
+    Clock::time_point linked_at_{};  // when it linked
+    int restarts_ = 0;
     bool stopping_ = false;
 };
 

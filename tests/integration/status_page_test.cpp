@@ -36,7 +36,9 @@ class StatusPageTest : public SupervisorFixture {
     std::string extra_supervisor_settings() const override {
         for (http_port_ = free_port(); http_port_ == port_a_ || http_port_ == port_b_;)
             http_port_ = free_port();
-        return "  http: 127.0.0.1:" + std::to_string(http_port_) + "\n";
+        door_port_ = free_port();  // (never one handed out before in this process)
+        return "  http: 127.0.0.1:" + std::to_string(http_port_) +
+               "\n  front_door: {listen: 127.0.0.1:" + std::to_string(door_port_) + "}\n";
     }
 
     HttpResponse get(const std::string& target) {
@@ -78,6 +80,7 @@ class StatusPageTest : public SupervisorFixture {
     }
 
     mutable unsigned short http_port_ = 0;
+    mutable unsigned short door_port_ = 0;
 };
 
 // Runs `command` on a pseudo-terminal, as a person at a terminal would, and returns all it
@@ -135,6 +138,23 @@ TEST_F(StatusPageTest, ChromiumShowsThePortsTheirStatesMemoryBarsAndTheSwap) {
     const auto swap = cli("swap " + std::to_string(port_a_) + " tiny-two");
     ASSERT_EQ(swap.exit_code, 0) << swap.out;
 
+    // The front door is in the status once it has linked to ensembled.
+    json door = json::object();
+    for (int i = 0; i < 100 && door.value("state", "") != "serving"; ++i) {
+        const auto status = json::parse(cli("--json status").out, nullptr, false);
+        if (!status.is_discarded() && status["result"]["front_door"].is_object())
+            door = status["result"]["front_door"];
+        std::this_thread::sleep_for(50ms);
+    }
+    ASSERT_EQ(door.value("state", ""), "serving") << door.dump();
+    EXPECT_EQ(door.value("listen", ""), "127.0.0.1:" + std::to_string(door_port_));
+    EXPECT_TRUE(process_alive(door.value("pid", 0))) << door.dump();
+    const auto human = cli("status").out;
+    EXPECT_NE(human.find("front door 127.0.0.1:" + std::to_string(door_port_) + ": serving, pid " +
+                         std::to_string(door.value("pid", 0)) + ", up "),
+              std::string::npos)
+        << human;
+
     const auto dom = chromium("--dump-dom");
     const auto a = port_card(dom, port_a_);
     const auto b = port_card(dom, port_b_);
@@ -153,6 +173,13 @@ TEST_F(StatusPageTest, ChromiumShowsThePortsTheirStatesMemoryBarsAndTheSwap) {
     static const std::regex measured(R"re(data-measured-bytes="([0-9]+)")re");
     ASSERT_TRUE(std::regex_search(a, m, measured));
     EXPECT_GT(std::stoull(m[1].str()), 1ULL << 20);
+    const auto door_at = dom.find("<p id=\"front-door\" data-state=\"serving\">");
+    ASSERT_NE(door_at, std::string::npos) << dom;
+    const auto door_line = dom.substr(door_at, dom.find("</p>", door_at) - door_at);
+    EXPECT_NE(door_line.find("127.0.0.1:" + std::to_string(door_port_)), std::string::npos)
+        << door_line;
+    EXPECT_NE(door_line.find("pid " + std::to_string(door.value("pid", 0))), std::string::npos)
+        << door_line;
     // The swap is among the events, and the connection is live.
     EXPECT_NE(dom.find("data-kind=\"swap\""), std::string::npos) << dom;
     EXPECT_NE(dom.find("<span id=\"live\" class=\"on\">live</span>"), std::string::npos) << dom;
