@@ -67,6 +67,21 @@ class WorkerTest : public ::testing::Test {
         if (auto pid = worker.engine_pid()) engines_.push_back(*pid);
     }
 
+    // A worker in front of the fake engine (speaking vLLM's command line), which is given
+    // `engine_args`; its engine tracked.
+    std::unique_ptr<WorkerProcess> start_fake(const std::vector<std::string>& engine_args,
+                                              std::vector<std::string> worker_args = {}) {
+        std::vector<std::string> args{
+            "--engine", "vllm",           "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
+            "--model",  "org/some-model", "--handle",     "tiny"};
+        args.insert(args.end(), worker_args.begin(), worker_args.end());
+        for (const auto& arg : engine_args)
+            args.push_back("--engine-arg=" + arg);
+        auto worker = start(std::move(args));
+        track_engine(*worker);
+        return worker;
+    }
+
     std::vector<pid_t> engines_;
 };
 
@@ -563,16 +578,12 @@ TEST_F(WorkerTest, MetricsNeedTheApiKeyUnlessOpened) {
 // 504 engine_timeout, and a stream that goes quiet is cut with that error as its last event.
 TEST_F(WorkerTest, TheEngineTimeoutBoundsSilenceNotTheLengthOfAnAnswer) {
     const auto fake = [&](int token_delay_ms, int answer_delay_ms) {
-        return start(
-            {"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN, "--model",
-             "org/some-model", "--handle", "tiny", "--engine-timeout", "1",
-             "--engine-arg=--token-delay-ms", "--engine-arg=" + std::to_string(token_delay_ms),
-             "--engine-arg=--answer-delay-ms", "--engine-arg=" + std::to_string(answer_delay_ms),
-             "--engine-arg=--tokens", "--engine-arg=6"});
+        return start_fake({"--token-delay-ms", std::to_string(token_delay_ms), "--answer-delay-ms",
+                           std::to_string(answer_delay_ms), "--tokens", "6"},
+                          {"--engine-timeout", "1"});
     };
     {
         auto worker = fake(400, 0);
-        track_engine(*worker);
         const auto began = std::chrono::steady_clock::now();
         const auto r = http_request(worker->port(), chat_request(stream_body(6), true));
         EXPECT_GE(std::chrono::steady_clock::now() - began, 2s);
@@ -581,7 +592,6 @@ TEST_F(WorkerTest, TheEngineTimeoutBoundsSilenceNotTheLengthOfAnAnswer) {
         EXPECT_NE(r.body.find("data: [DONE]"), std::string::npos) << r.body;
     }
     auto quiet = fake(3000, 5000);
-    track_engine(*quiet);
     auto began = std::chrono::steady_clock::now();
     const auto plain = http_request(quiet->port(), chat_request(kChat));
     auto waited = std::chrono::steady_clock::now() - began;
@@ -654,11 +664,7 @@ int fake_engine_cancellations(const std::string& test) {
 
 TEST_F(WorkerTest, AClientThatGoesAwayHasItsEngineRequestClosedAtOnce) {
     auto worker =
-        start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN, "--model",
-               "org/some-model", "--handle", "tiny", "--engine-arg=--answer-delay-ms",
-               "--engine-arg=60000", "--engine-arg=--token-delay-ms", "--engine-arg=100",
-               "--engine-arg=--tokens", "--engine-arg=600"});
-    track_engine(*worker);
+        start_fake({"--answer-delay-ms", "60000", "--token-delay-ms", "100", "--tokens", "600"});
     const auto cancellations = [] { return fake_engine_cancellations(current_test_name()); };
     int expected = cancellations();  // the log is kept across runs
     for (const bool stream : {false, true}) {
@@ -706,10 +712,7 @@ const std::vector<std::pair<std::string, std::string>> kRoutes{{"/v1/chat/comple
 TEST_F(WorkerTest, AnAnswerWithoutABodyStaysWithoutOneThroughEveryRoute) {
     for (const std::string status : {"204", "304"}) {
         SCOPED_TRACE(status);
-        auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
-                             "--model", "org/some-model", "--handle", "tiny",
-                             "--engine-arg=--answer-status", "--engine-arg=" + status});
-        track_engine(*worker);
+        auto worker = start_fake({"--answer-status", status});
         for (const auto& [route, body] : kRoutes) {
             SCOPED_TRACE(route);
             const auto reply = raw_exchange(
@@ -730,10 +733,7 @@ TEST_F(WorkerTest, AnAnswerWithoutABodyStaysWithoutOneThroughEveryRoute) {
 // An interim answer from the engine (103 Early Hints) is read and left; the client gets the
 // answer after it, and the connections carry on.
 TEST_F(WorkerTest, AnEnginesInterimAnswerIsLeftAndTheAnswerAfterItRelayed) {
-    auto worker =
-        start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN, "--model",
-               "org/some-model", "--handle", "tiny", "--engine-arg=--early-hints"});
-    track_engine(*worker);
+    auto worker = start_fake({"--early-hints"});
     for (const auto& [route, body] : kRoutes) {
         SCOPED_TRACE(route);
         const auto reply = raw_exchange(worker->port(),
@@ -751,10 +751,7 @@ TEST_F(WorkerTest, AnEnginesInterimAnswerIsLeftAndTheAnswerAfterItRelayed) {
 // A client that resets its connection (SO_LINGER 0: an RST, not a FIN) while its answer is
 // generated is gone as surely as one that closes it.
 TEST_F(WorkerTest, AClientThatResetsItsConnectionHasItsEngineRequestClosedAtOnce) {
-    auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
-                         "--model", "org/some-model", "--handle", "tiny",
-                         "--engine-arg=--answer-delay-ms", "--engine-arg=60000"});
-    track_engine(*worker);
+    auto worker = start_fake({"--answer-delay-ms", "60000"});
     const int before = fake_engine_cancellations(current_test_name());
     const int fd = connect_loopback(worker->port());
     const auto request = raw_post("/v1/chat/completions", kChat, false);
@@ -778,10 +775,7 @@ TEST_F(WorkerTest, AClientThatResetsItsConnectionHasItsEngineRequestClosedAtOnce
 // A client that sends its next request on the connection while the first is being generated
 // is still there: the first is not cancelled, and both are answered in order.
 TEST_F(WorkerTest, ARequestSentDuringAGenerationIsAnsweredAfterIt) {
-    auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
-                         "--model", "org/some-model", "--handle", "tiny",
-                         "--engine-arg=--answer-delay-ms", "--engine-arg=800"});
-    track_engine(*worker);
+    auto worker = start_fake({"--answer-delay-ms", "800"});
     const int before = fake_engine_cancellations(current_test_name());
     const int fd = connect_loopback(worker->port());
     const auto first = raw_post("/v1/chat/completions", kChat, false);
@@ -963,9 +957,7 @@ TEST_F(WorkerTest, AWorkerToldToStandByWithoutEnsembledRefusesToStart) {
 TEST_F(WorkerTest, TheVllmPresetListensOnItsUnixSocketWithUds) {
     // vLLM cannot run here: the fake engine takes its command line (serve MODEL ... --uds PATH)
     // and listens where --uds says.
-    auto worker = start({"--engine", "vllm", "--engine-bin", ENSEMBLE_TEST_FAKE_ENGINE_BIN,
-                         "--model", "org/some-model", "--handle", "tiny"});
-    track_engine(*worker);
+    auto worker = start_fake({});
     const auto engine = worker->engine_pid();
     ASSERT_TRUE(engine);
     EXPECT_EQ(tcp_ports_listened_on_by(*engine), std::vector<unsigned short>{});
