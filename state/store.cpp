@@ -49,6 +49,14 @@ const std::vector<const char*> kMigrations = {
     R"(ALTER TABLE workers ADD COLUMN upstream_handle TEXT NOT NULL DEFAULT '';
        ALTER TABLE workers ADD COLUMN upstream_port INTEGER NOT NULL DEFAULT 0;
        ALTER TABLE workers ADD COLUMN upstream_url TEXT NOT NULL DEFAULT '';)",
+    // 5: Ollama's keep_alive for the load on demand a worker serves, which a restart of
+    // ensembled must not turn back into front_door.evict_idle_after.
+    R"(CREATE TABLE kept_alive (
+         port INTEGER PRIMARY KEY,
+         worker_id TEXT NOT NULL,
+         handle TEXT NOT NULL,
+         limit_s INTEGER NOT NULL,
+         since_ms INTEGER NOT NULL);)",
 };
 
 std::int64_t now_ms() {
@@ -384,6 +392,36 @@ Status StateStore::remove_worker(int port) {
     return run(
         db_, "DELETE FROM workers WHERE port = ?1", [&](Statement& s) { s.bind(1, port); },
         "removing the worker record of port " + std::to_string(port));
+}
+
+Result<std::vector<KeptAliveRecord>> StateStore::kept_alive() {
+    Statement s(db_,
+                "SELECT port, worker_id, handle, limit_s, since_ms FROM kept_alive ORDER BY port");
+    if (!s.ok()) return s.error("reading the keep_alive of loads on demand");
+    std::vector<KeptAliveRecord> out;
+    while (s.step() == SQLITE_ROW) {
+        out.push_back(
+            {static_cast<int>(s.integer(0)), s.text(1), s.text(2), s.integer(3), s.integer(4)});
+    }
+    return out;
+}
+
+Status StateStore::save_kept_alive(const KeptAliveRecord& k) {
+    return run(
+        db_,
+        "INSERT OR REPLACE INTO kept_alive (port, worker_id, handle, limit_s, since_ms) VALUES "
+        "(?1, ?2, ?3, ?4, ?5)",
+        [&](Statement& s) {
+            s.bind(1, k.port).bind(2, k.worker_id).bind(3, k.handle);
+            s.bind(4, k.limit_s).bind(5, k.since_ms);
+        },
+        "saving the keep_alive of port " + std::to_string(k.port));
+}
+
+Status StateStore::remove_kept_alive(int port) {
+    return run(
+        db_, "DELETE FROM kept_alive WHERE port = ?1", [&](Statement& s) { s.bind(1, port); },
+        "removing the keep_alive of port " + std::to_string(port));
 }
 
 Status StateStore::append_event(const Event& e) {

@@ -47,6 +47,15 @@ struct WorkerRecord {
     std::string last_exit;
 };
 
+// Ollama's keep_alive for a load on demand (the front door's): for the worker that serves it.
+struct KeptAliveRecord {
+    int port = 0;
+    std::string worker_id;  // the load it was given for
+    std::string handle;
+    std::int64_t limit_s = -1;  // idle seconds before it is unloaded; -1: never
+    std::int64_t since_ms = 0;  // unix ms: when it was given (the end of its request)
+};
+
 struct Event {
     std::int64_t id = 0;
     std::int64_t at_ms = 0;
@@ -78,6 +87,10 @@ class StateStore {
 
     Result<std::vector<WorkerRecord>> workers();
     Status save_worker(const WorkerRecord& worker);
+
+    Result<std::vector<KeptAliveRecord>> kept_alive();
+    Status save_kept_alive(const KeptAliveRecord& kept);
+    Status remove_kept_alive(int port);
     Status remove_worker(int port);
 
     Status append_event(const Event& event);  // keeps the newest `event_retention` events

@@ -540,6 +540,7 @@ void Fleet::reconcile() {
         log_unsaved(store_->remove_worker(r.port),
                     "that port " + std::to_string(r.port) + " has no worker now");
     }
+    if (config_.supervisor.front_door) restore_kept_alive();
     for (const auto& [number, a] : wanted) {
         if (find(number) != nullptr) continue;
         auto& wanted_port = port_at(number);

@@ -285,6 +285,10 @@ class Fleet final : private PortHost {
     struct KeptAlive;
     // The keep_alive of the load on pool port `port`, if one was given for it.
     const KeptAlive* kept_alive(const Port& port) const;
+    // At start-up: the keep_alive of each adopted load on demand, as the last ensembled had it.
+    void restore_kept_alive();
+    // The port's keep_alive ends (it is unloaded): in memory and in the state database.
+    void forget_kept_alive(int port);
     // How long it may stay idle: its keep_alive, else front_door.evict_idle_after; nullopt:
     // for ever.
     std::optional<Clock::duration> idle_limit(const Port& port) const;

@@ -177,7 +177,7 @@ awaitable<Status> Fleet::unload(int port, std::string reason) {
         co_return Error{"not_loaded", "nothing is assigned to port " + std::to_string(port)};
     if (auto ok = store_->remove_assignment(port); !ok) co_return ok.error();
     unassigned_.insert(port);
-    kept_alive_.erase(port);  // a later load of the same model starts from the default
+    forget_kept_alive(port);  // a later load of the same model starts from the default
     if (p != nullptr) {
         p->stop(reason);
         co_await wait_stopped(port, now() + stop_wait(config_));

@@ -157,13 +157,53 @@ bool Fleet::keep_alive(const protocol::KeepAlive& keep_alive) {
                       keep_alive.port, keep_alive.model);
         return false;
     }
-    if (keep_alive.seconds == protocol::KeepAlive::kDefault)
+    const auto what = "the keep_alive of port " + std::to_string(keep_alive.port);
+    if (keep_alive.seconds == protocol::KeepAlive::kDefault) {
+        log_unsaved(store_->remove_kept_alive(keep_alive.port), what);
         return kept_alive_.erase(keep_alive.port) > 0;
+    }
     KeptAlive kept{keep_alive.model, port->attempt(), std::nullopt, now()};
     if (keep_alive.seconds != protocol::KeepAlive::kForever)
         kept.limit = std::chrono::seconds(keep_alive.seconds);
     kept_alive_[keep_alive.port] = kept;
+    // Kept for the worker that serves this load, should ensembled restart while it runs on.
+    log_unsaved(store_->save_kept_alive({keep_alive.port, port->worker_id(), keep_alive.model,
+                                         keep_alive.seconds, time_->unix_ms()}),
+                what);
     return true;
+}
+
+void Fleet::forget_kept_alive(int port) {
+    kept_alive_.erase(port);
+    log_unsaved(store_->remove_kept_alive(port),
+                "that port " + std::to_string(port) + "'s keep_alive is gone");
+}
+
+void Fleet::restore_kept_alive() {
+    auto records = store_->kept_alive();
+    if (!records) {
+        spdlog::warn("{}; loads on demand go back to front_door.evict_idle_after",
+                     records.error().message);
+        return;
+    }
+    const auto unix_now = time_->unix_ms();
+    for (const auto& k : *records) {
+        const auto* port = find(k.port);
+        // Only for the very worker it was given for, adopted again: a new load starts afresh.
+        const bool same_load = port != nullptr && in_pool(k.port) && !k.worker_id.empty() &&
+                               port->worker_id() == k.worker_id &&
+                               port->snapshot().handle == k.handle;
+        if (!same_load) {
+            forget_kept_alive(k.port);
+            continue;
+        }
+        const auto given_ago =
+            std::chrono::milliseconds(std::max<std::int64_t>(0, unix_now - k.since_ms));
+        KeptAlive kept{k.handle, port->attempt(), std::nullopt, now() - given_ago};
+        if (k.limit_s != protocol::KeepAlive::kForever)
+            kept.limit = std::chrono::seconds(k.limit_s);
+        kept_alive_[k.port] = kept;
+    }
 }
 
 const Fleet::KeptAlive* Fleet::kept_alive(const Port& port) const {

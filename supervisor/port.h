@@ -126,6 +126,7 @@ class Port {
     int number() const { return s_.port; }
     PortState state() const { return s_.state; }
     std::uint64_t attempt() const { return attempt_; }
+    const std::string& worker_id() const { return worker_id_; }  // "" before its first
 
     // What the port is to serve from its next start on; a new assignment forgets the failures
     // of the last.

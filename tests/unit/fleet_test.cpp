@@ -49,6 +49,44 @@ TEST_F(FleetTest, ASurvivorOfAnEarlierSupervisorIsAdoptedAndNothingIsStarted) {
     EXPECT_TRUE(world_.signals.empty()) << "nothing was signalled";
 }
 
+// Ollama's keep_alive for a load on demand holds for the worker it was given for, through a
+// restart of ensembled that adopts that worker again: a model kept for ever stays loaded past
+// front_door.evict_idle_after, and one kept 20 s is unloaded then, not after the default.
+TEST_F(FleetTest, AKeepAliveOutlivesARestartOfEnsembledForTheLoadItWasGivenFor) {
+    const auto forever = leave_survivor(world_, *store_, kC, "c");
+    const auto brief = leave_survivor(world_, *store_, kD, "d");
+    const auto given = FakeScheduler::kStartUnixMs - 5'000;  // by the earlier ensembled
+    ASSERT_TRUE(store_->save_kept_alive({kC, forever->launch.worker_id, "c", -1, given}));
+    ASSERT_TRUE(store_->save_kept_alive({kD, brief->launch.worker_id, "d", 20, given}));
+    ASSERT_TRUE(store_->save_kept_alive({kA, "w-gone", "a", -1, given}));  // not a pool port
+    start("  front_door: {listen: 127.0.0.1:11434, ports: [" + std::to_string(kC) + ", " +
+              std::to_string(kD) + "], evict_idle_after: 1m}\n",
+          "  c: {engine: fake, path: none, memory: 3GiB, on_demand: true}\n"
+          "  d: {engine: fake, path: none, memory: 3GiB, on_demand: true}\n");
+    advance(2s);
+    ASSERT_EQ(port_status(kC)["state"], "ready");
+    ASSERT_EQ(port_status(kD)["state"], "ready");
+    advance(25s);
+    const auto unloaded = events_of_kind("idle_unload");
+    ASSERT_EQ(unloaded.size(), 1U);
+    EXPECT_NE(unloaded[0].find("'d'"), std::string::npos) << unloaded[0];
+    EXPECT_NE(unloaded[0].find("keep_alive 20 s"), std::string::npos) << unloaded[0];
+    advance(70s);  // past evict_idle_after
+    EXPECT_EQ(port_status(kC)["state"], "ready");
+    EXPECT_EQ(events_of_kind("idle_unload").size(), 1U);
+
+    // What is kept is for the load it was given for: the rest is gone; a new keep_alive is saved.
+    EXPECT_TRUE(fleet_->keep_alive({"c", kC, 300}));
+    auto again = StateStore::open(dir_ / "state" / "state.db");
+    ASSERT_TRUE(again);
+    const auto kept = (*again)->kept_alive();
+    ASSERT_TRUE(kept);
+    ASSERT_EQ(kept->size(), 1U);
+    EXPECT_EQ(kept->front().port, kC);
+    EXPECT_EQ(kept->front().worker_id, forever->launch.worker_id);
+    EXPECT_EQ(kept->front().limit_s, 300);
+}
+
 TEST_F(FleetTest, ASurvivorThatNeverReconnectsIsKilledProvenOursAndReplaced) {
     const auto survivor = leave_survivor(world_, *store_, kA, "a");
     silent_.insert("a");

@@ -62,11 +62,11 @@ TEST_F(StateStoreTest, AnEarlierReleasesWorkerRecordsSurviveTheMigration) {
         w.worker_id = "w-1";
         ASSERT_TRUE(s->save_worker(w));
     }
-    // The database as version 3 left it: no upstream columns.
+    // The database as version 3 left it: no upstream columns, no keep_alive.
     std::string cmd = "sqlite3 '" + path_.string() +
                       "' 'ALTER TABLE workers DROP COLUMN upstream_url; ALTER TABLE workers DROP "
                       "COLUMN upstream_port; ALTER TABLE workers DROP COLUMN upstream_handle; "
-                      "PRAGMA user_version=3'";
+                      "DROP TABLE kept_alive; PRAGMA user_version=3'";
     ASSERT_EQ(std::system(cmd.c_str()), 0);
     auto s = open();
     ASSERT_TRUE(s);
@@ -79,6 +79,16 @@ TEST_F(StateStoreTest, AnEarlierReleasesWorkerRecordsSurviveTheMigration) {
     proxy.upstream_port = 8100;
     ASSERT_TRUE(s->save_worker(proxy));
     EXPECT_EQ(s->workers()->at(1).upstream_port, 8100);
+    EXPECT_TRUE(s->kept_alive()->empty());
+    ASSERT_TRUE(s->save_kept_alive({8110, "w-2", "tiny", -1, 1'790'000'000'000}));
+    ASSERT_TRUE(s->save_kept_alive({8110, "w-2", "tiny", 300, 1'790'000'001'000}));  // replaced
+    ASSERT_TRUE(s->save_kept_alive({8111, "w-3", "big", 0, 1'790'000'002'000}));
+    ASSERT_TRUE(s->remove_kept_alive(8111));
+    const auto kept = *s->kept_alive();
+    ASSERT_EQ(kept.size(), 1U);
+    EXPECT_EQ(kept[0].worker_id, "w-2");
+    EXPECT_EQ(kept[0].limit_s, 300);
+    EXPECT_EQ(kept[0].since_ms, 1'790'000'001'000);
 }
 
 TEST_F(StateStoreTest, AssignmentsBumpTheirGenerationOnChange) {
