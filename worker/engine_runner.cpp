@@ -243,7 +243,7 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
     // One probe waits while the model loads (answered the moment it is in), rather than many
     // abandoned ones piling up in the engine's queue.
     const auto timeout = probe_timeout();
-    auto interval = std::chrono::milliseconds(10);
+    auto interval = std::chrono::milliseconds(5);  // doubled after an answered probe
     const auto loading_since = Clock::now();
     auto last_progress = Clock::now();
     auto last_log_size = file_size_or_zero(config_.log_file);
@@ -273,16 +273,21 @@ awaitable<void> EngineRunner::watch_readiness(std::uint64_t generation) {
                         std::to_string(config_.load_stall_timeout.count()) + " ms), killed");
             co_return;  // on_child_exit restarts it
         }
+        // A request waiting for the load (one on demand) gets its answer as much sooner as
+        // readiness is seen. A probe nothing answered (llama-server listens only once loaded)
+        // costs the engine nothing: it is repeated every 10 ms for the first 10 s of a load,
+        // then every 50 ms. One the engine answered (not ready yet) is logged by many engines:
+        // those back off to 50 ms, and to 200 ms for a long load.
+        const bool early = Clock::now() - loading_since < std::chrono::seconds(10);
+        using std::chrono::milliseconds;
+        if (status == 0 && result.own_trouble.empty()) {
+            interval = early ? milliseconds(10) : milliseconds(50);
+        } else {
+            interval = std::min(interval * 2, early ? milliseconds(50) : milliseconds(200));
+        }
         timer.expires_after(interval);
         boost::system::error_code ec;
         co_await timer.async_wait(on_error(ec));
-        // Within 50 ms of readiness for a load of seconds (a request waiting for it, loaded on
-        // demand, gets its answer that much sooner); within 200 ms for a long one, whose
-        // engine logs every probe.
-        const auto cap = Clock::now() - loading_since < std::chrono::seconds(10)
-                             ? std::chrono::milliseconds(50)
-                             : std::chrono::milliseconds(200);
-        interval = std::min(interval * 2, cap);
     }
 }
 
