@@ -3,6 +3,7 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <nlohmann/json.hpp>
 #include <stdexcept>
 #include <thread>
 
@@ -16,8 +17,16 @@ namespace ensemble::bench {
 using namespace ensemble::testing;
 using Ms = std::chrono::duration<double, std::milli>;
 
+std::string first_answer_body(const std::string& model, bool stream) {
+    nlohmann::json body = {{"messages", {{{"role", "user"}, {"content", "hi"}}}},
+                           {"max_tokens", 1},
+                           {"stream", stream}};
+    if (!model.empty()) body["model"] = model;
+    return body.dump();
+}
+
 double until_answered(unsigned short port, Clock::time_point since) {
-    auto request = chat_request(R"({"messages":[{"role":"user","content":"hi"}],"max_tokens":1})");
+    auto request = chat_request(first_answer_body("", false));
     request.timeout = std::chrono::milliseconds(30000);
     while (http_request(port, request).status != 200)
         std::this_thread::sleep_for(std::chrono::milliseconds(1));

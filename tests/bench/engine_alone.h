@@ -11,7 +11,12 @@ namespace ensemble::bench {
 
 using Clock = std::chrono::steady_clock;
 
-// Polls a one-token chat request until it is answered 200; the time that took since `since`.
+// The one-token chat request a first answer is timed with ("hi": 56 prompt tokens with the
+// test models' template), for `model` when it is not empty. A cold request through our path
+// must be this one too: every prompt token costs ~2 ms to evaluate on the bench model.
+std::string first_answer_body(const std::string& model, bool stream);
+
+// Polls first_answer_body until it is answered 200; the time that took since `since`.
 double until_answered(unsigned short port, Clock::time_point since);
 
 // llama-server alone (one slot, 2048 context, and `args`), from spawn to /health 200 (polled

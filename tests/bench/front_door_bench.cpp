@@ -189,7 +189,9 @@ int main(int argc, char** argv) {
         // The same engine arguments as the supervised one.
         alone.push_back(engine_alone_ms(model, true, dir / "direct-engine.log", engine_args));
         (void)call(socket, protocol::Verb::unload, pool);
-        const double ms = first_token_ms(door, chat_body("cold", 4, true));
+        // The request llama-server alone is timed with, streamed: to its one token.
+        const auto body = first_answer_body("cold", true);
+        const double ms = first_token_ms(door, body);
         if (ms >= 0) cold.push_back(ms);
     }
     std::printf("## a cold request to its first token, %d rounds\n\n", cold_rounds);
