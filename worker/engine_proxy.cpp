@@ -295,8 +295,13 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     const std::string_view request_body = request.body();
     if (!to_engine.send_now(engine.stream, request_body, true, ec))
         co_await to_engine.send_rest(engine.stream, ec);
-    // Armed once the request is on its way, so arming it does not delay the engine.
-    const ClientDepartureWatch watch(client.socket(), engine.stream);
+    // Armed once the request is on its way, so arming it does not delay the engine. Not when
+    // it could not be sent (a stale pooled connection: retried at once): a peek that found the
+    // client's end of stream then would be lost with this attempt, and Asio, having seen the
+    // socket exhausted, would wait for a readiness edge that had already come.
+    std::optional<ClientDepartureWatch> watch;
+    if (!ec) watch.emplace(client.socket(), engine.stream);
+    const auto client_gone = [&watch] { return watch && watch->client_left(); };
     // Interim answers (1xx, such as 103 Early Hints) come before the answer and end at their
     // header: each is read and left (RFC 9110 15.2), and the answer is read after them.
     std::optional<http::response_parser<http::buffer_body>> parsed;
@@ -307,7 +312,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
             co_await http::async_read_header(engine.stream, engine.buffer, *parsed, on_error(ec));
     } while (!ec && parsed->get().result_int() / 100 == 1);
     auto& parser = *parsed;
-    if (watch.client_left()) co_return client_left(request);
+    if (client_gone()) co_return client_left(request);
     if (ec && silence.timed_out()) {
         spdlog::warn("proxy: the engine went {} s without sending anything for {}; answering 504",
                      limits_.engine_timeout.count(), sv(request.target()));
@@ -406,7 +411,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     }
     stats_.tokens += tokens.tokens();
     trace.prompt_tokens = tokens.prompt_tokens();
-    if (watch.client_left()) co_return client_left(request);
+    if (client_gone()) co_return client_left(request);
     if (!ec && !answer.done()) {  // an empty body: only the header is left to send
         filtered = filter != nullptr ? filter->finish() : std::string();
         const std::string_view rest = filtered;

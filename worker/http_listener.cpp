@@ -3,7 +3,9 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
+#include <iterator>
 
 #include "os/listening_socket.h"
 #include "os/port_holder.h"
@@ -127,6 +129,20 @@ awaitable<void> HttpListener::refuse_connection(tcp_socket socket) {
     }
 }
 
+namespace {
+
+// Whether the request asks for a 100 Continue before it sends its body (RFC 9110 10.1.1).
+bool expects_continue(const http::request<AppendingStringBody>& request) {
+    if (request.version() < 11) return false;
+    const auto expect = sv(request[http::field::expect]);
+    constexpr std::string_view kContinue = "100-continue";
+    return expect.size() == kContinue.size() &&
+           std::equal(expect.begin(), expect.end(), kContinue.begin(),
+                      [](char c, char lower) { return (c | 0x20) == lower; });
+}
+
+}  // namespace
+
 awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
     tcp_stream& stream = session->stream;
     beast::flat_buffer buffer;
@@ -146,22 +162,50 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
             buffer.commit(n);
         }
         session->idle = false;
-        // A small request is usually whole in the buffer now: parsed in place.
-        parser.eager(true);
-        parse_buffered(parser, buffer, ec);
+        // The header first (a small request is usually whole in the buffer now: parsed in
+        // place), so that its fields are known before any trailer can join them.
+        parser.eager(false);
+        parse_buffered(parser, buffer, ec, /*header_only=*/true);
         if (!ec && !parser.is_header_done()) {
             stream.expires_after(limits_.header_timeout);
             co_await http::async_read_header(stream, buffer, parser, on_error(ec));
         }
+        // A Transfer-Encoding whose last coding is not chunked leaves the body's length unknown:
+        // Beast would read none, and the body would be taken for the next request (smuggling
+        // past a proxy in front that reads it otherwise). RFC 9112 6.3: 400, and close.
+        if (!ec && parser.get().count(http::field::transfer_encoding) > 0 && !parser.chunked())
+            ec = http::error::bad_transfer_encoding;
+        const auto header_fields = ec ? 0 : std::distance(parser.get().begin(), parser.get().end());
         PlainBlocks plain;  // of a large body, noted as it arrives
         if (!ec && !parser.is_done()) {
+            // A client that waits for leave to send its body (curl does past 1 MiB) gets it now,
+            // not after its own wait of a second.
+            if (buffer.size() == 0 && expects_continue(parser.get())) {
+                constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+                stream.expires_after(limits_.body_timeout);
+                co_await asio::async_write(stream, asio::buffer(kContinue), on_error(ec));
+            }
+            parser.eager(true);
             stream.expires_after(limits_.body_timeout);
-            co_await read_request_body(stream, buffer, parser, plain, ec);
+            if (!ec) co_await read_request_body(stream, buffer, parser, plain, ec);
         }
         if (ec) {
             // (The target is known once the request line is read, before the headers are.)
             const std::string target(sv(parser.get().target()));
             co_await reject_unreadable(stream, ec, target);
+            break;
+        }
+        // Beast adds a chunked body's trailer fields to the header's, each beside any of the
+        // same name: they could not be told apart, and must not count as the header (an
+        // Authorization there passing the key check, anything else reaching the engine).
+        // Clients do not send them with an API request: refused (RFC 9110 6.5.1 lets a
+        // recipient that cannot keep them apart do so).
+        if (std::distance(parser.get().begin(), parser.get().end()) != header_fields) {
+            const std::string target(sv(parser.get().target()));
+            const ApiError trailer{http::status::bad_request, "invalid_request_error", "bad_http",
+                                   "the request's chunked body ends with trailer fields, which "
+                                   "this server does not take: send them in the header"};
+            co_await reject(stream, trailer, target);
             break;
         }
         auto request = to_string_body(parser.release());
@@ -224,8 +268,13 @@ awaitable<void> HttpListener::reject_unreadable(tcp_stream& stream, boost::syste
                          "malformed HTTP request: " + ec.message()};
     }
     if (!error) co_return;  // the client closed or timed out: nobody to answer
-    auto response = target.starts_with("/api/") ? ollama::error_response(*error, false)
-                                                : make_error_response(*error, false);
+    co_await reject(stream, *error, target);
+}
+
+awaitable<void> HttpListener::reject(tcp_stream& stream, const ApiError& error,
+                                     std::string_view target) {
+    auto response = target.starts_with("/api/") ? ollama::error_response(error, false)
+                                                : make_error_response(error, false);
     co_await reply(stream, response);
     metrics_.answered(target, response.result_int());
 }

@@ -14,6 +14,7 @@
 #include "os/asio.h"
 #include "protocol/json_scan.h"
 #include "protocol/result.h"
+#include "worker/openai_error.h"
 #include "worker/worker_metrics.h"
 
 namespace ensemble {
@@ -84,6 +85,8 @@ class HttpListener {
     awaitable<void> close_idle_sessions();
     awaitable<void> reject_unreadable(tcp_stream& stream, boost::system::error_code ec,
                                       std::string_view target);
+    // Answers `error` in the shape of the target's API; the connection ends after it.
+    awaitable<void> reject(tcp_stream& stream, const ApiError& error, std::string_view target);
 
     asio::io_context& io_;
     ListenerConfig limits_;

@@ -19,14 +19,14 @@
 
 namespace ensemble {
 
-// Parses what `buffer` already holds into `parser`. Returns the bytes used; `ec` is left clear
-// when the parser needs more bytes, and holds any other parse error (need_buffer included: a
-// buffer_body's chunk is full).
+// Parses what `buffer` already holds into `parser` (up to the end of the header only, when
+// `header_only`). Returns the bytes used; `ec` is left clear when the parser needs more bytes,
+// and holds any other parse error (need_buffer included: a buffer_body's chunk is full).
 template <bool isRequest>
 std::size_t parse_buffered(http::basic_parser<isRequest>& parser, beast::flat_buffer& buffer,
-                           boost::system::error_code& ec) {
+                           boost::system::error_code& ec, bool header_only = false) {
     std::size_t parsed = 0;
-    while (buffer.size() > 0 && !parser.is_done()) {
+    while (buffer.size() > 0 && !(header_only ? parser.is_header_done() : parser.is_done())) {
         const auto used = parser.put(buffer.data(), ec);
         buffer.consume(used);
         parsed += used;

@@ -12,6 +12,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 #include <thread>
 
 #include "os/portable_mode.h"
@@ -770,6 +771,104 @@ TEST_F(WorkerTest, AClientThatResetsItsConnectionHasItsEngineRequestClosedAtOnce
     HttpRequest health;
     health.target = "/health";
     EXPECT_EQ(http_request(worker->port(), health).status, 200);
+}
+
+// Found by an adversarial run: llama-server closes a connection idle for 5 s, so the first
+// request after a pause is sent on a stale pooled connection (on the engine's Unix socket the
+// send fails at once) and retried. A client that half-closed right after its request was then
+// neither seen gone nor let go: it got its answer and its connection stayed open until the idle
+// timeout (120 s).
+TEST_F(WorkerTest, AClientThatLeavesAtOnceIsSeenGoneWhenThePooledEngineConnectionWasStale) {
+    auto worker = start();  // the real llama-server, on its private Unix socket
+    ASSERT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);  // now pooled
+    std::this_thread::sleep_for(6500ms);                                       // and stale
+    const int fd = connect_loopback(worker->port());
+    const auto request = raw_post("/v1/chat/completions", kChat, false);
+    ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(request.size()));
+    ::shutdown(fd, SHUT_WR);
+    const timeval wait{15, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    const auto began = std::chrono::steady_clock::now();
+    std::array<char, 4096> buffer{};
+    ssize_t n = 0;
+    while ((n = ::recv(fd, buffer.data(), buffer.size(), 0)) > 0) {
+    }
+    ::close(fd);
+    EXPECT_EQ(n, 0) << "the worker never closed the connection";
+    EXPECT_LT(std::chrono::steady_clock::now() - began, 5s);
+    EXPECT_NE(worker->log().find("went away; its engine request is cancelled"), std::string::npos)
+        << worker->log();
+}
+
+// Found by an adversarial run: requests whose framing a proxy in front might read otherwise.
+// A Transfer-Encoding that does not end in chunked is refused (the bytes after it would have
+// been taken for a next request); so is a chunked body with trailer fields, which Beast would
+// merge into the header (an Authorization there passed the key check).
+TEST_F(WorkerTest, NoBodyIsReadTwoWaysAndNoTrailerIsTakenForTheHeader) {
+    auto worker = start_fake({}, {"--api-key", "sesame"});
+    for (const std::string coding : {"gzip", "identity", "chunked, identity", "xchunked"}) {
+        SCOPED_TRACE(coding);
+        const auto reply =
+            raw_exchange(worker->port(),
+                         "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                         "Authorization: Bearer sesame\r\nTransfer-Encoding: " +
+                             coding + "\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
+        EXPECT_EQ(reply.rfind("HTTP/1.1 400 ", 0), 0U) << reply;
+        EXPECT_NE(reply.find("bad_http"), std::string::npos) << reply;
+        EXPECT_EQ(reply.find("HTTP/1.1 ", 1), std::string::npos) << "one answer only: " << reply;
+    }
+    std::ostringstream size;
+    size << std::hex << kChat.size();
+    const auto chunked = [&](const std::string& header_auth) {
+        return raw_exchange(worker->port(),
+                            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n" + header_auth +
+                                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n"
+                                "Connection: close\r\n\r\n" +
+                                size.str() + "\r\n" + kChat +
+                                "\r\n0\r\nAuthorization: Bearer sesame\r\n\r\n");
+    };
+    for (const std::string header_auth : {"", "Authorization: Bearer sesame\r\n"}) {
+        const auto reply = chunked(header_auth);
+        EXPECT_EQ(reply.rfind("HTTP/1.1 400 ", 0), 0U) << reply;
+        EXPECT_NE(reply.find("trailer fields"), std::string::npos) << reply;
+    }
+    // Without a trailer, a chunked body is taken.
+    const auto plain =
+        raw_exchange(worker->port(),
+                     "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                     "sesame\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n" +
+                         size.str() + "\r\n" + kChat + "\r\n0\r\n\r\n");
+    EXPECT_EQ(plain.rfind("HTTP/1.1 200 ", 0), 0U) << plain;
+}
+
+// A client that asks to be told before it sends its body (Expect: 100-continue, as curl does
+// past 1 MiB) is told at once, rather than waiting out its own timeout.
+TEST_F(WorkerTest, AClientThatExpectsContinueIsToldAtOnce) {
+    auto worker = start_fake({});
+    const int fd = connect_loopback(worker->port());
+    auto request = raw_post("/v1/chat/completions", kChat, true);
+    const auto body_at = request.find("\r\n\r\n") + 2;
+    request.insert(body_at, "Expect: 100-continue\r\n");
+    const auto header = request.substr(0, request.find("\r\n\r\n") + 4);
+    const auto body = request.substr(header.size());
+    ASSERT_EQ(::send(fd, header.data(), header.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(header.size()));
+    const timeval wait{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    std::array<char, 4096> buffer{};
+    const auto n = ::recv(fd, buffer.data(), buffer.size(), 0);
+    ASSERT_GT(n, 0) << "nothing came before the body";
+    EXPECT_EQ(std::string(buffer.data(), static_cast<std::size_t>(n)),
+              "HTTP/1.1 100 Continue\r\n\r\n");
+    ASSERT_EQ(::send(fd, body.data(), body.size(), MSG_NOSIGNAL),
+              static_cast<ssize_t>(body.size()));
+    std::string reply;
+    for (ssize_t got; (got = ::recv(fd, buffer.data(), buffer.size(), 0)) > 0;)
+        reply.append(buffer.data(), static_cast<std::size_t>(got));
+    ::close(fd);
+    EXPECT_EQ(reply.rfind("HTTP/1.1 200 ", 0), 0U) << reply;
+    EXPECT_NE(reply.find("fake answer"), std::string::npos) << reply;
 }
 
 // A client that sends its next request on the connection while the first is being generated
