@@ -165,11 +165,17 @@ bool Fleet::keep_alive(const protocol::KeepAlive& keep_alive) {
     KeptAlive kept{keep_alive.model, port->attempt(), std::nullopt, now()};
     if (keep_alive.seconds != protocol::KeepAlive::kForever)
         kept.limit = std::chrono::seconds(keep_alive.seconds);
+    const auto* before = kept_alive(*port);
+    const bool changed = before == nullptr || before->limit != kept.limit;
     kept_alive_[keep_alive.port] = kept;
-    // Kept for the worker that serves this load, should ensembled restart while it runs on.
-    log_unsaved(store_->save_kept_alive({keep_alive.port, port->worker_id(), keep_alive.model,
-                                         keep_alive.seconds, time_->unix_ms()}),
-                what);
+    // Kept for the worker that serves this load, should ensembled restart while it runs on
+    // (where its idle time counts from the restart). Written when it changes, not for every
+    // request that repeats it: each write is an fsync.
+    if (changed) {
+        log_unsaved(store_->save_kept_alive({keep_alive.port, port->worker_id(), keep_alive.model,
+                                             keep_alive.seconds, time_->unix_ms()}),
+                    what);
+    }
     return true;
 }
 

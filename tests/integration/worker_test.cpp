@@ -228,6 +228,29 @@ int connect_loopback(unsigned short port) {
     return fd;
 }
 
+// Sends all of `bytes` on `fd`; false if it could not.
+bool send_all(int fd, const std::string& bytes) {
+    return ::send(fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) ==
+           static_cast<ssize_t>(bytes.size());
+}
+
+// What arrives on `fd` until the peer closes it (`closed`) or `limit` passes without a byte.
+struct Received {
+    std::string bytes;
+    bool closed = false;
+};
+Received read_until_close(int fd, std::chrono::seconds limit) {
+    const timeval wait{static_cast<time_t>(limit.count()), 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+    Received received;
+    std::array<char, 4096> buffer{};
+    ssize_t n = 0;
+    while ((n = ::recv(fd, buffer.data(), buffer.size(), 0)) > 0)
+        received.bytes.append(buffer.data(), static_cast<std::size_t>(n));
+    received.closed = n == 0;
+    return received;
+}
+
 // Found by an adversarial run: 21,000 idle connections exhausted a worker's descriptors and 400
 // half-open ones were held indefinitely. Past the cap a client is told 503 with Retry-After; a
 // client that stops halfway through its headers is cut off.
@@ -755,9 +778,7 @@ TEST_F(WorkerTest, AClientThatResetsItsConnectionHasItsEngineRequestClosedAtOnce
     auto worker = start_fake({"--answer-delay-ms", "60000"});
     const int before = fake_engine_cancellations(current_test_name());
     const int fd = connect_loopback(worker->port());
-    const auto request = raw_post("/v1/chat/completions", kChat, false);
-    ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(request.size()));
+    ASSERT_TRUE(send_all(fd, raw_post("/v1/chat/completions", kChat, false)));
     std::this_thread::sleep_for(300ms);  // the request reaches the engine, which sits on it
     const linger reset{1, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
@@ -783,19 +804,12 @@ TEST_F(WorkerTest, AClientThatLeavesAtOnceIsSeenGoneWhenThePooledEngineConnectio
     ASSERT_EQ(http_request(worker->port(), chat_request(kChat)).status, 200);  // now pooled
     std::this_thread::sleep_for(6500ms);                                       // and stale
     const int fd = connect_loopback(worker->port());
-    const auto request = raw_post("/v1/chat/completions", kChat, false);
-    ASSERT_EQ(::send(fd, request.data(), request.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(request.size()));
+    ASSERT_TRUE(send_all(fd, raw_post("/v1/chat/completions", kChat, false)));
     ::shutdown(fd, SHUT_WR);
-    const timeval wait{15, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
     const auto began = std::chrono::steady_clock::now();
-    std::array<char, 4096> buffer{};
-    ssize_t n = 0;
-    while ((n = ::recv(fd, buffer.data(), buffer.size(), 0)) > 0) {
-    }
+    const auto received = read_until_close(fd, 15s);
     ::close(fd);
-    EXPECT_EQ(n, 0) << "the worker never closed the connection";
+    EXPECT_TRUE(received.closed) << "the worker never closed the connection";
     EXPECT_LT(std::chrono::steady_clock::now() - began, 5s);
     EXPECT_NE(worker->log().find("went away; its engine request is cancelled"), std::string::npos)
         << worker->log();
@@ -852,8 +866,7 @@ TEST_F(WorkerTest, AClientThatExpectsContinueIsToldAtOnce) {
     request.insert(body_at, "Expect: 100-continue\r\n");
     const auto header = request.substr(0, request.find("\r\n\r\n") + 4);
     const auto body = request.substr(header.size());
-    ASSERT_EQ(::send(fd, header.data(), header.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(header.size()));
+    ASSERT_TRUE(send_all(fd, header));
     const timeval wait{5, 0};
     ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
     std::array<char, 4096> buffer{};
@@ -861,11 +874,8 @@ TEST_F(WorkerTest, AClientThatExpectsContinueIsToldAtOnce) {
     ASSERT_GT(n, 0) << "nothing came before the body";
     EXPECT_EQ(std::string(buffer.data(), static_cast<std::size_t>(n)),
               "HTTP/1.1 100 Continue\r\n\r\n");
-    ASSERT_EQ(::send(fd, body.data(), body.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(body.size()));
-    std::string reply;
-    for (ssize_t got; (got = ::recv(fd, buffer.data(), buffer.size(), 0)) > 0;)
-        reply.append(buffer.data(), static_cast<std::size_t>(got));
+    ASSERT_TRUE(send_all(fd, body));
+    const auto reply = read_until_close(fd, 5s).bytes;
     ::close(fd);
     EXPECT_EQ(reply.rfind("HTTP/1.1 200 ", 0), 0U) << reply;
     EXPECT_NE(reply.find("fake answer"), std::string::npos) << reply;
@@ -879,17 +889,10 @@ TEST_F(WorkerTest, ARequestSentDuringAGenerationIsAnsweredAfterIt) {
     const int fd = connect_loopback(worker->port());
     const auto first = raw_post("/v1/chat/completions", kChat, false);
     const auto second = raw_post("/v1/chat/completions", kChat, true);
-    ASSERT_EQ(::send(fd, first.data(), first.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(first.size()));
+    ASSERT_TRUE(send_all(fd, first));
     std::this_thread::sleep_for(300ms);  // the first is with the engine
-    ASSERT_EQ(::send(fd, second.data(), second.size(), MSG_NOSIGNAL),
-              static_cast<ssize_t>(second.size()));
-    std::string reply;
-    std::array<char, 4096> buffer{};
-    const timeval wait{10, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
-    for (ssize_t n; (n = ::recv(fd, buffer.data(), buffer.size(), 0)) > 0;)
-        reply.append(buffer.data(), static_cast<std::size_t>(n));
+    ASSERT_TRUE(send_all(fd, second));
+    const auto reply = read_until_close(fd, 10s).bytes;
     ::close(fd);
     const auto second_at = reply.find("HTTP/1.1 200 ", 1);
     ASSERT_EQ(reply.rfind("HTTP/1.1 200 ", 0), 0U) << reply;
