@@ -693,12 +693,7 @@ awaitable<bool> FrontDoor::handle(tcp_stream& stream, http::request<http::string
     }
     if (refused) local = error_for(target, *refused, keep_alive);
     if (local) {
-        if (request.method() == http::verb::head) {
-            const auto length = local->body().size();
-            local->body().clear();
-            local->content_length(length);
-        }
-        const bool kept = co_await reply(stream, *local);
+        const bool kept = co_await reply(stream, *local, request.method());
         metrics_.answered(target, local->result_int());
         co_return kept;
     }

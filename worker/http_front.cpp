@@ -37,18 +37,26 @@ http::response<http::string_body> method_not_allowed(std::string message, const 
     return response;
 }
 
+// The methods the OpenAI API and engines' own routes use (OPTIONS: a browser's CORS preflight,
+// which llama-server answers). Others (TRACE, which echoes a request's credentials; CONNECT;
+// WebDAV's) are refused here rather than handed to an engine that was never meant to see them.
+constexpr const char* kForwardedMethods = "GET, POST, PUT, PATCH, DELETE, OPTIONS";
+bool forwarded(http::verb method) {
+    switch (method) {
+        case http::verb::get:
+        case http::verb::post:
+        case http::verb::put:
+        case http::verb::patch:
+        case http::verb::delete_:
+        case http::verb::options:
+            return true;
+        default:
+            return false;
+    }
+}
+
 // Clients that went away before their answer began are counted under nginx's code for it.
 constexpr unsigned kClientClosedRequest = 499;
-
-// A HEAD request gets the headers a GET would get, without the body: Beast's serializer does not
-// know the request's method, and a body after them would be read as the next answer.
-void drop_body_for_head(const http::request<http::string_body>& request,
-                        http::response<http::string_body>& response) {
-    if (request.method() != http::verb::head) return;
-    const auto length = response.body().size();
-    response.body().clear();
-    response.content_length(length);
-}
 
 }  // namespace
 
@@ -137,6 +145,12 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
         return method_not_allowed("HEAD is answered for /health, /metrics and /v1/models",
                                   "GET, POST", keep_alive);
     }
+    if (!forwarded(request.method())) {
+        return method_not_allowed(std::string(sv(request.method_string())) +
+                                      " is not forwarded to the engine: the API uses " +
+                                      kForwardedMethods,
+                                  kForwardedMethods, keep_alive);
+    }
     if (!request.body().empty()) {
         auto pinned = pin_model(std::move(request.body()), model_, &plain);
         if (!pinned) return make_error_response(api_error(pinned.error()), keep_alive);
@@ -156,8 +170,7 @@ awaitable<bool> HttpFront::handle(tcp_stream& stream, http::request<http::string
     // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
     auto local = answer_locally(request, plain);
     if (local) {
-        drop_body_for_head(request, *local);
-        const bool keep_alive = co_await reply(stream, *local);
+        const bool keep_alive = co_await reply(stream, *local, request.method());
         metrics_.answered(sv(request.target()), local->result_int());
         co_return keep_alive;
     }
@@ -245,8 +258,7 @@ awaitable<bool> HttpFront::handle_ollama(tcp_stream& stream,
         }
     }
     if (local) {
-        drop_body_for_head(request, *local);
-        const bool kept = co_await reply(stream, *local);
+        const bool kept = co_await reply(stream, *local, request.method());
         metrics_.answered(path, local->result_int());
         co_return kept;
     }

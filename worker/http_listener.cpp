@@ -114,7 +114,7 @@ awaitable<void> HttpListener::refuse_connection(tcp_socket socket) {
                      " connections; retry shortly, or reuse connections (keep-alive)",
                  1},
         false);
-    co_await reply(stream, response);
+    co_await reply(stream, response, http::verb::unknown);  // (its request is not read)
     metrics_.answered("", static_cast<unsigned>(http::status::service_unavailable));
     // Closing with the request unread would reset the connection, and the client might never
     // see the 503: finish sending, then read (and drop) what it sent, briefly and boundedly.
@@ -139,6 +139,35 @@ bool expects_continue(const http::request<AppendingStringBody>& request) {
     return expect.size() == kContinue.size() &&
            std::equal(expect.begin(), expect.end(), kContinue.begin(),
                       [](char c, char lower) { return (c | 0x20) == lower; });
+}
+
+// A target in absolute form ("POST http://host:8100/v1/chat/completions", as a client sends it
+// to a server it was told is a proxy) is taken as its path and query, and its authority as the
+// Host (RFC 9112 3.2.2: a server must accept it). Returns the error for one that names no host
+// (RFC 9110 4.2.1). Targets of other forms are left: they are not found.
+std::optional<ApiError> to_origin_form(http::request<http::string_body>& request) {
+    const auto target = sv(request.target());
+    if (target.starts_with('/')) return std::nullopt;  // the usual: nothing to do
+    const auto scheme_end = target.find("://");
+    if (scheme_end == std::string_view::npos) return std::nullopt;
+    const beast::string_view scheme(target.data(), scheme_end);
+    if (!beast::iequals(scheme, "http") && !beast::iequals(scheme, "https")) return std::nullopt;
+    const auto after_scheme = target.substr(scheme_end + 3);
+    const auto authority_end = after_scheme.find_first_of("/?");
+    const auto authority = after_scheme.substr(0, authority_end);
+    if (authority.empty() || authority.find('@') != std::string_view::npos) {
+        return ApiError{http::status::bad_request, "invalid_request_error", "bad_http",
+                        "the request target '" + std::string(target) +
+                            "' names no host, or credentials in it: send a path such as "
+                            "/v1/chat/completions"};
+    }
+    std::string origin = authority_end == std::string_view::npos
+                             ? std::string()
+                             : std::string(after_scheme.substr(authority_end));
+    if (!origin.starts_with('/')) origin.insert(0, 1, '/');
+    request.set(http::field::host, std::string(authority));
+    request.target(origin);
+    return std::nullopt;
 }
 
 }  // namespace
@@ -190,9 +219,9 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
             if (!ec) co_await read_request_body(stream, buffer, parser, plain, ec);
         }
         if (ec) {
-            // (The target is known once the request line is read, before the headers are.)
-            const std::string target(sv(parser.get().target()));
-            co_await reject_unreadable(stream, ec, target);
+            // (The method and target are known once the request line is read, before the
+            // headers are.)
+            co_await reject_unreadable(stream, ec, parser.get());
             break;
         }
         // Beast adds a chunked body's trailer fields to the header's, each beside any of the
@@ -201,14 +230,17 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
         // Clients do not send them with an API request: refused (RFC 9110 6.5.1 lets a
         // recipient that cannot keep them apart do so).
         if (std::distance(parser.get().begin(), parser.get().end()) != header_fields) {
-            const std::string target(sv(parser.get().target()));
             const ApiError trailer{http::status::bad_request, "invalid_request_error", "bad_http",
                                    "the request's chunked body ends with trailer fields, which "
                                    "this server does not take: send them in the header"};
-            co_await reject(stream, trailer, target);
+            co_await reject(stream, trailer, parser.get());
             break;
         }
         auto request = to_string_body(parser.release());
+        if (auto bad_target = to_origin_form(request)) {
+            co_await reject(stream, *bad_target, request);
+            break;
+        }
         // An HTTP/1.0 client cannot take a chunked answer (RFC 9112 6.1): an answer whose length
         // is not known ahead ends when its connection does, so every answer to such a client
         // ends its connection, and each says so (it may have asked to keep it).
@@ -252,7 +284,7 @@ awaitable<void> HttpListener::close_idle_sessions() {
 }
 
 awaitable<void> HttpListener::reject_unreadable(tcp_stream& stream, boost::system::error_code ec,
-                                                std::string_view target) {
+                                                const http::request_header<>& request) {
     std::optional<ApiError> error;
     if (ec == http::error::body_limit) {
         error =
@@ -268,19 +300,25 @@ awaitable<void> HttpListener::reject_unreadable(tcp_stream& stream, boost::syste
                          "malformed HTTP request: " + ec.message()};
     }
     if (!error) co_return;  // the client closed or timed out: nobody to answer
-    co_await reject(stream, *error, target);
+    co_await reject(stream, *error, request);
 }
 
 awaitable<void> HttpListener::reject(tcp_stream& stream, const ApiError& error,
-                                     std::string_view target) {
+                                     const http::request_header<>& request) {
+    const auto target = sv(request.target());
     auto response = target.starts_with("/api/") ? ollama::error_response(error, false)
                                                 : make_error_response(error, false);
-    co_await reply(stream, response);
+    co_await reply(stream, response, request.method());
     metrics_.answered(target, response.result_int());
 }
 
-awaitable<bool> HttpListener::reply(tcp_stream& stream,
-                                    http::response<http::string_body>& response) {
+awaitable<bool> HttpListener::reply(tcp_stream& stream, http::response<http::string_body>& response,
+                                    http::verb method) {
+    if (method == http::verb::head) {
+        const auto length = response.body().size();
+        response.body().clear();
+        response.content_length(length);
+    }
     boost::system::error_code ec;
     const bool keep_alive = response.keep_alive() && !draining_;
     response.keep_alive(keep_alive);

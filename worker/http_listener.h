@@ -60,7 +60,11 @@ class HttpListener {
     // `plain`: the blocks of its body noted as it arrived (for scan_top_level_members).
     virtual awaitable<bool> handle(tcp_stream& stream, http::request<http::string_body>& request,
                                    const PlainBlocks& plain) = 0;
-    awaitable<bool> reply(tcp_stream& stream, http::response<http::string_body>& response);
+    // Sends `response` to a request made with `method`: to a HEAD, a GET's header without its
+    // body (RFC 9110 9.3.2; a body after it would be read as the next answer). Returns whether
+    // the connection may be kept.
+    awaitable<bool> reply(tcp_stream& stream, http::response<http::string_body>& response,
+                          http::verb method);
     bool draining() const { return draining_; }
     asio::io_context& io() { return io_; }
 
@@ -84,9 +88,11 @@ class HttpListener {
     awaitable<void> serve(std::list<Session>::iterator session);
     awaitable<void> close_idle_sessions();
     awaitable<void> reject_unreadable(tcp_stream& stream, boost::system::error_code ec,
-                                      std::string_view target);
-    // Answers `error` in the shape of the target's API; the connection ends after it.
-    awaitable<void> reject(tcp_stream& stream, const ApiError& error, std::string_view target);
+                                      const http::request_header<>& request);
+    // Answers `error` to `request` in the shape of its target's API; the connection ends after
+    // it.
+    awaitable<void> reject(tcp_stream& stream, const ApiError& error,
+                           const http::request_header<>& request);
 
     asio::io_context& io_;
     ListenerConfig limits_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <vector>
 
 namespace ensemble {
 
@@ -55,6 +56,40 @@ void append_status_line(std::string& out, unsigned version, const http::response
     out.append(code, sizeof code).append(sv(header.reason())).append("\r\n");
 }
 
+// The fields a message's Connection header names as its connection's own (RFC 9110 7.6.1:
+// "Connection: X-Hop" makes X-Hop hop-by-hop), which a proxy removes as it does the fixed ones.
+// The usual options, close and keep-alive, name no field: a usual message costs one pass over
+// its fields and no allocation. Kept sorted, so that a header naming thousands of fields costs
+// a search per field, not a scan.
+class ConnectionOptions {
+  public:
+    explicit ConnectionOptions(const http::fields& fields) {
+        for (const auto& field : fields) {
+            if (field.name() != http::field::connection) continue;
+            for (const auto token : http::token_list{field.value()}) {
+                if (!beast::iequals(token, "close") && !beast::iequals(token, "keep-alive"))
+                    named_.push_back(sv(token));
+            }
+        }
+        if (named_.size() > 1) std::sort(named_.begin(), named_.end(), less);
+    }
+
+    bool name(const http::fields::value_type& field) const {
+        return !named_.empty() &&
+               std::binary_search(named_.begin(), named_.end(), sv(field.name_string()), less);
+    }
+
+  private:
+    // Field names compare without regard to case (RFC 9110 5.1).
+    static bool less(std::string_view a, std::string_view b) {
+        const auto lower = [](char c) { return c >= 'A' && c <= 'Z' ? char(c + ('a' - 'A')) : c; };
+        return std::lexicographical_compare(a.begin(), a.end(), b.begin(), b.end(),
+                                            [&](char x, char y) { return lower(x) < lower(y); });
+    }
+
+    std::vector<std::string_view> named_;
+};
+
 }  // namespace
 
 void append_wire_header(std::string& out, const http::request_header<>& header) {
@@ -90,11 +125,12 @@ std::string relayed_header(const http::response_header<>& engine, BodyFraming fr
     out.reserve(kHeaderReserve);
     append_status_line(out, 11, engine);
     std::string_view codings;  // the engine's transfer codings
+    const ConnectionOptions connection_own(engine);
     for (const auto& field : engine) {
         const auto name = field.name();
         if (name == http::field::transfer_encoding) codings = sv(field.value());
         const bool dropped =
-            is_hop_by_hop(name) || name == http::field::server ||
+            is_hop_by_hop(name) || connection_own.name(field) || name == http::field::server ||
             (framing != BodyFraming::as_engine && name == http::field::content_length);
         if (!dropped) append_field(out, field);
     }
@@ -121,10 +157,12 @@ std::string forwarded_header(const http::request_header<>& client, std::string_v
     std::string out;
     out.reserve(kHeaderReserve);
     append_request_line(out, 11, client);
+    const ConnectionOptions connection_own(client);
     for (const auto& field : client) {
         const auto name = field.name();
-        const bool dropped = is_hop_by_hop(name) || name == http::field::host ||
-                             name == http::field::content_length || name == http::field::expect ||
+        const bool dropped = is_hop_by_hop(name) || connection_own.name(field) ||
+                             name == http::field::host || name == http::field::content_length ||
+                             name == http::field::expect ||
                              name == http::field::proxy_authorization ||
                              (name == http::field::authorization && !keep_authorization);
         if (!dropped) append_field(out, field);

@@ -17,7 +17,9 @@ namespace ensemble {
 void append_wire_header(std::string& out, const http::request_header<>& header);
 void append_wire_header(std::string& out, const http::response_header<>& header);
 
-// Fields that belong to one connection, not to the message (RFC 9110 7.6.1): a proxy drops them.
+// Fields that always belong to one connection, not to the message (RFC 9110 7.6.1): a proxy
+// drops them, and those a message's Connection header names (relayed_header and
+// forwarded_header drop both).
 bool is_hop_by_hop(http::field field);
 
 // How the body of an answer relayed to a client is delimited.
@@ -30,20 +32,19 @@ enum class BodyFraming {
 // The header of an answer relayed from the engine, written straight from the engine's (not
 // edited first, which cost about 1,000 instructions per request in field lookups and
 // allocations): HTTP/1.1, the engine's status and fields in order without its hop-by-hop ones
-// and its Server, then `Server: ensemble-worker`; framed as `framing` says (unless as_engine,
-// the engine's Content-Length dropped; chunked keeps its other transfer codings, until_close
-// cannot), and `Connection: close` when the client's connection ends with it, as it must for
-// until_close.
+// (those its Connection names too) and its Server, then `Server: ensemble-worker`; framed as
+// `framing` says (unless as_engine, the engine's Content-Length dropped; chunked keeps its other
+// transfer codings, until_close cannot), and `Connection: close` when the client's connection ends
+// with it, as it must for until_close.
 std::string relayed_header(const http::response_header<>& engine, BodyFraming framing,
                            bool keep_alive);
 
 // The header of a request forwarded to the engine, written straight from the client's, which
 // stays as it came (for a retry): its method and target as HTTP/1.1, its fields in order
-// without the hop-by-hop ones, Host, Content-Length, Expect (the body is already here: no
-// 100 Continue to relay), Proxy-Authorization and, unless `keep_authorization`, Authorization;
-// then the
-// engine's Host and the body's length (for a body, or a POST, PUT or OPTIONS, as Beast's
-// prepare_payload sets it).
+// without the hop-by-hop ones (those its Connection names too), Host, Content-Length, Expect
+// (the body is already here: no 100 Continue to relay), Proxy-Authorization and, unless
+// `keep_authorization`, Authorization; then the engine's Host and the body's length (for a
+// body, or a POST, PUT or OPTIONS, as Beast's prepare_payload sets it).
 std::string forwarded_header(const http::request_header<>& client, std::string_view host,
                              std::size_t body_size, bool keep_authorization);
 

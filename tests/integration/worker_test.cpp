@@ -856,6 +856,58 @@ TEST_F(WorkerTest, NoBodyIsReadTwoWaysAndNoTrailerIsTakenForTheHeader) {
     EXPECT_EQ(plain.rfind("HTTP/1.1 200 ", 0), 0U) << plain;
 }
 
+// What the engine is sent, and what the client is sent back, as a proxy must (RFC 9110 7.6.1,
+// RFC 9112 3.2.2): fields a Connection header names stay on their own hop either way; a target
+// in absolute form is taken (clients send it to a server configured as their proxy); methods
+// with no use in the API are refused, not forwarded.
+TEST_F(WorkerTest, TheWorkerForwardsRequestsAsAProxyMust) {
+    auto worker = start_fake({});
+    const std::string body = R"({"model":"tiny"})";
+    const auto echoed =
+        raw_exchange(worker->port(),
+                     "POST HTTP://example.test:8100/v1/echo?x=1 HTTP/1.1\r\nHost: elsewhere\r\n"
+                     "Connection: X-Hop, keep-alive\r\nX-Hop: 1\r\nX-Kept: 2\r\n"
+                     "Content-Type: application/json\r\nContent-Length: " +
+                         std::to_string(body.size()) + "\r\n\r\n" + body +
+                         "DELETE http://example.test/v1/echo HTTP/1.1\r\nHost: x\r\n"
+                         "Connection: close\r\n\r\n");
+    ASSERT_EQ(echoed.rfind("HTTP/1.1 200 ", 0), 0U) << echoed;
+    EXPECT_NE(echoed.find("\r\n\r\nPOST /v1/echo?x=1\n"), std::string::npos) << echoed;
+    EXPECT_NE(echoed.find("\nX-Kept: 2\n"), std::string::npos) << echoed;
+    EXPECT_EQ(echoed.find("X-Hop"), std::string::npos) << "a field Connection named: " << echoed;
+    EXPECT_EQ(echoed.find("X-Engine-Hop"), std::string::npos)
+        << "a field the engine's Connection named: " << echoed;
+    EXPECT_NE(echoed.find("\r\n\r\nDELETE /v1/echo\n"), std::string::npos)
+        << "a target with no path is /: " << echoed;
+
+    for (const std::string method : {"TRACE", "BREW", "PROPFIND"}) {
+        SCOPED_TRACE(method);
+        const auto refused = raw_exchange(worker->port(), method +
+                                                              " /v1/echo HTTP/1.1\r\nHost: x\r\n"
+                                                              "Connection: close\r\n\r\n");
+        EXPECT_EQ(refused.rfind("HTTP/1.1 405 ", 0), 0U) << refused;
+        EXPECT_NE(refused.find("\r\nAllow: GET, POST, PUT, PATCH, DELETE, OPTIONS\r\n"),
+                  std::string::npos)
+            << refused;
+        EXPECT_EQ(refused.find(method + " /v1/echo\n"), std::string::npos) << "forwarded";
+    }
+    const auto no_host =
+        raw_exchange(worker->port(), "GET http:///v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
+    EXPECT_EQ(no_host.rfind("HTTP/1.1 400 ", 0), 0U) << no_host;
+    EXPECT_NE(no_host.find("names no host"), std::string::npos) << no_host;
+}
+
+// A HEAD that cannot be read is refused with a header and no body, like any answer to a HEAD.
+TEST_F(WorkerTest, AHeadRequestThatCannotBeReadIsRefusedWithoutABody) {
+    auto worker = start_fake({});
+    const auto refused =
+        raw_exchange(worker->port(), "HEAD /v1/models HTTP/1.1\r\nHost: x\r\nX-Big: " +
+                                         std::string(70 * 1024, 'a') + "\r\n\r\n");
+    EXPECT_EQ(refused.rfind("HTTP/1.1 431 ", 0), 0U) << refused.substr(0, 200);
+    EXPECT_NE(refused.find("\r\nContent-Length: "), std::string::npos) << refused;
+    EXPECT_TRUE(refused.ends_with("\r\n\r\n")) << "a body after the header: " << refused;
+}
+
 // A client that asks to be told before it sends its body (Expect: 100-continue, as curl does
 // past 1 MiB) is told at once, rather than waiting out its own timeout.
 TEST_F(WorkerTest, AClientThatExpectsContinueIsToldAtOnce) {

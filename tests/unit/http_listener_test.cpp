@@ -34,7 +34,7 @@ class EngineFront : public HttpListener {
         response.body() = engine_running ? "served" : "the engine has stopped";
         response.prepare_payload();
         response.keep_alive(request.keep_alive());
-        const bool kept = co_await reply(stream, response);
+        const bool kept = co_await reply(stream, response, request.method());
         co_return kept;
     }
 };

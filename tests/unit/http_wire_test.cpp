@@ -166,6 +166,48 @@ TEST(HttpWire, AForwardedHeaderKeepsTheClientsFieldsButNotItsConnectionsOrCreden
               "POST /v1/models HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\n\r\n");
 }
 
+// RFC 9110 7.6.1: a field the Connection header names belongs to the connection, in either
+// direction, whatever the case of its name and however the list is spelt.
+TEST(HttpWire, FieldsNamedByConnectionAreNotPassedOn) {
+    http::request_header<> client;
+    client.method(http::verb::post);
+    client.target("/v1/completions");
+    set_fields(client, {{"X-Hop", "1"}, {"X-Kept", "2"}});
+    client.insert("Connection", "keep-alive, x-HOP");
+    client.insert("Connection", " ,x-other ,");
+    client.insert("X-Other", "3");
+    EXPECT_EQ(forwarded_header(client, "localhost", 0, false),
+              "POST /v1/completions HTTP/1.1\r\nX-Kept: 2\r\nHost: localhost\r\n"
+              "Content-Length: 0\r\n\r\n");
+
+    http::response_header<> engine;
+    engine.result(http::status::ok);
+    set_fields(
+        engine,
+        {{"Connection", "close, X-Engine-Hop"}, {"X-Engine-Hop", "a"}, {"Content-Length", "0"}});
+    EXPECT_EQ(relayed_header(engine, BodyFraming::as_engine, true),
+              "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nServer: ensemble-worker\r\n\r\n");
+}
+
+// A Connection header naming thousands of fields (as many as 64 KiB of header holds), given
+// in another order than the fields: each is found among the names (they are sorted and
+// searched, so that such a request does not cost each field a scan of all the names).
+TEST(HttpWire, AConnectionHeaderNamingManyFieldsHasThemAllDropped) {
+    http::request_header<> client;
+    client.method(http::verb::post);
+    client.target("/v1/completions");
+    std::string names;
+    for (int i = 3000; i > 0; --i)
+        names += "x-" + std::to_string(i) + ",";
+    for (int i = 1; i <= 3000; ++i)
+        client.insert("X-" + std::to_string(i), "v");
+    client.insert("X-Kept", "k");
+    client.insert("Connection", names);
+    EXPECT_EQ(forwarded_header(client, "localhost", 0, false),
+              "POST /v1/completions HTTP/1.1\r\nX-Kept: k\r\nHost: localhost\r\n"
+              "Content-Length: 0\r\n\r\n");
+}
+
 TEST(HttpWire, AChunksSizeLineIsLowerCaseHexadecimal) {
     EXPECT_EQ(ChunkSizeLine(0).text(), "0\r\n");
     EXPECT_EQ(ChunkSizeLine(10).text(), "a\r\n");
