@@ -5,6 +5,7 @@
 // written to the state store before they are acted on.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <functional>
 #include <map>
@@ -12,6 +13,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "os/asio.h"
@@ -81,9 +83,11 @@ struct BudgetReport {
 };
 
 // The front door (supervisor.front_door), as ensembled's keeper of it sees it.
+inline constexpr std::array<std::string_view, 6> kFrontDoorStates{
+    "serving", "starting", "restarting", "waiting", "stopping", "stopped"};
 struct FrontDoorReport {
     std::string listen;           // host:port
-    std::string state;            // serving, starting, restarting, waiting, stopping, stopped
+    std::string state;            // one of kFrontDoorStates
     int pid = 0;                  // 0: none known
     std::int64_t uptime_s = 0;    // serving for, since it linked to this ensembled
     int restarts = 0;             // exits this ensembled started it again after

@@ -106,6 +106,24 @@ std::string fleet_metrics(const FleetStatus& status, const ListenerGauges& liste
                "1 while the measured total is over the budget.");
     out.sample("ensemble_memory_over_budget", {}, b.over_budget ? 1 : 0);
 
+    if (const auto& door = status.front_door) {
+        // Named apart from the front door's own page (ensemble_front_door_*): this is ensembled's
+        // view of the process, which is there to see when the process itself is not.
+        out.family("ensemble_front_door_process_state", "gauge",
+                   "The front door's state as ensembled sees it: 1 for the current one.");
+        for (const auto state : kFrontDoorStates)
+            out.sample("ensemble_front_door_process_state", {{"state", std::string(state)}},
+                       state == door->state ? 1 : 0);
+        out.family("ensemble_front_door_process_restarts_total", "counter",
+                   "Times ensembled started the front door again after it exited.");
+        out.sample("ensemble_front_door_process_restarts_total", {},
+                   static_cast<double>(door->restarts));
+        out.family("ensemble_front_door_process_uptime_seconds", "gauge",
+                   "How long the front door has been linked to this ensembled (0 when not).");
+        out.sample("ensemble_front_door_process_uptime_seconds", {},
+                   static_cast<double>(door->uptime_s));
+    }
+
     out.family("ensemble_supervisor_uptime_seconds", "gauge", "How long ensembled has run.");
     out.sample("ensemble_supervisor_uptime_seconds", {}, static_cast<double>(status.uptime_s));
     out.family("ensemble_status_connections", "gauge", "Connections open to this status listener.");

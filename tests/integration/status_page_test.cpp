@@ -202,8 +202,13 @@ TEST_F(StatusPageTest, MetricsStayValidAndAnsweredWhileAPortCrashLoops) {
     std::string page;
     const auto failed =
         "ensemble_port_state{port=\"" + std::to_string(port_b_) + "\",state=\"failed\"} 1";
+    // ensembled's view of the front door is on its page too, there to see when the front door
+    // itself is not.
+    const std::string door_serving = R"(ensemble_front_door_process_state{state="serving"} 1)";
     const auto deadline = std::chrono::steady_clock::now() + 90s;
-    while (page.find(failed) == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    while (
+        (page.find(failed) == std::string::npos || page.find(door_serving) == std::string::npos) &&
+        std::chrono::steady_clock::now() < deadline) {
         const auto r = get("/metrics");
         ASSERT_EQ(r.status, 200) << r.error;
         page = r.body;
@@ -211,6 +216,12 @@ TEST_F(StatusPageTest, MetricsStayValidAndAnsweredWhileAPortCrashLoops) {
         std::this_thread::sleep_for(100ms);
     }
     ASSERT_NE(page.find(failed), std::string::npos) << page;
+    EXPECT_NE(page.find(door_serving), std::string::npos) << page;
+    EXPECT_NE(page.find(R"(ensemble_front_door_process_state{state="restarting"} 0)"),
+              std::string::npos)
+        << page;
+    EXPECT_EQ(metric(page, "ensemble_front_door_process_restarts_total"), 0) << page;
+    EXPECT_GE(metric(page, "ensemble_front_door_process_uptime_seconds"), 0) << page;
     EXPECT_GT(scrapes, 10);
     const auto verdict = promtool_check_metrics(page);
     EXPECT_TRUE(verdict.ok) << verdict.output << "\n" << page;
