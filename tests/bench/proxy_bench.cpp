@@ -1,7 +1,9 @@
-// Proxy overhead benchmark: the same llama-server measured directly, through ensemble-worker and
-// through nginx, interleaved in one run. The worker's own engine is the one measured directly, on
-// its private Unix socket (where it listens under ensembled too), and nginx proxies to that same
-// socket, so all paths share one process, one model and one cache. Three parts:
+// Proxy overhead benchmark: the same llama-server measured directly, through ensemble-worker,
+// through nginx and (on Linux) through the byte relay, interleaved in one run. The worker's own
+// engine is the one measured directly, on its private Unix socket (where it listens under
+// ensembled too), and nginx and the relay pass to that same socket, so all paths share one
+// process, one model and one cache. The relay parses nothing: the floor, which tells how much
+// any proxy design could win over nginx on this machine. Three parts:
 //   streamed: time to first token (p50/p99) and tokens/s, a new connection per request;
 //   keep-alive load: 1-token completions back to back on kept-alive connections (as a gateway
 //     sends them), p50 latency and requests/s at each concurrency;
@@ -18,8 +20,8 @@
 #include <thread>
 
 #include "tests/bench/keepalive_load.h"
-#include "tests/bench/nginx_front.h"
 #include "tests/bench/process_cost.h"
+#include "tests/bench/reference_fronts.h"
 #include "tests/support/http_client.h"
 #include "tests/support/worker_process.h"
 
@@ -101,6 +103,8 @@ void add(Series& s, const Batch& b) {
     s.tokens_per_s.push_back(tokens / b.wall_s);
 }
 
+// The paths, in this order.
+constexpr std::size_t kNginx = 1, kWorker = 2, kRelay = 3;
 struct Path {
     const char* name;
     StreamEndpoint endpoint;
@@ -169,24 +173,32 @@ nlohmann::json report_load(const std::vector<Path>& paths, const std::vector<Loa
                               {"proxy_preempted_per_request", preempted},
                               {"errors", series[k].errors}};
     }
-    // Worker against nginx, paired by round (they ran one after the other): the engine's drift
-    // between rounds, larger than the difference sought, cancels out.
-    std::vector<double> latency_diff, throughput_ratio;
-    for (std::size_t r = 0; r < series[0].p50_ms.size(); ++r) {
-        latency_diff.push_back(series[2].p50_ms[r] - series[1].p50_ms[r]);
-        throughput_ratio.push_back(series[2].requests_per_s[r] / series[1].requests_per_s[r]);
+    // Paths against each other, paired by round (they ran one after the other): the engine's
+    // drift between rounds, larger than the difference sought, cancels out.
+    const auto paired = [&](std::size_t a, std::size_t b, const char* a_name, const char* b_name) {
+        std::vector<double> latency_diff, throughput_ratio;
+        for (std::size_t r = 0; r < series[0].p50_ms.size(); ++r) {
+            latency_diff.push_back(series[a].p50_ms[r] - series[b].p50_ms[r]);
+            throughput_ratio.push_back(series[a].requests_per_s[r] / series[b].requests_per_s[r]);
+        }
+        const auto latency = median_with_interval(latency_diff);
+        const auto throughput = median_with_interval(throughput_ratio);
+        std::printf(
+            "| %s | %s against %s, paired by run: median [95%% interval] | | "
+            "%+.3f [%+.3f, %+.3f] | | %.1f%% [%.1f, %.1f] | | | |\n",
+            label.c_str(), a_name, b_name, latency.median, latency.low, latency.high,
+            100 * throughput.median, 100 * throughput.low, 100 * throughput.high);
+        const std::string key = std::string(a_name) + "_" + b_name;
+        out[key + "_p50_ms_difference"] = {
+            {"median", latency.median}, {"low", latency.low}, {"high", latency.high}};
+        out[key + "_requests_per_s_ratio"] = {
+            {"median", throughput.median}, {"low", throughput.low}, {"high", throughput.high}};
+    };
+    paired(kWorker, kNginx, "worker", "nginx");
+    if (series.size() > kRelay) {
+        paired(kRelay, kNginx, "relay", "nginx");
+        paired(kWorker, kRelay, "worker", "relay");
     }
-    const auto latency = median_with_interval(latency_diff);
-    const auto throughput = median_with_interval(throughput_ratio);
-    std::printf(
-        "| %s | worker against nginx, paired by run: median [95%% interval] | | "
-        "%+.3f [%+.3f, %+.3f] | | %.1f%% [%.1f, %.1f] | | | |\n",
-        label.c_str(), latency.median, latency.low, latency.high, 100 * throughput.median,
-        100 * throughput.low, 100 * throughput.high);
-    out["worker_minus_nginx_p50_ms"] = {
-        {"median", latency.median}, {"low", latency.low}, {"high", latency.high}};
-    out["worker_over_nginx_requests_per_s"] = {
-        {"median", throughput.median}, {"low", throughput.low}, {"high", throughput.high}};
     std::fflush(stdout);
     return out;
 }
@@ -239,12 +251,19 @@ int main(int argc, char** argv) {
     }
     const auto engine_socket = worker.socket_folder() / "engine.sock";
     bench::NginxFront nginx(free_port(), engine_socket, test_output_dir("proxy_bench") / "nginx");
-    const std::vector<Path> paths{
+    std::vector<Path> paths{
         {"direct llama-server", StreamEndpoint::unix_socket(engine_socket)},
         {"through nginx", StreamEndpoint::tcp(asio::ip::address_v4::loopback(), nginx.port()),
          nginx.worker_pid()},
         {"through ensemble-worker",
          StreamEndpoint::tcp(asio::ip::address_v4::loopback(), worker.port()), worker.pid()}};
+#ifdef ENSEMBLE_BENCH_BYTE_RELAY_BIN
+    bench::ByteRelayFront relay(free_port(), engine_socket,
+                                test_output_dir("proxy_bench") / "byte-relay");
+    paths.push_back({"through the byte relay (floor)",
+                     StreamEndpoint::tcp(asio::ip::address_v4::loopback(), relay.port()),
+                     relay.pid()});
+#endif
     nlohmann::json results{{"streamed", nlohmann::json::array()},
                            {"keepalive", nlohmann::json::array()}};
 

@@ -1,4 +1,4 @@
-#include "tests/bench/nginx_front.h"
+#include "tests/bench/reference_fronts.h"
 
 #include <signal.h>
 #include <unistd.h>
@@ -44,6 +44,19 @@ std::string config(unsigned short port, const std::filesystem::path& engine_sock
     return text;
 }
 
+// Waits until `port` answers GET /health (the engine's, through the front), or `process` ends.
+bool wait_until_serving(unsigned short port, ChildProcess& process) {
+    for (int i = 0; i < 100; ++i) {
+        testing::HttpRequest probe;
+        probe.target = "/health";
+        probe.timeout = std::chrono::milliseconds(1000);
+        if (testing::http_request(port, probe).status == 200) return true;
+        if (process.poll_exit()) return false;
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return false;
+}
+
 }  // namespace
 
 NginxFront::NginxFront(unsigned short port, const std::filesystem::path& engine_socket,
@@ -65,14 +78,7 @@ NginxFront::NginxFront(unsigned short port, const std::filesystem::path& engine_
     auto spawned = ChildProcess::spawn(spec);
     if (!spawned) throw std::runtime_error("cannot start nginx: " + spawned.error().message);
     process_ = std::move(spawned).value();
-    for (int i = 0; i < 100; ++i) {
-        testing::HttpRequest probe;
-        probe.target = "/health";
-        probe.timeout = std::chrono::milliseconds(1000);
-        if (testing::http_request(port, probe).status == 200) return;
-        if (process_->poll_exit()) break;
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
+    if (wait_until_serving(port, *process_)) return;
     throw std::runtime_error("nginx did not come up on port " + std::to_string(port) + "; see " +
                              (folder / "error.log").string());
 }
@@ -90,5 +96,29 @@ NginxFront::~NginxFront() {
     for (int i = 0; i < 100 && !process_->poll_exit(); ++i)
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
 }
+
+#ifdef ENSEMBLE_BENCH_BYTE_RELAY_BIN
+ByteRelayFront::ByteRelayFront(unsigned short port, const std::filesystem::path& engine_socket,
+                               const std::filesystem::path& folder)
+    : port_(port) {
+    std::filesystem::create_directories(folder);
+    SpawnSpec spec;
+    spec.argv = {ENSEMBLE_BENCH_BYTE_RELAY_BIN, std::to_string(port), engine_socket.string()};
+    spec.log_file = folder / "byte-relay.out";
+    auto spawned = ChildProcess::spawn(spec);
+    if (!spawned)
+        throw std::runtime_error("cannot start the byte relay: " + spawned.error().message);
+    process_ = std::move(spawned).value();
+    if (wait_until_serving(port, *process_)) return;
+    throw std::runtime_error("the byte relay did not come up on port " + std::to_string(port) +
+                             "; see " + spec.log_file.string());
+}
+
+ByteRelayFront::~ByteRelayFront() {
+    process_->signal_group(SIGTERM);
+    for (int i = 0; i < 100 && !process_->poll_exit(); ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+}
+#endif
 
 }  // namespace ensemble::bench
