@@ -143,7 +143,7 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
     }
     if (head) {  // an engine waits for a body a HEAD never has: answered here
         return method_not_allowed("HEAD is answered for /health, /metrics and /v1/models",
-                                  "GET, POST", keep_alive);
+                                  kForwardedMethods, keep_alive);
     }
     if (!forwarded(request.method())) {
         return method_not_allowed(std::string(sv(request.method_string())) +

@@ -66,9 +66,20 @@ class ConnectionOptions {
     explicit ConnectionOptions(const http::fields& fields) {
         for (const auto& field : fields) {
             if (field.name() != http::field::connection) continue;
-            for (const auto token : http::token_list{field.value()}) {
-                if (!beast::iequals(token, "close") && !beast::iequals(token, "keep-alive"))
-                    named_.push_back(sv(token));
+            // Split on commas by hand: Beast's token_list stops at the first malformed element,
+            // and the names after it would pass.
+            std::string_view rest = sv(field.value());
+            while (!rest.empty()) {
+                const auto comma = rest.find(',');
+                auto name = rest.substr(0, comma);
+                rest =
+                    comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+                const auto first = name.find_first_not_of(" \t");
+                if (first == std::string_view::npos) continue;
+                name = name.substr(first, name.find_last_not_of(" \t") + 1 - first);
+                if (!beast::iequals(beast::string_view(name.data(), name.size()), "close") &&
+                    !beast::iequals(beast::string_view(name.data(), name.size()), "keep-alive"))
+                    named_.push_back(name);
             }
         }
         if (named_.size() > 1) std::sort(named_.begin(), named_.end(), less);
@@ -129,8 +140,10 @@ std::string relayed_header(const http::response_header<>& engine, BodyFraming fr
     for (const auto& field : engine) {
         const auto name = field.name();
         if (name == http::field::transfer_encoding) codings = sv(field.value());
+        // (An engine's Connection never takes away the length the client needs.)
+        const bool named_away = connection_own.name(field) && name != http::field::content_length;
         const bool dropped =
-            is_hop_by_hop(name) || connection_own.name(field) || name == http::field::server ||
+            is_hop_by_hop(name) || named_away || name == http::field::server ||
             (framing != BodyFraming::as_engine && name == http::field::content_length);
         if (!dropped) append_field(out, field);
     }

@@ -14,6 +14,7 @@
 
 #include <array>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -158,6 +159,7 @@ class Relay {
 }  // namespace
 
 int main(int argc, char** argv) {
+    std::signal(SIGPIPE, SIG_IGN);  // a peer that left is an error from write, not the end
     if (argc != 3) {
         std::fprintf(stderr, "usage: ensemble-byte-relay PORT ENGINE_SOCKET\n");
         return 2;

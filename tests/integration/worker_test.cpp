@@ -878,7 +878,7 @@ TEST_F(WorkerTest, TheWorkerForwardsRequestsAsAProxyMust) {
     EXPECT_EQ(echoed.find("X-Engine-Hop"), std::string::npos)
         << "a field the engine's Connection named: " << echoed;
     EXPECT_NE(echoed.find("\r\n\r\nDELETE /v1/echo\n"), std::string::npos)
-        << "a target with no path is /: " << echoed;
+        << "a second request, in absolute form too: " << echoed;
 
     for (const std::string method : {"TRACE", "BREW", "PROPFIND"}) {
         SCOPED_TRACE(method);

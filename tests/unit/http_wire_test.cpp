@@ -174,17 +174,18 @@ TEST(HttpWire, FieldsNamedByConnectionAreNotPassedOn) {
     client.target("/v1/completions");
     set_fields(client, {{"X-Hop", "1"}, {"X-Kept", "2"}});
     client.insert("Connection", "keep-alive, x-HOP");
-    client.insert("Connection", " ,x-other ,");
+    client.insert("Connection", " ,x-other ,x;y, X-After");  // a malformed name, then more
     client.insert("X-Other", "3");
+    client.insert("X-After", "4");
     EXPECT_EQ(forwarded_header(client, "localhost", 0, false),
               "POST /v1/completions HTTP/1.1\r\nX-Kept: 2\r\nHost: localhost\r\n"
               "Content-Length: 0\r\n\r\n");
 
     http::response_header<> engine;
     engine.result(http::status::ok);
-    set_fields(
-        engine,
-        {{"Connection", "close, X-Engine-Hop"}, {"X-Engine-Hop", "a"}, {"Content-Length", "0"}});
+    set_fields(engine, {{"Connection", "close, X-Engine-Hop, Content-Length"},
+                        {"X-Engine-Hop", "a"},
+                        {"Content-Length", "0"}});
     EXPECT_EQ(relayed_header(engine, BodyFraming::as_engine, true),
               "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nServer: ensemble-worker\r\n\r\n");
 }
