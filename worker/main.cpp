@@ -36,10 +36,13 @@ awaitable<void> shut_down(asio::io_context& io, HttpFront& front, EngineRunner& 
 // What a heartbeat says. Memory and a load's progress are measured (reading the engine's
 // smaps takes ~10 ms for a 270 MB model) unless `measure` is false: a heartbeat sent at once
 // for a change of state carries `last_memory`, so that readiness (which a request loaded on
-// demand waits for) reaches the supervisor without that delay; the next beat measures.
+// demand waits for) reaches the supervisor without that delay; the next beat measures. One
+// that has no measure yet (a load quicker than a heartbeat's interval) measures: a ready port
+// is never reported as using no memory.
 protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProxy& proxy,
                                     const std::vector<std::filesystem::path>& model_files,
                                     bool measure, std::uint64_t& last_memory) {
+    measure = measure || last_memory == 0;
     protocol::WorkerStats s;
     s.state = to_string(engine.state());
     s.requests = proxy.stats().requests;
