@@ -36,13 +36,11 @@ awaitable<void> shut_down(asio::io_context& io, HttpFront& front, EngineRunner& 
 // What a heartbeat says. Memory and a load's progress are measured (reading the engine's
 // smaps takes ~10 ms for a 270 MB model) unless `measure` is false: a heartbeat sent at once
 // for a change of state carries `last_memory`, so that readiness (which a request loaded on
-// demand waits for) reaches the supervisor without that delay; the next beat measures. One
-// that has no measure yet (a load quicker than a heartbeat's interval) measures: a ready port
-// is never reported as using no memory.
+// demand waits for) reaches the supervisor without that delay; a measured beat follows it at
+// once.
 protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProxy& proxy,
                                     const std::vector<std::filesystem::path>& model_files,
                                     bool measure, std::uint64_t& last_memory) {
-    measure = measure || last_memory == 0;
     protocol::WorkerStats s;
     s.state = to_string(engine.state());
     s.requests = proxy.stats().requests;
@@ -278,8 +276,12 @@ int main(int argc, char** argv) {
         link = std::make_unique<SupervisorLink>(
             io, *link_config,
             [&] {
-                return collect_stats(engine, proxy, files, !std::exchange(state_changed, false),
-                                     last_memory);
+                const bool measure = !std::exchange(state_changed, false);
+                auto stats = collect_stats(engine, proxy, files, measure, last_memory);
+                // The memory of a port just ready, say, is its loaded engine's, not the one
+                // measured as it began to load (the next tick may be a second away).
+                if (!measure) link->report_now();
+                return stats;
             },
             begin_shutdown,
             [&] {

@@ -50,6 +50,9 @@ SupervisorLink::SupervisorLink(asio::io_context& io, LinkConfig config, StatsSou
       heartbeat_timer_(io) {}
 
 void SupervisorLink::report_now() {
+    // Asked while a beat is being made or written, there is no wait yet for the cancel to end:
+    // the flag keeps the request for the loop.
+    report_due_ = true;
     heartbeat_timer_.cancel();
 }
 
@@ -138,14 +141,15 @@ awaitable<void> SupervisorLink::run() {
                         sent = co_await send(message);
                     }
                     if (!sent) break;
+                    report_due_ = false;  // this beat is the report
                     const auto stats = stats_();
                     const auto heartbeat = protocol::to_json(protocol::Heartbeat{stats});
                     if (!co_await send(heartbeat)) break;
                     // A load's progress is worth telling more often than the steady state.
                     const bool loading = stats.state == "loading" || stats.state == "restarting";
-                    // A message posted while this loop was writing goes out now, not a beat
-                    // later (its cancel of the timer came before the wait).
-                    if (!outbox_.empty()) continue;
+                    // A message posted or a report asked for while this loop was writing goes
+                    // out now, not a beat later (its cancel of the timer came before the wait).
+                    if (!outbox_.empty() || std::exchange(report_due_, false)) continue;
                     heartbeat_timer_.expires_after(loading ? config_.loading_heartbeat_interval
                                                            : config_.heartbeat_interval);
                     co_await heartbeat_timer_.async_wait(on_error(ec));

@@ -83,6 +83,7 @@ class SupervisorLink {
     bool stopping_ = false;
     bool reader_running_ = false;
     bool connected_ = false;
+    bool report_due_ = false;            // report_now() since the last beat was made
     std::deque<nlohmann::json> outbox_;  // written by the heartbeat loop, the link's one writer
     steady_timer heartbeat_timer_;
 };
