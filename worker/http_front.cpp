@@ -132,8 +132,12 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
         return running;
     }
     if (!path.starts_with("/v1/")) return make_error_response(not_found_path(target), keep_alive);
+    // A browser's CORS preflight never carries Authorization: llama-server skips its key for
+    // OPTIONS, and the worker, which holds the key in the engine's stead, lets a preflight (an
+    // OPTIONS with no body: it asks, runs nothing) through to the engine, which answers it.
+    const bool preflight = request.method() == http::verb::options && request.body().empty();
     if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
-        !allowed) {
+        !allowed && !preflight) {
         return make_error_response(api_error(allowed.error()), keep_alive);
     }
     const bool head = request.method() == http::verb::head;

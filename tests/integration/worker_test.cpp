@@ -428,6 +428,34 @@ TEST_F(WorkerTest, ApiKeyIsRequiredWhenConfigured) {
     EXPECT_EQ(http_request(worker->port(), health).status, 200);
 }
 
+// A browser's CORS preflight carries no Authorization (the Fetch standard leaves credentials
+// out of it), so a web app could never call a port with a key: llama-server skips its own key
+// for OPTIONS, and the worker, holding the key in its stead, does the same for a preflight
+// (an OPTIONS with no body) and hands it to the engine, which answers it.
+TEST_F(WorkerTest, ABrowsersPreflightNeedsNoKeyAndIsAnsweredByTheEngine) {
+    auto worker = start({"--api-key", "s3cret"});
+    HttpRequest preflight;
+    preflight.method = "OPTIONS";
+    preflight.target = "/v1/chat/completions";
+    preflight.headers["Origin"] = "http://app.example";
+    preflight.headers["Access-Control-Request-Method"] = "POST";
+    preflight.headers["Access-Control-Request-Headers"] = "authorization, content-type";
+    const auto answered = http_request(worker->port(), preflight);
+    EXPECT_EQ(answered.status, 200) << answered.body;
+    EXPECT_EQ(answered.header("access-control-allow-origin"), "http://app.example");
+    EXPECT_NE(answered.header("access-control-allow-methods").find("POST"), std::string::npos);
+
+    // Not a preflight: an OPTIONS with a body still needs the key, as does everything else.
+    auto with_body = preflight;
+    with_body.body = R"({"model":"tiny","messages":[{"role":"user","content":"hi"}]})";
+    with_body.headers["Content-Type"] = "application/json";
+    EXPECT_EQ(http_request(worker->port(), with_body).status, 401);
+    HttpRequest models;
+    models.target = "/v1/models";
+    models.headers["Origin"] = "http://app.example";
+    EXPECT_EQ(http_request(worker->port(), models).status, 401);
+}
+
 TEST_F(WorkerTest, UnknownPathIs404) {
     auto worker = start();
     HttpRequest req;
