@@ -187,7 +187,7 @@ json to_json(const FleetStatus& s) {
     const auto& b = s.budget;
     json front_door;  // null: the config has none
     if (const auto& door = s.front_door) {
-        front_door = {{"listen", door->listen},     {"state", door->state},
+        front_door = {{"listen", door->listen},     {"state", to_string(door->state)},
                       {"pid", door->pid},           {"uptime_s", door->uptime_s},
                       {"restarts", door->restarts}, {"loads_asked", door->loads_asked}};
     }

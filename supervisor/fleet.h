@@ -83,11 +83,14 @@ struct BudgetReport {
 };
 
 // The front door (supervisor.front_door), as ensembled's keeper of it sees it.
-inline constexpr std::array<std::string_view, 6> kFrontDoorStates{
-    "serving", "starting", "restarting", "waiting", "stopping", "stopped"};
+enum class FrontDoorState { serving, starting, restarting, waiting, stopping, stopped };
+inline constexpr std::array kFrontDoorStates{FrontDoorState::serving,    FrontDoorState::starting,
+                                             FrontDoorState::restarting, FrontDoorState::waiting,
+                                             FrontDoorState::stopping,   FrontDoorState::stopped};
+std::string_view to_string(FrontDoorState state);
 struct FrontDoorReport {
-    std::string listen;           // host:port
-    std::string state;            // one of kFrontDoorStates
+    std::string listen;  // host:port
+    FrontDoorState state = FrontDoorState::waiting;
     int pid = 0;                  // 0: none known
     std::int64_t uptime_s = 0;    // serving for, since it linked to this ensembled
     int restarts = 0;             // exits this ensembled started it again after

@@ -112,8 +112,8 @@ std::string fleet_metrics(const FleetStatus& status, const ListenerGauges& liste
         out.family("ensemble_front_door_process_state", "gauge",
                    "The front door's state as ensembled sees it: 1 for the current one.");
         for (const auto state : kFrontDoorStates)
-            out.sample("ensemble_front_door_process_state", {{"state", std::string(state)}},
-                       state == door->state ? 1 : 0);
+            out.sample("ensemble_front_door_process_state",
+                       {{"state", std::string(to_string(state))}}, state == door->state ? 1 : 0);
         out.family("ensemble_front_door_process_restarts_total", "counter",
                    "Times ensembled started the front door again after it exited.");
         out.sample("ensemble_front_door_process_restarts_total", {},

@@ -199,6 +199,24 @@ void FrontDoorKeeper::on_link_closed(WorkerLinkPeer* peer) {
     if (!child_) next_start_ = Clock::now() + std::chrono::seconds(3);
 }
 
+std::string_view to_string(FrontDoorState state) {
+    switch (state) {
+        case FrontDoorState::serving:
+            return "serving";
+        case FrontDoorState::starting:
+            return "starting";
+        case FrontDoorState::restarting:
+            return "restarting";
+        case FrontDoorState::waiting:
+            return "waiting";
+        case FrontDoorState::stopping:
+            return "stopping";
+        case FrontDoorState::stopped:
+            return "stopped";
+    }
+    return "unknown";
+}
+
 FrontDoorReport FrontDoorKeeper::report() const {
     const auto& door = settings();
     FrontDoorReport report;
@@ -206,19 +224,20 @@ FrontDoorReport FrontDoorKeeper::report() const {
     report.restarts = restarts_;
     report.loads_asked = demands_.size();
     if (peer_ != nullptr) {
-        report.state = stopping_ ? "stopping" : "serving";
+        report.state = stopping_ ? FrontDoorState::stopping : FrontDoorState::serving;
         report.pid = linked_pid_;
         report.uptime_s =
             std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - linked_at_).count();
     } else if (child_) {
-        report.state = stopping_ ? "stopping" : "starting";  // started, not linked yet
+        report.state = stopping_ ? FrontDoorState::stopping
+                                 : FrontDoorState::starting;  // started, not linked yet
         report.pid = child_->pid();
     } else if (!socket_.is_open()) {
         // For its port: a front door kept from before hands it back, or another program holds
         // it (then an event says so).
-        report.state = "waiting";
+        report.state = FrontDoorState::waiting;
     } else {
-        report.state = stopping_ ? "stopped" : "restarting";
+        report.state = stopping_ ? FrontDoorState::stopped : FrontDoorState::restarting;
     }
     return report;
 }
