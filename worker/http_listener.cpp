@@ -144,9 +144,16 @@ bool expects_continue(const http::request<AppendingStringBody>& request) {
 // A target in absolute form ("POST http://host:8100/v1/chat/completions", as a client sends it
 // to a server it was told is a proxy) is taken as its path and query, and its authority as the
 // Host (RFC 9112 3.2.2: a server must accept it). Returns the error for one that names no host
-// (RFC 9110 4.2.1). Targets of other forms are left: they are not found.
+// (RFC 9110 4.2.1), and for one holding a fragment: no target does (RFC 9112 3.2), and the
+// worker and its engine could each take a different path from it. Targets of other forms are
+// left: they are not found.
 std::optional<ApiError> to_origin_form(http::request<http::string_body>& request) {
     const auto target = sv(request.target());
+    if (target.find('#') != std::string_view::npos) {
+        return ApiError{http::status::bad_request, "invalid_request_error", "bad_http",
+                        "the request target '" + std::string(target) +
+                            "' holds a fragment ('#'), which is never sent: leave it out"};
+    }
     if (target.starts_with('/')) return std::nullopt;  // the usual: nothing to do
     const auto scheme_end = target.find("://");
     if (scheme_end == std::string_view::npos) return std::nullopt;

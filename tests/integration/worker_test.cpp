@@ -925,6 +925,13 @@ TEST_F(WorkerTest, TheWorkerForwardsRequestsAsAProxyMust) {
         raw_exchange(worker->port(), "GET http:///v1/models HTTP/1.1\r\nHost: x\r\n\r\n");
     EXPECT_EQ(no_host.rfind("HTTP/1.1 400 ", 0), 0U) << no_host;
     EXPECT_NE(no_host.find("names no host"), std::string::npos) << no_host;
+    for (const std::string target : {"/v1/echo#frag", "http://example.test/v1/echo#x"}) {
+        const auto fragment = raw_exchange(worker->port(), "GET " + target +
+                                                               " HTTP/1.1\r\nHost: x\r\n"
+                                                               "Connection: close\r\n\r\n");
+        EXPECT_EQ(fragment.rfind("HTTP/1.1 400 ", 0), 0U) << fragment;
+        EXPECT_NE(fragment.find("holds a fragment"), std::string::npos) << fragment;
+    }
 }
 
 // A HEAD that cannot be read is refused with a header and no body, like any answer to a HEAD.
