@@ -16,6 +16,7 @@
 #include "protocol/bounded_json.h"
 #include "protocol/json_scan.h"
 #include "protocol/prometheus_text.h"
+#include "worker/cors.h"
 #include "worker/ollama_api.h"
 
 namespace ensemble {
@@ -23,6 +24,9 @@ namespace ensemble {
 namespace {
 
 using nlohmann::json;
+
+// What a page may send through the front door: what it answers, what it forwards, the preflight.
+constexpr std::string_view kPreflightMethods = "GET, POST, OPTIONS";
 
 // How a port's state reads to a client: loaded, loading or not loaded.
 std::string client_state(const protocol::Route& route) {
@@ -520,6 +524,10 @@ std::optional<http::response<http::string_body>> FrontDoor::answer_locally(
                  "GET /health"},
             keep_alive);
     }
+    // A browser asking whether it may send a request (with no key: it never sends one). No one
+    // engine is there to ask, so the front door answers, with llama-server's default policy.
+    if (path.starts_with("/v1/") && cors::is_preflight(request))
+        return cors::preflight_answer(request, kPreflightMethods, keep_alive);
     if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
         !allowed) {
         return error_for(target, api_error(allowed.error()), keep_alive);
@@ -693,6 +701,8 @@ awaitable<bool> FrontDoor::handle(tcp_stream& stream, http::request<http::string
     }
     if (refused) local = error_for(target, *refused, keep_alive);
     if (local) {
+        // The engines' answers carry their own CORS policy; the front door's, the same default.
+        if (target.starts_with("/v1/")) cors::allow_origin(request, *local);
         const bool kept = co_await reply(stream, *local, request.method());
         metrics_.answered(target, local->result_int());
         co_return kept;

@@ -14,6 +14,7 @@
 #include "os/process_memory.h"
 #include "protocol/bounded_json.h"
 #include "protocol/prometheus_text.h"
+#include "worker/cors.h"
 #include "worker/immediate_io.h"
 #include "worker/ollama_api.h"
 
@@ -133,11 +134,10 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
     }
     if (!path.starts_with("/v1/")) return make_error_response(not_found_path(target), keep_alive);
     // A browser's CORS preflight never carries Authorization: llama-server skips its key for
-    // OPTIONS, and the worker, which holds the key in the engine's stead, lets a preflight (an
-    // OPTIONS with no body: it asks, runs nothing) through to the engine, which answers it.
-    const bool preflight = request.method() == http::verb::options && request.body().empty();
+    // OPTIONS, and the worker, which holds the key in the engine's stead, lets a preflight (it
+    // asks, runs nothing) through to the engine, which answers it.
     if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
-        !allowed && !preflight) {
+        !allowed && !cors::is_preflight(request)) {
         return make_error_response(api_error(allowed.error()), keep_alive);
     }
     const bool head = request.method() == http::verb::head;
@@ -174,6 +174,8 @@ awaitable<bool> HttpFront::handle(tcp_stream& stream, http::request<http::string
     // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
     auto local = answer_locally(request, plain);
     if (local) {
+        // The engine's answers carry its own CORS policy; the worker's own, the same default.
+        if (sv(request.target()).starts_with("/v1/")) cors::allow_origin(request, *local);
         const bool keep_alive = co_await reply(stream, *local, request.method());
         metrics_.answered(sv(request.target()), local->result_int());
         co_return keep_alive;

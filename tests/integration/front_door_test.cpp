@@ -289,6 +289,36 @@ TEST_F(FrontDoorTest, RefusalsSayWhyAndNameTheModels) {
     EXPECT_TRUE(status()["ports"].empty()) << "nothing loaded, nothing assigned";
 }
 
+// A web page may call the front door: it answers a browser's preflight itself (no one engine
+// is there to ask), its own answers say any origin may read them, and a model's answers carry
+// its engine's policy (llama-server: the page's origin).
+TEST_F(FrontDoorTest, AWebPageMayCallItAsItMayCallLlamaServer) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(wait_front_door());
+    auto preflight = request("OPTIONS", "/v1/chat/completions");
+    preflight.headers["Origin"] = "http://app.example";
+    preflight.headers["Access-Control-Request-Method"] = "POST";
+    preflight.headers["Access-Control-Request-Headers"] = "authorization, content-type";
+    const auto allowed = http_request(door_, preflight);
+    EXPECT_EQ(allowed.status, 204) << allowed.body;
+    EXPECT_EQ(allowed.header("access-control-allow-origin"), "*");
+    EXPECT_NE(allowed.header("access-control-allow-methods").find("POST"), std::string::npos);
+    EXPECT_EQ(allowed.header("access-control-allow-headers"), "authorization, content-type");
+    const auto not_a_preflight = http_request(door_, request("OPTIONS", "/v1/chat/completions"));
+    EXPECT_EQ(not_a_preflight.status, 405) << not_a_preflight.body;
+
+    auto models = request("GET", "/v1/models");
+    models.headers["Origin"] = "http://app.example";
+    EXPECT_EQ(http_request(door_, models).header("access-control-allow-origin"), "*");
+    auto chat = chat_request(
+        R"({"model":"tiny-cold","messages":[{"role":"user","content":"hi"}],"max_tokens":4})");
+    chat.headers["Origin"] = "http://app.example";
+    const auto answered = http_request(door_, chat);
+    EXPECT_EQ(answered.status, 200) << answered.body;
+    EXPECT_EQ(answered.header("access-control-allow-origin"), "http://app.example")
+        << "llama-server's, through the model port";
+}
+
 TEST_F(FrontDoorTest, AClientGivingUpDoesNotCancelALoadOthersWaitForAndTheQueueIsBounded) {
     supervisor_ = start_supervisor();
     ASSERT_TRUE(wait_front_door());

@@ -431,7 +431,7 @@ TEST_F(WorkerTest, ApiKeyIsRequiredWhenConfigured) {
 // A browser's CORS preflight carries no Authorization (the Fetch standard leaves credentials
 // out of it), so a web app could never call a port with a key: llama-server skips its own key
 // for OPTIONS, and the worker, holding the key in its stead, does the same for a preflight
-// (an OPTIONS with no body) and hands it to the engine, which answers it.
+// and hands it to the engine, which answers it.
 TEST_F(WorkerTest, ABrowsersPreflightNeedsNoKeyAndIsAnsweredByTheEngine) {
     auto worker = start({"--api-key", "s3cret"});
     HttpRequest preflight;
@@ -445,15 +445,32 @@ TEST_F(WorkerTest, ABrowsersPreflightNeedsNoKeyAndIsAnsweredByTheEngine) {
     EXPECT_EQ(answered.header("access-control-allow-origin"), "http://app.example");
     EXPECT_NE(answered.header("access-control-allow-methods").find("POST"), std::string::npos);
 
-    // Not a preflight: an OPTIONS with a body still needs the key, as does everything else.
+    // Not a preflight: an OPTIONS with a body, or not from a page, still needs the key, as
+    // does everything else.
     auto with_body = preflight;
     with_body.body = R"({"model":"tiny","messages":[{"role":"user","content":"hi"}]})";
     with_body.headers["Content-Type"] = "application/json";
     EXPECT_EQ(http_request(worker->port(), with_body).status, 401);
+    HttpRequest options;
+    options.method = "OPTIONS";
+    options.target = "/v1/chat/completions";
+    EXPECT_EQ(http_request(worker->port(), options).status, 401);
+
+    // The worker's own answers let the page read them, as the engine's do: its refusal, so
+    // the page can tell a wrong key from a blocked request, and the models list.
     HttpRequest models;
     models.target = "/v1/models";
     models.headers["Origin"] = "http://app.example";
-    EXPECT_EQ(http_request(worker->port(), models).status, 401);
+    const auto refused = http_request(worker->port(), models);
+    EXPECT_EQ(refused.status, 401);
+    EXPECT_EQ(refused.header("access-control-allow-origin"), "*");
+    models.headers["Authorization"] = "Bearer s3cret";
+    const auto listed = http_request(worker->port(), models);
+    EXPECT_EQ(listed.status, 200);
+    EXPECT_EQ(listed.header("access-control-allow-origin"), "*");
+    models.headers.erase("Origin");
+    EXPECT_EQ(http_request(worker->port(), models).header("access-control-allow-origin"), "")
+        << "not asked by a page";
 }
 
 TEST_F(WorkerTest, UnknownPathIs404) {
