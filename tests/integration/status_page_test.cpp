@@ -1,7 +1,8 @@
 // ensembled's status listener with real llama-server ports, seen as its users see it: the page
 // in headless Chromium after a swap (DOM asserted, screenshots kept in the test's output
 // folder), /metrics checked by promtool while a port crash-loops, and hundreds of followers of
-// the event stream — some never reading — while the supervisor keeps answering.
+// the event stream — some never reading — while the supervisor keeps answering; and a web app
+// from another origin calling the front door and a model port, in the same browser.
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -10,9 +11,11 @@
 #include <sys/wait.h>
 
 #include <algorithm>
+#include <atomic>
 #include <future>
 #include <iostream>
 #include <regex>
+#include <thread>
 
 #include "tests/support/promtool.h"
 #include "tests/support/supervisor_fixture.h"
@@ -192,6 +195,109 @@ TEST_F(StatusPageTest, ChromiumShowsThePortsTheirStatesMemoryBarsAndTheSwap) {
         EXPECT_TRUE(is_png(dir_ / name)) << name;
         EXPECT_GT(std::filesystem::file_size(dir_ / name), 10000U) << name;
     }
+}
+
+// Serves `page` to every request on a loopback port of its own (another origin than the
+// fleet's ports), until destroyed.
+class PageServer {
+  public:
+    explicit PageServer(std::string page) : page_(std::move(page)) {
+        listener_ = ::socket(AF_INET, SOCK_STREAM, 0);
+        sockaddr_in address{};
+        address.sin_family = AF_INET;
+        address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        EXPECT_EQ(::bind(listener_, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+        EXPECT_EQ(::listen(listener_, 16), 0);
+        socklen_t length = sizeof address;
+        ::getsockname(listener_, reinterpret_cast<sockaddr*>(&address), &length);
+        port_ = ntohs(address.sin_port);
+        thread_ = std::thread([this] { serve(); });
+    }
+    ~PageServer() {
+        stop_ = true;
+        thread_.join();
+        ::close(listener_);
+    }
+    std::string url() const { return "http://127.0.0.1:" + std::to_string(port_) + "/"; }
+
+  private:
+    void serve() {
+        while (!stop_) {
+            pollfd ready{listener_, POLLIN, 0};
+            if (::poll(&ready, 1, 100) != 1) continue;
+            const int client = ::accept(listener_, nullptr, nullptr);
+            if (client < 0) continue;
+            char request[8192];
+            (void)::recv(client, request, sizeof request, 0);  // one read: a GET fits
+            const std::string answer =
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: " +
+                std::to_string(page_.size()) + "\r\nConnection: close\r\n\r\n" + page_;
+            (void)::send(client, answer.data(), answer.size(), MSG_NOSIGNAL);
+            ::close(client);
+        }
+    }
+
+    std::string page_;
+    int listener_ = -1;
+    unsigned short port_ = 0;
+    std::atomic<bool> stop_ = false;
+    std::thread thread_;
+};
+
+// A web app in a real browser, from an origin of its own, calls the front door and a model
+// port as it would call llama-server, its key in Authorization: the browser's preflight and its
+// rules decide, not our reading of them. Each call's line reads NAME:STATUS, or NAME:blocked
+// when the browser would not let the page send it or read its answer.
+TEST_F(StatusPageTest, AWebPageFromAnotherOriginCallsTheFrontDoorAndAModelPort) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
+    const auto base = [](unsigned short port) {
+        return "http://127.0.0.1:" + std::to_string(port);
+    };
+    const std::string chat =
+        R"({"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":4})";
+    PageServer page(R"(<!doctype html><pre id="out"></pre><script>
+const out = document.getElementById("out");
+async function call(name, url, init) {
+  try {
+    const r = await fetch(url, init);
+    await r.text();
+    out.textContent += name + ":" + r.status + "\n";
+  } catch (e) { out.textContent += name + ":blocked\n"; }
+}
+const key = { "Authorization": "Bearer any" };
+const post = { method: "POST", headers: { ...key, "Content-Type": "application/json" },
+               body: ')" +
+                    chat + R"(' };
+(async () => {
+  await call("door-models", ")" +
+                    base(door_port_) + R"(/v1/models", { headers: key });
+  await call("door-chat", ")" +
+                    base(door_port_) + R"(/v1/chat/completions", post);
+  await call("port-models", ")" +
+                    base(port_a_) + R"(/v1/models", { headers: key });
+  await call("port-chat", ")" +
+                    base(port_a_) + R"(/v1/chat/completions", post);
+  out.textContent += "done\n";
+})();
+</script>)");
+    // The front door answers once it has linked to ensembled.
+    for (int i = 0; i < 100 && http_request(door_port_, chat_request(chat)).status != 200; ++i)
+        std::this_thread::sleep_for(50ms);
+
+    const auto out = dir_ / "web-app.out";
+    const std::string cmd = "timeout 90 " + std::string(ENSEMBLE_TEST_CHROMIUM) +
+                            " --headless --no-sandbox --disable-gpu --no-first-run"
+                            " --user-data-dir=" +
+                            (dir_ / "chromium-profile").string() +
+                            " --virtual-time-budget=10000 --dump-dom " + page.url() + " > " +
+                            out.string() + " 2> " + (dir_ / "web-app.err").string();
+    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    std::ifstream in(out);
+    const std::string dom{std::istreambuf_iterator<char>(in), {}};
+    for (const std::string line :
+         {"door-models:200\n", "door-chat:200\n", "port-models:200\n", "port-chat:200\n", "done"})
+        EXPECT_NE(dom.find(line), std::string::npos) << line << " in " << dom;
 }
 
 TEST_F(StatusPageTest, MetricsStayValidAndAnsweredWhileAPortCrashLoops) {
