@@ -23,9 +23,9 @@ http::response<http::string_body> preflight_answer(const http::request<http::str
     return answer;
 }
 
-void allow_origin(const http::request<http::string_body>& request,
+void allow_origin(const http::request_header<>& request,
                   http::response<http::string_body>& response) {
-    if (request.count(http::field::origin) > 0)
+    if (request.count(http::field::origin) > 0 && sv(request.target()).starts_with("/v1/"))
         response.set(http::field::access_control_allow_origin, "*");
 }
 

@@ -20,8 +20,10 @@ bool is_preflight(const http::request<http::string_body>& request);
 http::response<http::string_body> preflight_answer(const http::request<http::string_body>& request,
                                                    std::string_view methods, bool keep_alive);
 
-// Lets the page read `response` when `request` came from one (it has an Origin).
-void allow_origin(const http::request<http::string_body>& request,
+// Lets the page read an answer to a request under /v1/ when the request came from one (it has
+// an Origin): the worker's and the front door's own answers, refusals included, so that a page
+// can tell a wrong key or a full queue from a blocked request.
+void allow_origin(const http::request_header<>& request,
                   http::response<http::string_body>& response);
 
 }  // namespace ensemble::cors

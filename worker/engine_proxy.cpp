@@ -1,5 +1,6 @@
 #include "worker/engine_proxy.h"
 
+#include "worker/cors.h"
 #include "worker/immediate_io.h"
 #include "worker/token_counter.h"
 
@@ -184,12 +185,14 @@ void EngineProxy::release(std::unique_ptr<Connection> connection) {
     idle_.push_back(std::move(connection));
 }
 
-awaitable<bool> EngineProxy::send_error(tcp_stream& client, const ApiError& error, bool keep_alive,
+awaitable<bool> EngineProxy::send_error(tcp_stream& client, const http::request_header<>& request,
+                                        const ApiError& error, bool keep_alive,
                                         RequestTrace& trace) {
     ++stats_.failed;
     trace.status = static_cast<unsigned>(error.status);
     auto res = trace.filter != nullptr ? trace.filter->error_response(error, keep_alive)
                                        : make_error_response(error, keep_alive);
+    if (trace.filter == nullptr) cors::allow_origin(request, res);  // (Ollama's: none)
     boost::system::error_code ec;
     co_await send_message(client, res, ec);
     co_return keep_alive && !ec;
@@ -262,7 +265,7 @@ awaitable<bool> EngineProxy::forward(tcp_stream& client, http::request<http::str
                 continue;
             case Outcome::engine_silent: {
                 const auto error = engine_silent(limits_.engine_timeout);
-                const bool kept = co_await send_error(client, error, keep_alive, trace);
+                const bool kept = co_await send_error(client, request, error, keep_alive, trace);
                 co_return kept;
             }
             case Outcome::failed_before_response: {
@@ -273,14 +276,14 @@ awaitable<bool> EngineProxy::forward(tcp_stream& client, http::request<http::str
                     continue;
                 }
                 const bool kept =
-                    co_await send_error(client, kEngineClosedEarly, keep_alive, trace);
+                    co_await send_error(client, request, kEngineClosedEarly, keep_alive, trace);
                 co_return kept;
             }
         }
     }
     // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
     const auto error = engine_.unavailable();
-    const bool kept = co_await send_error(client, error, keep_alive, trace);
+    const bool kept = co_await send_error(client, request, error, keep_alive, trace);
     co_return kept;
 }
 

@@ -109,8 +109,8 @@ class EngineProxy {
                              RequestTrace& trace);
     Outcome client_left(const http::request<http::string_body>& request);
     awaitable<bool> engine_died_recently();  // polls for up to 100 ms
-    awaitable<bool> send_error(tcp_stream& client, const ApiError& error, bool keep_alive,
-                               RequestTrace& trace);
+    awaitable<bool> send_error(tcp_stream& client, const http::request_header<>& request,
+                               const ApiError& error, bool keep_alive, RequestTrace& trace);
 
     ProxyTarget& engine_;
     ProxyLimits limits_;

@@ -701,8 +701,7 @@ awaitable<bool> FrontDoor::handle(tcp_stream& stream, http::request<http::string
     }
     if (refused) local = error_for(target, *refused, keep_alive);
     if (local) {
-        // The engines' answers carry their own CORS policy; the front door's, the same default.
-        if (target.starts_with("/v1/")) cors::allow_origin(request, *local);
+        cors::allow_origin(request, *local);  // the engines' answers carry their own
         const bool kept = co_await reply(stream, *local, request.method());
         metrics_.answered(target, local->result_int());
         co_return kept;

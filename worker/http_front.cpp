@@ -133,11 +133,14 @@ std::optional<http::response<http::string_body>> HttpFront::answer_locally(
         return running;
     }
     if (!path.starts_with("/v1/")) return make_error_response(not_found_path(target), keep_alive);
-    // A browser's CORS preflight never carries Authorization: llama-server skips its key for
-    // OPTIONS, and the worker, which holds the key in the engine's stead, lets a preflight (it
-    // asks, runs nothing) through to the engine, which answers it.
+    // A browser's CORS preflight never carries Authorization (llama-server skips its key for
+    // OPTIONS). With a key, the worker, which holds it in the engine's stead, answers the
+    // preflight itself: a request without the key reaches nothing behind it (the engine's
+    // queue, the port's last use). Without one, the engine answers, with its own policy.
+    if (cors::is_preflight(request) && !config_.api_key.empty())
+        return cors::preflight_answer(request, kForwardedMethods, keep_alive);
     if (auto allowed = check_api_key(sv(request[http::field::authorization]), config_.api_key);
-        !allowed && !cors::is_preflight(request)) {
+        !allowed) {
         return make_error_response(api_error(allowed.error()), keep_alive);
     }
     const bool head = request.method() == http::verb::head;
@@ -174,8 +177,7 @@ awaitable<bool> HttpFront::handle(tcp_stream& stream, http::request<http::string
     // No temporaries inside co_await expressions: GCC 12 may destroy them twice.
     auto local = answer_locally(request, plain);
     if (local) {
-        // The engine's answers carry its own CORS policy; the worker's own, the same default.
-        if (sv(request.target()).starts_with("/v1/")) cors::allow_origin(request, *local);
+        cors::allow_origin(request, *local);  // the engine's answers carry its own
         const bool keep_alive = co_await reply(stream, *local, request.method());
         metrics_.answered(sv(request.target()), local->result_int());
         co_return keep_alive;

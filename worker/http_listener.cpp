@@ -10,6 +10,7 @@
 #include "os/listening_socket.h"
 #include "os/port_holder.h"
 #include "worker/appending_string_body.h"
+#include "worker/cors.h"
 #include "worker/immediate_io.h"
 #include "worker/ollama_api.h"
 
@@ -315,6 +316,7 @@ awaitable<void> HttpListener::reject(tcp_stream& stream, const ApiError& error,
     const auto target = sv(request.target());
     auto response = target.starts_with("/api/") ? ollama::error_response(error, false)
                                                 : make_error_response(error, false);
+    cors::allow_origin(request, response);
     co_await reply(stream, response, request.method());
     metrics_.answered(target, response.result_int());
 }

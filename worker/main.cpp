@@ -37,10 +37,11 @@ awaitable<void> shut_down(asio::io_context& io, HttpFront& front, EngineRunner& 
 // smaps takes ~10 ms for a 270 MB model) unless `measure` is false: a heartbeat sent at once
 // for a change of state carries `last_memory`, so that readiness (which a request loaded on
 // demand waits for) reaches the supervisor without that delay; a measured beat follows it at
-// once.
+// once. One with no measure yet measures: a port is never reported as using no memory.
 protocol::WorkerStats collect_stats(const EngineRunner& engine, const EngineProxy& proxy,
                                     const std::vector<std::filesystem::path>& model_files,
                                     bool measure, std::uint64_t& last_memory) {
+    measure = measure || last_memory == 0;
     protocol::WorkerStats s;
     s.state = to_string(engine.state());
     s.requests = proxy.stats().requests;

@@ -228,7 +228,8 @@ class PageServer {
             const int client = ::accept(listener_, nullptr, nullptr);
             if (client < 0) continue;
             char request[8192];
-            (void)::recv(client, request, sizeof request, 0);  // one read: a GET fits
+            pollfd readable{client, POLLIN, 0};  // (a connection opened ahead, never used)
+            if (::poll(&readable, 1, 1000) == 1) (void)::recv(client, request, sizeof request, 0);
             const std::string answer =
                 "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: " +
                 std::to_string(page_.size()) + "\r\nConnection: close\r\n\r\n" + page_;
@@ -249,14 +250,12 @@ class PageServer {
 // rules decide, not our reading of them. Each call's line reads NAME:STATUS, or NAME:blocked
 // when the browser would not let the page send it or read its answer.
 TEST_F(StatusPageTest, AWebPageFromAnotherOriginCallsTheFrontDoorAndAModelPort) {
-    supervisor_ = start_supervisor();
+    const std::string key = "a-key-for-the-page-0123";
+    supervisor_ = start_supervisor({{"ENSEMBLE_API_KEY", key}});
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
-    const auto base = [](unsigned short port) {
-        return "http://127.0.0.1:" + std::to_string(port);
-    };
     const std::string chat =
         R"({"model":"tiny","messages":[{"role":"user","content":"hi"}],"max_tokens":4})";
-    PageServer page(R"(<!doctype html><pre id="out"></pre><script>
+    std::string page = R"(<!doctype html><pre id="out"></pre><script>
 const out = document.getElementById("out");
 async function call(name, url, init) {
   try {
@@ -265,24 +264,31 @@ async function call(name, url, init) {
     out.textContent += name + ":" + r.status + "\n";
   } catch (e) { out.textContent += name + ":blocked\n"; }
 }
-const key = { "Authorization": "Bearer any" };
+const key = { "Authorization": "Bearer KEY" };
 const post = { method: "POST", headers: { ...key, "Content-Type": "application/json" },
-               body: ')" +
-                    chat + R"(' };
+               body: 'CHAT' };
 (async () => {
-  await call("door-models", ")" +
-                    base(door_port_) + R"(/v1/models", { headers: key });
-  await call("door-chat", ")" +
-                    base(door_port_) + R"(/v1/chat/completions", post);
-  await call("port-models", ")" +
-                    base(port_a_) + R"(/v1/models", { headers: key });
-  await call("port-chat", ")" +
-                    base(port_a_) + R"(/v1/chat/completions", post);
+  await call("door-models", "DOOR/v1/models", { headers: key });
+  await call("door-chat", "DOOR/v1/chat/completions", post);
+  await call("port-models", "PORT/v1/models", { headers: key });
+  await call("port-chat", "PORT/v1/chat/completions", post);
+  await call("port-wrong-key", "PORT/v1/models", { headers: { "Authorization": "Bearer no" } });
   out.textContent += "done\n";
 })();
-</script>)");
+</script>)";
+    for (const auto& [from, to] : {std::pair<std::string, std::string>{"KEY", key},
+                                   {"CHAT", chat},
+                                   {"DOOR", "http://127.0.0.1:" + std::to_string(door_port_)},
+                                   {"PORT", "http://127.0.0.1:" + std::to_string(port_a_)}}) {
+        for (auto at = page.find(from); at != std::string::npos;
+             at = page.find(from, at + to.size()))
+            page.replace(at, from.size(), to);
+    }
+    PageServer server(page);
     // The front door answers once it has linked to ensembled.
-    for (int i = 0; i < 100 && http_request(door_port_, chat_request(chat)).status != 200; ++i)
+    auto keyed = chat_request(chat);
+    keyed.headers["Authorization"] = "Bearer " + key;
+    for (int i = 0; i < 100 && http_request(door_port_, keyed).status != 200; ++i)
         std::this_thread::sleep_for(50ms);
 
     const auto out = dir_ / "web-app.out";
@@ -290,13 +296,13 @@ const post = { method: "POST", headers: { ...key, "Content-Type": "application/j
                             " --headless --no-sandbox --disable-gpu --no-first-run"
                             " --user-data-dir=" +
                             (dir_ / "chromium-profile").string() +
-                            " --virtual-time-budget=10000 --dump-dom " + page.url() + " > " +
+                            " --virtual-time-budget=10000 --dump-dom " + server.url() + " > " +
                             out.string() + " 2> " + (dir_ / "web-app.err").string();
     ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
     std::ifstream in(out);
     const std::string dom{std::istreambuf_iterator<char>(in), {}};
-    for (const std::string line :
-         {"door-models:200\n", "door-chat:200\n", "port-models:200\n", "port-chat:200\n", "done"})
+    for (const std::string line : {"door-models:200\n", "door-chat:200\n", "port-models:200\n",
+                                   "port-chat:200\n", "port-wrong-key:401\n", "done"})
         EXPECT_NE(dom.find(line), std::string::npos) << line << " in " << dom;
 }
 

@@ -430,20 +430,29 @@ TEST_F(WorkerTest, ApiKeyIsRequiredWhenConfigured) {
 
 // A browser's CORS preflight carries no Authorization (the Fetch standard leaves credentials
 // out of it), so a web app could never call a port with a key: llama-server skips its own key
-// for OPTIONS, and the worker, holding the key in its stead, does the same for a preflight
-// and hands it to the engine, which answers it.
-TEST_F(WorkerTest, ABrowsersPreflightNeedsNoKeyAndIsAnsweredByTheEngine) {
-    auto worker = start({"--api-key", "s3cret"});
+// for OPTIONS. The worker, holding the key in the engine's stead, answers a preflight itself
+// (so that a request without the key reaches nothing behind it); on a port without a key the
+// engine answers it, with its own policy.
+TEST_F(WorkerTest, ABrowsersPreflightNeedsNoKeyAndTheWorkersAnswersArePagesToRead) {
     HttpRequest preflight;
     preflight.method = "OPTIONS";
     preflight.target = "/v1/chat/completions";
     preflight.headers["Origin"] = "http://app.example";
     preflight.headers["Access-Control-Request-Method"] = "POST";
     preflight.headers["Access-Control-Request-Headers"] = "authorization, content-type";
+    {
+        auto open = start();
+        const auto by_engine = http_request(open->port(), preflight);
+        EXPECT_EQ(by_engine.status, 200) << by_engine.body;
+        EXPECT_EQ(by_engine.header("access-control-allow-origin"), "http://app.example")
+            << "llama-server's policy";
+    }
+    auto worker = start({"--api-key", "s3cret", "--max-body-bytes", "2048"});
     const auto answered = http_request(worker->port(), preflight);
-    EXPECT_EQ(answered.status, 200) << answered.body;
-    EXPECT_EQ(answered.header("access-control-allow-origin"), "http://app.example");
+    EXPECT_EQ(answered.status, 204) << answered.body;
+    EXPECT_EQ(answered.header("access-control-allow-origin"), "*");
     EXPECT_NE(answered.header("access-control-allow-methods").find("POST"), std::string::npos);
+    EXPECT_EQ(answered.header("access-control-allow-headers"), "authorization, content-type");
 
     // Not a preflight: an OPTIONS with a body, or not from a page, still needs the key, as
     // does everything else.
@@ -471,6 +480,13 @@ TEST_F(WorkerTest, ABrowsersPreflightNeedsNoKeyAndIsAnsweredByTheEngine) {
     models.headers.erase("Origin");
     EXPECT_EQ(http_request(worker->port(), models).header("access-control-allow-origin"), "")
         << "not asked by a page";
+    // A refusal made before the request is read whole, too (the listener's).
+    auto too_big = chat_request(R"({"model":"tiny","pad":")" + std::string(4096, 'x') + "\"}");
+    too_big.headers["Origin"] = "http://app.example";
+    too_big.headers["Authorization"] = "Bearer s3cret";
+    const auto refused_big = http_request(worker->port(), too_big);
+    EXPECT_EQ(refused_big.status, 413);
+    EXPECT_EQ(refused_big.header("access-control-allow-origin"), "*");
 }
 
 TEST_F(WorkerTest, UnknownPathIs404) {
@@ -662,10 +678,13 @@ TEST_F(WorkerTest, TheEngineTimeoutBoundsSilenceNotTheLengthOfAnAnswer) {
     }
     auto quiet = fake(3000, 5000);
     auto began = std::chrono::steady_clock::now();
-    const auto plain = http_request(quiet->port(), chat_request(kChat));
+    auto from_page = chat_request(kChat);
+    from_page.headers["Origin"] = "http://app.example";
+    const auto plain = http_request(quiet->port(), from_page);
     auto waited = std::chrono::steady_clock::now() - began;
     EXPECT_EQ(plain.status, 504) << plain.body;
     EXPECT_EQ(error_of(plain)["code"], "engine_timeout");
+    EXPECT_EQ(plain.header("access-control-allow-origin"), "*") << "a page may read why";
     EXPECT_GE(waited, 1s);
     EXPECT_LT(waited, 4s) << "the timeout is 1 s, checked every second";
 

@@ -64,7 +64,6 @@ TEST(SupervisorLink, AReportAskedForWhileABeatIsBeingMadeIsSentAtOnce) {
     const auto path = std::filesystem::temp_directory_path() /
                       ("ens-link-" + std::to_string(::getpid()) + ".sock");
     FakeSupervisorSocket supervisor(path);
-    // Destroyed before the link: its pending waits refer to the link's socket and timer.
     auto io = std::make_unique<asio::io_context>();
     LinkConfig config;
     config.socket_path = path.string();
@@ -94,6 +93,7 @@ TEST(SupervisorLink, AReportAskedForWhileABeatIsBeingMadeIsSentAtOnce) {
 
     io->stop();
     runner.join();
+    link.reset();  // its socket and timer go back to the io_context's services first
     io.reset();
 }
 
