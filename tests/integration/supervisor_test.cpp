@@ -157,11 +157,14 @@ TEST_F(SupervisorTest, StatusAfterASwapNamesNoProfileShowsUptimeAndTheLastSpeed)
     EXPECT_EQ(port_status(port_a_)["profile"], "pair");
     auto swap = cli("swap " + a + " tiny-two");
     ASSERT_EQ(swap.exit_code, 0) << swap.out;
+    // The table's row: the last line that begins with the port (the progress lines printed
+    // while the swap loads, "PORT MODEL: loading", come before the table).
     const auto row = [&](const std::string& table) {
         std::istringstream lines(table);
+        std::string found;
         for (std::string line; std::getline(lines, line);)
-            if (line.starts_with(a + " ")) return line;
-        return std::string();
+            if (line.starts_with(a + " ")) found = line;
+        return found;
     };
     std::istringstream swapped(row(swap.out));
     std::string port, model, profile, state, pid, uptime;
