@@ -282,10 +282,18 @@ TEST_F(MemoryTest, IdleEvictablePortsMakeRoomLeastRecentlyUsedFirst) {
              {ports[0], "old"}, {ports[1], "recent"}, {ports[2], "pinned"}}) {
         ASSERT_EQ(cli("load " + std::to_string(port) + " " + model).exit_code, 0);
     }
-    EXPECT_EQ(chat(ports[0]), 200);
+    // A port's last use is when a heartbeat shows ensembled a request (up to a second after it):
+    // each request is waited for until ensembled has seen it, so that the order is sure.
+    const auto serve_and_wait_seen = [&](unsigned short port) {
+        const auto before = port_status(port).value("requests", 0);
+        EXPECT_EQ(chat(port), 200);
+        for (int i = 0; i < 150 && port_status(port).value("requests", 0) == before; ++i)
+            std::this_thread::sleep_for(20ms);
+    };
+    serve_and_wait_seen(ports[0]);
     std::this_thread::sleep_for(300ms);
-    EXPECT_EQ(chat(ports[1]), 200);       // 'old' is now the least recently used
-    std::this_thread::sleep_for(2500ms);  // both idle, and the heartbeats have said so
+    serve_and_wait_seen(ports[1]);        // 'old' is now the least recently used
+    std::this_thread::sleep_for(2500ms);  // both idle
 
     const auto loaded = cli("load " + std::to_string(port_a_) + " important");
     ASSERT_EQ(loaded.exit_code, 0) << loaded.out;
@@ -304,9 +312,7 @@ TEST_F(MemoryTest, IdleEvictablePortsMakeRoomLeastRecentlyUsedFirst) {
     // Now nothing is idle and evictable ('old' has just served, and a heartbeat has said so;
     // under a sanitizer its load and the status calls alone can outlast the 1 s idle limit):
     // refused, nothing evicted.
-    EXPECT_EQ(chat(ports[0]), 200);
-    for (int i = 0; i < 100 && port_status(ports[0]).value("requests", 0) == 0; ++i)
-        std::this_thread::sleep_for(20ms);
+    serve_and_wait_seen(ports[0]);
     const auto refused = cli("load " + std::to_string(ports[1]) + " recent");
     EXPECT_NE(refused.exit_code, 0) << refused.out;
     EXPECT_EQ(port_status(ports[0]).value("state", ""), "ready");
