@@ -508,10 +508,10 @@ void Loader::logs(const std::string& file, const YAML::Node& node) {
 }
 
 void Loader::health(const std::string& file, const YAML::Node& node) {
-    if (!v_.map_with_keys(
-            file, node, "supervisor.health",
-            {"missed_heartbeats", "kill_grace", "stop_timeout", "probe_interval", "probe_timeout",
-             "probe_failures", "engine_probe_interval", "engine_probe_failures"})) {
+    if (!v_.map_with_keys(file, node, "supervisor.health",
+                          {"missed_heartbeats", "kill_grace", "drain_timeout", "stop_timeout",
+                           "probe_interval", "probe_timeout", "probe_failures",
+                           "engine_probe_interval", "engine_probe_failures"})) {
         return;
     }
     auto& h = config_.supervisor.health;
@@ -520,8 +520,25 @@ void Loader::health(const std::string& file, const YAML::Node& node) {
             h.missed_heartbeats = *n;
     }
     if (node["kill_grace"]) duration(file, node["kill_grace"], "health.kill_grace", h.kill_grace);
-    if (node["stop_timeout"])
+    if (node["drain_timeout"]) {
+        duration(file, node["drain_timeout"], "health.drain_timeout", h.drain_timeout);
+        // A worker asked to stop may take its drain and its engine's stop before it is killed.
+        h.stop_timeout = h.drain_timeout + protocol::kEngineStopGrace + protocol::kStopMargin;
+    }
+    if (node["stop_timeout"]) {
         duration(file, node["stop_timeout"], "health.stop_timeout", h.stop_timeout);
+        const auto least = h.drain_timeout + protocol::kEngineStopGrace + protocol::kStopMargin;
+        if (node["drain_timeout"] && h.stop_timeout < least) {
+            v_.at(file, node["stop_timeout"],
+                  "health.stop_timeout must be at least " + duration_text(least) +
+                      " with this drain_timeout: a worker asked to stop lets its requests finish "
+                      "for up to drain_timeout (" +
+                      duration_text(h.drain_timeout) + "), then stops its engine (up to " +
+                      duration_text(protocol::kEngineStopGrace) +
+                      "), and would be killed while it drains; raise stop_timeout, or leave it "
+                      "out to have it follow drain_timeout");
+        }
+    }
     if (node["probe_interval"])
         duration(file, node["probe_interval"], "health.probe_interval", h.probe_interval);
     if (node["probe_timeout"])
@@ -1077,6 +1094,11 @@ std::optional<std::chrono::milliseconds> parse_duration(const std::string& text)
     if (unit == "m") return std::chrono::minutes(n);
     if (unit == "h") return std::chrono::hours(n);
     return std::chrono::seconds(n);
+}
+
+std::string duration_text(std::chrono::milliseconds duration) {
+    const auto ms = duration.count();
+    return ms % 1000 == 0 ? std::to_string(ms / 1000) + "s" : std::to_string(ms) + "ms";
 }
 
 std::optional<std::uint64_t> parse_bytes(const std::string& text) {

@@ -28,8 +28,11 @@ struct LogSettings {
 struct HealthSettings {
     int missed_heartbeats = 3;                   // heartbeats are 1 s apart
     std::chrono::milliseconds kill_grace{5000};  // SIGTERM to SIGKILL for a hung worker
-    // A worker asked to stop (unload, swap, refused) drains for up to 30 s and then stops its
-    // engine for up to 10 s; one still there after this long is killed.
+    // A worker asked to stop (unload, swap, restart, refused) lets its requests in flight finish
+    // for up to drain_timeout, then stops its engine (protocol::kEngineStopGrace); one still there
+    // after stop_timeout is killed. A config that sets drain_timeout and not stop_timeout gets
+    // the sum of the two and protocol::kStopMargin; one that sets both may not set less.
+    std::chrono::milliseconds drain_timeout{30000};
     std::chrono::milliseconds stop_timeout{45000};
     std::chrono::milliseconds probe_interval{5000};  // GET /health on each public port; 0: off
     std::chrono::milliseconds probe_timeout{2000};
@@ -205,6 +208,8 @@ std::optional<std::uint64_t> parse_bytes(const std::string& text);
 
 // "500ms", "5s", "2m", "1h"; a bare number is seconds.
 std::optional<std::chrono::milliseconds> parse_duration(const std::string& text);
+// The other way: "45s", or "1500ms" when not a whole number of seconds.
+std::string duration_text(std::chrono::milliseconds duration);
 
 // "localhost", 127.0.0.0/8 or ::1: a listener there is reachable from this machine only.
 bool is_loopback_host(const std::string& host);

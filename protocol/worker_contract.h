@@ -3,6 +3,7 @@
 // files a port's worker and engine keep, and what a model handle may look like.
 #pragma once
 
+#include <chrono>
 #include <filesystem>
 #include <string>
 #include <string_view>
@@ -22,6 +23,16 @@ enum class WorkerExit : int {
 inline constexpr int exit_code(WorkerExit exit) {
     return static_cast<int>(exit);
 }
+
+// ---- how a worker stops (docs/WORKER.md, "Standalone and supervised") ----
+
+// A worker asked to stop lets the requests in flight finish for up to its drain timeout
+// (--drain-timeout: the config's health.drain_timeout), then stops its engine: SIGTERM, and
+// SIGKILL after this long.
+inline constexpr std::chrono::milliseconds kEngineStopGrace{10000};
+// How long the supervisor gives a worker asked to stop, beyond its drain and its engine's stop,
+// before it kills it (health.stop_timeout is at least the sum of the three).
+inline constexpr std::chrono::milliseconds kStopMargin{5000};
 
 // ---- a worker's environment, set by the supervisor that spawns it ----
 

@@ -101,7 +101,9 @@ std::vector<std::string> FrontDoorKeeper::arguments() const {
             "--queue-max",
             std::to_string(door.queue_max),
             "--load-timeout",
-            std::to_string(std::chrono::ceil<std::chrono::seconds>(door.load_timeout).count())};
+            std::to_string(std::chrono::ceil<std::chrono::seconds>(door.load_timeout).count()),
+            "--drain-timeout",
+            std::to_string(fleet_.config().supervisor.health.drain_timeout.count() / 1000.0)};
 }
 
 void FrontDoorKeeper::spawn() {

@@ -95,7 +95,9 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
         "--engine-liveness-interval",
         std::to_string(config.supervisor.health.engine_probe_interval.count() / 1000.0),
         "--engine-liveness-failures",
-        std::to_string(config.supervisor.health.engine_probe_failures)};
+        std::to_string(config.supervisor.health.engine_probe_failures),
+        "--drain-timeout",
+        std::to_string(config.supervisor.health.drain_timeout.count() / 1000.0)};
     if (engine.load_stall_timeout) {
         l.command.argv.insert(
             l.command.argv.end(),

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "profiles/engine_preset.h"
+#include "protocol/worker_contract.h"
 
 namespace ensemble {
 
@@ -34,7 +35,7 @@ struct EngineConfig {
     std::chrono::milliseconds load_stall_timeout{120000};
     // Added to the engine's environment only.
     std::map<std::string, std::string> env;
-    std::chrono::milliseconds stop_grace{10000};  // SIGTERM, then SIGKILL after this long
+    std::chrono::milliseconds stop_grace{protocol::kEngineStopGrace};  // SIGTERM, then SIGKILL
     // While ready, the readiness probe runs this often; `liveness_failures` misses in a row
     // (timeouts: a hung or stopped engine) kill the engine, which is then restarted.
     std::chrono::milliseconds liveness_interval{5000};

@@ -171,7 +171,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     std::string ready_path = "/v1/models";
     std::string log_dir;
     std::string log_file;
-    int drain_seconds = 30;
+    double drain_seconds = 30;
     int hold_seconds = 30;
     int queue_timeout = 60;
     int header_timeout = static_cast<int>(o.front.header_timeout.count());
@@ -255,8 +255,11 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "to be ready, before it is answered 503 model_loading")
         ->check(CLI::Range(0, 3600))
         ->capture_default_str();
-    app.add_option("--drain-timeout", drain_seconds, "seconds SIGTERM waits for requests in flight")
-        ->capture_default_str();
+    app.add_option("--drain-timeout", drain_seconds,
+                   "seconds a stop (SIGTERM, or the supervisor's) waits for requests in flight to "
+                   "finish before it ends them (fractions allowed)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 7.0 * 86400));
     app.add_option("--load-stall-timeout", stall_timeout,
                    "seconds without load progress before "
                    "the engine is restarted")
@@ -284,7 +287,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
         return app.exit(e);
     }
     o.engine.log_file = log_file;
-    o.drain_timeout = std::chrono::seconds(drain_seconds);
+    o.drain_timeout = std::chrono::milliseconds(static_cast<long long>(drain_seconds * 1000));
     o.hold_while_loading = std::chrono::seconds(hold_seconds);
     o.front.header_timeout = std::chrono::seconds(header_timeout);
     o.front.idle_timeout = std::chrono::seconds(idle_timeout);
@@ -306,7 +309,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
 
 std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** argv) {
     FrontDoorOptions o;
-    int drain_seconds = 30;
+    double drain_seconds = 30;
     int load_timeout = static_cast<int>(o.door.load_timeout.count());
     int engine_timeout = static_cast<int>(o.door.proxy.engine_timeout.count());
     CLI::App app{
@@ -337,14 +340,17 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
                    "client connections served at once (more are answered 503)")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
-    app.add_option("--drain-timeout", drain_seconds, "seconds SIGTERM waits for requests in flight")
-        ->capture_default_str();
+    app.add_option("--drain-timeout", drain_seconds,
+                   "seconds a stop (SIGTERM, or the supervisor's) waits for requests in flight to "
+                   "finish before it ends them (fractions allowed)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, 7.0 * 86400));
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
     }
-    o.drain_timeout = std::chrono::seconds(drain_seconds);
+    o.drain_timeout = std::chrono::milliseconds(static_cast<long long>(drain_seconds * 1000));
     o.door.load_timeout = std::chrono::seconds(load_timeout);
     o.door.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
     // A request waits for its model in the front door's own queue, not in the proxy's.

@@ -33,6 +33,8 @@ class SupervisorTest : public SupervisorFixture {
         if (name.find("IgnoresStop") != std::string::npos ||
             name.find("StopTimer") != std::string::npos)
             settings += "  health: {stop_timeout: 2s}\n";
+        if (name.find("DrainTimeout") != std::string::npos)
+            settings += "  health: {drain_timeout: 1s}\n";
         if (name.find("BootProfile") != std::string::npos) settings += "  boot_profile: single\n";
         if (name.find("Loading") != std::string::npos) settings += "  hold_while_loading: 1s\n";
         return settings;
@@ -42,6 +44,15 @@ class SupervisorTest : public SupervisorFixture {
     // on), optionally makes state.db forget the engines, starts again, and expects no engine
     // of the old generation and one new worker per port.
     void expect_no_old_engine_after_killing_everything(bool forget_engines_in_db);
+
+    // A stream from fake-slow-stream (40 tokens, 200 ms apart: 8 s), read on its own thread.
+    static std::thread stream_slowly(int port, HttpResponse& into) {
+        return std::thread([port, &into] {
+            into = http_request(
+                port, chat_request(R"({"messages":[{"role":"user","content":"hi"}],"stream":true})",
+                                   true));
+        });
+    }
 
     // Replaces the first `from` in ensemble.yaml with `to` (the test fails if it is not there).
     void edit_config(const std::string& from, const std::string& to) {
@@ -711,11 +722,7 @@ TEST_F(SupervisorTest, ABootProfilePortWaitsForAReplacedWorkerThatDrainsSlowly) 
     ASSERT_EQ(cli("swap " + std::to_string(port_a_) + " fake-slow-stream").exit_code, 0);
     const pid_t old_worker = port_status(port_a_)["pid"].get<pid_t>();
     HttpResponse streamed;
-    std::thread client([&] {  // 40 tokens, 200 ms apart: 8 s
-        streamed = http_request(
-            port_a_,
-            chat_request(R"({"messages":[{"role":"user","content":"hi"}],"stream":true})", true));
-    });
+    std::thread client = stream_slowly(port_a_, streamed);
     std::this_thread::sleep_for(500ms);
     crash_and_lose_the_state_database();
     supervisor_ = start_supervisor();
@@ -740,11 +747,8 @@ TEST_F(SupervisorTest, AStopTimerOfAnEarlierRunNeverKillsALaterOne) {
     const auto first_unload = std::chrono::steady_clock::now();  // arms a 2 s stop timer
     ASSERT_EQ(cli("unload " + port).exit_code, 0);
     ASSERT_EQ(cli("load " + port + " fake-slow-stream").exit_code, 0);
-    std::thread client([&] {  // 8 s: the worker drains it until its own stop timer (2 s)
-        (void)http_request(
-            port_a_,
-            chat_request(R"({"messages":[{"role":"user","content":"hi"}],"stream":true})", true));
-    });
+    HttpResponse streamed;  // (the worker drains it until its own stop timer, 2 s)
+    std::thread client = stream_slowly(port_a_, streamed);
     std::this_thread::sleep_until(first_unload + 1500ms);
     const auto second_unload = std::chrono::steady_clock::now();
     ASSERT_EQ(cli("unload " + port).exit_code, 0);
@@ -752,6 +756,28 @@ TEST_F(SupervisorTest, AStopTimerOfAnEarlierRunNeverKillsALaterOne) {
     client.join();
     // Killed by its own timer 2 s after its unload, not by the first one 0.5 s in.
     EXPECT_GE(took, 1800ms) << "the first run's timer killed the second run's worker";
+}
+
+// Found in review: ensembled never passed a drain time to its workers, so each drained for its
+// own fixed 30 s: a config could not let a long generation finish across a swap or an unload.
+// health.drain_timeout now reaches every worker; here 1 s ends an 8 s stream early, and the
+// worker stops by itself (stop_timeout follows the drain: it is not killed).
+TEST_F(SupervisorTest, TheConfigsDrainTimeoutIsHowLongAStoppedWorkerLetsRequestsFinish) {
+    supervisor_ = start_supervisor();
+    const auto port = std::to_string(port_a_);
+    ASSERT_EQ(cli("load " + port + " fake-slow-stream").exit_code, 0);
+    HttpResponse streamed;
+    std::thread client = stream_slowly(port_a_, streamed);
+    std::this_thread::sleep_for(500ms);
+    const auto unload_began = std::chrono::steady_clock::now();
+    ASSERT_EQ(cli("unload " + port).exit_code, 0);
+    const auto took = std::chrono::steady_clock::now() - unload_began;
+    client.join();
+    EXPECT_FALSE(streamed.complete) << "the stream outlived a 1 s drain";
+    EXPECT_GE(took, 900ms) << "the worker drained for the config's second";
+    EXPECT_LT(took, 6s) << "the worker drained for longer than the config's second";
+    EXPECT_EQ(cli("events -n 40").out.find("did not stop within"), std::string::npos)
+        << "it stopped by itself, not killed";
 }
 
 // A process of ours on workers.sock that says it is a worker with `hello`'s fields and ignores

@@ -384,6 +384,30 @@ TEST_F(ConfigTest, HealthRestartAndLogSettingsLoad) {
     EXPECT_EQ(s.restart.crash_loop_window, std::chrono::minutes(1));
 }
 
+// A worker asked to stop drains for up to drain_timeout, then stops its engine; the supervisor
+// kills it only after both (and a margin), or it would cut the requests the drain finishes.
+TEST_F(ConfigTest, TheStopTimeoutFollowsTheDrainTimeoutAndMayNotCutIt) {
+    const auto defaults = load("supervisor: {}\n");
+    ASSERT_TRUE(defaults.config);
+    EXPECT_EQ(defaults.config->supervisor.health.drain_timeout, std::chrono::seconds(30));
+    EXPECT_EQ(defaults.config->supervisor.health.stop_timeout, std::chrono::seconds(45));
+
+    const auto longer = load("supervisor:\n  health: {drain_timeout: 10m}\n");
+    ASSERT_TRUE(longer.config) << longer.issues.front().to_string();
+    EXPECT_EQ(longer.config->supervisor.health.drain_timeout, std::chrono::minutes(10));
+    EXPECT_EQ(longer.config->supervisor.health.stop_timeout,
+              std::chrono::minutes(10) + std::chrono::seconds(15));
+
+    const auto both = load("supervisor:\n  health: {drain_timeout: 1500ms, stop_timeout: 1h}\n");
+    ASSERT_TRUE(both.config) << both.issues.front().to_string();
+    EXPECT_EQ(both.config->supervisor.health.stop_timeout, std::chrono::hours(1));
+
+    expect_issue(load("supervisor:\n  health:\n    drain_timeout: 2m\n    stop_timeout: 1m\n"), 4,
+                 19, "stop_timeout must be at least 135s with this drain_timeout");
+    // (A stop_timeout alone may stay short, as it could before drain_timeout existed.)
+    EXPECT_TRUE(load("supervisor:\n  health: {stop_timeout: 2s}\n").config);
+}
+
 TEST_F(ConfigTest, BadHealthAndRestartSettingsAreReportedWithPositions) {
     expect_issue(load("supervisor:\n  health:\n    probe_interval: soon\n"), 3, 21,
                  "must be a duration");
