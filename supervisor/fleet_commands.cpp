@@ -234,8 +234,11 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
     incoming.port = port;
     incoming.profile = profile;
     const bool upstream_ready = static_cast<bool>(upstream_link(incoming, Upstream::ready));
-    if (p->state() == PortState::ready && p->listening() && !p->snapshot().stop_requested &&
-        upstream_ready && fits_beside(port, handle, profile)) {
+    // Beside, the new worker takes the serving socket: not when a reload moved the port to
+    // another address (bind_host), which only a start on a new socket can follow.
+    if (p->state() == PortState::ready && p->listening() &&
+        p->listening_socket().bound_to(config_.supervisor.bind_host) &&
+        !p->snapshot().stop_requested && upstream_ready && fits_beside(port, handle, profile)) {
         auto swapped = co_await swap_beside(port, handle, profile);
         co_return swapped;
     }

@@ -745,6 +745,20 @@ void edit_config(const std::filesystem::path& config, const std::string& from,
     std::ofstream(config) << text;
 }
 
+// Found in review: a swap beside after bind_host changed gave the new worker the socket on the
+// old address, with the new address on its command line: the worker refused it and the swap
+// failed. It now goes one after the other, on a socket bound to the new address.
+TEST_F(FleetTest, ASwapAfterBindHostChangedMovesThePortToTheNewAddress) {
+    start("  memory_budget: 20GiB\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    edit_config(dir_ / "ensemble.yaml", "supervisor:\n", "supervisor:\n  bind_host: 0.0.0.0\n");
+    ASSERT_EQ(command(protocol::Verb::reload)["ok"], true);
+    const auto swapped = command(protocol::Verb::swap, kA, "b");
+    ASSERT_EQ(swapped["ok"], true) << swapped.dump();
+    EXPECT_EQ(world_.listening_sockets_opened[kA], 2) << "bound again, on 0.0.0.0";
+    EXPECT_FALSE(world_.newest_on(kA)->slot.standby) << "started as the port's only worker";
+}
+
 TEST_F(FleetTest, AProxyWaitsForItsUpstreamStartsWithItAndWaitsAgainWhenItIsUnloaded) {
     start("", kProxy);
     const auto alone = command(protocol::Verb::load, kB, "px");
