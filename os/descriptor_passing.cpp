@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -70,10 +71,17 @@ Result<Received> receive_with_descriptors(int socket, std::span<char> buffer) {
     for (auto* header = CMSG_FIRSTHDR(&message); header != nullptr;
          header = CMSG_NXTHDR(&message, header)) {
         if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
-        const auto count = (header->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        // Never more than the buffer holds: a truncated message (MSG_CTRUNC) may keep its
+        // sender's cmsg_len (macOS), which would read past `control` and close whatever
+        // descriptor numbers lay there.
+        const auto* data = CMSG_DATA(header);
+        const auto held = static_cast<std::size_t>(control + message.msg_controllen -
+                                                   reinterpret_cast<const char*>(data));
+        const auto count =
+            std::min<std::size_t>((header->cmsg_len - CMSG_LEN(0)), held) / sizeof(int);
         for (std::size_t i = 0; i < count; ++i) {
             int fd = -1;
-            std::memcpy(&fd, CMSG_DATA(header) + i * sizeof(int), sizeof fd);
+            std::memcpy(&fd, data + i * sizeof(int), sizeof fd);
             ::fcntl(fd, F_SETFD, FD_CLOEXEC);
             if (received.descriptors.size() < kMaxDescriptors) {
                 received.descriptors.push_back(fd);
