@@ -522,6 +522,9 @@ void Loader::health(const std::string& file, const YAML::Node& node) {
     if (node["kill_grace"]) duration(file, node["kill_grace"], "health.kill_grace", h.kill_grace);
     if (node["drain_timeout"]) {
         duration(file, node["drain_timeout"], "health.drain_timeout", h.drain_timeout);
+        // (The worker's --drain-timeout takes at most a week.)
+        if (h.drain_timeout > std::chrono::hours(168))
+            v_.at(file, node["drain_timeout"], "health.drain_timeout must be at most 168h");
         // A worker asked to stop may take its drain and its engine's stop before it is killed.
         h.stop_timeout = h.drain_timeout + protocol::kEngineStopGrace + protocol::kStopMargin;
     }

@@ -4,6 +4,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <iostream>
 
@@ -19,6 +20,14 @@ extern char** environ;
 namespace ensemble {
 
 namespace {
+
+// CLI::Range lets "nan" through (every comparison with it is false).
+const CLI::Validator kFiniteNumber(
+    [](std::string& text) {
+        return std::isfinite(std::strtod(text.c_str(), nullptr)) ? std::string()
+                                                                 : "must be a finite number";
+    },
+    "FINITE");
 
 Error bad_option(std::string message) {
     return Error{"bad_option", std::move(message)};
@@ -259,7 +268,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "seconds a stop (SIGTERM, or the supervisor's) waits for requests in flight to "
                    "finish before it ends them (fractions allowed)")
         ->capture_default_str()
-        ->check(CLI::Range(0.0, 7.0 * 86400));
+        ->check(CLI::Range(0.0, 7.0 * 86400) & kFiniteNumber);
     app.add_option("--load-stall-timeout", stall_timeout,
                    "seconds without load progress before "
                    "the engine is restarted")
@@ -287,7 +296,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
         return app.exit(e);
     }
     o.engine.log_file = log_file;
-    o.drain_timeout = std::chrono::milliseconds(static_cast<long long>(drain_seconds * 1000));
+    o.drain_timeout = std::chrono::milliseconds(std::llround(drain_seconds * 1000));
     o.hold_while_loading = std::chrono::seconds(hold_seconds);
     o.front.header_timeout = std::chrono::seconds(header_timeout);
     o.front.idle_timeout = std::chrono::seconds(idle_timeout);
@@ -344,13 +353,13 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
                    "seconds a stop (SIGTERM, or the supervisor's) waits for requests in flight to "
                    "finish before it ends them (fractions allowed)")
         ->capture_default_str()
-        ->check(CLI::Range(0.0, 7.0 * 86400));
+        ->check(CLI::Range(0.0, 7.0 * 86400) & kFiniteNumber);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
         return app.exit(e);
     }
-    o.drain_timeout = std::chrono::milliseconds(static_cast<long long>(drain_seconds * 1000));
+    o.drain_timeout = std::chrono::milliseconds(std::llround(drain_seconds * 1000));
     o.door.load_timeout = std::chrono::seconds(load_timeout);
     o.door.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
     // A request waits for its model in the front door's own queue, not in the proxy's.

@@ -404,6 +404,8 @@ TEST_F(ConfigTest, TheStopTimeoutFollowsTheDrainTimeoutAndMayNotCutIt) {
 
     expect_issue(load("supervisor:\n  health:\n    drain_timeout: 2m\n    stop_timeout: 1m\n"), 4,
                  19, "stop_timeout must be at least 135s with this drain_timeout");
+    expect_issue(load("supervisor:\n  health:\n    drain_timeout: 200h\n"), 3, 20,
+                 "drain_timeout must be at most 168h");
     // (A stop_timeout alone may stay short, as it could before drain_timeout existed.)
     EXPECT_TRUE(load("supervisor:\n  health: {stop_timeout: 2s}\n").config);
 }
