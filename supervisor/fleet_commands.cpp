@@ -13,10 +13,10 @@ namespace {
 
 // A model load may take minutes (a 100 GB model from disk); the worker kills loads that stall.
 constexpr auto kLoadTimeout = std::chrono::minutes(15);
-// How long a command waits for a worker to stop: until it is killed for not stopping, and a
-// little more for the kill to land.
-std::chrono::milliseconds stop_wait(const Config& config) {
-    return config.supervisor.health.stop_timeout + std::chrono::seconds(5);
+// How long a command waits for a worker to stop: until it is killed for not stopping (after
+// `stop_timeout`), and a little more for the kill to land.
+std::chrono::milliseconds stop_wait(std::chrono::milliseconds stop_timeout) {
+    return stop_timeout + std::chrono::seconds(5);
 }
 
 }  // namespace
@@ -92,7 +92,8 @@ awaitable<bool> Fleet::replace_worker(int port, const std::string& handle,
     if (auto& running = port_at(port); is_running(running.state())) {
         running.stop("replacing '" + running.snapshot().handle + "' with '" + handle + "'",
                      Port::Then::hand_the_port_over);
-        if (!co_await wait_stopped(port, now() + stop_wait(config_))) {
+        const auto wait = stop_wait(running.stop_timeout());
+        if (!co_await wait_stopped(port, now() + wait)) {
             port_at(port).cancel_hand_over();
             co_return false;
         }
@@ -180,7 +181,8 @@ awaitable<Status> Fleet::unload(int port, std::string reason) {
     forget_kept_alive(port);  // a later load of the same model starts from the default
     if (p != nullptr) {
         p->stop(reason);
-        co_await wait_stopped(port, now() + stop_wait(config_));
+        const auto wait = stop_wait(p->stop_timeout());
+        co_await wait_stopped(port, now() + wait);
         ports_.erase(port);
     }
     event(port, "unload",
@@ -212,7 +214,8 @@ awaitable<Result<PortReport>> Fleet::swap(int port, const std::string& handle) {
     const std::function<bool()> port_clear = [this, port] {
         return !has_side_run(port) && !dismissed_holder(port);
     };
-    const bool clear = co_await wait_until(port_clear, now() + stop_wait(config_));
+    const auto wait = stop_wait(config_.supervisor.health.stop_timeout);
+    const bool clear = co_await wait_until(port_clear, now() + wait);
     if (shutting_down_) co_return shutting_down_error(port, handle);
     if (!clear) {
         co_return Error{"swap_busy", "the worker an earlier swap replaced on port " +

@@ -3,8 +3,10 @@
 #include <signal.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <fstream>
 
+#include "protocol/worker_contract.h"
 #include "supervisor/memory_budget.h"
 #include "supervisor/worker_spawner.h"
 
@@ -220,6 +222,7 @@ Status Port::start_worker(const ListeningSocket* serving_socket) {
         return spawned.error();
     }
     process_ = std::move(spawned->process);
+    stop_timeout_at_start_ = config.supervisor.health.stop_timeout;  // (it follows the drain)
     exited_.reset();
     refresh_estimate();
     s_.pid = process_->pid();
@@ -337,7 +340,7 @@ void Port::stop(const std::string& reason, Then then) {
         signal(SIGTERM);
     }
     // A worker that ignores the stop is killed.
-    const auto stop_timeout = host_.config().supervisor.health.stop_timeout;
+    const auto stop_timeout = this->stop_timeout();
     auto& host = host_;
     const int port = s_.port;
     const auto attempt = attempt_;
@@ -347,6 +350,10 @@ void Port::stop(const std::string& reason, Then then) {
         p->kill_now("the worker did not stop within " + std::to_string(stop_timeout.count()) +
                     " ms");
     });
+}
+
+std::chrono::milliseconds Port::stop_timeout() const {
+    return std::max(host_.config().supervisor.health.stop_timeout, stop_timeout_at_start_);
 }
 
 void Port::kill_now(const std::string& why) {

@@ -138,7 +138,10 @@ class Port {
     // port; any other failure is the port's (backoff, or the crash loop). While a worker told
     // to stop still holds the port, waits for it to go.
     void start(std::chrono::seconds retry = std::chrono::seconds(1));
-    // Asks the worker to stop (it drains); SIGKILL after stop_timeout. The port's listening
+    // How long a worker told to stop has before it is killed: the config's stop_timeout, or the
+    // one when it was started if that was longer (a reload shortened the drain since).
+    std::chrono::milliseconds stop_timeout() const;
+    // Asks the worker to stop (it drains); SIGKILL after stop_timeout(). The port's listening
     // socket is closed once it has stopped — unless another worker is to take it over
     // (a swap, a restart), when connections wait in its backlog meanwhile.
     // `wait_for_upstream`: a chained model whose upstream is gone waits for it (closed).
@@ -239,7 +242,9 @@ class Port {
     bool hand_over_ = false;                  // stopping for a replacement: keep listener_
     bool then_wait_ = false;                  // stopping to wait for the upstream
     std::unique_ptr<WorkerProcess> process_;  // set when this supervisor spawned the worker
-    std::optional<ExitStatus> exited_;        // reaped, not yet explained (see tick)
+    // The config's when this worker was started, which covered the drain it was given.
+    std::chrono::milliseconds stop_timeout_at_start_{0};
+    std::optional<ExitStatus> exited_;  // reaped, not yet explained (see tick)
     Clock::time_point exited_at_{};
     std::int64_t pid_start_time_ = 0;
     std::string worker_id_;

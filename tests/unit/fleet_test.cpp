@@ -759,6 +759,28 @@ TEST_F(FleetTest, ASwapAfterBindHostChangedMovesThePortToTheNewAddress) {
     EXPECT_FALSE(world_.newest_on(kA)->slot.standby) << "started as the port's only worker";
 }
 
+// Found in review: a worker keeps the drain time it was started with, but the kill timer read
+// the config of the moment: after a reload back to the default drain, a worker started with
+// 10 minutes was killed 45 s into its stop. It is given its own drain, its engine's stop and
+// the margin.
+TEST_F(FleetTest, AWorkerStoppedAfterAReloadShortenedTheDrainKeepsItsOwnDrainTime) {
+    start("  health: {drain_timeout: 10m}\n");
+    ASSERT_EQ(command(protocol::Verb::load, kA, "a")["ok"], true);
+    const auto worker = world_.newest_on(kA);
+    worker->ignores_stop = true;  // a long answer to finish
+    edit_config(dir_ / "ensemble.yaml", "  health: {drain_timeout: 10m}\n", "");
+    ASSERT_EQ(command(protocol::Verb::reload)["ok"], true);
+    const auto unloaded = begin_command(protocol::Verb::unload, kA);
+    advance(60s);
+    EXPECT_EQ(world_.signals_to(worker->pid, SIGKILL), 0) << "45 s is the new workers' limit";
+    EXPECT_FALSE(*unloaded) << "the unload waits for it";
+    advance(10min);
+    EXPECT_EQ(world_.signals_to(worker->pid, SIGKILL), 1) << "killed after 10 min + 15 s";
+    advance(5s);
+    ASSERT_TRUE(*unloaded);
+    EXPECT_EQ((**unloaded)["ok"], true) << (**unloaded).dump();
+}
+
 TEST_F(FleetTest, AProxyWaitsForItsUpstreamStartsWithItAndWaitsAgainWhenItIsUnloaded) {
     start("", kProxy);
     const auto alone = command(protocol::Verb::load, kB, "px");
