@@ -522,15 +522,17 @@ void Loader::health(const std::string& file, const YAML::Node& node) {
     if (node["kill_grace"]) duration(file, node["kill_grace"], "health.kill_grace", h.kill_grace);
     if (node["drain_timeout"]) {
         duration(file, node["drain_timeout"], "health.drain_timeout", h.drain_timeout);
-        // (The worker's --drain-timeout takes at most a week.)
-        if (h.drain_timeout > std::chrono::hours(168))
-            v_.at(file, node["drain_timeout"], "health.drain_timeout must be at most 168h");
+        if (h.drain_timeout > protocol::kMaxDrainTimeout) {
+            v_.at(file, node["drain_timeout"],
+                  "health.drain_timeout must be at most " +
+                      std::to_string(protocol::kMaxDrainTimeout.count()) + "h");
+        }
         // A worker asked to stop may take its drain and its engine's stop before it is killed.
-        h.stop_timeout = h.drain_timeout + protocol::kEngineStopGrace + protocol::kStopMargin;
+        h.stop_timeout = protocol::least_stop_timeout(h.drain_timeout);
     }
     if (node["stop_timeout"]) {
         duration(file, node["stop_timeout"], "health.stop_timeout", h.stop_timeout);
-        const auto least = h.drain_timeout + protocol::kEngineStopGrace + protocol::kStopMargin;
+        const auto least = protocol::least_stop_timeout(h.drain_timeout);
         if (node["drain_timeout"] && h.stop_timeout < least) {
             v_.at(file, node["stop_timeout"],
                   "health.stop_timeout must be at least " + duration_text(least) +

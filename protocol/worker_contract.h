@@ -33,6 +33,12 @@ inline constexpr std::chrono::milliseconds kEngineStopGrace{10000};
 // How long the supervisor gives a worker asked to stop, beyond its drain and its engine's stop,
 // before it kills it (health.stop_timeout is at least the sum of the three).
 inline constexpr std::chrono::milliseconds kStopMargin{5000};
+// The longest drain a worker takes (--drain-timeout, health.drain_timeout).
+inline constexpr std::chrono::hours kMaxDrainTimeout{168};
+// The least stop_timeout that lets a worker drain for `drain` and stop its engine.
+inline constexpr std::chrono::milliseconds least_stop_timeout(std::chrono::milliseconds drain) {
+    return drain + kEngineStopGrace + kStopMargin;
+}
 
 // ---- a worker's environment, set by the supervisor that spawns it ----
 

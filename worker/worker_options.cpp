@@ -29,6 +29,16 @@ const CLI::Validator kFiniteNumber(
     },
     "FINITE");
 
+// Both modes' --drain-timeout, in seconds (ensembled passes fractions).
+void add_drain_timeout_option(CLI::App& app, double& seconds) {
+    const double most = std::chrono::duration<double>(protocol::kMaxDrainTimeout).count();
+    app.add_option("--drain-timeout", seconds,
+                   "seconds a stop (SIGTERM, or the supervisor's) waits for requests in flight to "
+                   "finish before it ends them (fractions allowed)")
+        ->capture_default_str()
+        ->check(CLI::Range(0.0, most) & kFiniteNumber);
+}
+
 Error bad_option(std::string message) {
     return Error{"bad_option", std::move(message)};
 }
@@ -264,11 +274,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "to be ready, before it is answered 503 model_loading")
         ->check(CLI::Range(0, 3600))
         ->capture_default_str();
-    app.add_option("--drain-timeout", drain_seconds,
-                   "seconds a stop (SIGTERM, or the supervisor's) waits for requests in flight to "
-                   "finish before it ends them (fractions allowed)")
-        ->capture_default_str()
-        ->check(CLI::Range(0.0, 7.0 * 86400) & kFiniteNumber);
+    add_drain_timeout_option(app, drain_seconds);
     app.add_option("--load-stall-timeout", stall_timeout,
                    "seconds without load progress before "
                    "the engine is restarted")
@@ -349,11 +355,7 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
                    "client connections served at once (more are answered 503)")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
-    app.add_option("--drain-timeout", drain_seconds,
-                   "seconds a stop (SIGTERM, or the supervisor's) waits for requests in flight to "
-                   "finish before it ends them (fractions allowed)")
-        ->capture_default_str()
-        ->check(CLI::Range(0.0, 7.0 * 86400) & kFiniteNumber);
+    add_drain_timeout_option(app, drain_seconds);
     try {
         app.parse(argc, argv);
     } catch (const CLI::ParseError& e) {
