@@ -17,7 +17,10 @@ namespace {
 constexpr std::size_t kRelayBufferBytes = 16 * 1024;
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
 constexpr auto kRefusedPause = std::chrono::milliseconds(50);
-constexpr auto kSilenceTick = std::chrono::seconds(1);
+// How often the relays in flight are looked over: the engine's silence timed, a client's
+// departure looked for. A request answered sooner is never looked at (a look is a system call);
+// one whose client leaves costs the engine at most this much more work.
+constexpr auto kWatchTick = std::chrono::milliseconds(100);
 
 // Whether an event stream's last event was `data: [DONE]` (OpenAI's end of stream), from the
 // bytes as they pass.
@@ -45,50 +48,6 @@ const ApiError kEngineClosedEarly{
     http::status::bad_gateway, "server_error", "engine_error",
     "the engine closed the connection without answering; retry the request"};
 
-// Watches a client's connection while its answer is being generated. A client that goes away
-// (end of stream or reset) gets its engine connection cancelled and then closed, and the engine
-// stops generating for nobody: llama-server checks a waiting request's connection about once a
-// second, and a stream's next write fails. A client that sends more bytes meanwhile (a pipelined
-// request) is still there, and is no longer watched.
-// The watch is a one-byte peek, not a wait for readability: Asio re-arms the socket in epoll
-// (an epoll_ctl) for every wait, while a receive is tried at once (a recv that usually finds
-// nothing) and then queued on the registration the socket already has.
-class ClientDepartureWatch {
-  public:
-    ClientDepartureWatch(tcp_socket& client, stream_connection& engine)
-        : client_(client), state_(std::make_shared<State>()) {
-        state_->engine = &engine;
-        client_.async_receive(asio::buffer(&state_->peeked, 1), tcp_socket::message_peek,
-                              [state = state_](boost::system::error_code ec, std::size_t bytes) {
-                                  if (!state->watching || ec == asio::error::operation_aborted)
-                                      return;
-                                  if (!ec && bytes > 0)
-                                      return;          // a pipelined request: the client is there
-                                  state->left = true;  // end of stream, or reset
-                                  state->engine->cancel();
-                              });
-    }
-    ~ClientDepartureWatch() {
-        state_->watching = false;
-        boost::system::error_code ignored;
-        client_.cancel(ignored);  // the peek; nothing else is pending on the client here
-    }
-    ClientDepartureWatch(const ClientDepartureWatch&) = delete;
-    ClientDepartureWatch& operator=(const ClientDepartureWatch&) = delete;
-
-    bool client_left() const { return state_->left; }
-
-  private:
-    struct State {
-        bool watching = true;
-        bool left = false;
-        char peeked = 0;  // the peek's buffer: it may complete after the watch is gone
-        stream_connection* engine = nullptr;
-    };
-    tcp_socket& client_;
-    std::shared_ptr<State> state_;  // shared with the peek's handler, which may run after us
-};
-
 ApiError engine_silent(std::chrono::seconds timeout) {
     return {http::status::gateway_timeout, "server_error", "engine_timeout",
             "the engine went " + std::to_string(timeout.count()) +
@@ -98,20 +57,27 @@ ApiError engine_silent(std::chrono::seconds timeout) {
 
 }  // namespace
 
-class EngineProxy::SilenceWatch {
+// One relay's entry with the watchdog, for as long as the relay runs.
+class EngineProxy::RelayWatch {
   public:
-    SilenceWatch(const std::shared_ptr<Silences>& silences, stream_connection& stream)
-        : silences_(silences),
-          at_(silences->entries.insert(silences->entries.end(),
-                                       Silence{&stream, std::chrono::steady_clock::now()})) {
-        if (!silences_->watched) {
-            silences_->watched = true;
-            asio::co_spawn(stream.get_executor(), watch_silences(silences_), asio::detached);
+    RelayWatch(const std::shared_ptr<Watchdog>& watchdog, stream_connection& engine)
+        : watchdog_(watchdog),
+          at_(watchdog->relays.insert(watchdog->relays.end(), WatchedRelay{})) {
+        at_->engine = &engine;
+        if (!watchdog_->ticking) {
+            watchdog_->ticking = true;
+            asio::co_spawn(engine.get_executor(), watch_relays(watchdog_), asio::detached);
         }
     }
-    ~SilenceWatch() { silences_->entries.erase(at_); }
-    SilenceWatch(const SilenceWatch&) = delete;
-    SilenceWatch& operator=(const SilenceWatch&) = delete;
+    ~RelayWatch() { watchdog_->relays.erase(at_); }
+    RelayWatch(const RelayWatch&) = delete;
+    RelayWatch& operator=(const RelayWatch&) = delete;
+
+    // The request is on its way to the engine: its client is watched from the next tick. (Not
+    // before: an attempt whose send failed, on a stale pooled connection, is tried again at
+    // once, and a departure seen then would be lost with it.)
+    void watch_client(tcp_socket& client) { at_->client = &client; }
+    bool client_left() const { return at_->client_left; }
 
     // The engine spoke (a read succeeded): the silence starts again.
     void heard() {
@@ -123,26 +89,36 @@ class EngineProxy::SilenceWatch {
     bool timed_out() const { return at_->timed_out; }
 
   private:
-    std::shared_ptr<Silences> silences_;
-    std::list<Silence>::iterator at_;
+    std::shared_ptr<Watchdog> watchdog_;
+    std::list<WatchedRelay>::iterator at_;
 };
 
-awaitable<void> EngineProxy::watch_silences(std::shared_ptr<Silences> silences) {
+awaitable<void> EngineProxy::watch_relays(std::shared_ptr<Watchdog> watchdog) {
     steady_timer tick(co_await asio::this_coro::executor);
-    while (!silences->entries.empty()) {
-        tick.expires_after(kSilenceTick);
+    while (!watchdog->relays.empty()) {
+        tick.expires_after(kWatchTick);
         boost::system::error_code ec;
         co_await tick.async_wait(on_error(ec));
         const auto now = std::chrono::steady_clock::now();
-        for (auto& silence : silences->entries) {
-            if (silence.timed_out || silence.last_heard > now ||
-                now - silence.last_heard < silences->timeout)
+        for (auto& relay : watchdog->relays) {
+            // A client that goes away (end of stream or reset) gets its engine connection
+            // cancelled and then closed, and the engine stops generating for nobody:
+            // llama-server checks a waiting request's connection about once a second, and a
+            // stream's next write fails. A client that sent more (a pipelined request) is
+            // still there. (A socket a drain has closed is not a departure.)
+            if (relay.client != nullptr && !relay.client_left && relay.client->is_open() &&
+                peer_closed(*relay.client)) {
+                relay.client_left = true;
+                relay.engine->socket().cancel(ec);  // its read ends: operation_aborted
+            }
+            if (relay.timed_out || relay.last_heard > now ||
+                now - relay.last_heard < watchdog->engine_timeout)
                 continue;
-            silence.timed_out = true;
-            silence.stream->socket().cancel(ec);  // its read or write ends: operation_aborted
+            relay.timed_out = true;
+            relay.engine->socket().cancel(ec);  // its read or write ends: operation_aborted
         }
     }
-    silences->watched = false;
+    watchdog->ticking = false;
 }
 
 std::unique_ptr<EngineProxy::Connection> EngineProxy::take_idle() {
@@ -170,7 +146,7 @@ awaitable<std::unique_ptr<EngineProxy::Connection>> EngineProxy::connect_new() {
     const auto engine_endpoint = engine_.endpoint();  // the engine may restart meanwhile
     const auto ec = co_await connect(c->stream, engine_endpoint);
     if (ec) co_return nullptr;
-    c->stream.expires_never();  // the engine's silence is timed per answer (SilenceWatch)
+    c->stream.expires_never();  // the engine's silence is timed per answer (RelayWatch)
     boost::system::error_code mode_ec;
     c->stream.socket().non_blocking(true, mode_ec);  // for OutgoingMessage::send_now
     co_return c;
@@ -291,20 +267,14 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
                                                    http::request<http::string_body>& request,
                                                    bool client_keep_alive, RequestTrace& trace) {
     boost::system::error_code ec;
-    SilenceWatch silence(silences_, engine.stream);
+    RelayWatch watch(watchdog_, engine.stream);
     OutgoingMessage to_engine(forwarded_header(request, engine_.endpoint().host(),
                                                request.body().size(), limits_.keep_authorization),
                               false);
     const std::string_view request_body = request.body();
     if (!to_engine.send_now(engine.stream, request_body, true, ec))
         co_await to_engine.send_rest(engine.stream, ec);
-    // Armed once the request is on its way, so arming it does not delay the engine. Not when
-    // it could not be sent (a stale pooled connection: retried at once): a peek that found the
-    // client's end of stream then would be lost with this attempt, and Asio, having seen the
-    // socket exhausted, would wait for a readiness edge that had already come.
-    std::optional<ClientDepartureWatch> watch;
-    if (!ec) watch.emplace(client.socket(), engine.stream);
-    const auto client_gone = [&watch] { return watch && watch->client_left(); };
+    if (!ec) watch.watch_client(client.socket());
     // Interim answers (1xx, such as 103 Early Hints) come before the answer and end at their
     // header: each is read and left (RFC 9110 15.2), and the answer is read after them.
     std::optional<http::response_parser<http::buffer_body>> parsed;
@@ -315,8 +285,8 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
             co_await http::async_read_header(engine.stream, engine.buffer, *parsed, on_error(ec));
     } while (!ec && parsed->get().result_int() / 100 == 1);
     auto& parser = *parsed;
-    if (client_gone()) co_return client_left(request);
-    if (ec && silence.timed_out()) {
+    if (watch.client_left()) co_return client_left(request);
+    if (ec && watch.timed_out()) {
         spdlog::warn("proxy: the engine went {} s without sending anything for {}; answering 504",
                      limits_.engine_timeout.count(), sv(request.target()));
         co_return Outcome::engine_silent;
@@ -334,7 +304,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     }
 
     engine_.note_answer();
-    silence.heard();
+    watch.heard();
     auto& response = parser.get();
     const bool engine_keep_alive = parser.keep_alive();
     const bool event_stream = is_event_stream(response);
@@ -364,23 +334,24 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     // An event stream's header goes out at once (its first event may be a long prompt away);
     // any other answer's header leaves with its first bytes, in one write.
     if (event_stream) {
-        silence.pause();
+        watch.pause();
         constexpr std::string_view kNothingYet;
         co_await answer.send(client, kNothingYet, false, ec);
         if (ec) co_return Outcome::done_close;
-        silence.heard();
+        watch.heard();
     }
 
     std::array<char, kRelayBufferBytes> chunk;  // not zeroed: only what is read is sent
     std::string filtered;  // what the filter makes of the chunk, when there is one
     while (!parser.is_done()) {
+        if (watch.client_left()) break;  // seen while the relay waited on the client
         response.body().data = chunk.data();
         response.body().size = chunk.size();
         // What the engine has already sent (often the whole answer, read with its header) is
         // relayed at once; only an empty buffer waits for the engine.
         if (parse_buffered(parser, engine.buffer, ec) == 0 && !ec) {
             co_await http::async_read_some(engine.stream, engine.buffer, parser, on_error(ec));
-            if (!ec || ec == http::error::need_buffer) silence.heard();
+            if (!ec || ec == http::error::need_buffer) watch.heard();
         }
         if (ec == http::error::need_buffer) ec = {};
         if (ec) break;
@@ -401,10 +372,10 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         }
         const bool last = parser.is_done() && !cut;
         if (!part.empty() || last) {
-            silence.pause();
+            watch.pause();
             if (!answer.send_now(client, part, last, ec)) co_await answer.send_rest(client, ec);
             if (ec) co_return Outcome::done_close;  // the client left; the engine side is dropped
-            silence.heard();
+            watch.heard();
             if (first_token) trace.first_token = RequestTrace::Clock::now() - trace.began;
         }
         if (cut) {
@@ -414,7 +385,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     }
     stats_.tokens += tokens.tokens();
     trace.prompt_tokens = tokens.prompt_tokens();
-    if (client_gone()) co_return client_left(request);
+    if (watch.client_left()) co_return client_left(request);
     if (!ec && !answer.done()) {  // an empty body: only the header is left to send
         filtered = filter != nullptr ? filter->finish() : std::string();
         const std::string_view rest = filtered;
@@ -430,12 +401,12 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     // before the response (retried, or answered 502). A chunked event stream can still end
     // cleanly with an error event; any other body can only be cut short by closing the connection.
     if (!answer.header_sent()) {
-        if (silence.timed_out()) co_return Outcome::engine_silent;
+        if (watch.timed_out()) co_return Outcome::engine_silent;
         engine_.on_child_exit();
         co_return Outcome::failed_before_response;
     }
     ++stats_.streams_cut;
-    if (silence.timed_out()) {
+    if (watch.timed_out()) {
         spdlog::warn(
             "proxy: the engine went {} s without sending anything in the middle of an answer "
             "to {}; ending the client's response",
@@ -448,11 +419,10 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     if (event_stream && framing != BodyFraming::as_engine) {
         // (A close-delimited stream was framed above, so it ends cleanly too.)
         const auto error =
-            silence.timed_out()
-                ? engine_silent(limits_.engine_timeout)
-                : ApiError{http::status::bad_gateway, "server_error", "engine_failed",
-                           "the engine stopped while generating; the worker is "
-                           "restarting it: retry the request"};
+            watch.timed_out() ? engine_silent(limits_.engine_timeout)
+                              : ApiError{http::status::bad_gateway, "server_error", "engine_failed",
+                                         "the engine stopped while generating; the worker is "
+                                         "restarting it: retry the request"};
         // (A filter that has ended its answer has nothing left: then only the last chunk.)
         const auto event = filter != nullptr ? filter->cut(error) : error.sse_event();
         const std::string_view last_event = event;

@@ -307,13 +307,6 @@ std::string FrontDoor::known_models() const {
 
 namespace {
 
-// Whether the client closed its connection (it sent nothing more: a pipelined request waits).
-bool client_closed(tcp_stream& stream) {
-    char byte = 0;
-    const auto n = ::recv(stream.socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
 // A waiting request looks at its client this often: one that left gives up its place.
 constexpr auto kClientCheck = std::chrono::milliseconds(250);
 
@@ -446,7 +439,7 @@ awaitable<Result<int>> FrontDoor::wait_for_port(const std::string& handle, tcp_s
                                                 load_position(*route) +
                                                 "); retry later, or see 'ensemble status'"};
         }
-        if (client_closed(client)) {
+        if (peer_closed(client.socket())) {
             co_return Error{"client_closed", "the client went away while '" + handle +
                                                  "' loaded; its load goes on for others"};
         }

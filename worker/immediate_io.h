@@ -6,9 +6,12 @@
 // when they must wait.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <array>
 #include <cassert>
+#include <cerrno>
 #include <span>
 #include <string>
 #include <string_view>
@@ -37,6 +40,16 @@ std::size_t parse_buffered(http::basic_parser<isRequest>& parser, beast::flat_bu
         if (ec || used == 0) break;
     }
     return parsed;
+}
+
+// Whether the peer of an open socket has closed its side (end of stream) or reset it, asked at
+// once without reading: a pipelined request waits where it is, and Asio, which is not told,
+// still sees the socket as it was (a read it saw exhaust the socket would wait for an edge that
+// had already come).
+inline bool peer_closed(tcp_socket& socket) {
+    char byte = 0;
+    const auto n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
 // An HTTP/1.1 message on its way out: its header, then its body in parts, each framed as a chunk
