@@ -860,6 +860,25 @@ TEST_F(WorkerTest, AClientThatResetsItsConnectionHasItsEngineRequestClosedAtOnce
     EXPECT_EQ(http_request(worker->port(), health).status, 200);
 }
 
+// A review found this: a client that left while its stream waited on it (it had stopped
+// reading, and the worker's write waited) was seen gone, but its stream went on to the end
+// once the socket drained. It ends there now, without the stream's end.
+TEST_F(WorkerTest, AStreamingClientSeenGoneWhileItsStreamWaitsOnItIsNotSentTheRest) {
+    auto worker = start_fake({"--tokens", "300000"});  // about 20 MB, as fast as it is taken
+    const int fd = connect_loopback(worker->port());
+    ASSERT_TRUE(send_all(fd, raw_post("/v1/chat/completions", stream_body(300000), false)));
+    ::shutdown(fd, SHUT_WR);          // gone, as nginx counts it
+    std::this_thread::sleep_for(1s);  // not reading: the socket fills, the relay waits on it
+    const auto received = read_until_close(fd, 10s);
+    ::close(fd);
+    EXPECT_TRUE(received.closed) << "the worker never closed the connection";
+    EXPECT_EQ(received.bytes.find("[DONE]"), std::string::npos)
+        << "the whole stream was sent to a client that had gone (" << received.bytes.size()
+        << " bytes)";
+    EXPECT_NE(worker->log().find("went away; its engine request is cancelled"), std::string::npos)
+        << worker->log();
+}
+
 // Found by an adversarial run: llama-server closes a connection idle for 5 s, so the first
 // request after a pause is sent on a stale pooled connection (on the engine's Unix socket the
 // send fails at once) and retried. A client that half-closed right after its request was then
