@@ -1,10 +1,7 @@
 #include "worker/front_door.h"
 
 #include <spdlog/spdlog.h>
-#include <sys/socket.h>
 #include <unistd.h>
-
-#include <cerrno>
 
 #include <algorithm>
 #include <array>
@@ -17,6 +14,7 @@
 #include "protocol/json_scan.h"
 #include "protocol/prometheus_text.h"
 #include "worker/cors.h"
+#include "worker/immediate_io.h"
 #include "worker/ollama_api.h"
 
 namespace ensemble {
