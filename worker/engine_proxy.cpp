@@ -18,8 +18,9 @@ constexpr std::size_t kRelayBufferBytes = 16 * 1024;
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
 constexpr auto kRefusedPause = std::chrono::milliseconds(50);
 // How often the relays in flight are looked over: the engine's silence timed, a client's
-// departure looked for. A request answered sooner is never looked at (a look is a system call);
-// one whose client leaves costs the engine at most this much more work.
+// departure looked for. A request is first looked at 0-0.1 s after it reached the engine, so most
+// short ones never are (a look is a system call); a client that leaves costs the engine at most
+// this much more work.
 constexpr auto kWatchTick = std::chrono::milliseconds(100);
 
 // Whether an event stream's last event was `data: [DONE]` (OpenAI's end of stream), from the
@@ -105,11 +106,14 @@ awaitable<void> EngineProxy::watch_relays(std::shared_ptr<Watchdog> watchdog) {
             // cancelled and then closed, and the engine stops generating for nobody:
             // llama-server checks a waiting request's connection about once a second, and a
             // stream's next write fails. A client that sent more (a pipelined request) is
-            // still there. (A socket a drain has closed is not a departure.)
+            // still there. (A socket a drain has closed is not a departure.) Whichever the
+            // relay waits on ends: the engine's read, or a write to a client that left
+            // without reading.
             if (relay.client != nullptr && !relay.client_left && relay.client->is_open() &&
                 peer_closed(*relay.client)) {
                 relay.client_left = true;
-                relay.engine->socket().cancel(ec);  // its read ends: operation_aborted
+                relay.engine->socket().cancel(ec);
+                relay.client->cancel(ec);  // during a relay, only its own write can be pending
             }
             if (relay.timed_out || relay.last_heard > now ||
                 now - relay.last_heard < watchdog->engine_timeout)
@@ -281,9 +285,9 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     do {
         parsed.emplace();
         parsed->body_limit(std::numeric_limits<std::uint64_t>::max());  // the engine is trusted
-        if (!ec)
+        if (!ec && !watch.client_left())
             co_await http::async_read_header(engine.stream, engine.buffer, *parsed, on_error(ec));
-    } while (!ec && parsed->get().result_int() / 100 == 1);
+    } while (!ec && !watch.client_left() && parsed->get().result_int() / 100 == 1);
     auto& parser = *parsed;
     if (watch.client_left()) co_return client_left(request);
     if (ec && watch.timed_out()) {
@@ -374,7 +378,10 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         if (!part.empty() || last) {
             watch.pause();
             if (!answer.send_now(client, part, last, ec)) co_await answer.send_rest(client, ec);
-            if (ec) co_return Outcome::done_close;  // the client left; the engine side is dropped
+            if (ec) {  // the client left (a write failed, or a departure seen ended it)
+                if (watch.client_left()) co_return client_left(request);
+                co_return Outcome::done_close;  // the engine side is dropped
+            }
             watch.heard();
             if (first_token) trace.first_token = RequestTrace::Clock::now() - trace.began;
         }
@@ -385,7 +392,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     }
     stats_.tokens += tokens.tokens();
     trace.prompt_tokens = tokens.prompt_tokens();
-    if (watch.client_left()) co_return client_left(request);
+    if (watch.client_left() && !answer.done()) co_return client_left(request);
     if (!ec && !answer.done()) {  // an empty body: only the header is left to send
         filtered = filter != nullptr ? filter->finish() : std::string();
         const std::string_view rest = filtered;
