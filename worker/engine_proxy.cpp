@@ -279,6 +279,11 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     if (!to_engine.send_now(engine.stream, request_body, true, ec))
         co_await to_engine.send_rest(engine.stream, ec);
     if (!ec) watch.watch_client(client.socket());
+    // A write to the client failed: it left, or a departure seen while the write waited ended
+    // it. Either way the engine side is dropped.
+    const auto client_write_failed = [&] {
+        return watch.client_left() ? client_left(request) : Outcome::done_close;
+    };
     // Interim answers (1xx, such as 103 Early Hints) come before the answer and end at their
     // header: each is read and left (RFC 9110 15.2), and the answer is read after them.
     std::optional<http::response_parser<http::buffer_body>> parsed;
@@ -341,7 +346,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         watch.pause();
         constexpr std::string_view kNothingYet;
         co_await answer.send(client, kNothingYet, false, ec);
-        if (ec) co_return Outcome::done_close;
+        if (ec) co_return client_write_failed();
         watch.heard();
     }
 
@@ -378,10 +383,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         if (!part.empty() || last) {
             watch.pause();
             if (!answer.send_now(client, part, last, ec)) co_await answer.send_rest(client, ec);
-            if (ec) {  // the client left (a write failed, or a departure seen ended it)
-                if (watch.client_left()) co_return client_left(request);
-                co_return Outcome::done_close;  // the engine side is dropped
-            }
+            if (ec) co_return client_write_failed();
             watch.heard();
             if (first_token) trace.first_token = RequestTrace::Clock::now() - trace.began;
         }
@@ -397,7 +399,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         filtered = filter != nullptr ? filter->finish() : std::string();
         const std::string_view rest = filtered;
         co_await answer.send(client, rest, true, ec);
-        if (ec) co_return Outcome::done_close;
+        if (ec) co_return client_write_failed();
     }
     if (!ec) {
         if (engine_keep_alive && !ends_at_close) co_return Outcome::done_keep_alive;
