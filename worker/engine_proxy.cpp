@@ -174,7 +174,7 @@ awaitable<bool> EngineProxy::send_error(tcp_stream& client, const http::request_
                                        : make_error_response(error, keep_alive);
     if (trace.filter == nullptr) cors::allow_origin(request, res);  // (Ollama's: none)
     boost::system::error_code ec;
-    co_await send_message(client, res, ec);
+    co_await send_message(client, res, limits_.send_timeout, ec);
     co_return keep_alive && !ec;
 }
 
@@ -182,6 +182,16 @@ EngineProxy::Outcome EngineProxy::client_left(const http::request<http::string_b
     ++stats_.abandoned;
     spdlog::info("proxy: the client of {} went away; its engine request is cancelled",
                  sv(request.target()));
+    return Outcome::done_close;
+}
+
+EngineProxy::Outcome EngineProxy::client_stopped_reading(
+    const http::request<http::string_body>& request) {
+    ++stats_.abandoned;
+    spdlog::info(
+        "proxy: the client of {} took nothing of its answer for {} s (--send-timeout); "
+        "its connection is closed and its engine request cancelled",
+        sv(request.target()), limits_.send_timeout.count());
     return Outcome::done_close;
 }
 
@@ -279,10 +289,12 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     if (!to_engine.send_now(engine.stream, request_body, true, ec))
         co_await to_engine.send_rest(engine.stream, ec);
     if (!ec) watch.watch_client(client.socket());
-    // A write to the client failed: it left, or a departure seen while the write waited ended
-    // it. Either way the engine side is dropped.
+    // A write to the client failed: it left, a departure seen while the write waited ended it,
+    // or it waited send_timeout for a client that took nothing. The engine side is dropped.
     const auto client_write_failed = [&] {
-        return watch.client_left() ? client_left(request) : Outcome::done_close;
+        if (watch.client_left()) return client_left(request);
+        if (ec == beast::error::timeout) return client_stopped_reading(request);
+        return Outcome::done_close;
     };
     // Interim answers (1xx, such as 103 Early Hints) come before the answer and end at their
     // header: each is read and left (RFC 9110 15.2), and the answer is read after them.
@@ -340,6 +352,7 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     TokenCounter tokens(event_stream);
     StreamEnd stream_end;
     OutgoingMessage answer(relayed_header(response.base(), framing, client_keep_alive), chunked);
+    answer.limit_waits(limits_.send_timeout);
     // An event stream's header goes out at once (its first event may be a long prompt away);
     // any other answer's header leaves with its first bytes, in one write.
     if (event_stream) {

@@ -12,6 +12,7 @@
 
 #include "os/asio.h"
 #include "worker/answer_filter.h"
+#include "worker/immediate_io.h"
 #include "worker/openai_error.h"
 #include "worker/proxy_target.h"
 
@@ -21,6 +22,8 @@ struct ProxyLimits {
     // Longest silence allowed from the engine once a request is sent to it, until the end of
     // its answer (checked every tenth of a second).
     std::chrono::seconds engine_timeout{600};
+    // The listener's send_timeout, for the answers relayed to its clients.
+    std::chrono::seconds send_timeout = kDefaultSendTimeout;
     // How long a request may wait for an engine that is restarting.
     std::chrono::seconds queue_timeout{60};
     // Engine connections kept open between requests: the engine's parallel slots, so that as
@@ -48,7 +51,7 @@ struct ProxyStats {
     std::uint64_t failed = 0;
     std::uint64_t tokens = 0;       // generated tokens relayed (see TokenCounter)
     std::uint64_t streams_cut = 0;  // streams ended with an error event because the engine died
-    std::uint64_t abandoned = 0;    // requests cancelled because their client went away
+    std::uint64_t abandoned = 0;    // requests cancelled: their client went away or stopped reading
     std::uint64_t active = 0;       // requests being relayed now
 };
 
@@ -113,6 +116,7 @@ class EngineProxy {
                              http::request<http::string_body>& request, bool client_keep_alive,
                              RequestTrace& trace);
     Outcome client_left(const http::request<http::string_body>& request);
+    Outcome client_stopped_reading(const http::request<http::string_body>& request);
     awaitable<bool> engine_died_recently();  // polls for up to 100 ms
     awaitable<bool> send_error(tcp_stream& client, const http::request_header<>& request,
                                const ApiError& error, bool keep_alive, RequestTrace& trace);

@@ -331,7 +331,13 @@ awaitable<bool> HttpListener::reply(tcp_stream& stream, http::response<http::str
     boost::system::error_code ec;
     const bool keep_alive = response.keep_alive() && !draining_;
     response.keep_alive(keep_alive);
-    co_await send_message(stream, response, ec);
+    co_await send_message(stream, response, limits_.send_timeout, ec);
+    if (ec == beast::error::timeout) {
+        spdlog::info(
+            "front: a client took nothing of its answer for {} s (--send-timeout); its "
+            "connection is closed",
+            limits_.send_timeout.count());
+    }
     co_return keep_alive && !ec;
 }
 

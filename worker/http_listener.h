@@ -14,6 +14,7 @@
 #include "os/asio.h"
 #include "protocol/json_scan.h"
 #include "protocol/result.h"
+#include "worker/immediate_io.h"
 #include "worker/openai_error.h"
 #include "worker/worker_metrics.h"
 
@@ -31,6 +32,9 @@ struct ListenerConfig {
     std::chrono::seconds idle_timeout{120};
     std::chrono::seconds header_timeout{30};
     std::chrono::seconds body_timeout{300};
+    // A write to the client that waits this long for it to take any of the bytes (its buffers
+    // full) ends the connection: a client that stops reading holds nothing for ever.
+    std::chrono::seconds send_timeout = kDefaultSendTimeout;
     // Connections served at once; more are answered 503 with Retry-After and closed, well
     // before the descriptor limit.
     std::size_t max_connections = 1024;

@@ -12,6 +12,8 @@
 #include <array>
 #include <cassert>
 #include <cerrno>
+#include <chrono>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -21,6 +23,10 @@
 #include "worker/http_wire.h"
 
 namespace ensemble {
+
+// How long a write to a client may wait for it to take any of the bytes, unless the port is
+// told otherwise (--send-timeout): nginx's send_timeout.
+inline constexpr std::chrono::seconds kDefaultSendTimeout{60};
 
 // Parses what `buffer` already holds into `parser` (up to the end of the header only, when
 // `header_only`). Returns the bytes used; `ec` is left clear when the parser needs more bytes,
@@ -109,10 +115,37 @@ class OutgoingMessage {
         return rest_.empty();
     }
 
+    // From now on, a write that has to wait (the peer is not reading) waits at most `limit` for
+    // the socket to take any of the bytes; then the stream's timeout closes it and the write
+    // fails with beast::error::timeout. Timed per write, as nginx's send_timeout is: a slow
+    // reader that keeps taking bytes is not cut off. (Only send_rest waits, so an answer that
+    // the socket takes at once arms no timer.)
+    void limit_waits(std::chrono::seconds limit) { wait_limit_ = limit; }
+
     // Writes what send_now left, waiting for the socket to take it.
     template <typename Stream>
     awaitable<void> send_rest(Stream& stream, boost::system::error_code& ec) {
-        co_await asio::async_write(stream, rest_, on_error(ec));
+        if (!wait_limit_) {
+            co_await asio::async_write(stream, rest_, on_error(ec));
+            rest_.clear();
+            co_return;
+        }
+        std::size_t first = 0;  // the first of rest_ not yet written whole
+        while (first < rest_.size() && !ec) {
+            stream.expires_after(*wait_limit_);
+            const std::span<const asio::const_buffer> left(rest_.data() + first,
+                                                           rest_.size() - first);
+            auto written = co_await stream.async_write_some(left, on_error(ec));
+            while (written > 0) {
+                auto& buffer = rest_[first];
+                const auto taken = std::min(written, buffer.size());
+                buffer += taken;
+                written -= taken;
+                if (buffer.size() == 0) ++first;
+            }
+        }
+        // A timer left armed would time the stream's next read (the next request's) too.
+        stream.expires_never();
         rest_.clear();
     }
 
@@ -135,14 +168,17 @@ class OutgoingMessage {
     bool done_ = false;
     ChunkSizeLine size_line_{0};
     std::vector<asio::const_buffer> rest_;  // what the socket could not take at once
+    std::optional<std::chrono::seconds> wait_limit_;
 };
 
-// A whole message whose body is a string: its header and body in one write.
+// A whole message whose body is a string, to a client: its header and body in one write, which
+// may wait `send_timeout` at most for the client to take anything (OutgoingMessage::limit_waits).
 template <typename Stream, bool isRequest>
 awaitable<void> send_message(Stream& stream,
                              const http::message<isRequest, http::string_body>& message,
-                             boost::system::error_code& ec) {
+                             std::chrono::seconds send_timeout, boost::system::error_code& ec) {
     OutgoingMessage outgoing(message);
+    outgoing.limit_waits(send_timeout);
     const std::string_view body = message.body();
     co_await outgoing.send(stream, body, true, ec);
 }

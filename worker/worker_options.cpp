@@ -39,6 +39,17 @@ void add_drain_timeout_option(CLI::App& app, double& seconds) {
         ->check(CLI::Range(0.0, most) & kFiniteNumber);
 }
 
+// One limit for every write to a client (the worker's own answers and those it relays): both
+// kinds of port take it.
+void add_send_timeout_option(CLI::App& app, int& seconds) {
+    app.add_option("--send-timeout", seconds,
+                   "seconds a write to a client may wait for it to take any of the bytes (its "
+                   "buffers full: it is not reading) before its connection is closed and its "
+                   "engine request cancelled, as nginx's send_timeout")
+        ->capture_default_str()
+        ->check(CLI::Range(1, 86400));
+}
+
 Error bad_option(std::string message) {
     return Error{"bad_option", std::move(message)};
 }
@@ -195,6 +206,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     int queue_timeout = 60;
     int header_timeout = static_cast<int>(o.front.header_timeout.count());
     int idle_timeout = static_cast<int>(o.front.idle_timeout.count());
+    int send_timeout = static_cast<int>(o.front.send_timeout.count());
     double stall_timeout = 120;
     std::vector<std::string> engine_env;
     int engine_timeout = 600;
@@ -269,6 +281,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "requests, or newly opened) before it is closed")
         ->capture_default_str()
         ->check(CLI::Range(1, 86400));
+    add_send_timeout_option(app, send_timeout);
     app.add_option("--hold-while-loading", hold_seconds,
                    "supervised: seconds a connection waits in the port's backlog for the engine "
                    "to be ready, before it is answered 503 model_loading")
@@ -287,7 +300,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     app.add_option("--engine-timeout", engine_timeout,
                    "seconds the engine may go without sending anything once a request is "
                    "sent to it (504 engine_timeout before its answer, an error event in a "
-                   "stream); checked once a second")
+                   "stream); checked every tenth of a second")
         ->capture_default_str();
     app.add_option("--engine-liveness-interval", liveness_interval,
                    "seconds between readiness probes of a ready engine (0: off)")
@@ -306,6 +319,8 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     o.hold_while_loading = std::chrono::seconds(hold_seconds);
     o.front.header_timeout = std::chrono::seconds(header_timeout);
     o.front.idle_timeout = std::chrono::seconds(idle_timeout);
+    o.front.send_timeout = std::chrono::seconds(send_timeout);
+    o.proxy.send_timeout = o.front.send_timeout;  // the proxy's writes go to the same clients
     o.proxy.queue_timeout = std::chrono::seconds(queue_timeout);
     o.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
     o.proxy.max_idle_connections = static_cast<std::size_t>(o.engine.parallel);
@@ -327,6 +342,7 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
     double drain_seconds = 30;
     int load_timeout = static_cast<int>(o.door.load_timeout.count());
     int engine_timeout = static_cast<int>(o.door.proxy.engine_timeout.count());
+    int send_timeout = static_cast<int>(o.door.send_timeout.count());
     CLI::App app{
         "ensemble-worker --front-door: one port for every model, routed by the model a request "
         "names (started by ensembled for supervisor.front_door)"};
@@ -355,6 +371,7 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
                    "client connections served at once (more are answered 503)")
         ->capture_default_str()
         ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
+    add_send_timeout_option(app, send_timeout);
     add_drain_timeout_option(app, drain_seconds);
     try {
         app.parse(argc, argv);
@@ -364,6 +381,8 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
     o.drain_timeout = std::chrono::milliseconds(std::llround(drain_seconds * 1000));
     o.door.load_timeout = std::chrono::seconds(load_timeout);
     o.door.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
+    o.door.send_timeout = std::chrono::seconds(send_timeout);
+    o.door.proxy.send_timeout = o.door.send_timeout;
     // A request waits for its model in the front door's own queue, not in the proxy's.
     o.door.proxy.queue_timeout = std::chrono::seconds(5);
     o.door.proxy.max_idle_connections = 8;

@@ -883,6 +883,79 @@ TEST_F(WorkerTest, AStreamingClientSeenGoneWhileItsStreamWaitsOnItIsNotSentTheRe
         << " bytes)";
 }
 
+// Whether the worker ended the connection on `fd` (a close, or a reset when it left requests
+// unread), with `limit` for what is already on its way to arrive.
+bool ended_by_worker(int fd, std::chrono::seconds limit) {
+    const auto received = read_until_close(fd, limit);
+    return received.closed || errno == ECONNRESET;
+}
+
+// Found in review: a client that stopped reading but kept its connection open held its relay,
+// its engine request and its connection for ever; no write to a client had a time limit. As
+// with nginx's send_timeout, a write the client takes nothing of for --send-timeout seconds
+// ends the connection, and the engine request with it.
+TEST_F(WorkerTest, AStreamingClientThatStopsReadingIsLetGoAfterTheSendTimeout) {
+    auto worker = start_fake({"--tokens", "300000"}, {"--send-timeout", "1"});
+    const int before = fake_engine_cancellations(current_test_name());
+    const int fd = connect_loopback(worker->port());
+    const int small = 64 * 1024;  // so the stream outgrows the buffers whatever the host's settings
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    ASSERT_TRUE(send_all(fd, raw_post("/v1/chat/completions", stream_body(300000), false)));
+    // Not reading, not leaving: the socket fills, the relay waits on it, and 1 s later gives up.
+    const auto began = std::chrono::steady_clock::now();
+    while (fake_engine_cancellations(current_test_name()) == before &&
+           std::chrono::steady_clock::now() - began < 5s)
+        std::this_thread::sleep_for(20ms);
+    EXPECT_EQ(fake_engine_cancellations(current_test_name()), before + 1)
+        << "the engine still generates for a client that reads nothing";
+    EXPECT_NE(worker->log().find("took nothing of its answer for 1 s"), std::string::npos)
+        << worker->log();
+    const auto received = read_until_close(fd, 10s);
+    ::close(fd);
+    EXPECT_TRUE(received.closed) << "the worker never closed the connection";
+    EXPECT_EQ(received.bytes.find("[DONE]"), std::string::npos);
+    HttpRequest health;
+    health.target = "/health";
+    EXPECT_EQ(http_request(worker->port(), health).status, 200);
+}
+
+// The same for the worker's own answers: a client that sends request after request and reads
+// none of the answers is let go once a write has waited --send-timeout seconds.
+TEST_F(WorkerTest, AClientThatReadsNoneOfItsPipelinedAnswersIsLetGoAfterTheSendTimeout) {
+    auto worker = start_fake({}, {"--send-timeout", "1"});
+    const int fd = connect_loopback(worker->port());
+    const int small = 64 * 1024;
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    ::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    const std::string request = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+    // Requests until neither side's buffers take more: the worker's write waits on this client.
+    // (Each whole: a request cut short would be followed by the next, and answered 400.)
+    auto last_taken = std::chrono::steady_clock::now();
+    std::size_t sent = 0;
+    std::size_t at = 0;  // in the request being sent
+    while (std::chrono::steady_clock::now() - last_taken < 500ms) {
+        const auto n =
+            ::send(fd, request.data() + at, request.size() - at, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+            at += static_cast<std::size_t>(n);
+            if (at == request.size()) {
+                at = 0;
+                ++sent;
+            }
+            last_taken = std::chrono::steady_clock::now();
+        } else {
+            ASSERT_EQ(errno, EAGAIN) << "sent " << sent;
+            std::this_thread::sleep_for(10ms);
+        }
+    }
+    std::this_thread::sleep_for(2s);  // past the send timeout, still reading nothing
+    EXPECT_TRUE(ended_by_worker(fd, 5s))
+        << "the connection is still open after " << sent << " unread answers";
+    ::close(fd);
+    EXPECT_NE(worker->log().find("took nothing of its answer for 1 s"), std::string::npos)
+        << worker->log();
+}
+
 // Found by an adversarial run: llama-server closes a connection idle for 5 s, so the first
 // request after a pause is sent on a stale pooled connection (on the engine's Unix socket the
 // send fails at once) and retried. A client that half-closed right after its request was then
@@ -1139,6 +1212,41 @@ TEST_F(WorkerTest, AStreamingClientThatGoesAwayFreesTheRealEnginesSlot) {
         if (!freed) std::this_thread::sleep_for(20ms);
     }
     EXPECT_TRUE(freed) << "the engine still generates 60,000 tokens for a client that left";
+}
+
+// The real engine: a streamed client that stays connected but stops reading frees llama-server's
+// slot once the worker's write to it has waited --send-timeout.
+TEST_F(WorkerTest, AStreamingClientThatStopsReadingFreesTheRealEnginesSlotAfterTheSendTimeout) {
+    auto worker = start({"--context", "65536", "--parallel", "1", "--engine-arg=--override-kv",
+                         "--engine-arg=llama.context_length=int:65536", "--send-timeout", "1"});
+    track_engine(*worker);
+    auto body = json::parse(stream_body(60000));
+    body["ignore_eos"] = true;
+    // Each event with its token's 20 likeliest: a few KB, so that megabytes come in seconds.
+    body["logprobs"] = true;
+    body["top_logprobs"] = 20;
+    const int fd = connect_loopback(worker->port());
+    const int small = 64 * 1024;
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
+    ASSERT_TRUE(send_all(fd, raw_post("/v1/chat/completions", body.dump(), false)));
+    const auto sent = std::chrono::steady_clock::now();
+    bool busy = false;
+    while (!busy && std::chrono::steady_clock::now() - sent < 5s)
+        busy = slot_busy(*worker);
+    EXPECT_TRUE(busy) << "the request never reached the engine";
+    // The buffers between the engine and this client fill (a few MB of events, about 2 s here),
+    // then the worker's write waits 1 s and gives up.
+    bool freed = false;
+    while (busy && !freed && std::chrono::steady_clock::now() - sent < 30s) {
+        freed = !slot_busy(*worker);
+        if (!freed) std::this_thread::sleep_for(50ms);
+    }
+    EXPECT_TRUE(freed) << "the engine still generates for a client that reads nothing";
+    EXPECT_NE(worker->log().find("took nothing of its answer for 1 s"), std::string::npos)
+        << worker->log();
+    const auto received = read_until_close(fd, 10s);
+    ::close(fd);
+    EXPECT_TRUE(received.closed) << "the worker never closed the connection";
 }
 
 TEST_F(WorkerTest, TheEngineListensOnlyOnItsPrivateUnixSocket) {

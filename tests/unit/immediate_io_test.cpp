@@ -248,7 +248,7 @@ TEST(SendMessage, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
     asio::co_spawn(
         io,
         [&]() -> awaitable<void> {
-            co_await send_message(writer, response, ec);
+            co_await send_message(writer, response, kDefaultSendTimeout, ec);
             written = true;
         },
         asio::detached);
@@ -382,7 +382,7 @@ TEST(SendMessage, AWriteTheSocketCannotTakeAtOnceFinishesWithoutStallingTheLoop)
         asio::co_spawn(
             io,
             [&]() -> awaitable<void> {
-                co_await send_message(writer, response, write_ec);
+                co_await send_message(writer, response, kDefaultSendTimeout, write_ec);
                 written = true;
             },
             asio::detached);
@@ -396,6 +396,102 @@ TEST(SendMessage, AWriteTheSocketCannotTakeAtOnceFinishesWithoutStallingTheLoop)
         ASSERT_TRUE(received) << "non_blocking " << non_blocking;
         EXPECT_TRUE(received->body() == expected) << "non_blocking " << non_blocking;
     }
+}
+
+// A 1 MiB answer, and a reader that takes at most `piece` bytes every `pause`, counted in
+// `total`.
+http::response<http::string_body> megabyte_answer() {
+    http::response<http::string_body> response{http::status::ok, 11};
+    response.body() = std::string(std::size_t{1} << 20, 'x');
+    response.prepare_payload();
+    return response;
+}
+awaitable<void> read_slowly(local_stream& reader, std::size_t piece,
+                            std::chrono::milliseconds pause, std::size_t& total) {
+    std::vector<char> buffer(piece);
+    steady_timer timer(reader.get_executor());
+    for (;;) {
+        timer.expires_after(pause);
+        boost::system::error_code ec;
+        co_await timer.async_wait(on_error(ec));
+        const auto n = co_await reader.async_read_some(asio::buffer(buffer), on_error(ec));
+        total += n;
+        if (ec) co_return;
+    }
+}
+
+// A reader that takes nothing: the write gives up when its limit has passed, with
+// beast::error::timeout, and the connection is closed (the reader sees it end).
+TEST(SendMessage, AWriteTheReaderTakesNothingOfFailsWithATimeoutAtItsLimit) {
+    asio::io_context io(1);
+    local_socket a(io), b(io);
+    asio::local::connect_pair(a, b);
+    a.non_blocking(true);
+    local_stream writer(std::move(a));
+    const auto response = megabyte_answer();
+    boost::system::error_code ec;
+    std::optional<std::chrono::steady_clock::duration> took;
+    asio::co_spawn(
+        io,
+        [&]() -> awaitable<void> {
+            const auto began = std::chrono::steady_clock::now();
+            co_await send_message(writer, response, 1s, ec);
+            took = std::chrono::steady_clock::now() - began;
+        },
+        asio::detached);
+    io.run_for(10s);
+    ASSERT_TRUE(took) << "the write still waits";
+    EXPECT_EQ(ec, beast::error::timeout) << ec.message();
+    EXPECT_GE(*took, 1s);
+    EXPECT_FALSE(writer.socket().is_open());
+}
+
+// As nginx's send_timeout: the limit is on each wait, not on the whole answer. A reader that
+// takes 64 KiB every 0.3 s needs about 5 s for the answer, and gets all of it with a limit of
+// 1 s; the stream is then left without a deadline (the next request's read is timed as the
+// listener decides, not by a deadline left from this write).
+TEST(SendMessage, AReaderThatKeepsTakingBytesIsNotCutOffAndNoDeadlineIsLeftBehind) {
+    asio::io_context io(1);
+    local_socket a(io), b(io);
+    asio::local::connect_pair(a, b);
+    a.non_blocking(true);
+    local_stream writer(std::move(a)), reader(std::move(b));
+    const auto response = megabyte_answer();
+    boost::system::error_code write_ec;
+    bool written = false;
+    asio::co_spawn(
+        io,
+        [&]() -> awaitable<void> {
+            co_await send_message(writer, response, 1s, write_ec);
+            written = true;
+        },
+        asio::detached);
+    std::size_t total = 0;
+    asio::co_spawn(io, read_slowly(reader, 64 * 1024, 300ms, total), asio::detached);
+    const auto began = std::chrono::steady_clock::now();
+    while (!written && std::chrono::steady_clock::now() - began < 30s)
+        io.run_one_for(1s);
+    ASSERT_TRUE(written);
+    EXPECT_FALSE(write_ec) << write_ec.message();
+    EXPECT_GT(std::chrono::steady_clock::now() - began, 2s) << "the reader was not slow enough";
+    // The writer's next read waits longer than the write's limit, and is not cut off.
+    std::array<char, 16> next{};
+    boost::system::error_code read_ec;
+    std::size_t next_size = 0;
+    asio::co_spawn(
+        io,
+        [&]() -> awaitable<void> {
+            next_size = co_await writer.async_read_some(asio::buffer(next), on_error(read_ec));
+        },
+        asio::detached);
+    steady_timer later(io, 1500ms);
+    later.async_wait([&](boost::system::error_code) {
+        asio::write(reader.socket(), asio::buffer(std::string_view("next")));
+    });
+    io.run_for(3s);
+    EXPECT_FALSE(read_ec) << read_ec.message();
+    EXPECT_EQ(std::string_view(next.data(), next_size), "next");
+    EXPECT_GT(total, response.body().size()) << "the whole answer, header and body, arrived";
 }
 
 }  // namespace
