@@ -189,7 +189,8 @@ EngineProxy::Outcome EngineProxy::client_stopped_reading(
     const http::request<http::string_body>& request) {
     ++stats_.abandoned;
     spdlog::info(
-        "proxy: the client of {} took nothing of its answer for {} s (--send-timeout); "
+        "proxy: a write to the client of {} could not go on for {} s (--send-timeout): it reads "
+        "too little of its answer, or none; "
         "its connection is closed and its engine request cancelled",
         sv(request.target()), limits_.send_timeout.count());
     return Outcome::done_close;
@@ -290,7 +291,8 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         co_await to_engine.send_rest(engine.stream, ec);
     if (!ec) watch.watch_client(client.socket());
     // A write to the client failed: it left, a departure seen while the write waited ended it,
-    // or it waited send_timeout for a client that took nothing. The engine side is dropped.
+    // or it could not go on for send_timeout (the client reads too little). The engine side is
+    // dropped.
     const auto client_write_failed = [&] {
         if (watch.client_left()) return client_left(request);
         if (ec == beast::error::timeout) return client_stopped_reading(request);

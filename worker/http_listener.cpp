@@ -108,18 +108,19 @@ awaitable<void> HttpListener::accept_loop() {
 
 awaitable<void> HttpListener::refuse_connection(tcp_socket socket) {
     tcp_stream stream(std::move(socket));
-    stream.expires_after(std::chrono::seconds(5));
-    auto response = make_error_response(
+    const auto response = make_error_response(
         ApiError{http::status::service_unavailable, "server_error", "too_many_connections",
                  "this port already serves " + std::to_string(limits_.max_connections) +
                      " connections; retry shortly, or reuse connections (keep-alive)",
                  1},
         false);
-    co_await reply(stream, response, http::verb::unknown);  // (its request is not read)
+    // (Its request is not read.) A port at its cap gives a refusal 5 s, not the send timeout.
+    constexpr auto kRefusalSendTimeout = std::chrono::seconds(5);
+    boost::system::error_code ec;
+    co_await send_message(stream, response, kRefusalSendTimeout, ec);
     metrics_.answered("", static_cast<unsigned>(http::status::service_unavailable));
     // Closing with the request unread would reset the connection, and the client might never
     // see the 503: finish sending, then read (and drop) what it sent, briefly and boundedly.
-    boost::system::error_code ec;
     stream.socket().shutdown(tcp_socket::shutdown_send, ec);
     stream.expires_after(std::chrono::milliseconds(250));
     std::array<char, 4096> sink{};
@@ -334,7 +335,8 @@ awaitable<bool> HttpListener::reply(tcp_stream& stream, http::response<http::str
     co_await send_message(stream, response, limits_.send_timeout, ec);
     if (ec == beast::error::timeout) {
         spdlog::info(
-            "front: a client took nothing of its answer for {} s (--send-timeout); its "
+            "front: a write to a client could not go on for {} s (--send-timeout): it reads too "
+            "little of its answer, or none; its "
             "connection is closed",
             limits_.send_timeout.count());
     }

@@ -32,8 +32,9 @@ struct ListenerConfig {
     std::chrono::seconds idle_timeout{120};
     std::chrono::seconds header_timeout{30};
     std::chrono::seconds body_timeout{300};
-    // A write to the client that waits this long for it to take any of the bytes (its buffers
-    // full) ends the connection: a client that stops reading holds nothing for ever.
+    // A write to the client that waits this long for its socket to take more (the client reads
+    // too little for its buffers to drain) ends the connection: a client that stops reading
+    // holds nothing for ever.
     std::chrono::seconds send_timeout = kDefaultSendTimeout;
     // Connections served at once; more are answered 503 with Retry-After and closed, well
     // before the descriptor limit.

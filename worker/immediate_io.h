@@ -24,8 +24,8 @@
 
 namespace ensemble {
 
-// How long a write to a client may wait for it to take any of the bytes, unless the port is
-// told otherwise (--send-timeout): nginx's send_timeout.
+// How long a write to a client may wait for its socket to take more, unless the port is told
+// otherwise (--send-timeout): nginx's send_timeout.
 inline constexpr std::chrono::seconds kDefaultSendTimeout{60};
 
 // Parses what `buffer` already holds into `parser` (up to the end of the header only, when
@@ -115,11 +115,11 @@ class OutgoingMessage {
         return rest_.empty();
     }
 
-    // From now on, a write that has to wait (the peer is not reading) waits at most `limit` for
-    // the socket to take any of the bytes; then the stream's timeout closes it and the write
-    // fails with beast::error::timeout. Timed per write, as nginx's send_timeout is: a slow
-    // reader that keeps taking bytes is not cut off. (Only send_rest waits, so an answer that
-    // the socket takes at once arms no timer.)
+    // From now on, a write that has to wait waits at most `limit` for the socket to take more
+    // (which it does once the peer has read enough for the buffers to drain, about a third);
+    // then the stream's timeout closes it and the write fails with beast::error::timeout. Timed
+    // per write, as nginx's send_timeout is: a slow reader that keeps reading is not cut off.
+    // (Only send_rest waits, so an answer that the socket takes at once arms no timer.)
     void limit_waits(std::chrono::seconds limit) { wait_limit_ = limit; }
 
     // Writes what send_now left, waiting for the socket to take it.

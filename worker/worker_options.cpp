@@ -43,9 +43,9 @@ void add_drain_timeout_option(CLI::App& app, double& seconds) {
 // kinds of port take it.
 void add_send_timeout_option(CLI::App& app, int& seconds) {
     app.add_option("--send-timeout", seconds,
-                   "seconds a write to a client may wait for it to take any of the bytes (its "
-                   "buffers full: it is not reading) before its connection is closed and its "
-                   "engine request cancelled, as nginx's send_timeout")
+                   "seconds a write to a client may wait for its socket to take more (the client "
+                   "reads too little of its answer, or none) before its connection is closed and "
+                   "its engine request cancelled, as nginx's send_timeout")
         ->capture_default_str()
         ->check(CLI::Range(1, 86400));
 }

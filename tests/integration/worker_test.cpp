@@ -908,8 +908,7 @@ TEST_F(WorkerTest, AStreamingClientThatStopsReadingIsLetGoAfterTheSendTimeout) {
         std::this_thread::sleep_for(20ms);
     EXPECT_EQ(fake_engine_cancellations(current_test_name()), before + 1)
         << "the engine still generates for a client that reads nothing";
-    EXPECT_NE(worker->log().find("took nothing of its answer for 1 s"), std::string::npos)
-        << worker->log();
+    EXPECT_NE(worker->log().find("could not go on for 1 s"), std::string::npos) << worker->log();
     const auto received = read_until_close(fd, 10s);
     ::close(fd);
     EXPECT_TRUE(received.closed) << "the worker never closed the connection";
@@ -932,8 +931,9 @@ TEST_F(WorkerTest, AClientThatReadsNoneOfItsPipelinedAnswersIsLetGoAfterTheSendT
     // (Each whole: a request cut short would be followed by the next, and answered 400.)
     auto last_taken = std::chrono::steady_clock::now();
     std::size_t sent = 0;
-    std::size_t at = 0;  // in the request being sent
-    while (std::chrono::steady_clock::now() - last_taken < 500ms) {
+    std::size_t at = 0;                // in the request being sent
+    bool ended_while_sending = false;  // (a slow machine may still be sending when it ends)
+    while (!ended_while_sending && std::chrono::steady_clock::now() - last_taken < 500ms) {
         const auto n =
             ::send(fd, request.data() + at, request.size() - at, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n > 0) {
@@ -943,17 +943,18 @@ TEST_F(WorkerTest, AClientThatReadsNoneOfItsPipelinedAnswersIsLetGoAfterTheSendT
                 ++sent;
             }
             last_taken = std::chrono::steady_clock::now();
+        } else if (errno == ECONNRESET || errno == EPIPE) {
+            ended_while_sending = true;
         } else {
             ASSERT_EQ(errno, EAGAIN) << "sent " << sent;
             std::this_thread::sleep_for(10ms);
         }
     }
     std::this_thread::sleep_for(2s);  // past the send timeout, still reading nothing
-    EXPECT_TRUE(ended_by_worker(fd, 5s))
+    EXPECT_TRUE(ended_while_sending || ended_by_worker(fd, 5s))
         << "the connection is still open after " << sent << " unread answers";
     ::close(fd);
-    EXPECT_NE(worker->log().find("took nothing of its answer for 1 s"), std::string::npos)
-        << worker->log();
+    EXPECT_NE(worker->log().find("could not go on for 1 s"), std::string::npos) << worker->log();
 }
 
 // Found by an adversarial run: llama-server closes a connection idle for 5 s, so the first
@@ -1242,8 +1243,7 @@ TEST_F(WorkerTest, AStreamingClientThatStopsReadingFreesTheRealEnginesSlotAfterT
         if (!freed) std::this_thread::sleep_for(50ms);
     }
     EXPECT_TRUE(freed) << "the engine still generates for a client that reads nothing";
-    EXPECT_NE(worker->log().find("took nothing of its answer for 1 s"), std::string::npos)
-        << worker->log();
+    EXPECT_NE(worker->log().find("could not go on for 1 s"), std::string::npos) << worker->log();
     const auto received = read_until_close(fd, 10s);
     ::close(fd);
     EXPECT_TRUE(received.closed) << "the worker never closed the connection";

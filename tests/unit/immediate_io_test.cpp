@@ -447,14 +447,17 @@ TEST(SendMessage, AWriteTheReaderTakesNothingOfFailsWithATimeoutAtItsLimit) {
 }
 
 // As nginx's send_timeout: the limit is on each wait, not on the whole answer. A reader that
-// takes 64 KiB every 0.3 s needs about 5 s for the answer, and gets all of it with a limit of
-// 1 s; the stream is then left without a deadline (the next request's read is timed as the
-// listener decides, not by a deadline left from this write).
+// takes 32 KiB every 0.1 s needs over 3 s for the answer, and gets all of it with a limit of
+// 2 s: with the writer's buffer set to 64 KiB (128 KiB to the kernel), each wait lasts until
+// about 96 KiB are read, 0.3 s. The stream is then left without a deadline (the next request's
+// read is timed as the listener decides, not by a deadline left from this write).
 TEST(SendMessage, AReaderThatKeepsTakingBytesIsNotCutOffAndNoDeadlineIsLeftBehind) {
+    constexpr auto kLimit = 2s;
     asio::io_context io(1);
     local_socket a(io), b(io);
     asio::local::connect_pair(a, b);
     a.non_blocking(true);
+    a.set_option(asio::socket_base::send_buffer_size(64 * 1024));
     local_stream writer(std::move(a)), reader(std::move(b));
     const auto response = megabyte_answer();
     boost::system::error_code write_ec;
@@ -462,18 +465,18 @@ TEST(SendMessage, AReaderThatKeepsTakingBytesIsNotCutOffAndNoDeadlineIsLeftBehin
     asio::co_spawn(
         io,
         [&]() -> awaitable<void> {
-            co_await send_message(writer, response, 1s, write_ec);
+            co_await send_message(writer, response, kLimit, write_ec);
             written = true;
         },
         asio::detached);
     std::size_t total = 0;
-    asio::co_spawn(io, read_slowly(reader, 64 * 1024, 300ms, total), asio::detached);
+    asio::co_spawn(io, read_slowly(reader, 32 * 1024, 100ms, total), asio::detached);
     const auto began = std::chrono::steady_clock::now();
     while (!written && std::chrono::steady_clock::now() - began < 30s)
         io.run_one_for(1s);
     ASSERT_TRUE(written);
     EXPECT_FALSE(write_ec) << write_ec.message();
-    EXPECT_GT(std::chrono::steady_clock::now() - began, 2s) << "the reader was not slow enough";
+    EXPECT_GT(std::chrono::steady_clock::now() - began, kLimit) << "the reader was not slow enough";
     // The writer's next read waits longer than the write's limit, and is not cut off.
     std::array<char, 16> next{};
     boost::system::error_code read_ec;
@@ -484,11 +487,11 @@ TEST(SendMessage, AReaderThatKeepsTakingBytesIsNotCutOffAndNoDeadlineIsLeftBehin
             next_size = co_await writer.async_read_some(asio::buffer(next), on_error(read_ec));
         },
         asio::detached);
-    steady_timer later(io, 1500ms);
+    steady_timer later(io, kLimit + 500ms);
     later.async_wait([&](boost::system::error_code) {
         asio::write(reader.socket(), asio::buffer(std::string_view("next")));
     });
-    io.run_for(3s);
+    io.run_for(kLimit + 1s);
     EXPECT_FALSE(read_ec) << read_ec.message();
     EXPECT_EQ(std::string_view(next.data(), next_size), "next");
     EXPECT_GT(total, response.body().size()) << "the whole answer, header and body, arrived";
