@@ -4,7 +4,8 @@
 // ensembled too), and nginx and the relay pass to that same socket, so all paths share one
 // process, one model and one cache. The relay parses nothing: the floor, which tells how much
 // any proxy design could win over nginx on this machine. Three parts:
-//   streamed: time to first token (p50/p99) and tokens/s, a new connection per request;
+//   streamed: time to first token (p50/p99), the time per token after the first (how much a
+//     proxy delays each token it relays) and tokens/s, a new connection per request;
 //   keep-alive load: 1-token completions back to back on kept-alive connections (as a gateway
 //     sends them), p50 latency and requests/s at each concurrency;
 //   large body: the same with a 1 MB request body, at concurrency 1.
@@ -35,6 +36,7 @@ namespace {
 struct Sample {
     double ttft_ms = 0;
     int tokens = 0;
+    double ms_per_token = 0;  // from the first token to the last, over the tokens between
 };
 
 struct Batch {
@@ -44,6 +46,8 @@ struct Batch {
 
 struct Series {
     std::vector<double> ttft_ms;
+    std::vector<double> ms_per_token;        // one per stream of more than one token
+    std::vector<double> batch_ms_per_token;  // one per batch: the median of its streams'
     std::vector<double> tokens_per_s;  // one per batch: all tokens of the batch over its wall time
     int failures = 0;
 };
@@ -58,17 +62,24 @@ Sample stream_once(const StreamEndpoint& target, int max_tokens, int& failures) 
     Sample s;
     const auto start = Clock::now();
     bool first = true;
+    Clock::time_point first_at, last_at;
     auto r = http_request(target, chat_request(body, true), [&](std::string_view chunk) {
         for (auto pos = chunk.find("\"content\":\""); pos != std::string_view::npos;
              pos = chunk.find("\"content\":\"", pos + 1)) {
+            last_at = Clock::now();
             if (first) {
-                s.ttft_ms = std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+                first_at = last_at;
+                s.ttft_ms = std::chrono::duration<double, std::milli>(first_at - start).count();
                 first = false;
             }
             ++s.tokens;
         }
         return true;
     });
+    if (s.tokens > 1) {
+        s.ms_per_token =
+            std::chrono::duration<double, std::milli>(last_at - first_at).count() / (s.tokens - 1);
+    }
     if (r.status != 200 || !r.complete || first) {
         ++failures;
         std::fprintf(stderr, "failed: status %d complete %d error \"%s\" body %.200s\n", r.status,
@@ -96,10 +107,14 @@ Batch run_batch(const StreamEndpoint& target, int concurrency, int max_tokens, i
 
 void add(Series& s, const Batch& b) {
     int tokens = 0;
+    std::vector<double> per_token;
     for (const auto& x : b.samples) {
         s.ttft_ms.push_back(x.ttft_ms);
+        if (x.tokens > 1) per_token.push_back(x.ms_per_token);
         tokens += x.tokens;
     }
+    s.ms_per_token.insert(s.ms_per_token.end(), per_token.begin(), per_token.end());
+    s.batch_ms_per_token.push_back(percentile(per_token, 0.5));
     s.tokens_per_s.push_back(tokens / b.wall_s);
 }
 
@@ -271,9 +286,9 @@ int main(int argc, char** argv) {
         std::printf("## streamed, %d tokens, a new connection per request, %d rounds\n\n",
                     max_tokens, rounds);
         std::printf(
-            "| concurrency | path | TTFT p50 ms | TTFT p99 ms | tokens/s (median) | vs direct | "
-            "failures |\n");
-        std::printf("|---|---|---|---|---|---|---|\n");
+            "| concurrency | path | TTFT p50 ms | TTFT p99 ms | ms per token after the first "
+            "(p50) | added µs per token | tokens/s (median) | vs direct | failures |\n");
+        std::printf("|---|---|---|---|---|---|---|---|---|\n");
         for (int c : concurrencies) {
             std::vector<Series> series(paths.size());
             int warm = 0;
@@ -284,16 +299,36 @@ int main(int argc, char** argv) {
             });
             nlohmann::json row{{"concurrency", c}};
             const double direct_tps = percentile(series[0].tokens_per_s, 0.5);
+            const double direct_per_token = percentile(series[0].ms_per_token, 0.5);
             for (std::size_t k = 0; k < paths.size(); ++k) {
                 const auto& s = series[k];
                 const double tps = percentile(s.tokens_per_s, 0.5);
-                std::printf("| %d | %s | %.2f | %.2f | %.1f | %.1f%% | %d |\n", c, paths[k].name,
-                            percentile(s.ttft_ms, 0.5), percentile(s.ttft_ms, 0.99), tps,
+                const double per_token = percentile(s.ms_per_token, 0.5);
+                std::printf("| %d | %s | %.2f | %.2f | %.3f | %+.1f | %.1f | %.1f%% | %d |\n", c,
+                            paths[k].name, percentile(s.ttft_ms, 0.5), percentile(s.ttft_ms, 0.99),
+                            per_token, 1000 * (per_token - direct_per_token), tps,
                             100 * tps / direct_tps, s.failures);
                 row[paths[k].name] = {{"ttft_p50_ms", percentile(s.ttft_ms, 0.5)},
                                       {"ttft_p99_ms", percentile(s.ttft_ms, 0.99)},
+                                      {"ms_per_token_p50", per_token},
                                       {"tokens_per_s_median", tps},
                                       {"failures", s.failures}};
+            }
+            // Each proxy's delay per token against direct, paired by round (the paths of a round
+            // ran one after the other, so the engine's drift cancels out).
+            for (const std::size_t k : {kNginx, kWorker}) {
+                std::vector<double> added_us;
+                for (std::size_t r = 0; r < series[0].batch_ms_per_token.size(); ++r) {
+                    added_us.push_back(
+                        1000 * (series[k].batch_ms_per_token[r] - series[0].batch_ms_per_token[r]));
+                }
+                const auto added = median_with_interval(added_us);
+                std::printf(
+                    "| %d | %s, added µs per token, paired by round: median [95%% "
+                    "interval] | | | | %+.1f [%+.1f, %+.1f] | | | |\n",
+                    c, paths[k].name, added.median, added.low, added.high);
+                row[std::string(paths[k].name) + "_added_us_per_token"] = {
+                    {"median", added.median}, {"low", added.low}, {"high", added.high}};
             }
             results["streamed"].push_back(row);
             std::fflush(stdout);

@@ -1192,7 +1192,7 @@ TEST_F(WorkerTest, AnHttp10ClientGetsNoChunkedAnswerAndItsConnectionEndsWithTheA
 
 // The real engine: a streamed client that goes away frees llama-server's slot at once. (A
 // non-streamed request is closed at once too, but llama-server b11669 notices the closed
-// connection of a waiting plain request only sometimes: docs/RELIABILITY.md.)
+// connection of a waiting plain request only sometimes: docs/WORKER.md.)
 TEST_F(WorkerTest, AStreamingClientThatGoesAwayFreesTheRealEnginesSlot) {
     auto worker = start({"--context", "65536", "--parallel", "1", "--engine-arg=--override-kv",
                          "--engine-arg=llama.context_length=int:65536"});
