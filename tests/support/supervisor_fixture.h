@@ -103,6 +103,9 @@ class SupervisorFixture : public ::testing::Test {
         for (pid_t pid : workers_) {
             if (process_alive(pid)) ::kill(pid, SIGKILL);
         }
+        // (Each test process has its own: thousands were left in /tmp.)
+        std::error_code ignored;
+        std::filesystem::remove_all(run_dir_, ignored);
     }
 
     // More lines for the config's supervisor section ("  key: value\n" each).
