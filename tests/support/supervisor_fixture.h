@@ -8,6 +8,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <boost/asio/local/stream_protocol.hpp>
 #include <boost/asio/write.hpp>
 #include <fstream>
@@ -159,7 +160,9 @@ class SupervisorFixture : public ::testing::Test {
     }
 
     CliResult cli(const std::string& args) {
-        const auto out = dir_ / "cli.out";
+        // Each call has its own file: a test may run one command in a thread while it asks
+        // for status in another, and a shared file interleaves their output.
+        const auto out = dir_ / ("cli-" + std::to_string(++cli_calls_) + ".out");
         const std::string cmd = cli_bin_ + " --config " + (dir_ / "ensemble.yaml").string() + " " +
                                 args + " > " + out.string() + " 2>&1";
         CliResult r;
@@ -167,6 +170,8 @@ class SupervisorFixture : public ::testing::Test {
         r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
         std::ifstream in(out);
         r.out.assign(std::istreambuf_iterator<char>(in), {});
+        in.close();
+        std::filesystem::remove(out);
         return r;
     }
 
@@ -210,6 +215,7 @@ class SupervisorFixture : public ::testing::Test {
     // The binaries under test: the build's, unless a test points them at an installed layout.
     std::string ensembled_bin_ = ENSEMBLE_TEST_ENSEMBLED_BIN;
     std::string cli_bin_ = ENSEMBLE_TEST_CLI_BIN;
+    std::atomic<int> cli_calls_{0};
     std::string worker_bin_ = worker_binary().string();  // empty: the one next to ensembled
     std::vector<std::string> ensembled_args_;            // more of ensembled's options
     std::filesystem::path dir_, run_dir_;
