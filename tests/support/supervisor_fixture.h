@@ -135,8 +135,11 @@ class SupervisorFixture : public ::testing::Test {
         spec.extra_env["ENSEMBLE_ORPHAN_GRACE_MS"] = "30000";  // leaked workers end themselves
         auto child = ChildProcess::spawn(spec);
         EXPECT_TRUE(child);
-        // Ready when it answers (a killed supervisor's socket file may still be there).
-        for (int i = 0; i < 300 && cli("status").exit_code != 0; ++i)
+        // Ready when it answers (a killed supervisor's socket file may still be there); one
+        // that exits at start (a damaged database, say) is not asked 300 times (a minute under
+        // ASan, where each ensemble command starts slowly).
+        for (int i = 0; i < 300 && child && !(*child)->poll_exit() && cli("status").exit_code != 0;
+             ++i)
             std::this_thread::sleep_for(10ms);
         return child ? std::move(child).value() : nullptr;
     }
