@@ -716,7 +716,9 @@ awaitable<bool> FrontDoor::handle(tcp_stream& stream, http::request<http::string
             send_keep_alive(handle, *port, protocol::KeepAlive::kDefault);
         }
     }
-    co_return kept && !draining();
+    // What the answer told the client: one told "keep-alive" may already be sending its next
+    // request, which a drain still answers (HttpListener::drain).
+    co_return kept;
 }
 
 }  // namespace ensemble

@@ -192,7 +192,9 @@ awaitable<bool> HttpFront::handle(tcp_stream& stream, http::request<http::string
         metrics_.proxied(RequestTrace::Clock::now() - trace.began, trace.first_token,
                          trace.prompt_tokens);
     }
-    co_return keep_alive && !draining();
+    // What the answer told the client: one told "keep-alive" may already be sending its next
+    // request, which a drain still answers (HttpListener::drain).
+    co_return keep_alive;
 }
 
 std::uint64_t HttpFront::memory_now() const {
@@ -285,7 +287,7 @@ awaitable<bool> HttpFront::handle_ollama(tcp_stream& stream,
         metrics_.proxied(RequestTrace::Clock::now() - trace.began, trace.first_token,
                          trace.prompt_tokens);
     }
-    co_return kept && !draining();
+    co_return kept;  // as the answer said (see handle)
 }
 
 http::response<http::string_body> HttpFront::metrics_response(bool keep_alive) const {

@@ -22,6 +22,10 @@ constexpr std::uint32_t kHeaderLimit = 64 * 1024;
 // What a connection reads into while it waits for a request.
 constexpr std::size_t kIdleRead = 4096;
 constexpr auto kIdleSweep = std::chrono::seconds(1);
+// A drain lets a kept-alive connection whose last answer went out less than this long ago send
+// one more request (answered, then the connection ends): a client sending back to back, as a
+// pooled client under load does, would otherwise have that request cut off on its way.
+constexpr auto kKeptAliveGrace = std::chrono::milliseconds(100);
 
 }  // namespace
 
@@ -190,7 +194,7 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
         parser.header_limit(kHeaderLimit);
         boost::system::error_code ec;
         session->idle = true;
-        if (draining_ && !session->fresh) break;
+        // Draining, the wait for a next request is the drain's to end (HttpListener::drain).
         if (buffer.size() == 0) {  // waiting for the next request to begin
             // (Its time limit is close_idle_sessions', not a timer armed and cancelled per
             // request.)
@@ -356,15 +360,25 @@ awaitable<void> HttpListener::drain(std::chrono::milliseconds timeout) {
     for (;;) {
         bool busy = in_flight_ > 0;
         bool fresh_waiting = false;
+        bool kept_waiting = false;
+        const auto now = std::chrono::steady_clock::now();
         for (auto& session : sessions_) {
-            // Ends a keep-alive wait; a fresh connection's first request is still answered.
-            if (session.idle && !session.fresh) session.stream.socket().cancel(ec);
             if (!session.idle) busy = true;  // reading a request (or answering one)
             if (session.idle && session.fresh) fresh_waiting = true;
+            if (!session.idle || session.fresh) continue;
+            // A kept-alive connection: a request already on it is answered (its read ends
+            // soon); one recently answered may still send one; any other wait is ended.
+            if (bytes_waiting(session.stream.socket())) {
+                busy = true;
+            } else if (now - session.idle_since < kKeptAliveGrace &&
+                       !peer_closed(session.stream.socket())) {
+                kept_waiting = true;
+            } else {
+                session.stream.socket().cancel(ec);
+            }
         }
-        const auto now = std::chrono::steady_clock::now();
         const bool fresh_done = !fresh_waiting || now >= fresh_deadline;
-        if ((!busy && fresh_done) || now >= deadline) break;
+        if ((!busy && fresh_done && !kept_waiting) || now >= deadline) break;
         timer.expires_after(std::chrono::milliseconds(20));
         co_await timer.async_wait(on_error(ec));
     }

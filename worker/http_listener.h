@@ -54,7 +54,10 @@ class HttpListener {
     // Binds the public port. A port in use is an error naming the port and what to do.
     Status listen();
     void start_accepting();
-    // Stops accepting and waits (up to `timeout`) for requests in flight; then closes the rest.
+    // Stops accepting and waits (up to `timeout`) for requests in flight, for the first request
+    // of a connection accepted just before, and for a request already sent, or about to be (its
+    // last answer went out under 100 ms ago), on a kept-alive connection: each is answered and
+    // its connection ends. Then closes the rest.
     awaitable<void> drain(std::chrono::milliseconds timeout);
 
     unsigned short bound_port() const;

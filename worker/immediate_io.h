@@ -58,6 +58,13 @@ inline bool peer_closed(tcp_socket& socket) {
     return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
 }
 
+// Whether bytes the peer sent wait unread on an open socket (a request on its way in), asked at
+// once without reading, as peer_closed is.
+inline bool bytes_waiting(tcp_socket& socket) {
+    char byte = 0;
+    return ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+}
+
 // An HTTP/1.1 message on its way out: its header, then its body in parts, each framed as a chunk
 // when the header says chunked. A part is written with what is still to go before it, as far as
 // the socket takes it at once (send_now); what it cannot take yet goes asynchronously

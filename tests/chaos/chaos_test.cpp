@@ -56,6 +56,7 @@ struct Totals {
     int cut_by_kill = 0;  // in flight when something was killed; ended with a clean error
     int refused = 0;      // connections refused: nothing held the port (must be zero)
     int unexpected = 0;   // anything else: must be zero
+    int reused = 0;       // sent on a kept-alive connection an earlier request had used
     std::vector<double> recovery_ms;
     std::vector<std::string> examples;  // the first few unexpected outcomes, for the message
 };
@@ -74,6 +75,7 @@ Totals judge(const std::vector<RequestOutcome>& outcomes, const std::vector<Kill
     // still have been accepted by the process that was dying.
     constexpr auto kKillLands = std::chrono::milliseconds(5);
     for (const auto& o : outcomes) {
+        if (o.reused) ++t.reused;
         if (o.refused) ++t.refused;
         if (o.ok()) {
             ++t.ok;
@@ -90,8 +92,9 @@ Totals judge(const std::vector<RequestOutcome>& outcomes, const std::vector<Kill
         } else {
             ++t.unexpected;
             if (t.examples.size() < 5) {
-                t.examples.push_back("status " + std::to_string(o.status) +
-                                     (o.streamed ? " (stream)" : "") + ": " + o.error);
+                t.examples.push_back(
+                    "status " + std::to_string(o.status) + (o.streamed ? " (stream)" : "") +
+                    (o.reused ? " (on a kept-alive connection)" : "") + ": " + o.error);
             }
         }
     }
@@ -109,7 +112,8 @@ int chaos_rounds() {
 double median(std::vector<double> v) {
     if (v.empty()) return 0;
     std::sort(v.begin(), v.end());
-    return v[v.size() / 2];
+    const std::size_t half = v.size() / 2;
+    return v.size() % 2 == 1 ? v[half] : (v[half - 1] + v[half]) / 2;
 }
 
 class ChaosTest : public SupervisorFixture {
@@ -121,13 +125,16 @@ class ChaosTest : public SupervisorFixture {
         // Many rounds of worker kills within 5 minutes would be a crash loop (`failed`), which
         // is what the policy is for, but not what a longer run of them measures.
         const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
-        if (chaos_rounds() > 1 && name == "WorkerKilledAtRandomMomentsUnderLoad")
+        if (chaos_rounds() > 1 && name.starts_with("WorkerKilled"))
             settings += "  restart: {crash_loop_failures: 1000}\n";
         return settings;
     }
 
     // Four swaps between tiny and tiny-two under load; `beside`: the budget holds both models.
-    void swap_under_load(bool beside);
+    // Four swaps a round between tiny and tiny-two under load; `beside`: the budget holds both.
+    void swap_under_load(bool beside, Connections connections);
+    // Kills port_a_'s worker 3 times a round under load.
+    void kill_workers_under_load(Connections connections);
 
     void SetUp() override {
         SupervisorFixture::SetUp();
@@ -176,6 +183,7 @@ class ChaosTest : public SupervisorFixture {
                            {"cut_by_kill", t.cut_by_kill},
                            {"refused", t.refused},
                            {"unexpected", t.unexpected},
+                           {"reused_connections", t.reused},
                            {"recovery_ms_median", median(t.recovery_ms)},
                            {"recovery_ms", t.recovery_ms}};
         std::ofstream(dir_.parent_path() / "chaos-totals.jsonl", std::ios::app)
@@ -213,7 +221,8 @@ class ChaosTest : public SupervisorFixture {
     void kill_in_rounds(const char* pid_field, int per_round, std::chrono::seconds healthy,
                         std::vector<Kill>& kills) {
         for (int round = 0; round < chaos_rounds(); ++round) {
-            if (round > 0) std::this_thread::sleep_for(healthy + 1s);
+            // (+5 s: the supervisor's ready mark may come a heartbeat after serving resumed)
+            if (round > 0) std::this_thread::sleep_for(healthy + 5s);
             ASSERT_NO_FATAL_FAILURE(kill_repeatedly(pid_field, per_round, kills));
         }
     }
@@ -237,10 +246,10 @@ TEST_F(ChaosTest, EngineKilledAtRandomMomentsUnderLoad) {
     EXPECT_EQ(port_status(port_a_)["state"], "ready");
 }
 
-TEST_F(ChaosTest, WorkerKilledAtRandomMomentsUnderLoad) {
+void ChaosTest::kill_workers_under_load(Connections connections) {
     supervisor_ = start_supervisor();
     ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
-    LoadGenerator load(port_a_, 2);
+    LoadGenerator load(port_a_, 2, {}, connections);
     load.start();
     std::vector<Kill> kills;
     ASSERT_NO_FATAL_FAILURE(kill_in_rounds("pid", 3, 60s, kills));  // restart.healthy_after
@@ -249,6 +258,17 @@ TEST_F(ChaosTest, WorkerKilledAtRandomMomentsUnderLoad) {
     record(judged);
     expect_assignment(port_a_, "tiny");
     EXPECT_EQ(port_status(port_a_)["restarts"], judged.iterations);
+}
+
+TEST_F(ChaosTest, WorkerKilledAtRandomMomentsUnderLoad) {
+    kill_workers_under_load(Connections::one_per_request);
+}
+
+// Clients that keep their connections open, as the OpenAI SDKs and LiteLLM pool them: a
+// connection the killed worker had accepted is closed by the kernel with it, and the client's
+// next request goes on a new one, into the backlog.
+TEST_F(ChaosTest, WorkerKilledUnderKeptAliveLoad) {
+    kill_workers_under_load(Connections::kept_alive);
 }
 
 TEST_F(ChaosTest, SupervisorKilledAtRandomMomentsUnderLoadLosesNothing) {
@@ -382,7 +402,7 @@ TEST_F(ChaosTest, HungEngineIsKilledAndRestartedAndNoRequestHangs) {
 // new worker loads beside the old one, which serves until the new one takes over; when it holds
 // one only, the old worker finishes what it took while requests made meanwhile wait in the port's
 // backlog for the new one.
-void ChaosTest::swap_under_load(bool beside) {
+void ChaosTest::swap_under_load(bool beside, Connections connections) {
     supervisor_ = start_supervisor();
     if (!beside) {
         // A budget that holds the larger model but not both: its estimate plus half the other's.
@@ -404,7 +424,7 @@ void ChaosTest::swap_under_load(bool beside) {
     } else {
         ASSERT_EQ(cli("load " + std::to_string(port_a_) + " tiny").exit_code, 0);
     }
-    LoadGenerator load(port_a_, 2);
+    LoadGenerator load(port_a_, 2, {}, connections);
     load.start();
     std::vector<std::pair<Clock::time_point, Clock::time_point>> swaps;
     int iterations = 0;
@@ -443,11 +463,21 @@ void ChaosTest::swap_under_load(bool beside) {
 }
 
 TEST_F(ChaosTest, SwapsBesideUnderLoadFailNoRequest) {
-    swap_under_load(/*beside=*/true);
+    swap_under_load(/*beside=*/true, Connections::one_per_request);
 }
 
 TEST_F(ChaosTest, SwapsOneAtATimeUnderLoadFailNoRequest) {
-    swap_under_load(/*beside=*/false);
+    swap_under_load(/*beside=*/false, Connections::one_per_request);
+}
+
+// Kept-alive clients: the old worker ends each idle kept-alive connection when its drain
+// begins, and the client's next request goes on a new one, to the new worker.
+TEST_F(ChaosTest, SwapsBesideUnderKeptAliveLoadFailNoRequest) {
+    swap_under_load(/*beside=*/true, Connections::kept_alive);
+}
+
+TEST_F(ChaosTest, SwapsOneAtATimeUnderKeptAliveLoadFailNoRequest) {
+    swap_under_load(/*beside=*/false, Connections::kept_alive);
 }
 
 // ensembled killed while a swap's new worker loads beside the old one: the new worker, which

@@ -4,8 +4,9 @@
 
 namespace ensemble::testing {
 
-LoadGenerator::LoadGenerator(unsigned short port, int threads, std::chrono::milliseconds pause)
-    : port_(port), threads_(threads), pause_(pause) {}
+LoadGenerator::LoadGenerator(unsigned short port, int threads, std::chrono::milliseconds pause,
+                             Connections connections)
+    : port_(port), threads_(threads), pause_(pause), connections_(connections) {}
 
 LoadGenerator::~LoadGenerator() {
     if (running_) stop();
@@ -32,6 +33,7 @@ std::size_t LoadGenerator::count() const {
 }
 
 void LoadGenerator::run(int thread_index) {
+    KeptAliveConnection kept(port_);
     for (int n = thread_index; running_; n += threads_) {
         RequestOutcome o;
         o.streamed = n % 3 == 2;
@@ -41,7 +43,8 @@ void LoadGenerator::run(int thread_index) {
             o.streamed);
         request.timeout = std::chrono::seconds(90);  // longer than any restart the policy allows
         o.start = RequestOutcome::Clock::now();
-        const auto r = http_request(port_, request);
+        const auto r = connections_ == Connections::kept_alive ? kept.request(request, o.reused)
+                                                               : http_request(port_, request);
         o.end = RequestOutcome::Clock::now();
         o.status = r.status;
         o.complete = r.complete;

@@ -1,5 +1,7 @@
 #include "tests/support/http_client.h"
 
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -7,8 +9,10 @@
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <cctype>
+#include <cerrno>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -61,28 +65,32 @@ HttpResponse http_request(unsigned short port, const HttpRequest& request,
                         on_chunk);
 }
 
-HttpResponse http_request(const StreamEndpoint& endpoint, const HttpRequest& request,
-                          const ChunkCallback& on_chunk) {
-    asio::io_context io;
-    stream_connection stream(io);
-    HttpResponse out;
-    const auto deadline = std::chrono::steady_clock::now() + request.timeout;
-    stream.expires_at(deadline);
-    auto ec = run_op(io, [&](auto handler) {
+namespace {
+
+// Connects `stream` to `endpoint` by the deadline already set on it; "" or why not.
+std::string connect_stream(asio::io_context& io, stream_connection& stream,
+                           const StreamEndpoint& endpoint) {
+    const auto ec = run_op(io, [&](auto handler) {
         stream.async_connect(endpoint.endpoint(),
                              [handler](boost::system::error_code e) { handler(e); });
     });
-    if (ec) {
-        out.error = "connect: " + ec.message();
-        return out;
-    }
+    return ec ? "connect: " + ec.message() : "";
+}
+
+// One request and its response on a connected stream. `keep_alive` says whether the stream
+// may carry another request after it.
+HttpResponse exchange(asio::io_context& io, stream_connection& stream, const std::string& host,
+                      const HttpRequest& request, const ChunkCallback& on_chunk, bool& keep_alive) {
+    keep_alive = false;
+    HttpResponse out;
+    stream.expires_after(request.timeout);
     http::request<http::string_body> req{http::string_to_verb(request.method), request.target, 11};
-    req.set(http::field::host, endpoint.host());
+    req.set(http::field::host, host);
     for (const auto& [k, v] : request.headers)
         req.set(k, v);
     req.body() = request.body;
     if (!request.body.empty() || request.method == "POST") req.prepare_payload();
-    ec = run_op(io, [&](auto handler) { http::async_write(stream, req, handler); });
+    auto ec = run_op(io, [&](auto handler) { http::async_write(stream, req, handler); });
     if (ec) {
         out.error = "write: " + ec.message();
         return out;
@@ -118,8 +126,65 @@ HttpResponse http_request(const StreamEndpoint& endpoint, const HttpRequest& req
     out.complete = parser.is_done();
     if (ec) out.error = ec.message();
     if (ec && !parser.is_header_done()) out.status = 0;
+    keep_alive = out.complete && parser.keep_alive() && buffer.size() == 0;
+    return out;
+}
+
+}  // namespace
+
+HttpResponse http_request(const StreamEndpoint& endpoint, const HttpRequest& request,
+                          const ChunkCallback& on_chunk) {
+    asio::io_context io;
+    stream_connection stream(io);
+    stream.expires_after(request.timeout);
+    if (auto failed = connect_stream(io, stream, endpoint); !failed.empty()) {
+        HttpResponse out;
+        out.error = std::move(failed);
+        return out;
+    }
+    bool keep_alive = false;
+    auto out = exchange(io, stream, endpoint.host(), request, on_chunk, keep_alive);
     boost::system::error_code ignored;
     stream.socket().shutdown(stream_protocol::socket::shutdown_both, ignored);
+    return out;
+}
+
+struct KeptAliveConnection::State {
+    explicit State(unsigned short port)
+        : endpoint(StreamEndpoint::tcp(asio::ip::address_v4::loopback(), port)) {}
+    StreamEndpoint endpoint;
+    asio::io_context io;
+    std::optional<stream_connection> stream;
+};
+
+KeptAliveConnection::KeptAliveConnection(unsigned short port)
+    : state_(std::make_unique<State>(port)) {}
+
+KeptAliveConnection::~KeptAliveConnection() = default;
+
+HttpResponse KeptAliveConnection::request(const HttpRequest& request, bool& reused) {
+    auto& stream = state_->stream;
+    // What a pool does on checkout: a connection the server closed (or wrote to) while it was
+    // idle is not used again.
+    if (stream) {
+        char byte = 0;
+        const auto n = ::recv(stream->socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) stream.reset();
+    }
+    reused = stream.has_value();
+    if (!stream) {
+        stream.emplace(state_->io);
+        stream->expires_after(request.timeout);
+        if (auto failed = connect_stream(state_->io, *stream, state_->endpoint); !failed.empty()) {
+            stream.reset();
+            HttpResponse out;
+            out.error = std::move(failed);
+            return out;
+        }
+    }
+    bool keep_alive = false;
+    auto out = exchange(state_->io, *stream, state_->endpoint.host(), request, {}, keep_alive);
+    if (!keep_alive) stream.reset();
     return out;
 }
 

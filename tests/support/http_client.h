@@ -5,6 +5,7 @@
 #include <chrono>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -39,6 +40,24 @@ HttpResponse http_request(unsigned short port, const HttpRequest& request,
 // The same to any endpoint: a Unix socket (an engine's), say.
 HttpResponse http_request(const StreamEndpoint& endpoint, const HttpRequest& request,
                           const ChunkCallback& on_chunk = {});
+
+// A connection kept open between requests, as a pooling client (the OpenAI SDKs, LiteLLM) keeps
+// one: before each request it looks whether the server closed it while it was idle, as a pool
+// does on checkout, and connects anew if so (or if the last answer ended the connection). A
+// request that meets a connection the server closes at that moment fails, as it would there.
+class KeptAliveConnection {
+  public:
+    explicit KeptAliveConnection(unsigned short port);
+    ~KeptAliveConnection();
+    KeptAliveConnection(const KeptAliveConnection&) = delete;
+    KeptAliveConnection& operator=(const KeptAliveConnection&) = delete;
+    // `reused`: the request went on a connection that an earlier one had used.
+    HttpResponse request(const HttpRequest& request, bool& reused);
+
+  private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
 
 // A POST of a chat completion with the given body JSON.
 HttpRequest chat_request(const std::string& json_body, bool stream = false);
