@@ -22,10 +22,11 @@ constexpr std::uint32_t kHeaderLimit = 64 * 1024;
 // What a connection reads into while it waits for a request.
 constexpr std::size_t kIdleRead = 4096;
 constexpr auto kIdleSweep = std::chrono::seconds(1);
-// A drain lets a kept-alive connection whose last answer went out less than this long ago send
-// one more request (answered, then the connection ends): a client sending back to back, as a
-// pooled client under load does, would otherwise have that request cut off on its way.
-constexpr auto kKeptAliveGrace = std::chrono::milliseconds(100);
+// How long a drain waits for a request that may be on its way: the first one of a connection
+// accepted just before the drain, and the next one of a kept-alive connection answered just
+// before (a pooled client sending back to back; a round trip on a slow network). Each is
+// answered, then its connection ends; a connection that stays silent does not hold up the stop.
+constexpr auto kRequestOnItsWay = std::chrono::milliseconds(500);
 
 }  // namespace
 
@@ -353,9 +354,8 @@ awaitable<void> HttpListener::drain(std::chrono::milliseconds timeout) {
     acceptor_.close(ec);
     const auto began = std::chrono::steady_clock::now();
     const auto deadline = began + timeout;
-    // A client that connected just before the drain has its request on the way: it is
-    // waited for this long (one that connects and says nothing does not hold up the stop).
-    const auto fresh_deadline = began + std::min(timeout, std::chrono::milliseconds(500));
+    const auto fresh_deadline =
+        began + std::min<std::chrono::milliseconds>(timeout, kRequestOnItsWay);
     steady_timer timer(io_);
     for (;;) {
         bool busy = in_flight_ > 0;
@@ -370,7 +370,7 @@ awaitable<void> HttpListener::drain(std::chrono::milliseconds timeout) {
             // soon); one recently answered may still send one; any other wait is ended.
             if (bytes_waiting(session.stream.socket())) {
                 busy = true;
-            } else if (now - session.idle_since < kKeptAliveGrace &&
+            } else if (now - session.idle_since < kRequestOnItsWay &&
                        !peer_closed(session.stream.socket())) {
                 kept_waiting = true;
             } else {

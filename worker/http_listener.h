@@ -56,7 +56,7 @@ class HttpListener {
     void start_accepting();
     // Stops accepting and waits (up to `timeout`) for requests in flight, for the first request
     // of a connection accepted just before, and for a request already sent, or about to be (its
-    // last answer went out under 100 ms ago), on a kept-alive connection: each is answered and
+    // last answer went out under 0.5 s ago), on a kept-alive connection: each is answered and
     // its connection ends. Then closes the rest.
     awaitable<void> drain(std::chrono::milliseconds timeout);
 

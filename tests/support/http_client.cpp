@@ -67,7 +67,7 @@ HttpResponse http_request(unsigned short port, const HttpRequest& request,
 
 namespace {
 
-// Connects `stream` to `endpoint` by the deadline already set on it; "" or why not.
+// Connects `stream` to `endpoint` by the deadline set on it; "" or why not.
 std::string connect_stream(asio::io_context& io, stream_connection& stream,
                            const StreamEndpoint& endpoint) {
     const auto ec = run_op(io, [&](auto handler) {
@@ -77,13 +77,13 @@ std::string connect_stream(asio::io_context& io, stream_connection& stream,
     return ec ? "connect: " + ec.message() : "";
 }
 
-// One request and its response on a connected stream. `keep_alive` says whether the stream
-// may carry another request after it.
+// One request and its response on a connected stream, by the deadline set on it (one deadline
+// for the connect and the exchange). `keep_alive` says whether the stream may carry another
+// request after it.
 HttpResponse exchange(asio::io_context& io, stream_connection& stream, const std::string& host,
                       const HttpRequest& request, const ChunkCallback& on_chunk, bool& keep_alive) {
     keep_alive = false;
     HttpResponse out;
-    stream.expires_after(request.timeout);
     http::request<http::string_body> req{http::string_to_verb(request.method), request.target, 11};
     req.set(http::field::host, host);
     for (const auto& [k, v] : request.headers)
@@ -172,9 +172,9 @@ HttpResponse KeptAliveConnection::request(const HttpRequest& request, bool& reus
         if (!(n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))) stream.reset();
     }
     reused = stream.has_value();
-    if (!stream) {
-        stream.emplace(state_->io);
-        stream->expires_after(request.timeout);
+    if (!reused) stream.emplace(state_->io);
+    stream->expires_after(request.timeout);  // one deadline for the connect and the exchange
+    if (!reused) {
         if (auto failed = connect_stream(state_->io, *stream, state_->endpoint); !failed.empty()) {
             stream.reset();
             HttpResponse out;
