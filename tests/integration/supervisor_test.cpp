@@ -277,6 +277,14 @@ TEST_F(SupervisorTest, SwapToAModelThatCannotLoadRollsBack) {
     EXPECT_EQ(chat(port_a_), 200);
 }
 
+// A send to ensembled, which may have closed the connection already, raises no SIGPIPE (these
+// tests run where /proc is: Linux, which has MSG_NOSIGNAL; macOS compiles them only).
+#ifdef MSG_NOSIGNAL
+constexpr int kNoSigpipe = MSG_NOSIGNAL;
+#else
+constexpr int kNoSigpipe = 0;
+#endif
+
 // Sends `bytes` with `fds` attached (SCM_RIGHTS), as a hostile peer would: any number at once.
 bool send_with_descriptors(int socket, std::string_view bytes, const std::vector<int>& fds) {
     iovec io{const_cast<char*>(bytes.data()), bytes.size()};
@@ -291,18 +299,13 @@ bool send_with_descriptors(int socket, std::string_view bytes, const std::vector
     header->cmsg_type = SCM_RIGHTS;
     header->cmsg_len = CMSG_LEN(sizeof(int) * fds.size());
     std::memcpy(CMSG_DATA(header), fds.data(), sizeof(int) * fds.size());
-#ifdef MSG_NOSIGNAL
-    constexpr int kNoSigpipe = MSG_NOSIGNAL;  // ensembled may have closed the connection already
-#else
-    constexpr int kNoSigpipe = 0;  // (this test runs where /proc is)
-#endif
     return ::sendmsg(socket, &message, kNoSigpipe) == static_cast<ssize_t>(bytes.size());
 }
 
 // One request to control.sock on a connection of its own, as the CLI makes it, without the
 // CLI's process start (a third of a load/unload cycle's time); the reply's line, or "" on failure.
 std::string control_request(const std::filesystem::path& socket_path, const json& request) {
-    const int peer = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int peer = ::socket(AF_UNIX, SOCK_STREAM, 0);
     if (peer < 0) return "";
     sockaddr_un address{};
     address.sun_family = AF_UNIX;
@@ -312,7 +315,7 @@ std::string control_request(const std::filesystem::path& socket_path, const json
     std::string reply;
     const std::string line = request.dump() + "\n";
     if (::connect(peer, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0 &&
-        ::send(peer, line.data(), line.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(line.size())) {
+        ::send(peer, line.data(), line.size(), kNoSigpipe) == static_cast<ssize_t>(line.size())) {
         char buffer[4096];
         ssize_t n = 0;
         while (reply.find('\n') == std::string::npos &&
