@@ -10,9 +10,11 @@
 #include <array>
 #include <optional>
 #include <string>
+#include <thread>
 
 #include <boost/asio/local/connect_pair.hpp>
 #include <boost/asio/local/stream_protocol.hpp>
+#include <boost/asio/read.hpp>
 
 namespace ensemble {
 namespace {
@@ -234,6 +236,35 @@ TEST(ReadRequestBody, ADeclaredLengthIsNotMemoryUntilItsBytesArrive) {
 
 // A small answer into an empty socket buffer is written in place: the coroutine finishes in the
 // one event-loop turn that starts it (an asynchronous write would need a second).
+// The drain's two looks at an idle kept-alive connection (HttpListener::drain): neither reads,
+// so a request found waiting is still there for the connection's own read.
+TEST(PeekAtPeer, BytesWaitingAndAClosedPeerAreSeenWithoutTakingAByte) {
+    asio::io_context io(1);
+    tcp_acceptor acceptor(io, {asio::ip::make_address("127.0.0.1"), 0});
+    tcp_socket client(io), served(io);
+    client.connect(acceptor.local_endpoint());
+    acceptor.accept(served);
+
+    EXPECT_FALSE(bytes_waiting(served)) << "nothing sent yet";
+    EXPECT_FALSE(peer_closed(served));
+
+    asio::write(client, asio::buffer(kRequest));
+    for (int i = 0; i < 100 && served.available() < kRequest.size(); ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_TRUE(bytes_waiting(served));
+    EXPECT_FALSE(peer_closed(served)) << "a request waiting is not a peer that left";
+    EXPECT_EQ(served.available(), kRequest.size()) << "the peeks took none of it";
+
+    std::string request(kRequest.size(), '\0');
+    asio::read(served, asio::buffer(request));
+    client.close();
+    bool closed = false;
+    for (int i = 0; i < 100 && !(closed = peer_closed(served)); ++i)
+        std::this_thread::sleep_for(10ms);
+    EXPECT_TRUE(closed) << "the client closed its side";
+    EXPECT_FALSE(bytes_waiting(served));
+}
+
 TEST(SendMessage, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
     asio::io_context io(1);
     local_socket a(io), b(io);
