@@ -158,6 +158,7 @@ class Loader {
                                                               const YAML::Node& node,
                                                               const std::string& what);
     void front_door(const std::string& file, const YAML::Node& node);
+    void port_limits(const std::string& file, const YAML::Node& node);
     void naming(const std::string& file, const YAML::Node& node);
     void health(const std::string& file, const YAML::Node& node);
     void status_http(const std::string& file, const YAML::Node& supervisor,
@@ -236,11 +237,12 @@ void Loader::load_file(const std::filesystem::path& path, bool top_level) {
 
 void Loader::supervisor(const std::string& file, const YAML::Node& node,
                         const std::filesystem::path& base) {
-    if (!v_.map_with_keys(file, node, "supervisor",
-                          {"state_dir", "run_dir", "memory_budget", "over_budget",
-                           "evict_idle_after", "boot_profile", "bind_host", "hold_while_loading",
-                           "allow_privileged_ports", "reserved_ports", "naming", "gpu_wired_limit",
-                           "http", "http_token_file", "front_door", "logs", "health", "restart"})) {
+    if (!v_.map_with_keys(
+            file, node, "supervisor",
+            {"state_dir", "run_dir", "memory_budget", "over_budget", "evict_idle_after",
+             "boot_profile", "bind_host", "hold_while_loading", "allow_privileged_ports",
+             "reserved_ports", "naming", "gpu_wired_limit", "http", "http_token_file", "front_door",
+             "port_limits", "logs", "health", "restart"})) {
         return;
     }
     auto& s = config_.supervisor;
@@ -307,6 +309,7 @@ void Loader::supervisor(const std::string& file, const YAML::Node& node,
     if (node["http_token_file"] && !node["http"])
         v_.at(file, node["http_token_file"], "http_token_file is set but http is not");
     if (node["front_door"]) front_door(file, node["front_door"]);
+    if (node["port_limits"]) port_limits(file, node["port_limits"]);
     if (node["logs"]) logs(file, node["logs"]);
     if (node["health"]) health(file, node["health"]);
     if (node["restart"]) restart(file, node["restart"]);
@@ -487,6 +490,61 @@ void Loader::naming(const std::string& file, const YAML::Node& node) {
         }
         config_.supervisor.naming[engine] = *prefix;
         engine_refs_.emplace_back(file, kv.first, engine);
+    }
+}
+
+namespace {
+
+// A limit's value as the config writes it: 32MiB, 1024, 60s.
+std::string limit_text(protocol::PortLimitUnit unit, std::uint64_t value) {
+    if (unit == protocol::PortLimitUnit::seconds)
+        return duration_text(std::chrono::seconds(static_cast<std::int64_t>(value)));
+    if (unit == protocol::PortLimitUnit::count) return std::to_string(value);
+    for (const auto& [scale, name] :
+         {std::pair{1ULL << 30, "GiB"}, {1ULL << 20, "MiB"}, {1ULL << 10, "KiB"}}) {
+        if (value % scale == 0) return std::to_string(value / scale) + name;
+    }
+    return std::to_string(value) + "B";
+}
+
+}  // namespace
+
+// supervisor.port_limits: the listener limits of every public port (protocol/port_limits.h).
+void Loader::port_limits(const std::string& file, const YAML::Node& node) {
+    Keys keys;
+    for (const auto* limit : protocol::kPortLimits)
+        keys.emplace(limit->key);
+    if (!v_.map_with_keys(file, node, "supervisor.port_limits", keys)) return;
+    for (std::size_t i = 0; i < protocol::kPortLimits.size(); ++i) {
+        const auto& limit = *protocol::kPortLimits[i];
+        const auto value_node = node[std::string(limit.key)];
+        if (!value_node) continue;
+        const auto what = "port_limits." + std::string(limit.key);
+        auto text = v_.scalar<std::string>(file, value_node, what);
+        if (!text) continue;
+        std::optional<std::uint64_t> value;
+        std::string shape;
+        if (limit.unit == protocol::PortLimitUnit::bytes) {
+            value = parse_bytes(*text);
+            shape = "a size";
+        } else if (limit.unit == protocol::PortLimitUnit::seconds) {
+            const auto duration = parse_duration(*text);
+            if (duration && duration->count() % 1000 == 0)
+                value = static_cast<std::uint64_t>(duration->count() / 1000);
+            shape = "a duration in whole seconds";
+        } else {
+            static const std::regex kCount(R"(^\s*([0-9]{1,12})\s*$)");
+            if (std::regex_match(*text, kCount)) value = std::stoull(*text);
+            shape = "a number";
+        }
+        if (!value || *value < limit.least || *value > limit.most) {
+            v_.at(file, value_node,
+                  what + " '" + *text + "' must be " + shape + " from " +
+                      limit_text(limit.unit, limit.least) + " to " +
+                      limit_text(limit.unit, limit.most));
+            continue;
+        }
+        config_.supervisor.port_limits[i] = value;
     }
 }
 

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "profiles/engine_preset.h"
+#include "protocol/port_limits.h"
 #include "protocol/result.h"
 
 namespace ensemble {
@@ -115,6 +116,9 @@ struct SupervisorSettings {
     std::optional<std::uint64_t> gpu_wired_limit_bytes;
     std::optional<StatusHttpSettings> http;
     std::optional<FrontDoorSettings> front_door;
+    // The listener limits of every public port, model ports and the front door; those left out
+    // are the worker's defaults.
+    protocol::PortLimitValues port_limits;
     LogSettings logs;
     HealthSettings health;
     RestartSettings restart;

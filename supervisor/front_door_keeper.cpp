@@ -91,19 +91,22 @@ void FrontDoorKeeper::tick() {
 
 std::vector<std::string> FrontDoorKeeper::arguments() const {
     const auto& door = settings();
-    return {"--front-door",
-            "--port",
-            std::to_string(door.port),
-            "--host",
-            door.host,
-            "--ports-host",
-            reachable(fleet_.config().supervisor.bind_host),
-            "--queue-max",
-            std::to_string(door.queue_max),
-            "--load-timeout",
-            std::to_string(std::chrono::ceil<std::chrono::seconds>(door.load_timeout).count()),
-            "--drain-timeout",
-            std::to_string(fleet_.config().supervisor.health.drain_timeout.count() / 1000.0)};
+    std::vector<std::string> argv{
+        "--front-door",
+        "--port",
+        std::to_string(door.port),
+        "--host",
+        door.host,
+        "--ports-host",
+        reachable(fleet_.config().supervisor.bind_host),
+        "--queue-max",
+        std::to_string(door.queue_max),
+        "--load-timeout",
+        std::to_string(std::chrono::ceil<std::chrono::seconds>(door.load_timeout).count()),
+        "--drain-timeout",
+        std::to_string(fleet_.config().supervisor.health.drain_timeout.count() / 1000.0)};
+    protocol::append_port_limit_options(argv, fleet_.config().supervisor.port_limits);
+    return argv;
 }
 
 void FrontDoorKeeper::spawn() {

@@ -98,6 +98,7 @@ Result<WorkerLaunch> WorkerSpawner::plan(const Config& config, int port, const s
         std::to_string(config.supervisor.health.engine_probe_failures),
         "--drain-timeout",
         std::to_string(config.supervisor.health.drain_timeout.count() / 1000.0)};
+    protocol::append_port_limit_options(l.command.argv, config.supervisor.port_limits);
     if (engine.load_stall_timeout) {
         l.command.argv.insert(
             l.command.argv.end(),

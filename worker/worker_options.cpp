@@ -13,6 +13,7 @@
 #include "os/recorded_process.h"
 #include "profiles/engine_preset.h"
 #include "protocol/framing.h"
+#include "protocol/port_limits.h"
 #include "protocol/worker_contract.h"
 
 extern char** environ;
@@ -39,16 +40,49 @@ void add_drain_timeout_option(CLI::App& app, double& seconds) {
         ->check(CLI::Range(0.0, most) & kFiniteNumber);
 }
 
-// One limit for every write to a client (the worker's own answers and those it relays): both
-// kinds of port take it.
-void add_send_timeout_option(CLI::App& app, int& seconds) {
-    app.add_option("--send-timeout", seconds,
-                   "seconds a write to a client may wait for its socket to take more (the client "
-                   "reads too little of its answer, or none) before its connection is closed and "
-                   "its engine request cancelled, as nginx's send_timeout")
-        ->capture_default_str()
-        ->check(CLI::Range(1, 86400));
-}
+// The limits of a public port (protocol/port_limits.h), the same for both kinds of port, with
+// the ranges ensembled's config accepts; read into the listener's config by apply().
+class PortLimitOptions {
+  public:
+    PortLimitOptions(CLI::App& app, ListenerConfig& limits)
+        : limits_(limits),
+          idle_seconds_(limits.idle_timeout.count()),
+          header_seconds_(limits.header_timeout.count()),
+          send_seconds_(limits.send_timeout.count()) {
+        add(app, protocol::kMaxBodyBytes, limits.max_body_bytes, "largest request body accepted");
+        add(app, protocol::kMaxConnections, limits.max_connections,
+            "client connections served at once (more are answered 503)");
+        add(app, protocol::kIdleTimeout, idle_seconds_,
+            "seconds a connection may wait for a request to begin (kept alive between requests, "
+            "or newly opened) before it is closed");
+        add(app, protocol::kHeaderTimeout, header_seconds_,
+            "seconds a client has to send a request's headers once it has begun");
+        // One limit for every write to a client: the listener's own answers and those relayed.
+        add(app, protocol::kSendTimeout, send_seconds_,
+            "seconds a write to a client may wait for its socket to take more (the client reads "
+            "too little of its answer, or none) before its connection is closed and its engine "
+            "request cancelled, as nginx's send_timeout");
+    }
+    void apply() const {
+        limits_.idle_timeout = std::chrono::seconds(idle_seconds_);
+        limits_.header_timeout = std::chrono::seconds(header_seconds_);
+        limits_.send_timeout = std::chrono::seconds(send_seconds_);
+    }
+
+  private:
+    template <typename T>
+    static void add(CLI::App& app, const protocol::PortLimit& limit, T& value,
+                    const std::string& help) {
+        app.add_option(std::string(limit.option), value, help)
+            ->capture_default_str()
+            ->check(CLI::Range(static_cast<T>(limit.least), static_cast<T>(limit.most)));
+    }
+
+    ListenerConfig& limits_;
+    std::int64_t idle_seconds_;
+    std::int64_t header_seconds_;
+    std::int64_t send_seconds_;
+};
 
 Error bad_option(std::string message) {
     return Error{"bad_option", std::move(message)};
@@ -204,9 +238,6 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     double drain_seconds = 30;
     int hold_seconds = 30;
     int queue_timeout = 60;
-    int header_timeout = static_cast<int>(o.front.header_timeout.count());
-    int idle_timeout = static_cast<int>(o.front.idle_timeout.count());
-    int send_timeout = static_cast<int>(o.front.send_timeout.count());
     double stall_timeout = 120;
     std::vector<std::string> engine_env;
     int engine_timeout = 600;
@@ -250,13 +281,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     app.add_flag("--metrics-without-key", o.front.metrics_without_key,
                  "GET /metrics answers without the API key (or set " +
                      std::string(protocol::kMetricsWithoutKeyVariable) + "=1)");
-    app.add_option("--max-body-bytes", o.front.max_body_bytes, "largest request body accepted")
-        ->capture_default_str()
-        ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 34));
-    app.add_option("--max-connections", o.front.max_connections,
-                   "client connections served at once (more are answered 503)")
-        ->capture_default_str()
-        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
+    const PortLimitOptions port_limits(app, o.front);
     app.add_option("--log-dir", log_dir,
                    "directory for the engine log (default: "
                    "$XDG_STATE_HOME/ensemble/logs)");
@@ -272,16 +297,6 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
                    "seconds a request may wait for a restarting "
                    "engine")
         ->capture_default_str();
-    app.add_option("--header-timeout", header_timeout,
-                   "seconds a client has to send a request's headers once it has begun")
-        ->capture_default_str()
-        ->check(CLI::Range(1, 3600));
-    app.add_option("--idle-timeout", idle_timeout,
-                   "seconds a connection may wait for a request to begin (kept alive between "
-                   "requests, or newly opened) before it is closed")
-        ->capture_default_str()
-        ->check(CLI::Range(1, 86400));
-    add_send_timeout_option(app, send_timeout);
     app.add_option("--hold-while-loading", hold_seconds,
                    "supervised: seconds a connection waits in the port's backlog for the engine "
                    "to be ready, before it is answered 503 model_loading")
@@ -317,9 +332,7 @@ std::variant<WorkerOptions, int> parse_worker_options(int argc, char** argv) {
     o.engine.log_file = log_file;
     o.drain_timeout = std::chrono::milliseconds(std::llround(drain_seconds * 1000));
     o.hold_while_loading = std::chrono::seconds(hold_seconds);
-    o.front.header_timeout = std::chrono::seconds(header_timeout);
-    o.front.idle_timeout = std::chrono::seconds(idle_timeout);
-    o.front.send_timeout = std::chrono::seconds(send_timeout);
+    port_limits.apply();
     o.proxy.send_timeout = o.front.send_timeout;  // the proxy's writes go to the same clients
     o.proxy.queue_timeout = std::chrono::seconds(queue_timeout);
     o.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
@@ -342,7 +355,6 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
     double drain_seconds = 30;
     int load_timeout = static_cast<int>(o.door.load_timeout.count());
     int engine_timeout = static_cast<int>(o.door.proxy.engine_timeout.count());
-    int send_timeout = static_cast<int>(o.door.send_timeout.count());
     CLI::App app{
         "ensemble-worker --front-door: one port for every model, routed by the model a request "
         "names (started by ensembled for supervisor.front_door)"};
@@ -364,14 +376,7 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
                    "seconds a model port may go without sending anything once a request is "
                    "forwarded")
         ->capture_default_str();
-    app.add_option("--max-body-bytes", o.door.max_body_bytes, "largest request body accepted")
-        ->capture_default_str()
-        ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 34));
-    app.add_option("--max-connections", o.door.max_connections,
-                   "client connections served at once (more are answered 503)")
-        ->capture_default_str()
-        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
-    add_send_timeout_option(app, send_timeout);
+    const PortLimitOptions port_limits(app, o.door);
     add_drain_timeout_option(app, drain_seconds);
     try {
         app.parse(argc, argv);
@@ -381,7 +386,7 @@ std::variant<FrontDoorOptions, int> parse_front_door_options(int argc, char** ar
     o.drain_timeout = std::chrono::milliseconds(std::llround(drain_seconds * 1000));
     o.door.load_timeout = std::chrono::seconds(load_timeout);
     o.door.proxy.engine_timeout = std::chrono::seconds(engine_timeout);
-    o.door.send_timeout = std::chrono::seconds(send_timeout);
+    port_limits.apply();
     o.door.proxy.send_timeout = o.door.send_timeout;
     // A request waits for its model in the front door's own queue, not in the proxy's.
     o.door.proxy.queue_timeout = std::chrono::seconds(5);

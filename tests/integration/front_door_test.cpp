@@ -644,3 +644,36 @@ TEST_F(FrontDoorTest, TheFrontDoorServesOnThroughACrashOfEnsembledAndIsKept) {
 }
 
 }  // namespace
+
+// supervisor.port_limits reaches every public port: the model ports' workers and the front door
+// refuse a body over the config's limit, and serve one under it through the real engine.
+class PortLimitsTest : public FrontDoorTest {
+  protected:
+    std::string extra_supervisor_settings() const override {
+        return FrontDoorTest::extra_supervisor_settings() +
+               "  port_limits: {max_body_bytes: 4KiB}\n";
+    }
+    static HttpRequest chat_of(std::size_t content_bytes) {
+        return chat_request(R"({"model":"tiny-two","max_tokens":2,"messages":[{"role":"user",)"
+                            R"("content":")" +
+                            std::string(content_bytes, 'x') + "\"}]}");
+    }
+};
+
+TEST_F(PortLimitsTest, EveryPublicPortTakesTheConfigsLimits) {
+    supervisor_ = start_supervisor();
+    ASSERT_EQ(cli("profile load single").exit_code, 0);  // tiny-two on port_a_
+    ASSERT_TRUE(wait_front_door());
+    for (const auto port : {port_a_, door_}) {
+        SCOPED_TRACE(port == door_ ? "the front door" : "a model port");
+        const auto refused = http_request(port, chat_of(5000));
+        EXPECT_EQ(refused.status, 413) << refused.body;
+        const auto error = json::parse(refused.body, nullptr, false);
+        ASSERT_FALSE(error.is_discarded()) << refused.body;
+        EXPECT_EQ(error["error"]["code"], "request_too_large");
+        EXPECT_NE(error["error"]["message"].get<std::string>().find("4096 bytes"),
+                  std::string::npos)
+            << refused.body;
+        EXPECT_EQ(http_request(port, chat_of(100)).status, 200) << "under the limit: served";
+    }
+}

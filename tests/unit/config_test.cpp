@@ -246,6 +246,37 @@ TEST_F(ConfigTest, TheStatusListenerIsLoopbackUnlessItHasAToken) {
                  7, 5, "supervisor.http's status listener");
 }
 
+TEST_F(ConfigTest, PortLimitsAreSizesCountsAndWholeSecondsWithinTheWorkersRanges) {
+    auto none = load(kValid);
+    ASSERT_TRUE(none.config);
+    for (const auto& value : none.config->supervisor.port_limits)
+        EXPECT_FALSE(value) << "left out: the worker's default, not passed";
+    auto set = load(
+        "supervisor:\n  port_limits: {max_body_bytes: 64MiB, max_connections: 256, idle_timeout: "
+        "5m, header_timeout: 10s, send_timeout: 2m}\n");
+    ASSERT_TRUE(set.config) << set.issues.at(0).to_string();
+    std::vector<std::string> argv;
+    protocol::append_port_limit_options(argv, set.config->supervisor.port_limits);
+    EXPECT_EQ(argv, (std::vector<std::string>{"--max-body-bytes", "67108864", "--max-connections",
+                                              "256", "--idle-timeout", "300", "--header-timeout",
+                                              "10", "--send-timeout", "120"}));
+    auto one = load("supervisor:\n  port_limits:\n    send_timeout: 5s\n");
+    ASSERT_TRUE(one.config) << one.issues.at(0).to_string();
+    argv.clear();
+    protocol::append_port_limit_options(argv, one.config->supervisor.port_limits);
+    EXPECT_EQ(argv, (std::vector<std::string>{"--send-timeout", "5"}));
+
+    expect_issue(load("supervisor:\n  port_limits: {max_body_bytes: 512B}\n"), 2, 33,
+                 "port_limits.max_body_bytes '512B' must be a size from 1KiB to 16GiB");
+    expect_issue(load("supervisor:\n  port_limits: {max_connections: 0}\n"), 2, 34,
+                 "must be a number from 1 to 1048576");
+    expect_issue(load("supervisor:\n  port_limits: {send_timeout: 1500ms}\n"), 2, 31,
+                 "must be a duration in whole seconds from 1s to 86400s");
+    expect_issue(load("supervisor:\n  port_limits: {header_timeout: 2h}\n"), 2, 33,
+                 "from 1s to 3600s");
+    expect_issue(load("supervisor:\n  port_limits: {body_timeout: 5m}\n"), 2, 17, "body_timeout");
+}
+
 TEST_F(ConfigTest, TheFrontDoorListensLoadsOnDemandOnItsOwnPortsAndProfilesKeepOff) {
     auto off = load(kValid);
     ASSERT_TRUE(off.config);
