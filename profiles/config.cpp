@@ -1166,7 +1166,7 @@ std::string duration_text(std::chrono::milliseconds duration) {
 
 std::optional<std::uint64_t> parse_bytes(const std::string& text) {
     static const std::regex kSize(
-        R"(^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$)");
+        R"(^\s*([0-9]{1,19}(?:\.[0-9]{1,9})?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)?\s*$)");
     std::smatch m;
     if (!std::regex_match(text, m, kSize)) return std::nullopt;
     const double number = std::stod(m[1]);

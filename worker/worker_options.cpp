@@ -40,6 +40,9 @@ void add_drain_timeout_option(CLI::App& app, double& seconds) {
         ->check(CLI::Range(0.0, most) & kFiniteNumber);
 }
 
+static_assert(sizeof(std::size_t) >= sizeof(std::uint64_t),
+              "the limits' ranges (protocol/port_limits.h) need a 64-bit size_t");
+
 // The limits of a public port (protocol/port_limits.h), the same for both kinds of port, with
 // the ranges ensembled's config accepts; read into the listener's config by apply().
 class PortLimitOptions {

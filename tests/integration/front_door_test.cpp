@@ -653,9 +653,9 @@ class PortLimitsTest : public FrontDoorTest {
         return FrontDoorTest::extra_supervisor_settings() +
                "  port_limits: {max_body_bytes: 4KiB}\n";
     }
-    static HttpRequest chat_of(std::size_t content_bytes) {
-        return chat_request(R"({"model":"tiny-two","max_tokens":2,"messages":[{"role":"user",)"
-                            R"("content":")" +
+    static HttpRequest chat_of(const std::string& model, std::size_t content_bytes) {
+        return chat_request(R"({"model":")" + model +
+                            R"(","max_tokens":2,"messages":[{"role":"user","content":")" +
                             std::string(content_bytes, 'x') + "\"}]}");
     }
 };
@@ -666,7 +666,10 @@ TEST_F(PortLimitsTest, EveryPublicPortTakesTheConfigsLimits) {
     ASSERT_TRUE(wait_front_door());
     for (const auto port : {port_a_, door_}) {
         SCOPED_TRACE(port == door_ ? "the front door" : "a model port");
-        const auto refused = http_request(port, chat_of(5000));
+        // Through the front door, a model served nowhere: refused by the front door's own
+        // limit (404 model_not_found without it), not by the model port behind it.
+        const auto refused =
+            http_request(port, chat_of(port == door_ ? "served-nowhere" : "tiny-two", 5000));
         EXPECT_EQ(refused.status, 413) << refused.body;
         const auto error = json::parse(refused.body, nullptr, false);
         ASSERT_FALSE(error.is_discarded()) << refused.body;
@@ -674,6 +677,7 @@ TEST_F(PortLimitsTest, EveryPublicPortTakesTheConfigsLimits) {
         EXPECT_NE(error["error"]["message"].get<std::string>().find("4096 bytes"),
                   std::string::npos)
             << refused.body;
-        EXPECT_EQ(http_request(port, chat_of(100)).status, 200) << "under the limit: served";
+        EXPECT_EQ(http_request(port, chat_of("tiny-two", 100)).status, 200)
+            << "under the limit: served";
     }
 }

@@ -561,6 +561,12 @@ TEST(ParseBytes, UnitsAndRejects) {
     EXPECT_EQ(parse_bytes("1024"), 1024U);
     EXPECT_FALSE(parse_bytes("lots"));
     EXPECT_FALSE(parse_bytes("-5GB"));
+    EXPECT_EQ(parse_bytes("1.5MiB"), 3ULL << 19);
+    // A number too long for a double was an uncaught std::out_of_range: `check`, or a reload,
+    // ended ensembled.
+    EXPECT_FALSE(parse_bytes(std::string(400, '9')));
+    EXPECT_FALSE(parse_bytes("1." + std::string(400, '9') + "GiB"));
+    EXPECT_FALSE(parse_bytes("9999999999999999999TiB")) << "over 10^18 bytes";
 }
 
 }  // namespace

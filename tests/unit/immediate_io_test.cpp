@@ -234,8 +234,6 @@ TEST(ReadRequestBody, ADeclaredLengthIsNotMemoryUntilItsBytesArrive) {
     EXPECT_EQ(parser.get().body(), "{\"model\":");
 }
 
-// A small answer into an empty socket buffer is written in place: the coroutine finishes in the
-// one event-loop turn that starts it (an asynchronous write would need a second).
 // The drain's two looks at an idle kept-alive connection (HttpListener::drain): neither reads,
 // so a request found waiting is still there for the connection's own read.
 TEST(PeekAtPeer, BytesWaitingAndAClosedPeerAreSeenWithoutTakingAByte) {
@@ -265,6 +263,8 @@ TEST(PeekAtPeer, BytesWaitingAndAClosedPeerAreSeenWithoutTakingAByte) {
     EXPECT_FALSE(bytes_waiting(served));
 }
 
+// A small answer into an empty socket buffer is written in place: the coroutine finishes in the
+// one event-loop turn that starts it (an asynchronous write would need a second).
 TEST(SendMessage, ASmallAnswerIsWrittenWithoutAnotherTurnOfTheLoop) {
     asio::io_context io(1);
     local_socket a(io), b(io);
