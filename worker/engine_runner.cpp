@@ -331,6 +331,7 @@ awaitable<void> EngineRunner::watch_liveness(std::uint64_t generation) {
 }
 
 void EngineRunner::on_child_exit() {
+    if (exit_wake_ != nullptr) exit_wake_->cancel();  // stop() sees the exit at once
     if (!child_) return;
     const auto exit = child_->poll_exit();
     // Many things report a dead engine (SIGCHLD, every proxied request that failed on it): act
@@ -388,9 +389,12 @@ awaitable<void> EngineRunner::stop() {
         steady_timer timer(io_);
         const auto deadline = Clock::now() + config_.stop_grace;
         while (!child_->poll_exit() && Clock::now() < deadline) {
-            timer.expires_after(std::chrono::milliseconds(20));
+            // Woken by SIGCHLD (on_child_exit); the tick is for a signal that never comes.
+            timer.expires_after(std::chrono::milliseconds(100));
+            exit_wake_ = &timer;
             boost::system::error_code ec;
             co_await timer.async_wait(on_error(ec));
+            exit_wake_ = nullptr;
         }
         if (!child_->poll_exit()) {
             spdlog::warn("engine: still running {} ms after SIGTERM; sending SIGKILL",

@@ -95,7 +95,8 @@ class EngineRunner final : public ProxyTarget {
     std::unique_ptr<RecordFile> record_file_;  // held for as long as this worker runs
     EngineState state_ = EngineState::stopped;
     bool ever_ready_ = false;
-    std::string kill_reason_;  // why we killed the engine that runs now, if we did
+    std::string kill_reason_;            // why we killed the engine that runs now, if we did
+    steady_timer* exit_wake_ = nullptr;  // stop()'s wait for the engine's exit, while it waits
     Clock::time_point last_answer_{};
     MemoryKillWatch memory_kills_;
     StreamEndpoint endpoint_ = StreamEndpoint::tcp(asio::ip::address_v4::loopback(), 0);

@@ -273,11 +273,17 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
                           sv(request.target()), e.what());
         }
         --in_flight_;
+        wake_drain();
         if (!keep_alive) break;
     }
     boost::system::error_code ignored;
     stream.socket().shutdown(tcp_socket::shutdown_send, ignored);
     sessions_.erase(session);
+    wake_drain();
+}
+
+void HttpListener::wake_drain() {
+    if (drain_wake_ != nullptr) drain_wake_->cancel();
 }
 
 // Ends the connections that have waited longer than idle_timeout for a request to begin, once a
@@ -379,8 +385,12 @@ awaitable<void> HttpListener::drain(std::chrono::milliseconds timeout) {
         }
         const bool fresh_done = !fresh_waiting || now >= fresh_deadline;
         if ((!busy && fresh_done && !kept_waiting) || now >= deadline) break;
+        // Looked at again when a request or a connection ends (the usual last step), and every
+        // 20 ms for the windows and the deadline.
         timer.expires_after(std::chrono::milliseconds(20));
+        drain_wake_ = &timer;
         co_await timer.async_wait(on_error(ec));
+        drain_wake_ = nullptr;
     }
     if (in_flight_ > 0) {
         spdlog::warn("front: {} requests still running after the {} ms drain; closing them",

@@ -95,6 +95,8 @@ class HttpListener {
     awaitable<void> refuse_connection(tcp_socket socket);
     awaitable<void> serve(std::list<Session>::iterator session);
     awaitable<void> close_idle_sessions();
+    // A drain waiting for requests and connections to end looks again at once.
+    void wake_drain();
     awaitable<void> reject_unreadable(tcp_stream& stream, boost::system::error_code ec,
                                       const http::request_header<>& request);
     // Answers `error` to `request` in the shape of its target's API; the connection ends after
@@ -108,6 +110,7 @@ class HttpListener {
     std::list<Session> sessions_;
     std::size_t in_flight_ = 0;
     bool draining_ = false;
+    steady_timer* drain_wake_ = nullptr;  // the drain's wait, while it waits
     bool idle_sweep_running_ = false;
 };
 

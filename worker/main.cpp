@@ -256,7 +256,7 @@ int main(int argc, char** argv) {
         if (shutting_down) return;
         shutting_down = true;
         spdlog::info("worker: stopping: {}", reason);
-        children.cancel();
+        // (SIGCHLD stays watched: it ends the engine's stop the moment the engine exits.)
         stop_signals.cancel();
         if (link) link->stop();
         asio::co_spawn(io, shut_down(io, front, engine, options.drain_timeout), asio::detached);
