@@ -345,6 +345,10 @@ void EngineRunner::on_child_exit() {
         last_exit_ += memory_kills_.explain_sigkill();
     kill_reason_.clear();
     if (state_ == EngineState::stopping || state_ == EngineState::stopped) return;
+    if (restarts_ended_) {
+        spdlog::warn("engine: exited while the worker is stopping ({}); not restarted", last_exit_);
+        return;
+    }
     if (!ever_ready_ && ++load_failures_ >= kMaxLoadFailures && on_unloadable) {
         set_state(EngineState::stopped,
                   "the engine failed to load " + std::to_string(load_failures_) + " times");
@@ -375,7 +379,8 @@ awaitable<void> EngineRunner::restart_after(std::chrono::milliseconds delay,
     steady_timer timer(io_, delay);
     boost::system::error_code ec;
     co_await timer.async_wait(on_error(ec));
-    if (generation != generation_ || state_ != EngineState::restarting) co_return;
+    if (generation != generation_ || state_ != EngineState::restarting || restarts_ended_)
+        co_return;
     if (auto ok = spawn(); !ok) {
         spdlog::error("engine: restart failed: {}", ok.error().message);
         asio::co_spawn(io_, restart_after(next_backoff(), generation_), asio::detached);
@@ -389,8 +394,8 @@ awaitable<void> EngineRunner::stop() {
         steady_timer timer(io_);
         const auto deadline = Clock::now() + config_.stop_grace;
         while (!child_->poll_exit() && Clock::now() < deadline) {
-            // Woken by SIGCHLD (on_child_exit); the tick is for a signal that never comes.
-            timer.expires_after(std::chrono::milliseconds(100));
+            // Woken by SIGCHLD (on_child_exit) when the engine exits; else at the deadline.
+            timer.expires_at(std::min(Clock::now() + std::chrono::milliseconds(100), deadline));
             exit_wake_ = &timer;
             boost::system::error_code ec;
             co_await timer.async_wait(on_error(ec));

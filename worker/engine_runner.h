@@ -43,6 +43,9 @@ class EngineRunner final : public ProxyTarget {
     Status start();
     // SIGTERM to the engine's group, SIGKILL after the grace period; wakes every waiter.
     awaitable<void> stop();
+    // The worker is going down (its drain comes before stop): an engine that exits meanwhile is
+    // reaped and its exit recorded, never restarted.
+    void end_restarts() { restarts_ended_ = true; }
 
     // Called on SIGCHLD, or whenever the engine looks dead: reaps it if it exited and schedules
     // a restart. Harmless while it runs.
@@ -97,6 +100,7 @@ class EngineRunner final : public ProxyTarget {
     bool ever_ready_ = false;
     std::string kill_reason_;            // why we killed the engine that runs now, if we did
     steady_timer* exit_wake_ = nullptr;  // stop()'s wait for the engine's exit, while it waits
+    bool restarts_ended_ = false;
     Clock::time_point last_answer_{};
     MemoryKillWatch memory_kills_;
     StreamEndpoint endpoint_ = StreamEndpoint::tcp(asio::ip::address_v4::loopback(), 0);

@@ -256,7 +256,9 @@ int main(int argc, char** argv) {
         if (shutting_down) return;
         shutting_down = true;
         spdlog::info("worker: stopping: {}", reason);
-        // (SIGCHLD stays watched: it ends the engine's stop the moment the engine exits.)
+        // SIGCHLD stays watched: it ends the engine's stop the moment the engine exits. An
+        // engine that dies during the drain is reaped, not restarted.
+        engine.end_restarts();
         stop_signals.cancel();
         if (link) link->stop();
         asio::co_spawn(io, shut_down(io, front, engine, options.drain_timeout), asio::detached);

@@ -1394,6 +1394,47 @@ TEST_F(WorkerTest, SigtermDrainsTheStreamInFlightThenExitsZero) {
     EXPECT_EQ(http_request(worker->port(), chat_request(kChat)).status, 0);
 }
 
+// An engine that dies while the worker drains is reaped, not restarted: a worker asked to stop
+// starts no engine (in a swap one at a time, a reload there would take the memory the incoming
+// model waits for).
+TEST_F(WorkerTest, AnEngineThatDiesDuringTheDrainIsNotRestarted) {
+    auto worker = start({"--context", "16384", "--parallel", "1"});
+    const auto engine = worker->engine_pid();
+    ASSERT_TRUE(engine);
+    // A pooled client's connection, answered just now: the drain waits (up to 0.5 s) for its
+    // next request, so the engine's death is handled while the drain still runs.
+    KeptAliveConnection pooled(worker->port());
+    HttpRequest models;
+    models.method = "GET";
+    models.target = "/v1/models";
+    bool reused = false;
+    ASSERT_EQ(pooled.request(models, reused).status, 200);
+    bool killed = false;
+    auto r = http_request(
+        worker->port(), chat_request(stream_body(8000), true), [&](std::string_view chunk) {
+            if (killed || chunk.find("content") == std::string_view::npos) return true;
+            worker->signal(SIGTERM);
+            for (int i = 0; i < 500 && worker->log().find("worker: draining") == std::string::npos;
+                 ++i)
+                std::this_thread::sleep_for(10ms);
+            ::kill(*engine, SIGKILL);
+            killed = true;
+            return true;
+        });
+    ASSERT_TRUE(killed);
+    EXPECT_NE(r.body.find(R"("code":"engine_failed")"), std::string::npos) << r.error;
+    auto exit = worker->wait_exit(30s);
+    ASSERT_TRUE(exit);
+    EXPECT_EQ(exit->code, 0) << worker->log();
+    const auto log = worker->log();
+    EXPECT_NE(log.find("worker: draining"), std::string::npos) << log;
+    EXPECT_EQ(log.find("restarting in"), std::string::npos) << log;
+    const auto started = log.find("engine: started");
+    EXPECT_EQ(log.find("engine: started", started + 1), std::string::npos)
+        << "a second engine: " << log;
+    EXPECT_NE(log.find("not restarted"), std::string::npos) << log;
+}
+
 // A client that connected just before the drain began has its request on the way: it is
 // answered (its connection closed after), not cut off or turned away with a 503 — in a
 // swap, such a request would otherwise fail though it never reached a dead worker.
