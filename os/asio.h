@@ -8,6 +8,10 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/version.hpp>
+#if BOOST_VERSION >= 109000
+#include <boost/asio/config.hpp>
+#endif
 #include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
@@ -41,6 +45,35 @@ using local_socket =
 using steady_timer = boost::asio::basic_waitable_timer<
     std::chrono::steady_clock, boost::asio::wait_traits<std::chrono::steady_clock>, Executor>;
 using signal_set = boost::asio::basic_signal_set<Executor>;
+
+// What each event loop's io_context is made with: one thread runs it. And, where Asio offers it
+// (Boost >= 1.90, on epoll), a read that returned fewer bytes than it asked for leaves its socket
+// marked drained, so the next read waits for epoll to report new bytes, as nginx and Tokio do.
+// Otherwise Asio tries every read at once, and the one after a request or an answer fails with
+// EAGAIN: about two failed system calls per proxied request (docs/BENCHMARKS.md, "the worker's
+// reads wait for epoll"). Sound for every socket Ensemble reads through Asio (TCP and Unix
+// stream sockets that carry no descriptors; those are read directly, os/descriptor_passing.h):
+// a short read means the kernel had no more bytes then, and new ones raise a new edge. One
+// thing is not raised again: a close that came with the last bytes was taken in by the short
+// read, so reads that go on with a message use os/stream_reads.h.
+inline auto event_loop_config() {
+#if BOOST_VERSION >= 109000
+    return boost::asio::config_from_string(
+        "scheduler.concurrency_hint=1\nreactor.reset_edge_on_partial_read=1");
+#else
+    return 1;  // the concurrency hint
+#endif
+}
+
+// Whether event_loop_config makes a read that drained its socket leave the next one to epoll:
+// then a close that came with the drained bytes is not reported again, and reads that go on with
+// a message look for one first (os/stream_reads.h). Elsewhere Asio's next read tries at once and
+// sees the close itself.
+#if BOOST_VERSION >= 109000 && defined(BOOST_ASIO_HAS_EPOLL)
+inline constexpr bool kDrainedReadsWaitForEpoll = true;
+#else
+inline constexpr bool kDrainedReadsWaitForEpoll = false;
+#endif
 
 // co_await op(..., on_error(ec)): failures land in `ec` instead of throwing.
 inline auto on_error(boost::system::error_code& ec) {

@@ -1,6 +1,7 @@
 #include "os/http_probe.h"
 
 #include "os/resource_shortage.h"
+#include "os/stream_reads.h"
 
 namespace ensemble {
 
@@ -26,7 +27,7 @@ awaitable<ProbeResult> http_probe(const StreamEndpoint& endpoint, const HttpProb
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
     parser.body_limit(1 << 20);  // a probe's answer is small; never buffer an endless one
-    co_await http::async_read(stream, buffer, parser, on_error(ec));
+    co_await read_http(stream, buffer, parser, ec, PeerSent::nothing_since_we_wrote);
     if (ec) co_return ProbeResult{};
     stream.socket().shutdown(stream_protocol::socket::shutdown_both, ec);
     co_return ProbeResult{static_cast<int>(parser.get().result_int()), ""};

@@ -11,6 +11,7 @@
 #include <boost/asio/signal_set.hpp>
 #include <iostream>
 
+#include "os/asio.h"
 #include "os/child_process.h"
 #include "os/descriptor_limit.h"
 #include "os/private_folder.h"
@@ -113,7 +114,7 @@ int main(int argc, char** argv) {
         spdlog::error("{}", fits.error().message);
         return 1;
     }
-    asio::io_context io(1);
+    asio::io_context io(event_loop_config());
     auto control = listen_unix(io, config.supervisor.run_dir, "control.sock");
     if (!control) {
         spdlog::error("{}", control.error().message);

@@ -16,6 +16,7 @@
 #include "os/descriptor_limit.h"
 #include "os/descriptor_passing.h"
 #include "os/peer_credentials.h"
+#include "os/stream_reads.h"
 #include "protocol/framing.h"
 
 namespace ensemble {
@@ -260,8 +261,11 @@ awaitable<void> control_requests(unix_socket::socket& socket, ControlApi& api,
     protocol::FrameDecoder decoder;
     std::array<char, 8192> buffer{};
     for (;;) {
+        // (A client that closed its side with its last request is seen now, not when the idle
+        // sweep comes: os/stream_reads.h.)
         boost::system::error_code ec;
-        const auto n = co_await socket.async_read_some(asio::buffer(buffer), on_error(ec));
+        const auto into = asio::buffer(buffer);
+        const auto n = co_await read_more(socket, into, ec);
         if (ec) co_return;
         decoder.feed({buffer.data(), n});
         while (auto frame = decoder.next()) {

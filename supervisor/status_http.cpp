@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "os/listening_socket.h"
+#include "os/stream_reads.h"
 #include "protocol/bearer_token.h"
 #include "protocol/prometheus_text.h"
 #include "supervisor/control_api.h"
@@ -110,8 +111,9 @@ awaitable<void> finish(tcp_stream& stream) {
     stream.socket().shutdown(tcp_socket::shutdown_send, ec);
     stream.expires_after(std::chrono::milliseconds(250));
     std::array<char, 4096> sink{};
+    const auto into = asio::buffer(sink);
     for (std::size_t dropped = 0; !ec && dropped < 64 * 1024;)
-        dropped += co_await stream.async_read_some(asio::buffer(sink), on_error(ec));
+        dropped += co_await read_more(stream, into, ec);
 }
 
 }  // namespace
@@ -327,7 +329,9 @@ awaitable<void> StatusHttp::serve(std::shared_ptr<Connection> connection) {
         stream.expires_after(limits_.request_timeout);
         boost::system::error_code ec;
         connection->idle_since = Clock::now();
-        co_await http::async_read(stream, buffer, parser, on_error(ec));
+        // (`maybe`: a scraper that closes its side with its request is let go at once, for a
+        // peek per request, off any hot path.)
+        co_await read_http(stream, buffer, parser, ec, PeerSent::maybe);
         connection->idle_since.reset();
         if (stopped_) break;
         if (ec) {

@@ -62,11 +62,11 @@ awaitable<void> read_request_body(Stream& stream, beast::flat_buffer& buffer,
                                   http::request_parser<AppendingStringBody>& parser,
                                   PlainBlocks& plain, boost::system::error_code& ec) {
     constexpr std::size_t kFirstRead = 64 * 1024;
-    parse_buffered(parser, buffer, ec);  // what the buffer holds (after async_read_header)
+    parse_buffered(parser, buffer, ec);  // what the buffer holds (after the header)
     if (ec || parser.is_done()) co_return;
     const auto left = parser.content_length_remaining();
     if (!left) {
-        co_await http::async_read(stream, buffer, parser, on_error(ec));
+        co_await read_http(stream, buffer, parser, ec, PeerSent::maybe);
         co_return;
     }
     auto& body = parser.get().body();
@@ -78,7 +78,7 @@ awaitable<void> read_request_body(Stream& stream, beast::flat_buffer& buffer,
         if (filled == body.size())
             body.resize(std::min(whole, filled + std::max(kFirstRead, filled - have)));
         const auto into = asio::buffer(body.data() + filled, body.size() - filled);
-        const auto n = co_await stream.async_read_some(into, on_error(ec));
+        const auto n = co_await read_more(stream, into, ec);
         filled += n;
     }
     plain.extend(std::string_view(body.data(), filled));

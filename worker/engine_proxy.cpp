@@ -15,6 +15,7 @@ namespace ensemble {
 namespace {
 
 constexpr std::size_t kRelayBufferBytes = 16 * 1024;
+constexpr std::size_t kEngineRead = 64 * 1024;  // at most, per read of an answer (Beast's)
 constexpr auto kConnectTimeout = std::chrono::seconds(5);
 constexpr auto kRefusedPause = std::chrono::milliseconds(50);
 // How often the relays in flight are looked over: the engine's silence timed, a client's
@@ -301,11 +302,14 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
     // Interim answers (1xx, such as 103 Early Hints) come before the answer and end at their
     // header: each is read and left (RFC 9110 15.2), and the answer is read after them.
     std::optional<http::response_parser<http::buffer_body>> parsed;
+    auto engine_sent = PeerSent::nothing_since_we_wrote;
     do {
         parsed.emplace();
         parsed->body_limit(std::numeric_limits<std::uint64_t>::max());  // the engine is trusted
         if (!ec && !watch.client_left())
-            co_await http::async_read_header(engine.stream, engine.buffer, *parsed, on_error(ec));
+            co_await read_http(engine.stream, engine.buffer, *parsed, ec, engine_sent,
+                               /*header_only=*/true);
+        engine_sent = PeerSent::maybe;
     } while (!ec && !watch.client_left() && parsed->get().result_int() / 100 == 1);
     auto& parser = *parsed;
     if (watch.client_left()) co_return client_left(request);
@@ -374,8 +378,17 @@ awaitable<EngineProxy::Outcome> EngineProxy::relay(tcp_stream& client, Connectio
         // What the engine has already sent (often the whole answer, read with its header) is
         // relayed at once; only an empty buffer waits for the engine.
         if (parse_buffered(parser, engine.buffer, ec) == 0 && !ec) {
-            co_await http::async_read_some(engine.stream, engine.buffer, parser, on_error(ec));
-            if (!ec || ec == http::error::need_buffer) watch.heard();
+            // (The answer goes on: os/stream_reads.h.)
+            const auto into = engine.buffer.prepare(beast::read_size(engine.buffer, kEngineRead));
+            const auto n = co_await read_more(engine.stream, into, ec);
+            engine.buffer.commit(n);
+            if (ec == asio::error::eof) {
+                ec = {};
+                parser.put_eof(ec);  // ends an answer that ends at close, cuts any other
+            } else if (!ec) {
+                watch.heard();
+                parse_buffered(parser, engine.buffer, ec);
+            }
         }
         if (ec == http::error::need_buffer) ec = {};
         if (ec) break;

@@ -130,7 +130,8 @@ awaitable<void> HttpListener::refuse_connection(tcp_socket socket) {
     stream.expires_after(std::chrono::milliseconds(250));
     std::array<char, 4096> sink{};
     for (std::size_t dropped = 0; dropped < 64 * 1024;) {
-        const auto n = co_await stream.async_read_some(asio::buffer(sink), on_error(ec));
+        const auto into = asio::buffer(sink);
+        const auto n = co_await read_more(stream, into, ec);
         if (ec) break;
         dropped += n;
     }
@@ -211,7 +212,7 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
         parse_buffered(parser, buffer, ec, /*header_only=*/true);
         if (!ec && !parser.is_header_done()) {
             stream.expires_after(limits_.header_timeout);
-            co_await http::async_read_header(stream, buffer, parser, on_error(ec));
+            co_await read_http(stream, buffer, parser, ec, PeerSent::maybe, /*header_only=*/true);
         }
         // A Transfer-Encoding whose last coding is not chunked leaves the body's length unknown:
         // Beast would read none, and the body would be taken for the next request (smuggling
@@ -239,8 +240,10 @@ awaitable<void> HttpListener::serve(std::list<Session>::iterator session) {
             break;
         }
         // Beast adds a chunked body's trailer fields to the header's, each beside any of the
-        // same name: they could not be told apart, and must not count as the header (an
-        // Authorization there passing the key check, anything else reaching the engine).
+        // same name (Boost 1.74: all of them; newer: only advertised, well-known ones such as
+        // ETag, the rest dropped): they could not be told apart, and must not count as the
+        // header (an Authorization there passing the key check, anything else reaching the
+        // engine).
         // Clients do not send them with an API request: refused (RFC 9110 6.5.1 lets a
         // recipient that cannot keep them apart do so).
         if (std::distance(parser.get().begin(), parser.get().end()) != header_fields) {
@@ -296,7 +299,12 @@ awaitable<void> HttpListener::close_idle_sessions() {
         co_await tick.async_wait(on_error(ec));
         const auto now = std::chrono::steady_clock::now();
         for (auto& session : sessions_) {
-            if (session.idle && now - session.idle_since >= limits_.idle_timeout)
+            if (!session.idle) continue;
+            // A client that closed its side together with its last request: its read waits for
+            // an edge that has come (os/stream_reads.h). One peek a sweep, not one a request.
+            const bool left = kDrainedReadsWaitForEpoll && now - session.idle_since >= kIdleSweep &&
+                              peer_closed(session.stream);
+            if (left || now - session.idle_since >= limits_.idle_timeout)
                 session.stream.socket().cancel(ec);  // its read ends: the connection closes
         }
     }

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "os/asio.h"
+#include "os/stream_reads.h"
 #include "worker/http_wire.h"
 
 namespace ensemble {
@@ -27,43 +28,6 @@ namespace ensemble {
 // How long a write to a client may wait for its socket to take more, unless the port is told
 // otherwise (--send-timeout): nginx's send_timeout.
 inline constexpr std::chrono::seconds kDefaultSendTimeout{60};
-
-// Parses what `buffer` already holds into `parser` (up to the end of the header only, when
-// `header_only`). Returns the bytes used; `ec` is left clear when the parser needs more bytes,
-// and holds any other parse error (need_buffer included: a buffer_body's chunk is full).
-template <bool isRequest>
-std::size_t parse_buffered(http::basic_parser<isRequest>& parser, beast::flat_buffer& buffer,
-                           boost::system::error_code& ec, bool header_only = false) {
-    std::size_t parsed = 0;
-    while (buffer.size() > 0 && !(header_only ? parser.is_header_done() : parser.is_done())) {
-        const auto used = parser.put(buffer.data(), ec);
-        buffer.consume(used);
-        parsed += used;
-        if (ec == http::error::need_more) {
-            ec = {};
-            break;
-        }
-        if (ec || used == 0) break;
-    }
-    return parsed;
-}
-
-// Whether the peer of an open socket has closed its side (end of stream) or reset it, asked at
-// once without reading: a pipelined request waits where it is, and Asio, which is not told,
-// still sees the socket as it was (a read it saw exhaust the socket would wait for an edge that
-// had already come).
-inline bool peer_closed(tcp_socket& socket) {
-    char byte = 0;
-    const auto n = ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
-}
-
-// Whether bytes the peer sent wait unread on an open socket (a request on its way in), asked at
-// once without reading, as peer_closed is.
-inline bool bytes_waiting(tcp_socket& socket) {
-    char byte = 0;
-    return ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
-}
 
 // An HTTP/1.1 message on its way out: its header, then its body in parts, each framed as a chunk
 // when the header says chunked. A part is written with what is still to go before it, as far as

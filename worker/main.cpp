@@ -12,6 +12,7 @@
 #include <iostream>
 #include <utility>
 
+#include "os/asio.h"
 #include "os/descriptor_limit.h"
 #include "os/process_memory.h"
 #include "protocol/worker_contract.h"
@@ -85,7 +86,7 @@ int run_front_door(int argc, char** argv) {
     // Each forwarded request holds a connection to a model port as well as its client's.
     if (options.door.max_connections > descriptors / 3)
         options.door.max_connections = std::max<std::uint64_t>(descriptors / 3, 1);
-    asio::io_context io(1);
+    asio::io_context io(event_loop_config());
     FrontDoor door(io, options.door);
     if (auto ok = door.listen(); !ok) {
         spdlog::error("{}", ok.error().message);
@@ -184,7 +185,7 @@ int main(int argc, char** argv) {
     ::mallopt(M_MMAP_THRESHOLD, std::min<int>(keep, kLargestKept));
     ::mallopt(M_TRIM_THRESHOLD, 2 * std::min<int>(keep, kLargestKept));
 #endif
-    asio::io_context io(1);
+    asio::io_context io(event_loop_config());
     EngineRunner engine(io, options.engine);
     options.model.engine_model_id = engine.engine_model_id();
     EngineProxy proxy(engine, options.proxy);

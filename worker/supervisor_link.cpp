@@ -8,6 +8,7 @@
 #include <cstdlib>
 
 #include "os/descriptor_passing.h"
+#include "os/stream_reads.h"
 #include "protocol/framing.h"
 #include "protocol/worker_contract.h"
 
@@ -196,7 +197,8 @@ awaitable<void> SupervisorLink::read_loop() {
     std::array<char, 4096> buffer{};
     boost::system::error_code ec;
     while (!stopping_) {
-        const auto n = co_await socket_.async_read_some(asio::buffer(buffer), on_error(ec));
+        const auto into = asio::buffer(buffer);
+        const auto n = co_await read_more(socket_, into, ec);  // (os/stream_reads.h)
         if (ec) break;
         decoder.feed({buffer.data(), n});
         while (auto frame = decoder.next()) {

@@ -335,6 +335,39 @@ std::size_t open_descriptors_of(pid_t pid) {
     return n;
 }
 
+// A control client that closes its side as it sends its request (as `nc -N` does) gets the
+// reply, and ensembled ends the connection at once, not at the idle sweep. (Whether the close
+// reaches ensembled with the request's bytes, the case os/stream_reads.h is for, depends
+// on timing here; tests/unit/event_loop_test.cpp makes that case happen.)
+TEST_F(SupervisorTest, AControlClientThatClosesItsSideWithItsRequestIsAnsweredAndLetGo) {
+    supervisor_ = start_supervisor();
+    ASSERT_TRUE(supervisor_);
+    const int peer = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    ASSERT_GE(peer, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    const auto path = (run_dir_ / "control.sock").string();
+    std::strncpy(address.sun_path, path.c_str(), sizeof address.sun_path - 1);
+    const timeval limit{10, 0};
+    ::setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &limit, sizeof limit);
+    ASSERT_EQ(::connect(peer, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    const std::string line = json{{"verb", "status"}}.dump() + "\n";
+    ASSERT_EQ(::send(peer, line.data(), line.size(), kNoSigpipe),
+              static_cast<ssize_t>(line.size()));
+    ::shutdown(peer, SHUT_WR);
+    const auto sent = std::chrono::steady_clock::now();
+    std::string reply;
+    char buffer[4096];
+    ssize_t n = 0;
+    while ((n = ::recv(peer, buffer, sizeof buffer, 0)) > 0)
+        reply.append(buffer, static_cast<std::size_t>(n));
+    const auto waited = std::chrono::steady_clock::now() - sent;
+    ::close(peer);
+    EXPECT_EQ(n, 0) << "the connection was not ended: " << std::strerror(errno);
+    EXPECT_LT(waited, 5s);
+    EXPECT_TRUE(json::parse(reply, nullptr, false).value("ok", false)) << reply;
+}
+
 // A hostile peer of the same user on workers.sock sends descriptors — many in one message, with
 // junk, with a registration that names no worker of ours, and after it — and goes away, 100
 // times. ensembled keeps none of them (docs/SECURITY.md), and still serves.

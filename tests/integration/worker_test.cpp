@@ -15,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "os/asio.h"
 #include "os/portable_mode.h"
 #include "protocol/worker_contract.h"
 #include "tests/support/http_client.h"
@@ -997,6 +998,77 @@ TEST_F(WorkerTest, AClientThatLeavesAtOnceIsSeenGoneWhenThePooledEngineConnectio
     }
 }
 
+// A client that closes its side together with its request (as `nc -N` does) gets its answer,
+// and its connection ends soon after, not at the idle timeout (120 s). The worker is stopped
+// while the request and the close arrive, so that one read takes both and the close is not
+// reported again (os/stream_reads.h): the idle sweep's peek finds it.
+TEST_F(WorkerTest, AClientThatClosesItsSideWithItsRequestIsAnsweredAndLetGo) {
+    auto worker = start_fake({});
+    const int fd = connect_loopback(worker->port());
+    ASSERT_GE(fd, 0);
+    std::this_thread::sleep_for(200ms);  // accepted, its first read waiting
+    ASSERT_EQ(::kill(worker->pid(), SIGSTOP), 0);
+    const std::string health = "GET /health HTTP/1.1\r\nHost: x\r\n\r\n";
+    const bool sent = send_all(fd, health);
+    ::shutdown(fd, SHUT_WR);
+    ASSERT_EQ(::kill(worker->pid(), SIGCONT), 0);
+    ASSERT_TRUE(sent);
+    const auto began = std::chrono::steady_clock::now();
+    const auto received = read_until_close(fd, 15s);
+    ::close(fd);
+    EXPECT_TRUE(received.bytes.starts_with("HTTP/1.1 200 ")) << received.bytes;
+    EXPECT_TRUE(received.closed) << "the worker never closed the connection";
+    EXPECT_LT(std::chrono::steady_clock::now() - began, 4s)
+        << "the idle sweep (once a second) let it wait";
+}
+
+// An engine that closes a kept-alive connection right after an answer that did not say so: the
+// close comes with the answer's last bytes (and, where the event loop leaves a drained socket to
+// epoll, is not reported again: os/stream_reads.h). The worker keeps the connection for the next
+// request, whose write finds it gone (a Unix socket refuses it; over TCP, the engine's reset
+// follows, and is reported): each request is sent again on a new connection, and answered.
+TEST_F(WorkerTest, AnEngineThatClosesAfterEachAnswerWithoutSayingSoHasEveryRequestAnswered) {
+    const auto ten_answered = [](WorkerProcess& worker) {
+        std::string requests;
+        for (int i = 0; i < 10; ++i)
+            requests += raw_post("/v1/chat/completions", kChat, false);
+        requests += "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+        const auto began = std::chrono::steady_clock::now();
+        const auto reply = raw_exchange(worker.port(), requests);
+        EXPECT_LT(std::chrono::steady_clock::now() - began, 10s);
+        std::size_t answered = 0;
+        for (auto at = reply.find("fake answer"); at != std::string::npos;
+             at = reply.find("fake answer", at + 1))
+            ++answered;
+        EXPECT_EQ(answered, 10U) << reply;
+        EXPECT_EQ(worker.log().find("failed before answering"), std::string::npos) << worker.log();
+    };
+    {
+        SCOPED_TRACE("on a Unix socket");
+        ten_answered(*start_fake({"--close-after-answer"}));
+    }
+    SCOPED_TRACE("over TCP");
+    auto worker = start({"--engine", "command", "--ready-path", "/health", "--command",
+                         std::string(ENSEMBLE_TEST_FAKE_ENGINE_BIN) +
+                             " --model {model} --port {port} --close-after-answer"});
+    track_engine(*worker);
+    ten_answered(*worker);
+}
+
+// Whether this Boost's Beast adds a chunked body's trailer fields to the header's.
+bool merges_trailers() {
+    namespace http = boost::beast::http;
+    http::request_parser<http::string_body> parser;
+    parser.eager(true);
+    constexpr std::string_view kRequest =
+        "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked"
+        "\r\n\r\n0\r\nAuthorization: x\r\n\r\n";
+    boost::system::error_code ec;
+    parser.put(boost::asio::buffer(kRequest.data(), kRequest.size()), ec);
+    EXPECT_TRUE(parser.is_done()) << ec.message();
+    return parser.get().count(http::field::authorization) > 0;
+}
+
 // Found by an adversarial run: requests whose framing a proxy in front might read otherwise.
 // A Transfer-Encoding that does not end in chunked is refused (the bytes after it would have
 // been taken for a next request); so is a chunked body with trailer fields, which Beast would
@@ -1024,11 +1096,30 @@ TEST_F(WorkerTest, NoBodyIsReadTwoWaysAndNoTrailerIsTakenForTheHeader) {
                                 size.str() + "\r\n" + kChat +
                                 "\r\n0\r\nAuthorization: Bearer sesame\r\n\r\n");
     };
+    // Boost 1.74's Beast merges every trailer field into the header: refused (400). Newer Beast
+    // (1.92) drops all but a few advertised, well-known ones, so this trailer is not read at all:
+    // the request stands on its header alone. Either way the trailer's key never counts.
+    const bool beast_merges_trailers = merges_trailers();
     for (const std::string header_auth : {"", "Authorization: Bearer sesame\r\n"}) {
+        SCOPED_TRACE(header_auth);
         const auto reply = chunked(header_auth);
-        EXPECT_EQ(reply.rfind("HTTP/1.1 400 ", 0), 0U) << reply;
-        EXPECT_NE(reply.find("trailer fields"), std::string::npos) << reply;
+        if (beast_merges_trailers) {
+            EXPECT_EQ(reply.rfind("HTTP/1.1 400 ", 0), 0U) << reply;
+            EXPECT_NE(reply.find("trailer fields"), std::string::npos) << reply;
+        } else {
+            EXPECT_EQ(reply.rfind(header_auth.empty() ? "HTTP/1.1 401 " : "HTTP/1.1 200 ", 0), 0U)
+                << reply;
+        }
     }
+    // A trailer field newer Beast does keep (advertised, and one it trusts) is refused too.
+    const auto advertised =
+        raw_exchange(worker->port(),
+                     "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+                     "Authorization: Bearer sesame\r\nContent-Type: application/json\r\n"
+                     "Transfer-Encoding: chunked\r\nTrailer: ETag\r\nConnection: close\r\n\r\n" +
+                         size.str() + "\r\n" + kChat + "\r\n0\r\nETag: \"x\"\r\n\r\n");
+    EXPECT_EQ(advertised.rfind("HTTP/1.1 400 ", 0), 0U) << advertised;
+    EXPECT_NE(advertised.find("trailer fields"), std::string::npos) << advertised;
     // Without a trailer, a chunked body is taken.
     const auto plain =
         raw_exchange(worker->port(),
