@@ -51,8 +51,8 @@ using signal_set = boost::asio::basic_signal_set<Executor>;
 // marked drained, so the next read waits for epoll to report new bytes, as nginx and Tokio do.
 // Otherwise Asio tries every read at once, and the one after a request or an answer fails with
 // EAGAIN: about two failed system calls per proxied request (docs/BENCHMARKS.md, "the worker's
-// reads wait for epoll"). Sound for every socket Ensemble reads through Asio (TCP and Unix
-// stream sockets that carry no descriptors; those are read directly, os/descriptor_passing.h):
+// reads wait for epoll, built in"). Sound for every socket Ensemble reads through Asio (TCP and
+// Unix stream sockets that carry no descriptors; those are read directly, os/descriptor_passing.h):
 // a short read means the kernel had no more bytes then, and new ones raise a new edge. One
 // thing is not raised again: a close that came with the last bytes was taken in by the short
 // read, so reads that go on with a message use os/stream_reads.h.

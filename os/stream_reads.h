@@ -24,13 +24,18 @@
 
 namespace ensemble {
 
+// recv's answer to a look at the next byte of an open socket, without taking it or waiting.
+inline ssize_t peek_byte(int socket) {
+    char byte = 0;
+    return ::recv(socket, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+}
+
 // Whether the peer of an open socket has ended its side, asked at once without reading (a
 // pipelined request waits where it is): asio::error::eof when it closed it, the error when it
 // reset it (on Linux, the peek that sees a reset also clears it: a read after it would find only
 // the end of stream), clear while it is open or bytes wait.
 inline boost::system::error_code peer_end(int socket) {
-    char byte = 0;
-    const auto n = ::recv(socket, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    const auto n = peek_byte(socket);
     if (n == 0) return asio::error::eof;
     if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)
         return {errno, boost::system::system_category()};
@@ -60,8 +65,7 @@ bool peer_closed(Stream& stream) {
 // once without reading, as peer_closed is.
 template <typename Stream>
 bool bytes_waiting(Stream& stream) {
-    char byte = 0;
-    return ::recv(native_socket(stream), &byte, 1, MSG_PEEK | MSG_DONTWAIT) > 0;
+    return peek_byte(native_socket(stream)) > 0;
 }
 
 // Reads some bytes of a message the peer is in the middle of sending. A peer that has closed or
